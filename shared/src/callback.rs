@@ -1,0 +1,241 @@
+//! Callback URLs: parsed from the raw percent-encoded path segment of the ORCID-style
+//! routes, checked against the [`UrlPolicy`], and kept exactly as the client gave them.
+
+use crate::netguard::is_public_ip;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+use url::{Host, Url};
+
+/// Longest callback URL accepted (after percent-decoding).
+pub const MAX_CALLBACK_URL_LEN: usize = 2048;
+
+/// What kinds of callback URLs are acceptable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UrlPolicy {
+    /// Local development only: allow `http://` and loopback/private hosts.
+    pub allow_insecure: bool,
+}
+
+/// Why a callback URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCallbackUrl {
+    /// Longer than [`MAX_CALLBACK_URL_LEN`].
+    #[error("the callback URL is longer than {MAX_CALLBACK_URL_LEN} characters")]
+    TooLong,
+    /// A `%` not followed by two hex digits, or bytes that are not UTF-8.
+    #[error("the callback URL is not correctly percent-encoded UTF-8")]
+    BadEncoding,
+    /// Not an absolute URL.
+    #[error("the callback URL is not an absolute URL: {0}")]
+    Unparsable(String),
+    /// A scheme other than https (or http when insecure callbacks are allowed).
+    #[error("the callback URL must use https")]
+    Scheme,
+    /// No host, or a host that can never be public (IP literal or local name).
+    #[error("the callback URL's host is not a public internet host")]
+    Host,
+}
+
+/// A callback URL a subscriber asked to be notified at, stored and compared exactly as
+/// given (not normalised), with the parsed form used for checks and delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CallbackUrl {
+    text: String,
+}
+
+impl CallbackUrl {
+    /// Decodes a raw (still percent-encoded) path segment and checks the URL in it.
+    pub fn from_path_segment(raw: &str, policy: UrlPolicy) -> Result<Self, InvalidCallbackUrl> {
+        if raw.len() > MAX_CALLBACK_URL_LEN * 3 {
+            return Err(InvalidCallbackUrl::TooLong);
+        }
+        let decoded = strict_percent_decode(raw)?;
+        Self::parse(&decoded, policy)
+    }
+
+    /// Checks a URL given as plain text.
+    pub fn parse(text: &str, policy: UrlPolicy) -> Result<Self, InvalidCallbackUrl> {
+        if text.len() > MAX_CALLBACK_URL_LEN {
+            return Err(InvalidCallbackUrl::TooLong);
+        }
+        if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(InvalidCallbackUrl::Unparsable(
+                "contains whitespace or control characters".into(),
+            ));
+        }
+        let url = Url::parse(text).map_err(|e| InvalidCallbackUrl::Unparsable(e.to_string()))?;
+        check_url(&url, policy)?;
+        Ok(Self {
+            text: text.to_owned(),
+        })
+    }
+
+    /// The URL exactly as the subscriber gave it.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The parsed URL (the delivery client connects to this).
+    pub fn url(&self) -> Url {
+        Url::parse(&self.text).expect("checked when constructed")
+    }
+}
+
+/// The URL checks shared by registration and delivery.
+pub fn check_url(url: &Url, policy: UrlPolicy) -> Result<(), InvalidCallbackUrl> {
+    match url.scheme() {
+        "https" => {}
+        "http" if policy.allow_insecure => {}
+        _ => return Err(InvalidCallbackUrl::Scheme),
+    }
+    if policy.allow_insecure {
+        return url.host().map(|_| ()).ok_or(InvalidCallbackUrl::Host);
+    }
+    let public = match url.host() {
+        None => false,
+        Some(Host::Ipv4(ip)) => is_public_ip(IpAddr::V4(ip)),
+        Some(Host::Ipv6(ip)) => is_public_ip(IpAddr::V6(ip)),
+        Some(Host::Domain(name)) => is_public_name(name),
+    };
+    if public {
+        Ok(())
+    } else {
+        Err(InvalidCallbackUrl::Host)
+    }
+}
+
+/// Names that can only ever resolve locally. Other names are checked again after DNS.
+fn is_public_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let local_suffixes = [".localhost", ".local", ".internal", ".localdomain", ".home.arpa"];
+    !name.is_empty()
+        && name.contains('.')
+        && name != "localhost"
+        && !local_suffixes.iter().any(|s| name.ends_with(s))
+}
+
+impl TryFrom<String> for CallbackUrl {
+    type Error = InvalidCallbackUrl;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        // Stored values were checked when registered; re-check only the syntax here, the
+        // delivery client applies the address policy when it connects.
+        Url::parse(&text).map_err(|e| InvalidCallbackUrl::Unparsable(e.to_string()))?;
+        Ok(Self { text })
+    }
+}
+
+impl From<CallbackUrl> for String {
+    fn from(url: CallbackUrl) -> Self {
+        url.text
+    }
+}
+
+impl fmt::Display for CallbackUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Percent-decodes, refusing malformed escapes and non-UTF-8 results instead of passing
+/// them through as lenient decoders do.
+pub fn strict_percent_decode(raw: &str) -> Result<String, InvalidCallbackUrl> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or(InvalidCallbackUrl::BadEncoding)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| InvalidCallbackUrl::BadEncoding)?;
+            let byte = u8::from_str_radix(hex, 16).map_err(|_| InvalidCallbackUrl::BadEncoding)?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| InvalidCallbackUrl::BadEncoding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_SEGMENT: &str = "https%3A%2F%2Fnowhere2.com%2F0000-0002-7465-2162%2Fupdated";
+    const STRICT: UrlPolicy = UrlPolicy {
+        allow_insecure: false,
+    };
+    const INSECURE: UrlPolicy = UrlPolicy {
+        allow_insecure: true,
+    };
+
+    #[test]
+    fn seed_example_decodes() {
+        let url = CallbackUrl::from_path_segment(SEED_SEGMENT, STRICT).unwrap();
+        assert_eq!(url.as_str(), "https://nowhere2.com/0000-0002-7465-2162/updated");
+    }
+
+    #[test]
+    fn url_is_kept_exactly_as_given() {
+        let url = CallbackUrl::parse("https://Example.COM:443/a/../b?x=1#f", STRICT).unwrap();
+        assert_eq!(url.as_str(), "https://Example.COM:443/a/../b?x=1#f");
+    }
+
+    #[test]
+    fn bad_encodings_are_refused() {
+        for raw in ["https%3A%2F%2Fa.com%2", "https%3A%2F%2Fa.com%zz", "https%3A%2F%2Fa.com%2F%ff"] {
+            assert_eq!(
+                CallbackUrl::from_path_segment(raw, STRICT),
+                Err(InvalidCallbackUrl::BadEncoding),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_public_or_non_https_urls_are_refused() {
+        for (url, err) in [
+            ("http://nowhere2.com/x", InvalidCallbackUrl::Scheme),
+            ("ftp://nowhere2.com/x", InvalidCallbackUrl::Scheme),
+            ("https://localhost/x", InvalidCallbackUrl::Host),
+            ("https://api.localhost/x", InvalidCallbackUrl::Host),
+            ("https://printer.local/x", InvalidCallbackUrl::Host),
+            ("https://intranet/x", InvalidCallbackUrl::Host),
+            ("https://127.0.0.1/x", InvalidCallbackUrl::Host),
+            ("https://2130706433/x", InvalidCallbackUrl::Host),
+            ("https://0x7f.1/x", InvalidCallbackUrl::Host),
+            ("https://169.254.169.254/latest/meta-data", InvalidCallbackUrl::Host),
+            ("https://[::1]/x", InvalidCallbackUrl::Host),
+            ("https://[::ffff:127.0.0.1]/x", InvalidCallbackUrl::Host),
+            ("https://10.0.0.1/x", InvalidCallbackUrl::Host),
+        ] {
+            assert_eq!(CallbackUrl::parse(url, STRICT), Err(err), "{url}");
+        }
+        assert!(matches!(
+            CallbackUrl::parse("nowhere2.com/x", STRICT),
+            Err(InvalidCallbackUrl::Unparsable(_))
+        ));
+        assert!(matches!(
+            CallbackUrl::parse("https://a.com/x y", STRICT),
+            Err(InvalidCallbackUrl::Unparsable(_))
+        ));
+    }
+
+    #[test]
+    fn insecure_policy_allows_local_http() {
+        assert!(CallbackUrl::parse("http://127.0.0.1:8080/hook", INSECURE).is_ok());
+        assert!(CallbackUrl::parse("http://localhost:8080/hook", INSECURE).is_ok());
+        assert_eq!(
+            CallbackUrl::parse("ftp://localhost/hook", INSECURE),
+            Err(InvalidCallbackUrl::Scheme)
+        );
+    }
+
+    #[test]
+    fn length_is_limited() {
+        let long = format!("https://a.com/{}", "x".repeat(MAX_CALLBACK_URL_LEN));
+        assert_eq!(CallbackUrl::parse(&long, STRICT), Err(InvalidCallbackUrl::TooLong));
+    }
+}

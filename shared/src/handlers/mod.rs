@@ -1,0 +1,13 @@
+//! The Lambda handlers, generic over the ports: the Lambda `main`s and the local runner
+//! call exactly these.
+
+pub mod api_error;
+pub mod change_capture;
+pub mod delivery;
+pub mod flush;
+pub mod registration;
+
+pub use change_capture::ChangeCapture;
+pub use delivery::{Delivery, DeliverySettings};
+pub use flush::{Flush, FlushReport, FlushSettings};
+pub use registration::{ApiSettings, Registration};

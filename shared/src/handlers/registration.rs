@@ -1,0 +1,295 @@
+//! The HTTP API (the `registration` Lambda behind API Gateway's `$default` route, and the
+//! local runner's HTTP server): the OAuth token endpoint and ORCID-style webhook
+//! registration.
+
+use super::api_error::{ApiError, empty_response, json_response};
+use crate::callback::{CallbackUrl, InvalidCallbackUrl, UrlPolicy, strict_percent_decode};
+use crate::clock::Clock;
+use crate::oauth::{BearerError, IssuedToken, TokenRequest, authorize_webhook, sha256_hex};
+use crate::ports::{ClientStore, RecordStore, SubscriptionStore, TokenStore};
+use crate::record::OrcidId;
+use crate::subscription::{Registered, Subscription, Unregistered};
+use base64::Engine;
+use http::{HeaderMap, Method, StatusCode, header};
+use lambda_http::{Body, Request, RequestExt, Response};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body accepted on any route.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What `encodeURIComponent` leaves alone; the seed's encoded callbacks use this form.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+/// Settings of the HTTP API.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiSettings {
+    /// Which callback URLs may be registered.
+    pub url_policy: UrlPolicy,
+    /// Lifetime of issued access tokens.
+    pub token_lifetime: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            url_policy: UrlPolicy::default(),
+            token_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The registration handler.
+pub struct Registration {
+    /// OAuth clients.
+    pub clients: Arc<dyn ClientStore>,
+    /// Access tokens.
+    pub tokens: Arc<dyn TokenStore>,
+    /// Subscriptions.
+    pub subscriptions: Arc<dyn SubscriptionStore>,
+    /// The records table.
+    pub records: Arc<dyn RecordStore>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Settings.
+    pub settings: ApiSettings,
+}
+
+/// The routes, matched on the raw (still percent-encoded) path.
+enum Route<'a> {
+    Token,
+    Webhook { record: &'a str, callback: &'a str },
+}
+
+impl<'a> Route<'a> {
+    fn parse(path: &'a str) -> Option<Self> {
+        if path == "/oauth/token" {
+            return Some(Self::Token);
+        }
+        // `/{record}/webhook/{callback}`: the callback is everything after `/webhook/`, so
+        // it survives whether the gateway kept `%2F` encoded or decoded it into `/`.
+        let rest = path.strip_prefix('/')?;
+        let (record, rest) = rest.split_once('/')?;
+        let callback = rest.strip_prefix("webhook/")?;
+        (!record.is_empty() && !callback.is_empty()).then_some(Self::Webhook { record, callback })
+    }
+
+    fn allowed(&self) -> &'static str {
+        match self {
+            Self::Token => "POST",
+            Self::Webhook { .. } => "PUT, DELETE",
+        }
+    }
+}
+
+impl Registration {
+    /// Answers one HTTP request. Never fails: every error is a JSON answer.
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        match self.dispatch(&request).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn dispatch(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        let path = raw_path(request);
+        let route = Route::parse(path).ok_or(ApiError::NotFound)?;
+        if body_bytes(request).len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+        }
+        match (&route, request.method()) {
+            (Route::Token, &Method::POST) => self.token(request).await,
+            (Route::Webhook { record, callback }, &Method::PUT) => {
+                self.register(request, record, callback).await
+            }
+            (Route::Webhook { record, callback }, &Method::DELETE) => {
+                self.unregister(request, record, callback).await
+            }
+            _ => Err(ApiError::MethodNotAllowed(route.allowed())),
+        }
+    }
+
+    /// `POST /oauth/token`: the client-credentials exchange.
+    async fn token(&self, request: &Request) -> Result<Response<Body>, ApiError> {
+        let basic = basic_credentials(request.headers());
+        let token_request = TokenRequest::from_form(body_bytes(request), basic)?;
+        let client = self.clients.get_client(&token_request.client_id).await?;
+        let scope = token_request.authorize(client.as_ref())?;
+        let lifetime = self.settings.token_lifetime.as_secs() as i64;
+        let issued = IssuedToken::new(&token_request.client_id, &scope, self.clock.now(), lifetime);
+        self.tokens.put_token(&issued.stored).await?;
+        tracing::info!(client_id = %token_request.client_id, "token issued");
+        let mut response = json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "access_token": issued.access_token,
+                "token_type": "bearer",
+                "refresh_token": issued.refresh_token,
+                "expires_in": lifetime,
+                "scope": scope,
+            }),
+        );
+        response
+            .headers_mut()
+            .insert(header::PRAGMA, http::HeaderValue::from_static("no-cache"));
+        Ok(response)
+    }
+
+    /// Checks the bearer token and returns the client id it belongs to.
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        let presented = bearer_token(headers).ok_or(BearerError::Missing)?;
+        let token = self.tokens.get_token(&sha256_hex(presented)).await?;
+        let client_id = authorize_webhook(token.as_ref(), self.clock.now())?.to_owned();
+        // A disabled or deleted client's tokens stop working at once.
+        match self.clients.get_client(&client_id).await? {
+            Some(client) if !client.disabled => Ok(client_id),
+            _ => Err(BearerError::Invalid.into()),
+        }
+    }
+
+    /// `PUT /{record}/webhook/{callback}`.
+    async fn register(
+        &self,
+        request: &Request,
+        record: &str,
+        raw_callback: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let client_id = self.authenticate(request.headers()).await?;
+        let record = OrcidId::parse(record)?;
+        let callback = callback_from_path(raw_callback, self.settings.url_policy)?;
+        if self.records.get_person(record.record_id()).await?.is_none() {
+            return Err(ApiError::UnknownRecord);
+        }
+        let subscription = Subscription {
+            record: record.record_id().clone(),
+            callback,
+            client_id,
+            created_at: self.clock.now().unix_timestamp(),
+        };
+        match self.subscriptions.register(&subscription).await? {
+            Registered::Created => {
+                tracing::info!(record = %subscription.record, client_id = %subscription.client_id, "webhook registered");
+                let location = location(request, &subscription);
+                Ok(Response::builder()
+                    .status(StatusCode::CREATED)
+                    .header(header::LOCATION, location)
+                    .body(Body::Empty)
+                    .expect("a valid Location header"))
+            }
+            Registered::AlreadyExists => Ok(empty_response(StatusCode::NO_CONTENT)),
+            Registered::OwnedByOther => Err(ApiError::NotOwner),
+        }
+    }
+
+    /// `DELETE /{record}/webhook/{callback}`.
+    async fn unregister(
+        &self,
+        request: &Request,
+        record: &str,
+        raw_callback: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let client_id = self.authenticate(request.headers()).await?;
+        let record = OrcidId::parse(record)?;
+        // Removal only needs the exact text that was registered, not today's URL policy,
+        // so a webhook registered under an older policy can still be removed.
+        let text = decode_callback(raw_callback)?;
+        let callback = CallbackUrl::try_from(text)?;
+        match self
+            .subscriptions
+            .unregister(record.record_id(), &callback, &client_id)
+            .await?
+        {
+            Unregistered::Deleted => {
+                tracing::info!(record = %record.record_id(), client_id = %client_id, "webhook unregistered");
+                Ok(empty_response(StatusCode::NO_CONTENT))
+            }
+            Unregistered::NotFound => Err(ApiError::NoSuchWebhook),
+            Unregistered::OwnedByOther => Err(ApiError::NotOwner),
+        }
+    }
+}
+
+/// The path as the client sent it: API Gateway's raw path when there is one (the URI's
+/// path can be normalised), else the URI's.
+fn raw_path(request: &Request) -> &str {
+    match request.raw_http_path() {
+        "" => request.uri().path(),
+        raw => raw,
+    }
+}
+
+fn body_bytes(request: &Request) -> &[u8] {
+    request.body().as_ref()
+}
+
+/// The callback text from the path: percent-decoded, unless the gateway already decoded
+/// it (API Gateway HTTP APIs hand `%2F` to the function as `/`).
+fn decode_callback(raw: &str) -> Result<String, InvalidCallbackUrl> {
+    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
+    if lower.starts_with("https://") || lower.starts_with("http://") {
+        Ok(raw.to_owned())
+    } else {
+        strict_percent_decode(raw)
+    }
+}
+
+fn callback_from_path(raw: &str, policy: UrlPolicy) -> Result<CallbackUrl, InvalidCallbackUrl> {
+    CallbackUrl::parse(&decode_callback(raw)?, policy)
+}
+
+/// The absolute URL of the registered webhook: the request's scheme and host, the record
+/// and the callback in `encodeURIComponent` form (which is the request URL itself for
+/// the seed's example).
+fn location(request: &Request, subscription: &Subscription) -> String {
+    let uri = request.uri();
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let scheme = uri.scheme_str().unwrap_or("http");
+    format!(
+        "{scheme}://{host}/{}/webhook/{}",
+        subscription.record,
+        utf8_percent_encode(subscription.callback.as_str(), URI_COMPONENT)
+    )
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let (id, secret) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some((id.to_owned(), secret.to_owned()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,26 @@
+//! Person-record webhook notifications.
+//!
+//! The crate is laid out domain first: pure types and rules ([`record`], [`callback`],
+//! [`oauth`], [`window`], [`job`], [`retry`], [`ack`], [`netguard`]), then the ports
+//! ([`ports`]) every piece of state and I/O goes through, then adapters ([`memory`],
+//! [`http_client`]), then the Lambda handlers ([`handlers`]) which are generic over the
+//! ports so the Lambdas and the local runner run the same code.
+
+pub mod ack;
+pub mod callback;
+pub mod clock;
+pub mod config;
+pub mod handlers;
+pub mod http_client;
+pub mod job;
+pub mod memory;
+pub mod netguard;
+pub mod oauth;
+pub mod ports;
+pub mod record;
+pub mod retry;
+pub mod subscription;
+pub mod window;
+
+pub use aws_lambda_events;
+pub use lambda_http;

@@ -1,0 +1,247 @@
+//! In-memory adapters for every port: the local runner's embedded storage and queue, and
+//! the test doubles' real counterpart (they implement the same contracts as the AWS
+//! adapters, including SQS visibility semantics).
+
+mod queue;
+mod records;
+
+pub use queue::{MemoryQueue, QueueDepth, ReceivedMessage};
+pub use records::MemoryRecords;
+
+use crate::callback::CallbackUrl;
+use crate::oauth::{AccessToken, OAuthClient};
+use crate::ports::{
+    BackendResult, ClientStore, FlushCursor, Page, PendingChanges, SubscriptionStore, TokenStore,
+};
+use crate::record::RecordId;
+use crate::subscription::{Registered, Subscription, Unregistered};
+use crate::window::WindowId;
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+/// The service table in memory: clients, tokens, subscriptions, pending changes and the
+/// flush cursor.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    clients: BTreeMap<String, OAuthClient>,
+    tokens: HashMap<String, AccessToken>,
+    subscriptions: BTreeMap<(RecordId, String), Subscription>,
+    pending: BTreeMap<WindowId, BTreeSet<RecordId>>,
+    cursor: Option<FlushCursor>,
+}
+
+impl MemoryStore {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("memory store lock")
+    }
+
+    /// Every stored token (tests read what is stored).
+    pub fn stored_tokens(&self) -> Vec<AccessToken> {
+        self.state().tokens.values().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl ClientStore for MemoryStore {
+    async fn get_client(&self, client_id: &str) -> BackendResult<Option<OAuthClient>> {
+        Ok(self.state().clients.get(client_id).cloned())
+    }
+
+    async fn put_client(&self, client: &OAuthClient) -> BackendResult<()> {
+        self.state()
+            .clients
+            .insert(client.client_id.clone(), client.clone());
+        Ok(())
+    }
+
+    async fn list_clients(&self) -> BackendResult<Vec<OAuthClient>> {
+        Ok(self.state().clients.values().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl TokenStore for MemoryStore {
+    async fn put_token(&self, token: &AccessToken) -> BackendResult<()> {
+        self.state()
+            .tokens
+            .insert(token.token_hash.clone(), token.clone());
+        Ok(())
+    }
+
+    async fn get_token(&self, token_hash: &str) -> BackendResult<Option<AccessToken>> {
+        Ok(self.state().tokens.get(token_hash).cloned())
+    }
+}
+
+#[async_trait]
+impl SubscriptionStore for MemoryStore {
+    async fn register(&self, subscription: &Subscription) -> BackendResult<Registered> {
+        let key = (
+            subscription.record.clone(),
+            subscription.callback.as_str().to_owned(),
+        );
+        let mut state = self.state();
+        Ok(match state.subscriptions.get(&key) {
+            Some(existing) if existing.client_id == subscription.client_id => {
+                Registered::AlreadyExists
+            }
+            Some(_) => Registered::OwnedByOther,
+            None => {
+                state.subscriptions.insert(key, subscription.clone());
+                Registered::Created
+            }
+        })
+    }
+
+    async fn unregister(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+        client_id: &str,
+    ) -> BackendResult<Unregistered> {
+        let key = (record.clone(), callback.as_str().to_owned());
+        let mut state = self.state();
+        Ok(match state.subscriptions.get(&key) {
+            None => Unregistered::NotFound,
+            Some(existing) if existing.client_id != client_id => Unregistered::OwnedByOther,
+            Some(_) => {
+                state.subscriptions.remove(&key);
+                Unregistered::Deleted
+            }
+        })
+    }
+
+    async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>> {
+        Ok(self
+            .state()
+            .subscriptions
+            .range((record.clone(), String::new())..)
+            .take_while(|((r, _), _)| r == record)
+            .map(|(_, s)| s.clone())
+            .collect())
+    }
+}
+
+#[async_trait]
+impl PendingChanges for MemoryStore {
+    async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()> {
+        self.state()
+            .pending
+            .entry(window)
+            .or_default()
+            .insert(record.clone());
+        Ok(())
+    }
+
+    async fn page(
+        &self,
+        window: WindowId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<RecordId>> {
+        let state = self.state();
+        let Some(records) = state.pending.get(&window) else {
+            return Ok(Page {
+                items: vec![],
+                next: None,
+            });
+        };
+        let mut items: Vec<RecordId> = records
+            .iter()
+            .filter(|r| after.is_none_or(|a| r.as_str() > a))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|r| r.as_str().to_owned())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {
+        Ok(self.state().cursor.clone())
+    }
+
+    async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()> {
+        let mut state = self.state();
+        state.cursor = Some(cursor.clone());
+        // Entries of flushed windows expire (the DynamoDB adapter uses TTL); dropping them
+        // here keeps a long-running local runner's memory flat.
+        state.pending.retain(|w, _| *w >= cursor.window);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callback::UrlPolicy;
+
+    fn sub(record: &str, url: &str, client: &str) -> Subscription {
+        Subscription {
+            record: RecordId::parse(record).unwrap(),
+            callback: CallbackUrl::parse(url, UrlPolicy::default()).unwrap(),
+            client_id: client.into(),
+            created_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn register_is_idempotent_and_owned() {
+        let store = MemoryStore::default();
+        let s = sub("r1", "https://a.com/1", "c1");
+        assert_eq!(store.register(&s).await.unwrap(), Registered::Created);
+        assert_eq!(store.register(&s).await.unwrap(), Registered::AlreadyExists);
+        let theirs = sub("r1", "https://a.com/1", "c2");
+        assert_eq!(store.register(&theirs).await.unwrap(), Registered::OwnedByOther);
+        assert_eq!(
+            store.unregister(&s.record, &s.callback, "c2").await.unwrap(),
+            Unregistered::OwnedByOther
+        );
+        assert_eq!(store.subscriptions_of(&s.record).await.unwrap(), vec![s.clone()]);
+        assert_eq!(
+            store.unregister(&s.record, &s.callback, "c1").await.unwrap(),
+            Unregistered::Deleted
+        );
+        assert_eq!(
+            store.unregister(&s.record, &s.callback, "c1").await.unwrap(),
+            Unregistered::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn subscriptions_are_listed_per_record() {
+        let store = MemoryStore::default();
+        for (r, u) in [("r1", "https://a.com/1"), ("r1", "https://b.com/1"), ("r2", "https://a.com/2"), ("r10", "https://a.com/3")] {
+            store.register(&sub(r, u, "c")).await.unwrap();
+        }
+        let r1 = RecordId::parse("r1").unwrap();
+        assert_eq!(store.subscriptions_of(&r1).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn pending_pages_coalesce_and_continue() {
+        let store = MemoryStore::default();
+        let w = WindowId(3);
+        for r in ["c", "a", "b", "a", "d", "e"] {
+            store.mark(w, &RecordId::parse(r).unwrap()).await.unwrap();
+        }
+        let p1 = store.page(w, None, 2).await.unwrap();
+        assert_eq!(p1.items.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let p2 = store.page(w, p1.next.as_deref(), 2).await.unwrap();
+        assert_eq!(p2.items.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["c", "d"]);
+        let p3 = store.page(w, p2.next.as_deref(), 2).await.unwrap();
+        assert_eq!(p3.items.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["e"]);
+        assert_eq!(p3.next, None);
+        assert!(store.page(WindowId(4), None, 2).await.unwrap().items.is_empty());
+    }
+}

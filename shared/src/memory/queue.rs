@@ -1,0 +1,308 @@
+//! A queue with SQS semantics: messages are hidden for the visibility timeout when
+//! received, come back unless deleted, can have their visibility changed through the
+//! receipt handle of their latest receive, count their receives, and move to the
+//! dead-letter queue when a receive would exceed the maximum receive count.
+
+use crate::job::DeliveryJob;
+use crate::ports::{BackendError, BackendResult, DeliveryQueue};
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::SqsMessage;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// A message as a receive hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// The message id.
+    pub message_id: String,
+    /// The handle of this receive (for delete and visibility changes).
+    pub receipt_handle: String,
+    /// The body.
+    pub body: String,
+    /// How many times it has been received, this time included.
+    pub receive_count: u32,
+    /// When it was sent, epoch milliseconds.
+    pub sent_at_ms: u128,
+    /// When it was first received, epoch milliseconds.
+    pub first_received_at_ms: u128,
+}
+
+impl ReceivedMessage {
+    /// The message as the Lambda SQS event source would hand it to the function.
+    pub fn to_sqs_message(&self, queue_arn: &str) -> SqsMessage {
+        let mut message = SqsMessage::default();
+        message.message_id = Some(self.message_id.clone());
+        message.receipt_handle = Some(self.receipt_handle.clone());
+        message.body = Some(self.body.clone());
+        message.attributes = HashMap::from([
+            ("ApproximateReceiveCount".to_owned(), self.receive_count.to_string()),
+            ("SentTimestamp".to_owned(), self.sent_at_ms.to_string()),
+            (
+                "ApproximateFirstReceiveTimestamp".to_owned(),
+                self.first_received_at_ms.to_string(),
+            ),
+        ]);
+        message.event_source = Some("aws:sqs".into());
+        message.event_source_arn = Some(queue_arn.to_owned());
+        message.aws_region = Some("local".into());
+        message
+    }
+}
+
+/// Message counts, as SQS's approximate attributes report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    /// Ready to be received.
+    pub visible: usize,
+    /// Received and hidden.
+    pub in_flight: usize,
+    /// In the dead-letter queue.
+    pub dead: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    message_id: String,
+    body: String,
+    sent_at_ms: u128,
+    first_received_at_ms: Option<u128>,
+    receive_count: u32,
+    visible_at: Instant,
+    receipt: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    messages: BTreeMap<u64, Stored>,
+    next_seq: u64,
+    dead: Vec<Stored>,
+}
+
+/// An in-memory SQS queue with its dead-letter queue.
+#[derive(Debug)]
+pub struct MemoryQueue {
+    state: Mutex<State>,
+    changed: Notify,
+    visibility_timeout: Duration,
+    max_receive_count: u32,
+}
+
+fn epoch_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+impl MemoryQueue {
+    /// A queue whose messages hide for `visibility_timeout` when received and move to the
+    /// dead-letter queue on the receive after the `max_receive_count`-th.
+    pub fn new(visibility_timeout: Duration, max_receive_count: u32) -> Self {
+        assert!(max_receive_count > 0, "max receive count must be positive");
+        Self {
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            visibility_timeout,
+            max_receive_count,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("queue lock")
+    }
+
+    /// Sends a message; returns its id.
+    pub fn send(&self, body: String) -> String {
+        let message_id = uuid::Uuid::new_v4().to_string();
+        {
+            let mut state = self.state();
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.messages.insert(
+                seq,
+                Stored {
+                    message_id: message_id.clone(),
+                    body,
+                    sent_at_ms: epoch_ms(),
+                    first_received_at_ms: None,
+                    receive_count: 0,
+                    visible_at: Instant::now(),
+                    receipt: None,
+                },
+            );
+        }
+        self.changed.notify_waiters();
+        message_id
+    }
+
+    /// Receives up to `max` visible messages, waiting up to `wait` for one (long poll).
+    pub async fn receive(&self, max: usize, wait: Duration) -> Vec<ReceivedMessage> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (batch, next_visible) = self.try_receive(max);
+            let now = Instant::now();
+            if !batch.is_empty() || now >= deadline {
+                return batch;
+            }
+            let wake = next_visible.map_or(deadline, |t| t.min(deadline));
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn try_receive(&self, max: usize) -> (Vec<ReceivedMessage>, Option<Instant>) {
+        let now = Instant::now();
+        let mut state = self.state();
+        let mut batch = Vec::new();
+        let mut dead = Vec::new();
+        let mut next_visible: Option<Instant> = None;
+        for (seq, m) in state.messages.iter_mut() {
+            if m.visible_at > now {
+                next_visible = Some(next_visible.map_or(m.visible_at, |t| t.min(m.visible_at)));
+                continue;
+            }
+            if batch.len() >= max {
+                break;
+            }
+            if m.receive_count >= self.max_receive_count {
+                dead.push(*seq);
+                continue;
+            }
+            m.receive_count += 1;
+            let receipt = uuid::Uuid::new_v4().to_string();
+            m.receipt = Some(receipt.clone());
+            m.visible_at = now + self.visibility_timeout;
+            let first = *m.first_received_at_ms.get_or_insert_with(epoch_ms);
+            batch.push(ReceivedMessage {
+                message_id: m.message_id.clone(),
+                receipt_handle: receipt,
+                body: m.body.clone(),
+                receive_count: m.receive_count,
+                sent_at_ms: m.sent_at_ms,
+                first_received_at_ms: first,
+            });
+        }
+        for seq in dead {
+            if let Some(m) = state.messages.remove(&seq) {
+                tracing::warn!(message_id = %m.message_id, receives = m.receive_count, "moved to the dead-letter queue");
+                state.dead.push(m);
+            }
+        }
+        (batch, next_visible)
+    }
+
+    fn find_by_receipt<'a>(state: &'a mut State, receipt: &str) -> Option<(u64, &'a mut Stored)> {
+        state
+            .messages
+            .iter_mut()
+            .find(|(_, m)| m.receipt.as_deref() == Some(receipt))
+            .map(|(seq, m)| (*seq, m))
+    }
+
+    /// Deletes a received message. False when the receipt is unknown.
+    pub fn delete(&self, receipt_handle: &str) -> bool {
+        let mut state = self.state();
+        match Self::find_by_receipt(&mut state, receipt_handle) {
+            Some((seq, _)) => state.messages.remove(&seq).is_some(),
+            None => false,
+        }
+    }
+
+    /// Makes a received message visible again after `timeout` from now.
+    pub fn change_visibility(&self, receipt_handle: &str, timeout: Duration) -> BackendResult<()> {
+        {
+            let mut state = self.state();
+            let (_, m) = Self::find_by_receipt(&mut state, receipt_handle).ok_or_else(|| {
+                BackendError::Unavailable("receipt handle is not valid (message deleted or received again)".into())
+            })?;
+            m.visible_at = Instant::now() + timeout;
+        }
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Current message counts.
+    pub fn depth(&self) -> QueueDepth {
+        let now = Instant::now();
+        let state = self.state();
+        let visible = state.messages.values().filter(|m| m.visible_at <= now).count();
+        QueueDepth {
+            visible,
+            in_flight: state.messages.len() - visible,
+            dead: state.dead.len(),
+        }
+    }
+
+    /// Bodies of the messages in the dead-letter queue.
+    pub fn dead_letters(&self) -> Vec<String> {
+        self.state().dead.iter().map(|m| m.body.clone()).collect()
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for MemoryQueue {
+    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<()> {
+        for job in jobs {
+            let body = serde_json::to_string(job).expect("jobs serialize");
+            self.send(body);
+        }
+        Ok(())
+    }
+
+    async fn retry_later(&self, receipt_handle: &str, delay: Duration) -> BackendResult<()> {
+        self.change_visibility(receipt_handle, delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn visibility_receive_count_and_dead_letters() {
+        let q = MemoryQueue::new(Duration::from_secs(30), 2);
+        q.send("a".into());
+        let first = q.receive(10, Duration::ZERO).await;
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].receive_count, 1);
+        assert!(q.receive(10, Duration::ZERO).await.is_empty(), "hidden while in flight");
+        assert_eq!(q.depth(), QueueDepth { visible: 0, in_flight: 1, dead: 0 });
+
+        q.change_visibility(&first[0].receipt_handle, Duration::from_secs(5)).unwrap();
+        let t0 = Instant::now();
+        let second = q.receive(10, Duration::from_secs(20)).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(5), "long poll wakes when it reappears");
+        assert_eq!(second[0].receive_count, 2);
+        assert!(q.change_visibility(&first[0].receipt_handle, Duration::ZERO).is_err(), "stale receipt");
+
+        q.change_visibility(&second[0].receipt_handle, Duration::ZERO).unwrap();
+        assert!(q.receive(10, Duration::ZERO).await.is_empty(), "third receive redrives");
+        assert_eq!(q.depth(), QueueDepth { visible: 0, in_flight: 0, dead: 1 });
+        assert_eq!(q.dead_letters(), vec!["a".to_owned()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delete_removes_and_timeout_returns() {
+        let q = MemoryQueue::new(Duration::from_secs(30), 5);
+        q.send("a".into());
+        q.send("b".into());
+        let got = q.receive(10, Duration::ZERO).await;
+        assert_eq!(got.len(), 2);
+        assert!(q.delete(&got[0].receipt_handle));
+        assert!(!q.delete(&got[0].receipt_handle));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let again = q.receive(10, Duration::ZERO).await;
+        assert_eq!(again.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(again[0].receive_count, 2);
+        let sqs = again[0].to_sqs_message("arn:q");
+        assert_eq!(sqs.attributes["ApproximateReceiveCount"], "2");
+    }
+}

@@ -1,0 +1,99 @@
+//! The records table in memory, with the stream it would have: every put and delete
+//! returns the DynamoDB stream record (NEW_AND_OLD_IMAGES) the real table would emit.
+
+use crate::ports::{BackendResult, Person, RecordStore};
+use crate::record::RecordId;
+use async_trait::async_trait;
+use aws_lambda_events::event::dynamodb::{EventRecord, StreamRecord, StreamViewType};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Persons keyed by id, plus the stream sequence counter.
+#[derive(Debug, Default)]
+pub struct MemoryRecords {
+    state: Mutex<(BTreeMap<RecordId, Person>, u64)>,
+}
+
+impl MemoryRecords {
+    /// Creates or replaces a person (its `id` field is set to `id`) and returns the
+    /// INSERT or MODIFY stream record.
+    pub fn put_person(&self, id: &RecordId, mut person: Person) -> EventRecord {
+        person.insert("id".into(), id.as_str().into());
+        let mut state = self.state.lock().expect("records lock");
+        let old = state.0.insert(id.clone(), person.clone());
+        state.1 += 1;
+        let name = if old.is_some() { "MODIFY" } else { "INSERT" };
+        stream_record(name, id, Some(&person), old.as_ref(), state.1)
+    }
+
+    /// Deletes a person and returns the REMOVE stream record, if it existed.
+    pub fn delete_person(&self, id: &RecordId) -> Option<EventRecord> {
+        let mut state = self.state.lock().expect("records lock");
+        let old = state.0.remove(id)?;
+        state.1 += 1;
+        Some(stream_record("REMOVE", id, None, Some(&old), state.1))
+    }
+}
+
+fn to_item(person: &Person) -> serde_dynamo::Item {
+    serde_dynamo::to_item(person).expect("a JSON object is a DynamoDB item")
+}
+
+fn stream_record(
+    name: &str,
+    id: &RecordId,
+    new: Option<&Person>,
+    old: Option<&Person>,
+    sequence: u64,
+) -> EventRecord {
+    let mut keys = Person::new();
+    keys.insert("id".into(), id.as_str().into());
+    let mut change = StreamRecord::default();
+    change.approximate_creation_date_time = chrono::Utc::now();
+    change.keys = to_item(&keys);
+    change.new_image = new.map(to_item).unwrap_or_default();
+    change.old_image = old.map(to_item).unwrap_or_default();
+    change.sequence_number = Some(format!("{sequence:021}"));
+    change.size_bytes = serde_json::to_vec(&(new, old)).map_or(0, |b| b.len() as i64);
+    change.stream_view_type = Some(StreamViewType::NewAndOldImages);
+    let mut record = EventRecord::default();
+    record.aws_region = "local".into();
+    record.change = change;
+    record.event_id = format!("local-{sequence}");
+    record.event_name = name.into();
+    record.event_source = Some("aws:dynamodb".into());
+    record.event_version = Some("1.1".into());
+    record.event_source_arn = Some("arn:aws:dynamodb:local:000000000000:table/records/stream/local".into());
+    record
+}
+
+#[async_trait]
+impl RecordStore for MemoryRecords {
+    async fn get_person(&self, id: &RecordId) -> BackendResult<Option<Person>> {
+        Ok(self.state.lock().expect("records lock").0.get(id).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn puts_and_deletes_emit_stream_records() {
+        let records = MemoryRecords::default();
+        let id = RecordId::parse("0000-0002-1825-0097").unwrap();
+        let person = json!({"firstName": "Josiah"}).as_object().unwrap().clone();
+        let insert = records.put_person(&id, person.clone());
+        assert_eq!(insert.event_name, "INSERT");
+        assert!(insert.change.old_image.is_empty());
+        let modify = records.put_person(&id, person);
+        assert_eq!(modify.event_name, "MODIFY");
+        assert!(!modify.change.old_image.is_empty());
+        assert!(modify.change.sequence_number > insert.change.sequence_number);
+        let remove = records.delete_person(&id).unwrap();
+        assert_eq!(remove.event_name, "REMOVE");
+        assert!(remove.change.new_image.is_empty());
+        assert!(records.delete_person(&id).is_none());
+    }
+}

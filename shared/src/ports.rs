@@ -1,0 +1,120 @@
+//! The ports: every piece of state and I/O the handlers use, as traits. Each has an
+//! in-memory adapter ([`crate::memory`]) and an AWS adapter.
+
+use crate::callback::CallbackUrl;
+use crate::job::DeliveryJob;
+use crate::oauth::{AccessToken, OAuthClient};
+use crate::record::RecordId;
+use crate::subscription::{Registered, Subscription, Unregistered};
+use crate::window::WindowId;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A person record as stored: a JSON object with at least `id`.
+pub type Person = serde_json::Map<String, serde_json::Value>;
+
+/// A failure of a backing service. Handlers turn it into a retry (5xx, batch item
+/// failure, or an error for the scheduler), never into a lost change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The service could not be reached or refused the call; retrying may succeed.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// A stored item could not be read back.
+    #[error("stored item is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Shorthand for port results.
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// OAuth clients.
+#[async_trait]
+pub trait ClientStore: Send + Sync {
+    /// The client with this id.
+    async fn get_client(&self, client_id: &str) -> BackendResult<Option<OAuthClient>>;
+    /// Creates or replaces a client.
+    async fn put_client(&self, client: &OAuthClient) -> BackendResult<()>;
+    /// Every client (admin use).
+    async fn list_clients(&self) -> BackendResult<Vec<OAuthClient>>;
+}
+
+/// Access tokens, by the hash of their value.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Stores a token.
+    async fn put_token(&self, token: &AccessToken) -> BackendResult<()>;
+    /// The token whose hash is `token_hash`.
+    async fn get_token(&self, token_hash: &str) -> BackendResult<Option<AccessToken>>;
+}
+
+/// ORCID-style subscriptions.
+#[async_trait]
+pub trait SubscriptionStore: Send + Sync {
+    /// Adds a subscription unless the (record, callback) pair exists.
+    async fn register(&self, subscription: &Subscription) -> BackendResult<Registered>;
+    /// Removes the pair if `client_id` owns it.
+    async fn unregister(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+        client_id: &str,
+    ) -> BackendResult<Unregistered>;
+    /// Every subscription of a record.
+    async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>>;
+}
+
+/// The records table (read side).
+#[async_trait]
+pub trait RecordStore: Send + Sync {
+    /// The person with this id.
+    async fn get_person(&self, id: &RecordId) -> BackendResult<Option<Person>>;
+}
+
+/// One page of a listing; `next` continues it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<String>,
+}
+
+/// How far the flush got: every window before `window` is done, and inside `window`
+/// every record up to and including `after`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushCursor {
+    /// The first window not yet completely flushed.
+    pub window: WindowId,
+    /// The page position inside it, if a page of it was already enqueued.
+    pub after: Option<String>,
+}
+
+/// Pending changes, one entry per (window, record), plus the flush cursor.
+#[async_trait]
+pub trait PendingChanges: Send + Sync {
+    /// Marks a record changed in a window (idempotent: one entry per pair).
+    async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()>;
+    /// Records pending in a window, in key order, after the page position `after`.
+    async fn page(
+        &self,
+        window: WindowId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<RecordId>>;
+    /// The saved flush cursor.
+    async fn cursor(&self) -> BackendResult<Option<FlushCursor>>;
+    /// Saves the flush cursor.
+    async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()>;
+}
+
+/// The delivery queue as the flush and delivery handlers use it.
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync {
+    /// Enqueues jobs (all of them, or an error: a partial enqueue is retried whole,
+    /// which at worst duplicates).
+    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<()>;
+    /// Hides a received message for `delay` so it is retried then (visibility timeout).
+    async fn retry_later(&self, receipt_handle: &str, delay: Duration) -> BackendResult<()>;
+}

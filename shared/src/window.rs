@@ -1,0 +1,136 @@
+//! The five-minute coalescing windows.
+//!
+//! Change capture marks a record pending in the window open at the time it runs; marking
+//! the same record twice in one window is one pending entry. The flush only reads windows
+//! that closed at least a grace period ago (longer than change capture can take between
+//! reading the clock and its write landing), and never deletes what it read: it advances
+//! a cursor past the window and the entries expire. So a change that arrives while a flush
+//! runs lands in a window that flush does not read, and the next flush delivers it.
+
+use crate::clock::Clock;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A coalescing window's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WindowId(pub u64);
+
+/// Assigns changes to windows and says which windows may be flushed.
+pub trait FlushWindows: Send + Sync + 'static {
+    /// The window a change captured now belongs to.
+    fn current(&self) -> WindowId;
+    /// The newest window that is closed and past its grace period, if any.
+    fn closed_through(&self) -> Option<WindowId>;
+}
+
+/// Wall-clock windows of fixed length (the Lambda deployment): window `n` covers
+/// `[n * length, (n + 1) * length)` since the Unix epoch.
+pub struct ClockWindows {
+    clock: Arc<dyn Clock>,
+    length: Duration,
+    grace: Duration,
+}
+
+impl ClockWindows {
+    /// Windows of `length` that become flushable `grace` after they close.
+    pub fn new(clock: Arc<dyn Clock>, length: Duration, grace: Duration) -> Self {
+        assert!(!length.is_zero(), "window length must be positive");
+        Self {
+            clock,
+            length,
+            grace,
+        }
+    }
+
+    fn window_at(&self, unix_millis: i128) -> i128 {
+        unix_millis.div_euclid(self.length.as_millis() as i128)
+    }
+
+    fn now_millis(&self) -> i128 {
+        self.clock.now().unix_timestamp_nanos() / 1_000_000
+    }
+}
+
+impl FlushWindows for ClockWindows {
+    fn current(&self) -> WindowId {
+        WindowId(self.window_at(self.now_millis()).max(0) as u64)
+    }
+
+    fn closed_through(&self) -> Option<WindowId> {
+        let last_closed = self.window_at(self.now_millis() - self.grace.as_millis() as i128) - 1;
+        u64::try_from(last_closed).ok().map(WindowId)
+    }
+}
+
+/// Windows closed by hand (the local runner and tests): the flush timer or a
+/// "flush now" closes the current window, waits the grace period, then flushes.
+#[derive(Debug)]
+pub struct ManualWindows {
+    current: AtomicU64,
+}
+
+impl Default for ManualWindows {
+    fn default() -> Self {
+        Self {
+            current: AtomicU64::new(1),
+        }
+    }
+}
+
+impl ManualWindows {
+    /// Closes the current window; changes from now on go to the next one.
+    pub fn close_current(&self) -> WindowId {
+        WindowId(self.current.fetch_add(1, Ordering::SeqCst))
+    }
+}
+
+impl FlushWindows for ManualWindows {
+    fn current(&self) -> WindowId {
+        WindowId(self.current.load(Ordering::SeqCst))
+    }
+
+    fn closed_through(&self) -> Option<WindowId> {
+        self.current
+            .load(Ordering::SeqCst)
+            .checked_sub(1)
+            .filter(|w| *w > 0)
+            .map(WindowId)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use time::macros::datetime;
+
+    #[test]
+    fn clock_windows_close_after_grace() {
+        let clock = Arc::new(ManualClock::new(datetime!(2026-11-25 12:00:00 UTC)));
+        let w = ClockWindows::new(clock.clone(), Duration::from_secs(300), Duration::from_secs(90));
+        let start = w.current();
+        assert_eq!(start.0 * 300, datetime!(2026-11-25 12:00:00 UTC).unix_timestamp() as u64);
+        // At the window's start, the previous window closed 0 s ago: not yet flushable.
+        assert_eq!(w.closed_through(), Some(WindowId(start.0 - 2)));
+        clock.advance(Duration::from_secs(89));
+        assert_eq!(w.closed_through(), Some(WindowId(start.0 - 2)));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(w.closed_through(), Some(WindowId(start.0 - 1)));
+        assert_eq!(w.current(), start);
+        clock.advance(Duration::from_secs(210));
+        assert_eq!(w.current(), WindowId(start.0 + 1));
+        assert_eq!(w.closed_through(), Some(WindowId(start.0 - 1)));
+    }
+
+    #[test]
+    fn manual_windows_close_by_hand() {
+        let w = ManualWindows::default();
+        assert_eq!(w.closed_through(), None);
+        let first = w.current();
+        assert_eq!(w.close_current(), first);
+        assert_eq!(w.closed_through(), Some(first));
+        assert_eq!(w.current(), WindowId(first.0 + 1));
+    }
+}
