@@ -29,14 +29,18 @@ mod tests {
         for s in 200..300 {
             assert!(AckPolicy::AnySuccess.acknowledges(s));
         }
-        for s in [100, 102, 199, 300, 301, 302, 304, 400, 404, 410, 429, 500, 503] {
+        for s in [
+            100, 102, 199, 300, 301, 302, 304, 400, 404, 410, 429, 500, 503,
+        ] {
             assert!(!AckPolicy::AnySuccess.acknowledges(s), "{s}");
         }
     }
 
     #[test]
     fn members_acknowledges_exactly_its_codes() {
-        let acked: Vec<u16> = (100..600).filter(|&s| AckPolicy::MembersCodes.acknowledges(s)).collect();
+        let acked: Vec<u16> = (100..600)
+            .filter(|&s| AckPolicy::MembersCodes.acknowledges(s))
+            .collect();
         assert_eq!(acked, vec![102, 200, 201, 202, 204]);
     }
 }

@@ -109,7 +109,13 @@ pub fn check_url(url: &Url, policy: UrlPolicy) -> Result<(), InvalidCallbackUrl>
 /// Names that can only ever resolve locally. Other names are checked again after DNS.
 fn is_public_name(name: &str) -> bool {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let local_suffixes = [".localhost", ".local", ".internal", ".localdomain", ".home.arpa"];
+    let local_suffixes = [
+        ".localhost",
+        ".local",
+        ".internal",
+        ".localdomain",
+        ".home.arpa",
+    ];
     !name.is_empty()
         && name.contains('.')
         && name != "localhost"
@@ -146,7 +152,9 @@ pub fn strict_percent_decode(raw: &str) -> Result<String, InvalidCallbackUrl> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or(InvalidCallbackUrl::BadEncoding)?;
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .ok_or(InvalidCallbackUrl::BadEncoding)?;
             let hex = std::str::from_utf8(hex).map_err(|_| InvalidCallbackUrl::BadEncoding)?;
             let byte = u8::from_str_radix(hex, 16).map_err(|_| InvalidCallbackUrl::BadEncoding)?;
             out.push(byte);
@@ -174,7 +182,10 @@ mod tests {
     #[test]
     fn seed_example_decodes() {
         let url = CallbackUrl::from_path_segment(SEED_SEGMENT, STRICT).unwrap();
-        assert_eq!(url.as_str(), "https://nowhere2.com/0000-0002-7465-2162/updated");
+        assert_eq!(
+            url.as_str(),
+            "https://nowhere2.com/0000-0002-7465-2162/updated"
+        );
     }
 
     #[test]
@@ -185,7 +196,11 @@ mod tests {
 
     #[test]
     fn bad_encodings_are_refused() {
-        for raw in ["https%3A%2F%2Fa.com%2", "https%3A%2F%2Fa.com%zz", "https%3A%2F%2Fa.com%2F%ff"] {
+        for raw in [
+            "https%3A%2F%2Fa.com%2",
+            "https%3A%2F%2Fa.com%zz",
+            "https%3A%2F%2Fa.com%2F%ff",
+        ] {
             assert_eq!(
                 CallbackUrl::from_path_segment(raw, STRICT),
                 Err(InvalidCallbackUrl::BadEncoding),
@@ -206,7 +221,10 @@ mod tests {
             ("https://127.0.0.1/x", InvalidCallbackUrl::Host),
             ("https://2130706433/x", InvalidCallbackUrl::Host),
             ("https://0x7f.1/x", InvalidCallbackUrl::Host),
-            ("https://169.254.169.254/latest/meta-data", InvalidCallbackUrl::Host),
+            (
+                "https://169.254.169.254/latest/meta-data",
+                InvalidCallbackUrl::Host,
+            ),
             ("https://[::1]/x", InvalidCallbackUrl::Host),
             ("https://[::ffff:127.0.0.1]/x", InvalidCallbackUrl::Host),
             ("https://10.0.0.1/x", InvalidCallbackUrl::Host),
@@ -236,6 +254,9 @@ mod tests {
     #[test]
     fn length_is_limited() {
         let long = format!("https://a.com/{}", "x".repeat(MAX_CALLBACK_URL_LEN));
-        assert_eq!(CallbackUrl::parse(&long, STRICT), Err(InvalidCallbackUrl::TooLong));
+        assert_eq!(
+            CallbackUrl::parse(&long, STRICT),
+            Err(InvalidCallbackUrl::TooLong)
+        );
     }
 }

@@ -111,7 +111,12 @@ impl CallbackClient {
     }
 
     /// POSTs `body` with `headers` to `url` once and reports what happened.
-    pub async fn post(&self, url: &url::Url, headers: &[(&str, String)], body: Bytes) -> AttemptOutcome {
+    pub async fn post(
+        &self,
+        url: &url::Url,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> AttemptOutcome {
         let started = Instant::now();
         let failed = |error: String| AttemptOutcome {
             status: None,

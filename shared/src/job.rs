@@ -68,7 +68,11 @@ pub struct DeliveryJob {
 
 impl DeliveryJob {
     /// The job notifying `subscription` of a change to its record in `window`.
-    pub fn for_subscription(subscription: &Subscription, window: WindowId, created_at: String) -> Self {
+    pub fn for_subscription(
+        subscription: &Subscription,
+        window: WindowId,
+        created_at: String,
+    ) -> Self {
         let window_text = window.0.to_string();
         Self {
             v: JOB_VERSION,

@@ -9,7 +9,6 @@
 pub mod ack;
 pub mod callback;
 pub mod clock;
-pub mod config;
 pub mod handlers;
 pub mod http_client;
 pub mod job;

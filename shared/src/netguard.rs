@@ -48,7 +48,9 @@ const BLOCKED_V4: &[([u8; 4], u32)] = &[
 ];
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    !BLOCKED_V4.iter().any(|&(net, prefix)| in_v4(ip, net, prefix))
+    !BLOCKED_V4
+        .iter()
+        .any(|&(net, prefix)| in_v4(ip, net, prefix))
 }
 
 fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, prefix: u32) -> bool {
@@ -81,9 +83,9 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     }
     let global_unicast = in_v6(ip, net("2000::"), 3);
     let blocked = [
-        ("2001::", 23),   // IETF protocol assignments: Teredo, benchmarking, ORCHID
+        ("2001::", 23),     // IETF protocol assignments: Teredo, benchmarking, ORCHID
         ("2001:db8::", 32), // documentation
-        ("3fff::", 20),   // documentation
+        ("3fff::", 20),     // documentation
     ]
     .iter()
     .any(|&(n, p)| in_v6(ip, net(n), p));

@@ -243,7 +243,7 @@ impl TokenRequest {
             Some(c) if secret_ok && !c.disabled => c,
             _ => return Err(OAuthError::InvalidClient),
         };
-        if !client.scopes.iter().any(|s| *s == self.scope) {
+        if !client.scopes.contains(&self.scope) {
             return Err(OAuthError::InvalidScope);
         }
         Ok(self.scope.clone())
@@ -351,15 +351,30 @@ mod tests {
             client_secret: secret.into(),
             scope: scope.into(),
         };
-        assert_eq!(req("b", "/webhook").authorize(Some(&client)).unwrap(), "/webhook");
-        assert_eq!(req("x", "/webhook").authorize(Some(&client)), Err(OAuthError::InvalidClient));
-        assert_eq!(req("b", "/webhook").authorize(None), Err(OAuthError::InvalidClient));
-        assert_eq!(req("b", "/read-limited").authorize(Some(&client)), Err(OAuthError::InvalidScope));
+        assert_eq!(
+            req("b", "/webhook").authorize(Some(&client)).unwrap(),
+            "/webhook"
+        );
+        assert_eq!(
+            req("x", "/webhook").authorize(Some(&client)),
+            Err(OAuthError::InvalidClient)
+        );
+        assert_eq!(
+            req("b", "/webhook").authorize(None),
+            Err(OAuthError::InvalidClient)
+        );
+        assert_eq!(
+            req("b", "/read-limited").authorize(Some(&client)),
+            Err(OAuthError::InvalidScope)
+        );
         let disabled = OAuthClient {
             disabled: true,
             ..client
         };
-        assert_eq!(req("b", "/webhook").authorize(Some(&disabled)), Err(OAuthError::InvalidClient));
+        assert_eq!(
+            req("b", "/webhook").authorize(Some(&disabled)),
+            Err(OAuthError::InvalidClient)
+        );
     }
 
     #[test]
@@ -382,6 +397,9 @@ mod tests {
             Err(BearerError::Expired)
         );
         let other = IssuedToken::new("a", "/read-limited", NOW, 60).stored;
-        assert_eq!(authorize_webhook(Some(&other), NOW), Err(BearerError::InsufficientScope));
+        assert_eq!(
+            authorize_webhook(Some(&other), NOW),
+            Err(BearerError::InsufficientScope)
+        );
     }
 }

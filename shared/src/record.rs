@@ -153,7 +153,11 @@ mod tests {
             "0000_0002_1825_0097",
             "0000-0002-1825-00970",
         ] {
-            assert_eq!(OrcidId::parse(id), Err(InvalidRecordId::NotOrcidShape), "{id}");
+            assert_eq!(
+                OrcidId::parse(id),
+                Err(InvalidRecordId::NotOrcidShape),
+                "{id}"
+            );
         }
     }
 
@@ -161,7 +165,11 @@ mod tests {
     fn record_ids_are_restricted_to_safe_characters() {
         assert!(RecordId::parse("person-42_a.b").is_ok());
         for bad in ["", "a/b", "a b", "é", &"x".repeat(129)] {
-            assert_eq!(RecordId::parse(bad), Err(InvalidRecordId::Malformed), "{bad}");
+            assert_eq!(
+                RecordId::parse(bad),
+                Err(InvalidRecordId::Malformed),
+                "{bad}"
+            );
         }
         assert!(RecordId::parse(&"x".repeat(128)).is_ok());
     }

@@ -49,7 +49,9 @@ impl RetryPolicy {
             .min(MAX_RETRY_DELAY);
         let factor = 1.0 + self.jitter * jitter_sample.clamp(-1.0, 1.0);
         let jittered = exponential.mul_f64(factor.max(0.0)).min(MAX_RETRY_DELAY);
-        jittered.max(retry_after.unwrap_or_default()).min(MAX_RETRY_DELAY)
+        jittered
+            .max(retry_after.unwrap_or_default())
+            .min(MAX_RETRY_DELAY)
     }
 
     /// [`Self::delay_after`] with a random jitter sample.
@@ -65,7 +67,11 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         return Some(Duration::from_secs(secs).min(MAX_RETRY_DELAY));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or_default().min(MAX_RETRY_DELAY))
+    Some(
+        at.duration_since(now)
+            .unwrap_or_default()
+            .min(MAX_RETRY_DELAY),
+    )
 }
 
 #[cfg(test)]
@@ -83,10 +89,14 @@ mod tests {
     #[test]
     fn delays_double_then_cap_at_twelve_hours() {
         let p = policy();
-        let delays: Vec<u64> = (1..=12).map(|n| p.delay_after(n, None, 0.0).as_secs()).collect();
+        let delays: Vec<u64> = (1..=12)
+            .map(|n| p.delay_after(n, None, 0.0).as_secs())
+            .collect();
         assert_eq!(
             delays,
-            vec![60, 120, 240, 480, 960, 1920, 3840, 7680, 15360, 30720, 43200, 43200]
+            vec![
+                60, 120, 240, 480, 960, 1920, 3840, 7680, 15360, 30720, 43200, 43200
+            ]
         );
         assert_eq!(p.delay_after(1000, None, 0.0), MAX_RETRY_DELAY);
     }
@@ -107,9 +117,18 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_but_capped() {
         let p = policy();
-        assert_eq!(p.delay_after(1, Some(Duration::from_secs(600)), 0.0), Duration::from_secs(600));
-        assert_eq!(p.delay_after(3, Some(Duration::from_secs(5)), 0.0), Duration::from_secs(240));
-        assert_eq!(p.delay_after(1, Some(Duration::from_secs(86400)), 0.0), MAX_RETRY_DELAY);
+        assert_eq!(
+            p.delay_after(1, Some(Duration::from_secs(600)), 0.0),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            p.delay_after(3, Some(Duration::from_secs(5)), 0.0),
+            Duration::from_secs(240)
+        );
+        assert_eq!(
+            p.delay_after(1, Some(Duration::from_secs(86400)), 0.0),
+            MAX_RETRY_DELAY
+        );
     }
 
     #[test]
@@ -122,12 +141,18 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         let now = httpdate::parse_http_date("Wed, 25 Nov 2026 12:00:00 GMT").unwrap();
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Wed, 25 Nov 2026 12:01:30 GMT", now),
             Some(Duration::from_secs(90))
         );
-        assert_eq!(parse_retry_after("Wed, 25 Nov 2026 11:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 25 Nov 2026 11:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
     }

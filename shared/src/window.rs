@@ -109,9 +109,16 @@ mod tests {
     #[test]
     fn clock_windows_close_after_grace() {
         let clock = Arc::new(ManualClock::new(datetime!(2026-11-25 12:00:00 UTC)));
-        let w = ClockWindows::new(clock.clone(), Duration::from_secs(300), Duration::from_secs(90));
+        let w = ClockWindows::new(
+            clock.clone(),
+            Duration::from_secs(300),
+            Duration::from_secs(90),
+        );
         let start = w.current();
-        assert_eq!(start.0 * 300, datetime!(2026-11-25 12:00:00 UTC).unix_timestamp() as u64);
+        assert_eq!(
+            start.0 * 300,
+            datetime!(2026-11-25 12:00:00 UTC).unix_timestamp() as u64
+        );
         // At the window's start, the previous window closed 0 s ago: not yet flushable.
         assert_eq!(w.closed_through(), Some(WindowId(start.0 - 2)));
         clock.advance(Duration::from_secs(89));

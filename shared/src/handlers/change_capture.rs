@@ -70,7 +70,11 @@ impl ChangeCapture {
             failure.item_identifier = sequence;
             response.batch_item_failures.push(failure);
         } else {
-            tracing::info!(records = event.records.len(), window = window.0, "changes captured");
+            tracing::info!(
+                records = event.records.len(),
+                window = window.0,
+                "changes captured"
+            );
         }
         response
     }

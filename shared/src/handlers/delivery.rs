@@ -43,7 +43,12 @@ pub enum Verdict {
 }
 
 /// The retry decision for attempt `attempt` (1-based) with `outcome`.
-pub fn decide(ack: AckPolicy, retry: &RetryPolicy, attempt: u32, outcome: &AttemptOutcome) -> Verdict {
+pub fn decide(
+    ack: AckPolicy,
+    retry: &RetryPolicy,
+    attempt: u32,
+    outcome: &AttemptOutcome,
+) -> Verdict {
     if outcome.status.is_some_and(|s| ack.acknowledges(s)) {
         Verdict::Delivered
     } else if retry.is_last(attempt) {
@@ -109,20 +114,34 @@ impl Delivery {
         ];
         let outcome = self.http.post(&url, &headers, Bytes::new()).await;
         let verdict = decide(ack, &self.settings.retry, attempt, &outcome);
-        let span = tracing::info_span!("delivery", delivery_id = %job.id.as_str(), %message_id, attempt);
+        let span =
+            tracing::info_span!("delivery", delivery_id = %job.id.as_str(), %message_id, attempt);
         let _enter = span.enter();
         match verdict {
             Verdict::Delivered => {
-                tracing::info!(status = outcome.status, latency_ms = outcome.latency.as_millis() as u64, "delivered");
+                tracing::info!(
+                    status = outcome.status,
+                    latency_ms = outcome.latency.as_millis() as u64,
+                    "delivered"
+                );
                 None
             }
             Verdict::RetryAfter(delay) => {
-                tracing::warn!(status = outcome.status, error = outcome.error.as_deref(), retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
+                tracing::warn!(
+                    status = outcome.status,
+                    error = outcome.error.as_deref(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "delivery failed; will retry"
+                );
                 self.hide(&message, delay, &message_id).await;
                 Some(message_id)
             }
             Verdict::Exhausted => {
-                tracing::error!(status = outcome.status, error = outcome.error.as_deref(), "delivery failed on the last attempt; moving to the dead-letter queue");
+                tracing::error!(
+                    status = outcome.status,
+                    error = outcome.error.as_deref(),
+                    "delivery failed on the last attempt; moving to the dead-letter queue"
+                );
                 self.hide(&message, Duration::ZERO, &message_id).await;
                 Some(message_id)
             }
@@ -168,8 +187,14 @@ mod tests {
             jitter: 0.0,
         };
         let orcid = AckPolicy::AnySuccess;
-        assert_eq!(decide(orcid, &retry, 1, &outcome(Some(204), None)), Verdict::Delivered);
-        assert_eq!(decide(orcid, &retry, 3, &outcome(Some(200), None)), Verdict::Delivered);
+        assert_eq!(
+            decide(orcid, &retry, 1, &outcome(Some(204), None)),
+            Verdict::Delivered
+        );
+        assert_eq!(
+            decide(orcid, &retry, 3, &outcome(Some(200), None)),
+            Verdict::Delivered
+        );
         assert_eq!(
             decide(orcid, &retry, 1, &outcome(Some(500), None)),
             Verdict::RetryAfter(Duration::from_secs(10))
@@ -182,7 +207,13 @@ mod tests {
             decide(orcid, &retry, 1, &outcome(Some(429), Some(120))),
             Verdict::RetryAfter(Duration::from_secs(120))
         );
-        assert_eq!(decide(orcid, &retry, 1, &outcome(Some(302), None)), Verdict::RetryAfter(Duration::from_secs(10)));
-        assert_eq!(decide(orcid, &retry, 3, &outcome(Some(500), None)), Verdict::Exhausted);
+        assert_eq!(
+            decide(orcid, &retry, 1, &outcome(Some(302), None)),
+            Verdict::RetryAfter(Duration::from_secs(10))
+        );
+        assert_eq!(
+            decide(orcid, &retry, 3, &outcome(Some(500), None)),
+            Verdict::Exhausted
+        );
     }
 }

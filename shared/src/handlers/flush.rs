@@ -78,8 +78,15 @@ impl Flush {
             after: None,
         });
         if cursor.window < oldest {
-            tracing::warn!(from = cursor.window.0, to = oldest.0, "flush fell behind past the pending-entry lifetime; skipping expired windows");
-            cursor = FlushCursor { window: oldest, after: None };
+            tracing::warn!(
+                from = cursor.window.0,
+                to = oldest.0,
+                "flush fell behind past the pending-entry lifetime; skipping expired windows"
+            );
+            cursor = FlushCursor {
+                window: oldest,
+                after: None,
+            };
         }
         while cursor.window <= through {
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -88,17 +95,27 @@ impl Flush {
             }
             let page = self
                 .pending
-                .page(cursor.window, cursor.after.as_deref(), self.settings.page_size)
+                .page(
+                    cursor.window,
+                    cursor.after.as_deref(),
+                    self.settings.page_size,
+                )
                 .await?;
             let jobs = self.jobs_for(cursor.window, &page.items).await?;
             self.queue.enqueue(&jobs).await?;
             report.records += page.items.len() as u64;
             report.jobs += jobs.len() as u64;
             cursor = match page.next {
-                Some(after) => FlushCursor { window: cursor.window, after: Some(after) },
+                Some(after) => FlushCursor {
+                    window: cursor.window,
+                    after: Some(after),
+                },
                 None => {
                     report.windows += 1;
-                    FlushCursor { window: WindowId(cursor.window.0 + 1), after: None }
+                    FlushCursor {
+                        window: WindowId(cursor.window.0 + 1),
+                        after: None,
+                    }
                 }
             };
             self.pending.save_cursor(&cursor).await?;
@@ -113,15 +130,24 @@ impl Flush {
         records: &[crate::record::RecordId],
     ) -> Result<Vec<DeliveryJob>, BackendError> {
         let created_at = rfc3339_millis(self.clock.now());
-        let per_record: Vec<_> = futures::stream::iter(records)
+        // Futures collected first: a closure inside the stream would make this future
+        // lose `Send` through higher-ranked lifetimes.
+        let lookups: Vec<_> = records
+            .iter()
             .map(|record| self.subscriptions.subscriptions_of(record))
+            .collect();
+        let per_record: Vec<_> = futures::stream::iter(lookups)
             .buffered(self.settings.lookup_concurrency)
             .collect()
             .await;
         let mut jobs = Vec::new();
         for subscriptions in per_record {
             for subscription in subscriptions? {
-                jobs.push(DeliveryJob::for_subscription(&subscription, window, created_at.clone()));
+                jobs.push(DeliveryJob::for_subscription(
+                    &subscription,
+                    window,
+                    created_at.clone(),
+                ));
             }
         }
         Ok(jobs)

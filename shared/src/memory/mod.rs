@@ -202,18 +202,33 @@ mod tests {
         assert_eq!(store.register(&s).await.unwrap(), Registered::Created);
         assert_eq!(store.register(&s).await.unwrap(), Registered::AlreadyExists);
         let theirs = sub("r1", "https://a.com/1", "c2");
-        assert_eq!(store.register(&theirs).await.unwrap(), Registered::OwnedByOther);
         assert_eq!(
-            store.unregister(&s.record, &s.callback, "c2").await.unwrap(),
+            store.register(&theirs).await.unwrap(),
+            Registered::OwnedByOther
+        );
+        assert_eq!(
+            store
+                .unregister(&s.record, &s.callback, "c2")
+                .await
+                .unwrap(),
             Unregistered::OwnedByOther
         );
-        assert_eq!(store.subscriptions_of(&s.record).await.unwrap(), vec![s.clone()]);
         assert_eq!(
-            store.unregister(&s.record, &s.callback, "c1").await.unwrap(),
+            store.subscriptions_of(&s.record).await.unwrap(),
+            vec![s.clone()]
+        );
+        assert_eq!(
+            store
+                .unregister(&s.record, &s.callback, "c1")
+                .await
+                .unwrap(),
             Unregistered::Deleted
         );
         assert_eq!(
-            store.unregister(&s.record, &s.callback, "c1").await.unwrap(),
+            store
+                .unregister(&s.record, &s.callback, "c1")
+                .await
+                .unwrap(),
             Unregistered::NotFound
         );
     }
@@ -221,7 +236,12 @@ mod tests {
     #[tokio::test]
     async fn subscriptions_are_listed_per_record() {
         let store = MemoryStore::default();
-        for (r, u) in [("r1", "https://a.com/1"), ("r1", "https://b.com/1"), ("r2", "https://a.com/2"), ("r10", "https://a.com/3")] {
+        for (r, u) in [
+            ("r1", "https://a.com/1"),
+            ("r1", "https://b.com/1"),
+            ("r2", "https://a.com/2"),
+            ("r10", "https://a.com/3"),
+        ] {
             store.register(&sub(r, u, "c")).await.unwrap();
         }
         let r1 = RecordId::parse("r1").unwrap();
@@ -236,12 +256,28 @@ mod tests {
             store.mark(w, &RecordId::parse(r).unwrap()).await.unwrap();
         }
         let p1 = store.page(w, None, 2).await.unwrap();
-        assert_eq!(p1.items.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            p1.items.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         let p2 = store.page(w, p1.next.as_deref(), 2).await.unwrap();
-        assert_eq!(p2.items.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["c", "d"]);
+        assert_eq!(
+            p2.items.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            ["c", "d"]
+        );
         let p3 = store.page(w, p2.next.as_deref(), 2).await.unwrap();
-        assert_eq!(p3.items.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["e"]);
+        assert_eq!(
+            p3.items.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            ["e"]
+        );
         assert_eq!(p3.next, None);
-        assert!(store.page(WindowId(4), None, 2).await.unwrap().items.is_empty());
+        assert!(
+            store
+                .page(WindowId(4), None, 2)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
     }
 }

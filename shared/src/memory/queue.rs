@@ -38,7 +38,10 @@ impl ReceivedMessage {
         message.receipt_handle = Some(self.receipt_handle.clone());
         message.body = Some(self.body.clone());
         message.attributes = HashMap::from([
-            ("ApproximateReceiveCount".to_owned(), self.receive_count.to_string()),
+            (
+                "ApproximateReceiveCount".to_owned(),
+                self.receive_count.to_string(),
+            ),
             ("SentTimestamp".to_owned(), self.sent_at_ms.to_string()),
             (
                 "ApproximateFirstReceiveTimestamp".to_owned(),
@@ -221,7 +224,9 @@ impl MemoryQueue {
         {
             let mut state = self.state();
             let (_, m) = Self::find_by_receipt(&mut state, receipt_handle).ok_or_else(|| {
-                BackendError::Unavailable("receipt handle is not valid (message deleted or received again)".into())
+                BackendError::Unavailable(
+                    "receipt handle is not valid (message deleted or received again)".into(),
+                )
             })?;
             m.visible_at = Instant::now() + timeout;
         }
@@ -233,7 +238,11 @@ impl MemoryQueue {
     pub fn depth(&self) -> QueueDepth {
         let now = Instant::now();
         let state = self.state();
-        let visible = state.messages.values().filter(|m| m.visible_at <= now).count();
+        let visible = state
+            .messages
+            .values()
+            .filter(|m| m.visible_at <= now)
+            .count();
         QueueDepth {
             visible,
             in_flight: state.messages.len() - visible,
@@ -273,19 +282,49 @@ mod tests {
         let first = q.receive(10, Duration::ZERO).await;
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].receive_count, 1);
-        assert!(q.receive(10, Duration::ZERO).await.is_empty(), "hidden while in flight");
-        assert_eq!(q.depth(), QueueDepth { visible: 0, in_flight: 1, dead: 0 });
+        assert!(
+            q.receive(10, Duration::ZERO).await.is_empty(),
+            "hidden while in flight"
+        );
+        assert_eq!(
+            q.depth(),
+            QueueDepth {
+                visible: 0,
+                in_flight: 1,
+                dead: 0
+            }
+        );
 
-        q.change_visibility(&first[0].receipt_handle, Duration::from_secs(5)).unwrap();
+        q.change_visibility(&first[0].receipt_handle, Duration::from_secs(5))
+            .unwrap();
         let t0 = Instant::now();
         let second = q.receive(10, Duration::from_secs(20)).await;
-        assert_eq!(t0.elapsed(), Duration::from_secs(5), "long poll wakes when it reappears");
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(5),
+            "long poll wakes when it reappears"
+        );
         assert_eq!(second[0].receive_count, 2);
-        assert!(q.change_visibility(&first[0].receipt_handle, Duration::ZERO).is_err(), "stale receipt");
+        assert!(
+            q.change_visibility(&first[0].receipt_handle, Duration::ZERO)
+                .is_err(),
+            "stale receipt"
+        );
 
-        q.change_visibility(&second[0].receipt_handle, Duration::ZERO).unwrap();
-        assert!(q.receive(10, Duration::ZERO).await.is_empty(), "third receive redrives");
-        assert_eq!(q.depth(), QueueDepth { visible: 0, in_flight: 0, dead: 1 });
+        q.change_visibility(&second[0].receipt_handle, Duration::ZERO)
+            .unwrap();
+        assert!(
+            q.receive(10, Duration::ZERO).await.is_empty(),
+            "third receive redrives"
+        );
+        assert_eq!(
+            q.depth(),
+            QueueDepth {
+                visible: 0,
+                in_flight: 0,
+                dead: 1
+            }
+        );
         assert_eq!(q.dead_letters(), vec!["a".to_owned()]);
     }
 
@@ -300,7 +339,10 @@ mod tests {
         assert!(!q.delete(&got[0].receipt_handle));
         tokio::time::advance(Duration::from_secs(31)).await;
         let again = q.receive(10, Duration::ZERO).await;
-        assert_eq!(again.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            again.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
         assert_eq!(again[0].receive_count, 2);
         let sqs = again[0].to_sqs_message("arn:q");
         assert_eq!(sqs.attributes["ApproximateReceiveCount"], "2");

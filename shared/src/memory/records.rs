@@ -63,7 +63,8 @@ fn stream_record(
     record.event_name = name.into();
     record.event_source = Some("aws:dynamodb".into());
     record.event_version = Some("1.1".into());
-    record.event_source_arn = Some("arn:aws:dynamodb:local:000000000000:table/records/stream/local".into());
+    record.event_source_arn =
+        Some("arn:aws:dynamodb:local:000000000000:table/records/stream/local".into());
     record
 }
 

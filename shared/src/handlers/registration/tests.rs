@@ -24,7 +24,10 @@ async fn api() -> Api {
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-25 12:00 UTC)));
     records.put_person(&RecordId::parse(RECORD).unwrap(), Default::default());
     for (id, secret) in [("APP-1", "secret-1"), ("APP-2", "secret-2")] {
-        store.put_client(&OAuthClient::new(id, secret, clock.now())).await.unwrap();
+        store
+            .put_client(&OAuthClient::new(id, secret, clock.now()))
+            .await
+            .unwrap();
     }
     let mut reader = OAuthClient::new("APP-READ", "secret-r", clock.now());
     reader.scopes = vec!["/read-limited".into()];
@@ -44,7 +47,9 @@ async fn api() -> Api {
 }
 
 fn request(method: &str, path: &str, token: Option<&str>, body: &str) -> Request {
-    let mut builder = http::Request::builder().method(method).uri(format!("{HOST}{path}"));
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(format!("{HOST}{path}"));
     if let Some(token) = token {
         builder = builder.header("authorization", format!("Bearer {token}"));
     }
@@ -72,7 +77,16 @@ fn token_body(client: &str, secret: &str, scope: &str) -> String {
 }
 
 async fn token(api: &Api, client: &str, secret: &str) -> String {
-    let (status, _, body) = call(api, request("POST", "/oauth/token", None, &token_body(client, secret, "/webhook"))).await;
+    let (status, _, body) = call(
+        api,
+        request(
+            "POST",
+            "/oauth/token",
+            None,
+            &token_body(client, secret, "/webhook"),
+        ),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     body["access_token"].as_str().unwrap().to_owned()
 }
@@ -84,8 +98,16 @@ fn webhook_path(callback: &str) -> String {
 #[tokio::test]
 async fn token_200_has_the_seed_fields_and_stores_only_hashes() {
     let api = api().await;
-    let (status, headers, body) =
-        call(&api, request("POST", "/oauth/token", None, &token_body("APP-1", "secret-1", "/webhook"))).await;
+    let (status, headers, body) = call(
+        &api,
+        request(
+            "POST",
+            "/oauth/token",
+            None,
+            &token_body("APP-1", "secret-1", "/webhook"),
+        ),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(headers["cache-control"], "no-store");
     assert_eq!(body["token_type"], "bearer");
@@ -102,18 +124,54 @@ async fn token_200_has_the_seed_fields_and_stores_only_hashes() {
 async fn token_errors() {
     let api = api().await;
     let cases = [
-        ("client_id=APP-1&client_secret=secret-1&grant_type=client_credentials", 400, "invalid_request"),
-        ("client_id=APP-1&scope=/webhook&grant_type=client_credentials", 400, "invalid_request"),
-        ("client_id=APP-1&client_secret=secret-1&scope=/webhook", 400, "invalid_request"),
-        ("client_id=APP-1&client_secret=secret-1&scope=/webhook&grant_type=authorization_code", 400, "unsupported_grant_type"),
-        ("client_id=APP-9&client_secret=secret-1&scope=/webhook&grant_type=client_credentials", 401, "invalid_client"),
-        ("client_id=APP-1&client_secret=wrong&scope=/webhook&grant_type=client_credentials", 401, "invalid_client"),
-        ("client_id=APP-1&client_secret=secret-1&scope=/read-limited&grant_type=client_credentials", 401, "invalid_scope"),
-        ("client_id=APP-READ&client_secret=secret-r&scope=/webhook&grant_type=client_credentials", 401, "invalid_scope"),
+        (
+            "client_id=APP-1&client_secret=secret-1&grant_type=client_credentials",
+            400,
+            "invalid_request",
+        ),
+        (
+            "client_id=APP-1&scope=/webhook&grant_type=client_credentials",
+            400,
+            "invalid_request",
+        ),
+        (
+            "client_id=APP-1&client_secret=secret-1&scope=/webhook",
+            400,
+            "invalid_request",
+        ),
+        (
+            "client_id=APP-1&client_secret=secret-1&scope=/webhook&grant_type=authorization_code",
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            "client_id=APP-9&client_secret=secret-1&scope=/webhook&grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            "client_id=APP-1&client_secret=wrong&scope=/webhook&grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            "client_id=APP-1&client_secret=secret-1&scope=/read-limited&grant_type=client_credentials",
+            401,
+            "invalid_scope",
+        ),
+        (
+            "client_id=APP-READ&client_secret=secret-r&scope=/webhook&grant_type=client_credentials",
+            401,
+            "invalid_scope",
+        ),
     ];
     for (body, status, code) in cases {
         let (got, _, json) = call(&api, request("POST", "/oauth/token", None, body)).await;
-        assert_eq!((got, json["error"].as_str().unwrap()), (status, code), "{body}");
+        assert_eq!(
+            (got, json["error"].as_str().unwrap()),
+            (status, code),
+            "{body}"
+        );
         assert!(json["error_description"].as_str().unwrap().len() > 5);
     }
 }
@@ -122,10 +180,21 @@ async fn token_errors() {
 async fn register_201_with_location_then_204() {
     let api = api().await;
     let t = token(&api, "APP-1", "secret-1").await;
-    let (status, headers, _) = call(&api, request("PUT", &webhook_path(SEED_CALLBACK), Some(&t), "")).await;
+    let (status, headers, _) = call(
+        &api,
+        request("PUT", &webhook_path(SEED_CALLBACK), Some(&t), ""),
+    )
+    .await;
     assert_eq!(status, 201);
-    assert_eq!(headers["location"], format!("{HOST}/{RECORD}/webhook/{SEED_CALLBACK}"));
-    let (status, headers, _) = call(&api, request("PUT", &webhook_path(SEED_CALLBACK), Some(&t), "")).await;
+    assert_eq!(
+        headers["location"],
+        format!("{HOST}/{RECORD}/webhook/{SEED_CALLBACK}")
+    );
+    let (status, headers, _) = call(
+        &api,
+        request("PUT", &webhook_path(SEED_CALLBACK), Some(&t), ""),
+    )
+    .await;
     assert_eq!(status, 204);
     assert!(headers.get("location").is_none());
 }
@@ -135,10 +204,18 @@ async fn register_accepts_a_path_the_gateway_already_decoded() {
     let api = api().await;
     let t = token(&api, "APP-1", "secret-1").await;
     let decoded = "https://nowhere2.com/0000-0002-7465-2162/updated";
-    let (status, headers, _) = call(&api, request("PUT", &webhook_path(decoded), Some(&t), "")).await;
+    let (status, headers, _) =
+        call(&api, request("PUT", &webhook_path(decoded), Some(&t), "")).await;
     assert_eq!(status, 201);
-    assert_eq!(headers["location"], format!("{HOST}/{RECORD}/webhook/{SEED_CALLBACK}"));
-    let (status, _, _) = call(&api, request("PUT", &webhook_path(SEED_CALLBACK), Some(&t), "")).await;
+    assert_eq!(
+        headers["location"],
+        format!("{HOST}/{RECORD}/webhook/{SEED_CALLBACK}")
+    );
+    let (status, _, _) = call(
+        &api,
+        request("PUT", &webhook_path(SEED_CALLBACK), Some(&t), ""),
+    )
+    .await;
     assert_eq!(status, 204, "both forms name the same webhook");
 }
 
@@ -147,28 +224,112 @@ async fn register_errors() {
     let api = api().await;
     let t = token(&api, "APP-1", "secret-1").await;
     let read = {
-        let (_, _, body) = call(&api, request("POST", "/oauth/token", None, &token_body("APP-READ", "secret-r", "/read-limited"))).await;
+        let (_, _, body) = call(
+            &api,
+            request(
+                "POST",
+                "/oauth/token",
+                None,
+                &token_body("APP-READ", "secret-r", "/read-limited"),
+            ),
+        )
+        .await;
         body["access_token"].as_str().unwrap().to_owned()
     };
     let seed = webhook_path(SEED_CALLBACK);
     let cases: Vec<(Request, u16, &str)> = vec![
         (request("PUT", &seed, None, ""), 401, "invalid_token"),
-        (request("PUT", &seed, Some("not-a-token"), ""), 401, "invalid_token"),
-        (request("PUT", &seed, Some(&read), ""), 403, "insufficient_scope"),
-        (request("PUT", &format!("/0000-0002-7465-2161/webhook/{SEED_CALLBACK}"), Some(&t), ""), 400, "invalid_record_id"),
-        (request("PUT", &format!("/not-an-orcid/webhook/{SEED_CALLBACK}"), Some(&t), ""), 400, "invalid_record_id"),
-        (request("PUT", &webhook_path("http%3A%2F%2Fnowhere2.com%2Fx"), Some(&t), ""), 400, "invalid_callback_url"),
-        (request("PUT", &webhook_path("https%3A%2F%2F127.0.0.1%2Fx"), Some(&t), ""), 400, "invalid_callback_url"),
-        (request("PUT", &webhook_path("https%3A%2F%2Fa.com%2F%zz"), Some(&t), ""), 400, "invalid_callback_url"),
-        (request("PUT", &webhook_path("not-a-url"), Some(&t), ""), 400, "invalid_callback_url"),
-        (request("PUT", &format!("/0000-0002-1825-0097/webhook/{SEED_CALLBACK}"), Some(&t), ""), 404, "unknown_record"),
+        (
+            request("PUT", &seed, Some("not-a-token"), ""),
+            401,
+            "invalid_token",
+        ),
+        (
+            request("PUT", &seed, Some(&read), ""),
+            403,
+            "insufficient_scope",
+        ),
+        (
+            request(
+                "PUT",
+                &format!("/0000-0002-7465-2161/webhook/{SEED_CALLBACK}"),
+                Some(&t),
+                "",
+            ),
+            400,
+            "invalid_record_id",
+        ),
+        (
+            request(
+                "PUT",
+                &format!("/not-an-orcid/webhook/{SEED_CALLBACK}"),
+                Some(&t),
+                "",
+            ),
+            400,
+            "invalid_record_id",
+        ),
+        (
+            request(
+                "PUT",
+                &webhook_path("http%3A%2F%2Fnowhere2.com%2Fx"),
+                Some(&t),
+                "",
+            ),
+            400,
+            "invalid_callback_url",
+        ),
+        (
+            request(
+                "PUT",
+                &webhook_path("https%3A%2F%2F127.0.0.1%2Fx"),
+                Some(&t),
+                "",
+            ),
+            400,
+            "invalid_callback_url",
+        ),
+        (
+            request(
+                "PUT",
+                &webhook_path("https%3A%2F%2Fa.com%2F%zz"),
+                Some(&t),
+                "",
+            ),
+            400,
+            "invalid_callback_url",
+        ),
+        (
+            request("PUT", &webhook_path("not-a-url"), Some(&t), ""),
+            400,
+            "invalid_callback_url",
+        ),
+        (
+            request(
+                "PUT",
+                &format!("/0000-0002-1825-0097/webhook/{SEED_CALLBACK}"),
+                Some(&t),
+                "",
+            ),
+            404,
+            "unknown_record",
+        ),
     ];
     for (req, status, code) in cases {
         let uri = req.uri().to_string();
         let (got, headers, json) = call(&api, req).await;
-        assert_eq!((got, json["error"].as_str().unwrap_or_default()), (status, code), "{uri}");
+        assert_eq!(
+            (got, json["error"].as_str().unwrap_or_default()),
+            (status, code),
+            "{uri}"
+        );
         if status == 401 {
-            assert!(headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+            assert!(
+                headers["www-authenticate"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Bearer")
+            );
         }
     }
 }
@@ -178,9 +339,21 @@ async fn expired_token_is_401() {
     let api = api().await;
     let t = token(&api, "APP-1", "secret-1").await;
     api.clock.advance(std::time::Duration::from_secs(3600));
-    let (status, headers, json) = call(&api, request("PUT", &webhook_path(SEED_CALLBACK), Some(&t), "")).await;
-    assert_eq!((status, json["error"].as_str().unwrap()), (401, "invalid_token"));
-    assert!(headers["www-authenticate"].to_str().unwrap().contains("expired"));
+    let (status, headers, json) = call(
+        &api,
+        request("PUT", &webhook_path(SEED_CALLBACK), Some(&t), ""),
+    )
+    .await;
+    assert_eq!(
+        (status, json["error"].as_str().unwrap()),
+        (401, "invalid_token")
+    );
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("expired")
+    );
 }
 
 #[tokio::test]
@@ -190,7 +363,11 @@ async fn disabled_client_tokens_stop_working() {
     let mut client = api.store.get_client("APP-1").await.unwrap().unwrap();
     client.disabled = true;
     api.store.put_client(&client).await.unwrap();
-    let (status, _, _) = call(&api, request("PUT", &webhook_path(SEED_CALLBACK), Some(&t), "")).await;
+    let (status, _, _) = call(
+        &api,
+        request("PUT", &webhook_path(SEED_CALLBACK), Some(&t), ""),
+    )
+    .await;
     assert_eq!(status, 401);
 }
 
@@ -200,15 +377,37 @@ async fn unregister_204_404_403() {
     let mine = token(&api, "APP-1", "secret-1").await;
     let theirs = token(&api, "APP-2", "secret-2").await;
     let seed = webhook_path(SEED_CALLBACK);
-    assert_eq!(call(&api, request("DELETE", &seed, Some(&mine), "")).await.0, 404);
-    assert_eq!(call(&api, request("PUT", &seed, Some(&mine), "")).await.0, 201);
+    assert_eq!(
+        call(&api, request("DELETE", &seed, Some(&mine), ""))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        call(&api, request("PUT", &seed, Some(&mine), "")).await.0,
+        201
+    );
     let (status, _, json) = call(&api, request("PUT", &seed, Some(&theirs), "")).await;
-    assert_eq!((status, json["error"].as_str().unwrap()), (403, "forbidden"));
+    assert_eq!(
+        (status, json["error"].as_str().unwrap()),
+        (403, "forbidden")
+    );
     let (status, _, json) = call(&api, request("DELETE", &seed, Some(&theirs), "")).await;
-    assert_eq!((status, json["error"].as_str().unwrap()), (403, "forbidden"));
-    assert_eq!(call(&api, request("DELETE", &seed, Some(&mine), "")).await.0, 204);
+    assert_eq!(
+        (status, json["error"].as_str().unwrap()),
+        (403, "forbidden")
+    );
+    assert_eq!(
+        call(&api, request("DELETE", &seed, Some(&mine), ""))
+            .await
+            .0,
+        204
+    );
     let (status, _, json) = call(&api, request("DELETE", &seed, Some(&mine), "")).await;
-    assert_eq!((status, json["error"].as_str().unwrap()), (404, "webhook_not_found"));
+    assert_eq!(
+        (status, json["error"].as_str().unwrap()),
+        (404, "webhook_not_found")
+    );
     assert_eq!(call(&api, request("DELETE", &seed, None, "")).await.0, 401);
 }
 
@@ -216,13 +415,28 @@ async fn unregister_204_404_403() {
 async fn unknown_routes_wrong_methods_and_big_bodies() {
     let api = api().await;
     let (status, _, json) = call(&api, request("GET", "/nothing/here", None, "")).await;
-    assert_eq!((status, json["error"].as_str().unwrap()), (404, "not_found"));
+    assert_eq!(
+        (status, json["error"].as_str().unwrap()),
+        (404, "not_found")
+    );
     let (status, headers, _) = call(&api, request("GET", "/oauth/token", None, "")).await;
     assert_eq!((status, headers["allow"].to_str().unwrap()), (405, "POST"));
-    let (status, headers, _) = call(&api, request("POST", &webhook_path(SEED_CALLBACK), None, "")).await;
-    assert_eq!((status, headers["allow"].to_str().unwrap()), (405, "PUT, DELETE"));
+    let (status, headers, _) = call(
+        &api,
+        request("POST", &webhook_path(SEED_CALLBACK), None, ""),
+    )
+    .await;
+    assert_eq!(
+        (status, headers["allow"].to_str().unwrap()),
+        (405, "PUT, DELETE")
+    );
     let big = "x".repeat(MAX_BODY_BYTES + 1);
-    assert_eq!(call(&api, request("POST", "/oauth/token", None, &big)).await.0, 413);
+    assert_eq!(
+        call(&api, request("POST", "/oauth/token", None, &big))
+            .await
+            .0,
+        413
+    );
 }
 
 #[tokio::test]
@@ -233,7 +447,9 @@ async fn basic_auth_token_request() {
         .method("POST")
         .uri(format!("{HOST}/oauth/token"))
         .header("authorization", format!("Basic {basic}"))
-        .body(Body::Text("grant_type=client_credentials&scope=%2Fwebhook".into()))
+        .body(Body::Text(
+            "grant_type=client_credentials&scope=%2Fwebhook".into(),
+        ))
         .unwrap();
     assert_eq!(call(&api, req).await.0, 200);
 }

@@ -1,0 +1,251 @@
+//! The local HTTP server: API Gateway's part (every request not under `/local/` goes to
+//! the registration handler with its raw path intact) plus the local-only endpoints.
+
+use crate::Runtime;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use http::{StatusCode, header};
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use webhooks::handlers::FlushReport;
+use webhooks::handlers::api_error::ApiError;
+use webhooks::handlers::registration::MAX_BODY_BYTES;
+use webhooks::lambda_http::{self, RequestExt};
+use webhooks::ports::Person;
+use webhooks::record::RecordId;
+
+/// Requests the built-in test receiver got (`POST /local/inbox/...`).
+#[derive(Debug, Default)]
+pub struct Inbox(Mutex<Vec<InboxEntry>>);
+
+/// One request the built-in receiver got.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboxEntry {
+    path: String,
+    headers: serde_json::Map<String, serde_json::Value>,
+    body: String,
+    received_at: String,
+}
+
+const INBOX_LIMIT: usize = 1000;
+
+pub fn router(runtime: Arc<Runtime>) -> Router {
+    Router::new()
+        .route(
+            "/local/records/{id}",
+            put(put_record).delete(delete_record).get(get_record),
+        )
+        .route("/local/flush", post(flush))
+        .route("/local/status", get(status))
+        .route("/local/inbox", get(list_inbox).delete(clear_inbox))
+        .route("/local/inbox/{*name}", post(receive))
+        .fallback(api)
+        .with_state(runtime)
+}
+
+/// An error answer of a local endpoint, in the API's error shape.
+struct LocalError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl LocalError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn unknown_record() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_record",
+            "no record has this id",
+        )
+    }
+}
+
+impl IntoResponse for LocalError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.code, "error_description": self.message});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn record_id(id: &str) -> Result<RecordId, LocalError> {
+    RecordId::parse(id)
+        .map_err(|e| LocalError::new(StatusCode::BAD_REQUEST, "invalid_record_id", e.to_string()))
+}
+
+/// `PUT /local/records/{id}` with a JSON object: write the person, feed change capture.
+async fn put_record(
+    State(rt): State<Arc<Runtime>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, LocalError> {
+    let id = record_id(&id)?;
+    let mut person: Person = serde_json::from_slice(&body).map_err(|e| {
+        LocalError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_person",
+            format!("the body must be a JSON object: {e}"),
+        )
+    })?;
+    if !person.contains_key("lastChangedDate") {
+        let now = webhooks::clock::rfc3339_millis(time::OffsetDateTime::now_utc());
+        person.insert("lastChangedDate".into(), now.into());
+    }
+    let record = rt.put_person(&id, person).await;
+    let status = if record.event_name == "INSERT" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = serde_json::json!({"id": id.as_str(), "event": record.event_name, "window": rt.current_window()});
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// `DELETE /local/records/{id}`: remove the person, feed change capture.
+async fn delete_record(
+    State(rt): State<Arc<Runtime>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, LocalError> {
+    let id = record_id(&id)?;
+    match rt.delete_person(&id).await {
+        Some(_) => Ok(StatusCode::NO_CONTENT),
+        None => Err(LocalError::unknown_record()),
+    }
+}
+
+/// `GET /local/records/{id}`.
+async fn get_record(
+    State(rt): State<Arc<Runtime>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Person>, LocalError> {
+    use webhooks::ports::RecordStore;
+    let id = record_id(&id)?;
+    match rt.records.get_person(&id).await {
+        Ok(Some(person)) => Ok(axum::Json(person)),
+        _ => Err(LocalError::unknown_record()),
+    }
+}
+
+/// `POST /local/flush`: close the current window and flush now.
+async fn flush(State(rt): State<Arc<Runtime>>) -> Result<axum::Json<FlushReport>, LocalError> {
+    rt.flush_now().await.map(axum::Json).map_err(|e| {
+        LocalError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            e.to_string(),
+        )
+    })
+}
+
+/// `GET /local/status`: queue counts, the DLQ and the current window.
+async fn status(State(rt): State<Arc<Runtime>>) -> Response {
+    let depth = rt.queue_depth();
+    let dead: Vec<serde_json::Value> = rt
+        .queue
+        .dead_letters()
+        .iter()
+        .map(|body| serde_json::from_str(body).unwrap_or_else(|_| body.as_str().into()))
+        .collect();
+    axum::Json(serde_json::json!({
+        "window": rt.current_window(),
+        "queue": {"visible": depth.visible, "in_flight": depth.in_flight, "dead_letters": depth.dead},
+        "dead_letters": dead,
+    }))
+    .into_response()
+}
+
+/// `POST /local/inbox/{name}`: a receiver to point callbacks at (needs
+/// `--allow-insecure-callbacks`); answers 204 and keeps the request.
+async fn receive(
+    State(rt): State<Arc<Runtime>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+            )
+        })
+        .collect();
+    tracing::info!(inbox = %name, bytes = body.len(), "inbox received a webhook");
+    let mut inbox = rt.inbox.0.lock().expect("inbox lock");
+    if inbox.len() >= INBOX_LIMIT {
+        inbox.remove(0);
+    }
+    inbox.push(InboxEntry {
+        path: format!("/local/inbox/{name}"),
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        received_at: webhooks::clock::rfc3339_millis(time::OffsetDateTime::now_utc()),
+    });
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn list_inbox(State(rt): State<Arc<Runtime>>) -> Response {
+    let inbox = rt.inbox.0.lock().expect("inbox lock").clone();
+    axum::Json(inbox).into_response()
+}
+
+async fn clear_inbox(State(rt): State<Arc<Runtime>>) -> Response {
+    rt.inbox.0.lock().expect("inbox lock").clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Everything else: what API Gateway would hand the registration Lambda.
+async fn api(State(rt): State<Arc<Runtime>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES + 1).await else {
+        return from_lambda(ApiError::PayloadTooLarge(MAX_BODY_BYTES).into_response());
+    };
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let raw_path = parts.uri.path().to_owned();
+    let uri = format!("http://{host}{path_and_query}")
+        .parse::<http::Uri>()
+        .unwrap_or_else(|_| parts.uri.clone());
+    let mut lambda_request = http::Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .body(if body.is_empty() {
+            lambda_http::Body::Empty
+        } else {
+            lambda_http::Body::Binary(body.to_vec())
+        })
+        .expect("method and URI come from a parsed request");
+    *lambda_request.headers_mut() = parts.headers;
+    let lambda_request = lambda_request.with_raw_http_path(raw_path);
+    from_lambda(rt.registration.handle(lambda_request).await)
+}
+
+fn from_lambda(response: lambda_http::Response<lambda_http::Body>) -> Response {
+    let (parts, body) = response.into_parts();
+    let bytes = match body {
+        lambda_http::Body::Empty => Vec::new(),
+        lambda_http::Body::Text(text) => text.into_bytes(),
+        lambda_http::Body::Binary(bytes) => bytes,
+        _ => Vec::new(),
+    };
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}

@@ -1,0 +1,135 @@
+//! `webhooks-local`: the whole webhook service on one machine, no AWS needed.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::time::Duration;
+use webhooks::retry::RetryPolicy;
+use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD, parse_duration};
+
+/// Runs the webhook service locally: the Lambda handlers over in-memory storage and queue.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// How often the flush runs, which is also the coalescing window (e.g. 5m, 30s).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    flush_interval: Duration,
+    /// Delay after the first failed attempt; it doubles each attempt, up to 12 h.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    retry_base: Duration,
+    /// Attempts before a message moves to the dead-letter queue.
+    #[arg(long, default_value_t = 15)]
+    max_attempts: u32,
+    /// Ack deadline of one delivery attempt.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    delivery_timeout: Duration,
+    /// Concurrent requests within one delivery batch.
+    #[arg(long, default_value_t = 32)]
+    delivery_concurrency: usize,
+    /// Access-token lifetime.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    token_lifetime: Duration,
+    /// LOCAL DEVELOPMENT ONLY: allow plain-http and loopback/private callback URLs.
+    #[arg(long)]
+    allow_insecure_callbacks: bool,
+    /// Create an OAuth client ID:SECRET (repeatable). Without it one is generated.
+    #[arg(long = "client", value_name = "ID:SECRET", value_parser = parse_client)]
+    clients: Vec<(String, String)>,
+    /// Do not create the sample record the seed's examples use.
+    #[arg(long)]
+    no_sample_record: bool,
+}
+
+fn parse_client(text: &str) -> Result<(String, String), String> {
+    let (id, secret) = text.split_once(':').ok_or("expected ID:SECRET")?;
+    if !webhooks::oauth::is_valid_client_id(id) {
+        return Err("the client id must be 1-64 of letters, digits, '.', '_' or '-'".into());
+    }
+    if secret.is_empty() {
+        return Err("the secret must not be empty".into());
+    }
+    Ok((id.to_owned(), secret.to_owned()))
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = LocalConfig {
+        listen: args.listen,
+        flush_interval: args.flush_interval,
+        retry: RetryPolicy {
+            base: args.retry_base,
+            max_attempts: args.max_attempts.max(1),
+            ..RetryPolicy::default()
+        },
+        delivery_timeout: args.delivery_timeout,
+        delivery_concurrency: args.delivery_concurrency,
+        token_lifetime: args.token_lifetime,
+        allow_insecure_callbacks: args.allow_insecure_callbacks,
+        clients: args.clients,
+        sample_record: !args.no_sample_record,
+        ..LocalConfig::default()
+    };
+    let service = LocalService::start(config.clone()).await?;
+    print_banner(&service, &config);
+    tokio::signal::ctrl_c().await?;
+    eprintln!("\nstopping…");
+    service.stop().await;
+    Ok(())
+}
+
+fn print_banner(service: &LocalService, config: &LocalConfig) {
+    let base = format!("http://{}", service.addr);
+    let (id, secret) = &service.clients[0];
+    let callback = if config.allow_insecure_callbacks {
+        format!("{base}/local/inbox/{SAMPLE_RECORD}")
+    } else {
+        "https://nowhere2.com/0000-0002-7465-2162/updated".to_owned()
+    };
+    let encoded: String = callback
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    println!(
+        r#"
+Person webhooks — local runner
+  HTTP API      {base}
+  flush every   {flush:?} (POST {base}/local/flush to flush now)
+  retries       base {retry:?}, doubling, {attempts} attempts, then the dead-letter queue
+  OAuth client  {id} / {secret}
+  sample record {SAMPLE_RECORD}{insecure}
+
+Try the seed's examples:
+  curl -i -H "Accept: application/json" -d "client_id={id}" -d "client_secret={secret}" \
+       -d "scope=/webhook" -d "grant_type=client_credentials" "{base}/oauth/token"
+  TOKEN=<access_token from above>
+  curl -i -H "Authorization: Bearer $TOKEN" -X PUT "{base}/{SAMPLE_RECORD}/webhook/{encoded}"
+  curl -i -X PUT -H "Content-Type: application/json" -d '{{"firstName":"Josiah"}}' "{base}/local/records/{SAMPLE_RECORD}"
+  curl -i -X POST "{base}/local/flush"
+  curl -s "{base}/local/inbox"      # what the built-in receiver got
+  curl -s "{base}/local/status"     # queue, in-flight and dead-letter counts
+  curl -i -H "Authorization: Bearer $TOKEN" -X DELETE "{base}/{SAMPLE_RECORD}/webhook/{encoded}"
+Ctrl-C stops the service.
+"#,
+        flush = config.flush_interval,
+        retry = config.retry.base,
+        attempts = config.retry.max_attempts,
+        insecure = if config.allow_insecure_callbacks {
+            "\n  !!! INSECURE CALLBACKS ALLOWED: http:// and loopback/private addresses can be called. Local development only. !!!"
+        } else {
+            "\n  (callbacks must be public https URLs; add --allow-insecure-callbacks to use the built-in receiver at /local/inbox)"
+        },
+    );
+}

@@ -1,0 +1,337 @@
+//! The ORCID-style flow end to end on the local runner: real HTTP to the API, real
+//! record changes through change capture, the flush, the delivery workers, and a real
+//! receiver on 127.0.0.1.
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use webhooks::retry::RetryPolicy;
+use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD};
+use webhooks_tests::Receiver;
+
+const CLIENT: (&str, &str) = (
+    "APP-NPXKK6HFN6TJ4YYI",
+    "060c36f2-cce2-4f74-bde0-a17d8bb30a97",
+);
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(retry_base: Duration, max_attempts: u32) -> LocalConfig {
+    LocalConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        // The timer stays out of the way; the tests flush by hand.
+        flush_interval: Duration::from_secs(3600),
+        flush_grace: Duration::from_millis(300),
+        retry: RetryPolicy {
+            base: retry_base,
+            max_attempts,
+            jitter: 0.1,
+        },
+        delivery_timeout: Duration::from_secs(2),
+        allow_insecure_callbacks: true,
+        clients: vec![(CLIENT.0.into(), CLIENT.1.into())],
+        ..LocalConfig::default()
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(service: &LocalService) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: format!("http://{}", service.addr),
+        }
+    }
+
+    async fn token(&self) -> Value {
+        let form = [
+            ("client_id", CLIENT.0),
+            ("client_secret", CLIENT.1),
+            ("scope", "/webhook"),
+            ("grant_type", "client_credentials"),
+        ];
+        let body: String = form.iter().map(|(k, v)| format!("{k}={v}&")).collect();
+        let response = self
+            .http
+            .post(format!("{}/oauth/token", self.base))
+            .header("accept", "application/json")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    fn webhook_url(&self, callback: &str) -> String {
+        format!("{}/{SAMPLE_RECORD}/webhook/{}", self.base, encode(callback))
+    }
+
+    async fn webhook(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        callback: &str,
+    ) -> reqwest::Response {
+        self.http
+            .request(method, self.webhook_url(callback))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn change(&self, person: Value) -> Value {
+        let response = self
+            .http
+            .put(format!("{}/local/records/{SAMPLE_RECORD}", self.base))
+            .json(&person)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+        response.json().await.unwrap()
+    }
+
+    async fn flush(&self) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/local/flush", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    async fn status(&self) -> Value {
+        self.http
+            .get(format!("{}/local/status", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// `encodeURIComponent`.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'_'
+            | b'.'
+            | b'!'
+            | b'~'
+            | b'*'
+            | b'\''
+            | b'('
+            | b')' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orcid_flow_end_to_end() {
+    let service = LocalService::start(config(Duration::from_millis(400), 5))
+        .await
+        .unwrap();
+    let api = Client::new(&service);
+    let receiver = Receiver::start().await;
+    let callback = receiver.url("/0000-0002-7465-2162/updated");
+
+    // Token: 200 with the seed's fields.
+    let token = api.token().await;
+    for field in [
+        "access_token",
+        "token_type",
+        "refresh_token",
+        "expires_in",
+        "scope",
+    ] {
+        assert!(token.get(field).is_some(), "{field} missing from {token}");
+    }
+    assert_eq!(token["token_type"], "bearer");
+    assert_eq!(token["scope"], "/webhook");
+    let token = token["access_token"].as_str().unwrap().to_owned();
+
+    // Register: 201 with the exact Location, then 204.
+    let response = api.webhook(reqwest::Method::PUT, &token, &callback).await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(
+        response.headers()["location"],
+        api.webhook_url(&callback).as_str()
+    );
+    let response = api.webhook(reqwest::Method::PUT, &token, &callback).await;
+    assert_eq!(response.status(), 204);
+
+    // Two changes in one window: exactly one empty POST after the flush.
+    api.change(json!({"firstName": "Josiah"})).await;
+    api.change(json!({"firstName": "Josiah", "lastName": "Carberry"}))
+        .await;
+    let report = api.flush().await;
+    assert_eq!(report["jobs"], 1, "{report}");
+    let hits = receiver.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hits_after = receiver.hits();
+    assert_eq!(hits_after.len(), 1, "exactly one POST per window");
+    assert_eq!(hits[0].method, "POST");
+    assert_eq!(hits[0].path, "/0000-0002-7465-2162/updated");
+    assert!(
+        hits[0].body.is_empty(),
+        "ORCID-style notifications have an empty body"
+    );
+    assert!(
+        hits[0].headers["webhook-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("msg_")
+    );
+
+    // 500, 500, then 204: three attempts, the gap doubling.
+    receiver.script(&[500, 500]);
+    api.change(json!({"firstName": "Jo"})).await;
+    api.flush().await;
+    let hits = receiver.wait_for(4, WAIT).await;
+    assert_eq!(hits.len(), 4);
+    let first_gap = hits[2].at - hits[1].at;
+    let second_gap = hits[3].at - hits[2].at;
+    let ratio = second_gap.as_secs_f64() / first_gap.as_secs_f64();
+    assert!(
+        first_gap >= Duration::from_millis(350),
+        "first retry after ~400 ms, was {first_gap:?}"
+    );
+    assert!(
+        (1.5..=2.6).contains(&ratio),
+        "gaps {first_gap:?} then {second_gap:?}: ratio {ratio}"
+    );
+    assert_eq!(
+        hits[1].headers["webhook-id"], hits[3].headers["webhook-id"],
+        "webhook-id is stable across retries"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.hits().len(),
+        4,
+        "acknowledged: no further attempts"
+    );
+
+    // Unregister: 204, and a further change sends nothing.
+    let response = api
+        .webhook(reqwest::Method::DELETE, &token, &callback)
+        .await;
+    assert_eq!(response.status(), 204);
+    api.change(json!({"firstName": "Joe"})).await;
+    let report = api.flush().await;
+    assert_eq!(report["jobs"], 0, "{report}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.hits().len(), 4, "no POST after unregistering");
+
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_during_a_flush_is_delivered_by_the_next_flush() {
+    let service = LocalService::start(config(Duration::from_millis(200), 5))
+        .await
+        .unwrap();
+    let api = Client::new(&service);
+    let receiver = Receiver::start().await;
+    let token = api.token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let callback = receiver.url("/hook");
+    assert_eq!(
+        api.webhook(reqwest::Method::PUT, &token, &callback)
+            .await
+            .status(),
+        201
+    );
+
+    let window_before = api.change(json!({"v": 1})).await["window"]
+        .as_u64()
+        .unwrap();
+    // The flush closes the window, waits its grace period (300 ms), then reads it; this
+    // change lands in between, in the next window.
+    let flushing = tokio::spawn({
+        let http = api.http.clone();
+        let url = format!("{}/local/flush", api.base);
+        async move {
+            http.post(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let window_during = api.change(json!({"v": 2})).await["window"]
+        .as_u64()
+        .unwrap();
+    let first = flushing.await.unwrap();
+    assert!(
+        window_during > window_before,
+        "the change landed after the window closed"
+    );
+    assert_eq!(first["jobs"], 1, "{first}");
+    receiver.wait_for(1, WAIT).await;
+
+    let second = api.flush().await;
+    assert_eq!(
+        second["jobs"], 1,
+        "the next flush picks up the change: {second}"
+    );
+    assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_always_fails_ends_in_the_dead_letter_queue() {
+    let service = LocalService::start(config(Duration::from_millis(100), 3))
+        .await
+        .unwrap();
+    let api = Client::new(&service);
+    let receiver = Receiver::start().await;
+    receiver.script(&[500; 10]);
+    let token = api.token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        api.webhook(reqwest::Method::PUT, &token, &receiver.url("/down"))
+            .await
+            .status(),
+        201
+    );
+    api.change(json!({"v": 1})).await;
+    api.flush().await;
+    let hits = receiver.wait_for(3, WAIT).await;
+    assert_eq!(hits.len(), 3);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let status = api.status().await;
+        if status["queue"]["dead_letters"] == 1 || tokio::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["queue"]["dead_letters"], 1, "{status}");
+    assert_eq!(
+        status["dead_letters"][0]["target"]["callback"],
+        receiver.url("/down").as_str()
+    );
+    assert_eq!(receiver.hits().len(), 3, "no attempt after the last");
+    service.stop().await;
+}
