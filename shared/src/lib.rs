@@ -7,8 +7,10 @@
 //! ports so the Lambdas and the local runner run the same code.
 
 pub mod ack;
+pub mod aws;
 pub mod callback;
 pub mod clock;
+pub mod config;
 pub mod handlers;
 pub mod http_client;
 pub mod job;

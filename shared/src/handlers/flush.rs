@@ -5,6 +5,7 @@ use crate::clock::{Clock, rfc3339_millis};
 use crate::job::DeliveryJob;
 use crate::ports::{BackendError, DeliveryQueue, FlushCursor, PendingChanges, SubscriptionStore};
 use crate::window::{FlushWindows, WindowId};
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use futures::StreamExt;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -64,6 +65,17 @@ pub struct Flush {
 }
 
 impl Flush {
+    /// Handles the scheduled event (its content does not matter: every run flushes
+    /// whatever windows have closed).
+    pub async fn handle(
+        &self,
+        event: EventBridgeEvent,
+        deadline: Option<Instant>,
+    ) -> Result<FlushReport, BackendError> {
+        tracing::debug!(event_id = event.id.as_deref(), time = ?event.time, "scheduled flush");
+        self.run(deadline).await
+    }
+
     /// Flushes every closed window after the cursor, saving progress after each page so a
     /// crash or timeout repeats at most one page (duplicates, never losses). Stops
     /// early, with progress saved, when `deadline` comes near.

@@ -1,0 +1,20 @@
+//! The `flush` Lambda: every flush interval, pending changes -> delivery jobs on SQS.
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use webhooks::aws::{AwsServices, stop_before};
+use webhooks::aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use webhooks::config::Settings;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let flush = AwsServices::load(Settings::from_env()?).await.flush();
+    let flush = &flush;
+    lambda_runtime::run(service_fn(
+        |event: LambdaEvent<EventBridgeEvent>| async move {
+            let deadline = stop_before(event.context.deadline);
+            Ok::<_, Error>(flush.handle(event.payload, Some(deadline)).await?)
+        },
+    ))
+    .await
+}

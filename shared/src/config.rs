@@ -1,0 +1,166 @@
+//! The Lambda functions' settings, read once at start from the environment the SAM
+//! template sets (every operator setting is a template parameter).
+
+use crate::callback::UrlPolicy;
+use crate::handlers::{ApiSettings, DeliverySettings, FlushSettings};
+use crate::http_client::HttpSettings;
+use crate::retry::RetryPolicy;
+use std::time::Duration;
+
+/// A missing or malformed environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    /// A variable does not parse.
+    #[error("environment variable {name} = {value:?} is not valid: {reason}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// Everything the functions are configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `SERVICE_TABLE`: clients, tokens, subscriptions, pending changes, cursor.
+    pub service_table: String,
+    /// `RECORDS_TABLE`: the persons.
+    pub records_table: String,
+    /// `DELIVERY_QUEUE_URL`.
+    pub delivery_queue_url: String,
+    /// `FLUSH_INTERVAL_MINUTES` (default 5): window length and flush schedule.
+    pub flush_interval: Duration,
+    /// `FLUSH_GRACE_SECONDS` (default 90).
+    pub flush_grace: Duration,
+    /// `RETRY_BASE_SECONDS` (default 60) and `MAX_ATTEMPTS` (default 15).
+    pub retry: RetryPolicy,
+    /// `DELIVERY_TIMEOUT_SECONDS` (default 10).
+    pub delivery_timeout: Duration,
+    /// `DELIVERY_CONCURRENCY` (default 32).
+    pub delivery_concurrency: usize,
+    /// `TOKEN_LIFETIME_SECONDS` (default 3600).
+    pub token_lifetime: Duration,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let required = |name: &'static str| {
+            lookup(name)
+                .filter(|v| !v.is_empty())
+                .ok_or(ConfigError::Missing(name))
+        };
+        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match lookup(name).filter(|v| !v.is_empty()) {
+                None => Ok(default),
+                Some(value) => match value.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(ConfigError::Invalid {
+                        name,
+                        value,
+                        reason: "expected a positive whole number",
+                    }),
+                },
+            }
+        };
+        Ok(Self {
+            service_table: required("SERVICE_TABLE")?,
+            records_table: required("RECORDS_TABLE")?,
+            delivery_queue_url: required("DELIVERY_QUEUE_URL")?,
+            flush_interval: Duration::from_secs(60 * number("FLUSH_INTERVAL_MINUTES", 5)?),
+            flush_grace: Duration::from_secs(number("FLUSH_GRACE_SECONDS", 90)?),
+            retry: RetryPolicy {
+                base: Duration::from_secs(number("RETRY_BASE_SECONDS", 60)?),
+                max_attempts: number("MAX_ATTEMPTS", 15)?.min(u64::from(u32::MAX)) as u32,
+                ..RetryPolicy::default()
+            },
+            delivery_timeout: Duration::from_secs(number("DELIVERY_TIMEOUT_SECONDS", 10)?),
+            delivery_concurrency: number("DELIVERY_CONCURRENCY", 32)? as usize,
+            token_lifetime: Duration::from_secs(number("TOKEN_LIFETIME_SECONDS", 3600)?),
+        })
+    }
+
+    /// Settings of the HTTP API.
+    pub fn api(&self) -> ApiSettings {
+        ApiSettings {
+            url_policy: UrlPolicy::default(),
+            token_lifetime: self.token_lifetime,
+        }
+    }
+
+    /// Settings of the flush; entries older than the pending TTL are not looked for.
+    pub fn flush(&self) -> FlushSettings {
+        let windows_per_ttl =
+            crate::aws::dynamodb::PENDING_TTL.as_secs() / self.flush_interval.as_secs();
+        FlushSettings {
+            max_lag: windows_per_ttl,
+            ..FlushSettings::default()
+        }
+    }
+
+    /// Settings of the delivery handler.
+    pub fn delivery(&self) -> DeliverySettings {
+        DeliverySettings {
+            retry: self.retry,
+            concurrency: self.delivery_concurrency,
+        }
+    }
+
+    /// Settings of the delivery HTTP client (never insecure on Lambda).
+    pub fn http(&self) -> HttpSettings {
+        HttpSettings {
+            timeout: self.delivery_timeout,
+            url_policy: UrlPolicy::default(),
+            ..HttpSettings::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(extra: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut env: HashMap<&str, &str> = HashMap::from([
+            ("SERVICE_TABLE", "svc"),
+            ("RECORDS_TABLE", "rec"),
+            ("DELIVERY_QUEUE_URL", "https://sqs/q"),
+        ]);
+        env.extend(extra.iter().copied());
+        Settings::from_lookup(|name| env.get(name).map(|v| v.to_string()))
+    }
+
+    #[test]
+    fn defaults_match_the_template() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.flush_interval, Duration::from_secs(300));
+        assert_eq!(s.flush_grace, Duration::from_secs(90));
+        assert_eq!(s.retry.base, Duration::from_secs(60));
+        assert_eq!(s.retry.max_attempts, 15);
+        assert_eq!(s.delivery_timeout, Duration::from_secs(10));
+        assert_eq!(s.delivery_concurrency, 32);
+        assert_eq!(s.token_lifetime, Duration::from_secs(3600));
+        assert_eq!(s.flush().max_lag, 2016);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let err = Settings::from_lookup(|_| None).unwrap_err();
+        assert_eq!(err, ConfigError::Missing("SERVICE_TABLE"));
+        let err = settings(&[("MAX_ATTEMPTS", "many")]).unwrap_err();
+        assert!(err.to_string().contains("MAX_ATTEMPTS"));
+        assert!(settings(&[("RETRY_BASE_SECONDS", "0")]).is_err());
+    }
+}
