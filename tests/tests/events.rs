@@ -1,0 +1,198 @@
+//! Every sample event in `events/` (the ones `sam local invoke -e` uses) is loaded and run
+//! through its handler, on the in-memory adapters.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use webhooks::aws_lambda_events::event::dynamodb::Event;
+use webhooks::aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use webhooks::aws_lambda_events::event::sqs::SqsEvent;
+use webhooks::callback::UrlPolicy;
+use webhooks::clock::{Clock, SystemClock};
+use webhooks::handlers::{
+    ApiSettings, ChangeCapture, Delivery, DeliverySettings, Flush, FlushSettings, Registration,
+};
+use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::oauth::{AccessToken, OAuthClient, sha256_hex};
+use webhooks::ports::{ClientStore, PendingChanges, TokenStore};
+use webhooks::record::RecordId;
+use webhooks::retry::RetryPolicy;
+use webhooks::window::{FlushWindows, ManualWindows};
+
+const SEED_CLIENT: (&str, &str) = ("APP-NPXKK6HFN6TJ4YYI", "060c36f2-cce2-4f74-bde0-a17d8bb30a97");
+const SEED_TOKEN: &str = "5eb23750-1e19-47a3-b6f6-26635c34e8ee";
+
+fn event_text(name: &str) -> String {
+    let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn event<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    serde_json::from_str(&event_text(name)).unwrap_or_else(|e| panic!("events/{name}: {e}"))
+}
+
+struct Service {
+    store: Arc<MemoryStore>,
+    records: Arc<MemoryRecords>,
+    queue: Arc<MemoryQueue>,
+    windows: Arc<ManualWindows>,
+}
+
+impl Service {
+    async fn new() -> Self {
+        let store = Arc::new(MemoryStore::default());
+        let now = SystemClock.now();
+        store
+            .put_client(&OAuthClient::new(SEED_CLIENT.0, SEED_CLIENT.1, now))
+            .await
+            .unwrap();
+        // The seed's token, as if issued earlier.
+        store
+            .put_token(&AccessToken {
+                token_hash: sha256_hex(SEED_TOKEN),
+                refresh_token_hash: sha256_hex("refresh"),
+                client_id: SEED_CLIENT.0.into(),
+                scope: "/webhook".into(),
+                issued_at: now.unix_timestamp(),
+                expires_at: now.unix_timestamp() + 3600,
+            })
+            .await
+            .unwrap();
+        let records = Arc::new(MemoryRecords::default());
+        records.put_person(&RecordId::parse("0000-0002-7465-2162").unwrap(), Default::default());
+        Self {
+            store,
+            records,
+            queue: Arc::new(MemoryQueue::new(Duration::from_secs(30), 3)),
+            windows: Arc::new(ManualWindows::default()),
+        }
+    }
+
+    fn registration(&self) -> Registration {
+        Registration {
+            clients: self.store.clone(),
+            tokens: self.store.clone(),
+            subscriptions: self.store.clone(),
+            records: self.records.clone(),
+            clock: Arc::new(SystemClock),
+            settings: ApiSettings::default(),
+        }
+    }
+}
+
+async fn api(service: &Service, name: &str) -> webhooks::lambda_http::Response<webhooks::lambda_http::Body> {
+    let request = webhooks::lambda_http::request::from_str(&event_text(name))
+        .unwrap_or_else(|e| panic!("events/{name}: {e}"));
+    service.registration().handle(request).await
+}
+
+#[tokio::test]
+async fn token_event() {
+    let service = Service::new().await;
+    let response = api(&service, "token.json").await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = match response.body() {
+        webhooks::lambda_http::Body::Text(t) => serde_json::from_str(t).unwrap(),
+        other => panic!("unexpected body {other:?}"),
+    };
+    assert_eq!(body["scope"], "/webhook");
+}
+
+#[tokio::test]
+async fn register_and_unregister_events() {
+    let service = Service::new().await;
+    let response = api(&service, "register.json").await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(
+        response.headers()["location"],
+        "https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/0000-0002-7465-2162/webhook/https%3A%2F%2Fnowhere2.com%2F0000-0002-7465-2162%2Fupdated"
+    );
+    assert_eq!(api(&service, "register.json").await.status(), 204);
+    assert_eq!(api(&service, "unregister.json").await.status(), 204);
+    assert_eq!(api(&service, "unregister.json").await.status(), 404);
+}
+
+#[tokio::test]
+async fn stream_events_mark_records_pending() {
+    let service = Service::new().await;
+    let capture = ChangeCapture {
+        pending: service.store.clone(),
+        windows: service.windows.clone(),
+    };
+    let window = service.windows.current();
+    for name in ["stream-insert.json", "stream-modify.json", "stream-remove.json"] {
+        let stream: Event = event(name);
+        assert!(!stream.records.is_empty(), "{name}");
+        let response = capture.handle(stream).await;
+        assert!(response.batch_item_failures.is_empty(), "{name}");
+    }
+    let page = service.store.page(window, None, 100).await.unwrap();
+    assert!(!page.items.is_empty());
+    let ids: Vec<&str> = page.items.iter().map(|r| r.as_str()).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(ids, unique, "one pending entry per record");
+}
+
+#[tokio::test]
+async fn schedule_event_runs_the_flush() {
+    let service = Service::new().await;
+    let flush = Flush {
+        pending: service.store.clone(),
+        subscriptions: service.store.clone(),
+        queue: service.queue.clone(),
+        windows: service.windows.clone(),
+        clock: Arc::new(SystemClock),
+        settings: FlushSettings::default(),
+    };
+    api(&service, "register.json").await;
+    service
+        .store
+        .mark(service.windows.current(), &RecordId::parse("0000-0002-7465-2162").unwrap())
+        .await
+        .unwrap();
+    service.windows.close_current();
+    let scheduled: EventBridgeEvent = event("schedule.json");
+    assert_eq!(scheduled.detail_type, "Scheduled Event");
+    let report = flush.handle(scheduled, None).await.unwrap();
+    assert_eq!((report.records, report.jobs), (1, 1));
+    assert_eq!(service.queue.depth().visible, 1);
+}
+
+#[tokio::test]
+async fn sqs_event_runs_the_delivery() {
+    let service = Service::new().await;
+    // Point the sample's hosts at 127.0.0.1, where nothing serves https on port 443: both
+    // deliveries fail to connect and are reported as batch item failures.
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+    let delivery = Delivery {
+        queue: service.queue.clone(),
+        http: CallbackClient::new(&HttpSettings {
+            timeout: Duration::from_secs(2),
+            url_policy: UrlPolicy { allow_insecure: true },
+            hosts: HashMap::from([
+                ("nowhere2.com".to_owned(), vec![loopback]),
+                ("example.org".to_owned(), vec![loopback]),
+            ]),
+        }),
+        settings: DeliverySettings {
+            retry: RetryPolicy::default(),
+            concurrency: 4,
+        },
+    };
+    let batch: SqsEvent = event("sqs-batch.json");
+    let ids: Vec<String> = batch.records.iter().map(|m| m.message_id.clone().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    let response = delivery.handle(batch).await;
+    let mut failed: Vec<String> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    failed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(failed, expected);
+}
