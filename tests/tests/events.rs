@@ -21,7 +21,10 @@ use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::window::{FlushWindows, ManualWindows};
 
-const SEED_CLIENT: (&str, &str) = ("APP-NPXKK6HFN6TJ4YYI", "060c36f2-cce2-4f74-bde0-a17d8bb30a97");
+const SEED_CLIENT: (&str, &str) = (
+    "APP-NPXKK6HFN6TJ4YYI",
+    "060c36f2-cce2-4f74-bde0-a17d8bb30a97",
+);
 const SEED_TOKEN: &str = "5eb23750-1e19-47a3-b6f6-26635c34e8ee";
 
 fn event_text(name: &str) -> String {
@@ -61,7 +64,10 @@ impl Service {
             .await
             .unwrap();
         let records = Arc::new(MemoryRecords::default());
-        records.put_person(&RecordId::parse("0000-0002-7465-2162").unwrap(), Default::default());
+        records.put_person(
+            &RecordId::parse("0000-0002-7465-2162").unwrap(),
+            Default::default(),
+        );
         Self {
             store,
             records,
@@ -82,7 +88,10 @@ impl Service {
     }
 }
 
-async fn api(service: &Service, name: &str) -> webhooks::lambda_http::Response<webhooks::lambda_http::Body> {
+async fn api(
+    service: &Service,
+    name: &str,
+) -> webhooks::lambda_http::Response<webhooks::lambda_http::Body> {
     let request = webhooks::lambda_http::request::from_str(&event_text(name))
         .unwrap_or_else(|e| panic!("events/{name}: {e}"));
     service.registration().handle(request).await
@@ -122,7 +131,11 @@ async fn stream_events_mark_records_pending() {
         windows: service.windows.clone(),
     };
     let window = service.windows.current();
-    for name in ["stream-insert.json", "stream-modify.json", "stream-remove.json"] {
+    for name in [
+        "stream-insert.json",
+        "stream-modify.json",
+        "stream-remove.json",
+    ] {
         let stream: Event = event(name);
         assert!(!stream.records.is_empty(), "{name}");
         let response = capture.handle(stream).await;
@@ -150,7 +163,10 @@ async fn schedule_event_runs_the_flush() {
     api(&service, "register.json").await;
     service
         .store
-        .mark(service.windows.current(), &RecordId::parse("0000-0002-7465-2162").unwrap())
+        .mark(
+            service.windows.current(),
+            &RecordId::parse("0000-0002-7465-2162").unwrap(),
+        )
         .await
         .unwrap();
     service.windows.close_current();
@@ -171,7 +187,9 @@ async fn sqs_event_runs_the_delivery() {
         queue: service.queue.clone(),
         http: CallbackClient::new(&HttpSettings {
             timeout: Duration::from_secs(2),
-            url_policy: UrlPolicy { allow_insecure: true },
+            url_policy: UrlPolicy {
+                allow_insecure: true,
+            },
             hosts: HashMap::from([
                 ("nowhere2.com".to_owned(), vec![loopback]),
                 ("example.org".to_owned(), vec![loopback]),
@@ -183,7 +201,11 @@ async fn sqs_event_runs_the_delivery() {
         },
     };
     let batch: SqsEvent = event("sqs-batch.json");
-    let ids: Vec<String> = batch.records.iter().map(|m| m.message_id.clone().unwrap()).collect();
+    let ids: Vec<String> = batch
+        .records
+        .iter()
+        .map(|m| m.message_id.clone().unwrap())
+        .collect();
     assert_eq!(ids.len(), 2);
     let response = delivery.handle(batch).await;
     let mut failed: Vec<String> = response

@@ -63,8 +63,6 @@ fn epoch_secs(after: Duration) -> i64 {
 struct Keyed<T> {
     pk: String,
     sk: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    expires_at: Option<i64>,
     #[serde(flatten)]
     value: T,
 }
@@ -107,22 +105,11 @@ impl DynamoStore {
         }
     }
 
-    async fn put<T: Serialize>(
-        &self,
-        pk: String,
-        sk: String,
-        expires_at: Option<i64>,
-        value: &T,
-    ) -> BackendResult<()> {
+    async fn put<T: Serialize>(&self, pk: String, sk: String, value: &T) -> BackendResult<()> {
         self.client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(to_item(&Keyed {
-                pk,
-                sk,
-                expires_at,
-                value,
-            })))
+            .set_item(Some(to_item(&Keyed { pk, sk, value })))
             .send()
             .await
             .map_err(unavailable)?;
@@ -195,7 +182,7 @@ impl ClientStore for DynamoStore {
     }
 
     async fn put_client(&self, client: &OAuthClient) -> BackendResult<()> {
-        self.put(CLIENTS_PK.into(), client.client_id.clone(), None, client)
+        self.put(CLIENTS_PK.into(), client.client_id.clone(), client)
             .await
     }
 
@@ -211,13 +198,9 @@ impl ClientStore for DynamoStore {
 #[async_trait]
 impl TokenStore for DynamoStore {
     async fn put_token(&self, token: &AccessToken) -> BackendResult<()> {
-        self.put(
-            token_pk(&token.token_hash),
-            "TOKEN".into(),
-            Some(token.expires_at),
-            token,
-        )
-        .await
+        // The token's own `expires_at` attribute is the table's TTL attribute.
+        self.put(token_pk(&token.token_hash), "TOKEN".into(), token)
+            .await
     }
 
     async fn get_token(&self, token_hash: &str) -> BackendResult<Option<AccessToken>> {
@@ -232,7 +215,6 @@ impl SubscriptionStore for DynamoStore {
         let item = to_item(&Keyed {
             pk: pk.clone(),
             sk: sk.clone(),
-            expires_at: None,
             value: subscription,
         });
         let result = self
@@ -310,6 +292,8 @@ impl SubscriptionStore for DynamoStore {
 #[derive(Serialize, Deserialize)]
 struct Pending {
     record: RecordId,
+    /// TTL: DynamoDB deletes the entry (for free) some time after this.
+    expires_at: i64,
 }
 
 #[async_trait]
@@ -317,14 +301,10 @@ impl PendingChanges for DynamoStore {
     async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()> {
         let pending = Pending {
             record: record.clone(),
+            expires_at: epoch_secs(PENDING_TTL),
         };
-        self.put(
-            pending_pk(window),
-            record.to_string(),
-            Some(epoch_secs(PENDING_TTL)),
-            &pending,
-        )
-        .await
+        self.put(pending_pk(window), record.to_string(), &pending)
+            .await
     }
 
     async fn page(
@@ -346,8 +326,7 @@ impl PendingChanges for DynamoStore {
     }
 
     async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()> {
-        self.put("FLUSH".into(), "CURSOR".into(), None, cursor)
-            .await
+        self.put("FLUSH".into(), "CURSOR".into(), cursor).await
     }
 }
 

@@ -1,0 +1,340 @@
+//! The AWS side against moto server: resources created per test (unique names, so tests
+//! share one server), and pollers that feed the handlers the way Lambda's event source
+//! mappings do — `GetRecords` on the table's stream, `ReceiveMessage` on the queue.
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    StreamSpecification, StreamViewType,
+};
+use aws_sdk_dynamodbstreams::types::ShardIteratorType;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use std::collections::HashMap;
+use std::time::Duration;
+use webhooks::aws_lambda_events::event::dynamodb::{Event, EventRecord, StreamRecord};
+use webhooks::aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use webhooks::handlers::Delivery;
+
+/// The moto server the test command started.
+pub fn endpoint() -> String {
+    std::env::var("MOTO_ENDPOINT").expect(
+        "MOTO_ENDPOINT is not set: run scripts/test, which starts moto server for these tests",
+    )
+}
+
+/// SDK configuration pointing at moto.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+        .load()
+        .await
+}
+
+/// One test's tables and queues.
+pub struct MotoEnv {
+    /// SDK configuration.
+    pub config: SdkConfig,
+    /// Records table name.
+    pub records_table: String,
+    /// Service table name.
+    pub service_table: String,
+    /// Delivery queue URL.
+    pub queue_url: String,
+    /// Dead-letter queue URL.
+    pub dlq_url: String,
+    /// The records table's stream.
+    pub stream_arn: String,
+}
+
+impl MotoEnv {
+    /// Creates the tables (records with a NEW_AND_OLD_IMAGES stream), the delivery queue
+    /// and its DLQ with a redrive policy of `max_receive_count`.
+    pub async fn create(max_receive_count: u32) -> Self {
+        let config = sdk_config().await;
+        let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+        let records_table = format!("records-{suffix}");
+        let service_table = format!("service-{suffix}");
+        let key = |name: &str, key_type: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(key_type)
+                .build()
+                .unwrap()
+        };
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap()
+        };
+        let created = dynamodb
+            .create_table()
+            .table_name(&records_table)
+            .key_schema(key("id", KeyType::Hash))
+            .attribute_definitions(attr("id"))
+            .billing_mode(BillingMode::PayPerRequest)
+            .stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .expect("create records table");
+        let stream_arn = created
+            .table_description
+            .and_then(|t| t.latest_stream_arn)
+            .expect("the records table has a stream");
+        dynamodb
+            .create_table()
+            .table_name(&service_table)
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .attribute_definitions(attr("pk"))
+            .attribute_definitions(attr("sk"))
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .expect("create service table");
+
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(format!("delivery-dlq-{suffix}"))
+            .send()
+            .await
+            .expect("create DLQ")
+            .queue_url
+            .unwrap();
+        let dlq_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap()[&QueueAttributeName::QueueArn]
+            .clone();
+        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count.to_string()});
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(format!("delivery-{suffix}"))
+            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+            .attributes(QueueAttributeName::VisibilityTimeout, "30")
+            .send()
+            .await
+            .expect("create delivery queue")
+            .queue_url
+            .unwrap();
+        Self {
+            config,
+            records_table,
+            service_table,
+            queue_url,
+            dlq_url,
+            stream_arn,
+        }
+    }
+
+    /// Settings naming this environment's resources.
+    pub fn settings(&self) -> webhooks::config::Settings {
+        let env = HashMap::from([
+            ("SERVICE_TABLE", self.service_table.clone()),
+            ("RECORDS_TABLE", self.records_table.clone()),
+            ("DELIVERY_QUEUE_URL", self.queue_url.clone()),
+        ]);
+        webhooks::config::Settings::from_lookup(|name| env.get(name).cloned()).unwrap()
+    }
+
+    /// Bodies of the messages in the dead-letter queue (received, not deleted).
+    pub async fn dead_letters(&self) -> Vec<String> {
+        let sqs = aws_sdk_sqs::Client::new(&self.config);
+        let out = sqs
+            .receive_message()
+            .queue_url(&self.dlq_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap();
+        out.messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.body)
+            .collect()
+    }
+}
+
+/// Reads the records table's stream like the Lambda event source mapping does.
+pub struct StreamPoller {
+    client: aws_sdk_dynamodbstreams::Client,
+    iterators: Vec<String>,
+}
+
+impl StreamPoller {
+    /// Starts at the beginning (TRIM_HORIZON) of every shard.
+    pub async fn start(env: &MotoEnv) -> Self {
+        let client = aws_sdk_dynamodbstreams::Client::new(&env.config);
+        let description = client
+            .describe_stream()
+            .stream_arn(&env.stream_arn)
+            .send()
+            .await
+            .expect("describe stream")
+            .stream_description
+            .unwrap();
+        let mut iterators = Vec::new();
+        for shard in description.shards.unwrap_or_default() {
+            let iterator = client
+                .get_shard_iterator()
+                .stream_arn(&env.stream_arn)
+                .shard_id(shard.shard_id.unwrap())
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .expect("get shard iterator")
+                .shard_iterator
+                .unwrap();
+            iterators.push(iterator);
+        }
+        Self { client, iterators }
+    }
+
+    /// Every stream record written since the last poll, as one Lambda event.
+    pub async fn poll(&mut self) -> Event {
+        let mut event = Event::default();
+        for iterator in &mut self.iterators {
+            let out = self
+                .client
+                .get_records()
+                .shard_iterator(iterator.clone())
+                .send()
+                .await
+                .expect("get records");
+            if let Some(next) = out.next_shard_iterator {
+                *iterator = next;
+            }
+            event.records.extend(
+                out.records
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(to_lambda_record),
+            );
+        }
+        event
+    }
+}
+
+fn to_lambda_item(
+    item: Option<HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>>,
+) -> serde_dynamo::Item {
+    let Some(item) = item else {
+        return Default::default();
+    };
+    let json: serde_json::Value = serde_dynamo::from_item(item).expect("stream image converts");
+    serde_dynamo::to_item(json).expect("JSON object converts")
+}
+
+fn to_lambda_record(record: aws_sdk_dynamodbstreams::types::Record) -> EventRecord {
+    let data = record.dynamodb.expect("stream records carry their change");
+    let mut change = StreamRecord::default();
+    change.approximate_creation_date_time = chrono::Utc::now();
+    change.keys = to_lambda_item(data.keys);
+    change.new_image = to_lambda_item(data.new_image);
+    change.old_image = to_lambda_item(data.old_image);
+    change.sequence_number = data.sequence_number;
+    change.size_bytes = data.size_bytes.unwrap_or_default();
+    let mut lambda = EventRecord::default();
+    lambda.event_id = record.event_id.unwrap_or_default();
+    lambda.event_name = record
+        .event_name
+        .map(|n| n.as_str().to_owned())
+        .unwrap_or_default();
+    lambda.event_source = record.event_source;
+    lambda.event_version = record.event_version;
+    lambda.aws_region = record.aws_region.unwrap_or_default();
+    lambda.change = change;
+    lambda
+}
+
+/// Feeds the delivery handler from the queue like the Lambda SQS event source does:
+/// receive, invoke, delete what the handler did not report as failed.
+pub struct QueuePoller {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl QueuePoller {
+    /// A poller of `queue_url`.
+    pub fn new(env: &MotoEnv) -> Self {
+        Self {
+            client: aws_sdk_sqs::Client::new(&env.config),
+            queue_url: env.queue_url.clone(),
+        }
+    }
+
+    /// One receive (long poll of `wait`) and invocation; returns the messages handled.
+    pub async fn run_once(&self, delivery: &Delivery, wait: Duration) -> usize {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(wait.as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive message");
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return 0;
+        }
+        let mut event = SqsEvent::default();
+        let mut receipts = HashMap::new();
+        for message in messages {
+            let mut lambda = SqsMessage::default();
+            lambda.message_id = message.message_id.clone();
+            lambda.receipt_handle = message.receipt_handle.clone();
+            lambda.body = message.body;
+            lambda.attributes = message
+                .attributes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v))
+                .collect();
+            lambda.event_source = Some("aws:sqs".into());
+            receipts.insert(
+                message.message_id.unwrap_or_default(),
+                message.receipt_handle.unwrap_or_default(),
+            );
+            event.records.push(lambda);
+        }
+        let handled = event.records.len();
+        let response = delivery.handle(event).await;
+        for (message_id, receipt) in receipts {
+            if !response
+                .batch_item_failures
+                .iter()
+                .any(|f| f.item_identifier == message_id)
+            {
+                self.client
+                    .delete_message()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(receipt)
+                    .send()
+                    .await
+                    .expect("delete message");
+            }
+        }
+        handled
+    }
+}
