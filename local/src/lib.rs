@@ -25,7 +25,7 @@ use webhooks::handlers::{
 };
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, QueueDepth};
-use webhooks::oauth::{OAuthClient, new_secret};
+use webhooks::oauth::{OAuthClient, new_client_id, new_secret};
 use webhooks::ports::{BackendError, ClientStore, Person};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
@@ -325,11 +325,7 @@ async fn stopped(mut flag: watch::Receiver<bool>) {
 
 async fn bootstrap_clients(runtime: &Runtime, config: &LocalConfig) -> Vec<(String, String)> {
     let clients = if config.clients.is_empty() {
-        let id = format!(
-            "APP-{}",
-            uuid::Uuid::new_v4().simple().to_string()[..16].to_ascii_uppercase()
-        );
-        vec![(id, new_secret())]
+        vec![(new_client_id(), new_secret())]
     } else {
         config.clients.clone()
     };

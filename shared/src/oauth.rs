@@ -21,6 +21,12 @@ pub fn new_secret() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// A new client id in the ORCID style: `APP-` and 16 upper-case letters and digits.
+pub fn new_client_id() -> String {
+    let digits = uuid::Uuid::new_v4().simple().to_string()[..16].to_ascii_uppercase();
+    format!("APP-{digits}")
+}
+
 /// Hex SHA-256 of a string.
 pub fn sha256_hex(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
@@ -292,6 +298,13 @@ mod tests {
 
     fn form(s: &str) -> Result<TokenRequest, OAuthError> {
         TokenRequest::from_form(s.as_bytes(), None)
+    }
+
+    #[test]
+    fn generated_client_ids_are_valid() {
+        let id = new_client_id();
+        assert!(id.starts_with("APP-") && id.len() == 20 && is_valid_client_id(&id));
+        assert_ne!(id, new_client_id());
     }
 
     #[test]

@@ -1,0 +1,86 @@
+//! The admin command line against moto: create (secret printed once, stored hashed),
+//! list, disable and enable.
+
+use std::process::Command;
+use webhooks::aws::AwsServices;
+use webhooks::ports::ClientStore;
+use webhooks_tests::moto::{MotoEnv, endpoint};
+
+fn admin(env: &MotoEnv, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_webhooks-admin"))
+        .args(args)
+        .env("SERVICE_TABLE", &env.service_table)
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .expect("run webhooks-admin");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn create_list_disable_enable() {
+    let env = MotoEnv::create(3).await;
+    let aws = AwsServices::new(&env.config, env.settings());
+
+    let (code, stdout, stderr) = admin(&env, &["clients", "create", "--id", "APP-TEST"]);
+    assert_eq!(code, 0, "{stderr}");
+    let secret = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret: "))
+        .expect("secret printed")
+        .trim()
+        .to_owned();
+    let stored = aws
+        .store
+        .raw_item("CLIENTS", "APP-TEST")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !format!("{stored:?}").contains(&secret),
+        "only a hash is stored"
+    );
+    let client = aws.store.get_client("APP-TEST").await.unwrap().unwrap();
+    assert!(client.secret.matches(&secret));
+
+    let (code, _, stderr) = admin(&env, &["clients", "create", "--id", "APP-TEST"]);
+    assert_eq!(code, 2, "a duplicate id is refused: {stderr}");
+    let (code, stdout, _) = admin(&env, &["clients", "create"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("client_id:     APP-"));
+
+    let (_, list, _) = admin(&env, &["clients", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(list.contains("APP-TEST") && list.contains("enabled"));
+
+    assert_eq!(admin(&env, &["clients", "disable", "APP-TEST"]).0, 0);
+    assert!(
+        aws.store
+            .get_client("APP-TEST")
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled
+    );
+    let (_, list, _) = admin(&env, &["clients", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("APP-TEST") && l.contains("disabled"))
+    );
+    assert_eq!(admin(&env, &["clients", "enable", "APP-TEST"]).0, 0);
+    assert!(
+        !aws.store
+            .get_client("APP-TEST")
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled
+    );
+    assert_eq!(admin(&env, &["clients", "disable", "APP-NOPE"]).0, 2);
+}
