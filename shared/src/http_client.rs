@@ -1,17 +1,26 @@
-//! The delivery HTTP client: one shared reqwest client (rustls, HTTP/1.1 and 2, keep-alive)
-//! that never follows redirects, resolves names itself and drops every address
-//! [`is_public_ip`] refuses before connecting, checks IP-literal hosts the same way, and
+//! The delivery HTTP client: one shared hyper client per process (rustls, HTTP/1.1 and 2,
+//! keep-alive) that never follows redirects, resolves names itself and drops every address
+//! [`is_public_ip`] refuses before connecting, checks IP-literal hosts the same way, sees
+//! `102 Processing` interim responses (which acknowledge Members-style deliveries), and
 //! bounds time and the bytes it reads from a receiver.
 
 use crate::callback::{UrlPolicy, check_url};
 use crate::netguard::is_public_ip;
 use crate::retry::parse_retry_after;
 use bytes::Bytes;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::TokioExecutor;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::Notify;
 
 /// The most response-body bytes read from a receiver (the rest is discarded unread).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -19,7 +28,7 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Settings of the delivery client.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
-    /// Total time for one attempt: connect, send, and the status line (the ack deadline).
+    /// Total time for one attempt: connect, send, and the response (the ack deadline).
     pub timeout: Duration,
     /// Which URLs and addresses may be reached.
     pub url_policy: UrlPolicy,
@@ -41,7 +50,7 @@ impl Default for HttpSettings {
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptOutcome {
-    /// The receiver's status code, if it answered.
+    /// The receiver's status code (`102` when it answered `102 Processing`), if it answered.
     pub status: Option<u16>,
     /// The receiver's `Retry-After`, if any.
     pub retry_after: Option<Duration>,
@@ -53,13 +62,25 @@ pub struct AttemptOutcome {
 
 /// Resolves names and keeps only the addresses the policy allows, so the connector can
 /// only ever connect to checked addresses (no DNS-rebinding gap between check and use).
+#[derive(Clone)]
 struct GuardedResolver {
     allow_private: bool,
-    hosts: HashMap<String, Vec<IpAddr>>,
+    hosts: Arc<HashMap<String, Vec<IpAddr>>>,
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+type Resolving =
+    Pin<Box<dyn Future<Output = std::io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
         let fixed = self.hosts.get(&host).cloned();
         let allow_private = self.allow_private;
@@ -73,18 +94,42 @@ impl Resolve for GuardedResolver {
                 .filter(|a| allow_private || is_public_ip(a.ip()))
                 .collect();
             if allowed.is_empty() {
-                return Err(format!("{host} has no public address").into());
+                return Err(std::io::Error::other(format!(
+                    "{host} has no public address"
+                )));
             }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
+            Ok(allowed.into_iter())
         })
     }
 }
 
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
+
 /// The client every delivery goes through. Cheap to clone (shares one connection pool).
 #[derive(Clone)]
 pub struct CallbackClient {
-    client: reqwest::Client,
+    client: Client<Connector, Full<Bytes>>,
     policy: UrlPolicy,
+    timeout: Duration,
+}
+
+fn tls_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "could not load a system root certificate");
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if added == 0 {
+        tracing::error!("no system root certificates: https deliveries will fail");
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the default protocol versions are supported")
+    .with_root_certificates(roots)
+    .with_no_client_auth()
 }
 
 impl CallbackClient {
@@ -92,21 +137,25 @@ impl CallbackClient {
     pub fn new(settings: &HttpSettings) -> Self {
         let resolver = GuardedResolver {
             allow_private: settings.url_policy.allow_insecure,
-            hosts: settings.hosts.clone(),
+            hosts: Arc::new(settings.hosts.clone()),
         };
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Arc::new(resolver))
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+        let mut http = HttpConnector::new_with_resolver(resolver);
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.timeout.min(Duration::from_secs(5))));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("person-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the TLS backend initialises");
+            .build(https);
         Self {
             client,
             policy: settings.url_policy,
+            timeout: settings.timeout,
         }
     }
 
@@ -127,43 +176,65 @@ impl CallbackClient {
         if let Err(e) = check_url(url, self.policy) {
             return failed(format!("refused: {e}"));
         }
-        let mut request = self.client.post(url.clone()).body(body);
+        let mut builder = http::Request::post(url.as_str()).header(
+            http::header::USER_AGENT,
+            concat!("person-webhooks/", env!("CARGO_PKG_VERSION")),
+        );
         for (name, value) in headers {
-            request = request.header(*name, value);
+            builder = builder.header(*name, value);
         }
-        let mut response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => return failed(describe(&e)),
+        let mut request = match builder.body(Full::new(body)) {
+            Ok(request) => request,
+            Err(e) => return failed(format!("request error: {e}")),
         };
-        let latency = started.elapsed();
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        // Read a bounded amount so a keep-alive connection can be reused; a receiver that
-        // streams more (or stalls) is cut off by the cap or the total timeout.
-        let mut read = 0;
-        while read < MAX_RESPONSE_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => read += chunk.len(),
-                _ => break,
+        // A `102 Processing` interim response acknowledges at once; without this hook the
+        // client would wait for a final response that may never come.
+        let processing = Arc::new(Notify::new());
+        let signal = processing.clone();
+        hyper::ext::on_informational(&mut request, move |response| {
+            if response.status() == http::StatusCode::PROCESSING {
+                signal.notify_one();
             }
-        }
-        AttemptOutcome {
-            status: Some(status),
-            retry_after,
-            latency,
-            error: None,
+        });
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let latency = started.elapsed();
+            // Read a bounded amount so a keep-alive connection can be reused; a receiver
+            // that streams more is cut off by the cap, one that stalls by the timeout.
+            let mut body = response.into_body();
+            let mut read = 0;
+            while read < MAX_RESPONSE_BYTES {
+                match body.frame().await {
+                    Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                    _ => break,
+                }
+            }
+            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, latency))
+        };
+        tokio::select! {
+            result = tokio::time::timeout(self.timeout, exchange) => match result {
+                Ok(Ok((status, retry_after, latency))) => AttemptOutcome { status: Some(status), retry_after, latency, error: None },
+                Ok(Err(e)) => failed(describe(&e)),
+                Err(_) => failed(format!("timeout: no response within {:?}", self.timeout)),
+            },
+            _ = processing.notified() => AttemptOutcome {
+                status: Some(102),
+                retry_after: None,
+                latency: started.elapsed(),
+                error: None,
+            },
         }
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let kind = if e.is_connect() {
         "connection error"
     } else {
         "request error"
