@@ -14,12 +14,14 @@ pub mod config;
 pub mod handlers;
 pub mod http_client;
 pub mod job;
+pub mod members;
 pub mod memory;
 pub mod netguard;
 pub mod oauth;
 pub mod ports;
 pub mod record;
 pub mod retry;
+pub mod signing;
 pub mod subscription;
 pub mod window;
 

@@ -1,0 +1,188 @@
+//! Members style: which fields of a person each scope opens, the consent rule, and the
+//! signed JSON envelope a Members-style webhook receives.
+
+use crate::ports::Person;
+use crate::record::RecordId;
+use crate::signing::members_hash;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Map, Value};
+
+/// Every scope and the person fields it opens. `personID` and `lastChangedDate` are
+/// always sent.
+pub const SCOPE_FIELDS: &[(&str, &[&str])] = &[
+    ("members.read_name", &["firstName", "middleName", "lastName", "displayName"]),
+    ("members.email", &["email"]),
+    ("members.phone", &["cellPhone", "homePhone"]),
+    ("members.address", &["currentAddress"]),
+    ("members.read_birthdate", &["birthDate"]),
+    ("members.read_gender", &["gender"]),
+    ("members.read_active_status", &["activeStatus"]),
+    ("members.read_church", &["churchID", "church"]),
+];
+
+/// The scopes `person` granted `application`, or `None` when it has no consent entry
+/// for it (then nothing about the person is ever sent to that application).
+pub fn consented_scopes(person: &Person, application: &str) -> Option<Vec<String>> {
+    let scopes = person.get("consents")?.get(application)?.as_array()?;
+    Some(scopes.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+}
+
+/// Every (application, scopes) pair `person` consented to.
+pub fn consents(person: &Person) -> Vec<(String, Vec<String>)> {
+    let Some(Value::Object(all)) = person.get("consents") else {
+        return vec![];
+    };
+    all.keys()
+        .filter_map(|app| consented_scopes(person, app).map(|scopes| (app.clone(), scopes)))
+        .collect()
+}
+
+/// The person as an application with `scopes` may see it.
+pub fn scoped_person(id: &RecordId, person: &Person, scopes: &[String]) -> Map<String, Value> {
+    let mut scoped = Map::new();
+    scoped.insert("personID".into(), id.as_str().into());
+    scoped.insert(
+        "lastChangedDate".into(),
+        person.get("lastChangedDate").cloned().unwrap_or(Value::Null),
+    );
+    for (scope, fields) in SCOPE_FIELDS {
+        if scopes.iter().any(|s| s == scope) {
+            for field in *fields {
+                if let Some(value) = person.get(*field) {
+                    scoped.insert((*field).to_owned(), value.clone());
+                }
+            }
+        }
+    }
+    scoped
+}
+
+/// A person with every field, for "Run Test" without a chosen person.
+pub fn sample_person() -> Map<String, Value> {
+    serde_json::json!({
+        "personID": "sample-0000",
+        "lastChangedDate": "2021-02-26T19:13:55.749Z",
+        "firstName": "Ada",
+        "middleName": "Augusta",
+        "lastName": "Lovelace",
+        "displayName": "Ada Lovelace",
+        "email": "ada@example.org",
+        "cellPhone": "+44 20 7946 0000",
+        "homePhone": "+44 20 7946 0001",
+        "currentAddress": {"street": "12 St James's Square", "postalCode": "SW1Y 4JH", "city": "London", "country": "GB"},
+        "birthDate": "1815-12-10",
+        "gender": "Female",
+        "activeStatus": "Active",
+        "churchID": 1,
+        "church": {"id": 1, "name": "Sample congregation"}
+    })
+    .as_object()
+    .cloned()
+    .expect("an object")
+}
+
+/// The envelope body: `data` is base64 of the JSON array of `persons`, `attributes.hash`
+/// the base64 HMAC-SHA256 of those exact bytes under the signing key (absent when the
+/// application has set no signing key).
+pub fn envelope(
+    persons: &[Map<String, Value>],
+    signing_key: Option<&str>,
+    message_id: &str,
+    publish_time: &str,
+    subscription: &str,
+) -> Vec<u8> {
+    let data = serde_json::to_vec(persons).expect("JSON values serialize");
+    let mut attributes = Map::new();
+    if let Some(key) = signing_key {
+        attributes.insert("hash".into(), members_hash(key, &data).into());
+    }
+    let body = serde_json::json!({
+        "message": {
+            "attributes": attributes,
+            "data": B64.encode(&data),
+            "messageId": message_id,
+            "message_id": message_id,
+            "publishTime": publish_time,
+            "publish_time": publish_time,
+        },
+        "subscription": subscription,
+    });
+    serde_json::to_vec(&body).expect("JSON values serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_person() -> Person {
+        let mut person = sample_person();
+        person.remove("personID");
+        person.insert(
+            "consents".into(),
+            serde_json::json!({"app-1": ["members.email"], "app-2": []}),
+        );
+        person
+    }
+
+    #[test]
+    fn each_scope_opens_exactly_its_fields() {
+        let id = RecordId::parse("p-1").unwrap();
+        let person = full_person();
+        let always = ["lastChangedDate", "personID"];
+        let none = scoped_person(&id, &person, &[]);
+        assert_eq!(none.keys().collect::<Vec<_>>(), always);
+        assert_eq!(none["personID"], "p-1");
+        for (scope, fields) in SCOPE_FIELDS {
+            let scoped = scoped_person(&id, &person, &[(*scope).to_owned()]);
+            let mut expected: Vec<&str> = always.iter().chain(fields.iter()).copied().collect();
+            expected.sort();
+            let got: Vec<&str> = scoped.keys().map(String::as_str).collect();
+            assert_eq!(got, expected, "{scope}");
+            for field in *fields {
+                assert_eq!(scoped[*field], person[*field], "{scope} {field}");
+            }
+        }
+        let all: Vec<String> = SCOPE_FIELDS.iter().map(|(s, _)| (*s).to_owned()).collect();
+        let everything = scoped_person(&id, &person, &all);
+        assert_eq!(everything.len(), 2 + SCOPE_FIELDS.iter().map(|(_, f)| f.len()).sum::<usize>());
+        assert!(!everything.contains_key("consents"));
+    }
+
+    #[test]
+    fn unknown_scopes_open_nothing() {
+        let id = RecordId::parse("p-1").unwrap();
+        let scoped = scoped_person(&id, &full_person(), &["members.everything".into()]);
+        assert_eq!(scoped.len(), 2);
+    }
+
+    #[test]
+    fn consent_entries() {
+        let person = full_person();
+        assert_eq!(consented_scopes(&person, "app-1"), Some(vec!["members.email".to_owned()]));
+        assert_eq!(consented_scopes(&person, "app-2"), Some(vec![]));
+        assert_eq!(consented_scopes(&person, "app-3"), None);
+        assert_eq!(consents(&person).len(), 2);
+        assert!(consents(&Person::new()).is_empty());
+    }
+
+    #[test]
+    fn envelope_shape_and_hash() {
+        let id = RecordId::parse("p-1").unwrap();
+        let person = scoped_person(&id, &full_person(), &["members.email".into()]);
+        let body = envelope(&[person.clone()], Some("helloWorld"), "msg_1", "2021-02-26T19:13:55.749Z", "app-1");
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        let message = &json["message"];
+        assert_eq!(message["messageId"], "msg_1");
+        assert_eq!(message["message_id"], "msg_1");
+        assert_eq!(message["publishTime"], "2021-02-26T19:13:55.749Z");
+        assert_eq!(message["publish_time"], "2021-02-26T19:13:55.749Z");
+        assert_eq!(json["subscription"], "app-1");
+        let data = B64.decode(message["data"].as_str().unwrap()).unwrap();
+        let decoded: Vec<Map<String, Value>> = serde_json::from_slice(&data).unwrap();
+        assert_eq!(decoded, vec![person]);
+        assert_eq!(message["attributes"]["hash"], members_hash("helloWorld", &data));
+        let unsigned: Value = serde_json::from_slice(&envelope(&[], None, "m", "t", "s")).unwrap();
+        assert_eq!(unsigned["message"]["attributes"], serde_json::json!({}));
+    }
+}

@@ -1,0 +1,183 @@
+//! Signatures: Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`)
+//! on every delivery of both styles, and the Members-style `attributes.hash`.
+//!
+//! Both are pure functions over their inputs; the secrets they use are stored with the
+//! subscriber (client or application), because signing needs the key itself.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// How long a rotated-out secret keeps signing beside the new one.
+pub const ROTATION_OVERLAP_SECS: i64 = 24 * 3600;
+
+const PREFIX: &str = "whsec_";
+
+/// Why a `whsec_` secret is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a webhook secret is whsec_ followed by base64 of 24 to 64 bytes")]
+pub struct InvalidSecret;
+
+/// A Standard Webhooks secret: `whsec_` and base64 of the key bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WebhookSecret {
+    text: String,
+    key: Vec<u8>,
+}
+
+impl WebhookSecret {
+    /// A new random secret of 32 bytes.
+    pub fn generate() -> Self {
+        let mut key = Vec::with_capacity(32);
+        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        Self {
+            text: format!("{PREFIX}{}", B64.encode(&key)),
+            key,
+        }
+    }
+
+    /// Parses `whsec_<base64>`.
+    pub fn parse(text: &str) -> Result<Self, InvalidSecret> {
+        let encoded = text.strip_prefix(PREFIX).ok_or(InvalidSecret)?;
+        let key = B64.decode(encoded).map_err(|_| InvalidSecret)?;
+        if !(24..=64).contains(&key.len()) {
+            return Err(InvalidSecret);
+        }
+        Ok(Self {
+            text: text.to_owned(),
+            key,
+        })
+    }
+
+    /// The secret as shown to its owner.
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+
+    /// The `v1,<base64>` signature of one message.
+    pub fn sign(&self, message_id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(message_id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+    }
+}
+
+impl TryFrom<String> for WebhookSecret {
+    type Error = InvalidSecret;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse(&text)
+    }
+}
+
+impl From<WebhookSecret> for String {
+    fn from(secret: WebhookSecret) -> Self {
+        secret.text
+    }
+}
+
+/// A subscriber's signing secrets: the current one and, for a day after a rotation, the
+/// previous one, so receivers can switch without rejecting messages in between.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningSecrets {
+    /// Signs every message.
+    pub current: WebhookSecret,
+    /// Also signs messages until `previous_until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<WebhookSecret>,
+    /// Epoch seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_until: Option<i64>,
+}
+
+impl SigningSecrets {
+    /// Fresh secrets.
+    pub fn generate() -> Self {
+        Self {
+            current: WebhookSecret::generate(),
+            previous: None,
+            previous_until: None,
+        }
+    }
+
+    /// Replaces the current secret with a new one; the old one keeps signing for
+    /// [`ROTATION_OVERLAP_SECS`]. Returns the new secret.
+    pub fn rotate(&mut self, now: i64) -> WebhookSecret {
+        let new = WebhookSecret::generate();
+        self.previous = Some(std::mem::replace(&mut self.current, new.clone()));
+        self.previous_until = Some(now + ROTATION_OVERLAP_SECS);
+        new
+    }
+
+    /// The `webhook-signature` header value: one `v1,` entry per active secret.
+    pub fn signature_header(&self, message_id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut header = self.current.sign(message_id, timestamp, body);
+        if let (Some(previous), Some(until)) = (&self.previous, self.previous_until)
+            && timestamp < until
+        {
+            header.push(' ');
+            header.push_str(&previous.sign(message_id, timestamp, body));
+        }
+        header
+    }
+}
+
+/// The Members-style `attributes.hash`: base64 of HMAC-SHA256(signing key, data bytes).
+pub fn members_hash(signing_key: &str, data: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(signing_key.as_bytes()).expect("any key length");
+    mac.update(data);
+    B64.encode(mac.finalize().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_webhooks_test_vector() {
+        let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(
+            secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn generated_secrets_round_trip() {
+        let secret = WebhookSecret::generate();
+        assert!(secret.expose().starts_with("whsec_"));
+        assert_eq!(WebhookSecret::parse(secret.expose()).unwrap(), secret);
+        assert_ne!(secret, WebhookSecret::generate());
+        for bad in ["", "whsec_", "whsec_!!!", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_AAAA"] {
+            assert_eq!(WebhookSecret::parse(bad), Err(InvalidSecret), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rotation_signs_with_both_for_a_day() {
+        let mut secrets = SigningSecrets::generate();
+        let old = secrets.current.clone();
+        let new = secrets.rotate(1000);
+        assert_eq!(secrets.current, new);
+        let header = secrets.signature_header("msg_1", 1000, b"x");
+        assert_eq!(header, format!("{} {}", new.sign("msg_1", 1000, b"x"), old.sign("msg_1", 1000, b"x")));
+        let later = 1000 + ROTATION_OVERLAP_SECS;
+        assert_eq!(secrets.signature_header("msg_1", later, b"x"), new.sign("msg_1", later, b"x"));
+    }
+
+    #[test]
+    fn members_hash_is_base64_hmac_sha256() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        assert_eq!(
+            members_hash("Jefe", b"what do ya want for nothing?"),
+            B64.encode(hex::decode("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843").unwrap())
+        );
+    }
+}
