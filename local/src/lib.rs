@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinSet;
+use webhooks::application::Application;
 use webhooks::aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use webhooks::aws_lambda_events::event::sqs::SqsEvent;
 use webhooks::callback::UrlPolicy;
@@ -26,7 +27,7 @@ use webhooks::handlers::{
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, QueueDepth};
 use webhooks::oauth::{OAuthClient, new_client_id, new_secret};
-use webhooks::ports::{BackendError, ClientStore, Person};
+use webhooks::ports::{ApplicationStore, BackendError, ClientStore, Person};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::window::{FlushWindows, ManualWindows};
@@ -62,6 +63,8 @@ pub struct LocalConfig {
     pub allow_insecure_callbacks: bool,
     /// OAuth clients to create, as (id, secret); one is generated when empty.
     pub clients: Vec<(String, String)>,
+    /// Members-style applications to create, as (id, API key).
+    pub applications: Vec<(String, String)>,
     /// Create [`SAMPLE_RECORD`] at start.
     pub sample_record: bool,
 }
@@ -80,6 +83,7 @@ impl Default for LocalConfig {
             token_lifetime: Duration::from_secs(3600),
             allow_insecure_callbacks: false,
             clients: vec![],
+            applications: vec![],
             sample_record: true,
         }
     }
@@ -100,6 +104,7 @@ pub struct Runtime {
     delivery: Delivery,
     flush_lock: Mutex<()>,
     flush_grace: Duration,
+    sync_step_budget: Duration,
     inbox: http::Inbox,
 }
 
@@ -116,13 +121,16 @@ impl Runtime {
         let url_policy = UrlPolicy {
             allow_insecure: config.allow_insecure_callbacks,
         };
+        let ports = webhooks::memory::ports(store.clone(), records.clone(), queue.clone(), clock);
+        let http = CallbackClient::new(&HttpSettings {
+            timeout: config.delivery_timeout,
+            url_policy,
+            ..HttpSettings::default()
+        });
         Self {
             registration: Registration {
-                clients: store.clone(),
-                tokens: store.clone(),
-                subscriptions: store.clone(),
-                records: records.clone(),
-                clock: clock.clone(),
+                ports: ports.clone(),
+                http: http.clone(),
                 settings: ApiSettings {
                     url_policy,
                     token_lifetime: config.token_lifetime,
@@ -133,31 +141,26 @@ impl Runtime {
                 windows: windows.clone(),
             },
             flush: Flush {
-                pending: store.clone(),
-                subscriptions: store.clone(),
-                queue: queue.clone(),
+                ports: ports.clone(),
                 windows: windows.clone(),
-                clock,
                 settings: FlushSettings::default(),
             },
-            delivery: Delivery {
-                queue: queue.clone(),
-                http: CallbackClient::new(&HttpSettings {
-                    timeout: config.delivery_timeout,
-                    url_policy,
-                    ..HttpSettings::default()
-                }),
-                settings: DeliverySettings {
+            delivery: Delivery::new(
+                ports,
+                http,
+                DeliverySettings {
                     retry: config.retry,
                     concurrency: config.delivery_concurrency,
                 },
-            },
+            ),
             store,
             records,
             queue,
             windows,
             flush_lock: Mutex::new(()),
             flush_grace: config.flush_grace,
+            // Like a Lambda invocation's time limit, well inside the visibility timeout.
+            sync_step_budget: config.visibility_timeout / 3,
             inbox: http::Inbox::default(),
         }
     }
@@ -215,7 +218,8 @@ impl Runtime {
             .iter()
             .map(|m| m.to_sqs_message("arn:aws:sqs:local:000000000000:delivery"))
             .collect();
-        let response = self.delivery.handle(event).await;
+        let deadline = tokio::time::Instant::now() + self.sync_step_budget;
+        let response = self.delivery.handle(event, deadline).await;
         for message in &messages {
             let failed = response
                 .batch_item_failures
@@ -229,12 +233,25 @@ impl Runtime {
     }
 }
 
+/// A subscriber created at start, with the secrets shown once.
+#[derive(Debug, Clone)]
+pub struct Bootstrapped {
+    /// Client or application id.
+    pub id: String,
+    /// Client secret or API key.
+    pub secret: String,
+    /// The Standard Webhooks secret that signs its deliveries.
+    pub webhook_secret: String,
+}
+
 /// A running local service.
 pub struct LocalService {
     /// Where the HTTP API listens.
     pub addr: SocketAddr,
-    /// The OAuth clients created at start, as (id, secret).
-    pub clients: Vec<(String, String)>,
+    /// The OAuth clients created at start.
+    pub clients: Vec<Bootstrapped>,
+    /// The applications created at start.
+    pub applications: Vec<Bootstrapped>,
     /// The wired-up service.
     pub runtime: Arc<Runtime>,
     shutdown: watch::Sender<bool>,
@@ -250,7 +267,7 @@ impl LocalService {
             );
         }
         let runtime = Arc::new(Runtime::new(&config));
-        let clients = bootstrap_clients(&runtime, &config).await;
+        let (clients, applications) = bootstrap(&runtime, &config).await;
         if config.sample_record {
             let id = RecordId::parse(SAMPLE_RECORD).expect("valid sample id");
             runtime.put_person(&id, sample_person()).await;
@@ -304,6 +321,7 @@ impl LocalService {
         Ok(Self {
             addr,
             clients,
+            applications,
             runtime,
             shutdown,
             tasks,
@@ -323,22 +341,50 @@ async fn stopped(mut flag: watch::Receiver<bool>) {
     let _ = flag.wait_for(|stop| *stop).await;
 }
 
-async fn bootstrap_clients(runtime: &Runtime, config: &LocalConfig) -> Vec<(String, String)> {
+async fn bootstrap(
+    runtime: &Runtime,
+    config: &LocalConfig,
+) -> (Vec<Bootstrapped>, Vec<Bootstrapped>) {
     let clients = if config.clients.is_empty() {
         vec![(new_client_id(), new_secret())]
     } else {
         config.clients.clone()
     };
     let now = SystemClock.now();
-    for (id, secret) in &clients {
-        let client = OAuthClient::new(id, secret, now);
+    let mut created_clients = Vec::new();
+    for (id, secret) in clients {
+        let client = OAuthClient::new(&id, &secret, now);
+        let webhook_secret = client
+            .webhook_secrets
+            .as_ref()
+            .map(|s| s.current.expose().to_owned())
+            .unwrap_or_default();
         runtime
             .store
             .put_client(&client)
             .await
             .expect("the in-memory store does not fail");
+        created_clients.push(Bootstrapped {
+            id,
+            secret,
+            webhook_secret,
+        });
     }
-    clients
+    let mut created_applications = Vec::new();
+    for (id, api_key) in &config.applications {
+        let application = Application::new(id, api_key, now.unix_timestamp());
+        runtime
+            .store
+            .put_application(&application)
+            .await
+            .expect("the in-memory store does not fail");
+        created_applications.push(Bootstrapped {
+            id: id.clone(),
+            secret: api_key.clone(),
+            webhook_secret: application.secrets.current.expose().to_owned(),
+        });
+    }
+    (created_clients, created_applications)
 }
 
 fn sample_person() -> Person {

@@ -37,6 +37,9 @@ struct Args {
     /// Create an OAuth client ID:SECRET (repeatable). Without it one is generated.
     #[arg(long = "client", value_name = "ID:SECRET", value_parser = parse_client)]
     clients: Vec<(String, String)>,
+    /// Create a Members-style application ID:APIKEY (repeatable).
+    #[arg(long = "application", value_name = "ID:APIKEY", value_parser = parse_client)]
+    applications: Vec<(String, String)>,
     /// Do not create the sample record the seed's examples use.
     #[arg(long)]
     no_sample_record: bool,
@@ -74,6 +77,7 @@ async fn main() -> std::io::Result<()> {
         token_lifetime: args.token_lifetime,
         allow_insecure_callbacks: args.allow_insecure_callbacks,
         clients: args.clients,
+        applications: args.applications,
         sample_record: !args.no_sample_record,
         ..LocalConfig::default()
     };
@@ -87,7 +91,8 @@ async fn main() -> std::io::Result<()> {
 
 fn print_banner(service: &LocalService, config: &LocalConfig) {
     let base = format!("http://{}", service.addr);
-    let (id, secret) = &service.clients[0];
+    let client = &service.clients[0];
+    let (id, secret) = (&client.id, &client.secret);
     let callback = if config.allow_insecure_callbacks {
         format!("{base}/local/inbox/{SAMPLE_RECORD}")
     } else {
@@ -108,7 +113,7 @@ Person webhooks — local runner
   HTTP API      {base}
   flush every   {flush:?} (POST {base}/local/flush to flush now)
   retries       base {retry:?}, doubling, {attempts} attempts, then the dead-letter queue
-  OAuth client  {id} / {secret}
+  OAuth client  {id} / {secret}   (callbacks signed with {whsec}){apps}
   sample record {SAMPLE_RECORD}{insecure}
 
 Try the seed's examples:
@@ -123,6 +128,15 @@ Try the seed's examples:
   curl -i -H "Authorization: Bearer $TOKEN" -X DELETE "{base}/{SAMPLE_RECORD}/webhook/{encoded}"
 Ctrl-C stops the service.
 "#,
+        whsec = client.webhook_secret,
+        apps = service
+            .applications
+            .iter()
+            .map(|a| format!(
+                "\n  application   {} / API key {}   (webhooks signed with {})",
+                a.id, a.secret, a.webhook_secret
+            ))
+            .collect::<String>(),
         flush = config.flush_interval,
         retry = config.retry.base,
         attempts = config.retry.max_attempts,

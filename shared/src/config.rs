@@ -34,6 +34,8 @@ pub struct Settings {
     pub records_table: String,
     /// `DELIVERY_QUEUE_URL`.
     pub delivery_queue_url: String,
+    /// `DEAD_LETTER_QUEUE_URL`: where a paced sync puts a person after its last attempt.
+    pub dead_letter_queue_url: String,
     /// `FLUSH_INTERVAL_MINUTES` (default 5): window length and flush schedule.
     pub flush_interval: Duration,
     /// `FLUSH_GRACE_SECONDS` (default 90).
@@ -78,6 +80,7 @@ impl Settings {
             service_table: required("SERVICE_TABLE")?,
             records_table: required("RECORDS_TABLE")?,
             delivery_queue_url: required("DELIVERY_QUEUE_URL")?,
+            dead_letter_queue_url: required("DEAD_LETTER_QUEUE_URL")?,
             flush_interval: Duration::from_secs(60 * number("FLUSH_INTERVAL_MINUTES", 5)?),
             flush_grace: Duration::from_secs(number("FLUSH_GRACE_SECONDS", 90)?),
             retry: RetryPolicy {
@@ -137,6 +140,7 @@ mod tests {
             ("SERVICE_TABLE", "svc"),
             ("RECORDS_TABLE", "rec"),
             ("DELIVERY_QUEUE_URL", "https://sqs/q"),
+            ("DEAD_LETTER_QUEUE_URL", "https://sqs/dlq"),
         ]);
         env.extend(extra.iter().copied());
         Settings::from_lookup(|name| env.get(name).map(|v| v.to_string()))

@@ -159,6 +159,11 @@ impl CallbackClient {
         }
     }
 
+    /// The ack deadline of one attempt.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// POSTs `body` with `headers` to `url` once and reports what happened.
     pub async fn post(
         &self,

@@ -6,6 +6,7 @@ use crate::record::RecordId;
 use crate::subscription::Subscription;
 use crate::window::WindowId;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// The job format version written by this code.
@@ -48,6 +49,25 @@ pub enum Target {
         /// The subscribing client.
         client: String,
     },
+    /// Members style: the scoped person in a signed envelope to the application's webhook.
+    Application {
+        /// The application.
+        application: String,
+        /// The person's record id.
+        record: RecordId,
+        /// The person as the application may see it (scoped when the job was made).
+        person: Map<String, Value>,
+        /// The full sync this job belongs to, if any (its outcome is counted there).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sync: Option<String>,
+    },
+    /// One step of a full sync (see [`crate::sync`]).
+    SyncStep {
+        /// The application.
+        application: String,
+        /// The sync.
+        sync: String,
+    },
 }
 
 /// One notification to deliver; the body of one delivery-queue message.
@@ -88,6 +108,71 @@ impl DeliveryJob {
                 client: subscription.client_id.clone(),
             },
             window: Some(window.0),
+            created_at,
+        }
+    }
+}
+
+impl DeliveryJob {
+    /// The job telling `application` that `record` changed in `window`.
+    pub fn for_application(
+        application: &str,
+        record: &RecordId,
+        person: Map<String, Value>,
+        window: WindowId,
+        created_at: String,
+    ) -> Self {
+        Self {
+            v: JOB_VERSION,
+            id: MessageId::derive(&[
+                "application",
+                &window.0.to_string(),
+                application,
+                record.as_str(),
+            ]),
+            target: Target::Application {
+                application: application.to_owned(),
+                record: record.clone(),
+                person,
+                sync: None,
+            },
+            window: Some(window.0),
+            created_at,
+        }
+    }
+
+    /// The job sending `record` to `application` as part of full sync `sync`.
+    pub fn for_sync(
+        application: &str,
+        sync: &str,
+        record: &RecordId,
+        person: Map<String, Value>,
+        created_at: String,
+    ) -> Self {
+        Self {
+            v: JOB_VERSION,
+            id: MessageId::derive(&["sync", sync, record.as_str()]),
+            target: Target::Application {
+                application: application.to_owned(),
+                record: record.clone(),
+                person,
+                sync: Some(sync.to_owned()),
+            },
+            window: None,
+            created_at,
+        }
+    }
+
+    /// A step of full sync `sync`.
+    pub fn sync_step(application: &str, sync: &str, created_at: String) -> Self {
+        Self {
+            v: JOB_VERSION,
+            id: MessageId::derive(&["sync-step", sync, &uuid::Uuid::new_v4().to_string()]),
+            target: Target::SyncStep {
+                application: application.to_owned(),
+                sync: sync.to_owned(),
+            },
+            window: None,
             created_at,
         }
     }

@@ -7,6 +7,7 @@
 //! ports so the Lambdas and the local runner run the same code.
 
 pub mod ack;
+pub mod application;
 pub mod aws;
 pub mod callback;
 pub mod clock;
@@ -23,6 +24,7 @@ pub mod record;
 pub mod retry;
 pub mod signing;
 pub mod subscription;
+pub mod sync;
 pub mod window;
 
 pub use aws_lambda_events;

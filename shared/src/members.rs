@@ -11,7 +11,10 @@ use serde_json::{Map, Value};
 /// Every scope and the person fields it opens. `personID` and `lastChangedDate` are
 /// always sent.
 pub const SCOPE_FIELDS: &[(&str, &[&str])] = &[
-    ("members.read_name", &["firstName", "middleName", "lastName", "displayName"]),
+    (
+        "members.read_name",
+        &["firstName", "middleName", "lastName", "displayName"],
+    ),
     ("members.email", &["email"]),
     ("members.phone", &["cellPhone", "homePhone"]),
     ("members.address", &["currentAddress"]),
@@ -25,7 +28,12 @@ pub const SCOPE_FIELDS: &[(&str, &[&str])] = &[
 /// for it (then nothing about the person is ever sent to that application).
 pub fn consented_scopes(person: &Person, application: &str) -> Option<Vec<String>> {
     let scopes = person.get("consents")?.get(application)?.as_array()?;
-    Some(scopes.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+    Some(
+        scopes
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect(),
+    )
 }
 
 /// Every (application, scopes) pair `person` consented to.
@@ -44,7 +52,10 @@ pub fn scoped_person(id: &RecordId, person: &Person, scopes: &[String]) -> Map<S
     scoped.insert("personID".into(), id.as_str().into());
     scoped.insert(
         "lastChangedDate".into(),
-        person.get("lastChangedDate").cloned().unwrap_or(Value::Null),
+        person
+            .get("lastChangedDate")
+            .cloned()
+            .unwrap_or(Value::Null),
     );
     for (scope, fields) in SCOPE_FIELDS {
         if scopes.iter().any(|s| s == scope) {
@@ -145,7 +156,10 @@ mod tests {
         }
         let all: Vec<String> = SCOPE_FIELDS.iter().map(|(s, _)| (*s).to_owned()).collect();
         let everything = scoped_person(&id, &person, &all);
-        assert_eq!(everything.len(), 2 + SCOPE_FIELDS.iter().map(|(_, f)| f.len()).sum::<usize>());
+        assert_eq!(
+            everything.len(),
+            2 + SCOPE_FIELDS.iter().map(|(_, f)| f.len()).sum::<usize>()
+        );
         assert!(!everything.contains_key("consents"));
     }
 
@@ -159,7 +173,10 @@ mod tests {
     #[test]
     fn consent_entries() {
         let person = full_person();
-        assert_eq!(consented_scopes(&person, "app-1"), Some(vec!["members.email".to_owned()]));
+        assert_eq!(
+            consented_scopes(&person, "app-1"),
+            Some(vec!["members.email".to_owned()])
+        );
         assert_eq!(consented_scopes(&person, "app-2"), Some(vec![]));
         assert_eq!(consented_scopes(&person, "app-3"), None);
         assert_eq!(consents(&person).len(), 2);
@@ -170,7 +187,13 @@ mod tests {
     fn envelope_shape_and_hash() {
         let id = RecordId::parse("p-1").unwrap();
         let person = scoped_person(&id, &full_person(), &["members.email".into()]);
-        let body = envelope(&[person.clone()], Some("helloWorld"), "msg_1", "2021-02-26T19:13:55.749Z", "app-1");
+        let body = envelope(
+            std::slice::from_ref(&person),
+            Some("helloWorld"),
+            "msg_1",
+            "2021-02-26T19:13:55.749Z",
+            "app-1",
+        );
         let json: Value = serde_json::from_slice(&body).unwrap();
         let message = &json["message"];
         assert_eq!(message["messageId"], "msg_1");
@@ -181,7 +204,10 @@ mod tests {
         let data = B64.decode(message["data"].as_str().unwrap()).unwrap();
         let decoded: Vec<Map<String, Value>> = serde_json::from_slice(&data).unwrap();
         assert_eq!(decoded, vec![person]);
-        assert_eq!(message["attributes"]["hash"], members_hash("helloWorld", &data));
+        assert_eq!(
+            message["attributes"]["hash"],
+            members_hash("helloWorld", &data)
+        );
         let unsigned: Value = serde_json::from_slice(&envelope(&[], None, "m", "t", "s")).unwrap();
         assert_eq!(unsigned["message"]["attributes"], serde_json::json!({}));
     }

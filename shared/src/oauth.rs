@@ -84,6 +84,10 @@ pub struct OAuthClient {
     /// A disabled client can get no tokens and its tokens stop working.
     #[serde(default)]
     pub disabled: bool,
+    /// Standard Webhooks secrets that sign the client's callbacks (absent for clients
+    /// created before signing existed: their callbacks go unsigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secrets: Option<crate::signing::SigningSecrets>,
     /// Creation time, epoch seconds.
     pub created_at: i64,
 }
@@ -96,6 +100,7 @@ impl OAuthClient {
             secret: SecretHash::of(secret),
             scopes: vec![WEBHOOK_SCOPE.to_owned()],
             disabled: false,
+            webhook_secrets: Some(crate::signing::SigningSecrets::generate()),
             created_at: now.unix_timestamp(),
         }
     }

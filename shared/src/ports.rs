@@ -1,14 +1,18 @@
 //! The ports: every piece of state and I/O the handlers use, as traits. Each has an
 //! in-memory adapter ([`crate::memory`]) and an AWS adapter.
 
+use crate::application::Application;
 use crate::callback::CallbackUrl;
+use crate::clock::Clock;
 use crate::job::DeliveryJob;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
+use crate::sync::{FullSync, SyncOutcomes};
 use crate::window::WindowId;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A person record as stored: a JSON object with at least `id`.
@@ -70,6 +74,56 @@ pub trait SubscriptionStore: Send + Sync {
 pub trait RecordStore: Send + Sync {
     /// The person with this id.
     async fn get_person(&self, id: &RecordId) -> BackendResult<Option<Person>>;
+    /// Persons with a consent entry for `application`, in key order, after id `after`.
+    /// `limit` bounds the records examined, so a page can be empty with `next` set.
+    async fn scan_consented(
+        &self,
+        application: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<(RecordId, Person)>>;
+}
+
+/// Members-style applications.
+#[async_trait]
+pub trait ApplicationStore: Send + Sync {
+    /// The application with this id.
+    async fn get_application(&self, id: &str) -> BackendResult<Option<Application>>;
+    /// Creates or replaces an application (and the index from its API key hash).
+    async fn put_application(&self, application: &Application) -> BackendResult<()>;
+    /// The id of the application whose API key hashes to `api_key_hash`.
+    async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>>;
+    /// Every application (admin use).
+    async fn list_applications(&self) -> BackendResult<Vec<Application>>;
+}
+
+/// Full syncs.
+#[async_trait]
+pub trait SyncStore: Send + Sync {
+    /// Saves the driver's state of a sync (never the outcome counters).
+    async fn save_sync(&self, sync: &FullSync) -> BackendResult<()>;
+    /// A sync and the outcomes counted for it.
+    async fn get_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>>;
+    /// Counts one fan-out job's outcome; returns the counters after it.
+    async fn count_sync_outcome(
+        &self,
+        application: &str,
+        sync_id: &str,
+        delivered: bool,
+    ) -> BackendResult<SyncOutcomes>;
+    /// Takes the sync's lease until `until_ms` if it is free at `now_ms` (one step at a
+    /// time); false when another step holds it.
+    async fn lease_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> BackendResult<bool>;
 }
 
 /// One page of a listing; `next` continues it.
@@ -115,6 +169,37 @@ pub trait DeliveryQueue: Send + Sync {
     /// Enqueues jobs (all of them, or an error: a partial enqueue is retried whole,
     /// which at worst duplicates).
     async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<()>;
+    /// Enqueues one job that becomes visible after `delay` (at most 15 minutes).
+    async fn enqueue_delayed(&self, job: &DeliveryJob, delay: Duration) -> BackendResult<()>;
     /// Hides a received message for `delay` so it is retried then (visibility timeout).
     async fn retry_later(&self, receipt_handle: &str, delay: Duration) -> BackendResult<()>;
+    /// Puts a job straight into the dead-letter queue (a paced sync's person that failed
+    /// its last attempt), where an operator can inspect and replay it.
+    async fn dead_letter(&self, job: &DeliveryJob) -> BackendResult<()>;
 }
+
+/// Every port, as the handlers share them.
+#[derive(Clone)]
+pub struct Ports {
+    /// OAuth clients.
+    pub clients: Arc<dyn ClientStore>,
+    /// Access tokens.
+    pub tokens: Arc<dyn TokenStore>,
+    /// ORCID-style subscriptions.
+    pub subscriptions: Arc<dyn SubscriptionStore>,
+    /// Members-style applications.
+    pub applications: Arc<dyn ApplicationStore>,
+    /// Full syncs.
+    pub syncs: Arc<dyn SyncStore>,
+    /// Pending changes and the flush cursor.
+    pub pending: Arc<dyn PendingChanges>,
+    /// The records table.
+    pub records: Arc<dyn RecordStore>,
+    /// The delivery queue.
+    pub queue: Arc<dyn DeliveryQueue>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The longest delay a queue message can be given when sent (SQS `DelaySeconds`).
+pub const MAX_SEND_DELAY: Duration = Duration::from_secs(900);

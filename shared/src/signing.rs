@@ -144,7 +144,11 @@ mod tests {
     fn standard_webhooks_test_vector() {
         let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         assert_eq!(
-            secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#),
+            secret.sign(
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
     }
@@ -155,7 +159,13 @@ mod tests {
         assert!(secret.expose().starts_with("whsec_"));
         assert_eq!(WebhookSecret::parse(secret.expose()).unwrap(), secret);
         assert_ne!(secret, WebhookSecret::generate());
-        for bad in ["", "whsec_", "whsec_!!!", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_AAAA"] {
+        for bad in [
+            "",
+            "whsec_",
+            "whsec_!!!",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_AAAA",
+        ] {
             assert_eq!(WebhookSecret::parse(bad), Err(InvalidSecret), "{bad}");
         }
     }
@@ -167,9 +177,19 @@ mod tests {
         let new = secrets.rotate(1000);
         assert_eq!(secrets.current, new);
         let header = secrets.signature_header("msg_1", 1000, b"x");
-        assert_eq!(header, format!("{} {}", new.sign("msg_1", 1000, b"x"), old.sign("msg_1", 1000, b"x")));
+        assert_eq!(
+            header,
+            format!(
+                "{} {}",
+                new.sign("msg_1", 1000, b"x"),
+                old.sign("msg_1", 1000, b"x")
+            )
+        );
         let later = 1000 + ROTATION_OVERLAP_SECS;
-        assert_eq!(secrets.signature_header("msg_1", later, b"x"), new.sign("msg_1", later, b"x"));
+        assert_eq!(
+            secrets.signature_header("msg_1", later, b"x"),
+            new.sign("msg_1", later, b"x")
+        );
     }
 
     #[test]
@@ -177,7 +197,10 @@ mod tests {
         // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
         assert_eq!(
             members_hash("Jefe", b"what do ya want for nothing?"),
-            B64.encode(hex::decode("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843").unwrap())
+            B64.encode(
+                hex::decode("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+                    .unwrap()
+            )
         );
     }
 }

@@ -151,6 +151,7 @@ impl MotoEnv {
             ("SERVICE_TABLE", self.service_table.clone()),
             ("RECORDS_TABLE", self.records_table.clone()),
             ("DELIVERY_QUEUE_URL", self.queue_url.clone()),
+            ("DEAD_LETTER_QUEUE_URL", self.dlq_url.clone()),
         ]);
         webhooks::config::Settings::from_lookup(|name| env.get(name).cloned()).unwrap()
     }
@@ -319,7 +320,8 @@ impl QueuePoller {
             event.records.push(lambda);
         }
         let handled = event.records.len();
-        let response = delivery.handle(event).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let response = delivery.handle(event, deadline).await;
         for (message_id, receipt) in receipts {
             if !response
                 .batch_item_failures

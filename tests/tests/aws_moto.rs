@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use webhooks::aws::AwsServices;
 use webhooks::callback::UrlPolicy;
-use webhooks::clock::SystemClock;
 use webhooks::handlers::{
     ApiSettings, ChangeCapture, Delivery, DeliverySettings, Flush, FlushSettings, Registration,
 };
@@ -51,13 +50,15 @@ impl Pipeline {
             max_attempts,
             jitter: 0.0,
         };
+        let http = CallbackClient::new(&HttpSettings {
+            timeout: Duration::from_secs(2),
+            url_policy: insecure,
+            ..HttpSettings::default()
+        });
         Self {
             registration: Registration {
-                clients: aws.store.clone(),
-                tokens: aws.store.clone(),
-                subscriptions: aws.store.clone(),
-                records: aws.records.clone(),
-                clock: Arc::new(SystemClock),
+                ports: aws.ports(),
+                http: http.clone(),
                 settings: ApiSettings {
                     url_policy: insecure,
                     ..ApiSettings::default()
@@ -68,25 +69,18 @@ impl Pipeline {
                 windows: windows.clone(),
             },
             flush: Flush {
-                pending: aws.store.clone(),
-                subscriptions: aws.store.clone(),
-                queue: aws.queue.clone(),
+                ports: aws.ports(),
                 windows: windows.clone(),
-                clock: Arc::new(SystemClock),
                 settings: FlushSettings::default(),
             },
-            delivery: Delivery {
-                queue: aws.queue.clone(),
-                http: CallbackClient::new(&HttpSettings {
-                    timeout: Duration::from_secs(2),
-                    url_policy: insecure,
-                    ..HttpSettings::default()
-                }),
-                settings: DeliverySettings {
+            delivery: Delivery::new(
+                aws.ports(),
+                http,
+                DeliverySettings {
                     retry,
                     concurrency: 8,
                 },
-            },
+            ),
             stream: StreamPoller::start(&env).await,
             queue: QueuePoller::new(&env),
             windows,

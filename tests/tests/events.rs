@@ -16,7 +16,7 @@ use webhooks::handlers::{
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::oauth::{AccessToken, OAuthClient, sha256_hex};
-use webhooks::ports::{ClientStore, PendingChanges, TokenStore};
+use webhooks::ports::{ClientStore, PendingChanges, Ports, TokenStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::window::{FlushWindows, ManualWindows};
@@ -76,13 +76,19 @@ impl Service {
         }
     }
 
+    fn ports(&self) -> Ports {
+        webhooks::memory::ports(
+            self.store.clone(),
+            self.records.clone(),
+            self.queue.clone(),
+            Arc::new(SystemClock),
+        )
+    }
+
     fn registration(&self) -> Registration {
         Registration {
-            clients: self.store.clone(),
-            tokens: self.store.clone(),
-            subscriptions: self.store.clone(),
-            records: self.records.clone(),
-            clock: Arc::new(SystemClock),
+            ports: self.ports(),
+            http: CallbackClient::new(&HttpSettings::default()),
             settings: ApiSettings::default(),
         }
     }
@@ -153,11 +159,8 @@ async fn stream_events_mark_records_pending() {
 async fn schedule_event_runs_the_flush() {
     let service = Service::new().await;
     let flush = Flush {
-        pending: service.store.clone(),
-        subscriptions: service.store.clone(),
-        queue: service.queue.clone(),
+        ports: service.ports(),
         windows: service.windows.clone(),
-        clock: Arc::new(SystemClock),
         settings: FlushSettings::default(),
     };
     api(&service, "register.json").await;
@@ -183,9 +186,9 @@ async fn sqs_event_runs_the_delivery() {
     // Point the sample's hosts at 127.0.0.1, where nothing serves https on port 443: both
     // deliveries fail to connect and are reported as batch item failures.
     let loopback: IpAddr = "127.0.0.1".parse().unwrap();
-    let delivery = Delivery {
-        queue: service.queue.clone(),
-        http: CallbackClient::new(&HttpSettings {
+    let delivery = Delivery::new(
+        service.ports(),
+        CallbackClient::new(&HttpSettings {
             timeout: Duration::from_secs(2),
             url_policy: UrlPolicy {
                 allow_insecure: true,
@@ -195,11 +198,11 @@ async fn sqs_event_runs_the_delivery() {
                 ("example.org".to_owned(), vec![loopback]),
             ]),
         }),
-        settings: DeliverySettings {
+        DeliverySettings {
             retry: RetryPolicy::default(),
             concurrency: 4,
         },
-    };
+    );
     let batch: SqsEvent = event("sqs-batch.json");
     let ids: Vec<String> = batch
         .records
@@ -207,7 +210,8 @@ async fn sqs_event_runs_the_delivery() {
         .map(|m| m.message_id.clone().unwrap())
         .collect();
     assert_eq!(ids.len(), 2);
-    let response = delivery.handle(batch).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let response = delivery.handle(batch, deadline).await;
     let mut failed: Vec<String> = response
         .batch_item_failures
         .iter()

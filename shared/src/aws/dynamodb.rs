@@ -8,15 +8,20 @@
 //! | subscription | `SUB#<record>` | `CALLBACK#<sha256 of url>` | the URL itself is an attribute (sort keys max 1 KiB) |
 //! | pending change | `PENDING#<window>` | record id | one write per change, `expires_at` TTL, never deleted by the flush |
 //! | flush cursor | `FLUSH` | `CURSOR` | window + page position |
+//! | application | `APPS` | application id | one partition: listing is one Query |
+//! | API key index | `APIKEY#<sha256 of key>` | `APIKEY` | application id |
+//! | full sync | `SYNC#<application>` | sync id | driver state (SET), outcome counters (ADD), lease |
 
+use crate::application::Application;
 use crate::callback::CallbackUrl;
 use crate::oauth::{AccessToken, OAuthClient, sha256_hex};
 use crate::ports::{
-    BackendError, BackendResult, ClientStore, FlushCursor, Page, PendingChanges, Person,
-    RecordStore, SubscriptionStore, TokenStore,
+    ApplicationStore, BackendError, BackendResult, ClientStore, FlushCursor, Page, PendingChanges,
+    Person, RecordStore, SubscriptionStore, SyncStore, TokenStore,
 };
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
+use crate::sync::{FullSync, SyncOutcomes};
 use crate::window::WindowId;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -330,6 +335,176 @@ impl PendingChanges for DynamoStore {
     }
 }
 
+const APPS_PK: &str = "APPS";
+
+fn api_key_pk(hash: &str) -> String {
+    format!("APIKEY#{hash}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct ApiKeyIndex {
+    application_id: String,
+}
+
+#[async_trait]
+impl ApplicationStore for DynamoStore {
+    async fn get_application(&self, id: &str) -> BackendResult<Option<Application>> {
+        self.get(APPS_PK, id).await
+    }
+
+    async fn put_application(&self, application: &Application) -> BackendResult<()> {
+        // The index first: an application is never reachable by a key without its item.
+        let index = ApiKeyIndex {
+            application_id: application.id.clone(),
+        };
+        self.put(
+            api_key_pk(&application.api_key_hash),
+            "APIKEY".into(),
+            &index,
+        )
+        .await?;
+        self.put(APPS_PK.into(), application.id.clone(), application)
+            .await
+    }
+
+    async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>> {
+        let index: Option<ApiKeyIndex> = self.get(&api_key_pk(api_key_hash), "APIKEY").await?;
+        Ok(index.map(|i| i.application_id))
+    }
+
+    async fn list_applications(&self) -> BackendResult<Vec<Application>> {
+        self.query_all(APPS_PK)
+            .await?
+            .into_iter()
+            .map(|item| from_item::<Keyed<Application>>(item).map(|k| k.value))
+            .collect()
+    }
+}
+
+fn sync_pk(application: &str) -> String {
+    format!("SYNC#{application}")
+}
+
+/// The outcome counters and lease of a sync item, beside its driver state.
+#[derive(Deserialize)]
+struct SyncCounters {
+    #[serde(default)]
+    outcome_delivered: u64,
+    #[serde(default)]
+    outcome_failed: u64,
+}
+
+impl From<SyncCounters> for SyncOutcomes {
+    fn from(c: SyncCounters) -> Self {
+        Self {
+            delivered: c.outcome_delivered,
+            failed: c.outcome_failed,
+        }
+    }
+}
+
+#[async_trait]
+impl SyncStore for DynamoStore {
+    async fn save_sync(&self, sync: &FullSync) -> BackendResult<()> {
+        // SET every driver field; the outcome counters and the lease are left alone.
+        let fields = to_item(sync);
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        let mut sets = Vec::new();
+        for (i, (name, value)) in fields.into_iter().enumerate() {
+            names.insert(format!("#f{i}"), name);
+            values.insert(format!(":v{i}"), value);
+            sets.push(format!("#f{i} = :v{i}"));
+        }
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(&sync.application_id)))
+            .key("sk", s(&sync.sync_id))
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
+        let Some(item) = self.raw_item(&sync_pk(application), sync_id).await? else {
+            return Ok(None);
+        };
+        if !item.contains_key("sync_id") {
+            return Ok(None); // only counters so far
+        }
+        let counters: SyncCounters = from_item(item.clone())?;
+        Ok(Some((from_item(item)?, counters.into())))
+    }
+
+    async fn count_sync_outcome(
+        &self,
+        application: &str,
+        sync_id: &str,
+        delivered: bool,
+    ) -> BackendResult<SyncOutcomes> {
+        let counter = if delivered {
+            "outcome_delivered"
+        } else {
+            "outcome_failed"
+        };
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(application)))
+            .key("sk", s(sync_id))
+            .update_expression("ADD #c :one")
+            .expression_attribute_names("#c", counter)
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let counters: SyncCounters = from_item(out.attributes.unwrap_or_default())?;
+        Ok(counters.into())
+    }
+
+    async fn lease_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> BackendResult<bool> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(application)))
+            .key("sk", s(sync_id))
+            .update_expression("SET lease_until_ms = :until")
+            .condition_expression("attribute_not_exists(lease_until_ms) OR lease_until_ms <= :now")
+            .expression_attribute_values(":until", AttributeValue::N(until_ms.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
 /// The records table (persons, key `id`).
 #[derive(Debug, Clone)]
 pub struct DynamoRecords {
@@ -385,5 +560,39 @@ impl RecordStore for DynamoRecords {
             .await
             .map_err(unavailable)?;
         out.item.map(from_item).transpose()
+    }
+
+    async fn scan_consented(
+        &self,
+        application: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<(RecordId, Person)>> {
+        let start = after.map(|id| HashMap::from([("id".to_owned(), s(id))]));
+        let out = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("attribute_exists(consents.#app)")
+            .expression_attribute_names("#app", application)
+            .set_exclusive_start_key(start)
+            .limit(limit as i32)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let next = out
+            .last_evaluated_key
+            .and_then(|key| key.get("id").and_then(|v| v.as_s().ok()).cloned());
+        let mut items = Vec::new();
+        for item in out.items.unwrap_or_default() {
+            let person: Person = from_item(item)?;
+            let id = person
+                .get("id")
+                .and_then(|v| v.as_str())
+                .and_then(|id| RecordId::parse(id).ok())
+                .ok_or_else(|| BackendError::Corrupt("a person without a valid id".into()))?;
+            items.push((id, person));
+        }
+        Ok(Page { items, next })
     }
 }

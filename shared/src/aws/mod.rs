@@ -4,10 +4,11 @@
 pub mod dynamodb;
 pub mod sqs;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::SystemClock;
 use crate::config::Settings;
 use crate::handlers::{ChangeCapture, Delivery, Flush, Registration};
 use crate::http_client::CallbackClient;
+use crate::ports::Ports;
 use crate::window::ClockWindows;
 use dynamodb::{DynamoRecords, DynamoStore};
 use sqs::SqsQueue;
@@ -58,31 +59,44 @@ impl AwsServices {
             queue: Arc::new(SqsQueue::new(
                 aws_sdk_sqs::Client::new(config),
                 &settings.delivery_queue_url,
+                &settings.dead_letter_queue_url,
             )),
             settings,
         }
     }
 
-    fn clock() -> Arc<dyn Clock> {
-        Arc::new(SystemClock)
+    /// Every port over the AWS adapters.
+    pub fn ports(&self) -> Ports {
+        Ports {
+            clients: self.store.clone(),
+            tokens: self.store.clone(),
+            subscriptions: self.store.clone(),
+            applications: self.store.clone(),
+            syncs: self.store.clone(),
+            pending: self.store.clone(),
+            records: self.records.clone(),
+            queue: self.queue.clone(),
+            clock: Arc::new(SystemClock),
+        }
     }
 
     fn windows(&self) -> Arc<ClockWindows> {
         Arc::new(ClockWindows::new(
-            Self::clock(),
+            Arc::new(SystemClock),
             self.settings.flush_interval,
             self.settings.flush_grace,
         ))
     }
 
+    fn http(&self) -> CallbackClient {
+        CallbackClient::new(&self.settings.http())
+    }
+
     /// The registration handler.
     pub fn registration(&self) -> Registration {
         Registration {
-            clients: self.store.clone(),
-            tokens: self.store.clone(),
-            subscriptions: self.store.clone(),
-            records: self.records.clone(),
-            clock: Self::clock(),
+            ports: self.ports(),
+            http: self.http(),
             settings: self.settings.api(),
         }
     }
@@ -98,21 +112,14 @@ impl AwsServices {
     /// The flush handler.
     pub fn flush(&self) -> Flush {
         Flush {
-            pending: self.store.clone(),
-            subscriptions: self.store.clone(),
-            queue: self.queue.clone(),
+            ports: self.ports(),
             windows: self.windows(),
-            clock: Self::clock(),
             settings: self.settings.flush(),
         }
     }
 
     /// The delivery handler.
     pub fn delivery(&self) -> Delivery {
-        Delivery {
-            queue: self.queue.clone(),
-            http: CallbackClient::new(&self.settings.http()),
-            settings: self.settings.delivery(),
-        }
+        Delivery::new(self.ports(), self.http(), self.settings.delivery())
     }
 }

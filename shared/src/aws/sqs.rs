@@ -19,20 +19,44 @@ const SEND_ROUNDS: u32 = 5;
 /// margin covers the time between receive and the change.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600 - 300);
 
-/// The delivery queue on SQS.
+/// The delivery queue on SQS, and its dead-letter queue.
 #[derive(Debug, Clone)]
 pub struct SqsQueue {
     client: Client,
     queue_url: String,
+    dead_letter_url: String,
 }
 
 impl SqsQueue {
-    /// The adapter for the queue at `queue_url`.
-    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
+    /// The adapter for the queue at `queue_url` with its DLQ at `dead_letter_url`.
+    pub fn new(
+        client: Client,
+        queue_url: impl Into<String>,
+        dead_letter_url: impl Into<String>,
+    ) -> Self {
         Self {
             client,
             queue_url: queue_url.into(),
+            dead_letter_url: dead_letter_url.into(),
         }
+    }
+
+    async fn send_one(
+        &self,
+        queue_url: &str,
+        job: &DeliveryJob,
+        delay: Duration,
+    ) -> BackendResult<()> {
+        let delay = delay.min(crate::ports::MAX_SEND_DELAY);
+        self.client
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(serde_json::to_string(job).expect("jobs serialize"))
+            .delay_seconds(Self::visibility_seconds(delay))
+            .send()
+            .await
+            .map_err(|e| BackendError::Unavailable(DisplayErrorContext(&e).to_string()))?;
+        Ok(())
     }
 
     /// The visibility timeout, in whole seconds, for a retry after `delay`.
@@ -108,6 +132,15 @@ impl DeliveryQueue for SqsQueue {
         futures::stream::iter(sends)
             .buffer_unordered(SEND_CONCURRENCY)
             .try_collect::<()>()
+            .await
+    }
+
+    async fn enqueue_delayed(&self, job: &DeliveryJob, delay: Duration) -> BackendResult<()> {
+        self.send_one(&self.queue_url, job, delay).await
+    }
+
+    async fn dead_letter(&self, job: &DeliveryJob) -> BackendResult<()> {
+        self.send_one(&self.dead_letter_url, job, Duration::ZERO)
             .await
     }
 

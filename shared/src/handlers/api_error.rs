@@ -42,6 +42,27 @@ pub enum ApiError {
     /// The body is larger than the limit.
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// No `x-access-token`, or one no application has.
+    #[error("an x-access-token header with the application's API key is required")]
+    ApiKey,
+    /// The API key belongs to another application.
+    #[error("this API key belongs to another application")]
+    OtherApplication,
+    /// The body is not the JSON the route takes.
+    #[error("the request body is not valid: {0}")]
+    InvalidBody(String),
+    /// A webhook setting is refused.
+    #[error(transparent)]
+    InvalidPatch(#[from] crate::application::InvalidPatch),
+    /// The application has no webhook URL for this.
+    #[error("the application has no webhook URL; set one with PATCH /application/{{id}}")]
+    WebhookNotConfigured,
+    /// No person with this id is visible to the application.
+    #[error("no person with this id has given this application consent")]
+    PersonNotFound,
+    /// No such sync.
+    #[error("no sync with this id")]
+    SyncNotFound,
     /// A backing service failed; the request did nothing or can be repeated.
     #[error("the service is temporarily unavailable; retry the request")]
     Unavailable(#[from] BackendError),
@@ -62,6 +83,11 @@ impl ApiError {
             Self::NotOwner => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ApiKey => StatusCode::UNAUTHORIZED,
+            Self::OtherApplication => StatusCode::FORBIDDEN,
+            Self::InvalidBody(_) | Self::InvalidPatch(_) => StatusCode::BAD_REQUEST,
+            Self::WebhookNotConfigured => StatusCode::CONFLICT,
+            Self::PersonNotFound | Self::SyncNotFound => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -85,6 +111,13 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::ApiKey => "invalid_api_key",
+            Self::OtherApplication => "forbidden",
+            Self::InvalidBody(_) => "invalid_request",
+            Self::InvalidPatch(_) => "invalid_webhook",
+            Self::WebhookNotConfigured => "webhook_not_configured",
+            Self::PersonNotFound => "person_not_found",
+            Self::SyncNotFound => "sync_not_found",
             Self::Unavailable(_) => "temporarily_unavailable",
         }
     }

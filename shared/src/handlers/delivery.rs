@@ -1,17 +1,26 @@
 //! The `delivery` Lambda (SQS): POST each job to its subscriber; on a negative
 //! acknowledgement hide the message for the retry delay (visibility timeout) and report
 //! it as a batch item failure; after the last attempt let SQS move it to the DLQ.
+//! Full-sync steps travel on the same queue and are run here too.
 
-use crate::ack::AckPolicy;
+use super::outbound::{Outbound, application_request, callback_request};
+use super::sync_driver::{StepOutcome, SyncDriver};
+use crate::application::Application;
+use crate::clock::rfc3339_millis;
 use crate::http_client::{AttemptOutcome, CallbackClient};
 use crate::job::{DeliveryJob, Target};
-use crate::ports::DeliveryQueue;
+use crate::oauth::OAuthClient;
+use crate::ports::{BackendError, BackendResult, Ports};
 use crate::retry::RetryPolicy;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use bytes::Bytes;
 use futures::StreamExt;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long subscriber settings (URL, keys, secrets) are reused before being read again.
+pub const SUBSCRIBER_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Settings of the delivery handler.
 #[derive(Debug, Clone, Copy)]
@@ -42,14 +51,14 @@ pub enum Verdict {
     Exhausted,
 }
 
-/// The retry decision for attempt `attempt` (1-based) with `outcome`.
+/// The retry decision for attempt `attempt` (1-based), given whether it acknowledged.
 pub fn decide(
-    ack: AckPolicy,
+    acknowledged: bool,
     retry: &RetryPolicy,
     attempt: u32,
     outcome: &AttemptOutcome,
 ) -> Verdict {
-    if outcome.status.is_some_and(|s| ack.acknowledges(s)) {
+    if acknowledged {
         Verdict::Delivered
     } else if retry.is_last(attempt) {
         Verdict::Exhausted
@@ -58,22 +67,76 @@ pub fn decide(
     }
 }
 
+/// Subscriber settings read recently (`None` remembers "no such subscriber"), so a batch
+/// for one subscriber reads them once.
+struct TtlCache<V>(Mutex<HashMap<String, Entry<V>>>);
+
+type Entry<V> = (Instant, Option<Arc<V>>);
+
+impl<V> Default for TtlCache<V> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<V> TtlCache<V> {
+    fn get(&self, key: &str) -> Option<Option<Arc<V>>> {
+        let map = self.0.lock().expect("cache lock");
+        map.get(key)
+            .filter(|(at, _)| at.elapsed() < SUBSCRIBER_CACHE_TTL)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, key: &str, value: Option<Arc<V>>) {
+        self.0
+            .lock()
+            .expect("cache lock")
+            .insert(key.to_owned(), (Instant::now(), value));
+    }
+}
+
 /// The delivery handler.
 pub struct Delivery {
-    /// The queue the messages came from (for visibility changes).
-    pub queue: Arc<dyn DeliveryQueue>,
+    /// The ports.
+    pub ports: Ports,
     /// The shared HTTP client.
     pub http: CallbackClient,
     /// Settings.
     pub settings: DeliverySettings,
+    applications: TtlCache<Application>,
+    clients: TtlCache<OAuthClient>,
+}
+
+/// What a message asked for.
+enum Work {
+    Send {
+        outbound: Outbound,
+        sync: Option<(String, String)>,
+    },
+    Drop(&'static str),
+    SyncStep {
+        application: String,
+        sync: String,
+    },
 }
 
 impl Delivery {
+    /// The handler over `ports`.
+    pub fn new(ports: Ports, http: CallbackClient, settings: DeliverySettings) -> Self {
+        Self {
+            ports,
+            http,
+            settings,
+            applications: TtlCache::default(),
+            clients: TtlCache::default(),
+        }
+    }
+
     /// Delivers a batch concurrently; failed messages are listed in the response (an
-    /// `Err` would make Lambda retry the whole batch).
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+    /// `Err` would make Lambda retry the whole batch). Sync steps stop before `deadline`.
+    pub async fn handle(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
         let failures: Vec<BatchItemFailure> = futures::stream::iter(event.records)
-            .map(|message| self.process(message))
+            .map(|message| self.process(message, deadline))
             .buffer_unordered(self.settings.concurrency.max(1))
             .filter_map(|failed| async move { failed })
             .map(|message_id| {
@@ -88,8 +151,74 @@ impl Delivery {
         response
     }
 
+    async fn application(&self, id: &str) -> BackendResult<Option<Arc<Application>>> {
+        if let Some(hit) = self.applications.get(id) {
+            return Ok(hit);
+        }
+        let app = self
+            .ports
+            .applications
+            .get_application(id)
+            .await?
+            .map(Arc::new);
+        self.applications.put(id, app.clone());
+        Ok(app)
+    }
+
+    async fn client(&self, id: &str) -> BackendResult<Option<Arc<OAuthClient>>> {
+        if let Some(hit) = self.clients.get(id) {
+            return Ok(hit);
+        }
+        let client = self.ports.clients.get_client(id).await?.map(Arc::new);
+        self.clients.put(id, client.clone());
+        Ok(client)
+    }
+
+    async fn work(&self, job: &DeliveryJob) -> BackendResult<Work> {
+        let clock = self.ports.clock.as_ref();
+        Ok(match &job.target {
+            Target::Callback {
+                callback, client, ..
+            } => {
+                let client = self.client(client).await?;
+                let secrets = client.as_ref().and_then(|c| c.webhook_secrets.as_ref());
+                Work::Send {
+                    outbound: callback_request(job.id.as_str(), callback, secrets, clock),
+                    sync: None,
+                }
+            }
+            Target::Application {
+                application,
+                person,
+                sync,
+                ..
+            } => {
+                let Some(app) = self.application(application).await? else {
+                    return Ok(Work::Drop("the application no longer exists"));
+                };
+                match application_request(
+                    job.id.as_str(),
+                    &app,
+                    std::slice::from_ref(person),
+                    &job.created_at,
+                    clock,
+                ) {
+                    Some(outbound) => Work::Send {
+                        outbound,
+                        sync: sync.clone().map(|s| (application.clone(), s)),
+                    },
+                    None => Work::Drop("the application has no webhook URL"),
+                }
+            }
+            Target::SyncStep { application, sync } => Work::SyncStep {
+                application: application.clone(),
+                sync: sync.clone(),
+            },
+        })
+    }
+
     /// Delivers one message; returns its message id when it must stay on the queue.
-    async fn process(&self, message: SqsMessage) -> Option<String> {
+    async fn process(&self, message: SqsMessage, deadline: Instant) -> Option<String> {
         let message_id = message.message_id.clone().unwrap_or_default();
         let attempt: u32 = message
             .attributes
@@ -105,65 +234,123 @@ impl Delivery {
                 return Some(message_id);
             }
         };
-        let (url, ack) = match &job.target {
-            Target::Callback { callback, .. } => (callback.url(), AckPolicy::AnySuccess),
-        };
-        let headers = [
-            ("webhook-id", job.id.as_str().to_owned()),
-            ("webhook-timestamp", unix_now().to_string()),
-        ];
-        let outcome = self.http.post(&url, &headers, Bytes::new()).await;
-        let verdict = decide(ack, &self.settings.retry, attempt, &outcome);
         let span =
             tracing::info_span!("delivery", delivery_id = %job.id.as_str(), %message_id, attempt);
         let _enter = span.enter();
-        match verdict {
-            Verdict::Delivered => {
-                tracing::info!(
-                    status = outcome.status,
-                    latency_ms = outcome.latency.as_millis() as u64,
-                    "delivered"
-                );
+        let work = match self.work(&job).await {
+            Ok(work) => work,
+            Err(e) => return self.backend_failure(&message, &message_id, e).await,
+        };
+        match work {
+            Work::Drop(why) => {
+                tracing::warn!(why, "job dropped");
                 None
             }
-            Verdict::RetryAfter(delay) => {
-                tracing::warn!(
-                    status = outcome.status,
-                    error = outcome.error.as_deref(),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "delivery failed; will retry"
-                );
-                self.hide(&message, delay, &message_id).await;
-                Some(message_id)
+            Work::SyncStep { application, sync } => {
+                self.sync_step(&message, &message_id, &application, &sync, deadline)
+                    .await
             }
-            Verdict::Exhausted => {
-                tracing::error!(
-                    status = outcome.status,
-                    error = outcome.error.as_deref(),
-                    "delivery failed on the last attempt; moving to the dead-letter queue"
-                );
-                self.hide(&message, Duration::ZERO, &message_id).await;
-                Some(message_id)
+            Work::Send { outbound, sync } => {
+                let (outcome, acknowledged) = outbound.send(&self.http).await;
+                let verdict = decide(acknowledged, &self.settings.retry, attempt, &outcome);
+                if let (Some((app, sync)), Verdict::Delivered | Verdict::Exhausted) =
+                    (&sync, verdict)
+                {
+                    let delivered = verdict == Verdict::Delivered;
+                    if let Err(e) = self
+                        .ports
+                        .syncs
+                        .count_sync_outcome(app, sync, delivered)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not count the sync outcome");
+                    }
+                }
+                match verdict {
+                    Verdict::Delivered => {
+                        tracing::info!(
+                            status = outcome.status,
+                            latency_ms = outcome.latency.as_millis() as u64,
+                            "delivered"
+                        );
+                        None
+                    }
+                    Verdict::RetryAfter(delay) => {
+                        tracing::warn!(
+                            status = outcome.status,
+                            error = outcome.error.as_deref(),
+                            retry_in_ms = delay.as_millis() as u64,
+                            "delivery failed; will retry"
+                        );
+                        self.hide(&message, delay, &message_id).await;
+                        Some(message_id)
+                    }
+                    Verdict::Exhausted => {
+                        tracing::error!(
+                            status = outcome.status,
+                            error = outcome.error.as_deref(),
+                            "delivery failed on the last attempt; moving to the dead-letter queue"
+                        );
+                        self.hide(&message, Duration::ZERO, &message_id).await;
+                        Some(message_id)
+                    }
+                }
             }
         }
+    }
+
+    async fn sync_step(
+        &self,
+        message: &SqsMessage,
+        message_id: &str,
+        application: &str,
+        sync: &str,
+        deadline: Instant,
+    ) -> Option<String> {
+        let driver = SyncDriver {
+            ports: &self.ports,
+            http: &self.http,
+            retry: self.settings.retry,
+        };
+        match driver.step(application, sync, deadline).await {
+            Ok(StepOutcome::Done) => None,
+            Ok(StepOutcome::Again(delay)) => {
+                let next = DeliveryJob::sync_step(
+                    application,
+                    sync,
+                    rfc3339_millis(self.ports.clock.now()),
+                );
+                match self.ports.queue.enqueue_delayed(&next, delay).await {
+                    Ok(()) => None,
+                    Err(e) => self.backend_failure(message, message_id, e).await,
+                }
+            }
+            Err(e) => self.backend_failure(message, message_id, e).await,
+        }
+    }
+
+    /// A store or queue failed: try the message again soon.
+    async fn backend_failure(
+        &self,
+        message: &SqsMessage,
+        message_id: &str,
+        e: BackendError,
+    ) -> Option<String> {
+        tracing::warn!(error = %e, "backend failure; the message will be retried");
+        self.hide(message, self.settings.retry.base, message_id)
+            .await;
+        Some(message_id.to_owned())
     }
 
     async fn hide(&self, message: &SqsMessage, delay: Duration, message_id: &str) {
         let Some(receipt) = message.receipt_handle.as_deref() else {
             return;
         };
-        if let Err(e) = self.queue.retry_later(receipt, delay).await {
+        if let Err(e) = self.ports.queue.retry_later(receipt, delay).await {
             // The message still comes back after the queue's default visibility timeout.
             tracing::warn!(%message_id, error = %e, "could not change the message's visibility");
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 #[cfg(test)]
@@ -186,33 +373,28 @@ mod tests {
             max_attempts: 3,
             jitter: 0.0,
         };
-        let orcid = AckPolicy::AnySuccess;
         assert_eq!(
-            decide(orcid, &retry, 1, &outcome(Some(204), None)),
+            decide(true, &retry, 1, &outcome(Some(204), None)),
             Verdict::Delivered
         );
         assert_eq!(
-            decide(orcid, &retry, 3, &outcome(Some(200), None)),
+            decide(true, &retry, 3, &outcome(Some(200), None)),
             Verdict::Delivered
         );
         assert_eq!(
-            decide(orcid, &retry, 1, &outcome(Some(500), None)),
+            decide(false, &retry, 1, &outcome(Some(500), None)),
             Verdict::RetryAfter(Duration::from_secs(10))
         );
         assert_eq!(
-            decide(orcid, &retry, 2, &outcome(None, None)),
+            decide(false, &retry, 2, &outcome(None, None)),
             Verdict::RetryAfter(Duration::from_secs(20))
         );
         assert_eq!(
-            decide(orcid, &retry, 1, &outcome(Some(429), Some(120))),
+            decide(false, &retry, 1, &outcome(Some(429), Some(120))),
             Verdict::RetryAfter(Duration::from_secs(120))
         );
         assert_eq!(
-            decide(orcid, &retry, 1, &outcome(Some(302), None)),
-            Verdict::RetryAfter(Duration::from_secs(10))
-        );
-        assert_eq!(
-            decide(orcid, &retry, 3, &outcome(Some(500), None)),
+            decide(false, &retry, 3, &outcome(Some(500), None)),
             Verdict::Exhausted
         );
     }

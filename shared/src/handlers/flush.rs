@@ -1,12 +1,17 @@
 //! The `flush` Lambda (EventBridge schedule): pending records of closed windows become
 //! delivery jobs, one per (record, subscription), on the delivery queue.
 
-use crate::clock::{Clock, rfc3339_millis};
+use crate::application::Application;
+use crate::clock::rfc3339_millis;
 use crate::job::DeliveryJob;
-use crate::ports::{BackendError, DeliveryQueue, FlushCursor, PendingChanges, SubscriptionStore};
+use crate::members::{consents, scoped_person};
+use crate::ports::{BackendError, FlushCursor, Person, Ports};
+use crate::record::RecordId;
+use crate::subscription::Subscription;
 use crate::window::{FlushWindows, WindowId};
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use futures::StreamExt;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -50,16 +55,10 @@ pub struct FlushReport {
 
 /// The flush handler.
 pub struct Flush {
-    /// Pending changes and the cursor.
-    pub pending: Arc<dyn PendingChanges>,
-    /// Who to notify.
-    pub subscriptions: Arc<dyn SubscriptionStore>,
-    /// Where jobs go.
-    pub queue: Arc<dyn DeliveryQueue>,
+    /// The ports.
+    pub ports: Ports,
     /// Which windows are closed.
     pub windows: Arc<dyn FlushWindows>,
-    /// Time (job timestamps).
-    pub clock: Arc<dyn Clock>,
     /// Settings.
     pub settings: FlushSettings,
 }
@@ -85,7 +84,7 @@ impl Flush {
             return Ok(report);
         };
         let oldest = WindowId(through.0.saturating_sub(self.settings.max_lag));
-        let mut cursor = self.pending.cursor().await?.unwrap_or(FlushCursor {
+        let mut cursor = self.ports.pending.cursor().await?.unwrap_or(FlushCursor {
             window: WindowId(through.0.saturating_sub(self.settings.first_run_lookback)),
             after: None,
         });
@@ -106,6 +105,7 @@ impl Flush {
                 break;
             }
             let page = self
+                .ports
                 .pending
                 .page(
                     cursor.window,
@@ -114,7 +114,7 @@ impl Flush {
                 )
                 .await?;
             let jobs = self.jobs_for(cursor.window, &page.items).await?;
-            self.queue.enqueue(&jobs).await?;
+            self.ports.queue.enqueue(&jobs).await?;
             report.records += page.items.len() as u64;
             report.jobs += jobs.len() as u64;
             cursor = match page.next {
@@ -130,38 +130,72 @@ impl Flush {
                     }
                 }
             };
-            self.pending.save_cursor(&cursor).await?;
+            self.ports.pending.save_cursor(&cursor).await?;
         }
         tracing::info!(?report, next_window = cursor.window.0, "flush done");
         Ok(report)
     }
 
+    /// One job per (record, subscription) and per (person, consented application with a
+    /// webhook). Applications are read once per flush run.
     async fn jobs_for(
         &self,
         window: WindowId,
-        records: &[crate::record::RecordId],
+        records: &[RecordId],
     ) -> Result<Vec<DeliveryJob>, BackendError> {
-        let created_at = rfc3339_millis(self.clock.now());
+        let created_at = rfc3339_millis(self.ports.clock.now());
         // Futures collected first: a closure inside the stream would make this future
         // lose `Send` through higher-ranked lifetimes.
         let lookups: Vec<_> = records
             .iter()
-            .map(|record| self.subscriptions.subscriptions_of(record))
+            .map(|record| self.targets_of(record))
             .collect();
         let per_record: Vec<_> = futures::stream::iter(lookups)
             .buffered(self.settings.lookup_concurrency)
             .collect()
             .await;
+        let mut applications: HashMap<String, Option<Application>> = HashMap::new();
         let mut jobs = Vec::new();
-        for subscriptions in per_record {
-            for subscription in subscriptions? {
+        for (record, targets) in records.iter().zip(per_record) {
+            let (subscriptions, person) = targets?;
+            for subscription in subscriptions {
                 jobs.push(DeliveryJob::for_subscription(
                     &subscription,
                     window,
                     created_at.clone(),
                 ));
             }
+            let Some(person) = person else { continue };
+            for (app_id, scopes) in consents(&person) {
+                if !applications.contains_key(&app_id) {
+                    let app = self.ports.applications.get_application(&app_id).await?;
+                    applications.insert(app_id.clone(), app);
+                }
+                if applications[&app_id]
+                    .as_ref()
+                    .is_some_and(|a| a.webhook.url.is_some())
+                {
+                    let scoped = scoped_person(record, &person, &scopes);
+                    jobs.push(DeliveryJob::for_application(
+                        &app_id,
+                        record,
+                        scoped,
+                        window,
+                        created_at.clone(),
+                    ));
+                }
+            }
         }
         Ok(jobs)
+    }
+
+    /// The subscriptions of a record and the person (for its consents).
+    async fn targets_of(
+        &self,
+        record: &RecordId,
+    ) -> Result<(Vec<Subscription>, Option<Person>), BackendError> {
+        let subscriptions = self.ports.subscriptions.subscriptions_of(record).await?;
+        let person = self.ports.records.get_person(record).await?;
+        Ok((subscriptions, person))
     }
 }

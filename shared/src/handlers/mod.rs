@@ -2,10 +2,13 @@
 //! call exactly these.
 
 pub mod api_error;
+mod applications;
 pub mod change_capture;
 pub mod delivery;
 pub mod flush;
+pub mod outbound;
 pub mod registration;
+pub mod sync_driver;
 
 pub use change_capture::ChangeCapture;
 pub use delivery::{Delivery, DeliverySettings};

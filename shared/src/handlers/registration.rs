@@ -4,16 +4,15 @@
 
 use super::api_error::{ApiError, empty_response, json_response};
 use crate::callback::{CallbackUrl, InvalidCallbackUrl, UrlPolicy, strict_percent_decode};
-use crate::clock::Clock;
+use crate::http_client::CallbackClient;
 use crate::oauth::{BearerError, IssuedToken, TokenRequest, authorize_webhook, sha256_hex};
-use crate::ports::{ClientStore, RecordStore, SubscriptionStore, TokenStore};
+use crate::ports::Ports;
 use crate::record::OrcidId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use base64::Engine;
 use http::{HeaderMap, Method, StatusCode, header};
 use lambda_http::{Body, Request, RequestExt, Response};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest request body accepted on any route.
@@ -51,16 +50,10 @@ impl Default for ApiSettings {
 
 /// The registration handler.
 pub struct Registration {
-    /// OAuth clients.
-    pub clients: Arc<dyn ClientStore>,
-    /// Access tokens.
-    pub tokens: Arc<dyn TokenStore>,
-    /// Subscriptions.
-    pub subscriptions: Arc<dyn SubscriptionStore>,
-    /// The records table.
-    pub records: Arc<dyn RecordStore>,
-    /// Time.
-    pub clock: Arc<dyn Clock>,
+    /// The ports.
+    pub ports: Ports,
+    /// The delivery client (Run Test delivers at once).
+    pub http: CallbackClient,
     /// Settings.
     pub settings: ApiSettings,
 }
@@ -69,12 +62,30 @@ pub struct Registration {
 enum Route<'a> {
     Token,
     Webhook { record: &'a str, callback: &'a str },
+    Application { id: &'a str },
+    WebhookSecret { id: &'a str },
+    WebhookTest { id: &'a str },
+    Sync { id: &'a str },
+    SyncStatus { id: &'a str, sync: &'a str },
 }
 
 impl<'a> Route<'a> {
     fn parse(path: &'a str) -> Option<Self> {
         if path == "/oauth/token" {
             return Some(Self::Token);
+        }
+        if let Some(rest) = path.strip_prefix("/application/") {
+            let segments: Vec<&str> = rest.split('/').collect();
+            return match segments.as_slice() {
+                [id] if !id.is_empty() => Some(Self::Application { id }),
+                [id, "webhook", "secret"] => Some(Self::WebhookSecret { id }),
+                [id, "webhook", "test"] => Some(Self::WebhookTest { id }),
+                [id, "webhook", "sync"] => Some(Self::Sync { id }),
+                [id, "webhook", "sync", sync] if !sync.is_empty() => {
+                    Some(Self::SyncStatus { id, sync })
+                }
+                _ => None,
+            };
         }
         // `/{record}/webhook/{callback}`: the callback is everything after `/webhook/`, so
         // it survives whether the gateway kept `%2F` encoded or decoded it into `/`.
@@ -86,8 +97,13 @@ impl<'a> Route<'a> {
 
     fn allowed(&self) -> &'static str {
         match self {
-            Self::Token => "POST",
+            Self::Token
+            | Self::WebhookSecret { .. }
+            | Self::WebhookTest { .. }
+            | Self::Sync { .. } => "POST",
             Self::Webhook { .. } => "PUT, DELETE",
+            Self::Application { .. } => "GET, PATCH",
+            Self::SyncStatus { .. } => "GET",
         }
     }
 }
@@ -115,6 +131,16 @@ impl Registration {
             (Route::Webhook { record, callback }, &Method::DELETE) => {
                 self.unregister(request, record, callback).await
             }
+            (Route::Application { id }, &Method::GET) => self.get_application(request, id).await,
+            (Route::Application { id }, &Method::PATCH) => {
+                self.patch_application(request, id).await
+            }
+            (Route::WebhookSecret { id }, &Method::POST) => self.rotate_secret(request, id).await,
+            (Route::WebhookTest { id }, &Method::POST) => self.run_test(request, id).await,
+            (Route::Sync { id }, &Method::POST) => self.start_sync(request, id).await,
+            (Route::SyncStatus { id, sync }, &Method::GET) => {
+                self.sync_status(request, id, sync).await
+            }
             _ => Err(ApiError::MethodNotAllowed(route.allowed())),
         }
     }
@@ -123,11 +149,20 @@ impl Registration {
     async fn token(&self, request: &Request) -> Result<Response<Body>, ApiError> {
         let basic = basic_credentials(request.headers());
         let token_request = TokenRequest::from_form(body_bytes(request), basic)?;
-        let client = self.clients.get_client(&token_request.client_id).await?;
+        let client = self
+            .ports
+            .clients
+            .get_client(&token_request.client_id)
+            .await?;
         let scope = token_request.authorize(client.as_ref())?;
         let lifetime = self.settings.token_lifetime.as_secs() as i64;
-        let issued = IssuedToken::new(&token_request.client_id, &scope, self.clock.now(), lifetime);
-        self.tokens.put_token(&issued.stored).await?;
+        let issued = IssuedToken::new(
+            &token_request.client_id,
+            &scope,
+            self.ports.clock.now(),
+            lifetime,
+        );
+        self.ports.tokens.put_token(&issued.stored).await?;
         tracing::info!(client_id = %token_request.client_id, "token issued");
         let mut response = json_response(
             StatusCode::OK,
@@ -148,10 +183,10 @@ impl Registration {
     /// Checks the bearer token and returns the client id it belongs to.
     async fn authenticate(&self, headers: &HeaderMap) -> Result<String, ApiError> {
         let presented = bearer_token(headers).ok_or(BearerError::Missing)?;
-        let token = self.tokens.get_token(&sha256_hex(presented)).await?;
-        let client_id = authorize_webhook(token.as_ref(), self.clock.now())?.to_owned();
+        let token = self.ports.tokens.get_token(&sha256_hex(presented)).await?;
+        let client_id = authorize_webhook(token.as_ref(), self.ports.clock.now())?.to_owned();
         // A disabled or deleted client's tokens stop working at once.
-        match self.clients.get_client(&client_id).await? {
+        match self.ports.clients.get_client(&client_id).await? {
             Some(client) if !client.disabled => Ok(client_id),
             _ => Err(BearerError::Invalid.into()),
         }
@@ -167,16 +202,22 @@ impl Registration {
         let client_id = self.authenticate(request.headers()).await?;
         let record = OrcidId::parse(record)?;
         let callback = callback_from_path(raw_callback, self.settings.url_policy)?;
-        if self.records.get_person(record.record_id()).await?.is_none() {
+        if self
+            .ports
+            .records
+            .get_person(record.record_id())
+            .await?
+            .is_none()
+        {
             return Err(ApiError::UnknownRecord);
         }
         let subscription = Subscription {
             record: record.record_id().clone(),
             callback,
             client_id,
-            created_at: self.clock.now().unix_timestamp(),
+            created_at: self.ports.clock.now().unix_timestamp(),
         };
-        match self.subscriptions.register(&subscription).await? {
+        match self.ports.subscriptions.register(&subscription).await? {
             Registered::Created => {
                 tracing::info!(record = %subscription.record, client_id = %subscription.client_id, "webhook registered");
                 let location = location(request, &subscription);
@@ -205,6 +246,7 @@ impl Registration {
         let text = decode_callback(raw_callback)?;
         let callback = CallbackUrl::try_from(text)?;
         match self
+            .ports
             .subscriptions
             .unregister(record.record_id(), &callback, &client_id)
             .await?
@@ -228,7 +270,7 @@ fn raw_path(request: &Request) -> &str {
     }
 }
 
-fn body_bytes(request: &Request) -> &[u8] {
+pub(super) fn body_bytes(request: &Request) -> &[u8] {
     request.body().as_ref()
 }
 
@@ -247,10 +289,8 @@ fn callback_from_path(raw: &str, policy: UrlPolicy) -> Result<CallbackUrl, Inval
     CallbackUrl::parse(&decode_callback(raw)?, policy)
 }
 
-/// The absolute URL of the registered webhook: the request's scheme and host, the record
-/// and the callback in `encodeURIComponent` form (which is the request URL itself for
-/// the seed's example).
-fn location(request: &Request, subscription: &Subscription) -> String {
+/// `scheme://host` of the request, as the client addressed the API.
+pub(super) fn base_url(request: &Request) -> String {
     let uri = request.uri();
     let host = uri
         .authority()
@@ -263,9 +303,16 @@ fn location(request: &Request, subscription: &Subscription) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| "localhost".into());
-    let scheme = uri.scheme_str().unwrap_or("http");
+    format!("{}://{host}", uri.scheme_str().unwrap_or("http"))
+}
+
+/// The absolute URL of the registered webhook: the request's scheme and host, the record
+/// and the callback in `encodeURIComponent` form (which is the request URL itself for
+/// the seed's example).
+fn location(request: &Request, subscription: &Subscription) -> String {
     format!(
-        "{scheme}://{host}/{}/webhook/{}",
+        "{}/{}/webhook/{}",
+        base_url(request),
         subscription.record,
         utf8_percent_encode(subscription.callback.as_str(), URI_COMPONENT)
     )

@@ -8,17 +8,42 @@ mod records;
 pub use queue::{MemoryQueue, QueueDepth, ReceivedMessage};
 pub use records::MemoryRecords;
 
+use crate::application::Application;
 use crate::callback::CallbackUrl;
+use crate::clock::Clock;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::ports::{
-    BackendResult, ClientStore, FlushCursor, Page, PendingChanges, SubscriptionStore, TokenStore,
+    ApplicationStore, BackendResult, ClientStore, FlushCursor, Page, PendingChanges, Ports,
+    SubscriptionStore, SyncStore, TokenStore,
 };
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
+use crate::sync::{FullSync, SyncOutcomes};
 use crate::window::WindowId;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::Mutex;
+
+/// Every port over the in-memory adapters.
+pub fn ports(
+    store: Arc<MemoryStore>,
+    records: Arc<MemoryRecords>,
+    queue: Arc<MemoryQueue>,
+    clock: Arc<dyn Clock>,
+) -> Ports {
+    Ports {
+        clients: store.clone(),
+        tokens: store.clone(),
+        subscriptions: store.clone(),
+        applications: store.clone(),
+        syncs: store.clone(),
+        pending: store,
+        records,
+        queue,
+        clock,
+    }
+}
 
 /// The service table in memory: clients, tokens, subscriptions, pending changes and the
 /// flush cursor.
@@ -34,6 +59,16 @@ struct State {
     subscriptions: BTreeMap<(RecordId, String), Subscription>,
     pending: BTreeMap<WindowId, BTreeSet<RecordId>>,
     cursor: Option<FlushCursor>,
+    applications: BTreeMap<String, Application>,
+    api_keys: HashMap<String, String>,
+    syncs: HashMap<(String, String), SyncEntry>,
+}
+
+#[derive(Debug, Default)]
+struct SyncEntry {
+    sync: Option<FullSync>,
+    outcomes: SyncOutcomes,
+    lease_until_ms: i64,
 }
 
 impl MemoryStore {
@@ -178,6 +213,91 @@ impl PendingChanges for MemoryStore {
         // here keeps a long-running local runner's memory flat.
         state.pending.retain(|w, _| *w >= cursor.window);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl ApplicationStore for MemoryStore {
+    async fn get_application(&self, id: &str) -> BackendResult<Option<Application>> {
+        Ok(self.state().applications.get(id).cloned())
+    }
+
+    async fn put_application(&self, application: &Application) -> BackendResult<()> {
+        let mut state = self.state();
+        state
+            .api_keys
+            .insert(application.api_key_hash.clone(), application.id.clone());
+        state
+            .applications
+            .insert(application.id.clone(), application.clone());
+        Ok(())
+    }
+
+    async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>> {
+        Ok(self.state().api_keys.get(api_key_hash).cloned())
+    }
+
+    async fn list_applications(&self) -> BackendResult<Vec<Application>> {
+        Ok(self.state().applications.values().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl SyncStore for MemoryStore {
+    async fn save_sync(&self, sync: &FullSync) -> BackendResult<()> {
+        let key = (sync.application_id.clone(), sync.sync_id.clone());
+        self.state().syncs.entry(key).or_default().sync = Some(sync.clone());
+        Ok(())
+    }
+
+    async fn get_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
+        let state = self.state();
+        let entry = state
+            .syncs
+            .get(&(application.to_owned(), sync_id.to_owned()));
+        Ok(entry.and_then(|e| e.sync.clone().map(|s| (s, e.outcomes))))
+    }
+
+    async fn count_sync_outcome(
+        &self,
+        application: &str,
+        sync_id: &str,
+        delivered: bool,
+    ) -> BackendResult<SyncOutcomes> {
+        let mut state = self.state();
+        let entry = state
+            .syncs
+            .entry((application.to_owned(), sync_id.to_owned()))
+            .or_default();
+        if delivered {
+            entry.outcomes.delivered += 1;
+        } else {
+            entry.outcomes.failed += 1;
+        }
+        Ok(entry.outcomes)
+    }
+
+    async fn lease_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> BackendResult<bool> {
+        let mut state = self.state();
+        let entry = state
+            .syncs
+            .entry((application.to_owned(), sync_id.to_owned()))
+            .or_default();
+        if entry.lease_until_ms > now_ms {
+            return Ok(false);
+        }
+        entry.lease_until_ms = until_ms;
+        Ok(true)
     }
 }
 

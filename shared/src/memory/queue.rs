@@ -119,6 +119,11 @@ impl MemoryQueue {
 
     /// Sends a message; returns its id.
     pub fn send(&self, body: String) -> String {
+        self.send_delayed(body, Duration::ZERO)
+    }
+
+    /// Sends a message that becomes visible after `delay`; returns its id.
+    pub fn send_delayed(&self, body: String, delay: Duration) -> String {
         let message_id = uuid::Uuid::new_v4().to_string();
         {
             let mut state = self.state();
@@ -132,7 +137,7 @@ impl MemoryQueue {
                     sent_at_ms: epoch_ms(),
                     first_received_at_ms: None,
                     receive_count: 0,
-                    visible_at: Instant::now(),
+                    visible_at: Instant::now() + delay,
                     receipt: None,
                 },
             );
@@ -266,8 +271,28 @@ impl DeliveryQueue for MemoryQueue {
         Ok(())
     }
 
+    async fn enqueue_delayed(&self, job: &DeliveryJob, delay: Duration) -> BackendResult<()> {
+        let body = serde_json::to_string(job).expect("jobs serialize");
+        self.send_delayed(body, delay.min(crate::ports::MAX_SEND_DELAY));
+        Ok(())
+    }
+
     async fn retry_later(&self, receipt_handle: &str, delay: Duration) -> BackendResult<()> {
         self.change_visibility(receipt_handle, delay)
+    }
+
+    async fn dead_letter(&self, job: &DeliveryJob) -> BackendResult<()> {
+        let body = serde_json::to_string(job).expect("jobs serialize");
+        self.state().dead.push(Stored {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            body,
+            sent_at_ms: epoch_ms(),
+            first_received_at_ms: None,
+            receive_count: 0,
+            visible_at: Instant::now(),
+            receipt: None,
+        });
+        Ok(())
     }
 }
 

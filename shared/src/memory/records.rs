@@ -1,7 +1,8 @@
 //! The records table in memory, with the stream it would have: every put and delete
 //! returns the DynamoDB stream record (NEW_AND_OLD_IMAGES) the real table would emit.
 
-use crate::ports::{BackendResult, Person, RecordStore};
+use crate::members::consented_scopes;
+use crate::ports::{BackendResult, Page, Person, RecordStore};
 use crate::record::RecordId;
 use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::{EventRecord, StreamRecord, StreamViewType};
@@ -72,6 +73,29 @@ fn stream_record(
 impl RecordStore for MemoryRecords {
     async fn get_person(&self, id: &RecordId) -> BackendResult<Option<Person>> {
         Ok(self.state.lock().expect("records lock").0.get(id).cloned())
+    }
+
+    async fn scan_consented(
+        &self,
+        application: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<(RecordId, Person)>> {
+        let state = self.state.lock().expect("records lock");
+        let examined: Vec<(&RecordId, &Person)> = state
+            .0
+            .iter()
+            .filter(|(id, _)| after.is_none_or(|a| id.as_str() > a))
+            .take(limit + 1)
+            .collect();
+        let next = (examined.len() > limit).then(|| examined[limit - 1].0.to_string());
+        let items = examined
+            .into_iter()
+            .take(limit)
+            .filter(|(_, person)| consented_scopes(person, application).is_some())
+            .map(|(id, person)| (id.clone(), person.clone()))
+            .collect();
+        Ok(Page { items, next })
     }
 }
 

@@ -1,11 +1,14 @@
 //! Every status code of the HTTP API's table, on the in-memory adapters.
 
 use super::*;
-use crate::clock::ManualClock;
-use crate::memory::{MemoryRecords, MemoryStore};
+use crate::clock::{Clock, ManualClock};
+use crate::http_client::{CallbackClient, HttpSettings};
+use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use crate::oauth::OAuthClient;
+use crate::ports::ClientStore;
 use crate::record::RecordId;
 use serde_json::Value;
+use std::sync::Arc;
 use time::macros::datetime;
 
 const RECORD: &str = "0000-0002-7465-2162";
@@ -34,11 +37,13 @@ async fn api() -> Api {
     store.put_client(&reader).await.unwrap();
     Api {
         registration: Registration {
-            clients: store.clone(),
-            tokens: store.clone(),
-            subscriptions: store.clone(),
-            records,
-            clock: clock.clone(),
+            ports: crate::memory::ports(
+                store.clone(),
+                records,
+                Arc::new(MemoryQueue::new(std::time::Duration::from_secs(30), 3)),
+                clock.clone(),
+            ),
+            http: CallbackClient::new(&HttpSettings::default()),
             settings: ApiSettings::default(),
         },
         store,

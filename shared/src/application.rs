@@ -1,0 +1,214 @@
+//! Members-style applications: one webhook URL, a signing key for `attributes.hash`, a
+//! request interval for full syncs, a Standard Webhooks secret, and an API key (stored
+//! only as a hash) that authenticates the application's own routes.
+
+use crate::callback::{CallbackUrl, UrlPolicy};
+use crate::oauth::sha256_hex;
+use crate::signing::SigningSecrets;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Longest signing key accepted.
+pub const MAX_SIGNING_KEY_LEN: usize = 256;
+/// Longest request interval accepted (one hour).
+pub const MAX_REQUEST_INTERVAL_MS: u64 = 3_600_000;
+
+/// The webhook settings of an application.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookConfig {
+    /// Where deliveries go, exactly as given; `None` when no webhook is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The key of `attributes.hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<String>,
+    /// Minimum time between two requests of a full sync (0 = as fast as it scales).
+    #[serde(default)]
+    pub request_interval_ms: u64,
+}
+
+/// A Members-style application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Application {
+    /// The application id (path segment of its routes, `subscription` of its envelopes).
+    pub id: String,
+    /// Hex SHA-256 of the API key.
+    pub api_key_hash: String,
+    /// Webhook settings.
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+    /// Standard Webhooks secrets.
+    pub secrets: SigningSecrets,
+    /// Creation time, epoch seconds.
+    pub created_at: i64,
+}
+
+/// The body of `PATCH /application/{id}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplicationPatch {
+    /// Changes to the webhook.
+    pub webhook: Option<WebhookPatch>,
+}
+
+/// Changes to an application's webhook; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookPatch {
+    /// A complete URL, or `""` to remove the webhook.
+    pub url: Option<String>,
+    /// The signing key, or `""` to remove it.
+    pub signing_key: Option<String>,
+    /// Milliseconds between full-sync requests.
+    pub request_interval_ms: Option<u64>,
+}
+
+/// Why a patch is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPatch {
+    /// The URL is refused.
+    #[error("webhook.url: {0}")]
+    Url(#[from] crate::callback::InvalidCallbackUrl),
+    /// The signing key is too long.
+    #[error("webhook.signingKey must be at most {MAX_SIGNING_KEY_LEN} characters")]
+    SigningKey,
+    /// The interval is too long.
+    #[error("webhook.requestIntervalMs must be between 0 and {MAX_REQUEST_INTERVAL_MS}")]
+    Interval,
+}
+
+impl Application {
+    /// A new application with API key `api_key` and fresh signing secrets.
+    pub fn new(id: &str, api_key: &str, now: i64) -> Self {
+        Self {
+            id: id.to_owned(),
+            api_key_hash: sha256_hex(api_key),
+            webhook: WebhookConfig::default(),
+            secrets: SigningSecrets::generate(),
+            created_at: now,
+        }
+    }
+
+    /// Applies a patch after checking all of it (nothing changes when any part is bad).
+    pub fn apply(
+        &mut self,
+        patch: ApplicationPatch,
+        policy: UrlPolicy,
+    ) -> Result<(), InvalidPatch> {
+        let Some(webhook) = patch.webhook else {
+            return Ok(());
+        };
+        let url = match webhook.url.as_deref() {
+            None => self.webhook.url.clone(),
+            Some("") => None,
+            Some(text) => Some(CallbackUrl::parse(text, policy)?.as_str().to_owned()),
+        };
+        let signing_key = match webhook.signing_key.as_deref() {
+            None => self.webhook.signing_key.clone(),
+            Some("") => None,
+            Some(key) if key.len() > MAX_SIGNING_KEY_LEN => return Err(InvalidPatch::SigningKey),
+            Some(key) => Some(key.to_owned()),
+        };
+        let request_interval_ms = match webhook.request_interval_ms {
+            None => self.webhook.request_interval_ms,
+            Some(ms) if ms > MAX_REQUEST_INTERVAL_MS => return Err(InvalidPatch::Interval),
+            Some(ms) => ms,
+        };
+        self.webhook = WebhookConfig {
+            url,
+            signing_key,
+            request_interval_ms,
+        };
+        Ok(())
+    }
+
+    /// The JSON the API answers with; the signing key is masked.
+    pub fn view(&self) -> Value {
+        json!({
+            "id": self.id,
+            "webhook": {
+                "url": self.webhook.url.clone().unwrap_or_default(),
+                "signingKey": self.webhook.signing_key.as_deref().map(mask),
+                "requestIntervalMs": self.webhook.request_interval_ms,
+            },
+        })
+    }
+}
+
+/// A secret shown only by its first two characters and its length.
+pub fn mask(secret: &str) -> String {
+    let shown: String = secret.chars().take(2).collect();
+    format!("{shown}… ({} characters)", secret.chars().count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INSECURE: UrlPolicy = UrlPolicy {
+        allow_insecure: true,
+    };
+
+    fn patch(json: Value) -> ApplicationPatch {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn patch_sets_and_removes() {
+        let mut app = Application::new("app-1", "key", 0);
+        app.apply(
+            patch(json!({"webhook": {"url": "https://someurl.com/something"}})),
+            UrlPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            app.view()["webhook"]["url"],
+            "https://someurl.com/something"
+        );
+        app.apply(
+            patch(json!({"webhook": {"signingKey": "helloWorld", "requestIntervalMs": 100}})),
+            UrlPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            app.webhook.url.as_deref(),
+            Some("https://someurl.com/something"),
+            "absent fields stay"
+        );
+        assert_eq!(app.webhook.signing_key.as_deref(), Some("helloWorld"));
+        assert_eq!(app.view()["webhook"]["requestIntervalMs"], 100);
+        assert_eq!(app.view()["webhook"]["signingKey"], "he… (10 characters)");
+        assert!(!app.view().to_string().contains("helloWorld"));
+        app.apply(patch(json!({"webhook": {"url": ""}})), UrlPolicy::default())
+            .unwrap();
+        assert_eq!(app.webhook.url, None);
+        assert_eq!(app.view()["webhook"]["url"], "");
+    }
+
+    #[test]
+    fn bad_patches_change_nothing() {
+        let mut app = Application::new("app-1", "key", 0);
+        let before = app.clone();
+        for bad in [
+            json!({"webhook": {"url": "not a url"}}),
+            json!({"webhook": {"url": "http://someurl.com/x"}}),
+            json!({"webhook": {"url": "https://127.0.0.1/x"}}),
+            json!({"webhook": {"url": "https://a.com/x", "signingKey": "k".repeat(300)}}),
+            json!({"webhook": {"url": "https://a.com/x", "requestIntervalMs": MAX_REQUEST_INTERVAL_MS + 1}}),
+        ] {
+            assert!(
+                app.apply(patch(bad.clone()), UrlPolicy::default()).is_err(),
+                "{bad}"
+            );
+            assert_eq!(app, before);
+        }
+        assert!(
+            serde_json::from_value::<ApplicationPatch>(json!({"webhook": {"uri": "x"}})).is_err()
+        );
+        app.apply(
+            patch(json!({"webhook": {"url": "http://127.0.0.1:9/x"}})),
+            INSECURE,
+        )
+        .unwrap();
+    }
+}

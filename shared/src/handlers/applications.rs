@@ -1,0 +1,204 @@
+//! The Members-style application routes of the HTTP API, authenticated by
+//! `x-access-token: <application API key>`; an application sees and changes only itself.
+
+use super::api_error::{ApiError, json_response};
+use super::outbound::application_request;
+use super::registration::{Registration, base_url, body_bytes};
+use crate::application::{Application, ApplicationPatch};
+use crate::clock::rfc3339_millis;
+use crate::job::{DeliveryJob, MessageId};
+use crate::members::{consented_scopes, sample_person, scoped_person};
+use crate::oauth::sha256_hex;
+use crate::record::RecordId;
+use crate::sync::FullSync;
+use http::{StatusCode, header};
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+/// The body of `POST /application/{id}/webhook/test`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TestRequest {
+    person_id: Option<String>,
+}
+
+impl Registration {
+    /// The application `id`, if the request's API key is its own.
+    async fn authenticate_application(
+        &self,
+        request: &Request,
+        id: &str,
+    ) -> Result<Application, ApiError> {
+        let key = request
+            .headers()
+            .get("x-access-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(ApiError::ApiKey)?;
+        let owner = self
+            .ports
+            .applications
+            .application_for_key(&sha256_hex(key))
+            .await?
+            .ok_or(ApiError::ApiKey)?;
+        if owner != id {
+            return Err(ApiError::OtherApplication);
+        }
+        self.ports
+            .applications
+            .get_application(id)
+            .await?
+            .ok_or(ApiError::ApiKey)
+    }
+
+    /// `GET /application/{id}`.
+    pub(super) async fn get_application(
+        &self,
+        request: &Request,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let app = self.authenticate_application(request, id).await?;
+        Ok(json_response(StatusCode::OK, &app.view()))
+    }
+
+    /// `PATCH /application/{id}`: change the webhook; answers the updated application.
+    pub(super) async fn patch_application(
+        &self,
+        request: &Request,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let mut app = self.authenticate_application(request, id).await?;
+        let patch: ApplicationPatch = parse_json(body_bytes(request))?;
+        app.apply(patch, self.settings.url_policy)?;
+        self.ports.applications.put_application(&app).await?;
+        tracing::info!(application_id = %app.id, url = app.webhook.url.as_deref(), "application webhook updated");
+        Ok(json_response(StatusCode::OK, &app.view()))
+    }
+
+    /// `POST /application/{id}/webhook/secret`: a new Standard Webhooks secret, shown
+    /// once; the previous one keeps signing beside it for 24 hours.
+    pub(super) async fn rotate_secret(
+        &self,
+        request: &Request,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let mut app = self.authenticate_application(request, id).await?;
+        let now = self.ports.clock.now().unix_timestamp();
+        let secret = app.secrets.rotate(now);
+        self.ports.applications.put_application(&app).await?;
+        let previous_until = app
+            .secrets
+            .previous_until
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+            .map(rfc3339_millis);
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"secret": secret.expose(), "previousSecretValidUntil": previous_until}),
+        ))
+    }
+
+    /// `POST /application/{id}/webhook/test`: deliver one person now and tell how it went.
+    pub(super) async fn run_test(
+        &self,
+        request: &Request,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let app = self.authenticate_application(request, id).await?;
+        let body = body_bytes(request);
+        let test: TestRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            TestRequest::default()
+        } else {
+            parse_json(body)?
+        };
+        let person = match test.person_id {
+            None => sample_person(),
+            Some(person_id) => {
+                let record = RecordId::parse(&person_id).map_err(|_| ApiError::PersonNotFound)?;
+                let person = self
+                    .ports
+                    .records
+                    .get_person(&record)
+                    .await?
+                    .ok_or(ApiError::PersonNotFound)?;
+                let scopes = consented_scopes(&person, &app.id).ok_or(ApiError::PersonNotFound)?;
+                scoped_person(&record, &person, &scopes)
+            }
+        };
+        let message_id = MessageId::derive(&["test", &uuid::Uuid::new_v4().to_string()]);
+        let publish_time = rfc3339_millis(self.ports.clock.now());
+        let outbound = application_request(
+            message_id.as_str(),
+            &app,
+            &[person],
+            &publish_time,
+            self.ports.clock.as_ref(),
+        )
+        .ok_or(ApiError::WebhookNotConfigured)?;
+        let (outcome, acknowledged) = outbound.send(&self.http).await;
+        tracing::info!(application_id = %app.id, status = outcome.status, acknowledged, "webhook test");
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "messageId": message_id.as_str(),
+                "status": outcome.status,
+                "acknowledged": acknowledged,
+                "latencyMs": outcome.latency.as_millis() as u64,
+                "error": outcome.error,
+            }),
+        ))
+    }
+
+    /// `POST /application/{id}/webhook/sync`: start a full sync (202 with its progress).
+    pub(super) async fn start_sync(
+        &self,
+        request: &Request,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let app = self.authenticate_application(request, id).await?;
+        if app.webhook.url.is_none() {
+            return Err(ApiError::WebhookNotConfigured);
+        }
+        let now = rfc3339_millis(self.ports.clock.now());
+        let sync = FullSync::new(&app.id, app.webhook.request_interval_ms, now.clone());
+        self.ports.syncs.save_sync(&sync).await?;
+        self.ports
+            .queue
+            .enqueue(&[DeliveryJob::sync_step(&app.id, &sync.sync_id, now)])
+            .await?;
+        tracing::info!(application_id = %app.id, sync_id = %sync.sync_id, interval_ms = sync.request_interval_ms, "full sync started");
+        let mut response = json_response(StatusCode::ACCEPTED, &sync.view(Default::default()));
+        let location = format!(
+            "{}/application/{}/webhook/sync/{}",
+            base_url(request),
+            app.id,
+            sync.sync_id
+        );
+        if let Ok(value) = http::HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        Ok(response)
+    }
+
+    /// `GET /application/{id}/webhook/sync/{syncId}`: progress.
+    pub(super) async fn sync_status(
+        &self,
+        request: &Request,
+        id: &str,
+        sync_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let app = self.authenticate_application(request, id).await?;
+        let (sync, outcomes) = self
+            .ports
+            .syncs
+            .get_sync(&app.id, sync_id)
+            .await?
+            .ok_or(ApiError::SyncNotFound)?;
+        Ok(json_response(StatusCode::OK, &sync.view(outcomes)))
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))
+}

@@ -1,0 +1,100 @@
+//! What goes over the wire for each kind of delivery: URL, headers, body and the rule
+//! that decides whether the answer acknowledges. Shared by the delivery handler, the
+//! Run Test endpoint and the paced full sync, so all three send exactly the same thing.
+
+use crate::ack::AckPolicy;
+use crate::application::Application;
+use crate::callback::CallbackUrl;
+use crate::clock::Clock;
+use crate::http_client::{AttemptOutcome, CallbackClient};
+use crate::members::envelope;
+use crate::signing::SigningSecrets;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+/// One request to a subscriber.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Where.
+    pub url: url::Url,
+    /// Headers (Standard Webhooks, content type).
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Bytes,
+    /// Which answers acknowledge.
+    pub ack: AckPolicy,
+}
+
+impl Outbound {
+    /// Sends it once; returns the outcome and whether it acknowledged.
+    pub async fn send(&self, http: &CallbackClient) -> (AttemptOutcome, bool) {
+        let outcome = http.post(&self.url, &self.headers, self.body.clone()).await;
+        let acknowledged = outcome.status.is_some_and(|s| self.ack.acknowledges(s));
+        (outcome, acknowledged)
+    }
+}
+
+/// The Standard Webhooks headers: `webhook-id`, `webhook-timestamp`, and
+/// `webhook-signature` when the subscriber has secrets.
+fn standard_headers(
+    message_id: &str,
+    timestamp: i64,
+    body: &[u8],
+    secrets: Option<&SigningSecrets>,
+) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("webhook-id", message_id.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+    ];
+    if let Some(secrets) = secrets {
+        headers.push((
+            "webhook-signature",
+            secrets.signature_header(message_id, timestamp, body),
+        ));
+    }
+    headers
+}
+
+/// ORCID style: an empty POST to the callback.
+pub fn callback_request(
+    message_id: &str,
+    callback: &CallbackUrl,
+    secrets: Option<&SigningSecrets>,
+    clock: &dyn Clock,
+) -> Outbound {
+    let timestamp = clock.now().unix_timestamp();
+    Outbound {
+        url: callback.url(),
+        headers: standard_headers(message_id, timestamp, b"", secrets),
+        body: Bytes::new(),
+        ack: AckPolicy::AnySuccess,
+    }
+}
+
+/// Members style: the envelope with `persons` to the application's webhook; `None` when
+/// the application has no webhook URL.
+pub fn application_request(
+    message_id: &str,
+    application: &Application,
+    persons: &[Map<String, Value>],
+    publish_time: &str,
+    clock: &dyn Clock,
+) -> Option<Outbound> {
+    let url = url::Url::parse(application.webhook.url.as_deref()?).ok()?;
+    let body = envelope(
+        persons,
+        application.webhook.signing_key.as_deref(),
+        message_id,
+        publish_time,
+        &application.id,
+    );
+    let timestamp = clock.now().unix_timestamp();
+    let mut headers = standard_headers(message_id, timestamp, &body, Some(&application.secrets));
+    headers.push(("content-type", "application/json".to_owned()));
+    Some(Outbound {
+        url,
+        headers,
+        body: Bytes::from(body),
+        ack: AckPolicy::MembersCodes,
+    })
+}

@@ -1,0 +1,259 @@
+//! Runs one step of a full sync (see [`crate::sync`] for the design).
+
+use super::outbound::application_request;
+use crate::application::Application;
+use crate::clock::rfc3339_millis;
+use crate::http_client::CallbackClient;
+use crate::job::DeliveryJob;
+use crate::members::{consented_scopes, scoped_person};
+use crate::ports::{BackendError, Ports};
+use crate::retry::RetryPolicy;
+use crate::sync::{FullSync, SyncState};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Persons read per page when fanning out.
+const FAN_OUT_PAGE: usize = 100;
+/// Persons read per page when paced.
+const PACED_PAGE: usize = 25;
+/// How long past its deadline a step's lease lasts (then another step may take over).
+const LEASE_SLACK: Duration = Duration::from_secs(60);
+
+/// What the step asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// The sync is finished (or gone); no further step.
+    Done,
+    /// Run another step after this delay.
+    Again(Duration),
+}
+
+/// One step of a full sync.
+pub struct SyncDriver<'a> {
+    /// The ports.
+    pub ports: &'a Ports,
+    /// The delivery client (paced syncs send themselves).
+    pub http: &'a CallbackClient,
+    /// Retry schedule for a person that fails in a paced sync.
+    pub retry: RetryPolicy,
+}
+
+fn now_ms(ports: &Ports) -> i64 {
+    (ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl SyncDriver<'_> {
+    /// Runs the sync until it is done or `deadline` nears, saving progress as it goes.
+    pub async fn step(
+        &self,
+        application_id: &str,
+        sync_id: &str,
+        deadline: Instant,
+    ) -> Result<StepOutcome, BackendError> {
+        let ports = self.ports;
+        let Some((mut sync, _)) = ports.syncs.get_sync(application_id, sync_id).await? else {
+            tracing::warn!(
+                application_id,
+                sync_id,
+                "sync step for an unknown sync; dropped"
+            );
+            return Ok(StepOutcome::Done);
+        };
+        if sync.state != SyncState::Running {
+            return Ok(StepOutcome::Done);
+        }
+        let lease_until = now_ms(ports)
+            + deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as i64
+            + LEASE_SLACK.as_millis() as i64;
+        if !ports
+            .syncs
+            .lease_sync(application_id, sync_id, now_ms(ports), lease_until)
+            .await?
+        {
+            tracing::info!(
+                application_id,
+                sync_id,
+                "another step of this sync is running; this one ends"
+            );
+            return Ok(StepOutcome::Done);
+        }
+        let application = match ports.applications.get_application(application_id).await? {
+            Some(app) if app.webhook.url.is_some() => app,
+            _ => {
+                sync.state = SyncState::Cancelled;
+                sync.completed_at = Some(rfc3339_millis(ports.clock.now()));
+                ports.syncs.save_sync(&sync).await?;
+                tracing::warn!(application_id, sync_id, "webhook removed; sync cancelled");
+                return Ok(StepOutcome::Done);
+            }
+        };
+        let outcome = if sync.is_paced() {
+            self.paced(&application, &mut sync, deadline).await
+        } else {
+            self.fan_out(&application, &mut sync, deadline).await
+        };
+        // Free the lease so the next step can start at once (a crash leaves it to expire).
+        ports
+            .syncs
+            .lease_sync(application_id, sync_id, i64::MAX, 0)
+            .await
+            .ok();
+        outcome
+    }
+
+    fn scoped(
+        application: &Application,
+        id: &crate::record::RecordId,
+        person: &crate::ports::Person,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        consented_scopes(person, &application.id).map(|scopes| scoped_person(id, person, &scopes))
+    }
+
+    async fn complete(&self, sync: &mut FullSync) -> Result<StepOutcome, BackendError> {
+        sync.scan_done = true;
+        if sync.is_paced() {
+            sync.state = SyncState::Completed;
+            sync.completed_at = Some(rfc3339_millis(self.ports.clock.now()));
+        }
+        self.ports.syncs.save_sync(sync).await?;
+        tracing::info!(sync_id = %sync.sync_id, scanned = sync.scanned, "sync read every person");
+        Ok(StepOutcome::Done)
+    }
+
+    /// Interval 0: every page of persons becomes ordinary delivery jobs.
+    async fn fan_out(
+        &self,
+        application: &Application,
+        sync: &mut FullSync,
+        deadline: Instant,
+    ) -> Result<StepOutcome, BackendError> {
+        let ports = self.ports;
+        loop {
+            if Instant::now() >= deadline {
+                return Ok(StepOutcome::Again(Duration::ZERO));
+            }
+            let page = ports
+                .records
+                .scan_consented(&application.id, sync.cursor.as_deref(), FAN_OUT_PAGE)
+                .await?;
+            let created_at = rfc3339_millis(ports.clock.now());
+            let jobs: Vec<DeliveryJob> = page
+                .items
+                .iter()
+                .filter_map(|(id, person)| {
+                    Self::scoped(application, id, person).map(|scoped| {
+                        DeliveryJob::for_sync(
+                            &application.id,
+                            &sync.sync_id,
+                            id,
+                            scoped,
+                            created_at.clone(),
+                        )
+                    })
+                })
+                .collect();
+            ports.queue.enqueue(&jobs).await?;
+            sync.scanned += jobs.len() as u64;
+            match page.next {
+                Some(next) => {
+                    sync.cursor = Some(next);
+                    ports.syncs.save_sync(sync).await?;
+                }
+                None => return self.complete(sync).await,
+            }
+        }
+    }
+
+    /// An interval: one request at a time, each starting at least the interval after the
+    /// previous one finished.
+    async fn paced(
+        &self,
+        application: &Application,
+        sync: &mut FullSync,
+        deadline: Instant,
+    ) -> Result<StepOutcome, BackendError> {
+        let ports = self.ports;
+        let interval = Duration::from_millis(sync.request_interval_ms);
+        let attempt_time = self.http_budget();
+        loop {
+            if let Some(at) = sync.next_attempt_at_ms {
+                let wait = at - now_ms(ports);
+                if wait > 0 {
+                    ports.syncs.save_sync(sync).await?;
+                    return Ok(StepOutcome::Again(Duration::from_millis(wait as u64)));
+                }
+            }
+            let page = ports
+                .records
+                .scan_consented(&application.id, sync.cursor.as_deref(), PACED_PAGE)
+                .await?;
+            for (id, person) in &page.items {
+                let Some(scoped) = Self::scoped(application, id, person) else {
+                    continue;
+                };
+                if let Some(end) = sync.last_request_end_ms {
+                    let wait = end + interval.as_millis() as i64 - now_ms(ports);
+                    if wait > 0 {
+                        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                    }
+                }
+                if Instant::now() + attempt_time >= deadline {
+                    ports.syncs.save_sync(sync).await?;
+                    return Ok(StepOutcome::Again(Duration::ZERO));
+                }
+                let job = DeliveryJob::for_sync(
+                    &application.id,
+                    &sync.sync_id,
+                    id,
+                    scoped.clone(),
+                    rfc3339_millis(ports.clock.now()),
+                );
+                let request = application_request(
+                    job.id.as_str(),
+                    application,
+                    &[scoped],
+                    &job.created_at,
+                    ports.clock.as_ref(),
+                )
+                .expect("the application has a webhook URL");
+                if sync.head_attempts == 0 {
+                    sync.scanned += 1;
+                }
+                let (outcome, acknowledged) = request.send(self.http).await;
+                sync.last_request_end_ms = Some(now_ms(ports));
+                tracing::info!(sync_id = %sync.sync_id, person = %id, status = outcome.status, error = outcome.error.as_deref(), acknowledged, "sync delivery");
+                if acknowledged {
+                    sync.delivered += 1;
+                } else {
+                    sync.head_attempts += 1;
+                    if !self.retry.is_last(sync.head_attempts) {
+                        let delay = self
+                            .retry
+                            .next_delay(sync.head_attempts, outcome.retry_after);
+                        sync.next_attempt_at_ms = Some(now_ms(ports) + delay.as_millis() as i64);
+                        ports.syncs.save_sync(sync).await?;
+                        return Ok(StepOutcome::Again(delay));
+                    }
+                    ports.queue.dead_letter(&job).await?;
+                    sync.failed += 1;
+                }
+                sync.head_attempts = 0;
+                sync.next_attempt_at_ms = None;
+                sync.cursor = Some(id.to_string());
+                ports.syncs.save_sync(sync).await?;
+            }
+            match page.next {
+                // Every person up to the scan position was handled above.
+                Some(next) => sync.cursor = Some(next),
+                None => return self.complete(sync).await,
+            }
+        }
+    }
+
+    /// Time to keep in hand for one request before the deadline.
+    fn http_budget(&self) -> Duration {
+        self.http.timeout() + Duration::from_secs(1)
+    }
+}
