@@ -1,0 +1,182 @@
+//! A full sync survives its step being cut off (a Lambda timeout or crash) and spans
+//! many steps (invocations) without skipping anybody.
+
+use base64::Engine;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use webhooks::application::Application;
+use webhooks::callback::UrlPolicy;
+use webhooks::clock::ManualClock;
+use webhooks::handlers::sync_driver::{StepOutcome, SyncDriver};
+use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::ports::Ports;
+use webhooks::record::RecordId;
+use webhooks::retry::RetryPolicy;
+use webhooks::sync::FullSync;
+use webhooks_tests::Receiver;
+
+const PERSONS: usize = 30;
+
+struct Setup {
+    ports: Ports,
+    clock: Arc<ManualClock>,
+    http: CallbackClient,
+    receiver: Receiver,
+    sync: FullSync,
+}
+
+async fn setup(interval_ms: u64) -> Setup {
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let records = Arc::new(MemoryRecords::default());
+    let ports = webhooks::memory::ports(
+        Arc::new(MemoryStore::default()),
+        records.clone(),
+        Arc::new(MemoryQueue::new(Duration::from_secs(60), 5)),
+        clock.clone(),
+    );
+    for i in 0..PERSONS {
+        let person =
+            serde_json::json!({"firstName": "P", "consents": {"app-1": ["members.read_name"]}});
+        records.put_person(
+            &RecordId::parse(&format!("p-{i:03}")).unwrap(),
+            person.as_object().unwrap().clone(),
+        );
+    }
+    let receiver = Receiver::start().await;
+    let mut app = Application::new("app-1", "key", 0);
+    app.webhook.url = Some(receiver.url("/sync"));
+    app.webhook.request_interval_ms = interval_ms;
+    ports.applications.put_application(&app).await.unwrap();
+    let sync = FullSync::new("app-1", interval_ms, "t".into());
+    ports.syncs.save_sync(&sync).await.unwrap();
+    let http = CallbackClient::new(&HttpSettings {
+        timeout: Duration::from_millis(500),
+        url_policy: UrlPolicy {
+            allow_insecure: true,
+        },
+        ..HttpSettings::default()
+    });
+    Setup {
+        ports,
+        clock,
+        http,
+        receiver,
+        sync,
+    }
+}
+
+fn deliveries_per_person(receiver: &Receiver) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for hit in receiver.hits() {
+        let envelope: serde_json::Value = serde_json::from_slice(&hit.body).unwrap();
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(envelope["message"]["data"].as_str().unwrap())
+            .unwrap();
+        let persons: Vec<serde_json::Value> = serde_json::from_slice(&data).unwrap();
+        for p in persons {
+            *counts
+                .entry(p["personID"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+impl Setup {
+    fn driver(&self) -> SyncDriver<'_> {
+        SyncDriver {
+            ports: &self.ports,
+            http: &self.http,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    async fn step(&self, budget: Duration) -> StepOutcome {
+        let deadline = tokio::time::Instant::now() + budget;
+        self.driver()
+            .step("app-1", &self.sync.sync_id, deadline)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_sync_spans_many_short_steps() {
+    let s = setup(20).await;
+    let mut steps = 0;
+    // Each step has 1.8 s; a request needs its ack deadline and a second in hand (1.5 s),
+    // so a step sends about a dozen persons and hands over to the next.
+    while let StepOutcome::Again(delay) = s.step(Duration::from_millis(1800)).await {
+        assert_eq!(delay, Duration::ZERO);
+        steps += 1;
+        assert!(steps < 100, "the sync makes progress");
+    }
+    let counts = deliveries_per_person(&s.receiver);
+    assert_eq!(counts.len(), PERSONS);
+    assert!(counts.values().all(|&n| n == 1), "nobody twice: {counts:?}");
+    assert!(steps >= 2, "it took several steps: {steps}");
+    let (sync, _) = s
+        .ports
+        .syncs
+        .get_sync("app-1", &s.sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sync.view(Default::default())["state"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_step_is_resumed_without_skipping_anybody() {
+    let s = setup(20).await;
+    // The step is killed mid-way (its future dropped, as a Lambda timeout would).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let cut = tokio::time::timeout(
+        Duration::from_millis(250),
+        s.driver().step("app-1", &s.sync.sync_id, deadline),
+    )
+    .await;
+    assert!(cut.is_err(), "the step was cut off");
+    let before = deliveries_per_person(&s.receiver).len();
+    assert!(
+        before > 0 && before < PERSONS,
+        "it was cut mid-way: {before}"
+    );
+
+    // Its lease still holds: a second step now stands aside rather than run beside it.
+    assert_eq!(s.step(Duration::from_secs(30)).await, StepOutcome::Done);
+    assert_eq!(deliveries_per_person(&s.receiver).len(), before);
+
+    // Once the lease expires, the redelivered step message resumes from the saved cursor.
+    s.clock.advance(Duration::from_secs(120));
+    assert_eq!(s.step(Duration::from_secs(30)).await, StepOutcome::Done);
+    let counts = deliveries_per_person(&s.receiver);
+    assert_eq!(counts.len(), PERSONS, "nobody skipped");
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    assert!(
+        duplicates <= 1,
+        "at most the person in flight is sent twice: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_sync_enqueues_everybody_once_across_steps() {
+    let s = setup(0).await;
+    let outcome = s.step(Duration::from_secs(30)).await;
+    assert_eq!(outcome, StepOutcome::Done);
+    let (sync, outcomes) = s
+        .ports
+        .syncs
+        .get_sync("app-1", &s.sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sync.scan_done);
+    assert_eq!(sync.scanned, PERSONS as u64);
+    let view = sync.view(outcomes);
+    assert_eq!(
+        (view["queued"].as_u64(), view["state"].as_str()),
+        (Some(PERSONS as u64), Some("running"))
+    );
+}
