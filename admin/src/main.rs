@@ -4,8 +4,10 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use webhooks::aws::dynamodb::DynamoStore;
+use webhooks::application::Application;
 use webhooks::oauth::{OAuthClient, WEBHOOK_SCOPE, is_valid_client_id, new_client_id, new_secret};
-use webhooks::ports::{BackendError, ClientStore};
+use webhooks::ports::{ApplicationStore, BackendError, ClientStore};
+use webhooks::signing::SigningSecrets;
 
 /// Manage the person webhooks service.
 #[derive(Debug, Parser)]
@@ -23,6 +25,21 @@ enum Command {
     /// OAuth clients that register ORCID-style webhooks.
     #[command(subcommand)]
     Clients(ClientCommand),
+    /// Members-style applications.
+    #[command(subcommand)]
+    Applications(ApplicationCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ApplicationCommand {
+    /// Create an application; its API key and webhook secret are printed once.
+    Create {
+        /// The application id.
+        #[arg(long)]
+        id: String,
+    },
+    /// List applications and their webhook URLs.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +62,12 @@ enum ClientCommand {
     },
     /// Enable a disabled client again.
     Enable {
+        /// The client id.
+        id: String,
+    },
+    /// Rotate the secret that signs a client's callbacks (the old one keeps signing for
+    /// 24 hours); the new secret is printed once.
+    RotateWebhookSecret {
         /// The client id.
         id: String,
     },
@@ -81,7 +104,42 @@ async fn main() -> ExitCode {
 }
 
 async fn run(store: &DynamoStore, command: Command) -> Result<(), AdminError> {
-    let Command::Clients(command) = command;
+    match command {
+        Command::Clients(command) => run_clients(store, command).await,
+        Command::Applications(command) => run_applications(store, command).await,
+    }
+}
+
+async fn run_applications(store: &DynamoStore, command: ApplicationCommand) -> Result<(), AdminError> {
+    match command {
+        ApplicationCommand::Create { id } => {
+            if !is_valid_client_id(&id) {
+                return Err(AdminError::Usage(format!(
+                    "{id:?} is not a valid application id (1-64 of letters, digits, '.', '_', '-')"
+                )));
+            }
+            if store.get_application(&id).await?.is_some() {
+                return Err(AdminError::Usage(format!("application {id} already exists")));
+            }
+            let api_key = new_secret();
+            let application = Application::new(&id, &api_key, time::OffsetDateTime::now_utc().unix_timestamp());
+            store.put_application(&application).await?;
+            println!("application_id: {id}");
+            println!("api_key:        {api_key}");
+            println!("webhook_secret: {}", application.secrets.current.expose());
+            eprintln!("The API key and webhook secret are shown only now; the key is stored as a hash.");
+        }
+        ApplicationCommand::List => {
+            println!("{:<24} WEBHOOK", "APPLICATION_ID");
+            for app in store.list_applications().await? {
+                println!("{:<24} {}", app.id, app.webhook.url.as_deref().unwrap_or("-"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_clients(store: &DynamoStore, command: ClientCommand) -> Result<(), AdminError> {
     match command {
         ClientCommand::Create { id, scopes } => {
             let id = id.unwrap_or_else(new_client_id);
@@ -97,10 +155,13 @@ async fn run(store: &DynamoStore, command: Command) -> Result<(), AdminError> {
             let mut client = OAuthClient::new(&id, &secret, time::OffsetDateTime::now_utc());
             client.scopes = scopes;
             store.put_client(&client).await?;
-            println!("client_id:     {id}");
-            println!("client_secret: {secret}");
-            println!("scopes:        {}", client.scopes.join(" "));
-            eprintln!("The secret is shown only now; it is stored as a salted hash.");
+            println!("client_id:      {id}");
+            println!("client_secret:  {secret}");
+            println!("scopes:         {}", client.scopes.join(" "));
+            if let Some(secrets) = &client.webhook_secrets {
+                println!("webhook_secret: {}", secrets.current.expose());
+            }
+            eprintln!("The secrets are shown only now; the client secret is stored as a salted hash.");
         }
         ClientCommand::List => {
             println!(
@@ -127,6 +188,25 @@ async fn run(store: &DynamoStore, command: Command) -> Result<(), AdminError> {
         }
         ClientCommand::Disable { id } => set_disabled(store, &id, true).await?,
         ClientCommand::Enable { id } => set_disabled(store, &id, false).await?,
+        ClientCommand::RotateWebhookSecret { id } => {
+            let mut client = store
+                .get_client(&id)
+                .await?
+                .ok_or_else(|| AdminError::Usage(format!("no client {id}")))?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let secret = match client.webhook_secrets.as_mut() {
+                Some(secrets) => secrets.rotate(now),
+                None => {
+                    let secrets = SigningSecrets::generate();
+                    let secret = secrets.current.clone();
+                    client.webhook_secrets = Some(secrets);
+                    secret
+                }
+            };
+            store.put_client(&client).await?;
+            println!("webhook_secret: {}", secret.expose());
+            eprintln!("The previous secret keeps signing beside it for 24 hours.");
+        }
     }
     Ok(())
 }

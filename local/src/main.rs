@@ -35,20 +35,20 @@ struct Args {
     #[arg(long)]
     allow_insecure_callbacks: bool,
     /// Create an OAuth client ID:SECRET (repeatable). Without it one is generated.
-    #[arg(long = "client", value_name = "ID:SECRET", value_parser = parse_client)]
+    #[arg(long = "client", value_name = "ID:SECRET", value_parser = parse_credentials)]
     clients: Vec<(String, String)>,
     /// Create a Members-style application ID:APIKEY (repeatable).
-    #[arg(long = "application", value_name = "ID:APIKEY", value_parser = parse_client)]
+    #[arg(long = "application", value_name = "ID:APIKEY", value_parser = parse_credentials)]
     applications: Vec<(String, String)>,
     /// Do not create the sample record the seed's examples use.
     #[arg(long)]
     no_sample_record: bool,
 }
 
-fn parse_client(text: &str) -> Result<(String, String), String> {
+fn parse_credentials(text: &str) -> Result<(String, String), String> {
     let (id, secret) = text.split_once(':').ok_or("expected ID:SECRET")?;
     if !webhooks::oauth::is_valid_client_id(id) {
-        return Err("the client id must be 1-64 of letters, digits, '.', '_' or '-'".into());
+        return Err("the id must be 1-64 of letters, digits, '.', '_' or '-'".into());
     }
     if secret.is_empty() {
         return Err("the secret must not be empty".into());
