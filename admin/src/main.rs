@@ -3,8 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use webhooks::aws::dynamodb::DynamoStore;
 use webhooks::application::Application;
+use webhooks::aws::dynamodb::DynamoStore;
 use webhooks::oauth::{OAuthClient, WEBHOOK_SCOPE, is_valid_client_id, new_client_id, new_secret};
 use webhooks::ports::{ApplicationStore, BackendError, ClientStore};
 use webhooks::signing::SigningSecrets;
@@ -110,7 +110,10 @@ async fn run(store: &DynamoStore, command: Command) -> Result<(), AdminError> {
     }
 }
 
-async fn run_applications(store: &DynamoStore, command: ApplicationCommand) -> Result<(), AdminError> {
+async fn run_applications(
+    store: &DynamoStore,
+    command: ApplicationCommand,
+) -> Result<(), AdminError> {
     match command {
         ApplicationCommand::Create { id } => {
             if !is_valid_client_id(&id) {
@@ -119,20 +122,32 @@ async fn run_applications(store: &DynamoStore, command: ApplicationCommand) -> R
                 )));
             }
             if store.get_application(&id).await?.is_some() {
-                return Err(AdminError::Usage(format!("application {id} already exists")));
+                return Err(AdminError::Usage(format!(
+                    "application {id} already exists"
+                )));
             }
             let api_key = new_secret();
-            let application = Application::new(&id, &api_key, time::OffsetDateTime::now_utc().unix_timestamp());
+            let application = Application::new(
+                &id,
+                &api_key,
+                time::OffsetDateTime::now_utc().unix_timestamp(),
+            );
             store.put_application(&application).await?;
             println!("application_id: {id}");
             println!("api_key:        {api_key}");
             println!("webhook_secret: {}", application.secrets.current.expose());
-            eprintln!("The API key and webhook secret are shown only now; the key is stored as a hash.");
+            eprintln!(
+                "The API key and webhook secret are shown only now; the key is stored as a hash."
+            );
         }
         ApplicationCommand::List => {
             println!("{:<24} WEBHOOK", "APPLICATION_ID");
             for app in store.list_applications().await? {
-                println!("{:<24} {}", app.id, app.webhook.url.as_deref().unwrap_or("-"));
+                println!(
+                    "{:<24} {}",
+                    app.id,
+                    app.webhook.url.as_deref().unwrap_or("-")
+                );
             }
         }
     }
@@ -161,7 +176,9 @@ async fn run_clients(store: &DynamoStore, command: ClientCommand) -> Result<(), 
             if let Some(secrets) = &client.webhook_secrets {
                 println!("webhook_secret: {}", secrets.current.expose());
             }
-            eprintln!("The secrets are shown only now; the client secret is stored as a salted hash.");
+            eprintln!(
+                "The secrets are shown only now; the client secret is stored as a salted hash."
+            );
         }
         ClientCommand::List => {
             println!(

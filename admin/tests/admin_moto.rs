@@ -85,12 +85,30 @@ async fn create_list_disable_enable() {
     );
     assert_eq!(admin(&env, &["clients", "disable", "APP-NOPE"]).0, 2);
 
-    let before = aws.store.get_client("APP-TEST").await.unwrap().unwrap().webhook_secrets.unwrap();
+    let before = aws
+        .store
+        .get_client("APP-TEST")
+        .await
+        .unwrap()
+        .unwrap()
+        .webhook_secrets
+        .unwrap();
     let (code, stdout, _) = admin(&env, &["clients", "rotate-webhook-secret", "APP-TEST"]);
     assert_eq!(code, 0);
-    let after = aws.store.get_client("APP-TEST").await.unwrap().unwrap().webhook_secrets.unwrap();
+    let after = aws
+        .store
+        .get_client("APP-TEST")
+        .await
+        .unwrap()
+        .unwrap()
+        .webhook_secrets
+        .unwrap();
     assert!(stdout.contains(after.current.expose()));
-    assert_eq!(after.previous, Some(before.current), "the old secret keeps signing for a day");
+    assert_eq!(
+        after.previous,
+        Some(before.current),
+        "the old secret keeps signing for a day"
+    );
 }
 
 #[tokio::test]
@@ -100,11 +118,23 @@ async fn applications_create_and_list() {
     let aws = AwsServices::new(&env.config, env.settings());
     let (code, stdout, stderr) = admin(&env, &["applications", "create", "--id", "app-1"]);
     assert_eq!(code, 0, "{stderr}");
-    let key = stdout.lines().find_map(|l| l.strip_prefix("api_key:")).unwrap().trim().to_owned();
+    let key = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("api_key:"))
+        .unwrap()
+        .trim()
+        .to_owned();
     let app = aws.store.get_application("app-1").await.unwrap().unwrap();
     assert_eq!(app.api_key_hash, webhooks::oauth::sha256_hex(&key));
     assert!(stdout.contains(app.secrets.current.expose()));
-    assert_eq!(admin(&env, &["applications", "create", "--id", "app-1"]).0, 2);
+    assert_eq!(
+        admin(&env, &["applications", "create", "--id", "app-1"]).0,
+        2
+    );
     let (_, list, _) = admin(&env, &["applications", "list"]);
-    assert!(list.lines().any(|l| l.starts_with("app-1") && l.ends_with("-")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("app-1") && l.ends_with("-")),
+        "{list}"
+    );
 }

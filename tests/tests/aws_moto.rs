@@ -320,23 +320,56 @@ async fn applications_and_syncs_on_dynamodb() {
     let mut app = Application::new("app-1", "key-1", 0);
     app.webhook.url = Some("https://example.org/hook".into());
     aws.store.put_application(&app).await.unwrap();
-    assert_eq!(aws.store.get_application("app-1").await.unwrap(), Some(app.clone()));
-    assert_eq!(aws.store.application_for_key(&sha256_hex("key-1")).await.unwrap().as_deref(), Some("app-1"));
-    assert_eq!(aws.store.application_for_key(&sha256_hex("key-2")).await.unwrap(), None);
+    assert_eq!(
+        aws.store.get_application("app-1").await.unwrap(),
+        Some(app.clone())
+    );
+    assert_eq!(
+        aws.store
+            .application_for_key(&sha256_hex("key-1"))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("app-1")
+    );
+    assert_eq!(
+        aws.store
+            .application_for_key(&sha256_hex("key-2"))
+            .await
+            .unwrap(),
+        None
+    );
     let stored = aws.store.raw_item("APPS", "app-1").await.unwrap().unwrap();
-    assert!(!format!("{stored:?}").contains("key-1"), "the API key is stored only as a hash");
+    assert!(
+        !format!("{stored:?}").contains("key-1"),
+        "the API key is stored only as a hash"
+    );
     assert_eq!(aws.store.list_applications().await.unwrap().len(), 1);
 
     // Persons with a consent entry for app-1, read page by page from the records table.
     for i in 0..7 {
-        let consents = if i % 2 == 0 { serde_json::json!({"app-1": ["members.email"]}) } else { serde_json::json!({"app-2": []}) };
+        let consents = if i % 2 == 0 {
+            serde_json::json!({"app-1": ["members.email"]})
+        } else {
+            serde_json::json!({"app-2": []})
+        };
         let person = serde_json::json!({"email": format!("{i}@example.org"), "consents": consents});
-        aws.records.put_person(&RecordId::parse(&format!("p-{i}")).unwrap(), person.as_object().unwrap()).await.unwrap();
+        aws.records
+            .put_person(
+                &RecordId::parse(&format!("p-{i}")).unwrap(),
+                person.as_object().unwrap(),
+            )
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = aws.records.scan_consented("app-1", after.as_deref(), 2).await.unwrap();
+        let page = aws
+            .records
+            .scan_consented("app-1", after.as_deref(), 2)
+            .await
+            .unwrap();
         seen.extend(page.items.into_iter().map(|(id, _)| id.to_string()));
         match page.next {
             Some(next) => after = Some(next),
@@ -349,24 +382,70 @@ async fn applications_and_syncs_on_dynamodb() {
     // The driver's state and the delivery counters live side by side without clobbering.
     let mut sync = FullSync::new("app-1", 0, "t".into());
     aws.store.save_sync(&sync).await.unwrap();
-    aws.store.count_sync_outcome("app-1", &sync.sync_id, true).await.unwrap();
-    let outcomes = aws.store.count_sync_outcome("app-1", &sync.sync_id, false).await.unwrap();
+    aws.store
+        .count_sync_outcome("app-1", &sync.sync_id, true)
+        .await
+        .unwrap();
+    let outcomes = aws
+        .store
+        .count_sync_outcome("app-1", &sync.sync_id, false)
+        .await
+        .unwrap();
     assert_eq!((outcomes.delivered, outcomes.failed), (1, 1));
     sync.scanned = 4;
     sync.cursor = Some("p-4".into());
     aws.store.save_sync(&sync).await.unwrap();
-    let (got, outcomes) = aws.store.get_sync("app-1", &sync.sync_id).await.unwrap().unwrap();
+    let (got, outcomes) = aws
+        .store
+        .get_sync("app-1", &sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, sync);
-    assert_eq!((outcomes.delivered, outcomes.failed), (1, 1), "saving the driver state kept the counters");
+    assert_eq!(
+        (outcomes.delivered, outcomes.failed),
+        (1, 1),
+        "saving the driver state kept the counters"
+    );
     sync.cursor = None;
     aws.store.save_sync(&sync).await.unwrap();
-    assert_eq!(aws.store.get_sync("app-1", &sync.sync_id).await.unwrap().unwrap().0.cursor, None);
+    assert_eq!(
+        aws.store
+            .get_sync("app-1", &sync.sync_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .cursor,
+        None
+    );
 
     // One step at a time.
-    assert!(aws.store.lease_sync("app-1", &sync.sync_id, 1_000, 5_000).await.unwrap());
-    assert!(!aws.store.lease_sync("app-1", &sync.sync_id, 2_000, 6_000).await.unwrap());
-    assert!(aws.store.lease_sync("app-1", &sync.sync_id, 5_001, 9_000).await.unwrap());
-    assert!(aws.store.get_sync("app-1", "sync_missing").await.unwrap().is_none());
+    assert!(
+        aws.store
+            .lease_sync("app-1", &sync.sync_id, 1_000, 5_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !aws.store
+            .lease_sync("app-1", &sync.sync_id, 2_000, 6_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        aws.store
+            .lease_sync("app-1", &sync.sync_id, 5_001, 9_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        aws.store
+            .get_sync("app-1", "sync_missing")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +463,14 @@ async fn members_flow_over_dynamodb_and_sqs() {
     for i in 0..4 {
         let consents = serde_json::json!({"app-1": ["members.read_name"]});
         let person = serde_json::json!({"firstName": format!("P{i}"), "email": "hidden@example.org", "consents": consents});
-        p.aws.records.put_person(&RecordId::parse(&format!("p-{i}")).unwrap(), person.as_object().unwrap()).await.unwrap();
+        p.aws
+            .records
+            .put_person(
+                &RecordId::parse(&format!("p-{i}")).unwrap(),
+                person.as_object().unwrap(),
+            )
+            .await
+            .unwrap();
     }
 
     // A change: the flush reads the person's consents from DynamoDB, one envelope arrives.
@@ -395,13 +481,23 @@ async fn members_flow_over_dynamodb_and_sqs() {
     assert_eq!(hits.len(), 4);
     let envelope: serde_json::Value = serde_json::from_slice(&hits[0].body).unwrap();
     assert_eq!(envelope["subscription"], "app-1");
-    assert!(hits[0].headers["webhook-signature"].to_str().unwrap().starts_with("v1,"));
+    assert!(
+        hits[0].headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .starts_with("v1,")
+    );
 
     // A paced full sync driven through the real queue: sync steps and deliveries.
     let (status, _, body) = {
-        let mut builder = http::Request::builder().method("POST").uri("https://api.example.org/application/app-1/webhook/sync");
+        let mut builder = http::Request::builder()
+            .method("POST")
+            .uri("https://api.example.org/application/app-1/webhook/sync");
         builder = builder.header("x-access-token", "key-1");
-        let response = p.registration.handle(builder.body(Body::Empty).unwrap()).await;
+        let response = p
+            .registration
+            .handle(builder.body(Body::Empty).unwrap())
+            .await;
         let text = match response.body() {
             Body::Text(t) => t.clone(),
             _ => String::new(),
@@ -409,13 +505,24 @@ async fn members_flow_over_dynamodb_and_sqs() {
         (response.status().as_u16(), response.headers().clone(), text)
     };
     assert_eq!(status, 202, "{body}");
-    let sync_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["syncId"].as_str().unwrap().to_owned();
+    let sync_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["syncId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     p.deliver_until(&receiver, 8, Duration::from_secs(15)).await;
     let hits = receiver.hits();
     assert_eq!(hits.len(), 8);
-    let closest = hits[4..].windows(2).map(|w| w[1].at - w[0].at).min().unwrap();
+    let closest = hits[4..]
+        .windows(2)
+        .map(|w| w[1].at - w[0].at)
+        .min()
+        .unwrap();
     assert!(closest >= Duration::from_millis(50), "{closest:?}");
-    let (sync, outcomes) = webhooks::ports::SyncStore::get_sync(p.aws.store.as_ref(), "app-1", &sync_id).await.unwrap().unwrap();
+    let (sync, outcomes) =
+        webhooks::ports::SyncStore::get_sync(p.aws.store.as_ref(), "app-1", &sync_id)
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(sync.view(outcomes)["state"], "completed");
     assert_eq!(sync.view(outcomes)["delivered"], 4);
 }
