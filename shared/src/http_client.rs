@@ -35,6 +35,9 @@ pub struct HttpSettings {
     /// Fixed name-to-address entries consulted before DNS, like /etc/hosts. The address
     /// policy applies to them too (tests use this to point a name at 127.0.0.1).
     pub hosts: HashMap<String, Vec<IpAddr>>,
+    /// Certificates (DER) trusted beside the system roots: a private CA in front of
+    /// receivers, or a test's own.
+    pub extra_roots: Vec<Vec<u8>>,
 }
 
 impl Default for HttpSettings {
@@ -43,6 +46,7 @@ impl Default for HttpSettings {
             timeout: Duration::from_secs(10),
             url_policy: UrlPolicy::default(),
             hosts: HashMap::new(),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -113,8 +117,13 @@ pub struct CallbackClient {
     timeout: Duration,
 }
 
-fn tls_config() -> rustls::ClientConfig {
+fn tls_config(extra_roots: &[Vec<u8>]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
+    for der in extra_roots {
+        if let Err(e) = roots.add(rustls::pki_types::CertificateDer::from(der.clone())) {
+            tracing::error!(error = %e, "an extra root certificate was refused");
+        }
+    }
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
         tracing::warn!(%error, "could not load a system root certificate");
@@ -144,7 +153,7 @@ impl CallbackClient {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(settings.timeout.min(Duration::from_secs(5))));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config())
+            .with_tls_config(tls_config(&settings.extra_roots))
             .https_or_http()
             .enable_http1()
             .enable_http2()

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: a real HTTP receiver on 127.0.0.1 that records every
 //! request and answers from a script, and the AWS side against moto server.
 
+pub mod api;
 pub mod moto;
 
 use axum::Router;
