@@ -197,6 +197,7 @@ async fn sqs_event_runs_the_delivery() {
                 ("nowhere2.com".to_owned(), vec![loopback]),
                 ("example.org".to_owned(), vec![loopback]),
             ]),
+            ..HttpSettings::default()
         }),
         DeliverySettings {
             retry: RetryPolicy::default(),
