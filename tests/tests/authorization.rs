@@ -5,6 +5,9 @@ use std::time::Duration;
 use webhooks::ports::{ApplicationStore, ClientStore};
 use webhooks_tests::api::{RECORD, TestApi, encode_component, request};
 
+/// (case, headers, expected status, expected error code)
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, u16, &'a str);
+
 const CALLBACK: &str = "https://nowhere2.com/0000-0002-7465-2162/updated";
 
 #[tokio::test]
@@ -31,7 +34,7 @@ async fn every_route_and_every_bad_credential() {
     let mut rows = Vec::new();
     // (route, method, path, body), for bearer-token routes.
     for (method, path) in [("PUT", webhook.as_str()), ("DELETE", webhook.as_str())] {
-        let cases: Vec<(&str, Vec<(&str, String)>, u16, &str)> = vec![
+        let cases: Vec<Case> = vec![
             ("no credentials", vec![], 401, "invalid_token"),
             (
                 "malformed: Bearer without token",
@@ -120,7 +123,7 @@ async fn every_route_and_every_bad_credential() {
         ("GET", "/application/app-1/webhook/sync/sync_0", ""),
     ];
     for (method, path, body) in app_routes {
-        let cases: Vec<(&str, Vec<(&str, String)>, u16, &str)> = vec![
+        let cases: Vec<Case> = vec![
             ("no credentials", vec![], 401, "invalid_api_key"),
             (
                 "malformed: empty key",
