@@ -13,8 +13,11 @@ What it does:
    `Token` schema);
 4. runs `schemathesis run openapi.yaml` against the runner, with `Authorization: Bearer <token>`
    and `x-access-token: key-1` on every request, the checks not_a_server_error,
-   status_code_conformance, content_type_conformance, response_headers_conformance and
-   response_schema_conformance, all four phases (examples, coverage, fuzzing, stateful), at
+   status_code_conformance, content_type_conformance, response_headers_conformance,
+   response_schema_conformance, unsupported_method, allow_header_conformance and ignored_auth
+   (see CHECKS; negative_data_rejection and positive_data_acceptance are left out: the
+   dictionaries and the URL hook below deliberately turn some generated values into valid
+   ones, and the token form cannot say "client_id required unless HTTP Basic"), all four phases (examples, coverage, fuzzing, stateful), at
    most --max-examples test cases per operation and phase, a fixed --seed, one worker, no
    example database (so a run depends only on the seed and the code), Hypothesis' deadline off
    (schemathesis 4 always runs Hypothesis with deadline=None; there is no option for it);
@@ -76,11 +79,14 @@ API_KEY = "key-1"
 ORCID_IDS = ["0000-0002-7465-2162", "0000-0002-1825-0097", "0000-0002-1694-233X"]
 
 CHECKS = [
-    "not_a_server_error",
-    "status_code_conformance",
-    "content_type_conformance",
-    "response_headers_conformance",
-    "response_schema_conformance",
+    "not_a_server_error",  # no 5xx (the API's only intended 5xx, 503, needs a failing backend)
+    "status_code_conformance",  # every status is documented for its operation
+    "content_type_conformance",  # every Content-Type is documented for that status
+    "response_headers_conformance",  # documented headers (Location, Allow, ...) present and valid
+    "response_schema_conformance",  # every JSON body matches its schema
+    "unsupported_method",  # an undocumented method on a documented path answers 405
+    "allow_header_conformance",  # ... with an Allow header listing the documented methods
+    "ignored_auth",  # routes with a security requirement refuse requests without it
 ]
 
 STARTUP_TIMEOUT_S = 15.0

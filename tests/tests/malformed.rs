@@ -6,6 +6,16 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD};
 
+/// (method, path, headers, body, expected status, expected error code)
+type Case<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 async fn send(
     http: &reqwest::Client,
     base: &str,
@@ -45,7 +55,7 @@ async fn malformed_requests_get_clear_4xx_answers() {
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let long_path = format!("/{}", "a".repeat(10_000));
     let seed_cb = "https%3A%2F%2Fnowhere2.com%2F0000-0002-7465-2162%2Fupdated";
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "PATCH",
             "/application/app-1".into(),
