@@ -14,6 +14,7 @@ use crate::ports::{BackendError, BackendResult, Ports};
 use crate::retry::RetryPolicy;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
+use tracing::Instrument;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -236,10 +237,23 @@ impl Delivery {
         };
         let span =
             tracing::info_span!("delivery", delivery_id = %job.id.as_str(), %message_id, attempt);
-        let _enter = span.enter();
-        let work = match self.work(&job).await {
+        self.process_job(&message, message_id, &job, attempt, deadline)
+            .instrument(span)
+            .await
+    }
+
+    /// Delivers one job (inside its span, so every log line names the delivery).
+    async fn process_job(
+        &self,
+        message: &SqsMessage,
+        message_id: String,
+        job: &DeliveryJob,
+        attempt: u32,
+        deadline: Instant,
+    ) -> Option<String> {
+        let work = match self.work(job).await {
             Ok(work) => work,
-            Err(e) => return self.backend_failure(&message, &message_id, e).await,
+            Err(e) => return self.backend_failure(message, &message_id, e).await,
         };
         match work {
             Work::Drop(why) => {
@@ -247,7 +261,7 @@ impl Delivery {
                 None
             }
             Work::SyncStep { application, sync } => {
-                self.sync_step(&message, &message_id, &application, &sync, deadline)
+                self.sync_step(message, &message_id, &application, &sync, deadline)
                     .await
             }
             Work::Send { outbound, sync } => {
@@ -282,7 +296,7 @@ impl Delivery {
                             retry_in_ms = delay.as_millis() as u64,
                             "delivery failed; will retry"
                         );
-                        self.hide(&message, delay, &message_id).await;
+                        self.hide(message, delay, &message_id).await;
                         Some(message_id)
                     }
                     Verdict::Exhausted => {
@@ -291,7 +305,7 @@ impl Delivery {
                             error = outcome.error.as_deref(),
                             "delivery failed on the last attempt; moving to the dead-letter queue"
                         );
-                        self.hide(&message, Duration::ZERO, &message_id).await;
+                        self.hide(message, Duration::ZERO, &message_id).await;
                         Some(message_id)
                     }
                 }

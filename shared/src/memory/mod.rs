@@ -2,9 +2,11 @@
 //! the test doubles' real counterpart (they implement the same contracts as the AWS
 //! adapters, including SQS visibility semantics).
 
+mod faults;
 mod queue;
 mod records;
 
+pub use faults::{Fault, FaultCounts, Faults, Faulty};
 pub use queue::{MemoryQueue, QueueDepth, ReceivedMessage};
 pub use records::MemoryRecords;
 

@@ -1,0 +1,433 @@
+//! Figures 1, 2 and 5: the real delivery handler (`Delivery::handle`) over the in-memory
+//! adapters and the real `CallbackClient`, against a local receiver.
+
+use crate::receiver::Receiver;
+use crate::report::{Stats, Table, Verdict};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use webhooks::application::Application;
+use webhooks::aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use webhooks::callback::{CallbackUrl, UrlPolicy};
+use webhooks::clock::{SystemClock, rfc3339_millis};
+use webhooks::handlers::{Delivery, DeliverySettings};
+use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::job::DeliveryJob;
+use webhooks::memory::{self, MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::oauth::OAuthClient;
+use webhooks::ports::{ApplicationStore, ClientStore};
+use webhooks::record::RecordId;
+use webhooks::subscription::Subscription;
+use webhooks::window::WindowId;
+
+/// Which delivery style the jobs have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// ORCID style: empty POST, Standard Webhooks signature with the client's secret.
+    Orcid,
+    /// Members style: scoped person in a signed envelope (HMAC body hash + signature).
+    Members,
+}
+
+impl Style {
+    fn name(self) -> &'static str {
+        match self {
+            Style::Orcid => "ORCID-style",
+            Style::Members => "Members-style",
+        }
+    }
+}
+
+/// The delivery handler over in-memory ports holding one OAuth client (with webhook
+/// secrets) and one application (with a signing key) pointing at `receiver`.
+pub async fn handler(receiver_url: &str, concurrency: usize) -> Delivery {
+    let store = Arc::new(MemoryStore::default());
+    let mut client = OAuthClient::new("APP-BENCH", "secret", time::OffsetDateTime::now_utc());
+    client.webhook_secrets = Some(webhooks::signing::SigningSecrets::generate());
+    store.put_client(&client).await.expect("memory put");
+    let mut app = Application::new("app-bench", "key-bench", 0);
+    app.webhook.url = Some(format!("{receiver_url}/members"));
+    app.webhook.signing_key = Some("helloWorld".into());
+    store.put_application(&app).await.expect("memory put");
+    let ports = memory::ports(
+        store,
+        Arc::new(MemoryRecords::default()),
+        Arc::new(MemoryQueue::new(Duration::from_secs(30), 5)),
+        Arc::new(SystemClock),
+    );
+    let http = CallbackClient::new(&HttpSettings {
+        timeout: Duration::from_secs(10),
+        url_policy: UrlPolicy {
+            allow_insecure: true,
+        },
+        ..HttpSettings::default()
+    });
+    Delivery::new(
+        ports,
+        http,
+        DeliverySettings {
+            concurrency,
+            ..DeliverySettings::default()
+        },
+    )
+}
+
+fn person(i: usize) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::json!({
+        "personID": format!("p-{i:07}"),
+        "lastChangedDate": "2026-01-01T00:00:00.000Z",
+        "firstName": "Josiah",
+        "lastName": "Carberry",
+        "displayName": "Josiah Carberry",
+        "email": format!("p{i}@example.org"),
+    })
+    .as_object()
+    .expect("object")
+    .clone()
+}
+
+/// `n` delivery jobs of `style` to the receiver, as the flush would have written them.
+pub fn jobs(receiver_url: &str, style: Style, n: usize) -> Vec<DeliveryJob> {
+    let created = rfc3339_millis(time::OffsetDateTime::now_utc());
+    let policy = UrlPolicy {
+        allow_insecure: true,
+    };
+    (0..n)
+        .map(|i| {
+            let record = RecordId::parse(&format!("p-{i:07}")).expect("record id");
+            match style {
+                Style::Orcid => DeliveryJob::for_subscription(
+                    &Subscription {
+                        record: record.clone(),
+                        callback: CallbackUrl::parse(
+                            &format!("{receiver_url}/{}/updated", record.as_str()),
+                            policy,
+                        )
+                        .expect("callback url"),
+                        client_id: "APP-BENCH".into(),
+                        created_at: 0,
+                    },
+                    WindowId(1),
+                    created.clone(),
+                ),
+                Style::Members => DeliveryJob::for_application(
+                    "app-bench",
+                    &record,
+                    person(i),
+                    WindowId(1),
+                    created.clone(),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The jobs as Lambda SQS events of `batch` messages each (first receive).
+pub fn events(jobs: &[DeliveryJob], batch: usize) -> Vec<SqsEvent> {
+    jobs.chunks(batch)
+        .map(|chunk| {
+            let mut event = SqsEvent::default();
+            event.records = chunk
+                .iter()
+                .map(|job| {
+                    let mut m = SqsMessage::default();
+                    m.message_id = Some(uuid::Uuid::new_v4().to_string());
+                    m.receipt_handle = Some(uuid::Uuid::new_v4().to_string());
+                    m.body = Some(serde_json::to_string(job).expect("job serializes"));
+                    m.attributes = HashMap::from([
+                        ("ApproximateReceiveCount".to_owned(), "1".to_owned()),
+                        ("SentTimestamp".to_owned(), "0".to_owned()),
+                    ]);
+                    m.event_source = Some("aws:sqs".into());
+                    m
+                })
+                .collect();
+            event
+        })
+        .collect()
+}
+
+fn far_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(60)
+}
+
+/// Figure 1: one invocation, a batch of 100, receiver waits 200 ms per request.
+pub async fn concurrency(table: &mut Table) {
+    const DELAY: Duration = Duration::from_millis(200);
+    const RUNS: usize = 5;
+    let receiver = Receiver::start(DELAY, 2);
+    let url = receiver.url("");
+    let events_100 = |style| events(&jobs(&url, style, 100), 100);
+    // One request alone, through the same handler: the reference time.
+    let single = {
+        let delivery = handler(&url, 1).await;
+        let mut samples = Vec::new();
+        for _ in 0..RUNS {
+            let event = events(&jobs(&url, Style::Orcid, 1), 1).remove(0);
+            let t = Instant::now();
+            let response = delivery.handle(event, far_deadline()).await;
+            samples.push(t.elapsed());
+            assert!(response.batch_item_failures.is_empty(), "delivered");
+        }
+        Stats::of(&samples)
+    };
+    table.note(format!(
+        "one request alone through the handler (200 ms receiver): {}",
+        single.ms()
+    ));
+    let mut best_ratio_at_100 = f64::MAX;
+    for concurrency in [1usize, 8, 32, 64, 100] {
+        let delivery = handler(&url, concurrency).await;
+        // A warm-up batch opens the pool's connections, as a warm Lambda has.
+        let runs = if concurrency == 1 { 1 } else { RUNS };
+        let mut samples = Vec::new();
+        let mut peak = 0;
+        for run in 0..=runs {
+            let event = events_100(Style::Orcid).remove(0);
+            receiver.take_peak_in_flight();
+            let t = Instant::now();
+            let response = tokio::time::timeout(
+                Duration::from_secs(40),
+                delivery.handle(event, far_deadline()),
+            )
+            .await
+            .expect("a batch finishes within 40 s");
+            let took = t.elapsed();
+            assert!(response.batch_item_failures.is_empty(), "all delivered");
+            peak = peak.max(receiver.take_peak_in_flight());
+            if run > 0 || concurrency == 1 {
+                samples.push(took);
+            }
+        }
+        let stats = Stats::of(&samples);
+        let ratio = stats.median.as_secs_f64() / single.median.as_secs_f64();
+        if concurrency == 100 {
+            best_ratio_at_100 = ratio;
+        }
+        let verdict = if concurrency == 32 {
+            Verdict::judge(ratio <= 1.5, "default DELIVERY_CONCURRENCY")
+        } else if concurrency == 100 {
+            Verdict::judge(ratio <= 1.5, "DELIVERY_CONCURRENCY = batch size")
+        } else {
+            Verdict::Info
+        };
+        table.row(
+            "1 delivery concurrency",
+            format!("batch of 100, 200 ms receiver, concurrency {concurrency}"),
+            format!(
+                "{} ({ratio:.2} x one request; peak {peak} in flight)",
+                stats.ms()
+            ),
+            "<= 1.5 x one request",
+            verdict,
+        );
+    }
+    let _ = best_ratio_at_100;
+}
+
+/// Figure 2: messages per second through the handler vs a bare reqwest loop.
+pub async fn throughput(table: &mut Table) {
+    const N: usize = 20_000;
+    const CONCURRENCY: usize = 32;
+    const ROUNDS: usize = 3;
+    let receiver = Receiver::start(Duration::ZERO, 2);
+    let url = receiver.url("");
+    let bare = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("reqwest client");
+    let orcid_events = events(&jobs(&url, Style::Orcid, N), 100);
+    let members_events = events(&jobs(&url, Style::Members, N), 100);
+    let delivery = handler(&url, CONCURRENCY).await;
+    let body = bytes_of_members_envelope();
+    let mut results: HashMap<&str, Vec<f64>> = HashMap::new();
+    // Alternate the contenders, several rounds, so drift hits them alike.
+    for _ in 0..ROUNDS {
+        let rate = bare_rate(&bare, &url, N, CONCURRENCY, None, &body).await;
+        results.entry("bare").or_default().push(rate);
+        let rate = bare_rate(&bare, &url, N, CONCURRENCY, Some(100), &body).await;
+        results.entry("bare100").or_default().push(rate);
+        for (style, evs) in [
+            (Style::Orcid, &orcid_events),
+            (Style::Members, &members_events),
+        ] {
+            let before = receiver.hits();
+            let t = Instant::now();
+            for event in evs.iter().cloned() {
+                let response = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    delivery.handle(event, far_deadline()),
+                )
+                .await
+                .expect("a batch finishes within 30 s");
+                assert!(response.batch_item_failures.is_empty());
+            }
+            let took = t.elapsed().as_secs_f64();
+            assert_eq!(receiver.hits() - before, N, "every message arrived");
+            results
+                .entry(style.name())
+                .or_default()
+                .push(N as f64 / took);
+        }
+    }
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let bare_rate = median(&results["bare"]);
+    table.row(
+        "2 delivery throughput",
+        format!("bare reqwest, buffer_unordered({CONCURRENCY}), {N} POSTs of the Members body"),
+        format!("{bare_rate:.0} msg/s"),
+        "baseline",
+        Verdict::Info,
+    );
+    let bare100 = median(&results["bare100"]);
+    table.row(
+        "2 delivery throughput",
+        format!("bare reqwest, same, in batches of 100 (Lambda batch shape)"),
+        format!("{bare100:.0} msg/s ({:.2} x bare)", bare100 / bare_rate),
+        "baseline",
+        Verdict::Info,
+    );
+    for style in [Style::Orcid, Style::Members] {
+        let rate = median(&results[style.name()]);
+        let ratio = rate / bare_rate;
+        table.row(
+            "2 delivery throughput",
+            format!(
+                "Delivery::handle, {} jobs, batches of 100, concurrency {CONCURRENCY}",
+                style.name()
+            ),
+            format!("{rate:.0} msg/s ({ratio:.2} x bare)"),
+            ">= 0.5 x bare",
+            Verdict::judge(ratio >= 0.5, ""),
+        );
+    }
+    table.note(format!(
+        "throughput: {ROUNDS} alternating rounds of {N} messages each, median quoted; receiver answers 204 at once"
+    ));
+}
+
+fn bytes_of_members_envelope() -> Vec<u8> {
+    // The size of a Members-style envelope for `person(0)`, so the bare loop sends as much.
+    let p = person(0);
+    webhooks::members::envelope(
+        std::slice::from_ref(&p),
+        Some("helloWorld"),
+        "msg_0000",
+        "2026-01-01T00:00:00.000Z",
+        "app-bench",
+    )
+}
+
+async fn bare_rate(
+    client: &reqwest::Client,
+    url: &str,
+    n: usize,
+    concurrency: usize,
+    batch: Option<usize>,
+    body: &[u8],
+) -> f64 {
+    let t = Instant::now();
+    let send = |i: usize| {
+        let request = client
+            .post(format!("{url}/bare/{i}"))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        async move {
+            let response = request.send().await.expect("bare POST");
+            assert!(response.status().is_success());
+            let _ = response.bytes().await;
+        }
+    };
+    let all = async {
+        match batch {
+            None => {
+                futures::stream::iter(0..n)
+                    .map(send)
+                    .buffer_unordered(concurrency)
+                    .collect::<Vec<()>>()
+                    .await;
+            }
+            Some(size) => {
+                for start in (0..n).step_by(size) {
+                    futures::stream::iter(start..(start + size).min(n))
+                        .map(send)
+                        .buffer_unordered(concurrency)
+                        .collect::<Vec<()>>()
+                        .await;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("the bare loop finishes within 60 s");
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Figure 5, the child side: one invocation over 100 messages, then the process's peak RSS.
+pub async fn rss_child(receiver_url: &str, style: Style) -> u64 {
+    let delivery = handler(receiver_url, DeliverySettings::default().concurrency).await;
+    let event = events(&jobs(receiver_url, style, 100), 100).remove(0);
+    let response = tokio::time::timeout(
+        Duration::from_secs(30),
+        delivery.handle(event, far_deadline()),
+    )
+    .await
+    .expect("the batch finishes within 30 s");
+    assert!(response.batch_item_failures.is_empty(), "all delivered");
+    crate::report::peak_rss_kib("self").expect("VmHWM readable")
+}
+
+/// Figure 5: peak RSS of a fresh process running the delivery handler over 100 messages.
+pub async fn rss(table: &mut Table) {
+    let receiver = Receiver::start(Duration::from_millis(20), 1);
+    let me = std::env::current_exe().expect("own path");
+    for style in [Style::Orcid, Style::Members] {
+        let mut samples = Vec::new();
+        for _ in 0..3 {
+            let out = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::process::Command::new(&me)
+                    .arg("rss-child")
+                    .arg(receiver.url(""))
+                    .arg(match style {
+                        Style::Orcid => "orcid",
+                        Style::Members => "members",
+                    })
+                    .output(),
+            )
+            .await
+            .expect("rss child finishes within 30 s")
+            .expect("rss child runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let kib: u64 = text
+                .trim()
+                .strip_prefix("peak_rss_kib=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("rss child said {text:?}"));
+            samples.push(kib);
+        }
+        samples.sort();
+        let mib = samples[samples.len() / 2] as f64 / 1024.0;
+        table.row(
+            "5 memory",
+            format!(
+                "peak RSS, one delivery invocation, {} batch of 100 (in-process handler, fresh process)",
+                style.name()
+            ),
+            format!(
+                "{mib:.1} MiB (min {:.1}, max {:.1})",
+                samples[0] as f64 / 1024.0,
+                samples[samples.len() - 1] as f64 / 1024.0
+            ),
+            "well under 128 MB",
+            Verdict::judge(mib < 64.0, ""),
+        );
+    }
+}
