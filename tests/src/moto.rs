@@ -129,7 +129,7 @@ impl MotoEnv {
             .create_queue()
             .queue_name(format!("delivery-{suffix}"))
             .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-            .attributes(QueueAttributeName::VisibilityTimeout, "30")
+            .attributes(QueueAttributeName::VisibilityTimeout, "3")
             .send()
             .await
             .expect("create delivery queue")

@@ -526,3 +526,203 @@ async fn members_flow_over_dynamodb_and_sqs() {
     assert_eq!(sync.view(outcomes)["state"], "completed");
     assert_eq!(sync.view(outcomes)["delivered"], 4);
 }
+
+/// The at-least-once invariant at small scale against moto: every DynamoDB and SQS call
+/// of the handlers may fail, fail after taking effect, or hang (the handler is killed
+/// there); after healing, every (record, subscriber) pair has a delivery issued after the
+/// record's last change, or a dead-lettered one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
+    use std::collections::HashMap;
+    use tokio::time::timeout;
+    use webhooks::aws_lambda_events::event::dynamodb::Event;
+    use webhooks::job::MessageId;
+    use webhooks::memory::{Faults, Faulty};
+    use webhooks::ports::{Ports, SubscriptionStore};
+    use webhooks::subscription::Subscription;
+
+    let seed: u64 = std::env::var("SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("moto fault test seed {seed}: replay with SOAK_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut p = Pipeline::new(4).await;
+    let faults = Arc::new(Faults::seeded(seed, 0.05, 0.05, 0.03));
+    let store = Arc::new(Faulty::new(p.aws.store.clone(), faults.clone()));
+    let queue = Arc::new(Faulty::new(p.aws.queue.clone(), faults.clone()));
+    let ports = Ports {
+        clients: store.clone(),
+        tokens: store.clone(),
+        subscriptions: store.clone(),
+        applications: store.clone(),
+        syncs: store.clone(),
+        pending: store.clone(),
+        records: p.aws.records.clone(),
+        queue,
+        clock: Arc::new(webhooks::clock::SystemClock),
+    };
+    let capture = ChangeCapture {
+        pending: store.clone(),
+        windows: p.windows.clone(),
+    };
+    let flush = Flush {
+        ports: ports.clone(),
+        windows: p.windows.clone(),
+        settings: FlushSettings {
+            page_size: 3,
+            ..FlushSettings::default()
+        },
+    };
+    let http = CallbackClient::new(&HttpSettings {
+        timeout: Duration::from_millis(500),
+        url_policy: UrlPolicy {
+            allow_insecure: true,
+        },
+        ..HttpSettings::default()
+    });
+    let retry = RetryPolicy {
+        base: Duration::from_secs(1),
+        max_attempts: 4,
+        jitter: 0.0,
+    };
+    let delivery = Delivery::new(
+        ports,
+        http,
+        DeliverySettings {
+            retry,
+            concurrency: 8,
+        },
+    );
+    let receiver = Receiver::start().await;
+    receiver.script(&[500, 503, 500, 429, 500, 302]);
+
+    const RECORDS: usize = 6;
+    let mut pairs = Vec::new();
+    for record in 0..RECORDS {
+        let id = RecordId::parse(&format!("r{record}")).unwrap();
+        for client in 0..2 {
+            let url = receiver.url(&format!("/c{client}/r{record}"));
+            let subscription = Subscription {
+                record: id.clone(),
+                callback: webhooks::callback::CallbackUrl::parse(
+                    &url,
+                    UrlPolicy {
+                        allow_insecure: true,
+                    },
+                )
+                .unwrap(),
+                client_id: format!("client-{client}"),
+                created_at: 0,
+            };
+            p.aws.store.register(&subscription).await.unwrap();
+            pairs.push((record, url));
+        }
+    }
+    let mut last_change_window: HashMap<usize, u64> = HashMap::new();
+    let mut pending_stream = Vec::new();
+    for round in 0..12 {
+        for _ in 0..rng.usize(1..=5) {
+            let record = rng.usize(0..RECORDS);
+            let person = serde_json::json!({"round": round, "n": rng.u32(..)});
+            p.aws
+                .records
+                .put_person(
+                    &RecordId::parse(&format!("r{record}")).unwrap(),
+                    person.as_object().unwrap(),
+                )
+                .await
+                .unwrap();
+            last_change_window.insert(
+                record,
+                webhooks::window::FlushWindows::current(p.windows.as_ref()).0,
+            );
+        }
+        pending_stream.extend(p.stream.poll().await.records);
+        // The stream retries a batch from its first failed record until it succeeds.
+        while !pending_stream.is_empty() {
+            let mut event = Event::default();
+            event.records = pending_stream.clone();
+            if let Ok(response) = timeout(Duration::from_secs(2), capture.handle(event)).await {
+                match response
+                    .batch_item_failures
+                    .first()
+                    .and_then(|f| f.item_identifier.clone())
+                {
+                    None => pending_stream.clear(),
+                    Some(sequence) => {
+                        let at = pending_stream
+                            .iter()
+                            .position(|r| r.change.sequence_number.as_deref() == Some(&sequence))
+                            .unwrap();
+                        pending_stream.drain(..at);
+                    }
+                }
+            }
+        }
+        p.windows.close_current();
+        let _ = timeout(Duration::from_secs(2), flush.run(None)).await;
+        let _ = timeout(
+            Duration::from_secs(2),
+            p.queue.run_once(&delivery, Duration::from_millis(200)),
+        )
+        .await;
+    }
+    faults.heal();
+    p.windows.close_current();
+    let final_window = webhooks::window::FlushWindows::current(p.windows.as_ref()).0;
+    while flush.run(None).await.is_err() {}
+    let satisfied = |acked: &std::collections::HashSet<(String, String)>,
+                     dead: &[String],
+                     record: usize,
+                     url: &str| {
+        let from = last_change_window[&record];
+        let path = url::Url::parse(url).unwrap().path().to_owned();
+        (from..=final_window).any(|w| {
+            let id = MessageId::derive(&["callback", &w.to_string(), &format!("r{record}"), url])
+                .as_str()
+                .to_owned();
+            acked.contains(&(path.clone(), id.clone())) || dead.iter().any(|d| d.contains(&id))
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut lost, mut dead) = (Vec::new(), Vec::new());
+    while tokio::time::Instant::now() < deadline {
+        p.queue.run_once(&delivery, Duration::from_secs(1)).await;
+        let acked: std::collections::HashSet<(String, String)> = receiver
+            .hits()
+            .iter()
+            .filter_map(|h| {
+                Some((
+                    h.path.clone(),
+                    h.headers.get("webhook-id")?.to_str().ok()?.to_owned(),
+                ))
+            })
+            .collect();
+        dead.extend(p.env.dead_letters().await);
+        lost = pairs
+            .iter()
+            .filter(|(record, _)| last_change_window.contains_key(record))
+            .filter(|(record, url)| !satisfied(&acked, &dead, *record, url))
+            .cloned()
+            .collect();
+        if lost.is_empty() {
+            break;
+        }
+    }
+    let counts = faults.counts();
+    println!(
+        "moto fault test: {} requests received, {} dead-lettered, {} lost; injected {} failures, {} after effect, {} hangs in {} AWS calls",
+        receiver.hits().len(),
+        dead.len(),
+        lost.len(),
+        counts.failed,
+        counts.failed_after,
+        counts.hung,
+        counts.operations
+    );
+    assert!(
+        lost.is_empty(),
+        "lost: {lost:?} — replay with SOAK_SEED={seed}"
+    );
+}

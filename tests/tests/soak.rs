@@ -66,15 +66,29 @@ impl ChaosReceiver {
                     let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
                     let id = text
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("webhook-id:").map(|v| v.trim().to_owned()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("webhook-id:")
+                                .map(|v| v.trim().to_owned())
+                        })
                         .unwrap_or_default();
                     *r.lock().unwrap() += 1;
-                    let roll = if h.load(Ordering::SeqCst) { 0.0 } else { rng.lock().unwrap().f64() };
+                    let roll = if h.load(Ordering::SeqCst) {
+                        0.0
+                    } else {
+                        rng.lock().unwrap().f64()
+                    };
                     let answer = match roll {
                         x if x < 0.55 => "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n",
-                        x if x < 0.65 => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        x if x < 0.72 => "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        x if x < 0.80 => "HTTP/1.1 429 Too Many Requests\r\nretry-after: 0\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        x if x < 0.65 => {
+                            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        }
+                        x if x < 0.72 => {
+                            "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        }
+                        x if x < 0.80 => {
+                            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 0\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        }
                         x if x < 0.90 => {
                             // Past the ack deadline, then gone.
                             tokio::time::sleep(Duration::from_millis(400)).await;
@@ -89,7 +103,12 @@ impl ChaosReceiver {
                 });
             }
         });
-        Self { port, healthy, acked, requests }
+        Self {
+            port,
+            healthy,
+            acked,
+            requests,
+        }
     }
 }
 
@@ -99,8 +118,14 @@ fn callback(port: u16, client: usize, record: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_notification_is_lost_under_faults() {
-    let seed: u64 = std::env::var("SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
-    let changes: usize = std::env::var("SOAK_CHANGES").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let seed: u64 = std::env::var("SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let changes: usize = std::env::var("SOAK_CHANGES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
     println!("soak seed {seed} ({changes} changes): replay with SOAK_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     let started = Instant::now();
@@ -133,7 +158,13 @@ async fn no_notification_is_lost_under_faults() {
         for &client in &clients[..rng.usize(1..=3)] {
             let subscription = Subscription {
                 record: RecordId::parse(&format!("r{record}")).unwrap(),
-                callback: CallbackUrl::parse(&callback(receiver.port, client, record), UrlPolicy { allow_insecure: true }).unwrap(),
+                callback: CallbackUrl::parse(
+                    &callback(receiver.port, client, record),
+                    UrlPolicy {
+                        allow_insecure: true,
+                    },
+                )
+                .unwrap(),
                 client_id: format!("client-{client}"),
                 created_at: SystemClock.now().unix_timestamp(),
             };
@@ -142,15 +173,38 @@ async fn no_notification_is_lost_under_faults() {
         }
     }
 
-    let capture = ChangeCapture { pending: faulty_store.clone(), windows: windows.clone() };
-    let flush = Flush { ports: ports.clone(), windows: windows.clone(), settings: FlushSettings { page_size: 7, ..FlushSettings::default() } };
+    let capture = ChangeCapture {
+        pending: faulty_store.clone(),
+        windows: windows.clone(),
+    };
+    let flush = Flush {
+        ports: ports.clone(),
+        windows: windows.clone(),
+        settings: FlushSettings {
+            page_size: 7,
+            ..FlushSettings::default()
+        },
+    };
     let http = CallbackClient::new(&HttpSettings {
         timeout: Duration::from_millis(200),
-        url_policy: UrlPolicy { allow_insecure: true },
+        url_policy: UrlPolicy {
+            allow_insecure: true,
+        },
         ..HttpSettings::default()
     });
-    let retry = RetryPolicy { base: Duration::from_millis(20), max_attempts: MAX_ATTEMPTS, jitter: 0.1 };
-    let delivery = Arc::new(Delivery::new(ports.clone(), http, DeliverySettings { retry, concurrency: 8 }));
+    let retry = RetryPolicy {
+        base: Duration::from_millis(20),
+        max_attempts: MAX_ATTEMPTS,
+        jitter: 0.1,
+    };
+    let delivery = Arc::new(Delivery::new(
+        ports.clone(),
+        http,
+        DeliverySettings {
+            retry,
+            concurrency: 8,
+        },
+    ));
 
     // Delivery workers: receive, invoke (killed after 1 s, as a Lambda timeout), delete
     // what succeeded (a deletion is lost now and then: the message comes back).
@@ -166,13 +220,21 @@ async fn no_notification_is_lost_under_faults() {
                     continue;
                 }
                 let mut event = SqsEvent::default();
-                event.records = messages.iter().map(|m| m.to_sqs_message("arn:soak")).collect();
+                event.records = messages
+                    .iter()
+                    .map(|m| m.to_sqs_message("arn:soak"))
+                    .collect();
                 let deadline = Instant::now() + Duration::from_secs(1);
-                let Ok(response) = timeout(Duration::from_secs(1), delivery.handle(event, deadline)).await else {
+                let Ok(response) =
+                    timeout(Duration::from_secs(1), delivery.handle(event, deadline)).await
+                else {
                     continue; // killed mid-batch: nothing is deleted
                 };
                 for m in &messages {
-                    let failed = response.batch_item_failures.iter().any(|f| f.item_identifier == m.message_id);
+                    let failed = response
+                        .batch_item_failures
+                        .iter()
+                        .any(|f| f.item_identifier == m.message_id);
                     if !failed && wrng.f64() > 0.02 {
                         queue.delete(&m.receipt_handle);
                     }
@@ -191,7 +253,9 @@ async fn no_notification_is_lost_under_faults() {
         for _ in 0..rng.usize(1..=25).min(changes - made) {
             let record = rng.usize(0..RECORDS);
             let person = serde_json::json!({"v": made}).as_object().unwrap().clone();
-            stream.push_back(records.put_person(&RecordId::parse(&format!("r{record}")).unwrap(), person));
+            stream.push_back(
+                records.put_person(&RecordId::parse(&format!("r{record}")).unwrap(), person),
+            );
             last_change_window.insert(record, windows.current().0);
             made += 1;
         }
@@ -199,14 +263,21 @@ async fn no_notification_is_lost_under_faults() {
             let mut event = Event::default();
             event.records = stream.iter().take(10).cloned().collect();
             match timeout(Duration::from_millis(200), capture.handle(event)).await {
-                Ok(response) => match response.batch_item_failures.first().and_then(|f| f.item_identifier.clone()) {
+                Ok(response) => match response
+                    .batch_item_failures
+                    .first()
+                    .and_then(|f| f.item_identifier.clone())
+                {
                     None => {
                         let n = stream.len().min(10);
                         stream.drain(..n);
                     }
                     Some(sequence) => {
                         capture_retries += 1;
-                        while stream.front().is_some_and(|r| r.change.sequence_number.as_deref() != Some(&sequence)) {
+                        while stream
+                            .front()
+                            .is_some_and(|r| r.change.sequence_number.as_deref() != Some(&sequence))
+                        {
                             stream.pop_front();
                         }
                     }
@@ -216,7 +287,10 @@ async fn no_notification_is_lost_under_faults() {
         }
         if rng.f64() < 0.5 {
             windows.close_current();
-            if !matches!(timeout(Duration::from_millis(300), flush.run(None)).await, Ok(Ok(_))) {
+            if !matches!(
+                timeout(Duration::from_millis(300), flush.run(None)).await,
+                Ok(Ok(_))
+            ) {
                 flush_crashes += 1;
             }
         }
@@ -245,17 +319,25 @@ async fn no_notification_is_lost_under_faults() {
     // The invariant.
     let acked: Vec<(String, String)> = receiver.acked.lock().unwrap().clone();
     let acked_ids: HashSet<(String, String)> = acked.iter().cloned().collect();
-    let dead: Vec<DeliveryJob> = queue.dead_letters().iter().map(|b| serde_json::from_str(b).unwrap()).collect();
+    let dead: Vec<DeliveryJob> = queue
+        .dead_letters()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
     let dead_ids: BTreeSet<String> = dead.iter().map(|j| j.id.as_str().to_owned()).collect();
     let mut lost = Vec::new();
     let mut expected_pairs = 0;
     for &(record, client) in &pairs {
-        let Some(&from) = last_change_window.get(&record) else { continue };
+        let Some(&from) = last_change_window.get(&record) else {
+            continue;
+        };
         expected_pairs += 1;
         let url = callback(receiver.port, client, record);
         let path = format!("/c{client}/r{record}");
         let satisfied = (from..=final_window).any(|w| {
-            let id = MessageId::derive(&["callback", &w.to_string(), &format!("r{record}"), &url]).as_str().to_owned();
+            let id = MessageId::derive(&["callback", &w.to_string(), &format!("r{record}"), &url])
+                .as_str()
+                .to_owned();
             acked_ids.contains(&(path.clone(), id.clone())) || dead_ids.contains(&id)
         });
         if !satisfied {
@@ -290,5 +372,8 @@ async fn no_notification_is_lost_under_faults() {
         "soak: injected {} failures, {} failures after effect, {} hangs in {} operations; {capture_retries} capture retries, {flush_crashes} failed or killed flushes",
         counts.failed, counts.failed_after, counts.hung, counts.operations
     );
-    assert!(lost.is_empty(), "lost (record, client, window): {lost:?} — replay with SOAK_SEED={seed}");
+    assert!(
+        lost.is_empty(),
+        "lost (record, client, window): {lost:?} — replay with SOAK_SEED={seed}"
+    );
 }

@@ -14,11 +14,11 @@ use crate::ports::{BackendError, BackendResult, Ports};
 use crate::retry::RetryPolicy;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
-use tracing::Instrument;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// How long subscriber settings (URL, keys, secrets) are reused before being read again.
 pub const SUBSCRIBER_CACHE_TTL: Duration = Duration::from_secs(30);

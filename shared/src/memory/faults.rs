@@ -18,8 +18,8 @@ use crate::sync::{FullSync, SyncOutcomes};
 use crate::window::WindowId;
 use async_trait::async_trait;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What happens to one operation.
@@ -124,7 +124,9 @@ impl Faults {
             Fault::Fail => Err(BackendError::Unavailable("injected failure".into())),
             Fault::FailAfter => {
                 op.await?;
-                Err(BackendError::Unavailable("injected timeout after the operation took effect".into()))
+                Err(BackendError::Unavailable(
+                    "injected timeout after the operation took effect".into(),
+                ))
             }
             Fault::Hang => {
                 // Long enough to be killed by any invocation deadline; bounded all the same.
@@ -176,11 +178,20 @@ impl<T: SubscriptionStore> SubscriptionStore for Faulty<T> {
     async fn register(&self, subscription: &Subscription) -> BackendResult<Registered> {
         self.faults.around(self.inner.register(subscription)).await
     }
-    async fn unregister(&self, record: &RecordId, callback: &CallbackUrl, client_id: &str) -> BackendResult<Unregistered> {
-        self.faults.around(self.inner.unregister(record, callback, client_id)).await
+    async fn unregister(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+        client_id: &str,
+    ) -> BackendResult<Unregistered> {
+        self.faults
+            .around(self.inner.unregister(record, callback, client_id))
+            .await
     }
     async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>> {
-        self.faults.around(self.inner.subscriptions_of(record)).await
+        self.faults
+            .around(self.inner.subscriptions_of(record))
+            .await
     }
 }
 
@@ -189,8 +200,15 @@ impl<T: RecordStore> RecordStore for Faulty<T> {
     async fn get_person(&self, id: &RecordId) -> BackendResult<Option<Person>> {
         self.faults.around(self.inner.get_person(id)).await
     }
-    async fn scan_consented(&self, application: &str, after: Option<&str>, limit: usize) -> BackendResult<Page<(RecordId, Person)>> {
-        self.faults.around(self.inner.scan_consented(application, after, limit)).await
+    async fn scan_consented(
+        &self,
+        application: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<(RecordId, Person)>> {
+        self.faults
+            .around(self.inner.scan_consented(application, after, limit))
+            .await
     }
 }
 
@@ -200,10 +218,14 @@ impl<T: ApplicationStore> ApplicationStore for Faulty<T> {
         self.faults.around(self.inner.get_application(id)).await
     }
     async fn put_application(&self, application: &Application) -> BackendResult<()> {
-        self.faults.around(self.inner.put_application(application)).await
+        self.faults
+            .around(self.inner.put_application(application))
+            .await
     }
     async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>> {
-        self.faults.around(self.inner.application_for_key(api_key_hash)).await
+        self.faults
+            .around(self.inner.application_for_key(api_key_hash))
+            .await
     }
     async fn list_applications(&self) -> BackendResult<Vec<Application>> {
         self.faults.around(self.inner.list_applications()).await
@@ -215,14 +237,41 @@ impl<T: SyncStore> SyncStore for Faulty<T> {
     async fn save_sync(&self, sync: &FullSync) -> BackendResult<()> {
         self.faults.around(self.inner.save_sync(sync)).await
     }
-    async fn get_sync(&self, application: &str, sync_id: &str) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
-        self.faults.around(self.inner.get_sync(application, sync_id)).await
+    async fn get_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
+        self.faults
+            .around(self.inner.get_sync(application, sync_id))
+            .await
     }
-    async fn count_sync_outcome(&self, application: &str, sync_id: &str, delivered: bool) -> BackendResult<SyncOutcomes> {
-        self.faults.around(self.inner.count_sync_outcome(application, sync_id, delivered)).await
+    async fn count_sync_outcome(
+        &self,
+        application: &str,
+        sync_id: &str,
+        delivered: bool,
+    ) -> BackendResult<SyncOutcomes> {
+        self.faults
+            .around(
+                self.inner
+                    .count_sync_outcome(application, sync_id, delivered),
+            )
+            .await
     }
-    async fn lease_sync(&self, application: &str, sync_id: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool> {
-        self.faults.around(self.inner.lease_sync(application, sync_id, now_ms, until_ms)).await
+    async fn lease_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> BackendResult<bool> {
+        self.faults
+            .around(
+                self.inner
+                    .lease_sync(application, sync_id, now_ms, until_ms),
+            )
+            .await
     }
 }
 
@@ -231,8 +280,15 @@ impl<T: PendingChanges> PendingChanges for Faulty<T> {
     async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()> {
         self.faults.around(self.inner.mark(window, record)).await
     }
-    async fn page(&self, window: WindowId, after: Option<&str>, limit: usize) -> BackendResult<Page<RecordId>> {
-        self.faults.around(self.inner.page(window, after, limit)).await
+    async fn page(
+        &self,
+        window: WindowId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<RecordId>> {
+        self.faults
+            .around(self.inner.page(window, after, limit))
+            .await
     }
     async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {
         self.faults.around(self.inner.cursor()).await
@@ -248,10 +304,14 @@ impl<T: DeliveryQueue> DeliveryQueue for Faulty<T> {
         self.faults.around(self.inner.enqueue(jobs)).await
     }
     async fn enqueue_delayed(&self, job: &DeliveryJob, delay: Duration) -> BackendResult<()> {
-        self.faults.around(self.inner.enqueue_delayed(job, delay)).await
+        self.faults
+            .around(self.inner.enqueue_delayed(job, delay))
+            .await
     }
     async fn retry_later(&self, receipt_handle: &str, delay: Duration) -> BackendResult<()> {
-        self.faults.around(self.inner.retry_later(receipt_handle, delay)).await
+        self.faults
+            .around(self.inner.retry_later(receipt_handle, delay))
+            .await
     }
     async fn dead_letter(&self, job: &DeliveryJob) -> BackendResult<()> {
         self.faults.around(self.inner.dead_letter(job)).await
