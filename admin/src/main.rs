@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use webhooks::application::Application;
 use webhooks::aws::dynamodb::DynamoStore;
+use webhooks::aws::sqs::SqsQueue;
 use webhooks::oauth::{OAuthClient, WEBHOOK_SCOPE, is_valid_client_id, new_client_id, new_secret};
 use webhooks::ports::{ApplicationStore, BackendError, ClientStore};
 use webhooks::signing::SigningSecrets;
@@ -28,6 +29,37 @@ enum Command {
     /// Members-style applications.
     #[command(subcommand)]
     Applications(ApplicationCommand),
+    /// The delivery dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Move dead-lettered deliveries back to the delivery queue (after fixing the receiver).
+    Replay {
+        /// `move-task`: an SQS message move task (asynchronous, the console's DLQ redrive);
+        /// `loop`: receive, send, delete here (synchronous, prints the count);
+        /// `auto`: a move task, falling back to the loop where unavailable.
+        #[arg(long, default_value = "auto")]
+        method: ReplayMethod,
+        /// Most messages the loop moves.
+        #[arg(long, default_value_t = 10_000)]
+        max: usize,
+        /// The delivery queue (the stack's DeliveryQueueUrl output).
+        #[arg(long, env = "DELIVERY_QUEUE_URL")]
+        queue_url: String,
+        /// The dead-letter queue (the stack's DeliveryDeadLetterQueueUrl output).
+        #[arg(long, env = "DEAD_LETTER_QUEUE_URL")]
+        dlq_url: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReplayMethod {
+    Auto,
+    MoveTask,
+    Loop,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,7 +122,11 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &args.service_table);
-    match run(&store, args.command).await {
+    let result = match args.command {
+        Command::Dlq(command) => run_dlq(&config, command).await,
+        command => run(&store, command).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(AdminError::Usage(message)) => {
             eprintln!("error: {message}");
@@ -107,7 +143,36 @@ async fn run(store: &DynamoStore, command: Command) -> Result<(), AdminError> {
     match command {
         Command::Clients(command) => run_clients(store, command).await,
         Command::Applications(command) => run_applications(store, command).await,
+        Command::Dlq(_) => unreachable!("handled in main"),
     }
+}
+
+async fn run_dlq(config: &aws_config::SdkConfig, command: DlqCommand) -> Result<(), AdminError> {
+    let DlqCommand::Replay {
+        method,
+        max,
+        queue_url,
+        dlq_url,
+    } = command;
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(config), queue_url, dlq_url);
+    if matches!(method, ReplayMethod::Auto | ReplayMethod::MoveTask) {
+        match queue.start_redrive_task().await {
+            Ok(handle) => {
+                println!("move task started: {handle}");
+                eprintln!(
+                    "SQS moves the messages in the background; see the queue's redrive status in the console."
+                );
+                return Ok(());
+            }
+            Err(e) if matches!(method, ReplayMethod::MoveTask) => return Err(e.into()),
+            Err(e) => {
+                eprintln!("a move task is not available here ({e}); moving messages one by one")
+            }
+        }
+    }
+    let moved = queue.redrive_by_loop(max).await?;
+    println!("moved {moved} messages back to the delivery queue");
+    Ok(())
 }
 
 async fn run_applications(

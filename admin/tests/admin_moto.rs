@@ -138,3 +138,60 @@ async fn applications_create_and_list() {
         "{list}"
     );
 }
+
+#[tokio::test]
+async fn dlq_replay_moves_dead_letters_back() {
+    let env = MotoEnv::create(3).await;
+    let sqs = aws_sdk_sqs::Client::new(&env.config);
+    for i in 0..3 {
+        sqs.send_message()
+            .queue_url(&env.dlq_url)
+            .message_body(format!("{{\"n\":{i}}}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    for method in ["auto", "loop"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_webhooks-admin"))
+            .args(["dlq", "replay", "--method", method])
+            .env("SERVICE_TABLE", &env.service_table)
+            .env("DELIVERY_QUEUE_URL", &env.queue_url)
+            .env("DEAD_LETTER_QUEUE_URL", &env.dlq_url)
+            .env("AWS_ENDPOINT_URL", endpoint())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        println!("{method}: {stdout}{stderr}");
+        assert!(out.status.success(), "{stderr}");
+    }
+    // Whichever way moto moved them, all three are back on the delivery queue.
+    let mut bodies = Vec::new();
+    for _ in 0..5 {
+        let received = sqs
+            .receive_message()
+            .queue_url(&env.queue_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        bodies.extend(
+            received
+                .messages
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|m| m.body),
+        );
+        if bodies.len() >= 3 {
+            break;
+        }
+    }
+    bodies.sort();
+    assert_eq!(bodies, [r#"{"n":0}"#, r#"{"n":1}"#, r#"{"n":2}"#]);
+    assert!(env.dead_letters().await.is_empty());
+}

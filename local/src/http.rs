@@ -39,6 +39,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             put(put_record).delete(delete_record).get(get_record),
         )
         .route("/local/flush", post(flush))
+        .route("/local/dlq/replay", post(replay_dead_letters))
         .route("/local/status", get(status))
         .route("/local/inbox", get(list_inbox).delete(clear_inbox))
         .route("/local/inbox/{*name}", post(receive))
@@ -145,6 +146,13 @@ async fn flush(State(rt): State<Arc<Runtime>>) -> Result<axum::Json<FlushReport>
             e.to_string(),
         )
     })
+}
+
+/// `POST /local/dlq/replay`: move every dead-lettered job back to the delivery queue.
+async fn replay_dead_letters(State(rt): State<Arc<Runtime>>) -> axum::Json<serde_json::Value> {
+    let moved = rt.queue.redrive_dead_letters();
+    tracing::info!(moved, "dead letters replayed");
+    axum::Json(serde_json::json!({ "moved": moved }))
 }
 
 /// `GET /local/status`: queue counts, the DLQ and the current window.

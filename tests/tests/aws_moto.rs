@@ -246,7 +246,7 @@ async fn a_message_that_always_fails_ends_in_the_dlq() {
     p.change(serde_json::json!({"v": 0})).await;
     p.capture_and_flush().await;
     let receiver = Receiver::start().await;
-    receiver.script(&[500; 10]);
+    receiver.script(&[500, 500]);
     let token = p.token().await;
     let path = format!("/{RECORD}/webhook/{}", encode(&receiver.url("/down")));
     assert_eq!(p.api("PUT", &path, Some(&token), "").await.0, 201);
@@ -266,6 +266,16 @@ async fn a_message_that_always_fails_ends_in_the_dlq() {
     assert_eq!(dead.len(), 1);
     assert!(dead[0].contains("/down"), "{}", dead[0]);
     assert_eq!(receiver.hits().len(), 2, "no attempt after the last");
+
+    // Replay (receive / send / delete) once the receiver is healthy: delivered.
+    assert_eq!(p.aws.queue.redrive_by_loop(100).await.unwrap(), 1);
+    assert!(p.env.dead_letters().await.is_empty());
+    p.deliver_until(&receiver, 3, Duration::from_secs(10)).await;
+    assert_eq!(
+        receiver.hits().len(),
+        3,
+        "the replayed message is delivered"
+    );
 }
 
 #[tokio::test]

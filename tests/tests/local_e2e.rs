@@ -298,13 +298,13 @@ async fn a_change_during_a_flush_is_delivered_by_the_next_flush() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_that_always_fails_ends_in_the_dead_letter_queue() {
+async fn a_delivery_that_always_fails_ends_in_the_dead_letter_queue_and_replays() {
     let service = LocalService::start(config(Duration::from_millis(100), 3))
         .await
         .unwrap();
     let api = Client::new(&service);
     let receiver = Receiver::start().await;
-    receiver.script(&[500; 10]);
+    receiver.script(&[500, 500, 500]);
     let token = api.token().await["access_token"]
         .as_str()
         .unwrap()
@@ -333,5 +333,21 @@ async fn a_delivery_that_always_fails_ends_in_the_dead_letter_queue() {
         receiver.url("/down").as_str()
     );
     assert_eq!(receiver.hits().len(), 3, "no attempt after the last");
+
+    // The receiver is healthy again (its script is spent): replay the DLQ.
+    let replay: Value = api
+        .http
+        .post(format!("{}/local/dlq/replay", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replay["moved"], 1);
+    let hits = receiver.wait_for(4, WAIT).await;
+    assert_eq!(hits.len(), 4, "the replayed message is delivered");
+    assert_eq!(hits[3].headers["webhook-id"], hits[0].headers["webhook-id"]);
+    assert_eq!(api.status().await["queue"]["dead_letters"], 0);
     service.stop().await;
 }

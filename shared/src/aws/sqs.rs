@@ -41,6 +41,80 @@ impl SqsQueue {
         }
     }
 
+    /// Moves dead-lettered messages back to the delivery queue, at most `max`, with a
+    /// receive / send / delete loop (each message is sent before it is deleted: a crash
+    /// in between duplicates, never loses). Returns how many moved.
+    pub async fn redrive_by_loop(&self, max: usize) -> BackendResult<usize> {
+        let mut moved = 0;
+        while moved < max {
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(&self.dead_letter_url)
+                .max_number_of_messages(((max - moved).min(BATCH)) as i32)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .map_err(|e| BackendError::Unavailable(DisplayErrorContext(&e).to_string()))?;
+            let messages = out.messages.unwrap_or_default();
+            if messages.is_empty() {
+                break;
+            }
+            let bodies: Vec<String> = messages.iter().filter_map(|m| m.body.clone()).collect();
+            self.send_batch(&bodies).await?;
+            for message in &messages {
+                if let Some(receipt) = &message.receipt_handle {
+                    self.client
+                        .delete_message()
+                        .queue_url(&self.dead_letter_url)
+                        .receipt_handle(receipt)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            BackendError::Unavailable(DisplayErrorContext(&e).to_string())
+                        })?;
+                }
+            }
+            moved += messages.len();
+        }
+        Ok(moved)
+    }
+
+    /// Starts an SQS message move task from the DLQ back to its source queue (the
+    /// console's "Start DLQ redrive"); returns the task handle.
+    pub async fn start_redrive_task(&self) -> BackendResult<String> {
+        let arn = |url: &str| {
+            let client = self.client.clone();
+            let url = url.to_owned();
+            async move {
+                let out = client
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                    .send()
+                    .await
+                    .map_err(|e| BackendError::Unavailable(DisplayErrorContext(&e).to_string()))?;
+                out.attributes
+                    .and_then(|a| {
+                        a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                            .cloned()
+                    })
+                    .ok_or_else(|| BackendError::Unavailable("queue has no ARN".into()))
+            }
+        };
+        let source = arn(&self.dead_letter_url).await?;
+        let destination = arn(&self.queue_url).await?;
+        let out = self
+            .client
+            .start_message_move_task()
+            .source_arn(source)
+            .destination_arn(destination)
+            .send()
+            .await
+            .map_err(|e| BackendError::Unavailable(DisplayErrorContext(&e).to_string()))?;
+        Ok(out.task_handle.unwrap_or_default())
+    }
+
     async fn send_one(
         &self,
         queue_url: &str,

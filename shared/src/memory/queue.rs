@@ -255,6 +255,16 @@ impl MemoryQueue {
         }
     }
 
+    /// Moves every dead-lettered message back to the queue as a new message (receive
+    /// count zero), as an SQS redrive does; returns how many moved.
+    pub fn redrive_dead_letters(&self) -> usize {
+        let moved: Vec<Stored> = std::mem::take(&mut self.state().dead);
+        for m in &moved {
+            self.send(m.body.clone());
+        }
+        moved.len()
+    }
+
     /// Bodies of the messages in the dead-letter queue.
     pub fn dead_letters(&self) -> Vec<String> {
         self.state().dead.iter().map(|m| m.body.clone()).collect()
