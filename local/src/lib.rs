@@ -20,10 +20,12 @@ use webhooks::aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use webhooks::aws_lambda_events::event::sqs::SqsEvent;
 use webhooks::callback::UrlPolicy;
 use webhooks::clock::{Clock, SystemClock};
+use webhooks::events::LoggedEvents;
 use webhooks::handlers::{
     ApiSettings, ChangeCapture, Delivery, DeliverySettings, Flush, FlushReport, FlushSettings,
     Registration,
 };
+use webhooks::health::HealthPolicy;
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, QueueDepth};
 use webhooks::oauth::{OAuthClient, new_client_id, new_secret};
@@ -67,6 +69,8 @@ pub struct LocalConfig {
     pub applications: Vec<(String, String)>,
     /// Create [`SAMPLE_RECORD`] at start.
     pub sample_record: bool,
+    /// An endpoint failing every attempt this long is disabled.
+    pub endpoint_disable_after: Duration,
 }
 
 impl Default for LocalConfig {
@@ -85,6 +89,7 @@ impl Default for LocalConfig {
             clients: vec![],
             applications: vec![],
             sample_record: true,
+            endpoint_disable_after: HealthPolicy::default().disable_after,
         }
     }
 }
@@ -97,6 +102,8 @@ pub struct Runtime {
     pub records: Arc<MemoryRecords>,
     /// The delivery queue and its DLQ.
     pub queue: Arc<MemoryQueue>,
+    /// Operational events (logged).
+    pub events: Arc<LoggedEvents>,
     windows: Arc<ManualWindows>,
     registration: Registration,
     change_capture: ChangeCapture,
@@ -121,7 +128,14 @@ impl Runtime {
         let url_policy = UrlPolicy {
             allow_insecure: config.allow_insecure_callbacks,
         };
-        let ports = webhooks::memory::ports(store.clone(), records.clone(), queue.clone(), clock);
+        let events = Arc::new(LoggedEvents::default());
+        let ports = webhooks::memory::ports(
+            store.clone(),
+            records.clone(),
+            queue.clone(),
+            events.clone(),
+            clock,
+        );
         let http = CallbackClient::new(&HttpSettings {
             timeout: config.delivery_timeout,
             url_policy,
@@ -151,8 +165,14 @@ impl Runtime {
                 DeliverySettings {
                     retry: config.retry,
                     concurrency: config.delivery_concurrency,
+                    health: HealthPolicy {
+                        disable_after: config.endpoint_disable_after,
+                        ..HealthPolicy::default()
+                    },
+                    metrics: false,
                 },
             ),
+            events,
             store,
             records,
             queue,

@@ -40,6 +40,9 @@ struct Args {
     /// Create a Members-style application ID:APIKEY (repeatable).
     #[arg(long = "application", value_name = "ID:APIKEY", value_parser = parse_credentials)]
     applications: Vec<(String, String)>,
+    /// Disable an endpoint that has failed every attempt for this long (410 Gone disables at once).
+    #[arg(long, default_value = "5d", value_parser = parse_duration)]
+    endpoint_disable_after: Duration,
     /// Do not create the sample record the seed's examples use.
     #[arg(long)]
     no_sample_record: bool,
@@ -79,6 +82,7 @@ async fn main() -> std::io::Result<()> {
         clients: args.clients,
         applications: args.applications,
         sample_record: !args.no_sample_record,
+        endpoint_disable_after: args.endpoint_disable_after,
         ..LocalConfig::default()
     };
     let service = LocalService::start(config.clone()).await?;

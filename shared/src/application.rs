@@ -41,6 +41,9 @@ pub struct Application {
     pub secrets: SigningSecrets,
     /// Creation time, epoch seconds.
     pub created_at: i64,
+    /// Delivery health of the webhook.
+    #[serde(default)]
+    pub health: crate::health::EndpointHealth,
 }
 
 /// The body of `PATCH /application/{id}`.
@@ -61,6 +64,8 @@ pub struct WebhookPatch {
     pub signing_key: Option<String>,
     /// Milliseconds between full-sync requests.
     pub request_interval_ms: Option<u64>,
+    /// `true` re-enables a webhook disabled for failing (so does setting a URL).
+    pub enabled: Option<bool>,
 }
 
 /// Why a patch is refused.
@@ -86,6 +91,7 @@ impl Application {
             webhook: WebhookConfig::default(),
             secrets: SigningSecrets::generate(),
             created_at: now,
+            health: Default::default(),
         }
     }
 
@@ -114,12 +120,21 @@ impl Application {
             Some(ms) if ms > MAX_REQUEST_INTERVAL_MS => return Err(InvalidPatch::Interval),
             Some(ms) => ms,
         };
+        let url_changed = url != self.webhook.url;
         self.webhook = WebhookConfig {
             url,
             signing_key,
             request_interval_ms,
         };
+        if webhook.enabled == Some(true) || url_changed {
+            self.health.enable();
+        }
         Ok(())
+    }
+
+    /// The endpoint name used in logs and operational events.
+    pub fn endpoint(&self) -> String {
+        format!("application:{}", self.id)
     }
 
     /// The JSON the API answers with; the signing key is masked.
@@ -130,6 +145,7 @@ impl Application {
                 "url": self.webhook.url.clone().unwrap_or_default(),
                 "signingKey": self.webhook.signing_key.as_deref().map(mask),
                 "requestIntervalMs": self.webhook.request_interval_ms,
+                "health": self.health.view(),
             },
         })
     }

@@ -48,6 +48,10 @@ pub struct Settings {
     pub delivery_concurrency: usize,
     /// `TOKEN_LIFETIME_SECONDS` (default 3600).
     pub token_lifetime: Duration,
+    /// `OPS_EVENT_BUS` (default `default`): where operational events go.
+    pub ops_event_bus: String,
+    /// `ENDPOINT_DISABLE_AFTER_HOURS` (default 120): failing this long disables an endpoint.
+    pub endpoint_disable_after: Duration,
 }
 
 impl Settings {
@@ -91,6 +95,12 @@ impl Settings {
             delivery_timeout: Duration::from_secs(number("DELIVERY_TIMEOUT_SECONDS", 10)?),
             delivery_concurrency: number("DELIVERY_CONCURRENCY", 32)? as usize,
             token_lifetime: Duration::from_secs(number("TOKEN_LIFETIME_SECONDS", 3600)?),
+            ops_event_bus: lookup("OPS_EVENT_BUS")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "default".into()),
+            endpoint_disable_after: Duration::from_secs(
+                3600 * number("ENDPOINT_DISABLE_AFTER_HOURS", 120)?,
+            ),
         })
     }
 
@@ -117,6 +127,11 @@ impl Settings {
         DeliverySettings {
             retry: self.retry,
             concurrency: self.delivery_concurrency,
+            health: crate::health::HealthPolicy {
+                disable_after: self.endpoint_disable_after,
+                ..Default::default()
+            },
+            metrics: true,
         }
     }
 

@@ -189,6 +189,7 @@ mod tests {
             callback: CallbackUrl::parse(url, UrlPolicy::default()).unwrap(),
             client_id: "APP-1".into(),
             created_at: 0,
+            health: Default::default(),
         }
     }
 

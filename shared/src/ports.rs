@@ -4,6 +4,8 @@
 use crate::application::Application;
 use crate::callback::CallbackUrl;
 use crate::clock::Clock;
+use crate::events::OpsEvents;
+use crate::health::EndpointHealth;
 use crate::job::DeliveryJob;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::record::RecordId;
@@ -67,6 +69,19 @@ pub trait SubscriptionStore: Send + Sync {
     ) -> BackendResult<Unregistered>;
     /// Every subscription of a record.
     async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>>;
+    /// One subscription.
+    async fn get_subscription(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+    ) -> BackendResult<Option<Subscription>>;
+    /// Replaces a subscription's health (nothing when it no longer exists).
+    async fn set_subscription_health(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+        health: &EndpointHealth,
+    ) -> BackendResult<()>;
 }
 
 /// The records table (read side).
@@ -95,6 +110,8 @@ pub trait ApplicationStore: Send + Sync {
     async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>>;
     /// Every application (admin use).
     async fn list_applications(&self) -> BackendResult<Vec<Application>>;
+    /// Replaces an application's webhook health only (nothing when it no longer exists).
+    async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()>;
 }
 
 /// Full syncs.
@@ -197,6 +214,8 @@ pub struct Ports {
     pub records: Arc<dyn RecordStore>,
     /// The delivery queue.
     pub queue: Arc<dyn DeliveryQueue>,
+    /// Operational events.
+    pub events: Arc<dyn OpsEvents>,
     /// Time.
     pub clock: Arc<dyn Clock>,
 }

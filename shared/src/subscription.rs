@@ -16,6 +16,21 @@ pub struct Subscription {
     pub client_id: String,
     /// Registration time, epoch seconds.
     pub created_at: i64,
+    /// Delivery health of the callback.
+    #[serde(default)]
+    pub health: crate::health::EndpointHealth,
+}
+
+impl Subscription {
+    /// The endpoint name used in logs and operational events.
+    pub fn endpoint(&self) -> String {
+        endpoint_name(&self.record, &self.callback)
+    }
+}
+
+/// `subscription:<record>:<callback>`.
+pub fn endpoint_name(record: &RecordId, callback: &CallbackUrl) -> String {
+    format!("subscription:{record}:{callback}")
 }
 
 /// What registering a subscription did.

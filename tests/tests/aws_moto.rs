@@ -79,6 +79,7 @@ impl Pipeline {
                 DeliverySettings {
                     retry,
                     concurrency: 8,
+                    ..DeliverySettings::default()
                 },
             ),
             stream: StreamPoller::start(&env).await,
@@ -570,6 +571,7 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
         pending: store.clone(),
         records: p.aws.records.clone(),
         queue,
+        events: Arc::new(webhooks::events::LoggedEvents::default()),
         clock: Arc::new(webhooks::clock::SystemClock),
     };
     let capture = ChangeCapture {
@@ -602,6 +604,7 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
         DeliverySettings {
             retry,
             concurrency: 8,
+            ..DeliverySettings::default()
         },
     );
     let receiver = Receiver::start().await;
@@ -624,6 +627,7 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
                 .unwrap(),
                 client_id: format!("client-{client}"),
                 created_at: 0,
+                health: Default::default(),
             };
             p.aws.store.register(&subscription).await.unwrap();
             pairs.push((record, url));

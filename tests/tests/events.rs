@@ -16,7 +16,7 @@ use webhooks::handlers::{
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::oauth::{AccessToken, OAuthClient, sha256_hex};
-use webhooks::ports::{ClientStore, PendingChanges, Ports, TokenStore};
+use webhooks::ports::{ClientStore, PendingChanges, Ports, SubscriptionStore, TokenStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::window::{FlushWindows, ManualWindows};
@@ -81,6 +81,7 @@ impl Service {
             self.store.clone(),
             self.records.clone(),
             self.queue.clone(),
+            Arc::new(webhooks::events::LoggedEvents::default()),
             Arc::new(SystemClock),
         )
     }
@@ -202,6 +203,7 @@ async fn sqs_event_runs_the_delivery() {
         DeliverySettings {
             retry: RetryPolicy::default(),
             concurrency: 4,
+            ..DeliverySettings::default()
         },
     );
     let batch: SqsEvent = event("sqs-batch.json");
@@ -212,6 +214,32 @@ async fn sqs_event_runs_the_delivery() {
         .collect();
     assert_eq!(ids.len(), 2);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // Nobody subscribed to these callbacks (yet): the jobs are dropped, acknowledged.
+    let response = delivery.handle(batch.clone(), deadline).await;
+    assert!(response.batch_item_failures.is_empty());
+
+    // Subscribed, the delivery is attempted.
+    assert_eq!(api(&service, "register.json").await.status(), 201);
+    service
+        .store
+        .register(&webhooks::subscription::Subscription {
+            record: RecordId::parse("0000-0002-1825-0097").unwrap(),
+            callback: webhooks::callback::CallbackUrl::parse(
+                "https://example.org/hooks/0000-0002-1825-0097",
+                UrlPolicy::default(),
+            )
+            .unwrap(),
+            client_id: SEED_CLIENT.0.into(),
+            created_at: 0,
+            health: Default::default(),
+        })
+        .await
+        .unwrap();
+    let delivery = Delivery::new(
+        delivery.ports.clone(),
+        delivery.http.clone(),
+        delivery.settings,
+    );
     let response = delivery.handle(batch, deadline).await;
     let mut failed: Vec<String> = response
         .batch_item_failures

@@ -146,6 +146,7 @@ async fn no_notification_is_lost_under_faults() {
         pending: faulty_store.clone(),
         records: records.clone(),
         queue: faulty_queue,
+        events: Arc::new(webhooks::events::LoggedEvents::default()),
         clock: Arc::new(SystemClock),
     };
     let receiver = ChaosReceiver::start(seed).await;
@@ -167,6 +168,7 @@ async fn no_notification_is_lost_under_faults() {
                 .unwrap(),
                 client_id: format!("client-{client}"),
                 created_at: SystemClock.now().unix_timestamp(),
+                health: Default::default(),
             };
             store.register(&subscription).await.unwrap();
             pairs.push((record, client));
@@ -203,6 +205,7 @@ async fn no_notification_is_lost_under_faults() {
         DeliverySettings {
             retry,
             concurrency: 8,
+            ..DeliverySettings::default()
         },
     ));
 

@@ -14,6 +14,7 @@
 
 use crate::application::Application;
 use crate::callback::CallbackUrl;
+use crate::health::EndpointHealth;
 use crate::oauth::{AccessToken, OAuthClient, sha256_hex};
 use crate::ports::{
     ApplicationStore, BackendError, BackendResult, ClientStore, FlushCursor, Page, PendingChanges,
@@ -121,6 +122,34 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// Replaces the `health` attribute of an existing item (an update, so it never
+    /// overwrites a concurrent change to the rest of the item).
+    async fn set_health(&self, pk: &str, sk: &str, health: &EndpointHealth) -> BackendResult<()> {
+        let value = serde_dynamo::to_attribute_value::<_, AttributeValue>(health)
+            .expect("health serializes");
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .update_expression("SET health = :h")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":h", value)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// One page of a partition, in sort-key order, after sort key `after`.
     async fn query(
         &self,
@@ -215,6 +244,25 @@ impl TokenStore for DynamoStore {
 
 #[async_trait]
 impl SubscriptionStore for DynamoStore {
+    async fn get_subscription(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+    ) -> BackendResult<Option<Subscription>> {
+        let (pk, sk) = subscription_key(record, callback);
+        self.get(&pk, &sk).await
+    }
+
+    async fn set_subscription_health(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+        health: &EndpointHealth,
+    ) -> BackendResult<()> {
+        let (pk, sk) = subscription_key(record, callback);
+        self.set_health(&pk, &sk, health).await
+    }
+
     async fn register(&self, subscription: &Subscription) -> BackendResult<Registered> {
         let (pk, sk) = subscription_key(&subscription.record, &subscription.callback);
         let item = to_item(&Keyed {
@@ -348,6 +396,10 @@ struct ApiKeyIndex {
 
 #[async_trait]
 impl ApplicationStore for DynamoStore {
+    async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()> {
+        self.set_health(APPS_PK, id, health).await
+    }
+
     async fn get_application(&self, id: &str) -> BackendResult<Option<Application>> {
         self.get(APPS_PK, id).await
     }

@@ -2,6 +2,7 @@
 //! process, handlers built over them.
 
 pub mod dynamodb;
+pub mod eventbridge;
 pub mod sqs;
 
 use crate::clock::SystemClock;
@@ -11,6 +12,7 @@ use crate::http_client::CallbackClient;
 use crate::ports::Ports;
 use crate::window::ClockWindows;
 use dynamodb::{DynamoRecords, DynamoStore};
+use eventbridge::EventBridgeEvents;
 use sqs::SqsQueue;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,6 +41,8 @@ pub struct AwsServices {
     pub records: Arc<DynamoRecords>,
     /// The delivery queue.
     pub queue: Arc<SqsQueue>,
+    /// Operational events.
+    pub events: Arc<EventBridgeEvents>,
     /// Settings.
     pub settings: Settings,
 }
@@ -61,6 +65,10 @@ impl AwsServices {
                 &settings.delivery_queue_url,
                 &settings.dead_letter_queue_url,
             )),
+            events: Arc::new(EventBridgeEvents::new(
+                aws_sdk_eventbridge::Client::new(config),
+                &settings.ops_event_bus,
+            )),
             settings,
         }
     }
@@ -76,6 +84,7 @@ impl AwsServices {
             pending: self.store.clone(),
             records: self.records.clone(),
             queue: self.queue.clone(),
+            events: self.events.clone(),
             clock: Arc::new(SystemClock),
         }
     }

@@ -6,6 +6,7 @@ use super::outbound::application_request;
 use super::registration::{Registration, base_url, body_bytes};
 use crate::application::{Application, ApplicationPatch};
 use crate::clock::rfc3339_millis;
+use crate::events::OpsEvent;
 use crate::job::{DeliveryJob, MessageId};
 use crate::members::{consented_scopes, sample_person, scoped_person};
 use crate::oauth::sha256_hex;
@@ -71,8 +72,15 @@ impl Registration {
     ) -> Result<Response<Body>, ApiError> {
         let mut app = self.authenticate_application(request, id).await?;
         let patch: ApplicationPatch = parse_json(body_bytes(request))?;
+        let was_disabled = app.health.is_disabled();
         app.apply(patch, self.settings.url_policy)?;
         self.ports.applications.put_application(&app).await?;
+        if was_disabled && !app.health.is_disabled() {
+            self.publish(OpsEvent::EndpointEnabled {
+                endpoint: app.endpoint(),
+            })
+            .await;
+        }
         tracing::info!(application_id = %app.id, url = app.webhook.url.as_deref(), "application webhook updated");
         Ok(json_response(StatusCode::OK, &app.view()))
     }

@@ -6,12 +6,18 @@
 use super::outbound::{Outbound, application_request, callback_request};
 use super::sync_driver::{StepOutcome, SyncDriver};
 use crate::application::Application;
+use crate::callback::CallbackUrl;
 use crate::clock::rfc3339_millis;
+use crate::events::OpsEvent;
+use crate::health::{EndpointHealth, HealthPolicy};
 use crate::http_client::{AttemptOutcome, CallbackClient};
 use crate::job::{DeliveryJob, Target};
+use crate::metrics::DeliveryMetrics;
 use crate::oauth::OAuthClient;
 use crate::ports::{BackendError, BackendResult, Ports};
+use crate::record::RecordId;
 use crate::retry::RetryPolicy;
+use crate::subscription::{Subscription, endpoint_name};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -30,6 +36,10 @@ pub struct DeliverySettings {
     pub retry: RetryPolicy,
     /// Concurrent requests within one batch.
     pub concurrency: usize,
+    /// When failing endpoints are disabled.
+    pub health: HealthPolicy,
+    /// Print CloudWatch Embedded Metric Format lines (on Lambda).
+    pub metrics: bool,
 }
 
 impl Default for DeliverySettings {
@@ -37,6 +47,31 @@ impl Default for DeliverySettings {
         Self {
             retry: RetryPolicy::default(),
             concurrency: 32,
+            health: HealthPolicy::default(),
+            metrics: false,
+        }
+    }
+}
+
+/// The endpoint a job goes to, with its health as last read.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    Subscription(Arc<Subscription>),
+    Application(Arc<Application>),
+}
+
+impl Endpoint {
+    fn name(&self) -> String {
+        match self {
+            Self::Subscription(s) => s.endpoint(),
+            Self::Application(a) => a.endpoint(),
+        }
+    }
+
+    fn health(&self) -> &EndpointHealth {
+        match self {
+            Self::Subscription(s) => &s.health,
+            Self::Application(a) => &a.health,
         }
     }
 }
@@ -106,6 +141,7 @@ pub struct Delivery {
     pub settings: DeliverySettings,
     applications: TtlCache<Application>,
     clients: TtlCache<OAuthClient>,
+    subscriptions: TtlCache<Subscription>,
 }
 
 /// What a message asked for.
@@ -113,6 +149,7 @@ enum Work {
     Send {
         outbound: Outbound,
         sync: Option<(String, String)>,
+        endpoint: Endpoint,
     },
     Drop(&'static str),
     SyncStep {
@@ -130,14 +167,16 @@ impl Delivery {
             settings,
             applications: TtlCache::default(),
             clients: TtlCache::default(),
+            subscriptions: TtlCache::default(),
         }
     }
 
     /// Delivers a batch concurrently; failed messages are listed in the response (an
     /// `Err` would make Lambda retry the whole batch). Sync steps stop before `deadline`.
     pub async fn handle(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+        let metrics = Mutex::new(DeliveryMetrics::default());
         let failures: Vec<BatchItemFailure> = futures::stream::iter(event.records)
-            .map(|message| self.process(message, deadline))
+            .map(|message| self.process(message, deadline, &metrics))
             .buffer_unordered(self.settings.concurrency.max(1))
             .filter_map(|failed| async move { failed })
             .map(|message_id| {
@@ -147,13 +186,26 @@ impl Delivery {
             })
             .collect()
             .await;
+        let metrics = metrics.into_inner().expect("metrics lock");
+        if metrics.deliveries + metrics.dlq_moves > 0 {
+            let now_ms = (self.ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+            let line = metrics.emf("delivery", now_ms).to_string();
+            if self.settings.metrics {
+                println!("{line}");
+            } else {
+                tracing::debug!(emf = %line, "delivery metrics");
+            }
+        }
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = failures;
         response
     }
 
     async fn application(&self, id: &str) -> BackendResult<Option<Arc<Application>>> {
-        if let Some(hit) = self.applications.get(id) {
+        // A cached "disabled" is read again: its owner may have just re-enabled it.
+        if let Some(hit) = self.applications.get(id)
+            && !hit.as_ref().is_some_and(|a| a.health.is_disabled())
+        {
             return Ok(hit);
         }
         let app = self
@@ -179,13 +231,19 @@ impl Delivery {
         let clock = self.ports.clock.as_ref();
         Ok(match &job.target {
             Target::Callback {
-                callback, client, ..
+                record,
+                callback,
+                client,
             } => {
+                let Some(subscription) = self.subscription(record, callback).await? else {
+                    return Ok(Work::Drop("the callback was unregistered"));
+                };
                 let client = self.client(client).await?;
                 let secrets = client.as_ref().and_then(|c| c.webhook_secrets.as_ref());
                 Work::Send {
                     outbound: callback_request(job.id.as_str(), callback, secrets, clock),
                     sync: None,
+                    endpoint: Endpoint::Subscription(subscription),
                 }
             }
             Target::Application {
@@ -207,6 +265,7 @@ impl Delivery {
                     Some(outbound) => Work::Send {
                         outbound,
                         sync: sync.clone().map(|s| (application.clone(), s)),
+                        endpoint: Endpoint::Application(app),
                     },
                     None => Work::Drop("the application has no webhook URL"),
                 }
@@ -219,7 +278,12 @@ impl Delivery {
     }
 
     /// Delivers one message; returns its message id when it must stay on the queue.
-    async fn process(&self, message: SqsMessage, deadline: Instant) -> Option<String> {
+    async fn process(
+        &self,
+        message: SqsMessage,
+        deadline: Instant,
+        metrics: &Mutex<DeliveryMetrics>,
+    ) -> Option<String> {
         let message_id = message.message_id.clone().unwrap_or_default();
         let attempt: u32 = message
             .attributes
@@ -237,7 +301,7 @@ impl Delivery {
         };
         let span =
             tracing::info_span!("delivery", delivery_id = %job.id.as_str(), %message_id, attempt);
-        self.process_job(&message, message_id, &job, attempt, deadline)
+        self.process_job(&message, message_id, &job, attempt, deadline, metrics)
             .instrument(span)
             .await
     }
@@ -250,6 +314,7 @@ impl Delivery {
         job: &DeliveryJob,
         attempt: u32,
         deadline: Instant,
+        metrics: &Mutex<DeliveryMetrics>,
     ) -> Option<String> {
         let work = match self.work(job).await {
             Ok(work) => work,
@@ -264,21 +329,34 @@ impl Delivery {
                 self.sync_step(message, &message_id, &application, &sync, deadline)
                     .await
             }
-            Work::Send { outbound, sync } => {
+            Work::Send {
+                outbound,
+                sync,
+                endpoint,
+            } => {
+                if endpoint.health().is_disabled() {
+                    // Lose nothing: the DLQ keeps it for replay once re-enabled.
+                    return match self.ports.queue.dead_letter(job).await {
+                        Ok(()) => {
+                            metrics.lock().expect("metrics lock").dlq_moves += 1;
+                            tracing::warn!(endpoint = %endpoint.name(), "endpoint disabled; job moved to the dead-letter queue");
+                            None
+                        }
+                        Err(e) => self.backend_failure(message, &message_id, e).await,
+                    };
+                }
                 let (outcome, acknowledged) = outbound.send(&self.http).await;
+                metrics
+                    .lock()
+                    .expect("metrics lock")
+                    .record(&outcome, acknowledged);
+                self.record_health(&endpoint, &outcome, acknowledged).await;
                 let verdict = decide(acknowledged, &self.settings.retry, attempt, &outcome);
                 if let (Some((app, sync)), Verdict::Delivered | Verdict::Exhausted) =
                     (&sync, verdict)
                 {
-                    let delivered = verdict == Verdict::Delivered;
-                    if let Err(e) = self
-                        .ports
-                        .syncs
-                        .count_sync_outcome(app, sync, delivered)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "could not count the sync outcome");
-                    }
+                    self.count_sync_outcome(app, sync, verdict == Verdict::Delivered)
+                        .await;
                 }
                 match verdict {
                     Verdict::Delivered => {
@@ -305,12 +383,148 @@ impl Delivery {
                             error = outcome.error.as_deref(),
                             "delivery failed on the last attempt; moving to the dead-letter queue"
                         );
+                        metrics.lock().expect("metrics lock").dlq_moves += 1;
+                        self.publish(OpsEvent::MessageExhausted {
+                            message_id: job.id.as_str().to_owned(),
+                            endpoint: endpoint.name(),
+                            attempts: attempt,
+                            last_error: outcome.error.clone().unwrap_or_else(|| {
+                                format!("HTTP {}", outcome.status.unwrap_or_default())
+                            }),
+                        })
+                        .await;
                         self.hide(message, Duration::ZERO, &message_id).await;
                         Some(message_id)
                     }
                 }
             }
         }
+    }
+
+    /// Updates the endpoint's health after an attempt (a write only on failures and on
+    /// the first success after them); disables it when the policy says so.
+    async fn record_health(
+        &self,
+        endpoint: &Endpoint,
+        outcome: &AttemptOutcome,
+        acknowledged: bool,
+    ) {
+        let mut health = endpoint.health().clone();
+        let newly_disabled = if acknowledged {
+            if !health.is_failing() {
+                return;
+            }
+            health.record_success();
+            false
+        } else {
+            let error = outcome
+                .error
+                .clone()
+                .unwrap_or_else(|| format!("HTTP {}", outcome.status.unwrap_or_default()));
+            health.record_failure(
+                self.ports.clock.now().unix_timestamp(),
+                outcome.status,
+                &error,
+                &self.settings.health,
+            )
+        };
+        let written = match endpoint {
+            Endpoint::Subscription(s) => {
+                let result = self
+                    .ports
+                    .subscriptions
+                    .set_subscription_health(&s.record, &s.callback, &health)
+                    .await;
+                let mut updated = (**s).clone();
+                updated.health = health.clone();
+                self.subscriptions
+                    .put(&s.endpoint(), Some(Arc::new(updated)));
+                result
+            }
+            Endpoint::Application(a) => {
+                let result = self
+                    .ports
+                    .applications
+                    .set_application_health(&a.id, &health)
+                    .await;
+                let mut updated = (**a).clone();
+                updated.health = health.clone();
+                self.applications.put(&a.id, Some(Arc::new(updated)));
+                result
+            }
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not save the endpoint's health");
+        }
+        if newly_disabled {
+            let reason = health.disabled_reason.clone().unwrap_or_default();
+            tracing::error!(endpoint = %endpoint.name(), %reason, "endpoint disabled");
+            self.publish(OpsEvent::EndpointDisabled {
+                endpoint: endpoint.name(),
+                reason,
+            })
+            .await;
+        }
+    }
+
+    /// Counts a fan-out sync job's outcome, and announces the sync's completion.
+    async fn count_sync_outcome(&self, application: &str, sync: &str, delivered: bool) {
+        let result = async {
+            let outcomes = self
+                .ports
+                .syncs
+                .count_sync_outcome(application, sync, delivered)
+                .await?;
+            if let Some((state, _)) = self.ports.syncs.get_sync(application, sync).await?
+                && state.scan_done
+                && outcomes.delivered + outcomes.failed == state.scanned
+            {
+                self.publish(OpsEvent::SyncCompleted {
+                    application: application.to_owned(),
+                    sync: sync.to_owned(),
+                    delivered: outcomes.delivered,
+                    failed: outcomes.failed,
+                })
+                .await;
+            }
+            Ok::<_, BackendError>(())
+        };
+        if let Err(e) = result.await {
+            tracing::warn!(error = %e, "could not count the sync outcome");
+        }
+    }
+
+    /// Publishes an operational event; a failure is logged, never fails the delivery.
+    async fn publish(&self, event: OpsEvent) {
+        if let Err(e) = self.ports.events.publish(&[event]).await {
+            tracing::warn!(error = %e, "operational event not published");
+        }
+    }
+
+    async fn subscription(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+    ) -> BackendResult<Option<Arc<Subscription>>> {
+        let key = endpoint_name(record, callback);
+        // A cached "disabled" is read again: its owner may have just re-enabled it.
+        if let Some(hit) = self.subscriptions.get(&key)
+            && !hit.as_ref().is_some_and(|s| s.health.is_disabled())
+        {
+            return Ok(hit);
+        }
+        let subscription = self
+            .ports
+            .subscriptions
+            .get_subscription(record, callback)
+            .await?
+            .map(Arc::new);
+        // Only found subscriptions are remembered: a callback registered again right after
+        // being removed must not have its jobs dropped.
+        if subscription.is_some() {
+            self.subscriptions.put(&key, subscription.clone());
+        }
+        Ok(subscription)
     }
 
     async fn sync_step(

@@ -158,7 +158,10 @@ impl Flush {
         let mut jobs = Vec::new();
         for (record, targets) in records.iter().zip(per_record) {
             let (subscriptions, person) = targets?;
-            for subscription in subscriptions {
+            for subscription in subscriptions
+                .into_iter()
+                .filter(|s| !s.health.is_disabled())
+            {
                 jobs.push(DeliveryJob::for_subscription(
                     &subscription,
                     window,
@@ -173,7 +176,7 @@ impl Flush {
                 }
                 if applications[&app_id]
                     .as_ref()
-                    .is_some_and(|a| a.webhook.url.is_some())
+                    .is_some_and(|a| a.webhook.url.is_some() && !a.health.is_disabled())
                 {
                     let scoped = scoped_person(record, &person, &scopes);
                     jobs.push(DeliveryJob::for_application(

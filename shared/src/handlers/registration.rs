@@ -4,6 +4,7 @@
 
 use super::api_error::{ApiError, empty_response, json_response};
 use crate::callback::{CallbackUrl, InvalidCallbackUrl, UrlPolicy, strict_percent_decode};
+use crate::events::OpsEvent;
 use crate::http_client::CallbackClient;
 use crate::oauth::{BearerError, IssuedToken, TokenRequest, authorize_webhook, sha256_hex};
 use crate::ports::Ports;
@@ -101,7 +102,7 @@ impl<'a> Route<'a> {
             | Self::WebhookSecret { .. }
             | Self::WebhookTest { .. }
             | Self::Sync { .. } => "POST",
-            Self::Webhook { .. } => "PUT, DELETE",
+            Self::Webhook { .. } => "GET, PUT, DELETE",
             Self::Application { .. } => "GET, PATCH",
             Self::SyncStatus { .. } => "GET",
         }
@@ -127,6 +128,9 @@ impl Registration {
             (Route::Token, &Method::POST) => self.token(request).await,
             (Route::Webhook { record, callback }, &Method::PUT) => {
                 self.register(request, record, callback).await
+            }
+            (Route::Webhook { record, callback }, &Method::GET) => {
+                self.webhook_status(request, record, callback).await
             }
             (Route::Webhook { record, callback }, &Method::DELETE) => {
                 self.unregister(request, record, callback).await
@@ -216,6 +220,7 @@ impl Registration {
             callback,
             client_id,
             created_at: self.ports.clock.now().unix_timestamp(),
+            health: Default::default(),
         };
         match self.ports.subscriptions.register(&subscription).await? {
             Registered::Created => {
@@ -227,8 +232,63 @@ impl Registration {
                     .body(Body::Empty)
                     .expect("a valid Location header"))
             }
-            Registered::AlreadyExists => Ok(empty_response(StatusCode::NO_CONTENT)),
+            Registered::AlreadyExists => {
+                // Registering again is how an owner re-enables a disabled callback.
+                let existing = self
+                    .ports
+                    .subscriptions
+                    .get_subscription(&subscription.record, &subscription.callback)
+                    .await?;
+                if existing.is_some_and(|s| s.health.is_disabled()) {
+                    self.ports
+                        .subscriptions
+                        .set_subscription_health(
+                            &subscription.record,
+                            &subscription.callback,
+                            &Default::default(),
+                        )
+                        .await?;
+                    self.publish(OpsEvent::EndpointEnabled {
+                        endpoint: subscription.endpoint(),
+                    })
+                    .await;
+                    tracing::info!(endpoint = %subscription.endpoint(), "webhook re-enabled by its owner");
+                }
+                Ok(empty_response(StatusCode::NO_CONTENT))
+            }
             Registered::OwnedByOther => Err(ApiError::NotOwner),
+        }
+    }
+
+    /// `GET /{record}/webhook/{callback}`: the owner sees the webhook's health.
+    async fn webhook_status(
+        &self,
+        request: &Request,
+        record: &str,
+        raw_callback: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let client_id = self.authenticate(request.headers()).await?;
+        let record = OrcidId::parse(record)?;
+        let callback = CallbackUrl::try_from(decode_callback(raw_callback)?)?;
+        let subscription = self
+            .ports
+            .subscriptions
+            .get_subscription(record.record_id(), &callback)
+            .await?
+            .ok_or(ApiError::NoSuchWebhook)?;
+        if subscription.client_id != client_id {
+            return Err(ApiError::NotOwner);
+        }
+        let mut body = subscription.health.view();
+        body["record"] = subscription.record.as_str().into();
+        body["callback"] = subscription.callback.as_str().into();
+        Ok(json_response(StatusCode::OK, &body))
+    }
+
+    /// Publishes an operational event; a failure is logged, never answered.
+    pub(super) async fn publish(&self, event: OpsEvent) {
+        if let Err(e) = self.ports.events.publish(&[event]).await {
+            tracing::warn!(error = %e, "operational event not published");
         }
     }
 

@@ -118,6 +118,17 @@ impl SyncDriver<'_> {
             sync.completed_at = Some(rfc3339_millis(self.ports.clock.now()));
         }
         self.ports.syncs.save_sync(sync).await?;
+        if sync.is_paced() {
+            let event = crate::events::OpsEvent::SyncCompleted {
+                application: sync.application_id.clone(),
+                sync: sync.sync_id.clone(),
+                delivered: sync.delivered,
+                failed: sync.failed,
+            };
+            if let Err(e) = self.ports.events.publish(&[event]).await {
+                tracing::warn!(error = %e, "operational event not published");
+            }
+        }
         tracing::info!(sync_id = %sync.sync_id, scanned = sync.scanned, "sync read every person");
         Ok(StepOutcome::Done)
     }

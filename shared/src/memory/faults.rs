@@ -6,6 +6,7 @@
 
 use crate::application::Application;
 use crate::callback::CallbackUrl;
+use crate::health::EndpointHealth;
 use crate::job::DeliveryJob;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::ports::{
@@ -175,6 +176,25 @@ impl<T: TokenStore> TokenStore for Faulty<T> {
 
 #[async_trait]
 impl<T: SubscriptionStore> SubscriptionStore for Faulty<T> {
+    async fn get_subscription(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+    ) -> BackendResult<Option<Subscription>> {
+        self.faults
+            .around(self.inner.get_subscription(record, callback))
+            .await
+    }
+    async fn set_subscription_health(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+        health: &EndpointHealth,
+    ) -> BackendResult<()> {
+        self.faults
+            .around(self.inner.set_subscription_health(record, callback, health))
+            .await
+    }
     async fn register(&self, subscription: &Subscription) -> BackendResult<Registered> {
         self.faults.around(self.inner.register(subscription)).await
     }
@@ -214,6 +234,11 @@ impl<T: RecordStore> RecordStore for Faulty<T> {
 
 #[async_trait]
 impl<T: ApplicationStore> ApplicationStore for Faulty<T> {
+    async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()> {
+        self.faults
+            .around(self.inner.set_application_health(id, health))
+            .await
+    }
     async fn get_application(&self, id: &str) -> BackendResult<Option<Application>> {
         self.faults.around(self.inner.get_application(id)).await
     }

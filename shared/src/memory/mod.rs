@@ -13,6 +13,8 @@ pub use records::MemoryRecords;
 use crate::application::Application;
 use crate::callback::CallbackUrl;
 use crate::clock::Clock;
+use crate::events::OpsEvents;
+use crate::health::EndpointHealth;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::ports::{
     ApplicationStore, BackendResult, ClientStore, FlushCursor, Page, PendingChanges, Ports,
@@ -32,6 +34,7 @@ pub fn ports(
     store: Arc<MemoryStore>,
     records: Arc<MemoryRecords>,
     queue: Arc<MemoryQueue>,
+    events: Arc<dyn OpsEvents>,
     clock: Arc<dyn Clock>,
 ) -> Ports {
     Ports {
@@ -43,6 +46,7 @@ pub fn ports(
         pending: store,
         records,
         queue,
+        events,
         clock,
     }
 }
@@ -154,6 +158,28 @@ impl SubscriptionStore for MemoryStore {
         })
     }
 
+    async fn get_subscription(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+    ) -> BackendResult<Option<Subscription>> {
+        let key = (record.clone(), callback.as_str().to_owned());
+        Ok(self.state().subscriptions.get(&key).cloned())
+    }
+
+    async fn set_subscription_health(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+        health: &EndpointHealth,
+    ) -> BackendResult<()> {
+        let key = (record.clone(), callback.as_str().to_owned());
+        if let Some(subscription) = self.state().subscriptions.get_mut(&key) {
+            subscription.health = health.clone();
+        }
+        Ok(())
+    }
+
     async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>> {
         Ok(self
             .state()
@@ -242,6 +268,13 @@ impl ApplicationStore for MemoryStore {
     async fn list_applications(&self) -> BackendResult<Vec<Application>> {
         Ok(self.state().applications.values().cloned().collect())
     }
+
+    async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()> {
+        if let Some(app) = self.state().applications.get_mut(id) {
+            app.health = health.clone();
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -314,6 +347,7 @@ mod tests {
             callback: CallbackUrl::parse(url, UrlPolicy::default()).unwrap(),
             client_id: client.into(),
             created_at: 0,
+            health: Default::default(),
         }
     }
 

@@ -41,6 +41,7 @@ async fn api() -> Api {
                 store.clone(),
                 records,
                 Arc::new(MemoryQueue::new(std::time::Duration::from_secs(30), 3)),
+                Arc::new(crate::events::LoggedEvents::default()),
                 clock.clone(),
             ),
             http: CallbackClient::new(&HttpSettings::default()),
@@ -433,7 +434,7 @@ async fn unknown_routes_wrong_methods_and_big_bodies() {
     .await;
     assert_eq!(
         (status, headers["allow"].to_str().unwrap()),
-        (405, "PUT, DELETE")
+        (405, "GET, PUT, DELETE")
     );
     let big = "x".repeat(MAX_BODY_BYTES + 1);
     assert_eq!(

@@ -1,0 +1,185 @@
+//! Endpoint health, as users of Svix and Stripe expect: an endpoint that has failed every
+//! attempt for a period (default 5 days) is disabled, a `410 Gone` disables it at once, its
+//! owner sees why and re-enables it. A disabled endpoint gets no new jobs; jobs already
+//! queued for it go to the dead-letter queue, where nothing is lost.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// When an endpoint is disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Failing every attempt for this long disables the endpoint.
+    pub disable_after: Duration,
+    /// A failure more than this after the previous one starts a new streak (a failing
+    /// endpoint with queued retries fails at least every 12 hours).
+    pub streak_gap: Duration,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        Self {
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+            streak_gap: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The health of one endpoint (a subscription's callback, or an application's webhook).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointHealth {
+    /// Start of the current streak of failures (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<i64>,
+    /// The latest failure (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_at: Option<i64>,
+    /// What the latest failure was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the endpoint was disabled (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<i64>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+}
+
+impl EndpointHealth {
+    /// True when the endpoint gets no deliveries.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled_at.is_some()
+    }
+
+    /// True when a failure streak is recorded.
+    pub fn is_failing(&self) -> bool {
+        self.failing_since.is_some()
+    }
+
+    /// Records a failed attempt; true when this disables the endpoint.
+    pub fn record_failure(
+        &mut self,
+        now: i64,
+        status: Option<u16>,
+        error: &str,
+        policy: &HealthPolicy,
+    ) -> bool {
+        if self.is_disabled() {
+            return false;
+        }
+        let new_streak = self
+            .last_failure_at
+            .is_none_or(|last| now - last > policy.streak_gap.as_secs() as i64);
+        if new_streak || self.failing_since.is_none() {
+            self.failing_since = Some(now);
+        }
+        self.last_failure_at = Some(now);
+        self.last_error = Some(error.chars().take(300).collect());
+        let reason = if status == Some(410) {
+            Some("the receiver answered 410 Gone".to_owned())
+        } else {
+            let since = self.failing_since.unwrap_or(now);
+            (now - since >= policy.disable_after.as_secs() as i64).then(|| {
+                format!(
+                    "every attempt failed for {} days; last error: {}",
+                    (now - since) / 86_400,
+                    self.last_error.as_deref().unwrap_or("")
+                )
+            })
+        };
+        match reason {
+            Some(reason) => {
+                self.disabled_at = Some(now);
+                self.disabled_reason = Some(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records an acknowledged delivery: the streak ends.
+    pub fn record_success(&mut self) {
+        self.failing_since = None;
+        self.last_failure_at = None;
+        self.last_error = None;
+    }
+
+    /// The owner re-enables the endpoint: everything is forgotten.
+    pub fn enable(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Health as the API shows it.
+    pub fn view(&self) -> serde_json::Value {
+        let time = |t: Option<i64>| {
+            t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                .map(crate::clock::rfc3339_millis)
+        };
+        serde_json::json!({
+            "status": if self.is_disabled() { "disabled" } else { "enabled" },
+            "disabledReason": self.disabled_reason,
+            "disabledAt": time(self.disabled_at),
+            "failingSince": time(self.failing_since),
+            "lastError": self.last_error,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    #[test]
+    fn failing_every_attempt_for_five_days_disables() {
+        let policy = HealthPolicy::default();
+        let mut health = EndpointHealth::default();
+        let mut now = 1_000_000;
+        for _ in 0..10 {
+            assert!(!health.record_failure(now, Some(500), "HTTP 500", &policy));
+            now += 12 * 3600;
+        }
+        assert!(health.is_failing() && !health.is_disabled());
+        assert!(
+            health.record_failure(now + 1, Some(503), "HTTP 503", &policy),
+            "5 days and 1 s"
+        );
+        assert!(
+            health.view()["disabledReason"]
+                .as_str()
+                .unwrap()
+                .contains("5 days")
+        );
+        assert!(
+            !health.record_failure(now + 2, None, "x", &policy),
+            "disabled only once"
+        );
+        health.enable();
+        assert_eq!(health, EndpointHealth::default());
+    }
+
+    #[test]
+    fn a_success_or_a_long_gap_ends_the_streak() {
+        let policy = HealthPolicy::default();
+        let mut health = EndpointHealth::default();
+        health.record_failure(0, Some(500), "x", &policy);
+        health.record_success();
+        assert!(!health.is_failing());
+        health.record_failure(10, Some(500), "x", &policy);
+        // A stale streak (no failure for over a day) restarts instead of disabling.
+        assert!(!health.record_failure(10 + 6 * DAY, Some(500), "x", &policy));
+        assert_eq!(health.failing_since, Some(10 + 6 * DAY));
+    }
+
+    #[test]
+    fn gone_disables_at_once() {
+        let mut health = EndpointHealth::default();
+        assert!(health.record_failure(5, Some(410), "HTTP 410", &HealthPolicy::default()));
+        assert_eq!(health.view()["status"], "disabled");
+        assert_eq!(
+            health.disabled_reason.as_deref(),
+            Some("the receiver answered 410 Gone")
+        );
+    }
+}

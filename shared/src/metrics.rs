@@ -1,0 +1,142 @@
+//! CloudWatch metrics in Embedded Metric Format: one JSON log line per delivery
+//! invocation, which CloudWatch Logs turns into metrics with no API call.
+
+use crate::http_client::AttemptOutcome;
+use serde_json::{Value, json};
+
+/// The metric namespace.
+pub const NAMESPACE: &str = "PersonWebhooks";
+
+/// What one delivery invocation did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeliveryMetrics {
+    /// Attempts made.
+    pub deliveries: u64,
+    /// Acknowledged attempts.
+    pub acks: u64,
+    /// Failed attempts by class.
+    pub failures_3xx: u64,
+    /// 4xx answers.
+    pub failures_4xx: u64,
+    /// 5xx answers.
+    pub failures_5xx: u64,
+    /// Other non-acknowledging answers (1xx, 203, 205, …).
+    pub failures_other_status: u64,
+    /// No answer within the ack deadline.
+    pub failures_timeout: u64,
+    /// Connection errors and refused addresses.
+    pub failures_connection: u64,
+    /// Messages moved toward the dead-letter queue.
+    pub dlq_moves: u64,
+    /// Attempt latencies in milliseconds.
+    pub latencies_ms: Vec<f64>,
+}
+
+impl DeliveryMetrics {
+    /// Counts one attempt.
+    pub fn record(&mut self, outcome: &AttemptOutcome, acknowledged: bool) {
+        self.deliveries += 1;
+        self.latencies_ms
+            .push(outcome.latency.as_secs_f64() * 1000.0);
+        if acknowledged {
+            self.acks += 1;
+            return;
+        }
+        match outcome.status {
+            Some(300..=399) => self.failures_3xx += 1,
+            Some(400..=499) => self.failures_4xx += 1,
+            Some(500..=599) => self.failures_5xx += 1,
+            Some(_) => self.failures_other_status += 1,
+            None if outcome
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("timeout")) =>
+            {
+                self.failures_timeout += 1
+            }
+            None => self.failures_connection += 1,
+        }
+    }
+
+    /// The EMF document (a single log line when serialized).
+    pub fn emf(&self, function: &str, timestamp_ms: i64) -> Value {
+        let counts = [
+            ("Deliveries", self.deliveries),
+            ("Acks", self.acks),
+            ("Failures3xx", self.failures_3xx),
+            ("Failures4xx", self.failures_4xx),
+            ("Failures5xx", self.failures_5xx),
+            ("FailuresOtherStatus", self.failures_other_status),
+            ("FailuresTimeout", self.failures_timeout),
+            ("FailuresConnection", self.failures_connection),
+            ("DlqMoves", self.dlq_moves),
+        ];
+        let mut metrics: Vec<Value> = counts
+            .iter()
+            .map(|(name, _)| json!({"Name": name, "Unit": "Count"}))
+            .collect();
+        metrics.push(json!({"Name": "AttemptLatency", "Unit": "Milliseconds"}));
+        let mut doc = json!({
+            "_aws": {
+                "Timestamp": timestamp_ms,
+                "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [["Function"]], "Metrics": metrics}],
+            },
+            "Function": function,
+            "AttemptLatency": self.latencies_ms,
+        });
+        for (name, value) in counts {
+            doc[name] = value.into();
+        }
+        doc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn outcome(status: Option<u16>, error: Option<&str>) -> AttemptOutcome {
+        AttemptOutcome {
+            status,
+            retry_after: None,
+            latency: Duration::from_millis(12),
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn failures_are_classified_and_the_document_is_emf() {
+        let mut m = DeliveryMetrics::default();
+        m.record(&outcome(Some(204), None), true);
+        m.record(&outcome(Some(302), None), false);
+        m.record(&outcome(Some(429), None), false);
+        m.record(&outcome(Some(503), None), false);
+        m.record(&outcome(Some(203), None), false);
+        m.record(&outcome(None, Some("timeout: no response")), false);
+        m.record(&outcome(None, Some("connection error: refused")), false);
+        let doc = m.emf("delivery", 1);
+        assert_eq!(doc["Deliveries"], 7);
+        assert_eq!(doc["Acks"], 1);
+        for name in [
+            "Failures3xx",
+            "Failures4xx",
+            "Failures5xx",
+            "FailuresOtherStatus",
+            "FailuresTimeout",
+            "FailuresConnection",
+        ] {
+            assert_eq!(doc[name], 1, "{name}");
+        }
+        assert_eq!(doc["AttemptLatency"].as_array().unwrap().len(), 7);
+        let declared = doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap();
+        for metric in declared {
+            assert!(
+                doc.get(metric["Name"].as_str().unwrap()).is_some(),
+                "every declared metric has a value"
+            );
+        }
+    }
+}

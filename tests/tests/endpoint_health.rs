@@ -1,0 +1,228 @@
+//! Endpoint health on the local runner: a callback failing every attempt for the
+//! configured period is disabled (and its queued jobs go to the DLQ), `410 Gone` disables
+//! at once, the owner sees why and re-enables it, and operators get operational events.
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use webhooks::events::OpsEvent;
+use webhooks::retry::RetryPolicy;
+use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD};
+use webhooks_tests::Receiver;
+use webhooks_tests::api::encode_component;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn new(service: &LocalService) -> Self {
+        let http = reqwest::Client::new();
+        let base = format!("http://{}", service.addr);
+        let body =
+            "client_id=APP-1&client_secret=secret-1&grant_type=client_credentials&scope=%2Fwebhook";
+        let token: Value = http
+            .post(format!("{base}/oauth/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Self {
+            http,
+            base,
+            token: token["access_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn webhook(&self, method: reqwest::Method, callback: &str) -> (u16, Value) {
+        let url = format!(
+            "{}/{SAMPLE_RECORD}/webhook/{}",
+            self.base,
+            encode_component(callback)
+        );
+        let response = self
+            .http
+            .request(method, url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn change_and_flush(&self) -> Value {
+        self.http
+            .put(format!("{}/local/records/{SAMPLE_RECORD}", self.base))
+            .json(&json!({"v": fastrand_value()}))
+            .send()
+            .await
+            .unwrap();
+        self.http
+            .post(format!("{}/local/flush", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn fastrand_value() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+async fn service(disable_after: Duration) -> LocalService {
+    LocalService::start(LocalConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        flush_interval: Duration::from_secs(3600),
+        flush_grace: Duration::from_millis(50),
+        retry: RetryPolicy {
+            base: Duration::from_millis(100),
+            max_attempts: 8,
+            jitter: 0.0,
+        },
+        delivery_timeout: Duration::from_secs(2),
+        allow_insecure_callbacks: true,
+        clients: vec![("APP-1".into(), "secret-1".into())],
+        endpoint_disable_after: disable_after,
+        ..LocalConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn wait_until(mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_failing_for_the_period_is_disabled_and_re_enabled_by_its_owner() {
+    let service = service(Duration::from_secs(2)).await;
+    let api = Api::new(&service).await;
+    let receiver = Receiver::start().await;
+    receiver.script(&[500; 12]);
+    let callback = receiver.url("/flaky");
+    assert_eq!(api.webhook(reqwest::Method::PUT, &callback).await.0, 201);
+    api.change_and_flush().await;
+
+    // Attempts at 0, 0.1, 0.3, 0.7, 1.5 and 3.1 s: failing for over 2 s (health keeps
+    // whole seconds), so disabled.
+    assert!(
+        wait_until(
+            async || api.webhook(reqwest::Method::GET, &callback).await.1["status"] == "disabled"
+        )
+        .await
+    );
+    let (status, health) = api.webhook(reqwest::Method::GET, &callback).await;
+    assert_eq!(status, 200);
+    assert!(
+        health["disabledReason"]
+            .as_str()
+            .unwrap()
+            .contains("every attempt failed"),
+        "{health}"
+    );
+    assert!(
+        health["lastError"].as_str().unwrap().contains("500"),
+        "{health}"
+    );
+    let attempts = receiver.hits().len();
+    assert!((5..=6).contains(&attempts), "{attempts} attempts");
+
+    // The job still queued goes to the DLQ; a new change enqueues nothing.
+    assert!(wait_until(async || service.runtime.queue_depth().dead == 1).await);
+    assert_eq!(api.change_and_flush().await["jobs"], 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.hits().len(), attempts, "no attempt while disabled");
+
+    // Operators were told.
+    let events = service.runtime.events.published();
+    assert!(events.iter().any(|e| matches!(e, OpsEvent::EndpointDisabled { endpoint, .. } if endpoint.ends_with("/flaky"))), "{events:?}");
+
+    // The owner registers it again: enabled; the receiver has healed.
+    receiver.script(&[]);
+    let remaining = 12 - attempts;
+    for _ in 0..remaining {
+        // spend the rest of the failing script on a direct request so the receiver is healthy
+        reqwest::Client::new()
+            .post(receiver.url("/drain"))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(api.webhook(reqwest::Method::PUT, &callback).await.0, 204);
+    assert_eq!(
+        api.webhook(reqwest::Method::GET, &callback).await.1["status"],
+        "enabled"
+    );
+    assert!(
+        service
+            .runtime
+            .events
+            .published()
+            .iter()
+            .any(|e| matches!(e, OpsEvent::EndpointEnabled { .. }))
+    );
+    assert_eq!(api.change_and_flush().await["jobs"], 1);
+    assert!(
+        wait_until(async || receiver
+            .hits()
+            .iter()
+            .filter(|h| h.path == "/flaky")
+            .count()
+            > attempts)
+        .await
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_at_once_and_exhausted_messages_are_announced() {
+    let service = service(Duration::from_secs(3600)).await;
+    let api = Api::new(&service).await;
+    let receiver = Receiver::start().await;
+    receiver.script(&[410]);
+    let gone = receiver.url("/gone");
+    assert_eq!(api.webhook(reqwest::Method::PUT, &gone).await.0, 201);
+    api.change_and_flush().await;
+    assert!(
+        wait_until(
+            async || api.webhook(reqwest::Method::GET, &gone).await.1["status"] == "disabled"
+        )
+        .await
+    );
+    let health = api.webhook(reqwest::Method::GET, &gone).await.1;
+    assert_eq!(health["disabledReason"], "the receiver answered 410 Gone");
+    assert_eq!(receiver.hits().len(), 1, "one attempt, then disabled");
+    assert!(
+        wait_until(async || service.runtime.queue_depth().dead == 1).await,
+        "the message waits in the DLQ"
+    );
+    let events = service.runtime.events.published();
+    assert!(
+        events.iter().any(
+            |e| matches!(e, OpsEvent::EndpointDisabled { reason, .. } if reason.contains("410"))
+        ),
+        "{events:?}"
+    );
+    service.stop().await;
+}
