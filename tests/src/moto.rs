@@ -48,6 +48,10 @@ pub struct MotoEnv {
     pub dlq_url: String,
     /// The records table's stream.
     pub stream_arn: String,
+    /// The EventBridge bus for operational events.
+    pub ops_bus: String,
+    /// A queue the bus's rule sends every operational event to.
+    pub ops_queue_url: String,
 }
 
 impl MotoEnv {
@@ -135,6 +139,44 @@ impl MotoEnv {
             .expect("create delivery queue")
             .queue_url
             .unwrap();
+        // An operator's routing: a rule on the bus sending the service's events to a queue.
+        let events = aws_sdk_eventbridge::Client::new(&config);
+        let ops_bus = format!("ops-{suffix}");
+        events.create_event_bus().name(&ops_bus).send().await.expect("create bus");
+        let ops_queue_url = sqs
+            .create_queue()
+            .queue_name(format!("ops-events-{suffix}"))
+            .send()
+            .await
+            .expect("create ops queue")
+            .queue_url
+            .unwrap();
+        let ops_queue_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&ops_queue_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap()[&QueueAttributeName::QueueArn]
+            .clone();
+        events
+            .put_rule()
+            .name("ops-to-queue")
+            .event_bus_name(&ops_bus)
+            .event_pattern(r#"{"source": ["person-webhooks"]}"#)
+            .send()
+            .await
+            .expect("put rule");
+        events
+            .put_targets()
+            .rule("ops-to-queue")
+            .event_bus_name(&ops_bus)
+            .targets(aws_sdk_eventbridge::types::Target::builder().id("queue").arn(ops_queue_arn).build().unwrap())
+            .send()
+            .await
+            .expect("put targets");
         Self {
             config,
             records_table,
@@ -142,6 +184,8 @@ impl MotoEnv {
             queue_url,
             dlq_url,
             stream_arn,
+            ops_bus,
+            ops_queue_url,
         }
     }
 
@@ -152,8 +196,23 @@ impl MotoEnv {
             ("RECORDS_TABLE", self.records_table.clone()),
             ("DELIVERY_QUEUE_URL", self.queue_url.clone()),
             ("DEAD_LETTER_QUEUE_URL", self.dlq_url.clone()),
+            ("OPS_EVENT_BUS", self.ops_bus.clone()),
         ]);
         webhooks::config::Settings::from_lookup(|name| env.get(name).cloned()).unwrap()
+    }
+
+    /// Operational events the bus's rule delivered to the ops queue (received, deleted).
+    pub async fn ops_events(&self) -> Vec<serde_json::Value> {
+        let sqs = aws_sdk_sqs::Client::new(&self.config);
+        let out = sqs.receive_message().queue_url(&self.ops_queue_url).max_number_of_messages(10).send().await.unwrap();
+        let mut events = Vec::new();
+        for message in out.messages.unwrap_or_default() {
+            if let Some(body) = &message.body {
+                events.push(serde_json::from_str(body).unwrap());
+            }
+            sqs.delete_message().queue_url(&self.ops_queue_url).receipt_handle(message.receipt_handle.unwrap()).send().await.unwrap();
+        }
+        events
     }
 
     /// Bodies of the messages in the dead-letter queue (received, not deleted).

@@ -740,3 +740,38 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
         "lost: {lost:?} — replay with SOAK_SEED={seed}"
     );
 }
+
+/// Operational events reach EventBridge: a receiver answering 410 is disabled at once,
+/// the exhausted message is announced, and an operator's rule (here: to an SQS queue)
+/// gets both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operational_events_reach_eventbridge() {
+    let mut p = Pipeline::new(1).await;
+    p.aws.store.put_client(&OAuthClient::new("APP-1", "s3cret", time::OffsetDateTime::now_utc())).await.unwrap();
+    p.change(serde_json::json!({"v": 0})).await;
+    p.capture_and_flush().await;
+    let receiver = Receiver::start().await;
+    receiver.script(&[410]);
+    let token = p.token().await;
+    let path = format!("/{RECORD}/webhook/{}", encode(&receiver.url("/gone")));
+    assert_eq!(p.api("PUT", &path, Some(&token), "").await.0, 201);
+    p.change(serde_json::json!({"v": 1})).await;
+    assert_eq!(p.capture_and_flush().await.jobs, 1);
+    p.deliver_until(&receiver, 1, Duration::from_secs(10)).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut events = Vec::new();
+    while events.len() < 2 && tokio::time::Instant::now() < deadline {
+        events.extend(p.env.ops_events().await);
+    }
+    let kinds: Vec<&str> = events.iter().map(|e| e["detail-type"].as_str().unwrap_or("")).collect();
+    assert!(kinds.contains(&"Endpoint Disabled"), "{events:?}");
+    assert!(kinds.contains(&"Message Exhausted"), "{events:?}");
+    let disabled = events.iter().find(|e| e["detail-type"] == "Endpoint Disabled").unwrap();
+    assert_eq!(disabled["source"], "person-webhooks");
+    assert_eq!(disabled["detail"]["reason"], "the receiver answered 410 Gone");
+    // The owner sees it too.
+    let (status, _, body) = p.api("GET", &path, Some(&token), "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"disabled\""), "{body}");
+}
