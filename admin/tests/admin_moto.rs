@@ -6,14 +6,23 @@ use webhooks::aws::AwsServices;
 use webhooks::ports::ClientStore;
 use webhooks_tests::moto::{MotoEnv, endpoint};
 
-fn admin(env: &MotoEnv, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_webhooks-admin"))
+/// The admin command pointed at this test's tables and queues on moto.
+fn admin_command(env: &MotoEnv, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_webhooks-admin"));
+    command
         .args(args)
         .env("SERVICE_TABLE", &env.service_table)
+        .env("DELIVERY_QUEUE_URL", &env.queue_url)
+        .env("DEAD_LETTER_QUEUE_URL", &env.dlq_url)
         .env("AWS_ENDPOINT_URL", endpoint())
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing");
+    command
+}
+
+fn admin(env: &MotoEnv, args: &[&str]) -> (i32, String, String) {
+    let out = admin_command(env, args)
         .output()
         .expect("run webhooks-admin");
     (
@@ -152,15 +161,7 @@ async fn dlq_replay_moves_dead_letters_back() {
             .unwrap();
     }
     for method in ["auto", "loop"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_webhooks-admin"))
-            .args(["dlq", "replay", "--method", method])
-            .env("SERVICE_TABLE", &env.service_table)
-            .env("DELIVERY_QUEUE_URL", &env.queue_url)
-            .env("DEAD_LETTER_QUEUE_URL", &env.dlq_url)
-            .env("AWS_ENDPOINT_URL", endpoint())
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
+        let out = admin_command(&env, &["dlq", "replay", "--method", method])
             .output()
             .unwrap();
         let (stdout, stderr) = (

@@ -70,6 +70,14 @@ pub trait OpsEvents: Send + Sync {
     async fn publish(&self, events: &[OpsEvent]) -> crate::ports::BackendResult<()>;
 }
 
+/// Publishes one event; a failure is logged, never passed on (an operational event is
+/// never worth failing a request or a delivery for).
+pub async fn announce(events: &dyn OpsEvents, event: OpsEvent) {
+    if let Err(e) = events.publish(&[event]).await {
+        tracing::warn!(error = %e, "operational event not published");
+    }
+}
+
 /// Logs events and keeps them (the local runner, tests).
 #[derive(Debug, Default)]
 pub struct LoggedEvents(Mutex<Vec<OpsEvent>>);

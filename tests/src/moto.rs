@@ -34,6 +34,20 @@ pub async fn sdk_config() -> SdkConfig {
         .await
 }
 
+/// The ARN of the queue at `url`.
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes
+        .unwrap_or_default()
+        .remove(&QueueAttributeName::QueueArn)
+        .expect("a queue has an ARN")
+}
+
 /// One test's tables and queues.
 pub struct MotoEnv {
     /// SDK configuration.
@@ -118,16 +132,7 @@ impl MotoEnv {
             .expect("create DLQ")
             .queue_url
             .unwrap();
-        let dlq_arn = sqs
-            .get_queue_attributes()
-            .queue_url(&dlq_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes
-            .unwrap()[&QueueAttributeName::QueueArn]
-            .clone();
+        let dlq_arn = queue_arn(&sqs, &dlq_url).await;
         let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count.to_string()});
         let queue_url = sqs
             .create_queue()
@@ -142,7 +147,12 @@ impl MotoEnv {
         // An operator's routing: a rule on the bus sending the service's events to a queue.
         let events = aws_sdk_eventbridge::Client::new(&config);
         let ops_bus = format!("ops-{suffix}");
-        events.create_event_bus().name(&ops_bus).send().await.expect("create bus");
+        events
+            .create_event_bus()
+            .name(&ops_bus)
+            .send()
+            .await
+            .expect("create bus");
         let ops_queue_url = sqs
             .create_queue()
             .queue_name(format!("ops-events-{suffix}"))
@@ -151,16 +161,7 @@ impl MotoEnv {
             .expect("create ops queue")
             .queue_url
             .unwrap();
-        let ops_queue_arn = sqs
-            .get_queue_attributes()
-            .queue_url(&ops_queue_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes
-            .unwrap()[&QueueAttributeName::QueueArn]
-            .clone();
+        let ops_queue_arn = queue_arn(&sqs, &ops_queue_url).await;
         events
             .put_rule()
             .name("ops-to-queue")
@@ -173,7 +174,13 @@ impl MotoEnv {
             .put_targets()
             .rule("ops-to-queue")
             .event_bus_name(&ops_bus)
-            .targets(aws_sdk_eventbridge::types::Target::builder().id("queue").arn(ops_queue_arn).build().unwrap())
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("queue")
+                    .arn(ops_queue_arn)
+                    .build()
+                    .unwrap(),
+            )
             .send()
             .await
             .expect("put targets");
@@ -204,13 +211,24 @@ impl MotoEnv {
     /// Operational events the bus's rule delivered to the ops queue (received, deleted).
     pub async fn ops_events(&self) -> Vec<serde_json::Value> {
         let sqs = aws_sdk_sqs::Client::new(&self.config);
-        let out = sqs.receive_message().queue_url(&self.ops_queue_url).max_number_of_messages(10).send().await.unwrap();
+        let out = sqs
+            .receive_message()
+            .queue_url(&self.ops_queue_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
         let mut events = Vec::new();
         for message in out.messages.unwrap_or_default() {
             if let Some(body) = &message.body {
                 events.push(serde_json::from_str(body).unwrap());
             }
-            sqs.delete_message().queue_url(&self.ops_queue_url).receipt_handle(message.receipt_handle.unwrap()).send().await.unwrap();
+            sqs.delete_message()
+                .queue_url(&self.ops_queue_url)
+                .receipt_handle(message.receipt_handle.unwrap())
+                .send()
+                .await
+                .unwrap();
         }
         events
     }

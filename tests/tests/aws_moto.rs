@@ -19,6 +19,7 @@ use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::window::ManualWindows;
 use webhooks_tests::Receiver;
+use webhooks_tests::api::encode_component;
 use webhooks_tests::moto::{MotoEnv, QueuePoller, StreamPoller};
 
 const RECORD: &str = "0000-0002-7465-2162";
@@ -112,6 +113,12 @@ impl Pipeline {
         (response.status().as_u16(), response.headers().clone(), text)
     }
 
+    /// Client APP-1 with secret `s3cret`.
+    async fn add_client(&self) {
+        let client = OAuthClient::new("APP-1", "s3cret", time::OffsetDateTime::now_utc());
+        self.aws.store.put_client(&client).await.unwrap();
+    }
+
     async fn token(&self) -> String {
         let form =
             "client_id=APP-1&client_secret=s3cret&scope=%2Fwebhook&grant_type=client_credentials";
@@ -150,33 +157,16 @@ impl Pipeline {
     }
 }
 
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orcid_flow_over_dynamodb_streams_and_sqs() {
     let mut p = Pipeline::new(5).await;
-    p.aws
-        .store
-        .put_client(&OAuthClient::new(
-            "APP-1",
-            "s3cret",
-            time::OffsetDateTime::now_utc(),
-        ))
-        .await
-        .unwrap();
+    p.add_client().await;
     p.change(serde_json::json!({"firstName": "Josiah"})).await;
     let report = p.capture_and_flush().await;
     assert_eq!((report.records, report.jobs), (1, 0), "no subscribers yet");
     let receiver = Receiver::start().await;
     let callback = receiver.url("/0000-0002-7465-2162/updated");
-    let path = format!("/{RECORD}/webhook/{}", encode(&callback));
+    let path = format!("/{RECORD}/webhook/{}", encode_component(&callback));
 
     // The token is stored only as a hash.
     let token = p.token().await;
@@ -235,21 +225,16 @@ async fn orcid_flow_over_dynamodb_streams_and_sqs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_always_fails_ends_in_the_dlq() {
     let mut p = Pipeline::new(2).await;
-    p.aws
-        .store
-        .put_client(&OAuthClient::new(
-            "APP-1",
-            "s3cret",
-            time::OffsetDateTime::now_utc(),
-        ))
-        .await
-        .unwrap();
+    p.add_client().await;
     p.change(serde_json::json!({"v": 0})).await;
     p.capture_and_flush().await;
     let receiver = Receiver::start().await;
     receiver.script(&[500, 500]);
     let token = p.token().await;
-    let path = format!("/{RECORD}/webhook/{}", encode(&receiver.url("/down")));
+    let path = format!(
+        "/{RECORD}/webhook/{}",
+        encode_component(&receiver.url("/down"))
+    );
     assert_eq!(p.api("PUT", &path, Some(&token), "").await.0, 201);
     p.change(serde_json::json!({"v": 1})).await;
     assert_eq!(p.capture_and_flush().await.jobs, 1);
@@ -747,13 +732,24 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operational_events_reach_eventbridge() {
     let mut p = Pipeline::new(1).await;
-    p.aws.store.put_client(&OAuthClient::new("APP-1", "s3cret", time::OffsetDateTime::now_utc())).await.unwrap();
+    p.aws
+        .store
+        .put_client(&OAuthClient::new(
+            "APP-1",
+            "s3cret",
+            time::OffsetDateTime::now_utc(),
+        ))
+        .await
+        .unwrap();
     p.change(serde_json::json!({"v": 0})).await;
     p.capture_and_flush().await;
     let receiver = Receiver::start().await;
     receiver.script(&[410]);
     let token = p.token().await;
-    let path = format!("/{RECORD}/webhook/{}", encode(&receiver.url("/gone")));
+    let path = format!(
+        "/{RECORD}/webhook/{}",
+        encode_component(&receiver.url("/gone"))
+    );
     assert_eq!(p.api("PUT", &path, Some(&token), "").await.0, 201);
     p.change(serde_json::json!({"v": 1})).await;
     assert_eq!(p.capture_and_flush().await.jobs, 1);
@@ -764,12 +760,21 @@ async fn operational_events_reach_eventbridge() {
     while events.len() < 2 && tokio::time::Instant::now() < deadline {
         events.extend(p.env.ops_events().await);
     }
-    let kinds: Vec<&str> = events.iter().map(|e| e["detail-type"].as_str().unwrap_or("")).collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["detail-type"].as_str().unwrap_or(""))
+        .collect();
     assert!(kinds.contains(&"Endpoint Disabled"), "{events:?}");
     assert!(kinds.contains(&"Message Exhausted"), "{events:?}");
-    let disabled = events.iter().find(|e| e["detail-type"] == "Endpoint Disabled").unwrap();
+    let disabled = events
+        .iter()
+        .find(|e| e["detail-type"] == "Endpoint Disabled")
+        .unwrap();
     assert_eq!(disabled["source"], "person-webhooks");
-    assert_eq!(disabled["detail"]["reason"], "the receiver answered 410 Gone");
+    assert_eq!(
+        disabled["detail"]["reason"],
+        "the receiver answered 410 Gone"
+    );
     // The owner sees it too.
     let (status, _, body) = p.api("GET", &path, Some(&token), "").await;
     assert_eq!(status, 200);

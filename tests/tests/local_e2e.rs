@@ -7,6 +7,7 @@ use std::time::Duration;
 use webhooks::retry::RetryPolicy;
 use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD};
 use webhooks_tests::Receiver;
+use webhooks_tests::api::encode_component;
 
 const CLIENT: (&str, &str) = (
     "APP-NPXKK6HFN6TJ4YYI",
@@ -67,7 +68,11 @@ impl Client {
     }
 
     fn webhook_url(&self, callback: &str) -> String {
-        format!("{}/{SAMPLE_RECORD}/webhook/{}", self.base, encode(callback))
+        format!(
+            "{}/{SAMPLE_RECORD}/webhook/{}",
+            self.base,
+            encode_component(callback)
+        )
     }
 
     async fn webhook(
@@ -117,27 +122,6 @@ impl Client {
             .await
             .unwrap()
     }
-}
-
-/// `encodeURIComponent`.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z'
-            | b'a'..=b'z'
-            | b'0'..=b'9'
-            | b'-'
-            | b'_'
-            | b'.'
-            | b'!'
-            | b'~'
-            | b'*'
-            | b'\''
-            | b'('
-            | b')' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

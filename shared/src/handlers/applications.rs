@@ -6,7 +6,7 @@ use super::outbound::application_request;
 use super::registration::{Registration, base_url, body_bytes};
 use crate::application::{Application, ApplicationPatch};
 use crate::clock::rfc3339_millis;
-use crate::events::OpsEvent;
+use crate::events::{OpsEvent, announce};
 use crate::job::{DeliveryJob, MessageId};
 use crate::members::{consented_scopes, sample_person, scoped_person};
 use crate::oauth::sha256_hex;
@@ -76,9 +76,12 @@ impl Registration {
         app.apply(patch, self.settings.url_policy)?;
         self.ports.applications.put_application(&app).await?;
         if was_disabled && !app.health.is_disabled() {
-            self.publish(OpsEvent::EndpointEnabled {
-                endpoint: app.endpoint(),
-            })
+            announce(
+                self.ports.events.as_ref(),
+                OpsEvent::EndpointEnabled {
+                    endpoint: app.endpoint(),
+                },
+            )
             .await;
         }
         tracing::info!(application_id = %app.id, url = app.webhook.url.as_deref(), "application webhook updated");

@@ -8,7 +8,7 @@ use super::sync_driver::{StepOutcome, SyncDriver};
 use crate::application::Application;
 use crate::callback::CallbackUrl;
 use crate::clock::rfc3339_millis;
-use crate::events::OpsEvent;
+use crate::events::{OpsEvent, announce};
 use crate::health::{EndpointHealth, HealthPolicy};
 use crate::http_client::{AttemptOutcome, CallbackClient};
 use crate::job::{DeliveryJob, Target};
@@ -384,14 +384,17 @@ impl Delivery {
                             "delivery failed on the last attempt; moving to the dead-letter queue"
                         );
                         metrics.lock().expect("metrics lock").dlq_moves += 1;
-                        self.publish(OpsEvent::MessageExhausted {
-                            message_id: job.id.as_str().to_owned(),
-                            endpoint: endpoint.name(),
-                            attempts: attempt,
-                            last_error: outcome.error.clone().unwrap_or_else(|| {
-                                format!("HTTP {}", outcome.status.unwrap_or_default())
-                            }),
-                        })
+                        announce(
+                            self.ports.events.as_ref(),
+                            OpsEvent::MessageExhausted {
+                                message_id: job.id.as_str().to_owned(),
+                                endpoint: endpoint.name(),
+                                attempts: attempt,
+                                last_error: outcome.error.clone().unwrap_or_else(|| {
+                                    format!("HTTP {}", outcome.status.unwrap_or_default())
+                                }),
+                            },
+                        )
                         .await;
                         self.hide(message, Duration::ZERO, &message_id).await;
                         Some(message_id)
@@ -459,10 +462,13 @@ impl Delivery {
         if newly_disabled {
             let reason = health.disabled_reason.clone().unwrap_or_default();
             tracing::error!(endpoint = %endpoint.name(), %reason, "endpoint disabled");
-            self.publish(OpsEvent::EndpointDisabled {
-                endpoint: endpoint.name(),
-                reason,
-            })
+            announce(
+                self.ports.events.as_ref(),
+                OpsEvent::EndpointDisabled {
+                    endpoint: endpoint.name(),
+                    reason,
+                },
+            )
             .await;
         }
     }
@@ -479,25 +485,21 @@ impl Delivery {
                 && state.scan_done
                 && outcomes.delivered + outcomes.failed == state.scanned
             {
-                self.publish(OpsEvent::SyncCompleted {
-                    application: application.to_owned(),
-                    sync: sync.to_owned(),
-                    delivered: outcomes.delivered,
-                    failed: outcomes.failed,
-                })
+                announce(
+                    self.ports.events.as_ref(),
+                    OpsEvent::SyncCompleted {
+                        application: application.to_owned(),
+                        sync: sync.to_owned(),
+                        delivered: outcomes.delivered,
+                        failed: outcomes.failed,
+                    },
+                )
                 .await;
             }
             Ok::<_, BackendError>(())
         };
         if let Err(e) = result.await {
             tracing::warn!(error = %e, "could not count the sync outcome");
-        }
-    }
-
-    /// Publishes an operational event; a failure is logged, never fails the delivery.
-    async fn publish(&self, event: OpsEvent) {
-        if let Err(e) = self.ports.events.publish(&[event]).await {
-            tracing::warn!(error = %e, "operational event not published");
         }
     }
 

@@ -4,7 +4,7 @@
 
 use super::api_error::{ApiError, empty_response, json_response};
 use crate::callback::{CallbackUrl, InvalidCallbackUrl, UrlPolicy, strict_percent_decode};
-use crate::events::OpsEvent;
+use crate::events::{OpsEvent, announce};
 use crate::http_client::CallbackClient;
 use crate::oauth::{BearerError, IssuedToken, TokenRequest, authorize_webhook, sha256_hex};
 use crate::ports::Ports;
@@ -196,6 +196,21 @@ impl Registration {
         }
     }
 
+    /// The caller's client id and the existing webhook the path names. Only the exact text
+    /// that was registered matters here, not today's URL policy, so a webhook registered
+    /// under an older policy can still be seen and removed.
+    async fn addressed_webhook(
+        &self,
+        request: &Request,
+        record: &str,
+        raw_callback: &str,
+    ) -> Result<(String, OrcidId, CallbackUrl), ApiError> {
+        let client_id = self.authenticate(request.headers()).await?;
+        let record = OrcidId::parse(record)?;
+        let callback = CallbackUrl::try_from(decode_callback(raw_callback)?)?;
+        Ok((client_id, record, callback))
+    }
+
     /// `PUT /{record}/webhook/{callback}`.
     async fn register(
         &self,
@@ -248,9 +263,12 @@ impl Registration {
                             &Default::default(),
                         )
                         .await?;
-                    self.publish(OpsEvent::EndpointEnabled {
-                        endpoint: subscription.endpoint(),
-                    })
+                    announce(
+                        self.ports.events.as_ref(),
+                        OpsEvent::EndpointEnabled {
+                            endpoint: subscription.endpoint(),
+                        },
+                    )
                     .await;
                     tracing::info!(endpoint = %subscription.endpoint(), "webhook re-enabled by its owner");
                 }
@@ -267,9 +285,9 @@ impl Registration {
         record: &str,
         raw_callback: &str,
     ) -> Result<Response<Body>, ApiError> {
-        let client_id = self.authenticate(request.headers()).await?;
-        let record = OrcidId::parse(record)?;
-        let callback = CallbackUrl::try_from(decode_callback(raw_callback)?)?;
+        let (client_id, record, callback) = self
+            .addressed_webhook(request, record, raw_callback)
+            .await?;
         let subscription = self
             .ports
             .subscriptions
@@ -285,13 +303,6 @@ impl Registration {
         Ok(json_response(StatusCode::OK, &body))
     }
 
-    /// Publishes an operational event; a failure is logged, never answered.
-    pub(super) async fn publish(&self, event: OpsEvent) {
-        if let Err(e) = self.ports.events.publish(&[event]).await {
-            tracing::warn!(error = %e, "operational event not published");
-        }
-    }
-
     /// `DELETE /{record}/webhook/{callback}`.
     async fn unregister(
         &self,
@@ -299,12 +310,9 @@ impl Registration {
         record: &str,
         raw_callback: &str,
     ) -> Result<Response<Body>, ApiError> {
-        let client_id = self.authenticate(request.headers()).await?;
-        let record = OrcidId::parse(record)?;
-        // Removal only needs the exact text that was registered, not today's URL policy,
-        // so a webhook registered under an older policy can still be removed.
-        let text = decode_callback(raw_callback)?;
-        let callback = CallbackUrl::try_from(text)?;
+        let (client_id, record, callback) = self
+            .addressed_webhook(request, record, raw_callback)
+            .await?;
         match self
             .ports
             .subscriptions

@@ -3,6 +3,7 @@
 use super::outbound::application_request;
 use crate::application::Application;
 use crate::clock::rfc3339_millis;
+use crate::events::announce;
 use crate::http_client::CallbackClient;
 use crate::job::DeliveryJob;
 use crate::members::{consented_scopes, scoped_person};
@@ -125,9 +126,7 @@ impl SyncDriver<'_> {
                 delivered: sync.delivered,
                 failed: sync.failed,
             };
-            if let Err(e) = self.ports.events.publish(&[event]).await {
-                tracing::warn!(error = %e, "operational event not published");
-            }
+            announce(self.ports.events.as_ref(), event).await;
         }
         tracing::info!(sync_id = %sync.sync_id, scanned = sync.scanned, "sync read every person");
         Ok(StepOutcome::Done)
