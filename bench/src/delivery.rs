@@ -16,7 +16,7 @@ use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
 use webhooks::memory::{self, MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::oauth::OAuthClient;
-use webhooks::ports::{ApplicationStore, ClientStore};
+use webhooks::ports::{ApplicationStore, ClientStore, SubscriptionStore};
 use webhooks::record::RecordId;
 use webhooks::subscription::Subscription;
 use webhooks::window::WindowId;
@@ -39,10 +39,35 @@ impl Style {
     }
 }
 
+/// The subscription of record `i` to a callback on the receiver.
+fn subscription(receiver_url: &str, i: usize) -> Subscription {
+    let record = RecordId::parse(&format!("p-{i:07}")).expect("record id");
+    Subscription {
+        callback: CallbackUrl::parse(
+            &format!("{receiver_url}/{}/updated", record.as_str()),
+            UrlPolicy {
+                allow_insecure: true,
+            },
+        )
+        .expect("callback url"),
+        record,
+        client_id: "APP-BENCH".into(),
+        created_at: 0,
+        health: Default::default(),
+    }
+}
+
 /// The delivery handler over in-memory ports holding one OAuth client (with webhook
-/// secrets) and one application (with a signing key) pointing at `receiver`.
-pub async fn handler(receiver_url: &str, concurrency: usize) -> Delivery {
+/// secrets), the subscriptions of records `0..subscriptions` to callbacks on the
+/// receiver, and one application (with a signing key) pointing at the receiver.
+pub async fn handler(receiver_url: &str, concurrency: usize, subscriptions: usize) -> Delivery {
     let store = Arc::new(MemoryStore::default());
+    for i in 0..subscriptions {
+        store
+            .register(&subscription(receiver_url, i))
+            .await
+            .expect("memory register");
+    }
     let mut client = OAuthClient::new("APP-BENCH", "secret", time::OffsetDateTime::now_utc());
     client.webhook_secrets = Some(webhooks::signing::SigningSecrets::generate());
     store.put_client(&client).await.expect("memory put");
@@ -54,6 +79,7 @@ pub async fn handler(receiver_url: &str, concurrency: usize) -> Delivery {
         store,
         Arc::new(MemoryRecords::default()),
         Arc::new(MemoryQueue::new(Duration::from_secs(30), 5)),
+        Arc::new(webhooks::events::LoggedEvents::default()),
         Arc::new(SystemClock),
     );
     let http = CallbackClient::new(&HttpSettings {
@@ -90,24 +116,12 @@ fn person(i: usize) -> serde_json::Map<String, serde_json::Value> {
 /// `n` delivery jobs of `style` to the receiver, as the flush would have written them.
 pub fn jobs(receiver_url: &str, style: Style, n: usize) -> Vec<DeliveryJob> {
     let created = rfc3339_millis(time::OffsetDateTime::now_utc());
-    let policy = UrlPolicy {
-        allow_insecure: true,
-    };
     (0..n)
         .map(|i| {
             let record = RecordId::parse(&format!("p-{i:07}")).expect("record id");
             match style {
                 Style::Orcid => DeliveryJob::for_subscription(
-                    &Subscription {
-                        record: record.clone(),
-                        callback: CallbackUrl::parse(
-                            &format!("{receiver_url}/{}/updated", record.as_str()),
-                            policy,
-                        )
-                        .expect("callback url"),
-                        client_id: "APP-BENCH".into(),
-                        created_at: 0,
-                    },
+                    &subscription(receiver_url, i),
                     WindowId(1),
                     created.clone(),
                 ),
@@ -161,14 +175,16 @@ pub async fn concurrency(table: &mut Table) {
     let events_100 = |style| events(&jobs(&url, style, 100), 100);
     // One request alone, through the same handler: the reference time.
     let single = {
-        let delivery = handler(&url, 1).await;
+        let delivery = handler(&url, 1, 100).await;
         let mut samples = Vec::new();
         for _ in 0..RUNS {
             let event = events(&jobs(&url, Style::Orcid, 1), 1).remove(0);
+            let before = receiver.hits();
             let t = Instant::now();
             let response = delivery.handle(event, far_deadline()).await;
             samples.push(t.elapsed());
             assert!(response.batch_item_failures.is_empty(), "delivered");
+            assert_eq!(receiver.hits(), before + 1, "the receiver was reached");
         }
         Stats::of(&samples)
     };
@@ -177,10 +193,10 @@ pub async fn concurrency(table: &mut Table) {
         single.ms()
     ));
     let mut best_ratio_at_100 = f64::MAX;
-    for concurrency in [1usize, 8, 32, 64, 100] {
-        let delivery = handler(&url, concurrency).await;
+    for concurrency in [8usize, 32, 64, 100] {
+        let delivery = handler(&url, concurrency, 100).await;
         // A warm-up batch opens the pool's connections, as a warm Lambda has.
-        let runs = if concurrency == 1 { 1 } else { RUNS };
+        let runs = RUNS;
         let mut samples = Vec::new();
         let mut peak = 0;
         for run in 0..=runs {
@@ -195,8 +211,10 @@ pub async fn concurrency(table: &mut Table) {
             .expect("a batch finishes within 40 s");
             let took = t.elapsed();
             assert!(response.batch_item_failures.is_empty(), "all delivered");
-            peak = peak.max(receiver.take_peak_in_flight());
-            if run > 0 || concurrency == 1 {
+            let held = receiver.take_peak_in_flight();
+            assert!(held > 0, "the receiver was reached");
+            peak = peak.max(held);
+            if run > 0 {
                 samples.push(took);
             }
         }
@@ -240,7 +258,7 @@ pub async fn throughput(table: &mut Table) {
         .expect("reqwest client");
     let orcid_events = events(&jobs(&url, Style::Orcid, N), 100);
     let members_events = events(&jobs(&url, Style::Members, N), 100);
-    let delivery = handler(&url, CONCURRENCY).await;
+    let delivery = handler(&url, CONCURRENCY, N).await;
     let body = bytes_of_members_envelope();
     let mut results: HashMap<&str, Vec<f64>> = HashMap::new();
     // Alternate the contenders, several rounds, so drift hits them alike.
@@ -288,7 +306,7 @@ pub async fn throughput(table: &mut Table) {
     let bare100 = median(&results["bare100"]);
     table.row(
         "2 delivery throughput",
-        format!("bare reqwest, same, in batches of 100 (Lambda batch shape)"),
+        "bare reqwest, same, in batches of 100 (Lambda batch shape)",
         format!("{bare100:.0} msg/s ({:.2} x bare)", bare100 / bare_rate),
         "baseline",
         Verdict::Info,
@@ -372,7 +390,7 @@ async fn bare_rate(
 
 /// Figure 5, the child side: one invocation over 100 messages, then the process's peak RSS.
 pub async fn rss_child(receiver_url: &str, style: Style) -> u64 {
-    let delivery = handler(receiver_url, DeliverySettings::default().concurrency).await;
+    let delivery = handler(receiver_url, DeliverySettings::default().concurrency, 100).await;
     let event = events(&jobs(receiver_url, style, 100), 100).remove(0);
     let response = tokio::time::timeout(
         Duration::from_secs(30),
@@ -391,6 +409,7 @@ pub async fn rss(table: &mut Table) {
     for style in [Style::Orcid, Style::Members] {
         let mut samples = Vec::new();
         for _ in 0..3 {
+            let before = receiver.hits();
             let out = tokio::time::timeout(
                 Duration::from_secs(30),
                 tokio::process::Command::new(&me)
@@ -411,6 +430,11 @@ pub async fn rss(table: &mut Table) {
                 .strip_prefix("peak_rss_kib=")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("rss child said {text:?}"));
+            assert_eq!(
+                receiver.hits(),
+                before + 100,
+                "the child delivered its batch"
+            );
             samples.push(kib);
         }
         samples.sort();

@@ -1,0 +1,122 @@
+//! The benchmark suite of the webhook service: prints a markdown table of the figures in
+//! `docs/benchmarks.md`. Run in release:
+//!
+//! ```sh
+//! cargo build --release -p registration -p change-capture -p flush -p delivery
+//! cargo run --release -p webhooks-bench -- all
+//! ```
+//!
+//! or one figure: `concurrency`, `throughput`, `fanout`, `coldstart`, `rss`, `cost`.
+
+mod coldstart;
+mod cost;
+mod delivery;
+mod fanout;
+mod receiver;
+mod report;
+
+use report::Table;
+use std::time::Instant;
+
+const FIGURES: [&str; 6] = [
+    "concurrency",
+    "throughput",
+    "fanout",
+    "coldstart",
+    "rss",
+    "cost",
+];
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: webhooks-bench all | {} ...\n\
+         (cost starts moto server from .venv/bin/moto_server, or uses MOTO_ENDPOINT)",
+        FIGURES.join(" | ")
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The memory figure's child process: one delivery invocation, then its peak RSS.
+    if args.first().map(String::as_str) == Some("rss-child") {
+        let url = args.get(1).cloned().unwrap_or_else(|| usage());
+        let style = match args.get(2).map(String::as_str) {
+            Some("members") => delivery::Style::Members,
+            _ => delivery::Style::Orcid,
+        };
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let kib = runtime.block_on(delivery::rss_child(&url, style));
+        println!("peak_rss_kib={kib}");
+        return;
+    }
+    let figures: Vec<&str> = if args.is_empty() || args.iter().any(|a| a == "all") {
+        FIGURES.to_vec()
+    } else {
+        for a in &args {
+            if !FIGURES.contains(&a.as_str()) {
+                usage();
+            }
+        }
+        FIGURES
+            .iter()
+            .copied()
+            .filter(|f| args.iter().any(|a| a == f))
+            .collect()
+    };
+    // Started before any other thread exists: the moto endpoint goes into the environment.
+    let moto = figures.contains(&"cost").then(cost::Moto::start);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let started = Instant::now();
+    let mut table = Table::default();
+    runtime.block_on(async {
+        for figure in &figures {
+            eprintln!("== {figure}");
+            match *figure {
+                "concurrency" => delivery::concurrency(&mut table).await,
+                "throughput" => delivery::throughput(&mut table).await,
+                "fanout" => fanout::fanout(&mut table).await,
+                "coldstart" => coldstart::coldstart(&mut table).await,
+                "rss" => delivery::rss(&mut table).await,
+                "cost" => cost::cost(&mut table).await,
+                _ => unreachable!(),
+            }
+        }
+    });
+    drop(moto);
+    println!("{}", machine());
+    println!("{}", table.markdown());
+    println!(
+        "(took {:.0} s: webhooks-bench {})",
+        started.elapsed().as_secs_f64(),
+        figures.join(" ")
+    );
+}
+
+/// A line about the machine the figures were taken on.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or("?".into(), |k| format!("{:.0} GiB", k as f64 / 1048576.0));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "Machine: {cpu}, {cores} cores, {mem} RAM, Linux {} ({})\n",
+        kernel.trim(),
+        std::env::consts::ARCH
+    )
+}
