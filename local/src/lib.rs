@@ -81,7 +81,7 @@ impl Default for LocalConfig {
             flush_grace: Duration::from_millis(200),
             retry: RetryPolicy::default(),
             delivery_timeout: Duration::from_secs(10),
-            delivery_concurrency: 32,
+            delivery_concurrency: 100,
             delivery_workers: 4,
             visibility_timeout: Duration::from_secs(60),
             token_lifetime: Duration::from_secs(3600),

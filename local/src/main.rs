@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     delivery_timeout: Duration,
     /// Concurrent requests within one delivery batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 100)]
     delivery_concurrency: usize,
     /// Access-token lifetime.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]

@@ -44,7 +44,7 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// `DELIVERY_TIMEOUT_SECONDS` (default 10).
     pub delivery_timeout: Duration,
-    /// `DELIVERY_CONCURRENCY` (default 32).
+    /// `DELIVERY_CONCURRENCY` (default 100).
     pub delivery_concurrency: usize,
     /// `TOKEN_LIFETIME_SECONDS` (default 3600).
     pub token_lifetime: Duration,
@@ -93,7 +93,7 @@ impl Settings {
                 ..RetryPolicy::default()
             },
             delivery_timeout: Duration::from_secs(number("DELIVERY_TIMEOUT_SECONDS", 10)?),
-            delivery_concurrency: number("DELIVERY_CONCURRENCY", 32)? as usize,
+            delivery_concurrency: number("DELIVERY_CONCURRENCY", 100)? as usize,
             token_lifetime: Duration::from_secs(number("TOKEN_LIFETIME_SECONDS", 3600)?),
             ops_event_bus: lookup("OPS_EVENT_BUS")
                 .filter(|v| !v.is_empty())
@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(s.retry.base, Duration::from_secs(60));
         assert_eq!(s.retry.max_attempts, 15);
         assert_eq!(s.delivery_timeout, Duration::from_secs(10));
-        assert_eq!(s.delivery_concurrency, 32);
+        assert_eq!(s.delivery_concurrency, 100);
         assert_eq!(s.token_lifetime, Duration::from_secs(3600));
         assert_eq!(s.flush().max_lag, 2016);
     }

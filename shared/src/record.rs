@@ -64,6 +64,13 @@ impl From<RecordId> for String {
     }
 }
 
+/// Lets ordered collections of ids be searched by `&str` (the order is the string order).
+impl std::borrow::Borrow<str> for RecordId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for RecordId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -89,23 +89,38 @@ impl DynamoStore {
         }
     }
 
-    /// The raw item at (pk, sk) — tests read what is stored.
+    /// The raw item at (pk, sk), strongly consistent — tests read what is stored.
     pub async fn raw_item(&self, pk: &str, sk: &str) -> BackendResult<Option<Item>> {
+        self.get_item(pk, sk, true).await
+    }
+
+    /// An item; an eventually consistent read costs half a strongly consistent one.
+    async fn get_item(&self, pk: &str, sk: &str, consistent: bool) -> BackendResult<Option<Item>> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .key("pk", s(pk))
             .key("sk", s(sk))
-            .consistent_read(true)
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(unavailable)?;
         Ok(out.item)
     }
 
+    /// A domain value, read strongly consistently (tokens are used right after issue).
     async fn get<T: DeserializeOwned>(&self, pk: &str, sk: &str) -> BackendResult<Option<T>> {
-        match self.raw_item(pk, sk).await? {
+        self.get_value(pk, sk, true).await
+    }
+
+    async fn get_value<T: DeserializeOwned>(
+        &self,
+        pk: &str,
+        sk: &str,
+        consistent: bool,
+    ) -> BackendResult<Option<T>> {
+        match self.get_item(pk, sk, consistent).await? {
             Some(item) => Ok(Some(from_item::<Keyed<T>>(item)?.value)),
             None => Ok(None),
         }
@@ -150,7 +165,10 @@ impl DynamoStore {
         }
     }
 
-    /// One page of a partition, in sort-key order, after sort key `after`.
+    /// One page of a partition, in sort-key order, after sort key `after`. Eventually
+    /// consistent (half the cost): partitions read this way — a window closed a grace
+    /// period ago, a record's subscriptions, the client and application lists — are not
+    /// read right after being written.
     async fn query(
         &self,
         pk: &str,
@@ -167,7 +185,7 @@ impl DynamoStore {
             .expression_attribute_values(":pk", s(pk))
             .set_exclusive_start_key(start)
             .set_limit(limit.map(|l| l as i32))
-            .consistent_read(true)
+            .consistent_read(false)
             .send()
             .await
             .map_err(unavailable)?;
@@ -250,7 +268,8 @@ impl SubscriptionStore for DynamoStore {
         callback: &CallbackUrl,
     ) -> BackendResult<Option<Subscription>> {
         let (pk, sk) = subscription_key(record, callback);
-        self.get(&pk, &sk).await
+        // Delivery reads it for its health: a moment stale is fine, at half the cost.
+        self.get_value(&pk, &sk, false).await
     }
 
     async fn set_subscription_health(

@@ -46,7 +46,8 @@ impl Default for DeliverySettings {
     fn default() -> Self {
         Self {
             retry: RetryPolicy::default(),
-            concurrency: 32,
+            // The SQS batch size: a whole batch in flight at once (see docs/benchmarks.md).
+            concurrency: 100,
             health: HealthPolicy::default(),
             metrics: false,
         }
@@ -174,6 +175,7 @@ impl Delivery {
     /// Delivers a batch concurrently; failed messages are listed in the response (an
     /// `Err` would make Lambda retry the whole batch). Sync steps stop before `deadline`.
     pub async fn handle(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+        self.prefetch_subscribers(&event).await;
         let metrics = Mutex::new(DeliveryMetrics::default());
         let failures: Vec<BatchItemFailure> = futures::stream::iter(event.records)
             .map(|message| self.process(message, deadline, &metrics))
@@ -199,6 +201,37 @@ impl Delivery {
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = failures;
         response
+    }
+
+    /// Reads each client and application of the batch once, before the concurrent
+    /// deliveries would all miss the cache at the same moment and read it a hundred times.
+    async fn prefetch_subscribers(&self, event: &SqsEvent) {
+        let mut clients = std::collections::BTreeSet::new();
+        let mut applications = std::collections::BTreeSet::new();
+        for message in &event.records {
+            let Ok(job) =
+                serde_json::from_str::<DeliveryJob>(message.body.as_deref().unwrap_or(""))
+            else {
+                continue;
+            };
+            match job.target {
+                Target::Callback { client, .. } => clients.insert(client),
+                Target::Application { application, .. } => applications.insert(application),
+                Target::SyncStep { .. } => false,
+            };
+        }
+        // A failed read here is only a missed warm-up: each delivery reads again itself.
+        let reads: Vec<_> = clients
+            .iter()
+            .map(|c| futures::future::Either::Left(async move { self.client(c).await.map(|_| ()) }))
+            .chain(applications.iter().map(|a| {
+                futures::future::Either::Right(async move { self.application(a).await.map(|_| ()) })
+            }))
+            .collect();
+        let _ = futures::stream::iter(reads)
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
     }
 
     async fn application(&self, id: &str) -> BackendResult<Option<Arc<Application>>> {

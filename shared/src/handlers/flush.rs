@@ -99,6 +99,14 @@ impl Flush {
                 after: None,
             };
         }
+        // Members-style fan-out needs each person's consents; with no application at all,
+        // the person reads are skipped (one query per run instead of one read per record).
+        let members = !self
+            .ports
+            .applications
+            .list_applications()
+            .await?
+            .is_empty();
         while cursor.window <= through {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 report.partial = true;
@@ -113,7 +121,7 @@ impl Flush {
                     self.settings.page_size,
                 )
                 .await?;
-            let jobs = self.jobs_for(cursor.window, &page.items).await?;
+            let jobs = self.jobs_for(cursor.window, &page.items, members).await?;
             self.ports.queue.enqueue(&jobs).await?;
             report.records += page.items.len() as u64;
             report.jobs += jobs.len() as u64;
@@ -142,13 +150,14 @@ impl Flush {
         &self,
         window: WindowId,
         records: &[RecordId],
+        members: bool,
     ) -> Result<Vec<DeliveryJob>, BackendError> {
         let created_at = rfc3339_millis(self.ports.clock.now());
         // Futures collected first: a closure inside the stream would make this future
         // lose `Send` through higher-ranked lifetimes.
         let lookups: Vec<_> = records
             .iter()
-            .map(|record| self.targets_of(record))
+            .map(|record| self.targets_of(record, members))
             .collect();
         let per_record: Vec<_> = futures::stream::iter(lookups)
             .buffered(self.settings.lookup_concurrency)
@@ -196,9 +205,15 @@ impl Flush {
     async fn targets_of(
         &self,
         record: &RecordId,
+        members: bool,
     ) -> Result<(Vec<Subscription>, Option<Person>), BackendError> {
         let subscriptions = self.ports.subscriptions.subscriptions_of(record).await?;
-        let person = self.ports.records.get_person(record).await?;
+        // The person is read only for its consents: not at all while no application exists.
+        let person = if members {
+            self.ports.records.get_person(record).await?
+        } else {
+            None
+        };
         Ok((subscriptions, person))
     }
 }

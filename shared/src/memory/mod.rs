@@ -26,6 +26,7 @@ use crate::sync::{FullSync, SyncOutcomes};
 use crate::window::WindowId;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::Mutex;
 
@@ -215,9 +216,9 @@ impl PendingChanges for MemoryStore {
                 next: None,
             });
         };
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut items: Vec<RecordId> = records
-            .iter()
-            .filter(|r| after.is_none_or(|a| r.as_str() > a))
+            .range::<str, _>((start, Bound::Unbounded))
             .take(limit + 1)
             .cloned()
             .collect();

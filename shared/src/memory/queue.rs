@@ -80,6 +80,8 @@ struct Stored {
 #[derive(Debug, Default)]
 struct State {
     messages: BTreeMap<u64, Stored>,
+    /// The current receipt handle of each in-flight message.
+    receipts: HashMap<String, u64>,
     next_seq: u64,
     dead: Vec<Stored>,
 }
@@ -171,6 +173,8 @@ impl MemoryQueue {
         let mut state = self.state();
         let mut batch = Vec::new();
         let mut dead = Vec::new();
+        let mut stale_receipts: Vec<String> = Vec::new();
+        let mut fresh_receipts: Vec<(String, u64)> = Vec::new();
         let mut next_visible: Option<Instant> = None;
         for (seq, m) in state.messages.iter_mut() {
             if m.visible_at > now {
@@ -186,7 +190,10 @@ impl MemoryQueue {
             }
             m.receive_count += 1;
             let receipt = uuid::Uuid::new_v4().to_string();
-            m.receipt = Some(receipt.clone());
+            if let Some(old) = m.receipt.replace(receipt.clone()) {
+                stale_receipts.push(old);
+            }
+            fresh_receipts.push((receipt.clone(), *seq));
             m.visible_at = now + self.visibility_timeout;
             let first = *m.first_received_at_ms.get_or_insert_with(epoch_ms);
             batch.push(ReceivedMessage {
@@ -198,8 +205,15 @@ impl MemoryQueue {
                 first_received_at_ms: first,
             });
         }
+        for old in stale_receipts {
+            state.receipts.remove(&old);
+        }
+        state.receipts.extend(fresh_receipts);
         for seq in dead {
             if let Some(m) = state.messages.remove(&seq) {
+                if let Some(receipt) = &m.receipt {
+                    state.receipts.remove(receipt);
+                }
                 tracing::warn!(message_id = %m.message_id, receives = m.receive_count, "moved to the dead-letter queue");
                 state.dead.push(m);
             }
@@ -208,18 +222,18 @@ impl MemoryQueue {
     }
 
     fn find_by_receipt<'a>(state: &'a mut State, receipt: &str) -> Option<(u64, &'a mut Stored)> {
-        state
-            .messages
-            .iter_mut()
-            .find(|(_, m)| m.receipt.as_deref() == Some(receipt))
-            .map(|(seq, m)| (*seq, m))
+        let seq = *state.receipts.get(receipt)?;
+        state.messages.get_mut(&seq).map(|m| (seq, m))
     }
 
     /// Deletes a received message. False when the receipt is unknown.
     pub fn delete(&self, receipt_handle: &str) -> bool {
         let mut state = self.state();
         match Self::find_by_receipt(&mut state, receipt_handle) {
-            Some((seq, _)) => state.messages.remove(&seq).is_some(),
+            Some((seq, _)) => {
+                state.receipts.remove(receipt_handle);
+                state.messages.remove(&seq).is_some()
+            }
             None => false,
         }
     }

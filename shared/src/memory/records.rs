@@ -7,6 +7,7 @@ use crate::record::RecordId;
 use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::{EventRecord, StreamRecord, StreamViewType};
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Mutex;
 
 /// Persons keyed by id, plus the stream sequence counter.
@@ -82,10 +83,10 @@ impl RecordStore for MemoryRecords {
         limit: usize,
     ) -> BackendResult<Page<(RecordId, Person)>> {
         let state = self.state.lock().expect("records lock");
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let examined: Vec<(&RecordId, &Person)> = state
             .0
-            .iter()
-            .filter(|(id, _)| after.is_none_or(|a| id.as_str() > a))
+            .range::<str, _>((start, Bound::Unbounded))
             .take(limit + 1)
             .collect();
         let next = (examined.len() > limit).then(|| examined[limit - 1].0.to_string());
