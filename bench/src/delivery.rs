@@ -223,10 +223,9 @@ pub async fn concurrency(table: &mut Table) {
         if concurrency == 100 {
             best_ratio_at_100 = ratio;
         }
-        let verdict = if concurrency == 32 {
-            Verdict::judge(ratio <= 1.5, "default DELIVERY_CONCURRENCY")
-        } else if concurrency == 100 {
-            Verdict::judge(ratio <= 1.5, "DELIVERY_CONCURRENCY = batch size")
+        let default = webhooks::handlers::DeliverySettings::default().concurrency;
+        let verdict = if concurrency == default {
+            Verdict::judge(ratio <= 1.5, "the default DELIVERY_CONCURRENCY = batch size")
         } else {
             Verdict::Info
         };
