@@ -225,7 +225,10 @@ pub async fn concurrency(table: &mut Table) {
         }
         let default = webhooks::handlers::DeliverySettings::default().concurrency;
         let verdict = if concurrency == default {
-            Verdict::judge(ratio <= 1.5, "the default DELIVERY_CONCURRENCY = batch size")
+            Verdict::judge(
+                ratio <= 1.5,
+                "the default DELIVERY_CONCURRENCY = batch size",
+            )
         } else {
             Verdict::Info
         };
