@@ -6,6 +6,8 @@
 //! [`http_client`]), then the Lambda handlers ([`handlers`]) which are generic over the
 //! ports so the Lambdas and the local runner run the same code.
 
+#![warn(missing_docs)]
+
 pub mod ack;
 pub mod application;
 pub mod aws;
