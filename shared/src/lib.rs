@@ -1,10 +1,14 @@
 //! Person-record webhook notifications.
 //!
 //! The crate is laid out domain first: pure types and rules ([`record`], [`callback`],
-//! [`oauth`], [`window`], [`job`], [`retry`], [`ack`], [`netguard`]), then the ports
-//! ([`ports`]) every piece of state and I/O goes through, then adapters ([`memory`],
-//! [`http_client`]), then the Lambda handlers ([`handlers`]) which are generic over the
-//! ports so the Lambdas and the local runner run the same code.
+//! [`oauth`], [`subscription`], [`application`], [`members`], [`signing`], [`window`],
+//! [`job`], [`retry`], [`ack`], [`health`], [`sync`], [`netguard`]), then the ports
+//! ([`ports`], [`events`]) every piece of state and I/O goes through, then adapters
+//! ([`memory`] for the local runner and tests, [`aws`] for DynamoDB, SQS and EventBridge,
+//! [`http_client`] for deliveries), then the Lambda handlers ([`handlers`]), which take the
+//! real Lambda event types and run over the ports, so the Lambdas and the local runner run
+//! the same code. [`config`] reads the functions' settings; [`metrics`] writes CloudWatch
+//! Embedded Metric Format.
 
 #![warn(missing_docs)]
 
