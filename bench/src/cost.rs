@@ -11,14 +11,7 @@
 use crate::receiver::Receiver;
 use crate::report::{Table, Verdict};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    StreamSpecification, StreamViewType,
-};
-use aws_sdk_dynamodbstreams::types::ShardIteratorType;
-use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
-};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -30,10 +23,9 @@ use std::time::{Duration, Instant};
 use webhooks::application::Application;
 use webhooks::aws::AwsServices;
 use webhooks::aws::dynamodb::DynamoRecords;
-use webhooks::aws_lambda_events::event::dynamodb::{Event, EventRecord, StreamRecord};
+use webhooks::aws_lambda_events::event::dynamodb::Event;
 use webhooks::aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use webhooks::callback::{CallbackUrl, UrlPolicy};
-use webhooks::config::Settings;
 use webhooks::handlers::{ChangeCapture, Delivery, Flush};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::oauth::OAuthClient;
@@ -41,6 +33,7 @@ use webhooks::ports::{ApplicationStore, ClientStore, SubscriptionStore};
 use webhooks::record::RecordId;
 use webhooks::subscription::Subscription;
 use webhooks::window::ManualWindows;
+use webhooks_tests::moto::{MotoEnv, StreamPoller};
 
 /// Prices, us-east-1, as published on the AWS pricing pages (see docs/benchmarks.md for
 /// the date they were read).
@@ -248,183 +241,6 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     response
 }
 
-/// One scenario's tables and queues on moto.
-struct Resources {
-    settings: Settings,
-    queue_url: String,
-    stream_arn: String,
-}
-
-async fn create(config: &SdkConfig) -> Resources {
-    let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let dynamodb = aws_sdk_dynamodb::Client::new(config);
-    let key = |name: &str, key_type: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(key_type)
-            .build()
-            .expect("key")
-    };
-    let attr = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .expect("attribute")
-    };
-    let records_table = format!("records-{suffix}");
-    let service_table = format!("service-{suffix}");
-    let created = dynamodb
-        .create_table()
-        .table_name(&records_table)
-        .key_schema(key("id", KeyType::Hash))
-        .attribute_definitions(attr("id"))
-        .billing_mode(BillingMode::PayPerRequest)
-        .stream_specification(
-            StreamSpecification::builder()
-                .stream_enabled(true)
-                .stream_view_type(StreamViewType::NewAndOldImages)
-                .build()
-                .expect("stream spec"),
-        )
-        .send()
-        .await
-        .expect("create records table");
-    let stream_arn = created
-        .table_description
-        .and_then(|t| t.latest_stream_arn)
-        .expect("the records table has a stream");
-    dynamodb
-        .create_table()
-        .table_name(&service_table)
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range))
-        .attribute_definitions(attr("pk"))
-        .attribute_definitions(attr("sk"))
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("create service table");
-    let sqs = aws_sdk_sqs::Client::new(config);
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("delivery-dlq-{suffix}"))
-        .send()
-        .await
-        .expect("create DLQ")
-        .queue_url
-        .expect("DLQ url");
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("DLQ arn")
-        .attributes
-        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-        .expect("DLQ arn");
-    let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"});
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(format!("delivery-{suffix}"))
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .attributes(QueueAttributeName::VisibilityTimeout, "360")
-        .send()
-        .await
-        .expect("create delivery queue")
-        .queue_url
-        .expect("queue url");
-    let env = HashMap::from([
-        ("SERVICE_TABLE", service_table),
-        ("RECORDS_TABLE", records_table),
-        ("DELIVERY_QUEUE_URL", queue_url.clone()),
-        ("DEAD_LETTER_QUEUE_URL", dlq_url),
-    ]);
-    Resources {
-        settings: Settings::from_lookup(|name| env.get(name).cloned()).expect("settings"),
-        queue_url,
-        stream_arn,
-    }
-}
-
-/// Every stream record of the records table so far (TRIM_HORIZON of every shard), as the
-/// Lambda trigger would hand them over. Not counted: trigger reads of a stream are free.
-async fn stream_records(config: &SdkConfig, stream_arn: &str) -> Vec<EventRecord> {
-    let client = aws_sdk_dynamodbstreams::Client::new(config);
-    let shards = client
-        .describe_stream()
-        .stream_arn(stream_arn)
-        .send()
-        .await
-        .expect("describe stream")
-        .stream_description
-        .and_then(|d| d.shards)
-        .unwrap_or_default();
-    let mut records = Vec::new();
-    for shard in shards {
-        let mut iterator = client
-            .get_shard_iterator()
-            .stream_arn(stream_arn)
-            .shard_id(shard.shard_id.unwrap_or_default())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .expect("shard iterator")
-            .shard_iterator;
-        // Bounded: a few pages per shard are plenty for these sizes.
-        for _ in 0..50 {
-            let Some(it) = iterator.take() else { break };
-            let out = client
-                .get_records()
-                .shard_iterator(it)
-                .send()
-                .await
-                .expect("get records");
-            let page = out.records.unwrap_or_default();
-            let empty = page.is_empty();
-            records.extend(page.into_iter().map(to_lambda_record));
-            if empty {
-                break;
-            }
-            iterator = out.next_shard_iterator;
-        }
-    }
-    records
-}
-
-fn to_lambda_item(
-    item: Option<HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>>,
-) -> serde_dynamo::Item {
-    let Some(item) = item else {
-        return Default::default();
-    };
-    let json: serde_json::Value = serde_dynamo::from_item(item).expect("stream image converts");
-    serde_dynamo::to_item(json).expect("JSON object converts")
-}
-
-fn to_lambda_record(record: aws_sdk_dynamodbstreams::types::Record) -> EventRecord {
-    let Some(data) = record.dynamodb else {
-        return EventRecord::default();
-    };
-    let mut change = StreamRecord::default();
-    change.keys = to_lambda_item(data.keys);
-    change.new_image = to_lambda_item(data.new_image);
-    change.old_image = to_lambda_item(data.old_image);
-    change.sequence_number = data.sequence_number;
-    change.size_bytes = data.size_bytes.unwrap_or_default();
-    let mut lambda = EventRecord::default();
-    lambda.event_id = record.event_id.unwrap_or_default();
-    lambda.event_name = record
-        .event_name
-        .map(|n| n.as_str().to_owned())
-        .unwrap_or_default();
-    lambda.event_source = record.event_source;
-    lambda.aws_region = record.aws_region.unwrap_or_default();
-    lambda.change = change;
-    lambda
-}
-
 /// Lambda work of one function: invocations and summed billed duration (1 ms rounding).
 #[derive(Debug, Clone, Copy, Default)]
 struct LambdaUse {
@@ -475,8 +291,8 @@ async fn scenario(s: Scenario, receiver: &Receiver) -> Run {
     let endpoint = std::env::var("MOTO_ENDPOINT").expect("MOTO_ENDPOINT");
     let direct = sdk_config(&endpoint).await;
     let (proxy, proxied) = Proxy::start(endpoint).await;
-    let resources = create(&direct).await;
-    let settings = resources.settings.clone();
+    let resources = MotoEnv::create_on(direct.clone(), 5).await;
+    let settings = resources.settings();
     // The service's adapters exactly as the functions build them, over the counting proxy.
     let aws = AwsServices::new(&sdk_config(&proxied).await, settings.clone());
     let sqs = aws_sdk_sqs::Client::new(&sdk_config(&proxied).await);
@@ -565,7 +381,16 @@ async fn scenario(s: Scenario, receiver: &Receiver) -> Run {
 
     // Change capture: the stream's records in event-source batches.
     proxy.count(false);
-    let changes = stream_records(&direct, &resources.stream_arn).await;
+    // Not counted: a Lambda trigger's reads of its stream are free.
+    let mut stream = StreamPoller::start(&resources).await;
+    let mut changes = Vec::new();
+    for _ in 0..50 {
+        let page = stream.poll().await.records;
+        if page.is_empty() {
+            break;
+        }
+        changes.extend(page);
+    }
     proxy.count(true);
     assert_eq!(
         changes.len(),

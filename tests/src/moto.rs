@@ -72,7 +72,11 @@ impl MotoEnv {
     /// Creates the tables (records with a NEW_AND_OLD_IMAGES stream), the delivery queue
     /// and its DLQ with a redrive policy of `max_receive_count`.
     pub async fn create(max_receive_count: u32) -> Self {
-        let config = sdk_config().await;
+        Self::create_on(sdk_config().await, max_receive_count).await
+    }
+
+    /// [`Self::create`] through `config` (the benchmark's own moto connection).
+    pub async fn create_on(config: SdkConfig, max_receive_count: u32) -> Self {
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let dynamodb = aws_sdk_dynamodb::Client::new(&config);
         let records_table = format!("records-{suffix}");
