@@ -175,10 +175,20 @@ impl Delivery {
     /// Delivers a batch concurrently; failed messages are listed in the response (an
     /// `Err` would make Lambda retry the whole batch). Sync steps stop before `deadline`.
     pub async fn handle(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
-        self.prefetch_subscribers(&event).await;
+        // Each body is parsed once, here.
+        let messages: Vec<(SqsMessage, Result<DeliveryJob, serde_json::Error>)> = event
+            .records
+            .into_iter()
+            .map(|m| {
+                let job = serde_json::from_str(m.body.as_deref().unwrap_or(""));
+                (m, job)
+            })
+            .collect();
+        self.prefetch_subscribers(messages.iter().filter_map(|(_, job)| job.as_ref().ok()))
+            .await;
         let metrics = Mutex::new(DeliveryMetrics::default());
-        let failures: Vec<BatchItemFailure> = futures::stream::iter(event.records)
-            .map(|message| self.process(message, deadline, &metrics))
+        let failures: Vec<BatchItemFailure> = futures::stream::iter(messages)
+            .map(|(message, job)| self.process(message, job, deadline, &metrics))
             .buffer_unordered(self.settings.concurrency.max(1))
             .filter_map(|failed| async move { failed })
             .map(|message_id| {
@@ -205,18 +215,15 @@ impl Delivery {
 
     /// Reads each client and application of the batch once, before the concurrent
     /// deliveries would all miss the cache at the same moment and read it a hundred times.
-    async fn prefetch_subscribers(&self, event: &SqsEvent) {
+    async fn prefetch_subscribers<'a>(&self, jobs: impl Iterator<Item = &'a DeliveryJob>) {
         let mut clients = std::collections::BTreeSet::new();
         let mut applications = std::collections::BTreeSet::new();
-        for message in &event.records {
-            let Ok(job) =
-                serde_json::from_str::<DeliveryJob>(message.body.as_deref().unwrap_or(""))
-            else {
-                continue;
-            };
-            match job.target {
-                Target::Callback { client, .. } => clients.insert(client),
-                Target::Application { application, .. } => applications.insert(application),
+        for job in jobs {
+            match &job.target {
+                Target::Callback { client, .. } => clients.insert(client.as_str()),
+                Target::Application { application, .. } => {
+                    applications.insert(application.as_str())
+                }
                 Target::SyncStep { .. } => false,
             };
         }
@@ -314,6 +321,7 @@ impl Delivery {
     async fn process(
         &self,
         message: SqsMessage,
+        job: Result<DeliveryJob, serde_json::Error>,
         deadline: Instant,
         metrics: &Mutex<DeliveryMetrics>,
     ) -> Option<String> {
@@ -323,7 +331,7 @@ impl Delivery {
             .get("ApproximateReceiveCount")
             .and_then(|n| n.parse().ok())
             .unwrap_or(1);
-        let job: DeliveryJob = match serde_json::from_str(message.body.as_deref().unwrap_or("")) {
+        let job = match job {
             Ok(job) => job,
             Err(e) => {
                 // Keep it: retrying cannot fix it, but the DLQ keeps it for an operator.
