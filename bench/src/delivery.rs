@@ -192,7 +192,6 @@ pub async fn concurrency(table: &mut Table) {
         "one request alone through the handler (200 ms receiver): {}",
         single.ms()
     ));
-    let mut best_ratio_at_100 = f64::MAX;
     for concurrency in [8usize, 32, 64, 100] {
         let delivery = handler(&url, concurrency, 100).await;
         // A warm-up batch opens the pool's connections, as a warm Lambda has.
@@ -220,9 +219,6 @@ pub async fn concurrency(table: &mut Table) {
         }
         let stats = Stats::of(&samples);
         let ratio = stats.median.as_secs_f64() / single.median.as_secs_f64();
-        if concurrency == 100 {
-            best_ratio_at_100 = ratio;
-        }
         let default = webhooks::handlers::DeliverySettings::default().concurrency;
         let verdict = if concurrency == default {
             Verdict::judge(
@@ -243,7 +239,6 @@ pub async fn concurrency(table: &mut Table) {
             verdict,
         );
     }
-    let _ = best_ratio_at_100;
 }
 
 /// Figure 2: messages per second through the handler vs a bare reqwest loop.
