@@ -125,13 +125,14 @@ pub trait SyncStore: Send + Sync {
         application: &str,
         sync_id: &str,
     ) -> BackendResult<Option<(FullSync, SyncOutcomes)>>;
-    /// Counts one fan-out job's outcome; returns the counters after it.
+    /// Counts one fan-out job's outcome; returns the sync (if its state was saved) and the
+    /// counters after it, in the same call.
     async fn count_sync_outcome(
         &self,
         application: &str,
         sync_id: &str,
         delivered: bool,
-    ) -> BackendResult<SyncOutcomes>;
+    ) -> BackendResult<(Option<FullSync>, SyncOutcomes)>;
     /// Takes the sync's lease until `until_ms` if it is free at `now_ms` (one step at a
     /// time); false when another step holds it.
     async fn lease_sync(

@@ -382,11 +382,16 @@ async fn applications_and_syncs_on_dynamodb() {
         .count_sync_outcome("app-1", &sync.sync_id, true)
         .await
         .unwrap();
-    let outcomes = aws
+    let (counted, outcomes) = aws
         .store
         .count_sync_outcome("app-1", &sync.sync_id, false)
         .await
         .unwrap();
+    assert_eq!(
+        counted.as_ref(),
+        Some(&sync),
+        "the state comes back with the counters"
+    );
     assert_eq!((outcomes.delivered, outcomes.failed), (1, 1));
     sync.scanned = 4;
     sync.cursor = Some("p-4".into());

@@ -521,7 +521,7 @@ impl SyncStore for DynamoStore {
         application: &str,
         sync_id: &str,
         delivered: bool,
-    ) -> BackendResult<SyncOutcomes> {
+    ) -> BackendResult<(Option<FullSync>, SyncOutcomes)> {
         let counter = if delivered {
             "outcome_delivered"
         } else {
@@ -540,8 +540,15 @@ impl SyncStore for DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
-        let counters: SyncCounters = from_item(out.attributes.unwrap_or_default())?;
-        Ok(counters.into())
+        // ALL_NEW is the whole item: the driver's state comes with the counters.
+        let item = out.attributes.unwrap_or_default();
+        let counters: SyncCounters = from_item(item.clone())?;
+        let sync = if item.contains_key("sync_id") {
+            Some(from_item(item)?)
+        } else {
+            None
+        };
+        Ok((sync, counters.into()))
     }
 
     async fn lease_sync(

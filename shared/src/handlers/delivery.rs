@@ -517,12 +517,12 @@ impl Delivery {
     /// Counts a fan-out sync job's outcome, and announces the sync's completion.
     async fn count_sync_outcome(&self, application: &str, sync: &str, delivered: bool) {
         let result = async {
-            let outcomes = self
+            let (state, outcomes) = self
                 .ports
                 .syncs
                 .count_sync_outcome(application, sync, delivered)
                 .await?;
-            if let Some((state, _)) = self.ports.syncs.get_sync(application, sync).await?
+            if let Some(state) = state
                 && state.scan_done
                 && outcomes.delivered + outcomes.failed == state.scanned
             {

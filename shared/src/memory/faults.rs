@@ -276,7 +276,7 @@ impl<T: SyncStore> SyncStore for Faulty<T> {
         application: &str,
         sync_id: &str,
         delivered: bool,
-    ) -> BackendResult<SyncOutcomes> {
+    ) -> BackendResult<(Option<FullSync>, SyncOutcomes)> {
         self.faults
             .around(
                 self.inner

@@ -303,7 +303,7 @@ impl SyncStore for MemoryStore {
         application: &str,
         sync_id: &str,
         delivered: bool,
-    ) -> BackendResult<SyncOutcomes> {
+    ) -> BackendResult<(Option<FullSync>, SyncOutcomes)> {
         let mut state = self.state();
         let entry = state
             .syncs
@@ -314,7 +314,7 @@ impl SyncStore for MemoryStore {
         } else {
             entry.outcomes.failed += 1;
         }
-        Ok(entry.outcomes)
+        Ok((entry.sync.clone(), entry.outcomes))
     }
 
     async fn lease_sync(
