@@ -32,6 +32,17 @@ fn admin(env: &MotoEnv, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The value the command printed after `label:`.
+fn printed(stdout: &str, label: &str) -> String {
+    let prefix = format!("{label}:");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{label} not printed: {stdout}"))
+        .trim()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn create_list_disable_enable() {
     let env = MotoEnv::create(3).await;
@@ -39,12 +50,7 @@ async fn create_list_disable_enable() {
 
     let (code, stdout, stderr) = admin(&env, &["clients", "create", "--id", "APP-TEST"]);
     assert_eq!(code, 0, "{stderr}");
-    let secret = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("client_secret:"))
-        .expect("secret printed")
-        .trim()
-        .to_owned();
+    let secret = printed(&stdout, "client_secret");
     let stored = aws
         .store
         .raw_item("CLIENTS", "APP-TEST")
@@ -127,12 +133,7 @@ async fn applications_create_and_list() {
     let aws = AwsServices::new(&env.config, env.settings());
     let (code, stdout, stderr) = admin(&env, &["applications", "create", "--id", "app-1"]);
     assert_eq!(code, 0, "{stderr}");
-    let key = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("api_key:"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let key = printed(&stdout, "api_key");
     let app = aws.store.get_application("app-1").await.unwrap().unwrap();
     assert_eq!(app.api_key_hash, webhooks::oauth::sha256_hex(&key));
     assert!(stdout.contains(app.secrets.current.expose()));
