@@ -7,7 +7,7 @@ use crate::events::announce;
 use crate::http_client::CallbackClient;
 use crate::job::DeliveryJob;
 use crate::members::{consented_scopes, scoped_person};
-use crate::ports::{BackendError, Ports};
+use crate::ports::{BackendError, MAX_SEND_DELAY, Ports};
 use crate::retry::RetryPolicy;
 use crate::sync::{FullSync, SyncState};
 use std::time::Duration;
@@ -25,8 +25,14 @@ const LEASE_SLACK: Duration = Duration::from_secs(60);
 pub enum StepOutcome {
     /// The sync is finished (or gone); no further step.
     Done,
-    /// Run another step after this delay.
+    /// Run another step after this delay (at most [`MAX_SEND_DELAY`], the longest a queue
+    /// message can wait: a step that wakes before its time re-checks and waits again).
     Again(Duration),
+}
+
+/// The next step after `wait`, capped at what a queue delay can express.
+fn again_after(wait: Duration) -> StepOutcome {
+    StepOutcome::Again(wait.min(MAX_SEND_DELAY))
 }
 
 /// One step of a full sync.
@@ -192,7 +198,7 @@ impl SyncDriver<'_> {
                 let wait = at - now_ms(ports);
                 if wait > 0 {
                     ports.syncs.save_sync(sync).await?;
-                    return Ok(StepOutcome::Again(Duration::from_millis(wait as u64)));
+                    return Ok(again_after(Duration::from_millis(wait as u64)));
                 }
             }
             let page = ports
@@ -206,7 +212,13 @@ impl SyncDriver<'_> {
                 if let Some(end) = sync.last_request_end_ms {
                     let wait = end + interval.as_millis() as i64 - now_ms(ports);
                     if wait > 0 {
-                        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                        let wait = Duration::from_millis(wait as u64);
+                        // Never sleep past the deadline: come back through the queue.
+                        if Instant::now() + wait + attempt_time >= deadline {
+                            ports.syncs.save_sync(sync).await?;
+                            return Ok(again_after(wait));
+                        }
+                        tokio::time::sleep(wait).await;
                     }
                 }
                 if Instant::now() + attempt_time >= deadline {
@@ -244,7 +256,7 @@ impl SyncDriver<'_> {
                             .next_delay(sync.head_attempts, outcome.retry_after);
                         sync.next_attempt_at_ms = Some(now_ms(ports) + delay.as_millis() as i64);
                         ports.syncs.save_sync(sync).await?;
-                        return Ok(StepOutcome::Again(delay));
+                        return Ok(again_after(delay));
                     }
                     ports.queue.dead_letter(&job).await?;
                     sync.failed += 1;
@@ -265,5 +277,119 @@ impl SyncDriver<'_> {
     /// Time to keep in hand for one request before the deadline.
     fn http_budget(&self) -> Duration {
         self.http.timeout() + Duration::from_secs(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callback::UrlPolicy;
+    use crate::clock::ManualClock;
+    use crate::http_client::HttpSettings;
+    use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+    use crate::record::RecordId;
+    use std::sync::Arc;
+
+    struct Paced {
+        ports: Ports,
+        clock: Arc<ManualClock>,
+        http: CallbackClient,
+        sync: FullSync,
+    }
+
+    /// A paced sync whose previous request has just finished, with one person left.
+    async fn paced(interval: Duration) -> Paced {
+        let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+        let records = Arc::new(MemoryRecords::default());
+        let ports = crate::memory::ports(
+            Arc::new(MemoryStore::default()),
+            records.clone(),
+            Arc::new(MemoryQueue::new(Duration::from_secs(60), 5)),
+            Arc::new(crate::events::LoggedEvents::default()),
+            clock.clone(),
+        );
+        let person = serde_json::json!({"consents": {"app-1": ["members.read_name"]}});
+        records.put_person(
+            &RecordId::parse("p-1").unwrap(),
+            person.as_object().unwrap().clone(),
+        );
+        let mut app = Application::new("app-1", "key", 0);
+        // Never reached: the step must stop before its request.
+        app.webhook.url = Some("http://127.0.0.1:9/sync".into());
+        app.webhook.request_interval_ms = interval.as_millis() as u64;
+        ports.applications.put_application(&app).await.unwrap();
+        let mut sync = FullSync::new("app-1", app.webhook.request_interval_ms, "t".into());
+        sync.last_request_end_ms = Some(now_ms(&ports));
+        ports.syncs.save_sync(&sync).await.unwrap();
+        let http = CallbackClient::new(&HttpSettings {
+            timeout: Duration::from_secs(5),
+            url_policy: UrlPolicy {
+                allow_insecure: true,
+            },
+            ..HttpSettings::default()
+        });
+        Paced {
+            ports,
+            clock,
+            http,
+            sync,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_step_never_waits_past_its_deadline() {
+        let setup = paced(Duration::from_secs(600)).await;
+        let driver = SyncDriver {
+            ports: &setup.ports,
+            http: &setup.http,
+            retry: RetryPolicy::default(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let outcome = driver
+            .step("app-1", &setup.sync.sync_id, deadline)
+            .await
+            .unwrap();
+        assert!(
+            Instant::now() <= deadline,
+            "the step ran {:?} past its deadline",
+            Instant::now() - deadline
+        );
+        assert_eq!(outcome, StepOutcome::Again(Duration::from_secs(600)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interval_longer_than_a_queue_delay_is_waited_in_several_steps() {
+        let setup = paced(Duration::from_secs(3600)).await;
+        let driver = SyncDriver {
+            ports: &setup.ports,
+            http: &setup.http,
+            retry: RetryPolicy::default(),
+        };
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let outcome = driver
+                .step("app-1", &setup.sync.sync_id, deadline)
+                .await
+                .unwrap();
+            assert!(Instant::now() <= deadline);
+            let StepOutcome::Again(wait) = outcome else {
+                panic!("the sync ended early: {outcome:?}");
+            };
+            waits.push(wait.as_secs());
+            setup.clock.advance(wait);
+        }
+        assert_eq!(waits, [MAX_SEND_DELAY.as_secs(); 4]);
+        let (sync, _) = setup
+            .ports
+            .syncs
+            .get_sync("app-1", &setup.sync.sync_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            sync.scanned, 0,
+            "nobody was sent before the interval passed"
+        );
     }
 }
