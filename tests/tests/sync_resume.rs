@@ -110,7 +110,8 @@ async fn a_paced_sync_spans_many_short_steps() {
     // Each step has 1.8 s; a request needs its ack deadline and a second in hand (1.5 s),
     // so a step sends about a dozen persons and hands over to the next.
     while let StepOutcome::Again(delay) = s.step(Duration::from_millis(1800)).await {
-        assert_eq!(delay, Duration::ZERO);
+        // The next step comes back at once, or after what is left of the interval.
+        assert!(delay <= Duration::from_millis(20), "{delay:?}");
         steps += 1;
         assert!(steps < 100, "the sync makes progress");
     }
