@@ -2,7 +2,9 @@
 
 - every template parameter is a row of the README's configuration table, with the same default;
 - every environment variable the template sets is one the code reads (shared/src/config.rs),
-  and every variable named in the table is set by the template.
+  and every variable named in the table is set by the template;
+- the slowest retry schedule the parameters' bounds allow ends (in the dead-letter queue) at
+  least a day before the delivery queue's retention would delete the message.
 
 Run by scripts/test; uses cfn-lint's YAML loader, which understands !Ref and friends.
 """
@@ -50,6 +52,89 @@ for var in env:
 for name, (_, var) in rows.items():
     if var not in ("—", "") and var not in env:
         problems.append(f"README says {name} is {var}, which the template does not set")
+
+
+# ---------------------------------------------------------------- retry schedule vs retention
+
+DAY = 86400
+# Time allowed between a message becoming visible and the event source handing it to the
+# delivery function. Lambda polls continuously; a longer backlog is what the delivery queue's
+# age-of-oldest-message alarm is for.
+PICKUP_ALLOWANCE = 300
+
+
+def rust_duration_secs(path, name):
+    """The seconds of `const NAME: Duration = Duration::from_secs(<product>)` in a Rust file."""
+    text = (root / path).read_text()
+    m = re.search(rf"const {name}: Duration = Duration::from_secs\(([\d_ *]+)\);", text)
+    if not m:
+        raise SystemExit(f"{path}: cannot find the constant {name}")
+    value = 1
+    for factor in m.group(1).split("*"):
+        value *= int(factor.strip().replace("_", ""))
+    return value
+
+
+def upper_bound(value, what):
+    """The largest value a template property can take: itself, or a parameter's MaxValue."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        spec = parameters.get(value["Ref"], {})
+        if "MaxValue" not in spec:
+            problems.append(f"{what} is parameter {value['Ref']}, which has no MaxValue")
+            return None
+        return int(spec["MaxValue"])
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        problems.append(f"{what} = {value!r}: cannot bound it")
+        return None
+
+
+def schedule_secs(receives, gap_after):
+    """Longest time from send to the dead-letter queue with `receives` receives, when
+    failed receive n hides the message for gap_after(n) seconds."""
+    total = max_send_delay  # a message may be sent with a delay (sync steps)
+    for n in range(1, receives + 1):
+        # picked up, then the function runs up to its timeout before it hides the message
+        total += PICKUP_ALLOWANCE + function_timeout
+        if n < receives:
+            total += gap_after(n)
+    # after the last receive the message is made visible at once; the next receive
+    # moves it to the dead-letter queue
+    return total + PICKUP_ALLOWANCE
+
+
+resources = template["Resources"]
+queue = resources["DeliveryQueue"]["Properties"]
+retention = int(queue["MessageRetentionPeriod"])
+max_receives = upper_bound(queue["RedrivePolicy"]["maxReceiveCount"], "maxReceiveCount")
+max_base = upper_bound({"Ref": "RetryBaseSeconds"}, "RetryBaseSeconds")
+function_timeout = int(resources["DeliveryFunction"]["Properties"]["Timeout"])
+# A crashed invocation's messages come back after the queue's visibility timeout.
+crash_gap = int(queue["VisibilityTimeout"])
+cap = rust_duration_secs("shared/src/retry.rs", "MAX_RETRY_DELAY")
+max_send_delay = rust_duration_secs("shared/src/ports.rs", "MAX_SEND_DELAY")
+jitter = float(re.search(r"jitter: ([\d.]+),", (root / "shared/src/retry.rs").read_text()).group(1))
+if max_receives is not None and max_base is not None:
+    budget = retention - DAY
+    # Without Retry-After: min(base * 2^(n-1), cap) plus jitter, never above the cap.
+    natural = schedule_secs(
+        max_receives, lambda n: max(min(max_base * 2 ** (n - 1) * (1 + jitter), cap), crash_gap)
+    )
+    # A receiver answering Retry-After of a day or more makes every wait the cap, whatever
+    # the base; so does a backend failure or a crash at worst.
+    worst = schedule_secs(max_receives, lambda n: max(cap, crash_gap))
+    print(
+        f"retry schedule at the bounds (MaxAttempts <= {max_receives}, RetryBaseSeconds <= "
+        f"{max_base}): {natural / DAY:.2f} days without Retry-After, {worst / DAY:.2f} days at "
+        f"worst; retention {retention / DAY:g} days"
+    )
+    if worst > budget:
+        problems.append(
+            f"the slowest retry schedule the parameters allow takes {worst / DAY:.2f} days, "
+            f"more than the delivery queue's retention ({retention / DAY:g} days) minus a day: "
+            f"messages would expire instead of reaching the dead-letter queue"
+        )
 
 if problems:
     print("\n".join(problems))
