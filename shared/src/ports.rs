@@ -179,6 +179,13 @@ pub trait PendingChanges: Send + Sync {
     async fn cursor(&self) -> BackendResult<Option<FlushCursor>>;
     /// Saves the flush cursor.
     async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()>;
+    /// Takes the flush lease for `holder` until `until_ms` (epoch ms) if nobody holds it at
+    /// `now_ms`; false when another flush holds it. One flush runs at a time without
+    /// reserved Lambda concurrency.
+    async fn lease_flush(&self, holder: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool>;
+    /// Gives the lease back if `holder` still holds it (a lease already taken over by
+    /// another flush after it expired is left alone).
+    async fn release_flush(&self, holder: &str) -> BackendResult<()>;
 }
 
 /// The delivery queue as the flush and delivery handlers use it.

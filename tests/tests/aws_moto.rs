@@ -306,6 +306,38 @@ async fn pending_pages_and_cursor_round_trip_on_dynamodb() {
 }
 
 #[tokio::test]
+async fn the_flush_lease_is_a_conditional_write_on_dynamodb() {
+    let env = MotoEnv::create(3).await;
+    let aws = AwsServices::new(&env.config, env.settings());
+    let store = &aws.store;
+    assert!(store.lease_flush("a", 1_000, 5_000).await.unwrap());
+    assert!(
+        !store.lease_flush("b", 2_000, 6_000).await.unwrap(),
+        "held by a until 5 000"
+    );
+    // A holder that is not the holder gives nothing back.
+    store.release_flush("b").await.unwrap();
+    assert!(!store.lease_flush("b", 4_999, 9_000).await.unwrap());
+    // Expired (a crashed holder): the next flush takes it over.
+    assert!(store.lease_flush("b", 5_000, 9_000).await.unwrap());
+    // The old holder's late release leaves b's lease alone.
+    store.release_flush("a").await.unwrap();
+    assert!(!store.lease_flush("c", 6_000, 10_000).await.unwrap());
+    // Released by its holder: free at once.
+    store.release_flush("b").await.unwrap();
+    assert!(store.lease_flush("c", 6_000, 10_000).await.unwrap());
+    // The lease is its own item: saving the cursor does not free it.
+    store
+        .save_cursor(&webhooks::ports::FlushCursor {
+            window: webhooks::window::WindowId(1),
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert!(!store.lease_flush("d", 7_000, 11_000).await.unwrap());
+}
+
+#[tokio::test]
 async fn applications_and_syncs_on_dynamodb() {
     use webhooks::application::Application;
     use webhooks::ports::{ApplicationStore, RecordStore, SyncStore};
@@ -573,6 +605,8 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
         windows: p.windows.clone(),
         settings: FlushSettings {
             page_size: 3,
+            // A killed run's lease lasts this long past its deadline.
+            lease_margin: Duration::from_millis(100),
             ..FlushSettings::default()
         },
     };
@@ -665,7 +699,13 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
             }
         }
         p.windows.close_current();
-        let _ = timeout(Duration::from_secs(2), flush.run(None)).await;
+        let _ = timeout(
+            Duration::from_secs(2),
+            flush.run(Some(
+                tokio::time::Instant::now() + Duration::from_millis(1500),
+            )),
+        )
+        .await;
         let _ = timeout(
             Duration::from_secs(2),
             p.queue.run_once(&delivery, Duration::from_millis(200)),
@@ -675,7 +715,14 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
     faults.heal();
     p.windows.close_current();
     let final_window = webhooks::window::FlushWindows::current(p.windows.as_ref()).0;
-    while flush.run(None).await.is_err() {}
+    // Until a run completes (a killed run's lease expires first).
+    loop {
+        match flush.run(None).await {
+            Ok(report) if !report.lease_held => break,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => {}
+        }
+    }
     let satisfied = |acked: &std::collections::HashSet<(String, String)>,
                      dead: &[String],
                      record: usize,

@@ -184,6 +184,8 @@ async fn no_notification_is_lost_under_faults() {
         windows: windows.clone(),
         settings: FlushSettings {
             page_size: 7,
+            // A killed run's lease lasts this long past its deadline.
+            lease_margin: Duration::from_millis(100),
             ..FlushSettings::default()
         },
     };
@@ -291,7 +293,13 @@ async fn no_notification_is_lost_under_faults() {
         if rng.f64() < 0.5 {
             windows.close_current();
             if !matches!(
-                timeout(Duration::from_millis(300), flush.run(None)).await,
+                timeout(
+                    Duration::from_millis(300),
+                    flush.run(Some(
+                        tokio::time::Instant::now() + Duration::from_millis(250)
+                    ))
+                )
+                .await,
                 Ok(Ok(_))
             ) {
                 flush_crashes += 1;
@@ -305,7 +313,14 @@ async fn no_notification_is_lost_under_faults() {
     receiver.healthy.store(true, Ordering::SeqCst);
     windows.close_current();
     let final_window = windows.current().0;
-    while flush.run(None).await.is_err() {}
+    // Until a run completes (a killed run's lease expires first).
+    loop {
+        match flush.run(None).await {
+            Ok(report) if !report.lease_held => break,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => {}
+        }
+    }
     let drain_deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let depth = queue.depth();

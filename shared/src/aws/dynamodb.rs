@@ -8,6 +8,7 @@
 //! | subscription | `SUB#<record>` | `CALLBACK#<sha256 of url>` | the URL itself is an attribute (sort keys max 1 KiB) |
 //! | pending change | `PENDING#<window>` | record id | one write per change, `expires_at` TTL, never deleted by the flush |
 //! | flush cursor | `FLUSH` | `CURSOR` | window + page position |
+//! | flush lease | `FLUSH` | `LEASE` | `holder`, `lease_until_ms`: one flush at a time |
 //! | application | `APPS` | application id | one partition: listing is one Query |
 //! | API key index | `APIKEY#<sha256 of key>` | `APIKEY` | application id |
 //! | full sync | `SYNC#<application>` | sync id | driver state (SET), outcome counters (ADD), lease |
@@ -399,6 +400,57 @@ impl PendingChanges for DynamoStore {
 
     async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()> {
         self.put("FLUSH".into(), "CURSOR".into(), cursor).await
+    }
+
+    async fn lease_flush(&self, holder: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool> {
+        // Its own item: saving the cursor replaces the whole CURSOR item.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s("FLUSH"))
+            .key("sk", s("LEASE"))
+            .update_expression("SET holder = :holder, lease_until_ms = :until")
+            .condition_expression("attribute_not_exists(lease_until_ms) OR lease_until_ms <= :now")
+            .expression_attribute_values(":holder", s(holder))
+            .expression_attribute_values(":until", AttributeValue::N(until_ms.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn release_flush(&self, holder: &str) -> BackendResult<()> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s("FLUSH"))
+            .key("sk", s("LEASE"))
+            .condition_expression("holder = :holder")
+            .expression_attribute_values(":holder", s(holder))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Expired and taken over by another flush: theirs now.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 }
 

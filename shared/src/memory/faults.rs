@@ -321,6 +321,14 @@ impl<T: PendingChanges> PendingChanges for Faulty<T> {
     async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()> {
         self.faults.around(self.inner.save_cursor(cursor)).await
     }
+    async fn lease_flush(&self, holder: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool> {
+        self.faults
+            .around(self.inner.lease_flush(holder, now_ms, until_ms))
+            .await
+    }
+    async fn release_flush(&self, holder: &str) -> BackendResult<()> {
+        self.faults.around(self.inner.release_flush(holder)).await
+    }
 }
 
 #[async_trait]

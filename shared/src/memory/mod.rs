@@ -66,6 +66,8 @@ struct State {
     subscriptions: BTreeMap<(RecordId, String), Subscription>,
     pending: BTreeMap<WindowId, BTreeSet<RecordId>>,
     cursor: Option<FlushCursor>,
+    /// The flush lease: holder and until when (epoch ms).
+    flush_lease: Option<(String, i64)>,
     applications: BTreeMap<String, Application>,
     api_keys: HashMap<String, String>,
     syncs: HashMap<(String, String), SyncEntry>,
@@ -241,6 +243,27 @@ impl PendingChanges for MemoryStore {
         // Entries of flushed windows expire (the DynamoDB adapter uses TTL); dropping them
         // here keeps a long-running local runner's memory flat.
         state.pending.retain(|w, _| *w >= cursor.window);
+        Ok(())
+    }
+
+    async fn lease_flush(&self, holder: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool> {
+        let mut state = self.state();
+        if state
+            .flush_lease
+            .as_ref()
+            .is_some_and(|(_, until)| *until > now_ms)
+        {
+            return Ok(false);
+        }
+        state.flush_lease = Some((holder.to_owned(), until_ms));
+        Ok(true)
+    }
+
+    async fn release_flush(&self, holder: &str) -> BackendResult<()> {
+        let mut state = self.state();
+        if state.flush_lease.as_ref().is_some_and(|(h, _)| h == holder) {
+            state.flush_lease = None;
+        }
         Ok(())
     }
 }
