@@ -131,6 +131,26 @@ async fn register_and_unregister_events() {
 }
 
 #[tokio::test]
+async fn a_register_event_whose_callback_query_was_split_off_is_400() {
+    let service = Service::new().await;
+    // API Gateway HTTP APIs decode the path and split it at `?`: a callback sent as
+    // `https%3A%2F%2Fnowhere2.com%2Fupdated%3Fuser%3D7` arrives as this.
+    let mut event: serde_json::Value = event("register.json");
+    let path = "/0000-0002-7465-2162/webhook/https://nowhere2.com/updated";
+    event["rawPath"] = path.into();
+    event["requestContext"]["http"]["path"] = path.into();
+    event["rawQueryString"] = "user=7".into();
+    let request = webhooks::lambda_http::request::from_str(&event.to_string()).unwrap();
+    let response = service.registration().handle(request).await;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = match response.body() {
+        webhooks::lambda_http::Body::Text(t) => serde_json::from_str(t).unwrap(),
+        other => panic!("unexpected body {other:?}"),
+    };
+    assert_eq!(body["error"], "callback_url_query", "{body}");
+}
+
+#[tokio::test]
 async fn stream_events_mark_records_pending() {
     let service = Service::new().await;
     let capture = ChangeCapture {

@@ -335,3 +335,36 @@ async fn a_delivery_that_always_fails_ends_in_the_dead_letter_queue_and_replays(
     assert_eq!(api.status().await["queue"]["dead_letters"], 0);
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_query_sent_as_the_request_query_is_400() {
+    let service = LocalService::start(config(Duration::from_millis(100), 3))
+        .await
+        .unwrap();
+    let api = Client::new(&service);
+    let token = api.token().await;
+    let token = token["access_token"].as_str().unwrap();
+    // Not encoded: the `?` starts the request's own query string.
+    let response = api
+        .http
+        .put(format!(
+            "{}/{SAMPLE_RECORD}/webhook/https://nowhere2.com/updated?user=7",
+            api.base
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "callback_url_query", "{body}");
+    // Encoded, it reaches the local runner whole and is registered as sent.
+    let response = api
+        .webhook(
+            reqwest::Method::PUT,
+            token,
+            "http://127.0.0.1:9/updated?user=7",
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+}

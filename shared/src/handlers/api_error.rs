@@ -24,6 +24,12 @@ pub enum ApiError {
     /// The callback URL in the path is refused.
     #[error(transparent)]
     CallbackUrl(#[from] InvalidCallbackUrl),
+    /// The webhook request has a query string: the callback URL in the path is cut
+    /// where the client's `?` was, so it is not the URL the client sent.
+    #[error(
+        "the request has a query string, so the callback URL in the path is not the whole URL that was sent (its '?' split it; API Gateway splits even at an encoded %3F); register a callback URL without a query string"
+    )]
+    CallbackQuery,
     /// The record does not exist.
     #[error("no record has this id")]
     UnknownRecord,
@@ -78,7 +84,9 @@ impl ApiError {
             Self::OAuth(_) => StatusCode::BAD_REQUEST,
             Self::Bearer(BearerError::InsufficientScope) => StatusCode::FORBIDDEN,
             Self::Bearer(_) => StatusCode::UNAUTHORIZED,
-            Self::RecordId(_) | Self::CallbackUrl(_) => StatusCode::BAD_REQUEST,
+            Self::RecordId(_) | Self::CallbackUrl(_) | Self::CallbackQuery => {
+                StatusCode::BAD_REQUEST
+            }
             Self::UnknownRecord | Self::NoSuchWebhook | Self::NotFound => StatusCode::NOT_FOUND,
             Self::NotOwner => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -105,6 +113,7 @@ impl ApiError {
             Self::Bearer(BearerError::InsufficientScope) => "insufficient_scope",
             Self::RecordId(_) => "invalid_record_id",
             Self::CallbackUrl(_) => "invalid_callback_url",
+            Self::CallbackQuery => "callback_url_query",
             Self::UnknownRecord => "unknown_record",
             Self::NoSuchWebhook => "webhook_not_found",
             Self::NotOwner => "forbidden",

@@ -207,7 +207,7 @@ impl Registration {
     ) -> Result<(String, OrcidId, CallbackUrl), ApiError> {
         let client_id = self.authenticate(request.headers()).await?;
         let record = OrcidId::parse(record)?;
-        let callback = CallbackUrl::try_from(decode_callback(raw_callback)?)?;
+        let callback = CallbackUrl::try_from(path_callback(request, raw_callback)?)?;
         Ok((client_id, record, callback))
     }
 
@@ -220,7 +220,10 @@ impl Registration {
     ) -> Result<Response<Body>, ApiError> {
         let client_id = self.authenticate(request.headers()).await?;
         let record = OrcidId::parse(record)?;
-        let callback = callback_from_path(raw_callback, self.settings.url_policy)?;
+        let callback = CallbackUrl::parse(
+            &path_callback(request, raw_callback)?,
+            self.settings.url_policy,
+        )?;
         if self
             .ports
             .records
@@ -353,8 +356,15 @@ fn decode_callback(raw: &str) -> Result<String, InvalidCallbackUrl> {
     }
 }
 
-fn callback_from_path(raw: &str, policy: UrlPolicy) -> Result<CallbackUrl, InvalidCallbackUrl> {
-    CallbackUrl::parse(&decode_callback(raw)?, policy)
+/// The callback text of a webhook route. A request with a query string is refused: the
+/// client's callback had a `?` that split it (sent unencoded, or decoded by API Gateway,
+/// whose HTTP APIs decode the path before splitting it), so the path holds only part of
+/// the URL the client meant, and registering that part would be silently wrong.
+fn path_callback(request: &Request, raw: &str) -> Result<String, ApiError> {
+    if request.uri().query().is_some_and(|q| !q.is_empty()) {
+        return Err(ApiError::CallbackQuery);
+    }
+    Ok(decode_callback(raw)?)
 }
 
 /// `scheme://host` of the request, as the client addressed the API.

@@ -5,7 +5,7 @@ use crate::clock::{Clock, ManualClock};
 use crate::http_client::{CallbackClient, HttpSettings};
 use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use crate::oauth::OAuthClient;
-use crate::ports::ClientStore;
+use crate::ports::{ClientStore, SubscriptionStore};
 use crate::record::RecordId;
 use serde_json::Value;
 use std::sync::Arc;
@@ -458,4 +458,37 @@ async fn basic_auth_token_request() {
         ))
         .unwrap();
     assert_eq!(call(&api, req).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_callback_whose_query_was_split_off_is_400_not_201() {
+    let api = api().await;
+    let t = token(&api, "APP-1", "secret-1").await;
+    // What reaches the function when the client's `?` was taken as the request's own
+    // query string (unencoded, or decoded by the gateway before it split the URL).
+    let split = webhook_path("https://nowhere2.com/updated?user=7");
+    for method in ["PUT", "GET", "DELETE"] {
+        let (status, _, body) = call(&api, request(method, &split, Some(&t), "")).await;
+        assert_eq!(status, 400, "{method}: {body}");
+        assert_eq!(body["error"], "callback_url_query", "{method}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("query string"),
+            "{body}"
+        );
+    }
+    assert!(
+        api.store
+            .subscriptions_of(&RecordId::parse(RECORD).unwrap())
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was registered"
+    );
+    // The whole callback percent-encoded arrives intact and is registered as sent.
+    let encoded = "https%3A%2F%2Fnowhere2.com%2Fupdated%3Fuser%3D7";
+    let (status, _, _) = call(&api, request("PUT", &webhook_path(encoded), Some(&t), "")).await;
+    assert_eq!(status, 201);
 }
