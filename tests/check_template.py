@@ -1,6 +1,7 @@
 """Checks that README's configuration table, template.yaml and the code agree.
 
-- every template parameter is a row of the README's configuration table, with the same default;
+- every template parameter is a row of the README's configuration table, with the same default,
+  and in exactly one of the console's parameter groups;
 - every environment variable the template sets is one the code reads (shared/src/config.rs),
   and every variable named in the table is set by the template;
 - the slowest retry schedule the parameters' bounds allow ends (in the dead-letter queue) at
@@ -39,6 +40,14 @@ for name, spec in parameters.items():
     default = str(spec.get("Default", ""))
     if rows[name][0] != default:
         problems.append(f"{name}: README default {rows[name][0]!r}, template {default!r}")
+grouped = [
+    name
+    for group in template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    for name in group["Parameters"]
+]
+for name in parameters:
+    if grouped.count(name) != 1:
+        problems.append(f"parameter {name} is in {grouped.count(name)} parameter groups, not one")
 for name in rows:
     if name not in parameters:
         problems.append(f"README lists {name}, which the template does not have")

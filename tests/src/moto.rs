@@ -104,7 +104,8 @@ impl MotoEnv {
             .stream_specification(
                 StreamSpecification::builder()
                     .stream_enabled(true)
-                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    // As template.yaml: change capture reads only the key.
+                    .stream_view_type(StreamViewType::KeysOnly)
                     .build()
                     .unwrap(),
             )

@@ -1,5 +1,6 @@
 //! The records table in memory, with the stream it would have: every put and delete
-//! returns the DynamoDB stream record (NEW_AND_OLD_IMAGES) the real table would emit.
+//! returns the DynamoDB stream record the real table's KEYS_ONLY stream would emit (change
+//! capture reads only the key, so the stream carries no item images).
 
 use crate::members::consented_scopes;
 use crate::ports::{BackendResult, Page, Person, RecordStore};
@@ -25,15 +26,15 @@ impl MemoryRecords {
         let old = state.0.insert(id.clone(), person.clone());
         state.1 += 1;
         let name = if old.is_some() { "MODIFY" } else { "INSERT" };
-        stream_record(name, id, Some(&person), old.as_ref(), state.1)
+        stream_record(name, id, state.1)
     }
 
     /// Deletes a person and returns the REMOVE stream record, if it existed.
     pub fn delete_person(&self, id: &RecordId) -> Option<EventRecord> {
         let mut state = self.state.lock().expect("records lock");
-        let old = state.0.remove(id)?;
+        state.0.remove(id)?;
         state.1 += 1;
-        Some(stream_record("REMOVE", id, None, Some(&old), state.1))
+        Some(stream_record("REMOVE", id, state.1))
     }
 }
 
@@ -41,23 +42,15 @@ fn to_item(person: &Person) -> serde_dynamo::Item {
     serde_dynamo::to_item(person).expect("a JSON object is a DynamoDB item")
 }
 
-fn stream_record(
-    name: &str,
-    id: &RecordId,
-    new: Option<&Person>,
-    old: Option<&Person>,
-    sequence: u64,
-) -> EventRecord {
+fn stream_record(name: &str, id: &RecordId, sequence: u64) -> EventRecord {
     let mut keys = Person::new();
     keys.insert("id".into(), id.as_str().into());
     let mut change = StreamRecord::default();
     change.approximate_creation_date_time = chrono::Utc::now();
     change.keys = to_item(&keys);
-    change.new_image = new.map(to_item).unwrap_or_default();
-    change.old_image = old.map(to_item).unwrap_or_default();
     change.sequence_number = Some(format!("{sequence:021}"));
-    change.size_bytes = serde_json::to_vec(&(new, old)).map_or(0, |b| b.len() as i64);
-    change.stream_view_type = Some(StreamViewType::NewAndOldImages);
+    change.size_bytes = serde_json::to_vec(&keys).map_or(0, |b| b.len() as i64);
+    change.stream_view_type = Some(StreamViewType::KeysOnly);
     let mut record = EventRecord::default();
     record.aws_region = "local".into();
     record.change = change;
@@ -112,14 +105,20 @@ mod tests {
         let person = json!({"firstName": "Josiah"}).as_object().unwrap().clone();
         let insert = records.put_person(&id, person.clone());
         assert_eq!(insert.event_name, "INSERT");
-        assert!(insert.change.old_image.is_empty());
+        assert_eq!(
+            crate::handlers::change_capture::changed_record(&insert),
+            Some(id.clone())
+        );
+        assert!(insert.change.new_image.is_empty() && insert.change.old_image.is_empty());
         let modify = records.put_person(&id, person);
         assert_eq!(modify.event_name, "MODIFY");
-        assert!(!modify.change.old_image.is_empty());
         assert!(modify.change.sequence_number > insert.change.sequence_number);
         let remove = records.delete_person(&id).unwrap();
         assert_eq!(remove.event_name, "REMOVE");
-        assert!(remove.change.new_image.is_empty());
+        assert_eq!(
+            crate::handlers::change_capture::changed_record(&remove),
+            Some(id.clone())
+        );
         assert!(records.delete_person(&id).is_none());
     }
 }
