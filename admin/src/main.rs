@@ -7,7 +7,8 @@ use webhooks::application::Application;
 use webhooks::aws::dynamodb::DynamoStore;
 use webhooks::aws::sqs::SqsQueue;
 use webhooks::oauth::{OAuthClient, WEBHOOK_SCOPE, is_valid_client_id, new_client_id, new_secret};
-use webhooks::ports::{ApplicationStore, BackendError, ClientStore};
+use webhooks::poison;
+use webhooks::ports::{ApplicationStore, BackendError, ClientStore, PendingChanges};
 use webhooks::signing::SigningSecrets;
 
 /// Manage the person webhooks service.
@@ -32,6 +33,25 @@ enum Command {
     /// The delivery dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Changes the flush set aside because they could never be queued as they were.
+    #[command(subcommand)]
+    Poison(PoisonCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PoisonCommand {
+    /// List poison items, oldest window first.
+    List,
+    /// Mark each item's record pending again (fix the record first) so the next flush
+    /// rebuilds its notifications, then remove the item.
+    Replay {
+        /// The poison item id, as `poison list` prints it.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Replay every poison item.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,8 +163,39 @@ async fn run(store: &DynamoStore, command: Command) -> Result<(), AdminError> {
     match command {
         Command::Clients(command) => run_clients(store, command).await,
         Command::Applications(command) => run_applications(store, command).await,
+        Command::Poison(command) => run_poison(store, command).await,
         Command::Dlq(_) => unreachable!("handled in main"),
     }
+}
+
+async fn run_poison(store: &DynamoStore, command: PoisonCommand) -> Result<(), AdminError> {
+    match command {
+        PoisonCommand::List => {
+            println!("{:<60} {:<28} REASON", "ID", "ENDPOINT");
+            for item in store.poison_items().await? {
+                println!(
+                    "{:<60} {:<28} {}",
+                    item.id(),
+                    item.endpoint.as_deref().unwrap_or("all"),
+                    item.reason()
+                );
+            }
+        }
+        PoisonCommand::Replay { id, all } => {
+            let ids: Vec<String> = if all {
+                store.poison_items().await?.iter().map(|i| i.id()).collect()
+            } else {
+                id.into_iter().collect()
+            };
+            for id in ids {
+                match poison::replay(store, &id).await? {
+                    Some(item) => println!("replayed: {id} (record {})", item.record),
+                    None => return Err(AdminError::Usage(format!("no poison item {id}"))),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn run_dlq(config: &aws_config::SdkConfig, command: DlqCommand) -> Result<(), AdminError> {

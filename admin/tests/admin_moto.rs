@@ -197,3 +197,44 @@ async fn dlq_replay_moves_dead_letters_back() {
     assert_eq!(bodies, [r#"{"n":0}"#, r#"{"n":1}"#, r#"{"n":2}"#]);
     assert!(env.dead_letters().await.is_empty());
 }
+
+#[tokio::test]
+async fn poison_items_are_listed_and_replayed() {
+    use webhooks::poison::PoisonItem;
+    use webhooks::ports::PendingChanges;
+    use webhooks::record::RecordId;
+    use webhooks::window::WindowId;
+    let env = MotoEnv::create(3).await;
+    let aws = AwsServices::new(&env.config, env.settings());
+    let record = RecordId::parse("0000-0002-7465-2162").unwrap();
+    let item = PoisonItem::corrupt(
+        &record,
+        WindowId(40),
+        None,
+        "missing field `callback`".into(),
+        "2026-11-26T00:00:00.000Z".into(),
+    );
+    aws.store.set_aside(&item).await.unwrap();
+    let cursor = webhooks::ports::FlushCursor {
+        window: WindowId(42),
+        after: Some("0000".into()),
+    };
+    aws.store.save_cursor(&cursor).await.unwrap();
+
+    let (code, list, stderr) = admin(&env, &["poison", "list"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        list.contains(&item.id()) && list.contains("missing field"),
+        "{list}"
+    );
+
+    let (code, _, stderr) = admin(&env, &["poison", "replay", "no-such-item"]);
+    assert_eq!(code, 2, "{stderr}");
+    let (code, stdout, stderr) = admin(&env, &["poison", "replay", "--all"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("replayed:"), "{stdout}");
+    assert!(aws.store.poison_items().await.unwrap().is_empty());
+    // Pending again in the window after the cursor's: the next flush reads it whole.
+    let page = aws.store.page(WindowId(43), None, 10).await.unwrap();
+    assert_eq!(page.items, vec![record]);
+}

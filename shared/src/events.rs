@@ -1,6 +1,6 @@
 //! Operational events for operators, as Svix's operational webhooks: an endpoint disabled
 //! or re-enabled, a message exhausted (moved to the dead-letter queue), a full sync
-//! completed. Published to EventBridge (an operator routes them to alarms or e-mail); the
+//! completed, a change set aside as a poison item. Published to EventBridge (an operator routes them to alarms or e-mail); the
 //! local runner logs them.
 
 use async_trait::async_trait;
@@ -48,6 +48,20 @@ pub enum OpsEvent {
         /// Persons dead-lettered.
         failed: u64,
     },
+    /// The flush set a change aside: it can never be queued as it is (see
+    /// [`crate::poison`]). `webhooks-admin poison replay <poison_id>` replays it once fixed.
+    ChangeSetAside {
+        /// The poison item's id.
+        poison_id: String,
+        /// The changed record.
+        record: String,
+        /// The window it changed in.
+        window: u64,
+        /// The subscriber held back, or `all` when the record itself could not be read.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl OpsEvent {
@@ -58,6 +72,7 @@ impl OpsEvent {
             Self::EndpointEnabled { .. } => "Endpoint Enabled",
             Self::MessageExhausted { .. } => "Message Exhausted",
             Self::SyncCompleted { .. } => "Sync Completed",
+            Self::ChangeSetAside { .. } => "Change Set Aside",
         }
     }
 }

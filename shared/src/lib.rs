@@ -2,7 +2,7 @@
 //!
 //! The crate is laid out domain first: pure types and rules ([`record`], [`callback`],
 //! [`oauth`], [`subscription`], [`application`], [`members`], [`signing`], [`window`],
-//! [`job`], [`retry`], [`ack`], [`health`], [`sync`], [`netguard`]), then the ports
+//! [`job`], [`message`], [`poison`], [`retry`], [`ack`], [`health`], [`sync`], [`netguard`]), then the ports
 //! ([`ports`], [`events`]) every piece of state and I/O goes through, then adapters
 //! ([`memory`] for the local runner and tests, [`aws`] for DynamoDB, SQS and EventBridge,
 //! [`http_client`] for deliveries), then the Lambda handlers ([`handlers`]), which take the
@@ -25,9 +25,11 @@ pub mod http_client;
 pub mod job;
 pub mod members;
 pub mod memory;
+pub mod message;
 pub mod metrics;
 pub mod netguard;
 pub mod oauth;
+pub mod poison;
 pub mod ports;
 pub mod record;
 pub mod retry;

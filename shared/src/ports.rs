@@ -7,7 +7,9 @@ use crate::clock::Clock;
 use crate::events::OpsEvents;
 use crate::health::EndpointHealth;
 use crate::job::DeliveryJob;
+use crate::message::Refusal;
 use crate::oauth::{AccessToken, OAuthClient};
+use crate::poison::PoisonItem;
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::sync::{FullSync, SyncOutcomes};
@@ -30,6 +32,20 @@ pub enum BackendError {
     /// A stored item could not be read back.
     #[error("stored item is corrupt: {0}")]
     Corrupt(String),
+    /// The service refused this input for good (too large, content it does not accept):
+    /// sending it again cannot succeed.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+}
+
+impl BackendError {
+    /// True when retrying the same call cannot succeed: the input itself is the problem.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => false,
+            Self::Corrupt(_) | Self::Refused(_) => true,
+        }
+    }
 }
 
 /// Shorthand for port results.
@@ -186,14 +202,23 @@ pub trait PendingChanges: Send + Sync {
     /// Gives the lease back if `holder` still holds it (a lease already taken over by
     /// another flush after it expired is left alone).
     async fn release_flush(&self, holder: &str) -> BackendResult<()>;
+    /// Keeps a change the flush had to set aside (a poison item) until an operator replays
+    /// or drops it; writing the same item again changes nothing.
+    async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()>;
+    /// Every poison item, oldest window first.
+    async fn poison_items(&self) -> BackendResult<Vec<PoisonItem>>;
+    /// Removes a poison item; false when there was none with this id.
+    async fn remove_poison(&self, id: &str) -> BackendResult<bool>;
 }
 
 /// The delivery queue as the flush and delivery handlers use it.
 #[async_trait]
 pub trait DeliveryQueue: Send + Sync {
-    /// Enqueues jobs (all of them, or an error: a partial enqueue is retried whole,
+    /// Enqueues jobs: every one of them except those the result lists as refused for
+    /// good (too large, or content the queue does not accept), or an error when the
+    /// queue failed for a reason that may pass (a partial enqueue is then retried whole,
     /// which at worst duplicates).
-    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<()>;
+    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<Enqueued>;
     /// Enqueues one job that becomes visible after `delay` (at most 15 minutes).
     async fn enqueue_delayed(&self, job: &DeliveryJob, delay: Duration) -> BackendResult<()>;
     /// Hides a received message for `delay` so it is retried then (visibility timeout).
@@ -201,6 +226,35 @@ pub trait DeliveryQueue: Send + Sync {
     /// Puts a job straight into the dead-letter queue (a paced sync's person that failed
     /// its last attempt), where an operator can inspect and replay it.
     async fn dead_letter(&self, job: &DeliveryJob) -> BackendResult<()>;
+}
+
+/// What an enqueue did: every job was enqueued except the refused ones. Must be looked at:
+/// a refused job is not on the queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use = "refused jobs are not on the queue: set them aside or fail"]
+pub struct Enqueued {
+    /// The jobs the queue refused for good, by their position in the enqueued slice.
+    pub refused: Vec<RefusedJob>,
+}
+
+impl Enqueued {
+    /// Every job enqueued, or the first refusal as an error (for callers whose jobs are
+    /// small and fixed-format, where a refusal is a bug to surface, not data to set aside).
+    pub fn all(self) -> BackendResult<()> {
+        match self.refused.into_iter().next() {
+            None => Ok(()),
+            Some(refused) => Err(BackendError::Refused(refused.refusal)),
+        }
+    }
+}
+
+/// One job a queue refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedJob {
+    /// Its position in the enqueued slice.
+    pub index: usize,
+    /// Why.
+    pub refusal: Refusal,
 }
 
 /// Every port, as the handlers share them.

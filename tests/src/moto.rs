@@ -129,9 +129,12 @@ impl MotoEnv {
             .expect("create service table");
 
         let sqs = aws_sdk_sqs::Client::new(&config);
+        // The template pins both queues to the message size the service checks for.
+        let max_size = webhooks::message::MAX_MESSAGE_BYTES.to_string();
         let dlq_url = sqs
             .create_queue()
             .queue_name(format!("delivery-dlq-{suffix}"))
+            .attributes(QueueAttributeName::MaximumMessageSize, &max_size)
             .send()
             .await
             .expect("create DLQ")
@@ -144,6 +147,7 @@ impl MotoEnv {
             .queue_name(format!("delivery-{suffix}"))
             .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
             .attributes(QueueAttributeName::VisibilityTimeout, "3")
+            .attributes(QueueAttributeName::MaximumMessageSize, &max_size)
             .send()
             .await
             .expect("create delivery queue")

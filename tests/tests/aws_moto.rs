@@ -832,3 +832,179 @@ async fn operational_events_reach_eventbridge() {
     assert_eq!(status, 200);
     assert!(body.contains("\"disabled\""), "{body}");
 }
+
+/// Receives every message of `queue_url` (deleting them) until `n` arrived or 10 s passed.
+async fn receive_jobs(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    n: usize,
+) -> Vec<webhooks::job::DeliveryJob> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut jobs = Vec::new();
+    while jobs.len() < n && tokio::time::Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for message in out.messages.unwrap_or_default() {
+            let body = message.body.unwrap();
+            assert_eq!(webhooks::message::check(&body), Ok(()), "as sent");
+            jobs.push(webhooks::message::decode(&body).unwrap());
+            sqs.delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(message.receipt_handle.unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    jobs
+}
+
+fn person_job(n: usize, first_name: &str) -> webhooks::job::DeliveryJob {
+    let person = serde_json::json!({"personID": format!("p{n}"), "firstName": first_name});
+    webhooks::job::DeliveryJob::for_application(
+        "app-1",
+        &RecordId::parse(&format!("p{n}")).unwrap(),
+        person.as_object().unwrap().clone(),
+        webhooks::window::WindowId(1),
+        "2026-11-26T00:00:00.000Z".into(),
+    )
+}
+
+/// SQS refuses some characters (moto does not check them, so what is sent is checked
+/// here), messages over the queue's size and batches over its total: the adapter escapes,
+/// splits by bytes, and reports a job that can never fit instead of failing the others.
+#[tokio::test]
+async fn the_sqs_adapter_escapes_splits_by_bytes_and_reports_refusals() {
+    use webhooks::message::{MAX_MESSAGE_BYTES, Refusal};
+    use webhooks::ports::DeliveryQueue;
+    let env = MotoEnv::create(5).await;
+    let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
+    let sqs = aws_sdk_sqs::Client::new(&env.config);
+
+    // Ten jobs of 120 KiB: 1.2 MiB, over any single SendMessageBatch (moto's limit is
+    // 1 MiB, AWS's 256 KiB or 1 MiB); one job over the message size; one with U+FFFF.
+    let mut jobs = vec![person_job(0, "Zoë\u{FFFF}\u{FFFE}")];
+    for n in 1..=10 {
+        jobs.push(person_job(n, &"x".repeat(120 * 1024)));
+    }
+    jobs.push(person_job(11, &"y".repeat(MAX_MESSAGE_BYTES)));
+    let enqueued = aws
+        .queue
+        .enqueue(&jobs)
+        .await
+        .expect("no transient failure");
+    assert_eq!(enqueued.refused.len(), 1, "{:?}", enqueued.refused);
+    assert_eq!(enqueued.refused[0].index, 11);
+    assert!(matches!(
+        enqueued.refused[0].refusal,
+        Refusal::TooLarge { .. }
+    ));
+    let mut got = receive_jobs(&sqs, &env.queue_url, 11).await;
+    got.sort_by_key(|j| j.id.as_str().to_owned());
+    let mut want = jobs[..11].to_vec();
+    want.sort_by_key(|j| j.id.as_str().to_owned());
+    assert_eq!(
+        got, want,
+        "every job but the refused one, decoded unchanged"
+    );
+
+    // A queue whose size limit is lower than the service's own check (an operator's
+    // setting): SQS refuses the whole batch (moto: InvalidParameterValue), the adapter
+    // finds the one entry at fault and sends the others.
+    let small = sqs
+        .create_queue()
+        .queue_name(format!("small-{}", uuid::Uuid::new_v4().simple()))
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+            "1024",
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let queue = webhooks::aws::sqs::SqsQueue::new(sqs.clone(), &small, &env.dlq_url);
+    let jobs = [
+        person_job(20, "Ann"),
+        person_job(21, &"z".repeat(2000)),
+        person_job(22, "Cy"),
+    ];
+    let enqueued = queue.enqueue(&jobs).await.expect("no transient failure");
+    assert_eq!(enqueued.refused.len(), 1, "{:?}", enqueued.refused);
+    assert_eq!(enqueued.refused[0].index, 1);
+    assert!(
+        matches!(&enqueued.refused[0].refusal, Refusal::Rejected { reason } if reason.starts_with("InvalidParameterValue")),
+        "{:?}",
+        enqueued.refused[0].refusal
+    );
+    assert_eq!(receive_jobs(&sqs, &small, 2).await.len(), 2);
+}
+
+/// A person consenting to app-1's name scope, written and marked pending now.
+async fn change_person(aws: &AwsServices, windows: &ManualWindows, id: &str, first_name: &str) {
+    let record = RecordId::parse(id).unwrap();
+    let person =
+        serde_json::json!({"firstName": first_name, "consents": {"app-1": ["members.read_name"]}});
+    aws.records
+        .put_person(&record, person.as_object().unwrap())
+        .await
+        .unwrap();
+    aws.store
+        .mark(webhooks::window::FlushWindows::current(windows), &record)
+        .await
+        .unwrap();
+}
+
+/// The flush over DynamoDB and SQS with a person too large for any message: the job is set
+/// aside as a poison item in the service table, the cursor moves on, and the next window
+/// is flushed.
+#[tokio::test]
+async fn a_poison_change_is_set_aside_in_dynamodb_and_the_flush_moves_on() {
+    use webhooks::application::Application;
+    use webhooks::ports::ApplicationStore;
+    let env = MotoEnv::create(5).await;
+    let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
+    let sqs = aws_sdk_sqs::Client::new(&env.config);
+    let windows = Arc::new(ManualWindows::default());
+    let mut app = Application::new("app-1", "key-1", 0);
+    app.webhook.url = Some("https://example.org/hook".into());
+    aws.store.put_application(&app).await.unwrap();
+    let big = "x".repeat(webhooks::message::MAX_MESSAGE_BYTES);
+    change_person(&aws, &windows, "p-1", &big).await;
+    change_person(&aws, &windows, "p-2", "Zoë\u{FFFF}").await;
+    windows.close_current();
+    change_person(&aws, &windows, "p-3", "Di").await;
+    windows.close_current();
+    let flush = Flush {
+        ports: aws.ports(),
+        windows: windows.clone(),
+        settings: FlushSettings::default(),
+    };
+    let report = flush
+        .run(None)
+        .await
+        .expect("the poison does not fail the run");
+    assert_eq!((report.jobs, report.set_aside), (2, 1), "{report:?}");
+    let poison = aws.store.poison_items().await.unwrap();
+    assert_eq!(poison.len(), 1, "{poison:?}");
+    assert_eq!(poison[0].record.as_str(), "p-1");
+    assert_eq!(poison[0].endpoint.as_deref(), Some("application:app-1"));
+    let mut names: Vec<String> = receive_jobs(&sqs, &env.queue_url, 2)
+        .await
+        .into_iter()
+        .map(|j| match j.target {
+            webhooks::job::Target::Application { person, .. } => {
+                person["firstName"].as_str().unwrap().to_owned()
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["Di", "Zoë\u{FFFF}"]);
+}

@@ -12,11 +12,13 @@
 //! | application | `APPS` | application id | one partition: listing is one Query |
 //! | API key index | `APIKEY#<sha256 of key>` | `APIKEY` | application id |
 //! | full sync | `SYNC#<application>` | sync id | driver state (SET), outcome counters (ADD), lease |
+//! | poison item | `POISON` | `<window>#<record>#<message or endpoint>` | a change the flush set aside; no TTL: kept until replayed |
 
 use crate::application::Application;
 use crate::callback::CallbackUrl;
 use crate::health::EndpointHealth;
 use crate::oauth::{AccessToken, OAuthClient, sha256_hex};
+use crate::poison::PoisonItem;
 use crate::ports::{
     ApplicationStore, BackendError, BackendResult, ClientStore, FlushCursor, Page, PendingChanges,
     Person, RecordStore, SubscriptionStore, SyncStore, TokenStore,
@@ -361,6 +363,9 @@ impl SubscriptionStore for DynamoStore {
     }
 }
 
+/// Poison items live in one partition: there are few, and an operator lists them all.
+const POISON_PK: &str = "POISON";
+
 /// The body of a pending-change item.
 #[derive(Serialize, Deserialize)]
 struct Pending {
@@ -451,6 +456,32 @@ impl PendingChanges for DynamoStore {
             }
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()> {
+        self.put(POISON_PK.into(), item.id(), item).await
+    }
+
+    async fn poison_items(&self) -> BackendResult<Vec<PoisonItem>> {
+        self.query_all(POISON_PK)
+            .await?
+            .into_iter()
+            .map(|item| from_item::<Keyed<PoisonItem>>(item).map(|k| k.value))
+            .collect()
+    }
+
+    async fn remove_poison(&self, id: &str) -> BackendResult<bool> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(POISON_PK))
+            .key("sk", s(id))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
     }
 }
 

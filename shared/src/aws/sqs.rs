@@ -1,16 +1,22 @@
 //! The SQS adapter of the delivery queue.
+//!
+//! Bodies are written by [`crate::message`] (characters SQS refuses are escaped), checked
+//! against the size limit before sending, and packed into SendMessageBatch calls by
+//! entries and bytes. What SQS still refuses for good is told apart from what may pass
+//! in one place, [`refusal_of`], and reported per job; only the latter is an error.
 
 use crate::job::DeliveryJob;
-use crate::ports::{BackendError, BackendResult, DeliveryQueue};
+use crate::message::{self, MAX_BATCH_ENTRIES, Refusal};
+use crate::ports::{BackendError, BackendResult, DeliveryQueue, Enqueued, RefusedJob};
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use futures::{StreamExt, TryStreamExt};
 use std::time::Duration;
 
 /// SQS's limit of entries per SendMessageBatch.
-const BATCH: usize = 10;
+const BATCH: usize = MAX_BATCH_ENTRIES;
 /// Batches in flight at once.
 const SEND_CONCURRENCY: usize = 8;
 /// Rounds of re-sending the entries a batch reported failed.
@@ -60,9 +66,18 @@ impl SqsQueue {
             if messages.is_empty() {
                 break;
             }
-            let bodies: Vec<String> = messages.iter().filter_map(|m| m.body.clone()).collect();
-            self.send_batch(&bodies).await?;
-            for message in &messages {
+            let entries: Vec<(usize, &str)> = messages
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| m.body.as_deref().map(|b| (i, b)))
+                .collect();
+            let refused = self.send_batch(&entries).await?;
+            for (i, message) in messages.iter().enumerate() {
+                if refused.iter().any(|r| r.index == i) {
+                    // Left in the DLQ, where it is: it came from SQS, so this is unexpected.
+                    tracing::error!(message_id = ?message.message_id, "the delivery queue refused a dead-lettered message; left in the DLQ");
+                    continue;
+                }
                 if let Some(receipt) = &message.receipt_handle {
                     self.client
                         .delete_message()
@@ -122,14 +137,19 @@ impl SqsQueue {
         delay: Duration,
     ) -> BackendResult<()> {
         let delay = delay.min(crate::ports::MAX_SEND_DELAY);
+        let body = message::encode(job);
+        message::check(&body).map_err(BackendError::Refused)?;
         self.client
             .send_message()
             .queue_url(queue_url)
-            .message_body(serde_json::to_string(job).expect("jobs serialize"))
+            .message_body(body)
             .delay_seconds(Self::visibility_seconds(delay))
             .send()
             .await
-            .map_err(|e| BackendError::Unavailable(DisplayErrorContext(&e).to_string()))?;
+            .map_err(|e| match refusal_of(e.code(), e.message()) {
+                Some(refusal) => BackendError::Refused(refusal),
+                None => BackendError::Unavailable(DisplayErrorContext(&e).to_string()),
+            })?;
         Ok(())
     }
 
@@ -140,21 +160,21 @@ impl SqsQueue {
         (clamped.as_secs() + u64::from(clamped.subsec_nanos() > 0)) as i32
     }
 
-    async fn send_batch(&self, bodies: &[String]) -> BackendResult<()> {
-        let mut pending: Vec<(String, &String)> = bodies
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (i.to_string(), b))
-            .collect();
+    /// Sends one SendMessageBatch of `(position, body)` entries (within SQS's limits),
+    /// re-sending the entries that failed for a reason that may pass. Returns the entries
+    /// SQS refused for good; an error when some could not be sent after every round.
+    async fn send_batch(&self, entries: &[(usize, &str)]) -> BackendResult<Vec<RefusedJob>> {
+        let mut pending: Vec<(usize, &str)> = entries.to_vec();
+        let mut refused = Vec::new();
         for round in 0..SEND_ROUNDS {
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(50 << round)).await;
             }
-            let entries = pending
+            let request = pending
                 .iter()
-                .map(|(id, body)| {
+                .map(|(index, body)| {
                     SendMessageBatchRequestEntry::builder()
-                        .id(id)
+                        .id(index.to_string())
                         .message_body(*body)
                         .build()
                         .expect("id and body are set")
@@ -164,49 +184,105 @@ impl SqsQueue {
                 .client
                 .send_message_batch()
                 .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
+                .set_entries(Some(request))
                 .send()
                 .await
             {
                 Ok(out) => out,
                 Err(e) => {
-                    tracing::warn!(error = %DisplayErrorContext(&e), round, "SendMessageBatch failed");
-                    continue;
+                    let Some(refusal) = refusal_of(e.code(), e.message()) else {
+                        tracing::warn!(error = %DisplayErrorContext(&e), round, "SendMessageBatch failed");
+                        continue;
+                    };
+                    if let [(index, _)] = pending[..] {
+                        refused.push(RefusedJob { index, refusal });
+                        return Ok(refused);
+                    }
+                    // One entry spoils the whole call: send each alone to find which.
+                    tracing::warn!(%refusal, entries = pending.len(), "SendMessageBatch refused; sending its entries one by one");
+                    for entry in pending {
+                        refused.extend(Box::pin(self.send_batch(&[entry])).await?);
+                    }
+                    return Ok(refused);
                 }
             };
-            let failed: Vec<&str> = out.failed.iter().map(|f| f.id.as_str()).collect();
-            for f in &out.failed {
-                tracing::warn!(id = %f.id, code = %f.code, sender_fault = f.sender_fault, "SendMessageBatch entry failed");
+            let mut again = Vec::new();
+            for failed in &out.failed {
+                let Some(&entry) = pending.iter().find(|(i, _)| i.to_string() == failed.id) else {
+                    continue;
+                };
+                match refusal_of(Some(&failed.code), failed.message.as_deref()) {
+                    Some(refusal) => {
+                        tracing::warn!(id = %failed.id, code = %failed.code, "SendMessageBatch entry refused");
+                        refused.push(RefusedJob {
+                            index: entry.0,
+                            refusal,
+                        });
+                    }
+                    None => {
+                        tracing::warn!(id = %failed.id, code = %failed.code, sender_fault = failed.sender_fault, "SendMessageBatch entry failed");
+                        again.push(entry);
+                    }
+                }
             }
-            pending.retain(|(id, _)| failed.contains(&id.as_str()));
+            pending = again;
             if pending.is_empty() {
-                return Ok(());
+                return Ok(refused);
             }
         }
         Err(BackendError::Unavailable(format!(
             "{} of {} messages could not be sent to SQS",
             pending.len(),
-            bodies.len()
+            entries.len()
         )))
+    }
+}
+
+/// The refusal an SQS error code means: the message itself is what SQS will never take,
+/// so sending it again is pointless. Every other error (throttling, a service error,
+/// access or KMS trouble: a configuration fixed by an operator) may pass and is retried.
+/// The one place SQS error codes are read; the JSON protocol's codes arrive with or without
+/// the query protocol's `AWS.SimpleQueueService.` prefix.
+pub fn refusal_of(code: Option<&str>, message: Option<&str>) -> Option<Refusal> {
+    let code = code?;
+    let bare = code.strip_prefix("AWS.SimpleQueueService.").unwrap_or(code);
+    match bare {
+        "InvalidMessageContents"
+        | "MessageTooLong"
+        | "BatchRequestTooLong"
+        | "InvalidParameterValue" => Some(Refusal::Rejected {
+            reason: format!("{bare}: {}", message.unwrap_or("")),
+        }),
+        _ => None,
     }
 }
 
 #[async_trait]
 impl DeliveryQueue for SqsQueue {
-    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<()> {
-        let bodies: Vec<String> = jobs
-            .iter()
-            .map(|job| serde_json::to_string(job).expect("jobs serialize"))
-            .collect();
+    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<Enqueued> {
+        let mut enqueued = Enqueued::default();
+        let mut bodies: Vec<(usize, String)> = Vec::with_capacity(jobs.len());
+        for (index, job) in jobs.iter().enumerate() {
+            let body = message::encode(job);
+            match message::check(&body) {
+                Ok(()) => bodies.push((index, body)),
+                Err(refusal) => enqueued.refused.push(RefusedJob { index, refusal }),
+            }
+        }
+        let entries: Vec<(usize, &str)> = bodies.iter().map(|(i, b)| (*i, b.as_str())).collect();
+        let sizes: Vec<usize> = entries.iter().map(|(_, b)| b.len()).collect();
         // Batches go out a few at a time: a large flush is bound by round trips.
-        let sends: Vec<_> = bodies
-            .chunks(BATCH)
-            .map(|chunk| self.send_batch(chunk))
+        let sends: Vec<_> = message::batches(&sizes)
+            .into_iter()
+            .map(|range| self.send_batch(&entries[range]))
             .collect();
-        futures::stream::iter(sends)
+        let refused: Vec<Vec<RefusedJob>> = futures::stream::iter(sends)
             .buffer_unordered(SEND_CONCURRENCY)
-            .try_collect::<()>()
-            .await
+            .try_collect()
+            .await?;
+        enqueued.refused.extend(refused.into_iter().flatten());
+        enqueued.refused.sort_by_key(|r| r.index);
+        Ok(enqueued)
     }
 
     async fn enqueue_delayed(&self, job: &DeliveryJob, delay: Duration) -> BackendResult<()> {
@@ -234,6 +310,30 @@ impl DeliveryQueue for SqsQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_content_errors_are_refusals() {
+        for code in [
+            "InvalidMessageContents",
+            "AWS.SimpleQueueService.BatchRequestTooLong",
+            "MessageTooLong",
+            "InvalidParameterValue",
+        ] {
+            assert!(refusal_of(Some(code), Some("m")).is_some(), "{code}");
+        }
+        for code in [
+            "RequestThrottled",
+            "ThrottlingException",
+            "InternalError",
+            "ServiceUnavailable",
+            "AccessDenied",
+            "KMS.ThrottlingException",
+            "AWS.SimpleQueueService.NonExistentQueue",
+        ] {
+            assert_eq!(refusal_of(Some(code), None), None, "{code}");
+        }
+        assert_eq!(refusal_of(None, Some("timeout")), None);
+    }
 
     #[test]
     fn visibility_rounds_up_and_stays_under_twelve_hours() {

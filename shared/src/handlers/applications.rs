@@ -177,7 +177,8 @@ impl Registration {
         self.ports
             .queue
             .enqueue(&[DeliveryJob::sync_step(&app.id, &sync.sync_id, now)])
-            .await?;
+            .await?
+            .all()?;
         tracing::info!(application_id = %app.id, sync_id = %sync.sync_id, interval_ms = sync.request_interval_ms, "full sync started");
         let mut response = json_response(StatusCode::ACCEPTED, &sync.view(Default::default()));
         let location = format!(

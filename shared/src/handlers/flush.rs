@@ -1,10 +1,18 @@
 //! The `flush` Lambda (EventBridge schedule): pending records of closed windows become
 //! delivery jobs, one per (record, subscription), on the delivery queue.
+//!
+//! A change that can never be queued as it is — a job the queue refuses for good, a
+//! record whose stored items do not decode — is set aside as a poison item
+//! ([`crate::poison`]) with an operational event, and the flush moves on: one bad record
+//! must not hold back every later window. A failure that may pass (a backend
+//! unavailable) fails the run instead, and the next run repeats the page.
 
 use crate::application::Application;
 use crate::clock::rfc3339_millis;
+use crate::events::announce;
 use crate::job::DeliveryJob;
 use crate::members::{consents, scoped_person};
+use crate::poison::PoisonItem;
 use crate::ports::{BackendError, FlushCursor, Person, Ports};
 use crate::record::RecordId;
 use crate::subscription::Subscription;
@@ -58,6 +66,8 @@ pub struct FlushReport {
     pub records: u64,
     /// Delivery jobs enqueued.
     pub jobs: u64,
+    /// Changes set aside as poison items (see [`crate::poison`]).
+    pub set_aside: u64,
     /// True when it stopped at the deadline and the next run continues.
     pub partial: bool,
     /// True when another flush held the lease, so this one did nothing.
@@ -143,12 +153,16 @@ impl Flush {
         }
         // Members-style fan-out needs each person's consents; with no application at all,
         // the person reads are skipped (one query per run instead of one read per record).
-        let members = !self
-            .ports
-            .applications
-            .list_applications()
-            .await?
-            .is_empty();
+        let members = match self.ports.applications.list_applications().await {
+            Ok(applications) => !applications.is_empty(),
+            // Some application item does not decode: read the persons all the same (each
+            // application is read, and set aside if corrupt, per person below).
+            Err(BackendError::Corrupt(e)) => {
+                tracing::error!(error = %e, "an application item is corrupt");
+                true
+            }
+            Err(e) => return Err(e),
+        };
         while cursor.window <= through {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 report.partial = true;
@@ -163,10 +177,27 @@ impl Flush {
                     self.settings.page_size,
                 )
                 .await?;
-            let jobs = self.jobs_for(cursor.window, &page.items, members).await?;
-            self.ports.queue.enqueue(&jobs).await?;
+            let mut plan = self.plan(cursor.window, &page.items, members).await?;
+            let enqueued = self.ports.queue.enqueue(&plan.jobs).await?;
+            report.jobs += (plan.jobs.len() - enqueued.refused.len()) as u64;
+            for refused in enqueued.refused {
+                plan.set_aside.push(PoisonItem::refused(
+                    &plan.records[refused.index],
+                    &plan.jobs[refused.index],
+                    cursor.window,
+                    refused.refusal,
+                    plan.created_at.clone(),
+                ));
+            }
+            // Before the cursor moves past them: a crash here repeats the page, and the
+            // same poison item is written again under the same id.
+            for item in &plan.set_aside {
+                self.ports.pending.set_aside(item).await?;
+                tracing::error!(poison = %item.id(), record = %item.record, endpoint = item.endpoint.as_deref().unwrap_or("all"), reason = %item.reason(), "change set aside");
+                announce(self.ports.events.as_ref(), item.event()).await;
+            }
             report.records += page.items.len() as u64;
-            report.jobs += jobs.len() as u64;
+            report.set_aside += plan.set_aside.len() as u64;
             cursor = match page.next {
                 Some(after) => FlushCursor {
                     window: cursor.window,
@@ -187,13 +218,14 @@ impl Flush {
     }
 
     /// One job per (record, subscription) and per (person, consented application with a
-    /// webhook). Applications are read once per flush run.
-    async fn jobs_for(
+    /// webhook); a record or application whose stored item does not decode is set aside
+    /// instead. Applications are read once per flush run.
+    async fn plan(
         &self,
         window: WindowId,
         records: &[RecordId],
         members: bool,
-    ) -> Result<Vec<DeliveryJob>, BackendError> {
+    ) -> Result<PagePlan, BackendError> {
         let created_at = rfc3339_millis(self.ports.clock.now());
         // Futures collected first: a closure inside the stream would make this future
         // lose `Send` through higher-ranked lifetimes.
@@ -205,42 +237,77 @@ impl Flush {
             .buffered(self.settings.lookup_concurrency)
             .collect()
             .await;
-        let mut applications: HashMap<String, Option<Application>> = HashMap::new();
-        let mut jobs = Vec::new();
+        let mut applications: HashMap<String, Result<Option<Application>, String>> = HashMap::new();
+        let mut plan = PagePlan {
+            jobs: Vec::new(),
+            records: Vec::new(),
+            set_aside: Vec::new(),
+            created_at: created_at.clone(),
+        };
         for (record, targets) in records.iter().zip(per_record) {
-            let (subscriptions, person) = targets?;
+            let (subscriptions, person) = match targets {
+                Ok(targets) => targets,
+                Err(BackendError::Corrupt(detail)) => {
+                    plan.set_aside.push(PoisonItem::corrupt(
+                        record,
+                        window,
+                        None,
+                        detail,
+                        created_at.clone(),
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             for subscription in subscriptions
                 .into_iter()
                 .filter(|s| !s.health.is_disabled())
             {
-                jobs.push(DeliveryJob::for_subscription(
-                    &subscription,
-                    window,
-                    created_at.clone(),
-                ));
+                plan.push(
+                    record,
+                    DeliveryJob::for_subscription(&subscription, window, created_at.clone()),
+                );
             }
             let Some(person) = person else { continue };
             for (app_id, scopes) in consents(&person) {
                 if !applications.contains_key(&app_id) {
-                    let app = self.ports.applications.get_application(&app_id).await?;
+                    let app = match self.ports.applications.get_application(&app_id).await {
+                        Ok(app) => Ok(app),
+                        Err(BackendError::Corrupt(detail)) => Err(detail),
+                        Err(e) => return Err(e),
+                    };
                     applications.insert(app_id.clone(), app);
                 }
-                if applications[&app_id]
-                    .as_ref()
-                    .is_some_and(|a| a.webhook.url.is_some() && !a.health.is_disabled())
-                {
-                    let scoped = scoped_person(record, &person, &scopes);
-                    jobs.push(DeliveryJob::for_application(
-                        &app_id,
+                match &applications[&app_id] {
+                    Ok(app) => {
+                        if app
+                            .as_ref()
+                            .is_some_and(|a| a.webhook.url.is_some() && !a.health.is_disabled())
+                        {
+                            let scoped = scoped_person(record, &person, &scopes);
+                            plan.push(
+                                record,
+                                DeliveryJob::for_application(
+                                    &app_id,
+                                    record,
+                                    scoped,
+                                    window,
+                                    created_at.clone(),
+                                ),
+                            );
+                        }
+                    }
+                    Err(detail) => plan.set_aside.push(PoisonItem::corrupt(
                         record,
-                        scoped,
                         window,
+                        Some(format!("application:{app_id}")),
+                        detail.clone(),
                         created_at.clone(),
-                    ));
+                    )),
                 }
             }
         }
-        Ok(jobs)
+        Ok(plan)
     }
 
     /// The subscriptions of a record and the person (for its consents).
@@ -257,6 +324,25 @@ impl Flush {
             None
         };
         Ok((subscriptions, person))
+    }
+}
+
+/// What one page of pending records turns into.
+struct PagePlan {
+    /// The jobs to enqueue.
+    jobs: Vec<DeliveryJob>,
+    /// The record of each job, by position.
+    records: Vec<RecordId>,
+    /// Changes that cannot be queued as they are.
+    set_aside: Vec<PoisonItem>,
+    /// When the jobs were made.
+    created_at: String,
+}
+
+impl PagePlan {
+    fn push(&mut self, record: &RecordId, job: DeliveryJob) {
+        self.records.push(record.clone());
+        self.jobs.push(job);
     }
 }
 
@@ -282,7 +368,10 @@ mod tests {
 
     #[async_trait]
     impl DeliveryQueue for GatedQueue {
-        async fn enqueue(&self, jobs: &[DeliveryJob]) -> crate::ports::BackendResult<()> {
+        async fn enqueue(
+            &self,
+            jobs: &[DeliveryJob],
+        ) -> crate::ports::BackendResult<crate::ports::Enqueued> {
             self.entered.add_permits(1);
             self.gate
                 .acquire()
@@ -418,5 +507,239 @@ mod tests {
         );
         let next = s.flush.run(None).await.unwrap();
         assert_eq!((next.jobs, next.lease_held), (3, false), "{next:?}");
+    }
+}
+
+#[cfg(test)]
+mod poison_tests {
+    use super::*;
+    use crate::application::Application;
+    use crate::clock::SystemClock;
+    use crate::events::{LoggedEvents, OpsEvent};
+    use crate::memory::{
+        self, Faults, Faulty, MemoryQueue, MemoryRecords, MemoryStore, PermanentFaults,
+    };
+    use crate::message::{self, MAX_MESSAGE_BYTES};
+    use crate::poison::PoisonCause;
+    use crate::ports::{ApplicationStore, PendingChanges};
+    use crate::window::ManualWindows;
+    use std::time::Duration;
+
+    struct World {
+        store: Arc<MemoryStore>,
+        records: Arc<MemoryRecords>,
+        queue: Arc<MemoryQueue>,
+        events: Arc<LoggedEvents>,
+        windows: Arc<ManualWindows>,
+    }
+
+    impl World {
+        async fn new() -> Self {
+            let world = Self {
+                store: Arc::new(MemoryStore::default()),
+                records: Arc::new(MemoryRecords::default()),
+                queue: Arc::new(MemoryQueue::new(Duration::from_secs(30), 5)),
+                events: Arc::new(LoggedEvents::default()),
+                windows: Arc::new(ManualWindows::default()),
+            };
+            let mut app = Application::new("app-1", "key", 0);
+            app.webhook.url = Some("https://example.org/hook".into());
+            world.store.put_application(&app).await.unwrap();
+            world
+        }
+
+        fn ports(&self) -> Ports {
+            memory::ports(
+                self.store.clone(),
+                self.records.clone(),
+                self.queue.clone(),
+                self.events.clone(),
+                Arc::new(SystemClock),
+            )
+        }
+
+        fn flush(&self, ports: Ports) -> Flush {
+            Flush {
+                ports,
+                windows: self.windows.clone(),
+                settings: FlushSettings {
+                    page_size: 2,
+                    ..FlushSettings::default()
+                },
+            }
+        }
+
+        /// A person consenting to app-1's name scope, changed in the current window.
+        async fn change(&self, id: &str, first_name: &str) {
+            let record = RecordId::parse(id).unwrap();
+            let person = serde_json::json!({
+                "firstName": first_name,
+                "consents": {"app-1": ["members.read_name"]},
+            });
+            self.records
+                .put_person(&record, person.as_object().unwrap().clone());
+            self.store
+                .mark(self.windows.current(), &record)
+                .await
+                .unwrap();
+        }
+
+        async fn queued(&self) -> Vec<DeliveryJob> {
+            self.queue
+                .receive(100, Duration::ZERO)
+                .await
+                .iter()
+                .map(|m| message::decode(&m.body).unwrap())
+                .collect()
+        }
+    }
+
+    fn person_of(job: &DeliveryJob) -> (String, String) {
+        match &job.target {
+            crate::job::Target::Application { record, person, .. } => (
+                record.to_string(),
+                person["firstName"].as_str().unwrap_or_default().to_owned(),
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_person_with_characters_sqs_refuses_is_queued_escaped() {
+        let w = World::new().await;
+        w.change("p1", "Zoë\u{FFFF}\u{FFFE}").await;
+        w.windows.close_current();
+        let report = w.flush(w.ports()).run(None).await.unwrap();
+        assert_eq!((report.jobs, report.set_aside), (1, 0), "{report:?}");
+        let jobs = w.queued().await;
+        assert_eq!(person_of(&jobs[0]).1, "Zoë\u{FFFF}\u{FFFE}");
+    }
+
+    #[tokio::test]
+    async fn an_oversize_job_is_set_aside_and_later_windows_are_flushed() {
+        let w = World::new().await;
+        w.change("p1", "Ann").await;
+        w.change("p2", &"x".repeat(MAX_MESSAGE_BYTES)).await;
+        w.change("p3", "Cy").await;
+        w.windows.close_current();
+        w.change("p4", "Di").await;
+        w.windows.close_current();
+        let flush = w.flush(w.ports());
+        let report = flush
+            .run(None)
+            .await
+            .expect("a poison page does not fail the run");
+        assert_eq!((report.jobs, report.set_aside), (3, 1), "{report:?}");
+        assert_eq!(
+            w.store.cursor().await.unwrap().map(|c| c.window),
+            Some(WindowId(3)),
+            "both windows flushed"
+        );
+        let mut people: Vec<String> = w.queued().await.iter().map(|j| person_of(j).0).collect();
+        people.sort();
+        assert_eq!(people, ["p1", "p3", "p4"]);
+
+        let poison = w.store.poison_items().await.unwrap();
+        assert_eq!(poison.len(), 1, "{poison:?}");
+        assert_eq!(poison[0].record.as_str(), "p2");
+        assert_eq!(poison[0].window, WindowId(1));
+        assert_eq!(poison[0].endpoint.as_deref(), Some("application:app-1"));
+        assert!(matches!(
+            &poison[0].cause,
+            PoisonCause::Refused {
+                refusal: crate::message::Refusal::TooLarge { .. }
+            }
+        ));
+        assert!(w.events.published().iter().any(|e| matches!(
+            e,
+            OpsEvent::ChangeSetAside { poison_id, .. } if *poison_id == poison[0].id()
+        )));
+
+        // The operator shortens the field and replays: the next flush delivers it.
+        w.records.put_person(
+            &RecordId::parse("p2").unwrap(),
+            serde_json::json!({"firstName": "Bo", "consents": {"app-1": ["members.read_name"]}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let replayed = crate::poison::replay(w.store.as_ref(), &poison[0].id())
+            .await
+            .unwrap();
+        assert_eq!(replayed.as_ref().map(|p| p.record.as_str()), Some("p2"));
+        assert!(w.store.poison_items().await.unwrap().is_empty());
+        w.windows.close_current();
+        w.windows.close_current();
+        flush.run(None).await.unwrap();
+        let jobs = w.queued().await;
+        assert_eq!(
+            jobs.iter().map(person_of).collect::<Vec<_>>(),
+            [("p2".to_owned(), "Bo".to_owned())]
+        );
+        assert_eq!(
+            crate::poison::replay(w.store.as_ref(), &poison[0].id())
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_job_and_a_corrupt_record_are_set_aside() {
+        let w = World::new().await;
+        for id in ["p1", "p2", "p3", "p4"] {
+            w.change(id, "Ann").await;
+        }
+        w.windows.close_current();
+        let faults = Faults::seeded(1, 0.0, 0.0, 0.0).with_permanent(PermanentFaults {
+            refuse_job: Some(Box::new(|job: &DeliveryJob| person_of(job).0 == "p1")),
+            corrupt_record: Some(Box::new(|record: &RecordId| record.as_str() == "p3")),
+        });
+        let faults = Arc::new(faults);
+        let mut ports = w.ports();
+        ports.queue = Arc::new(Faulty::new(w.queue.clone(), faults.clone()));
+        ports.records = Arc::new(Faulty::new(w.records.clone(), faults.clone()));
+        let report = w.flush(ports).run(None).await.unwrap();
+        assert_eq!((report.jobs, report.set_aside), (2, 2), "{report:?}");
+        let poison = w.store.poison_items().await.unwrap();
+        let summary: Vec<(&str, bool, Option<&str>)> = poison
+            .iter()
+            .map(|p| {
+                (
+                    p.record.as_str(),
+                    matches!(p.cause, PoisonCause::Corrupt { .. }),
+                    p.endpoint.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [("p1", false, Some("application:app-1")), ("p3", true, None)]
+        );
+        assert_eq!(
+            w.store.cursor().await.unwrap().map(|c| c.window),
+            Some(WindowId(2)),
+            "the cursor moved past the poison"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_that_may_pass_fails_the_run_and_loses_nothing() {
+        let w = World::new().await;
+        w.change("p1", "Ann").await;
+        w.windows.close_current();
+        let faults = Arc::new(Faults::seeded(1, 1.0, 0.0, 0.0));
+        let mut ports = w.ports();
+        ports.queue = Arc::new(Faulty::new(w.queue.clone(), faults.clone()));
+        let flush = w.flush(ports);
+        assert!(matches!(
+            flush.run(None).await,
+            Err(BackendError::Unavailable(_))
+        ));
+        assert_eq!(w.store.cursor().await.unwrap(), None, "nothing skipped");
+        assert!(w.store.poison_items().await.unwrap().is_empty());
+        faults.heal();
+        assert_eq!(flush.run(None).await.unwrap().jobs, 1);
+        assert_eq!(w.queued().await.len(), 1);
     }
 }

@@ -170,7 +170,16 @@ impl SyncDriver<'_> {
                     })
                 })
                 .collect();
-            ports.queue.enqueue(&jobs).await?;
+            let enqueued = ports.queue.enqueue(&jobs).await?;
+            // A person the queue refuses for good (too large) is counted as failed, so the
+            // sync still completes with exact counts.
+            for refused in &enqueued.refused {
+                tracing::error!(sync_id = %sync.sync_id, job = %jobs[refused.index].id.as_str(), refusal = %refused.refusal, "sync job refused by the queue; counted as failed");
+                ports
+                    .syncs
+                    .count_sync_outcome(&application.id, &sync.sync_id, false)
+                    .await?;
+            }
             sync.scanned += jobs.len() as u64;
             match page.next {
                 Some(next) => {

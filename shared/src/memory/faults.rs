@@ -3,15 +3,22 @@
 //! effect (a timeout whose write landed), or never returns (the handler is killed there,
 //! as a Lambda timeout or OOM would). Used by the soak and moto fault tests; the same
 //! seed replays the same decisions for the same sequence of operations.
+//!
+//! Those faults pass. [`PermanentFaults`] do not: a queue that refuses one particular job
+//! every time, a record whose stored items never decode — bad data, which healing the
+//! backends does not cure.
 
 use crate::application::Application;
 use crate::callback::CallbackUrl;
 use crate::health::EndpointHealth;
 use crate::job::DeliveryJob;
+use crate::message::Refusal;
 use crate::oauth::{AccessToken, OAuthClient};
+use crate::poison::PoisonItem;
 use crate::ports::{
-    ApplicationStore, BackendError, BackendResult, ClientStore, DeliveryQueue, FlushCursor, Page,
-    PendingChanges, Person, RecordStore, SubscriptionStore, SyncStore, TokenStore,
+    ApplicationStore, BackendError, BackendResult, ClientStore, DeliveryQueue, Enqueued,
+    FlushCursor, Page, PendingChanges, Person, RecordStore, RefusedJob, SubscriptionStore,
+    SyncStore, TokenStore,
 };
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
@@ -47,6 +54,29 @@ pub struct FaultCounts {
     pub failed_after: u64,
     /// Never returned.
     pub hung: u64,
+    /// Refused or read back corrupt by a [`PermanentFaults`] rule.
+    pub permanent: u64,
+}
+
+/// Picks the items a permanent fault applies to.
+pub type Pick<T> = Option<Box<dyn Fn(&T) -> bool + Send + Sync>>;
+
+/// Items a port refuses every time, healed or not.
+#[derive(Default)]
+pub struct PermanentFaults {
+    /// Jobs the queue refuses for good (as SQS refuses a message it cannot take).
+    pub refuse_job: Pick<DeliveryJob>,
+    /// Records whose stored items read back corrupt (their subscriptions and person).
+    pub corrupt_record: Pick<RecordId>,
+}
+
+impl std::fmt::Debug for PermanentFaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PermanentFaults")
+            .field("refuse_job", &self.refuse_job.is_some())
+            .field("corrupt_record", &self.corrupt_record.is_some())
+            .finish()
+    }
 }
 
 /// The seeded source of faults, shared by every wrapped adapter.
@@ -61,6 +91,8 @@ pub struct Faults {
     failed: AtomicU64,
     failed_after: AtomicU64,
     hung: AtomicU64,
+    permanent_rules: PermanentFaults,
+    permanent: AtomicU64,
 }
 
 impl Faults {
@@ -76,7 +108,44 @@ impl Faults {
             failed: AtomicU64::new(0),
             failed_after: AtomicU64::new(0),
             hung: AtomicU64::new(0),
+            permanent_rules: PermanentFaults::default(),
+            permanent: AtomicU64::new(0),
         }
+    }
+
+    /// The same faults, plus permanent ones.
+    pub fn with_permanent(mut self, rules: PermanentFaults) -> Self {
+        self.permanent_rules = rules;
+        self
+    }
+
+    /// True when the queue must refuse this job for good.
+    fn refuses(&self, job: &DeliveryJob) -> bool {
+        let refused = self
+            .permanent_rules
+            .refuse_job
+            .as_ref()
+            .is_some_and(|f| f(job));
+        if refused {
+            self.permanent.fetch_add(1, Ordering::Relaxed);
+        }
+        refused
+    }
+
+    /// `Corrupt` when this record's stored items must read back corrupt.
+    fn check_record(&self, record: &RecordId) -> BackendResult<()> {
+        if self
+            .permanent_rules
+            .corrupt_record
+            .as_ref()
+            .is_some_and(|f| f(record))
+        {
+            self.permanent.fetch_add(1, Ordering::Relaxed);
+            return Err(BackendError::Corrupt(format!(
+                "injected: an item of record {record} does not decode"
+            )));
+        }
+        Ok(())
     }
 
     /// No more faults from now on.
@@ -116,6 +185,7 @@ impl Faults {
             failed: self.failed.load(Ordering::Relaxed),
             failed_after: self.failed_after.load(Ordering::Relaxed),
             hung: self.hung.load(Ordering::Relaxed),
+            permanent: self.permanent.load(Ordering::Relaxed),
         }
     }
 
@@ -209,6 +279,7 @@ impl<T: SubscriptionStore> SubscriptionStore for Faulty<T> {
             .await
     }
     async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>> {
+        self.faults.check_record(record)?;
         self.faults
             .around(self.inner.subscriptions_of(record))
             .await
@@ -218,6 +289,7 @@ impl<T: SubscriptionStore> SubscriptionStore for Faulty<T> {
 #[async_trait]
 impl<T: RecordStore> RecordStore for Faulty<T> {
     async fn get_person(&self, id: &RecordId) -> BackendResult<Option<Person>> {
+        self.faults.check_record(id)?;
         self.faults.around(self.inner.get_person(id)).await
     }
     async fn scan_consented(
@@ -329,14 +401,43 @@ impl<T: PendingChanges> PendingChanges for Faulty<T> {
     async fn release_flush(&self, holder: &str) -> BackendResult<()> {
         self.faults.around(self.inner.release_flush(holder)).await
     }
+    async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()> {
+        self.faults.around(self.inner.set_aside(item)).await
+    }
+    async fn poison_items(&self) -> BackendResult<Vec<PoisonItem>> {
+        self.faults.around(self.inner.poison_items()).await
+    }
+    async fn remove_poison(&self, id: &str) -> BackendResult<bool> {
+        self.faults.around(self.inner.remove_poison(id)).await
+    }
 }
 
 #[async_trait]
 impl<T: DeliveryQueue> DeliveryQueue for Faulty<T> {
-    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<()> {
-        self.faults.around(self.inner.enqueue(jobs)).await
+    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<Enqueued> {
+        let (refused, kept): (Vec<usize>, Vec<usize>) =
+            (0..jobs.len()).partition(|&i| self.faults.refuses(&jobs[i]));
+        if refused.is_empty() {
+            return self.faults.around(self.inner.enqueue(jobs)).await;
+        }
+        let sent: Vec<DeliveryJob> = kept.iter().map(|&i| jobs[i].clone()).collect();
+        let mut enqueued = self.faults.around(self.inner.enqueue(&sent)).await?;
+        for job in &mut enqueued.refused {
+            job.index = kept[job.index];
+        }
+        enqueued
+            .refused
+            .extend(refused.into_iter().map(|index| RefusedJob {
+                index,
+                refusal: injected_refusal(),
+            }));
+        enqueued.refused.sort_by_key(|r| r.index);
+        Ok(enqueued)
     }
     async fn enqueue_delayed(&self, job: &DeliveryJob, delay: Duration) -> BackendResult<()> {
+        if self.faults.refuses(job) {
+            return Err(BackendError::Refused(injected_refusal()));
+        }
         self.faults
             .around(self.inner.enqueue_delayed(job, delay))
             .await
@@ -347,7 +448,16 @@ impl<T: DeliveryQueue> DeliveryQueue for Faulty<T> {
             .await
     }
     async fn dead_letter(&self, job: &DeliveryJob) -> BackendResult<()> {
+        if self.faults.refuses(job) {
+            return Err(BackendError::Refused(injected_refusal()));
+        }
         self.faults.around(self.inner.dead_letter(job)).await
+    }
+}
+
+fn injected_refusal() -> Refusal {
+    Refusal::Rejected {
+        reason: "InvalidMessageContents: injected permanent refusal".into(),
     }
 }
 

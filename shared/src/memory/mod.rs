@@ -6,7 +6,7 @@ mod faults;
 mod queue;
 mod records;
 
-pub use faults::{Fault, FaultCounts, Faults, Faulty};
+pub use faults::{Fault, FaultCounts, Faults, Faulty, PermanentFaults};
 pub use queue::{MemoryQueue, QueueDepth, ReceivedMessage};
 pub use records::MemoryRecords;
 
@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::events::OpsEvents;
 use crate::health::EndpointHealth;
 use crate::oauth::{AccessToken, OAuthClient};
+use crate::poison::PoisonItem;
 use crate::ports::{
     ApplicationStore, BackendResult, ClientStore, FlushCursor, Page, PendingChanges, Ports,
     SubscriptionStore, SyncStore, TokenStore,
@@ -71,6 +72,7 @@ struct State {
     applications: BTreeMap<String, Application>,
     api_keys: HashMap<String, String>,
     syncs: HashMap<(String, String), SyncEntry>,
+    poison: BTreeMap<String, PoisonItem>,
 }
 
 #[derive(Debug, Default)]
@@ -265,6 +267,18 @@ impl PendingChanges for MemoryStore {
             state.flush_lease = None;
         }
         Ok(())
+    }
+    async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()> {
+        self.state().poison.insert(item.id(), item.clone());
+        Ok(())
+    }
+
+    async fn poison_items(&self) -> BackendResult<Vec<PoisonItem>> {
+        Ok(self.state().poison.values().cloned().collect())
+    }
+
+    async fn remove_poison(&self, id: &str) -> BackendResult<bool> {
+        Ok(self.state().poison.remove(id).is_some())
     }
 }
 

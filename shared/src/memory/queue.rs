@@ -1,10 +1,13 @@
 //! A queue with SQS semantics: messages are hidden for the visibility timeout when
 //! received, come back unless deleted, can have their visibility changed through the
 //! receipt handle of their latest receive, count their receives, and move to the
-//! dead-letter queue when a receive would exceed the maximum receive count.
+//! dead-letter queue when a receive would exceed the maximum receive count. Jobs are
+//! written and checked as for SQS ([`crate::message`]): what AWS would refuse, this
+//! queue refuses too.
 
 use crate::job::DeliveryJob;
-use crate::ports::{BackendError, BackendResult, DeliveryQueue};
+use crate::message;
+use crate::ports::{BackendError, BackendResult, DeliveryQueue, Enqueued, RefusedJob};
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsMessage;
 use std::collections::{BTreeMap, HashMap};
@@ -287,16 +290,23 @@ impl MemoryQueue {
 
 #[async_trait]
 impl DeliveryQueue for MemoryQueue {
-    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<()> {
-        for job in jobs {
-            let body = serde_json::to_string(job).expect("jobs serialize");
-            self.send(body);
+    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<Enqueued> {
+        let mut enqueued = Enqueued::default();
+        for (index, job) in jobs.iter().enumerate() {
+            let body = message::encode(job);
+            match message::check(&body) {
+                Ok(()) => {
+                    self.send(body);
+                }
+                Err(refusal) => enqueued.refused.push(RefusedJob { index, refusal }),
+            }
         }
-        Ok(())
+        Ok(enqueued)
     }
 
     async fn enqueue_delayed(&self, job: &DeliveryJob, delay: Duration) -> BackendResult<()> {
-        let body = serde_json::to_string(job).expect("jobs serialize");
+        let body = message::encode(job);
+        message::check(&body).map_err(BackendError::Refused)?;
         self.send_delayed(body, delay.min(crate::ports::MAX_SEND_DELAY));
         Ok(())
     }
@@ -306,7 +316,8 @@ impl DeliveryQueue for MemoryQueue {
     }
 
     async fn dead_letter(&self, job: &DeliveryJob) -> BackendResult<()> {
-        let body = serde_json::to_string(job).expect("jobs serialize");
+        let body = message::encode(job);
+        message::check(&body).map_err(BackendError::Refused)?;
         self.state().dead.push(Stored {
             message_id: uuid::Uuid::new_v4().to_string(),
             body,
@@ -395,5 +406,48 @@ mod tests {
         assert_eq!(again[0].receive_count, 2);
         let sqs = again[0].to_sqs_message("arn:q");
         assert_eq!(sqs.attributes["ApproximateReceiveCount"], "2");
+    }
+
+    fn person_job(name: &str) -> DeliveryJob {
+        let person = serde_json::json!({"personID": "p1", "firstName": name});
+        DeliveryJob::for_application(
+            "app-1",
+            &crate::record::RecordId::parse("p1").unwrap(),
+            person.as_object().unwrap().clone(),
+            crate::window::WindowId(1),
+            "2026-11-26T00:00:00.000Z".into(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn applies_sqs_limits_to_characters_and_size() {
+        let q = MemoryQueue::new(Duration::from_secs(30), 5);
+        let odd = person_job("a\u{FFFF}b");
+        let huge = person_job(&"x".repeat(message::MAX_MESSAGE_BYTES));
+        let fine = person_job("Ann");
+        let enqueued = q
+            .enqueue(&[odd.clone(), huge.clone(), fine.clone()])
+            .await
+            .unwrap();
+        assert_eq!(enqueued.refused.len(), 1, "{enqueued:?}");
+        assert_eq!(enqueued.refused[0].index, 1);
+        assert!(matches!(
+            enqueued.refused[0].refusal,
+            message::Refusal::TooLarge { .. }
+        ));
+        let got = q.receive(10, Duration::ZERO).await;
+        assert_eq!(got.len(), 2);
+        for m in &got {
+            assert_eq!(message::check(&m.body), Ok(()), "{}", m.body);
+        }
+        let decoded: Vec<DeliveryJob> = got
+            .iter()
+            .map(|m| message::decode(&m.body).unwrap())
+            .collect();
+        assert_eq!(decoded, vec![odd, fine]);
+        assert!(matches!(
+            q.dead_letter(&huge).await,
+            Err(BackendError::Refused(message::Refusal::TooLarge { .. }))
+        ));
     }
 }
