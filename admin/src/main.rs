@@ -262,7 +262,7 @@ async fn run_applications(
                 println!(
                     "{:<24} {}",
                     app.id,
-                    app.webhook.url.as_deref().unwrap_or("-")
+                    app.webhook.url.as_ref().map_or("-", |u| u.as_str())
                 );
             }
         }

@@ -340,7 +340,7 @@ async fn scenario(s: Scenario, receiver: &Receiver) -> Run {
         .expect("put client");
     if s.members {
         let mut app = Application::new("app-1", "key-1", 0);
-        app.webhook.url = Some(receiver.url("/members"));
+        app.webhook.url = Some(receiver.url("/members").into());
         app.webhook.signing_key = Some("helloWorld".into());
         aws.store.put_application(&app).await.expect("put app");
     }

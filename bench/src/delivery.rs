@@ -72,7 +72,7 @@ pub async fn handler(receiver_url: &str, concurrency: usize, subscriptions: usiz
     client.webhook_secrets = Some(webhooks::signing::SigningSecrets::generate());
     store.put_client(&client).await.expect("memory put");
     let mut app = Application::new("app-bench", "key-bench", 0);
-    app.webhook.url = Some(format!("{receiver_url}/members"));
+    app.webhook.url = Some(format!("{receiver_url}/members").into());
     app.webhook.signing_key = Some("helloWorld".into());
     store.put_application(&app).await.expect("memory put");
     let ports = memory::ports(

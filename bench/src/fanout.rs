@@ -36,7 +36,7 @@ async fn run(shape: Shape) -> (u64, Duration) {
     let windows = Arc::new(ManualWindows::default());
     if shape.members {
         let mut app = Application::new("app-bench", "key-bench", 0);
-        app.webhook.url = Some("https://hooks.example.org/members".into());
+        app.webhook.url = Some("https://hooks.example.org/members".to_owned().into());
         store.put_application(&app).await.expect("memory put");
     }
     let window = windows.current();

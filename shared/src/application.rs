@@ -2,7 +2,7 @@
 //! request interval for full syncs, a Standard Webhooks secret, and an API key (stored
 //! only as a hash) that authenticates the application's own routes.
 
-use crate::callback::{CallbackUrl, UrlPolicy};
+use crate::callback::{CallbackUrl, InvalidCallbackUrl, StoredUrl, UrlPolicy};
 use crate::oauth::sha256_hex;
 use crate::signing::SigningSecrets;
 use serde::{Deserialize, Serialize};
@@ -18,13 +18,35 @@ pub const MAX_REQUEST_INTERVAL_MS: u64 = 3_600_000;
 pub struct WebhookConfig {
     /// Where deliveries go, exactly as given; `None` when no webhook is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
+    pub url: Option<StoredUrl>,
     /// The key of `attributes.hash`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<String>,
     /// Minimum time between two requests of a full sync (0 = as fast as it scales).
     #[serde(default)]
     pub request_interval_ms: u64,
+}
+
+/// Why an application's webhook cannot be sent to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoWebhook {
+    /// No URL is set.
+    #[error("the application has no webhook URL")]
+    Unset,
+    /// The stored URL does not parse (see [`StoredUrl`]).
+    #[error("the application's stored webhook URL is unusable ({0})")]
+    Unusable(InvalidCallbackUrl),
+}
+
+impl WebhookConfig {
+    /// Where deliveries go, or why there is nowhere to send.
+    pub fn target(&self) -> Result<&CallbackUrl, NoWebhook> {
+        self.url
+            .as_ref()
+            .ok_or(NoWebhook::Unset)?
+            .usable()
+            .map_err(NoWebhook::Unusable)
+    }
 }
 
 /// A Members-style application.
@@ -107,7 +129,7 @@ impl Application {
         let url = match webhook.url.as_deref() {
             None => self.webhook.url.clone(),
             Some("") => None,
-            Some(text) => Some(CallbackUrl::parse(text, policy)?.as_str().to_owned()),
+            Some(text) => Some(StoredUrl::Usable(CallbackUrl::parse(text, policy)?)),
         };
         let signing_key = match webhook.signing_key.as_deref() {
             None => self.webhook.signing_key.clone(),
@@ -142,7 +164,7 @@ impl Application {
         json!({
             "id": self.id,
             "webhook": {
-                "url": self.webhook.url.clone().unwrap_or_default(),
+                "url": self.webhook.url.as_ref().map_or("", StoredUrl::as_str),
                 "signingKey": self.webhook.signing_key.as_deref().map(mask),
                 "requestIntervalMs": self.webhook.request_interval_ms,
                 "health": self.health.view(),
@@ -187,7 +209,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            app.webhook.url.as_deref(),
+            app.webhook.url.as_ref().map(StoredUrl::as_str),
             Some("https://someurl.com/something"),
             "absent fields stay"
         );

@@ -39,10 +39,26 @@ pub enum InvalidCallbackUrl {
 
 /// A callback URL a subscriber asked to be notified at, stored and compared exactly as
 /// given (not normalised), with the parsed form used for checks and delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct CallbackUrl {
     text: String,
+    /// Parsed once, when the value is made (from a request or read from storage).
+    parsed: Url,
+}
+
+impl PartialEq for CallbackUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for CallbackUrl {}
+
+impl std::hash::Hash for CallbackUrl {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
 }
 
 impl CallbackUrl {
@@ -65,10 +81,11 @@ impl CallbackUrl {
                 "contains whitespace or control characters".into(),
             ));
         }
-        let url = Url::parse(text).map_err(|e| InvalidCallbackUrl::Unparsable(e.to_string()))?;
-        check_url(&url, policy)?;
+        let parsed = Url::parse(text).map_err(|e| InvalidCallbackUrl::Unparsable(e.to_string()))?;
+        check_url(&parsed, policy)?;
         Ok(Self {
             text: text.to_owned(),
+            parsed,
         })
     }
 
@@ -78,8 +95,68 @@ impl CallbackUrl {
     }
 
     /// The parsed URL (the delivery client connects to this).
-    pub fn url(&self) -> Url {
-        Url::parse(&self.text).expect("checked when constructed")
+    pub fn url(&self) -> &Url {
+        &self.parsed
+    }
+}
+
+/// A URL read back from storage. It was checked ([`CallbackUrl::parse`]) when it was set;
+/// one that no longer parses (an item written by hand or by another version, or damaged)
+/// is kept as its text with the reason, so the item still loads, can be shown and
+/// replaced, and whoever would send to it gets a clear error instead of a panic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum StoredUrl {
+    /// A URL that parses.
+    Usable(CallbackUrl),
+    /// Stored text that is not a URL.
+    Unusable {
+        /// The text as stored.
+        text: String,
+        /// Why it is refused.
+        reason: InvalidCallbackUrl,
+    },
+}
+
+impl StoredUrl {
+    /// The URL as stored.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Usable(url) => url.as_str(),
+            Self::Unusable { text, .. } => text,
+        }
+    }
+
+    /// The URL, or why it cannot be used.
+    pub fn usable(&self) -> Result<&CallbackUrl, InvalidCallbackUrl> {
+        match self {
+            Self::Usable(url) => Ok(url),
+            Self::Unusable { reason, .. } => Err(reason.clone()),
+        }
+    }
+}
+
+impl From<String> for StoredUrl {
+    fn from(text: String) -> Self {
+        match CallbackUrl::try_from(text.clone()) {
+            Ok(url) => Self::Usable(url),
+            Err(reason) => Self::Unusable { text, reason },
+        }
+    }
+}
+
+impl From<CallbackUrl> for StoredUrl {
+    fn from(url: CallbackUrl) -> Self {
+        Self::Usable(url)
+    }
+}
+
+impl From<StoredUrl> for String {
+    fn from(url: StoredUrl) -> Self {
+        match url {
+            StoredUrl::Usable(url) => url.text,
+            StoredUrl::Unusable { text, .. } => text,
+        }
     }
 }
 
@@ -127,8 +204,9 @@ impl TryFrom<String> for CallbackUrl {
     fn try_from(text: String) -> Result<Self, Self::Error> {
         // Stored values were checked when registered; re-check only the syntax here, the
         // delivery client applies the address policy when it connects.
-        Url::parse(&text).map_err(|e| InvalidCallbackUrl::Unparsable(e.to_string()))?;
-        Ok(Self { text })
+        let parsed =
+            Url::parse(&text).map_err(|e| InvalidCallbackUrl::Unparsable(e.to_string()))?;
+        Ok(Self { text, parsed })
     }
 }
 
@@ -249,6 +327,23 @@ mod tests {
             CallbackUrl::parse("ftp://localhost/hook", INSECURE),
             Err(InvalidCallbackUrl::Scheme)
         );
+    }
+
+    #[test]
+    fn a_stored_url_that_no_longer_parses_still_loads() {
+        let stored: StoredUrl = serde_json::from_str(r#""https://exa mple.org/x""#).unwrap();
+        assert_eq!(stored.as_str(), "https://exa mple.org/x");
+        assert!(matches!(
+            stored.usable(),
+            Err(InvalidCallbackUrl::Unparsable(_))
+        ));
+        assert_eq!(
+            serde_json::to_string(&stored).unwrap(),
+            r#""https://exa mple.org/x""#,
+            "written back as it was"
+        );
+        let good: StoredUrl = serde_json::from_str(r#""https://a.com/x""#).unwrap();
+        assert_eq!(good.usable().unwrap().url().host_str(), Some("a.com"));
     }
 
     #[test]

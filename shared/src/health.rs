@@ -97,6 +97,17 @@ impl EndpointHealth {
         }
     }
 
+    /// Disables the endpoint for `reason` (one no delivery attempt can cure); true when it
+    /// was enabled until now.
+    pub fn disable(&mut self, now: i64, reason: String) -> bool {
+        if self.is_disabled() {
+            return false;
+        }
+        self.disabled_at = Some(now);
+        self.disabled_reason = Some(reason);
+        true
+    }
+
     /// Records an acknowledged delivery: the streak ends.
     pub fn record_success(&mut self) {
         self.failing_since = None;

@@ -25,7 +25,7 @@ pub enum SyncState {
     Running,
     /// Every person was delivered or dead-lettered.
     Completed,
-    /// The application's webhook was removed while it ran.
+    /// The application's webhook was removed while it ran, or its stored URL is unusable.
     Cancelled,
 }
 

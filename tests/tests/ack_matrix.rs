@@ -83,17 +83,17 @@ fn client() -> CallbackClient {
 async fn members_acknowledged(http: &CallbackClient, answer: Answer) -> (bool, Option<u16>) {
     let url = raw_receiver(answer).await;
     let mut app = Application::new("app-1", "key", 0);
-    app.webhook.url = Some(url);
+    app.webhook.url = Some(url.into());
     app.webhook.signing_key = Some("helloWorld".into());
     let person = webhooks::members::sample_person();
     let request = application_request(
         "msg_1",
         &app,
+        app.webhook.target().unwrap(),
         &[person],
         "2021-02-26T19:13:55.749Z",
         &SystemClock,
-    )
-    .unwrap();
+    );
     let (outcome, acknowledged) = request.send(http).await;
     (acknowledged, outcome.status)
 }

@@ -346,7 +346,7 @@ async fn applications_and_syncs_on_dynamodb() {
     let env = MotoEnv::create(3).await;
     let aws = AwsServices::new(&env.config, env.settings());
     let mut app = Application::new("app-1", "key-1", 0);
-    app.webhook.url = Some("https://example.org/hook".into());
+    app.webhook.url = Some("https://example.org/hook".to_owned().into());
     aws.store.put_application(&app).await.unwrap();
     assert_eq!(
         aws.store.get_application("app-1").await.unwrap(),
@@ -489,7 +489,7 @@ async fn members_flow_over_dynamodb_and_sqs() {
     let mut p = Pipeline::new(5).await;
     let receiver = Receiver::start().await;
     let mut app = Application::new("app-1", "key-1", 0);
-    app.webhook.url = Some(receiver.url("/members"));
+    app.webhook.url = Some(receiver.url("/members").into());
     app.webhook.signing_key = Some("helloWorld".into());
     app.webhook.request_interval_ms = 50;
     p.aws.store.put_application(&app).await.unwrap();
@@ -1007,4 +1007,142 @@ async fn a_poison_change_is_set_aside_in_dynamodb_and_the_flush_moves_on() {
         .collect();
     names.sort();
     assert_eq!(names, ["Di", "Zoë\u{FFFF}"]);
+}
+
+/// An application item whose webhook URL was damaged in DynamoDB (by hand, or by another
+/// version) still loads; one batch of 100 with a step of its paced sync delivers the other
+/// 99, the sync is cancelled, and a job for it lands in the real DLQ instead of a panic
+/// aborting the invocation or the job being dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use webhooks::application::{Application, NoWebhook};
+    use webhooks::aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+    use webhooks::job::DeliveryJob;
+    use webhooks::ports::{ApplicationStore, SyncStore};
+    use webhooks::sync::{FullSync, SyncState};
+
+    let p = Pipeline::new(3).await;
+    let receiver = Receiver::start().await;
+    let mut good = Application::new("app-good", "key-good", 0);
+    good.webhook.url = Some(receiver.url("/members").into());
+    p.aws.store.put_application(&good).await.unwrap();
+    let mut bad = Application::new("app-bad", "key-bad", 0);
+    bad.webhook.url = Some("https://example.org/hook".to_owned().into());
+    bad.webhook.request_interval_ms = 1000;
+    p.aws.store.put_application(&bad).await.unwrap();
+    aws_sdk_dynamodb::Client::new(&p.env.config)
+        .update_item()
+        .table_name(&p.env.service_table)
+        .key("pk", AttributeValue::S("APPS".into()))
+        .key("sk", AttributeValue::S("app-bad".into()))
+        .update_expression("SET webhook.#url = :url")
+        .expression_attribute_names("#url", "url")
+        .expression_attribute_values(
+            ":url",
+            AttributeValue::S("https://exa mple.org/hook".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let loaded = p
+        .aws
+        .store
+        .get_application("app-bad")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(loaded.webhook.target(), Err(NoWebhook::Unusable(_))),
+        "{:?}",
+        loaded.webhook
+    );
+    let consents = serde_json::json!({"app-bad": ["members.read_name"]});
+    p.aws
+        .records
+        .put_person(
+            &RecordId::parse("p-0").unwrap(),
+            serde_json::json!({"firstName": "P", "consents": consents})
+                .as_object()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let sync = FullSync::new("app-bad", 1000, "2026-11-26T12:00:00.000Z".into());
+    p.aws.store.save_sync(&sync).await.unwrap();
+
+    let created_at = "2026-11-26T12:00:00.000Z".to_owned();
+    let person_job = |application: &str, i: usize| {
+        let person = serde_json::json!({"id": format!("p-{i}")});
+        DeliveryJob::for_application(
+            application,
+            &RecordId::parse(&format!("p-{i}")).unwrap(),
+            person.as_object().unwrap().clone(),
+            webhooks::window::WindowId(1),
+            created_at.clone(),
+        )
+    };
+    let batch = |jobs: &[DeliveryJob]| {
+        let mut event = SqsEvent::default();
+        event.records = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, job)| {
+                let mut message = SqsMessage::default();
+                message.message_id = Some(format!("m-{i}"));
+                message.body = Some(serde_json::to_string(job).unwrap());
+                message.attributes = std::collections::HashMap::from([(
+                    "ApproximateReceiveCount".into(),
+                    "1".into(),
+                )]);
+                message
+            })
+            .collect();
+        event
+    };
+    let mut jobs = vec![DeliveryJob::sync_step(
+        "app-bad",
+        &sync.sync_id,
+        created_at.clone(),
+    )];
+    jobs.extend((0..99).map(|i| person_job("app-good", i)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let response = p.delivery.handle(batch(&jobs), deadline).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(
+        receiver.wait_for(99, Duration::from_secs(10)).await.len(),
+        99
+    );
+    let (sync, _) = p
+        .aws
+        .store
+        .get_sync("app-bad", &sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sync.state, SyncState::Cancelled);
+
+    let job = person_job("app-bad", 1);
+    let response = p
+        .delivery
+        .handle(batch(std::slice::from_ref(&job)), deadline)
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    let dead: Vec<DeliveryJob> = p
+        .env
+        .dead_letters()
+        .await
+        .iter()
+        .map(|body| serde_json::from_str(body).unwrap())
+        .collect();
+    assert_eq!(dead, [job]);
+    let loaded = p
+        .aws
+        .store
+        .get_application("app-bad")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(loaded.health.is_disabled());
+    assert_eq!(loaded.view()["webhook"]["url"], "https://exa mple.org/hook");
 }

@@ -47,7 +47,7 @@ async fn setup(interval_ms: u64) -> Setup {
     }
     let receiver = Receiver::start().await;
     let mut app = Application::new("app-1", "key", 0);
-    app.webhook.url = Some(receiver.url("/sync"));
+    app.webhook.url = Some(receiver.url("/sync").into());
     app.webhook.request_interval_ms = interval_ms;
     ports.applications.put_application(&app).await.unwrap();
     let sync = FullSync::new("app-1", interval_ms, "t".into());

@@ -60,9 +60,9 @@ pub enum ApiError {
     /// A webhook setting is refused.
     #[error(transparent)]
     InvalidPatch(#[from] crate::application::InvalidPatch),
-    /// The application has no webhook URL for this.
-    #[error("the application has no webhook URL; set one with PATCH /application/{{id}}")]
-    WebhookNotConfigured,
+    /// The application has no webhook URL to use for this.
+    #[error("{0}; set one with PATCH /application/{{id}}")]
+    WebhookNotConfigured(#[from] crate::application::NoWebhook),
     /// No person with this id is visible to the application.
     #[error("no person with this id has given this application consent")]
     PersonNotFound,
@@ -94,7 +94,7 @@ impl ApiError {
             Self::ApiKey => StatusCode::UNAUTHORIZED,
             Self::OtherApplication => StatusCode::FORBIDDEN,
             Self::InvalidBody(_) | Self::InvalidPatch(_) => StatusCode::BAD_REQUEST,
-            Self::WebhookNotConfigured => StatusCode::CONFLICT,
+            Self::WebhookNotConfigured(_) => StatusCode::CONFLICT,
             Self::PersonNotFound | Self::SyncNotFound => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -124,7 +124,7 @@ impl ApiError {
             Self::OtherApplication => "forbidden",
             Self::InvalidBody(_) => "invalid_request",
             Self::InvalidPatch(_) => "invalid_webhook",
-            Self::WebhookNotConfigured => "webhook_not_configured",
+            Self::WebhookNotConfigured(_) => "webhook_not_configured",
             Self::PersonNotFound => "person_not_found",
             Self::SyncNotFound => "sync_not_found",
             Self::Unavailable(_) => "temporarily_unavailable",

@@ -84,7 +84,7 @@ impl Registration {
             )
             .await;
         }
-        tracing::info!(application_id = %app.id, url = app.webhook.url.as_deref(), "application webhook updated");
+        tracing::info!(application_id = %app.id, url = app.webhook.url.as_ref().map(|u| u.as_str()), "application webhook updated");
         Ok(json_response(StatusCode::OK, &app.view()))
     }
 
@@ -142,11 +142,11 @@ impl Registration {
         let outbound = application_request(
             message_id.as_str(),
             &app,
+            app.webhook.target()?,
             &[person],
             &publish_time,
             self.ports.clock.as_ref(),
-        )
-        .ok_or(ApiError::WebhookNotConfigured)?;
+        );
         let (outcome, acknowledged) = outbound.send(&self.http).await;
         tracing::info!(application_id = %app.id, status = outcome.status, acknowledged, "webhook test");
         Ok(json_response(
@@ -168,9 +168,7 @@ impl Registration {
         id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let app = self.authenticate_application(request, id).await?;
-        if app.webhook.url.is_none() {
-            return Err(ApiError::WebhookNotConfigured);
-        }
+        app.webhook.target()?;
         let now = rfc3339_millis(self.ports.clock.now());
         let sync = FullSync::new(&app.id, app.webhook.request_interval_ms, now.clone());
         self.ports.syncs.save_sync(&sync).await?;

@@ -5,7 +5,7 @@
 
 use super::outbound::{Outbound, application_request, callback_request};
 use super::sync_driver::{StepOutcome, SyncDriver};
-use crate::application::Application;
+use crate::application::{Application, NoWebhook};
 use crate::callback::CallbackUrl;
 use crate::clock::rfc3339_millis;
 use crate::events::{OpsEvent, announce};
@@ -153,6 +153,12 @@ enum Work {
         endpoint: Endpoint,
     },
     Drop(&'static str),
+    /// The application's stored webhook URL cannot be used: no attempt can succeed until
+    /// its owner sets a new one.
+    Unusable {
+        application: Arc<Application>,
+        reason: String,
+    },
     SyncStep {
         application: String,
         sync: String,
@@ -295,19 +301,29 @@ impl Delivery {
                 let Some(app) = self.application(application).await? else {
                     return Ok(Work::Drop("the application no longer exists"));
                 };
-                match application_request(
-                    job.id.as_str(),
-                    &app,
-                    std::slice::from_ref(person),
-                    &job.created_at,
-                    clock,
-                ) {
-                    Some(outbound) => Work::Send {
-                        outbound,
-                        sync: sync.clone().map(|s| (application.clone(), s)),
-                        endpoint: Endpoint::Application(app),
-                    },
-                    None => Work::Drop("the application has no webhook URL"),
+                let outbound = match app.webhook.target() {
+                    Ok(url) => application_request(
+                        job.id.as_str(),
+                        &app,
+                        url,
+                        std::slice::from_ref(person),
+                        &job.created_at,
+                        clock,
+                    ),
+                    Err(NoWebhook::Unset) => {
+                        return Ok(Work::Drop("the application has no webhook URL"));
+                    }
+                    Err(why @ NoWebhook::Unusable(_)) => {
+                        return Ok(Work::Unusable {
+                            application: app,
+                            reason: why.to_string(),
+                        });
+                    }
+                };
+                Work::Send {
+                    outbound,
+                    sync: sync.clone().map(|s| (application.clone(), s)),
+                    endpoint: Endpoint::Application(app),
                 }
             }
             Target::SyncStep { application, sync } => Work::SyncStep {
@@ -370,21 +386,23 @@ impl Delivery {
                 self.sync_step(message, &message_id, &application, &sync, deadline)
                     .await
             }
+            Work::Unusable {
+                application,
+                reason,
+            } => {
+                let endpoint = self.disable_application(application, reason).await;
+                self.set_aside(message, message_id, job, &endpoint, metrics)
+                    .await
+            }
             Work::Send {
                 outbound,
                 sync,
                 endpoint,
             } => {
                 if endpoint.health().is_disabled() {
-                    // Lose nothing: the DLQ keeps it for replay once re-enabled.
-                    return match self.ports.queue.dead_letter(job).await {
-                        Ok(()) => {
-                            metrics.lock().expect("metrics lock").dlq_moves += 1;
-                            tracing::warn!(endpoint = %endpoint.name(), "endpoint disabled; job moved to the dead-letter queue");
-                            None
-                        }
-                        Err(e) => self.backend_failure(message, &message_id, e).await,
-                    };
+                    return self
+                        .set_aside(message, message_id, job, &endpoint, metrics)
+                        .await;
                 }
                 let (outcome, acknowledged) = outbound.send(&self.http).await;
                 metrics
@@ -443,6 +461,57 @@ impl Delivery {
                 }
             }
         }
+    }
+
+    /// A job for a disabled endpoint. Lose nothing: the DLQ keeps it for replay once
+    /// re-enabled.
+    async fn set_aside(
+        &self,
+        message: &SqsMessage,
+        message_id: String,
+        job: &DeliveryJob,
+        endpoint: &Endpoint,
+        metrics: &Mutex<DeliveryMetrics>,
+    ) -> Option<String> {
+        match self.ports.queue.dead_letter(job).await {
+            Ok(()) => {
+                metrics.lock().expect("metrics lock").dlq_moves += 1;
+                tracing::warn!(endpoint = %endpoint.name(), "endpoint disabled; job moved to the dead-letter queue");
+                None
+            }
+            Err(e) => self.backend_failure(message, &message_id, e).await,
+        }
+    }
+
+    /// Disables an application whose stored webhook URL cannot be used (once: later jobs
+    /// find it disabled), and tells its operators why.
+    async fn disable_application(&self, application: Arc<Application>, reason: String) -> Endpoint {
+        let mut updated = (*application).clone();
+        let now = self.ports.clock.now().unix_timestamp();
+        if !updated.health.disable(now, reason.clone()) {
+            return Endpoint::Application(application);
+        }
+        let updated = Arc::new(updated);
+        if let Err(e) = self
+            .ports
+            .applications
+            .set_application_health(&updated.id, &updated.health)
+            .await
+        {
+            tracing::warn!(error = %e, "could not save the endpoint's health");
+        }
+        self.applications.put(&updated.id, Some(updated.clone()));
+        let endpoint = Endpoint::Application(updated);
+        tracing::error!(endpoint = %endpoint.name(), %reason, "endpoint disabled");
+        announce(
+            self.ports.events.as_ref(),
+            OpsEvent::EndpointDisabled {
+                endpoint: endpoint.name(),
+                reason,
+            },
+        )
+        .await;
+        endpoint
     }
 
     /// Updates the endpoint's health after an attempt (a write only on failures and on

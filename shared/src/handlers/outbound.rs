@@ -64,23 +64,23 @@ pub fn callback_request(
 ) -> Outbound {
     let timestamp = clock.now().unix_timestamp();
     Outbound {
-        url: callback.url(),
+        url: callback.url().clone(),
         headers: standard_headers(message_id, timestamp, b"", secrets),
         body: Bytes::new(),
         ack: AckPolicy::AnySuccess,
     }
 }
 
-/// Members style: the envelope with `persons` to the application's webhook; `None` when
-/// the application has no webhook URL.
+/// Members style: the envelope with `persons` to `url`, the application's webhook (see
+/// [`crate::application::WebhookConfig::target`]).
 pub fn application_request(
     message_id: &str,
     application: &Application,
+    url: &CallbackUrl,
     persons: &[Map<String, Value>],
     publish_time: &str,
     clock: &dyn Clock,
-) -> Option<Outbound> {
-    let url = url::Url::parse(application.webhook.url.as_deref()?).ok()?;
+) -> Outbound {
     let body = envelope(
         persons,
         application.webhook.signing_key.as_deref(),
@@ -91,10 +91,10 @@ pub fn application_request(
     let timestamp = clock.now().unix_timestamp();
     let mut headers = standard_headers(message_id, timestamp, &body, Some(&application.secrets));
     headers.push(("content-type", "application/json".to_owned()));
-    Some(Outbound {
-        url,
+    Outbound {
+        url: url.url().clone(),
         headers,
         body: Bytes::from(body),
         ack: AckPolicy::MembersCodes,
-    })
+    }
 }

@@ -243,12 +243,13 @@ impl Registration {
         match self.ports.subscriptions.register(&subscription).await? {
             Registered::Created => {
                 tracing::info!(record = %subscription.record, client_id = %subscription.client_id, "webhook registered");
-                let location = location(request, &subscription);
-                Ok(Response::builder()
-                    .status(StatusCode::CREATED)
-                    .header(header::LOCATION, location)
-                    .body(Body::Empty)
-                    .expect("a valid Location header"))
+                let mut response = empty_response(StatusCode::CREATED);
+                // Built from the request's host and percent-encoded parts, so always a
+                // valid header; were it not, the webhook is still registered.
+                if let Ok(value) = http::HeaderValue::from_str(&location(request, &subscription)) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                Ok(response)
             }
             Registered::AlreadyExists => {
                 // Registering again is how an owner re-enables a disabled callback.

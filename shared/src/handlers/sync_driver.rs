@@ -2,6 +2,7 @@
 
 use super::outbound::application_request;
 use crate::application::Application;
+use crate::callback::CallbackUrl;
 use crate::clock::rfc3339_millis;
 use crate::events::announce;
 use crate::http_client::CallbackClient;
@@ -86,18 +87,15 @@ impl SyncDriver<'_> {
             );
             return Ok(StepOutcome::Done);
         }
-        let application = match ports.applications.get_application(application_id).await? {
-            Some(app) if app.webhook.url.is_some() => app,
-            _ => {
-                sync.state = SyncState::Cancelled;
-                sync.completed_at = Some(rfc3339_millis(ports.clock.now()));
-                ports.syncs.save_sync(&sync).await?;
-                tracing::warn!(application_id, sync_id, "webhook removed; sync cancelled");
-                return Ok(StepOutcome::Done);
-            }
+        let Some(application) = ports.applications.get_application(application_id).await? else {
+            return self.cancel(&mut sync, "the application was removed").await;
+        };
+        let url = match application.webhook.target() {
+            Ok(url) => url.clone(),
+            Err(why) => return self.cancel(&mut sync, &why.to_string()).await,
         };
         let outcome = if sync.is_paced() {
-            self.paced(&application, &mut sync, deadline).await
+            self.paced(&application, &url, &mut sync, deadline).await
         } else {
             self.fan_out(&application, &mut sync, deadline).await
         };
@@ -116,6 +114,15 @@ impl SyncDriver<'_> {
         person: &crate::ports::Person,
     ) -> Option<serde_json::Map<String, serde_json::Value>> {
         consented_scopes(person, &application.id).map(|scopes| scoped_person(id, person, &scopes))
+    }
+
+    /// Ends a sync that cannot deliver (its webhook was removed or cannot be used).
+    async fn cancel(&self, sync: &mut FullSync, why: &str) -> Result<StepOutcome, BackendError> {
+        sync.state = SyncState::Cancelled;
+        sync.completed_at = Some(rfc3339_millis(self.ports.clock.now()));
+        self.ports.syncs.save_sync(sync).await?;
+        tracing::warn!(application_id = %sync.application_id, sync_id = %sync.sync_id, why, "sync cancelled");
+        Ok(StepOutcome::Done)
     }
 
     async fn complete(&self, sync: &mut FullSync) -> Result<StepOutcome, BackendError> {
@@ -196,6 +203,7 @@ impl SyncDriver<'_> {
     async fn paced(
         &self,
         application: &Application,
+        url: &CallbackUrl,
         sync: &mut FullSync,
         deadline: Instant,
     ) -> Result<StepOutcome, BackendError> {
@@ -244,11 +252,11 @@ impl SyncDriver<'_> {
                 let request = application_request(
                     job.id.as_str(),
                     application,
+                    url,
                     &[scoped],
                     &job.created_at,
                     ports.clock.as_ref(),
-                )
-                .expect("the application has a webhook URL");
+                );
                 if sync.head_attempts == 0 {
                     sync.scanned += 1;
                 }
@@ -324,7 +332,7 @@ mod tests {
         );
         let mut app = Application::new("app-1", "key", 0);
         // Never reached: the step must stop before its request.
-        app.webhook.url = Some("http://127.0.0.1:9/sync".into());
+        app.webhook.url = Some("http://127.0.0.1:9/sync".to_owned().into());
         app.webhook.request_interval_ms = interval.as_millis() as u64;
         ports.applications.put_application(&app).await.unwrap();
         let mut sync = FullSync::new("app-1", app.webhook.request_interval_ms, "t".into());

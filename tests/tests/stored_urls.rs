@@ -1,0 +1,184 @@
+//! An application whose stored webhook URL no longer parses (an item written by hand, by
+//! another version, or damaged) costs only its own messages: each gets a clear outcome,
+//! the rest of the batch is delivered, and nothing panics (release builds abort on a
+//! panic, which would fail every message of the invocation).
+
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use webhooks::application::Application;
+use webhooks::aws_lambda_events::event::sqs::SqsEvent;
+use webhooks::callback::UrlPolicy;
+use webhooks::clock::SystemClock;
+use webhooks::events::{LoggedEvents, OpsEvent};
+use webhooks::handlers::{Delivery, DeliverySettings};
+use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::job::DeliveryJob;
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::ports::Ports;
+use webhooks::record::RecordId;
+use webhooks::sync::{FullSync, SyncState};
+use webhooks::window::WindowId;
+use webhooks_tests::Receiver;
+
+/// An application item as storage holds it, with `url` in place of its webhook URL.
+fn stored_application(id: &str, url: &str) -> Application {
+    let mut item: Value = serde_json::to_value(Application::new(id, "key", 0)).unwrap();
+    item["webhook"] = json!({"url": url, "request_interval_ms": 1000});
+    serde_json::from_value(item).unwrap()
+}
+
+struct Service {
+    ports: Ports,
+    queue: Arc<MemoryQueue>,
+    events: Arc<LoggedEvents>,
+    delivery: Delivery,
+    receiver: Receiver,
+}
+
+async fn service() -> Service {
+    let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 5));
+    let events = Arc::new(LoggedEvents::default());
+    let records = Arc::new(MemoryRecords::default());
+    // Somebody the broken application's sync would send.
+    let person = json!({"firstName": "P", "consents": {"app-bad": ["members.read_name"]}});
+    records.put_person(
+        &RecordId::parse("p-0").unwrap(),
+        person.as_object().unwrap().clone(),
+    );
+    let ports = webhooks::memory::ports(
+        Arc::new(MemoryStore::default()),
+        records,
+        queue.clone(),
+        events.clone(),
+        Arc::new(SystemClock),
+    );
+    let receiver = Receiver::start().await;
+    let good = stored_application("app-good", &receiver.url("/members"));
+    ports.applications.put_application(&good).await.unwrap();
+    let broken = stored_application("app-bad", "https://exa mple.org/hook");
+    ports.applications.put_application(&broken).await.unwrap();
+    let http = CallbackClient::new(&HttpSettings {
+        timeout: Duration::from_secs(5),
+        url_policy: UrlPolicy {
+            allow_insecure: true,
+        },
+        ..HttpSettings::default()
+    });
+    let delivery = Delivery::new(
+        ports.clone(),
+        http,
+        DeliverySettings {
+            concurrency: 100,
+            ..DeliverySettings::default()
+        },
+    );
+    Service {
+        ports,
+        queue,
+        events,
+        delivery,
+        receiver,
+    }
+}
+
+fn person_job(application: &str, i: usize) -> DeliveryJob {
+    let person = json!({"id": format!("p-{i}"), "firstName": "P"});
+    DeliveryJob::for_application(
+        application,
+        &RecordId::parse(&format!("p-{i}")).unwrap(),
+        person.as_object().unwrap().clone(),
+        WindowId(1),
+        "2026-11-26T12:00:00.000Z".into(),
+    )
+}
+
+/// Sends `jobs` through the queue and hands them to the handler as one batch.
+async fn deliver(s: &Service, jobs: &[DeliveryJob]) -> usize {
+    for job in jobs {
+        s.queue.send(serde_json::to_string(job).unwrap());
+    }
+    let received = s.queue.receive(jobs.len(), Duration::ZERO).await;
+    assert_eq!(received.len(), jobs.len());
+    let mut event = SqsEvent::default();
+    event.records = received
+        .iter()
+        .map(|m| m.to_sqs_message("arn:aws:sqs:local:0:delivery"))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let response = s.delivery.handle(event, deadline).await;
+    response.batch_item_failures.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stored_url_costs_only_its_own_message() {
+    let s = service().await;
+    // The one bad message: a step of a paced sync of the application with the broken URL.
+    let sync = FullSync::new("app-bad", 1000, "2026-11-26T12:00:00.000Z".into());
+    s.ports.syncs.save_sync(&sync).await.unwrap();
+    let mut batch = vec![DeliveryJob::sync_step(
+        "app-bad",
+        &sync.sync_id,
+        "2026-11-26T12:00:00.000Z".into(),
+    )];
+    batch.extend((0..99).map(|i| person_job("app-good", i)));
+    assert_eq!(batch.len(), 100);
+
+    let failures = deliver(&s, &batch).await;
+    assert_eq!(failures, 0);
+    assert_eq!(
+        s.receiver.wait_for(99, Duration::from_secs(10)).await.len(),
+        99
+    );
+    let (sync, _) = s
+        .ports
+        .syncs
+        .get_sync("app-bad", &sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        sync.state,
+        SyncState::Cancelled,
+        "the sync cannot deliver: it ends"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_for_a_broken_stored_url_is_kept_and_the_endpoint_disabled() {
+    let s = service().await;
+    let job = person_job("app-bad", 1);
+    let failures = deliver(&s, &[job.clone(), person_job("app-good", 2)]).await;
+    assert_eq!(failures, 0);
+    assert_eq!(
+        s.receiver.wait_for(1, Duration::from_secs(10)).await.len(),
+        1
+    );
+    // Not dropped: the dead-letter queue keeps it for replay once the URL is fixed.
+    let dead: Vec<DeliveryJob> = s
+        .queue
+        .dead_letters()
+        .iter()
+        .map(|body| serde_json::from_str(body).unwrap())
+        .collect();
+    assert_eq!(dead, [job]);
+    let app = s
+        .ports
+        .applications
+        .get_application("app-bad")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(app.health.is_disabled(), "{:?}", app.health);
+    let reason = app.health.disabled_reason.clone().unwrap_or_default();
+    assert!(reason.contains("webhook URL"), "{reason}");
+    assert!(
+        s.events.published().contains(&OpsEvent::EndpointDisabled {
+            endpoint: "application:app-bad".into(),
+            reason,
+        }),
+        "{:?}",
+        s.events.published()
+    );
+    assert_eq!(app.view()["webhook"]["url"], "https://exa mple.org/hook");
+}
