@@ -145,6 +145,12 @@ impl From<String> for StoredUrl {
     }
 }
 
+impl From<&str> for StoredUrl {
+    fn from(text: &str) -> Self {
+        Self::from(text.to_owned())
+    }
+}
+
 impl From<CallbackUrl> for StoredUrl {
     fn from(url: CallbackUrl) -> Self {
         Self::Usable(url)
