@@ -14,6 +14,10 @@ pub struct HealthPolicy {
     /// A failure more than this after the previous one starts a new streak (a failing
     /// endpoint with queued retries fails at least every 12 hours).
     pub streak_gap: Duration,
+    /// A further failure of an endpoint already failing is saved at most this often: its
+    /// item is not rewritten on every attempt (DynamoDB takes at most 1 000 writes a
+    /// second on one item, and each costs).
+    pub save_interval: Duration,
 }
 
 impl Default for HealthPolicy {
@@ -21,6 +25,7 @@ impl Default for HealthPolicy {
         Self {
             disable_after: Duration::from_secs(5 * 24 * 3600),
             streak_gap: Duration::from_secs(24 * 3600),
+            save_interval: Duration::from_secs(60),
         }
     }
 }
@@ -108,6 +113,24 @@ impl EndpointHealth {
         true
     }
 
+    /// Whether this health, after some attempts, must be written over `saved` (what the
+    /// store held when read): always when the endpoint's state changed (it started
+    /// failing, recovered, or was disabled), and for further failures of an endpoint
+    /// already failing only once `policy.save_interval` has passed since the saved
+    /// failure. What is not written loses nothing the rules need: the streak's start
+    /// is saved, and a failure at most a minute old is close enough for a streak gap of a day.
+    pub fn must_save_over(&self, saved: &Self, policy: &HealthPolicy) -> bool {
+        if self.disabled_at != saved.disabled_at || self.failing_since != saved.failing_since {
+            return true;
+        }
+        match (self.last_failure_at, saved.last_failure_at) {
+            (Some(latest), Some(written)) => {
+                latest - written >= policy.save_interval.as_secs() as i64
+            }
+            (latest, written) => latest != written,
+        }
+    }
+
     /// Records an acknowledged delivery: the streak ends.
     pub fn record_success(&mut self) {
         self.failing_since = None;
@@ -181,6 +204,31 @@ mod tests {
         // A stale streak (no failure for over a day) restarts instead of disabling.
         assert!(!health.record_failure(10 + 6 * DAY, Some(500), "x", &policy));
         assert_eq!(health.failing_since, Some(10 + 6 * DAY));
+    }
+
+    #[test]
+    fn further_failures_are_saved_at_most_once_per_interval() {
+        let policy = HealthPolicy::default();
+        let saved = EndpointHealth::default();
+        let mut health = saved.clone();
+        health.record_success();
+        assert!(
+            !health.must_save_over(&saved, &policy),
+            "healthy stays healthy"
+        );
+        health.record_failure(1_000, Some(500), "HTTP 500", &policy);
+        assert!(health.must_save_over(&saved, &policy), "starts failing");
+        let saved = health.clone();
+        health.record_failure(1_059, Some(503), "HTTP 503", &policy);
+        assert!(!health.must_save_over(&saved, &policy), "59 s later");
+        health.record_failure(1_060, Some(503), "HTTP 503", &policy);
+        assert!(health.must_save_over(&saved, &policy), "a minute later");
+        let mut gone = saved.clone();
+        gone.record_failure(1_001, Some(410), "HTTP 410", &policy);
+        assert!(gone.must_save_over(&saved, &policy), "disabled at once");
+        let mut recovered = saved.clone();
+        recovered.record_success();
+        assert!(recovered.must_save_over(&saved, &policy), "recovered");
     }
 
     #[test]

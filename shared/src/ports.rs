@@ -141,14 +141,27 @@ pub trait SyncStore: Send + Sync {
         application: &str,
         sync_id: &str,
     ) -> BackendResult<Option<(FullSync, SyncOutcomes)>>;
-    /// Counts one fan-out job's outcome; returns the sync (if its state was saved) and the
-    /// counters after it, in the same call.
-    async fn count_sync_outcome(
+    /// Counts the final outcomes of fan-out jobs of a sync, each person at most once
+    /// however often its job is delivered (the queue delivers at least once, and a job
+    /// whose count failed comes back); returns what was newly counted. On an error some
+    /// of them may be counted already: counting them again counts none twice. Writes are
+    /// spread over counter shards so no single item takes every delivery's write.
+    async fn count_sync_outcomes(
         &self,
         application: &str,
         sync_id: &str,
-        delivered: bool,
-    ) -> BackendResult<(Option<FullSync>, SyncOutcomes)>;
+        outcomes: &[PersonOutcome],
+    ) -> BackendResult<SyncOutcomes>;
+    /// Claims the announcement of the sync's completion for `claimant`: true for the first
+    /// claimant (and for it again, so a claim that landed but reported an error can be
+    /// retried), false for every other, so the "Sync Completed" event goes out once
+    /// however many deliveries see the last count.
+    async fn claim_sync_completion(
+        &self,
+        application: &str,
+        sync_id: &str,
+        claimant: &str,
+    ) -> BackendResult<bool>;
     /// Takes the sync's lease until `until_ms` if it is free at `now_ms` (one step at a
     /// time); false when another step holds it.
     async fn lease_sync(
@@ -158,6 +171,15 @@ pub trait SyncStore: Send + Sync {
         now_ms: i64,
         until_ms: i64,
     ) -> BackendResult<bool>;
+}
+
+/// The final outcome of one person's job in a fan-out sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonOutcome {
+    /// The person.
+    pub person: RecordId,
+    /// Acknowledged (else it went to the dead-letter queue after its last attempt).
+    pub delivered: bool,
 }
 
 /// One page of a listing; `next` continues it.

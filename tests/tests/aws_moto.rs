@@ -340,7 +340,7 @@ async fn the_flush_lease_is_a_conditional_write_on_dynamodb() {
 #[tokio::test]
 async fn applications_and_syncs_on_dynamodb() {
     use webhooks::application::Application;
-    use webhooks::ports::{ApplicationStore, RecordStore, SyncStore};
+    use webhooks::ports::{ApplicationStore, PersonOutcome, RecordStore, SyncStore};
     use webhooks::sync::FullSync;
 
     let env = MotoEnv::create(3).await;
@@ -407,24 +407,85 @@ async fn applications_and_syncs_on_dynamodb() {
     seen.sort();
     assert_eq!(seen, ["p-0", "p-2", "p-4", "p-6"]);
 
-    // The driver's state and the delivery counters live side by side without clobbering.
+    // The driver's state and the delivery counters live side by side without clobbering;
+    // each person is counted once however often its outcome is reported.
     let mut sync = FullSync::new("app-1", 0, "t".into());
     aws.store.save_sync(&sync).await.unwrap();
-    aws.store
-        .count_sync_outcome("app-1", &sync.sync_id, true)
+    let outcome = |i: usize, delivered: bool| PersonOutcome {
+        person: RecordId::parse(&format!("p-{i}")).unwrap(),
+        delivered,
+    };
+    let new = aws
+        .store
+        .count_sync_outcomes(
+            "app-1",
+            &sync.sync_id,
+            &[outcome(0, true), outcome(1, false)],
+        )
         .await
         .unwrap();
-    let (counted, outcomes) = aws
+    assert_eq!((new.delivered, new.failed), (1, 1));
+    // A batch of 150 (two transactions) holding both again, and one person twice.
+    let mut batch: Vec<PersonOutcome> = (0..150).map(|i| outcome(i, i != 7)).collect();
+    batch.push(outcome(9, true));
+    let new = aws
         .store
-        .count_sync_outcome("app-1", &sync.sync_id, false)
+        .count_sync_outcomes("app-1", &sync.sync_id, &batch)
         .await
         .unwrap();
     assert_eq!(
-        counted.as_ref(),
-        Some(&sync),
-        "the state comes back with the counters"
+        (new.delivered, new.failed),
+        (147, 1),
+        "p-0 and p-1 were counted already, p-9 once"
     );
-    assert_eq!((outcomes.delivered, outcomes.failed), (1, 1));
+    let again = aws
+        .store
+        .count_sync_outcomes("app-1", &sync.sync_id, &batch)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.delivered, again.failed),
+        (0, 0),
+        "at-least-once: no double count"
+    );
+    let (got, outcomes) = aws
+        .store
+        .get_sync("app-1", &sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, sync);
+    assert_eq!(
+        (outcomes.delivered, outcomes.failed),
+        (148, 2),
+        "summed over the shards"
+    );
+    assert!(
+        aws.store
+            .claim_sync_completion("app-1", &sync.sync_id, "batch-a")
+            .await
+            .unwrap()
+    );
+    assert!(
+        aws.store
+            .claim_sync_completion("app-1", &sync.sync_id, "batch-a")
+            .await
+            .unwrap(),
+        "a retried claim by the same claimant"
+    );
+    assert!(
+        !aws.store
+            .claim_sync_completion("app-1", &sync.sync_id, "batch-b")
+            .await
+            .unwrap(),
+        "announced once"
+    );
+    assert!(
+        !aws.store
+            .claim_sync_completion("app-1", "sync_missing", "batch-a")
+            .await
+            .unwrap()
+    );
     sync.scanned = 4;
     sync.cursor = Some("p-4".into());
     aws.store.save_sync(&sync).await.unwrap();
@@ -437,7 +498,7 @@ async fn applications_and_syncs_on_dynamodb() {
     assert_eq!(got, sync);
     assert_eq!(
         (outcomes.delivered, outcomes.failed),
-        (1, 1),
+        (148, 2),
         "saving the driver state kept the counters"
     );
     sync.cursor = None;

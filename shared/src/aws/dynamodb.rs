@@ -11,7 +11,9 @@
 //! | flush lease | `FLUSH` | `LEASE` | `holder`, `lease_until_ms`: one flush at a time |
 //! | application | `APPS` | application id | one partition: listing is one Query |
 //! | API key index | `APIKEY#<sha256 of key>` | `APIKEY` | application id |
-//! | full sync | `SYNC#<application>` | sync id | driver state (SET), outcome counters (ADD), lease |
+//! | full sync | `SYNC#<application>` | sync id | driver state (SET), lease, completion claim |
+//! | sync counter shard | `SYNCCOUNT#<application>#<sync>#<n>` | `COUNT` | outcome counters (ADD), n < 8 |
+//! | sync person outcome | `SYNCDONE#<application>#<sync>#<person>` | `DONE` | counted once, `expires_at` TTL |
 //! | poison item | `POISON` | `<window>#<record>#<message or endpoint>` | a change the flush set aside; no TTL: kept until replayed |
 
 use crate::application::Application;
@@ -21,7 +23,7 @@ use crate::oauth::{AccessToken, OAuthClient, sha256_hex};
 use crate::poison::PoisonItem;
 use crate::ports::{
     ApplicationStore, BackendError, BackendResult, ClientStore, FlushCursor, Page, PendingChanges,
-    Person, RecordStore, SubscriptionStore, SyncStore, TokenStore,
+    Person, PersonOutcome, RecordStore, SubscriptionStore, SyncStore, TokenStore,
 };
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
@@ -32,7 +34,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A DynamoDB item.
@@ -539,7 +541,179 @@ fn sync_pk(application: &str) -> String {
     format!("SYNC#{application}")
 }
 
-/// The outcome counters and lease of a sync item, beside its driver state.
+/// Counter shards of a sync's outcomes. Each delivery batch adds its outcomes to one of
+/// them in one transaction; a transaction writes an item at most about 500 times a second
+/// (2 write units of the 1 000 per item), so 8 shards take 4 000 batches a second.
+const SYNC_COUNTER_SHARDS: u8 = 8;
+
+/// Person markers per transaction (TransactWriteItems takes 100 actions; one is the counter).
+const MARKERS_PER_TRANSACTION: usize = 99;
+
+/// How long a person's "counted" marker is kept: longer than a job can stay on the queue
+/// and its dead-letter queue (14 days each). TTL deletes it for free.
+const SYNC_MARKER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn sync_counter_key(application: &str, sync_id: &str, shard: u8) -> (String, String) {
+    (
+        format!("SYNCCOUNT#{application}#{sync_id}#{shard}"),
+        "COUNT".to_owned(),
+    )
+}
+
+/// Each marker has its own partition key: a fast sync writes thousands a second.
+fn sync_marker_key(application: &str, sync_id: &str, person: &RecordId) -> (String, String) {
+    (
+        format!("SYNCDONE#{application}#{sync_id}#{person}"),
+        "DONE".to_owned(),
+    )
+}
+
+fn key(pk: String, sk: String) -> Item {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> BackendError {
+    BackendError::Unavailable(format!("request not built: {e}"))
+}
+
+fn number(n: impl ToString) -> AttributeValue {
+    AttributeValue::N(n.to_string())
+}
+
+impl DynamoStore {
+    /// Counts one transaction's worth of outcomes: a conditional put of each person's
+    /// marker and one ADD to a counter shard, all or nothing. Persons already counted
+    /// (the transaction is cancelled by their marker's condition) are dropped and the
+    /// rest tried again; any other cancellation (a conflict, throttling) is an error.
+    async fn count_chunk(
+        &self,
+        application: &str,
+        sync_id: &str,
+        mut chunk: Vec<&PersonOutcome>,
+    ) -> BackendResult<SyncOutcomes> {
+        let expires_at = epoch_secs(SYNC_MARKER_TTL);
+        while let Some(first) = chunk.first() {
+            let delivered = chunk.iter().filter(|o| o.delivered).count() as u64;
+            let new = SyncOutcomes {
+                delivered,
+                failed: chunk.len() as u64 - delivered,
+            };
+            let shard = u8::from_str_radix(&sha256_hex(first.person.as_str())[..2], 16)
+                .unwrap_or_default()
+                % SYNC_COUNTER_SHARDS;
+            let mut actions = Vec::with_capacity(chunk.len() + 1);
+            for outcome in &chunk {
+                let (pk, sk) = sync_marker_key(application, sync_id, &outcome.person);
+                let put = aws_sdk_dynamodb::types::Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(key(pk, sk)))
+                    .item("delivered", AttributeValue::Bool(outcome.delivered))
+                    .item("expires_at", number(expires_at))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(build_error)?;
+                actions.push(
+                    aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                        .put(put)
+                        .build(),
+                );
+            }
+            let (pk, sk) = sync_counter_key(application, sync_id, shard);
+            let add = aws_sdk_dynamodb::types::Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(pk, sk)))
+                .update_expression("ADD outcome_delivered :d, outcome_failed :f")
+                .expression_attribute_values(":d", number(new.delivered))
+                .expression_attribute_values(":f", number(new.failed))
+                .build()
+                .map_err(build_error)?;
+            actions.push(
+                aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                    .update(add)
+                    .build(),
+            );
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(actions))
+                .send()
+                .await;
+            let e = match result {
+                Ok(_) => return Ok(new),
+                Err(e) => e,
+            };
+            let already_counted: HashSet<usize> = match e.as_service_error() {
+                Some(
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
+                        cancelled,
+                    ),
+                ) => cancelled
+                    .cancellation_reasons()
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, r)| *i < chunk.len() && r.code() == Some("ConditionalCheckFailed"))
+                    .map(|(i, _)| i)
+                    .collect(),
+                _ => HashSet::new(),
+            };
+            if already_counted.is_empty() {
+                return Err(unavailable(e));
+            }
+            chunk = chunk
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !already_counted.contains(i))
+                .map(|(_, o)| o)
+                .collect();
+        }
+        Ok(SyncOutcomes::default())
+    }
+
+    /// The sum of a sync's counter shards (one strongly consistent BatchGetItem).
+    async fn sync_counters(&self, application: &str, sync_id: &str) -> BackendResult<SyncOutcomes> {
+        let mut keys: Vec<Item> = (0..SYNC_COUNTER_SHARDS)
+            .map(|n| {
+                let (pk, sk) = sync_counter_key(application, sync_id, n);
+                key(pk, sk)
+            })
+            .collect();
+        let mut total = SyncOutcomes::default();
+        // Unprocessed keys are read again, a bounded number of times.
+        for _ in 0..5 {
+            let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .map_err(build_error)?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out
+                .responses
+                .and_then(|mut r| r.remove(&self.table))
+                .unwrap_or_default()
+            {
+                let shard: SyncCounters = from_item(item)?;
+                total.delivered += shard.outcome_delivered;
+                total.failed += shard.outcome_failed;
+            }
+            match out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
+                Some(left) if !left.keys.is_empty() => keys = left.keys,
+                _ => return Ok(total),
+            }
+        }
+        Err(BackendError::Unavailable(
+            "sync counter shards left unread".into(),
+        ))
+    }
+}
+
+/// The outcome counters of a counter shard (or, written by an earlier version, of the sync
+/// item itself).
 #[derive(Deserialize)]
 struct SyncCounters {
     #[serde(default)]
@@ -593,45 +767,71 @@ impl SyncStore for DynamoStore {
             return Ok(None);
         };
         if !item.contains_key("sync_id") {
-            return Ok(None); // only counters so far
+            return Ok(None);
         }
-        let counters: SyncCounters = from_item(item.clone())?;
-        Ok(Some((from_item(item)?, counters.into())))
+        // Counters on the sync item itself were written by an earlier version; they still
+        // count for syncs started before it.
+        let legacy: SyncCounters = from_item(item.clone())?;
+        let shards = self.sync_counters(application, sync_id).await?;
+        let outcomes = SyncOutcomes {
+            delivered: legacy.outcome_delivered + shards.delivered,
+            failed: legacy.outcome_failed + shards.failed,
+        };
+        Ok(Some((from_item(item)?, outcomes)))
     }
 
-    async fn count_sync_outcome(
+    async fn count_sync_outcomes(
         &self,
         application: &str,
         sync_id: &str,
-        delivered: bool,
-    ) -> BackendResult<(Option<FullSync>, SyncOutcomes)> {
-        let counter = if delivered {
-            "outcome_delivered"
-        } else {
-            "outcome_failed"
-        };
-        let out = self
+        outcomes: &[PersonOutcome],
+    ) -> BackendResult<SyncOutcomes> {
+        // A transaction may not touch one item twice: each person once per call.
+        let mut seen = HashSet::new();
+        let outcomes: Vec<&PersonOutcome> = outcomes
+            .iter()
+            .filter(|o| seen.insert(o.person.clone()))
+            .collect();
+        let mut total = SyncOutcomes::default();
+        for chunk in outcomes.chunks(MARKERS_PER_TRANSACTION) {
+            let new = self
+                .count_chunk(application, sync_id, chunk.to_vec())
+                .await?;
+            total.delivered += new.delivered;
+            total.failed += new.failed;
+        }
+        Ok(total)
+    }
+
+    async fn claim_sync_completion(
+        &self,
+        application: &str,
+        sync_id: &str,
+        claimant: &str,
+    ) -> BackendResult<bool> {
+        let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(sync_pk(application)))
             .key("sk", s(sync_id))
-            .update_expression("ADD #c :one")
-            .expression_attribute_names("#c", counter)
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .update_expression("SET completion_claimant = :me")
+            .condition_expression(
+                "attribute_exists(sync_id) AND (attribute_not_exists(completion_claimant) OR completion_claimant = :me)",
+            )
+            .expression_attribute_values(":me", s(claimant))
             .send()
-            .await
-            .map_err(unavailable)?;
-        // ALL_NEW is the whole item: the driver's state comes with the counters.
-        let item = out.attributes.unwrap_or_default();
-        let counters: SyncCounters = from_item(item.clone())?;
-        let sync = if item.contains_key("sync_id") {
-            Some(from_item(item)?)
-        } else {
-            None
-        };
-        Ok((sync, counters.into()))
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     async fn lease_sync(

@@ -4,7 +4,7 @@
 //! Full-sync steps travel on the same queue and are run here too.
 
 use super::outbound::{Outbound, application_request, callback_request};
-use super::sync_driver::{StepOutcome, SyncDriver};
+use super::sync_driver::{StepOutcome, SyncDriver, announce_if_complete};
 use crate::application::{Application, NoWebhook};
 use crate::callback::CallbackUrl;
 use crate::clock::rfc3339_millis;
@@ -14,13 +14,13 @@ use crate::http_client::{AttemptOutcome, CallbackClient};
 use crate::job::{DeliveryJob, Target};
 use crate::metrics::DeliveryMetrics;
 use crate::oauth::OAuthClient;
-use crate::ports::{BackendError, BackendResult, Ports};
+use crate::ports::{BackendError, BackendResult, PersonOutcome, Ports};
 use crate::record::RecordId;
 use crate::retry::RetryPolicy;
 use crate::subscription::{Subscription, endpoint_name};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -132,6 +132,38 @@ impl<V> TtlCache<V> {
     }
 }
 
+/// How often a batch tries to count its sync outcomes before giving the messages back.
+const COUNT_ATTEMPTS: u32 = 4;
+/// The first wait between those tries (then 4 times longer each).
+const COUNT_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// What a batch's deliveries note as they go: its metrics, and what is left to do once
+/// all its attempts are made (one counter write per sync and at most one health write per
+/// endpoint, instead of one of each per message).
+#[derive(Default)]
+struct BatchLedger {
+    metrics: Mutex<DeliveryMetrics>,
+    sync_outcomes: Mutex<Vec<SyncOutcome>>,
+    health: Mutex<HashMap<String, HealthTally>>,
+}
+
+/// A fan-out sync job's final outcome, to be counted.
+struct SyncOutcome {
+    application: String,
+    sync: String,
+    outcome: PersonOutcome,
+    message_id: String,
+    receipt_handle: Option<String>,
+}
+
+/// An endpoint's health over a batch: as read before it, and after its attempts.
+struct HealthTally {
+    endpoint: Endpoint,
+    saved: EndpointHealth,
+    now: EndpointHealth,
+    newly_disabled: bool,
+}
+
 /// The delivery handler.
 pub struct Delivery {
     /// The ports.
@@ -192,18 +224,32 @@ impl Delivery {
             .collect();
         self.prefetch_subscribers(messages.iter().filter_map(|(_, job)| job.as_ref().ok()))
             .await;
-        let metrics = Mutex::new(DeliveryMetrics::default());
-        let failures: Vec<BatchItemFailure> = futures::stream::iter(messages)
-            .map(|(message, job)| self.process(message, job, deadline, &metrics))
+        let ledger = BatchLedger::default();
+        let mut failed: Vec<String> = futures::stream::iter(messages)
+            .map(|(message, job)| self.process(message, job, deadline, &ledger))
             .buffer_unordered(self.settings.concurrency.max(1))
             .filter_map(|failed| async move { failed })
+            .collect()
+            .await;
+        let BatchLedger {
+            metrics,
+            sync_outcomes,
+            health,
+        } = ledger;
+        self.save_health(health.into_inner().expect("health lock"))
+            .await;
+        failed.extend(
+            self.count_sync_outcomes(sync_outcomes.into_inner().expect("outcomes lock"), deadline)
+                .await,
+        );
+        let failures: Vec<BatchItemFailure> = failed
+            .into_iter()
             .map(|message_id| {
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = message_id;
                 failure
             })
-            .collect()
-            .await;
+            .collect();
         let metrics = metrics.into_inner().expect("metrics lock");
         if metrics.deliveries + metrics.dlq_moves > 0 {
             let now_ms = (self.ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
@@ -339,7 +385,7 @@ impl Delivery {
         message: SqsMessage,
         job: Result<DeliveryJob, serde_json::Error>,
         deadline: Instant,
-        metrics: &Mutex<DeliveryMetrics>,
+        ledger: &BatchLedger,
     ) -> Option<String> {
         let message_id = message.message_id.clone().unwrap_or_default();
         let attempt: u32 = message
@@ -358,7 +404,7 @@ impl Delivery {
         };
         let span =
             tracing::info_span!("delivery", delivery_id = %job.id.as_str(), %message_id, attempt);
-        self.process_job(&message, message_id, &job, attempt, deadline, metrics)
+        self.process_job(&message, message_id, &job, attempt, deadline, ledger)
             .instrument(span)
             .await
     }
@@ -371,7 +417,7 @@ impl Delivery {
         job: &DeliveryJob,
         attempt: u32,
         deadline: Instant,
-        metrics: &Mutex<DeliveryMetrics>,
+        ledger: &BatchLedger,
     ) -> Option<String> {
         let work = match self.work(job).await {
             Ok(work) => work,
@@ -391,7 +437,7 @@ impl Delivery {
                 reason,
             } => {
                 let endpoint = self.disable_application(application, reason).await;
-                self.set_aside(message, message_id, job, &endpoint, metrics)
+                self.set_aside(message, message_id, job, &endpoint, &ledger.metrics)
                     .await
             }
             Work::Send {
@@ -401,21 +447,35 @@ impl Delivery {
             } => {
                 if endpoint.health().is_disabled() {
                     return self
-                        .set_aside(message, message_id, job, &endpoint, metrics)
+                        .set_aside(message, message_id, job, &endpoint, &ledger.metrics)
                         .await;
                 }
                 let (outcome, acknowledged) = outbound.send(&self.http).await;
-                metrics
+                ledger
+                    .metrics
                     .lock()
                     .expect("metrics lock")
                     .record(&outcome, acknowledged);
-                self.record_health(&endpoint, &outcome, acknowledged).await;
+                self.tally_health(&ledger.health, &endpoint, &outcome, acknowledged);
                 let verdict = decide(acknowledged, &self.settings.retry, attempt, &outcome);
-                if let (Some((app, sync)), Verdict::Delivered | Verdict::Exhausted) =
-                    (&sync, verdict)
+                if let (Some((application, sync)), Verdict::Delivered | Verdict::Exhausted) =
+                    (sync, verdict)
+                    && let Target::Application { record, .. } = &job.target
                 {
-                    self.count_sync_outcome(app, sync, verdict == Verdict::Delivered)
-                        .await;
+                    ledger
+                        .sync_outcomes
+                        .lock()
+                        .expect("outcomes lock")
+                        .push(SyncOutcome {
+                            application,
+                            sync,
+                            outcome: PersonOutcome {
+                                person: record.clone(),
+                                delivered: verdict == Verdict::Delivered,
+                            },
+                            message_id: message_id.clone(),
+                            receipt_handle: message.receipt_handle.clone(),
+                        });
                 }
                 match verdict {
                     Verdict::Delivered => {
@@ -442,7 +502,7 @@ impl Delivery {
                             error = outcome.error.as_deref(),
                             "delivery failed on the last attempt; moving to the dead-letter queue"
                         );
-                        metrics.lock().expect("metrics lock").dlq_moves += 1;
+                        ledger.metrics.lock().expect("metrics lock").dlq_moves += 1;
                         announce(
                             self.ports.events.as_ref(),
                             OpsEvent::MessageExhausted {
@@ -514,103 +574,169 @@ impl Delivery {
         endpoint
     }
 
-    /// Updates the endpoint's health after an attempt (a write only on failures and on
-    /// the first success after them); disables it when the policy says so.
-    async fn record_health(
+    /// Applies an attempt's outcome to the endpoint's health as this batch sees it
+    /// (written once the batch is done, by [`Self::save_health`]).
+    fn tally_health(
         &self,
+        tallies: &Mutex<HashMap<String, HealthTally>>,
         endpoint: &Endpoint,
         outcome: &AttemptOutcome,
         acknowledged: bool,
     ) {
-        let mut health = endpoint.health().clone();
-        let newly_disabled = if acknowledged {
-            if !health.is_failing() {
-                return;
-            }
-            health.record_success();
-            false
+        let mut tallies = tallies.lock().expect("health lock");
+        let tally = tallies
+            .entry(endpoint.name())
+            .or_insert_with(|| HealthTally {
+                endpoint: endpoint.clone(),
+                saved: endpoint.health().clone(),
+                now: endpoint.health().clone(),
+                newly_disabled: false,
+            });
+        if acknowledged {
+            tally.now.record_success();
         } else {
             let error = outcome
                 .error
                 .clone()
                 .unwrap_or_else(|| format!("HTTP {}", outcome.status.unwrap_or_default()));
-            health.record_failure(
+            tally.newly_disabled |= tally.now.record_failure(
                 self.ports.clock.now().unix_timestamp(),
                 outcome.status,
                 &error,
                 &self.settings.health,
-            )
-        };
-        let written = match endpoint {
-            Endpoint::Subscription(s) => {
-                let result = self
-                    .ports
-                    .subscriptions
-                    .set_subscription_health(&s.record, &s.callback, &health)
-                    .await;
-                let mut updated = (**s).clone();
-                updated.health = health.clone();
-                self.subscriptions
-                    .put(&s.endpoint(), Some(Arc::new(updated)));
-                result
-            }
-            Endpoint::Application(a) => {
-                let result = self
-                    .ports
-                    .applications
-                    .set_application_health(&a.id, &health)
-                    .await;
-                let mut updated = (**a).clone();
-                updated.health = health.clone();
-                self.applications.put(&a.id, Some(Arc::new(updated)));
-                result
-            }
-        };
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "could not save the endpoint's health");
-        }
-        if newly_disabled {
-            let reason = health.disabled_reason.clone().unwrap_or_default();
-            tracing::error!(endpoint = %endpoint.name(), %reason, "endpoint disabled");
-            announce(
-                self.ports.events.as_ref(),
-                OpsEvent::EndpointDisabled {
-                    endpoint: endpoint.name(),
-                    reason,
-                },
-            )
-            .await;
+            );
         }
     }
 
-    /// Counts a fan-out sync job's outcome, and announces the sync's completion.
-    async fn count_sync_outcome(&self, application: &str, sync: &str, delivered: bool) {
-        let result = async {
-            let (state, outcomes) = self
-                .ports
-                .syncs
-                .count_sync_outcome(application, sync, delivered)
-                .await?;
-            if let Some(state) = state
-                && state.scan_done
-                && outcomes.delivered + outcomes.failed == state.scanned
+    /// Writes each endpoint's health once for the batch, and only when it must be
+    /// ([`EndpointHealth::must_save_over`]: a change of state, or a further failure at most
+    /// once per save interval); announces the endpoints it disabled.
+    async fn save_health(&self, tallies: HashMap<String, HealthTally>) {
+        for tally in tallies.into_values() {
+            if !tally
+                .now
+                .must_save_over(&tally.saved, &self.settings.health)
             {
+                continue;
+            }
+            let health = tally.now;
+            let written = match &tally.endpoint {
+                Endpoint::Subscription(s) => {
+                    let result = self
+                        .ports
+                        .subscriptions
+                        .set_subscription_health(&s.record, &s.callback, &health)
+                        .await;
+                    let mut updated = (**s).clone();
+                    updated.health = health.clone();
+                    self.subscriptions
+                        .put(&s.endpoint(), Some(Arc::new(updated)));
+                    result
+                }
+                Endpoint::Application(a) => {
+                    let result = self
+                        .ports
+                        .applications
+                        .set_application_health(&a.id, &health)
+                        .await;
+                    let mut updated = (**a).clone();
+                    updated.health = health.clone();
+                    self.applications.put(&a.id, Some(Arc::new(updated)));
+                    result
+                }
+            };
+            if let Err(e) = written {
+                // The next batch's failures write it again (they find it unsaved).
+                tracing::warn!(endpoint = %tally.endpoint.name(), error = %e, "could not save the endpoint's health");
+            }
+            if tally.newly_disabled {
+                let reason = health.disabled_reason.clone().unwrap_or_default();
+                tracing::error!(endpoint = %tally.endpoint.name(), %reason, "endpoint disabled");
                 announce(
                     self.ports.events.as_ref(),
-                    OpsEvent::SyncCompleted {
-                        application: application.to_owned(),
-                        sync: sync.to_owned(),
-                        delivered: outcomes.delivered,
-                        failed: outcomes.failed,
+                    OpsEvent::EndpointDisabled {
+                        endpoint: tally.endpoint.name(),
+                        reason,
                     },
                 )
                 .await;
             }
-            Ok::<_, BackendError>(())
-        };
-        if let Err(e) = result.await {
-            tracing::warn!(error = %e, "could not count the sync outcome");
         }
+    }
+
+    /// Counts the batch's fan-out sync outcomes, one call per sync (each person once,
+    /// however often its job came back), and announces a sync it completes. A throttled
+    /// or failed count is tried again a few times; if it still fails, the acknowledged
+    /// messages are given back to be delivered and counted again (a duplicate for the
+    /// receiver, never a lost count); returns their ids.
+    async fn count_sync_outcomes(
+        &self,
+        outcomes: Vec<SyncOutcome>,
+        deadline: Instant,
+    ) -> Vec<String> {
+        let mut per_sync: BTreeMap<(String, String), Vec<SyncOutcome>> = BTreeMap::new();
+        for outcome in outcomes {
+            per_sync
+                .entry((outcome.application.clone(), outcome.sync.clone()))
+                .or_default()
+                .push(outcome);
+        }
+        let mut give_back = Vec::new();
+        for ((application, sync), outcomes) in per_sync {
+            let persons: Vec<PersonOutcome> = outcomes.iter().map(|o| o.outcome.clone()).collect();
+            // The same claimant on every try: a claim that landed but reported an error is
+            // still this batch's to announce.
+            let claimant = uuid::Uuid::new_v4().simple().to_string();
+            let mut delay = COUNT_RETRY_DELAY;
+            let mut attempt = 1;
+            let result = loop {
+                let result = async {
+                    self.ports
+                        .syncs
+                        .count_sync_outcomes(&application, &sync, &persons)
+                        .await?;
+                    announce_if_complete(
+                        self.ports.syncs.as_ref(),
+                        self.ports.events.as_ref(),
+                        &application,
+                        &sync,
+                        &claimant,
+                    )
+                    .await
+                }
+                .await;
+                match result {
+                    Err(e) if attempt < COUNT_ATTEMPTS && Instant::now() + delay < deadline => {
+                        tracing::debug!(error = %e, attempt, "sync outcomes not counted yet; trying again");
+                        tokio::time::sleep(delay).await;
+                        delay *= 4;
+                        attempt += 1;
+                    }
+                    result => break result,
+                }
+            };
+            let Err(e) = result else { continue };
+            for outcome in outcomes {
+                if outcome.outcome.delivered {
+                    tracing::warn!(message_id = %outcome.message_id, %sync, error = %e, "could not count the sync outcome; the message will be delivered and counted again");
+                    if let Some(receipt) = outcome.receipt_handle.as_deref()
+                        && let Err(e) = self
+                            .ports
+                            .queue
+                            .retry_later(receipt, self.settings.retry.base)
+                            .await
+                    {
+                        tracing::warn!(message_id = %outcome.message_id, error = %e, "could not change the message's visibility");
+                    }
+                    give_back.push(outcome.message_id);
+                } else {
+                    // Already on its way to the dead-letter queue: its count is missing
+                    // until it is replayed and delivered.
+                    tracing::error!(message_id = %outcome.message_id, %sync, error = %e, "could not count a dead-lettered sync job");
+                }
+            }
+        }
+        give_back
     }
 
     async fn subscription(

@@ -4,11 +4,11 @@ use super::outbound::application_request;
 use crate::application::Application;
 use crate::callback::CallbackUrl;
 use crate::clock::rfc3339_millis;
-use crate::events::announce;
+use crate::events::{OpsEvent, OpsEvents, announce};
 use crate::http_client::CallbackClient;
-use crate::job::DeliveryJob;
+use crate::job::{DeliveryJob, Target};
 use crate::members::{consented_scopes, scoped_person};
-use crate::ports::{BackendError, MAX_SEND_DELAY, Ports};
+use crate::ports::{BackendError, MAX_SEND_DELAY, PersonOutcome, Ports, SyncStore};
 use crate::retry::RetryPolicy;
 use crate::sync::{FullSync, SyncState};
 use std::time::Duration;
@@ -20,6 +20,47 @@ const FAN_OUT_PAGE: usize = 100;
 const PACED_PAGE: usize = 25;
 /// How long past its deadline a step's lease lasts (then another step may take over).
 const LEASE_SLACK: Duration = Duration::from_secs(60);
+
+/// Who claims a completion for the steps: always the same, so a step retried after its
+/// claim landed (but reported an error) still announces.
+const STEP_CLAIMANT: &str = "sync-step";
+
+/// Announces a fan-out sync's completion, once: when it has read every person and an
+/// outcome is counted for each. Both the delivery that counts outcomes and the step that
+/// finishes reading call it, so whichever comes last sees the sync complete. `claimant`
+/// is the caller's: a retried claim by the same caller still wins.
+pub async fn announce_if_complete(
+    syncs: &dyn SyncStore,
+    events: &dyn OpsEvents,
+    application: &str,
+    sync_id: &str,
+    claimant: &str,
+) -> Result<(), BackendError> {
+    let Some((sync, outcomes)) = syncs.get_sync(application, sync_id).await? else {
+        return Ok(());
+    };
+    let complete = !sync.is_paced()
+        && sync.state == SyncState::Running
+        && sync.scan_done
+        && outcomes.delivered + outcomes.failed >= sync.scanned;
+    if complete
+        && syncs
+            .claim_sync_completion(application, sync_id, claimant)
+            .await?
+    {
+        announce(
+            events,
+            OpsEvent::SyncCompleted {
+                application: application.to_owned(),
+                sync: sync_id.to_owned(),
+                delivered: outcomes.delivered,
+                failed: outcomes.failed,
+            },
+        )
+        .await;
+    }
+    Ok(())
+}
 
 /// What the step asks for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +109,19 @@ impl SyncDriver<'_> {
             return Ok(StepOutcome::Done);
         };
         if sync.state != SyncState::Running {
+            return Ok(StepOutcome::Done);
+        }
+        if sync.scan_done {
+            // A step repeated after its last save landed: reading again would count the
+            // last page twice. Only the completion may be left to announce.
+            announce_if_complete(
+                ports.syncs.as_ref(),
+                ports.events.as_ref(),
+                application_id,
+                sync_id,
+                STEP_CLAIMANT,
+            )
+            .await?;
             return Ok(StepOutcome::Done);
         }
         let lease_until = now_ms(ports)
@@ -132,8 +186,19 @@ impl SyncDriver<'_> {
             sync.completed_at = Some(rfc3339_millis(self.ports.clock.now()));
         }
         self.ports.syncs.save_sync(sync).await?;
+        if !sync.is_paced() {
+            // Every delivery may have been counted before the scan was saved as done.
+            announce_if_complete(
+                self.ports.syncs.as_ref(),
+                self.ports.events.as_ref(),
+                &sync.application_id,
+                &sync.sync_id,
+                STEP_CLAIMANT,
+            )
+            .await?;
+        }
         if sync.is_paced() {
-            let event = crate::events::OpsEvent::SyncCompleted {
+            let event = OpsEvent::SyncCompleted {
                 application: sync.application_id.clone(),
                 sync: sync.sync_id.clone(),
                 delivered: sync.delivered,
@@ -179,12 +244,21 @@ impl SyncDriver<'_> {
                 .collect();
             let enqueued = ports.queue.enqueue(&jobs).await?;
             // A person the queue refuses for good (too large) is counted as failed, so the
-            // sync still completes with exact counts.
+            // sync still completes with exact counts (once, if this page is read again).
+            let mut refused_persons = Vec::new();
             for refused in &enqueued.refused {
                 tracing::error!(sync_id = %sync.sync_id, job = %jobs[refused.index].id.as_str(), refusal = %refused.refusal, "sync job refused by the queue; counted as failed");
+                if let Target::Application { record, .. } = &jobs[refused.index].target {
+                    refused_persons.push(PersonOutcome {
+                        person: record.clone(),
+                        delivered: false,
+                    });
+                }
+            }
+            if !refused_persons.is_empty() {
                 ports
                     .syncs
-                    .count_sync_outcome(&application.id, &sync.sync_id, false)
+                    .count_sync_outcomes(&application.id, &sync.sync_id, &refused_persons)
                     .await?;
             }
             sync.scanned += jobs.len() as u64;

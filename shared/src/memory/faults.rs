@@ -17,8 +17,8 @@ use crate::oauth::{AccessToken, OAuthClient};
 use crate::poison::PoisonItem;
 use crate::ports::{
     ApplicationStore, BackendError, BackendResult, ClientStore, DeliveryQueue, Enqueued,
-    FlushCursor, Page, PendingChanges, Person, RecordStore, RefusedJob, SubscriptionStore,
-    SyncStore, TokenStore,
+    FlushCursor, Page, PendingChanges, Person, PersonOutcome, RecordStore, RefusedJob,
+    SubscriptionStore, SyncStore, TokenStore,
 };
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
@@ -343,16 +343,29 @@ impl<T: SyncStore> SyncStore for Faulty<T> {
             .around(self.inner.get_sync(application, sync_id))
             .await
     }
-    async fn count_sync_outcome(
+    async fn count_sync_outcomes(
         &self,
         application: &str,
         sync_id: &str,
-        delivered: bool,
-    ) -> BackendResult<(Option<FullSync>, SyncOutcomes)> {
+        outcomes: &[PersonOutcome],
+    ) -> BackendResult<SyncOutcomes> {
         self.faults
             .around(
                 self.inner
-                    .count_sync_outcome(application, sync_id, delivered),
+                    .count_sync_outcomes(application, sync_id, outcomes),
+            )
+            .await
+    }
+    async fn claim_sync_completion(
+        &self,
+        application: &str,
+        sync_id: &str,
+        claimant: &str,
+    ) -> BackendResult<bool> {
+        self.faults
+            .around(
+                self.inner
+                    .claim_sync_completion(application, sync_id, claimant),
             )
             .await
     }

@@ -18,15 +18,15 @@ use crate::health::EndpointHealth;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::poison::PoisonItem;
 use crate::ports::{
-    ApplicationStore, BackendResult, ClientStore, FlushCursor, Page, PendingChanges, Ports,
-    SubscriptionStore, SyncStore, TokenStore,
+    ApplicationStore, BackendResult, ClientStore, FlushCursor, Page, PendingChanges, PersonOutcome,
+    Ports, SubscriptionStore, SyncStore, TokenStore,
 };
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::sync::{FullSync, SyncOutcomes};
 use crate::window::WindowId;
 use async_trait::async_trait;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -79,6 +79,10 @@ struct State {
 struct SyncEntry {
     sync: Option<FullSync>,
     outcomes: SyncOutcomes,
+    /// Persons whose outcome is counted (each once).
+    counted: HashSet<RecordId>,
+    /// Who claimed the completion's announcement.
+    completion_claimant: Option<String>,
     lease_until_ms: i64,
 }
 
@@ -335,23 +339,52 @@ impl SyncStore for MemoryStore {
         Ok(entry.and_then(|e| e.sync.clone().map(|s| (s, e.outcomes))))
     }
 
-    async fn count_sync_outcome(
+    async fn count_sync_outcomes(
         &self,
         application: &str,
         sync_id: &str,
-        delivered: bool,
-    ) -> BackendResult<(Option<FullSync>, SyncOutcomes)> {
+        outcomes: &[PersonOutcome],
+    ) -> BackendResult<SyncOutcomes> {
         let mut state = self.state();
         let entry = state
             .syncs
             .entry((application.to_owned(), sync_id.to_owned()))
             .or_default();
-        if delivered {
-            entry.outcomes.delivered += 1;
-        } else {
-            entry.outcomes.failed += 1;
+        let mut new = SyncOutcomes::default();
+        for outcome in outcomes {
+            if entry.counted.insert(outcome.person.clone()) {
+                if outcome.delivered {
+                    new.delivered += 1;
+                } else {
+                    new.failed += 1;
+                }
+            }
         }
-        Ok((entry.sync.clone(), entry.outcomes))
+        entry.outcomes.delivered += new.delivered;
+        entry.outcomes.failed += new.failed;
+        Ok(new)
+    }
+
+    async fn claim_sync_completion(
+        &self,
+        application: &str,
+        sync_id: &str,
+        claimant: &str,
+    ) -> BackendResult<bool> {
+        let mut state = self.state();
+        let Some(entry) = state
+            .syncs
+            .get_mut(&(application.to_owned(), sync_id.to_owned()))
+        else {
+            return Ok(false);
+        };
+        if entry.sync.is_none() {
+            return Ok(false);
+        }
+        let holder = entry
+            .completion_claimant
+            .get_or_insert_with(|| claimant.to_owned());
+        Ok(holder == claimant)
     }
 
     async fn lease_sync(

@@ -1,0 +1,356 @@
+//! Hot items: a fan-out sync counts every person exactly once even when its counter
+//! writes are throttled or time out after landing (the queue delivers at least once, so a
+//! job may come back and be delivered again), and a failing endpoint's health item is not
+//! rewritten on every failed attempt.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use webhooks::application::Application;
+use webhooks::callback::UrlPolicy;
+use webhooks::clock::{Clock, ManualClock, SystemClock};
+use webhooks::events::{LoggedEvents, OpsEvent};
+use webhooks::handlers::{Delivery, DeliverySettings};
+use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::job::DeliveryJob;
+use webhooks::memory::{Faults, Faulty, MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::ports::{ApplicationStore, BackendResult, DeliveryQueue, PersonOutcome, SyncStore};
+use webhooks::record::RecordId;
+use webhooks::retry::RetryPolicy;
+use webhooks::sync::{FullSync, SyncOutcomes};
+use webhooks_tests::Receiver;
+
+const PERSONS: usize = 120;
+
+fn http() -> CallbackClient {
+    CallbackClient::new(&HttpSettings {
+        timeout: Duration::from_millis(500),
+        url_policy: UrlPolicy {
+            allow_insecure: true,
+        },
+        ..HttpSettings::default()
+    })
+}
+
+/// One poll of the delivery event source: a batch of up to `batch`, the handler, then the
+/// deletion of what it did not report failed. Returns how many messages it handled.
+async fn deliver_batch(queue: &MemoryQueue, delivery: &Delivery, batch: usize) -> usize {
+    let messages = queue.receive(batch, Duration::from_millis(20)).await;
+    if messages.is_empty() {
+        return 0;
+    }
+    let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
+    event.records = messages
+        .iter()
+        .map(|m| m.to_sqs_message("arn:aws:sqs:local:000000000000:delivery"))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let response = delivery.handle(event, deadline).await;
+    for message in &messages {
+        if !response
+            .batch_item_failures
+            .iter()
+            .any(|f| f.item_identifier == message.message_id)
+        {
+            queue.delete(&message.receipt_handle);
+        }
+    }
+    messages.len()
+}
+
+/// The sync store with faults on the counters (counting, the completion claim, and the
+/// reads that sum them); the driver's own state and lease are left alone.
+struct ThrottledCounters {
+    inner: Arc<MemoryStore>,
+    faulty: Faulty<MemoryStore>,
+}
+
+#[async_trait::async_trait]
+impl SyncStore for ThrottledCounters {
+    async fn save_sync(&self, sync: &FullSync) -> BackendResult<()> {
+        self.inner.save_sync(sync).await
+    }
+    async fn get_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
+        self.faulty.get_sync(application, sync_id).await
+    }
+    async fn count_sync_outcomes(
+        &self,
+        application: &str,
+        sync_id: &str,
+        outcomes: &[PersonOutcome],
+    ) -> BackendResult<SyncOutcomes> {
+        self.faulty
+            .count_sync_outcomes(application, sync_id, outcomes)
+            .await
+    }
+    async fn claim_sync_completion(
+        &self,
+        application: &str,
+        sync_id: &str,
+        claimant: &str,
+    ) -> BackendResult<bool> {
+        self.faulty
+            .claim_sync_completion(application, sync_id, claimant)
+            .await
+    }
+    async fn lease_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> BackendResult<bool> {
+        self.inner
+            .lease_sync(application, sync_id, now_ms, until_ms)
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_under_throttled_counter_writes_completes_with_exact_counts() {
+    let seed = std::env::var("HOT_ITEMS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("hot items: seed {seed} (HOT_ITEMS_SEED={seed} replays it)");
+    let store = Arc::new(MemoryStore::default());
+    let records = Arc::new(MemoryRecords::default());
+    // Max receive count well above what the faults need: nothing may end in the DLQ.
+    let queue = Arc::new(MemoryQueue::new(Duration::from_millis(200), 50));
+    let events = Arc::new(LoggedEvents::default());
+    let mut ports = webhooks::memory::ports(
+        store.clone(),
+        records.clone(),
+        queue.clone(),
+        events.clone(),
+        Arc::new(SystemClock),
+    );
+    // Every counter write and read is throttled 20 % of the time, and 10 % report a failure
+    // after the write landed (a timeout): the counters must neither drift nor double.
+    let faults = Arc::new(Faults::seeded(seed, 0.2, 0.1, 0.0));
+    ports.syncs = Arc::new(ThrottledCounters {
+        inner: store.clone(),
+        faulty: Faulty::new(store.clone(), faults.clone()),
+    });
+    for i in 0..PERSONS {
+        let person =
+            serde_json::json!({"firstName": "P", "consents": {"app-1": ["members.read_name"]}});
+        records.put_person(
+            &RecordId::parse(&format!("p-{i:04}")).unwrap(),
+            person.as_object().unwrap().clone(),
+        );
+    }
+    let receiver = Receiver::start().await;
+    let mut app = Application::new("app-1", "key", 0);
+    app.webhook.url = Some(receiver.url("/sync").into());
+    store.put_application(&app).await.unwrap();
+    let sync = FullSync::new("app-1", 0, "t".into());
+    store.save_sync(&sync).await.unwrap();
+    let enqueued = queue
+        .enqueue(&[DeliveryJob::sync_step("app-1", &sync.sync_id, "t".into())])
+        .await
+        .unwrap();
+    assert!(enqueued.refused.is_empty());
+    let delivery = Delivery::new(
+        ports,
+        http(),
+        DeliverySettings {
+            retry: RetryPolicy {
+                base: Duration::from_millis(10),
+                max_attempts: 50,
+                jitter: 0.0,
+            },
+            ..DeliverySettings::default()
+        },
+    );
+
+    // Batches of 10, two at a time (concurrent batches hit the same counters), bounded.
+    let started = std::time::Instant::now();
+    loop {
+        let depth = queue.depth();
+        if depth.visible + depth.in_flight == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the queue drains within 60 s: {depth:?}"
+        );
+        let (a, b) = tokio::join!(
+            deliver_batch(&queue, &delivery, 10),
+            deliver_batch(&queue, &delivery, 10)
+        );
+        if a + b == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    faults.heal();
+    assert_eq!(queue.depth().dead, 0, "nothing dead-lettered");
+    let (state, outcomes) = store
+        .get_sync("app-1", &sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let view = state.view(outcomes);
+    let counts = faults.counts();
+    println!(
+        "hot items: {} deliveries for {PERSONS} persons; {} of {} counter calls failed, {} failed after landing",
+        receiver.hits().len(),
+        counts.failed,
+        counts.operations,
+        counts.failed_after
+    );
+    assert_eq!(
+        (
+            view["scanned"].as_u64(),
+            view["delivered"].as_u64(),
+            view["failed"].as_u64(),
+            view["state"].as_str()
+        ),
+        (
+            Some(PERSONS as u64),
+            Some(PERSONS as u64),
+            Some(0),
+            Some("completed")
+        ),
+        "{view}"
+    );
+    let completed: Vec<_> = events
+        .published()
+        .into_iter()
+        .filter(|e| matches!(e, OpsEvent::SyncCompleted { .. }))
+        .collect();
+    assert_eq!(
+        completed,
+        [OpsEvent::SyncCompleted {
+            application: "app-1".into(),
+            sync: sync.sync_id.clone(),
+            delivered: PERSONS as u64,
+            failed: 0,
+        }],
+        "announced once, with the exact counts"
+    );
+}
+
+/// The service table, counting the writes of endpoint health.
+struct CountingStore {
+    inner: Arc<MemoryStore>,
+    health_writes: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl webhooks::ports::ApplicationStore for CountingStore {
+    async fn get_application(&self, id: &str) -> BackendResult<Option<Application>> {
+        self.inner.get_application(id).await
+    }
+    async fn put_application(&self, application: &Application) -> BackendResult<()> {
+        self.inner.put_application(application).await
+    }
+    async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>> {
+        self.inner.application_for_key(api_key_hash).await
+    }
+    async fn list_applications(&self) -> BackendResult<Vec<Application>> {
+        self.inner.list_applications().await
+    }
+    async fn set_application_health(
+        &self,
+        id: &str,
+        health: &webhooks::health::EndpointHealth,
+    ) -> BackendResult<()> {
+        self.health_writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.set_application_health(id, health).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoints_health_is_written_once_per_batch_and_at_most_once_a_minute() {
+    let store = Arc::new(MemoryStore::default());
+    let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 100));
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let counting = Arc::new(CountingStore {
+        inner: store.clone(),
+        health_writes: AtomicUsize::new(0),
+    });
+    let mut ports = webhooks::memory::ports(
+        store.clone(),
+        Arc::new(MemoryRecords::default()),
+        queue.clone(),
+        Arc::new(LoggedEvents::default()),
+        clock.clone(),
+    );
+    ports.applications = counting.clone();
+    let receiver = Receiver::start().await;
+    receiver.script(&[500; 1000]);
+    let mut app = Application::new("app-1", "key", 0);
+    app.webhook.url = Some(receiver.url("/failing").into());
+    store.put_application(&app).await.unwrap();
+    let delivery = Delivery::new(
+        ports,
+        http(),
+        DeliverySettings {
+            // Failed jobs stay hidden for the rest of the test: each batch is new jobs.
+            retry: RetryPolicy {
+                base: Duration::from_secs(3600),
+                max_attempts: 100,
+                jitter: 0.0,
+            },
+            ..DeliverySettings::default()
+        },
+    );
+    let batch = |round: u64| {
+        let jobs: Vec<DeliveryJob> = (0..50)
+            .map(|i| {
+                let record = RecordId::parse(&format!("p-{i:03}")).unwrap();
+                let person = serde_json::json!({"personID": record.as_str()});
+                DeliveryJob::for_application(
+                    "app-1",
+                    &record,
+                    person.as_object().unwrap().clone(),
+                    webhooks::window::WindowId(round),
+                    "t".into(),
+                )
+            })
+            .collect();
+        jobs
+    };
+    let writes = || counting.health_writes.load(Ordering::SeqCst);
+
+    // 50 failed attempts in one batch: the endpoint starts failing, written once.
+    assert!(queue.enqueue(&batch(1)).await.unwrap().refused.is_empty());
+    assert_eq!(deliver_batch(&queue, &delivery, 100).await, 50);
+    assert_eq!(receiver.hits().len(), 50);
+    assert_eq!(writes(), 1, "one health write for a batch of 50 failures");
+    let saved = store
+        .get_application("app-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .health;
+    assert!(saved.is_failing(), "{saved:?}");
+
+    // More failures within the minute: nothing new to say, nothing written.
+    clock.advance(Duration::from_secs(20));
+    assert!(queue.enqueue(&batch(2)).await.unwrap().refused.is_empty());
+    assert_eq!(deliver_batch(&queue, &delivery, 100).await, 50);
+    assert_eq!(
+        writes(),
+        1,
+        "a further failure within the minute is not written"
+    );
+
+    // A minute after the last write: the latest failure is written once.
+    clock.advance(Duration::from_secs(41));
+    assert!(queue.enqueue(&batch(3)).await.unwrap().refused.is_empty());
+    assert_eq!(deliver_batch(&queue, &delivery, 100).await, 50);
+    assert_eq!(writes(), 2, "at most once a minute");
+    let saved = store
+        .get_application("app-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .health;
+    assert_eq!(saved.last_failure_at, Some(clock.now().unix_timestamp()));
+}
