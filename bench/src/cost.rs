@@ -3,6 +3,10 @@
 //! (`AwsServices::new`), run the pipeline; and the dollars per million notifications they
 //! come to at published prices.
 //!
+//! The handlers' log output is captured with the functions' JSON formatter at the default
+//! level (INFO), with the delivery function's metric lines, and priced as CloudWatch Logs
+//! ingestion.
+//!
 //! Lambda's event source mappings are emulated as they call AWS: the DynamoDB stream is
 //! read outside the count (stream reads by a Lambda trigger are free), the SQS source is
 //! counted (ReceiveMessage up to 10 per call until 100 messages or the 1 s batching
@@ -20,6 +24,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::instrument::WithSubscriber;
+use tracing_subscriber::filter::LevelFilter;
 use webhooks::application::Application;
 use webhooks::aws::AwsServices;
 use webhooks::aws::dynamodb::DynamoRecords;
@@ -33,6 +39,7 @@ use webhooks::ports::{ApplicationStore, ClientStore, SubscriptionStore};
 use webhooks::record::RecordId;
 use webhooks::subscription::Subscription;
 use webhooks::window::ManualWindows;
+use webhooks_tests::logs::LogCapture;
 use webhooks_tests::moto::{MotoEnv, StreamPoller};
 
 /// Prices, us-east-1, as published on the AWS pricing pages (see docs/benchmarks.md for
@@ -52,6 +59,8 @@ mod price {
     pub const EB_PUT_EVENTS: f64 = 1.00e-6;
     /// EventBridge API destinations, per invocation.
     pub const EB_API_DESTINATION: f64 = 0.20e-6;
+    /// CloudWatch Logs ingestion (standard log class), per byte ($0.50 per GB, GB = 2^30).
+    pub const LOG_BYTE: f64 = 0.50 / 1_073_741_824.0;
 }
 
 /// A moto server started for the cost figure (stopped when dropped).
@@ -274,6 +283,8 @@ struct Run {
     delivered: usize,
     calls: BTreeMap<String, Tally>,
     lambdas: [(&'static str, LambdaUse); 3],
+    /// Bytes the three functions logged (CloudWatch Logs ingestion).
+    log_bytes: usize,
 }
 
 /// The shape of one scenario.
@@ -287,7 +298,7 @@ struct Scenario {
     batch: usize,
 }
 
-async fn scenario(s: Scenario, receiver: &Receiver) -> Run {
+async fn scenario(s: Scenario, receiver: &Receiver, logs: &LogCapture) -> Run {
     let endpoint = std::env::var("MOTO_ENDPOINT").expect("MOTO_ENDPOINT");
     let direct = sdk_config(&endpoint).await;
     let (proxy, proxied) = Proxy::start(endpoint).await;
@@ -319,15 +330,12 @@ async fn scenario(s: Scenario, receiver: &Receiver) -> Run {
         windows: windows.clone(),
         settings: settings.flush(),
     };
-    // The functions print CloudWatch metric lines; the bench's stdout is its table.
-    let delivery = Delivery::new(
-        aws.ports(),
-        http,
-        webhooks::handlers::DeliverySettings {
-            metrics: false,
-            ..settings.delivery()
-        },
-    );
+    // The metric lines the function prints go to the log capture (the bench's stdout is
+    // its table).
+    let delivery = Delivery::new(aws.ports(), http, settings.delivery()).with_metric_lines({
+        let logs = logs.clone();
+        Arc::new(move |line: &str| logs.write_line(line))
+    });
 
     // Set-up, not counted: the subscriber side and the persons.
     aws.store
@@ -373,6 +381,7 @@ async fn scenario(s: Scenario, receiver: &Receiver) -> Run {
     }
     let expected = s.records * (s.subscriptions_per_record + usize::from(s.members));
     proxy.count(true);
+    logs.clear();
     let hits_before = receiver.hits();
 
     let mut capture_use = LambdaUse::with_memory(256);
@@ -490,7 +499,9 @@ async fn scenario(s: Scenario, receiver: &Receiver) -> Run {
     }
     let delivered = receiver.hits() - hits_before;
     assert_eq!(delivered, expected, "every notification delivered in time");
+    let log_bytes = logs.bytes();
     Run {
+        log_bytes,
         name: s.name.to_owned(),
         delivered,
         calls: proxy.take(),
@@ -502,8 +513,8 @@ async fn scenario(s: Scenario, receiver: &Receiver) -> Run {
     }
 }
 
-/// Dollars per notification of a run: (DynamoDB, SQS, Lambda).
-fn dollars(run: &Run) -> (f64, f64, f64) {
+/// Dollars per notification of a run: (DynamoDB, SQS, Lambda, CloudWatch Logs).
+fn dollars(run: &Run) -> (f64, f64, f64, f64) {
     let n = run.delivered as f64;
     let mut dynamo = 0.0;
     let mut sqs = 0.0;
@@ -517,7 +528,8 @@ fn dollars(run: &Run) -> (f64, f64, f64) {
         }
     }
     let lambda: f64 = run.lambdas.iter().map(|(_, u)| u.dollars()).sum();
-    (dynamo / n, sqs / n, lambda / n)
+    let logs = run.log_bytes as f64 * price::LOG_BYTE;
+    (dynamo / n, sqs / n, lambda / n, logs / n)
 }
 
 /// Runs the scenarios and adds the rows.
@@ -525,6 +537,7 @@ pub async fn cost(table: &mut Table) {
     // A receiver that takes 100 ms, a typical webhook endpoint: it sets the delivery
     // function's billed duration.
     let receiver = Receiver::start(Duration::from_millis(100), 2);
+    let logs = LogCapture::default();
     let scenarios = [
         Scenario {
             name: "ORCID-style, 200 records x 1 subscription, busy (batches of 100)",
@@ -557,9 +570,13 @@ pub async fn cost(table: &mut Table) {
     ];
     let eventbridge = (price::EB_PUT_EVENTS + price::EB_API_DESTINATION) * 1e6;
     for s in scenarios {
-        let run = tokio::time::timeout(Duration::from_secs(180), scenario(s, &receiver))
-            .await
-            .expect("a cost scenario finishes within 180 s");
+        // The functions' log lines, as they format them at the default level.
+        let run = tokio::time::timeout(
+            Duration::from_secs(180),
+            scenario(s, &receiver, &logs).with_subscriber(logs.lambda_json(LevelFilter::INFO)),
+        )
+        .await
+        .expect("a cost scenario finishes within 180 s");
         let n = run.delivered as f64;
         let calls = run
             .calls
@@ -588,16 +605,18 @@ pub async fn cost(table: &mut Table) {
             })
             .collect::<Vec<_>>()
             .join("; ");
-        let (dynamo, sqs, lambda) = dollars(&run);
-        let total = (dynamo + sqs + lambda) * 1e6;
+        let (dynamo, sqs, lambda, logs) = dollars(&run);
+        let total = (dynamo + sqs + lambda + logs) * 1e6;
         table.row(
             "6 cost",
             format!("{} ({} delivered)", run.name, run.delivered),
             format!(
-                "**${total:.3} per million** (DynamoDB ${:.3}, SQS ${:.3}, Lambda ${:.3}). Calls per notification: {calls}. Lambda per notification: {lambdas}",
+                "**${total:.3} per million** (DynamoDB ${:.3}, SQS ${:.3}, Lambda ${:.3}, CloudWatch Logs ${:.3}). Calls per notification: {calls}. Lambda per notification: {lambdas}. Logged per notification: {:.1} bytes",
                 dynamo * 1e6,
                 sqs * 1e6,
-                lambda * 1e6
+                lambda * 1e6,
+                logs * 1e6,
+                run.log_bytes as f64 / n
             ),
             &format!("< $1.00 and < EventBridge ${eventbridge:.2}"),
             Verdict::judge(total < 1.0 && total < eventbridge, ""),

@@ -2,6 +2,7 @@
 //! request and answers from a script, and the AWS side against moto server.
 
 pub mod api;
+pub mod logs;
 pub mod moto;
 
 use axum::Router;

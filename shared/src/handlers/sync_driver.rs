@@ -336,7 +336,12 @@ impl SyncDriver<'_> {
                 }
                 let (outcome, acknowledged) = request.send(self.http).await;
                 sync.last_request_end_ms = Some(now_ms(ports));
-                tracing::info!(sync_id = %sync.sync_id, person = %id, status = outcome.status, error = outcome.error.as_deref(), acknowledged, "sync delivery");
+                // Like other deliveries: a success is not worth a line at INFO.
+                if acknowledged {
+                    tracing::debug!(sync_id = %sync.sync_id, person = %id, status = outcome.status, "sync delivery");
+                } else {
+                    tracing::warn!(sync_id = %sync.sync_id, person = %id, status = outcome.status, error = outcome.error.as_deref(), "sync delivery failed");
+                }
                 if acknowledged {
                     sync.delivered += 1;
                 } else {
