@@ -156,7 +156,7 @@ impl Application {
 
     /// The endpoint name used in logs and operational events.
     pub fn endpoint(&self) -> String {
-        format!("application:{}", self.id)
+        endpoint_name(&self.id)
     }
 
     /// The JSON the API answers with; the signing key is masked.
@@ -171,6 +171,11 @@ impl Application {
             },
         })
     }
+}
+
+/// The endpoint name of application `id` in logs and operational events.
+pub fn endpoint_name(id: &str) -> String {
+    format!("application:{id}")
 }
 
 /// A secret shown only by its first two characters and its length.

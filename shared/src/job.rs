@@ -84,6 +84,19 @@ pub struct DeliveryJob {
     pub window: Option<u64>,
     /// When the job was created, RFC 3339 UTC with milliseconds.
     pub created_at: String,
+    /// Delivery attempts made before this message was sent. A job sent again after a
+    /// backend failure carries them over, since the new message's receive count starts
+    /// from zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts_made: u32,
+    /// Store or queue failures met while handling this job so far; they are retried on
+    /// their own schedule and are not delivery attempts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub backend_failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl DeliveryJob {
@@ -109,6 +122,8 @@ impl DeliveryJob {
             },
             window: Some(window.0),
             created_at,
+            attempts_made: 0,
+            backend_failures: 0,
         }
     }
 }
@@ -138,6 +153,8 @@ impl DeliveryJob {
             },
             window: Some(window.0),
             created_at,
+            attempts_made: 0,
+            backend_failures: 0,
         }
     }
 
@@ -160,6 +177,8 @@ impl DeliveryJob {
             },
             window: None,
             created_at,
+            attempts_made: 0,
+            backend_failures: 0,
         }
     }
 
@@ -174,6 +193,30 @@ impl DeliveryJob {
             },
             window: None,
             created_at,
+            attempts_made: 0,
+            backend_failures: 0,
+        }
+    }
+}
+
+impl DeliveryJob {
+    /// The job to send again after a backend failure during delivery attempt `attempt`
+    /// (1-based), which therefore did not happen.
+    pub fn after_backend_failure(&self, attempt: u32) -> Self {
+        Self {
+            attempts_made: attempt.saturating_sub(1),
+            backend_failures: self.backend_failures.saturating_add(1),
+            ..self.clone()
+        }
+    }
+
+    /// The job without its counters: what the dead-letter queue keeps, so that a replay
+    /// starts with the whole retry budget.
+    pub fn replayable(&self) -> Self {
+        Self {
+            attempts_made: 0,
+            backend_failures: 0,
+            ..self.clone()
         }
     }
 }
@@ -203,6 +246,24 @@ mod tests {
         assert_ne!(a.id, next.id);
         assert_ne!(a.id, other.id);
         assert!(a.id.as_str().starts_with("msg_") && a.id.as_str().len() == 36);
+    }
+
+    #[test]
+    fn counters_survive_a_backend_failure_and_are_cleared_for_replay() {
+        let job = DeliveryJob::for_subscription(&sub("https://a.com/x"), WindowId(7), "t".into());
+        assert!(
+            !serde_json::to_string(&job)
+                .unwrap()
+                .contains("attempts_made"),
+            "absent while zero: older readers see the same body"
+        );
+        // Failed during its third attempt (two were made), twice.
+        let again = job.after_backend_failure(3).after_backend_failure(3);
+        assert_eq!((again.attempts_made, again.backend_failures), (2, 2));
+        let json = serde_json::to_string(&again).unwrap();
+        assert_eq!(serde_json::from_str::<DeliveryJob>(&json).unwrap(), again);
+        assert_eq!(again.replayable(), job);
+        assert_eq!(again.id, job.id, "the same webhook-id");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The `delivery` Lambda (SQS): POST each job to its subscriber; on a negative
 //! acknowledgement hide the message for the retry delay (visibility timeout) and report
 //! it as a batch item failure; after the last attempt let SQS move it to the DLQ.
-//! Full-sync steps travel on the same queue and are run here too.
+//! Full-sync steps travel on the same queue and are run here too. A store or queue failure
+//! is not a delivery attempt: the job is sent again carrying its attempt count (see
+//! `backend_failure`).
 
 use super::outbound::{Outbound, application_request, callback_request};
 use super::sync_driver::{StepOutcome, SyncDriver, announce_if_complete};
@@ -14,7 +16,7 @@ use crate::http_client::{AttemptOutcome, CallbackClient};
 use crate::job::{DeliveryJob, Target};
 use crate::metrics::DeliveryMetrics;
 use crate::oauth::OAuthClient;
-use crate::ports::{BackendError, BackendResult, PersonOutcome, Ports};
+use crate::ports::{BackendError, BackendResult, MAX_SEND_DELAY, PersonOutcome, Ports};
 use crate::record::RecordId;
 use crate::retry::RetryPolicy;
 use crate::subscription::{Subscription, endpoint_name};
@@ -25,6 +27,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
+
+/// Backend failures one job may meet before it goes to the dead-letter queue: with
+/// delays doubling to the 15-minute cap, about a day of continuous outage.
+pub const MAX_BACKEND_FAILURES: u32 = 100;
+
+/// The endpoint a job is for, as logs and operational events name it.
+fn endpoint_of(job: &DeliveryJob) -> String {
+    match &job.target {
+        Target::Callback {
+            record, callback, ..
+        } => endpoint_name(record, callback),
+        Target::Application { application, .. } | Target::SyncStep { application, .. } => {
+            crate::application::endpoint_name(application)
+        }
+    }
+}
 
 /// How long subscriber settings (URL, keys, secrets) are reused before being read again.
 pub const SUBSCRIBER_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -401,7 +419,7 @@ impl Delivery {
         ledger: &BatchLedger,
     ) -> Option<String> {
         let message_id = message.message_id.clone().unwrap_or_default();
-        let attempt: u32 = message
+        let receives: u32 = message
             .attributes
             .get("ApproximateReceiveCount")
             .and_then(|n| n.parse().ok())
@@ -410,11 +428,13 @@ impl Delivery {
             Ok(job) => job,
             Err(e) => {
                 // Keep it: retrying cannot fix it, but the DLQ keeps it for an operator.
-                tracing::error!(%message_id, attempt, error = %e, "unreadable delivery job; sending it toward the dead-letter queue");
+                tracing::error!(%message_id, receives, error = %e, "unreadable delivery job; sending it toward the dead-letter queue");
                 self.hide(&message, Duration::ZERO, &message_id).await;
                 return Some(message_id);
             }
         };
+        // Receives of this message, plus the attempts of the messages it replaced.
+        let attempt = job.attempts_made.saturating_add(receives);
         let span =
             tracing::info_span!("delivery", delivery_id = %job.id.as_str(), %message_id, attempt);
         self.process_job(&message, message_id, &job, attempt, deadline, ledger)
@@ -434,7 +454,11 @@ impl Delivery {
     ) -> Option<String> {
         let work = match self.work(job).await {
             Ok(work) => work,
-            Err(e) => return self.backend_failure(message, &message_id, e).await,
+            Err(e) => {
+                return self
+                    .backend_failure(message, &message_id, job, attempt, e)
+                    .await;
+            }
         };
         match work {
             Work::Drop(why) => {
@@ -442,16 +466,28 @@ impl Delivery {
                 None
             }
             Work::SyncStep { application, sync } => {
-                self.sync_step(message, &message_id, &application, &sync, deadline)
-                    .await
+                self.sync_step(
+                    message,
+                    &message_id,
+                    (job, attempt),
+                    (&application, &sync),
+                    deadline,
+                )
+                .await
             }
             Work::Unusable {
                 application,
                 reason,
             } => {
                 let endpoint = self.disable_application(application, reason).await;
-                self.set_aside(message, message_id, job, &endpoint, &ledger.metrics)
-                    .await
+                self.set_aside(
+                    message,
+                    message_id,
+                    (job, attempt),
+                    &endpoint,
+                    &ledger.metrics,
+                )
+                .await
             }
             Work::Send {
                 outbound,
@@ -460,7 +496,13 @@ impl Delivery {
             } => {
                 if endpoint.health().is_disabled() {
                     return self
-                        .set_aside(message, message_id, job, &endpoint, &ledger.metrics)
+                        .set_aside(
+                            message,
+                            message_id,
+                            (job, attempt),
+                            &endpoint,
+                            &ledger.metrics,
+                        )
                         .await;
                 }
                 let (outcome, acknowledged) = outbound.send(&self.http).await;
@@ -530,12 +572,32 @@ impl Delivery {
                             },
                         )
                         .await;
-                        self.hide(message, Duration::ZERO, &message_id).await;
-                        Some(message_id)
+                        self.exhausted(message, message_id, job).await
                     }
                 }
             }
         }
+    }
+
+    /// After the last attempt. A message whose receive count holds its whole history is
+    /// left to the queue's redrive policy (which moves the original message); one sent
+    /// again after a backend failure is below the redrive limit, so it is moved here.
+    async fn exhausted(
+        &self,
+        message: &SqsMessage,
+        message_id: String,
+        job: &DeliveryJob,
+    ) -> Option<String> {
+        if *job != job.replayable() {
+            match self.ports.queue.dead_letter(&job.replayable()).await {
+                Ok(()) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not move the job to the dead-letter queue; it will come back");
+                }
+            }
+        }
+        self.hide(message, Duration::ZERO, &message_id).await;
+        Some(message_id)
     }
 
     /// A job for a disabled endpoint. Lose nothing: the DLQ keeps it for replay once
@@ -544,17 +606,20 @@ impl Delivery {
         &self,
         message: &SqsMessage,
         message_id: String,
-        job: &DeliveryJob,
+        (job, attempt): (&DeliveryJob, u32),
         endpoint: &Endpoint,
         metrics: &Mutex<DeliveryMetrics>,
     ) -> Option<String> {
-        match self.ports.queue.dead_letter(job).await {
+        match self.ports.queue.dead_letter(&job.replayable()).await {
             Ok(()) => {
                 metrics.lock().expect("metrics lock").dlq_moves += 1;
                 tracing::warn!(endpoint = %endpoint.name(), "endpoint disabled; job moved to the dead-letter queue");
                 None
             }
-            Err(e) => self.backend_failure(message, &message_id, e).await,
+            Err(e) => {
+                self.backend_failure(message, &message_id, job, attempt, e)
+                    .await
+            }
         }
     }
 
@@ -784,8 +849,8 @@ impl Delivery {
         &self,
         message: &SqsMessage,
         message_id: &str,
-        application: &str,
-        sync: &str,
+        (job, attempt): (&DeliveryJob, u32),
+        (application, sync): (&str, &str),
         deadline: Instant,
     ) -> Option<String> {
         let driver = SyncDriver {
@@ -803,24 +868,67 @@ impl Delivery {
                 );
                 match self.ports.queue.enqueue_delayed(&next, delay).await {
                     Ok(()) => None,
-                    Err(e) => self.backend_failure(message, message_id, e).await,
+                    Err(e) => {
+                        self.backend_failure(message, message_id, job, attempt, e)
+                            .await
+                    }
                 }
             }
-            Err(e) => self.backend_failure(message, message_id, e).await,
+            Err(e) => {
+                self.backend_failure(message, message_id, job, attempt, e)
+                    .await
+            }
         }
     }
 
-    /// A store or queue failed: try the message again soon.
+    /// A store or queue failed before the receiver was tried (attempt `attempt` did not
+    /// happen). The job is sent again as a new message after the doubling delay for its
+    /// backend failures (at most the 15-minute send delay), carrying the attempts it made,
+    /// and this message is acknowledged: a backend outage spends no delivery attempt.
+    /// After [`MAX_BACKEND_FAILURES`] it goes to the dead-letter queue. Only when the
+    /// queue refuses the new message does this one stay, hidden for the doubling delay
+    /// of its receive count (then the outage does spend a receive).
     async fn backend_failure(
         &self,
         message: &SqsMessage,
         message_id: &str,
+        job: &DeliveryJob,
+        attempt: u32,
         e: BackendError,
     ) -> Option<String> {
-        tracing::warn!(error = %e, "backend failure; the message will be retried");
-        self.hide(message, self.settings.retry.base, message_id)
+        let again = job.after_backend_failure(attempt);
+        if again.backend_failures > MAX_BACKEND_FAILURES {
+            tracing::error!(error = %e, backend_failures = job.backend_failures, "backend failing for too long; moving the job to the dead-letter queue");
+            announce(
+                self.ports.events.as_ref(),
+                OpsEvent::MessageExhausted {
+                    message_id: job.id.as_str().to_owned(),
+                    endpoint: endpoint_of(job),
+                    attempts: again.attempts_made,
+                    last_error: e.to_string(),
+                },
+            )
             .await;
-        Some(message_id.to_owned())
+            return self.exhausted(message, message_id.to_owned(), &again).await;
+        }
+        let delay = self
+            .settings
+            .retry
+            .next_delay(again.backend_failures, None)
+            .min(MAX_SEND_DELAY);
+        match self.ports.queue.enqueue_delayed(&again, delay).await {
+            Ok(()) => {
+                tracing::warn!(error = %e, backend_failures = again.backend_failures, retry_in_ms = delay.as_millis() as u64, "backend failure; the job will be retried without spending an attempt");
+                None
+            }
+            Err(queue_error) => {
+                let receives = attempt.saturating_sub(job.attempts_made).max(1);
+                let delay = self.settings.retry.next_delay(receives, None);
+                tracing::warn!(error = %e, %queue_error, retry_in_ms = delay.as_millis() as u64, "backend failure, and the job could not be sent again; the message will be retried");
+                self.hide(message, delay, message_id).await;
+                Some(message_id.to_owned())
+            }
+        }
     }
 
     async fn hide(&self, message: &SqsMessage, delay: Duration, message_id: &str) {
