@@ -2,14 +2,17 @@
 //! change capture, flush and delivery, with every store and queue operation liable to
 //! fail, fail after taking effect, or hang (the handler is then killed, as a Lambda
 //! timeout would), receivers that fail, hang past the ack deadline, reset connections and
-//! answer 3xx or 429 with Retry-After, and a lossy message deletion. Then, with faults
-//! healed, every (record, subscriber) pair must have a delivery issued after the record's
-//! last change, or a dead-lettered one. Bounded in count and time; the seed is printed
+//! answer 3xx or 429 with Retry-After, and a lossy message deletion. Besides those passing
+//! faults, two permanent ones that never heal: one record whose stored items never decode,
+//! and one (record, subscriber) pair whose job the queue always refuses. Then, with the
+//! passing faults healed, every (record, subscriber) pair must have a delivery issued after
+//! the record's last change, a dead-lettered one, or a poison item an operator sees (set
+//! aside, never silently lost), and the flush must have got past every window. Bounded in count and time; the seed is printed
 //! (`SOAK_SEED=<seed>` replays it; `SOAK_CHANGES=<n>` makes it longer).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -18,14 +21,15 @@ use webhooks::aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use webhooks::aws_lambda_events::event::sqs::SqsEvent;
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::clock::{Clock, SystemClock};
+use webhooks::events::{LoggedEvents, OpsEvent};
 use webhooks::handlers::{ChangeCapture, Delivery, DeliverySettings, Flush, FlushSettings};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::{DeliveryJob, MessageId, Target};
-use webhooks::memory::{Faults, Faulty, MemoryQueue, MemoryRecords, MemoryStore};
-use webhooks::ports::{Ports, SubscriptionStore};
+use webhooks::memory::{Faults, Faulty, MemoryQueue, MemoryRecords, MemoryStore, PermanentFaults};
+use webhooks::ports::{PendingChanges, Ports, SubscriptionStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
-use webhooks::subscription::Subscription;
+use webhooks::subscription::{Subscription, endpoint_name};
 use webhooks::window::{FlushWindows, ManualWindows};
 
 const RECORDS: usize = 40;
@@ -134,7 +138,24 @@ async fn no_notification_is_lost_under_faults() {
     let records = Arc::new(MemoryRecords::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_millis(300), MAX_ATTEMPTS));
     let windows = Arc::new(ManualWindows::default());
-    let faults = Arc::new(Faults::seeded(seed, 0.04, 0.03, 0.01));
+    // The permanent faults: a record whose items never decode, and a pair whose job the
+    // queue always refuses (on another record).
+    let corrupt_record = rng.usize(0..RECORDS);
+    let refused_record = (corrupt_record + 1 + rng.usize(0..RECORDS - 1)) % RECORDS;
+    // The refused pair's callback path, chosen once the subscriptions exist.
+    let refused_path: Arc<OnceLock<String>> = Arc::default();
+    let refused = refused_path.clone();
+    let permanent = PermanentFaults {
+        refuse_job: Some(Box::new(move |job: &DeliveryJob| {
+            matches!(&job.target, Target::Callback { callback, .. }
+                if refused.get().is_some_and(|path| callback.as_str().ends_with(path.as_str())))
+        })),
+        corrupt_record: Some(Box::new(move |record: &RecordId| {
+            record.as_str() == format!("r{corrupt_record}")
+        })),
+    };
+    let faults = Arc::new(Faults::seeded(seed, 0.04, 0.03, 0.01).with_permanent(permanent));
+    let events = Arc::new(LoggedEvents::default());
     let faulty_store = Arc::new(Faulty::new(store.clone(), faults.clone()));
     let faulty_queue = Arc::new(Faulty::new(queue.clone(), faults.clone()));
     let ports = Ports {
@@ -146,7 +167,7 @@ async fn no_notification_is_lost_under_faults() {
         pending: faulty_store.clone(),
         records: records.clone(),
         queue: faulty_queue,
-        events: Arc::new(webhooks::events::LoggedEvents::default()),
+        events: events.clone(),
         clock: Arc::new(SystemClock),
     };
     let receiver = ChaosReceiver::start(seed).await;
@@ -174,6 +195,14 @@ async fn no_notification_is_lost_under_faults() {
             pairs.push((record, client));
         }
     }
+    let refused_client = pairs
+        .iter()
+        .find(|(r, _)| *r == refused_record)
+        .map(|(_, c)| *c)
+        .expect("every record has a subscriber");
+    refused_path
+        .set(format!("/c{refused_client}/r{refused_record}"))
+        .unwrap();
 
     let capture = ChangeCapture {
         pending: faulty_store.clone(),
@@ -313,14 +342,28 @@ async fn no_notification_is_lost_under_faults() {
     receiver.healthy.store(true, Ordering::SeqCst);
     windows.close_current();
     let final_window = windows.current().0;
-    // Until a run completes (a killed run's lease expires first).
+    // Until a run completes (a killed run's lease expires first). Nothing stuck: with the
+    // passing faults healed, a run gets through every window (a poison record no longer
+    // fails it), so a few failed runs at most.
+    let mut failed_runs = 0;
     loop {
         match flush.run(None).await {
             Ok(report) if !report.lease_held => break,
             Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(_) => {}
+            Err(e) => {
+                failed_runs += 1;
+                assert!(
+                    failed_runs < 20,
+                    "the flush is stuck after healing: {e} — replay with SOAK_SEED={seed}"
+                );
+            }
         }
     }
+    assert_eq!(
+        store.cursor().await.unwrap().map(|c| c.window.0),
+        Some(final_window),
+        "the flush got past every closed window (the one after them is still open)"
+    );
     let drain_deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let depth = queue.depth();
@@ -343,7 +386,24 @@ async fn no_notification_is_lost_under_faults() {
         .map(|b| serde_json::from_str(b).unwrap())
         .collect();
     let dead_ids: BTreeSet<String> = dead.iter().map(|j| j.id.as_str().to_owned()).collect();
+    let poison = store.poison_items().await.unwrap();
+    let announced: HashSet<String> = events
+        .published()
+        .into_iter()
+        .filter_map(|e| match e {
+            OpsEvent::ChangeSetAside { poison_id, .. } => Some(poison_id),
+            _ => None,
+        })
+        .collect();
+    for item in &poison {
+        assert!(
+            announced.contains(&item.id()),
+            "poison item {} set aside without an operational event",
+            item.id()
+        );
+    }
     let mut lost = Vec::new();
+    let mut set_aside = Vec::new();
     let mut expected_pairs = 0;
     for &(record, client) in &pairs {
         let Some(&from) = last_change_window.get(&record) else {
@@ -358,7 +418,29 @@ async fn no_notification_is_lost_under_faults() {
                 .to_owned();
             acked_ids.contains(&(path.clone(), id.clone())) || dead_ids.contains(&id)
         });
-        if !satisfied {
+        // Set aside: a poison item for this record (all subscribers, or this one) in a
+        // window at or after its last change — visible to an operator, who replays it.
+        let endpoint = endpoint_name(
+            &RecordId::parse(&format!("r{record}")).unwrap(),
+            &CallbackUrl::parse(
+                &url,
+                UrlPolicy {
+                    allow_insecure: true,
+                },
+            )
+            .unwrap(),
+        );
+        let poisoned = poison.iter().any(|p| {
+            p.record.as_str() == format!("r{record}")
+                && p.window.0 >= from
+                && p.endpoint.as_ref().is_none_or(|e| *e == endpoint)
+        });
+        if satisfied {
+            continue;
+        }
+        if poisoned {
+            set_aside.push((record, client));
+        } else {
             lost.push((record, client, from));
         }
     }
@@ -390,8 +472,30 @@ async fn no_notification_is_lost_under_faults() {
         "soak: injected {} failures, {} failures after effect, {} hangs in {} operations; {capture_retries} capture retries, {flush_crashes} failed or killed flushes",
         counts.failed, counts.failed_after, counts.hung, counts.operations
     );
+    println!(
+        "soak: permanent faults (record r{corrupt_record} corrupt, pair (r{refused_record}, c{refused_client}) refused) hit {} times; {} poison items, {} pairs set aside",
+        counts.permanent,
+        poison.len(),
+        set_aside.len()
+    );
     assert!(
         lost.is_empty(),
         "lost (record, client, window): {lost:?} — replay with SOAK_SEED={seed}"
+    );
+    // The permanent faults were exercised and their pairs are visible as set aside.
+    for poisoned in [corrupt_record, refused_record] {
+        if last_change_window.contains_key(&poisoned) {
+            assert!(
+                set_aside.iter().any(|(r, _)| *r == poisoned),
+                "record r{poisoned} changed but nothing of it was set aside: {poison:?}"
+            );
+        }
+    }
+    assert!(!poison.is_empty(), "the permanent faults were exercised");
+    assert!(
+        set_aside
+            .iter()
+            .all(|&(r, c)| r == corrupt_record || (r, c) == (refused_record, refused_client)),
+        "only the poisoned pairs are set aside: {set_aside:?}"
     );
 }
