@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use webhooks::application::Application;
 use webhooks::aws::dynamodb::DynamoStore;
 use webhooks::aws::sqs::SqsQueue;
+use webhooks::handlers::ParkedReplayer;
 use webhooks::oauth::{OAuthClient, WEBHOOK_SCOPE, is_valid_client_id, new_client_id, new_secret};
 use webhooks::poison;
 use webhooks::ports::{ApplicationStore, BackendError, ClientStore, PendingChanges};
@@ -36,6 +37,9 @@ enum Command {
     /// Changes the flush set aside because they could never be queued as they were.
     #[command(subcommand)]
     Poison(PoisonCommand),
+    /// Jobs parked while their endpoint is disabled.
+    #[command(subcommand)]
+    Parked(ParkedCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +55,23 @@ enum PoisonCommand {
         /// Replay every poison item.
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ParkedCommand {
+    /// Send the parked jobs whose endpoint was re-enabled back to the delivery queue; jobs
+    /// whose endpoint is still disabled stay parked (listed by endpoint).
+    Replay {
+        /// Most parked messages looked at.
+        #[arg(long, default_value_t = 10_000)]
+        max: usize,
+        /// The delivery queue (the stack's DeliveryQueueUrl output).
+        #[arg(long, env = "DELIVERY_QUEUE_URL")]
+        queue_url: String,
+        /// The parked queue (the stack's DisabledEndpointQueueUrl output).
+        #[arg(long, env = "DISABLED_ENDPOINT_QUEUE_URL")]
+        parked_url: String,
     },
 }
 
@@ -144,6 +165,7 @@ async fn main() -> ExitCode {
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &args.service_table);
     let result = match args.command {
         Command::Dlq(command) => run_dlq(&config, command).await,
+        Command::Parked(command) => run_parked(&config, &store, command).await,
         command => run(&store, command).await,
     };
     match result {
@@ -164,7 +186,7 @@ async fn run(store: &DynamoStore, command: Command) -> Result<(), AdminError> {
         Command::Clients(command) => run_clients(store, command).await,
         Command::Applications(command) => run_applications(store, command).await,
         Command::Poison(command) => run_poison(store, command).await,
-        Command::Dlq(_) => unreachable!("handled in main"),
+        Command::Dlq(_) | Command::Parked(_) => unreachable!("handled in main"),
     }
 }
 
@@ -223,6 +245,48 @@ async fn run_dlq(config: &aws_config::SdkConfig, command: DlqCommand) -> Result<
     }
     let moved = queue.redrive_by_loop(max).await?;
     println!("moved {moved} messages back to the delivery queue");
+    Ok(())
+}
+
+async fn run_parked(
+    config: &aws_config::SdkConfig,
+    store: &DynamoStore,
+    command: ParkedCommand,
+) -> Result<(), AdminError> {
+    let ParkedCommand::Replay {
+        max,
+        queue_url,
+        parked_url,
+    } = command;
+    // The DLQ is not used by a parked replay: jobs go back to the delivery queue only.
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(config), queue_url, "")
+        .with_parked_queue(parked_url);
+    let report = ParkedReplayer {
+        subscriptions: store,
+        applications: store,
+        queue: &queue,
+        parked: &queue,
+    }
+    .replay(max)
+    .await?;
+    println!(
+        "replayed {} parked jobs to the delivery queue",
+        report.replayed
+    );
+    for (endpoint, jobs) in &report.still_disabled {
+        println!("left parked: {jobs} jobs for {endpoint}, which is still disabled");
+    }
+    if !report.still_disabled.is_empty() {
+        eprintln!(
+            "Jobs of a disabled endpoint stay parked until its owner re-enables it (PUT the webhook again, or PATCH the application's webhook); replay again then."
+        );
+    }
+    if report.unreadable > 0 {
+        eprintln!(
+            "{} parked messages are not delivery jobs; they were left in the queue.",
+            report.unreadable
+        );
+    }
     Ok(())
 }
 

@@ -1,10 +1,17 @@
 //! The admin command line against moto: create (secret printed once, stored hashed),
-//! list, disable and enable.
+//! list, disable and enable; DLQ replay; parked-job replay for disabled endpoints.
 
 use std::process::Command;
+use std::time::Duration;
 use webhooks::aws::AwsServices;
-use webhooks::ports::ClientStore;
-use webhooks_tests::moto::{MotoEnv, endpoint};
+use webhooks::callback::{CallbackUrl, UrlPolicy};
+use webhooks::health::EndpointHealth;
+use webhooks::job::DeliveryJob;
+use webhooks::ports::{ClientStore, DeliveryQueue, SubscriptionStore};
+use webhooks::record::RecordId;
+use webhooks::subscription::Subscription;
+use webhooks::window::WindowId;
+use webhooks_tests::moto::{MotoEnv, QueuePoller, endpoint};
 
 /// The admin command pointed at this test's tables and queues on moto.
 fn admin_command(env: &MotoEnv, args: &[&str]) -> Command {
@@ -14,6 +21,7 @@ fn admin_command(env: &MotoEnv, args: &[&str]) -> Command {
         .env("SERVICE_TABLE", &env.service_table)
         .env("DELIVERY_QUEUE_URL", &env.queue_url)
         .env("DEAD_LETTER_QUEUE_URL", &env.dlq_url)
+        .env("DISABLED_ENDPOINT_QUEUE_URL", &env.parked_url)
         .env("AWS_ENDPOINT_URL", endpoint())
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -237,4 +245,75 @@ async fn poison_items_are_listed_and_replayed() {
     // Pending again in the window after the cursor's: the next flush reads it whole.
     let page = aws.store.page(WindowId(43), None, 10).await.unwrap();
     assert_eq!(page.items, vec![record]);
+}
+
+#[tokio::test]
+async fn jobs_for_a_disabled_endpoint_are_parked_and_replayed_only_once_it_is_enabled() {
+    let env = MotoEnv::create(3).await;
+    let aws = AwsServices::new(&env.config, env.settings());
+    let record = RecordId::parse("0000-0002-1825-0097").unwrap();
+    let callback = CallbackUrl::parse("https://example.org/gone", UrlPolicy::default()).unwrap();
+    let subscription = Subscription {
+        record: record.clone(),
+        callback: callback.clone(),
+        client_id: "APP-1".into(),
+        created_at: 0,
+        health: EndpointHealth {
+            disabled_at: Some(1),
+            disabled_reason: Some("the receiver answered 410 Gone".into()),
+            ..EndpointHealth::default()
+        },
+    };
+    aws.store.register(&subscription).await.unwrap();
+    // A job for it in the DLQ (dead-lettered there before parking existed), replayed.
+    let job = DeliveryJob::for_subscription(
+        &subscription,
+        WindowId(1),
+        "2026-11-26T00:00:00.000Z".into(),
+    );
+    aws.queue.dead_letter(&job).await.unwrap();
+    let (code, stdout, stderr) = admin(&env, &["dlq", "replay", "--method", "loop"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("moved 1 "), "{stdout}");
+
+    // Delivery parks it: the DLQ keeps meaning "something failed".
+    let delivery = aws.delivery();
+    let poller = QueuePoller::new(&env);
+    assert_eq!(poller.run_once(&delivery, Duration::from_secs(2)).await, 1);
+    assert!(env.dead_letters().await.is_empty());
+    assert_eq!(env.parked().await.len(), 1);
+    // So replaying the DLQ again has nothing to move: no loop.
+    let (_, stdout, _) = admin(&env, &["dlq", "replay", "--method", "loop"]);
+    assert!(stdout.contains("moved 0 "), "{stdout}");
+
+    // Replaying the parked queue while the endpoint is still disabled leaves it parked
+    // (visible again at once) and says why.
+    let (code, stdout, stderr) = admin(&env, &["parked", "replay"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("replayed 0 parked jobs"), "{stdout}");
+    assert!(
+        stdout.contains("left parked: 1 jobs for") && stdout.contains("https://example.org/gone"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("re-enables"), "{stderr}");
+    assert!(env.queued().await.is_empty());
+    assert_eq!(env.parked().await.len(), 1);
+
+    // Re-enabled by its owner: the replay sends it back to the delivery queue.
+    let mut health = subscription.health.clone();
+    health.enable();
+    aws.store
+        .set_subscription_health(&record, &callback, &health)
+        .await
+        .unwrap();
+    let (code, stdout, stderr) = admin(&env, &["parked", "replay"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("replayed 1 parked jobs"), "{stdout}");
+    assert!(env.parked().await.is_empty());
+    let queued = env.queued().await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        serde_json::from_str::<DeliveryJob>(&queued[0]).unwrap(),
+        job
+    );
 }

@@ -40,6 +40,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         )
         .route("/local/flush", post(flush))
         .route("/local/dlq/replay", post(replay_dead_letters))
+        .route("/local/parked/replay", post(replay_parked))
         .route("/local/status", get(status))
         .route("/local/inbox", get(list_inbox).delete(clear_inbox))
         .route("/local/inbox/{*name}", post(receive))
@@ -155,19 +156,36 @@ async fn replay_dead_letters(State(rt): State<Arc<Runtime>>) -> axum::Json<serde
     axum::Json(serde_json::json!({ "moved": moved }))
 }
 
-/// `GET /local/status`: queue counts, the DLQ and the current window.
+/// `POST /local/parked/replay`: send the parked jobs whose endpoint is enabled again back
+/// to the delivery queue; the others stay parked and are listed by endpoint.
+async fn replay_parked(
+    State(rt): State<Arc<Runtime>>,
+) -> Result<axum::Json<webhooks::handlers::ParkedReplay>, LocalError> {
+    let report = rt.replay_parked().await.map_err(|e| {
+        LocalError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            e.to_string(),
+        )
+    })?;
+    tracing::info!(replayed = report.replayed, still_disabled = ?report.still_disabled, "parked jobs replayed");
+    Ok(axum::Json(report))
+}
+
+/// `GET /local/status`: queue counts, the DLQ, the parked jobs and the current window.
 async fn status(State(rt): State<Arc<Runtime>>) -> Response {
     let depth = rt.queue_depth();
-    let dead: Vec<serde_json::Value> = rt
-        .queue
-        .dead_letters()
-        .iter()
-        .map(|body| serde_json::from_str(body).unwrap_or_else(|_| body.as_str().into()))
-        .collect();
+    let as_json = |bodies: Vec<String>| -> Vec<serde_json::Value> {
+        bodies
+            .iter()
+            .map(|body| serde_json::from_str(body).unwrap_or_else(|_| body.as_str().into()))
+            .collect()
+    };
     axum::Json(serde_json::json!({
         "window": rt.current_window(),
-        "queue": {"visible": depth.visible, "in_flight": depth.in_flight, "dead_letters": depth.dead},
-        "dead_letters": dead,
+        "queue": {"visible": depth.visible, "in_flight": depth.in_flight, "dead_letters": depth.dead, "parked": depth.parked},
+        "dead_letters": as_json(rt.queue.dead_letters()),
+        "parked": as_json(rt.queue.parked()),
     }))
     .into_response()
 }

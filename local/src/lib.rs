@@ -23,7 +23,7 @@ use webhooks::clock::{Clock, SystemClock};
 use webhooks::events::LoggedEvents;
 use webhooks::handlers::{
     ApiSettings, ChangeCapture, Delivery, DeliverySettings, Flush, FlushReport, FlushSettings,
-    Registration,
+    ParkedReplay, ParkedReplayer, Registration,
 };
 use webhooks::health::HealthPolicy;
 use webhooks::http_client::{CallbackClient, HttpSettings};
@@ -224,6 +224,19 @@ impl Runtime {
     /// Queue and DLQ counts.
     pub fn queue_depth(&self) -> QueueDepth {
         self.queue.depth()
+    }
+
+    /// Sends the parked jobs whose endpoint is enabled again back to the delivery queue;
+    /// the others stay parked (what `webhooks-admin parked replay` does on AWS).
+    pub async fn replay_parked(&self) -> Result<ParkedReplay, BackendError> {
+        ParkedReplayer {
+            subscriptions: self.store.as_ref(),
+            applications: self.store.as_ref(),
+            queue: self.queue.as_ref(),
+            parked: self.queue.as_ref(),
+        }
+        .replay(usize::MAX)
+        .await
     }
 
     /// One poll of the delivery event source: receive a batch, invoke the handler, delete

@@ -36,6 +36,8 @@ pub struct Settings {
     pub delivery_queue_url: String,
     /// `DEAD_LETTER_QUEUE_URL`: where a paced sync puts a person after its last attempt.
     pub dead_letter_queue_url: String,
+    /// `DISABLED_ENDPOINT_QUEUE_URL`: where jobs for disabled endpoints are parked.
+    pub disabled_endpoint_queue_url: String,
     /// `FLUSH_INTERVAL_MINUTES` (default 5): window length and flush schedule.
     pub flush_interval: Duration,
     /// `FLUSH_GRACE_SECONDS` (default 90).
@@ -85,6 +87,7 @@ impl Settings {
             records_table: required("RECORDS_TABLE")?,
             delivery_queue_url: required("DELIVERY_QUEUE_URL")?,
             dead_letter_queue_url: required("DEAD_LETTER_QUEUE_URL")?,
+            disabled_endpoint_queue_url: required("DISABLED_ENDPOINT_QUEUE_URL")?,
             flush_interval: Duration::from_secs(60 * number("FLUSH_INTERVAL_MINUTES", 5)?),
             flush_grace: Duration::from_secs(number("FLUSH_GRACE_SECONDS", 90)?),
             retry: RetryPolicy {
@@ -118,6 +121,8 @@ impl Settings {
             crate::aws::dynamodb::PENDING_TTL.as_secs() / self.flush_interval.as_secs();
         FlushSettings {
             max_lag: windows_per_ttl,
+            window_length: self.flush_interval,
+            metrics: true,
             ..FlushSettings::default()
         }
     }
@@ -156,6 +161,7 @@ mod tests {
             ("RECORDS_TABLE", "rec"),
             ("DELIVERY_QUEUE_URL", "https://sqs/q"),
             ("DEAD_LETTER_QUEUE_URL", "https://sqs/dlq"),
+            ("DISABLED_ENDPOINT_QUEUE_URL", "https://sqs/parked"),
         ]);
         env.extend(extra.iter().copied());
         Settings::from_lookup(|name| env.get(name).map(|v| v.to_string()))

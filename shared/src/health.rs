@@ -1,7 +1,8 @@
 //! Endpoint health, as users of Svix and Stripe expect: an endpoint that has failed every
 //! attempt for a period (default 5 days) is disabled, a `410 Gone` disables it at once, its
 //! owner sees why and re-enables it. A disabled endpoint gets no new jobs; jobs already
-//! queued for it go to the dead-letter queue, where nothing is lost.
+//! queued for it are parked (the parked queue, not the dead-letter queue, which means
+//! "something failed"), where nothing is lost, until they are replayed.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

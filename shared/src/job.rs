@@ -210,7 +210,7 @@ impl DeliveryJob {
         }
     }
 
-    /// The job without its counters: what the dead-letter queue keeps, so that a replay
+    /// The job without its counters: what the dead-letter and parked queues keep, so that a replay
     /// starts with the whole retry budget.
     pub fn replayable(&self) -> Self {
         Self {

@@ -1,5 +1,5 @@
 //! CloudWatch metrics in Embedded Metric Format: one JSON log line per delivery
-//! invocation, which CloudWatch Logs turns into metrics with no API call.
+//! invocation and per flush run, which CloudWatch Logs turns into metrics with no API call.
 
 use crate::http_client::AttemptOutcome;
 use serde_json::{Value, json};
@@ -28,6 +28,8 @@ pub struct DeliveryMetrics {
     pub failures_connection: u64,
     /// Messages moved toward the dead-letter queue.
     pub dlq_moves: u64,
+    /// Jobs for disabled endpoints put in the parked queue.
+    pub parked: u64,
     /// Attempt latencies in milliseconds.
     pub latencies_ms: Vec<f64>,
 }
@@ -70,6 +72,7 @@ impl DeliveryMetrics {
             ("FailuresTimeout", self.failures_timeout),
             ("FailuresConnection", self.failures_connection),
             ("DlqMoves", self.dlq_moves),
+            ("Parked", self.parked),
         ];
         let mut metrics: Vec<Value> = counts
             .iter()
@@ -91,6 +94,47 @@ impl DeliveryMetrics {
     }
 }
 
+/// What one flush run did, and how far behind it left the windows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushMetrics {
+    /// Windows completely flushed.
+    pub windows: u64,
+    /// Pending records read.
+    pub records: u64,
+    /// Delivery jobs enqueued.
+    pub jobs: u64,
+    /// How long the oldest closed window not yet completely flushed has been waiting, in
+    /// whole windows' length: 0 when the run caught up with every closed window.
+    pub lag_seconds: u64,
+}
+
+impl FlushMetrics {
+    /// The EMF document (a single log line when serialized).
+    pub fn emf(&self, timestamp_ms: i64) -> Value {
+        let counts = [
+            ("FlushedWindows", self.windows, "Count"),
+            ("FlushedRecords", self.records, "Count"),
+            ("FlushedJobs", self.jobs, "Count"),
+            ("FlushLagSeconds", self.lag_seconds, "Seconds"),
+        ];
+        let metrics: Vec<Value> = counts
+            .iter()
+            .map(|(name, _, unit)| json!({"Name": name, "Unit": unit}))
+            .collect();
+        let mut doc = json!({
+            "_aws": {
+                "Timestamp": timestamp_ms,
+                "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [["Function"]], "Metrics": metrics}],
+            },
+            "Function": "flush",
+        });
+        for (name, value, _) in counts {
+            doc[name] = value.into();
+        }
+        doc
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +146,27 @@ mod tests {
             retry_after: None,
             latency: Duration::from_millis(12),
             error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_flush_document_declares_its_lag_in_seconds() {
+        let doc = FlushMetrics {
+            windows: 2,
+            records: 7,
+            jobs: 9,
+            lag_seconds: 600,
+        }
+        .emf(5);
+        assert_eq!(doc["FlushLagSeconds"], 600);
+        assert_eq!(doc["FlushedJobs"], 9);
+        assert_eq!(doc["Function"], "flush");
+        let declared = doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap();
+        assert!(declared.contains(&json!({"Name": "FlushLagSeconds", "Unit": "Seconds"})));
+        for metric in declared {
+            assert!(doc.get(metric["Name"].as_str().unwrap()).is_some());
         }
     }
 

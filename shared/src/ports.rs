@@ -248,6 +248,33 @@ pub trait DeliveryQueue: Send + Sync {
     /// Puts a job straight into the dead-letter queue (a paced sync's person that failed
     /// its last attempt), where an operator can inspect and replay it.
     async fn dead_letter(&self, job: &DeliveryJob) -> BackendResult<()>;
+    /// Puts a job for a disabled endpoint aside in the parked queue (not the dead-letter
+    /// queue, which means "something failed"), where it waits until its owner re-enables
+    /// the endpoint and an operator replays it ([`crate::handlers::ParkedReplayer`]).
+    async fn park(&self, job: &DeliveryJob) -> BackendResult<()>;
+}
+
+/// A message of the parked queue, as a replay receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedMessage {
+    /// The message id (the same on every receive).
+    pub message_id: String,
+    /// The handle of this receive, to remove it.
+    pub handle: String,
+    /// The body: a serialized [`DeliveryJob`].
+    pub body: String,
+}
+
+/// The parked queue as a replay uses it.
+#[async_trait]
+pub trait ParkedQueue: Send + Sync {
+    /// Receives up to `max` parked messages and hides them for `hold`: a message not
+    /// removed in that time is parked again as it was.
+    async fn take_parked(&self, max: usize, hold: Duration) -> BackendResult<Vec<ParkedMessage>>;
+    /// Removes a received parked message (after its job went back to the delivery queue).
+    async fn remove_parked(&self, handle: &str) -> BackendResult<()>;
+    /// Makes a received parked message visible again at once (it stays parked).
+    async fn release_parked(&self, handle: &str) -> BackendResult<()>;
 }
 
 /// What an enqueue did: every job was enqueued except the refused ones. Must be looked at:

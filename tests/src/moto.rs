@@ -60,6 +60,8 @@ pub struct MotoEnv {
     pub queue_url: String,
     /// Dead-letter queue URL.
     pub dlq_url: String,
+    /// Parked queue URL (jobs for disabled endpoints).
+    pub parked_url: String,
     /// The records table's stream.
     pub stream_arn: String,
     /// The EventBridge bus for operational events.
@@ -69,8 +71,8 @@ pub struct MotoEnv {
 }
 
 impl MotoEnv {
-    /// Creates the tables (records with a NEW_AND_OLD_IMAGES stream), the delivery queue
-    /// and its DLQ with a redrive policy of `max_receive_count`.
+    /// Creates the tables (records with a KEYS_ONLY stream), the delivery queue and its DLQ
+    /// with a redrive policy of `max_receive_count`, and the parked queue.
     pub async fn create(max_receive_count: u32) -> Self {
         Self::create_on(sdk_config().await, max_receive_count).await
     }
@@ -141,6 +143,14 @@ impl MotoEnv {
             .queue_url
             .unwrap();
         let dlq_arn = queue_arn(&sqs, &dlq_url).await;
+        let parked_url = sqs
+            .create_queue()
+            .queue_name(format!("disabled-endpoint-{suffix}"))
+            .send()
+            .await
+            .expect("create parked queue")
+            .queue_url
+            .unwrap();
         let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count.to_string()});
         let queue_url = sqs
             .create_queue()
@@ -199,6 +209,7 @@ impl MotoEnv {
             service_table,
             queue_url,
             dlq_url,
+            parked_url,
             stream_arn,
             ops_bus,
             ops_queue_url,
@@ -212,6 +223,7 @@ impl MotoEnv {
             ("RECORDS_TABLE", self.records_table.clone()),
             ("DELIVERY_QUEUE_URL", self.queue_url.clone()),
             ("DEAD_LETTER_QUEUE_URL", self.dlq_url.clone()),
+            ("DISABLED_ENDPOINT_QUEUE_URL", self.parked_url.clone()),
             ("OPS_EVENT_BUS", self.ops_bus.clone()),
         ]);
         webhooks::config::Settings::from_lookup(|name| env.get(name).cloned()).unwrap()
@@ -244,10 +256,25 @@ impl MotoEnv {
 
     /// Bodies of the messages in the dead-letter queue (received, not deleted).
     pub async fn dead_letters(&self) -> Vec<String> {
+        self.peek(&self.dlq_url).await
+    }
+
+    /// Bodies of the messages in the parked queue (received, not deleted).
+    pub async fn parked(&self) -> Vec<String> {
+        self.peek(&self.parked_url).await
+    }
+
+    /// Bodies of the messages in the delivery queue (received, not deleted).
+    pub async fn queued(&self) -> Vec<String> {
+        self.peek(&self.queue_url).await
+    }
+
+    /// Up to ten message bodies of a queue, left visible.
+    async fn peek(&self, queue_url: &str) -> Vec<String> {
         let sqs = aws_sdk_sqs::Client::new(&self.config);
         let out = sqs
             .receive_message()
-            .queue_url(&self.dlq_url)
+            .queue_url(queue_url)
             .max_number_of_messages(10)
             .visibility_timeout(0)
             .send()

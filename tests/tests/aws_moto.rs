@@ -1189,14 +1189,16 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
         .handle(batch(std::slice::from_ref(&job)), deadline)
         .await;
     assert!(response.batch_item_failures.is_empty());
-    let dead: Vec<DeliveryJob> = p
+    // Parked (its endpoint is disabled), not dead-lettered.
+    let parked: Vec<DeliveryJob> = p
         .env
-        .dead_letters()
+        .parked()
         .await
         .iter()
         .map(|body| serde_json::from_str(body).unwrap())
         .collect();
-    assert_eq!(dead, [job]);
+    assert_eq!(parked, [job]);
+    assert!(p.env.dead_letters().await.is_empty());
     let loaded = p
         .aws
         .store

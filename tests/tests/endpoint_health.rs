@@ -1,6 +1,8 @@
 //! Endpoint health on the local runner: a callback failing every attempt for the
-//! configured period is disabled (and its queued jobs go to the DLQ), `410 Gone` disables
-//! at once, the owner sees why and re-enables it, and operators get operational events.
+//! configured period is disabled (and its queued jobs are parked, not dead-lettered: the
+//! DLQ means "something failed"), `410 Gone` disables at once, the owner sees why and
+//! re-enables it, a replay sends parked jobs back only once their endpoint is enabled, and
+//! operators get operational events.
 
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -56,6 +58,18 @@ impl Api {
             .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST /local/parked/replay`.
+    async fn replay_parked(&self) -> Value {
+        self.http
+            .post(format!("{}/local/parked/replay", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     async fn change_and_flush(&self) -> Value {
@@ -148,10 +162,32 @@ async fn a_callback_failing_for_the_period_is_disabled_and_re_enabled_by_its_own
     let attempts = receiver.hits().len();
     assert!((5..=6).contains(&attempts), "{attempts} attempts");
 
-    // The job still queued goes to the DLQ; a new change enqueues nothing.
-    assert!(wait_until(async || service.runtime.queue_depth().dead == 1).await);
+    // The job still queued is parked, not dead-lettered; a new change enqueues nothing.
+    assert!(wait_until(async || service.runtime.queue_depth().parked == 1).await);
+    assert_eq!(service.runtime.queue_depth().dead, 0);
     assert_eq!(api.change_and_flush().await["jobs"], 0);
+    // Replaying while it is still disabled leaves it parked: no round trip through
+    // delivery, no attempt.
+    let replay = api.replay_parked().await;
+    assert_eq!(replay["replayed"], 0, "{replay}");
+    assert_eq!(
+        replay["still_disabled"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(endpoint, n)| (endpoint.ends_with("/flaky"), n.as_u64()))
+            .collect::<Vec<_>>(),
+        [(true, Some(1))],
+        "{replay}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        service.runtime.queue_depth(),
+        webhooks::memory::QueueDepth {
+            parked: 1,
+            ..Default::default()
+        }
+    );
     assert_eq!(receiver.hits().len(), attempts, "no attempt while disabled");
 
     // Operators were told.
@@ -182,6 +218,8 @@ async fn a_callback_failing_for_the_period_is_disabled_and_re_enabled_by_its_own
             .iter()
             .any(|e| matches!(e, OpsEvent::EndpointEnabled { .. }))
     );
+    // Enabled again: the replay sends the parked job, and a new change is delivered too.
+    assert_eq!(api.replay_parked().await["replayed"], 1);
     assert_eq!(api.change_and_flush().await["jobs"], 1);
     assert!(
         wait_until(async || receiver
@@ -189,9 +227,11 @@ async fn a_callback_failing_for_the_period_is_disabled_and_re_enabled_by_its_own
             .iter()
             .filter(|h| h.path == "/flaky")
             .count()
-            > attempts)
+            >= attempts + 2)
         .await
     );
+    assert_eq!(service.runtime.queue_depth().parked, 0);
+    assert_eq!(service.runtime.queue_depth().dead, 0);
     service.stop().await;
 }
 
@@ -214,8 +254,13 @@ async fn gone_disables_at_once_and_exhausted_messages_are_announced() {
     assert_eq!(health["disabledReason"], "the receiver answered 410 Gone");
     assert_eq!(receiver.hits().len(), 1, "one attempt, then disabled");
     assert!(
-        wait_until(async || service.runtime.queue_depth().dead == 1).await,
-        "the message waits in the DLQ"
+        wait_until(async || service.runtime.queue_depth().parked == 1).await,
+        "the message waits in the parked queue"
+    );
+    assert_eq!(
+        service.runtime.queue_depth().dead,
+        0,
+        "a job parked for a disabled endpoint is not a failure in the DLQ"
     );
     let events = service.runtime.events.published();
     assert!(

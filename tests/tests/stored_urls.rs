@@ -154,14 +154,16 @@ async fn a_job_for_a_broken_stored_url_is_kept_and_the_endpoint_disabled() {
         s.receiver.wait_for(1, Duration::from_secs(10)).await.len(),
         1
     );
-    // Not dropped: the dead-letter queue keeps it for replay once the URL is fixed.
-    let dead: Vec<DeliveryJob> = s
+    // Not dropped: parked until the URL is fixed (which re-enables the endpoint) and the
+    // parked jobs are replayed; the dead-letter queue is for failures.
+    let parked: Vec<DeliveryJob> = s
         .queue
-        .dead_letters()
+        .parked()
         .iter()
         .map(|body| serde_json::from_str(body).unwrap())
         .collect();
-    assert_eq!(dead, [job]);
+    assert_eq!(parked, [job]);
+    assert!(s.queue.dead_letters().is_empty());
     let app = s
         .ports
         .applications

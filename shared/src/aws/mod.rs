@@ -60,11 +60,14 @@ impl AwsServices {
         Self {
             store: Arc::new(DynamoStore::new(dynamodb.clone(), &settings.service_table)),
             records: Arc::new(DynamoRecords::new(dynamodb, &settings.records_table)),
-            queue: Arc::new(SqsQueue::new(
-                aws_sdk_sqs::Client::new(config),
-                &settings.delivery_queue_url,
-                &settings.dead_letter_queue_url,
-            )),
+            queue: Arc::new(
+                SqsQueue::new(
+                    aws_sdk_sqs::Client::new(config),
+                    &settings.delivery_queue_url,
+                    &settings.dead_letter_queue_url,
+                )
+                .with_parked_queue(&settings.disabled_endpoint_queue_url),
+            ),
             events: Arc::new(EventBridgeEvents::new(
                 aws_sdk_eventbridge::Client::new(config),
                 &settings.ops_event_bus,

@@ -1,4 +1,4 @@
-//! The SQS adapter of the delivery queue.
+//! The SQS adapter of the delivery queue, its dead-letter queue and the parked queue.
 //!
 //! Bodies are written by [`crate::message`] (characters SQS refuses are escaped), checked
 //! against the size limit before sending, and packed into SendMessageBatch calls by
@@ -7,7 +7,9 @@
 
 use crate::job::DeliveryJob;
 use crate::message::{self, MAX_BATCH_ENTRIES, Refusal};
-use crate::ports::{BackendError, BackendResult, DeliveryQueue, Enqueued, RefusedJob};
+use crate::ports::{
+    BackendError, BackendResult, DeliveryQueue, Enqueued, ParkedMessage, ParkedQueue, RefusedJob,
+};
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
@@ -25,12 +27,18 @@ const SEND_ROUNDS: u32 = 5;
 /// margin covers the time between receive and the change.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600 - 300);
 
-/// The delivery queue on SQS, and its dead-letter queue.
+/// The delivery queue on SQS, its dead-letter queue, and the parked queue of jobs for
+/// disabled endpoints.
 #[derive(Debug, Clone)]
 pub struct SqsQueue {
     client: Client,
     queue_url: String,
     dead_letter_url: String,
+    parked_url: Option<String>,
+}
+
+fn unavailable<E: std::error::Error + 'static>(e: E) -> BackendError {
+    BackendError::Unavailable(DisplayErrorContext(&e).to_string())
 }
 
 impl SqsQueue {
@@ -44,7 +52,21 @@ impl SqsQueue {
             client,
             queue_url: queue_url.into(),
             dead_letter_url: dead_letter_url.into(),
+            parked_url: None,
         }
+    }
+
+    /// The same, with the parked queue at `parked_url` (where jobs for disabled endpoints
+    /// wait; without it, parking fails and the message is retried).
+    pub fn with_parked_queue(mut self, parked_url: impl Into<String>) -> Self {
+        self.parked_url = Some(parked_url.into());
+        self
+    }
+
+    fn parked_url(&self) -> BackendResult<&str> {
+        self.parked_url.as_deref().ok_or_else(|| {
+            BackendError::Unavailable("no parked queue is configured for disabled endpoints".into())
+        })
     }
 
     /// Moves dead-lettered messages back to the delivery queue, at most `max`, with a
@@ -294,6 +316,10 @@ impl DeliveryQueue for SqsQueue {
             .await
     }
 
+    async fn park(&self, job: &DeliveryJob) -> BackendResult<()> {
+        self.send_one(self.parked_url()?, job, Duration::ZERO).await
+    }
+
     async fn retry_later(&self, receipt_handle: &str, delay: Duration) -> BackendResult<()> {
         self.client
             .change_message_visibility()
@@ -303,6 +329,58 @@ impl DeliveryQueue for SqsQueue {
             .send()
             .await
             .map_err(|e| BackendError::Unavailable(DisplayErrorContext(&e).to_string()))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ParkedQueue for SqsQueue {
+    async fn take_parked(&self, max: usize, hold: Duration) -> BackendResult<Vec<ParkedMessage>> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(self.parked_url()?)
+            .max_number_of_messages(max.clamp(1, BATCH) as i32)
+            .visibility_timeout(Self::visibility_seconds(hold))
+            // A long poll asks every SQS server, so an empty answer means an empty queue.
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| {
+                Some(ParkedMessage {
+                    message_id: m.message_id?,
+                    handle: m.receipt_handle?,
+                    body: m.body.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    async fn remove_parked(&self, handle: &str) -> BackendResult<()> {
+        self.client
+            .delete_message()
+            .queue_url(self.parked_url()?)
+            .receipt_handle(handle)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release_parked(&self, handle: &str) -> BackendResult<()> {
+        self.client
+            .change_message_visibility()
+            .queue_url(self.parked_url()?)
+            .receipt_handle(handle)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }

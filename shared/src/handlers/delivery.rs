@@ -282,7 +282,7 @@ impl Delivery {
             })
             .collect();
         let metrics = metrics.into_inner().expect("metrics lock");
-        if metrics.deliveries + metrics.dlq_moves > 0 {
+        if metrics.deliveries + metrics.dlq_moves + metrics.parked > 0 {
             let now_ms = (self.ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
             let line = metrics.emf("delivery", now_ms).to_string();
             if self.settings.metrics {
@@ -600,8 +600,9 @@ impl Delivery {
         Some(message_id)
     }
 
-    /// A job for a disabled endpoint. Lose nothing: the DLQ keeps it for replay once
-    /// re-enabled.
+    /// A job for a disabled endpoint. Lose nothing, and keep the DLQ for failures: the
+    /// parked queue keeps it until the owner re-enables the endpoint and an operator
+    /// replays it (`handlers::replay`).
     async fn set_aside(
         &self,
         message: &SqsMessage,
@@ -610,10 +611,10 @@ impl Delivery {
         endpoint: &Endpoint,
         metrics: &Mutex<DeliveryMetrics>,
     ) -> Option<String> {
-        match self.ports.queue.dead_letter(&job.replayable()).await {
+        match self.ports.queue.park(&job.replayable()).await {
             Ok(()) => {
-                metrics.lock().expect("metrics lock").dlq_moves += 1;
-                tracing::warn!(endpoint = %endpoint.name(), "endpoint disabled; job moved to the dead-letter queue");
+                metrics.lock().expect("metrics lock").parked += 1;
+                tracing::warn!(endpoint = %endpoint.name(), "endpoint disabled; job parked until it is re-enabled");
                 None
             }
             Err(e) => {

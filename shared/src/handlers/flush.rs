@@ -12,6 +12,7 @@ use crate::clock::rfc3339_millis;
 use crate::events::announce;
 use crate::job::DeliveryJob;
 use crate::members::{consents, scoped_person};
+use crate::metrics::FlushMetrics;
 use crate::poison::PoisonItem;
 use crate::ports::{BackendError, FlushCursor, Person, Ports};
 use crate::record::RecordId;
@@ -43,6 +44,10 @@ pub struct FlushSettings {
     /// gets is [`crate::aws::DEADLINE_MARGIN`] (15 s) before Lambda's own, so the default
     /// (60 s) lasts until well after Lambda would have stopped the run.
     pub lease_margin: Duration,
+    /// The window length (the flush interval), to express the lag in seconds.
+    pub window_length: Duration,
+    /// Print a CloudWatch Embedded Metric Format line per run (on Lambda).
+    pub metrics: bool,
 }
 
 impl Default for FlushSettings {
@@ -53,6 +58,8 @@ impl Default for FlushSettings {
             max_lag: 7 * 24 * 12,
             lookup_concurrency: 16,
             lease_margin: Duration::from_secs(60),
+            window_length: Duration::from_secs(300),
+            metrics: false,
         }
     }
 }
@@ -72,6 +79,8 @@ pub struct FlushReport {
     pub partial: bool,
     /// True when another flush held the lease, so this one did nothing.
     pub lease_held: bool,
+    /// Closed windows not completely flushed when the run ended (0: it caught up).
+    pub behind_windows: u64,
 }
 
 /// The flush handler.
@@ -124,7 +133,36 @@ impl Flush {
         if let Err(e) = self.ports.pending.release_flush(&holder).await {
             tracing::warn!(error = %e, "could not release the flush lease; it expires by itself");
         }
+        if let Ok(report) = &result {
+            self.publish_metrics(report);
+        }
         result
+    }
+
+    /// The metrics of a run, with `FlushLagSeconds`: how long (in whole windows) the
+    /// oldest closed window it left unflushed has been waiting, so an alarm can tell a
+    /// stalled flush from one that caught up.
+    pub fn metrics_of(&self, report: &FlushReport) -> FlushMetrics {
+        FlushMetrics {
+            windows: report.windows,
+            records: report.records,
+            jobs: report.jobs,
+            lag_seconds: report
+                .behind_windows
+                .saturating_mul(self.settings.window_length.as_secs()),
+        }
+    }
+
+    /// Prints the run's EMF line.
+    fn publish_metrics(&self, report: &FlushReport) {
+        let metrics = self.metrics_of(report);
+        let now_ms = (self.ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+        let line = metrics.emf(now_ms).to_string();
+        if self.settings.metrics {
+            println!("{line}");
+        } else {
+            tracing::debug!(emf = %line, "flush metrics");
+        }
     }
 
     /// Flushes every closed window after the cursor, saving progress after each page so a
@@ -213,6 +251,8 @@ impl Flush {
             };
             self.ports.pending.save_cursor(&cursor).await?;
         }
+        // The cursor's window and every closed one after it are still to be flushed.
+        report.behind_windows = (through.0 + 1).saturating_sub(cursor.window.0);
         tracing::info!(?report, next_window = cursor.window.0, "flush done");
         Ok(report)
     }
@@ -397,6 +437,9 @@ mod tests {
         async fn dead_letter(&self, job: &DeliveryJob) -> crate::ports::BackendResult<()> {
             self.inner.dead_letter(job).await
         }
+        async fn park(&self, job: &DeliveryJob) -> crate::ports::BackendResult<()> {
+            self.inner.park(job).await
+        }
     }
 
     struct Setup {
@@ -486,6 +529,21 @@ mod tests {
         // Released at the end: the next run takes the lease (and finds nothing new).
         let third = s.flush.run(None).await.unwrap();
         assert!(!third.lease_held, "{third:?}");
+    }
+
+    #[tokio::test]
+    async fn a_run_stopped_by_its_deadline_reports_its_lag() {
+        let s = setup().await;
+        // Out of time before the first page: the first run looks back over two closed
+        // windows (0 and 1) and flushes neither.
+        let stopped = s.flush.run(Some(Instant::now())).await.unwrap();
+        assert!(stopped.partial, "{stopped:?}");
+        assert_eq!(stopped.behind_windows, 2, "{stopped:?}");
+        assert_eq!(s.flush.metrics_of(&stopped).lag_seconds, 600);
+        s.queue.gate.add_permits(100);
+        let caught_up = s.flush.run(None).await.unwrap();
+        assert_eq!((caught_up.jobs, caught_up.behind_windows), (3, 0));
+        assert_eq!(s.flush.metrics_of(&caught_up).lag_seconds, 0);
     }
 
     #[tokio::test]

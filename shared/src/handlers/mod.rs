@@ -8,9 +8,11 @@ pub mod delivery;
 pub mod flush;
 pub mod outbound;
 pub mod registration;
+pub mod replay;
 pub mod sync_driver;
 
 pub use change_capture::ChangeCapture;
 pub use delivery::{Delivery, DeliverySettings};
 pub use flush::{Flush, FlushReport, FlushSettings};
 pub use registration::{ApiSettings, Registration};
+pub use replay::{ParkedReplay, ParkedReplayer};

@@ -466,6 +466,9 @@ impl<T: DeliveryQueue> DeliveryQueue for Faulty<T> {
         }
         self.faults.around(self.inner.dead_letter(job)).await
     }
+    async fn park(&self, job: &DeliveryJob) -> BackendResult<()> {
+        self.faults.around(self.inner.park(job)).await
+    }
 }
 
 fn injected_refusal() -> Refusal {

@@ -3,11 +3,13 @@
 //! receipt handle of their latest receive, count their receives, and move to the
 //! dead-letter queue when a receive would exceed the maximum receive count. Jobs are
 //! written and checked as for SQS ([`crate::message`]): what AWS would refuse, this
-//! queue refuses too.
+//! queue refuses too. Beside it, the parked queue holds jobs for disabled endpoints.
 
 use crate::job::DeliveryJob;
 use crate::message;
-use crate::ports::{BackendError, BackendResult, DeliveryQueue, Enqueued, RefusedJob};
+use crate::ports::{
+    BackendError, BackendResult, DeliveryQueue, Enqueued, ParkedMessage, ParkedQueue, RefusedJob,
+};
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsMessage;
 use std::collections::{BTreeMap, HashMap};
@@ -67,6 +69,8 @@ pub struct QueueDepth {
     pub in_flight: usize,
     /// In the dead-letter queue.
     pub dead: usize,
+    /// In the parked queue (jobs for disabled endpoints).
+    pub parked: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +91,7 @@ struct State {
     receipts: HashMap<String, u64>,
     next_seq: u64,
     dead: Vec<Stored>,
+    parked: Vec<Stored>,
 }
 
 /// An in-memory SQS queue with its dead-letter queue.
@@ -269,6 +274,7 @@ impl MemoryQueue {
             visible,
             in_flight: state.messages.len() - visible,
             dead: state.dead.len(),
+            parked: state.parked.len(),
         }
     }
 
@@ -285,6 +291,76 @@ impl MemoryQueue {
     /// Bodies of the messages in the dead-letter queue.
     pub fn dead_letters(&self) -> Vec<String> {
         self.state().dead.iter().map(|m| m.body.clone()).collect()
+    }
+
+    /// Bodies of the messages in the parked queue.
+    pub fn parked(&self) -> Vec<String> {
+        self.state().parked.iter().map(|m| m.body.clone()).collect()
+    }
+
+    fn stored(body: String) -> Stored {
+        Stored {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            body,
+            sent_at_ms: epoch_ms(),
+            first_received_at_ms: None,
+            receive_count: 0,
+            visible_at: Instant::now(),
+            receipt: None,
+        }
+    }
+}
+
+#[async_trait]
+impl ParkedQueue for MemoryQueue {
+    async fn take_parked(&self, max: usize, hold: Duration) -> BackendResult<Vec<ParkedMessage>> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let mut taken = Vec::new();
+        for m in state.parked.iter_mut().filter(|m| m.visible_at <= now) {
+            if taken.len() >= max {
+                break;
+            }
+            let handle = uuid::Uuid::new_v4().to_string();
+            m.receipt = Some(handle.clone());
+            m.receive_count += 1;
+            m.visible_at = now + hold;
+            taken.push(ParkedMessage {
+                message_id: m.message_id.clone(),
+                handle,
+                body: m.body.clone(),
+            });
+        }
+        Ok(taken)
+    }
+
+    async fn remove_parked(&self, handle: &str) -> BackendResult<()> {
+        let mut state = self.state();
+        let before = state.parked.len();
+        state
+            .parked
+            .retain(|m| m.receipt.as_deref() != Some(handle));
+        if state.parked.len() == before {
+            return Err(BackendError::Unavailable(
+                "receipt handle is not valid (message removed or received again)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn release_parked(&self, handle: &str) -> BackendResult<()> {
+        let mut state = self.state();
+        let m = state
+            .parked
+            .iter_mut()
+            .find(|m| m.receipt.as_deref() == Some(handle))
+            .ok_or_else(|| {
+                BackendError::Unavailable(
+                    "receipt handle is not valid (message removed or received again)".into(),
+                )
+            })?;
+        m.visible_at = Instant::now();
+        Ok(())
     }
 }
 
@@ -318,15 +394,14 @@ impl DeliveryQueue for MemoryQueue {
     async fn dead_letter(&self, job: &DeliveryJob) -> BackendResult<()> {
         let body = message::encode(job);
         message::check(&body).map_err(BackendError::Refused)?;
-        self.state().dead.push(Stored {
-            message_id: uuid::Uuid::new_v4().to_string(),
-            body,
-            sent_at_ms: epoch_ms(),
-            first_received_at_ms: None,
-            receive_count: 0,
-            visible_at: Instant::now(),
-            receipt: None,
-        });
+        self.state().dead.push(Self::stored(body));
+        Ok(())
+    }
+
+    async fn park(&self, job: &DeliveryJob) -> BackendResult<()> {
+        let body = message::encode(job);
+        message::check(&body).map_err(BackendError::Refused)?;
+        self.state().parked.push(Self::stored(body));
         Ok(())
     }
 }
@@ -351,7 +426,8 @@ mod tests {
             QueueDepth {
                 visible: 0,
                 in_flight: 1,
-                dead: 0
+                dead: 0,
+                parked: 0
             }
         );
 
@@ -382,10 +458,48 @@ mod tests {
             QueueDepth {
                 visible: 0,
                 in_flight: 0,
-                dead: 1
+                dead: 1,
+                parked: 0
             }
         );
         assert_eq!(q.dead_letters(), vec!["a".to_owned()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_messages_hide_while_held_and_are_removed_by_handle() {
+        let q = MemoryQueue::new(Duration::from_secs(30), 5);
+        let job = DeliveryJob::sync_step("app-1", "sync-1", "2026-11-26T00:00:00.000Z".into());
+        q.park(&job).await.unwrap();
+        q.park(&job).await.unwrap();
+        assert_eq!(q.depth().parked, 2);
+        assert_eq!(q.depth().dead, 0, "parking is not dead-lettering");
+        let first = q.take_parked(1, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let second = q.take_parked(10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(second.len(), 1, "the held one is not handed out again");
+        assert_ne!(first[0].message_id, second[0].message_id);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let again = q.take_parked(10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(again.len(), 2, "back after the hold");
+        assert!(
+            q.remove_parked(&first[0].handle).await.is_err(),
+            "a stale handle"
+        );
+        q.remove_parked(&again[0].handle).await.unwrap();
+        assert_eq!(q.depth().parked, 1);
+        q.release_parked(&again[1].handle).await.unwrap();
+        assert_eq!(
+            q.take_parked(10, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "released: visible again at once"
+        );
+        assert_eq!(
+            serde_json::from_str::<DeliveryJob>(&q.parked()[0]).unwrap(),
+            job
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,135 @@
+//! Replaying parked jobs: jobs for disabled endpoints wait in the parked queue (not the
+//! dead-letter queue, which means "something failed") until their owner re-enables the
+//! endpoint. A replay sends back to the delivery queue only the jobs whose endpoint is
+//! enabled again (or gone: delivery then drops them with a reason); a job whose endpoint is
+//! still disabled stays parked and is reported, so replaying never makes a job go round.
+
+use crate::job::{DeliveryJob, Target};
+use crate::message;
+use crate::ports::{
+    ApplicationStore, BackendResult, DeliveryQueue, ParkedQueue, SubscriptionStore,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+/// How long a replay keeps the parked messages it received out of sight while it runs, so
+/// it sees each once; it makes the ones it leaves parked visible again when it ends (or
+/// they are visible again after this, if the replay stopped half-way).
+pub const REPLAY_HOLD: Duration = Duration::from_secs(300);
+
+/// Parked messages received per call.
+const TAKE: usize = 10;
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ParkedReplay {
+    /// Jobs sent back to the delivery queue.
+    pub replayed: u64,
+    /// Jobs left parked because their endpoint is still disabled, by endpoint.
+    pub still_disabled: BTreeMap<String, u64>,
+    /// Messages that are not a delivery job, left parked for an operator to look at.
+    pub unreadable: u64,
+}
+
+/// What a replay reads and writes.
+pub struct ParkedReplayer<'a> {
+    /// Callback health.
+    pub subscriptions: &'a dyn SubscriptionStore,
+    /// Application webhook health.
+    pub applications: &'a dyn ApplicationStore,
+    /// Where replayed jobs go.
+    pub queue: &'a dyn DeliveryQueue,
+    /// Where the jobs wait.
+    pub parked: &'a dyn ParkedQueue,
+}
+
+impl ParkedReplayer<'_> {
+    /// Looks at up to `max` parked messages once each: a job whose endpoint is enabled again
+    /// goes back to the delivery queue (sent before it is removed, so a crash in between
+    /// duplicates, never loses); any other stays parked. Ends when every parked message has
+    /// been looked at.
+    pub async fn replay(&self, max: usize) -> BackendResult<ParkedReplay> {
+        let mut left = Vec::new();
+        let result = self.replay_into(max, &mut left).await;
+        // Visible again at once, so a replay right after the owner re-enables finds them.
+        for handle in left {
+            if let Err(e) = self.parked.release_parked(&handle).await {
+                tracing::warn!(error = %e, "could not make a parked message visible again; it is after the hold");
+            }
+        }
+        result
+    }
+
+    async fn replay_into(&self, max: usize, left: &mut Vec<String>) -> BackendResult<ParkedReplay> {
+        let mut report = ParkedReplay::default();
+        // Message ids stay the same across receives: one that came back after its hold was
+        // already judged in this run.
+        let mut seen = HashSet::new();
+        while seen.len() < max {
+            let batch = self
+                .parked
+                .take_parked(TAKE.min(max - seen.len()), REPLAY_HOLD)
+                .await?;
+            let mut fresh = false;
+            for message in batch {
+                if !seen.insert(message.message_id.clone()) {
+                    continue;
+                }
+                fresh = true;
+                let job: DeliveryJob = match message::decode(&message.body) {
+                    Ok(job) => job,
+                    Err(e) => {
+                        tracing::warn!(message_id = %message.message_id, error = %e, "parked message is not a delivery job; left parked");
+                        report.unreadable += 1;
+                        left.push(message.handle);
+                        continue;
+                    }
+                };
+                let disabled = match self.disabled_endpoint(&job).await {
+                    Ok(disabled) => disabled,
+                    Err(e) => {
+                        left.push(message.handle);
+                        return Err(e);
+                    }
+                };
+                if let Some(endpoint) = disabled {
+                    *report.still_disabled.entry(endpoint).or_default() += 1;
+                    left.push(message.handle);
+                    continue;
+                }
+                // It was parked with the same checks, so the delivery queue takes it.
+                self.queue
+                    .enqueue(std::slice::from_ref(&job))
+                    .await?
+                    .all()?;
+                self.parked.remove_parked(&message.handle).await?;
+                report.replayed += 1;
+            }
+            if !fresh {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The job's endpoint, if it exists and is still disabled.
+    async fn disabled_endpoint(&self, job: &DeliveryJob) -> BackendResult<Option<String>> {
+        Ok(match &job.target {
+            Target::Callback {
+                record, callback, ..
+            } => self
+                .subscriptions
+                .get_subscription(record, callback)
+                .await?
+                .filter(|s| s.health.is_disabled())
+                .map(|s| s.endpoint()),
+            Target::Application { application, .. } => self
+                .applications
+                .get_application(application)
+                .await?
+                .filter(|a| a.health.is_disabled())
+                .map(|a| a.endpoint()),
+            Target::SyncStep { .. } => None,
+        })
+    }
+}
