@@ -4,6 +4,8 @@
   and in exactly one of the console's parameter groups;
 - every environment variable the template sets is one the code reads (shared/src/config.rs),
   and every variable named in the table is set by the template;
+- every alarm notifies AlarmTopicArn when it is set, and an alarm on the service's own metrics
+  watches one the code writes;
 - the slowest retry schedule the parameters' bounds allow ends (in the dead-letter queue) at
   least a day before the delivery queue's retention would delete the message.
 
@@ -62,6 +64,23 @@ for name, (_, var) in rows.items():
     if var not in ("—", "") and var not in env:
         problems.append(f"README says {name} is {var}, which the template does not set")
 
+
+# ---------------------------------------------------------------- alarms
+
+metrics_rs = (root / "shared" / "src" / "metrics.rs").read_text()
+notify = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+alarms = {
+    name: r["Properties"]
+    for name, r in template["Resources"].items()
+    if r["Type"] == "AWS::CloudWatch::Alarm"
+}
+for name, alarm in alarms.items():
+    for actions in ("AlarmActions", "OKActions"):
+        if alarm.get(actions) != notify:
+            problems.append(f"alarm {name}: {actions} is not the AlarmTopicArn topic when set")
+    # The service's own metrics come from its EMF lines: the name must be one the code writes.
+    if alarm.get("Namespace") == "PersonWebhooks" and f'"{alarm["MetricName"]}"' not in metrics_rs:
+        problems.append(f"alarm {name} watches {alarm['MetricName']}, which shared/src/metrics.rs does not write")
 
 # ---------------------------------------------------------------- retry schedule vs retention
 
@@ -148,4 +167,7 @@ if max_receives is not None and max_base is not None:
 if problems:
     print("\n".join(problems))
     sys.exit(1)
-print(f"template.yaml, README and config agree: {len(parameters)} parameters, {len(env)} variables")
+print(
+    f"template.yaml, README and config agree: {len(parameters)} parameters, {len(env)} variables, "
+    f"{len(alarms)} alarms wired to AlarmTopicArn"
+)

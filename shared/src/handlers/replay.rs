@@ -133,3 +133,117 @@ impl ParkedReplayer<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::application::Application;
+    use crate::callback::{CallbackUrl, UrlPolicy};
+    use crate::memory::{MemoryQueue, MemoryStore};
+    use crate::record::RecordId;
+    use crate::subscription::Subscription;
+    use crate::window::WindowId;
+
+    const AT: &str = "2026-11-26T00:00:00.000Z";
+
+    fn subscription(path: &str, disabled: bool) -> Subscription {
+        let mut s = Subscription {
+            record: RecordId::parse("0000-0002-1825-0097").unwrap(),
+            callback: CallbackUrl::parse(
+                &format!("https://example.org/{path}"),
+                UrlPolicy::default(),
+            )
+            .unwrap(),
+            client_id: "APP-1".into(),
+            created_at: 0,
+            health: Default::default(),
+        };
+        if disabled {
+            s.health.disable(1, "the receiver answered 410 Gone".into());
+        }
+        s
+    }
+
+    #[tokio::test]
+    async fn only_jobs_of_enabled_endpoints_go_back_and_a_second_replay_finds_the_rest() {
+        let store = MemoryStore::default();
+        let queue = MemoryQueue::new(Duration::from_secs(30), 5);
+        let enabled = subscription("ok", false);
+        let disabled = subscription("gone", true);
+        for s in [&enabled, &disabled] {
+            store.register(s).await.unwrap();
+        }
+        let mut app = Application::new("app-1", "key", 0);
+        app.health
+            .disable(1, "the webhook URL does not parse".into());
+        store.put_application(&app).await.unwrap();
+        let record = enabled.record.clone();
+        let jobs = [
+            DeliveryJob::for_subscription(&enabled, WindowId(1), AT.into()),
+            DeliveryJob::for_subscription(&disabled, WindowId(1), AT.into()),
+            DeliveryJob::for_application(
+                "app-1",
+                &record,
+                Default::default(),
+                WindowId(1),
+                AT.into(),
+            ),
+            DeliveryJob::sync_step("app-1", "sync-1", AT.into()),
+        ];
+        for job in &jobs {
+            queue.park(job).await.unwrap();
+        }
+        let replayer = ParkedReplayer {
+            subscriptions: &store,
+            applications: &store,
+            queue: &queue,
+            parked: &queue,
+        };
+        let report = replayer.replay(100).await.unwrap();
+        assert_eq!(report.replayed, 2, "{report:?}");
+        assert_eq!(
+            report.still_disabled,
+            BTreeMap::from([(disabled.endpoint(), 1), (app.endpoint(), 1)])
+        );
+        assert_eq!(queue.depth().visible, 2);
+        assert_eq!(queue.depth().parked, 2);
+
+        // Nothing goes round: the same replay again moves nothing and sees both again
+        // (left visible, not hidden for the hold).
+        let again = replayer.replay(100).await.unwrap();
+        assert_eq!((again.replayed, again.still_disabled.len()), (0, 2));
+
+        // The application is enabled again: its job goes back; the callback's stays.
+        app.health.enable();
+        store.put_application(&app).await.unwrap();
+        let report = replayer.replay(100).await.unwrap();
+        assert_eq!(report.replayed, 1);
+        assert_eq!(queue.depth().parked, 1);
+        let parked: DeliveryJob = message::decode(&queue.parked()[0]).unwrap();
+        assert_eq!(parked, jobs[1]);
+    }
+
+    #[tokio::test]
+    async fn a_replay_looks_at_no_more_than_max_messages() {
+        let store = MemoryStore::default();
+        let queue = MemoryQueue::new(Duration::from_secs(30), 5);
+        for n in 0..5 {
+            queue
+                .park(&DeliveryJob::sync_step(
+                    "app-1",
+                    &format!("s{n}"),
+                    AT.into(),
+                ))
+                .await
+                .unwrap();
+        }
+        let replayer = ParkedReplayer {
+            subscriptions: &store,
+            applications: &store,
+            queue: &queue,
+            parked: &queue,
+        };
+        assert_eq!(replayer.replay(3).await.unwrap().replayed, 3);
+        assert_eq!(queue.depth().parked, 2);
+    }
+}
