@@ -128,7 +128,7 @@ Try the seed's examples:
   curl -i -X PUT -H "Content-Type: application/json" -d '{{"firstName":"Josiah"}}' "{base}/local/records/{SAMPLE_RECORD}"
   curl -i -X POST "{base}/local/flush"
   curl -s "{base}/local/inbox"      # what the built-in receiver got
-  curl -s "{base}/local/status"     # queue, in-flight and dead-letter counts
+  curl -s "{base}/local/status"     # queue, in-flight, dead-letter and parked counts
   curl -i -H "Authorization: Bearer $TOKEN" -X DELETE "{base}/{SAMPLE_RECORD}/webhook/{encoded}"
 Ctrl-C stops the service.
 "#,
