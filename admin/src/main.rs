@@ -3,14 +3,18 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 use webhooks::application::Application;
 use webhooks::aws::dynamodb::DynamoStore;
 use webhooks::aws::sqs::SqsQueue;
+use webhooks::clock::SystemClock;
 use webhooks::handlers::ParkedReplayer;
 use webhooks::oauth::{OAuthClient, WEBHOOK_SCOPE, is_valid_client_id, new_client_id, new_secret};
 use webhooks::poison;
 use webhooks::ports::{ApplicationStore, BackendError, ClientStore, PendingChanges};
 use webhooks::signing::SigningSecrets;
+use webhooks::window::{ClockWindows, FlushWindows};
 
 /// Manage the person webhooks service.
 #[derive(Debug, Parser)]
@@ -55,6 +59,10 @@ enum PoisonCommand {
         /// Replay every poison item.
         #[arg(long)]
         all: bool,
+        /// The flush interval (the stack's FlushIntervalMinutes): the record is marked
+        /// pending in the window open now, as a change would be.
+        #[arg(long, env = "FLUSH_INTERVAL_MINUTES", default_value_t = 5)]
+        flush_interval_minutes: u64,
     },
 }
 
@@ -203,14 +211,28 @@ async fn run_poison(store: &DynamoStore, command: PoisonCommand) -> Result<(), A
                 );
             }
         }
-        PoisonCommand::Replay { id, all } => {
+        PoisonCommand::Replay {
+            id,
+            all,
+            flush_interval_minutes,
+        } => {
+            if flush_interval_minutes == 0 {
+                return Err(AdminError::Usage(
+                    "--flush-interval-minutes must be positive".into(),
+                ));
+            }
+            let windows = ClockWindows::new(
+                Arc::new(SystemClock),
+                Duration::from_secs(60 * flush_interval_minutes),
+                Duration::ZERO,
+            );
             let ids: Vec<String> = if all {
                 store.poison_items().await?.iter().map(|i| i.id()).collect()
             } else {
                 id.into_iter().collect()
             };
             for id in ids {
-                match poison::replay(store, &id).await? {
+                match poison::replay(store, &id, windows.current()).await? {
                     Some(item) => println!("replayed: {id} (record {})", item.record),
                     None => return Err(AdminError::Usage(format!("no poison item {id}"))),
                 }

@@ -14,8 +14,10 @@ use webhooks::handlers::FlushReport;
 use webhooks::handlers::api_error::ApiError;
 use webhooks::handlers::registration::MAX_BODY_BYTES;
 use webhooks::lambda_http::{self, RequestExt};
-use webhooks::ports::Person;
+use webhooks::poison;
+use webhooks::ports::{PendingChanges, Person};
 use webhooks::record::RecordId;
+use webhooks::window::WindowId;
 
 /// Requests the built-in test receiver got (`POST /local/inbox/...`).
 #[derive(Debug, Default)]
@@ -41,6 +43,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/local/flush", post(flush))
         .route("/local/dlq/replay", post(replay_dead_letters))
         .route("/local/parked/replay", post(replay_parked))
+        .route("/local/poison/replay", post(replay_poison))
         .route("/local/status", get(status))
         .route("/local/inbox", get(list_inbox).delete(clear_inbox))
         .route("/local/inbox/{*name}", post(receive))
@@ -172,8 +175,46 @@ async fn replay_parked(
     Ok(axum::Json(report))
 }
 
-/// `GET /local/status`: queue counts, the DLQ, the parked jobs and the current window.
+/// `POST /local/poison/replay`: mark the record of every poison item pending again (as
+/// `webhooks-admin poison replay --all` does) so the next flush rebuilds its jobs.
+async fn replay_poison(
+    State(rt): State<Arc<Runtime>>,
+) -> Result<axum::Json<serde_json::Value>, LocalError> {
+    let unavailable = |e: webhooks::ports::BackendError| {
+        LocalError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            e.to_string(),
+        )
+    };
+    let mut replayed = 0;
+    for item in rt.store.poison_items().await.map_err(unavailable)? {
+        if poison::replay(rt.store.as_ref(), &item.id(), WindowId(rt.current_window()))
+            .await
+            .map_err(unavailable)?
+            .is_some()
+        {
+            replayed += 1;
+        }
+    }
+    tracing::info!(replayed, "poison items replayed");
+    Ok(axum::Json(serde_json::json!({ "replayed": replayed })))
+}
+
+/// `GET /local/status`: queue counts, the DLQ, the parked jobs, poison items and the current window.
 async fn status(State(rt): State<Arc<Runtime>>) -> Response {
+    let poison: Vec<serde_json::Value> = match rt.store.poison_items().await {
+        Ok(items) => items
+            .iter()
+            .map(|item| {
+                let mut view = serde_json::to_value(item).unwrap_or_default();
+                view["id"] = item.id().into();
+                view["reason"] = item.reason().into();
+                view
+            })
+            .collect(),
+        Err(e) => vec![e.to_string().into()],
+    };
     let depth = rt.queue_depth();
     let as_json = |bodies: Vec<String>| -> Vec<serde_json::Value> {
         bodies
@@ -186,6 +227,7 @@ async fn status(State(rt): State<Arc<Runtime>>) -> Response {
         "queue": {"visible": depth.visible, "in_flight": depth.in_flight, "dead_letters": depth.dead, "parked": depth.parked},
         "dead_letters": as_json(rt.queue.dead_letters()),
         "parked": as_json(rt.queue.parked()),
+        "poison": poison,
     }))
     .into_response()
 }

@@ -7,7 +7,7 @@
 use crate::events::OpsEvent;
 use crate::job::{DeliveryJob, MessageId, Target};
 use crate::message::Refusal;
-use crate::ports::{BackendResult, FlushCursor, PendingChanges};
+use crate::ports::{BackendResult, PendingChanges};
 use crate::record::RecordId;
 use crate::subscription::endpoint_name;
 use crate::window::WindowId;
@@ -128,12 +128,21 @@ impl PoisonItem {
     }
 }
 
-/// Replays a poison item: marks its record pending again in a window the flush has not
-/// reached yet (so the next flush builds its jobs afresh from the data as it is now,
-/// after the operator fixed it), then removes the item. Returns the item, or `None` when
-/// there is none with this id. Marking first: a crash in between leaves the item to be
+/// Replays a poison item: marks its record pending again in `window`, which must be the
+/// window a change captured now belongs to ([`crate::window::FlushWindows::current`]), then
+/// removes the item. Returns the item, or `None` when there is none with this id.
+///
+/// The current window, as change capture uses it, because the flush reads a window only
+/// once it is closed and past its grace period: a mark there is never missed by a flush
+/// running at the same time (a mark behind the cursor, or in a window a running flush is
+/// reading, could be). The next flush after the window closes rebuilds the record's jobs
+/// from the data as it is then. Marking first: a crash in between leaves the item to be
 /// replayed again (a duplicate notification, never a lost one).
-pub async fn replay(pending: &dyn PendingChanges, id: &str) -> BackendResult<Option<PoisonItem>> {
+pub async fn replay(
+    pending: &dyn PendingChanges,
+    id: &str,
+    window: WindowId,
+) -> BackendResult<Option<PoisonItem>> {
     let Some(item) = pending
         .poison_items()
         .await?
@@ -142,13 +151,6 @@ pub async fn replay(pending: &dyn PendingChanges, id: &str) -> BackendResult<Opt
     else {
         return Ok(None);
     };
-    // Every window before the cursor's is done, and the cursor's own may be half read:
-    // the one after it is still entirely ahead of the flush.
-    let cursor = pending.cursor().await?.unwrap_or(FlushCursor {
-        window: item.window,
-        after: None,
-    });
-    let window = WindowId(cursor.window.0.max(item.window.0) + 1);
     pending.mark(window, &item.record).await?;
     pending.remove_poison(id).await?;
     Ok(Some(item))

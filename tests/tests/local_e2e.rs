@@ -368,3 +368,88 @@ async fn a_callback_query_sent_as_the_request_query_is_400() {
         .await;
     assert_eq!(response.status(), 201);
 }
+
+/// Members style on the local runner, whose queue applies SQS's limits: a person with a
+/// character SQS refuses is delivered intact, a person too large for any message is set
+/// aside as a poison item that `/local/status` shows and `/local/poison/replay` replays,
+/// and the flush is not held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_person_is_set_aside_and_the_others_are_delivered() {
+    let service = LocalService::start(LocalConfig {
+        applications: vec![("app-1".into(), "key-1".into())],
+        sample_record: false,
+        ..config(Duration::from_millis(100), 3)
+    })
+    .await
+    .unwrap();
+    let api = Client::new(&service);
+    let receiver = Receiver::start().await;
+    let response = api
+        .http
+        .patch(format!("{}/application/app-1", api.base))
+        .header("x-access-token", "key-1")
+        .json(&json!({"webhook": {"url": receiver.url("/members")}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let put = |id: &'static str, first_name: String| {
+        let (http, base) = (api.http.clone(), api.base.clone());
+        async move {
+            let person =
+                json!({"firstName": first_name, "consents": {"app-1": ["members.read_name"]}});
+            let response = http
+                .put(format!("{base}/local/records/{id}"))
+                .json(&person)
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+        }
+    };
+    put("p-big", "x".repeat(webhooks::message::MAX_MESSAGE_BYTES)).await;
+    put("p-odd", "Zoë\u{FFFF}".into()).await;
+
+    let report = api.flush().await;
+    assert_eq!(
+        (report["jobs"].clone(), report["set_aside"].clone()),
+        (json!(1), json!(1)),
+        "{report}"
+    );
+    let hits = receiver.wait_for(1, WAIT).await;
+    let envelope: Value = serde_json::from_slice(&hits[0].body).unwrap();
+    let data = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        envelope["message"]["data"].as_str().unwrap(),
+    )
+    .unwrap();
+    let persons: Value = serde_json::from_slice(&data).unwrap();
+    assert_eq!(persons[0]["firstName"], "Zoë\u{FFFF}");
+
+    let status = api.status().await;
+    assert_eq!(status["poison"].as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(status["poison"][0]["record"], "p-big");
+    assert_eq!(status["poison"][0]["endpoint"], "application:app-1");
+    let first_window = status["poison"][0]["window"].clone();
+
+    // Replayed as it is, it is set aside again by the next flush, in a later window.
+    let replay: Value = api
+        .http
+        .post(format!("{}/local/poison/replay", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replay["replayed"], 1);
+    assert!(api.status().await["poison"].as_array().unwrap().is_empty());
+    let report = api.flush().await;
+    assert_eq!(report["set_aside"], 1, "{report}");
+    let status = api.status().await;
+    assert!(
+        status["poison"][0]["window"].as_u64() > first_window.as_u64(),
+        "{status}"
+    );
+    service.stop().await;
+}

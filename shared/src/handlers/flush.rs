@@ -721,9 +721,10 @@ mod poison_tests {
                 .unwrap()
                 .clone(),
         );
-        let replayed = crate::poison::replay(w.store.as_ref(), &poison[0].id())
-            .await
-            .unwrap();
+        let replayed =
+            crate::poison::replay(w.store.as_ref(), &poison[0].id(), w.windows.current())
+                .await
+                .unwrap();
         assert_eq!(replayed.as_ref().map(|p| p.record.as_str()), Some("p2"));
         assert!(w.store.poison_items().await.unwrap().is_empty());
         w.windows.close_current();
@@ -735,7 +736,7 @@ mod poison_tests {
             [("p2".to_owned(), "Bo".to_owned())]
         );
         assert_eq!(
-            crate::poison::replay(w.store.as_ref(), &poison[0].id())
+            crate::poison::replay(w.store.as_ref(), &poison[0].id(), w.windows.current())
                 .await
                 .unwrap(),
             None
