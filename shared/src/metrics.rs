@@ -103,6 +103,8 @@ pub struct FlushMetrics {
     pub records: u64,
     /// Delivery jobs enqueued.
     pub jobs: u64,
+    /// Changes set aside as poison items (an operator looks at them).
+    pub set_aside: u64,
     /// How long the oldest closed window not yet completely flushed has been waiting, in
     /// whole windows' length: 0 when the run caught up with every closed window.
     pub lag_seconds: u64,
@@ -115,6 +117,7 @@ impl FlushMetrics {
             ("FlushedWindows", self.windows, "Count"),
             ("FlushedRecords", self.records, "Count"),
             ("FlushedJobs", self.jobs, "Count"),
+            ("ChangesSetAside", self.set_aside, "Count"),
             ("FlushLagSeconds", self.lag_seconds, "Seconds"),
         ];
         let metrics: Vec<Value> = counts
@@ -155,9 +158,11 @@ mod tests {
             windows: 2,
             records: 7,
             jobs: 9,
+            set_aside: 1,
             lag_seconds: 600,
         }
         .emf(5);
+        assert_eq!(doc["ChangesSetAside"], 1);
         assert_eq!(doc["FlushLagSeconds"], 600);
         assert_eq!(doc["FlushedJobs"], 9);
         assert_eq!(doc["Function"], "flush");

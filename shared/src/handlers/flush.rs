@@ -147,6 +147,7 @@ impl Flush {
             windows: report.windows,
             records: report.records,
             jobs: report.jobs,
+            set_aside: report.set_aside,
             lag_seconds: report
                 .behind_windows
                 .saturating_mul(self.settings.window_length.as_secs()),
@@ -688,6 +689,11 @@ mod poison_tests {
             .await
             .expect("a poison page does not fail the run");
         assert_eq!((report.jobs, report.set_aside), (3, 1), "{report:?}");
+        assert_eq!(
+            flush.metrics_of(&report).emf(0)["ChangesSetAside"],
+            1,
+            "the alarm's metric"
+        );
         assert_eq!(
             w.store.cursor().await.unwrap().map(|c| c.window),
             Some(WindowId(3)),
