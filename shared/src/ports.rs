@@ -162,15 +162,24 @@ pub trait SyncStore: Send + Sync {
         sync_id: &str,
         claimant: &str,
     ) -> BackendResult<bool>;
-    /// Takes the sync's lease until `until_ms` if it is free at `now_ms` (one step at a
-    /// time); false when another step holds it.
+    /// Takes the sync's lease for `holder` until `until_ms` if it is free at `now_ms` or
+    /// already `holder`'s (one step at a time; a step retried after its lease was taken
+    /// but the answer lost carries on); false when another step holds it.
     async fn lease_sync(
         &self,
         application: &str,
         sync_id: &str,
+        holder: &str,
         now_ms: i64,
         until_ms: i64,
     ) -> BackendResult<bool>;
+    /// Frees the sync's lease if `holder` still holds it.
+    async fn release_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+        holder: &str,
+    ) -> BackendResult<()>;
 }
 
 /// The final outcome of one person's job in a fan-out sync.

@@ -515,24 +515,33 @@ async fn applications_and_syncs_on_dynamodb() {
     );
 
     // One step at a time.
+    let lease = |holder: &'static str, now: i64, until: i64| {
+        let store = aws.store.clone();
+        let sync_id = sync.sync_id.clone();
+        async move {
+            store
+                .lease_sync("app-1", &sync_id, holder, now, until)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(lease("a", 1_000, 5_000).await);
+    assert!(!lease("b", 2_000, 6_000).await, "held by a");
     assert!(
-        aws.store
-            .lease_sync("app-1", &sync.sync_id, 1_000, 5_000)
-            .await
-            .unwrap()
+        lease("a", 2_000, 6_000).await,
+        "a retried step of a carries on"
     );
-    assert!(
-        !aws.store
-            .lease_sync("app-1", &sync.sync_id, 2_000, 6_000)
-            .await
-            .unwrap()
-    );
-    assert!(
-        aws.store
-            .lease_sync("app-1", &sync.sync_id, 5_001, 9_000)
-            .await
-            .unwrap()
-    );
+    aws.store
+        .release_sync("app-1", &sync.sync_id, "b")
+        .await
+        .unwrap();
+    assert!(!lease("b", 3_000, 7_000).await, "only the holder frees it");
+    aws.store
+        .release_sync("app-1", &sync.sync_id, "a")
+        .await
+        .unwrap();
+    assert!(lease("b", 3_000, 7_000).await, "freed by its holder");
+    assert!(lease("c", 7_000, 9_000).await, "expired");
     assert!(
         aws.store
             .get_sync("app-1", "sync_missing")

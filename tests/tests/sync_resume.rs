@@ -94,12 +94,18 @@ impl Setup {
         }
     }
 
-    async fn step(&self, budget: Duration) -> StepOutcome {
+    /// A step of the message `holder` (each new step message has its own id).
+    async fn step_of(&self, holder: &str, budget: Duration) -> StepOutcome {
         let deadline = tokio::time::Instant::now() + budget;
         self.driver()
-            .step("app-1", &self.sync.sync_id, deadline)
+            .step("app-1", &self.sync.sync_id, holder, deadline)
             .await
             .unwrap()
+    }
+
+    async fn step(&self, budget: Duration) -> StepOutcome {
+        self.step_of(&uuid::Uuid::new_v4().to_string(), budget)
+            .await
     }
 }
 
@@ -136,7 +142,7 @@ async fn a_crashed_step_is_resumed_without_skipping_anybody() {
     // few persons have arrived.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let driver = s.driver();
-    let step = driver.step("app-1", &s.sync.sync_id, deadline);
+    let step = driver.step("app-1", &s.sync.sync_id, "step-1", deadline);
     tokio::select! {
         _ = step => panic!("the step finished before it was cut off"),
         _ = s.receiver.wait_for(3, Duration::from_secs(20)) => {}
@@ -153,7 +159,10 @@ async fn a_crashed_step_is_resumed_without_skipping_anybody() {
 
     // Once the lease expires, the redelivered step message resumes from the saved cursor.
     s.clock.advance(Duration::from_secs(120));
-    assert_eq!(s.step(Duration::from_secs(30)).await, StepOutcome::Done);
+    assert_eq!(
+        s.step_of("step-1", Duration::from_secs(30)).await,
+        StepOutcome::Done
+    );
     let counts = deliveries_per_person(&s.receiver);
     assert_eq!(counts.len(), PERSONS, "nobody skipped");
     let duplicates: usize = counts.values().map(|n| n - 1).sum();

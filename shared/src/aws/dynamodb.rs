@@ -838,6 +838,7 @@ impl SyncStore for DynamoStore {
         &self,
         application: &str,
         sync_id: &str,
+        holder: &str,
         now_ms: i64,
         until_ms: i64,
     ) -> BackendResult<bool> {
@@ -847,10 +848,13 @@ impl SyncStore for DynamoStore {
             .table_name(&self.table)
             .key("pk", s(sync_pk(application)))
             .key("sk", s(sync_id))
-            .update_expression("SET lease_until_ms = :until")
-            .condition_expression("attribute_not_exists(lease_until_ms) OR lease_until_ms <= :now")
+            .update_expression("SET lease_until_ms = :until, lease_holder = :holder")
+            .condition_expression(
+                "attribute_not_exists(lease_until_ms) OR lease_until_ms <= :now OR lease_holder = :holder",
+            )
             .expression_attribute_values(":until", AttributeValue::N(until_ms.to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
+            .expression_attribute_values(":holder", s(holder))
             .send()
             .await;
         match result {
@@ -860,6 +864,37 @@ impl SyncStore for DynamoStore {
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
                 Ok(false)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn release_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+        holder: &str,
+    ) -> BackendResult<()> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(application)))
+            .key("sk", s(sync_id))
+            .update_expression("SET lease_until_ms = :zero REMOVE lease_holder")
+            .condition_expression("lease_holder = :holder")
+            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+            .expression_attribute_values(":holder", s(holder))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Expired and taken over by another step: theirs now.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
             }
             Err(e) => Err(unavailable(e)),
         }

@@ -859,7 +859,7 @@ impl Delivery {
             http: &self.http,
             retry: self.settings.retry,
         };
-        match driver.step(application, sync, deadline).await {
+        match driver.step(application, sync, message_id, deadline).await {
             Ok(StepOutcome::Done) => None,
             Ok(StepOutcome::Again(delay)) => {
                 let next = DeliveryJob::sync_step(

@@ -93,10 +93,13 @@ fn now_ms(ports: &Ports) -> i64 {
 
 impl SyncDriver<'_> {
     /// Runs the sync until it is done or `deadline` nears, saving progress as it goes.
+    /// `holder` names this step for the sync's lease: the step message's id, the same
+    /// when the queue delivers it again.
     pub async fn step(
         &self,
         application_id: &str,
         sync_id: &str,
+        holder: &str,
         deadline: Instant,
     ) -> Result<StepOutcome, BackendError> {
         let ports = self.ports;
@@ -131,7 +134,7 @@ impl SyncDriver<'_> {
             + LEASE_SLACK.as_millis() as i64;
         if !ports
             .syncs
-            .lease_sync(application_id, sync_id, now_ms(ports), lease_until)
+            .lease_sync(application_id, sync_id, holder, now_ms(ports), lease_until)
             .await?
         {
             tracing::info!(
@@ -154,11 +157,13 @@ impl SyncDriver<'_> {
             self.fan_out(&application, &mut sync, deadline).await
         };
         // Free the lease so the next step can start at once (a crash leaves it to expire).
-        ports
+        if let Err(e) = ports
             .syncs
-            .lease_sync(application_id, sync_id, i64::MAX, 0)
+            .release_sync(application_id, sync_id, holder)
             .await
-            .ok();
+        {
+            tracing::warn!(error = %e, "could not free the sync's lease; it expires by itself");
+        }
         outcome
     }
 
@@ -442,7 +447,7 @@ mod tests {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         let outcome = driver
-            .step("app-1", &setup.sync.sync_id, deadline)
+            .step("app-1", &setup.sync.sync_id, "step-1", deadline)
             .await
             .unwrap();
         assert!(
@@ -465,7 +470,7 @@ mod tests {
         for _ in 0..4 {
             let deadline = Instant::now() + Duration::from_secs(60);
             let outcome = driver
-                .step("app-1", &setup.sync.sync_id, deadline)
+                .step("app-1", &setup.sync.sync_id, "step-1", deadline)
                 .await
                 .unwrap();
             assert!(Instant::now() <= deadline);

@@ -373,14 +373,25 @@ impl<T: SyncStore> SyncStore for Faulty<T> {
         &self,
         application: &str,
         sync_id: &str,
+        holder: &str,
         now_ms: i64,
         until_ms: i64,
     ) -> BackendResult<bool> {
         self.faults
             .around(
                 self.inner
-                    .lease_sync(application, sync_id, now_ms, until_ms),
+                    .lease_sync(application, sync_id, holder, now_ms, until_ms),
             )
+            .await
+    }
+    async fn release_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+        holder: &str,
+    ) -> BackendResult<()> {
+        self.faults
+            .around(self.inner.release_sync(application, sync_id, holder))
             .await
     }
 }

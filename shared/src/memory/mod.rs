@@ -84,6 +84,7 @@ struct SyncEntry {
     /// Who claimed the completion's announcement.
     completion_claimant: Option<String>,
     lease_until_ms: i64,
+    lease_holder: Option<String>,
 }
 
 impl MemoryStore {
@@ -391,6 +392,7 @@ impl SyncStore for MemoryStore {
         &self,
         application: &str,
         sync_id: &str,
+        holder: &str,
         now_ms: i64,
         until_ms: i64,
     ) -> BackendResult<bool> {
@@ -399,11 +401,30 @@ impl SyncStore for MemoryStore {
             .syncs
             .entry((application.to_owned(), sync_id.to_owned()))
             .or_default();
-        if entry.lease_until_ms > now_ms {
+        if entry.lease_until_ms > now_ms && entry.lease_holder.as_deref() != Some(holder) {
             return Ok(false);
         }
         entry.lease_until_ms = until_ms;
+        entry.lease_holder = Some(holder.to_owned());
         Ok(true)
+    }
+
+    async fn release_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+        holder: &str,
+    ) -> BackendResult<()> {
+        let mut state = self.state();
+        if let Some(entry) = state
+            .syncs
+            .get_mut(&(application.to_owned(), sync_id.to_owned()))
+            && entry.lease_holder.as_deref() == Some(holder)
+        {
+            entry.lease_until_ms = 0;
+            entry.lease_holder = None;
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,151 @@
+//! A sync step whose lease was taken but whose answer was lost (a timeout after the write
+//! landed) is retried by its queue message; the retry must not find the lease held by
+//! itself and end the sync's chain of steps for good.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use webhooks::application::Application;
+use webhooks::callback::UrlPolicy;
+use webhooks::clock::SystemClock;
+use webhooks::events::LoggedEvents;
+use webhooks::handlers::sync_driver::{StepOutcome, SyncDriver};
+use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::ports::{ApplicationStore, BackendError, BackendResult, PersonOutcome, SyncStore};
+use webhooks::record::RecordId;
+use webhooks::retry::RetryPolicy;
+use webhooks::sync::{FullSync, SyncOutcomes};
+
+/// The sync store, whose first lease answer is lost after the lease was taken.
+struct LostLeaseAnswer {
+    inner: Arc<MemoryStore>,
+    lost: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl SyncStore for LostLeaseAnswer {
+    async fn save_sync(&self, sync: &FullSync) -> BackendResult<()> {
+        self.inner.save_sync(sync).await
+    }
+    async fn get_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
+        self.inner.get_sync(application, sync_id).await
+    }
+    async fn count_sync_outcomes(
+        &self,
+        application: &str,
+        sync_id: &str,
+        outcomes: &[PersonOutcome],
+    ) -> BackendResult<SyncOutcomes> {
+        self.inner
+            .count_sync_outcomes(application, sync_id, outcomes)
+            .await
+    }
+    async fn claim_sync_completion(
+        &self,
+        application: &str,
+        sync_id: &str,
+        claimant: &str,
+    ) -> BackendResult<bool> {
+        self.inner
+            .claim_sync_completion(application, sync_id, claimant)
+            .await
+    }
+    async fn lease_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> BackendResult<bool> {
+        let taken = self
+            .inner
+            .lease_sync(application, sync_id, holder, now_ms, until_ms)
+            .await?;
+        if taken && !self.lost.swap(true, Ordering::SeqCst) {
+            return Err(BackendError::Unavailable(
+                "injected timeout after the lease was taken".into(),
+            ));
+        }
+        Ok(taken)
+    }
+    async fn release_sync(
+        &self,
+        application: &str,
+        sync_id: &str,
+        holder: &str,
+    ) -> BackendResult<()> {
+        self.inner.release_sync(application, sync_id, holder).await
+    }
+}
+
+#[tokio::test]
+async fn a_step_retried_after_its_lease_answer_was_lost_carries_on() {
+    let store = Arc::new(MemoryStore::default());
+    let records = Arc::new(MemoryRecords::default());
+    let mut ports = webhooks::memory::ports(
+        store.clone(),
+        records.clone(),
+        Arc::new(MemoryQueue::new(Duration::from_secs(60), 5)),
+        Arc::new(LoggedEvents::default()),
+        Arc::new(SystemClock),
+    );
+    ports.syncs = Arc::new(LostLeaseAnswer {
+        inner: store.clone(),
+        lost: AtomicBool::new(false),
+    });
+    for i in 0..5 {
+        let person =
+            serde_json::json!({"firstName": "P", "consents": {"app-1": ["members.read_name"]}});
+        records.put_person(
+            &RecordId::parse(&format!("p-{i}")).unwrap(),
+            person.as_object().unwrap().clone(),
+        );
+    }
+    let mut app = Application::new("app-1", "key", 0);
+    app.webhook.url = Some("https://example.org/hook".into());
+    store.put_application(&app).await.unwrap();
+    let sync = FullSync::new("app-1", 0, "t".into());
+    store.save_sync(&sync).await.unwrap();
+    let http = CallbackClient::new(&HttpSettings {
+        url_policy: UrlPolicy {
+            allow_insecure: true,
+        },
+        ..HttpSettings::default()
+    });
+    let driver = SyncDriver {
+        ports: &ports,
+        http: &http,
+        retry: RetryPolicy::default(),
+    };
+    let deadline = || tokio::time::Instant::now() + Duration::from_secs(30);
+    // The step message's first delivery: the lease is taken, the answer lost.
+    assert!(
+        driver
+            .step("app-1", &sync.sync_id, "step-message-1", deadline())
+            .await
+            .is_err()
+    );
+    // The same message, delivered again: it holds the lease, so it carries on.
+    assert_eq!(
+        driver
+            .step("app-1", &sync.sync_id, "step-message-1", deadline())
+            .await
+            .unwrap(),
+        StepOutcome::Done
+    );
+    let (state, _) = store
+        .get_sync("app-1", &sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        state.scan_done && state.scanned == 5,
+        "the sync read everybody: {state:?}"
+    );
+}
