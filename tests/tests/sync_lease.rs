@@ -17,10 +17,12 @@ use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::sync::{FullSync, SyncOutcomes};
 
-/// The sync store, whose first lease answer is lost after the lease was taken.
+/// The sync store, whose first lease answer is lost after the lease was taken (when
+/// `lose_answer`), and which fails to free leases (when `refuse_release`).
 struct LostLeaseAnswer {
     inner: Arc<MemoryStore>,
     lost: AtomicBool,
+    refuse_release: bool,
 }
 
 #[async_trait::async_trait]
@@ -80,6 +82,9 @@ impl SyncStore for LostLeaseAnswer {
         sync_id: &str,
         holder: &str,
     ) -> BackendResult<()> {
+        if self.refuse_release {
+            return Err(BackendError::Unavailable("injected throttling".into()));
+        }
         self.inner.release_sync(application, sync_id, holder).await
     }
 }
@@ -98,6 +103,7 @@ async fn a_step_retried_after_its_lease_answer_was_lost_carries_on() {
     ports.syncs = Arc::new(LostLeaseAnswer {
         inner: store.clone(),
         lost: AtomicBool::new(false),
+        refuse_release: false,
     });
     for i in 0..5 {
         let person =
@@ -148,4 +154,78 @@ async fn a_step_retried_after_its_lease_answer_was_lost_carries_on() {
         state.scan_done && state.scanned == 5,
         "the sync read everybody: {state:?}"
     );
+}
+
+#[tokio::test]
+async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires() {
+    let store = Arc::new(MemoryStore::default());
+    let records = Arc::new(MemoryRecords::default());
+    let clock = Arc::new(webhooks::clock::ManualClock::new(
+        time::OffsetDateTime::now_utc(),
+    ));
+    let mut ports = webhooks::memory::ports(
+        store.clone(),
+        records.clone(),
+        Arc::new(MemoryQueue::new(Duration::from_secs(60), 5)),
+        Arc::new(LoggedEvents::default()),
+        clock.clone(),
+    );
+    ports.syncs = Arc::new(LostLeaseAnswer {
+        inner: store.clone(),
+        lost: AtomicBool::new(true),
+        refuse_release: true,
+    });
+    let person =
+        serde_json::json!({"firstName": "P", "consents": {"app-1": ["members.read_name"]}});
+    records.put_person(
+        &RecordId::parse("p-0").unwrap(),
+        person.as_object().unwrap().clone(),
+    );
+    let mut app = Application::new("app-1", "key", 0);
+    app.webhook.url = Some("https://example.org/hook".into());
+    store.put_application(&app).await.unwrap();
+    let sync = FullSync::new("app-1", 0, "t".into());
+    store.save_sync(&sync).await.unwrap();
+    let http = CallbackClient::new(&HttpSettings::default());
+    let driver = SyncDriver {
+        ports: &ports,
+        http: &http,
+        retry: RetryPolicy::default(),
+    };
+    // A step out of time at once hands over to the next, but cannot free its lease.
+    let outcome = driver
+        .step(
+            "app-1",
+            &sync.sync_id,
+            "step-1",
+            tokio::time::Instant::now(),
+        )
+        .await
+        .unwrap();
+    let StepOutcome::Again(delay) = outcome else {
+        panic!("the step hands over: {outcome:?}");
+    };
+    assert!(
+        delay >= Duration::from_secs(59),
+        "the next step comes once the lease has expired, not into it: {delay:?}"
+    );
+    clock.advance(delay);
+    assert_eq!(
+        driver
+            .step(
+                "app-1",
+                &sync.sync_id,
+                "step-2",
+                tokio::time::Instant::now() + Duration::from_secs(30)
+            )
+            .await
+            .unwrap(),
+        StepOutcome::Done
+    );
+    let (state, _) = store
+        .get_sync("app-1", &sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(state.scan_done && state.scanned == 1, "{state:?}");
 }

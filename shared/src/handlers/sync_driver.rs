@@ -157,14 +157,24 @@ impl SyncDriver<'_> {
             self.fan_out(&application, &mut sync, deadline).await
         };
         // Free the lease so the next step can start at once (a crash leaves it to expire).
-        if let Err(e) = ports
+        match ports
             .syncs
             .release_sync(application_id, sync_id, holder)
             .await
         {
-            tracing::warn!(error = %e, "could not free the sync's lease; it expires by itself");
+            Ok(()) => outcome,
+            Err(e) => {
+                // The next step is another message: arriving while the lease still holds,
+                // it would stand aside and the sync would stop. It comes once it expired.
+                tracing::warn!(error = %e, "could not free the sync's lease; the next step waits for it to expire");
+                let expires_in =
+                    Duration::from_millis(lease_until.saturating_sub(now_ms(ports)).max(0) as u64);
+                outcome.map(|next| match next {
+                    StepOutcome::Again(delay) => again_after(delay.max(expires_in)),
+                    StepOutcome::Done => StepOutcome::Done,
+                })
+            }
         }
-        outcome
     }
 
     fn scoped(
