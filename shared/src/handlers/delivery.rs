@@ -859,7 +859,12 @@ impl Delivery {
             http: &self.http,
             retry: self.settings.retry,
         };
-        match driver.step(application, sync, message_id, deadline).await {
+        // The lease's holder is the step job's id: the same when SQS delivers the message
+        // again and when a backend failure sends the job again as a new message.
+        match driver
+            .step(application, sync, job.id.as_str(), deadline)
+            .await
+        {
             Ok(StepOutcome::Done) => None,
             Ok(StepOutcome::Again(delay)) => {
                 let next = DeliveryJob::sync_step(

@@ -93,8 +93,8 @@ fn now_ms(ports: &Ports) -> i64 {
 
 impl SyncDriver<'_> {
     /// Runs the sync until it is done or `deadline` nears, saving progress as it goes.
-    /// `holder` names this step for the sync's lease: the step message's id, the same
-    /// when the queue delivers it again.
+    /// `holder` names this step for the sync's lease: the step job's id, the same when
+    /// the queue delivers it again or it is sent again after a backend failure.
     pub async fn step(
         &self,
         application_id: &str,
