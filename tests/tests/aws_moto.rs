@@ -1218,3 +1218,40 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
     assert!(loaded.health.is_disabled());
     assert_eq!(loaded.view()["webhook"]["url"], "https://exa mple.org/hook");
 }
+
+/// A pending entry whose attributes are damaged still names its record in its key: the
+/// page reads it from there, and an entry whose key is no record id is skipped, so neither
+/// stops the flush at that page for every later window.
+#[tokio::test]
+async fn a_damaged_pending_entry_does_not_stop_the_page() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let env = MotoEnv::create(3).await;
+    let aws = AwsServices::new(&env.config, env.settings());
+    let dynamodb = aws_sdk_dynamodb::Client::new(&env.config);
+    let window = webhooks::window::WindowId(7);
+    aws.store
+        .mark(window, &RecordId::parse("a").unwrap())
+        .await
+        .unwrap();
+    for (sk, record) in [
+        ("b", AttributeValue::N("1".into())),
+        ("no#id", AttributeValue::Null(true)),
+    ] {
+        dynamodb
+            .put_item()
+            .table_name(&env.service_table)
+            .item("pk", AttributeValue::S("PENDING#7".into()))
+            .item("sk", AttributeValue::S(sk.into()))
+            .item("record", record)
+            .send()
+            .await
+            .unwrap();
+    }
+    let page = aws
+        .store
+        .page(window, None, 10)
+        .await
+        .expect("no corrupt error");
+    let records: Vec<&str> = page.items.iter().map(|r| r.as_str()).collect();
+    assert_eq!(records, ["a", "b"]);
+}
