@@ -708,10 +708,12 @@ impl Delivery {
                         .subscriptions
                         .set_subscription_health(&s.record, &s.callback, &health)
                         .await;
-                    let mut updated = (**s).clone();
-                    updated.health = health.clone();
-                    self.subscriptions
-                        .put(&s.endpoint(), Some(Arc::new(updated)));
+                    if result.is_ok() {
+                        let mut updated = (**s).clone();
+                        updated.health = health.clone();
+                        self.subscriptions
+                            .put(&s.endpoint(), Some(Arc::new(updated)));
+                    }
                     result
                 }
                 Endpoint::Application(a) => {
@@ -720,14 +722,17 @@ impl Delivery {
                         .applications
                         .set_application_health(&a.id, &health)
                         .await;
-                    let mut updated = (**a).clone();
-                    updated.health = health.clone();
-                    self.applications.put(&a.id, Some(Arc::new(updated)));
+                    if result.is_ok() {
+                        let mut updated = (**a).clone();
+                        updated.health = health.clone();
+                        self.applications.put(&a.id, Some(Arc::new(updated)));
+                    }
                     result
                 }
             };
             if let Err(e) = written {
-                // The next batch's failures write it again (they find it unsaved).
+                // The cache keeps what is stored: the next batch's attempts, compared with it,
+                // write their health again.
                 tracing::warn!(endpoint = %tally.endpoint.name(), error = %e, "could not save the endpoint's health");
             }
             if tally.newly_disabled {
