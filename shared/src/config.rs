@@ -54,6 +54,9 @@ pub struct Settings {
     pub ops_event_bus: String,
     /// `ENDPOINT_DISABLE_AFTER_HOURS` (default 120): failing this long disables an endpoint.
     pub endpoint_disable_after: Duration,
+    /// `ATTEMPT_RETENTION_DAYS` (default 30): how long delivery attempts and their
+    /// messages are kept.
+    pub attempt_retention: Duration,
 }
 
 impl Settings {
@@ -103,6 +106,13 @@ impl Settings {
                 .unwrap_or_else(|| "default".into()),
             endpoint_disable_after: Duration::from_secs(
                 3600 * number("ENDPOINT_DISABLE_AFTER_HOURS", 120)?,
+            ),
+            attempt_retention: Duration::from_secs(
+                24 * 3600
+                    * number(
+                        "ATTEMPT_RETENTION_DAYS",
+                        crate::attempts::DEFAULT_RETENTION_DAYS,
+                    )?,
             ),
         })
     }

@@ -4,6 +4,7 @@
 //! `102 Processing` interim responses (which acknowledge Members-style deliveries), and
 //! bounds time and the bytes it reads from a receiver.
 
+use crate::attempts::RESPONSE_PREFIX_BYTES;
 use crate::callback::{UrlPolicy, check_url};
 use crate::netguard::is_public_ip;
 use crate::retry::parse_retry_after;
@@ -62,6 +63,44 @@ pub struct AttemptOutcome {
     pub latency: Duration,
     /// Why there is no status: refused by policy, timeout, connection error.
     pub error: Option<String>,
+    /// The first [`crate::attempts::RESPONSE_PREFIX_BYTES`] of the response body (what
+    /// the attempt log keeps); empty without an answer.
+    pub body_prefix: Bytes,
+}
+
+/// Why an attempt got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The URL or its addresses are not allowed: nothing was sent.
+    Refused,
+    /// No answer within the timeout.
+    Timeout,
+    /// No connection, or the exchange broke.
+    Connection,
+}
+
+impl FailureKind {
+    /// The prefix [`CallbackClient::post`] starts its error text with (one rule, read
+    /// back by [`AttemptOutcome::failure_kind`]).
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Connection => "connection error",
+        }
+    }
+}
+
+impl AttemptOutcome {
+    /// Why there is no answer, when there is none (a request that broke after
+    /// connecting counts as a connection error).
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        let error = self.error.as_deref()?;
+        [FailureKind::Refused, FailureKind::Timeout]
+            .into_iter()
+            .find(|kind| error.starts_with(kind.prefix()))
+            .or(Some(FailureKind::Connection))
+    }
 }
 
 /// Resolves names and keeps only the addresses the policy allows, so the connector can
@@ -186,9 +225,10 @@ impl CallbackClient {
             retry_after: None,
             latency: started.elapsed(),
             error: Some(error),
+            body_prefix: Bytes::new(),
         };
         if let Err(e) = check_url(url, self.policy) {
-            return failed(format!("refused: {e}"));
+            return failed(format!("{}: {e}", FailureKind::Refused.prefix()));
         }
         let mut builder = http::Request::post(url.as_str()).header(
             http::header::USER_AGENT,
@@ -223,25 +263,37 @@ impl CallbackClient {
             // that streams more is cut off by the cap, one that stalls by the timeout.
             let mut body = response.into_body();
             let mut read = 0;
+            let mut prefix = Vec::new();
             while read < MAX_RESPONSE_BYTES {
                 match body.frame().await {
-                    Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                    Some(Ok(frame)) => {
+                        let data = frame.data_ref().map_or(&[][..], |d| &d[..]);
+                        let room = RESPONSE_PREFIX_BYTES.saturating_sub(prefix.len());
+                        prefix.extend_from_slice(&data[..data.len().min(room)]);
+                        read += data.len();
+                    }
                     _ => break,
                 }
             }
-            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, latency))
+            Ok::<_, hyper_util::client::legacy::Error>((
+                status,
+                retry_after,
+                latency,
+                Bytes::from(prefix),
+            ))
         };
         tokio::select! {
             result = tokio::time::timeout(self.timeout, exchange) => match result {
-                Ok(Ok((status, retry_after, latency))) => AttemptOutcome { status: Some(status), retry_after, latency, error: None },
+                Ok(Ok((status, retry_after, latency, body_prefix))) => AttemptOutcome { status: Some(status), retry_after, latency, error: None, body_prefix },
                 Ok(Err(e)) => failed(describe(&e)),
-                Err(_) => failed(format!("timeout: no response within {:?}", self.timeout)),
+                Err(_) => failed(format!("{}: no response within {:?}", FailureKind::Timeout.prefix(), self.timeout)),
             },
             _ = processing.notified() => AttemptOutcome {
                 status: Some(102),
                 retry_after: None,
                 latency: started.elapsed(),
                 error: None,
+                body_prefix: Bytes::new(),
             },
         }
     }
@@ -249,7 +301,7 @@ impl CallbackClient {
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
     let kind = if e.is_connect() {
-        "connection error"
+        FailureKind::Connection.prefix()
     } else {
         "request error"
     };

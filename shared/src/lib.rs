@@ -2,7 +2,7 @@
 //!
 //! The crate is laid out domain first: pure types and rules ([`record`], [`callback`],
 //! [`oauth`], [`subscription`], [`application`], [`members`], [`signing`], [`window`],
-//! [`job`], [`message`], [`poison`], [`retry`], [`ack`], [`health`], [`sync`], [`netguard`]), then the ports
+//! [`job`], [`attempts`], [`message`], [`poison`], [`retry`], [`ack`], [`health`], [`sync`], [`netguard`]), then the ports
 //! ([`ports`], [`events`]) every piece of state and I/O goes through, then adapters
 //! ([`memory`] for the local runner and tests, [`aws`] for DynamoDB, SQS and EventBridge,
 //! [`http_client`] for deliveries), then the Lambda handlers ([`handlers`]), which take the
@@ -14,6 +14,7 @@
 
 pub mod ack;
 pub mod application;
+pub mod attempts;
 pub mod aws;
 pub mod callback;
 pub mod clock;

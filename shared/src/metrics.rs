@@ -149,6 +149,7 @@ mod tests {
             retry_after: None,
             latency: Duration::from_millis(12),
             error: error.map(str::to_owned),
+            body_prefix: bytes::Bytes::new(),
         }
     }
 

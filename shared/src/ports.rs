@@ -2,11 +2,12 @@
 //! in-memory adapter ([`crate::memory`]) and an AWS adapter.
 
 use crate::application::Application;
+use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, StatusFilter, StoredMessage};
 use crate::callback::CallbackUrl;
 use crate::clock::Clock;
 use crate::events::OpsEvents;
 use crate::health::EndpointHealth;
-use crate::job::DeliveryJob;
+use crate::job::{DeliveryJob, MessageId};
 use crate::message::Refusal;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::poison::PoisonItem;
@@ -315,6 +316,30 @@ pub struct RefusedJob {
     pub refusal: Refusal,
 }
 
+/// The delivery attempt log and the messages kept for redelivery (entries expire after
+/// the retention period).
+#[async_trait]
+pub trait AttemptLog: Send + Sync {
+    /// Records attempts (a delivery batch's, in one call) and, for each, its message and
+    /// how its latest attempt ended.
+    async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()>;
+    /// An endpoint's attempts admitted by `filter`, newest first, continuing after the
+    /// page position `after` (a previous page's `next`).
+    async fn attempts(
+        &self,
+        endpoint: &EndpointKey,
+        filter: StatusFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<Attempt>>;
+    /// A kept message of an endpoint and its attempts, oldest first.
+    async fn message(
+        &self,
+        endpoint: &EndpointKey,
+        message_id: &MessageId,
+    ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>>;
+}
+
 /// Every port, as the handlers share them.
 #[derive(Clone)]
 pub struct Ports {
@@ -336,6 +361,8 @@ pub struct Ports {
     pub queue: Arc<dyn DeliveryQueue>,
     /// Operational events.
     pub events: Arc<dyn OpsEvents>,
+    /// The delivery attempt log.
+    pub attempts: Arc<dyn AttemptLog>,
     /// Time.
     pub clock: Arc<dyn Clock>,
 }

@@ -661,6 +661,7 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
         applications: store.clone(),
         syncs: store.clone(),
         pending: store.clone(),
+        attempts: p.aws.store.clone(),
         records: p.aws.records.clone(),
         queue,
         events: Arc::new(webhooks::events::LoggedEvents::default()),

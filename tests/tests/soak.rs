@@ -165,6 +165,7 @@ async fn no_notification_is_lost_under_faults() {
         applications: faulty_store.clone(),
         syncs: faulty_store.clone(),
         pending: faulty_store.clone(),
+        attempts: store.clone(),
         records: records.clone(),
         queue: faulty_queue,
         events: events.clone(),

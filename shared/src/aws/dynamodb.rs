@@ -14,6 +14,8 @@
 //! | full sync | `SYNC#<application>` | sync id | driver state (SET), lease, completion claim |
 //! | sync counter shard | `SYNCCOUNT#<application>#<sync>#<n>` | `COUNT` | outcome counters (ADD), n < 8 |
 //! | sync person outcome | `SYNCDONE#<application>#<sync>#<person>` | `DONE` | counted once, `expires_at` TTL |
+//! | delivery attempt | `ATTEMPTS#<endpoint key>` | `<epoch ms, 13 digits>#<message id>#<attempt, 4 digits>` | outcome, status, latency, 1 KiB of the response; `expires_at` TTL (`AttemptRetentionDays`) |
+//! | kept message | `MESSAGE#<endpoint key>` | message id | the job (JSON), its latest attempt and outcome; `expires_at` TTL |
 //! | poison item | `POISON` | `<window>#<record>#<message or endpoint>` | a change the flush set aside; no TTL: kept until replayed |
 
 use crate::application::Application;
@@ -78,11 +80,14 @@ struct Keyed<T> {
     value: T,
 }
 
+mod attempts;
+
 /// The service table.
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
     client: Client,
     table: String,
+    attempt_retention: Duration,
 }
 
 impl DynamoStore {
@@ -91,7 +96,16 @@ impl DynamoStore {
         Self {
             client,
             table: table.into(),
+            attempt_retention: Duration::from_secs(
+                crate::attempts::DEFAULT_RETENTION_DAYS * 24 * 3600,
+            ),
         }
+    }
+
+    /// Keeps delivery attempts and their messages for `retention` (then TTL deletes them).
+    pub fn with_attempt_retention(mut self, retention: Duration) -> Self {
+        self.attempt_retention = retention;
+        self
     }
 
     /// The raw item at (pk, sk), strongly consistent — tests read what is stored.

@@ -58,7 +58,10 @@ impl AwsServices {
     pub fn new(config: &aws_config::SdkConfig, settings: Settings) -> Self {
         let dynamodb = aws_sdk_dynamodb::Client::new(config);
         Self {
-            store: Arc::new(DynamoStore::new(dynamodb.clone(), &settings.service_table)),
+            store: Arc::new(
+                DynamoStore::new(dynamodb.clone(), &settings.service_table)
+                    .with_attempt_retention(settings.attempt_retention),
+            ),
             records: Arc::new(DynamoRecords::new(dynamodb, &settings.records_table)),
             queue: Arc::new(
                 SqsQueue::new(
@@ -85,6 +88,7 @@ impl AwsServices {
             applications: self.store.clone(),
             syncs: self.store.clone(),
             pending: self.store.clone(),
+            attempts: self.store.clone(),
             records: self.records.clone(),
             queue: self.queue.clone(),
             events: self.events.clone(),

@@ -8,6 +8,7 @@
 use super::outbound::{Outbound, application_request, callback_request};
 use super::sync_driver::{StepOutcome, SyncDriver, announce_if_complete};
 use crate::application::{Application, NoWebhook};
+use crate::attempts::{Attempt, EndpointKey, LoggedAttempt};
 use crate::callback::CallbackUrl;
 use crate::clock::rfc3339_millis;
 use crate::events::{OpsEvent, announce};
@@ -42,6 +43,11 @@ fn endpoint_of(job: &DeliveryJob) -> String {
             crate::application::endpoint_name(application)
         }
     }
+}
+
+/// The clock's time in epoch milliseconds.
+fn epoch_ms(clock: &dyn crate::clock::Clock) -> i64 {
+    (clock.now().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// How long subscriber settings (URL, keys, secrets) are reused before being read again.
@@ -84,6 +90,13 @@ impl Endpoint {
         match self {
             Self::Subscription(s) => s.endpoint(),
             Self::Application(a) => a.endpoint(),
+        }
+    }
+
+    fn key(&self) -> EndpointKey {
+        match self {
+            Self::Subscription(s) => EndpointKey::subscription(&s.record, &s.callback),
+            Self::Application(a) => EndpointKey::application(&a.id),
         }
     }
 
@@ -163,6 +176,7 @@ struct BatchLedger {
     metrics: Mutex<DeliveryMetrics>,
     sync_outcomes: Mutex<Vec<SyncOutcome>>,
     health: Mutex<HashMap<String, HealthTally>>,
+    attempts: Mutex<Vec<LoggedAttempt>>,
 }
 
 /// A fan-out sync job's final outcome, to be counted.
@@ -266,8 +280,11 @@ impl Delivery {
             metrics,
             sync_outcomes,
             health,
+            attempts,
         } = ledger;
         self.save_health(health.into_inner().expect("health lock"))
+            .await;
+        self.log_attempts(attempts.into_inner().expect("attempts lock"))
             .await;
         failed.extend(
             self.count_sync_outcomes(sync_outcomes.into_inner().expect("outcomes lock"), deadline)
@@ -283,7 +300,7 @@ impl Delivery {
             .collect();
         let metrics = metrics.into_inner().expect("metrics lock");
         if metrics.deliveries + metrics.dlq_moves + metrics.parked > 0 {
-            let now_ms = (self.ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+            let now_ms = epoch_ms(self.ports.clock.as_ref());
             let line = metrics.emf("delivery", now_ms).to_string();
             if self.settings.metrics {
                 (self.metric_lines)(&line);
@@ -505,7 +522,23 @@ impl Delivery {
                         )
                         .await;
                 }
+                let at_ms = epoch_ms(self.ports.clock.as_ref());
                 let (outcome, acknowledged) = outbound.send(&self.http).await;
+                ledger
+                    .attempts
+                    .lock()
+                    .expect("attempts lock")
+                    .push(LoggedAttempt {
+                        attempt: Attempt::new(
+                            job,
+                            endpoint.key(),
+                            attempt,
+                            at_ms,
+                            &outcome,
+                            acknowledged,
+                        ),
+                        job: job.replayable(),
+                    });
                 ledger
                     .metrics
                     .lock()
@@ -750,6 +783,17 @@ impl Delivery {
         }
     }
 
+    /// Records the batch's attempts in one call. The log is for the endpoint's owner:
+    /// when it cannot be written the deliveries stand, and the failure is logged.
+    async fn log_attempts(&self, attempts: Vec<LoggedAttempt>) {
+        if attempts.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ports.attempts.record(&attempts).await {
+            tracing::error!(error = %e, attempts = attempts.len(), "could not record delivery attempts");
+        }
+    }
+
     /// Counts the batch's fan-out sync outcomes, one call per sync (each person once,
     /// however often its job came back), and announces a sync it completes. A throttled
     /// or failed count is tried again a few times; if it still fails, the acknowledged
@@ -963,6 +1007,7 @@ mod tests {
             retry_after: retry_after.map(Duration::from_secs),
             latency: Duration::ZERO,
             error: status.is_none().then(|| "timeout".into()),
+            body_prefix: bytes::Bytes::new(),
         }
     }
 

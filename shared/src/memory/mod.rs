@@ -2,6 +2,7 @@
 //! the test doubles' real counterpart (they implement the same contracts as the AWS
 //! adapters, including SQS visibility semantics).
 
+mod attempts;
 mod faults;
 mod queue;
 mod records;
@@ -11,10 +12,12 @@ pub use queue::{MemoryQueue, QueueDepth, ReceivedMessage};
 pub use records::MemoryRecords;
 
 use crate::application::Application;
+use crate::attempts::{Attempt, EndpointKey, StoredMessage};
 use crate::callback::CallbackUrl;
 use crate::clock::Clock;
 use crate::events::OpsEvents;
 use crate::health::EndpointHealth;
+use crate::job::MessageId;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::poison::PoisonItem;
 use crate::ports::{
@@ -45,7 +48,8 @@ pub fn ports(
         subscriptions: store.clone(),
         applications: store.clone(),
         syncs: store.clone(),
-        pending: store,
+        pending: store.clone(),
+        attempts: store,
         records,
         queue,
         events,
@@ -73,6 +77,9 @@ struct State {
     api_keys: HashMap<String, String>,
     syncs: HashMap<(String, String), SyncEntry>,
     poison: BTreeMap<String, PoisonItem>,
+    /// The attempt log, per endpoint by sort key.
+    attempts: BTreeMap<EndpointKey, BTreeMap<String, Attempt>>,
+    messages: HashMap<(EndpointKey, MessageId), StoredMessage>,
 }
 
 #[derive(Debug, Default)]

@@ -1,0 +1,297 @@
+//! The delivery attempt log: what an endpoint's owner sees of every attempt (like GitHub's
+//! "Recent Deliveries" or Svix's message attempts), and the message kept beside it so it
+//! can be sent again. Kept `AttemptRetentionDays`.
+
+use crate::callback::CallbackUrl;
+use crate::http_client::{AttemptOutcome, FailureKind};
+use crate::job::{DeliveryJob, MessageId};
+use crate::record::RecordId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The most response-body bytes kept per attempt (what GitHub and Svix show).
+pub const RESPONSE_PREFIX_BYTES: usize = 1024;
+
+/// How long attempts and their messages are kept unless configured
+/// (`AttemptRetentionDays`).
+pub const DEFAULT_RETENTION_DAYS: u64 = 30;
+
+/// The endpoint an attempt went to, as the log keys it: `app_<application id>` for an
+/// application's webhook, `wh_<32 hex digits>` (a hash of record and callback URL) for an
+/// ORCID-style subscription. The latter is the subscription's opaque webhook id, which
+/// its client uses in paths instead of the URL (API Gateway decodes paths, so a URL in
+/// one would be ambiguous).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EndpointKey(String);
+
+impl EndpointKey {
+    /// An application's webhook.
+    pub fn application(application: &str) -> Self {
+        Self(format!("app_{application}"))
+    }
+
+    /// An ORCID-style subscription.
+    pub fn subscription(record: &RecordId, callback: &CallbackUrl) -> Self {
+        let mut h = Sha256::new();
+        h.update(record.as_str().as_bytes());
+        h.update([0]);
+        h.update(callback.as_str().as_bytes());
+        Self(format!("wh_{}", hex::encode(&h.finalize()[..16])))
+    }
+
+    /// A webhook id as a client gives it in a path; `None` unless it has the form of one
+    /// (it may still name no subscription, or another client's).
+    pub fn webhook_id(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("wh_")?;
+        (hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then(|| Self(text.to_owned()))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeClass {
+    /// The receiver acknowledged.
+    Acked,
+    /// The receiver answered with a status that does not acknowledge.
+    HttpStatus,
+    /// No answer within the delivery timeout.
+    Timeout,
+    /// No connection, or it broke.
+    ConnectionError,
+    /// The URL or its addresses are not allowed by the URL policy: nothing was sent.
+    RefusedByUrlPolicy,
+}
+
+impl OutcomeClass {
+    /// The class of an attempt that ended with `outcome`.
+    pub fn of(outcome: &AttemptOutcome, acknowledged: bool) -> Self {
+        if acknowledged {
+            return Self::Acked;
+        }
+        if outcome.status.is_some() {
+            return Self::HttpStatus;
+        }
+        match outcome.failure_kind() {
+            Some(FailureKind::Timeout) => Self::Timeout,
+            Some(FailureKind::Refused) => Self::RefusedByUrlPolicy,
+            Some(FailureKind::Connection) | None => Self::ConnectionError,
+        }
+    }
+
+    /// True for an acknowledged attempt.
+    pub fn is_acked(self) -> bool {
+        self == Self::Acked
+    }
+}
+
+/// One recorded delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The message (`webhook-id`), the same across its attempts and redeliveries.
+    pub message_id: MessageId,
+    /// Where it went.
+    pub endpoint: EndpointKey,
+    /// 1-based attempt number within its attempt series.
+    pub attempt: u32,
+    /// When it was made, epoch milliseconds.
+    pub at_ms: i64,
+    /// How it ended.
+    pub outcome: OutcomeClass,
+    /// The receiver's HTTP status, if it answered.
+    pub status: Option<u16>,
+    /// Time from sending to the answer (or the failure), milliseconds.
+    pub latency_ms: u64,
+    /// The first [`RESPONSE_PREFIX_BYTES`] of the response body (lossy UTF-8), or the
+    /// error when there was no answer. Never anything of the request.
+    pub response: String,
+}
+
+impl Attempt {
+    /// The log entry of an attempt of `job` to `endpoint`.
+    pub fn new(
+        job: &DeliveryJob,
+        endpoint: EndpointKey,
+        attempt: u32,
+        at_ms: i64,
+        outcome: &AttemptOutcome,
+        acknowledged: bool,
+    ) -> Self {
+        let response = match (&outcome.error, outcome.status) {
+            (Some(error), None) => error.clone(),
+            _ => {
+                let end = outcome.body_prefix.len().min(RESPONSE_PREFIX_BYTES);
+                String::from_utf8_lossy(&outcome.body_prefix[..end]).into_owned()
+            }
+        };
+        Self {
+            message_id: job.id.clone(),
+            endpoint,
+            attempt,
+            at_ms,
+            outcome: OutcomeClass::of(outcome, acknowledged),
+            status: outcome.status,
+            latency_ms: outcome.latency.as_millis().min(u128::from(u64::MAX)) as u64,
+            response,
+        }
+    }
+
+    /// The position of this attempt in its endpoint's log: time first, so the log reads
+    /// newest first by going backwards; unique per attempt.
+    pub fn sort_key(&self) -> String {
+        format!(
+            "{:013}#{}#{:04}",
+            self.at_ms.max(0),
+            self.message_id.as_str(),
+            self.attempt
+        )
+    }
+}
+
+/// An attempt together with the message it sent: what the delivery handler records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedAttempt {
+    /// The attempt.
+    pub attempt: Attempt,
+    /// The message as it can be sent again (counters cleared).
+    pub job: DeliveryJob,
+}
+
+/// A kept message with how its latest attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Where it goes.
+    pub endpoint: EndpointKey,
+    /// What is sent (counters cleared).
+    pub job: DeliveryJob,
+    /// Its latest recorded attempt's number.
+    pub last_attempt: u32,
+    /// Its latest recorded attempt, epoch ms.
+    pub last_attempt_ms: i64,
+    /// How its latest recorded attempt ended.
+    pub last_outcome: OutcomeClass,
+}
+
+impl StoredMessage {
+    /// The message as `logged` leaves it. A message has one attempt in flight at a time
+    /// and its attempts come one after the other, so the latest one written is the
+    /// latest one made.
+    pub fn of(logged: &LoggedAttempt) -> Self {
+        let a = &logged.attempt;
+        Self {
+            endpoint: a.endpoint.clone(),
+            job: logged.job.clone(),
+            last_attempt: a.attempt,
+            last_attempt_ms: a.at_ms,
+            last_outcome: a.outcome,
+        }
+    }
+
+    /// The earliest time any of its attempts can have been made (the job's creation),
+    /// epoch ms; 0 when that time is unreadable.
+    pub fn created_ms(&self) -> i64 {
+        time::OffsetDateTime::parse(
+            &self.job.created_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .unwrap_or(0)
+    }
+}
+
+/// Which attempts a listing shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatusFilter {
+    /// Every attempt.
+    #[default]
+    All,
+    /// Attempts that did not acknowledge.
+    Failed,
+    /// Acknowledged attempts.
+    Acked,
+}
+
+impl StatusFilter {
+    /// Parses the `status` query parameter (`failed` or `acked`).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "failed" => Some(Self::Failed),
+            "acked" => Some(Self::Acked),
+            _ => None,
+        }
+    }
+
+    /// True when the listing shows `attempt`.
+    pub fn admits(self, attempt: &Attempt) -> bool {
+        match self {
+            Self::All => true,
+            Self::Failed => !attempt.outcome.is_acked(),
+            Self::Acked => attempt.outcome.is_acked(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callback::UrlPolicy;
+    use std::time::Duration;
+
+    fn outcome(status: Option<u16>, error: Option<&str>) -> AttemptOutcome {
+        AttemptOutcome {
+            status,
+            retry_after: None,
+            latency: Duration::from_millis(12),
+            error: error.map(str::to_owned),
+            body_prefix: bytes::Bytes::from(vec![b'x'; 3000]),
+        }
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(
+            OutcomeClass::of(&outcome(Some(204), None), true),
+            OutcomeClass::Acked
+        );
+        assert_eq!(
+            OutcomeClass::of(&outcome(Some(500), None), false),
+            OutcomeClass::HttpStatus
+        );
+        assert_eq!(
+            OutcomeClass::of(&outcome(None, Some("timeout: no response")), false),
+            OutcomeClass::Timeout
+        );
+        assert_eq!(
+            OutcomeClass::of(&outcome(None, Some("refused: private address")), false),
+            OutcomeClass::RefusedByUrlPolicy
+        );
+        assert_eq!(
+            OutcomeClass::of(&outcome(None, Some("connection error: reset")), false),
+            OutcomeClass::ConnectionError
+        );
+    }
+
+    #[test]
+    fn keys_and_webhook_ids() {
+        let record = RecordId::parse("0000-0002-7465-2162").unwrap();
+        let url = CallbackUrl::parse("https://a.com/x", UrlPolicy::default()).unwrap();
+        let key = EndpointKey::subscription(&record, &url);
+        assert_eq!(EndpointKey::webhook_id(key.as_str()), Some(key.clone()));
+        assert_eq!(EndpointKey::webhook_id("wh_123"), None);
+        assert_eq!(EndpointKey::webhook_id("app_x"), None);
+        let job = crate::job::DeliveryJob::sync_step("a", "s", "t".into());
+        let a = Attempt::new(&job, key, 2, 5, &outcome(Some(500), None), false);
+        assert_eq!(a.response.len(), RESPONSE_PREFIX_BYTES, "body cut to 1 KiB");
+        assert!(a.sort_key().starts_with("0000000000005#msg_"));
+        assert!(a.sort_key().ends_with("#0002"));
+    }
+}

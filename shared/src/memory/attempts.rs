@@ -1,0 +1,85 @@
+//! The attempt log in memory (no expiry: the local runner's log lives as long as it runs).
+
+use super::MemoryStore;
+use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, StatusFilter, StoredMessage};
+use crate::job::MessageId;
+use crate::ports::{AttemptLog, BackendResult, Page};
+use async_trait::async_trait;
+use std::ops::Bound;
+
+#[async_trait]
+impl AttemptLog for MemoryStore {
+    async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()> {
+        let mut state = self.state();
+        for logged in attempts {
+            let a = &logged.attempt;
+            state
+                .attempts
+                .entry(a.endpoint.clone())
+                .or_default()
+                .insert(a.sort_key(), a.clone());
+            state.messages.insert(
+                (a.endpoint.clone(), a.message_id.clone()),
+                StoredMessage::of(logged),
+            );
+        }
+        Ok(())
+    }
+
+    async fn attempts(
+        &self,
+        endpoint: &EndpointKey,
+        filter: StatusFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<Attempt>> {
+        let state = self.state();
+        let Some(log) = state.attempts.get(endpoint) else {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        };
+        let upper = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        let mut admitted = log
+            .range::<String, _>((Bound::Unbounded, upper))
+            .rev()
+            .filter(|(_, a)| filter.admits(a));
+        let items: Vec<Attempt> = admitted
+            .by_ref()
+            .take(limit)
+            .map(|(_, a)| a.clone())
+            .collect();
+        let next = match admitted.next() {
+            Some(_) => items.last().map(Attempt::sort_key),
+            None => None,
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn message(
+        &self,
+        endpoint: &EndpointKey,
+        message_id: &MessageId,
+    ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>> {
+        let state = self.state();
+        let Some(message) = state
+            .messages
+            .get(&(endpoint.clone(), message_id.clone()))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let attempts = state
+            .attempts
+            .get(endpoint)
+            .map(|log| {
+                log.values()
+                    .filter(|a| a.message_id == *message_id)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some((message, attempts)))
+    }
+}

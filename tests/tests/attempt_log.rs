@@ -1,0 +1,278 @@
+//! The delivery attempt log against a real receiver on 127.0.0.1 that answers 500, 500,
+//! then 204: the log holds exactly the three attempts it saw, with their statuses, in
+//! order, the first KiB of each response, and the message that was sent — on the
+//! in-memory adapter and on DynamoDB (moto).
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use webhooks::application::Application;
+use webhooks::attempts::{EndpointKey, OutcomeClass, RESPONSE_PREFIX_BYTES, StatusFilter};
+use webhooks::callback::UrlPolicy;
+use webhooks::clock::SystemClock;
+use webhooks::events::LoggedEvents;
+use webhooks::handlers::{Delivery, DeliverySettings};
+use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::job::DeliveryJob;
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::ports::{ApplicationStore, AttemptLog};
+use webhooks::record::RecordId;
+use webhooks::retry::RetryPolicy;
+use webhooks::window::WindowId;
+
+/// What the receiver answers, in order: status and body.
+fn script() -> Vec<(u16, String)> {
+    vec![
+        // Longer than what the log keeps.
+        (500, format!("first failure {}", "x".repeat(3000))),
+        (500, "second failure".to_owned()),
+        (204, String::new()),
+    ]
+}
+
+/// The `webhook-id` and answered status of each request, in order.
+type Seen = Arc<Mutex<Vec<(String, u16)>>>;
+
+/// A receiver answering [`script`] and noting the `webhook-id` and status of each request.
+struct ScriptedReceiver {
+    addr: SocketAddr,
+    seen: Seen,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedReceiver {
+    async fn start() -> Self {
+        let seen: Seen = Arc::default();
+        async fn answer(State(seen): State<Seen>, headers: http::HeaderMap) -> Response {
+            let mut seen = seen.lock().unwrap();
+            let (status, body) = script()
+                .get(seen.len())
+                .cloned()
+                .unwrap_or((204, String::new()));
+            let id = headers
+                .get("webhook-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            seen.push((id, status));
+            (StatusCode::from_u16(status).unwrap(), body).into_response()
+        }
+        let app = Router::new().fallback(answer).with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, seen, server }
+    }
+
+    fn seen(&self) -> Vec<(String, u16)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ScriptedReceiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Delivers one Members-style job through the delivery handler and a queue with the
+/// handler's retry schedule until the receiver acknowledges; checks the log `log` kept.
+async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
+    let receiver = ScriptedReceiver::start().await;
+    let store = Arc::new(MemoryStore::default());
+    let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 5));
+    let mut app = Application::new("app-log", "key", 0);
+    app.webhook.url = Some(format!("http://{}/hook", receiver.addr).into());
+    store.put_application(&app).await.unwrap();
+    let mut ports = webhooks::memory::ports(
+        store,
+        Arc::new(MemoryRecords::default()),
+        queue.clone(),
+        Arc::new(LoggedEvents::default()),
+        Arc::new(SystemClock),
+    );
+    ports.attempts = log.clone();
+    let delivery = Delivery::new(
+        ports,
+        CallbackClient::new(&HttpSettings {
+            timeout: Duration::from_secs(5),
+            url_policy: UrlPolicy {
+                allow_insecure: true,
+            },
+            ..HttpSettings::default()
+        }),
+        DeliverySettings {
+            retry: RetryPolicy {
+                base: Duration::from_millis(20),
+                max_attempts: 5,
+                jitter: 0.0,
+            },
+            ..DeliverySettings::default()
+        },
+    );
+    let record = RecordId::parse("0000-0002-7465-2162").unwrap();
+    let mut person = serde_json::Map::new();
+    person.insert("id".into(), record.as_str().into());
+    let job = DeliveryJob::for_application(
+        "app-log",
+        &record,
+        person,
+        WindowId(9),
+        "2026-11-26T10:00:00.000Z".into(),
+    );
+    queue.send(serde_json::to_string(&job).unwrap());
+
+    // The event source mapping: receive, invoke, delete what did not fail.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.seen().len() < 3 && Instant::now() < deadline {
+        let received = queue.receive(10, Duration::from_secs(2)).await;
+        let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
+        event.records = received
+            .iter()
+            .map(|m| m.to_sqs_message("arn:aws:sqs:local:0:delivery"))
+            .collect();
+        if event.records.is_empty() {
+            continue;
+        }
+        let response = delivery
+            .handle(event, Instant::now() + Duration::from_secs(30))
+            .await;
+        for m in &received {
+            if !response
+                .batch_item_failures
+                .iter()
+                .any(|f| f.item_identifier == m.message_id)
+            {
+                queue.delete(&m.receipt_handle);
+            }
+        }
+    }
+    let seen = receiver.seen();
+    assert_eq!(
+        seen.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        vec![500, 500, 204],
+        "the receiver saw the scripted answers"
+    );
+    assert!(seen.iter().all(|(id, _)| id == job.id.as_str()));
+
+    let endpoint = EndpointKey::application("app-log");
+    let page = log
+        .attempts(&endpoint, StatusFilter::All, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.next, None);
+    let newest_first: Vec<(u32, Option<u16>, OutcomeClass)> = page
+        .items
+        .iter()
+        .map(|a| (a.attempt, a.status, a.outcome))
+        .collect();
+    assert_eq!(
+        newest_first,
+        vec![
+            (3, Some(204), OutcomeClass::Acked),
+            (2, Some(500), OutcomeClass::HttpStatus),
+            (1, Some(500), OutcomeClass::HttpStatus),
+        ],
+        "one entry per attempt the receiver saw, newest first"
+    );
+    assert!(page.items.iter().all(|a| a.message_id == job.id));
+    assert!(page.items.windows(2).all(|w| w[0].at_ms >= w[1].at_ms));
+    let first = &page.items[2];
+    assert_eq!(first.response.len(), RESPONSE_PREFIX_BYTES);
+    assert!(first.response.starts_with("first failure xxx"));
+    assert_eq!(page.items[1].response, "second failure");
+    assert_eq!(page.items[0].response, "");
+
+    // Filters and paging.
+    let failed = log
+        .attempts(&endpoint, StatusFilter::Failed, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        failed.items.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    let acked = log
+        .attempts(&endpoint, StatusFilter::Acked, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        acked.items.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        vec![3]
+    );
+    let one = log
+        .attempts(&endpoint, StatusFilter::All, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(one.items.len(), 2);
+    let rest = log
+        .attempts(&endpoint, StatusFilter::All, one.next.as_deref(), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.items.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        vec![1],
+        "the cursor continues where the first page stopped"
+    );
+    assert_eq!(rest.next, None);
+
+    // The message is kept with its attempts, oldest first.
+    let (message, attempts) = log.message(&endpoint, &job.id).await.unwrap().unwrap();
+    assert_eq!(message.job, job.replayable());
+    assert_eq!(message.last_outcome, OutcomeClass::Acked);
+    assert_eq!(message.last_attempt, 3);
+    assert_eq!(
+        attempts.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![Some(500), Some(500), Some(204)]
+    );
+    // Another endpoint sees none of it.
+    let other = EndpointKey::application("app-other");
+    assert!(log.message(&other, &job.id).await.unwrap().is_none());
+    assert!(
+        log.attempts(&other, StatusFilter::All, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn in_memory_log_matches_the_receiver() {
+    attempts_match_what_the_receiver_saw(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn dynamodb_log_matches_the_receiver() {
+    let env = webhooks_tests::moto::MotoEnv::create(5).await;
+    let store = webhooks::aws::dynamodb::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&env.config),
+        &env.service_table,
+    )
+    .with_attempt_retention(Duration::from_secs(7 * 24 * 3600));
+    attempts_match_what_the_receiver_saw(Arc::new(store.clone())).await;
+    // Every item carries its TTL: the attempt's time plus the retention.
+    let endpoint = EndpointKey::application("app-log");
+    let page = store
+        .attempts(&endpoint, StatusFilter::All, None, 1)
+        .await
+        .unwrap();
+    let newest = &page.items[0];
+    let item = store
+        .raw_item(
+            &format!("ATTEMPTS#{}", endpoint.as_str()),
+            &newest.sort_key(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let expires: i64 = item["expires_at"].as_n().unwrap().parse().unwrap();
+    assert_eq!(expires, newest.at_ms / 1000 + 7 * 24 * 3600);
+}
