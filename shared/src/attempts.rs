@@ -208,6 +208,56 @@ impl StoredMessage {
     }
 }
 
+/// Epoch milliseconds as RFC 3339 UTC with milliseconds (`None` out of range).
+fn rfc3339_ms(ms: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .map(crate::clock::rfc3339_millis)
+}
+
+impl Attempt {
+    /// The attempt as the API shows it.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "messageId": self.message_id.as_str(),
+            "attempt": self.attempt,
+            "timestamp": rfc3339_ms(self.at_ms),
+            "outcome": self.outcome,
+            "status": self.status,
+            "latencyMs": self.latency_ms,
+            "response": self.response,
+        })
+    }
+}
+
+impl StoredMessage {
+    /// The message and its attempts as the API shows them: what was sent (the person for
+    /// an application; the record and callback for a callback) and how it went.
+    pub fn view(&self, attempts: &[Attempt]) -> serde_json::Value {
+        let mut view = serde_json::json!({
+            "messageId": self.job.id.as_str(),
+            "createdAt": self.job.created_at,
+            "lastAttemptAt": rfc3339_ms(self.last_attempt_ms),
+            "lastOutcome": self.last_outcome,
+            "attempts": attempts.iter().map(Attempt::view).collect::<Vec<_>>(),
+        });
+        match &self.job.target {
+            crate::job::Target::Application { record, person, .. } => {
+                view["record"] = record.as_str().into();
+                view["person"] = serde_json::Value::Object(person.clone());
+            }
+            crate::job::Target::Callback {
+                record, callback, ..
+            } => {
+                view["record"] = record.as_str().into();
+                view["callback"] = callback.as_str().into();
+            }
+            crate::job::Target::SyncStep { .. } => {}
+        }
+        view
+    }
+}
+
 /// Which attempts a listing shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StatusFilter {

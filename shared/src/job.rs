@@ -34,6 +34,13 @@ impl MessageId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A message id as a client gives it (`msg_` and 32 lowercase hex digits).
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("msg_")?;
+        (hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(text.to_owned()))
+    }
 }
 
 /// Who a job is for and what it carries.

@@ -16,7 +16,7 @@ use webhooks::attempts::{EndpointKey, OutcomeClass, RESPONSE_PREFIX_BYTES, Statu
 use webhooks::callback::UrlPolicy;
 use webhooks::clock::SystemClock;
 use webhooks::events::LoggedEvents;
-use webhooks::handlers::{Delivery, DeliverySettings};
+use webhooks::handlers::{ApiSettings, Delivery, DeliverySettings, Registration};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
@@ -24,6 +24,7 @@ use webhooks::ports::{ApplicationStore, AttemptLog};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::window::WindowId;
+use webhooks_tests::api::request;
 
 /// What the receiver answers, in order: status and body.
 fn script() -> Vec<(u16, String)> {
@@ -88,7 +89,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     let receiver = ScriptedReceiver::start().await;
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 5));
-    let mut app = Application::new("app-log", "key", 0);
+    let mut app = Application::new("app-log", "key-log", 0);
     app.webhook.url = Some(format!("http://{}/hook", receiver.addr).into());
     store.put_application(&app).await.unwrap();
     let mut ports = webhooks::memory::ports(
@@ -99,6 +100,11 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
         Arc::new(SystemClock),
     );
     ports.attempts = log.clone();
+    let api = Registration {
+        ports: ports.clone(),
+        http: CallbackClient::new(&HttpSettings::default()),
+        settings: ApiSettings::default(),
+    };
     let delivery = Delivery::new(
         ports,
         CallbackClient::new(&HttpSettings {
@@ -232,6 +238,8 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
         attempts.iter().map(|a| a.status).collect::<Vec<_>>(),
         vec![Some(500), Some(500), Some(204)]
     );
+    api_shows_the_log(&api, &job).await;
+
     // Another endpoint sees none of it.
     let other = EndpointKey::application("app-other");
     assert!(log.message(&other, &job.id).await.unwrap().is_none());
@@ -275,4 +283,78 @@ async fn dynamodb_log_matches_the_receiver() {
         .unwrap();
     let expires: i64 = item["expires_at"].as_n().unwrap().parse().unwrap();
     assert_eq!(expires, newest.at_ms / 1000 + 7 * 24 * 3600);
+}
+
+/// GET on the API as app-log's owner: status and JSON body.
+async fn get(api: &Registration, path: &str) -> (u16, serde_json::Value) {
+    let response = api
+        .handle(request("GET", path, &[("x-access-token", "key-log")], ""))
+        .await;
+    let body = match response.body() {
+        webhooks::lambda_http::Body::Text(t) => serde_json::from_str(t).unwrap(),
+        _ => serde_json::Value::Null,
+    };
+    (response.status().as_u16(), body)
+}
+
+/// The Members-style routes show the same log.
+async fn api_shows_the_log(api: &Registration, job: &DeliveryJob) {
+    let base = "/application/app-log/webhook";
+    let (status, all) = get(api, &format!("{base}/attempts")).await;
+    assert_eq!(status, 200, "{all}");
+    let statuses: Vec<_> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![204, 500, 500], "newest first");
+    assert_eq!(all["data"][0]["outcome"], "acked");
+    assert_eq!(all["data"][1]["outcome"], "http_status");
+    assert_eq!(all["data"][1]["response"], "second failure");
+    assert_eq!(all["data"][0]["messageId"], job.id.as_str());
+    assert!(all["nextCursor"].is_null());
+
+    // Failed ones, one per page, following the cursor.
+    let (_, first) = get(api, &format!("{base}/attempts?status=failed&limit=1")).await;
+    assert_eq!(first["data"].as_array().unwrap().len(), 1);
+    assert_eq!(first["data"][0]["attempt"], 2);
+    let cursor = first["nextCursor"].as_str().unwrap().to_owned();
+    let (_, second) = get(
+        api,
+        &format!("{base}/attempts?status=failed&limit=1&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(second["data"][0]["attempt"], 1);
+    let (_, acked) = get(api, &format!("{base}/attempts?status=acked")).await;
+    assert_eq!(acked["data"].as_array().unwrap().len(), 1);
+    for bad in ["status=ok", "limit=0", "limit=1000", "cursor=!!"] {
+        let (status, body) = get(api, &format!("{base}/attempts?{bad}")).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request"))
+        );
+    }
+
+    let (status, message) = get(api, &format!("{base}/messages/{}", job.id.as_str())).await;
+    assert_eq!(status, 200, "{message}");
+    assert_eq!(message["messageId"], job.id.as_str());
+    assert_eq!(message["lastOutcome"], "acked");
+    assert_eq!(message["person"]["id"], "0000-0002-7465-2162");
+    let attempts: Vec<_> = message["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, vec![500, 500, 204], "oldest first");
+    let (status, body) = get(
+        api,
+        &format!("{base}/messages/msg_00000000000000000000000000000000"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("message_not_found"))
+    );
 }

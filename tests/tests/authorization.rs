@@ -121,6 +121,17 @@ async fn every_route_and_every_bad_credential() {
         ("POST", "/application/app-1/webhook/test", ""),
         ("POST", "/application/app-1/webhook/sync", ""),
         ("GET", "/application/app-1/webhook/sync/sync_0", ""),
+        ("GET", "/application/app-1/webhook/attempts", ""),
+        (
+            "GET",
+            "/application/app-1/webhook/attempts?status=failed&limit=5",
+            "",
+        ),
+        (
+            "GET",
+            "/application/app-1/webhook/messages/msg_00000000000000000000000000000000",
+            "",
+        ),
     ];
     for (method, path, body) in app_routes {
         let cases: Vec<Case> = vec![

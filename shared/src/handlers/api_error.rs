@@ -69,6 +69,15 @@ pub enum ApiError {
     /// No such sync.
     #[error("no sync with this id")]
     SyncNotFound,
+    /// No kept message with this id for this endpoint (never sent there, or older than
+    /// the retention period).
+    #[error(
+        "no message with this id was sent to this endpoint (messages are kept for the retention period)"
+    )]
+    MessageNotFound,
+    /// A query parameter is not valid.
+    #[error("query parameter {0}")]
+    InvalidQuery(String),
     /// A backing service failed; the request did nothing or can be repeated.
     #[error("the service is temporarily unavailable; retry the request")]
     Unavailable(#[from] BackendError),
@@ -95,7 +104,10 @@ impl ApiError {
             Self::OtherApplication => StatusCode::FORBIDDEN,
             Self::InvalidBody(_) | Self::InvalidPatch(_) => StatusCode::BAD_REQUEST,
             Self::WebhookNotConfigured(_) => StatusCode::CONFLICT,
-            Self::PersonNotFound | Self::SyncNotFound => StatusCode::NOT_FOUND,
+            Self::PersonNotFound | Self::SyncNotFound | Self::MessageNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -127,6 +139,8 @@ impl ApiError {
             Self::WebhookNotConfigured(_) => "webhook_not_configured",
             Self::PersonNotFound => "person_not_found",
             Self::SyncNotFound => "sync_not_found",
+            Self::MessageNotFound => "message_not_found",
+            Self::InvalidQuery(_) => "invalid_request",
             Self::Unavailable(_) => "temporarily_unavailable",
         }
     }

@@ -26,7 +26,7 @@ struct TestRequest {
 
 impl Registration {
     /// The application `id`, if the request's API key is its own.
-    async fn authenticate_application(
+    pub(super) async fn authenticate_application(
         &self,
         request: &Request,
         id: &str,

@@ -3,6 +3,7 @@
 
 pub mod api_error;
 mod applications;
+mod attempt_routes;
 pub mod change_capture;
 pub mod delivery;
 pub mod flush;

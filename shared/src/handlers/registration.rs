@@ -68,6 +68,8 @@ enum Route<'a> {
     WebhookTest { id: &'a str },
     Sync { id: &'a str },
     SyncStatus { id: &'a str, sync: &'a str },
+    Attempts { id: &'a str },
+    Message { id: &'a str, message: &'a str },
 }
 
 impl<'a> Route<'a> {
@@ -84,6 +86,10 @@ impl<'a> Route<'a> {
                 [id, "webhook", "sync"] => Some(Self::Sync { id }),
                 [id, "webhook", "sync", sync] if !sync.is_empty() => {
                     Some(Self::SyncStatus { id, sync })
+                }
+                [id, "webhook", "attempts"] => Some(Self::Attempts { id }),
+                [id, "webhook", "messages", message] if !message.is_empty() => {
+                    Some(Self::Message { id, message })
                 }
                 _ => None,
             };
@@ -104,7 +110,7 @@ impl<'a> Route<'a> {
             | Self::Sync { .. } => "POST",
             Self::Webhook { .. } => "GET, PUT, DELETE",
             Self::Application { .. } => "GET, PATCH",
-            Self::SyncStatus { .. } => "GET",
+            Self::SyncStatus { .. } | Self::Attempts { .. } | Self::Message { .. } => "GET",
         }
     }
 }
@@ -144,6 +150,10 @@ impl Registration {
             (Route::Sync { id }, &Method::POST) => self.start_sync(request, id).await,
             (Route::SyncStatus { id, sync }, &Method::GET) => {
                 self.sync_status(request, id, sync).await
+            }
+            (Route::Attempts { id }, &Method::GET) => self.application_attempts(request, id).await,
+            (Route::Message { id, message }, &Method::GET) => {
+                self.application_message(request, id, message).await
             }
             _ => Err(ApiError::MethodNotAllowed(route.allowed())),
         }

@@ -1,0 +1,169 @@
+//! The attempt log's routes: an endpoint's attempts (newest first, filtered, paged by an
+//! opaque cursor) and one kept message with its attempts, for both styles.
+
+use super::api_error::{ApiError, json_response};
+use super::registration::Registration;
+use crate::attempts::{EndpointKey, StatusFilter};
+use crate::job::MessageId;
+use base64::Engine;
+use http::StatusCode;
+use lambda_http::{Body, Request, Response};
+use serde_json::json;
+
+/// Attempts per page unless `limit` says otherwise.
+pub const DEFAULT_PAGE: usize = 20;
+/// The most attempts one page holds.
+pub const MAX_PAGE: usize = 100;
+/// The longest cursor accepted (a sort key is under 60 bytes).
+const MAX_CURSOR_BYTES: usize = 256;
+
+const CURSOR: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The query of an attempt listing: `status=failed|acked`, `limit=N`, `cursor=C`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ListQuery {
+    filter: StatusFilter,
+    limit: usize,
+    after: Option<String>,
+}
+
+impl ListQuery {
+    fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut parsed = Self {
+            filter: StatusFilter::All,
+            limit: DEFAULT_PAGE,
+            after: None,
+        };
+        for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match name.as_ref() {
+                "status" => {
+                    parsed.filter = StatusFilter::parse(&value).ok_or_else(|| {
+                        ApiError::InvalidQuery("status must be failed or acked".into())
+                    })?
+                }
+                "limit" => {
+                    parsed.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::InvalidQuery(format!(
+                                "limit must be a whole number from 1 to {MAX_PAGE}"
+                            ))
+                        })?
+                }
+                "cursor" => {
+                    let invalid = || {
+                        ApiError::InvalidQuery(
+                            "cursor is not one this API gave (pass nextCursor as it is)".into(),
+                        )
+                    };
+                    let bytes = CURSOR.decode(value.as_bytes()).map_err(|_| invalid())?;
+                    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+                    if text.is_empty() || text.len() > MAX_CURSOR_BYTES {
+                        return Err(invalid());
+                    }
+                    parsed.after = Some(text);
+                }
+                _ => {}
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+impl Registration {
+    /// One page of `endpoint`'s attempts as the request's query asks.
+    pub(super) async fn attempts_page(
+        &self,
+        request: &Request,
+        endpoint: &EndpointKey,
+    ) -> Result<Response<Body>, ApiError> {
+        let query = ListQuery::parse(request.uri().query())?;
+        let page = self
+            .ports
+            .attempts
+            .attempts(endpoint, query.filter, query.after.as_deref(), query.limit)
+            .await?;
+        let data: Vec<_> = page.items.iter().map(|a| a.view()).collect();
+        let next = page.next.map(|n| CURSOR.encode(n));
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"data": data, "nextCursor": next}),
+        ))
+    }
+
+    /// A kept message of `endpoint` with its attempts.
+    pub(super) async fn message_view(
+        &self,
+        endpoint: &EndpointKey,
+        message_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let id = MessageId::parse(message_id).ok_or(ApiError::MessageNotFound)?;
+        let (message, attempts) = self
+            .ports
+            .attempts
+            .message(endpoint, &id)
+            .await?
+            .ok_or(ApiError::MessageNotFound)?;
+        Ok(json_response(StatusCode::OK, &message.view(&attempts)))
+    }
+
+    /// `GET /application/{id}/webhook/attempts`.
+    pub(super) async fn application_attempts(
+        &self,
+        request: &Request,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let app = self.authenticate_application(request, id).await?;
+        self.attempts_page(request, &EndpointKey::application(&app.id))
+            .await
+    }
+
+    /// `GET /application/{id}/webhook/messages/{messageId}`.
+    pub(super) async fn application_message(
+        &self,
+        request: &Request,
+        id: &str,
+        message_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let app = self.authenticate_application(request, id).await?;
+        self.message_view(&EndpointKey::application(&app.id), message_id)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_queries() {
+        assert_eq!(
+            ListQuery::parse(None).unwrap(),
+            ListQuery {
+                filter: StatusFilter::All,
+                limit: DEFAULT_PAGE,
+                after: None
+            }
+        );
+        let cursor = CURSOR.encode("0001#msg_x#0001");
+        let q = ListQuery::parse(Some(&format!("status=failed&limit=5&cursor={cursor}"))).unwrap();
+        assert_eq!(q.filter, StatusFilter::Failed);
+        assert_eq!(q.limit, 5);
+        assert_eq!(q.after.as_deref(), Some("0001#msg_x#0001"));
+        for bad in [
+            "status=ok",
+            "limit=0",
+            "limit=101",
+            "limit=x",
+            "cursor=%%%",
+            "cursor=",
+        ] {
+            assert!(
+                matches!(ListQuery::parse(Some(bad)), Err(ApiError::InvalidQuery(_))),
+                "{bad}"
+            );
+        }
+    }
+}
