@@ -86,6 +86,15 @@ pub trait SubscriptionStore: Send + Sync {
     ) -> BackendResult<Unregistered>;
     /// Every subscription of a record.
     async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>>;
+    /// Every subscription `client_id` owns.
+    async fn client_webhooks(&self, client_id: &str) -> BackendResult<Vec<Subscription>>;
+    /// The subscription `client_id` owns whose webhook id is `webhook` (see
+    /// [`EndpointKey::subscription`]); `None` when there is none, or another client owns it.
+    async fn client_webhook(
+        &self,
+        client_id: &str,
+        webhook: &EndpointKey,
+    ) -> BackendResult<Option<Subscription>>;
     /// One subscription.
     async fn get_subscription(
         &self,

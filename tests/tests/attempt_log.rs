@@ -105,24 +105,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
         http: CallbackClient::new(&HttpSettings::default()),
         settings: ApiSettings::default(),
     };
-    let delivery = Delivery::new(
-        ports,
-        CallbackClient::new(&HttpSettings {
-            timeout: Duration::from_secs(5),
-            url_policy: UrlPolicy {
-                allow_insecure: true,
-            },
-            ..HttpSettings::default()
-        }),
-        DeliverySettings {
-            retry: RetryPolicy {
-                base: Duration::from_millis(20),
-                max_attempts: 5,
-                jitter: 0.0,
-            },
-            ..DeliverySettings::default()
-        },
-    );
+    let delivery = delivery_over(ports);
     let record = RecordId::parse("0000-0002-7465-2162").unwrap();
     let mut person = serde_json::Map::new();
     person.insert("id".into(), record.as_str().into());
@@ -135,31 +118,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     );
     queue.send(serde_json::to_string(&job).unwrap());
 
-    // The event source mapping: receive, invoke, delete what did not fail.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while receiver.seen().len() < 3 && Instant::now() < deadline {
-        let received = queue.receive(10, Duration::from_secs(2)).await;
-        let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
-        event.records = received
-            .iter()
-            .map(|m| m.to_sqs_message("arn:aws:sqs:local:0:delivery"))
-            .collect();
-        if event.records.is_empty() {
-            continue;
-        }
-        let response = delivery
-            .handle(event, Instant::now() + Duration::from_secs(30))
-            .await;
-        for m in &received {
-            if !response
-                .batch_item_failures
-                .iter()
-                .any(|f| f.item_identifier == m.message_id)
-            {
-                queue.delete(&m.receipt_handle);
-            }
-        }
-    }
+    run_queue(&delivery, &queue, &receiver, 3).await;
     let seen = receiver.seen();
     assert_eq!(
         seen.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
@@ -283,6 +242,33 @@ async fn dynamodb_log_matches_the_receiver() {
         .unwrap();
     let expires: i64 = item["expires_at"].as_n().unwrap().parse().unwrap();
     assert_eq!(expires, newest.at_ms / 1000 + 7 * 24 * 3600);
+    // A client's webhook index: written with the subscription, removed with it, and only
+    // ever showing the client's own.
+    use webhooks::ports::SubscriptionStore;
+    let record = RecordId::parse("0000-0002-7465-2162").unwrap();
+    let callback =
+        webhooks::callback::CallbackUrl::parse("https://a.example/hook", UrlPolicy::default())
+            .unwrap();
+    let subscription = webhooks::subscription::Subscription {
+        record: record.clone(),
+        callback: callback.clone(),
+        client_id: "APP-1".into(),
+        created_at: 0,
+        health: Default::default(),
+    };
+    store.register(&subscription).await.unwrap();
+    let id = EndpointKey::subscription(&record, &callback);
+    let listed = store.client_webhooks("APP-1").await.unwrap();
+    assert_eq!(listed, vec![subscription.clone()]);
+    assert_eq!(
+        store.client_webhook("APP-1", &id).await.unwrap(),
+        Some(subscription.clone())
+    );
+    assert_eq!(store.client_webhook("APP-2", &id).await.unwrap(), None);
+    assert!(store.client_webhooks("APP-2").await.unwrap().is_empty());
+    store.unregister(&record, &callback, "APP-1").await.unwrap();
+    assert!(store.client_webhooks("APP-1").await.unwrap().is_empty());
+    assert_eq!(store.client_webhook("APP-1", &id).await.unwrap(), None);
 }
 
 /// GET on the API as app-log's owner: status and JSON body.
@@ -357,4 +343,178 @@ async fn api_shows_the_log(api: &Registration, job: &DeliveryJob) {
         (status, body["error"].as_str()),
         (404, Some("message_not_found"))
     );
+}
+
+/// The event source mapping: receive, invoke, delete what did not fail; until the
+/// receiver saw `requests` requests (at most 20 s).
+async fn run_queue(
+    delivery: &Delivery,
+    queue: &MemoryQueue,
+    receiver: &ScriptedReceiver,
+    requests: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.seen().len() < requests && Instant::now() < deadline {
+        let received = queue.receive(10, Duration::from_secs(2)).await;
+        let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
+        event.records = received
+            .iter()
+            .map(|m| m.to_sqs_message("arn:aws:sqs:local:0:delivery"))
+            .collect();
+        if event.records.is_empty() {
+            continue;
+        }
+        let response = delivery
+            .handle(event, Instant::now() + Duration::from_secs(30))
+            .await;
+        for m in &received {
+            if !response
+                .batch_item_failures
+                .iter()
+                .any(|f| f.item_identifier == m.message_id)
+            {
+                queue.delete(&m.receipt_handle);
+            }
+        }
+    }
+}
+
+fn delivery_over(ports: webhooks::ports::Ports) -> Delivery {
+    Delivery::new(
+        ports,
+        CallbackClient::new(&HttpSettings {
+            timeout: Duration::from_secs(5),
+            url_policy: UrlPolicy {
+                allow_insecure: true,
+            },
+            ..HttpSettings::default()
+        }),
+        DeliverySettings {
+            retry: RetryPolicy {
+                base: Duration::from_millis(20),
+                max_attempts: 5,
+                jitter: 0.0,
+            },
+            ..DeliverySettings::default()
+        },
+    )
+}
+
+/// ORCID style: a client lists its webhooks (each with an opaque id) and reads the
+/// attempts of one by that id; another client finds none of it.
+#[tokio::test]
+async fn a_client_reads_its_webhooks_attempts_by_id() {
+    use webhooks::oauth::{IssuedToken, OAuthClient};
+    use webhooks::ports::{ClientStore, SubscriptionStore, TokenStore};
+    let receiver = ScriptedReceiver::start().await;
+    let store = Arc::new(MemoryStore::default());
+    let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 5));
+    let now = time::OffsetDateTime::now_utc();
+    let mut tokens = Vec::new();
+    for (client, secret) in [("APP-1", "s1"), ("APP-2", "s2")] {
+        store
+            .put_client(&OAuthClient::new(client, secret, now))
+            .await
+            .unwrap();
+        let token = IssuedToken::new(client, "/webhook", now, 3600);
+        store.put_token(&token.stored).await.unwrap();
+        tokens.push(token.access_token);
+    }
+    let record = RecordId::parse("0000-0002-7465-2162").unwrap();
+    let subscription = webhooks::subscription::Subscription {
+        record: record.clone(),
+        callback: webhooks::callback::CallbackUrl::parse(
+            &format!("http://{}/orcid", receiver.addr),
+            UrlPolicy {
+                allow_insecure: true,
+            },
+        )
+        .unwrap(),
+        client_id: "APP-1".into(),
+        created_at: 0,
+        health: Default::default(),
+    };
+    store.register(&subscription).await.unwrap();
+    let ports = webhooks::memory::ports(
+        store.clone(),
+        Arc::new(MemoryRecords::default()),
+        queue.clone(),
+        Arc::new(LoggedEvents::default()),
+        Arc::new(SystemClock),
+    );
+    let api = Registration {
+        ports: ports.clone(),
+        http: CallbackClient::new(&HttpSettings::default()),
+        settings: ApiSettings::default(),
+    };
+    let delivery = delivery_over(ports);
+    let job = DeliveryJob::for_subscription(
+        &subscription,
+        WindowId(4),
+        "2026-11-26T10:00:00.000Z".into(),
+    );
+    queue.send(serde_json::to_string(&job).unwrap());
+    run_queue(&delivery, &queue, &receiver, 3).await;
+    assert_eq!(
+        receiver.seen().iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        vec![500, 500, 204]
+    );
+
+    let call = |path: String, token: &str| {
+        let auth = format!("Bearer {token}");
+        let api = &api;
+        async move {
+            let response = api
+                .handle(request("GET", &path, &[("authorization", &auth)], ""))
+                .await;
+            let body: serde_json::Value = match response.body() {
+                webhooks::lambda_http::Body::Text(t) => serde_json::from_str(t).unwrap(),
+                _ => serde_json::Value::Null,
+            };
+            (response.status().as_u16(), body)
+        }
+    };
+    let (status, list) = call("/webhooks".into(), &tokens[0]).await;
+    assert_eq!(status, 200, "{list}");
+    let hooks = list["data"].as_array().unwrap();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0]["record"], record.as_str());
+    assert_eq!(hooks[0]["callback"], subscription.callback.as_str());
+    assert_eq!(hooks[0]["status"], "enabled");
+    let id = hooks[0]["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("wh_"));
+
+    let (status, attempts) = call(format!("/webhooks/{id}/attempts"), &tokens[0]).await;
+    assert_eq!(status, 200, "{attempts}");
+    let statuses: Vec<_> = attempts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![204, 500, 500], "newest first");
+    let (status, message) = call(
+        format!("/webhooks/{id}/messages/{}", job.id.as_str()),
+        &tokens[0],
+    )
+    .await;
+    assert_eq!(status, 200, "{message}");
+    assert_eq!(message["callback"], subscription.callback.as_str());
+    assert_eq!(message["attempts"].as_array().unwrap().len(), 3);
+
+    // APP-2 has no webhooks and cannot read APP-1's by its id.
+    let (_, theirs) = call("/webhooks".into(), &tokens[1]).await;
+    assert_eq!(theirs["data"].as_array().unwrap().len(), 0);
+    for path in [
+        format!("/webhooks/{id}/attempts"),
+        format!("/webhooks/{id}/messages/{}", job.id.as_str()),
+        "/webhooks/wh_nonsense/attempts".to_owned(),
+    ] {
+        let (status, body) = call(path.clone(), &tokens[1]).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("webhook_not_found")),
+            "{path}"
+        );
+    }
 }

@@ -32,8 +32,28 @@ async fn every_route_and_every_bad_credential() {
     api.clock.advance(Duration::from_secs(61)); // the short-lived token has expired
 
     let mut rows = Vec::new();
+    // APP-2's webhook id, for the routes that take one.
+    let their_id = webhooks::attempts::EndpointKey::subscription(
+        &webhooks::record::RecordId::parse(RECORD).unwrap(),
+        &webhooks::callback::CallbackUrl::parse(
+            "https://theirs.example/hook",
+            webhooks::callback::UrlPolicy::default(),
+        )
+        .unwrap(),
+    );
+    let their_attempts = format!("/webhooks/{}/attempts", their_id.as_str());
+    let their_message = format!(
+        "/webhooks/{}/messages/msg_00000000000000000000000000000000",
+        their_id.as_str()
+    );
     // (route, method, path, body), for bearer-token routes.
-    for (method, path) in [("PUT", webhook.as_str()), ("DELETE", webhook.as_str())] {
+    for (method, path) in [
+        ("PUT", webhook.as_str()),
+        ("DELETE", webhook.as_str()),
+        ("GET", "/webhooks"),
+        ("GET", their_attempts.as_str()),
+        ("GET", their_message.as_str()),
+    ] {
         let cases: Vec<Case> = vec![
             ("no credentials", vec![], 401, "invalid_token"),
             (
@@ -82,16 +102,43 @@ async fn every_route_and_every_bad_credential() {
                 "invalid_token",
             ),
         ];
+        let route = if path.starts_with("/webhooks") {
+            format!("{method} {}", path.replace(their_id.as_str(), "{id}"))
+        } else {
+            format!("{method} /{{record}}/webhook/{{url}}")
+        };
         for (name, headers, status, code) in cases {
             let headers: Vec<(&str, &str)> =
                 headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             rows.push((
-                format!("{method} /{{record}}/webhook/{{url}}"),
+                route.clone(),
                 name,
                 api.call(request(method, path, &headers, "")).await,
                 status,
                 code,
             ));
+        }
+        if path == "/webhooks" {
+            continue;
+        }
+        if path.starts_with("/webhooks/") {
+            // Webhook ids are opaque: another client's is not found, as a made-up one.
+            let other = api
+                .call(request(
+                    method,
+                    path,
+                    &[("authorization", &bearer(&tokens.app1))],
+                    "",
+                ))
+                .await;
+            rows.push((
+                route,
+                "another client's webhook",
+                other,
+                404,
+                "webhook_not_found",
+            ));
+            continue;
         }
         let other = api
             .call(request(

@@ -16,9 +16,11 @@
 //! | sync person outcome | `SYNCDONE#<application>#<sync>#<person>` | `DONE` | counted once, `expires_at` TTL |
 //! | delivery attempt | `ATTEMPTS#<endpoint key>` | `<epoch ms, 13 digits>#<message id>#<attempt, 4 digits>` | outcome, status, latency, 1 KiB of the response; `expires_at` TTL (`AttemptRetentionDays`) |
 //! | kept message | `MESSAGE#<endpoint key>` | message id | the job (JSON), its latest attempt and outcome; `expires_at` TTL |
+//! | client's webhook | `CLIENTHOOKS#<client id>` | webhook id (`wh_...`) | record and callback of a subscription the client owns (written with it) |
 //! | poison item | `POISON` | `<window>#<record>#<message or endpoint>` | a change the flush set aside; no TTL: kept until replayed |
 
 use crate::application::Application;
+use crate::attempts::EndpointKey;
 use crate::callback::CallbackUrl;
 use crate::health::EndpointHealth;
 use crate::oauth::{AccessToken, OAuthClient, sha256_hex};
@@ -317,14 +319,22 @@ impl SubscriptionStore for DynamoStore {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(Registered::Created),
+            Ok(_) => {
+                self.put_client_webhook(subscription).await?;
+                Ok(Registered::Created)
+            }
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
                 let existing: Option<Subscription> = self.get(&pk, &sk).await?;
                 Ok(match existing {
-                    Some(s) if s.client_id == subscription.client_id => Registered::AlreadyExists,
+                    Some(s) if s.client_id == subscription.client_id => {
+                        // Written again: a register whose index write failed is repeated
+                        // by its client, and one made before the index existed gains it.
+                        self.put_client_webhook(subscription).await?;
+                        Registered::AlreadyExists
+                    }
                     Some(_) => Registered::OwnedByOther,
                     // Removed between the two calls: the caller may simply retry.
                     None => {
@@ -356,7 +366,20 @@ impl SubscriptionStore for DynamoStore {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(Unregistered::Deleted),
+            Ok(_) => {
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key("pk", s(client_webhooks_pk(client_id)))
+                    .key(
+                        "sk",
+                        s(EndpointKey::subscription(record, callback).as_str()),
+                    )
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                Ok(Unregistered::Deleted)
+            }
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
@@ -376,6 +399,73 @@ impl SubscriptionStore for DynamoStore {
             .into_iter()
             .map(|item| from_item::<Keyed<Subscription>>(item).map(|k| k.value))
             .collect()
+    }
+
+    async fn client_webhooks(&self, client_id: &str) -> BackendResult<Vec<Subscription>> {
+        let mut owned = Vec::new();
+        for item in self.query_all(&client_webhooks_pk(client_id)).await? {
+            let entry = from_item::<Keyed<ClientWebhook>>(item)?.value;
+            if let Some(subscription) = self.owned_subscription(client_id, &entry).await? {
+                owned.push(subscription);
+            }
+        }
+        Ok(owned)
+    }
+
+    async fn client_webhook(
+        &self,
+        client_id: &str,
+        webhook: &EndpointKey,
+    ) -> BackendResult<Option<Subscription>> {
+        let Some(entry) = self
+            .get_value::<ClientWebhook>(&client_webhooks_pk(client_id), webhook.as_str(), false)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.owned_subscription(client_id, &entry).await
+    }
+}
+
+/// A client's webhook index entry: which subscription a webhook id names.
+#[derive(Serialize, Deserialize)]
+struct ClientWebhook {
+    record: RecordId,
+    callback: CallbackUrl,
+}
+
+fn client_webhooks_pk(client_id: &str) -> String {
+    format!("CLIENTHOOKS#{client_id}")
+}
+
+impl DynamoStore {
+    /// Adds a subscription to its client's webhook index.
+    async fn put_client_webhook(&self, subscription: &Subscription) -> BackendResult<()> {
+        self.put(
+            client_webhooks_pk(&subscription.client_id),
+            EndpointKey::subscription(&subscription.record, &subscription.callback)
+                .as_str()
+                .to_owned(),
+            &ClientWebhook {
+                record: subscription.record.clone(),
+                callback: subscription.callback.clone(),
+            },
+        )
+        .await
+    }
+
+    /// The subscription an index entry names, if it still exists and `client_id` owns it
+    /// (an entry can outlive its subscription when an unregister failed half-way).
+    async fn owned_subscription(
+        &self,
+        client_id: &str,
+        entry: &ClientWebhook,
+    ) -> BackendResult<Option<Subscription>> {
+        let (pk, sk) = subscription_key(&entry.record, &entry.callback);
+        Ok(self
+            .get_value::<Subscription>(&pk, &sk, false)
+            .await?
+            .filter(|s| s.client_id == client_id))
     }
 }
 

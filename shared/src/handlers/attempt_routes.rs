@@ -133,6 +133,64 @@ impl Registration {
     }
 }
 
+impl Registration {
+    /// The caller's webhook that `webhook` names: another client's is not found, as is
+    /// one that does not exist (webhook ids are opaque; they reveal nothing).
+    async fn own_webhook(&self, request: &Request, webhook: &str) -> Result<EndpointKey, ApiError> {
+        let client_id = self.authenticate(request.headers()).await?;
+        let key = EndpointKey::webhook_id(webhook).ok_or(ApiError::NoSuchWebhook)?;
+        self.ports
+            .subscriptions
+            .client_webhook(&client_id, &key)
+            .await?
+            .ok_or(ApiError::NoSuchWebhook)?;
+        Ok(key)
+    }
+
+    /// `GET /webhooks`: the caller's webhooks, each with its opaque id and health.
+    pub(super) async fn client_webhooks(
+        &self,
+        request: &Request,
+    ) -> Result<Response<Body>, ApiError> {
+        let client_id = self.authenticate(request.headers()).await?;
+        let webhooks = self.ports.subscriptions.client_webhooks(&client_id).await?;
+        let data: Vec<_> = webhooks
+            .iter()
+            .map(|s| {
+                let mut view = s.health.view();
+                view["id"] = EndpointKey::subscription(&s.record, &s.callback)
+                    .as_str()
+                    .into();
+                view["record"] = s.record.as_str().into();
+                view["callback"] = s.callback.as_str().into();
+                view
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, &json!({"data": data})))
+    }
+
+    /// `GET /webhooks/{id}/attempts`.
+    pub(super) async fn webhook_attempts(
+        &self,
+        request: &Request,
+        webhook: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let key = self.own_webhook(request, webhook).await?;
+        self.attempts_page(request, &key).await
+    }
+
+    /// `GET /webhooks/{id}/messages/{messageId}`.
+    pub(super) async fn webhook_message(
+        &self,
+        request: &Request,
+        webhook: &str,
+        message_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let key = self.own_webhook(request, webhook).await?;
+        self.message_view(&key, message_id).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,9 @@ enum Route<'a> {
     SyncStatus { id: &'a str, sync: &'a str },
     Attempts { id: &'a str },
     Message { id: &'a str, message: &'a str },
+    ClientWebhooks,
+    WebhookAttempts { webhook: &'a str },
+    WebhookMessage { webhook: &'a str, message: &'a str },
 }
 
 impl<'a> Route<'a> {
@@ -94,6 +97,19 @@ impl<'a> Route<'a> {
                 _ => None,
             };
         }
+        if path == "/webhooks" {
+            return Some(Self::ClientWebhooks);
+        }
+        if let Some(rest) = path.strip_prefix("/webhooks/") {
+            let segments: Vec<&str> = rest.split('/').collect();
+            match segments.as_slice() {
+                [webhook, "attempts"] => return Some(Self::WebhookAttempts { webhook }),
+                [webhook, "messages", message] if !message.is_empty() => {
+                    return Some(Self::WebhookMessage { webhook, message });
+                }
+                _ => {}
+            }
+        }
         // `/{record}/webhook/{callback}`: the callback is everything after `/webhook/`, so
         // it survives whether the gateway kept `%2F` encoded or decoded it into `/`.
         let rest = path.strip_prefix('/')?;
@@ -110,7 +126,12 @@ impl<'a> Route<'a> {
             | Self::Sync { .. } => "POST",
             Self::Webhook { .. } => "GET, PUT, DELETE",
             Self::Application { .. } => "GET, PATCH",
-            Self::SyncStatus { .. } | Self::Attempts { .. } | Self::Message { .. } => "GET",
+            Self::SyncStatus { .. }
+            | Self::Attempts { .. }
+            | Self::Message { .. }
+            | Self::ClientWebhooks
+            | Self::WebhookAttempts { .. }
+            | Self::WebhookMessage { .. } => "GET",
         }
     }
 }
@@ -155,6 +176,13 @@ impl Registration {
             (Route::Message { id, message }, &Method::GET) => {
                 self.application_message(request, id, message).await
             }
+            (Route::ClientWebhooks, &Method::GET) => self.client_webhooks(request).await,
+            (Route::WebhookAttempts { webhook }, &Method::GET) => {
+                self.webhook_attempts(request, webhook).await
+            }
+            (Route::WebhookMessage { webhook, message }, &Method::GET) => {
+                self.webhook_message(request, webhook, message).await
+            }
             _ => Err(ApiError::MethodNotAllowed(route.allowed())),
         }
     }
@@ -195,7 +223,7 @@ impl Registration {
     }
 
     /// Checks the bearer token and returns the client id it belongs to.
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+    pub(super) async fn authenticate(&self, headers: &HeaderMap) -> Result<String, ApiError> {
         let presented = bearer_token(headers).ok_or(BearerError::Missing)?;
         let token = self.ports.tokens.get_token(&sha256_hex(presented)).await?;
         let client_id = authorize_webhook(token.as_ref(), self.ports.clock.now())?.to_owned();

@@ -284,6 +284,20 @@ impl<T: SubscriptionStore> SubscriptionStore for Faulty<T> {
             .around(self.inner.subscriptions_of(record))
             .await
     }
+    async fn client_webhooks(&self, client_id: &str) -> BackendResult<Vec<Subscription>> {
+        self.faults
+            .around(self.inner.client_webhooks(client_id))
+            .await
+    }
+    async fn client_webhook(
+        &self,
+        client_id: &str,
+        webhook: &crate::attempts::EndpointKey,
+    ) -> BackendResult<Option<Subscription>> {
+        self.faults
+            .around(self.inner.client_webhook(client_id, webhook))
+            .await
+    }
 }
 
 #[async_trait]

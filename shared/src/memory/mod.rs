@@ -206,6 +206,32 @@ impl SubscriptionStore for MemoryStore {
             .map(|(_, s)| s.clone())
             .collect())
     }
+
+    async fn client_webhooks(&self, client_id: &str) -> BackendResult<Vec<Subscription>> {
+        Ok(self
+            .state()
+            .subscriptions
+            .values()
+            .filter(|s| s.client_id == client_id)
+            .cloned()
+            .collect())
+    }
+
+    async fn client_webhook(
+        &self,
+        client_id: &str,
+        webhook: &EndpointKey,
+    ) -> BackendResult<Option<Subscription>> {
+        Ok(self
+            .state()
+            .subscriptions
+            .values()
+            .find(|s| {
+                s.client_id == client_id
+                    && EndpointKey::subscription(&s.record, &s.callback) == *webhook
+            })
+            .cloned())
+    }
 }
 
 #[async_trait]
