@@ -93,7 +93,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     app.webhook.url = Some(format!("http://{}/hook", receiver.addr).into());
     store.put_application(&app).await.unwrap();
     let mut ports = webhooks::memory::ports(
-        store,
+        store.clone(),
         Arc::new(MemoryRecords::default()),
         queue.clone(),
         Arc::new(LoggedEvents::default()),
@@ -199,6 +199,69 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     );
     api_shows_the_log(&api, &job).await;
 
+    // Redelivery: the same message id again, as a new attempt series.
+    let redeliver = format!(
+        "/application/app-log/webhook/messages/{}/redeliver",
+        job.id.as_str()
+    );
+    let (status, body) = call(&api, "POST", &redeliver).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["messageId"], job.id.as_str());
+    run_queue(&delivery, &queue, &receiver, 4).await;
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(
+        seen[3],
+        (job.id.as_str().to_owned(), 204),
+        "the same webhook-id"
+    );
+    let page = log
+        .attempts(&endpoint, StatusFilter::All, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items
+            .iter()
+            .map(|a| (a.attempt, a.status))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, Some(204)),
+            (3, Some(204)),
+            (2, Some(500)),
+            (1, Some(500))
+        ],
+        "a new series starts at attempt 1"
+    );
+    // Not while the endpoint is disabled; not a message it never got.
+    let mut disabled = webhooks::health::EndpointHealth::default();
+    disabled.disable(0, "the receiver answered 410 Gone".into());
+    store
+        .set_application_health("app-log", &disabled)
+        .await
+        .unwrap();
+    let (status, body) = call(&api, "POST", &redeliver).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("endpoint_disabled"))
+    );
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/application/app-log/webhook/messages/msg_00000000000000000000000000000000/redeliver",
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("message_not_found"))
+    );
+    assert!(
+        queue
+            .receive(10, Duration::from_millis(100))
+            .await
+            .is_empty(),
+        "nothing queued"
+    );
+
     // Another endpoint sees none of it.
     let other = EndpointKey::application("app-other");
     assert!(log.message(&other, &job.id).await.unwrap().is_none());
@@ -273,8 +336,13 @@ async fn dynamodb_log_matches_the_receiver() {
 
 /// GET on the API as app-log's owner: status and JSON body.
 async fn get(api: &Registration, path: &str) -> (u16, serde_json::Value) {
+    call(api, "GET", path).await
+}
+
+/// A request to the API as app-log's owner: status and JSON body.
+async fn call(api: &Registration, method: &str, path: &str) -> (u16, serde_json::Value) {
     let response = api
-        .handle(request("GET", path, &[("x-access-token", "key-log")], ""))
+        .handle(request(method, path, &[("x-access-token", "key-log")], ""))
         .await;
     let body = match response.body() {
         webhooks::lambda_http::Body::Text(t) => serde_json::from_str(t).unwrap(),
@@ -501,6 +569,20 @@ async fn a_client_reads_its_webhooks_attempts_by_id() {
     assert_eq!(status, 200, "{message}");
     assert_eq!(message["callback"], subscription.callback.as_str());
     assert_eq!(message["attempts"].as_array().unwrap().len(), 3);
+
+    // Redelivery by webhook id: the same message id again.
+    let auth = format!("Bearer {}", tokens[0]);
+    let response = api
+        .handle(request(
+            "POST",
+            &format!("/webhooks/{id}/messages/{}/redeliver", job.id.as_str()),
+            &[("authorization", &auth)],
+            "",
+        ))
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+    run_queue(&delivery, &queue, &receiver, 4).await;
+    assert_eq!(receiver.seen()[3], (job.id.as_str().to_owned(), 204));
 
     // APP-2 has no webhooks and cannot read APP-1's by its id.
     let (_, theirs) = call("/webhooks".into(), &tokens[1]).await;

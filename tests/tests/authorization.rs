@@ -46,6 +46,7 @@ async fn every_route_and_every_bad_credential() {
         "/webhooks/{}/messages/msg_00000000000000000000000000000000",
         their_id.as_str()
     );
+    let their_redeliver = format!("{their_message}/redeliver");
     // (route, method, path, body), for bearer-token routes.
     for (method, path) in [
         ("PUT", webhook.as_str()),
@@ -53,6 +54,7 @@ async fn every_route_and_every_bad_credential() {
         ("GET", "/webhooks"),
         ("GET", their_attempts.as_str()),
         ("GET", their_message.as_str()),
+        ("POST", their_redeliver.as_str()),
     ] {
         let cases: Vec<Case> = vec![
             ("no credentials", vec![], 401, "invalid_token"),
@@ -177,6 +179,11 @@ async fn every_route_and_every_bad_credential() {
         (
             "GET",
             "/application/app-1/webhook/messages/msg_00000000000000000000000000000000",
+            "",
+        ),
+        (
+            "POST",
+            "/application/app-1/webhook/messages/msg_00000000000000000000000000000000/redeliver",
             "",
         ),
     ];

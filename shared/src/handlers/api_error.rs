@@ -75,6 +75,11 @@ pub enum ApiError {
         "no message with this id was sent to this endpoint (messages are kept for the retention period)"
     )]
     MessageNotFound,
+    /// The endpoint is disabled: nothing can be sent to it until its owner re-enables it.
+    #[error(
+        "the endpoint is disabled; re-enable it first (PATCH the application's webhook, or register the callback again)"
+    )]
+    EndpointDisabled,
     /// A query parameter is not valid.
     #[error("query parameter {0}")]
     InvalidQuery(String),
@@ -108,6 +113,7 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Self::EndpointDisabled => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -141,6 +147,7 @@ impl ApiError {
             Self::SyncNotFound => "sync_not_found",
             Self::MessageNotFound => "message_not_found",
             Self::InvalidQuery(_) => "invalid_request",
+            Self::EndpointDisabled => "endpoint_disabled",
             Self::Unavailable(_) => "temporarily_unavailable",
         }
     }

@@ -5,6 +5,7 @@ use super::api_error::{ApiError, json_response};
 use super::registration::Registration;
 use crate::attempts::{EndpointKey, StatusFilter};
 use crate::job::MessageId;
+use crate::subscription::Subscription;
 use base64::Engine;
 use http::StatusCode;
 use lambda_http::{Body, Request, Response};
@@ -109,6 +110,54 @@ impl Registration {
         Ok(json_response(StatusCode::OK, &message.view(&attempts)))
     }
 
+    /// Sends a kept message of `endpoint` again now: the same message id, to the
+    /// endpoint's current URL with its current keys (the delivery handler reads them), as a
+    /// new attempt series with the whole retry schedule. Refused while it is disabled.
+    pub(super) async fn redeliver(
+        &self,
+        endpoint: &EndpointKey,
+        disabled: bool,
+        message_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let id = MessageId::parse(message_id).ok_or(ApiError::MessageNotFound)?;
+        let (message, _) = self
+            .ports
+            .attempts
+            .message(endpoint, &id)
+            .await?
+            .ok_or(ApiError::MessageNotFound)?;
+        if disabled {
+            return Err(ApiError::EndpointDisabled);
+        }
+        let job = message.job.replayable();
+        self.ports
+            .queue
+            .enqueue(std::slice::from_ref(&job))
+            .await?
+            .all()?;
+        tracing::info!(message_id = %id.as_str(), endpoint = %endpoint.as_str(), "message redelivered by its endpoint's owner");
+        Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({"messageId": id.as_str()}),
+        ))
+    }
+
+    /// `POST /application/{id}/webhook/messages/{messageId}/redeliver`.
+    pub(super) async fn application_redeliver(
+        &self,
+        request: &Request,
+        id: &str,
+        message_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let app = self.authenticate_application(request, id).await?;
+        self.redeliver(
+            &EndpointKey::application(&app.id),
+            app.health.is_disabled(),
+            message_id,
+        )
+        .await
+    }
+
     /// `GET /application/{id}/webhook/attempts`.
     pub(super) async fn application_attempts(
         &self,
@@ -136,15 +185,32 @@ impl Registration {
 impl Registration {
     /// The caller's webhook that `webhook` names: another client's is not found, as is
     /// one that does not exist (webhook ids are opaque; they reveal nothing).
-    async fn own_webhook(&self, request: &Request, webhook: &str) -> Result<EndpointKey, ApiError> {
+    async fn own_webhook(
+        &self,
+        request: &Request,
+        webhook: &str,
+    ) -> Result<(EndpointKey, Subscription), ApiError> {
         let client_id = self.authenticate(request.headers()).await?;
         let key = EndpointKey::webhook_id(webhook).ok_or(ApiError::NoSuchWebhook)?;
-        self.ports
+        let subscription = self
+            .ports
             .subscriptions
             .client_webhook(&client_id, &key)
             .await?
             .ok_or(ApiError::NoSuchWebhook)?;
-        Ok(key)
+        Ok((key, subscription))
+    }
+
+    /// `POST /webhooks/{id}/messages/{messageId}/redeliver`.
+    pub(super) async fn webhook_redeliver(
+        &self,
+        request: &Request,
+        webhook: &str,
+        message_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let (key, subscription) = self.own_webhook(request, webhook).await?;
+        self.redeliver(&key, subscription.health.is_disabled(), message_id)
+            .await
     }
 
     /// `GET /webhooks`: the caller's webhooks, each with its opaque id and health.
@@ -175,7 +241,7 @@ impl Registration {
         request: &Request,
         webhook: &str,
     ) -> Result<Response<Body>, ApiError> {
-        let key = self.own_webhook(request, webhook).await?;
+        let (key, _) = self.own_webhook(request, webhook).await?;
         self.attempts_page(request, &key).await
     }
 
@@ -186,7 +252,7 @@ impl Registration {
         webhook: &str,
         message_id: &str,
     ) -> Result<Response<Body>, ApiError> {
-        let key = self.own_webhook(request, webhook).await?;
+        let (key, _) = self.own_webhook(request, webhook).await?;
         self.message_view(&key, message_id).await
     }
 }

@@ -73,6 +73,8 @@ enum Route<'a> {
     ClientWebhooks,
     WebhookAttempts { webhook: &'a str },
     WebhookMessage { webhook: &'a str, message: &'a str },
+    Redeliver { id: &'a str, message: &'a str },
+    WebhookRedeliver { webhook: &'a str, message: &'a str },
 }
 
 impl<'a> Route<'a> {
@@ -94,6 +96,9 @@ impl<'a> Route<'a> {
                 [id, "webhook", "messages", message] if !message.is_empty() => {
                     Some(Self::Message { id, message })
                 }
+                [id, "webhook", "messages", message, "redeliver"] => {
+                    Some(Self::Redeliver { id, message })
+                }
                 _ => None,
             };
         }
@@ -106,6 +111,9 @@ impl<'a> Route<'a> {
                 [webhook, "attempts"] => return Some(Self::WebhookAttempts { webhook }),
                 [webhook, "messages", message] if !message.is_empty() => {
                     return Some(Self::WebhookMessage { webhook, message });
+                }
+                [webhook, "messages", message, "redeliver"] => {
+                    return Some(Self::WebhookRedeliver { webhook, message });
                 }
                 _ => {}
             }
@@ -123,7 +131,9 @@ impl<'a> Route<'a> {
             Self::Token
             | Self::WebhookSecret { .. }
             | Self::WebhookTest { .. }
-            | Self::Sync { .. } => "POST",
+            | Self::Sync { .. }
+            | Self::Redeliver { .. }
+            | Self::WebhookRedeliver { .. } => "POST",
             Self::Webhook { .. } => "GET, PUT, DELETE",
             Self::Application { .. } => "GET, PATCH",
             Self::SyncStatus { .. }
@@ -182,6 +192,12 @@ impl Registration {
             }
             (Route::WebhookMessage { webhook, message }, &Method::GET) => {
                 self.webhook_message(request, webhook, message).await
+            }
+            (Route::Redeliver { id, message }, &Method::POST) => {
+                self.application_redeliver(request, id, message).await
+            }
+            (Route::WebhookRedeliver { webhook, message }, &Method::POST) => {
+                self.webhook_redeliver(request, webhook, message).await
             }
             _ => Err(ApiError::MethodNotAllowed(route.allowed())),
         }
