@@ -57,6 +57,10 @@ pub struct Settings {
     /// `ATTEMPT_RETENTION_DAYS` (default 30): how long delivery attempts and their
     /// messages are kept.
     pub attempt_retention: Duration,
+    /// `ALLOW_INSECURE_CALLBACKS` (`true`; default empty, false): accept and deliver to plain
+    /// http and private addresses. Only for the local emulator (`sam local`), whose receiver
+    /// sits on the docker bridge; the deployed template leaves it empty.
+    pub allow_insecure_callbacks: bool,
 }
 
 impl Settings {
@@ -114,13 +118,31 @@ impl Settings {
                         crate::attempts::DEFAULT_RETENTION_DAYS,
                     )?,
             ),
+            allow_insecure_callbacks: match lookup("ALLOW_INSECURE_CALLBACKS").as_deref() {
+                None | Some("") | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "ALLOW_INSECURE_CALLBACKS",
+                        value: other.into(),
+                        reason: "expected true, false or empty",
+                    });
+                }
+            },
         })
+    }
+
+    /// Which callback URLs are accepted and reached.
+    pub fn url_policy(&self) -> UrlPolicy {
+        UrlPolicy {
+            allow_insecure: self.allow_insecure_callbacks,
+        }
     }
 
     /// Settings of the HTTP API.
     pub fn api(&self) -> ApiSettings {
         ApiSettings {
-            url_policy: UrlPolicy::default(),
+            url_policy: self.url_policy(),
             token_lifetime: self.token_lifetime,
         }
     }
@@ -150,11 +172,12 @@ impl Settings {
         }
     }
 
-    /// Settings of the delivery HTTP client (never insecure on Lambda).
+    /// Settings of the delivery HTTP client (insecure only where `ALLOW_INSECURE_CALLBACKS`
+    /// says so, which the deployed template never does).
     pub fn http(&self) -> HttpSettings {
         HttpSettings {
             timeout: self.delivery_timeout,
-            url_policy: UrlPolicy::default(),
+            url_policy: self.url_policy(),
             ..HttpSettings::default()
         }
     }
@@ -197,5 +220,24 @@ mod tests {
         let err = settings(&[("MAX_ATTEMPTS", "many")]).unwrap_err();
         assert!(err.to_string().contains("MAX_ATTEMPTS"));
         assert!(settings(&[("RETRY_BASE_SECONDS", "0")]).is_err());
+    }
+
+    #[test]
+    fn insecure_callbacks_only_when_asked_for() {
+        // The template declares the variable empty: that is the secure default.
+        for value in [None, Some(""), Some("false")] {
+            let extra: Vec<(&str, &str)> = value
+                .map(|v| ("ALLOW_INSECURE_CALLBACKS", v))
+                .into_iter()
+                .collect();
+            let s = settings(&extra).unwrap();
+            assert!(!s.api().url_policy.allow_insecure, "{value:?}");
+            assert!(!s.http().url_policy.allow_insecure, "{value:?}");
+        }
+        let s = settings(&[("ALLOW_INSECURE_CALLBACKS", "true")]).unwrap();
+        assert!(s.api().url_policy.allow_insecure);
+        assert!(s.http().url_policy.allow_insecure);
+        let err = settings(&[("ALLOW_INSECURE_CALLBACKS", "yes")]).unwrap_err();
+        assert!(err.to_string().contains("ALLOW_INSECURE_CALLBACKS"));
     }
 }

@@ -32,6 +32,35 @@ pub fn stop_before(deadline_epoch_ms: u64) -> Instant {
     Instant::now() + left.saturating_sub(DEADLINE_MARGIN)
 }
 
+/// `config` with environment settings that are set but empty treated as unset.
+///
+/// The template declares `AWS_ENDPOINT_URL` with an empty default (`sam local` passes a
+/// function only the variables the template declares), so every deployed function has it
+/// set and empty; each SDK client would take "" as its endpoint and panic on the first
+/// request ("URL was unset").
+fn without_empty_settings(config: &aws_config::SdkConfig) -> aws_config::SdkConfig {
+    match config.service_config() {
+        None => config.clone(),
+        Some(_) => config
+            .to_builder()
+            .service_config(NonEmptySettings(config.clone()))
+            .build(),
+    }
+}
+
+/// The settings of the wrapped configuration's environment, without empty values.
+#[derive(Debug)]
+struct NonEmptySettings(aws_config::SdkConfig);
+
+impl aws_types::service_config::LoadServiceConfig for NonEmptySettings {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        self.0
+            .service_config()?
+            .load_config(key)
+            .filter(|value| !value.trim().is_empty())
+    }
+}
+
 /// The adapters over one SDK configuration.
 #[derive(Clone)]
 pub struct AwsServices {
@@ -56,6 +85,13 @@ impl AwsServices {
 
     /// The adapters over `config`.
     pub fn new(config: &aws_config::SdkConfig, settings: Settings) -> Self {
+        if settings.allow_insecure_callbacks {
+            tracing::warn!(
+                "ALLOW_INSECURE_CALLBACKS=true: plain http and private callback addresses are \
+                 accepted and delivered to (meant for the local emulator only)"
+            );
+        }
+        let config = &without_empty_settings(config);
         let dynamodb = aws_sdk_dynamodb::Client::new(config);
         Self {
             store: Arc::new(
@@ -137,5 +173,99 @@ impl AwsServices {
     /// The delivery handler.
     pub fn delivery(&self) -> Delivery {
         Delivery::new(self.ports(), self.http(), self.settings.delivery())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::ClientStore;
+    use aws_sdk_dynamodb::config::{Credentials, Region, SharedCredentialsProvider};
+    use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
+    use std::collections::HashMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Environment variables as the SDK's loader hands them to each service client.
+    #[derive(Debug)]
+    struct Environment(HashMap<&'static str, &'static str>);
+
+    impl LoadServiceConfig for Environment {
+        fn load_config(&self, key: ServiceConfigKey<'_>) -> Option<String> {
+            self.0.get(key.env()).map(|v| v.to_string())
+        }
+    }
+
+    /// Answers one DynamoDB request with an empty JSON object (GetItem: no item).
+    async fn one_answer_server() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then as many body bytes as content-length says.
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                assert!(n > 0, "connection closed mid-request");
+            }
+            let body = "{}";
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\n\
+                 content-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(response.as_bytes()).await.unwrap();
+        });
+        (url, server)
+    }
+
+    fn settings() -> Settings {
+        let env = HashMap::from([
+            ("SERVICE_TABLE", "svc"),
+            ("RECORDS_TABLE", "rec"),
+            ("DELIVERY_QUEUE_URL", "http://127.0.0.1:9/q"),
+            ("DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:9/dlq"),
+        ]);
+        Settings::from_lookup(|name| env.get(name).map(|v| v.to_string())).unwrap()
+    }
+
+    /// The template declares `AWS_ENDPOINT_URL` with an empty default (SAM passes only
+    /// declared variables to `sam local`): deployed, the variable is set and empty, and the
+    /// clients must then use their normal endpoint, not "".
+    #[tokio::test]
+    async fn an_empty_aws_endpoint_url_is_as_if_unset() {
+        let (url, server) = one_answer_server().await;
+        let config = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "AKIDTEST", "secret", None, None, "test",
+            )))
+            // Stands for the endpoint the SDK would otherwise resolve (a real one is not
+            // reachable from a test).
+            .endpoint_url(&url)
+            .service_config(Environment(HashMap::from([("AWS_ENDPOINT_URL", "")])))
+            .build();
+        let services = AwsServices::new(&config, settings());
+        let client = tokio::time::timeout(
+            Duration::from_secs(20),
+            services.store.get_client("APP-NPXKK6HFN6TJ4YYI"),
+        )
+        .await
+        .expect("the request did not finish");
+        assert!(matches!(client, Ok(None)), "{client:?}");
+        server.await.unwrap();
     }
 }
