@@ -168,19 +168,23 @@ class Moto:
 
 
 def create_resources(moto):
-    """The template's tables and queues, from template.yaml itself (keys, stream, redrive)."""
+    """Every table and queue of template.yaml, from the template itself (keys, streams,
+    visibility, redrive); returns {logical id: table name or queue URL}."""
     template = cfn_yaml.load(str(ROOT / "template.yaml"))
+    parameters = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
     resources = template["Resources"]
-    names = {}
-    for logical in ("ServiceTable", "RecordsTable"):
-        props = resources[logical]["Properties"]
-        name = f"sam-local-{logical}"
+    created, arns = {}, {}
+    for logical, resource in resources.items():
+        if resource["Type"] != "AWS::DynamoDB::Table":
+            continue
+        props = resource["Properties"]
         extra = {}
         if "StreamSpecification" in props:
             extra["StreamSpecification"] = {
                 "StreamEnabled": True,
                 "StreamViewType": props["StreamSpecification"]["StreamViewType"],
             }
+        name = f"sam-local-{logical}"
         moto.dynamodb.create_table(
             TableName=name,
             AttributeDefinitions=props["AttributeDefinitions"],
@@ -188,41 +192,61 @@ def create_resources(moto):
             BillingMode="PAY_PER_REQUEST",
             **extra,
         )
-        names[logical] = name
-    max_attempts = str(template["Parameters"]["MaxAttempts"]["Default"])
-    dlq = moto.sqs.create_queue(QueueName="sam-local-dlq")["QueueUrl"]
-    dlq_arn = moto.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    queue = moto.sqs.create_queue(
-        QueueName="sam-local-delivery",
-        Attributes={
-            "VisibilityTimeout": str(resources["DeliveryQueue"]["Properties"]["VisibilityTimeout"]),
-            "RedrivePolicy": json.dumps(
-                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_attempts}
-            ),
-        },
-    )["QueueUrl"]
-    names["DeliveryQueue"] = queue
-    names["DeliveryDeadLetterQueue"] = dlq
-    return names
+        created[logical] = name
+    queues = [k for k, r in resources.items() if r["Type"] == "AWS::SQS::Queue"]
+    # Dead-letter queues first: a redrive policy names its target's ARN.
+    queues.sort(key=lambda k: "RedrivePolicy" in resources[k]["Properties"])
+    for logical in queues:
+        props = resources[logical]["Properties"]
+        attributes = {}
+        if "VisibilityTimeout" in props:
+            attributes["VisibilityTimeout"] = str(props["VisibilityTimeout"])
+        if "RedrivePolicy" in props:
+            redrive = props["RedrivePolicy"]
+            target = redrive["deadLetterTargetArn"]["Fn::GetAtt"][0]
+            count = redrive["maxReceiveCount"]
+            count = parameters[count["Ref"]] if isinstance(count, dict) else str(count)
+            attributes["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": arns[target], "maxReceiveCount": count}
+            )
+        url = moto.sqs.create_queue(QueueName=f"sam-local-{logical}", Attributes=attributes)[
+            "QueueUrl"
+        ]
+        arns[logical] = moto.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        created[logical] = url
+    return created, template["Globals"]["Function"]["Environment"]["Variables"]
 
 
-def function_environment(moto, names):
-    """Values for the variables the template declares (SAM passes no others)."""
-    return {
-        "SERVICE_TABLE": names["ServiceTable"],
-        "RECORDS_TABLE": names["RecordsTable"],
-        "DELIVERY_QUEUE_URL": names["DeliveryQueue"],
-        "DEAD_LETTER_QUEUE_URL": names["DeliveryDeadLetterQueue"],
-        "AWS_ENDPOINT_URL": moto.endpoint,
-        # The receiver is plain http on a private address, which deployed functions refuse.
-        "ALLOW_INSECURE_CALLBACKS": "true",
-        "FLUSH_INTERVAL_MINUTES": str(FLUSH_INTERVAL_MINUTES),
-        "FLUSH_GRACE_SECONDS": str(FLUSH_GRACE_SECONDS),
-        "RETRY_BASE_SECONDS": str(RETRY_BASE_SECONDS),
-        "RUST_LOG": "INFO",
-    }
+def function_environment(moto, created, declared):
+    """Values for the variables the template declares (SAM passes no others): each one that
+    names a table or queue gets the moto one, the rest keep the template's value, but for
+    these settings of the local run."""
+
+    def resource(value):
+        if isinstance(value, dict) and "Ref" in value:
+            return created.get(value["Ref"])
+        if isinstance(value, dict) and "Fn::If" in value:
+            return resource(value["Fn::If"][1])
+        return None
+
+    environment = {k: resource(v) for k, v in declared.items() if resource(v) is not None}
+    environment.update(
+        {
+            "AWS_ENDPOINT_URL": moto.endpoint,
+            # The receiver is plain http on a private address, which deployed functions refuse.
+            "ALLOW_INSECURE_CALLBACKS": "true",
+            "FLUSH_INTERVAL_MINUTES": str(FLUSH_INTERVAL_MINUTES),
+            "FLUSH_GRACE_SECONDS": str(FLUSH_GRACE_SECONDS),
+            "RETRY_BASE_SECONDS": str(RETRY_BASE_SECONDS),
+            "RUST_LOG": "INFO",
+        }
+    )
+    unknown = set(environment) - set(declared)
+    if unknown:
+        raise RuntimeError(f"the template does not declare {sorted(unknown)}: SAM would drop them")
+    return environment
 
 
 def admin_create_client(admin, moto, names):
@@ -253,9 +277,16 @@ def admin_create_client(admin, moto, names):
 
 
 def put_seed_person(moto, names):
-    """The person the events change, as stream-insert.json's new image."""
-    image = load_event("stream-insert.json")["Records"][0]["dynamodb"]["NewImage"]
-    moto.dynamodb.put_item(TableName=names["RecordsTable"], Item=image)
+    """The person the events change (registration needs the record to exist)."""
+    moto.dynamodb.put_item(
+        TableName=names["RecordsTable"],
+        Item={
+            "id": {"S": RECORD},
+            "firstName": {"S": "Josiah"},
+            "lastName": {"S": "Carberry"},
+            "lastChangedDate": {"S": "2026-11-25T11:58:03.120Z"},
+        },
+    )
 
 
 def load_event(name):
@@ -393,10 +424,10 @@ def run(args, report):
     moto = Moto(args.gateway, work / "moto.log")
     api = None
     try:
-        names = create_resources(moto)
+        names, declared = create_resources(moto)
         secret, webhook_secret = admin_create_client(args.admin, moto, names)
         put_seed_person(moto, names)
-        sam = Sam(args.sam, work, function_environment(moto, names))
+        sam = Sam(args.sam, work, function_environment(moto, names, declared))
         print(
             f"moto {moto.endpoint}, receiver {receiver.url('/')}, "
             f"client {CLIENT_ID} made by webhooks-admin",

@@ -237,6 +237,7 @@ mod tests {
             ("RECORDS_TABLE", "rec"),
             ("DELIVERY_QUEUE_URL", "http://127.0.0.1:9/q"),
             ("DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:9/dlq"),
+            ("DISABLED_ENDPOINT_QUEUE_URL", "http://127.0.0.1:9/disabled"),
         ]);
         Settings::from_lookup(|name| env.get(name).map(|v| v.to_string())).unwrap()
     }
