@@ -347,6 +347,15 @@ pub trait AttemptLog: Send + Sync {
         endpoint: &EndpointKey,
         message_id: &MessageId,
     ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>>;
+    /// The kept messages of an endpoint with a failed attempt at or after `since_ms`
+    /// (epoch ms) whose latest attempt failed too, each once, oldest failure first; at most
+    /// `limit` of them (a page: `next` is set when there may be more).
+    async fn failed_since(
+        &self,
+        endpoint: &EndpointKey,
+        since_ms: i64,
+        limit: usize,
+    ) -> BackendResult<Page<StoredMessage>>;
 }
 
 /// Every port, as the handlers share them.

@@ -421,9 +421,32 @@ async fn run_queue(
     receiver: &ScriptedReceiver,
     requests: usize,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while receiver.seen().len() < requests && Instant::now() < deadline {
-        let received = queue.receive(10, Duration::from_secs(2)).await;
+    run_queue_for(
+        delivery,
+        queue,
+        || receiver.seen().len(),
+        requests,
+        Duration::from_secs(20),
+    )
+    .await
+}
+
+/// [`run_queue`] for any receiver: until `count()` reaches `requests` or `bound` passed.
+async fn run_queue_for(
+    delivery: &Delivery,
+    queue: &MemoryQueue,
+    count: impl Fn() -> usize,
+    requests: usize,
+    bound: Duration,
+) {
+    let deadline = Instant::now() + bound;
+    while count() < requests && Instant::now() < deadline {
+        let received = queue
+            .receive(
+                10,
+                Duration::from_millis(200).min(deadline - Instant::now()),
+            )
+            .await;
         let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
         event.records = received
             .iter()
@@ -583,6 +606,23 @@ async fn a_client_reads_its_webhooks_attempts_by_id() {
     assert_eq!(response.status().as_u16(), 202);
     run_queue(&delivery, &queue, &receiver, 4).await;
     assert_eq!(receiver.seen()[3], (job.id.as_str().to_owned(), 204));
+    // Everything is acked now: a recovery of this webhook finds nothing to send.
+    let response = api
+        .handle(request(
+            "POST",
+            &format!("/webhooks/{id}/recover"),
+            &[("authorization", &auth)],
+            r#"{"since":"2020-01-01T00:00:00Z"}"#,
+        ))
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+    match response.body() {
+        webhooks::lambda_http::Body::Text(t) => {
+            let body: serde_json::Value = serde_json::from_str(t).unwrap();
+            assert_eq!(body["messages"], 0);
+        }
+        other => panic!("{other:?}"),
+    }
 
     // APP-2 has no webhooks and cannot read APP-1's by its id.
     let (_, theirs) = call("/webhooks".into(), &tokens[1]).await;
@@ -599,4 +639,201 @@ async fn a_client_reads_its_webhooks_attempts_by_id() {
             "{path}"
         );
     }
+}
+
+/// A receiver that is down (503) while told so, else answers 204; notes each request's
+/// `webhook-id`, status and arrival.
+#[derive(Clone, Default)]
+struct OutageReceiver {
+    down: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<Mutex<Vec<(String, u16, Instant)>>>,
+}
+
+impl OutageReceiver {
+    async fn start(&self) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        async fn answer(State(r): State<OutageReceiver>, headers: http::HeaderMap) -> Response {
+            let status = if r.down.load(std::sync::atomic::Ordering::SeqCst) {
+                503
+            } else {
+                204
+            };
+            let id = headers
+                .get("webhook-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            r.seen.lock().unwrap().push((id, status, Instant::now()));
+            StatusCode::from_u16(status).unwrap().into_response()
+        }
+        let app = Router::new().fallback(answer).with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (addr, server)
+    }
+
+    fn seen(&self) -> Vec<(String, u16, Instant)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn count(&self, id: &str, status: u16) -> usize {
+        self.seen()
+            .iter()
+            .filter(|(i, s, _)| i == id && *s == status)
+            .count()
+    }
+}
+
+/// After an outage that dead-lettered three messages, recover sends each of them exactly
+/// once, paced by the application's requestIntervalMs, and nothing that was acked.
+async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
+    let receiver = OutageReceiver::default();
+    let (addr, server) = receiver.start().await;
+    let store = Arc::new(MemoryStore::default());
+    // Two attempts, then the dead-letter queue (the redrive policy).
+    let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 2));
+    let mut app = Application::new("app-rec", "key-rec", 0);
+    app.webhook.url = Some(format!("http://{addr}/hook").into());
+    app.webhook.request_interval_ms = 60;
+    store.put_application(&app).await.unwrap();
+    let mut ports = webhooks::memory::ports(
+        store.clone(),
+        Arc::new(MemoryRecords::default()),
+        queue.clone(),
+        Arc::new(LoggedEvents::default()),
+        Arc::new(SystemClock),
+    );
+    ports.attempts = log.clone();
+    let api = Registration {
+        ports: ports.clone(),
+        http: CallbackClient::new(&HttpSettings::default()),
+        settings: ApiSettings::default(),
+    };
+    let mut delivery = delivery_over(ports);
+    delivery.settings.retry.max_attempts = 2;
+    let job = |n: u64| {
+        let record = RecordId::parse("0000-0002-7465-2162").unwrap();
+        let mut person = serde_json::Map::new();
+        person.insert("id".into(), record.as_str().into());
+        DeliveryJob::for_application(
+            "app-rec",
+            &record,
+            person,
+            WindowId(n),
+            "2026-11-26T10:00:00.000Z".into(),
+        )
+    };
+    let count = || receiver.seen().len();
+    let bound = Duration::from_secs(20);
+    // Acked before the outage.
+    let acked = job(1);
+    queue.send(serde_json::to_string(&acked).unwrap());
+    run_queue_for(&delivery, &queue, count, 1, bound).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let outage_start = time::OffsetDateTime::now_utc();
+    receiver
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed: Vec<DeliveryJob> = (2..5).map(job).collect();
+    for j in &failed {
+        queue.send(serde_json::to_string(j).unwrap());
+    }
+    run_queue_for(&delivery, &queue, count, 1 + 2 * failed.len(), bound).await;
+    // Once more: the queue's redrive moves each after its last attempt.
+    run_queue_for(
+        &delivery,
+        &queue,
+        count,
+        usize::MAX,
+        Duration::from_millis(400),
+    )
+    .await;
+    assert_eq!(
+        receiver.seen().len(),
+        7,
+        "two attempts each during the outage"
+    );
+    assert_eq!(queue.dead_letters().len(), 3, "all three dead-lettered");
+    receiver
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let since = webhooks::clock::rfc3339_millis(outage_start);
+    let recover = |body: String| {
+        let api = &api;
+        async move {
+            let response = api
+                .handle(request(
+                    "POST",
+                    "/application/app-rec/webhook/recover",
+                    &[("x-access-token", "key-rec")],
+                    &body,
+                ))
+                .await;
+            let body: serde_json::Value = match response.body() {
+                webhooks::lambda_http::Body::Text(t) => serde_json::from_str(t).unwrap(),
+                _ => serde_json::Value::Null,
+            };
+            (response.status().as_u16(), body)
+        }
+    };
+    let (status, body) = recover(format!(r#"{{"since":"{since}"}}"#)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["messages"], 3);
+    assert_eq!(body["complete"], true);
+    // Run the queue a while longer than needed: nothing more may arrive.
+    run_queue_for(
+        &delivery,
+        &queue,
+        count,
+        usize::MAX,
+        Duration::from_millis(1500),
+    )
+    .await;
+    for j in &failed {
+        assert_eq!(
+            receiver.count(j.id.as_str(), 204),
+            1,
+            "each failed message once"
+        );
+    }
+    assert_eq!(
+        receiver.count(acked.id.as_str(), 204),
+        1,
+        "the acked one not again"
+    );
+    assert_eq!(receiver.seen().len(), 10);
+    // Paced: the three recovered requests are requestIntervalMs apart at least.
+    let times: Vec<Instant> = receiver.seen()[7..].iter().map(|(_, _, at)| *at).collect();
+    assert!(
+        times[2] - times[0] >= Duration::from_millis(110),
+        "paced: {:?}",
+        times[2] - times[0]
+    );
+    // Now they are acked: a second recovery finds nothing.
+    let (status, body) = recover(format!(r#"{{"since":"{since}"}}"#)).await;
+    assert_eq!((status, body["messages"].as_u64()), (202, Some(0)));
+    let (status, body) = recover(r#"{"since":"yesterday"}"#.into()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn in_memory_recover_after_an_outage() {
+    recover_after_an_outage(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn dynamodb_recover_after_an_outage() {
+    let env = webhooks_tests::moto::MotoEnv::create(5).await;
+    let store = webhooks::aws::dynamodb::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&env.config),
+        &env.service_table,
+    );
+    recover_after_an_outage(Arc::new(store)).await;
 }

@@ -47,6 +47,7 @@ async fn every_route_and_every_bad_credential() {
         their_id.as_str()
     );
     let their_redeliver = format!("{their_message}/redeliver");
+    let their_recover = format!("/webhooks/{}/recover", their_id.as_str());
     // (route, method, path, body), for bearer-token routes.
     for (method, path) in [
         ("PUT", webhook.as_str()),
@@ -55,6 +56,7 @@ async fn every_route_and_every_bad_credential() {
         ("GET", their_attempts.as_str()),
         ("GET", their_message.as_str()),
         ("POST", their_redeliver.as_str()),
+        ("POST", their_recover.as_str()),
     ] {
         let cases: Vec<Case> = vec![
             ("no credentials", vec![], 401, "invalid_token"),
@@ -185,6 +187,11 @@ async fn every_route_and_every_bad_credential() {
             "POST",
             "/application/app-1/webhook/messages/msg_00000000000000000000000000000000/redeliver",
             "",
+        ),
+        (
+            "POST",
+            "/application/app-1/webhook/recover",
+            r#"{"since":"2026-11-26T00:00:00Z"}"#,
         ),
     ];
     for (method, path, body) in app_routes {

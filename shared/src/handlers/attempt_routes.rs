@@ -2,14 +2,30 @@
 //! opaque cursor) and one kept message with its attempts, for both styles.
 
 use super::api_error::{ApiError, json_response};
-use super::registration::Registration;
+use super::registration::{Registration, body_bytes};
 use crate::attempts::{EndpointKey, StatusFilter};
-use crate::job::MessageId;
+use crate::job::{DeliveryJob, MessageId};
+use crate::ports::MAX_SEND_DELAY;
 use crate::subscription::Subscription;
 use base64::Engine;
+use futures::StreamExt;
 use http::StatusCode;
 use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
 use serde_json::json;
+use std::time::Duration;
+
+/// The most messages one recovery sends.
+pub const MAX_RECOVER: usize = 10_000;
+/// Delayed sends of a recovery in flight at once.
+const RECOVER_SENDS: usize = 16;
+
+/// The body of a recovery: `{"since": RFC 3339}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverRequest {
+    since: String,
+}
 
 /// Attempts per page unless `limit` says otherwise.
 pub const DEFAULT_PAGE: usize = 20;
@@ -140,6 +156,100 @@ impl Registration {
             StatusCode::ACCEPTED,
             &json!({"messageId": id.as_str()}),
         ))
+    }
+
+    /// Sends again, once each, every kept message of `endpoint` that failed since the
+    /// request's `since` and whose latest attempt failed (dead-lettered, or still being
+    /// retried), paced `interval_ms` apart through the queue's delay.
+    pub(super) async fn recover(
+        &self,
+        request: &Request,
+        endpoint: &EndpointKey,
+        disabled: bool,
+        interval_ms: u64,
+    ) -> Result<Response<Body>, ApiError> {
+        let body: RecoverRequest = serde_json::from_slice(body_bytes(request))
+            .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        let since = time::OffsetDateTime::parse(
+            &body.since,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|_| ApiError::InvalidBody("since must be an RFC 3339 time".into()))?;
+        if disabled {
+            return Err(ApiError::EndpointDisabled);
+        }
+        let since_ms = (since.unix_timestamp_nanos() / 1_000_000) as i64;
+        // Paced through the send delay, which reaches 15 minutes ahead at most: a longer
+        // recovery is left for another call (its messages are found again while they fail).
+        let limit = match interval_ms {
+            0 => MAX_RECOVER,
+            ms => ((MAX_SEND_DELAY.as_millis() as u64 / ms) as usize + 1).min(MAX_RECOVER),
+        };
+        let page = self
+            .ports
+            .attempts
+            .failed_since(endpoint, since_ms, limit)
+            .await?;
+        let jobs: Vec<DeliveryJob> = page.items.iter().map(|m| m.job.replayable()).collect();
+        if interval_ms == 0 {
+            self.ports.queue.enqueue(&jobs).await?.all()?;
+        } else {
+            // Owned futures, collected first: a lazy map over borrowed jobs is not `Send`
+            // for every lifetime, which the HTTP server's handler must be.
+            let sends: Vec<_> = jobs
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, job)| {
+                    let queue = self.ports.queue.clone();
+                    let delay = Duration::from_millis(interval_ms.saturating_mul(i as u64))
+                        .min(MAX_SEND_DELAY);
+                    async move { queue.enqueue_delayed(&job, delay).await }
+                })
+                .collect();
+            let results: Vec<_> = futures::stream::iter(sends)
+                .buffer_unordered(RECOVER_SENDS)
+                .collect()
+                .await;
+            results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        }
+        tracing::info!(endpoint = %endpoint.as_str(), messages = jobs.len(), since = %body.since, "failed messages recovered by the endpoint's owner");
+        Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({
+                "since": body.since,
+                "messages": jobs.len(),
+                "requestIntervalMs": interval_ms,
+                "complete": page.next.is_none(),
+            }),
+        ))
+    }
+
+    /// `POST /application/{id}/webhook/recover`.
+    pub(super) async fn application_recover(
+        &self,
+        request: &Request,
+        id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let app = self.authenticate_application(request, id).await?;
+        self.recover(
+            request,
+            &EndpointKey::application(&app.id),
+            app.health.is_disabled(),
+            app.webhook.request_interval_ms,
+        )
+        .await
+    }
+
+    /// `POST /webhooks/{id}/recover`.
+    pub(super) async fn webhook_recover(
+        &self,
+        request: &Request,
+        webhook: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let (key, subscription) = self.own_webhook(request, webhook).await?;
+        self.recover(request, &key, subscription.health.is_disabled(), 0)
+            .await
     }
 
     /// `POST /application/{id}/webhook/messages/{messageId}/redeliver`.

@@ -75,6 +75,8 @@ enum Route<'a> {
     WebhookMessage { webhook: &'a str, message: &'a str },
     Redeliver { id: &'a str, message: &'a str },
     WebhookRedeliver { webhook: &'a str, message: &'a str },
+    Recover { id: &'a str },
+    WebhookRecover { webhook: &'a str },
 }
 
 impl<'a> Route<'a> {
@@ -99,6 +101,7 @@ impl<'a> Route<'a> {
                 [id, "webhook", "messages", message, "redeliver"] => {
                     Some(Self::Redeliver { id, message })
                 }
+                [id, "webhook", "recover"] => Some(Self::Recover { id }),
                 _ => None,
             };
         }
@@ -115,6 +118,7 @@ impl<'a> Route<'a> {
                 [webhook, "messages", message, "redeliver"] => {
                     return Some(Self::WebhookRedeliver { webhook, message });
                 }
+                [webhook, "recover"] => return Some(Self::WebhookRecover { webhook }),
                 _ => {}
             }
         }
@@ -133,7 +137,9 @@ impl<'a> Route<'a> {
             | Self::WebhookTest { .. }
             | Self::Sync { .. }
             | Self::Redeliver { .. }
-            | Self::WebhookRedeliver { .. } => "POST",
+            | Self::WebhookRedeliver { .. }
+            | Self::Recover { .. }
+            | Self::WebhookRecover { .. } => "POST",
             Self::Webhook { .. } => "GET, PUT, DELETE",
             Self::Application { .. } => "GET, PATCH",
             Self::SyncStatus { .. }
@@ -198,6 +204,10 @@ impl Registration {
             }
             (Route::WebhookRedeliver { webhook, message }, &Method::POST) => {
                 self.webhook_redeliver(request, webhook, message).await
+            }
+            (Route::Recover { id }, &Method::POST) => self.application_recover(request, id).await,
+            (Route::WebhookRecover { webhook }, &Method::POST) => {
+                self.webhook_recover(request, webhook).await
             }
             _ => Err(ApiError::MethodNotAllowed(route.allowed())),
         }

@@ -57,6 +57,46 @@ impl AttemptLog for MemoryStore {
         Ok(Page { items, next })
     }
 
+    async fn failed_since(
+        &self,
+        endpoint: &EndpointKey,
+        since_ms: i64,
+        limit: usize,
+    ) -> BackendResult<Page<StoredMessage>> {
+        let state = self.state();
+        let mut seen = std::collections::HashSet::new();
+        let mut items = Vec::new();
+        let mut more = false;
+        let from = format!("{:013}", since_ms.max(0));
+        for attempt in state
+            .attempts
+            .get(endpoint)
+            .into_iter()
+            .flat_map(|log| log.range(from.clone()..).map(|(_, a)| a))
+            .filter(|a| !a.outcome.is_acked())
+        {
+            if !seen.insert(attempt.message_id.clone()) {
+                continue;
+            }
+            let Some(message) = state
+                .messages
+                .get(&(endpoint.clone(), attempt.message_id.clone()))
+                .filter(|m| !m.last_outcome.is_acked())
+            else {
+                continue;
+            };
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(message.clone());
+        }
+        Ok(Page {
+            next: more.then(|| "more".to_owned()),
+            items,
+        })
+    }
+
     async fn message(
         &self,
         endpoint: &EndpointKey,

@@ -19,6 +19,8 @@ const BATCH_WRITE_TRIES: u32 = 5;
 /// Query pages one read of the log may take (each at most 1 MB): bounds the cost of a
 /// listing whose filter admits few attempts.
 const MAX_QUERY_PAGES: usize = 20;
+/// The most distinct failed messages one recovery looks at.
+const MAX_FAILED_CANDIDATES: usize = 20_000;
 
 fn attempts_pk(endpoint: &EndpointKey) -> String {
     format!("ATTEMPTS#{}", endpoint.as_str())
@@ -206,6 +208,74 @@ impl AttemptLog for DynamoStore {
         Ok(Page {
             items,
             next: before,
+        })
+    }
+
+    async fn failed_since(
+        &self,
+        endpoint: &EndpointKey,
+        since_ms: i64,
+        limit: usize,
+    ) -> BackendResult<Page<StoredMessage>> {
+        // The failed attempts since then (the time range of the endpoint's log, read
+        // forwards), each message once; then each message's latest outcome.
+        let mut ids: Vec<MessageId> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut start: Option<Item> = None;
+        let mut more = false;
+        'pages: loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk >= :from")
+                .filter_expression("#outcome <> :acked")
+                .expression_attribute_names("#outcome", "outcome")
+                .expression_attribute_values(":pk", s(attempts_pk(endpoint)))
+                .expression_attribute_values(":from", s(format!("{:013}", since_ms.max(0))))
+                .expression_attribute_values(":acked", s("acked"))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items.unwrap_or_default() {
+                let attempt = from_item::<Keyed<AttemptItem>>(item)?.value.attempt;
+                if seen.insert(attempt.message_id.clone()) {
+                    if ids.len() == MAX_FAILED_CANDIDATES {
+                        more = true;
+                        break 'pages;
+                    }
+                    ids.push(attempt.message_id);
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        let mut items = Vec::new();
+        for id in ids {
+            let Some(item) = self
+                .get_item(&messages_pk(endpoint), id.as_str(), true)
+                .await?
+            else {
+                continue;
+            };
+            let message = from_item::<Keyed<MessageItem>>(item)?
+                .value
+                .into_message()?;
+            if message.last_outcome.is_acked() {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(message);
+        }
+        Ok(Page {
+            next: more.then(|| "more".to_owned()),
+            items,
         })
     }
 
