@@ -187,6 +187,11 @@ impl Proxy {
             // SQS and EventBridge bill each 64 KiB chunk of payload as one request.
             tally.billed = request.len().max(response.len()).div_ceil(64 * 1024).max(1) as u64;
             operation
+        } else if operation == "BatchWriteItem" {
+            // Billed per item, each rounded up to 1 KiB: a batch of small items costs as
+            // many WRU as separate writes of them.
+            tally.units = batch_write_units(request);
+            operation
         } else if WRITES.contains(&operation.as_str()) {
             // One WRU per 1 KiB of item (the request JSON bounds the item from above).
             tally.units = request.len().div_ceil(1024).max(1) as f64;
@@ -207,6 +212,29 @@ impl Proxy {
         entry.units += tally.units;
         entry.billed += tally.billed;
     }
+}
+
+/// The write units of a `BatchWriteItem` request: one per started KiB of each item (its
+/// JSON bounds its size from above), at least one per item.
+fn batch_write_units(request: &[u8]) -> f64 {
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(request) else {
+        return request.len().div_ceil(1024).max(1) as f64;
+    };
+    body["RequestItems"]
+        .as_object()
+        .into_iter()
+        .flat_map(|tables| tables.values())
+        .filter_map(|writes| writes.as_array())
+        .flatten()
+        .map(|write| {
+            let item = if write["PutRequest"].is_object() {
+                &write["PutRequest"]["Item"]
+            } else {
+                &write["DeleteRequest"]["Key"]
+            };
+            item.to_string().len().div_ceil(1024).max(1) as f64
+        })
+        .sum()
 }
 
 async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
