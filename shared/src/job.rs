@@ -100,6 +100,14 @@ pub struct DeliveryJob {
     /// their own schedule and are not delivery attempts.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub backend_failures: u32,
+    /// Sent again by its endpoint's owner (redeliver, recover), who may have just changed
+    /// the endpoint's URL or keys: delivery reads them fresh instead of from its cache.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub redelivery: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -131,6 +139,7 @@ impl DeliveryJob {
             created_at,
             attempts_made: 0,
             backend_failures: 0,
+            redelivery: false,
         }
     }
 }
@@ -162,6 +171,7 @@ impl DeliveryJob {
             created_at,
             attempts_made: 0,
             backend_failures: 0,
+            redelivery: false,
         }
     }
 
@@ -186,6 +196,7 @@ impl DeliveryJob {
             created_at,
             attempts_made: 0,
             backend_failures: 0,
+            redelivery: false,
         }
     }
 
@@ -202,6 +213,7 @@ impl DeliveryJob {
             created_at,
             attempts_made: 0,
             backend_failures: 0,
+            redelivery: false,
         }
     }
 }
@@ -214,6 +226,15 @@ impl DeliveryJob {
             attempts_made: attempt.saturating_sub(1),
             backend_failures: self.backend_failures.saturating_add(1),
             ..self.clone()
+        }
+    }
+
+    /// The job as its owner sends it again: a new attempt series, with the endpoint's
+    /// settings read fresh.
+    pub fn redelivered(&self) -> Self {
+        Self {
+            redelivery: true,
+            ..self.replayable()
         }
     }
 

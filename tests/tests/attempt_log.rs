@@ -199,7 +199,13 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     );
     api_shows_the_log(&api, &job).await;
 
-    // Redelivery: the same message id again, as a new attempt series.
+    // Redelivery: the same message id again, as a new attempt series, to the URL its
+    // owner set just now (the delivery handler has the old one cached).
+    let moved = OutageReceiver::default();
+    let (moved_addr, moved_server) = moved.start().await;
+    let mut app = store.get_application("app-log").await.unwrap().unwrap();
+    app.webhook.url = Some(format!("http://{moved_addr}/new").into());
+    store.put_application(&app).await.unwrap();
     let redeliver = format!(
         "/application/app-log/webhook/messages/{}/redeliver",
         job.id.as_str()
@@ -207,14 +213,22 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     let (status, body) = call(&api, "POST", &redeliver).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["messageId"], job.id.as_str());
-    run_queue(&delivery, &queue, &receiver, 4).await;
-    let seen = receiver.seen();
-    assert_eq!(seen.len(), 4);
+    run_queue_for(
+        &delivery,
+        &queue,
+        || receiver.seen().len() + moved.seen().len(),
+        4,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(receiver.seen().len(), 3, "nothing more to the old URL");
+    let again: Vec<(String, u16)> = moved.seen().into_iter().map(|(id, s, _)| (id, s)).collect();
     assert_eq!(
-        seen[3],
-        (job.id.as_str().to_owned(), 204),
-        "the same webhook-id"
+        again,
+        vec![(job.id.as_str().to_owned(), 204)],
+        "the same webhook-id, at the current URL"
     );
+    moved_server.abort();
     let page = log
         .attempts(&endpoint, StatusFilter::All, None, 10)
         .await

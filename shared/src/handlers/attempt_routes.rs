@@ -145,7 +145,7 @@ impl Registration {
         if disabled {
             return Err(ApiError::EndpointDisabled);
         }
-        let job = message.job.replayable();
+        let job = message.job.redelivered();
         self.ports
             .queue
             .enqueue(std::slice::from_ref(&job))
@@ -190,7 +190,7 @@ impl Registration {
             .attempts
             .failed_since(endpoint, since_ms, limit)
             .await?;
-        let jobs: Vec<DeliveryJob> = page.items.iter().map(|m| m.job.replayable()).collect();
+        let jobs: Vec<DeliveryJob> = page.items.iter().map(|m| m.job.redelivered()).collect();
         if interval_ms == 0 {
             self.ports.queue.enqueue(&jobs).await?.all()?;
         } else {

@@ -155,6 +155,10 @@ impl<V> TtlCache<V> {
             .map(|(_, v)| v.clone())
     }
 
+    fn forget(&self, key: &str) {
+        self.0.lock().expect("cache lock").remove(key);
+    }
+
     fn put(&self, key: &str, value: Option<Arc<V>>) {
         self.0
             .lock()
@@ -341,6 +345,22 @@ impl Delivery {
             .await;
     }
 
+    /// Drops the cached settings of a job's subscriber, so they are read again.
+    fn forget_subscriber(&self, target: &Target) {
+        match target {
+            Target::Callback {
+                record,
+                callback,
+                client,
+            } => {
+                self.clients.forget(client);
+                self.subscriptions.forget(&endpoint_name(record, callback));
+            }
+            Target::Application { application, .. } => self.applications.forget(application),
+            Target::SyncStep { .. } => {}
+        }
+    }
+
     async fn application(&self, id: &str) -> BackendResult<Option<Arc<Application>>> {
         // A cached "disabled" is read again: its owner may have just re-enabled it.
         if let Some(hit) = self.applications.get(id)
@@ -369,6 +389,9 @@ impl Delivery {
 
     async fn work(&self, job: &DeliveryJob) -> BackendResult<Work> {
         let clock = self.ports.clock.as_ref();
+        if job.redelivery {
+            self.forget_subscriber(&job.target);
+        }
         Ok(match &job.target {
             Target::Callback {
                 record,
