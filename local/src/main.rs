@@ -115,6 +115,7 @@ fn print_banner(service: &LocalService, config: &LocalConfig) {
         r#"
 Person webhooks — local runner
   HTTP API      {base}
+  web console   {base}/console
   flush every   {flush:?} (POST {base}/local/flush to flush now)
   retries       base {retry:?}, doubling, {attempts} attempts, then the dead-letter queue
   OAuth client  {id} / {secret}   (callbacks signed with {whsec}){apps}

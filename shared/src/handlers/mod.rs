@@ -5,6 +5,7 @@ pub mod api_error;
 mod applications;
 mod attempt_routes;
 pub mod change_capture;
+pub mod console;
 pub mod delivery;
 pub mod flush;
 pub mod outbound;

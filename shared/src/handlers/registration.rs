@@ -62,6 +62,7 @@ pub struct Registration {
 /// The routes, matched on the raw (still percent-encoded) path.
 enum Route<'a> {
     Token,
+    Console(&'static super::console::Asset),
     Webhook { record: &'a str, callback: &'a str },
     Application { id: &'a str },
     WebhookSecret { id: &'a str },
@@ -83,6 +84,9 @@ impl<'a> Route<'a> {
     fn parse(path: &'a str) -> Option<Self> {
         if path == "/oauth/token" {
             return Some(Self::Token);
+        }
+        if let Some(asset) = super::console::asset(path) {
+            return Some(Self::Console(asset));
         }
         if let Some(rest) = path.strip_prefix("/application/") {
             let segments: Vec<&str> = rest.split('/').collect();
@@ -141,6 +145,7 @@ impl<'a> Route<'a> {
             | Self::Recover { .. }
             | Self::WebhookRecover { .. } => "POST",
             Self::Webhook { .. } => "GET, PUT, DELETE",
+            Self::Console(_) => "GET, HEAD",
             Self::Application { .. } => "GET, PATCH",
             Self::SyncStatus { .. }
             | Self::Attempts { .. }
@@ -169,6 +174,8 @@ impl Registration {
         }
         match (&route, request.method()) {
             (Route::Token, &Method::POST) => self.token(request).await,
+            (Route::Console(asset), &Method::GET) => Ok(asset.response(true)),
+            (Route::Console(asset), &Method::HEAD) => Ok(asset.response(false)),
             (Route::Webhook { record, callback }, &Method::PUT) => {
                 self.register(request, record, callback).await
             }

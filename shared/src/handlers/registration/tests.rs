@@ -492,3 +492,50 @@ async fn a_callback_whose_query_was_split_off_is_400_not_201() {
     let (status, _, _) = call(&api, request("PUT", &webhook_path(encoded), Some(&t), "")).await;
     assert_eq!(status, 201);
 }
+
+#[tokio::test]
+async fn the_console_is_served_with_a_strict_content_security_policy() {
+    let api = api().await;
+    for (path, content_type) in [
+        ("/console", "text/html; charset=utf-8"),
+        ("/console/", "text/html; charset=utf-8"),
+        ("/console/console.js", "text/javascript; charset=utf-8"),
+        ("/console/console.css", "text/css; charset=utf-8"),
+    ] {
+        let response = api
+            .registration
+            .handle(request("GET", path, None, ""))
+            .await;
+        let headers = response.headers();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(headers["content-type"], content_type, "{path}");
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.starts_with("default-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["x-frame-options"], "DENY");
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+        assert!(
+            matches!(response.body(), Body::Text(t) if !t.is_empty()),
+            "{path}"
+        );
+    }
+    let head = api
+        .registration
+        .handle(request("HEAD", "/console", None, ""))
+        .await;
+    assert_eq!(head.status(), 200);
+    assert!(matches!(head.body(), Body::Empty));
+    let (status, headers, _) = call(&api, request("POST", "/console", None, "")).await;
+    assert_eq!(
+        (status, headers["allow"].to_str().unwrap()),
+        (405, "GET, HEAD")
+    );
+    let (status, _, json) = call(&api, request("GET", "/console/nothing.js", None, "")).await;
+    assert_eq!(
+        (status, json["error"].as_str().unwrap()),
+        (404, "not_found")
+    );
+}
