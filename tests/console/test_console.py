@@ -338,14 +338,14 @@ class Scenario:
         def save():
             form.get_by_label("URL", exact=True).fill(self.receiver.url("/hook"))
             form.get_by_label("Signing Key").fill(SIGNING_KEY)
-            form.get_by_label("Request interval for data sync").fill("50")
+            form.get_by_label("Request interval for data sync").fill("150")
             form.get_by_role("button", name="Save").click()
             self.wait_text("#webhook-form-result", "Saved")
             expect(page.locator("#webhook-url-error").inner_text() == "", "the URL error stayed")
             r = self.api.call("GET", f"/application/{APP}", token=KEY)
             webhook = (r.json or {}).get("webhook") or {}
             expect(webhook.get("url") == self.receiver.url("/hook"), f"stored url {webhook.get('url')!r}")
-            expect(webhook.get("requestIntervalMs") == 50, f"stored interval {webhook.get('requestIntervalMs')!r}")
+            expect(webhook.get("requestIntervalMs") == 150, f"stored interval {webhook.get('requestIntervalMs')!r}")
             return self.text("#webhook-key-help")
 
         self.check("3.1 Save with an invalid URL shows the API's reason next to URL", invalid)
@@ -389,7 +389,7 @@ class Scenario:
 
     def sync(self):
         page = self.page
-        people = [person(f"p-sync-{i}") for i in range(6)]
+        people = [person(f"p-sync-{i}") for i in range(10)]
 
         def run():
             for p in people:
@@ -399,16 +399,22 @@ class Scenario:
             state = {"before": self.receiver.count()}
             bar = page.get_by_role("progressbar")
             page.get_by_role("button", name="Sync Data").click()
-            seen = []
+            seen, counts = [], []
             end = time.monotonic() + WAIT
             while time.monotonic() < end:
                 value = bar.get_attribute("aria-valuenow") if bar.is_visible() else None
                 if value is not None and (not seen or seen[-1] != value):
                     seen.append(value)
+                text = self.text("#sync-result")
+                if text.startswith("Sync running") and text not in counts:
+                    counts.append(text)
                 if value == "100":
                     break
                 time.sleep(0.03)
             expect(seen and seen[-1] == "100", f"aria-valuenow went {seen}")
+            # 10 persons at 150 ms take at least 1.35 s: the page must have shown progress
+            # (counts that changed) before the end, not only the start and the result.
+            expect(len(counts) >= 2, f"progress shown while running: {counts}")
             text = self.wait_text("#sync-result", "Sync completed")
             posts = self.receiver.wait_for(lambda rs: len(rs) >= state["before"] + len(people))[state["before"]:]
             synced = set()
@@ -416,7 +422,7 @@ class Scenario:
                 _, persons = self.verified_delivery(post)
                 synced.update(p["personID"] for p in persons)
             expect({p["personID"] for p in people} <= synced, f"synced {sorted(synced)}")
-            return f"aria-valuenow {' -> '.join(seen)}; {text}"
+            return f"aria-valuenow {' -> '.join(seen)}; {len(counts)} running updates; {text}"
 
         self.check("6.1 Sync Data: progress bar (role=progressbar) reaches 100, counts shown, every person delivered", run)
 
@@ -512,8 +518,12 @@ class Scenario:
             state["message"] = post["headers"]["webhook-id"]
             row = self.delivery_row(state["message"], "acked")
             row.get_by_role("button", name="Details").click()
-            body = self.wait_text("#message-body", HOSTILE)
-            expect("<script>alert(2)</script>" in body and "javascript:alert(3)" in body, f"body {body!r}")
+            self.wait_text("#message-body", "p-hostile")
+            found = self.injected()
+            expect(not found and not self.dialogs, f"injected elements: {found}; dialogs: {self.dialogs}")
+            body = self.text("#message-body")
+            for text in (HOSTILE, "<script>alert(2)</script>", "javascript:alert(3)"):
+                expect(text in body, f"{text!r} is not shown as text: {body!r}")
 
         def url_as_text():
             form = page.locator("#webhook-form")
@@ -541,9 +551,24 @@ class Scenario:
             expect(not self.dialogs, f"dialogs opened: {self.dialogs}")
             return "no dialog, no injected element"
 
+        def remove():
+            form = page.locator("#webhook-form")
+            form.get_by_label("URL", exact=True).fill("")
+            form.get_by_role("button", name="Save").click()
+            self.wait_text("#webhook-form-result", "removed")
+            r = self.api.call("GET", f"/application/{APP}", token=KEY)
+            url = ((r.json or {}).get("webhook") or {}).get("url")
+            expect(url == "", f"stored url {url!r}")
+            health = self.wait_text("#health-status", "No webhook")
+            form.get_by_label("URL", exact=True).fill(self.receiver.url("/hook"))
+            form.get_by_role("button", name="Save").click()
+            self.wait_text("#webhook-form-result", "Saved.")
+            return health
+
         self.check("9.1 a hostile person is shown as text in the message details", person_as_text)
         self.check("9.2 hostile and javascript: webhook URLs stay text (saved or refused)", url_as_text)
         self.check("9.3 application view: no dialog opened, no element injected", nothing_ran)
+        self.check("9.4 Save with an empty URL removes the webhook (and a new URL sets it again)", remove)
 
     def screenshots_application(self):
         page = self.page
