@@ -851,3 +851,96 @@ async fn dynamodb_recover_after_an_outage() {
     );
     recover_after_an_outage(Arc::new(store)).await;
 }
+
+/// An attempt log that cannot be written (DynamoDB throttled for the whole batch).
+struct BrokenLog;
+
+#[async_trait::async_trait]
+impl AttemptLog for BrokenLog {
+    async fn record(
+        &self,
+        _: &[webhooks::attempts::LoggedAttempt],
+    ) -> webhooks::ports::BackendResult<()> {
+        Err(webhooks::ports::BackendError::Unavailable(
+            "ProvisionedThroughputExceededException".into(),
+        ))
+    }
+    async fn attempts(
+        &self,
+        _: &EndpointKey,
+        _: StatusFilter,
+        _: Option<&str>,
+        _: usize,
+    ) -> webhooks::ports::BackendResult<webhooks::ports::Page<webhooks::attempts::Attempt>> {
+        Err(webhooks::ports::BackendError::Unavailable("down".into()))
+    }
+    async fn message(
+        &self,
+        _: &EndpointKey,
+        _: &webhooks::job::MessageId,
+    ) -> webhooks::ports::BackendResult<
+        Option<(
+            webhooks::attempts::StoredMessage,
+            Vec<webhooks::attempts::Attempt>,
+        )>,
+    > {
+        Err(webhooks::ports::BackendError::Unavailable("down".into()))
+    }
+    async fn failed_since(
+        &self,
+        _: &EndpointKey,
+        _: i64,
+        _: usize,
+    ) -> webhooks::ports::BackendResult<webhooks::ports::Page<webhooks::attempts::StoredMessage>>
+    {
+        Err(webhooks::ports::BackendError::Unavailable("down".into()))
+    }
+}
+
+/// When the log cannot be written the deliveries stand: an acknowledged message is not
+/// delivered again, and nothing is lost.
+#[tokio::test]
+async fn a_log_that_cannot_be_written_costs_no_delivery() {
+    let receiver = OutageReceiver::default();
+    let (addr, server) = receiver.start().await;
+    let store = Arc::new(MemoryStore::default());
+    let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 5));
+    let mut app = Application::new("app-broken", "key-b", 0);
+    app.webhook.url = Some(format!("http://{addr}/hook").into());
+    store.put_application(&app).await.unwrap();
+    let mut ports = webhooks::memory::ports(
+        store,
+        Arc::new(MemoryRecords::default()),
+        queue.clone(),
+        Arc::new(LoggedEvents::default()),
+        Arc::new(SystemClock),
+    );
+    ports.attempts = Arc::new(BrokenLog);
+    let delivery = delivery_over(ports);
+    let record = RecordId::parse("0000-0002-7465-2162").unwrap();
+    let mut person = serde_json::Map::new();
+    person.insert("id".into(), record.as_str().into());
+    let job = DeliveryJob::for_application(
+        "app-broken",
+        &record,
+        person,
+        WindowId(1),
+        "2026-11-26T10:00:00.000Z".into(),
+    );
+    queue.send(serde_json::to_string(&job).unwrap());
+    let received = queue.receive(10, Duration::from_secs(2)).await;
+    let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
+    event.records = received
+        .iter()
+        .map(|m| m.to_sqs_message("arn:aws:sqs:local:0:delivery"))
+        .collect();
+    let response = delivery
+        .handle(event, Instant::now() + Duration::from_secs(30))
+        .await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "the acknowledged message is done"
+    );
+    assert_eq!(receiver.seen().len(), 1);
+    server.abort();
+}
