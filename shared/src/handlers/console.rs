@@ -57,8 +57,8 @@ pub fn asset(path: &str) -> Option<&'static Asset> {
 }
 
 impl Asset {
-    /// The `200` answer, with the security headers; without the body for `HEAD`.
-    pub fn response(&self, with_body: bool) -> Response<Body> {
+    /// The `200` answer, with the security headers.
+    pub fn response(&self) -> Response<Body> {
         Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, self.content_type)
@@ -74,11 +74,7 @@ impl Asset {
             )
             // Small and built into the binary: always fetch the one of this version.
             .header(header::CACHE_CONTROL, "no-cache")
-            .body(if with_body {
-                Body::Text(self.body.to_owned())
-            } else {
-                Body::Empty
-            })
+            .body(Body::Text(self.body.to_owned()))
             .expect("static parts are valid")
     }
 }

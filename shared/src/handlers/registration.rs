@@ -145,7 +145,7 @@ impl<'a> Route<'a> {
             | Self::Recover { .. }
             | Self::WebhookRecover { .. } => "POST",
             Self::Webhook { .. } => "GET, PUT, DELETE",
-            Self::Console(_) => "GET, HEAD",
+            Self::Console(_) => "GET",
             Self::Application { .. } => "GET, PATCH",
             Self::SyncStatus { .. }
             | Self::Attempts { .. }
@@ -174,8 +174,7 @@ impl Registration {
         }
         match (&route, request.method()) {
             (Route::Token, &Method::POST) => self.token(request).await,
-            (Route::Console(asset), &Method::GET) => Ok(asset.response(true)),
-            (Route::Console(asset), &Method::HEAD) => Ok(asset.response(false)),
+            (Route::Console(asset), &Method::GET) => Ok(asset.response()),
             (Route::Webhook { record, callback }, &Method::PUT) => {
                 self.register(request, record, callback).await
             }
