@@ -316,15 +316,20 @@ class Scenario:
             return text
 
         def right_key():
-            form.get_by_label("API key").fill(KEY)
-            form.get_by_role("button", name="Sign in").click()
+            # By keyboard alone: Tab from Application ID to API key, type, Enter submits.
+            form.get_by_label("Application ID").focus()
+            page.keyboard.press("Tab")
+            expect(page.evaluate("() => document.activeElement.id") == "app-key", "Tab does not reach API key")
+            page.keyboard.press("Control+A")
+            page.keyboard.type(KEY)
+            page.keyboard.press("Enter")
             page.locator("#application").wait_for(state="visible", timeout=WAIT * 1000)
             expect(page.locator("#application-id").inner_text() == APP, "wrong heading")
             stored = page.evaluate("() => [document.cookie, location.href]")
             expect(stored[0] == "" and KEY not in stored[1], f"credentials in a cookie or the URL: {stored}")
 
         self.check("2.1 a wrong API key shows a clear error", wrong_key)
-        self.check("2.2 Application ID + API key sign in; no cookie, nothing in the URL", right_key)
+        self.check("2.2 Application ID + API key sign in by keyboard; no cookie, nothing in the URL", right_key)
 
     def configure(self):
         page = self.page
@@ -666,6 +671,28 @@ class Scenario:
                     return row.locator("td.attempts").inner_text()
             raise Failed(f"attempts cell {row.locator('td.attempts').inner_text()!r}")
 
+        def disabled():
+            # The receiver answers 410 Gone: both of the record's callbacks are disabled at once.
+            self.receiver.status = 410
+            before = self.receiver.count()
+            self.put_person({"personID": RECORD, "firstName": "Josiah", "lastName": "Gone"})
+            self.flush()
+            self.receiver.wait_for(lambda rs: any(r["path"] == "/orcid/" + RECORD for r in rs[before:]))
+            self.receiver.status = 204
+            row = page.locator("#client-webhooks tbody tr").filter(has_text="/orcid/")
+            end = time.monotonic() + WAIT
+            while time.monotonic() < end and "disabled" not in row.locator("td.health").inner_text():
+                page.locator("#refresh-webhooks").click()
+                time.sleep(0.3)
+            health = row.locator("td.health").inner_text()
+            expect("disabled" in health and "410" in health, f"health {health!r}")
+            row.get_by_role("button", name="Re-enable").click()
+            end = time.monotonic() + WAIT
+            while time.monotonic() < end and row.locator("td.health").inner_text() != "enabled":
+                time.sleep(0.1)
+            expect(row.locator("td.health").inner_text() == "enabled", f"health {row.locator('td.health').inner_text()!r}")
+            return f"{health} -> enabled"
+
         def phone():
             page.set_viewport_size({"width": 390, "height": 844})
             time.sleep(0.3)
@@ -698,9 +725,10 @@ class Scenario:
         self.check("11.3 Record ID + Callback URL + Register -> listed with its health", register_ok)
         self.check("11.4 hostile Record ID refused next to the field; hostile callback stays text", register_hostile)
         self.check("11.5 a change is delivered to the callback; its attempts show acked", attempts)
-        self.check("11.6 client view at 390 px and 1280x800: screenshots, no horizontal overflow", phone)
-        self.check("11.7 client view: no dialog opened, no element injected", nothing_ran)
-        self.check("11.8 Unregister removes every webhook", unregister)
+        self.check("11.6 a 410 disables a callback: its health says why; Re-enable enables it", disabled)
+        self.check("11.7 client view at 390 px and 1280x800: screenshots, no horizontal overflow", phone)
+        self.check("11.8 client view: no dialog opened, no element injected", nothing_ran)
+        self.check("11.9 Unregister removes every webhook", unregister)
 
 
 def main():
