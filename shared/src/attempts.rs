@@ -258,6 +258,53 @@ impl StoredMessage {
     }
 }
 
+/// An owner's recovery: which messages it sent again, so its progress can be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// `rec_` and 32 hex digits.
+    pub id: String,
+    /// The endpoint recovered.
+    pub endpoint: EndpointKey,
+    /// The `since` it was asked for, as given.
+    pub since: String,
+    /// When it started, epoch ms.
+    pub started_at_ms: i64,
+    /// The messages it sent again.
+    pub messages: Vec<MessageId>,
+    /// False when more failed messages were left for another recovery.
+    pub complete: bool,
+}
+
+impl Recovery {
+    /// Its progress, from its messages as kept now: a message whose latest attempt came
+    /// after the start is delivered (acknowledged) or failing (still retried, or
+    /// dead-lettered again); one with none since is still queued.
+    pub fn view(&self, kept: &[StoredMessage]) -> serde_json::Value {
+        let (mut delivered, mut failing) = (0, 0);
+        for message in kept {
+            if message.last_attempt_ms >= self.started_at_ms
+                && self.messages.contains(&message.job.id)
+            {
+                if message.last_outcome.is_acked() {
+                    delivered += 1;
+                } else {
+                    failing += 1;
+                }
+            }
+        }
+        serde_json::json!({
+            "recoveryId": self.id,
+            "since": self.since,
+            "startedAt": rfc3339_ms(self.started_at_ms),
+            "messages": self.messages.len(),
+            "delivered": delivered,
+            "failing": failing,
+            "queued": self.messages.len() - delivered - failing,
+            "complete": self.complete,
+        })
+    }
+}
+
 /// Which attempts a listing shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StatusFilter {

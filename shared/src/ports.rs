@@ -2,7 +2,7 @@
 //! in-memory adapter ([`crate::memory`]) and an AWS adapter.
 
 use crate::application::Application;
-use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, StatusFilter, StoredMessage};
+use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, Recovery, StatusFilter, StoredMessage};
 use crate::callback::CallbackUrl;
 use crate::clock::Clock;
 use crate::events::OpsEvents;
@@ -356,6 +356,16 @@ pub trait AttemptLog: Send + Sync {
         since_ms: i64,
         limit: usize,
     ) -> BackendResult<Page<StoredMessage>>;
+    /// The kept messages of an endpoint with these ids (those still kept), any order.
+    async fn messages(
+        &self,
+        endpoint: &EndpointKey,
+        ids: &[MessageId],
+    ) -> BackendResult<Vec<StoredMessage>>;
+    /// Keeps a recovery (as long as attempts).
+    async fn save_recovery(&self, recovery: &Recovery) -> BackendResult<()>;
+    /// A recovery of an endpoint.
+    async fn recovery(&self, endpoint: &EndpointKey, id: &str) -> BackendResult<Option<Recovery>>;
 }
 
 /// Every port, as the handlers share them.

@@ -797,6 +797,30 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["messages"], 3);
     assert_eq!(body["complete"], true);
+    assert_eq!(body["requestIntervalMs"], 60);
+    let recovery_id = body["recoveryId"].as_str().unwrap().to_owned();
+    let progress = || {
+        let api = &api;
+        let path = format!("/application/app-rec/webhook/recover/{recovery_id}");
+        async move {
+            let response = api
+                .handle(request("GET", &path, &[("x-access-token", "key-rec")], ""))
+                .await;
+            assert_eq!(response.status().as_u16(), 200);
+            match response.body() {
+                webhooks::lambda_http::Body::Text(t) => {
+                    serde_json::from_str::<serde_json::Value>(t).unwrap()
+                }
+                _ => serde_json::Value::Null,
+            }
+        }
+    };
+    let before = progress().await;
+    assert_eq!(
+        (&before["queued"], &before["delivered"], &before["failing"]),
+        (&3.into(), &0.into(), &0.into()),
+        "{before}"
+    );
     // Run the queue a while longer than needed: nothing more may arrive.
     run_queue_for(
         &delivery,
@@ -819,6 +843,12 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
         "the acked one not again"
     );
     assert_eq!(receiver.seen().len(), 10);
+    let after = progress().await;
+    assert_eq!(
+        (&after["queued"], &after["delivered"], &after["failing"]),
+        (&0.into(), &3.into(), &0.into()),
+        "{after}"
+    );
     // Paced: the three recovered requests are requestIntervalMs apart at least.
     let times: Vec<Instant> = receiver.seen()[7..].iter().map(|(_, _, at)| *at).collect();
     assert!(
@@ -893,6 +923,26 @@ impl AttemptLog for BrokenLog {
         _: usize,
     ) -> webhooks::ports::BackendResult<webhooks::ports::Page<webhooks::attempts::StoredMessage>>
     {
+        Err(webhooks::ports::BackendError::Unavailable("down".into()))
+    }
+    async fn messages(
+        &self,
+        _: &EndpointKey,
+        _: &[webhooks::job::MessageId],
+    ) -> webhooks::ports::BackendResult<Vec<webhooks::attempts::StoredMessage>> {
+        Err(webhooks::ports::BackendError::Unavailable("down".into()))
+    }
+    async fn save_recovery(
+        &self,
+        _: &webhooks::attempts::Recovery,
+    ) -> webhooks::ports::BackendResult<()> {
+        Err(webhooks::ports::BackendError::Unavailable("down".into()))
+    }
+    async fn recovery(
+        &self,
+        _: &EndpointKey,
+        _: &str,
+    ) -> webhooks::ports::BackendResult<Option<webhooks::attempts::Recovery>> {
         Err(webhooks::ports::BackendError::Unavailable("down".into()))
     }
 }

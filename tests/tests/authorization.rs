@@ -48,6 +48,7 @@ async fn every_route_and_every_bad_credential() {
     );
     let their_redeliver = format!("{their_message}/redeliver");
     let their_recover = format!("/webhooks/{}/recover", their_id.as_str());
+    let their_recovery = format!("{their_recover}/rec_0");
     // (route, method, path, body), for bearer-token routes.
     for (method, path) in [
         ("PUT", webhook.as_str()),
@@ -57,6 +58,7 @@ async fn every_route_and_every_bad_credential() {
         ("GET", their_message.as_str()),
         ("POST", their_redeliver.as_str()),
         ("POST", their_recover.as_str()),
+        ("GET", their_recovery.as_str()),
     ] {
         let cases: Vec<Case> = vec![
             ("no credentials", vec![], 401, "invalid_token"),
@@ -188,6 +190,7 @@ async fn every_route_and_every_bad_credential() {
             "/application/app-1/webhook/messages/msg_00000000000000000000000000000000/redeliver",
             "",
         ),
+        ("GET", "/application/app-1/webhook/recover/rec_0", ""),
         (
             "POST",
             "/application/app-1/webhook/recover",

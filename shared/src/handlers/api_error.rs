@@ -80,6 +80,9 @@ pub enum ApiError {
         "the endpoint is disabled; re-enable it first (PATCH the application's webhook, or register the callback again)"
     )]
     EndpointDisabled,
+    /// No such recovery.
+    #[error("no recovery with this id")]
+    RecoveryNotFound,
     /// A query parameter is not valid.
     #[error("query parameter {0}")]
     InvalidQuery(String),
@@ -113,6 +116,7 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Self::RecoveryNotFound => StatusCode::NOT_FOUND,
             Self::EndpointDisabled => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -147,6 +151,7 @@ impl ApiError {
             Self::SyncNotFound => "sync_not_found",
             Self::MessageNotFound => "message_not_found",
             Self::InvalidQuery(_) => "invalid_request",
+            Self::RecoveryNotFound => "recovery_not_found",
             Self::EndpointDisabled => "endpoint_disabled",
             Self::Unavailable(_) => "temporarily_unavailable",
         }

@@ -2,8 +2,8 @@
 //! opaque cursor) and one kept message with its attempts, for both styles.
 
 use super::api_error::{ApiError, json_response};
-use super::registration::{Registration, body_bytes};
-use crate::attempts::{EndpointKey, StatusFilter};
+use super::registration::{Registration, base_url, body_bytes};
+use crate::attempts::{EndpointKey, Recovery, StatusFilter};
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::MAX_SEND_DELAY;
 use crate::subscription::Subscription;
@@ -16,7 +16,8 @@ use serde_json::json;
 use std::time::Duration;
 
 /// The most messages one recovery sends.
-pub const MAX_RECOVER: usize = 10_000;
+/// (5 000 message ids keep the recovery item well under DynamoDB's 400 KB.)
+pub const MAX_RECOVER: usize = 5_000;
 /// Delayed sends of a recovery in flight at once.
 const RECOVER_SENDS: usize = 16;
 
@@ -191,6 +192,17 @@ impl Registration {
             .failed_since(endpoint, since_ms, limit)
             .await?;
         let jobs: Vec<DeliveryJob> = page.items.iter().map(|m| m.job.redelivered()).collect();
+        // Kept before anything is sent: a failed send answers 503 and this id is never
+        // shown, while a recovery sent but not kept would have no progress to read.
+        let recovery = Recovery {
+            id: format!("rec_{}", uuid::Uuid::new_v4().simple()),
+            endpoint: endpoint.clone(),
+            since: body.since.clone(),
+            started_at_ms: (self.ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64,
+            messages: jobs.iter().map(|j| j.id.clone()).collect(),
+            complete: page.next.is_none(),
+        };
+        self.ports.attempts.save_recovery(&recovery).await?;
         if interval_ms == 0 {
             self.ports.queue.enqueue(&jobs).await?.all()?;
         } else {
@@ -214,15 +226,62 @@ impl Registration {
             results.into_iter().collect::<Result<Vec<()>, _>>()?;
         }
         tracing::info!(endpoint = %endpoint.as_str(), messages = jobs.len(), since = %body.since, "failed messages recovered by the endpoint's owner");
-        Ok(json_response(
-            StatusCode::ACCEPTED,
-            &json!({
-                "since": body.since,
-                "messages": jobs.len(),
-                "requestIntervalMs": interval_ms,
-                "complete": page.next.is_none(),
-            }),
-        ))
+        let mut view = recovery.view(&[]);
+        view["requestIntervalMs"] = interval_ms.into();
+        let mut response = json_response(StatusCode::ACCEPTED, &view);
+        let location = format!(
+            "{}{}/{}",
+            base_url(request),
+            request.uri().path(),
+            recovery.id
+        );
+        if let Ok(value) = http::HeaderValue::from_str(&location) {
+            response.headers_mut().insert(http::header::LOCATION, value);
+        }
+        Ok(response)
+    }
+
+    /// A recovery's progress.
+    pub(super) async fn recovery_view(
+        &self,
+        endpoint: &EndpointKey,
+        recovery_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let recovery = self
+            .ports
+            .attempts
+            .recovery(endpoint, recovery_id)
+            .await?
+            .ok_or(ApiError::RecoveryNotFound)?;
+        let kept = self
+            .ports
+            .attempts
+            .messages(endpoint, &recovery.messages)
+            .await?;
+        Ok(json_response(StatusCode::OK, &recovery.view(&kept)))
+    }
+
+    /// `GET /application/{id}/webhook/recover/{recoveryId}`.
+    pub(super) async fn application_recovery(
+        &self,
+        request: &Request,
+        id: &str,
+        recovery_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let app = self.authenticate_application(request, id).await?;
+        self.recovery_view(&EndpointKey::application(&app.id), recovery_id)
+            .await
+    }
+
+    /// `GET /webhooks/{id}/recover/{recoveryId}`.
+    pub(super) async fn webhook_recovery(
+        &self,
+        request: &Request,
+        webhook: &str,
+        recovery_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let (key, _) = self.own_webhook(request, webhook).await?;
+        self.recovery_view(&key, recovery_id).await
     }
 
     /// `POST /application/{id}/webhook/recover`.

@@ -78,6 +78,8 @@ enum Route<'a> {
     WebhookRedeliver { webhook: &'a str, message: &'a str },
     Recover { id: &'a str },
     WebhookRecover { webhook: &'a str },
+    Recovery { id: &'a str, recovery: &'a str },
+    WebhookRecovery { webhook: &'a str, recovery: &'a str },
 }
 
 impl<'a> Route<'a> {
@@ -106,6 +108,9 @@ impl<'a> Route<'a> {
                     Some(Self::Redeliver { id, message })
                 }
                 [id, "webhook", "recover"] => Some(Self::Recover { id }),
+                [id, "webhook", "recover", recovery] if !recovery.is_empty() => {
+                    Some(Self::Recovery { id, recovery })
+                }
                 _ => None,
             };
         }
@@ -123,6 +128,9 @@ impl<'a> Route<'a> {
                     return Some(Self::WebhookRedeliver { webhook, message });
                 }
                 [webhook, "recover"] => return Some(Self::WebhookRecover { webhook }),
+                [webhook, "recover", recovery] if !recovery.is_empty() => {
+                    return Some(Self::WebhookRecovery { webhook, recovery });
+                }
                 _ => {}
             }
         }
@@ -152,7 +160,9 @@ impl<'a> Route<'a> {
             | Self::Message { .. }
             | Self::ClientWebhooks
             | Self::WebhookAttempts { .. }
-            | Self::WebhookMessage { .. } => "GET",
+            | Self::WebhookMessage { .. }
+            | Self::Recovery { .. }
+            | Self::WebhookRecovery { .. } => "GET",
         }
     }
 }
@@ -214,6 +224,12 @@ impl Registration {
             (Route::Recover { id }, &Method::POST) => self.application_recover(request, id).await,
             (Route::WebhookRecover { webhook }, &Method::POST) => {
                 self.webhook_recover(request, webhook).await
+            }
+            (Route::Recovery { id, recovery }, &Method::GET) => {
+                self.application_recovery(request, id, recovery).await
+            }
+            (Route::WebhookRecovery { webhook, recovery }, &Method::GET) => {
+                self.webhook_recovery(request, webhook, recovery).await
             }
             _ => Err(ApiError::MethodNotAllowed(route.allowed())),
         }

@@ -1,7 +1,7 @@
 //! The attempt log in memory (no expiry: the local runner's log lives as long as it runs).
 
 use super::MemoryStore;
-use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, StatusFilter, StoredMessage};
+use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, Recovery, StatusFilter, StoredMessage};
 use crate::job::MessageId;
 use crate::ports::{AttemptLog, BackendResult, Page};
 use async_trait::async_trait;
@@ -95,6 +95,34 @@ impl AttemptLog for MemoryStore {
             next: more.then(|| "more".to_owned()),
             items,
         })
+    }
+
+    async fn messages(
+        &self,
+        endpoint: &EndpointKey,
+        ids: &[MessageId],
+    ) -> BackendResult<Vec<StoredMessage>> {
+        let state = self.state();
+        Ok(ids
+            .iter()
+            .filter_map(|id| state.messages.get(&(endpoint.clone(), id.clone())).cloned())
+            .collect())
+    }
+
+    async fn save_recovery(&self, recovery: &Recovery) -> BackendResult<()> {
+        self.state().recoveries.insert(
+            (recovery.endpoint.clone(), recovery.id.clone()),
+            recovery.clone(),
+        );
+        Ok(())
+    }
+
+    async fn recovery(&self, endpoint: &EndpointKey, id: &str) -> BackendResult<Option<Recovery>> {
+        Ok(self
+            .state()
+            .recoveries
+            .get(&(endpoint.clone(), id.to_owned()))
+            .cloned())
     }
 
     async fn message(

@@ -3,7 +3,7 @@
 //! kept message. A delivery batch writes all of them with `BatchWriteItem`.
 
 use super::{DynamoStore, Item, Keyed, from_item, s, to_item, unavailable};
-use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, StatusFilter, StoredMessage};
+use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, Recovery, StatusFilter, StoredMessage};
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::{AttemptLog, BackendError, BackendResult, Page};
 use async_trait::async_trait;
@@ -16,6 +16,8 @@ use std::time::Duration;
 const BATCH_WRITE_ITEMS: usize = 25;
 /// Tries of a batch write whose items come back unprocessed (throttling).
 const BATCH_WRITE_TRIES: u32 = 5;
+/// Keys per `BatchGetItem` call (the service's limit).
+const BATCH_GET_ITEMS: usize = 100;
 /// Query pages one read of the log may take (each at most 1 MB): bounds the cost of a
 /// listing whose filter admits few attempts.
 const MAX_QUERY_PAGES: usize = 20;
@@ -35,6 +37,14 @@ fn messages_pk(endpoint: &EndpointKey) -> String {
 struct AttemptItem {
     #[serde(flatten)]
     attempt: Attempt,
+    expires_at: i64,
+}
+
+/// A recovery as stored.
+#[derive(Serialize, Deserialize)]
+struct RecoveryItem {
+    #[serde(flatten)]
+    recovery: Recovery,
     expires_at: i64,
 }
 
@@ -277,6 +287,82 @@ impl AttemptLog for DynamoStore {
             next: more.then(|| "more".to_owned()),
             items,
         })
+    }
+
+    async fn messages(
+        &self,
+        endpoint: &EndpointKey,
+        ids: &[MessageId],
+    ) -> BackendResult<Vec<StoredMessage>> {
+        let mut kept = Vec::new();
+        for chunk in ids.chunks(BATCH_GET_ITEMS) {
+            let mut keys: Vec<Item> = chunk
+                .iter()
+                .map(|id| {
+                    Item::from([
+                        ("pk".to_owned(), s(messages_pk(endpoint))),
+                        ("sk".to_owned(), s(id.as_str())),
+                    ])
+                })
+                .collect();
+            for _ in 0..BATCH_WRITE_TRIES {
+                if keys.is_empty() {
+                    break;
+                }
+                let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut keys)))
+                    .build()
+                    .map_err(super::build_error)?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                for item in out
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    kept.push(
+                        from_item::<Keyed<MessageItem>>(item)?
+                            .value
+                            .into_message()?,
+                    );
+                }
+                keys = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .map(|left| left.keys)
+                    .unwrap_or_default();
+            }
+            if !keys.is_empty() {
+                return Err(BackendError::Unavailable(
+                    "kept messages left unread".into(),
+                ));
+            }
+        }
+        Ok(kept)
+    }
+
+    async fn save_recovery(&self, recovery: &Recovery) -> BackendResult<()> {
+        self.put(
+            format!("RECOVERY#{}", recovery.endpoint.as_str()),
+            recovery.id.clone(),
+            &RecoveryItem {
+                recovery: recovery.clone(),
+                expires_at: self.attempt_expiry(recovery.started_at_ms),
+            },
+        )
+        .await
+    }
+
+    async fn recovery(&self, endpoint: &EndpointKey, id: &str) -> BackendResult<Option<Recovery>> {
+        Ok(self
+            .get_value::<RecoveryItem>(&format!("RECOVERY#{}", endpoint.as_str()), id, true)
+            .await?
+            .map(|r| r.recovery))
     }
 
     async fn message(
