@@ -44,6 +44,9 @@ enum Command {
     /// Jobs parked while their endpoint is disabled.
     #[command(subcommand)]
     Parked(ParkedCommand),
+    /// Adds every subscription to its client's webhook index (`GET /webhooks`): once, for
+    /// subscriptions registered before the index existed. Safe to run again.
+    IndexWebhooks,
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +197,11 @@ async fn run(store: &DynamoStore, command: Command) -> Result<(), AdminError> {
         Command::Clients(command) => run_clients(store, command).await,
         Command::Applications(command) => run_applications(store, command).await,
         Command::Poison(command) => run_poison(store, command).await,
+        Command::IndexWebhooks => {
+            let indexed = store.index_client_webhooks().await?;
+            println!("{indexed} subscriptions indexed");
+            Ok(())
+        }
         Command::Dlq(_) | Command::Parked(_) => unreachable!("handled in main"),
     }
 }

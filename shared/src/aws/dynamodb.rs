@@ -439,6 +439,35 @@ fn client_webhooks_pk(client_id: &str) -> String {
 }
 
 impl DynamoStore {
+    /// Adds every subscription to its client's webhook index (a `Scan` of the table, for
+    /// subscriptions registered before the index existed); returns how many. Writing an
+    /// entry again changes nothing.
+    pub async fn index_client_webhooks(&self) -> BackendResult<usize> {
+        let mut indexed = 0;
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(pk, :sub)")
+                .expression_attribute_values(":sub", s("SUB#"))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items.unwrap_or_default() {
+                let subscription = from_item::<Keyed<Subscription>>(item)?.value;
+                self.put_client_webhook(&subscription).await?;
+                indexed += 1;
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(indexed);
+            }
+        }
+    }
+
     /// Adds a subscription to its client's webhook index.
     async fn put_client_webhook(&self, subscription: &Subscription) -> BackendResult<()> {
         self.put(
