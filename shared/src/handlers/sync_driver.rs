@@ -2,6 +2,7 @@
 
 use super::outbound::application_request;
 use crate::application::Application;
+use crate::attempts::{Attempt, EndpointKey, LoggedAttempt};
 use crate::callback::CallbackUrl;
 use crate::clock::rfc3339_millis;
 use crate::events::{OpsEvent, OpsEvents, announce};
@@ -349,8 +350,25 @@ impl SyncDriver<'_> {
                 if sync.head_attempts == 0 {
                     sync.scanned += 1;
                 }
+                let at_ms = now_ms(ports);
                 let (outcome, acknowledged) = request.send(self.http).await;
                 sync.last_request_end_ms = Some(now_ms(ports));
+                // In the attempt log like every other delivery (one write per paced
+                // request); the log serves the owner, so a failed write costs no delivery.
+                let logged = LoggedAttempt {
+                    attempt: Attempt::new(
+                        &job,
+                        EndpointKey::application(&application.id),
+                        sync.head_attempts + 1,
+                        at_ms,
+                        &outcome,
+                        acknowledged,
+                    ),
+                    job: job.replayable(),
+                };
+                if let Err(e) = ports.attempts.record(std::slice::from_ref(&logged)).await {
+                    tracing::error!(error = %e, "could not record a sync delivery attempt");
+                }
                 // Like other deliveries: a success is not worth a line at INFO.
                 if acknowledged {
                     tracing::debug!(sync_id = %sync.sync_id, person = %id, status = outcome.status, "sync delivery");
@@ -445,6 +463,39 @@ mod tests {
             http,
             sync,
         }
+    }
+
+    #[tokio::test]
+    async fn a_paced_request_is_in_the_attempt_log() {
+        // 1 ms: an interval of 0 is a fan-out sync, which queues jobs instead.
+        let setup = paced(Duration::from_millis(1)).await;
+        let driver = SyncDriver {
+            ports: &setup.ports,
+            http: &setup.http,
+            retry: RetryPolicy::default(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        driver
+            .step("app-1", &setup.sync.sync_id, "step-1", deadline)
+            .await
+            .unwrap();
+        let page = setup
+            .ports
+            .attempts
+            .attempts(
+                &EndpointKey::application("app-1"),
+                crate::attempts::StatusFilter::All,
+                None,
+                10,
+            )
+            .await
+            .unwrap();
+        let seen: Vec<_> = page.items.iter().map(|a| (a.attempt, a.outcome)).collect();
+        assert_eq!(
+            seen,
+            vec![(1, crate::attempts::OutcomeClass::ConnectionError)],
+            "nothing listens on port 9"
+        );
     }
 
     #[tokio::test(start_paused = true)]
