@@ -167,10 +167,36 @@ impl<V> TtlCache<V> {
     }
 }
 
-/// How often a batch tries to count its sync outcomes before giving the messages back.
-const COUNT_ATTEMPTS: u32 = 4;
-/// The first wait between those tries (then 4 times longer each).
+/// How often a batch tries to count its sync outcomes (before giving the messages back),
+/// and, once counted, to check and announce the sync's completion.
+const COUNT_ATTEMPTS: u32 = 8;
+/// The first wait between those tries (then 4 times longer each, up to
+/// [`COUNT_RETRY_MAX_DELAY`]).
 const COUNT_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// The longest wait between two tries.
+const COUNT_RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Runs `call` until it succeeds, at most [`COUNT_ATTEMPTS`] times, with doubling-by-four
+/// waits between tries, and never waiting past `deadline`.
+async fn retry_until<T, F, Fut>(deadline: Instant, mut call: F) -> BackendResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = BackendResult<T>>,
+{
+    let mut delay = COUNT_RETRY_DELAY;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if attempt < COUNT_ATTEMPTS && Instant::now() + delay < deadline => {
+                tracing::debug!(error = %e, attempt, "sync bookkeeping failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 4).min(COUNT_RETRY_MAX_DELAY);
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
 
 /// What a batch's deliveries note as they go: its metrics, and what is left to do once
 /// all its attempts are made (one counter write per sync and at most one health write per
@@ -837,56 +863,64 @@ impl Delivery {
         let mut give_back = Vec::new();
         for ((application, sync), outcomes) in per_sync {
             let persons: Vec<PersonOutcome> = outcomes.iter().map(|o| o.outcome.clone()).collect();
-            // The same claimant on every try: a claim that landed but reported an error is
-            // still this batch's to announce.
+            let counted = retry_until(deadline, || {
+                self.ports
+                    .syncs
+                    .count_sync_outcomes(&application, &sync, &persons)
+            })
+            .await;
+            if let Err(e) = counted {
+                give_back.extend(self.give_back_uncounted(outcomes, &sync, &e).await);
+                continue;
+            }
+            // Counted: the messages are done whatever happens next. The completion is
+            // claimed with one claimant on every try, so a claim that landed but reported
+            // an error is still this batch's to announce; giving the messages back here
+            // would leave such a claim with nobody to announce it.
             let claimant = uuid::Uuid::new_v4().simple().to_string();
-            let mut delay = COUNT_RETRY_DELAY;
-            let mut attempt = 1;
-            let result = loop {
-                let result = async {
-                    self.ports
-                        .syncs
-                        .count_sync_outcomes(&application, &sync, &persons)
-                        .await?;
-                    announce_if_complete(
-                        self.ports.syncs.as_ref(),
-                        self.ports.events.as_ref(),
-                        &application,
-                        &sync,
-                        &claimant,
-                    )
-                    .await
+            let announced = retry_until(deadline, || {
+                announce_if_complete(
+                    self.ports.syncs.as_ref(),
+                    self.ports.events.as_ref(),
+                    &application,
+                    &sync,
+                    &claimant,
+                )
+            })
+            .await;
+            if let Err(e) = announced {
+                tracing::error!(%sync, error = %e, "could not check or announce the sync's completion; the step or a later batch checks again");
+            }
+        }
+        give_back
+    }
+
+    /// Gives the delivered messages of a sync whose outcomes could not be counted back to
+    /// the queue (delivered and counted again later); returns their ids.
+    async fn give_back_uncounted(
+        &self,
+        outcomes: Vec<SyncOutcome>,
+        sync: &str,
+        e: &BackendError,
+    ) -> Vec<String> {
+        let mut give_back = Vec::new();
+        for outcome in outcomes {
+            if outcome.outcome.delivered {
+                tracing::warn!(message_id = %outcome.message_id, %sync, error = %e, "could not count the sync outcome; the message will be delivered and counted again");
+                if let Some(receipt) = outcome.receipt_handle.as_deref()
+                    && let Err(e) = self
+                        .ports
+                        .queue
+                        .retry_later(receipt, self.settings.retry.base)
+                        .await
+                {
+                    tracing::warn!(message_id = %outcome.message_id, error = %e, "could not change the message's visibility");
                 }
-                .await;
-                match result {
-                    Err(e) if attempt < COUNT_ATTEMPTS && Instant::now() + delay < deadline => {
-                        tracing::debug!(error = %e, attempt, "sync outcomes not counted yet; trying again");
-                        tokio::time::sleep(delay).await;
-                        delay *= 4;
-                        attempt += 1;
-                    }
-                    result => break result,
-                }
-            };
-            let Err(e) = result else { continue };
-            for outcome in outcomes {
-                if outcome.outcome.delivered {
-                    tracing::warn!(message_id = %outcome.message_id, %sync, error = %e, "could not count the sync outcome; the message will be delivered and counted again");
-                    if let Some(receipt) = outcome.receipt_handle.as_deref()
-                        && let Err(e) = self
-                            .ports
-                            .queue
-                            .retry_later(receipt, self.settings.retry.base)
-                            .await
-                    {
-                        tracing::warn!(message_id = %outcome.message_id, error = %e, "could not change the message's visibility");
-                    }
-                    give_back.push(outcome.message_id);
-                } else {
-                    // Already on its way to the dead-letter queue: its count is missing
-                    // until it is replayed and delivered.
-                    tracing::error!(message_id = %outcome.message_id, %sync, error = %e, "could not count a dead-lettered sync job");
-                }
+                give_back.push(outcome.message_id);
+            } else {
+                // Already on its way to the dead-letter queue: its count is missing
+                // until it is replayed and delivered.
+                tracing::error!(message_id = %outcome.message_id, %sync, error = %e, "could not count a dead-lettered sync job");
             }
         }
         give_back
