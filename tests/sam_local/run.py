@@ -367,6 +367,10 @@ class Sam:
                 "--host", "127.0.0.1",
                 "--port", str(port),
                 "--skip-pull-image",
+                # One container, started with the API and reused: per-request containers
+                # each race the emulator's start (under qemu it once took a second invoke
+                # of the same request and crashed with a nil pointer: a 502 not ours).
+                "--warm-containers", "EAGER",
             ],  # fmt: skip
             cwd=ROOT,
             env=self.process_env,
