@@ -35,7 +35,7 @@ use crate::sync::{FullSync, SyncOutcomes};
 use crate::window::WindowId;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::{HashMap, HashSet};
@@ -51,6 +51,20 @@ fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug>(
     e: SdkError<E, R>,
 ) -> BackendError {
     BackendError::Unavailable(DisplayErrorContext(&e).to_string())
+}
+
+/// Whether a conditional write took effect: `Ok(false)` when its condition did not hold
+/// (DynamoDB's `ConditionalCheckFailedException`), an error for every other failure.
+fn applied<T, E, R>(result: Result<T, SdkError<E, R>>) -> BackendResult<bool>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+        Err(e) => Err(unavailable(e)),
+    }
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
@@ -174,16 +188,7 @@ impl DynamoStore {
             .expression_attribute_values(":h", value)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(unavailable(e)),
-        }
+        applied(result).map(|_| ())
     }
 
     /// One page of a partition, in sort-key order, after sort key `after`. Eventually
@@ -318,34 +323,26 @@ impl SubscriptionStore for DynamoStore {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match result {
-            Ok(_) => {
-                self.put_client_webhook(subscription).await?;
-                Ok(Registered::Created)
-            }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                let existing: Option<Subscription> = self.get(&pk, &sk).await?;
-                Ok(match existing {
-                    Some(s) if s.client_id == subscription.client_id => {
-                        // Written again: a register whose index write failed is repeated
-                        // by its client, and one made before the index existed gains it.
-                        self.put_client_webhook(subscription).await?;
-                        Registered::AlreadyExists
-                    }
-                    Some(_) => Registered::OwnedByOther,
-                    // Removed between the two calls: the caller may simply retry.
-                    None => {
-                        return Err(BackendError::Unavailable(
-                            "subscription changed concurrently".into(),
-                        ));
-                    }
-                })
-            }
-            Err(e) => Err(unavailable(e)),
+        if applied(result)? {
+            self.put_client_webhook(subscription).await?;
+            return Ok(Registered::Created);
         }
+        let existing: Option<Subscription> = self.get(&pk, &sk).await?;
+        Ok(match existing {
+            Some(s) if s.client_id == subscription.client_id => {
+                // Written again: a register whose index write failed is repeated
+                // by its client, and one made before the index existed gains it.
+                self.put_client_webhook(subscription).await?;
+                Registered::AlreadyExists
+            }
+            Some(_) => Registered::OwnedByOther,
+            // Removed between the two calls: the caller may simply retry.
+            None => {
+                return Err(BackendError::Unavailable(
+                    "subscription changed concurrently".into(),
+                ));
+            }
+        })
     }
 
     async fn unregister(
@@ -365,32 +362,24 @@ impl SubscriptionStore for DynamoStore {
             .expression_attribute_values(":client", s(client_id))
             .send()
             .await;
-        match result {
-            Ok(_) => {
-                self.client
-                    .delete_item()
-                    .table_name(&self.table)
-                    .key("pk", s(client_webhooks_pk(client_id)))
-                    .key(
-                        "sk",
-                        s(EndpointKey::subscription(record, callback).as_str()),
-                    )
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                Ok(Unregistered::Deleted)
-            }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(match self.raw_item(&pk, &sk).await? {
-                    Some(_) => Unregistered::OwnedByOther,
-                    None => Unregistered::NotFound,
-                })
-            }
-            Err(e) => Err(unavailable(e)),
+        if !applied(result)? {
+            return Ok(match self.raw_item(&pk, &sk).await? {
+                Some(_) => Unregistered::OwnedByOther,
+                None => Unregistered::NotFound,
+            });
         }
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(client_webhooks_pk(client_id)))
+            .key(
+                "sk",
+                s(EndpointKey::subscription(record, callback).as_str()),
+            )
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(Unregistered::Deleted)
     }
 
     async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>> {
@@ -569,16 +558,7 @@ impl PendingChanges for DynamoStore {
             .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(unavailable(e)),
-        }
+        applied(result)
     }
 
     async fn release_flush(&self, holder: &str) -> BackendResult<()> {
@@ -592,17 +572,8 @@ impl PendingChanges for DynamoStore {
             .expression_attribute_values(":holder", s(holder))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Expired and taken over by another flush: theirs now.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(unavailable(e)),
-        }
+        // Expired and taken over by another flush: theirs now.
+        applied(result).map(|_| ())
     }
 
     async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()> {
@@ -967,16 +938,7 @@ impl SyncStore for DynamoStore {
             .expression_attribute_values(":me", s(claimant))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(unavailable(e)),
-        }
+        applied(result)
     }
 
     async fn lease_sync(
@@ -1002,16 +964,7 @@ impl SyncStore for DynamoStore {
             .expression_attribute_values(":holder", s(holder))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(unavailable(e)),
-        }
+        applied(result)
     }
 
     async fn release_sync(
@@ -1032,17 +985,8 @@ impl SyncStore for DynamoStore {
             .expression_attribute_values(":holder", s(holder))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Expired and taken over by another step: theirs now.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(unavailable(e)),
-        }
+        // Expired and taken over by another step: theirs now.
+        applied(result).map(|_| ())
     }
 }
 
