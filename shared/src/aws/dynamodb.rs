@@ -106,6 +106,56 @@ pub struct DynamoStore {
     attempt_retention: Duration,
 }
 
+/// Keys per `BatchGetItem` call (the service's limit).
+const BATCH_GET_ITEMS: usize = 100;
+/// Calls per chunk of a batch read whose keys come back unprocessed (throttling).
+const BATCH_GET_TRIES: u32 = 5;
+
+impl DynamoStore {
+    /// The items under `keys` (those that exist), by `BatchGetItem` in chunks of the
+    /// service's limit, reading unprocessed keys again a bounded number of times.
+    async fn batch_get(&self, keys: Vec<Item>, consistent: bool) -> BackendResult<Vec<Item>> {
+        let mut items = Vec::new();
+        for chunk in keys.chunks(BATCH_GET_ITEMS) {
+            let mut left = chunk.to_vec();
+            for _ in 0..BATCH_GET_TRIES {
+                if left.is_empty() {
+                    break;
+                }
+                let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut left)))
+                    .consistent_read(consistent)
+                    .build()
+                    .map_err(build_error)?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                items.extend(
+                    out.responses
+                        .and_then(|mut r| r.remove(&self.table))
+                        .unwrap_or_default(),
+                );
+                left = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .map(|u| u.keys)
+                    .unwrap_or_default();
+            }
+            if !left.is_empty() {
+                return Err(BackendError::Unavailable(format!(
+                    "a batch read left {} keys unread",
+                    left.len()
+                )));
+            }
+        }
+        Ok(items)
+    }
+}
+
 impl DynamoStore {
     /// The adapter for `table`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
@@ -787,44 +837,19 @@ impl DynamoStore {
 
     /// The sum of a sync's counter shards (one strongly consistent BatchGetItem).
     async fn sync_counters(&self, application: &str, sync_id: &str) -> BackendResult<SyncOutcomes> {
-        let mut keys: Vec<Item> = (0..SYNC_COUNTER_SHARDS)
+        let keys: Vec<Item> = (0..SYNC_COUNTER_SHARDS)
             .map(|n| {
                 let (pk, sk) = sync_counter_key(application, sync_id, n);
                 key(pk, sk)
             })
             .collect();
         let mut total = SyncOutcomes::default();
-        // Unprocessed keys are read again, a bounded number of times.
-        for _ in 0..5 {
-            let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
-                .set_keys(Some(keys))
-                .consistent_read(true)
-                .build()
-                .map_err(build_error)?;
-            let out = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, request)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out
-                .responses
-                .and_then(|mut r| r.remove(&self.table))
-                .unwrap_or_default()
-            {
-                let shard: SyncCounters = from_item(item)?;
-                total.delivered += shard.outcome_delivered;
-                total.failed += shard.outcome_failed;
-            }
-            match out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
-                Some(left) if !left.keys.is_empty() => keys = left.keys,
-                _ => return Ok(total),
-            }
+        for item in self.batch_get(keys, true).await? {
+            let shard: SyncCounters = from_item(item)?;
+            total.delivered += shard.outcome_delivered;
+            total.failed += shard.outcome_failed;
         }
-        Err(BackendError::Unavailable(
-            "sync counter shards left unread".into(),
-        ))
+        Ok(total)
     }
 }
 

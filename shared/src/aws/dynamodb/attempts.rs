@@ -16,8 +16,6 @@ use std::time::Duration;
 const BATCH_WRITE_ITEMS: usize = 25;
 /// Tries of a batch write whose items come back unprocessed (throttling).
 const BATCH_WRITE_TRIES: u32 = 5;
-/// Keys per `BatchGetItem` call (the service's limit).
-const BATCH_GET_ITEMS: usize = 100;
 /// Query pages one read of the log may take (each at most 1 MB): bounds the cost of a
 /// listing whose filter admits few attempts.
 const MAX_QUERY_PAGES: usize = 20;
@@ -294,54 +292,22 @@ impl AttemptLog for DynamoStore {
         endpoint: &EndpointKey,
         ids: &[MessageId],
     ) -> BackendResult<Vec<StoredMessage>> {
+        let keys: Vec<Item> = ids
+            .iter()
+            .map(|id| {
+                Item::from([
+                    ("pk".to_owned(), s(messages_pk(endpoint))),
+                    ("sk".to_owned(), s(id.as_str())),
+                ])
+            })
+            .collect();
         let mut kept = Vec::new();
-        for chunk in ids.chunks(BATCH_GET_ITEMS) {
-            let mut keys: Vec<Item> = chunk
-                .iter()
-                .map(|id| {
-                    Item::from([
-                        ("pk".to_owned(), s(messages_pk(endpoint))),
-                        ("sk".to_owned(), s(id.as_str())),
-                    ])
-                })
-                .collect();
-            for _ in 0..BATCH_WRITE_TRIES {
-                if keys.is_empty() {
-                    break;
-                }
-                let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
-                    .set_keys(Some(std::mem::take(&mut keys)))
-                    .build()
-                    .map_err(super::build_error)?;
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                for item in out
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    kept.push(
-                        from_item::<Keyed<MessageItem>>(item)?
-                            .value
-                            .into_message()?,
-                    );
-                }
-                keys = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .map(|left| left.keys)
-                    .unwrap_or_default();
-            }
-            if !keys.is_empty() {
-                return Err(BackendError::Unavailable(
-                    "kept messages left unread".into(),
-                ));
-            }
+        for item in self.batch_get(keys, false).await? {
+            kept.push(
+                from_item::<Keyed<MessageItem>>(item)?
+                    .value
+                    .into_message()?,
+            );
         }
         Ok(kept)
     }
