@@ -3,7 +3,7 @@
 
 use super::api_error::{ApiError, json_response};
 use super::registration::{Registration, base_url, body_bytes};
-use crate::attempts::{EndpointKey, Recovery, StatusFilter};
+use crate::attempts::{Attempt, EndpointKey, Recovery, StatusFilter, StoredMessage};
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::MAX_SEND_DELAY;
 use crate::subscription::Subscription;
@@ -111,12 +111,13 @@ impl Registration {
         ))
     }
 
-    /// A kept message of `endpoint` with its attempts.
-    pub(super) async fn message_view(
+    /// The kept message `message_id` of `endpoint` and its attempts; 404 when the id is
+    /// malformed or nothing is kept under it (for this endpoint).
+    async fn kept_message(
         &self,
         endpoint: &EndpointKey,
         message_id: &str,
-    ) -> Result<Response<Body>, ApiError> {
+    ) -> Result<(MessageId, StoredMessage, Vec<Attempt>), ApiError> {
         let id = MessageId::parse(message_id).ok_or(ApiError::MessageNotFound)?;
         let (message, attempts) = self
             .ports
@@ -124,6 +125,16 @@ impl Registration {
             .message(endpoint, &id)
             .await?
             .ok_or(ApiError::MessageNotFound)?;
+        Ok((id, message, attempts))
+    }
+
+    /// A kept message of `endpoint` with its attempts.
+    pub(super) async fn message_view(
+        &self,
+        endpoint: &EndpointKey,
+        message_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let (_, message, attempts) = self.kept_message(endpoint, message_id).await?;
         Ok(json_response(StatusCode::OK, &message.view(&attempts)))
     }
 
@@ -136,13 +147,7 @@ impl Registration {
         disabled: bool,
         message_id: &str,
     ) -> Result<Response<Body>, ApiError> {
-        let id = MessageId::parse(message_id).ok_or(ApiError::MessageNotFound)?;
-        let (message, _) = self
-            .ports
-            .attempts
-            .message(endpoint, &id)
-            .await?
-            .ok_or(ApiError::MessageNotFound)?;
+        let (id, message, _) = self.kept_message(endpoint, message_id).await?;
         if disabled {
             return Err(ApiError::EndpointDisabled);
         }
