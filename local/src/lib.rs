@@ -253,15 +253,7 @@ impl Runtime {
             .collect();
         let deadline = tokio::time::Instant::now() + self.sync_step_budget;
         let response = self.delivery.handle(event, deadline).await;
-        for message in &messages {
-            let failed = response
-                .batch_item_failures
-                .iter()
-                .any(|f| f.item_identifier == message.message_id);
-            if !failed {
-                self.queue.delete(&message.receipt_handle);
-            }
-        }
+        self.queue.settle(&messages, &response);
         messages.len()
     }
 }

@@ -502,15 +502,7 @@ async fn run_queue_for(
         let response = delivery
             .handle(event, Instant::now() + Duration::from_secs(30))
             .await;
-        for m in &received {
-            if !response
-                .batch_item_failures
-                .iter()
-                .any(|f| f.item_identifier == m.message_id)
-            {
-                queue.delete(&m.receipt_handle);
-            }
-        }
+        queue.settle(&received, &response);
     }
 }
 

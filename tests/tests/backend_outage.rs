@@ -133,15 +133,7 @@ async fn an_hour_of_backend_failures_does_not_dead_letter_an_untried_job() {
         let response = delivery
             .handle(event, Instant::now() + Duration::from_secs(60))
             .await;
-        for m in &received {
-            let failed = response
-                .batch_item_failures
-                .iter()
-                .any(|f| f.item_identifier == m.message_id);
-            if !failed {
-                queue.delete(&m.receipt_handle);
-            }
-        }
+        queue.settle(&received, &response);
     }
     assert_eq!(
         queue.dead_letters(),
@@ -224,15 +216,7 @@ async fn only_requests_to_the_receiver_count_as_attempts() {
         let response = delivery
             .handle(event, Instant::now() + Duration::from_secs(30))
             .await;
-        for m in &received {
-            if !response
-                .batch_item_failures
-                .iter()
-                .any(|f| f.item_identifier == m.message_id)
-            {
-                queue.delete(&m.receipt_handle);
-            }
-        }
+        queue.settle(&received, &response);
     }
     assert_eq!(receiver.hits().len(), MAX_ATTEMPTS as usize);
     let dead: Vec<DeliveryJob> = queue

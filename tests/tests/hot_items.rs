@@ -46,15 +46,7 @@ async fn deliver_batch(queue: &MemoryQueue, delivery: &Delivery, batch: usize) -
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let response = delivery.handle(event, deadline).await;
-    for message in &messages {
-        if !response
-            .batch_item_failures
-            .iter()
-            .any(|f| f.item_identifier == message.message_id)
-        {
-            queue.delete(&message.receipt_handle);
-        }
-    }
+    queue.settle(&messages, &response);
     messages.len()
 }
 

@@ -11,7 +11,7 @@ use crate::ports::{
     BackendError, BackendResult, DeliveryQueue, Enqueued, ParkedMessage, ParkedQueue, RefusedJob,
 };
 use async_trait::async_trait;
-use aws_lambda_events::event::sqs::SqsMessage;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -243,6 +243,21 @@ impl MemoryQueue {
                 state.messages.remove(&seq).is_some()
             }
             None => false,
+        }
+    }
+
+    /// Settles a delivered batch as Lambda's SQS event source does: deletes every
+    /// received message that `response` does not report failed (those come back after
+    /// their visibility timeout, or the one the handler set).
+    pub fn settle(&self, received: &[ReceivedMessage], response: &SqsBatchResponse) {
+        for message in received {
+            let failed = response
+                .batch_item_failures
+                .iter()
+                .any(|f| f.item_identifier == message.message_id);
+            if !failed {
+                self.delete(&message.receipt_handle);
+            }
         }
     }
 
