@@ -60,6 +60,35 @@ impl DeliveryMetrics {
         }
     }
 
+    /// Adds what another part of the same invocation did.
+    pub fn merge(&mut self, other: DeliveryMetrics) {
+        // Taken apart, so that a new field cannot be left out here.
+        let DeliveryMetrics {
+            deliveries,
+            acks,
+            failures_3xx,
+            failures_4xx,
+            failures_5xx,
+            failures_other_status,
+            failures_timeout,
+            failures_connection,
+            dlq_moves,
+            parked,
+            latencies_ms,
+        } = other;
+        self.deliveries += deliveries;
+        self.acks += acks;
+        self.failures_3xx += failures_3xx;
+        self.failures_4xx += failures_4xx;
+        self.failures_5xx += failures_5xx;
+        self.failures_other_status += failures_other_status;
+        self.failures_timeout += failures_timeout;
+        self.failures_connection += failures_connection;
+        self.dlq_moves += dlq_moves;
+        self.parked += parked;
+        self.latencies_ms.extend(latencies_ms);
+    }
+
     /// The EMF document (a single log line when serialized).
     pub fn emf(&self, function: &str, timestamp_ms: i64) -> Value {
         let counts = [
@@ -209,5 +238,31 @@ mod tests {
                 "every declared metric has a value"
             );
         }
+    }
+
+    #[test]
+    fn merged_parts_count_as_one_invocation() {
+        let outcomes = [
+            (outcome(Some(204), None), true),
+            (outcome(Some(302), None), false),
+            (outcome(Some(429), None), false),
+            (outcome(Some(503), None), false),
+            (outcome(Some(203), None), false),
+            (outcome(None, Some("timeout: no response")), false),
+            (outcome(None, Some("connection error: refused")), false),
+        ];
+        let mut whole = DeliveryMetrics::default();
+        let mut merged = DeliveryMetrics::default();
+        for (i, (outcome, acknowledged)) in outcomes.iter().enumerate() {
+            whole.record(outcome, *acknowledged);
+            let mut part = DeliveryMetrics::default();
+            part.record(outcome, *acknowledged);
+            part.dlq_moves = i as u64;
+            part.parked = 2 * i as u64;
+            whole.dlq_moves += i as u64;
+            whole.parked += 2 * i as u64;
+            merged.merge(part);
+        }
+        assert_eq!(merged, whole);
     }
 }

@@ -1,0 +1,72 @@
+//! One attempt: the request sent, and what it leaves for the batch (its log entry, its
+//! metrics, its effect on the endpoint's health, a sync outcome) before its verdict is
+//! applied.
+
+use super::Delivery;
+use super::health::HealthNote;
+use super::ledger::TaskReport;
+use super::plan::{Received, Send};
+use super::sync::SyncOutcome;
+use super::verdict::decide;
+use crate::attempts::{Attempt, LoggedAttempt};
+use crate::http_client::AttemptOutcome;
+use crate::metrics::DeliveryMetrics;
+
+/// What an attempt that did not acknowledge failed with, as the endpoint's health and the
+/// exhausted-message event say it.
+pub(super) fn last_error(outcome: &AttemptOutcome) -> String {
+    outcome
+        .error
+        .clone()
+        .unwrap_or_else(|| format!("HTTP {}", outcome.status.unwrap_or_default()))
+}
+
+impl Delivery {
+    /// Sends the request once and applies the verdict on its answer.
+    pub(super) async fn attempt(&self, rx: &Received<'_>, send: Send) -> TaskReport {
+        let Send {
+            outbound,
+            sync,
+            endpoint,
+        } = send;
+        let at_ms = super::epoch_ms(self.ports.clock.as_ref());
+        let (outcome, acknowledged) = outbound.send(&self.http).await;
+        let logged = LoggedAttempt {
+            attempt: Attempt::new(
+                rx.job,
+                endpoint.key(),
+                rx.attempt,
+                at_ms,
+                &outcome,
+                acknowledged,
+            ),
+            job: rx.job.replayable(),
+        };
+        let mut metrics = DeliveryMetrics::default();
+        metrics.record(&outcome, acknowledged);
+        let ended = self.ports.clock.now().unix_timestamp();
+        let health = HealthNote::of(&endpoint, ended, &outcome, acknowledged);
+        let verdict = decide(acknowledged, &self.settings.retry, rx.attempt, &outcome);
+        let keep = self
+            .apply_verdict(rx, verdict, &outcome, &endpoint, &mut metrics)
+            .await;
+        TaskReport {
+            keep,
+            metrics,
+            attempt: Some(logged),
+            health: Some(health),
+            sync_outcome: SyncOutcome::of(rx, sync, verdict),
+        }
+    }
+
+    /// Records the batch's attempts in one call. The log is for the endpoint's owner:
+    /// when it cannot be written the deliveries stand, and the failure is logged.
+    pub(super) async fn log_attempts(&self, attempts: Vec<LoggedAttempt>) {
+        if attempts.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ports.attempts.record(&attempts).await {
+            tracing::error!(error = %e, attempts = attempts.len(), "could not record delivery attempts");
+        }
+    }
+}

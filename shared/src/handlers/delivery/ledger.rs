@@ -1,0 +1,82 @@
+//! What each message's task reports, and the batch's sum of them: its metrics, and what
+//! is left to do once all its attempts are made (one attempt-log write, one counter write
+//! per sync and at most one health write per endpoint, instead of one of each per
+//! message). The tasks return their reports and the batch adds them up as they end, so
+//! the concurrent deliveries share no lock.
+
+use super::Delivery;
+use super::health::{HealthNote, HealthTallies};
+use super::sync::SyncOutcome;
+use crate::attempts::LoggedAttempt;
+use crate::health::HealthPolicy;
+use crate::metrics::DeliveryMetrics;
+
+/// What one message's processing did and left for the batch.
+#[derive(Default)]
+pub(super) struct TaskReport {
+    /// The message's id when it must stay on the queue.
+    pub(super) keep: Option<String>,
+    pub(super) metrics: DeliveryMetrics,
+    pub(super) attempt: Option<LoggedAttempt>,
+    pub(super) health: Option<HealthNote>,
+    pub(super) sync_outcome: Option<SyncOutcome>,
+}
+
+impl TaskReport {
+    /// A message settled without an attempt (`keep`: its id when it stays on the queue).
+    pub(super) fn settled(keep: Option<String>) -> Self {
+        Self {
+            keep,
+            ..Self::default()
+        }
+    }
+}
+
+/// The batch's tasks' reports added up.
+#[derive(Default)]
+pub(super) struct BatchLedger {
+    /// The ids of the messages that stay on the queue.
+    pub(super) keep: Vec<String>,
+    pub(super) metrics: DeliveryMetrics,
+    pub(super) attempts: Vec<LoggedAttempt>,
+    pub(super) health: HealthTallies,
+    pub(super) sync_outcomes: Vec<SyncOutcome>,
+}
+
+impl BatchLedger {
+    /// Adds a task's report (in the order the tasks end: the order the endpoints' health
+    /// sees their attempts).
+    pub(super) fn add(&mut self, report: TaskReport, policy: &HealthPolicy) {
+        let TaskReport {
+            keep,
+            metrics,
+            attempt,
+            health,
+            sync_outcome,
+        } = report;
+        self.keep.extend(keep);
+        self.metrics.merge(metrics);
+        self.attempts.extend(attempt);
+        if let Some(note) = health {
+            self.health.add(note, policy);
+        }
+        self.sync_outcomes.extend(sync_outcome);
+    }
+}
+
+impl Delivery {
+    /// Prints the batch's metric line (when [`super::DeliverySettings::metrics`] is on;
+    /// logged at debug level otherwise), unless the batch attempted nothing.
+    pub(super) fn emit_metrics(&self, metrics: &DeliveryMetrics) {
+        if metrics.deliveries + metrics.dlq_moves + metrics.parked == 0 {
+            return;
+        }
+        let now_ms = super::epoch_ms(self.ports.clock.as_ref());
+        let line = metrics.emf("delivery", now_ms).to_string();
+        if self.settings.metrics {
+            (self.metric_lines)(&line);
+        } else {
+            tracing::debug!(emf = %line, "delivery metrics");
+        }
+    }
+}

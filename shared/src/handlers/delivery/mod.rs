@@ -1,0 +1,203 @@
+//! The `delivery` Lambda (SQS): POST each job to its subscriber; on a negative
+//! acknowledgement hide the message for the retry delay (visibility timeout) and report
+//! it as a batch item failure; after the last attempt let SQS move it to the DLQ.
+//! Full-sync steps travel on the same queue and are run here too. A store or queue failure
+//! is not a delivery attempt: the job is sent again carrying its attempt count (see
+//! `backend_failure`).
+//!
+//! By concern: `plan` reads the batch and what each job asks for, `subscribers` looks
+//! up (and caches) whom it goes to, `attempt` makes one request, `verdict` decides
+//! what becomes of the message, `health` keeps each endpoint's health over the batch,
+//! `sync` runs sync steps and counts fan-out outcomes, and `ledger` adds up what
+//! the concurrent tasks report.
+
+mod attempt;
+mod health;
+mod ledger;
+mod plan;
+mod subscribers;
+mod sync;
+mod verdict;
+
+pub use subscribers::SUBSCRIBER_CACHE_TTL;
+pub use verdict::{MAX_BACKEND_FAILURES, Verdict, decide};
+
+use crate::health::HealthPolicy;
+use crate::http_client::CallbackClient;
+use crate::ports::Ports;
+use crate::retry::RetryPolicy;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::StreamExt;
+use ledger::{BatchLedger, TaskReport};
+use plan::{Received, Work};
+use std::sync::Arc;
+use std::time::Duration;
+use subscribers::Subscribers;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// The clock's time in epoch milliseconds.
+fn epoch_ms(clock: &dyn crate::clock::Clock) -> i64 {
+    (clock.now().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Settings of the delivery handler.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverySettings {
+    /// The retry schedule (its `max_attempts` equals the queue's maxReceiveCount).
+    pub retry: RetryPolicy,
+    /// Concurrent requests within one batch.
+    pub concurrency: usize,
+    /// When failing endpoints are disabled.
+    pub health: HealthPolicy,
+    /// Print CloudWatch Embedded Metric Format lines (on Lambda).
+    pub metrics: bool,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            // The SQS batch size: a whole batch in flight at once (see docs/benchmarks.md).
+            concurrency: 100,
+            health: HealthPolicy::default(),
+            metrics: false,
+        }
+    }
+}
+
+/// The delivery handler.
+pub struct Delivery {
+    /// The ports.
+    pub ports: Ports,
+    /// The shared HTTP client.
+    pub http: CallbackClient,
+    /// Settings.
+    pub settings: DeliverySettings,
+    subscribers: Subscribers,
+    metric_lines: MetricLines,
+}
+
+/// Where the metric lines go: stdout on Lambda (CloudWatch Logs turns Embedded Metric
+/// Format lines into metrics); the cost benchmark counts their bytes.
+pub type MetricLines = Arc<dyn Fn(&str) + Send + Sync>;
+
+impl Delivery {
+    /// The handler over `ports`.
+    pub fn new(ports: Ports, http: CallbackClient, settings: DeliverySettings) -> Self {
+        Self {
+            ports,
+            http,
+            settings,
+            subscribers: Subscribers::default(),
+            metric_lines: Arc::new(|line| println!("{line}")),
+        }
+    }
+
+    /// Sends the metric lines (when [`DeliverySettings::metrics`] is on) to `lines`
+    /// instead of stdout.
+    pub fn with_metric_lines(mut self, lines: MetricLines) -> Self {
+        self.metric_lines = lines;
+        self
+    }
+
+    /// Delivers a batch concurrently; failed messages are listed in the response (an
+    /// `Err` would make Lambda retry the whole batch). Sync steps stop before `deadline`.
+    pub async fn handle(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+        let messages = plan::parse(event);
+        self.prefetch_subscribers(messages.iter().filter_map(|(_, job)| job.as_ref().ok()))
+            .await;
+        let ledger = futures::stream::iter(messages)
+            .map(|(message, job)| self.process(message, job, deadline))
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .fold(BatchLedger::default(), |mut ledger, report| {
+                ledger.add(report, &self.settings.health);
+                futures::future::ready(ledger)
+            })
+            .await;
+        let kept = self.finish_batch(ledger, deadline).await;
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = kept
+            .into_iter()
+            .map(|message_id| {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = message_id;
+                failure
+            })
+            .collect();
+        response
+    }
+
+    /// Does what the batch's attempts left to do; returns the ids of the messages that
+    /// stay on the queue.
+    async fn finish_batch(&self, ledger: BatchLedger, deadline: Instant) -> Vec<String> {
+        let BatchLedger {
+            mut keep,
+            metrics,
+            attempts,
+            health,
+            sync_outcomes,
+        } = ledger;
+        self.save_health(health).await;
+        self.log_attempts(attempts).await;
+        keep.extend(self.count_sync_outcomes(sync_outcomes, deadline).await);
+        self.emit_metrics(&metrics);
+        keep
+    }
+
+    /// Delivers one message.
+    async fn process(
+        &self,
+        message: SqsMessage,
+        job: Result<crate::job::DeliveryJob, serde_json::Error>,
+        deadline: Instant,
+    ) -> TaskReport {
+        let message_id = message.message_id.clone().unwrap_or_default();
+        let receives = plan::receives(&message);
+        let job = match job {
+            Ok(job) => job,
+            Err(e) => {
+                // Keep it: retrying cannot fix it, but the DLQ keeps it for an operator.
+                tracing::error!(%message_id, receives, error = %e, "unreadable delivery job; sending it toward the dead-letter queue");
+                self.hide(&message, Duration::ZERO, &message_id).await;
+                return TaskReport::settled(Some(message_id));
+            }
+        };
+        let rx = Received {
+            message: &message,
+            id: message_id,
+            job: &job,
+            attempt: job.attempts_made.saturating_add(receives),
+        };
+        let span = tracing::info_span!("delivery", delivery_id = %job.id.as_str(), message_id = %rx.id, attempt = rx.attempt);
+        self.process_job(&rx, deadline).instrument(span).await
+    }
+
+    /// Delivers one job (inside its span, so every log line names the delivery).
+    async fn process_job(&self, rx: &Received<'_>, deadline: Instant) -> TaskReport {
+        let work = match self.work(rx.job).await {
+            Ok(work) => work,
+            Err(e) => return TaskReport::settled(self.backend_failure(rx, e).await),
+        };
+        match work {
+            Work::Drop(why) => {
+                tracing::warn!(why, "job dropped");
+                TaskReport::settled(None)
+            }
+            Work::SyncStep { application, sync } => {
+                TaskReport::settled(self.sync_step(rx, &application, &sync, deadline).await)
+            }
+            Work::Unusable {
+                application,
+                reason,
+            } => {
+                let endpoint = self.disable_application(application, reason).await;
+                self.set_aside(rx, &endpoint).await
+            }
+            Work::Send(send) if send.endpoint.health().is_disabled() => {
+                self.set_aside(rx, &send.endpoint).await
+            }
+            Work::Send(send) => self.attempt(rx, send).await,
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Planning a batch: each message read once, and what its job asks for (a request to
+//! send, a sync step to run, or nothing left to do).
+
+use super::Delivery;
+use super::subscribers::Endpoint;
+use crate::application::{Application, NoWebhook};
+use crate::callback::CallbackUrl;
+use crate::handlers::outbound::{Outbound, application_request, callback_request};
+use crate::job::{DeliveryJob, Target};
+use crate::ports::BackendResult;
+use crate::record::RecordId;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use std::sync::Arc;
+
+/// A message of the batch, with its body read as a job.
+pub(super) type Parsed = (SqsMessage, Result<DeliveryJob, serde_json::Error>);
+
+/// Reads each message's body once.
+pub(super) fn parse(event: SqsEvent) -> Vec<Parsed> {
+    event
+        .records
+        .into_iter()
+        .map(|m| {
+            let job = serde_json::from_str(m.body.as_deref().unwrap_or(""));
+            (m, job)
+        })
+        .collect()
+}
+
+/// How often SQS has handed this message out (1 when it does not say).
+pub(super) fn receives(message: &SqsMessage) -> u32 {
+    message
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// A message received in this batch, with its job and the attempt it is.
+pub(super) struct Received<'a> {
+    pub(super) message: &'a SqsMessage,
+    /// The SQS message id (what a batch item failure names).
+    pub(super) id: String,
+    pub(super) job: &'a DeliveryJob,
+    /// Receives of this message, plus the attempts of the messages it replaced (1-based).
+    pub(super) attempt: u32,
+}
+
+/// What a message asked for.
+pub(super) enum Work {
+    Send(Send),
+    Drop(&'static str),
+    /// The application's stored webhook URL cannot be used: no attempt can succeed until
+    /// its owner sets a new one.
+    Unusable {
+        application: Arc<Application>,
+        reason: String,
+    },
+    SyncStep {
+        application: String,
+        sync: String,
+    },
+}
+
+/// A request to make.
+pub(super) struct Send {
+    pub(super) outbound: Outbound,
+    /// The application and full sync this job is part of, if any.
+    pub(super) sync: Option<(String, String)>,
+    pub(super) endpoint: Endpoint,
+}
+
+impl Delivery {
+    /// What `job` asks for, with its subscriber's settings read (from the cache when fresh).
+    pub(super) async fn work(&self, job: &DeliveryJob) -> BackendResult<Work> {
+        if job.redelivery {
+            self.forget_subscriber(&job.target);
+        }
+        match &job.target {
+            Target::Callback {
+                record,
+                callback,
+                client,
+            } => self.callback_work(job, record, callback, client).await,
+            Target::Application {
+                application,
+                person,
+                sync,
+                ..
+            } => {
+                let sync = sync.clone().map(|s| (application.clone(), s));
+                self.application_work(job, application, person, sync).await
+            }
+            Target::SyncStep { application, sync } => Ok(Work::SyncStep {
+                application: application.clone(),
+                sync: sync.clone(),
+            }),
+        }
+    }
+
+    async fn callback_work(
+        &self,
+        job: &DeliveryJob,
+        record: &RecordId,
+        callback: &CallbackUrl,
+        client: &str,
+    ) -> BackendResult<Work> {
+        let Some(subscription) = self.subscription(record, callback).await? else {
+            return Ok(Work::Drop("the callback was unregistered"));
+        };
+        let client = self.client(client).await?;
+        let secrets = client.as_ref().and_then(|c| c.webhook_secrets.as_ref());
+        let clock = self.ports.clock.as_ref();
+        Ok(Work::Send(Send {
+            outbound: callback_request(job.id.as_str(), callback, secrets, clock),
+            sync: None,
+            endpoint: Endpoint::Subscription(subscription),
+        }))
+    }
+
+    async fn application_work(
+        &self,
+        job: &DeliveryJob,
+        application: &str,
+        person: &serde_json::Map<String, serde_json::Value>,
+        sync: Option<(String, String)>,
+    ) -> BackendResult<Work> {
+        let Some(app) = self.application(application).await? else {
+            return Ok(Work::Drop("the application no longer exists"));
+        };
+        let url = match app.webhook.target() {
+            Ok(url) => url,
+            Err(NoWebhook::Unset) => return Ok(Work::Drop("the application has no webhook URL")),
+            Err(why @ NoWebhook::Unusable(_)) => {
+                return Ok(Work::Unusable {
+                    reason: why.to_string(),
+                    application: app,
+                });
+            }
+        };
+        let outbound = application_request(
+            job.id.as_str(),
+            &app,
+            url,
+            std::slice::from_ref(person),
+            &job.created_at,
+            self.ports.clock.as_ref(),
+        );
+        Ok(Work::Send(Send {
+            outbound,
+            sync,
+            endpoint: Endpoint::Application(app),
+        }))
+    }
+}

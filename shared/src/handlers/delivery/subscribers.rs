@@ -1,0 +1,265 @@
+//! Subscriber lookup and caching: the settings a job needs (subscription, OAuth client,
+//! application) read once per [`SUBSCRIBER_CACHE_TTL`] rather than once per message.
+
+use super::Delivery;
+use crate::application::Application;
+use crate::attempts::EndpointKey;
+use crate::callback::CallbackUrl;
+use crate::health::EndpointHealth;
+use crate::job::{DeliveryJob, Target};
+use crate::oauth::OAuthClient;
+use crate::ports::BackendResult;
+use crate::record::RecordId;
+use crate::subscription::{Subscription, endpoint_name};
+use futures::StreamExt;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long subscriber settings (URL, keys, secrets) are reused before being read again.
+pub const SUBSCRIBER_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Subscriber settings read recently (`None` remembers "no such subscriber"), so a batch
+/// for one subscriber reads them once.
+struct TtlCache<V>(Mutex<HashMap<String, Entry<V>>>);
+
+type Entry<V> = (Instant, Option<Arc<V>>);
+
+impl<V> Default for TtlCache<V> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<V> TtlCache<V> {
+    fn get(&self, key: &str) -> Option<Option<Arc<V>>> {
+        let map = self.0.lock().expect("cache lock");
+        map.get(key)
+            .filter(|(at, _)| at.elapsed() < SUBSCRIBER_CACHE_TTL)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn forget(&self, key: &str) {
+        self.0.lock().expect("cache lock").remove(key);
+    }
+
+    fn put(&self, key: &str, value: Option<Arc<V>>) {
+        self.0
+            .lock()
+            .expect("cache lock")
+            .insert(key.to_owned(), (Instant::now(), value));
+    }
+}
+
+impl<V: HasHealth> TtlCache<V> {
+    /// The cached endpoint, unless it is disabled: a cached "disabled" is read again, as
+    /// its owner may have just re-enabled it.
+    fn get_unless_disabled(&self, key: &str) -> Option<Option<Arc<V>>> {
+        self.get(key)
+            .filter(|hit| !hit.as_ref().is_some_and(|v| v.health().is_disabled()))
+    }
+}
+
+/// An endpoint setting that carries its delivery health.
+trait HasHealth {
+    fn health(&self) -> &EndpointHealth;
+}
+
+impl HasHealth for Application {
+    fn health(&self) -> &EndpointHealth {
+        &self.health
+    }
+}
+
+impl HasHealth for Subscription {
+    fn health(&self) -> &EndpointHealth {
+        &self.health
+    }
+}
+
+/// The cached settings of every subscriber the handler has met.
+#[derive(Default)]
+pub(super) struct Subscribers {
+    applications: TtlCache<Application>,
+    clients: TtlCache<OAuthClient>,
+    subscriptions: TtlCache<Subscription>,
+}
+
+/// The endpoint a job goes to, with its health as last read.
+#[derive(Debug, Clone)]
+pub(super) enum Endpoint {
+    Subscription(Arc<Subscription>),
+    Application(Arc<Application>),
+}
+
+impl Endpoint {
+    pub(super) fn name(&self) -> String {
+        match self {
+            Self::Subscription(s) => s.endpoint(),
+            Self::Application(a) => a.endpoint(),
+        }
+    }
+
+    pub(super) fn key(&self) -> EndpointKey {
+        match self {
+            Self::Subscription(s) => EndpointKey::subscription(&s.record, &s.callback),
+            Self::Application(a) => EndpointKey::application(&a.id),
+        }
+    }
+
+    pub(super) fn health(&self) -> &EndpointHealth {
+        match self {
+            Self::Subscription(s) => &s.health,
+            Self::Application(a) => &a.health,
+        }
+    }
+
+    /// The same endpoint with `health` in place of what was read.
+    fn with_health(&self, health: &EndpointHealth) -> Self {
+        match self {
+            Self::Subscription(s) => {
+                let mut updated = (**s).clone();
+                updated.health = health.clone();
+                Self::Subscription(Arc::new(updated))
+            }
+            Self::Application(a) => {
+                let mut updated = (**a).clone();
+                updated.health = health.clone();
+                Self::Application(Arc::new(updated))
+            }
+        }
+    }
+}
+
+impl Delivery {
+    /// Reads each client and application of the batch once, before the concurrent
+    /// deliveries would all miss the cache at the same moment and read it a hundred times.
+    pub(super) async fn prefetch_subscribers<'a>(
+        &self,
+        jobs: impl Iterator<Item = &'a DeliveryJob>,
+    ) {
+        let mut clients = BTreeSet::new();
+        let mut applications = BTreeSet::new();
+        for job in jobs {
+            match &job.target {
+                Target::Callback { client, .. } => clients.insert(client.as_str()),
+                Target::Application { application, .. } => {
+                    applications.insert(application.as_str())
+                }
+                Target::SyncStep { .. } => false,
+            };
+        }
+        // A failed read here is only a missed warm-up: each delivery reads again itself.
+        let reads: Vec<_> = clients
+            .iter()
+            .map(|c| futures::future::Either::Left(async move { self.client(c).await.map(|_| ()) }))
+            .chain(applications.iter().map(|a| {
+                futures::future::Either::Right(async move { self.application(a).await.map(|_| ()) })
+            }))
+            .collect();
+        let _ = futures::stream::iter(reads)
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+    }
+
+    /// Drops the cached settings of a job's subscriber, so they are read again.
+    pub(super) fn forget_subscriber(&self, target: &Target) {
+        let cache = &self.subscribers;
+        match target {
+            Target::Callback {
+                record,
+                callback,
+                client,
+            } => {
+                cache.clients.forget(client);
+                cache.subscriptions.forget(&endpoint_name(record, callback));
+            }
+            Target::Application { application, .. } => cache.applications.forget(application),
+            Target::SyncStep { .. } => {}
+        }
+    }
+
+    pub(super) async fn application(&self, id: &str) -> BackendResult<Option<Arc<Application>>> {
+        let cache = &self.subscribers.applications;
+        if let Some(hit) = cache.get_unless_disabled(id) {
+            return Ok(hit);
+        }
+        let app = self
+            .ports
+            .applications
+            .get_application(id)
+            .await?
+            .map(Arc::new);
+        cache.put(id, app.clone());
+        Ok(app)
+    }
+
+    pub(super) async fn client(&self, id: &str) -> BackendResult<Option<Arc<OAuthClient>>> {
+        let cache = &self.subscribers.clients;
+        if let Some(hit) = cache.get(id) {
+            return Ok(hit);
+        }
+        let client = self.ports.clients.get_client(id).await?.map(Arc::new);
+        cache.put(id, client.clone());
+        Ok(client)
+    }
+
+    pub(super) async fn subscription(
+        &self,
+        record: &RecordId,
+        callback: &CallbackUrl,
+    ) -> BackendResult<Option<Arc<Subscription>>> {
+        let cache = &self.subscribers.subscriptions;
+        let key = endpoint_name(record, callback);
+        if let Some(hit) = cache.get_unless_disabled(&key) {
+            return Ok(hit);
+        }
+        let subscription = self
+            .ports
+            .subscriptions
+            .get_subscription(record, callback)
+            .await?
+            .map(Arc::new);
+        // Only found subscriptions are remembered: a callback registered again right after
+        // being removed must not have its jobs dropped.
+        if subscription.is_some() {
+            cache.put(&key, subscription.clone());
+        }
+        Ok(subscription)
+    }
+
+    /// Writes an endpoint's health to its store.
+    pub(super) async fn store_health(
+        &self,
+        endpoint: &Endpoint,
+        health: &EndpointHealth,
+    ) -> BackendResult<()> {
+        match endpoint {
+            Endpoint::Subscription(s) => {
+                self.ports
+                    .subscriptions
+                    .set_subscription_health(&s.record, &s.callback, health)
+                    .await
+            }
+            Endpoint::Application(a) => {
+                self.ports
+                    .applications
+                    .set_application_health(&a.id, health)
+                    .await
+            }
+        }
+    }
+
+    /// Caches the endpoint with `health`, and returns it so.
+    pub(super) fn remember_health(&self, endpoint: &Endpoint, health: &EndpointHealth) -> Endpoint {
+        let updated = endpoint.with_health(health);
+        let cache = &self.subscribers;
+        match &updated {
+            Endpoint::Subscription(s) => cache.subscriptions.put(&s.endpoint(), Some(s.clone())),
+            Endpoint::Application(a) => cache.applications.put(&a.id, Some(a.clone())),
+        }
+        updated
+    }
+}
