@@ -1,7 +1,5 @@
 //! Time as a port, so tests and the local runner can control it.
 
-use std::sync::Mutex;
-use std::time::Duration;
 use time::OffsetDateTime;
 
 /// The source of "now" for every rule that depends on time.
@@ -17,29 +15,6 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
-    }
-}
-
-/// A clock that only moves when told to (tests).
-#[derive(Debug)]
-pub struct ManualClock(Mutex<OffsetDateTime>);
-
-impl ManualClock {
-    /// A clock standing at `start`.
-    pub fn new(start: OffsetDateTime) -> Self {
-        Self(Mutex::new(start))
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.0.lock().expect("clock lock");
-        *now += by;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> OffsetDateTime {
-        *self.0.lock().expect("clock lock")
     }
 }
 

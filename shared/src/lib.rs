@@ -37,6 +37,8 @@ pub mod retry;
 pub mod signing;
 pub mod subscription;
 pub mod sync;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod window;
 
 pub use aws_lambda_events;

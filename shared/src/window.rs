@@ -103,7 +103,7 @@ impl FlushWindows for ManualWindows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::testing::ManualClock;
     use time::macros::datetime;
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 use webhooks::application::Application;
-use webhooks::clock::{Clock, ManualClock};
+use webhooks::clock::Clock;
 use webhooks::handlers::{ApiSettings, Registration};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::lambda_http::{Body, Request};
@@ -12,6 +12,7 @@ use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::oauth::{IssuedToken, OAuthClient};
 use webhooks::ports::{ApplicationStore, ClientStore, TokenStore};
 use webhooks::record::RecordId;
+use webhooks::testing::ManualClock;
 
 /// The seed's record.
 pub const RECORD: &str = "0000-0002-7465-2162";

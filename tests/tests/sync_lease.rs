@@ -160,7 +160,7 @@ async fn a_step_retried_after_its_lease_answer_was_lost_carries_on() {
 async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires() {
     let store = Arc::new(MemoryStore::default());
     let records = Arc::new(MemoryRecords::default());
-    let clock = Arc::new(webhooks::clock::ManualClock::new(
+    let clock = Arc::new(webhooks::testing::ManualClock::new(
         time::OffsetDateTime::now_utc(),
     ));
     let mut ports = webhooks::memory::ports(

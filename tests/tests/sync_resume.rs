@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use webhooks::application::Application;
 use webhooks::callback::UrlPolicy;
-use webhooks::clock::ManualClock;
+use webhooks::testing::ManualClock;
 use webhooks::handlers::sync_driver::{StepOutcome, SyncDriver};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};

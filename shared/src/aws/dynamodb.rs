@@ -175,6 +175,7 @@ impl DynamoStore {
     }
 
     /// The raw item at (pk, sk), strongly consistent — tests read what is stored.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn raw_item(&self, pk: &str, sk: &str) -> BackendResult<Option<Item>> {
         self.get_item(pk, sk, true).await
     }
@@ -413,7 +414,7 @@ impl SubscriptionStore for DynamoStore {
             .send()
             .await;
         if !applied(result)? {
-            return Ok(match self.raw_item(&pk, &sk).await? {
+            return Ok(match self.get_item(&pk, &sk, true).await? {
                 Some(_) => Unregistered::OwnedByOther,
                 None => Unregistered::NotFound,
             });
@@ -904,7 +905,10 @@ impl SyncStore for DynamoStore {
         application: &str,
         sync_id: &str,
     ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
-        let Some(item) = self.raw_item(&sync_pk(application), sync_id).await? else {
+        let Some(item) = self
+            .get_item(&sync_pk(application), sync_id, true)
+            .await?
+        else {
             return Ok(None);
         };
         if !item.contains_key("sync_id") {

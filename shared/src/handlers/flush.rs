@@ -391,7 +391,7 @@ impl PagePlan {
 mod tests {
     use super::*;
     use crate::callback::{CallbackUrl, UrlPolicy};
-    use crate::clock::ManualClock;
+    use crate::testing::ManualClock;
     use crate::events::LoggedEvents;
     use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
     use crate::ports::DeliveryQueue;
@@ -575,9 +575,8 @@ mod poison_tests {
     use crate::application::Application;
     use crate::clock::SystemClock;
     use crate::events::{LoggedEvents, OpsEvent};
-    use crate::memory::{
-        self, Faults, Faulty, MemoryQueue, MemoryRecords, MemoryStore, PermanentFaults,
-    };
+    use crate::memory::{self, MemoryQueue, MemoryRecords, MemoryStore};
+    use crate::testing::faults::{Faults, Faulty, PermanentFaults};
     use crate::message::{self, MAX_MESSAGE_BYTES};
     use crate::poison::PoisonCause;
     use crate::ports::{ApplicationStore, PendingChanges};

@@ -413,7 +413,7 @@ impl SyncDriver<'_> {
 mod tests {
     use super::*;
     use crate::callback::UrlPolicy;
-    use crate::clock::ManualClock;
+    use crate::testing::ManualClock;
     use crate::http_client::HttpSettings;
     use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
     use crate::record::RecordId;

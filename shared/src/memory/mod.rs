@@ -3,11 +3,9 @@
 //! adapters, including SQS visibility semantics).
 
 mod attempts;
-mod faults;
 mod queue;
 mod records;
 
-pub use faults::{Fault, FaultCounts, Faults, Faulty, PermanentFaults};
 pub use queue::{MemoryQueue, QueueDepth, ReceivedMessage};
 pub use records::MemoryRecords;
 
@@ -101,6 +99,7 @@ impl MemoryStore {
     }
 
     /// Every stored token (tests read what is stored).
+    #[cfg(any(test, feature = "testing"))]
     pub fn stored_tokens(&self) -> Vec<AccessToken> {
         self.state().tokens.values().cloned().collect()
     }

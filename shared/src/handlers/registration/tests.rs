@@ -1,7 +1,8 @@
 //! Every status code of the HTTP API's table, on the in-memory adapters.
 
 use super::*;
-use crate::clock::{Clock, ManualClock};
+use crate::clock::Clock;
+use crate::testing::ManualClock;
 use crate::http_client::{CallbackClient, HttpSettings};
 use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use crate::oauth::OAuthClient;

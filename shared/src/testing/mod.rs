@@ -1,0 +1,35 @@
+//! What tests, benchmarks and tools need to test the service, and production never runs:
+//! a clock that moves when told ([`ManualClock`]), fault injection for any adapter
+//! ([`faults`]). Compiled only with the `testing` feature (as tokio's `test-util`), which
+//! the `tests` crate enables; the Lambda functions and the local runner build without it.
+
+pub mod faults;
+
+use crate::clock::Clock;
+use std::sync::Mutex;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// A clock that only moves when told to (tests).
+#[derive(Debug)]
+pub struct ManualClock(Mutex<OffsetDateTime>);
+
+impl ManualClock {
+    /// A clock standing at `start`.
+    pub fn new(start: OffsetDateTime) -> Self {
+        Self(Mutex::new(start))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let mut now = self.0.lock().expect("clock lock");
+        *now += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        *self.0.lock().expect("clock lock")
+    }
+}
+
