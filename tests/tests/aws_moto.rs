@@ -640,9 +640,9 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
     use tokio::time::timeout;
     use webhooks::aws_lambda_events::event::dynamodb::Event;
     use webhooks::job::MessageId;
-    use webhooks::testing::faults::{Faults, Faulty};
     use webhooks::ports::{Ports, SubscriptionStore};
     use webhooks::subscription::Subscription;
+    use webhooks::testing::faults::{Faults, Faulty};
 
     let seed: u64 = std::env::var("SOAK_SEED")
         .ok()

@@ -14,12 +14,12 @@ use webhooks::handlers::{Delivery, DeliverySettings};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
-use webhooks::testing::ManualClock;
-use webhooks::testing::faults::{Faults, Faulty};
 use webhooks::ports::{ApplicationStore, BackendResult, DeliveryQueue, PersonOutcome, SyncStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::sync::{FullSync, SyncOutcomes};
+use webhooks::testing::ManualClock;
+use webhooks::testing::faults::{Faults, Faulty};
 use webhooks_tests::Receiver;
 
 const PERSONS: usize = 120;

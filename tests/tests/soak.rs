@@ -26,11 +26,11 @@ use webhooks::handlers::{ChangeCapture, Delivery, DeliverySettings, Flush, Flush
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::{DeliveryJob, MessageId, Target};
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
-use webhooks::testing::faults::{Faults, Faulty, PermanentFaults};
 use webhooks::ports::{PendingChanges, Ports, SubscriptionStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::subscription::{Subscription, endpoint_name};
+use webhooks::testing::faults::{Faults, Faulty, PermanentFaults};
 use webhooks::window::{FlushWindows, ManualWindows};
 
 const RECORDS: usize = 40;

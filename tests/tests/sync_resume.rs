@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use webhooks::application::Application;
 use webhooks::callback::UrlPolicy;
-use webhooks::testing::ManualClock;
 use webhooks::handlers::sync_driver::{StepOutcome, SyncDriver};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
@@ -15,6 +14,7 @@ use webhooks::ports::Ports;
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::sync::FullSync;
+use webhooks::testing::ManualClock;
 use webhooks_tests::Receiver;
 
 const PERSONS: usize = 30;

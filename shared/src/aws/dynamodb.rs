@@ -905,10 +905,7 @@ impl SyncStore for DynamoStore {
         application: &str,
         sync_id: &str,
     ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
-        let Some(item) = self
-            .get_item(&sync_pk(application), sync_id, true)
-            .await?
-        else {
+        let Some(item) = self.get_item(&sync_pk(application), sync_id, true).await? else {
             return Ok(None);
         };
         if !item.contains_key("sync_id") {

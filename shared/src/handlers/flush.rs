@@ -391,10 +391,10 @@ impl PagePlan {
 mod tests {
     use super::*;
     use crate::callback::{CallbackUrl, UrlPolicy};
-    use crate::testing::ManualClock;
     use crate::events::LoggedEvents;
     use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
     use crate::ports::DeliveryQueue;
+    use crate::testing::ManualClock;
     use crate::window::ManualWindows;
     use async_trait::async_trait;
     use tokio::sync::Semaphore;
@@ -576,10 +576,10 @@ mod poison_tests {
     use crate::clock::SystemClock;
     use crate::events::{LoggedEvents, OpsEvent};
     use crate::memory::{self, MemoryQueue, MemoryRecords, MemoryStore};
-    use crate::testing::faults::{Faults, Faulty, PermanentFaults};
     use crate::message::{self, MAX_MESSAGE_BYTES};
     use crate::poison::PoisonCause;
     use crate::ports::{ApplicationStore, PendingChanges};
+    use crate::testing::faults::{Faults, Faulty, PermanentFaults};
     use crate::window::ManualWindows;
     use std::time::Duration;
 

@@ -413,10 +413,10 @@ impl SyncDriver<'_> {
 mod tests {
     use super::*;
     use crate::callback::UrlPolicy;
-    use crate::testing::ManualClock;
     use crate::http_client::HttpSettings;
     use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
     use crate::record::RecordId;
+    use crate::testing::ManualClock;
     use std::sync::Arc;
 
     struct Paced {

@@ -32,4 +32,3 @@ impl Clock for ManualClock {
         *self.0.lock().expect("clock lock")
     }
 }
-

@@ -2,12 +2,12 @@
 
 use super::*;
 use crate::clock::Clock;
-use crate::testing::ManualClock;
 use crate::http_client::{CallbackClient, HttpSettings};
 use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use crate::oauth::OAuthClient;
 use crate::ports::{ClientStore, SubscriptionStore};
 use crate::record::RecordId;
+use crate::testing::ManualClock;
 use serde_json::Value;
 use std::sync::Arc;
 use time::macros::datetime;
