@@ -149,8 +149,7 @@ impl Settings {
 
     /// Settings of the flush; entries older than the pending TTL are not looked for.
     pub fn flush(&self) -> FlushSettings {
-        let windows_per_ttl =
-            crate::aws::dynamodb::PENDING_TTL.as_secs() / self.flush_interval.as_secs();
+        let windows_per_ttl = crate::window::PENDING_TTL.as_secs() / self.flush_interval.as_secs();
         FlushSettings {
             max_lag: windows_per_ttl,
             window_length: self.flush_interval,

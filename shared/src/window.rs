@@ -13,6 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// How long pending entries live after their last write (then the store's TTL deletes
+/// them for free); the flush looks no further back than this.
+pub const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A coalescing window's number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WindowId(pub u64);

@@ -32,7 +32,7 @@ use crate::ports::{
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::sync::{FullSync, SyncOutcomes};
-use crate::window::WindowId;
+use crate::window::{PENDING_TTL, WindowId};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -43,9 +43,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
-
-/// How long pending entries live after their last write (then TTL deletes them for free).
-pub const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug>(
     e: SdkError<E, R>,
