@@ -79,7 +79,7 @@ pub async fn handler(receiver_url: &str, concurrency: usize, subscriptions: usiz
         store,
         Arc::new(MemoryRecords::default()),
         Arc::new(MemoryQueue::new(Duration::from_secs(30), 5)),
-        Arc::new(webhooks::events::LoggedEvents::default()),
+        Arc::new(webhooks::memory::LoggedEvents::default()),
         Arc::new(SystemClock),
     );
     let http = CallbackClient::new(&HttpSettings {

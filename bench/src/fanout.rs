@@ -74,7 +74,7 @@ async fn run(shape: Shape) -> (u64, Duration) {
             store,
             records,
             queue.clone(),
-            Arc::new(webhooks::events::LoggedEvents::default()),
+            Arc::new(webhooks::memory::LoggedEvents::default()),
             Arc::new(SystemClock),
         ),
         windows,

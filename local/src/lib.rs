@@ -20,13 +20,13 @@ use webhooks::aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use webhooks::aws_lambda_events::event::sqs::SqsEvent;
 use webhooks::callback::UrlPolicy;
 use webhooks::clock::{Clock, SystemClock};
-use webhooks::events::LoggedEvents;
 use webhooks::handlers::{
     ApiSettings, ChangeCapture, Delivery, DeliverySettings, Flush, FlushReport, FlushSettings,
     ParkedReplay, ParkedReplayer, Registration,
 };
 use webhooks::health::HealthPolicy;
 use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::memory::LoggedEvents;
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, QueueDepth};
 use webhooks::oauth::{OAuthClient, new_client_id, new_secret};
 use webhooks::ports::{ApplicationStore, BackendError, ClientStore, Person};

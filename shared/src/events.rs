@@ -1,11 +1,10 @@
 //! Operational events for operators, as Svix's operational webhooks: an endpoint disabled
 //! or re-enabled, a message exhausted (moved to the dead-letter queue), a full sync
-//! completed, a change set aside as a poison item. Published to EventBridge (an operator routes them to alarms or e-mail); the
-//! local runner logs them.
+//! completed, a change set aside as a poison item. Published through the
+//! [`OpsEvents`](crate::ports::OpsEvents) port: to EventBridge (an operator routes them to
+//! alarms or e-mail) on AWS; the local runner logs them ([`crate::memory::LoggedEvents`]).
 
-use async_trait::async_trait;
 use serde::Serialize;
-use std::sync::Mutex;
 
 /// The `source` of every operational event.
 pub const EVENT_SOURCE: &str = "person-webhooks";
@@ -74,46 +73,5 @@ impl OpsEvent {
             Self::SyncCompleted { .. } => "Sync Completed",
             Self::ChangeSetAside { .. } => "Change Set Aside",
         }
-    }
-}
-
-/// Where operational events go.
-#[async_trait]
-pub trait OpsEvents: Send + Sync {
-    /// Publishes events; failures are the caller's to log (an event is never worth
-    /// failing a delivery for).
-    async fn publish(&self, events: &[OpsEvent]) -> crate::ports::BackendResult<()>;
-}
-
-/// Publishes one event; a failure is logged, never passed on (an operational event is
-/// never worth failing a request or a delivery for).
-pub async fn announce(events: &dyn OpsEvents, event: OpsEvent) {
-    if let Err(e) = events.publish(&[event]).await {
-        tracing::warn!(error = %e, "operational event not published");
-    }
-}
-
-/// Logs events and keeps them (the local runner, tests).
-#[derive(Debug, Default)]
-pub struct LoggedEvents(Mutex<Vec<OpsEvent>>);
-
-impl LoggedEvents {
-    /// Every event published so far.
-    pub fn published(&self) -> Vec<OpsEvent> {
-        self.0.lock().expect("events lock").clone()
-    }
-}
-
-#[async_trait]
-impl OpsEvents for LoggedEvents {
-    async fn publish(&self, events: &[OpsEvent]) -> crate::ports::BackendResult<()> {
-        for event in events {
-            tracing::warn!(event = %serde_json::to_string(event).unwrap_or_default(), "operational event: {}", event.detail_type());
-        }
-        self.0
-            .lock()
-            .expect("events lock")
-            .extend_from_slice(events);
-        Ok(())
     }
 }

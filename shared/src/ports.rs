@@ -5,7 +5,7 @@ use crate::application::Application;
 use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, Recovery, StatusFilter, StoredMessage};
 use crate::callback::CallbackUrl;
 use crate::clock::Clock;
-use crate::events::OpsEvents;
+use crate::events::OpsEvent;
 use crate::health::EndpointHealth;
 use crate::job::{DeliveryJob, MessageId};
 use crate::message::Refusal;
@@ -323,6 +323,22 @@ pub struct RefusedJob {
     pub index: usize,
     /// Why.
     pub refusal: Refusal,
+}
+
+/// Where operational events go.
+#[async_trait]
+pub trait OpsEvents: Send + Sync {
+    /// Publishes events; failures are the caller's to log (an event is never worth
+    /// failing a delivery for).
+    async fn publish(&self, events: &[OpsEvent]) -> BackendResult<()>;
+}
+
+/// Publishes one event; a failure is logged, never passed on (an operational event is
+/// never worth failing a request or a delivery for).
+pub async fn announce(events: &dyn OpsEvents, event: OpsEvent) {
+    if let Err(e) = events.publish(&[event]).await {
+        tracing::warn!(error = %e, "operational event not published");
+    }
 }
 
 /// The delivery attempt log and the messages kept for redelivery (entries expire after

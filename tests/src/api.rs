@@ -77,7 +77,7 @@ impl TestApi {
                 store.clone(),
                 records,
                 Arc::new(MemoryQueue::new(Duration::from_secs(30), 3)),
-                Arc::new(webhooks::events::LoggedEvents::default()),
+                Arc::new(webhooks::memory::LoggedEvents::default()),
                 clock.clone(),
             ),
             http: CallbackClient::new(&HttpSettings::default()),

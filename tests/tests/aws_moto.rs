@@ -664,7 +664,7 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
         attempts: p.aws.store.clone(),
         records: p.aws.records.clone(),
         queue,
-        events: Arc::new(webhooks::events::LoggedEvents::default()),
+        events: Arc::new(webhooks::memory::LoggedEvents::default()),
         clock: Arc::new(webhooks::clock::SystemClock),
     };
     let capture = ChangeCapture {

@@ -81,7 +81,7 @@ impl Service {
             self.store.clone(),
             self.records.clone(),
             self.queue.clone(),
-            Arc::new(webhooks::events::LoggedEvents::default()),
+            Arc::new(webhooks::memory::LoggedEvents::default()),
             Arc::new(SystemClock),
         )
     }

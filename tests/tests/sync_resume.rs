@@ -34,7 +34,7 @@ async fn setup(interval_ms: u64) -> Setup {
         Arc::new(MemoryStore::default()),
         records.clone(),
         Arc::new(MemoryQueue::new(Duration::from_secs(60), 5)),
-        Arc::new(webhooks::events::LoggedEvents::default()),
+        Arc::new(webhooks::memory::LoggedEvents::default()),
         clock.clone(),
     );
     for i in 0..PERSONS {

@@ -1,8 +1,9 @@
 //! Operational events on an EventBridge bus (`PutEvents`, re-sending the entries it
 //! reports failed).
 
-use crate::events::{EVENT_SOURCE, OpsEvent, OpsEvents};
-use crate::ports::{BackendError, BackendResult};
+use crate::events::{EVENT_SOURCE, OpsEvent};
+
+use crate::ports::{BackendError, BackendResult, OpsEvents};
 use async_trait::async_trait;
 use aws_sdk_eventbridge::Client;
 use aws_sdk_eventbridge::error::DisplayErrorContext;

@@ -9,12 +9,11 @@
 
 use crate::application::Application;
 use crate::clock::rfc3339_millis;
-use crate::events::announce;
 use crate::job::DeliveryJob;
 use crate::members::{consents, scoped_person};
 use crate::metrics::FlushMetrics;
 use crate::poison::PoisonItem;
-use crate::ports::{BackendError, FlushCursor, Person, Ports};
+use crate::ports::{BackendError, FlushCursor, Person, Ports, announce};
 use crate::record::RecordId;
 use crate::subscription::Subscription;
 use crate::window::{FlushWindows, WindowId};
@@ -391,7 +390,7 @@ impl PagePlan {
 mod tests {
     use super::*;
     use crate::callback::{CallbackUrl, UrlPolicy};
-    use crate::events::LoggedEvents;
+    use crate::memory::LoggedEvents;
     use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
     use crate::ports::DeliveryQueue;
     use crate::testing::ManualClock;
@@ -574,7 +573,8 @@ mod poison_tests {
     use super::*;
     use crate::application::Application;
     use crate::clock::SystemClock;
-    use crate::events::{LoggedEvents, OpsEvent};
+    use crate::events::OpsEvent;
+    use crate::memory::LoggedEvents;
     use crate::memory::{self, MemoryQueue, MemoryRecords, MemoryStore};
     use crate::message::{self, MAX_MESSAGE_BYTES};
     use crate::poison::PoisonCause;

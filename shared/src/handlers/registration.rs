@@ -4,10 +4,10 @@
 
 use super::api_error::{ApiError, empty_response, json_response};
 use crate::callback::{CallbackUrl, InvalidCallbackUrl, UrlPolicy, strict_percent_decode};
-use crate::events::{OpsEvent, announce};
+use crate::events::OpsEvent;
 use crate::http_client::CallbackClient;
 use crate::oauth::{BearerError, IssuedToken, TokenRequest, authorize_webhook, sha256_hex};
-use crate::ports::Ports;
+use crate::ports::{Ports, announce};
 use crate::record::OrcidId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use base64::Engine;

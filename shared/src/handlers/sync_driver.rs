@@ -5,11 +5,13 @@ use crate::application::Application;
 use crate::attempts::{Attempt, EndpointKey, LoggedAttempt};
 use crate::callback::CallbackUrl;
 use crate::clock::rfc3339_millis;
-use crate::events::{OpsEvent, OpsEvents, announce};
+use crate::events::OpsEvent;
 use crate::http_client::CallbackClient;
 use crate::job::{DeliveryJob, Target};
 use crate::members::{consented_scopes, scoped_person};
-use crate::ports::{BackendError, MAX_SEND_DELAY, PersonOutcome, Ports, SyncStore};
+use crate::ports::{
+    BackendError, MAX_SEND_DELAY, OpsEvents, PersonOutcome, Ports, SyncStore, announce,
+};
 use crate::retry::RetryPolicy;
 use crate::sync::{FullSync, SyncState};
 use std::time::Duration;
@@ -434,7 +436,7 @@ mod tests {
             Arc::new(MemoryStore::default()),
             records.clone(),
             Arc::new(MemoryQueue::new(Duration::from_secs(60), 5)),
-            Arc::new(crate::events::LoggedEvents::default()),
+            Arc::new(crate::memory::LoggedEvents::default()),
             clock.clone(),
         );
         let person = serde_json::json!({"consents": {"app-1": ["members.read_name"]}});

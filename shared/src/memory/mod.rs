@@ -3,9 +3,11 @@
 //! adapters, including SQS visibility semantics).
 
 mod attempts;
+mod events;
 mod queue;
 mod records;
 
+pub use events::LoggedEvents;
 pub use queue::{MemoryQueue, QueueDepth, ReceivedMessage};
 pub use records::MemoryRecords;
 
@@ -13,14 +15,13 @@ use crate::application::Application;
 use crate::attempts::{Attempt, EndpointKey, StoredMessage};
 use crate::callback::CallbackUrl;
 use crate::clock::Clock;
-use crate::events::OpsEvents;
 use crate::health::EndpointHealth;
 use crate::job::MessageId;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::poison::PoisonItem;
 use crate::ports::{
-    ApplicationStore, BackendResult, ClientStore, FlushCursor, Page, PendingChanges, PersonOutcome,
-    Ports, SubscriptionStore, SyncStore, TokenStore,
+    ApplicationStore, BackendResult, ClientStore, FlushCursor, OpsEvents, Page, PendingChanges,
+    PersonOutcome, Ports, SubscriptionStore, SyncStore, TokenStore,
 };
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};

@@ -5,9 +5,10 @@ use super::Delivery;
 use super::attempt::last_error;
 use super::subscribers::Endpoint;
 use crate::application::Application;
-use crate::events::{OpsEvent, announce};
+use crate::events::OpsEvent;
 use crate::health::{EndpointHealth, HealthPolicy};
 use crate::http_client::AttemptOutcome;
+use crate::ports::announce;
 use std::collections::HashMap;
 use std::sync::Arc;
 

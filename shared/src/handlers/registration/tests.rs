@@ -42,7 +42,7 @@ async fn api() -> Api {
                 store.clone(),
                 records,
                 Arc::new(MemoryQueue::new(std::time::Duration::from_secs(30), 3)),
-                Arc::new(crate::events::LoggedEvents::default()),
+                Arc::new(crate::memory::LoggedEvents::default()),
                 clock.clone(),
             ),
             http: CallbackClient::new(&HttpSettings::default()),
