@@ -35,6 +35,8 @@ pub mod ports;
 pub mod record;
 pub mod retry;
 pub mod signing;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 pub mod subscription;
 pub mod sync;
 #[cfg(any(test, feature = "testing"))]

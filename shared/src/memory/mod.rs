@@ -5,7 +5,7 @@
 mod attempts;
 mod events;
 mod queue;
-mod records;
+pub(crate) mod records;
 
 pub use events::LoggedEvents;
 pub use queue::{MemoryQueue, QueueDepth, ReceivedMessage};

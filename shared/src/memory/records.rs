@@ -42,7 +42,9 @@ fn to_item(person: &Person) -> serde_dynamo::Item {
     serde_dynamo::to_item(person).expect("a JSON object is a DynamoDB item")
 }
 
-fn stream_record(name: &str, id: &RecordId, sequence: u64) -> EventRecord {
+/// The KEYS_ONLY stream record of a change (`INSERT`, `MODIFY` or `REMOVE`) of `id` with
+/// stream sequence `sequence`, as DynamoDB emits it (the SQLite records table emits the same).
+pub(crate) fn stream_record(name: &str, id: &RecordId, sequence: u64) -> EventRecord {
     let mut keys = Person::new();
     keys.insert("id".into(), id.as_str().into());
     let mut change = StreamRecord::default();

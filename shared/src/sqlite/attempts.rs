@@ -1,0 +1,261 @@
+//! The attempt log on SQLite: one row per attempt (its endpoint's listing is one index
+//! range read backwards), one row per kept message, and recoveries. A delivery batch's
+//! attempts are one transaction.
+
+use super::db::{Durability, backend};
+use super::store::SqliteStore;
+use super::{from_json, to_json};
+use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, Recovery, StatusFilter, StoredMessage};
+use crate::job::MessageId;
+use crate::ports::{AttemptLog, BackendResult, Page};
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashSet;
+
+fn stored_message(
+    conn: &Connection,
+    endpoint: &str,
+    message_id: &str,
+) -> BackendResult<Option<StoredMessage>> {
+    let body: Option<String> = conn
+        .prepare_cached("SELECT body FROM messages WHERE endpoint = ?1 AND message_id = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![endpoint, message_id], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    body.map(|b| from_json("kept message", &b)).transpose()
+}
+
+/// The `acked` column's value a status filter selects (`None`: any).
+fn acked_filter(filter: StatusFilter) -> Option<bool> {
+    match filter {
+        StatusFilter::All => None,
+        StatusFilter::Failed => Some(false),
+        StatusFilter::Acked => Some(true),
+    }
+}
+
+#[async_trait]
+impl AttemptLog for SqliteStore {
+    async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()> {
+        let mut rows = Vec::with_capacity(attempts.len());
+        for logged in attempts {
+            let a = &logged.attempt;
+            let message = StoredMessage::of(logged);
+            rows.push((
+                a.endpoint.as_str().to_owned(),
+                a.sort_key(),
+                a.message_id.as_str().to_owned(),
+                a.at_ms,
+                a.outcome.is_acked(),
+                to_json(a)?,
+                to_json(&message)?,
+            ));
+        }
+        // Normal: a log entry lost to a power loss costs no delivery.
+        self.db
+            .write(Durability::Normal, move |conn| {
+                let mut attempt = conn
+                    .prepare_cached(
+                        "INSERT INTO attempts (endpoint, sort_key, message_id, at_ms, acked, body)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (endpoint, sort_key) DO UPDATE SET
+                             acked = excluded.acked, body = excluded.body",
+                    )
+                    .map_err(backend)?;
+                let mut message = conn
+                    .prepare_cached(
+                        "INSERT INTO messages (endpoint, message_id, last_attempt_ms, acked, body)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (endpoint, message_id) DO UPDATE SET
+                             last_attempt_ms = excluded.last_attempt_ms,
+                             acked = excluded.acked, body = excluded.body",
+                    )
+                    .map_err(backend)?;
+                for (endpoint, sort_key, message_id, at_ms, acked, attempt_body, message_body) in
+                    &rows
+                {
+                    attempt
+                        .execute(params![
+                            endpoint,
+                            sort_key,
+                            message_id,
+                            at_ms,
+                            acked,
+                            attempt_body
+                        ])
+                        .map_err(backend)?;
+                    message
+                        .execute(params![endpoint, message_id, at_ms, acked, message_body])
+                        .map_err(backend)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn attempts(
+        &self,
+        endpoint: &EndpointKey,
+        filter: StatusFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<Attempt>> {
+        let (endpoint, after) = (endpoint.as_str().to_owned(), after.map(str::to_owned));
+        self.db
+            .read(move |conn| {
+                // Sort keys start with 13 digits: "~" sorts after every one of them.
+                let before = after.unwrap_or_else(|| "~".to_owned());
+                let mut statement = conn
+                    .prepare_cached(
+                        "SELECT body FROM attempts
+                         WHERE endpoint = ?1 AND sort_key < ?2 AND (?3 IS NULL OR acked = ?3)
+                         ORDER BY sort_key DESC LIMIT ?4",
+                    )
+                    .map_err(backend)?;
+                let rows = statement
+                    .query_map(
+                        params![endpoint, before, acked_filter(filter), limit as i64 + 1],
+                        |r| r.get::<_, String>(0),
+                    )
+                    .map_err(backend)?;
+                let mut items: Vec<Attempt> = Vec::new();
+                for row in rows {
+                    items.push(from_json("attempt", &row.map_err(backend)?)?);
+                }
+                let next = if items.len() > limit {
+                    items.truncate(limit);
+                    items.last().map(Attempt::sort_key)
+                } else {
+                    None
+                };
+                Ok(Page { items, next })
+            })
+            .await
+    }
+
+    async fn message(
+        &self,
+        endpoint: &EndpointKey,
+        message_id: &MessageId,
+    ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>> {
+        let (endpoint, message_id) = (endpoint.as_str().to_owned(), message_id.as_str().to_owned());
+        self.db
+            .read(move |conn| {
+                let Some(message) = stored_message(conn, &endpoint, &message_id)? else {
+                    return Ok(None);
+                };
+                let mut statement = conn
+                    .prepare_cached(
+                        "SELECT body FROM attempts WHERE endpoint = ?1 AND message_id = ?2
+                         ORDER BY sort_key",
+                    )
+                    .map_err(backend)?;
+                let rows = statement
+                    .query_map(params![endpoint, message_id], |r| r.get::<_, String>(0))
+                    .map_err(backend)?;
+                let mut attempts = Vec::new();
+                for row in rows {
+                    attempts.push(from_json("attempt", &row.map_err(backend)?)?);
+                }
+                Ok(Some((message, attempts)))
+            })
+            .await
+    }
+
+    async fn failed_since(
+        &self,
+        endpoint: &EndpointKey,
+        since_ms: i64,
+        limit: usize,
+    ) -> BackendResult<Page<StoredMessage>> {
+        let endpoint = endpoint.as_str().to_owned();
+        self.db
+            .read(move |conn| {
+                let from = format!("{:013}", since_ms.max(0));
+                let mut statement = conn
+                    .prepare_cached(
+                        "SELECT a.message_id, m.body FROM attempts a
+                         JOIN messages m ON m.endpoint = a.endpoint AND m.message_id = a.message_id
+                         WHERE a.endpoint = ?1 AND a.sort_key >= ?2 AND a.acked = 0 AND m.acked = 0
+                         ORDER BY a.sort_key",
+                    )
+                    .map_err(backend)?;
+                let mut rows = statement.query(params![endpoint, from]).map_err(backend)?;
+                let mut seen = HashSet::new();
+                let mut items = Vec::new();
+                let mut more = false;
+                while let Some(row) = rows.next().map_err(backend)? {
+                    let message_id: String = row.get(0).map_err(backend)?;
+                    if !seen.insert(message_id) {
+                        continue;
+                    }
+                    if items.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    let body: String = row.get(1).map_err(backend)?;
+                    items.push(from_json("kept message", &body)?);
+                }
+                Ok(Page {
+                    next: more.then(|| "more".to_owned()),
+                    items,
+                })
+            })
+            .await
+    }
+
+    async fn messages(
+        &self,
+        endpoint: &EndpointKey,
+        ids: &[MessageId],
+    ) -> BackendResult<Vec<StoredMessage>> {
+        let endpoint = endpoint.as_str().to_owned();
+        let ids: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
+        self.db
+            .read(move |conn| {
+                let mut found = Vec::new();
+                for id in &ids {
+                    if let Some(message) = stored_message(conn, &endpoint, id)? {
+                        found.push(message);
+                    }
+                }
+                Ok(found)
+            })
+            .await
+    }
+
+    async fn save_recovery(&self, recovery: &Recovery) -> BackendResult<()> {
+        let (endpoint, id, started, body) = (
+            recovery.endpoint.as_str().to_owned(),
+            recovery.id.clone(),
+            recovery.started_at_ms,
+            to_json(recovery)?,
+        );
+        self.db
+            .write(Durability::Full, move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO recoveries (endpoint, id, started_at_ms, body) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (endpoint, id) DO UPDATE SET body = excluded.body",
+                )
+                .and_then(|mut s| s.execute(params![endpoint, id, started, body]))
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn recovery(&self, endpoint: &EndpointKey, id: &str) -> BackendResult<Option<Recovery>> {
+        let (endpoint, id) = (endpoint.as_str().to_owned(), id.to_owned());
+        self.db
+            .read(move |conn| {
+                let body: Option<String> = conn
+                    .prepare_cached("SELECT body FROM recoveries WHERE endpoint = ?1 AND id = ?2")
+                    .and_then(|mut s| s.query_row(params![endpoint, id], |r| r.get(0)).optional())
+                    .map_err(backend)?;
+                body.map(|b| from_json("recovery", &b)).transpose()
+            })
+            .await
+    }
+}

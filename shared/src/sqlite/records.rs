@@ -1,0 +1,199 @@
+//! The records table on SQLite, with its change stream: a write of a person and the
+//! stream entry of the change are one transaction, and the entry stays until change
+//! capture has taken it, so a change is never lost between the two (what a DynamoDB
+//! stream guarantees on AWS). A runner started again feeds the entries left to change
+//! capture first ([`SqliteRecords::uncaptured`]).
+
+use super::db::{Database, Durability, backend};
+use super::{from_json, to_json};
+use crate::members::consented_scopes;
+use crate::memory::records::stream_record;
+use crate::ports::{BackendError, BackendResult, Page, Person, RecordStore};
+use crate::record::RecordId;
+use async_trait::async_trait;
+use aws_lambda_events::event::dynamodb::EventRecord;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::Arc;
+
+/// Persons keyed by id, and the changes not yet captured.
+#[derive(Debug, Clone)]
+pub struct SqliteRecords {
+    db: Arc<Database>,
+}
+
+fn epoch_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Appends a change of `id` to the stream; returns its stream record.
+fn append_change(conn: &Connection, name: &str, id: &RecordId) -> BackendResult<EventRecord> {
+    conn.prepare_cached("INSERT INTO record_changes (record, event, at_ms) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![id.as_str(), name, epoch_ms()]))
+        .map_err(backend)?;
+    let sequence = conn.last_insert_rowid();
+    Ok(stream_record(name, id, sequence as u64))
+}
+
+fn exists(conn: &Connection, id: &str) -> BackendResult<bool> {
+    conn.prepare_cached("SELECT 1 FROM records WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |_| Ok(())).optional())
+        .map(|found| found.is_some())
+        .map_err(backend)
+}
+
+impl SqliteRecords {
+    /// The records table of an open data directory.
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+
+    /// Creates or replaces a person (its `id` field set to `id`) and returns the INSERT or
+    /// MODIFY stream record; durable when it returns (the registry's write).
+    pub async fn put_person(
+        &self,
+        id: &RecordId,
+        mut person: Person,
+    ) -> BackendResult<EventRecord> {
+        person.insert("id".into(), id.as_str().into());
+        let (id, body) = (id.clone(), to_json(&person)?);
+        self.db
+            .write(Durability::Full, move |conn| {
+                let name = if exists(conn, id.as_str())? {
+                    "MODIFY"
+                } else {
+                    "INSERT"
+                };
+                conn.prepare_cached(
+                    "INSERT INTO records (id, body) VALUES (?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                )
+                .and_then(|mut s| s.execute(params![id.as_str(), body]))
+                .map_err(backend)?;
+                append_change(conn, name, &id)
+            })
+            .await
+    }
+
+    /// Deletes a person and returns the REMOVE stream record, if it existed.
+    pub async fn delete_person(&self, id: &RecordId) -> BackendResult<Option<EventRecord>> {
+        let id = id.clone();
+        self.db
+            .write(Durability::Full, move |conn| {
+                let removed = conn
+                    .prepare_cached("DELETE FROM records WHERE id = ?1")
+                    .and_then(|mut s| s.execute([id.as_str()]))
+                    .map_err(backend)?;
+                if removed == 0 {
+                    return Ok(None);
+                }
+                append_change(conn, "REMOVE", &id).map(Some)
+            })
+            .await
+    }
+
+    /// The changes change capture has not taken yet, oldest first.
+    pub async fn uncaptured(&self) -> BackendResult<Vec<EventRecord>> {
+        self.db
+            .read(|conn| {
+                let mut statement = conn
+                    .prepare_cached("SELECT seq, record, event FROM record_changes ORDER BY seq")
+                    .map_err(backend)?;
+                let rows = statement
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    })
+                    .map_err(backend)?;
+                let mut changes = Vec::new();
+                for row in rows {
+                    let (sequence, record, event) = row.map_err(backend)?;
+                    let id = RecordId::parse(&record).map_err(|e| {
+                        BackendError::Corrupt(format!("changed record id {record:?}: {e}"))
+                    })?;
+                    changes.push(stream_record(&event, &id, sequence as u64));
+                }
+                Ok(changes)
+            })
+            .await
+    }
+
+    /// Drops changes change capture has taken (by their stream sequence numbers).
+    pub async fn captured(&self, records: &[EventRecord]) -> BackendResult<()> {
+        let sequences: Vec<i64> = records
+            .iter()
+            .filter_map(|r| r.change.sequence_number.as_deref()?.parse().ok())
+            .collect();
+        // Normal: a power loss that takes this deletion only makes the change captured again.
+        self.db
+            .write(Durability::Normal, move |conn| {
+                let mut delete = conn
+                    .prepare_cached("DELETE FROM record_changes WHERE seq = ?1")
+                    .map_err(backend)?;
+                for sequence in sequences {
+                    delete.execute([sequence]).map_err(backend)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl RecordStore for SqliteRecords {
+    async fn get_person(&self, id: &RecordId) -> BackendResult<Option<Person>> {
+        let id = id.as_str().to_owned();
+        self.db
+            .read(move |conn| {
+                let body: Option<String> = conn
+                    .prepare_cached("SELECT body FROM records WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+                    .map_err(backend)?;
+                body.map(|b| from_json("person", &b)).transpose()
+            })
+            .await
+    }
+
+    async fn scan_consented(
+        &self,
+        application: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<(RecordId, Person)>> {
+        let (application, after) = (application.to_owned(), after.map(str::to_owned));
+        self.db
+            .read(move |conn| {
+                let mut statement = conn
+                    .prepare_cached(
+                        "SELECT id, body FROM records WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    )
+                    .map_err(backend)?;
+                let rows = statement
+                    .query_map(params![after.unwrap_or_default(), limit as i64 + 1], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .map_err(backend)?;
+                let mut examined = Vec::new();
+                for row in rows {
+                    examined.push(row.map_err(backend)?);
+                }
+                // `limit` bounds the records examined, as a DynamoDB Scan's Limit does.
+                let next =
+                    (examined.len() > limit && limit > 0).then(|| examined[limit - 1].0.clone());
+                let mut items = Vec::new();
+                for (id, body) in examined.into_iter().take(limit) {
+                    let person: Person = from_json("person", &body)?;
+                    if consented_scopes(&person, &application).is_none() {
+                        continue;
+                    }
+                    let id = RecordId::parse(&id)
+                        .map_err(|e| BackendError::Corrupt(format!("record id {id:?}: {e}")))?;
+                    items.push((id, person));
+                }
+                Ok(Page { items, next })
+            })
+            .await
+    }
+}
