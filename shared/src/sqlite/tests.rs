@@ -5,7 +5,6 @@ use super::*;
 use crate::application::Application;
 use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, OutcomeClass, StatusFilter};
 use crate::callback::{CallbackUrl, UrlPolicy};
-use crate::clock::ManualClock;
 use crate::job::DeliveryJob;
 use crate::memory::QueueDepth;
 use crate::message;
@@ -16,6 +15,7 @@ use crate::ports::{
 };
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
+use crate::testing::ManualClock;
 use crate::window::WindowId;
 use std::path::PathBuf;
 use std::time::Duration;
