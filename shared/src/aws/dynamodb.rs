@@ -19,6 +19,7 @@
 //! | client's webhook | `CLIENTHOOKS#<client id>` | webhook id (`wh_...`) | record and callback of a subscription the client owns (written with it) |
 //! | poison item | `POISON` | `<window>#<record>#<message or endpoint>` | a change the flush set aside; no TTL: kept until replayed |
 
+use super::unavailable;
 use crate::application::Application;
 use crate::attempts::EndpointKey;
 use crate::callback::CallbackUrl;
@@ -35,7 +36,7 @@ use crate::sync::{FullSync, SyncOutcomes};
 use crate::window::{PENDING_TTL, WindowId};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::{HashMap, HashSet};
@@ -43,12 +44,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
-
-fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    e: SdkError<E, R>,
-) -> BackendError {
-    BackendError::Unavailable(DisplayErrorContext(&e).to_string())
-}
 
 /// Whether a conditional write took effect: `Ok(false)` when its condition did not hold
 /// (DynamoDB's `ConditionalCheckFailedException`), an error for every other failure.

@@ -18,6 +18,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
+/// An SDK call's failure as a backend error a later call may not meet (throttling, a
+/// service error, no connection), with the SDK's whole error chain as its text. Each
+/// adapter tells apart, in one helper of its own, the failures that are not this: an
+/// unmet DynamoDB condition (`dynamodb::applied`), a message SQS refuses for good
+/// ([`sqs::refusal_of`]).
+fn unavailable<E: std::error::Error>(e: E) -> crate::ports::BackendError {
+    // The smithy type every SDK crate re-exports.
+    crate::ports::BackendError::Unavailable(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())
+}
+
 /// Time kept in hand before a Lambda invocation's deadline, for saving progress.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(15);
 

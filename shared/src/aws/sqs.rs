@@ -5,6 +5,7 @@
 //! entries and bytes. What SQS still refuses for good is told apart from what may pass
 //! in one place, [`refusal_of`], and reported per job; only the latter is an error.
 
+use super::unavailable;
 use crate::job::DeliveryJob;
 use crate::message::{self, MAX_BATCH_ENTRIES, Refusal};
 use crate::ports::{
@@ -12,8 +13,9 @@ use crate::ports::{
 };
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::operation::send_message_batch::{SendMessageBatchError, SendMessageBatchOutput};
+use aws_sdk_sqs::types::{BatchResultErrorEntry, SendMessageBatchRequestEntry};
 use futures::{StreamExt, TryStreamExt};
 use std::time::Duration;
 
@@ -35,10 +37,6 @@ pub struct SqsQueue {
     queue_url: String,
     dead_letter_url: String,
     parked_url: Option<String>,
-}
-
-fn unavailable<E: std::error::Error + 'static>(e: E) -> BackendError {
-    BackendError::Unavailable(DisplayErrorContext(&e).to_string())
 }
 
 impl SqsQueue {
@@ -83,7 +81,7 @@ impl SqsQueue {
                 .wait_time_seconds(1)
                 .send()
                 .await
-                .map_err(|e| BackendError::Unavailable(DisplayErrorContext(&e).to_string()))?;
+                .map_err(unavailable)?;
             let messages = out.messages.unwrap_or_default();
             if messages.is_empty() {
                 break;
@@ -107,9 +105,7 @@ impl SqsQueue {
                         .receipt_handle(receipt)
                         .send()
                         .await
-                        .map_err(|e| {
-                            BackendError::Unavailable(DisplayErrorContext(&e).to_string())
-                        })?;
+                        .map_err(unavailable)?;
                 }
             }
             moved += messages.len();
@@ -130,7 +126,7 @@ impl SqsQueue {
                     .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
                     .send()
                     .await
-                    .map_err(|e| BackendError::Unavailable(DisplayErrorContext(&e).to_string()))?;
+                    .map_err(unavailable)?;
                 out.attributes
                     .and_then(|a| {
                         a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
@@ -148,7 +144,7 @@ impl SqsQueue {
             .destination_arn(destination)
             .send()
             .await
-            .map_err(|e| BackendError::Unavailable(DisplayErrorContext(&e).to_string()))?;
+            .map_err(unavailable)?;
         Ok(out.task_handle.unwrap_or_default())
     }
 
@@ -170,7 +166,7 @@ impl SqsQueue {
             .await
             .map_err(|e| match refusal_of(e.code(), e.message()) {
                 Some(refusal) => BackendError::Refused(refusal),
-                None => BackendError::Unavailable(DisplayErrorContext(&e).to_string()),
+                None => unavailable(e),
             })?;
         Ok(())
     }
@@ -192,62 +188,18 @@ impl SqsQueue {
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(50 << round)).await;
             }
-            let request = pending
-                .iter()
-                .map(|(index, body)| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(index.to_string())
-                        .message_body(*body)
-                        .build()
-                        .expect("id and body are set")
-                })
-                .collect();
-            let out = match self
-                .client
-                .send_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(request))
-                .send()
-                .await
-            {
+            let out = match self.send_message_batch(&pending).await {
                 Ok(out) => out,
                 Err(e) => {
                     let Some(refusal) = refusal_of(e.code(), e.message()) else {
                         tracing::warn!(error = %DisplayErrorContext(&e), round, "SendMessageBatch failed");
                         continue;
                     };
-                    if let [(index, _)] = pending[..] {
-                        refused.push(RefusedJob { index, refusal });
-                        return Ok(refused);
-                    }
-                    // One entry spoils the whole call: send each alone to find which.
-                    tracing::warn!(%refusal, entries = pending.len(), "SendMessageBatch refused; sending its entries one by one");
-                    for entry in pending {
-                        refused.extend(Box::pin(self.send_batch(&[entry])).await?);
-                    }
+                    refused.extend(self.find_refused(pending, refusal).await?);
                     return Ok(refused);
                 }
             };
-            let mut again = Vec::new();
-            for failed in &out.failed {
-                let Some(&entry) = pending.iter().find(|(i, _)| i.to_string() == failed.id) else {
-                    continue;
-                };
-                match refusal_of(Some(&failed.code), failed.message.as_deref()) {
-                    Some(refusal) => {
-                        tracing::warn!(id = %failed.id, code = %failed.code, "SendMessageBatch entry refused");
-                        refused.push(RefusedJob {
-                            index: entry.0,
-                            refusal,
-                        });
-                    }
-                    None => {
-                        tracing::warn!(id = %failed.id, code = %failed.code, sender_fault = failed.sender_fault, "SendMessageBatch entry failed");
-                        again.push(entry);
-                    }
-                }
-            }
-            pending = again;
+            pending = failed_entries(&pending, &out.failed, &mut refused);
             if pending.is_empty() {
                 return Ok(refused);
             }
@@ -258,6 +210,76 @@ impl SqsQueue {
             entries.len()
         )))
     }
+
+    /// One SendMessageBatch call, each entry's id its position.
+    async fn send_message_batch(
+        &self,
+        entries: &[(usize, &str)],
+    ) -> Result<SendMessageBatchOutput, SdkError<SendMessageBatchError>> {
+        let request = entries
+            .iter()
+            .map(|(index, body)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(index.to_string())
+                    .message_body(*body)
+                    .build()
+                    .expect("id and body are set")
+            })
+            .collect();
+        self.client
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(request))
+            .send()
+            .await
+    }
+
+    /// The entries of a SendMessageBatch call SQS refused as a whole for `refusal`: one
+    /// entry spoils the whole call, so each is sent alone to find which.
+    async fn find_refused(
+        &self,
+        entries: Vec<(usize, &str)>,
+        refusal: Refusal,
+    ) -> BackendResult<Vec<RefusedJob>> {
+        if let [(index, _)] = entries[..] {
+            return Ok(vec![RefusedJob { index, refusal }]);
+        }
+        tracing::warn!(%refusal, entries = entries.len(), "SendMessageBatch refused; sending its entries one by one");
+        let mut refused = Vec::new();
+        for entry in entries {
+            refused.extend(Box::pin(self.send_batch(&[entry])).await?);
+        }
+        Ok(refused)
+    }
+}
+
+/// The entries of `sent` a SendMessageBatch reported `failed` that may pass when sent
+/// again; those SQS refused for good go to `refused`.
+fn failed_entries<'a>(
+    sent: &[(usize, &'a str)],
+    failed: &[BatchResultErrorEntry],
+    refused: &mut Vec<RefusedJob>,
+) -> Vec<(usize, &'a str)> {
+    let mut again = Vec::new();
+    for failed in failed {
+        let Some(&entry) = sent.iter().find(|(i, _)| i.to_string() == failed.id) else {
+            continue;
+        };
+        match refusal_of(Some(&failed.code), failed.message.as_deref()) {
+            Some(refusal) => {
+                tracing::warn!(id = %failed.id, code = %failed.code, "SendMessageBatch entry refused");
+                refused.push(RefusedJob {
+                    index: entry.0,
+                    refusal,
+                });
+            }
+            None => {
+                tracing::warn!(id = %failed.id, code = %failed.code, sender_fault = failed.sender_fault, "SendMessageBatch entry failed");
+                again.push(entry);
+            }
+        }
+    }
+    again
 }
 
 /// The refusal an SQS error code means: the message itself is what SQS will never take,
@@ -328,7 +350,7 @@ impl DeliveryQueue for SqsQueue {
             .visibility_timeout(Self::visibility_seconds(delay))
             .send()
             .await
-            .map_err(|e| BackendError::Unavailable(DisplayErrorContext(&e).to_string()))?;
+            .map_err(unavailable)?;
         Ok(())
     }
 }
