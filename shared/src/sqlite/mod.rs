@@ -20,8 +20,7 @@ pub use records::SqliteRecords;
 pub use store::SqliteStore;
 
 use crate::clock::Clock;
-use crate::events::OpsEvents;
-use crate::ports::{BackendError, BackendResult, Ports};
+use crate::ports::{BackendError, BackendResult, OpsEvents, Ports};
 use serde::{Serialize, de::DeserializeOwned};
 use std::sync::Arc;
 
