@@ -1,6 +1,7 @@
 //! A full sync survives its step being cut off (a Lambda timeout or crash) and spans
 //! many steps (invocations) without skipping anybody.
 
+use async_trait::async_trait;
 use base64::Engine;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,8 +10,9 @@ use webhooks::application::Application;
 use webhooks::callback::UrlPolicy;
 use webhooks::handlers::sync_driver::{StepOutcome, SyncDriver};
 use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::job::Target;
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
-use webhooks::ports::Ports;
+use webhooks::ports::{BackendResult, Page, Person, Ports, RecordStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::sync::FullSync;
@@ -21,6 +23,7 @@ const PERSONS: usize = 30;
 
 struct Setup {
     ports: Ports,
+    queue: Arc<MemoryQueue>,
     clock: Arc<ManualClock>,
     http: CallbackClient,
     receiver: Receiver,
@@ -28,16 +31,21 @@ struct Setup {
 }
 
 async fn setup(interval_ms: u64) -> Setup {
+    setup_with(interval_ms, PERSONS).await
+}
+
+async fn setup_with(interval_ms: u64, persons: usize) -> Setup {
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let records = Arc::new(MemoryRecords::default());
+    let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 5));
     let ports = webhooks::memory::ports(
         Arc::new(MemoryStore::default()),
         records.clone(),
-        Arc::new(MemoryQueue::new(Duration::from_secs(60), 5)),
+        queue.clone(),
         Arc::new(webhooks::memory::LoggedEvents::default()),
         clock.clone(),
     );
-    for i in 0..PERSONS {
+    for i in 0..persons {
         let person =
             serde_json::json!({"firstName": "P", "consents": {"app-1": ["members.read_name"]}});
         records.put_person(
@@ -61,6 +69,7 @@ async fn setup(interval_ms: u64) -> Setup {
     });
     Setup {
         ports,
+        queue,
         clock,
         http,
         receiver,
@@ -172,11 +181,73 @@ async fn a_crashed_step_is_resumed_without_skipping_anybody() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A records table whose every page read takes a second (of paused test time), so a
+/// step's deadline falls between two pages exactly where the test says.
+struct SlowRecords {
+    inner: Arc<dyn RecordStore>,
+}
+
+#[async_trait]
+impl RecordStore for SlowRecords {
+    async fn get_person(&self, id: &RecordId) -> BackendResult<Option<Person>> {
+        self.inner.get_person(id).await
+    }
+
+    async fn scan_consented(
+        &self,
+        application: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<(RecordId, Person)>> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.inner.scan_consented(application, after, limit).await
+    }
+}
+
+/// The delivery jobs on the queue, counted per person.
+async fn queued_per_person(queue: &MemoryQueue) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    loop {
+        let batch = queue.receive(10, Duration::ZERO).await;
+        if batch.is_empty() {
+            return counts;
+        }
+        for message in batch {
+            let job = webhooks::message::decode(&message.body).unwrap();
+            match job.target {
+                Target::Application { record, .. } => {
+                    *counts.entry(record.as_str().to_owned()).or_default() += 1
+                }
+                other => panic!("a fan-out enqueues person jobs only: {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_fan_out_sync_enqueues_everybody_once_across_steps() {
-    let s = setup(0).await;
-    let outcome = s.step(Duration::from_secs(30)).await;
-    assert_eq!(outcome, StepOutcome::Done);
+    // Three pages of persons (100 a page); each page read takes 1 s and a step has 1.5 s,
+    // so the first step reads two pages and hands over, the second reads the last.
+    const MANY: usize = 250;
+    let mut s = setup_with(0, MANY).await;
+    s.ports.records = Arc::new(SlowRecords {
+        inner: s.ports.records.clone(),
+    });
+    let mut steps = 1;
+    while let StepOutcome::Again(delay) = s.step(Duration::from_millis(1500)).await {
+        assert_eq!(delay, Duration::ZERO, "the next step may start at once");
+        steps += 1;
+        assert!(steps <= 10, "the sync makes progress");
+    }
+    assert_eq!(
+        steps, 2,
+        "the deadline fell between the second and third pages"
+    );
+
+    let counts = queued_per_person(&s.queue).await;
+    assert_eq!(counts.len(), MANY, "everybody enqueued");
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "enqueued more than once: {twice:?}");
     let (sync, outcomes) = s
         .ports
         .syncs
@@ -185,10 +256,10 @@ async fn a_fan_out_sync_enqueues_everybody_once_across_steps() {
         .unwrap()
         .unwrap();
     assert!(sync.scan_done);
-    assert_eq!(sync.scanned, PERSONS as u64);
+    assert_eq!(sync.scanned, MANY as u64);
     let view = sync.view(outcomes);
     assert_eq!(
         (view["queued"].as_u64(), view["state"].as_str()),
-        (Some(PERSONS as u64), Some("running"))
+        (Some(MANY as u64), Some("running"))
     );
 }
