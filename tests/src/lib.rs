@@ -30,6 +30,8 @@ pub struct Hit {
     pub body: Bytes,
     /// When it arrived.
     pub at: Instant,
+    /// The status code the receiver answered.
+    pub status: u16,
 }
 
 #[derive(Default)]
@@ -71,9 +73,10 @@ impl Receiver {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Answers these status codes to the next requests, in order.
+    /// Answers these status codes to the next requests, in order, instead of whatever
+    /// was left of an earlier script (an empty script: 204 from now on).
     pub fn script(&self, statuses: &[u16]) {
-        self.shared.script.lock().unwrap().extend(statuses);
+        *self.shared.script.lock().unwrap() = statuses.iter().copied().collect();
     }
 
     /// Every request so far.
@@ -106,14 +109,15 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let body = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
+    let status = shared.script.lock().unwrap().pop_front().unwrap_or(204);
     shared.hits.lock().unwrap().push(Hit {
         method: parts.method,
         path: parts.uri.path().to_owned(),
         headers: parts.headers,
         body,
         at: Instant::now(),
+        status,
     });
     shared.arrived.notify_waiters();
-    let status = shared.script.lock().unwrap().pop_front().unwrap_or(204);
     StatusCode::from_u16(status).unwrap().into_response()
 }
