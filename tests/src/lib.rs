@@ -98,6 +98,22 @@ impl Receiver {
     }
 }
 
+/// Polls `check` until it holds or `timeout` passes; true when it held. For conditions
+/// nothing announces (a queue drained, a state stored): the test then asserts on what it
+/// waited for, never on "long enough".
+pub async fn wait_until(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.server.abort();

@@ -117,15 +117,8 @@ async fn service(disable_after: Duration) -> LocalService {
     .unwrap()
 }
 
-async fn wait_until(mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
+async fn wait_until(check: impl AsyncFnMut() -> bool) -> bool {
+    webhooks_tests::wait_until(WAIT, check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

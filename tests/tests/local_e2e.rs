@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use webhooks::retry::RetryPolicy;
 use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD};
-use webhooks_tests::Receiver;
 use webhooks_tests::api::encode_component;
+use webhooks_tests::{Receiver, wait_until};
 
 const CLIENT: (&str, &str) = (
     "APP-NPXKK6HFN6TJ4YYI",
@@ -31,6 +31,21 @@ fn config(retry_base: Duration, max_attempts: u32) -> LocalConfig {
         clients: vec![(CLIENT.0.into(), CLIENT.1.into())],
         ..LocalConfig::default()
     }
+}
+
+/// Waits until every message the queue held has been handled: nothing visible, nothing
+/// in flight or waiting for a retry. After it, no further request can reach a receiver.
+async fn drained(service: &LocalService) {
+    let empty = wait_until(WAIT, async || {
+        let depth = service.runtime.queue_depth();
+        depth.visible + depth.in_flight == 0
+    })
+    .await;
+    assert!(
+        empty,
+        "the queue drained: {:?}",
+        service.runtime.queue_depth()
+    );
 }
 
 struct Client {
@@ -164,10 +179,10 @@ async fn orcid_flow_end_to_end() {
         .await;
     let report = api.flush().await;
     assert_eq!(report["jobs"], 1, "{report}");
-    let hits = receiver.wait_for(1, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let hits_after = receiver.hits();
-    assert_eq!(hits_after.len(), 1, "exactly one POST per window");
+    receiver.wait_for(1, WAIT).await;
+    drained(&service).await;
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 1, "exactly one POST per window");
     assert_eq!(hits[0].method, "POST");
     assert_eq!(hits[0].path, "/0000-0002-7465-2162/updated");
     assert!(
@@ -202,7 +217,7 @@ async fn orcid_flow_end_to_end() {
         hits[1].headers["webhook-id"], hits[3].headers["webhook-id"],
         "webhook-id is stable across retries"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    drained(&service).await;
     assert_eq!(
         receiver.hits().len(),
         4,
@@ -217,7 +232,12 @@ async fn orcid_flow_end_to_end() {
     api.change(json!({"firstName": "Joe"})).await;
     let report = api.flush().await;
     assert_eq!(report["jobs"], 0, "{report}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The flush has returned having queued nothing, and nothing was left in the queue.
+    assert_eq!(
+        service.runtime.queue_depth(),
+        Default::default(),
+        "nothing queued after unregistering"
+    );
     assert_eq!(receiver.hits().len(), 4, "no POST after unregistering");
 
     service.stop().await;
@@ -260,7 +280,12 @@ async fn a_change_during_a_flush_is_delivered_by_the_next_flush() {
                 .unwrap()
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Once the flush has closed the window, and while it waits its grace period.
+    let closed = wait_until(WAIT, async || {
+        service.runtime.current_window() > window_before
+    })
+    .await;
+    assert!(closed, "the flush closed the window");
     let window_during = api.change(json!({"v": 2})).await["window"]
         .as_u64()
         .unwrap();
@@ -303,14 +328,11 @@ async fn a_delivery_that_always_fails_ends_in_the_dead_letter_queue_and_replays(
     api.flush().await;
     let hits = receiver.wait_for(3, WAIT).await;
     assert_eq!(hits.len(), 3);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let status = loop {
-        let status = api.status().await;
-        if status["queue"]["dead_letters"] == 1 || tokio::time::Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    wait_until(WAIT, async || {
+        api.status().await["queue"]["dead_letters"] == 1
+    })
+    .await;
+    let status = api.status().await;
     assert_eq!(status["queue"]["dead_letters"], 1, "{status}");
     assert_eq!(
         status["dead_letters"][0]["target"]["callback"],
