@@ -213,11 +213,10 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     let (status, body) = call(&api, "POST", &redeliver).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["messageId"], job.id.as_str());
-    run_queue_for(
+    run_queue_until(
         &delivery,
         &queue,
-        || receiver.seen().len() + moved.seen().len(),
-        4,
+        || receiver.seen().len() + moved.seen().len() >= 4,
         Duration::from_secs(20),
     )
     .await;
@@ -465,26 +464,25 @@ async fn run_queue(
     receiver: &ScriptedReceiver,
     requests: usize,
 ) {
-    run_queue_for(
+    run_queue_until(
         delivery,
         queue,
-        || receiver.seen().len(),
-        requests,
+        || receiver.seen().len() >= requests,
         Duration::from_secs(20),
     )
     .await
 }
 
-/// [`run_queue`] for any receiver: until `count()` reaches `requests` or `bound` passed.
-async fn run_queue_for(
+/// [`run_queue`] until `done()` holds or `bound` passed (the test then asserts on what
+/// it waited for).
+async fn run_queue_until(
     delivery: &Delivery,
     queue: &MemoryQueue,
-    count: impl Fn() -> usize,
-    requests: usize,
+    done: impl Fn() -> bool,
     bound: Duration,
 ) {
     let deadline = Instant::now() + bound;
-    while count() < requests && Instant::now() < deadline {
+    while !done() && Instant::now() < deadline {
         let received = queue
             .receive(
                 10,
@@ -766,9 +764,17 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
     // Acked before the outage.
     let acked = job(1);
     queue.send(serde_json::to_string(&acked).unwrap());
-    run_queue_for(&delivery, &queue, count, 1, bound).await;
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let outage_start = time::OffsetDateTime::now_utc();
+    run_queue_until(&delivery, &queue, || count() >= 1, bound).await;
+    // The outage starts in a later millisecond than the acked attempt (the log keeps
+    // milliseconds): the first tick of the clock after it.
+    let acked_at = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let outage_start = loop {
+        let now = time::OffsetDateTime::now_utc();
+        if now.unix_timestamp_nanos() / 1_000_000 > acked_at {
+            break now;
+        }
+        tokio::task::yield_now().await;
+    };
     receiver
         .down
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -776,14 +782,14 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
     for j in &failed {
         queue.send(serde_json::to_string(j).unwrap());
     }
-    run_queue_for(&delivery, &queue, count, 1 + 2 * failed.len(), bound).await;
+    // The acked one, then two attempts of each failed one.
+    run_queue_until(&delivery, &queue, || count() > 2 * failed.len(), bound).await;
     // Once more: the queue's redrive moves each after its last attempt.
-    run_queue_for(
+    run_queue_until(
         &delivery,
         &queue,
-        count,
-        usize::MAX,
-        Duration::from_millis(400),
+        || queue.dead_letters().len() == failed.len(),
+        bound,
     )
     .await;
     assert_eq!(
@@ -843,13 +849,15 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
         (&3.into(), &0.into(), &0.into()),
         "{before}"
     );
-    // Run the queue a while longer than needed: nothing more may arrive.
-    run_queue_for(
+    // Until every recovered message is handled: after that nothing more can arrive.
+    run_queue_until(
         &delivery,
         &queue,
-        count,
-        usize::MAX,
-        Duration::from_millis(1500),
+        || {
+            let depth = queue.depth();
+            depth.visible + depth.in_flight == 0
+        },
+        bound,
     )
     .await;
     for j in &failed {
