@@ -107,6 +107,13 @@
     try { return await work(); } finally { el.disabled = false; }
   }
 
+  /** Marks `el` aria-busy while `work` reloads it: screen readers wait for the new
+   *  content, and so can anyone else watching the page. */
+  async function loading(el, work) {
+    el.setAttribute('aria-busy', 'true');
+    try { return await work(); } finally { el.removeAttribute('aria-busy'); }
+  }
+
   const when = (iso) => {
     if (!iso) return '—';
     const d = new Date(iso);
@@ -322,8 +329,10 @@
 
   /** Refreshes the webhook's health and the deliveries table. */
   async function refresh() {
-    await reloadApplication();
-    await loadDeliveries();
+    await loading($('deliveries'), async () => {
+      await reloadApplication();
+      await loadDeliveries();
+    });
   }
 
   async function loadDeliveries() {
@@ -386,7 +395,11 @@
 
   const webhookPath = (record, callback) => '/' + seg(record) + '/webhook/' + seg(callback);
 
-  async function loadClientWebhooks() {
+  function loadClientWebhooks() {
+    return loading($('client-webhooks'), listClientWebhooks);
+  }
+
+  async function listClientWebhooks() {
     if (!session || session.kind !== 'client') return;
     const r = await clientCall('GET', '/webhooks');
     if (!r.ok) { say('client-webhooks-result', 'Cannot list webhooks: ' + r.message, false); return; }

@@ -218,6 +218,21 @@ class Scenario:
             time.sleep(0.05)
         raise Failed(f"{selector} shows {got!r}, not {wanted!r}, after {timeout:.0f} s")
 
+    def reloaded(self, table):
+        """Waits until the console has finished reloading `table` (it is aria-busy while
+        it loads; a click's handler marks it before the click returns)."""
+        self.page.locator(f"{table}:not([aria-busy])").wait_for(state="attached", timeout=WAIT * 1000)
+
+    def refresh(self, button, table):
+        """Clicks a Refresh button and waits until the table it reloads is shown."""
+        button.click()
+        self.reloaded(table)
+
+    def viewport(self, width, height):
+        """Resizes the page and waits until the page itself sees the new width."""
+        self.page.set_viewport_size({"width": width, "height": height})
+        self.page.wait_for_function(f"() => window.innerWidth === {width}", timeout=WAIT * 1000)
+
     def delivery_row(self, message_id, wanted, failures_only=False, timeout=WAIT):
         """Clicks Refresh until the row of `message_id` shows `wanted` in Last status."""
         page = self.page
@@ -227,8 +242,7 @@ class Scenario:
         end = time.monotonic() + timeout
         last = "(no row)"
         while time.monotonic() < end:
-            page.get_by_role("button", name="Refresh", exact=True).first.click()
-            time.sleep(0.3)
+            self.refresh(page.locator("#refresh-deliveries"), "#deliveries")
             if row.count() == 1:
                 last = row.locator("td.last").inner_text()
                 if wanted in last:
@@ -492,8 +506,7 @@ class Scenario:
             self.receiver.status = 204
             end = time.monotonic() + WAIT
             while time.monotonic() < end and page.locator("#re-enable").is_hidden():
-                page.get_by_role("button", name="Refresh", exact=True).first.click()
-                time.sleep(0.3)
+                self.refresh(page.locator("#refresh-deliveries"), "#deliveries")
             expect(page.locator("#re-enable").is_visible(), "no Re-enable button")
             reason = self.text("#health-reason")
             expect("410" in reason, f"reason {reason!r}")
@@ -579,20 +592,18 @@ class Scenario:
         page = self.page
 
         def wide():
-            page.set_viewport_size({"width": 1280, "height": 800})
-            page.get_by_role("button", name="Refresh", exact=True).first.click()
-            time.sleep(0.5)
+            self.viewport(1280, 800)
+            self.refresh(page.locator("#refresh-deliveries"), "#deliveries")
             page.evaluate("() => window.scrollTo(0, 0)")
             overflow = self.no_overflow()
             page.screenshot(path=str(self.shots / "console-application.png"), full_page=False)
             return overflow
 
         def phone():
-            page.set_viewport_size({"width": 390, "height": 844})
-            time.sleep(0.3)
+            self.viewport(390, 844)
             overflow = self.no_overflow()
             page.screenshot(path=str(self.shots / "console-application-phone.png"), full_page=True)
-            page.set_viewport_size({"width": 1280, "height": 800})
+            self.viewport(1280, 800)
             return overflow
 
         self.check("10.1 application view at 1280x800: screenshot, no horizontal overflow", wide)
@@ -649,9 +660,10 @@ class Scenario:
             while time.monotonic() < end and not (self.text("#register-result") or self.text("#callback-url-error")):
                 time.sleep(0.05)
             outcome = self.text("#register-result") or self.text("#callback-url-error")
-            time.sleep(0.3)
-            table = self.text("#client-webhooks")
             if "Registered" in outcome:
+                # Registered: the table is reloaded and shows the callback as text.
+                self.reloaded("#client-webhooks")
+                table = self.text("#client-webhooks")
                 expect(state["hostile_callback"] in table, "the hostile callback is not shown as text")
             return f"record: {record_error!r}; hostile callback: {outcome!r}"
 
@@ -665,8 +677,7 @@ class Scenario:
             row = page.locator("#client-webhooks tbody tr").filter(has_text="/orcid/")
             end = time.monotonic() + WAIT
             while time.monotonic() < end:
-                page.locator("#refresh-webhooks").click()
-                time.sleep(0.3)
+                self.refresh(page.locator("#refresh-webhooks"), "#client-webhooks")
                 if "acked" in row.locator("td.attempts").inner_text():
                     return row.locator("td.attempts").inner_text()
             raise Failed(f"attempts cell {row.locator('td.attempts').inner_text()!r}")
@@ -682,8 +693,7 @@ class Scenario:
             row = page.locator("#client-webhooks tbody tr").filter(has_text="/orcid/")
             end = time.monotonic() + WAIT
             while time.monotonic() < end and "disabled" not in row.locator("td.health").inner_text():
-                page.locator("#refresh-webhooks").click()
-                time.sleep(0.3)
+                self.refresh(page.locator("#refresh-webhooks"), "#client-webhooks")
             health = row.locator("td.health").inner_text()
             expect("disabled" in health and "410" in health, f"health {health!r}")
             row.get_by_role("button", name="Re-enable").click()
@@ -694,12 +704,10 @@ class Scenario:
             return f"{health} -> enabled"
 
         def phone():
-            page.set_viewport_size({"width": 390, "height": 844})
-            time.sleep(0.3)
+            self.viewport(390, 844)
             overflow = self.no_overflow()
             page.screenshot(path=str(self.shots / "console-client-phone.png"), full_page=True)
-            page.set_viewport_size({"width": 1280, "height": 800})
-            time.sleep(0.2)
+            self.viewport(1280, 800)
             overflow_wide = self.no_overflow()
             page.screenshot(path=str(self.shots / "console-client.png"), full_page=False)
             return f"{overflow}; at 1280: {overflow_wide}"
@@ -708,9 +716,12 @@ class Scenario:
             rows = page.locator("#client-webhooks tbody tr")
             end = time.monotonic() + WAIT
             while time.monotonic() < end and rows.count() > 0:
+                left = rows.count()
                 rows.first.get_by_role("button", name="Unregister").click()
                 self.wait_text("#client-webhooks-result", "Unregistered")
-                time.sleep(0.3)
+                # The message may be the previous one's: the table losing a row is this one's.
+                while time.monotonic() < end and rows.count() >= left:
+                    time.sleep(0.05)
             expect(rows.count() == 0, f"{rows.count()} rows left")
             return "every webhook unregistered"
 
