@@ -115,8 +115,11 @@ pub trait SubscriptionStore: Send + Sync {
 pub trait RecordStore: Send + Sync {
     /// The person with this id.
     async fn get_person(&self, id: &RecordId) -> BackendResult<Option<Person>>;
-    /// Persons with a consent entry for `application`, in key order, after id `after`.
-    /// `limit` bounds the records examined, so a page can be empty with `next` set.
+    /// Persons with a consent entry for `application` (a list of scopes under
+    /// `consents.<application>`), page by page ([`Page`]) in the table's order (key order
+    /// in memory, a scan's order on DynamoDB). `limit` bounds the records *examined*, so a
+    /// page can be empty with `next` set, and the last page can be empty: a scan with a
+    /// filter cannot tell that the record it stopped at was the table's last.
     async fn scan_consented(
         &self,
         application: &str,
@@ -202,6 +205,17 @@ pub struct PersonOutcome {
 }
 
 /// One page of a listing; `next` continues it.
+///
+/// Every paged listing of the ports keeps this contract (every adapter set is checked
+/// against it by the `testing::contract` suite):
+/// - read from `after = None`, then with each page's `next` until it is `None`, a listing
+///   yields each of its items once, in its order;
+/// - a page holds at most `limit` items (`limit` is at least 1);
+/// - `next` is `None` once nothing follows, and set only when something may: a full page
+///   that ends the listing has no `next`, so there is no trailing empty page. A listing
+///   that bounds the work of one call says so; its pages can then be short, even empty,
+///   with `next` set;
+/// - `next` is a position to pass back as `after`, nothing to parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
     /// The items.
@@ -225,7 +239,8 @@ pub struct FlushCursor {
 pub trait PendingChanges: Send + Sync {
     /// Marks a record changed in a window (idempotent: one entry per pair).
     async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()>;
-    /// Records pending in a window, in key order, after the page position `after`.
+    /// Records pending in a window, in key order, after the page position `after`: a
+    /// [`Page`] that is short only at the window's end (no trailing empty page).
     async fn page(
         &self,
         window: WindowId,
@@ -234,10 +249,13 @@ pub trait PendingChanges: Send + Sync {
     ) -> BackendResult<Page<RecordId>>;
     /// The saved flush cursor.
     async fn cursor(&self) -> BackendResult<Option<FlushCursor>>;
-    /// Saves the flush cursor.
+    /// Saves the flush cursor. Entries of windows before the cursor's may then be dropped
+    /// (the memory adapter drops them; DynamoDB's expire through TTL); the cursor's window
+    /// and later ones are kept whole.
     async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()>;
     /// Takes the flush lease for `holder` until `until_ms` (epoch ms) if nobody holds it at
-    /// `now_ms`; false when another flush holds it. One flush runs at a time without
+    /// `now_ms` (a lease held until `now_ms` or earlier has expired); false when it is held,
+    /// even by `holder` (one flush run takes it once). One flush runs at a time without
     /// reserved Lambda concurrency.
     async fn lease_flush(&self, holder: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool>;
     /// Gives the lease back if `holder` still holds it (a lease already taken over by
@@ -252,7 +270,10 @@ pub trait PendingChanges: Send + Sync {
     async fn remove_poison(&self, id: &str) -> BackendResult<bool>;
 }
 
-/// The delivery queue as the flush and delivery handlers use it.
+/// The delivery queue as the flush and delivery handlers use it. It has SQS's semantics
+/// (receiving is the event source's, outside the ports): a received message is hidden for
+/// the visibility timeout, then received again with its receive count one higher, unless
+/// deleted; the receive after the maximum receive count moves it to the dead-letter queue.
 #[async_trait]
 pub trait DeliveryQueue: Send + Sync {
     /// Enqueues jobs: every one of them except those the result lists as refused for
@@ -341,15 +362,17 @@ pub async fn announce(events: &dyn OpsEvents, event: OpsEvent) {
     }
 }
 
-/// The delivery attempt log and the messages kept for redelivery (entries expire after
-/// the retention period).
+/// The delivery attempt log and the messages kept for redelivery (entries may expire after
+/// the retention period, as DynamoDB's TTL deletes them; the memory adapter keeps them).
 #[async_trait]
 pub trait AttemptLog: Send + Sync {
     /// Records attempts (a delivery batch's, in one call) and, for each, its message and
     /// how its latest attempt ended.
     async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()>;
     /// An endpoint's attempts admitted by `filter`, newest first, continuing after the
-    /// page position `after` (a previous page's `next`).
+    /// page position `after` (a previous page's `next`). A [`Page`] with no trailing empty
+    /// page; the DynamoDB adapter bounds the reads of one call (a filter that admits few
+    /// attempts), so its page can be short with `next` set.
     async fn attempts(
         &self,
         endpoint: &EndpointKey,
@@ -365,7 +388,8 @@ pub trait AttemptLog: Send + Sync {
     ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>>;
     /// The kept messages of an endpoint with a failed attempt at or after `since_ms`
     /// (epoch ms) whose latest attempt failed too, each once, oldest failure first; at most
-    /// `limit` of them (a page: `next` is set when there may be more).
+    /// `limit` of them. `next` is set when more follow (not a position: a recovery takes
+    /// the first `limit` and says it is incomplete).
     async fn failed_since(
         &self,
         endpoint: &EndpointKey,

@@ -258,9 +258,7 @@ impl DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
-        let next = out
-            .last_evaluated_key
-            .and_then(|key| key.get("sk").and_then(|v| v.as_s().ok()).cloned());
+        let next = out.last_evaluated_key.as_ref().and_then(sort_key);
         Ok((out.items.unwrap_or_default(), next))
     }
 
@@ -277,6 +275,11 @@ impl DynamoStore {
             }
         }
     }
+}
+
+/// An item's sort key.
+fn sort_key(item: &Item) -> Option<String> {
+    item.get("sk").and_then(|v| v.as_s().ok()).cloned()
 }
 
 const CLIENTS_PK: &str = "CLIENTS";
@@ -558,7 +561,15 @@ impl PendingChanges for DynamoStore {
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<RecordId>> {
-        let (items, next) = self.query(&pending_pk(window), after, Some(limit)).await?;
+        // One more than the page: DynamoDB sets LastEvaluatedKey whenever the limit is
+        // reached, more items or not, which would end a window with an empty page.
+        let (mut items, mut next) = self
+            .query(&pending_pk(window), after, Some(limit + 1))
+            .await?;
+        if items.len() > limit {
+            items.truncate(limit);
+            next = items.last().and_then(sort_key);
+        }
         // The record is read from the sort key, which every item has: a damaged attribute
         // must not stop the flush at this page for every later window. A key that is not a
         // record id was not written by change capture and names no record: skipped, loudly.

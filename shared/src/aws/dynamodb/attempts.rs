@@ -171,10 +171,12 @@ impl AttemptLog for DynamoStore {
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<Attempt>> {
-        let mut items = Vec::new();
+        // One more than the page, to know whether another follows (DynamoDB sets
+        // LastEvaluatedKey whenever a query's limit is reached, more items or not).
+        let mut items: Vec<Attempt> = Vec::new();
         let mut before = after.map(str::to_owned);
         for _ in 0..MAX_QUERY_PAGES {
-            let want = limit.saturating_sub(items.len());
+            let want = (limit + 1).saturating_sub(items.len());
             if want == 0 {
                 break;
             }
@@ -206,12 +208,14 @@ impl AttemptLog for DynamoStore {
             for item in out.items.unwrap_or_default() {
                 items.push(from_item::<Keyed<AttemptItem>>(item)?.value.attempt);
             }
-            before = out
-                .last_evaluated_key
-                .and_then(|key| key.get("sk").and_then(|v| v.as_s().ok()).cloned());
+            before = out.last_evaluated_key.as_ref().and_then(super::sort_key);
             if before.is_none() {
                 break;
             }
+        }
+        if items.len() > limit {
+            items.truncate(limit);
+            before = items.last().map(Attempt::sort_key);
         }
         Ok(Page {
             items,
