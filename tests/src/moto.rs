@@ -453,3 +453,82 @@ impl QueuePoller {
         handled
     }
 }
+
+/// The AWS adapter set on one fresh moto environment, for the adapter contract: its
+/// delivery queue hides received messages for 3 s and dead-letters on the third receive.
+pub async fn contract_adapters() -> webhooks::testing::contract::Adapters {
+    use webhooks::testing::contract::{Adapters, QueueSettings};
+    let env = MotoEnv::create(2).await;
+    let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
+    Adapters {
+        ports: aws.ports(),
+        parked: aws.queue.clone(),
+        harness: std::sync::Arc::new(MotoHarness {
+            sqs: aws_sdk_sqs::Client::new(&env.config),
+            records: aws.records.clone(),
+            env,
+        }),
+        queue: QueueSettings {
+            visibility_timeout: Duration::from_secs(3),
+            max_receive_count: 2,
+        },
+    }
+}
+
+/// The registry's and the SQS event source's side of a moto environment.
+struct MotoHarness {
+    env: MotoEnv,
+    sqs: aws_sdk_sqs::Client,
+    records: std::sync::Arc<webhooks::aws::dynamodb::DynamoRecords>,
+}
+
+#[async_trait::async_trait]
+impl webhooks::testing::contract::Harness for MotoHarness {
+    async fn put_person(&self, id: &webhooks::record::RecordId, person: &webhooks::ports::Person) {
+        self.records
+            .put_person(id, person)
+            .await
+            .expect("put person");
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Vec<webhooks::memory::ReceivedMessage> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.env.queue_url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .wait_time_seconds(wait.as_secs_f64().ceil() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive message");
+        out.messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                let attributes = m.attributes.unwrap_or_default();
+                let number = |name: MessageSystemAttributeName| -> u128 {
+                    attributes
+                        .get(&name)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_default()
+                };
+                webhooks::memory::ReceivedMessage {
+                    message_id: m.message_id.unwrap_or_default(),
+                    receipt_handle: m.receipt_handle.unwrap_or_default(),
+                    body: m.body.unwrap_or_default(),
+                    receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
+                        as u32,
+                    sent_at_ms: number(MessageSystemAttributeName::SentTimestamp),
+                    first_received_at_ms: number(
+                        MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+                    ),
+                }
+            })
+            .collect()
+    }
+
+    async fn dead_letters(&self) -> Vec<String> {
+        self.env.dead_letters().await
+    }
+}

@@ -155,39 +155,6 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     assert_eq!(page.items[1].response, "second failure");
     assert_eq!(page.items[0].response, "");
 
-    // Filters and paging.
-    let failed = log
-        .attempts(&endpoint, StatusFilter::Failed, None, 10)
-        .await
-        .unwrap();
-    assert_eq!(
-        failed.items.iter().map(|a| a.attempt).collect::<Vec<_>>(),
-        vec![2, 1]
-    );
-    let acked = log
-        .attempts(&endpoint, StatusFilter::Acked, None, 10)
-        .await
-        .unwrap();
-    assert_eq!(
-        acked.items.iter().map(|a| a.attempt).collect::<Vec<_>>(),
-        vec![3]
-    );
-    let one = log
-        .attempts(&endpoint, StatusFilter::All, None, 2)
-        .await
-        .unwrap();
-    assert_eq!(one.items.len(), 2);
-    let rest = log
-        .attempts(&endpoint, StatusFilter::All, one.next.as_deref(), 2)
-        .await
-        .unwrap();
-    assert_eq!(
-        rest.items.iter().map(|a| a.attempt).collect::<Vec<_>>(),
-        vec![1],
-        "the cursor continues where the first page stopped"
-    );
-    assert_eq!(rest.next, None);
-
     // The message is kept with its attempts, oldest first.
     let (message, attempts) = log.message(&endpoint, &job.id).await.unwrap().unwrap();
     assert_eq!(message.job, job.replayable());
@@ -318,8 +285,9 @@ async fn dynamodb_log_matches_the_receiver() {
         .unwrap();
     let expires: i64 = item["expires_at"].as_n().unwrap().parse().unwrap();
     assert_eq!(expires, newest.at_ms / 1000 + 7 * 24 * 3600);
-    // A client's webhook index: written with the subscription, removed with it, and only
-    // ever showing the client's own.
+    // A subscription stored before the client webhook index existed (no index entry; the
+    // index itself is the adapter contract's) is listed once the operator's backfill
+    // (`webhooks-admin index-webhooks`) has run.
     use webhooks::ports::SubscriptionStore;
     let record = RecordId::parse("0000-0002-7465-2162").unwrap();
     let callback =
@@ -332,22 +300,6 @@ async fn dynamodb_log_matches_the_receiver() {
         created_at: 0,
         health: Default::default(),
     };
-    store.register(&subscription).await.unwrap();
-    let id = EndpointKey::subscription(&record, &callback);
-    let listed = store.client_webhooks("APP-1").await.unwrap();
-    assert_eq!(listed, vec![subscription.clone()]);
-    assert_eq!(
-        store.client_webhook("APP-1", &id).await.unwrap(),
-        Some(subscription.clone())
-    );
-    assert_eq!(store.client_webhook("APP-2", &id).await.unwrap(), None);
-    assert!(store.client_webhooks("APP-2").await.unwrap().is_empty());
-    store.unregister(&record, &callback, "APP-1").await.unwrap();
-    assert!(store.client_webhooks("APP-1").await.unwrap().is_empty());
-    assert_eq!(store.client_webhook("APP-1", &id).await.unwrap(), None);
-
-    // A subscription stored before the index existed (no index entry) is listed once the
-    // operator's backfill (`webhooks-admin index-webhooks`) has run.
     let (pk, sk) = (
         format!("SUB#{record}"),
         format!(

@@ -264,291 +264,64 @@ async fn a_message_that_always_fails_ends_in_the_dlq() {
     );
 }
 
+// What every adapter set does (paging, leases, conditional writes, counting) is the
+// adapter contract, run on these adapters by tests/tests/contract.rs; here, what is
+// DynamoDB's own: how items are stored.
+
 #[tokio::test]
-async fn pending_pages_and_cursor_round_trip_on_dynamodb() {
+async fn pending_entries_expire_through_ttl_on_dynamodb() {
     let env = MotoEnv::create(3).await;
     let aws = AwsServices::new(&env.config, env.settings());
-    let window = webhooks::window::WindowId(42);
-    for id in ["c", "a", "b", "a", "d", "e"] {
-        aws.store
-            .mark(window, &RecordId::parse(id).unwrap())
-            .await
-            .unwrap();
-    }
-    let mut seen = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = aws.store.page(window, after.as_deref(), 2).await.unwrap();
-        seen.extend(page.items.iter().map(|r| r.as_str().to_owned()));
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
-    assert_eq!(seen, ["a", "b", "c", "d", "e"]);
+    aws.store
+        .mark(
+            webhooks::window::WindowId(42),
+            &RecordId::parse("a").unwrap(),
+        )
+        .await
+        .unwrap();
     let item = aws
         .store
         .raw_item("PENDING#42", "a")
         .await
         .unwrap()
         .unwrap();
+    let expires: u64 = item["expires_at"].as_n().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ttl = webhooks::window::PENDING_TTL.as_secs();
     assert!(
-        item.contains_key("expires_at"),
-        "pending entries expire through TTL"
+        (now + ttl - 60..=now + ttl + 60).contains(&expires),
+        "a pending entry expires a week after its write: {expires} vs now {now}"
     );
-    assert_eq!(aws.store.cursor().await.unwrap(), None);
-    let cursor = webhooks::ports::FlushCursor {
-        window,
-        after: Some("b".into()),
-    };
-    aws.store.save_cursor(&cursor).await.unwrap();
-    assert_eq!(aws.store.cursor().await.unwrap(), Some(cursor));
 }
 
 #[tokio::test]
-async fn the_flush_lease_is_a_conditional_write_on_dynamodb() {
-    let env = MotoEnv::create(3).await;
-    let aws = AwsServices::new(&env.config, env.settings());
-    let store = &aws.store;
-    assert!(store.lease_flush("a", 1_000, 5_000).await.unwrap());
-    assert!(
-        !store.lease_flush("b", 2_000, 6_000).await.unwrap(),
-        "held by a until 5 000"
-    );
-    // A holder that is not the holder gives nothing back.
-    store.release_flush("b").await.unwrap();
-    assert!(!store.lease_flush("b", 4_999, 9_000).await.unwrap());
-    // Expired (a crashed holder): the next flush takes it over.
-    assert!(store.lease_flush("b", 5_000, 9_000).await.unwrap());
-    // The old holder's late release leaves b's lease alone.
-    store.release_flush("a").await.unwrap();
-    assert!(!store.lease_flush("c", 6_000, 10_000).await.unwrap());
-    // Released by its holder: free at once.
-    store.release_flush("b").await.unwrap();
-    assert!(store.lease_flush("c", 6_000, 10_000).await.unwrap());
-    // The lease is its own item: saving the cursor does not free it.
-    store
-        .save_cursor(&webhooks::ports::FlushCursor {
-            window: webhooks::window::WindowId(1),
-            after: None,
-        })
-        .await
-        .unwrap();
-    assert!(!store.lease_flush("d", 7_000, 11_000).await.unwrap());
-}
-
-#[tokio::test]
-async fn applications_and_syncs_on_dynamodb() {
+async fn an_application_is_stored_without_its_api_key_on_dynamodb() {
     use webhooks::application::Application;
-    use webhooks::ports::{ApplicationStore, PersonOutcome, RecordStore, SyncStore};
-    use webhooks::sync::FullSync;
+    use webhooks::ports::ApplicationStore;
 
     let env = MotoEnv::create(3).await;
     let aws = AwsServices::new(&env.config, env.settings());
-    let mut app = Application::new("app-1", "key-1", 0);
-    app.webhook.url = Some("https://example.org/hook".to_owned().into());
-    aws.store.put_application(&app).await.unwrap();
-    assert_eq!(
-        aws.store.get_application("app-1").await.unwrap(),
-        Some(app.clone())
-    );
-    assert_eq!(
-        aws.store
-            .application_for_key(&sha256_hex("key-1"))
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("app-1")
-    );
-    assert_eq!(
-        aws.store
-            .application_for_key(&sha256_hex("key-2"))
-            .await
-            .unwrap(),
-        None
-    );
+    aws.store
+        .put_application(&Application::new("app-1", "key-1", 0))
+        .await
+        .unwrap();
     let stored = aws.store.raw_item("APPS", "app-1").await.unwrap().unwrap();
-    assert!(
-        !format!("{stored:?}").contains("key-1"),
-        "the API key is stored only as a hash"
-    );
-    assert_eq!(aws.store.list_applications().await.unwrap().len(), 1);
-
-    // Persons with a consent entry for app-1, read page by page from the records table.
-    for i in 0..7 {
-        let consents = if i % 2 == 0 {
-            serde_json::json!({"app-1": ["members.email"]})
-        } else {
-            serde_json::json!({"app-2": []})
-        };
-        let person = serde_json::json!({"email": format!("{i}@example.org"), "consents": consents});
-        aws.records
-            .put_person(
-                &RecordId::parse(&format!("p-{i}")).unwrap(),
-                person.as_object().unwrap(),
-            )
-            .await
-            .unwrap();
-    }
-    let mut seen = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = aws
-            .records
-            .scan_consented("app-1", after.as_deref(), 2)
-            .await
-            .unwrap();
-        seen.extend(page.items.into_iter().map(|(id, _)| id.to_string()));
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
-    seen.sort();
-    assert_eq!(seen, ["p-0", "p-2", "p-4", "p-6"]);
-
-    // The driver's state and the delivery counters live side by side without clobbering;
-    // each person is counted once however often its outcome is reported.
-    let mut sync = FullSync::new("app-1", 0, "t".into());
-    aws.store.save_sync(&sync).await.unwrap();
-    let outcome = |i: usize, delivered: bool| PersonOutcome {
-        person: RecordId::parse(&format!("p-{i}")).unwrap(),
-        delivered,
-    };
-    let new = aws
+    assert!(stored.contains_key("api_key_hash"), "{stored:?}");
+    let index = aws
         .store
-        .count_sync_outcomes(
-            "app-1",
-            &sync.sync_id,
-            &[outcome(0, true), outcome(1, false)],
-        )
-        .await
-        .unwrap();
-    assert_eq!((new.delivered, new.failed), (1, 1));
-    // A batch of 150 (two transactions) holding both again, and one person twice.
-    let mut batch: Vec<PersonOutcome> = (0..150).map(|i| outcome(i, i != 7)).collect();
-    batch.push(outcome(9, true));
-    let new = aws
-        .store
-        .count_sync_outcomes("app-1", &sync.sync_id, &batch)
-        .await
-        .unwrap();
-    assert_eq!(
-        (new.delivered, new.failed),
-        (147, 1),
-        "p-0 and p-1 were counted already, p-9 once"
-    );
-    let again = aws
-        .store
-        .count_sync_outcomes("app-1", &sync.sync_id, &batch)
-        .await
-        .unwrap();
-    assert_eq!(
-        (again.delivered, again.failed),
-        (0, 0),
-        "at-least-once: no double count"
-    );
-    let (got, outcomes) = aws
-        .store
-        .get_sync("app-1", &sync.sync_id)
+        .raw_item(&format!("APIKEY#{}", sha256_hex("key-1")), "APIKEY")
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(got, sync);
-    assert_eq!(
-        (outcomes.delivered, outcomes.failed),
-        (148, 2),
-        "summed over the shards"
-    );
-    assert!(
-        aws.store
-            .claim_sync_completion("app-1", &sync.sync_id, "batch-a")
-            .await
-            .unwrap()
-    );
-    assert!(
-        aws.store
-            .claim_sync_completion("app-1", &sync.sync_id, "batch-a")
-            .await
-            .unwrap(),
-        "a retried claim by the same claimant"
-    );
-    assert!(
-        !aws.store
-            .claim_sync_completion("app-1", &sync.sync_id, "batch-b")
-            .await
-            .unwrap(),
-        "announced once"
-    );
-    assert!(
-        !aws.store
-            .claim_sync_completion("app-1", "sync_missing", "batch-a")
-            .await
-            .unwrap()
-    );
-    sync.scanned = 4;
-    sync.cursor = Some("p-4".into());
-    aws.store.save_sync(&sync).await.unwrap();
-    let (got, outcomes) = aws
-        .store
-        .get_sync("app-1", &sync.sync_id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(got, sync);
-    assert_eq!(
-        (outcomes.delivered, outcomes.failed),
-        (148, 2),
-        "saving the driver state kept the counters"
-    );
-    sync.cursor = None;
-    aws.store.save_sync(&sync).await.unwrap();
-    assert_eq!(
-        aws.store
-            .get_sync("app-1", &sync.sync_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .0
-            .cursor,
-        None
-    );
-
-    // One step at a time.
-    let lease = |holder: &'static str, now: i64, until: i64| {
-        let store = aws.store.clone();
-        let sync_id = sync.sync_id.clone();
-        async move {
-            store
-                .lease_sync("app-1", &sync_id, holder, now, until)
-                .await
-                .unwrap()
-        }
-    };
-    assert!(lease("a", 1_000, 5_000).await);
-    assert!(!lease("b", 2_000, 6_000).await, "held by a");
-    assert!(
-        lease("a", 2_000, 6_000).await,
-        "a retried step of a carries on"
-    );
-    aws.store
-        .release_sync("app-1", &sync.sync_id, "b")
-        .await
-        .unwrap();
-    assert!(!lease("b", 3_000, 7_000).await, "only the holder frees it");
-    aws.store
-        .release_sync("app-1", &sync.sync_id, "a")
-        .await
-        .unwrap();
-    assert!(lease("b", 3_000, 7_000).await, "freed by its holder");
-    assert!(lease("c", 7_000, 9_000).await, "expired");
-    assert!(
-        aws.store
-            .get_sync("app-1", "sync_missing")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    for item in [stored, index] {
+        assert!(
+            !format!("{item:?}").contains("key-1"),
+            "the API key is stored only as a hash: {item:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

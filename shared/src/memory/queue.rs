@@ -480,19 +480,16 @@ mod tests {
         assert_eq!(q.dead_letters(), vec!["a".to_owned()]);
     }
 
+    /// The memory queue's own side of parking (its counts, its stale handles); what every
+    /// parked queue does is the adapter contract's.
     #[tokio::test(start_paused = true)]
-    async fn parked_messages_hide_while_held_and_are_removed_by_handle() {
+    async fn parked_messages_are_counted_and_a_stale_handle_is_refused() {
         let q = MemoryQueue::new(Duration::from_secs(30), 5);
         let job = DeliveryJob::sync_step("app-1", "sync-1", "2026-11-26T00:00:00.000Z".into());
         q.park(&job).await.unwrap();
         q.park(&job).await.unwrap();
-        assert_eq!(q.depth().parked, 2);
-        assert_eq!(q.depth().dead, 0, "parking is not dead-lettering");
+        assert_eq!((q.depth().parked, q.depth().dead), (2, 0));
         let first = q.take_parked(1, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(first.len(), 1);
-        let second = q.take_parked(10, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(second.len(), 1, "the held one is not handed out again");
-        assert_ne!(first[0].message_id, second[0].message_id);
         tokio::time::advance(Duration::from_secs(61)).await;
         let again = q.take_parked(10, Duration::from_secs(60)).await.unwrap();
         assert_eq!(again.len(), 2, "back after the hold");
@@ -500,17 +497,9 @@ mod tests {
             q.remove_parked(&first[0].handle).await.is_err(),
             "a stale handle"
         );
+        assert!(q.release_parked(&first[0].handle).await.is_err());
         q.remove_parked(&again[0].handle).await.unwrap();
         assert_eq!(q.depth().parked, 1);
-        q.release_parked(&again[1].handle).await.unwrap();
-        assert_eq!(
-            q.take_parked(10, Duration::from_secs(60))
-                .await
-                .unwrap()
-                .len(),
-            1,
-            "released: visible again at once"
-        );
         assert_eq!(
             serde_json::from_str::<DeliveryJob>(&q.parked()[0]).unwrap(),
             job

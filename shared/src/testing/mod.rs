@@ -1,8 +1,9 @@
 //! What tests, benchmarks and tools need to test the service, and production never runs:
 //! a clock that moves when told ([`ManualClock`]), fault injection for any adapter
-//! ([`faults`]). Compiled only with the `testing` feature (as tokio's `test-util`), which
+//! ([`faults`]), and the contract every adapter set keeps ([`contract`]). Compiled only with the `testing` feature (as tokio's `test-util`), which
 //! the `tests` crate enables; the Lambda functions and the local runner build without it.
 
+pub mod contract;
 pub mod faults;
 
 use crate::clock::Clock;

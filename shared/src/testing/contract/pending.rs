@@ -1,0 +1,213 @@
+//! Pending changes: one entry per (window, record), paged in key order; the flush cursor;
+//! the flush lease; poison items.
+
+use super::{Adapters, Scenario, read_pages, record};
+use crate::job::DeliveryJob;
+use crate::message::Refusal;
+use crate::poison::PoisonItem;
+use crate::ports::{FlushCursor, Page};
+use crate::record::RecordId;
+use crate::window::WindowId;
+use futures::FutureExt;
+
+pub(super) const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "pending_pages_in_key_order_without_a_trailing_empty_page",
+        run: |a| pending_pages_in_key_order_without_a_trailing_empty_page(a).boxed(),
+    },
+    Scenario {
+        name: "pending_cursor_round_trips_and_keeps_unflushed_windows",
+        run: |a| pending_cursor_round_trips_and_keeps_unflushed_windows(a).boxed(),
+    },
+    Scenario {
+        name: "flush_lease_one_flush_at_a_time",
+        run: |a| flush_lease_one_flush_at_a_time(a).boxed(),
+    },
+    Scenario {
+        name: "poison_items_are_kept_until_removed",
+        run: |a| poison_items_are_kept_until_removed(a).boxed(),
+    },
+];
+
+fn ids(items: &[RecordId]) -> Vec<&str> {
+    items.iter().map(RecordId::as_str).collect()
+}
+
+/// The window's pages of `limit`, read to the end.
+async fn pages(a: &Adapters, window: WindowId, limit: usize) -> Vec<Page<RecordId>> {
+    read_pages(20, |after| {
+        let pending = a.ports.pending.clone();
+        async move { pending.page(window, after.as_deref(), limit).await }
+    })
+    .await
+}
+
+fn page_ids(pages: &[Page<RecordId>]) -> Vec<Vec<&str>> {
+    pages.iter().map(|p| ids(&p.items)).collect()
+}
+
+async fn pending_pages_in_key_order_without_a_trailing_empty_page(a: Adapters) {
+    let window = WindowId(42);
+    for id in ["c", "a", "b", "a", "d", "e"] {
+        a.ports.pending.mark(window, &record(id)).await.unwrap();
+    }
+    a.ports
+        .pending
+        .mark(WindowId(43), &record("b0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        page_ids(&pages(&a, window, 2).await),
+        [vec!["a", "b"], vec!["c", "d"], vec!["e"]],
+        "pages of two, one entry per record, in key order"
+    );
+    assert_eq!(
+        page_ids(&pages(&a, window, 5).await),
+        [vec!["a", "b", "c", "d", "e"]],
+        "a full page that ends the window has no next: no trailing empty page"
+    );
+    assert_eq!(
+        page_ids(&pages(&a, window, 1).await).len(),
+        5,
+        "pages of one: five, the last without next"
+    );
+    assert_eq!(
+        page_ids(&pages(&a, WindowId(44), 3).await),
+        [Vec::<&str>::new()],
+        "a window with nothing pending: one empty page without next"
+    );
+    // A page position from a page continues after it, whatever was marked since before it.
+    let first = a.ports.pending.page(window, None, 2).await.unwrap();
+    a.ports.pending.mark(window, &record("a0")).await.unwrap();
+    let rest = a
+        .ports
+        .pending
+        .page(window, first.next.as_deref(), 10)
+        .await
+        .unwrap();
+    assert_eq!((ids(&rest.items), rest.next), (vec!["c", "d", "e"], None));
+}
+
+async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
+    let pending = &a.ports.pending;
+    assert_eq!(pending.cursor().await.unwrap(), None);
+    for window in [4, 5, 6] {
+        for id in ["a", "b", "c"] {
+            pending.mark(WindowId(window), &record(id)).await.unwrap();
+        }
+    }
+    let first = pending.page(WindowId(5), None, 2).await.unwrap();
+    let cursor = FlushCursor {
+        window: WindowId(5),
+        after: first.next.clone(),
+    };
+    pending.save_cursor(&cursor).await.unwrap();
+    assert_eq!(pending.cursor().await.unwrap(), Some(cursor));
+    // Windows before the cursor may be dropped (they expire); the cursor's and later stay.
+    for window in [5, 6] {
+        assert_eq!(
+            page_ids(&pages(&a, WindowId(window), 10).await),
+            [vec!["a", "b", "c"]],
+            "window {window} is kept whole"
+        );
+    }
+    let rest = pending
+        .page(WindowId(5), first.next.as_deref(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&rest.items),
+        ["c"],
+        "the saved position still continues"
+    );
+    let moved = FlushCursor {
+        window: WindowId(6),
+        after: None,
+    };
+    pending.save_cursor(&moved).await.unwrap();
+    assert_eq!(pending.cursor().await.unwrap(), Some(moved), "replaced");
+}
+
+async fn flush_lease_one_flush_at_a_time(a: Adapters) {
+    let pending = &a.ports.pending;
+    assert!(pending.lease_flush("a", 1_000, 5_000).await.unwrap());
+    assert!(
+        !pending.lease_flush("b", 2_000, 6_000).await.unwrap(),
+        "held by a until 5 000"
+    );
+    assert!(
+        !pending.lease_flush("a", 2_000, 6_000).await.unwrap(),
+        "a held lease is not taken again, even by its holder"
+    );
+    pending.release_flush("b").await.unwrap();
+    assert!(
+        !pending.lease_flush("b", 4_999, 9_000).await.unwrap(),
+        "only the holder gives it back"
+    );
+    assert!(
+        pending.lease_flush("b", 5_000, 9_000).await.unwrap(),
+        "expired (a crashed holder): taken over"
+    );
+    pending.release_flush("a").await.unwrap();
+    assert!(
+        !pending.lease_flush("c", 6_000, 10_000).await.unwrap(),
+        "the old holder's late release leaves b's lease alone"
+    );
+    pending.release_flush("b").await.unwrap();
+    assert!(
+        pending.lease_flush("c", 6_000, 10_000).await.unwrap(),
+        "released by its holder: free at once"
+    );
+    pending
+        .save_cursor(&FlushCursor {
+            window: WindowId(1),
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        !pending.lease_flush("d", 7_000, 11_000).await.unwrap(),
+        "saving the cursor does not free the lease"
+    );
+}
+
+fn poison(window: u64, id: &str) -> PoisonItem {
+    let person = serde_json::Map::new();
+    let job = DeliveryJob::for_application(
+        "app-1",
+        &record(id),
+        person,
+        WindowId(window),
+        "2026-11-26T10:00:00.000Z".into(),
+    );
+    PoisonItem::refused(
+        &record(id),
+        &job,
+        WindowId(window),
+        Refusal::TooLarge {
+            bytes: 300_000,
+            limit: 262_144,
+        },
+        "2026-11-26T10:05:00.000Z".into(),
+    )
+}
+
+async fn poison_items_are_kept_until_removed(a: Adapters) {
+    let pending = &a.ports.pending;
+    assert!(pending.poison_items().await.unwrap().is_empty());
+    let (late, early) = (poison(10, "r1"), poison(9, "r2"));
+    pending.set_aside(&late).await.unwrap();
+    pending.set_aside(&early).await.unwrap();
+    pending.set_aside(&late).await.unwrap();
+    assert_eq!(
+        pending.poison_items().await.unwrap(),
+        vec![early.clone(), late.clone()],
+        "each once (set aside twice), oldest window first"
+    );
+    assert!(pending.remove_poison(&early.id()).await.unwrap());
+    assert!(
+        !pending.remove_poison(&early.id()).await.unwrap(),
+        "removed already"
+    );
+    assert_eq!(pending.poison_items().await.unwrap(), vec![late]);
+}

@@ -1,0 +1,386 @@
+//! Clients, tokens, subscriptions and applications: keyed items, conditional writes, and
+//! updates that never create what is not there.
+
+use super::{Adapters, Scenario, record};
+use crate::application::Application;
+use crate::attempts::EndpointKey;
+use crate::callback::{CallbackUrl, UrlPolicy};
+use crate::health::EndpointHealth;
+use crate::oauth::{IssuedToken, OAuthClient, sha256_hex};
+use crate::subscription::{Registered, Subscription, Unregistered};
+use futures::FutureExt;
+
+pub(super) const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "clients_are_kept_by_id_and_replaced_whole",
+        run: |a| clients_are_kept_by_id_and_replaced_whole(a).boxed(),
+    },
+    Scenario {
+        name: "tokens_are_found_by_their_hash_only",
+        run: |a| tokens_are_found_by_their_hash_only(a).boxed(),
+    },
+    Scenario {
+        name: "register_is_a_conditional_write",
+        run: |a| register_is_a_conditional_write(a).boxed(),
+    },
+    Scenario {
+        name: "unregister_only_by_the_owner",
+        run: |a| unregister_only_by_the_owner(a).boxed(),
+    },
+    Scenario {
+        name: "subscriptions_are_listed_per_record_and_per_client",
+        run: |a| subscriptions_are_listed_per_record_and_per_client(a).boxed(),
+    },
+    Scenario {
+        name: "subscription_health_is_replaced_never_created",
+        run: |a| subscription_health_is_replaced_never_created(a).boxed(),
+    },
+    Scenario {
+        name: "applications_by_id_and_by_key_hash",
+        run: |a| applications_by_id_and_by_key_hash(a).boxed(),
+    },
+];
+
+fn client(id: &str) -> OAuthClient {
+    OAuthClient::new(id, "secret", time::OffsetDateTime::UNIX_EPOCH)
+}
+
+fn callback(url: &str) -> CallbackUrl {
+    CallbackUrl::parse(url, UrlPolicy::default()).expect("a valid callback URL")
+}
+
+fn subscription(record_id: &str, url: &str, client_id: &str) -> Subscription {
+    Subscription {
+        record: record(record_id),
+        callback: callback(url),
+        client_id: client_id.into(),
+        created_at: 1_700_000_000,
+        health: EndpointHealth::default(),
+    }
+}
+
+fn sorted<T: Clone, K: Ord>(items: &[T], key: impl Fn(&T) -> K) -> Vec<T> {
+    let mut items = items.to_vec();
+    items.sort_by_key(key);
+    items
+}
+
+async fn clients_are_kept_by_id_and_replaced_whole(a: Adapters) {
+    let clients = &a.ports.clients;
+    let (one, two) = (client("APP-ONE"), client("APP-TWO"));
+    clients.put_client(&one).await.unwrap();
+    clients.put_client(&two).await.unwrap();
+    assert_eq!(clients.get_client("APP-ONE").await.unwrap(), Some(one));
+    assert_eq!(clients.get_client("APP-NONE").await.unwrap(), None);
+    let mut disabled = two.clone();
+    disabled.disabled = true;
+    disabled.scopes.push("/read-limited".into());
+    clients.put_client(&disabled).await.unwrap();
+    assert_eq!(
+        clients.get_client("APP-TWO").await.unwrap(),
+        Some(disabled.clone()),
+        "a put replaces the whole client"
+    );
+    let listed = clients.list_clients().await.unwrap();
+    assert_eq!(
+        sorted(&listed, |c| c.client_id.clone())
+            .iter()
+            .map(|c| (c.client_id.as_str(), c.disabled))
+            .collect::<Vec<_>>(),
+        [("APP-ONE", false), ("APP-TWO", true)],
+        "every client once, as last put"
+    );
+}
+
+async fn tokens_are_found_by_their_hash_only(a: Adapters) {
+    let issued = IssuedToken::new(
+        "APP-ONE",
+        "/webhook",
+        time::OffsetDateTime::UNIX_EPOCH,
+        3600,
+    );
+    a.ports.tokens.put_token(&issued.stored).await.unwrap();
+    assert_eq!(
+        a.ports
+            .tokens
+            .get_token(&sha256_hex(&issued.access_token))
+            .await
+            .unwrap(),
+        Some(issued.stored.clone())
+    );
+    assert_eq!(
+        a.ports
+            .tokens
+            .get_token(&issued.access_token)
+            .await
+            .unwrap(),
+        None,
+        "the token itself is not a key"
+    );
+    assert_eq!(
+        a.ports
+            .tokens
+            .get_token(&sha256_hex(&issued.refresh_token))
+            .await
+            .unwrap(),
+        None,
+        "nor is the refresh token's hash"
+    );
+}
+
+async fn register_is_a_conditional_write(a: Adapters) {
+    let subscriptions = &a.ports.subscriptions;
+    let mine = subscription("0000-0002-1825-0097", "https://a.example/hook", "APP-ONE");
+    assert_eq!(
+        subscriptions.register(&mine).await.unwrap(),
+        Registered::Created
+    );
+    assert_eq!(
+        subscriptions.register(&mine).await.unwrap(),
+        Registered::AlreadyExists,
+        "the same client again"
+    );
+    let theirs = Subscription {
+        client_id: "APP-TWO".into(),
+        created_at: mine.created_at + 60,
+        ..mine.clone()
+    };
+    assert_eq!(
+        subscriptions.register(&theirs).await.unwrap(),
+        Registered::OwnedByOther
+    );
+    assert_eq!(
+        subscriptions
+            .get_subscription(&mine.record, &mine.callback)
+            .await
+            .unwrap(),
+        Some(mine.clone()),
+        "the owner's subscription is left as it was"
+    );
+    // The same URL on another record is another subscription.
+    let elsewhere = subscription("0000-0002-1825-0098", "https://a.example/hook", "APP-TWO");
+    assert_eq!(
+        subscriptions.register(&elsewhere).await.unwrap(),
+        Registered::Created
+    );
+}
+
+async fn unregister_only_by_the_owner(a: Adapters) {
+    let subscriptions = &a.ports.subscriptions;
+    let mine = subscription("0000-0002-1825-0097", "https://a.example/hook", "APP-ONE");
+    let (record, callback) = (&mine.record, &mine.callback);
+    assert_eq!(
+        subscriptions
+            .unregister(record, callback, "APP-ONE")
+            .await
+            .unwrap(),
+        Unregistered::NotFound,
+        "never registered"
+    );
+    subscriptions.register(&mine).await.unwrap();
+    assert_eq!(
+        subscriptions
+            .unregister(record, callback, "APP-TWO")
+            .await
+            .unwrap(),
+        Unregistered::OwnedByOther
+    );
+    assert_eq!(
+        subscriptions
+            .get_subscription(record, callback)
+            .await
+            .unwrap(),
+        Some(mine.clone()),
+        "a non-owner removes nothing"
+    );
+    assert_eq!(
+        subscriptions
+            .unregister(record, callback, "APP-ONE")
+            .await
+            .unwrap(),
+        Unregistered::Deleted
+    );
+    assert_eq!(
+        subscriptions
+            .get_subscription(record, callback)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        subscriptions
+            .unregister(record, callback, "APP-ONE")
+            .await
+            .unwrap(),
+        Unregistered::NotFound,
+        "removed already"
+    );
+    assert_eq!(
+        subscriptions.register(&mine).await.unwrap(),
+        Registered::Created,
+        "free to register again"
+    );
+}
+
+async fn subscriptions_are_listed_per_record_and_per_client(a: Adapters) {
+    let subscriptions = &a.ports.subscriptions;
+    // r1 and r10: a listing by prefix would mix them up.
+    let all = [
+        subscription("r1", "https://a.example/1", "APP-ONE"),
+        subscription("r1", "https://b.example/1", "APP-TWO"),
+        subscription("r10", "https://a.example/10", "APP-ONE"),
+        subscription("r2", "https://a.example/2", "APP-ONE"),
+    ];
+    for s in &all {
+        subscriptions.register(s).await.unwrap();
+    }
+    let by_url = |s: &Subscription| s.callback.as_str().to_owned();
+    let of_r1 = subscriptions.subscriptions_of(&record("r1")).await.unwrap();
+    assert_eq!(sorted(&of_r1, by_url), all[..2].to_vec());
+    let of_r10 = subscriptions
+        .subscriptions_of(&record("r10"))
+        .await
+        .unwrap();
+    assert_eq!(of_r10, all[2..3].to_vec());
+    assert!(
+        subscriptions
+            .subscriptions_of(&record("r3"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let ones = subscriptions.client_webhooks("APP-ONE").await.unwrap();
+    assert_eq!(
+        sorted(&ones, by_url),
+        vec![all[0].clone(), all[2].clone(), all[3].clone()],
+        "exactly the client's own"
+    );
+    let key = EndpointKey::subscription(&all[0].record, &all[0].callback);
+    assert_eq!(
+        subscriptions.client_webhook("APP-ONE", &key).await.unwrap(),
+        Some(all[0].clone())
+    );
+    assert_eq!(
+        subscriptions.client_webhook("APP-TWO", &key).await.unwrap(),
+        None,
+        "another client's webhook is not found"
+    );
+    subscriptions
+        .unregister(&all[0].record, &all[0].callback, "APP-ONE")
+        .await
+        .unwrap();
+    assert_eq!(
+        subscriptions.client_webhook("APP-ONE", &key).await.unwrap(),
+        None,
+        "gone with its subscription"
+    );
+    assert_eq!(
+        sorted(
+            &subscriptions.client_webhooks("APP-ONE").await.unwrap(),
+            by_url
+        ),
+        vec![all[2].clone(), all[3].clone()]
+    );
+    assert!(
+        subscriptions
+            .client_webhooks("APP-NONE")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn subscription_health_is_replaced_never_created(a: Adapters) {
+    let subscriptions = &a.ports.subscriptions;
+    let mine = subscription("0000-0002-1825-0097", "https://a.example/hook", "APP-ONE");
+    subscriptions.register(&mine).await.unwrap();
+    let mut failing = EndpointHealth::default();
+    failing.disable(1_700_000_100, "the receiver answered 410 Gone".into());
+    subscriptions
+        .set_subscription_health(&mine.record, &mine.callback, &failing)
+        .await
+        .unwrap();
+    assert_eq!(
+        subscriptions
+            .get_subscription(&mine.record, &mine.callback)
+            .await
+            .unwrap(),
+        Some(Subscription {
+            health: failing.clone(),
+            ..mine.clone()
+        }),
+        "the health replaced, the rest kept"
+    );
+    let missing = callback("https://b.example/hook");
+    subscriptions
+        .set_subscription_health(&mine.record, &missing, &failing)
+        .await
+        .unwrap();
+    assert_eq!(
+        subscriptions
+            .get_subscription(&mine.record, &missing)
+            .await
+            .unwrap(),
+        None,
+        "no subscription is created by a health update"
+    );
+}
+
+async fn applications_by_id_and_by_key_hash(a: Adapters) {
+    let applications = &a.ports.applications;
+    let mut one = Application::new("app-1", "key-1", 1_700_000_000);
+    one.webhook.url = Some("https://example.org/hook".to_owned().into());
+    let two = Application::new("app-2", "key-2", 1_700_000_000);
+    applications.put_application(&one).await.unwrap();
+    applications.put_application(&two).await.unwrap();
+    assert_eq!(
+        applications.get_application("app-1").await.unwrap(),
+        Some(one.clone())
+    );
+    assert_eq!(applications.get_application("app-3").await.unwrap(), None);
+    assert_eq!(
+        applications
+            .application_for_key(&sha256_hex("key-2"))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("app-2")
+    );
+    assert_eq!(
+        applications
+            .application_for_key(&sha256_hex("key-3"))
+            .await
+            .unwrap(),
+        None
+    );
+    let listed = applications.list_applications().await.unwrap();
+    assert_eq!(
+        sorted(&listed, |a| a.id.clone()),
+        vec![one.clone(), two.clone()]
+    );
+
+    let mut disabled = EndpointHealth::default();
+    disabled.disable(1_700_000_100, "the receiver answered 410 Gone".into());
+    applications
+        .set_application_health("app-1", &disabled)
+        .await
+        .unwrap();
+    assert_eq!(
+        applications.get_application("app-1").await.unwrap(),
+        Some(Application {
+            health: disabled.clone(),
+            ..one.clone()
+        }),
+        "the health replaced, the rest kept"
+    );
+    applications
+        .set_application_health("app-3", &disabled)
+        .await
+        .unwrap();
+    assert_eq!(
+        applications.get_application("app-3").await.unwrap(),
+        None,
+        "no application is created by a health update"
+    );
+}

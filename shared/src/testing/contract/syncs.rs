@@ -1,0 +1,209 @@
+//! Full syncs: outcomes counted once per person, the completion claimed once, one step at
+//! a time under a lease.
+
+use super::{Adapters, Scenario, record};
+use crate::ports::PersonOutcome;
+use crate::sync::{FullSync, SyncOutcomes};
+use futures::FutureExt;
+
+pub(super) const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "sync_outcomes_are_counted_once_per_person",
+        run: |a| sync_outcomes_are_counted_once_per_person(a).boxed(),
+    },
+    Scenario {
+        name: "sync_state_is_saved_beside_its_counters",
+        run: |a| sync_state_is_saved_beside_its_counters(a).boxed(),
+    },
+    Scenario {
+        name: "sync_completion_is_claimed_once",
+        run: |a| sync_completion_is_claimed_once(a).boxed(),
+    },
+    Scenario {
+        name: "sync_lease_one_step_at_a_time",
+        run: |a| sync_lease_one_step_at_a_time(a).boxed(),
+    },
+];
+
+fn outcome(i: usize, delivered: bool) -> PersonOutcome {
+    PersonOutcome {
+        person: record(&format!("p-{i}")),
+        delivered,
+    }
+}
+
+fn counts(outcomes: SyncOutcomes) -> (u64, u64) {
+    (outcomes.delivered, outcomes.failed)
+}
+
+async fn sync_outcomes_are_counted_once_per_person(a: Adapters) {
+    let syncs = &a.ports.syncs;
+    let sync = FullSync::new("app-1", 0, "2026-11-26T10:00:00.000Z".into());
+    syncs.save_sync(&sync).await.unwrap();
+    let id = sync.sync_id.as_str();
+    let new = syncs
+        .count_sync_outcomes("app-1", id, &[outcome(0, true), outcome(1, false)])
+        .await
+        .unwrap();
+    assert_eq!(counts(new), (1, 1));
+    // More than one transaction's worth, holding both again and one person twice.
+    let mut batch: Vec<PersonOutcome> = (0..150).map(|i| outcome(i, i != 7)).collect();
+    batch.push(outcome(9, true));
+    let new = syncs
+        .count_sync_outcomes("app-1", id, &batch)
+        .await
+        .unwrap();
+    assert_eq!(
+        counts(new),
+        (147, 1),
+        "p-0 and p-1 were counted already, p-9 once"
+    );
+    let again = syncs
+        .count_sync_outcomes("app-1", id, &batch)
+        .await
+        .unwrap();
+    assert_eq!(counts(again), (0, 0), "delivered again: counted none twice");
+    let (_, outcomes) = syncs.get_sync("app-1", id).await.unwrap().unwrap();
+    assert_eq!(counts(outcomes), (148, 2), "the total of every count");
+    // Another sync of the same application counts the same persons afresh.
+    let other = FullSync::new("app-1", 0, "2026-11-26T11:00:00.000Z".into());
+    syncs.save_sync(&other).await.unwrap();
+    let new = syncs
+        .count_sync_outcomes("app-1", &other.sync_id, &[outcome(0, true)])
+        .await
+        .unwrap();
+    assert_eq!(counts(new), (1, 0));
+}
+
+async fn sync_state_is_saved_beside_its_counters(a: Adapters) {
+    let syncs = &a.ports.syncs;
+    assert!(
+        syncs
+            .get_sync("app-1", "sync_none")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut sync = FullSync::new("app-1", 250, "2026-11-26T10:00:00.000Z".into());
+    syncs.save_sync(&sync).await.unwrap();
+    let (got, outcomes) = syncs
+        .get_sync("app-1", &sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got, counts(outcomes)), (sync.clone(), (0, 0)));
+    syncs
+        .count_sync_outcomes("app-1", &sync.sync_id, &[outcome(0, true)])
+        .await
+        .unwrap();
+    sync.scanned = 4;
+    sync.cursor = Some("p-4".into());
+    sync.next_attempt_at_ms = Some(1_700_000_000_000);
+    syncs.save_sync(&sync).await.unwrap();
+    let (got, outcomes) = syncs
+        .get_sync("app-1", &sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got, counts(outcomes)),
+        (sync.clone(), (1, 0)),
+        "saving the driver's state kept the counters"
+    );
+    sync.cursor = None;
+    sync.next_attempt_at_ms = None;
+    syncs.save_sync(&sync).await.unwrap();
+    let (got, _) = syncs
+        .get_sync("app-1", &sync.sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, sync, "a field saved as none reads back as none");
+    assert!(
+        syncs
+            .get_sync("app-2", &sync.sync_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "a sync belongs to its application"
+    );
+}
+
+async fn sync_completion_is_claimed_once(a: Adapters) {
+    let syncs = &a.ports.syncs;
+    let sync = FullSync::new("app-1", 0, "2026-11-26T10:00:00.000Z".into());
+    assert!(
+        !syncs
+            .claim_sync_completion("app-1", &sync.sync_id, "batch-a")
+            .await
+            .unwrap(),
+        "no completion of a sync that was never saved"
+    );
+    syncs.save_sync(&sync).await.unwrap();
+    assert!(
+        syncs
+            .claim_sync_completion("app-1", &sync.sync_id, "batch-a")
+            .await
+            .unwrap()
+    );
+    assert!(
+        syncs
+            .claim_sync_completion("app-1", &sync.sync_id, "batch-a")
+            .await
+            .unwrap(),
+        "a retried claim by the same claimant"
+    );
+    assert!(
+        !syncs
+            .claim_sync_completion("app-1", &sync.sync_id, "batch-b")
+            .await
+            .unwrap(),
+        "announced once"
+    );
+    syncs.save_sync(&sync).await.unwrap();
+    assert!(
+        !syncs
+            .claim_sync_completion("app-1", &sync.sync_id, "batch-b")
+            .await
+            .unwrap(),
+        "saving the driver's state keeps the claim"
+    );
+}
+
+async fn sync_lease_one_step_at_a_time(a: Adapters) {
+    let syncs = &a.ports.syncs;
+    let sync = FullSync::new("app-1", 0, "2026-11-26T10:00:00.000Z".into());
+    syncs.save_sync(&sync).await.unwrap();
+    let id = sync.sync_id.as_str();
+    let lease = |holder: &'static str, now: i64, until: i64| {
+        let syncs = syncs.clone();
+        let id = id.to_owned();
+        async move {
+            syncs
+                .lease_sync("app-1", &id, holder, now, until)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(lease("a", 1_000, 5_000).await, "free: taken");
+    assert!(!lease("b", 2_000, 6_000).await, "held by a: refused");
+    assert!(lease("a", 2_000, 6_000).await, "renewed by its holder");
+    assert!(!lease("b", 5_999, 9_000).await, "renewed until 6 000");
+    syncs.release_sync("app-1", id, "b").await.unwrap();
+    assert!(!lease("b", 3_000, 7_000).await, "only the holder frees it");
+    syncs.release_sync("app-1", id, "a").await.unwrap();
+    assert!(lease("b", 3_000, 7_000).await, "freed by its holder");
+    assert!(lease("c", 7_000, 9_000).await, "expired: taken over");
+    syncs.release_sync("app-1", id, "b").await.unwrap();
+    assert!(
+        !lease("a", 8_000, 9_500).await,
+        "the late release of an expired holder leaves the new one's lease"
+    );
+    let (saved, _) = syncs.get_sync("app-1", id).await.unwrap().unwrap();
+    assert_eq!(saved, sync, "the lease is not part of the driver's state");
+    syncs.save_sync(&sync).await.unwrap();
+    assert!(
+        !lease("a", 8_500, 9_500).await,
+        "saving the driver's state keeps the lease"
+    );
+}
