@@ -13,6 +13,8 @@ mod attempts;
 mod pending;
 mod queue;
 mod records;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod stores;
 mod syncs;
 
