@@ -230,61 +230,14 @@ impl CallbackClient {
         if let Err(e) = check_url(url, self.policy) {
             return failed(format!("{}: {e}", FailureKind::Refused.prefix()));
         }
-        let mut builder = http::Request::post(url.as_str()).header(
-            http::header::USER_AGENT,
-            concat!("person-webhooks/", env!("CARGO_PKG_VERSION")),
-        );
-        for (name, value) in headers {
-            builder = builder.header(*name, value);
-        }
-        let mut request = match builder.body(Full::new(body)) {
+        let mut request = match post_request(url, headers, body) {
             Ok(request) => request,
             Err(e) => return failed(format!("request error: {e}")),
         };
-        // A `102 Processing` interim response acknowledges at once; without this hook the
-        // client would wait for a final response that may never come.
-        let processing = Arc::new(Notify::new());
-        let signal = processing.clone();
-        hyper::ext::on_informational(&mut request, move |response| {
-            if response.status() == http::StatusCode::PROCESSING {
-                signal.notify_one();
-            }
-        });
-        let exchange = async {
-            let response = self.client.request(request).await?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            let latency = started.elapsed();
-            // Read a bounded amount so a keep-alive connection can be reused; a receiver
-            // that streams more is cut off by the cap, one that stalls by the timeout.
-            let mut body = response.into_body();
-            let mut read = 0;
-            let mut prefix = Vec::new();
-            while read < MAX_RESPONSE_BYTES {
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        let data = frame.data_ref().map_or(&[][..], |d| &d[..]);
-                        let room = RESPONSE_PREFIX_BYTES.saturating_sub(prefix.len());
-                        prefix.extend_from_slice(&data[..data.len().min(room)]);
-                        read += data.len();
-                    }
-                    _ => break,
-                }
-            }
-            Ok::<_, hyper_util::client::legacy::Error>((
-                status,
-                retry_after,
-                latency,
-                Bytes::from(prefix),
-            ))
-        };
+        let processing = notify_on_processing(&mut request);
         tokio::select! {
-            result = tokio::time::timeout(self.timeout, exchange) => match result {
-                Ok(Ok((status, retry_after, latency, body_prefix))) => AttemptOutcome { status: Some(status), retry_after, latency, error: None, body_prefix },
+            result = tokio::time::timeout(self.timeout, self.exchange(request, started)) => match result {
+                Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => failed(describe(&e)),
                 Err(_) => failed(format!("{}: no response within {:?}", FailureKind::Timeout.prefix(), self.timeout)),
             },
@@ -297,6 +250,79 @@ impl CallbackClient {
             },
         }
     }
+
+    /// Sends `request` and reads the answer (its latency counted from `started`).
+    async fn exchange(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        started: Instant,
+    ) -> Result<AttemptOutcome, hyper_util::client::legacy::Error> {
+        let response = self.client.request(request).await?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let latency = started.elapsed();
+        Ok(AttemptOutcome {
+            status: Some(status),
+            retry_after,
+            latency,
+            error: None,
+            body_prefix: read_prefix(response.into_body()).await,
+        })
+    }
+}
+
+/// The POST request, with the client's `User-Agent` and `headers`.
+fn post_request(
+    url: &url::Url,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> Result<http::Request<Full<Bytes>>, http::Error> {
+    let mut builder = http::Request::post(url.as_str()).header(
+        http::header::USER_AGENT,
+        concat!("person-webhooks/", env!("CARGO_PKG_VERSION")),
+    );
+    for (name, value) in headers {
+        builder = builder.header(*name, value);
+    }
+    builder.body(Full::new(body))
+}
+
+/// Notified when the receiver answers `102 Processing`. An interim response acknowledges
+/// at once; without this hook the client would wait for a final response that may never
+/// come.
+fn notify_on_processing(request: &mut http::Request<Full<Bytes>>) -> Arc<Notify> {
+    let processing = Arc::new(Notify::new());
+    let signal = processing.clone();
+    hyper::ext::on_informational(request, move |response| {
+        if response.status() == http::StatusCode::PROCESSING {
+            signal.notify_one();
+        }
+    });
+    processing
+}
+
+/// The first [`RESPONSE_PREFIX_BYTES`] of a response body. Reads a bounded amount so a
+/// keep-alive connection can be reused; a receiver that streams more is cut off by the
+/// cap, one that stalls by the timeout.
+async fn read_prefix(mut body: hyper::body::Incoming) -> Bytes {
+    let mut read = 0;
+    let mut prefix = Vec::new();
+    while read < MAX_RESPONSE_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let data = frame.data_ref().map_or(&[][..], |d| &d[..]);
+                let room = RESPONSE_PREFIX_BYTES.saturating_sub(prefix.len());
+                prefix.extend_from_slice(&data[..data.len().min(room)]);
+                read += data.len();
+            }
+            _ => break,
+        }
+    }
+    Bytes::from(prefix)
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
