@@ -208,56 +208,6 @@ impl StoredMessage {
     }
 }
 
-/// Epoch milliseconds as RFC 3339 UTC with milliseconds (`None` out of range).
-fn rfc3339_ms(ms: i64) -> Option<String> {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .map(crate::clock::rfc3339_millis)
-}
-
-impl Attempt {
-    /// The attempt as the API shows it.
-    pub fn view(&self) -> serde_json::Value {
-        serde_json::json!({
-            "messageId": self.message_id.as_str(),
-            "attempt": self.attempt,
-            "timestamp": rfc3339_ms(self.at_ms),
-            "outcome": self.outcome,
-            "status": self.status,
-            "latencyMs": self.latency_ms,
-            "response": self.response,
-        })
-    }
-}
-
-impl StoredMessage {
-    /// The message and its attempts as the API shows them: what was sent (the person for
-    /// an application; the record and callback for a callback) and how it went.
-    pub fn view(&self, attempts: &[Attempt]) -> serde_json::Value {
-        let mut view = serde_json::json!({
-            "messageId": self.job.id.as_str(),
-            "createdAt": self.job.created_at,
-            "lastAttemptAt": rfc3339_ms(self.last_attempt_ms),
-            "lastOutcome": self.last_outcome,
-            "attempts": attempts.iter().map(Attempt::view).collect::<Vec<_>>(),
-        });
-        match &self.job.target {
-            crate::job::Target::Application { record, person, .. } => {
-                view["record"] = record.as_str().into();
-                view["person"] = serde_json::Value::Object(person.clone());
-            }
-            crate::job::Target::Callback {
-                record, callback, ..
-            } => {
-                view["record"] = record.as_str().into();
-                view["callback"] = callback.as_str().into();
-            }
-            crate::job::Target::SyncStep { .. } => {}
-        }
-        view
-    }
-}
-
 /// An owner's recovery: which messages it sent again, so its progress can be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recovery {
@@ -279,7 +229,7 @@ impl Recovery {
     /// Its progress, from its messages as kept now: a message whose latest attempt came
     /// after the start is delivered (acknowledged) or failing (still retried, or
     /// dead-lettered again); one with none since is still queued.
-    pub fn view(&self, kept: &[StoredMessage]) -> serde_json::Value {
+    pub fn progress(&self, kept: &[StoredMessage]) -> RecoveryProgress {
         let (mut delivered, mut failing) = (0, 0);
         for message in kept {
             if message.last_attempt_ms >= self.started_at_ms
@@ -292,17 +242,23 @@ impl Recovery {
                 }
             }
         }
-        serde_json::json!({
-            "recoveryId": self.id,
-            "since": self.since,
-            "startedAt": rfc3339_ms(self.started_at_ms),
-            "messages": self.messages.len(),
-            "delivered": delivered,
-            "failing": failing,
-            "queued": self.messages.len() - delivered - failing,
-            "complete": self.complete,
-        })
+        RecoveryProgress {
+            delivered,
+            failing,
+            queued: self.messages.len() - delivered - failing,
+        }
     }
+}
+
+/// How far a recovery's messages have come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryProgress {
+    /// Acknowledged since the recovery started.
+    pub delivered: usize,
+    /// Attempted since and failed.
+    pub failing: usize,
+    /// Not attempted since.
+    pub queued: usize,
 }
 
 /// Which attempts a listing shows.

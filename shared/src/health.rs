@@ -143,21 +143,6 @@ impl EndpointHealth {
     pub fn enable(&mut self) {
         *self = Self::default();
     }
-
-    /// Health as the API shows it.
-    pub fn view(&self) -> serde_json::Value {
-        let time = |t: Option<i64>| {
-            t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-                .map(crate::clock::rfc3339_millis)
-        };
-        serde_json::json!({
-            "status": if self.is_disabled() { "disabled" } else { "enabled" },
-            "disabledReason": self.disabled_reason,
-            "disabledAt": time(self.disabled_at),
-            "failingSince": time(self.failing_since),
-            "lastError": self.last_error,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -181,10 +166,10 @@ mod tests {
             "5 days and 1 s"
         );
         assert!(
-            health.view()["disabledReason"]
-                .as_str()
-                .unwrap()
-                .contains("5 days")
+            health
+                .disabled_reason
+                .as_deref()
+                .is_some_and(|why| why.contains("5 days"))
         );
         assert!(
             !health.record_failure(now + 2, None, "x", &policy),
@@ -236,7 +221,7 @@ mod tests {
     fn gone_disables_at_once() {
         let mut health = EndpointHealth::default();
         assert!(health.record_failure(5, Some(410), "HTTP 410", &HealthPolicy::default()));
-        assert_eq!(health.view()["status"], "disabled");
+        assert!(health.is_disabled());
         assert_eq!(
             health.disabled_reason.as_deref(),
             Some("the receiver answered 410 Gone")

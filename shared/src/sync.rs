@@ -15,7 +15,6 @@
 //! never a skipped person).
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 /// Where a sync stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,8 +109,10 @@ impl FullSync {
         self.request_interval_ms > 0
     }
 
-    /// Progress as the API shows it.
-    pub fn view(&self, outcomes: SyncOutcomes) -> Value {
+    /// Where the sync stands with the outcomes its fan-out jobs counted: persons read
+    /// but neither delivered nor failed are still queued, and a running sync whose scan
+    /// is done with none queued is complete.
+    pub fn progress(&self, outcomes: SyncOutcomes) -> SyncProgress {
         let delivered = self.delivered + outcomes.delivered;
         let failed = self.failed + outcomes.failed;
         let queued = self.scanned.saturating_sub(delivered + failed);
@@ -119,19 +120,26 @@ impl FullSync {
             SyncState::Running if self.scan_done && queued == 0 => SyncState::Completed,
             state => state,
         };
-        json!({
-            "syncId": self.sync_id,
-            "state": state,
-            "requestIntervalMs": self.request_interval_ms,
-            "scanned": self.scanned,
-            "scanComplete": self.scan_done,
-            "queued": queued,
-            "delivered": delivered,
-            "failed": failed,
-            "startedAt": self.started_at,
-            "completedAt": self.completed_at,
-        })
+        SyncProgress {
+            state,
+            delivered,
+            failed,
+            queued,
+        }
     }
+}
+
+/// A sync's progress: its own counts and its fan-out jobs' together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Where it stands.
+    pub state: SyncState,
+    /// Persons acknowledged.
+    pub delivered: u64,
+    /// Persons dead-lettered.
+    pub failed: u64,
+    /// Persons read and not yet delivered or failed.
+    pub queued: u64,
 }
 
 #[cfg(test)]
@@ -139,26 +147,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn progress_view() {
+    fn progress() {
         let mut sync = FullSync::new("app-1", 0, "t".into());
         assert!(sync.sync_id.starts_with("sync_"));
         sync.scanned = 10;
-        let view = sync.view(SyncOutcomes {
+        let progress = sync.progress(SyncOutcomes {
             delivered: 7,
             failed: 1,
         });
-        assert_eq!(
-            (view["queued"].as_u64(), view["state"].as_str()),
-            (Some(2), Some("running"))
-        );
+        assert_eq!((progress.queued, progress.state), (2, SyncState::Running));
         sync.scan_done = true;
-        let view = sync.view(SyncOutcomes {
+        let progress = sync.progress(SyncOutcomes {
             delivered: 9,
             failed: 1,
         });
-        assert_eq!(
-            (view["queued"].as_u64(), view["state"].as_str()),
-            (Some(0), Some("completed"))
-        );
+        assert_eq!((progress.queued, progress.state), (0, SyncState::Completed));
     }
 }

@@ -18,7 +18,7 @@ use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::ports::{ApplicationStore, BackendResult, DeliveryQueue, PersonOutcome, SyncStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
-use webhooks::sync::{FullSync, SyncOutcomes};
+use webhooks::sync::{FullSync, SyncOutcomes, SyncState};
 use webhooks::testing::ManualClock;
 use webhooks::testing::faults::{Faults, Faulty};
 use webhooks_tests::Receiver;
@@ -198,7 +198,7 @@ async fn a_sync_under_throttled_counter_writes_completes_with_exact_counts() {
         .await
         .unwrap()
         .unwrap();
-    let view = state.view(outcomes);
+    let progress = state.progress(outcomes);
     let counts = faults.counts();
     println!(
         "hot items: {} deliveries for {PERSONS} persons; {} of {} counter calls failed, {} failed after landing",
@@ -209,18 +209,13 @@ async fn a_sync_under_throttled_counter_writes_completes_with_exact_counts() {
     );
     assert_eq!(
         (
-            view["scanned"].as_u64(),
-            view["delivered"].as_u64(),
-            view["failed"].as_u64(),
-            view["state"].as_str()
+            state.scanned,
+            progress.delivered,
+            progress.failed,
+            progress.state
         ),
-        (
-            Some(PERSONS as u64),
-            Some(PERSONS as u64),
-            Some(0),
-            Some("completed")
-        ),
-        "{view}"
+        (PERSONS as u64, PERSONS as u64, 0, SyncState::Completed),
+        "{progress:?}"
     );
     let completed: Vec<_> = events
         .published()

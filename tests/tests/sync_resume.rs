@@ -15,7 +15,7 @@ use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::ports::{BackendResult, Page, Person, Ports, RecordStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
-use webhooks::sync::FullSync;
+use webhooks::sync::{FullSync, SyncState};
 use webhooks::testing::ManualClock;
 use webhooks_tests::Receiver;
 
@@ -141,7 +141,10 @@ async fn a_paced_sync_spans_many_short_steps() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(sync.view(Default::default())["state"], "completed");
+    assert_eq!(
+        sync.progress(Default::default()).state,
+        SyncState::Completed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,9 +260,9 @@ async fn a_fan_out_sync_enqueues_everybody_once_across_steps() {
         .unwrap();
     assert!(sync.scan_done);
     assert_eq!(sync.scanned, MANY as u64);
-    let view = sync.view(outcomes);
+    let progress = sync.progress(outcomes);
     assert_eq!(
-        (view["queued"].as_u64(), view["state"].as_str()),
-        (Some(MANY as u64), Some("running"))
+        (progress.queued, progress.state),
+        (MANY as u64, SyncState::Running)
     );
 }

@@ -197,13 +197,15 @@ impl ApiError {
     }
 }
 
-/// A JSON response with `status`.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+/// A JSON response with `status` (a view of [`super::views`], or a small `json!` body).
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response<Body> {
+    // Views hold strings, numbers and string-keyed maps only: serializing cannot fail.
+    let text = serde_json::to_string(body).expect("API views serialize");
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json;charset=UTF-8")
         .header(header::CACHE_CONTROL, "no-store")
-        .body(Body::Text(body.to_string()))
+        .body(Body::Text(text))
         .expect("static parts are valid")
 }
 

@@ -4,6 +4,7 @@
 use super::api_error::{ApiError, json_response};
 use super::outbound::application_request;
 use super::registration::{Registration, base_url, body_bytes};
+use super::views::{ApplicationView, SyncView};
 use crate::application::{Application, ApplicationPatch};
 use crate::clock::rfc3339_millis;
 use crate::events::OpsEvent;
@@ -62,7 +63,7 @@ impl Registration {
         id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let app = self.authenticate_application(request, id).await?;
-        Ok(json_response(StatusCode::OK, &app.view()))
+        Ok(json_response(StatusCode::OK, &ApplicationView::from(&app)))
     }
 
     /// `PATCH /application/{id}`: change the webhook; answers the updated application.
@@ -86,7 +87,7 @@ impl Registration {
             .await;
         }
         tracing::info!(application_id = %app.id, url = app.webhook.url.as_ref().map(|u| u.as_str()), "application webhook updated");
-        Ok(json_response(StatusCode::OK, &app.view()))
+        Ok(json_response(StatusCode::OK, &ApplicationView::from(&app)))
     }
 
     /// `POST /application/{id}/webhook/secret`: a new Standard Webhooks secret, shown
@@ -179,7 +180,10 @@ impl Registration {
             .await?
             .all()?;
         tracing::info!(application_id = %app.id, sync_id = %sync.sync_id, interval_ms = sync.request_interval_ms, "full sync started");
-        let mut response = json_response(StatusCode::ACCEPTED, &sync.view(Default::default()));
+        let mut response = json_response(
+            StatusCode::ACCEPTED,
+            &SyncView::new(&sync, Default::default()),
+        );
         let location = format!(
             "{}/application/{}/webhook/sync/{}",
             base_url(request),
@@ -206,7 +210,10 @@ impl Registration {
             .get_sync(&app.id, sync_id)
             .await?
             .ok_or(ApiError::SyncNotFound)?;
-        Ok(json_response(StatusCode::OK, &sync.view(outcomes)))
+        Ok(json_response(
+            StatusCode::OK,
+            &SyncView::new(&sync, outcomes),
+        ))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::api_error::{ApiError, json_response};
 use super::registration::{Registration, base_url, body_bytes};
+use super::views::{AttemptView, MessageView, RecoveryView, WebhookView};
 use crate::attempts::{Attempt, EndpointKey, Recovery, StatusFilter, StoredMessage};
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::MAX_SEND_DELAY;
@@ -26,6 +27,33 @@ const RECOVER_SENDS: usize = 16;
 #[serde(deny_unknown_fields)]
 struct RecoverRequest {
     since: String,
+}
+
+impl RecoverRequest {
+    /// The body's `since`, as given and in epoch ms.
+    fn parse(body: &[u8]) -> Result<(String, i64), ApiError> {
+        let body: Self =
+            serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        let since = time::OffsetDateTime::parse(
+            &body.since,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|_| ApiError::InvalidBody("since must be an RFC 3339 time".into()))?;
+        Ok((
+            body.since,
+            (since.unix_timestamp_nanos() / 1_000_000) as i64,
+        ))
+    }
+}
+
+/// How many messages one recovery sends. Paced through the send delay, which reaches
+/// 15 minutes ahead at most: a longer recovery is left for another call (its messages are
+/// found again while they fail).
+fn recover_limit(interval_ms: u64) -> usize {
+    match interval_ms {
+        0 => MAX_RECOVER,
+        ms => ((MAX_SEND_DELAY.as_millis() as u64 / ms) as usize + 1).min(MAX_RECOVER),
+    }
 }
 
 /// Attempts per page unless `limit` says otherwise.
@@ -103,7 +131,7 @@ impl Registration {
             .attempts
             .attempts(endpoint, query.filter, query.after.as_deref(), query.limit)
             .await?;
-        let data: Vec<_> = page.items.iter().map(|a| a.view()).collect();
+        let data: Vec<_> = page.items.iter().map(AttemptView::from).collect();
         let next = page.next.map(|n| CURSOR.encode(n));
         Ok(json_response(
             StatusCode::OK,
@@ -135,7 +163,10 @@ impl Registration {
         message_id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let (_, message, attempts) = self.kept_message(endpoint, message_id).await?;
-        Ok(json_response(StatusCode::OK, &message.view(&attempts)))
+        Ok(json_response(
+            StatusCode::OK,
+            &MessageView::new(&message, &attempts),
+        ))
     }
 
     /// Sends a kept message of `endpoint` again now: the same message id, to the
@@ -174,27 +205,14 @@ impl Registration {
         disabled: bool,
         interval_ms: u64,
     ) -> Result<Response<Body>, ApiError> {
-        let body: RecoverRequest = serde_json::from_slice(body_bytes(request))
-            .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-        let since = time::OffsetDateTime::parse(
-            &body.since,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map_err(|_| ApiError::InvalidBody("since must be an RFC 3339 time".into()))?;
+        let (since, since_ms) = RecoverRequest::parse(body_bytes(request))?;
         if disabled {
             return Err(ApiError::EndpointDisabled);
         }
-        let since_ms = (since.unix_timestamp_nanos() / 1_000_000) as i64;
-        // Paced through the send delay, which reaches 15 minutes ahead at most: a longer
-        // recovery is left for another call (its messages are found again while they fail).
-        let limit = match interval_ms {
-            0 => MAX_RECOVER,
-            ms => ((MAX_SEND_DELAY.as_millis() as u64 / ms) as usize + 1).min(MAX_RECOVER),
-        };
         let page = self
             .ports
             .attempts
-            .failed_since(endpoint, since_ms, limit)
+            .failed_since(endpoint, since_ms, recover_limit(interval_ms))
             .await?;
         let jobs: Vec<DeliveryJob> = page.items.iter().map(|m| m.job.redelivered()).collect();
         // Kept before anything is sent: a failed send answers 503 and this id is never
@@ -202,37 +220,15 @@ impl Registration {
         let recovery = Recovery {
             id: format!("rec_{}", uuid::Uuid::new_v4().simple()),
             endpoint: endpoint.clone(),
-            since: body.since.clone(),
+            since: since.clone(),
             started_at_ms: (self.ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64,
             messages: jobs.iter().map(|j| j.id.clone()).collect(),
             complete: page.next.is_none(),
         };
         self.ports.attempts.save_recovery(&recovery).await?;
-        if interval_ms == 0 {
-            self.ports.queue.enqueue(&jobs).await?.all()?;
-        } else {
-            // Owned futures, collected first: a lazy map over borrowed jobs is not `Send`
-            // for every lifetime, which the HTTP server's handler must be.
-            let sends: Vec<_> = jobs
-                .iter()
-                .cloned()
-                .enumerate()
-                .map(|(i, job)| {
-                    let queue = self.ports.queue.clone();
-                    let delay = Duration::from_millis(interval_ms.saturating_mul(i as u64))
-                        .min(MAX_SEND_DELAY);
-                    async move { queue.enqueue_delayed(&job, delay).await }
-                })
-                .collect();
-            let results: Vec<_> = futures::stream::iter(sends)
-                .buffer_unordered(RECOVER_SENDS)
-                .collect()
-                .await;
-            results.into_iter().collect::<Result<Vec<()>, _>>()?;
-        }
-        tracing::info!(endpoint = %endpoint.as_str(), messages = jobs.len(), since = %body.since, "failed messages recovered by the endpoint's owner");
-        let mut view = recovery.view(&[]);
-        view["requestIntervalMs"] = interval_ms.into();
+        self.send_paced(&jobs, interval_ms).await?;
+        tracing::info!(endpoint = %endpoint.as_str(), messages = jobs.len(), %since, "failed messages recovered by the endpoint's owner");
+        let view = RecoveryView::new(&recovery, &[]).started(interval_ms);
         let mut response = json_response(StatusCode::ACCEPTED, &view);
         let location = format!(
             "{}{}/{}",
@@ -244,6 +240,33 @@ impl Registration {
             response.headers_mut().insert(http::header::LOCATION, value);
         }
         Ok(response)
+    }
+
+    /// Sends `jobs`, the `i`-th delayed `i * interval_ms` (all at once for 0).
+    async fn send_paced(&self, jobs: &[DeliveryJob], interval_ms: u64) -> Result<(), ApiError> {
+        if interval_ms == 0 {
+            self.ports.queue.enqueue(jobs).await?.all()?;
+            return Ok(());
+        }
+        // Owned futures, collected first: a lazy map over borrowed jobs is not `Send`
+        // for every lifetime, which the HTTP server's handler must be.
+        let sends: Vec<_> = jobs
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, job)| {
+                let queue = self.ports.queue.clone();
+                let delay =
+                    Duration::from_millis(interval_ms.saturating_mul(i as u64)).min(MAX_SEND_DELAY);
+                async move { queue.enqueue_delayed(&job, delay).await }
+            })
+            .collect();
+        let results: Vec<_> = futures::stream::iter(sends)
+            .buffer_unordered(RECOVER_SENDS)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(())
     }
 
     /// A recovery's progress.
@@ -263,7 +286,10 @@ impl Registration {
             .attempts
             .messages(endpoint, &recovery.messages)
             .await?;
-        Ok(json_response(StatusCode::OK, &recovery.view(&kept)))
+        Ok(json_response(
+            StatusCode::OK,
+            &RecoveryView::new(&recovery, &kept),
+        ))
     }
 
     /// `GET /application/{id}/webhook/recover/{recoveryId}`.
@@ -397,13 +423,8 @@ impl Registration {
         let data: Vec<_> = webhooks
             .iter()
             .map(|s| {
-                let mut view = s.health.view();
-                view["id"] = EndpointKey::subscription(&s.record, &s.callback)
-                    .as_str()
-                    .into();
-                view["record"] = s.record.as_str().into();
-                view["callback"] = s.callback.as_str().into();
-                view
+                let id = EndpointKey::subscription(&s.record, &s.callback);
+                WebhookView::new(s, Some(id.as_str().to_owned()))
             })
             .collect();
         Ok(json_response(StatusCode::OK, &json!({"data": data})))

@@ -12,6 +12,7 @@ pub mod outbound;
 pub mod registration;
 pub mod replay;
 pub mod sync_driver;
+pub mod views;
 
 pub use change_capture::ChangeCapture;
 pub use delivery::{Delivery, DeliverySettings};

@@ -3,6 +3,7 @@
 //! registration.
 
 use super::api_error::{ApiError, empty_response, json_response};
+use super::views::WebhookView;
 use crate::callback::{CallbackUrl, InvalidCallbackUrl, UrlPolicy, strict_percent_decode};
 use crate::events::OpsEvent;
 use crate::http_client::CallbackClient;
@@ -387,10 +388,10 @@ impl Registration {
         if subscription.client_id != client_id {
             return Err(ApiError::NotOwner);
         }
-        let mut body = subscription.health.view();
-        body["record"] = subscription.record.as_str().into();
-        body["callback"] = subscription.callback.as_str().into();
-        Ok(json_response(StatusCode::OK, &body))
+        Ok(json_response(
+            StatusCode::OK,
+            &WebhookView::new(&subscription, None),
+        ))
     }
 
     /// `DELETE /{record}/webhook/{callback}`.

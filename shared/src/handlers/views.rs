@@ -1,0 +1,365 @@
+//! The JSON bodies the API answers with, as serde types: what a client reads is declared
+//! here, field by field, apart from how the domain keeps it (a domain type may change
+//! how it stores something without changing what the API shows).
+
+use crate::application::{Application, mask};
+use crate::attempts::{Attempt, OutcomeClass, Recovery, StoredMessage};
+use crate::health::EndpointHealth;
+use crate::job::Target;
+use crate::ports::Person;
+use crate::subscription::Subscription;
+use crate::sync::{FullSync, SyncOutcomes, SyncState};
+use serde::Serialize;
+
+/// Epoch seconds as RFC 3339 UTC with milliseconds (`None` out of range).
+fn rfc3339_secs(secs: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .map(crate::clock::rfc3339_millis)
+}
+
+/// Epoch milliseconds as RFC 3339 UTC with milliseconds (`None` out of range).
+fn rfc3339_ms(ms: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .map(crate::clock::rfc3339_millis)
+}
+
+/// An endpoint's health.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthView {
+    status: &'static str,
+    disabled_reason: Option<String>,
+    disabled_at: Option<String>,
+    failing_since: Option<String>,
+    last_error: Option<String>,
+}
+
+impl From<&EndpointHealth> for HealthView {
+    fn from(health: &EndpointHealth) -> Self {
+        Self {
+            status: if health.is_disabled() {
+                "disabled"
+            } else {
+                "enabled"
+            },
+            disabled_reason: health.disabled_reason.clone(),
+            disabled_at: health.disabled_at.and_then(rfc3339_secs),
+            failing_since: health.failing_since.and_then(rfc3339_secs),
+            last_error: health.last_error.clone(),
+        }
+    }
+}
+
+/// A subscription's webhook: its record and callback with its health, and in a listing
+/// its opaque id.
+#[derive(Debug, Serialize)]
+pub struct WebhookView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    record: String,
+    callback: String,
+    #[serde(flatten)]
+    health: HealthView,
+}
+
+impl WebhookView {
+    /// The webhook of `subscription`, named by `id` when given.
+    pub fn new(subscription: &Subscription, id: Option<String>) -> Self {
+        Self {
+            id,
+            record: subscription.record.as_str().to_owned(),
+            callback: subscription.callback.as_str().to_owned(),
+            health: HealthView::from(&subscription.health),
+        }
+    }
+}
+
+/// An application; its signing key masked.
+#[derive(Debug, Serialize)]
+pub struct ApplicationView {
+    id: String,
+    webhook: ApplicationWebhookView,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplicationWebhookView {
+    url: String,
+    signing_key: Option<String>,
+    request_interval_ms: u64,
+    health: HealthView,
+}
+
+impl From<&Application> for ApplicationView {
+    fn from(app: &Application) -> Self {
+        let webhook = &app.webhook;
+        Self {
+            id: app.id.clone(),
+            webhook: ApplicationWebhookView {
+                url: webhook
+                    .url
+                    .as_ref()
+                    .map_or_else(String::new, |u| u.as_str().to_owned()),
+                signing_key: webhook.signing_key.as_deref().map(mask),
+                request_interval_ms: webhook.request_interval_ms,
+                health: HealthView::from(&app.health),
+            },
+        }
+    }
+}
+
+/// A full sync's progress.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncView {
+    sync_id: String,
+    state: SyncState,
+    request_interval_ms: u64,
+    scanned: u64,
+    scan_complete: bool,
+    queued: u64,
+    delivered: u64,
+    failed: u64,
+    started_at: String,
+    completed_at: Option<String>,
+}
+
+impl SyncView {
+    /// The sync with the outcomes its fan-out jobs counted.
+    pub fn new(sync: &FullSync, outcomes: SyncOutcomes) -> Self {
+        let progress = sync.progress(outcomes);
+        Self {
+            sync_id: sync.sync_id.clone(),
+            state: progress.state,
+            request_interval_ms: sync.request_interval_ms,
+            scanned: sync.scanned,
+            scan_complete: sync.scan_done,
+            queued: progress.queued,
+            delivered: progress.delivered,
+            failed: progress.failed,
+            started_at: sync.started_at.clone(),
+            completed_at: sync.completed_at.clone(),
+        }
+    }
+}
+
+/// One delivery attempt.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptView {
+    message_id: String,
+    attempt: u32,
+    timestamp: Option<String>,
+    outcome: OutcomeClass,
+    status: Option<u16>,
+    latency_ms: u64,
+    response: String,
+}
+
+impl From<&Attempt> for AttemptView {
+    fn from(attempt: &Attempt) -> Self {
+        Self {
+            message_id: attempt.message_id.as_str().to_owned(),
+            attempt: attempt.attempt,
+            timestamp: rfc3339_ms(attempt.at_ms),
+            outcome: attempt.outcome,
+            status: attempt.status,
+            latency_ms: attempt.latency_ms,
+            response: attempt.response.clone(),
+        }
+    }
+}
+
+/// A kept message and its attempts: what was sent (the person for an application; the
+/// record and callback for a callback) and how it went.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView {
+    message_id: String,
+    created_at: String,
+    last_attempt_at: Option<String>,
+    last_outcome: OutcomeClass,
+    attempts: Vec<AttemptView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    person: Option<Person>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback: Option<String>,
+}
+
+impl MessageView {
+    /// `message` with `attempts`, oldest first.
+    pub fn new(message: &StoredMessage, attempts: &[Attempt]) -> Self {
+        let job = &message.job;
+        let (record, person, callback) = match &job.target {
+            Target::Application { record, person, .. } => {
+                (Some(record.as_str()), Some(person.clone()), None)
+            }
+            Target::Callback {
+                record, callback, ..
+            } => (Some(record.as_str()), None, Some(callback.as_str())),
+            Target::SyncStep { .. } => (None, None, None),
+        };
+        Self {
+            message_id: job.id.as_str().to_owned(),
+            created_at: job.created_at.clone(),
+            last_attempt_at: rfc3339_ms(message.last_attempt_ms),
+            last_outcome: message.last_outcome,
+            attempts: attempts.iter().map(AttemptView::from).collect(),
+            record: record.map(str::to_owned),
+            person,
+            callback: callback.map(str::to_owned),
+        }
+    }
+}
+
+/// An owner's recovery and its progress.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryView {
+    recovery_id: String,
+    since: String,
+    started_at: Option<String>,
+    messages: usize,
+    delivered: usize,
+    failing: usize,
+    queued: usize,
+    complete: bool,
+    /// Only in the answer that starts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_interval_ms: Option<u64>,
+}
+
+impl RecoveryView {
+    /// `recovery` with its messages as kept now.
+    pub fn new(recovery: &Recovery, kept: &[StoredMessage]) -> Self {
+        let progress = recovery.progress(kept);
+        Self {
+            recovery_id: recovery.id.clone(),
+            since: recovery.since.clone(),
+            started_at: rfc3339_ms(recovery.started_at_ms),
+            messages: recovery.messages.len(),
+            delivered: progress.delivered,
+            failing: progress.failing,
+            queued: progress.queued,
+            complete: recovery.complete,
+            request_interval_ms: None,
+        }
+    }
+
+    /// The same, as the answer that started it (with its pace).
+    pub fn started(mut self, request_interval_ms: u64) -> Self {
+        self.request_interval_ms = Some(request_interval_ms);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callback::{CallbackUrl, StoredUrl, UrlPolicy};
+    use crate::health::HealthPolicy;
+    use crate::job::DeliveryJob;
+    use crate::record::RecordId;
+    use crate::window::WindowId;
+    use serde_json::{Value, json};
+
+    fn json_of(view: impl Serialize) -> Value {
+        serde_json::to_value(view).unwrap()
+    }
+
+    #[test]
+    fn an_application_shows_its_signing_key_masked_and_an_unset_url_empty() {
+        let mut app = Application::new("app-1", "key", 0);
+        assert_eq!(
+            json_of(ApplicationView::from(&app)),
+            json!({"id": "app-1", "webhook": {
+                "url": "", "signingKey": null, "requestIntervalMs": 0,
+                "health": {"status": "enabled", "disabledReason": null, "disabledAt": null,
+                           "failingSince": null, "lastError": null},
+            }})
+        );
+        let url = CallbackUrl::parse("https://someurl.com/x", UrlPolicy::default()).unwrap();
+        app.webhook.url = Some(StoredUrl::Usable(url));
+        app.webhook.signing_key = Some("helloWorld".into());
+        let view = json_of(ApplicationView::from(&app));
+        assert_eq!(view["webhook"]["url"], "https://someurl.com/x");
+        assert_eq!(view["webhook"]["signingKey"], "he… (10 characters)");
+        assert!(!view.to_string().contains("helloWorld"));
+    }
+
+    #[test]
+    fn a_disabled_endpoint_shows_why_and_since_when() {
+        let mut health = EndpointHealth::default();
+        health.record_failure(86_400, Some(410), "HTTP 410", &HealthPolicy::default());
+        assert_eq!(
+            json_of(HealthView::from(&health)),
+            json!({
+                "status": "disabled",
+                "disabledReason": "the receiver answered 410 Gone",
+                "disabledAt": "1970-01-02T00:00:00.000Z",
+                "failingSince": "1970-01-02T00:00:00.000Z",
+                "lastError": "HTTP 410",
+            })
+        );
+    }
+
+    #[test]
+    fn a_sync_shows_its_progress_with_the_counted_outcomes() {
+        let mut sync = FullSync::new("app-1", 0, "t".into());
+        sync.scanned = 10;
+        sync.scan_done = true;
+        let view = json_of(SyncView::new(
+            &sync,
+            SyncOutcomes {
+                delivered: 9,
+                failed: 1,
+            },
+        ));
+        assert_eq!(view["syncId"], sync.sync_id.as_str());
+        assert_eq!(
+            (&view["state"], &view["queued"], &view["delivered"]),
+            (&json!("completed"), &json!(0), &json!(9))
+        );
+        assert_eq!(view["scanComplete"], true);
+    }
+
+    #[test]
+    fn a_kept_application_message_shows_the_person_and_no_callback() {
+        let record = RecordId::parse("0000-0002-1825-0097").unwrap();
+        let person = json!({"firstName": "Ada"}).as_object().unwrap().clone();
+        let job = DeliveryJob::for_application("app-1", &record, person, WindowId(1), "t".into());
+        let message = StoredMessage {
+            endpoint: crate::attempts::EndpointKey::application("app-1"),
+            job,
+            last_attempt: 1,
+            last_attempt_ms: 0,
+            last_outcome: OutcomeClass::Acked,
+        };
+        let view = json_of(MessageView::new(&message, &[]));
+        assert_eq!(view["record"], "0000-0002-1825-0097");
+        assert_eq!(view["person"], json!({"firstName": "Ada"}));
+        assert_eq!(view["lastAttemptAt"], "1970-01-01T00:00:00.000Z");
+        assert!(view.get("callback").is_none(), "{view}");
+    }
+
+    #[test]
+    fn only_the_answer_that_starts_a_recovery_shows_its_pace() {
+        let recovery = Recovery {
+            id: "rec_1".into(),
+            endpoint: crate::attempts::EndpointKey::application("app-1"),
+            since: "2024-01-01T00:00:00Z".into(),
+            started_at_ms: 0,
+            messages: Vec::new(),
+            complete: true,
+        };
+        let view = json_of(RecoveryView::new(&recovery, &[]));
+        assert!(view.get("requestIntervalMs").is_none(), "{view}");
+        let started = json_of(RecoveryView::new(&recovery, &[]).started(250));
+        assert_eq!(started["requestIntervalMs"], 250);
+        assert_eq!(started["queued"], 0);
+    }
+}
