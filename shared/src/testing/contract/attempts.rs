@@ -1,30 +1,17 @@
 //! The attempt log: an endpoint's attempts newest first, filtered and paged; the kept
 //! messages; failing messages for a recovery; recoveries.
 
-use super::{Adapters, Scenario, read_pages, record};
+use super::{Adapters, read_pages, record};
 use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, OutcomeClass, Recovery, StatusFilter};
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::Page;
 use crate::window::WindowId;
-use futures::FutureExt;
 
-pub(super) const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "attempts_newest_first_filtered_and_paged",
-        run: |a| attempts_newest_first_filtered_and_paged(a).boxed(),
-    },
-    Scenario {
-        name: "attempt_messages_are_kept_with_their_attempts",
-        run: |a| attempt_messages_are_kept_with_their_attempts(a).boxed(),
-    },
-    Scenario {
-        name: "failed_since_lists_each_failing_message_once",
-        run: |a| failed_since_lists_each_failing_message_once(a).boxed(),
-    },
-    Scenario {
-        name: "recoveries_are_kept_per_endpoint",
-        run: |a| recoveries_are_kept_per_endpoint(a).boxed(),
-    },
+scenarios![
+    attempts_newest_first_filtered_and_paged,
+    attempt_messages_are_kept_with_their_attempts,
+    failed_since_lists_each_failing_message_once,
+    recoveries_are_kept_per_endpoint,
 ];
 
 /// When the jobs were created (2026-11-26T10:00:00Z), epoch ms; attempts come after.

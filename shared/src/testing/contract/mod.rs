@@ -9,6 +9,16 @@
 //! webhooks::testing::contract::run_all("memory", || async { Adapters::memory() }).await;
 //! ```
 
+/// A module's scenarios, each named after its function.
+macro_rules! scenarios {
+    ($($scenario:ident),+ $(,)?) => {
+        pub(super) const SCENARIOS: &[super::Scenario] = &[$(super::Scenario {
+            name: stringify!($scenario),
+            run: |adapters| futures::FutureExt::boxed($scenario(adapters)),
+        }),+];
+    };
+}
+
 mod attempts;
 mod pending;
 mod queue;
@@ -121,7 +131,7 @@ impl Harness for MemoryHarness {
 /// One scenario of the contract.
 #[derive(Clone, Copy)]
 pub struct Scenario {
-    /// Its name, `<port>_<what it shows>`.
+    /// Its name (its function's), saying what it shows.
     pub name: &'static str,
     /// Runs it on fresh adapters; panics (an assertion) when the adapters break it.
     pub run: fn(Adapters) -> BoxFuture<'static, ()>,

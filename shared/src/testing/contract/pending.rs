@@ -1,32 +1,19 @@
 //! Pending changes: one entry per (window, record), paged in key order; the flush cursor;
 //! the flush lease; poison items.
 
-use super::{Adapters, Scenario, read_pages, record};
+use super::{Adapters, read_pages, record};
 use crate::job::DeliveryJob;
 use crate::message::Refusal;
 use crate::poison::PoisonItem;
 use crate::ports::{FlushCursor, Page};
 use crate::record::RecordId;
 use crate::window::WindowId;
-use futures::FutureExt;
 
-pub(super) const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "pending_pages_in_key_order_without_a_trailing_empty_page",
-        run: |a| pending_pages_in_key_order_without_a_trailing_empty_page(a).boxed(),
-    },
-    Scenario {
-        name: "pending_cursor_round_trips_and_keeps_unflushed_windows",
-        run: |a| pending_cursor_round_trips_and_keeps_unflushed_windows(a).boxed(),
-    },
-    Scenario {
-        name: "flush_lease_one_flush_at_a_time",
-        run: |a| flush_lease_one_flush_at_a_time(a).boxed(),
-    },
-    Scenario {
-        name: "poison_items_are_kept_until_removed",
-        run: |a| poison_items_are_kept_until_removed(a).boxed(),
-    },
+scenarios![
+    pending_pages_in_key_order_without_a_trailing_empty_page,
+    pending_cursor_round_trips_and_keeps_unflushed_windows,
+    flush_lease_one_flush_at_a_time,
+    poison_items_are_kept_until_removed,
 ];
 
 fn ids(items: &[RecordId]) -> Vec<&str> {

@@ -1,42 +1,23 @@
 //! The delivery queue (SQS semantics: visibility timeouts, receive counts, the dead-letter
 //! queue after the maximum receive count) and the parked queue.
 
-use super::{Adapters, Scenario, person, record};
+use super::{Adapters, person, record};
 use crate::job::{DeliveryJob, MessageId};
 use crate::memory::ReceivedMessage;
 use crate::message::{self, MAX_MESSAGE_BYTES, Refusal};
 use crate::window::WindowId;
-use futures::FutureExt;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::time::Instant;
 
-pub(super) const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "queue_delivers_enqueued_jobs_and_reports_refusals",
-        run: |a| queue_delivers_enqueued_jobs_and_reports_refusals(a).boxed(),
-    },
-    Scenario {
-        name: "queue_hides_a_received_message_until_its_visibility_timeout",
-        run: |a| queue_hides_a_received_message_until_its_visibility_timeout(a).boxed(),
-    },
-    Scenario {
-        name: "queue_retry_later_hides_for_the_delay",
-        run: |a| queue_retry_later_hides_for_the_delay(a).boxed(),
-    },
-    Scenario {
-        name: "queue_dead_letters_after_the_maximum_receives",
-        run: |a| queue_dead_letters_after_the_maximum_receives(a).boxed(),
-    },
-    Scenario {
-        name: "queue_delayed_job_waits_for_its_delay",
-        run: |a| queue_delayed_job_waits_for_its_delay(a).boxed(),
-    },
-    Scenario {
-        name: "parked_jobs_are_held_removed_and_released",
-        run: |a| parked_jobs_are_held_removed_and_released(a).boxed(),
-    },
+scenarios![
+    queue_delivers_enqueued_jobs_and_reports_refusals,
+    queue_hides_a_received_message_until_its_visibility_timeout,
+    queue_retry_later_hides_for_the_delay,
+    queue_dead_letters_after_the_maximum_receives,
+    queue_delayed_job_waits_for_its_delay,
+    parked_jobs_are_held_removed_and_released,
 ];
 
 /// Slack on every time the queue is expected to keep (a remote queue's clock and round
@@ -68,6 +49,18 @@ async fn receive_n(a: &Adapters, n: usize, within: Duration) -> Vec<ReceivedMess
         got.extend(a.harness.receive(n - got.len(), wait).await);
     }
     got
+}
+
+/// Enqueues one job and receives it (the first receive).
+async fn enqueue_and_receive(a: &Adapters) -> Vec<ReceivedMessage> {
+    a.ports
+        .queue
+        .enqueue(&[job(0)])
+        .await
+        .unwrap()
+        .all()
+        .unwrap();
+    receive_n(a, 1, Duration::from_secs(10)).await
 }
 
 /// Nothing to receive right now.
@@ -114,14 +107,7 @@ async fn queue_delivers_enqueued_jobs_and_reports_refusals(a: Adapters) {
 }
 
 async fn queue_hides_a_received_message_until_its_visibility_timeout(a: Adapters) {
-    a.ports
-        .queue
-        .enqueue(&[job(0)])
-        .await
-        .unwrap()
-        .all()
-        .unwrap();
-    let first = receive_n(&a, 1, Duration::from_secs(10)).await;
+    let first = enqueue_and_receive(&a).await;
     let received_at = Instant::now();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].receive_count, 1);
@@ -144,14 +130,7 @@ async fn queue_retry_later_hides_for_the_delay(a: Adapters) {
         timeout >= Duration::from_secs(3),
         "the visibility timeout ({timeout:?}) must be well over the 1 s retry delay"
     );
-    a.ports
-        .queue
-        .enqueue(&[job(0)])
-        .await
-        .unwrap()
-        .all()
-        .unwrap();
-    let first = receive_n(&a, 1, Duration::from_secs(10)).await;
+    let first = enqueue_and_receive(&a).await;
     assert_eq!(first.len(), 1);
     a.ports
         .queue

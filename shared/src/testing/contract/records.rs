@@ -1,24 +1,14 @@
 //! The records table: persons by id, and the consented ones read page by page.
 
-use super::{Adapters, Scenario, person, read_pages, record};
+use super::{Adapters, person, read_pages, record};
 use crate::ports::{Page, Person};
 use crate::record::RecordId;
-use futures::FutureExt;
 use serde_json::json;
 
-pub(super) const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "persons_are_read_by_id",
-        run: |a| persons_are_read_by_id(a).boxed(),
-    },
-    Scenario {
-        name: "consented_persons_are_each_read_once",
-        run: |a| consented_persons_are_each_read_once(a).boxed(),
-    },
-    Scenario {
-        name: "consented_pages_may_be_empty_with_next",
-        run: |a| consented_pages_may_be_empty_with_next(a).boxed(),
-    },
+scenarios![
+    persons_are_read_by_id,
+    consented_persons_are_each_read_once,
+    consented_pages_may_be_empty_with_next,
 ];
 
 async fn persons_are_read_by_id(a: Adapters) {

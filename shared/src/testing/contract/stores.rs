@@ -1,44 +1,22 @@
 //! Clients, tokens, subscriptions and applications: keyed items, conditional writes, and
 //! updates that never create what is not there.
 
-use super::{Adapters, Scenario, record};
+use super::{Adapters, record};
 use crate::application::Application;
 use crate::attempts::EndpointKey;
 use crate::callback::{CallbackUrl, UrlPolicy};
 use crate::health::EndpointHealth;
 use crate::oauth::{IssuedToken, OAuthClient, sha256_hex};
 use crate::subscription::{Registered, Subscription, Unregistered};
-use futures::FutureExt;
 
-pub(super) const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "clients_are_kept_by_id_and_replaced_whole",
-        run: |a| clients_are_kept_by_id_and_replaced_whole(a).boxed(),
-    },
-    Scenario {
-        name: "tokens_are_found_by_their_hash_only",
-        run: |a| tokens_are_found_by_their_hash_only(a).boxed(),
-    },
-    Scenario {
-        name: "register_is_a_conditional_write",
-        run: |a| register_is_a_conditional_write(a).boxed(),
-    },
-    Scenario {
-        name: "unregister_only_by_the_owner",
-        run: |a| unregister_only_by_the_owner(a).boxed(),
-    },
-    Scenario {
-        name: "subscriptions_are_listed_per_record_and_per_client",
-        run: |a| subscriptions_are_listed_per_record_and_per_client(a).boxed(),
-    },
-    Scenario {
-        name: "subscription_health_is_replaced_never_created",
-        run: |a| subscription_health_is_replaced_never_created(a).boxed(),
-    },
-    Scenario {
-        name: "applications_by_id_and_by_key_hash",
-        run: |a| applications_by_id_and_by_key_hash(a).boxed(),
-    },
+scenarios![
+    clients_are_kept_by_id_and_replaced_whole,
+    tokens_are_found_by_their_hash_only,
+    register_is_a_conditional_write,
+    unregister_only_by_the_owner,
+    subscriptions_are_listed_per_record_and_per_client,
+    subscription_health_is_replaced_never_created,
+    applications_by_id_and_by_key_hash,
 ];
 
 fn client(id: &str) -> OAuthClient {

@@ -1,28 +1,15 @@
 //! Full syncs: outcomes counted once per person, the completion claimed once, one step at
 //! a time under a lease.
 
-use super::{Adapters, Scenario, record};
+use super::{Adapters, record};
 use crate::ports::PersonOutcome;
 use crate::sync::{FullSync, SyncOutcomes};
-use futures::FutureExt;
 
-pub(super) const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "sync_outcomes_are_counted_once_per_person",
-        run: |a| sync_outcomes_are_counted_once_per_person(a).boxed(),
-    },
-    Scenario {
-        name: "sync_state_is_saved_beside_its_counters",
-        run: |a| sync_state_is_saved_beside_its_counters(a).boxed(),
-    },
-    Scenario {
-        name: "sync_completion_is_claimed_once",
-        run: |a| sync_completion_is_claimed_once(a).boxed(),
-    },
-    Scenario {
-        name: "sync_lease_one_step_at_a_time",
-        run: |a| sync_lease_one_step_at_a_time(a).boxed(),
-    },
+scenarios![
+    sync_outcomes_are_counted_once_per_person,
+    sync_state_is_saved_beside_its_counters,
+    sync_completion_is_claimed_once,
+    sync_lease_one_step_at_a_time,
 ];
 
 fn outcome(i: usize, delivered: bool) -> PersonOutcome {
@@ -132,40 +119,29 @@ async fn sync_state_is_saved_beside_its_counters(a: Adapters) {
 async fn sync_completion_is_claimed_once(a: Adapters) {
     let syncs = &a.ports.syncs;
     let sync = FullSync::new("app-1", 0, "2026-11-26T10:00:00.000Z".into());
+    let claim = |claimant: &'static str| {
+        let (syncs, id) = (syncs.clone(), sync.sync_id.clone());
+        async move {
+            syncs
+                .claim_sync_completion("app-1", &id, claimant)
+                .await
+                .unwrap()
+        }
+    };
     assert!(
-        !syncs
-            .claim_sync_completion("app-1", &sync.sync_id, "batch-a")
-            .await
-            .unwrap(),
+        !claim("batch-a").await,
         "no completion of a sync that was never saved"
     );
     syncs.save_sync(&sync).await.unwrap();
+    assert!(claim("batch-a").await, "the first claimant");
     assert!(
-        syncs
-            .claim_sync_completion("app-1", &sync.sync_id, "batch-a")
-            .await
-            .unwrap()
-    );
-    assert!(
-        syncs
-            .claim_sync_completion("app-1", &sync.sync_id, "batch-a")
-            .await
-            .unwrap(),
+        claim("batch-a").await,
         "a retried claim by the same claimant"
     );
-    assert!(
-        !syncs
-            .claim_sync_completion("app-1", &sync.sync_id, "batch-b")
-            .await
-            .unwrap(),
-        "announced once"
-    );
+    assert!(!claim("batch-b").await, "announced once");
     syncs.save_sync(&sync).await.unwrap();
     assert!(
-        !syncs
-            .claim_sync_completion("app-1", &sync.sync_id, "batch-b")
-            .await
-            .unwrap(),
+        !claim("batch-b").await,
         "saving the driver's state keeps the claim"
     );
 }
