@@ -15,7 +15,7 @@ use webhooks::handlers::api_error::ApiError;
 use webhooks::handlers::registration::MAX_BODY_BYTES;
 use webhooks::lambda_http::{self, RequestExt};
 use webhooks::poison;
-use webhooks::ports::{PendingChanges, Person};
+use webhooks::ports::{BackendError, Person};
 use webhooks::record::RecordId;
 use webhooks::window::WindowId;
 
@@ -106,13 +106,14 @@ async fn put_record(
         let now = webhooks::clock::rfc3339_millis(time::OffsetDateTime::now_utc());
         person.insert("lastChangedDate".into(), now.into());
     }
-    let record = rt.put_person(&id, person).await;
+    let (record, window) = rt.put_person(&id, person).await.map_err(unavailable)?;
     let status = if record.event_name == "INSERT" {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    let body = serde_json::json!({"id": id.as_str(), "event": record.event_name, "window": rt.current_window()});
+    let body =
+        serde_json::json!({"id": id.as_str(), "event": record.event_name, "window": window.0});
     Ok((status, axum::Json(body)).into_response())
 }
 
@@ -122,7 +123,7 @@ async fn delete_record(
     Path(id): Path<String>,
 ) -> Result<StatusCode, LocalError> {
     let id = record_id(&id)?;
-    match rt.delete_person(&id).await {
+    match rt.delete_person(&id).await.map_err(unavailable)? {
         Some(_) => Ok(StatusCode::NO_CONTENT),
         None => Err(LocalError::unknown_record()),
     }
@@ -133,30 +134,44 @@ async fn get_record(
     State(rt): State<Arc<Runtime>>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Person>, LocalError> {
-    use webhooks::ports::RecordStore;
     let id = record_id(&id)?;
-    match rt.records.get_person(&id).await {
-        Ok(Some(person)) => Ok(axum::Json(person)),
-        _ => Err(LocalError::unknown_record()),
+    match rt
+        .ports
+        .records
+        .get_person(&id)
+        .await
+        .map_err(unavailable)?
+    {
+        Some(person) => Ok(axum::Json(person)),
+        None => Err(LocalError::unknown_record()),
     }
 }
 
 /// `POST /local/flush`: close the current window and flush now.
 async fn flush(State(rt): State<Arc<Runtime>>) -> Result<axum::Json<FlushReport>, LocalError> {
-    rt.flush_now().await.map(axum::Json).map_err(|e| {
-        LocalError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            e.to_string(),
-        )
-    })
+    rt.flush_now().await.map(axum::Json).map_err(unavailable)
+}
+
+/// A storage failure as the local endpoints answer it.
+fn unavailable(e: BackendError) -> LocalError {
+    LocalError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        e.to_string(),
+    )
 }
 
 /// `POST /local/dlq/replay`: move every dead-lettered job back to the delivery queue.
-async fn replay_dead_letters(State(rt): State<Arc<Runtime>>) -> axum::Json<serde_json::Value> {
-    let moved = rt.queue.redrive_dead_letters();
+async fn replay_dead_letters(
+    State(rt): State<Arc<Runtime>>,
+) -> Result<axum::Json<serde_json::Value>, LocalError> {
+    let moved = rt
+        .storage
+        .redrive_dead_letters()
+        .await
+        .map_err(unavailable)?;
     tracing::info!(moved, "dead letters replayed");
-    axum::Json(serde_json::json!({ "moved": moved }))
+    Ok(axum::Json(serde_json::json!({ "moved": moved })))
 }
 
 /// `POST /local/parked/replay`: send the parked jobs whose endpoint is enabled again back
@@ -164,13 +179,7 @@ async fn replay_dead_letters(State(rt): State<Arc<Runtime>>) -> axum::Json<serde
 async fn replay_parked(
     State(rt): State<Arc<Runtime>>,
 ) -> Result<axum::Json<webhooks::handlers::ParkedReplay>, LocalError> {
-    let report = rt.replay_parked().await.map_err(|e| {
-        LocalError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            e.to_string(),
-        )
-    })?;
+    let report = rt.replay_parked().await.map_err(unavailable)?;
     tracing::info!(replayed = report.replayed, still_disabled = ?report.still_disabled, "parked jobs replayed");
     Ok(axum::Json(report))
 }
@@ -180,16 +189,10 @@ async fn replay_parked(
 async fn replay_poison(
     State(rt): State<Arc<Runtime>>,
 ) -> Result<axum::Json<serde_json::Value>, LocalError> {
-    let unavailable = |e: webhooks::ports::BackendError| {
-        LocalError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            e.to_string(),
-        )
-    };
     let mut replayed = 0;
-    for item in rt.store.poison_items().await.map_err(unavailable)? {
-        if poison::replay(rt.store.as_ref(), &item.id(), WindowId(rt.current_window()))
+    let pending = rt.ports.pending.as_ref();
+    for item in pending.poison_items().await.map_err(unavailable)? {
+        if poison::replay(pending, &item.id(), WindowId(rt.current_window()))
             .await
             .map_err(unavailable)?
             .is_some()
@@ -202,8 +205,8 @@ async fn replay_poison(
 }
 
 /// `GET /local/status`: queue counts, the DLQ, the parked jobs, poison items and the current window.
-async fn status(State(rt): State<Arc<Runtime>>) -> Response {
-    let poison: Vec<serde_json::Value> = match rt.store.poison_items().await {
+async fn status(State(rt): State<Arc<Runtime>>) -> Result<Response, LocalError> {
+    let poison: Vec<serde_json::Value> = match rt.ports.pending.poison_items().await {
         Ok(items) => items
             .iter()
             .map(|item| {
@@ -215,21 +218,21 @@ async fn status(State(rt): State<Arc<Runtime>>) -> Response {
             .collect(),
         Err(e) => vec![e.to_string().into()],
     };
-    let depth = rt.queue_depth();
+    let depth = rt.queue_depth().await.map_err(unavailable)?;
     let as_json = |bodies: Vec<String>| -> Vec<serde_json::Value> {
         bodies
             .iter()
             .map(|body| serde_json::from_str(body).unwrap_or_else(|_| body.as_str().into()))
             .collect()
     };
-    axum::Json(serde_json::json!({
+    Ok(axum::Json(serde_json::json!({
         "window": rt.current_window(),
         "queue": {"visible": depth.visible, "in_flight": depth.in_flight, "dead_letters": depth.dead, "parked": depth.parked},
-        "dead_letters": as_json(rt.queue.dead_letters()),
-        "parked": as_json(rt.queue.parked()),
+        "dead_letters": as_json(rt.storage.dead_letters().await.map_err(unavailable)?),
+        "parked": as_json(rt.storage.parked().await.map_err(unavailable)?),
         "poison": poison,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// `POST /local/inbox/{name}`: a receiver to point callbacks at (needs

@@ -1,19 +1,22 @@
-//! The local runner: the same handlers as the four Lambdas, over the in-memory adapters,
-//! wired the way AWS wires them — an HTTP server in front of `registration` (like API
+//! The local runner: the same handlers as the four Lambdas, over the in-memory adapters or,
+//! with a data directory, the SQLite ones ([`storage`]), wired the way AWS wires them — an HTTP server in front of `registration` (like API
 //! Gateway's `$default` route), record writes that feed `change-capture` the stream
 //! record DynamoDB would emit, a timer that runs `flush` (like the EventBridge schedule),
-//! and delivery workers that poll the in-memory SQS queue and call `delivery` with an
-//! SQS batch, deleting what it acknowledged (like the Lambda SQS event source).
+//! and delivery workers that poll the SQS-like queue and call `delivery` with an SQS batch,
+//! deleting what it acknowledged (like the Lambda SQS event source).
 
 mod duration;
 mod http;
+pub mod storage;
 
 pub use duration::parse_duration;
+pub use storage::Storage;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, RwLock, watch};
 use tokio::task::JoinSet;
 use webhooks::application::Application;
 use webhooks::aws_lambda_events::event::dynamodb::{Event, EventRecord};
@@ -27,12 +30,12 @@ use webhooks::handlers::{
 use webhooks::health::HealthPolicy;
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::memory::LoggedEvents;
-use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, QueueDepth};
-use webhooks::oauth::{OAuthClient, new_client_id, new_secret};
-use webhooks::ports::{ApplicationStore, BackendError, ClientStore, Person};
+use webhooks::memory::QueueDepth;
+use webhooks::oauth::{OAuthClient, SecretHash, new_client_id, new_secret, sha256_hex};
+use webhooks::ports::{BackendError, Person, Ports};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
-use webhooks::window::{FlushWindows, ManualWindows};
+use webhooks::window::{FlushWindows, ManualWindows, WindowId};
 
 /// The record the seed's curl examples use; created at start so they work verbatim.
 pub const SAMPLE_RECORD: &str = "0000-0002-7465-2162";
@@ -71,6 +74,10 @@ pub struct LocalConfig {
     pub sample_record: bool,
     /// An endpoint failing every attempt this long is disabled.
     pub endpoint_disable_after: Duration,
+    /// Keep everything in this directory (SQLite) instead of in memory.
+    pub data_dir: Option<PathBuf>,
+    /// How long delivery attempts and the messages kept with them are kept (durable mode).
+    pub attempt_retention: Duration,
 }
 
 impl Default for LocalConfig {
@@ -90,21 +97,40 @@ impl Default for LocalConfig {
             applications: vec![],
             sample_record: true,
             endpoint_disable_after: HealthPolicy::default().disable_after,
+            data_dir: None,
+            attempt_retention: Duration::from_secs(
+                webhooks::attempts::DEFAULT_RETENTION_DAYS * 24 * 3600,
+            ),
         }
     }
 }
 
-/// The wired-up service: stores, queue and handlers.
+/// Why the service did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be opened.
+    #[error(transparent)]
+    Storage(#[from] webhooks::sqlite::OpenError),
+    /// Its storage failed while starting.
+    #[error("starting: {0}")]
+    Backend(#[from] BackendError),
+    /// The HTTP listener could not be bound.
+    #[error("listening: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The wired-up service: storage and handlers.
 pub struct Runtime {
-    /// The service table.
-    pub store: Arc<MemoryStore>,
-    /// The records table.
-    pub records: Arc<MemoryRecords>,
-    /// The delivery queue and its DLQ.
-    pub queue: Arc<MemoryQueue>,
+    /// Where the state is kept.
+    pub storage: Storage,
+    /// The ports the handlers share.
+    pub ports: Ports,
     /// Operational events (logged).
     pub events: Arc<LoggedEvents>,
     windows: Arc<ManualWindows>,
+    /// Held to write a record and capture its change in one window; taken exclusively to
+    /// close the window, so the window a change reports is the one it was captured in.
+    window_gate: RwLock<()>,
     registration: Registration,
     change_capture: ChangeCapture,
     flush: Flush,
@@ -116,32 +142,30 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn new(config: &LocalConfig) -> Self {
+    async fn open(config: &LocalConfig) -> Result<Self, StartError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let store = Arc::new(MemoryStore::default());
-        let records = Arc::new(MemoryRecords::default());
-        let queue = Arc::new(MemoryQueue::new(
-            config.visibility_timeout,
-            config.retry.max_attempts,
-        ));
-        let windows = Arc::new(ManualWindows::default());
+        let storage = match &config.data_dir {
+            None => Storage::memory(config.visibility_timeout, config.retry.max_attempts),
+            Some(dir) => Storage::open(
+                dir,
+                clock.clone(),
+                config.visibility_timeout,
+                config.retry.max_attempts,
+                config.attempt_retention,
+            )?,
+        };
+        let windows = Arc::new(ManualWindows::starting_at(storage.current_window().await?));
         let url_policy = UrlPolicy {
             allow_insecure: config.allow_insecure_callbacks,
         };
         let events = Arc::new(LoggedEvents::default());
-        let ports = webhooks::memory::ports(
-            store.clone(),
-            records.clone(),
-            queue.clone(),
-            events.clone(),
-            clock,
-        );
+        let ports = storage.ports(events.clone(), clock);
         let http = CallbackClient::new(&HttpSettings {
             timeout: config.delivery_timeout,
             url_policy,
             ..HttpSettings::default()
         });
-        Self {
+        Ok(Self {
             registration: Registration {
                 ports: ports.clone(),
                 http: http.clone(),
@@ -151,7 +175,7 @@ impl Runtime {
                 },
             },
             change_capture: ChangeCapture {
-                pending: store.clone(),
+                pending: ports.pending.clone(),
                 windows: windows.clone(),
             },
             flush: Flush {
@@ -160,7 +184,7 @@ impl Runtime {
                 settings: FlushSettings::default(),
             },
             delivery: Delivery::new(
-                ports,
+                ports.clone(),
                 http,
                 DeliverySettings {
                     retry: config.retry,
@@ -173,45 +197,84 @@ impl Runtime {
                 },
             ),
             events,
-            store,
-            records,
-            queue,
+            storage,
+            ports,
             windows,
+            window_gate: RwLock::new(()),
             flush_lock: Mutex::new(()),
             flush_grace: config.flush_grace,
             // Like a Lambda invocation's time limit, well inside the visibility timeout.
             sync_step_budget: config.visibility_timeout / 3,
             inbox: http::Inbox::default(),
-        }
+        })
     }
 
-    /// Creates or replaces a person and runs change capture on the stream record.
-    pub async fn put_person(&self, id: &RecordId, person: Person) -> EventRecord {
-        let record = self.records.put_person(id, person);
-        self.capture(record.clone()).await;
-        record
+    /// Creates or replaces a person and runs change capture on the stream record; returns
+    /// the record and the window the change was captured in. When capture fails, the
+    /// change stays in the stream (durable mode) and the next flush captures it.
+    pub async fn put_person(
+        &self,
+        id: &RecordId,
+        person: Person,
+    ) -> Result<(EventRecord, WindowId), BackendError> {
+        let _open = self.window_gate.read().await;
+        let record = self.storage.put_person(id, person).await?;
+        let window = self.windows.current();
+        self.capture(vec![record.clone()]).await?;
+        Ok((record, window))
     }
 
-    /// Deletes a person and runs change capture on the stream record.
-    pub async fn delete_person(&self, id: &RecordId) -> Option<EventRecord> {
-        let record = self.records.delete_person(id)?;
-        self.capture(record.clone()).await;
-        Some(record)
+    /// Deletes a person and runs change capture on the stream record (`None`: no such person).
+    pub async fn delete_person(&self, id: &RecordId) -> Result<Option<EventRecord>, BackendError> {
+        let _open = self.window_gate.read().await;
+        let Some(record) = self.storage.delete_person(id).await? else {
+            return Ok(None);
+        };
+        self.capture(vec![record.clone()]).await?;
+        Ok(Some(record))
     }
 
-    async fn capture(&self, record: EventRecord) {
+    /// Runs change capture on stream records, then drops them from the stream.
+    async fn capture(&self, records: Vec<EventRecord>) -> Result<(), BackendError> {
         let mut event = Event::default();
-        event.records = vec![record];
-        // The in-memory store does not fail; a stream would retry a reported failure.
+        event.records = records.clone();
         let response = self.change_capture.handle(event).await;
-        debug_assert!(response.batch_item_failures.is_empty());
+        if let Some(failed) = response.batch_item_failures.first() {
+            return Err(BackendError::Unavailable(format!(
+                "change capture failed at stream record {:?}; it stays in the stream",
+                failed.item_identifier
+            )));
+        }
+        self.storage.captured(&records).await
+    }
+
+    /// Captures the changes a crash (or a failed capture) left in the stream.
+    async fn capture_left_over(&self) -> Result<usize, BackendError> {
+        let left = self.storage.uncaptured().await?;
+        let count = left.len();
+        for chunk in left.chunks(100) {
+            let _open = self.window_gate.read().await;
+            self.capture(chunk.to_vec()).await?;
+        }
+        Ok(count)
     }
 
     /// Closes the current window and, after the grace period, flushes it (what the
     /// schedule does every flush interval).
     pub async fn flush_now(&self) -> Result<FlushReport, BackendError> {
         let _one_at_a_time = self.flush_lock.lock().await;
-        self.windows.close_current();
+        let left_over = self.capture_left_over().await?;
+        if left_over > 0 {
+            tracing::warn!(changes = left_over, "captured changes left in the stream");
+        }
+        {
+            let _closing = self.window_gate.write().await;
+            // Saved first: a crash between the two starts the next runner in the new window.
+            self.storage
+                .save_current_window(WindowId(self.windows.current().0 + 1))
+                .await?;
+            self.windows.close_current();
+        }
         tokio::time::sleep(self.flush_grace).await;
         self.flush.run(None).await
     }
@@ -221,19 +284,19 @@ impl Runtime {
         self.windows.current().0
     }
 
-    /// Queue and DLQ counts.
-    pub fn queue_depth(&self) -> QueueDepth {
-        self.queue.depth()
+    /// Queue, DLQ and parked counts.
+    pub async fn queue_depth(&self) -> Result<QueueDepth, BackendError> {
+        self.storage.depth().await
     }
 
     /// Sends the parked jobs whose endpoint is enabled again back to the delivery queue;
     /// the others stay parked (what `webhooks-admin parked replay` does on AWS).
     pub async fn replay_parked(&self) -> Result<ParkedReplay, BackendError> {
         ParkedReplayer {
-            subscriptions: self.store.as_ref(),
-            applications: self.store.as_ref(),
-            queue: self.queue.as_ref(),
-            parked: self.queue.as_ref(),
+            subscriptions: self.ports.subscriptions.as_ref(),
+            applications: self.ports.applications.as_ref(),
+            queue: self.ports.queue.as_ref(),
+            parked: self.storage.parked_queue(),
         }
         .replay(usize::MAX)
         .await
@@ -242,10 +305,15 @@ impl Runtime {
     /// One poll of the delivery event source: receive a batch, invoke the handler, delete
     /// what it did not report as failed. Returns how many messages it handled.
     async fn deliver_batch(&self, wait: Duration) -> usize {
-        let messages = self.queue.receive(DELIVERY_BATCH, wait).await;
-        if messages.is_empty() {
-            return 0;
-        }
+        let messages = match self.storage.receive(DELIVERY_BATCH, wait).await {
+            Ok(messages) if messages.is_empty() => return 0,
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::error!(error = %e, "receiving deliveries failed; polling again");
+                tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
+                return 0;
+            }
+        };
         let mut event = SqsEvent::default();
         event.records = messages
             .iter()
@@ -253,7 +321,10 @@ impl Runtime {
             .collect();
         let deadline = tokio::time::Instant::now() + self.sync_step_budget;
         let response = self.delivery.handle(event, deadline).await;
-        self.queue.settle(&messages, &response);
+        if let Err(e) = self.storage.settle(&messages, &response).await {
+            // Not deleted: they come back after their visibility timeout (at least once).
+            tracing::error!(error = %e, "settling a delivery batch failed");
+        }
         messages.len()
     }
 }
@@ -263,8 +334,9 @@ impl Runtime {
 pub struct Bootstrapped {
     /// Client or application id.
     pub id: String,
-    /// Client secret or API key.
-    pub secret: String,
+    /// Client secret or API key; `None` for a client an earlier start of a durable runner
+    /// created (stored only as a hash, it was shown then).
+    pub secret: Option<String>,
     /// The Standard Webhooks secret that signs its deliveries.
     pub webhook_secret: String,
 }
@@ -285,17 +357,23 @@ pub struct LocalService {
 
 impl LocalService {
     /// Starts the HTTP API, the flush timer and the delivery workers.
-    pub async fn start(config: LocalConfig) -> std::io::Result<Self> {
+    pub async fn start(config: LocalConfig) -> Result<Self, StartError> {
         if config.allow_insecure_callbacks {
             tracing::warn!(
                 "INSECURE CALLBACKS ALLOWED: plain http and loopback/private callback addresses can be registered and called. Local development only."
             );
         }
-        let runtime = Arc::new(Runtime::new(&config));
-        let (clients, applications) = bootstrap(&runtime, &config).await;
+        let runtime = Arc::new(Runtime::open(&config).await?);
+        if let Some(dir) = runtime.storage.data_dir() {
+            let left_over = runtime.capture_left_over().await?;
+            tracing::info!(data_dir = %dir.display(), window = runtime.current_window(), changes_captured_again = left_over, "durable storage opened");
+        }
+        let (clients, applications) = bootstrap(&runtime, &config).await?;
         if config.sample_record {
             let id = RecordId::parse(SAMPLE_RECORD).expect("valid sample id");
-            runtime.put_person(&id, sample_person()).await;
+            if runtime.ports.records.get_person(&id).await?.is_none() {
+                runtime.put_person(&id, sample_person()).await?;
+            }
         }
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
@@ -353,10 +431,11 @@ impl LocalService {
         })
     }
 
-    /// Stops everything and waits for the tasks to end.
+    /// Stops everything, waits for the tasks to end and closes the storage.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        self.runtime.storage.close();
         tracing::info!("local webhook service stopped");
     }
 }
@@ -366,50 +445,76 @@ async fn stopped(mut flag: watch::Receiver<bool>) {
     let _ = flag.wait_for(|stop| *stop).await;
 }
 
+/// Creates the clients and applications asked for (a durable runner keeps those it has,
+/// with their webhook secrets, when started again with the same credentials).
 async fn bootstrap(
     runtime: &Runtime,
     config: &LocalConfig,
-) -> (Vec<Bootstrapped>, Vec<Bootstrapped>) {
-    let clients = if config.clients.is_empty() {
-        vec![(new_client_id(), new_secret())]
-    } else {
-        config.clients.clone()
-    };
+) -> Result<(Vec<Bootstrapped>, Vec<Bootstrapped>), BackendError> {
+    let ports = &runtime.ports;
     let now = SystemClock.now();
-    let mut created_clients = Vec::new();
-    for (id, secret) in clients {
-        let client = OAuthClient::new(&id, &secret, now);
-        let webhook_secret = client
+    let webhook_secret = |client: &OAuthClient| {
+        client
             .webhook_secrets
             .as_ref()
             .map(|s| s.current.expose().to_owned())
-            .unwrap_or_default();
-        runtime
-            .store
-            .put_client(&client)
-            .await
-            .expect("the in-memory store does not fail");
-        created_clients.push(Bootstrapped {
+            .unwrap_or_default()
+    };
+    let mut clients = Vec::new();
+    let mut wanted = config.clients.clone();
+    if wanted.is_empty() {
+        let stored = ports.clients.list_clients().await?;
+        if stored.is_empty() {
+            wanted.push((new_client_id(), new_secret()));
+        }
+        clients.extend(stored.iter().map(|client| Bootstrapped {
+            id: client.client_id.clone(),
+            secret: None,
+            webhook_secret: webhook_secret(client),
+        }));
+    }
+    for (id, secret) in wanted {
+        let client = match ports.clients.get_client(&id).await? {
+            Some(stored) if stored.secret.matches(&secret) => stored,
+            Some(mut stored) => {
+                stored.secret = SecretHash::of(&secret);
+                ports.clients.put_client(&stored).await?;
+                stored
+            }
+            None => {
+                let client = OAuthClient::new(&id, &secret, now);
+                ports.clients.put_client(&client).await?;
+                client
+            }
+        };
+        clients.push(Bootstrapped {
             id,
-            secret,
-            webhook_secret,
+            secret: Some(secret),
+            webhook_secret: webhook_secret(&client),
         });
     }
-    let mut created_applications = Vec::new();
+    let mut applications = Vec::new();
     for (id, api_key) in &config.applications {
-        let application = Application::new(id, api_key, now.unix_timestamp());
-        runtime
-            .store
-            .put_application(&application)
-            .await
-            .expect("the in-memory store does not fail");
-        created_applications.push(Bootstrapped {
+        let application = match ports.applications.get_application(id).await? {
+            Some(stored) if stored.api_key_hash == sha256_hex(api_key) => stored,
+            Some(mut stored) => {
+                stored.api_key_hash = sha256_hex(api_key);
+                ports.applications.put_application(&stored).await?;
+                stored
+            }
+            None => {
+                let application = Application::new(id, api_key, now.unix_timestamp());
+                ports.applications.put_application(&application).await?;
+                application
+            }
+        };
+        applications.push(Bootstrapped {
             id: id.clone(),
-            secret: api_key.clone(),
+            secret: Some(api_key.clone()),
             webhook_secret: application.secrets.current.expose().to_owned(),
         });
     }
-    (created_clients, created_applications)
+    Ok((clients, applications))
 }
 
 fn sample_person() -> Person {

@@ -2,11 +2,14 @@
 
 use clap::Parser;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 use webhooks::retry::RetryPolicy;
 use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD, parse_duration};
 
-/// Runs the webhook service locally: the Lambda handlers over in-memory storage and queue.
+/// Runs the webhook service locally: the Lambda handlers over in-memory storage and queue,
+/// or, with --data-dir, over a SQLite database that survives restarts.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -46,6 +49,18 @@ struct Args {
     /// Do not create the sample record the seed's examples use.
     #[arg(long)]
     no_sample_record: bool,
+    /// Keep everything (clients, subscriptions, records, queues, attempts) in a SQLite
+    /// database in this directory, created when missing: a restart, even a kill -9, loses
+    /// nothing. Without it everything is in memory. One runner per directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// How long a received delivery stays hidden before it is received again (a delivery
+    /// in flight when the runner died comes back after it).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    visibility_timeout: Duration,
+    /// How long delivery attempts and the messages kept with them are kept (--data-dir).
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    attempt_retention: Duration,
 }
 
 fn parse_credentials(text: &str) -> Result<(String, String), String> {
@@ -60,7 +75,7 @@ fn parse_credentials(text: &str) -> Result<(String, String), String> {
 }
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -83,20 +98,40 @@ async fn main() -> std::io::Result<()> {
         applications: args.applications,
         sample_record: !args.no_sample_record,
         endpoint_disable_after: args.endpoint_disable_after,
+        data_dir: args.data_dir,
+        visibility_timeout: args.visibility_timeout,
+        attempt_retention: args.attempt_retention,
         ..LocalConfig::default()
     };
-    let service = LocalService::start(config.clone()).await?;
+    let service = match LocalService::start(config.clone()).await {
+        Ok(service) => service,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     print_banner(&service, &config);
-    tokio::signal::ctrl_c().await?;
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        eprintln!("error: waiting for Ctrl-C: {e}");
+    }
     eprintln!("\nstopping…");
     service.stop().await;
-    Ok(())
+    ExitCode::SUCCESS
 }
 
 fn print_banner(service: &LocalService, config: &LocalConfig) {
     let base = format!("http://{}", service.addr);
     let client = &service.clients[0];
-    let (id, secret) = (&client.id, &client.secret);
+    // A client a durable runner made on an earlier start: its secret was shown then.
+    let secret = client
+        .secret
+        .as_deref()
+        .unwrap_or("<its secret, shown when it was created>");
+    let id = &client.id;
+    let storage = match &config.data_dir {
+        Some(dir) => format!("{} (durable: SQLite, survives restarts)", dir.display()),
+        None => "in memory (gone when it stops; --data-dir DIR keeps it)".to_owned(),
+    };
     let callback = if config.allow_insecure_callbacks {
         format!("{base}/local/inbox/{SAMPLE_RECORD}")
     } else {
@@ -115,6 +150,7 @@ fn print_banner(service: &LocalService, config: &LocalConfig) {
         r#"
 Person webhooks — local runner
   HTTP API      {base}
+  storage       {storage}
   web console   {base}/console
   flush every   {flush:?} (POST {base}/local/flush to flush now)
   retries       base {retry:?}, doubling, {attempts} attempts, then the dead-letter queue
@@ -139,7 +175,9 @@ Ctrl-C stops the service.
             .iter()
             .map(|a| format!(
                 "\n  application   {} / API key {}   (webhooks signed with {})",
-                a.id, a.secret, a.webhook_secret
+                a.id,
+                a.secret.as_deref().unwrap_or("-"),
+                a.webhook_secret
             ))
             .collect::<String>(),
         flush = config.flush_interval,

@@ -84,6 +84,14 @@ impl Default for ManualWindows {
 }
 
 impl ManualWindows {
+    /// Windows whose current one is `window` (a durable runner goes on from where the
+    /// previous one stopped, so no pending change is left behind the flush cursor).
+    pub fn starting_at(window: WindowId) -> Self {
+        Self {
+            current: AtomicU64::new(window.0.max(1)),
+        }
+    }
+
     /// Closes the current window; changes from now on go to the next one.
     pub fn close_current(&self) -> WindowId {
         WindowId(self.current.fetch_add(1, Ordering::SeqCst))

@@ -156,8 +156,8 @@ async fn a_callback_failing_for_the_period_is_disabled_and_re_enabled_by_its_own
     assert!((5..=6).contains(&attempts), "{attempts} attempts");
 
     // The job still queued is parked, not dead-lettered; a new change enqueues nothing.
-    assert!(wait_until(async || service.runtime.queue_depth().parked == 1).await);
-    assert_eq!(service.runtime.queue_depth().dead, 0);
+    assert!(wait_until(async || service.runtime.queue_depth().await.unwrap().parked == 1).await);
+    assert_eq!(service.runtime.queue_depth().await.unwrap().dead, 0);
     assert_eq!(api.change_and_flush().await["jobs"], 0);
     // Replaying while it is still disabled leaves it parked: no round trip through
     // delivery, no attempt.
@@ -176,7 +176,7 @@ async fn a_callback_failing_for_the_period_is_disabled_and_re_enabled_by_its_own
     // Nothing was sent back: had the replay queued the job, it would be visible (or in
     // flight) now, since the replay has returned.
     assert_eq!(
-        service.runtime.queue_depth(),
+        service.runtime.queue_depth().await.unwrap(),
         webhooks::memory::QueueDepth {
             parked: 1,
             ..Default::default()
@@ -216,7 +216,7 @@ async fn a_callback_failing_for_the_period_is_disabled_and_re_enabled_by_its_own
     assert!(wait_until(async || delivered(&receiver.hits()) == 2).await);
     assert!(
         wait_until(async || {
-            let depth = service.runtime.queue_depth();
+            let depth = service.runtime.queue_depth().await.unwrap();
             depth.visible + depth.in_flight == 0
         })
         .await
@@ -227,8 +227,8 @@ async fn a_callback_failing_for_the_period_is_disabled_and_re_enabled_by_its_own
         [204, 204],
         "after healing, one successful attempt each for the replayed job and the new change"
     );
-    assert_eq!(service.runtime.queue_depth().parked, 0);
-    assert_eq!(service.runtime.queue_depth().dead, 0);
+    assert_eq!(service.runtime.queue_depth().await.unwrap().parked, 0);
+    assert_eq!(service.runtime.queue_depth().await.unwrap().dead, 0);
     service.stop().await;
 }
 
@@ -251,11 +251,11 @@ async fn gone_disables_at_once_and_exhausted_messages_are_announced() {
     assert_eq!(health["disabledReason"], "the receiver answered 410 Gone");
     assert_eq!(receiver.hits().len(), 1, "one attempt, then disabled");
     assert!(
-        wait_until(async || service.runtime.queue_depth().parked == 1).await,
+        wait_until(async || service.runtime.queue_depth().await.unwrap().parked == 1).await,
         "the message waits in the parked queue"
     );
     assert_eq!(
-        service.runtime.queue_depth().dead,
+        service.runtime.queue_depth().await.unwrap().dead,
         0,
         "a job parked for a disabled endpoint is not a failure in the DLQ"
     );

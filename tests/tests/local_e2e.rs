@@ -37,14 +37,14 @@ fn config(retry_base: Duration, max_attempts: u32) -> LocalConfig {
 /// in flight or waiting for a retry. After it, no further request can reach a receiver.
 async fn drained(service: &LocalService) {
     let empty = wait_until(WAIT, async || {
-        let depth = service.runtime.queue_depth();
+        let depth = service.runtime.queue_depth().await.unwrap();
         depth.visible + depth.in_flight == 0
     })
     .await;
     assert!(
         empty,
         "the queue drained: {:?}",
-        service.runtime.queue_depth()
+        service.runtime.queue_depth().await.unwrap()
     );
 }
 
@@ -234,7 +234,7 @@ async fn orcid_flow_end_to_end() {
     assert_eq!(report["jobs"], 0, "{report}");
     // The flush has returned having queued nothing, and nothing was left in the queue.
     assert_eq!(
-        service.runtime.queue_depth(),
+        service.runtime.queue_depth().await.unwrap(),
         Default::default(),
         "nothing queued after unregistering"
     );
