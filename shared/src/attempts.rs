@@ -4,8 +4,9 @@
 
 use crate::callback::CallbackUrl;
 use crate::http_client::{AttemptOutcome, FailureKind};
-use crate::job::{DeliveryJob, MessageId};
+use crate::job::{DeliveryJob, MessageId, Target};
 use crate::record::RecordId;
+use crate::subscription::Subscription;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -53,6 +54,79 @@ impl EndpointKey {
     /// The key as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Who owns an endpoint: an application owns its webhook, an OAuth client its ORCID-style
+/// subscriptions. A store may keep an owner's attempts together (the DynamoDB adapter
+/// writes a delivery batch's acknowledged first attempts as one item per owner), so the
+/// log is read by endpoint and owner.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EndpointOwner {
+    /// A Members-style application.
+    Application(String),
+    /// The OAuth client that registered an ORCID-style subscription.
+    Client(String),
+}
+
+impl EndpointOwner {
+    /// The owner of the endpoint `job` goes to.
+    pub fn of_job(job: &DeliveryJob) -> Self {
+        match &job.target {
+            Target::Callback { client, .. } => Self::Client(client.clone()),
+            Target::Application { application, .. } | Target::SyncStep { application, .. } => {
+                Self::Application(application.clone())
+            }
+        }
+    }
+
+    /// The owner as a storage key: `app_<id>` or `client_<id>`.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Application(id) => format!("app_{id}"),
+            Self::Client(id) => format!("client_{id}"),
+        }
+    }
+}
+
+/// An endpoint as the attempt log is read: its key and its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LogEndpoint {
+    /// The endpoint.
+    pub key: EndpointKey,
+    /// Who owns it.
+    pub owner: EndpointOwner,
+}
+
+impl LogEndpoint {
+    /// An application's webhook.
+    pub fn application(application: &str) -> Self {
+        Self {
+            key: EndpointKey::application(application),
+            owner: EndpointOwner::Application(application.to_owned()),
+        }
+    }
+
+    /// An ORCID-style subscription, owned by the client that registered it.
+    pub fn subscription(subscription: &Subscription) -> Self {
+        Self {
+            key: EndpointKey::subscription(&subscription.record, &subscription.callback),
+            owner: EndpointOwner::Client(subscription.client_id.clone()),
+        }
+    }
+}
+
+impl EndpointKey {
+    /// The endpoint `job` goes to (a sync step's is its application's webhook).
+    pub fn of_job(job: &DeliveryJob) -> Self {
+        match &job.target {
+            Target::Callback {
+                record, callback, ..
+            } => Self::subscription(record, callback),
+            Target::Application { application, .. } | Target::SyncStep { application, .. } => {
+                Self::application(application)
+            }
+        }
     }
 }
 
@@ -164,6 +238,20 @@ pub struct LoggedAttempt {
     pub attempt: Attempt,
     /// The message as it can be sent again (counters cleared).
     pub job: DeliveryJob,
+}
+
+impl LoggedAttempt {
+    /// True for the attempt nearly every message has while its receiver is healthy: the
+    /// first of its series, acknowledged, not sent again by its owner, to the endpoint its
+    /// job names. Nothing about it needs finding on its own (no recovery looks for it), so
+    /// a store may keep it with the other quiet attempts of its batch to the same owner.
+    pub fn is_quiet(&self) -> bool {
+        let a = &self.attempt;
+        a.attempt == 1
+            && a.outcome.is_acked()
+            && !self.job.redelivery
+            && a.endpoint == EndpointKey::of_job(&self.job)
+    }
 }
 
 /// A kept message with how its latest attempt ended.

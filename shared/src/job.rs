@@ -30,6 +30,23 @@ impl MessageId {
         Self(format!("msg_{}", hex::encode(&h.finalize()[..16])))
     }
 
+    /// Derives the id of a notification of `window`: the same as [`Self::derive`] but its
+    /// first eight hex digits are the window's number (its low 32 bits), so the ids of one
+    /// window share a tag ([`Self::tag`]) by which the attempt log finds a message kept
+    /// with others of its window. The other 96 bits stay a hash of the parts.
+    pub fn derive_in(window: WindowId, parts: &[&str]) -> Self {
+        let hashed = Self::derive(parts);
+        let hash = hashed.0.get(4 + 8..).unwrap_or_default();
+        Self(format!("msg_{:08x}{hash}", window.0 as u32))
+    }
+
+    /// The first eight hex digits: the window of an id made by [`Self::derive_in`],
+    /// a part of the hash for others. Stores use it to keep a message findable by its id
+    /// without one index entry per message.
+    pub fn tag(&self) -> &str {
+        self.0.get(4..12).unwrap_or(&self.0)
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -124,12 +141,15 @@ impl DeliveryJob {
         let window_text = window.0.to_string();
         Self {
             v: JOB_VERSION,
-            id: MessageId::derive(&[
-                "callback",
-                &window_text,
-                subscription.record.as_str(),
-                subscription.callback.as_str(),
-            ]),
+            id: MessageId::derive_in(
+                window,
+                &[
+                    "callback",
+                    &window_text,
+                    subscription.record.as_str(),
+                    subscription.callback.as_str(),
+                ],
+            ),
             target: Target::Callback {
                 record: subscription.record.clone(),
                 callback: subscription.callback.clone(),
@@ -155,12 +175,15 @@ impl DeliveryJob {
     ) -> Self {
         Self {
             v: JOB_VERSION,
-            id: MessageId::derive(&[
-                "application",
-                &window.0.to_string(),
-                application,
-                record.as_str(),
-            ]),
+            id: MessageId::derive_in(
+                window,
+                &[
+                    "application",
+                    &window.0.to_string(),
+                    application,
+                    record.as_str(),
+                ],
+            ),
             target: Target::Application {
                 application: application.to_owned(),
                 record: record.clone(),
@@ -274,6 +297,10 @@ mod tests {
         assert_ne!(a.id, next.id);
         assert_ne!(a.id, other.id);
         assert!(a.id.as_str().starts_with("msg_") && a.id.as_str().len() == 36);
+        assert_eq!(MessageId::parse(a.id.as_str()), Some(a.id.clone()));
+        assert_eq!(a.id.tag(), "00000007", "the window leads the id");
+        assert_eq!(a.id.tag(), other.id.tag(), "one tag per window");
+        assert_ne!(a.id.tag(), next.id.tag());
     }
 
     #[test]

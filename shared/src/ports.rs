@@ -2,7 +2,9 @@
 //! in-memory adapter ([`crate::memory`]) and an AWS adapter.
 
 use crate::application::Application;
-use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, Recovery, StatusFilter, StoredMessage};
+use crate::attempts::{
+    Attempt, EndpointKey, LogEndpoint, LoggedAttempt, Recovery, StatusFilter, StoredMessage,
+};
 use crate::callback::CallbackUrl;
 use crate::clock::Clock;
 use crate::events::OpsEvent;
@@ -375,7 +377,7 @@ pub trait AttemptLog: Send + Sync {
     /// attempts), so its page can be short with `next` set.
     async fn attempts(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         filter: StatusFilter,
         after: Option<&str>,
         limit: usize,
@@ -383,7 +385,7 @@ pub trait AttemptLog: Send + Sync {
     /// A kept message of an endpoint and its attempts, oldest first.
     async fn message(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         message_id: &MessageId,
     ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>>;
     /// The kept messages of an endpoint with a failed attempt at or after `since_ms`
@@ -392,14 +394,14 @@ pub trait AttemptLog: Send + Sync {
     /// the first `limit` and says it is incomplete).
     async fn failed_since(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         since_ms: i64,
         limit: usize,
     ) -> BackendResult<Page<StoredMessage>>;
     /// The kept messages of an endpoint with these ids (those still kept), any order.
     async fn messages(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         ids: &[MessageId],
     ) -> BackendResult<Vec<StoredMessage>>;
     /// Keeps a recovery (as long as attempts).

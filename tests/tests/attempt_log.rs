@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use webhooks::application::Application;
-use webhooks::attempts::{EndpointKey, OutcomeClass, RESPONSE_PREFIX_BYTES, StatusFilter};
+use webhooks::attempts::{
+    EndpointKey, LogEndpoint, OutcomeClass, RESPONSE_PREFIX_BYTES, StatusFilter,
+};
 use webhooks::callback::UrlPolicy;
 use webhooks::clock::SystemClock;
 use webhooks::handlers::{ApiSettings, Delivery, DeliverySettings, Registration};
@@ -127,7 +129,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     );
     assert!(seen.iter().all(|(id, _)| id == job.id.as_str()));
 
-    let endpoint = EndpointKey::application("app-log");
+    let endpoint = LogEndpoint::application("app-log");
     let page = log
         .attempts(&endpoint, StatusFilter::All, None, 10)
         .await
@@ -243,7 +245,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     );
 
     // Another endpoint sees none of it.
-    let other = EndpointKey::application("app-other");
+    let other = LogEndpoint::application("app-other");
     assert!(log.message(&other, &job.id).await.unwrap().is_none());
     assert!(
         log.attempts(&other, StatusFilter::All, None, 10)
@@ -269,7 +271,7 @@ async fn dynamodb_log_matches_the_receiver() {
     .with_attempt_retention(Duration::from_secs(7 * 24 * 3600));
     attempts_match_what_the_receiver_saw(Arc::new(store.clone())).await;
     // Every item carries its TTL: the attempt's time plus the retention.
-    let endpoint = EndpointKey::application("app-log");
+    let endpoint = LogEndpoint::application("app-log");
     let page = store
         .attempts(&endpoint, StatusFilter::All, None, 1)
         .await
@@ -277,7 +279,7 @@ async fn dynamodb_log_matches_the_receiver() {
     let newest = &page.items[0];
     let item = store
         .raw_item(
-            &format!("ATTEMPTS#{}", endpoint.as_str()),
+            &format!("ATTEMPTS#{}", endpoint.key.as_str()),
             &newest.sort_key(),
         )
         .await
@@ -880,7 +882,7 @@ impl AttemptLog for BrokenLog {
     }
     async fn attempts(
         &self,
-        _: &EndpointKey,
+        _: &LogEndpoint,
         _: StatusFilter,
         _: Option<&str>,
         _: usize,
@@ -889,7 +891,7 @@ impl AttemptLog for BrokenLog {
     }
     async fn message(
         &self,
-        _: &EndpointKey,
+        _: &LogEndpoint,
         _: &webhooks::job::MessageId,
     ) -> webhooks::ports::BackendResult<
         Option<(
@@ -901,7 +903,7 @@ impl AttemptLog for BrokenLog {
     }
     async fn failed_since(
         &self,
-        _: &EndpointKey,
+        _: &LogEndpoint,
         _: i64,
         _: usize,
     ) -> webhooks::ports::BackendResult<webhooks::ports::Page<webhooks::attempts::StoredMessage>>
@@ -910,7 +912,7 @@ impl AttemptLog for BrokenLog {
     }
     async fn messages(
         &self,
-        _: &EndpointKey,
+        _: &LogEndpoint,
         _: &[webhooks::job::MessageId],
     ) -> webhooks::ports::BackendResult<Vec<webhooks::attempts::StoredMessage>> {
         Err(webhooks::ports::BackendError::Unavailable("down".into()))

@@ -14,7 +14,8 @@
 //! | full sync | `SYNC#<application>` | sync id | driver state (SET), lease, completion claim |
 //! | sync counter shard | `SYNCCOUNT#<application>#<sync>#<n>` | `COUNT` | outcome counters (ADD), n < 8 |
 //! | sync person outcome | `SYNCDONE#<application>#<sync>#<person>` | `DONE` | counted once, `expires_at` TTL |
-//! | delivery attempt | `ATTEMPTS#<endpoint key>` | `<epoch ms, 13 digits>#<message id>#<attempt, 4 digits>` | outcome, status, latency, 1 KiB of the response; `expires_at` TTL (`AttemptRetentionDays`) |
+//! | delivery attempt | `ATTEMPTS#<endpoint key>` | `<epoch ms, 13 digits>#<message id>#<attempt, 4 digits>` | an attempt that is not quiet: outcome, status, latency, 1 KiB of the response; `expires_at` TTL (`AttemptRetentionDays`) |
+//! | quiet attempt group, locator | `GROUP#<owner>`, `LOCATE#<owner>#<tag>` | `<newest ms>#<hash>` | a batch's acknowledged first attempts, one item per owner (see `attempts.rs`) |
 //! | kept message | `MESSAGE#<endpoint key>` | message id | the job (JSON), its latest attempt and outcome; `expires_at` TTL |
 //! | client's webhook | `CLIENTHOOKS#<client id>` | webhook id (`wh_...`) | record and callback of a subscription the client owns (written with it) |
 //! | poison item | `POISON` | `<window>#<record>#<message or endpoint>` | a change the flush set aside; no TTL: kept until replayed |

@@ -4,7 +4,7 @@
 use super::api_error::{ApiError, json_response};
 use super::registration::{Registration, base_url, body_bytes};
 use super::views::{AttemptView, MessageView, RecoveryView, WebhookView};
-use crate::attempts::{Attempt, EndpointKey, Recovery, StatusFilter, StoredMessage};
+use crate::attempts::{Attempt, EndpointKey, LogEndpoint, Recovery, StatusFilter, StoredMessage};
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::MAX_SEND_DELAY;
 use crate::subscription::Subscription;
@@ -123,7 +123,7 @@ impl Registration {
     pub(super) async fn attempts_page(
         &self,
         request: &Request,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
     ) -> Result<Response<Body>, ApiError> {
         let query = ListQuery::parse(request.uri().query())?;
         let page = self
@@ -143,7 +143,7 @@ impl Registration {
     /// malformed or nothing is kept under it (for this endpoint).
     async fn kept_message(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         message_id: &str,
     ) -> Result<(MessageId, StoredMessage, Vec<Attempt>), ApiError> {
         let id = MessageId::parse(message_id).ok_or(ApiError::MessageNotFound)?;
@@ -159,7 +159,7 @@ impl Registration {
     /// A kept message of `endpoint` with its attempts.
     pub(super) async fn message_view(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         message_id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let (_, message, attempts) = self.kept_message(endpoint, message_id).await?;
@@ -174,7 +174,7 @@ impl Registration {
     /// new attempt series with the whole retry schedule. Refused while it is disabled.
     pub(super) async fn redeliver(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         disabled: bool,
         message_id: &str,
     ) -> Result<Response<Body>, ApiError> {
@@ -188,7 +188,7 @@ impl Registration {
             .enqueue(std::slice::from_ref(&job))
             .await?
             .all()?;
-        tracing::info!(message_id = %id.as_str(), endpoint = %endpoint.as_str(), "message redelivered by its endpoint's owner");
+        tracing::info!(message_id = %id.as_str(), endpoint = %endpoint.key.as_str(), "message redelivered by its endpoint's owner");
         Ok(json_response(
             StatusCode::ACCEPTED,
             &json!({"messageId": id.as_str()}),
@@ -201,7 +201,7 @@ impl Registration {
     pub(super) async fn recover(
         &self,
         request: &Request,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         disabled: bool,
         interval_ms: u64,
     ) -> Result<Response<Body>, ApiError> {
@@ -219,7 +219,7 @@ impl Registration {
         // shown, while a recovery sent but not kept would have no progress to read.
         let recovery = Recovery {
             id: format!("rec_{}", uuid::Uuid::new_v4().simple()),
-            endpoint: endpoint.clone(),
+            endpoint: endpoint.key.clone(),
             since: since.clone(),
             started_at_ms: (self.ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64,
             messages: jobs.iter().map(|j| j.id.clone()).collect(),
@@ -227,7 +227,7 @@ impl Registration {
         };
         self.ports.attempts.save_recovery(&recovery).await?;
         self.send_paced(&jobs, interval_ms).await?;
-        tracing::info!(endpoint = %endpoint.as_str(), messages = jobs.len(), %since, "failed messages recovered by the endpoint's owner");
+        tracing::info!(endpoint = %endpoint.key.as_str(), messages = jobs.len(), %since, "failed messages recovered by the endpoint's owner");
         let view = RecoveryView::new(&recovery, &[]).started(interval_ms);
         let mut response = json_response(StatusCode::ACCEPTED, &view);
         let location = format!(
@@ -272,13 +272,13 @@ impl Registration {
     /// A recovery's progress.
     pub(super) async fn recovery_view(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         recovery_id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let recovery = self
             .ports
             .attempts
-            .recovery(endpoint, recovery_id)
+            .recovery(&endpoint.key, recovery_id)
             .await?
             .ok_or(ApiError::RecoveryNotFound)?;
         let kept = self
@@ -300,7 +300,7 @@ impl Registration {
         recovery_id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let app = self.authenticate_application(request, id).await?;
-        self.recovery_view(&EndpointKey::application(&app.id), recovery_id)
+        self.recovery_view(&LogEndpoint::application(&app.id), recovery_id)
             .await
     }
 
@@ -324,7 +324,7 @@ impl Registration {
         let app = self.authenticate_application(request, id).await?;
         self.recover(
             request,
-            &EndpointKey::application(&app.id),
+            &LogEndpoint::application(&app.id),
             app.health.is_disabled(),
             app.webhook.request_interval_ms,
         )
@@ -351,7 +351,7 @@ impl Registration {
     ) -> Result<Response<Body>, ApiError> {
         let app = self.authenticate_application(request, id).await?;
         self.redeliver(
-            &EndpointKey::application(&app.id),
+            &LogEndpoint::application(&app.id),
             app.health.is_disabled(),
             message_id,
         )
@@ -365,7 +365,7 @@ impl Registration {
         id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let app = self.authenticate_application(request, id).await?;
-        self.attempts_page(request, &EndpointKey::application(&app.id))
+        self.attempts_page(request, &LogEndpoint::application(&app.id))
             .await
     }
 
@@ -377,7 +377,7 @@ impl Registration {
         message_id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let app = self.authenticate_application(request, id).await?;
-        self.message_view(&EndpointKey::application(&app.id), message_id)
+        self.message_view(&LogEndpoint::application(&app.id), message_id)
             .await
     }
 }
@@ -389,7 +389,7 @@ impl Registration {
         &self,
         request: &Request,
         webhook: &str,
-    ) -> Result<(EndpointKey, Subscription), ApiError> {
+    ) -> Result<(LogEndpoint, Subscription), ApiError> {
         let client_id = self.authenticate(request.headers()).await?;
         let key = EndpointKey::webhook_id(webhook).ok_or(ApiError::NoSuchWebhook)?;
         let subscription = self
@@ -398,7 +398,7 @@ impl Registration {
             .client_webhook(&client_id, &key)
             .await?
             .ok_or(ApiError::NoSuchWebhook)?;
-        Ok((key, subscription))
+        Ok((LogEndpoint::subscription(&subscription), subscription))
     }
 
     /// `POST /webhooks/{id}/messages/{messageId}/redeliver`.

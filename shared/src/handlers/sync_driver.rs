@@ -485,7 +485,7 @@ mod tests {
             .ports
             .attempts
             .attempts(
-                &EndpointKey::application("app-1"),
+                &crate::attempts::LogEndpoint::application("app-1"),
                 crate::attempts::StatusFilter::All,
                 None,
                 10,

@@ -1,7 +1,9 @@
 //! The attempt log in memory (no expiry: the local runner's log lives as long as it runs).
 
 use super::MemoryStore;
-use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, Recovery, StatusFilter, StoredMessage};
+use crate::attempts::{
+    Attempt, EndpointKey, LogEndpoint, LoggedAttempt, Recovery, StatusFilter, StoredMessage,
+};
 use crate::job::MessageId;
 use crate::ports::{AttemptLog, BackendResult, Page};
 use async_trait::async_trait;
@@ -28,13 +30,13 @@ impl AttemptLog for MemoryStore {
 
     async fn attempts(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         filter: StatusFilter,
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<Attempt>> {
         let state = self.state();
-        let Some(log) = state.attempts.get(endpoint) else {
+        let Some(log) = state.attempts.get(&endpoint.key) else {
             return Ok(Page {
                 items: Vec::new(),
                 next: None,
@@ -59,10 +61,11 @@ impl AttemptLog for MemoryStore {
 
     async fn failed_since(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         since_ms: i64,
         limit: usize,
     ) -> BackendResult<Page<StoredMessage>> {
+        let endpoint = &endpoint.key;
         let state = self.state();
         let mut seen = std::collections::HashSet::new();
         let mut items = Vec::new();
@@ -99,9 +102,10 @@ impl AttemptLog for MemoryStore {
 
     async fn messages(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         ids: &[MessageId],
     ) -> BackendResult<Vec<StoredMessage>> {
+        let endpoint = &endpoint.key;
         let state = self.state();
         Ok(ids
             .iter()
@@ -127,9 +131,10 @@ impl AttemptLog for MemoryStore {
 
     async fn message(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         message_id: &MessageId,
     ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>> {
+        let endpoint = &endpoint.key;
         let state = self.state();
         let Some(message) = state
             .messages

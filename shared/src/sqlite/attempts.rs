@@ -5,7 +5,9 @@
 use super::db::{Durability, backend};
 use super::store::SqliteStore;
 use super::{from_json, to_json};
-use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, Recovery, StatusFilter, StoredMessage};
+use crate::attempts::{
+    Attempt, EndpointKey, LogEndpoint, LoggedAttempt, Recovery, StatusFilter, StoredMessage,
+};
 use crate::job::MessageId;
 use crate::ports::{AttemptLog, BackendResult, Page};
 use async_trait::async_trait;
@@ -97,12 +99,12 @@ impl AttemptLog for SqliteStore {
 
     async fn attempts(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         filter: StatusFilter,
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<Attempt>> {
-        let (endpoint, after) = (endpoint.as_str().to_owned(), after.map(str::to_owned));
+        let (endpoint, after) = (endpoint.key.as_str().to_owned(), after.map(str::to_owned));
         self.db
             .read(move |conn| {
                 // Sort keys start with 13 digits: "~" sorts after every one of them.
@@ -137,10 +139,13 @@ impl AttemptLog for SqliteStore {
 
     async fn message(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         message_id: &MessageId,
     ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>> {
-        let (endpoint, message_id) = (endpoint.as_str().to_owned(), message_id.as_str().to_owned());
+        let (endpoint, message_id) = (
+            endpoint.key.as_str().to_owned(),
+            message_id.as_str().to_owned(),
+        );
         self.db
             .read(move |conn| {
                 let Some(message) = stored_message(conn, &endpoint, &message_id)? else {
@@ -166,11 +171,11 @@ impl AttemptLog for SqliteStore {
 
     async fn failed_since(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         since_ms: i64,
         limit: usize,
     ) -> BackendResult<Page<StoredMessage>> {
-        let endpoint = endpoint.as_str().to_owned();
+        let endpoint = endpoint.key.as_str().to_owned();
         self.db
             .read(move |conn| {
                 let from = format!("{:013}", since_ms.max(0));
@@ -208,10 +213,10 @@ impl AttemptLog for SqliteStore {
 
     async fn messages(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         ids: &[MessageId],
     ) -> BackendResult<Vec<StoredMessage>> {
-        let endpoint = endpoint.as_str().to_owned();
+        let endpoint = endpoint.key.as_str().to_owned();
         let ids: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
         self.db
             .read(move |conn| {

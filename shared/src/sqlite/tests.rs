@@ -590,6 +590,7 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
     let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap());
     let endpoint = EndpointKey::application("app-1");
     let other = EndpointKey::application("app-2");
+    let log_endpoint = crate::attempts::LogEndpoint::application("app-1");
     store
         .record(&[
             logged(&endpoint, 1, 1, 1_000, false),
@@ -601,7 +602,7 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
         .await
         .unwrap();
     let page = store
-        .attempts(&endpoint, StatusFilter::All, None, 3)
+        .attempts(&log_endpoint, StatusFilter::All, None, 3)
         .await
         .unwrap();
     assert_eq!(
@@ -609,19 +610,23 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
         [4_000, 3_000, 2_000]
     );
     let rest = store
-        .attempts(&endpoint, StatusFilter::All, page.next.as_deref(), 3)
+        .attempts(&log_endpoint, StatusFilter::All, page.next.as_deref(), 3)
         .await
         .unwrap();
     assert_eq!((rest.items.len(), rest.next), (1, None));
     let acked = store
-        .attempts(&endpoint, StatusFilter::Acked, None, 10)
+        .attempts(&log_endpoint, StatusFilter::Acked, None, 10)
         .await
         .unwrap();
     assert_eq!(
         acked.items.iter().map(|a| a.at_ms).collect::<Vec<_>>(),
         [2_000]
     );
-    let (message, attempts) = store.message(&endpoint, &job(1).id).await.unwrap().unwrap();
+    let (message, attempts) = store
+        .message(&log_endpoint, &job(1).id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (message.last_attempt, message.last_outcome),
         (2, OutcomeClass::Acked)
@@ -630,7 +635,7 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
         attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
         [1, 2]
     );
-    let failed = store.failed_since(&endpoint, 0, 1).await.unwrap();
+    let failed = store.failed_since(&log_endpoint, 0, 1).await.unwrap();
     assert_eq!(
         failed
             .items
@@ -640,11 +645,11 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
         [job(2).id]
     );
     assert!(failed.next.is_some(), "one more failed message");
-    let all_failed = store.failed_since(&endpoint, 0, 10).await.unwrap();
+    let all_failed = store.failed_since(&log_endpoint, 0, 10).await.unwrap();
     assert_eq!(all_failed.items.len(), 2, "message 1 was acked at last");
     assert_eq!(
         store
-            .failed_since(&endpoint, 3_500, 10)
+            .failed_since(&log_endpoint, 3_500, 10)
             .await
             .unwrap()
             .items
@@ -653,7 +658,7 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
     );
     assert_eq!(
         store
-            .messages(&endpoint, &[job(1).id, job(4).id])
+            .messages(&log_endpoint, &[job(1).id, job(4).id])
             .await
             .unwrap()
             .len(),

@@ -1,15 +1,35 @@
-//! The attempt log in the service table: one item per attempt in its endpoint's partition
-//! (time-ordered sort key, so a listing is one Query read backwards), and one item per
-//! kept message. A delivery batch writes all of them with `BatchWriteItem`.
+//! The attempt log in the service table. DynamoDB bills each item written as at least one
+//! write unit, so the attempts nearly every message has — its first attempt, acknowledged
+//! ([`LoggedAttempt::is_quiet`]) — are not written one item each: a delivery batch's quiet
+//! attempts are written as one item per owner (an application, or the ORCID client), with
+//! the messages they sent. Every other attempt (a failure, a retry, an owner's redelivery)
+//! is written on its own with its kept message, as a recovery must find it. The write-unit
+//! arithmetic is in docs/architecture.md ("The attempt log's items").
+//!
+//! | item | pk | sk | written |
+//! |---|---|---|---|
+//! | quiet group | `GROUP#<owner>` | `<newest attempt ms:013>#<content hash>` | per owner per `record` call: its quiet attempts and their messages, as JSON text (split under 400 KB and [`GROUP_SPAN_MS`]) |
+//! | locator | `LOCATE#<owner>#<message tag>` | the group's sk | per (group, [`MessageId::tag`] of its messages: their window) |
+//! | attempt | `ATTEMPTS#<endpoint>` | [`Attempt::sort_key`] | per attempt that is not quiet |
+//! | kept message | `MESSAGE#<endpoint>` | message id | with each attempt that is not quiet: the job and how its latest attempt ended |
+//! | recovery | `RECOVERY#<endpoint>` | recovery id | per recovery |
+//!
+//! Reading: an endpoint's attempts are its attempt items merged with its entries in its
+//! owner's groups, newest first; a message's attempts are its attempt items and its
+//! entries in the groups its locators name, and its latest outcome is the latest of them.
 
 use super::{DynamoStore, Item, Keyed, from_item, s, to_item, unavailable};
-use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, Recovery, StatusFilter, StoredMessage};
+use crate::attempts::{
+    Attempt, EndpointKey, EndpointOwner, LogEndpoint, LoggedAttempt, OutcomeClass, Recovery,
+    StatusFilter, StoredMessage,
+};
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::{AttemptLog, BackendError, BackendResult, Page};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 /// Items per `BatchWriteItem` call (the service's limit).
@@ -21,6 +41,19 @@ const BATCH_WRITE_TRIES: u32 = 5;
 const MAX_QUERY_PAGES: usize = 20;
 /// The most distinct failed messages one recovery looks at.
 const MAX_FAILED_CANDIDATES: usize = 20_000;
+/// The most entry bytes in one quiet group: DynamoDB's item limit is 400 KB, keys and
+/// attribute names included.
+const GROUP_BYTES: usize = 350_000;
+/// The attempts of one quiet group lie within this of its newest (a batch's attempts are
+/// made together; a longer batch is split), so a listing that continues before a time
+/// reads the groups up to this much newer than it, and no older one needlessly.
+pub const GROUP_SPAN_MS: i64 = 60_000;
+/// Groups read by a listing's first page of them; each later page reads twice as many,
+/// up to [`MAX_GROUP_PAGE`].
+const FIRST_GROUP_PAGE: i32 = 4;
+const MAX_GROUP_PAGE: i32 = 64;
+/// Kept messages read per batch when a recovery checks their latest outcomes.
+const HOMES_PER_READ: usize = 100;
 
 fn attempts_pk(endpoint: &EndpointKey) -> String {
     format!("ATTEMPTS#{}", endpoint.as_str())
@@ -28,6 +61,28 @@ fn attempts_pk(endpoint: &EndpointKey) -> String {
 
 fn messages_pk(endpoint: &EndpointKey) -> String {
     format!("MESSAGE#{}", endpoint.as_str())
+}
+
+fn group_pk(owner: &EndpointOwner) -> String {
+    format!("GROUP#{}", owner.key())
+}
+
+fn locator_pk(owner: &EndpointOwner, tag: &str) -> String {
+    format!("LOCATE#{}#{tag}", owner.key())
+}
+
+/// Epoch ms as the 13 digits that start attempt and group sort keys.
+fn ms_key(ms: i64) -> String {
+    format!("{:013}", ms.max(0))
+}
+
+/// The time a page position starts with, if it does (positions are sort keys or bounds
+/// made by [`Listing`], but a cursor comes from a client and may be anything).
+fn position_ms(position: &str) -> Option<i64> {
+    position
+        .get(..13)
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse().ok())
 }
 
 /// An attempt as stored.
@@ -54,7 +109,7 @@ struct MessageItem {
     job: String,
     last_attempt: u32,
     last_attempt_ms: i64,
-    last_outcome: crate::attempts::OutcomeClass,
+    last_outcome: OutcomeClass,
     expires_at: i64,
 }
 
@@ -72,6 +127,138 @@ impl MessageItem {
     }
 }
 
+/// A quiet group as stored: its entries as one JSON array in one attribute (DynamoDB
+/// counts attribute names in an item's size, so nested attributes would pay every
+/// field's name in every entry).
+#[derive(Serialize, Deserialize)]
+struct GroupItem {
+    entries: String,
+    expires_at: i64,
+}
+
+/// A locator as stored: its keys name the group.
+#[derive(Serialize, Deserialize)]
+struct LocatorItem {
+    expires_at: i64,
+}
+
+fn is_first(n: &u32) -> bool {
+    *n == 1
+}
+
+fn first() -> u32 {
+    1
+}
+
+fn is_acked(outcome: &OutcomeClass) -> bool {
+    outcome.is_acked()
+}
+
+fn acked() -> OutcomeClass {
+    OutcomeClass::Acked
+}
+
+/// An attempt and its message in a quiet group. Short names, and what every quiet attempt
+/// has left out (attempt 1 and acknowledged as defaults; the endpoint, which its job
+/// names): they are stored in every entry.
+#[derive(Serialize, Deserialize)]
+struct QuietEntry {
+    #[serde(rename = "t")]
+    at_ms: i64,
+    #[serde(rename = "n", default = "first", skip_serializing_if = "is_first")]
+    attempt: u32,
+    #[serde(rename = "o", default = "acked", skip_serializing_if = "is_acked")]
+    outcome: OutcomeClass,
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(rename = "l")]
+    latency_ms: u64,
+    #[serde(rename = "r", default, skip_serializing_if = "String::is_empty")]
+    response: String,
+    #[serde(rename = "j")]
+    job: DeliveryJob,
+}
+
+impl QuietEntry {
+    fn of(logged: &LoggedAttempt) -> Self {
+        let a = &logged.attempt;
+        Self {
+            at_ms: a.at_ms,
+            attempt: a.attempt,
+            outcome: a.outcome,
+            status: a.status,
+            latency_ms: a.latency_ms,
+            response: a.response.clone(),
+            job: logged.job.clone(),
+        }
+    }
+
+    fn attempt(&self) -> Attempt {
+        Attempt {
+            message_id: self.job.id.clone(),
+            endpoint: EndpointKey::of_job(&self.job),
+            attempt: self.attempt,
+            at_ms: self.at_ms,
+            outcome: self.outcome,
+            status: self.status,
+            latency_ms: self.latency_ms,
+            response: self.response.clone(),
+        }
+    }
+}
+
+/// A group's sort key: its newest attempt's time, then a hash of its entries (the same
+/// group written again is the same item).
+fn group_sk(newest_ms: i64, entries: &str) -> String {
+    let hash = Sha256::digest(entries.as_bytes());
+    format!("{}#{}", ms_key(newest_ms), hex::encode(&hash[..8]))
+}
+
+/// The entries of a stored group.
+fn group_entries(item: Item) -> BackendResult<Vec<QuietEntry>> {
+    let group = from_item::<Keyed<GroupItem>>(item)?.value;
+    serde_json::from_str(&group.entries)
+        .map_err(|e| BackendError::Corrupt(format!("attempt group: {e}")))
+}
+
+/// One group to write: its entries (JSON, oldest first) and the tags of their messages.
+#[derive(Default)]
+struct GroupDraft {
+    entries: Vec<String>,
+    bytes: usize,
+    oldest_ms: i64,
+    newest_ms: i64,
+    tags: BTreeSet<String>,
+}
+
+/// Cuts an owner's quiet attempts into groups under [`GROUP_BYTES`] and [`GROUP_SPAN_MS`].
+fn drafts(mut logged: Vec<&LoggedAttempt>) -> BackendResult<Vec<GroupDraft>> {
+    logged.sort_by_key(|l| l.attempt.at_ms);
+    let mut groups: Vec<GroupDraft> = Vec::new();
+    for l in logged {
+        let json = serde_json::to_string(&QuietEntry::of(l))
+            .map_err(|e| BackendError::Corrupt(format!("attempt does not serialize: {e}")))?;
+        let at_ms = l.attempt.at_ms;
+        let fits = groups.last().is_some_and(|g| {
+            g.bytes + json.len() < GROUP_BYTES && at_ms - g.oldest_ms <= GROUP_SPAN_MS
+        });
+        if !fits {
+            groups.push(GroupDraft {
+                oldest_ms: at_ms,
+                ..GroupDraft::default()
+            });
+        }
+        let Some(group) = groups.last_mut() else {
+            continue;
+        };
+        group.bytes += json.len() + 1;
+        group.newest_ms = at_ms;
+        group.tags.insert(l.job.id.tag().to_owned());
+        group.entries.push(json);
+    }
+    Ok(groups)
+}
+
 impl DynamoStore {
     /// When an item about a moment `at_ms` expires.
     fn attempt_expiry(&self, at_ms: i64) -> i64 {
@@ -79,7 +266,7 @@ impl DynamoStore {
     }
 
     /// Writes items with `BatchWriteItem`, 25 per call, sending unprocessed ones again.
-    async fn batch_put(&self, items: Vec<Item>) -> BackendResult<()> {
+    pub(super) async fn batch_put(&self, items: Vec<Item>) -> BackendResult<()> {
         for chunk in items.chunks(BATCH_WRITE_ITEMS) {
             let mut requests: Vec<WriteRequest> = chunk
                 .iter()
@@ -96,7 +283,7 @@ impl DynamoStore {
                 tries += 1;
                 if tries > BATCH_WRITE_TRIES {
                     return Err(BackendError::Unavailable(format!(
-                        "{} attempt log items left unwritten",
+                        "{} items left unwritten",
                         requests.len()
                     )));
                 }
@@ -118,184 +305,91 @@ impl DynamoStore {
         }
         Ok(())
     }
-}
 
-#[async_trait]
-impl AttemptLog for DynamoStore {
-    async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()> {
-        // One item per key: a batch may hold the same job twice (the queue delivers at
-        // least once), and BatchWriteItem refuses duplicate keys.
-        let mut items: BTreeMap<(String, String), Item> = BTreeMap::new();
-        for logged in attempts {
-            let a = &logged.attempt;
-            let expires_at = self.attempt_expiry(a.at_ms);
-            let (pk, sk) = (attempts_pk(&a.endpoint), a.sort_key());
-            items.insert(
-                (pk.clone(), sk.clone()),
-                to_item(&Keyed {
-                    pk,
-                    sk,
-                    value: AttemptItem {
-                        attempt: a.clone(),
-                        expires_at,
-                    },
-                }),
-            );
-            let message = StoredMessage::of(logged);
-            let job = serde_json::to_string(&message.job)
-                .map_err(|e| BackendError::Corrupt(format!("job does not serialize: {e}")))?;
-            let (pk, sk) = (messages_pk(&a.endpoint), a.message_id.as_str().to_owned());
-            items.insert(
-                (pk.clone(), sk.clone()),
-                to_item(&Keyed {
-                    pk,
-                    sk,
-                    value: MessageItem {
-                        endpoint: message.endpoint,
-                        job,
-                        last_attempt: message.last_attempt,
-                        last_attempt_ms: message.last_attempt_ms,
-                        last_outcome: message.last_outcome,
-                        expires_at,
-                    },
-                }),
-            );
-        }
-        self.batch_put(items.into_values().collect()).await
-    }
-
-    async fn attempts(
+    /// The attempt item and kept-message item of an attempt that is not quiet.
+    fn attempt_items(
         &self,
-        endpoint: &EndpointKey,
-        filter: StatusFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> BackendResult<Page<Attempt>> {
-        // One more than the page, to know whether another follows (DynamoDB sets
-        // LastEvaluatedKey whenever a query's limit is reached, more items or not).
-        let mut items: Vec<Attempt> = Vec::new();
-        let mut before = after.map(str::to_owned);
-        for _ in 0..MAX_QUERY_PAGES {
-            let want = (limit + 1).saturating_sub(items.len());
-            if want == 0 {
-                break;
-            }
-            let mut query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .expression_attribute_values(":pk", s(attempts_pk(endpoint)))
-                .scan_index_forward(false)
-                .limit(want.min(1000) as i32);
-            query = match &before {
-                Some(b) => query
-                    .key_condition_expression("pk = :pk AND sk < :before")
-                    .expression_attribute_values(":before", s(b.clone())),
-                None => query.key_condition_expression("pk = :pk"),
-            };
-            query = match filter {
-                StatusFilter::All => query,
-                StatusFilter::Acked | StatusFilter::Failed => query
-                    .filter_expression(if filter == StatusFilter::Acked {
-                        "#outcome = :acked"
-                    } else {
-                        "#outcome <> :acked"
-                    })
-                    .expression_attribute_names("#outcome", "outcome")
-                    .expression_attribute_values(":acked", s("acked")),
-            };
-            let out = query.send().await.map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                items.push(from_item::<Keyed<AttemptItem>>(item)?.value.attempt);
-            }
-            before = out.last_evaluated_key.as_ref().and_then(super::sort_key);
-            if before.is_none() {
-                break;
-            }
-        }
-        if items.len() > limit {
-            items.truncate(limit);
-            before = items.last().map(Attempt::sort_key);
-        }
-        Ok(Page {
-            items,
-            next: before,
-        })
+        logged: &LoggedAttempt,
+        items: &mut BTreeMap<(String, String), Item>,
+    ) -> BackendResult<()> {
+        let a = &logged.attempt;
+        let expires_at = self.attempt_expiry(a.at_ms);
+        let (pk, sk) = (attempts_pk(&a.endpoint), a.sort_key());
+        let attempt = AttemptItem {
+            attempt: a.clone(),
+            expires_at,
+        };
+        items.insert(
+            (pk.clone(), sk.clone()),
+            to_item(&Keyed {
+                pk,
+                sk,
+                value: attempt,
+            }),
+        );
+        let message = StoredMessage::of(logged);
+        let job = serde_json::to_string(&message.job)
+            .map_err(|e| BackendError::Corrupt(format!("job does not serialize: {e}")))?;
+        let (pk, sk) = (messages_pk(&a.endpoint), a.message_id.as_str().to_owned());
+        let kept = MessageItem {
+            endpoint: message.endpoint,
+            job,
+            last_attempt: message.last_attempt,
+            last_attempt_ms: message.last_attempt_ms,
+            last_outcome: message.last_outcome,
+            expires_at,
+        };
+        items.insert(
+            (pk.clone(), sk.clone()),
+            to_item(&Keyed {
+                pk,
+                sk,
+                value: kept,
+            }),
+        );
+        Ok(())
     }
 
-    async fn failed_since(
+    /// The group items and locators of an owner's quiet attempts.
+    fn group_items(
         &self,
-        endpoint: &EndpointKey,
-        since_ms: i64,
-        limit: usize,
-    ) -> BackendResult<Page<StoredMessage>> {
-        // The failed attempts since then (the time range of the endpoint's log, read
-        // forwards), each message once; then each message's latest outcome.
-        let mut ids: Vec<MessageId> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut start: Option<Item> = None;
-        let mut more = false;
-        'pages: loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk >= :from")
-                .filter_expression("#outcome <> :acked")
-                .expression_attribute_names("#outcome", "outcome")
-                .expression_attribute_values(":pk", s(attempts_pk(endpoint)))
-                .expression_attribute_values(":from", s(format!("{:013}", since_ms.max(0))))
-                .expression_attribute_values(":acked", s("acked"))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                let attempt = from_item::<Keyed<AttemptItem>>(item)?.value.attempt;
-                if seen.insert(attempt.message_id.clone()) {
-                    if ids.len() == MAX_FAILED_CANDIDATES {
-                        more = true;
-                        break 'pages;
-                    }
-                    ids.push(attempt.message_id);
-                }
+        owner: &EndpointOwner,
+        logged: Vec<&LoggedAttempt>,
+        items: &mut BTreeMap<(String, String), Item>,
+    ) -> BackendResult<()> {
+        for draft in drafts(logged)? {
+            let entries = format!("[{}]", draft.entries.join(","));
+            let (pk, sk) = (group_pk(owner), group_sk(draft.newest_ms, &entries));
+            let expires_at = self.attempt_expiry(draft.newest_ms);
+            for tag in &draft.tags {
+                let pk = locator_pk(owner, tag);
+                let value = LocatorItem { expires_at };
+                let key = (pk.clone(), sk.clone());
+                items.insert(
+                    key,
+                    to_item(&Keyed {
+                        pk,
+                        sk: sk.clone(),
+                        value,
+                    }),
+                );
             }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
-        let mut items = Vec::new();
-        for id in ids {
-            let Some(item) = self
-                .get_item(&messages_pk(endpoint), id.as_str(), true)
-                .await?
-            else {
-                continue;
+            let value = GroupItem {
+                entries,
+                expires_at,
             };
-            let message = from_item::<Keyed<MessageItem>>(item)?
-                .value
-                .into_message()?;
-            if message.last_outcome.is_acked() {
-                continue;
-            }
-            if items.len() == limit {
-                more = true;
-                break;
-            }
-            items.push(message);
+            items.insert((pk.clone(), sk.clone()), to_item(&Keyed { pk, sk, value }));
         }
-        Ok(Page {
-            next: more.then(|| "more".to_owned()),
-            items,
-        })
+        Ok(())
     }
 
-    async fn messages(
+    /// The kept-message items of an endpoint with these ids, by id.
+    async fn homes(
         &self,
         endpoint: &EndpointKey,
         ids: &[MessageId],
-    ) -> BackendResult<Vec<StoredMessage>> {
+        consistent: bool,
+    ) -> BackendResult<HashMap<MessageId, StoredMessage>> {
         let keys: Vec<Item> = ids
             .iter()
             .map(|id| {
@@ -305,13 +399,507 @@ impl AttemptLog for DynamoStore {
                 ])
             })
             .collect();
-        let mut kept = Vec::new();
+        let mut kept = HashMap::new();
+        for item in self.batch_get(keys, consistent).await? {
+            let message = from_item::<Keyed<MessageItem>>(item)?
+                .value
+                .into_message()?;
+            kept.insert(message.job.id.clone(), message);
+        }
+        Ok(kept)
+    }
+
+    /// The sort keys of the groups a locator partition names, newer than `after_ms`.
+    async fn located_groups(&self, pk: String, after_ms: i64) -> BackendResult<Vec<String>> {
+        let mut sks = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk > :after")
+                .expression_attribute_values(":pk", s(pk.clone()))
+                .expression_attribute_values(":after", s(ms_key(after_ms)))
+                .projection_expression("sk")
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items.unwrap_or_default() {
+                if let Some(sk) = item.get("sk").and_then(|v| v.as_s().ok()) {
+                    sks.push(sk.clone());
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(sks);
+            }
+        }
+    }
+
+    /// The quiet attempts of an endpoint's messages with these ids made after `after_ms`,
+    /// with the message each sent, found through the locators of the ids' tags.
+    async fn quiet_attempts(
+        &self,
+        endpoint: &LogEndpoint,
+        ids: &[MessageId],
+        after_ms: i64,
+    ) -> BackendResult<HashMap<MessageId, (DeliveryJob, Vec<Attempt>)>> {
+        let wanted: HashSet<&MessageId> = ids.iter().collect();
+        let tags: BTreeSet<&str> = ids.iter().map(MessageId::tag).collect();
+        let mut groups = BTreeSet::new();
+        for tag in tags {
+            let pk = locator_pk(&endpoint.owner, tag);
+            groups.extend(self.located_groups(pk, after_ms).await?);
+        }
+        let keys: Vec<Item> = groups
+            .into_iter()
+            .map(|sk| {
+                Item::from([
+                    ("pk".to_owned(), s(group_pk(&endpoint.owner))),
+                    ("sk".to_owned(), s(sk)),
+                ])
+            })
+            .collect();
+        let mut found: HashMap<MessageId, (DeliveryJob, Vec<Attempt>)> = HashMap::new();
         for item in self.batch_get(keys, false).await? {
-            kept.push(
-                from_item::<Keyed<MessageItem>>(item)?
-                    .value
-                    .into_message()?,
-            );
+            for entry in group_entries(item)? {
+                let attempt = entry.attempt();
+                if attempt.endpoint != endpoint.key
+                    || attempt.at_ms <= after_ms
+                    || !wanted.contains(&attempt.message_id)
+                {
+                    continue;
+                }
+                found
+                    .entry(attempt.message_id.clone())
+                    .or_insert_with(|| (entry.job, Vec::new()))
+                    .1
+                    .push(attempt);
+            }
+        }
+        Ok(found)
+    }
+
+    /// A kept message's attempt items: they lie between its job's creation and its
+    /// latest attempt item.
+    async fn message_items(
+        &self,
+        endpoint: &EndpointKey,
+        message: &StoredMessage,
+    ) -> BackendResult<Vec<Attempt>> {
+        let from = ms_key(message.created_ms());
+        let to = format!("{}~", ms_key(message.last_attempt_ms));
+        let mut attempts = Vec::new();
+        let mut start: Option<Item> = None;
+        for _ in 0..MAX_QUERY_PAGES {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                .filter_expression("message_id = :m")
+                .expression_attribute_values(":pk", s(attempts_pk(endpoint)))
+                .expression_attribute_values(":from", s(from.clone()))
+                .expression_attribute_values(":to", s(to.clone()))
+                .expression_attribute_values(
+                    ":m",
+                    AttributeValue::S(message.job.id.as_str().into()),
+                )
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items.unwrap_or_default() {
+                attempts.push(from_item::<Keyed<AttemptItem>>(item)?.value.attempt);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(attempts)
+    }
+
+    /// The ids of an endpoint's messages with a failed attempt at or after `since_ms`, in
+    /// the order of their first such failure, and whether more were left unread.
+    async fn failed_ids(
+        &self,
+        endpoint: &EndpointKey,
+        since_ms: i64,
+    ) -> BackendResult<(Vec<MessageId>, bool)> {
+        let mut ids: Vec<MessageId> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk >= :from")
+                .filter_expression("#outcome <> :acked")
+                .expression_attribute_names("#outcome", "outcome")
+                .expression_attribute_values(":pk", s(attempts_pk(endpoint)))
+                .expression_attribute_values(":from", s(ms_key(since_ms)))
+                .expression_attribute_values(":acked", s("acked"))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items.unwrap_or_default() {
+                let attempt = from_item::<Keyed<AttemptItem>>(item)?.value.attempt;
+                if seen.insert(attempt.message_id.clone()) {
+                    if ids.len() == MAX_FAILED_CANDIDATES {
+                        return Ok((ids, true));
+                    }
+                    ids.push(attempt.message_id);
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok((ids, false));
+            }
+        }
+    }
+
+    /// Of these kept messages whose latest attempt item failed, those with no later quiet
+    /// (acknowledged) attempt: a message sent again from the dead-letter queue starts a
+    /// new series, whose acknowledged first attempt is quiet.
+    async fn still_failing(
+        &self,
+        endpoint: &LogEndpoint,
+        failing: Vec<StoredMessage>,
+    ) -> BackendResult<Vec<StoredMessage>> {
+        let Some(oldest) = failing.iter().map(|m| m.last_attempt_ms).min() else {
+            return Ok(failing);
+        };
+        let ids: Vec<MessageId> = failing.iter().map(|m| m.job.id.clone()).collect();
+        let quiet = self.quiet_attempts(endpoint, &ids, oldest).await?;
+        Ok(failing
+            .into_iter()
+            .filter(|m| {
+                quiet.get(&m.job.id).is_none_or(|(_, attempts)| {
+                    attempts.iter().all(|a| a.at_ms <= m.last_attempt_ms)
+                })
+            })
+            .collect())
+    }
+}
+
+/// A message as its attempts leave it: its kept item (written with each attempt that is not
+/// quiet), unless a quiet attempt came later; `None` when neither is there.
+fn latest(
+    endpoint: &EndpointKey,
+    home: Option<StoredMessage>,
+    quiet: Option<(DeliveryJob, &[Attempt])>,
+) -> Option<StoredMessage> {
+    let newest = quiet.and_then(|(job, attempts)| {
+        let newest = attempts.iter().max_by_key(|a| (a.at_ms, a.attempt))?;
+        Some((job, newest))
+    });
+    match (home, newest) {
+        (Some(home), Some((_, newest))) if newest.at_ms <= home.last_attempt_ms => Some(home),
+        (home, Some((job, newest))) => Some(StoredMessage {
+            endpoint: home.map_or_else(|| endpoint.clone(), |h| h.endpoint),
+            job,
+            last_attempt: newest.attempt,
+            last_attempt_ms: newest.at_ms,
+            last_outcome: newest.outcome,
+        }),
+        (home, None) => home,
+    }
+}
+
+/// How far one of a listing's two sources has been read.
+#[derive(Default)]
+struct Source {
+    /// Where its next page starts.
+    start: Option<Item>,
+    /// Every attempt of this source at or above this position has been read; `None`
+    /// before its first page.
+    read_to: Option<String>,
+    /// Read to its end.
+    done: bool,
+}
+
+/// One page of an endpoint's attempts, newest first: its attempt items and its entries in
+/// its owner's groups, merged. An attempt read is settled (nothing unread comes before
+/// it) once both sources have been read past it.
+struct Listing<'a> {
+    store: &'a DynamoStore,
+    endpoint: &'a LogEndpoint,
+    filter: StatusFilter,
+    after: Option<&'a str>,
+    read: BTreeMap<String, Attempt>,
+    items: Source,
+    groups: Source,
+    group_page: i32,
+}
+
+impl<'a> Listing<'a> {
+    fn new(
+        store: &'a DynamoStore,
+        endpoint: &'a LogEndpoint,
+        filter: StatusFilter,
+        after: Option<&'a str>,
+    ) -> Self {
+        Self {
+            store,
+            endpoint,
+            filter,
+            after,
+            read: BTreeMap::new(),
+            items: Source::default(),
+            // Quiet attempts are acknowledged: a listing of failures has none to read.
+            groups: Source {
+                done: filter == StatusFilter::Failed,
+                ..Source::default()
+            },
+            group_page: FIRST_GROUP_PAGE,
+        }
+    }
+
+    /// True when nothing unread can sort after `key`.
+    fn settled(&self, key: &str) -> bool {
+        let items = self.items.done || self.items.read_to.as_deref().is_some_and(|r| key >= r);
+        let groups = self.groups.done || self.groups.read_to.as_deref().is_some_and(|r| key > r);
+        items && groups
+    }
+
+    /// Up to `limit` attempts; one more is read, when there is one, to know whether a
+    /// next page follows ([`Page`]: a full last page has no `next`).
+    async fn page(mut self, limit: usize) -> BackendResult<Page<Attempt>> {
+        let mut items = Vec::new();
+        for _ in 0..MAX_QUERY_PAGES {
+            while items.len() <= limit {
+                match self.read.last_key_value() {
+                    Some((key, _)) if self.settled(key) => {}
+                    _ => break,
+                }
+                items.extend(self.read.pop_last().map(|(_, a)| a));
+            }
+            if items.len() > limit {
+                items.truncate(limit);
+                let next = items.last().map(Attempt::sort_key);
+                return Ok(Page { items, next });
+            }
+            // Both read to their end: everything read was settled, and listed.
+            if self.items.done && self.groups.done {
+                return Ok(Page { items, next: None });
+            }
+            self.read_more(limit + 1 - items.len()).await?;
+        }
+        Ok(Page {
+            next: Some(self.boundary()),
+            items,
+        })
+    }
+
+    /// Where the next page starts when this one stopped at its read budget: every
+    /// attempt not listed sorts before it.
+    fn boundary(&self) -> String {
+        let items = (!self.items.done)
+            .then(|| self.items.read_to.clone())
+            .flatten();
+        let groups = (!self.groups.done)
+            .then(|| self.groups.read_to.clone())
+            .flatten();
+        let bound = items.max(groups).unwrap_or_default();
+        match self.after {
+            Some(after) if after < bound.as_str() => after.to_owned(),
+            _ => bound,
+        }
+    }
+
+    /// Reads a page of the source that holds back the most: the one read least far.
+    async fn read_more(&mut self, want: usize) -> BackendResult<()> {
+        let items_first = match (self.items.done, self.groups.done) {
+            (false, true) => true,
+            (true, false) => false,
+            _ => match (&self.items.read_to, &self.groups.read_to) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(i), Some(g)) => i >= g,
+            },
+        };
+        if items_first {
+            self.read_items(want).await
+        } else {
+            self.read_groups().await
+        }
+    }
+
+    async fn read_items(&mut self, want: usize) -> BackendResult<()> {
+        let mut query = self
+            .store
+            .client
+            .query()
+            .table_name(&self.store.table)
+            .expression_attribute_values(":pk", s(attempts_pk(&self.endpoint.key)))
+            .scan_index_forward(false)
+            .limit(want.clamp(1, 1000) as i32)
+            .set_exclusive_start_key(self.items.start.take());
+        query = match self.after {
+            Some(before) => query
+                .key_condition_expression("pk = :pk AND sk < :before")
+                .expression_attribute_values(":before", s(before)),
+            None => query.key_condition_expression("pk = :pk"),
+        };
+        query = match self.filter {
+            StatusFilter::All => query,
+            StatusFilter::Acked | StatusFilter::Failed => query
+                .filter_expression(if self.filter == StatusFilter::Acked {
+                    "#outcome = :acked"
+                } else {
+                    "#outcome <> :acked"
+                })
+                .expression_attribute_names("#outcome", "outcome")
+                .expression_attribute_values(":acked", s("acked")),
+        };
+        let out = query.send().await.map_err(unavailable)?;
+        for item in out.items.unwrap_or_default() {
+            let attempt = from_item::<Keyed<AttemptItem>>(item)?.value.attempt;
+            self.read.insert(attempt.sort_key(), attempt);
+        }
+        self.items.read_to = out
+            .last_evaluated_key
+            .as_ref()
+            .and_then(|key| key.get("sk").and_then(|v| v.as_s().ok()).cloned());
+        self.items.done = out.last_evaluated_key.is_none();
+        self.items.start = out.last_evaluated_key;
+        Ok(())
+    }
+
+    async fn read_groups(&mut self) -> BackendResult<()> {
+        let mut query = self
+            .store
+            .client
+            .query()
+            .table_name(&self.store.table)
+            .expression_attribute_values(":pk", s(group_pk(&self.endpoint.owner)))
+            .scan_index_forward(false)
+            .limit(self.group_page)
+            .set_exclusive_start_key(self.groups.start.take());
+        self.group_page = (self.group_page * 2).min(MAX_GROUP_PAGE);
+        // A group holds attempts up to its span older than its newest.
+        query = match self.after.and_then(position_ms) {
+            Some(ms) => query
+                .key_condition_expression("pk = :pk AND sk < :upper")
+                .expression_attribute_values(
+                    ":upper",
+                    s(ms_key(ms.saturating_add(GROUP_SPAN_MS + 1))),
+                ),
+            None => query.key_condition_expression("pk = :pk"),
+        };
+        let out = query.send().await.map_err(unavailable)?;
+        for item in out.items.unwrap_or_default() {
+            let newest = item
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| position_ms(sk));
+            for entry in group_entries(item)? {
+                self.admit(entry.attempt());
+            }
+            // Groups come newest first: those unread hold nothing after this one's newest.
+            if let Some(newest) = newest {
+                self.groups.read_to = Some(format!("{}~", ms_key(newest)));
+            }
+        }
+        self.groups.done = out.last_evaluated_key.is_none();
+        self.groups.start = out.last_evaluated_key;
+        Ok(())
+    }
+
+    fn admit(&mut self, attempt: Attempt) {
+        let key = attempt.sort_key();
+        if attempt.endpoint == self.endpoint.key
+            && self.filter.admits(&attempt)
+            && self.after.is_none_or(|after| key.as_str() < after)
+        {
+            self.read.insert(key, attempt);
+        }
+    }
+}
+
+#[async_trait]
+impl AttemptLog for DynamoStore {
+    async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()> {
+        // One item per key: a batch may hold the same job twice (the queue delivers at
+        // least once), and BatchWriteItem refuses duplicate keys.
+        let mut items: BTreeMap<(String, String), Item> = BTreeMap::new();
+        let mut quiet: BTreeMap<EndpointOwner, Vec<&LoggedAttempt>> = BTreeMap::new();
+        for logged in attempts {
+            if logged.is_quiet() {
+                quiet
+                    .entry(EndpointOwner::of_job(&logged.job))
+                    .or_default()
+                    .push(logged);
+            } else {
+                self.attempt_items(logged, &mut items)?;
+            }
+        }
+        for (owner, logged) in quiet {
+            self.group_items(&owner, logged, &mut items)?;
+        }
+        self.batch_put(items.into_values().collect()).await
+    }
+
+    async fn attempts(
+        &self,
+        endpoint: &LogEndpoint,
+        filter: StatusFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<Attempt>> {
+        Listing::new(self, endpoint, filter, after)
+            .page(limit)
+            .await
+    }
+
+    async fn failed_since(
+        &self,
+        endpoint: &LogEndpoint,
+        since_ms: i64,
+        limit: usize,
+    ) -> BackendResult<Page<StoredMessage>> {
+        // The failed attempts since then (the time range of the endpoint's attempt items,
+        // read forwards), each message once; then each message's latest outcome.
+        let (ids, mut more) = self.failed_ids(&endpoint.key, since_ms).await?;
+        let mut items = Vec::new();
+        'chunks: for chunk in ids.chunks(HOMES_PER_READ) {
+            let mut homes = self.homes(&endpoint.key, chunk, true).await?;
+            let failing: Vec<StoredMessage> = chunk
+                .iter()
+                .filter_map(|id| homes.remove(id))
+                .filter(|m| !m.last_outcome.is_acked())
+                .collect();
+            for message in self.still_failing(endpoint, failing).await? {
+                if items.len() == limit {
+                    more = true;
+                    break 'chunks;
+                }
+                items.push(message);
+            }
+        }
+        Ok(Page {
+            next: more.then(|| "more".to_owned()),
+            items,
+        })
+    }
+
+    async fn messages(
+        &self,
+        endpoint: &LogEndpoint,
+        ids: &[MessageId],
+    ) -> BackendResult<Vec<StoredMessage>> {
+        let mut homes = self.homes(&endpoint.key, ids, false).await?;
+        let mut quiet = self.quiet_attempts(endpoint, ids, i64::MIN).await?;
+        let mut kept = Vec::new();
+        for id in ids {
+            let quiet = quiet.remove(id);
+            let quiet = quiet.as_ref().map(|(job, a)| (job.clone(), a.as_slice()));
+            kept.extend(latest(&endpoint.key, homes.remove(id), quiet));
         }
         Ok(kept)
     }
@@ -337,46 +925,41 @@ impl AttemptLog for DynamoStore {
 
     async fn message(
         &self,
-        endpoint: &EndpointKey,
+        endpoint: &LogEndpoint,
         message_id: &MessageId,
     ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>> {
-        let Some(item) = self
-            .get_item(&messages_pk(endpoint), message_id.as_str(), false)
+        let home = match self
+            .get_item(&messages_pk(&endpoint.key), message_id.as_str(), false)
             .await?
-        else {
-            return Ok(None);
+        {
+            Some(item) => Some(
+                from_item::<Keyed<MessageItem>>(item)?
+                    .value
+                    .into_message()?,
+            ),
+            None => None,
         };
-        let message = from_item::<Keyed<MessageItem>>(item)?
-            .value
-            .into_message()?;
-        // Its attempts lie between the job's creation and its latest attempt.
-        let from = format!("{:013}", message.created_ms().max(0));
-        let to = format!("{:013}~", message.last_attempt_ms.max(0));
-        let mut attempts = Vec::new();
-        let mut start: Option<Item> = None;
-        for _ in 0..MAX_QUERY_PAGES {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-                .filter_expression("message_id = :m")
-                .expression_attribute_values(":pk", s(attempts_pk(endpoint)))
-                .expression_attribute_values(":from", s(from.clone()))
-                .expression_attribute_values(":to", s(to.clone()))
-                .expression_attribute_values(":m", AttributeValue::S(message_id.as_str().into()))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                attempts.push(from_item::<Keyed<AttemptItem>>(item)?.value.attempt);
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                break;
+        let mut attempts: BTreeMap<String, Attempt> = BTreeMap::new();
+        if let Some(home) = &home {
+            for a in self.message_items(&endpoint.key, home).await? {
+                attempts.insert(a.sort_key(), a);
             }
         }
-        Ok(Some((message, attempts)))
+        let quiet = self
+            .quiet_attempts(endpoint, std::slice::from_ref(message_id), i64::MIN)
+            .await?
+            .remove(message_id);
+        let message = latest(
+            &endpoint.key,
+            home,
+            quiet.as_ref().map(|(job, a)| (job.clone(), a.as_slice())),
+        );
+        attempts.extend(
+            quiet
+                .into_iter()
+                .flat_map(|(_, a)| a)
+                .map(|a| (a.sort_key(), a)),
+        );
+        Ok(message.map(|m| (m, attempts.into_values().collect())))
     }
 }

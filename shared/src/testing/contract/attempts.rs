@@ -2,7 +2,9 @@
 //! messages; failing messages for a recovery; recoveries.
 
 use super::{Adapters, read_pages, record};
-use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, OutcomeClass, Recovery, StatusFilter};
+use crate::attempts::{
+    Attempt, EndpointKey, LogEndpoint, LoggedAttempt, OutcomeClass, Recovery, StatusFilter,
+};
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::Page;
 use crate::window::WindowId;
@@ -19,6 +21,11 @@ const CREATED_MS: i64 = 1_795_687_200_000;
 
 fn endpoint() -> EndpointKey {
     EndpointKey::application("app-log")
+}
+
+/// An application's endpoint as the log is read.
+fn log_endpoint(application: &str) -> LogEndpoint {
+    LogEndpoint::application(application)
 }
 
 fn job(record_id: &str) -> DeliveryJob {
@@ -79,7 +86,7 @@ async fn attempt_pages(a: &Adapters, filter: StatusFilter, limit: usize) -> Vec<
     read_pages(20, |after| {
         let log = a.ports.attempts.clone();
         async move {
-            log.attempts(&endpoint(), filter, after.as_deref(), limit)
+            log.attempts(&log_endpoint("app-log"), filter, after.as_deref(), limit)
                 .await
         }
     })
@@ -144,14 +151,13 @@ async fn attempts_newest_first_filtered_and_paged(a: Adapters) {
     let theirs = a
         .ports
         .attempts
-        .attempts(&other, StatusFilter::All, None, 10)
+        .attempts(&log_endpoint("app-other"), StatusFilter::All, None, 10)
         .await
         .unwrap();
     assert_eq!(listed(&theirs.items, &jobs), [name("m3", 1)]);
     assert_eq!(theirs.next, None);
-    let nobody = EndpointKey::application("app-none");
     let none = log
-        .attempts(&nobody, StatusFilter::All, None, 10)
+        .attempts(&log_endpoint("app-none"), StatusFilter::All, None, 10)
         .await
         .unwrap();
     assert_eq!((none.items.len(), none.next), (0, None));
@@ -172,7 +178,11 @@ async fn attempt_messages_are_kept_with_their_attempts(a: Adapters) {
     ])
     .await
     .unwrap();
-    let (message, attempts) = log.message(&endpoint(), &m1.id).await.unwrap().unwrap();
+    let (message, attempts) = log
+        .message(&log_endpoint("app-log"), &m1.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(message.job, m1.replayable());
     assert_eq!(message.endpoint, endpoint());
     assert_eq!(
@@ -190,14 +200,24 @@ async fn attempt_messages_are_kept_with_their_attempts(a: Adapters) {
         "its attempts, oldest first, no other message's"
     );
     let unknown = MessageId::derive(&["unknown"]);
-    assert!(log.message(&endpoint(), &unknown).await.unwrap().is_none());
-    let other = EndpointKey::application("app-other");
     assert!(
-        log.message(&other, &m1.id).await.unwrap().is_none(),
+        log.message(&log_endpoint("app-log"), &unknown)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        log.message(&log_endpoint("app-other"), &m1.id)
+            .await
+            .unwrap()
+            .is_none(),
         "kept per endpoint"
     );
     let mut kept: Vec<MessageId> = log
-        .messages(&endpoint(), &[m1.id.clone(), unknown, m2.id.clone()])
+        .messages(
+            &log_endpoint("app-log"),
+            &[m1.id.clone(), unknown, m2.id.clone()],
+        )
         .await
         .unwrap()
         .into_iter()
@@ -207,7 +227,12 @@ async fn attempt_messages_are_kept_with_their_attempts(a: Adapters) {
     let mut expected = vec![m1.id.clone(), m2.id.clone()];
     expected.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     assert_eq!(kept, expected, "those still kept");
-    assert!(log.messages(&other, &[m1.id]).await.unwrap().is_empty());
+    assert!(
+        log.messages(&log_endpoint("app-other"), &[m1.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn failed_since_lists_each_failing_message_once(a: Adapters) {
@@ -239,29 +264,40 @@ async fn failed_since_lists_each_failing_message_once(a: Adapters) {
             })
             .collect::<Vec<_>>()
     };
-    let all = log.failed_since(&e, since, 10).await.unwrap();
+    let all = log
+        .failed_since(&log_endpoint("app-log"), since, 10)
+        .await
+        .unwrap();
     assert_eq!(
         (ids(&all), all.next.is_some()),
         (vec![2, 4, 5], false),
         "failing messages with a failure since then, oldest failure first, each once"
     );
-    let two = log.failed_since(&e, since, 2).await.unwrap();
+    let two = log
+        .failed_since(&log_endpoint("app-log"), since, 2)
+        .await
+        .unwrap();
     assert_eq!(
         (ids(&two), two.next.is_some()),
         (vec![2, 4], true),
         "more follow"
     );
-    let three = log.failed_since(&e, since, 3).await.unwrap();
+    let three = log
+        .failed_since(&log_endpoint("app-log"), since, 3)
+        .await
+        .unwrap();
     assert_eq!(
         (ids(&three), three.next.is_some()),
         (vec![2, 4, 5], false),
         "exactly all: no next"
     );
-    let late = log.failed_since(&e, CREATED_MS + 8_500, 10).await.unwrap();
+    let late = log
+        .failed_since(&log_endpoint("app-log"), CREATED_MS + 8_500, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&late), [5]);
-    let other = EndpointKey::application("app-other");
     assert!(
-        log.failed_since(&other, 0, 10)
+        log.failed_since(&log_endpoint("app-other"), 0, 10)
             .await
             .unwrap()
             .items
