@@ -146,8 +146,9 @@ def matching_brace(masked, open_at):
     return len(masked) - 1
 
 
-def test_ranges(source, masked):
-    """Offsets covered by items under a test-only `#[cfg(...)]`."""
+def test_ranges(source, masked, declarations=False):
+    """Offsets covered by items under a test-only `#[cfg(...)]` (with `declarations`, also
+    the start of each bodiless item, such as `mod testing;`, with None as its end)."""
     ranges = []
     for m in CFG.finditer(masked):
         condition = source[m.start(1):m.end(1)]  # the mask hides `"testing"`
@@ -156,13 +157,15 @@ def test_ranges(source, masked):
         span = body_span(masked, m.end())
         if span is not None:
             ranges.append((m.start(), span[1]))
+        elif declarations:
+            ranges.append((m.start(), None))
     return ranges
 
 
 def functions(source):
     """(name, first line, counted lines) of each production function with a body."""
     masked = mask(source)
-    excluded = test_ranges(source, masked)
+    excluded = [r for r in test_ranges(source, masked) if r[1] is not None]
     assert len(masked) == len(source)
     line_of = _line_index(masked)
     lines = masked.split("\n")
@@ -199,13 +202,32 @@ def _line_index(text):
     return line_of
 
 
+def test_modules(path, source):
+    """The files and folders of the modules `path` declares under a test-only `#[cfg]`
+    (`#[cfg(any(test, feature = "testing"))] pub mod testing;`)."""
+    masked = mask(source)
+    folder = path.parent if path.name in ("lib.rs", "main.rs", "mod.rs") else path.with_suffix("")
+    found = []
+    for start, _ in test_ranges(source, masked, declarations=True):
+        declared = re.match(r"#\[cfg\([^\]]*\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", masked[start:])
+        if declared:
+            found += [folder / f"{declared.group(1)}.rs", folder / declared.group(1)]
+    return found
+
+
 def production_files():
+    """The production sources, as paths relative to the root."""
+    files = []
     for base in ROOTS:
         for path in sorted((root / base).rglob("*.rs")):
             relative = path.relative_to(root)
             if path.name == "tests.rs" or "tests" in relative.parts[1:-1] or "target" in relative.parts:
                 continue
-            yield relative
+            files.append(relative)
+    excluded = set()
+    for path in files:
+        excluded.update(test_modules(path, (root / path).read_text()))
+    return [f for f in files if not any(f == e or e in f.parents for e in excluded)]
 
 
 SELF_TEST = r'''
@@ -254,6 +276,11 @@ def self_test():
     want = {"short": (2, 3), "braces_everywhere": (7, 12), "last": (35, 4)}
     if got != want:
         sys.exit(f"check_function_length: the scanner is wrong on its own sample: got {got}, want {want}")
+    lib = '#[cfg(any(test, feature = "testing"))]\npub mod testing;\n#[cfg(feature = "sqlite")]\nmod sqlite;\n'
+    got = test_modules(Path("src/lib.rs"), lib)
+    want = [Path("src/testing.rs"), Path("src/testing")]
+    if got != want:
+        sys.exit(f"check_function_length: test-only modules wrong on its own sample: got {got}, want {want}")
 
 
 def main():
