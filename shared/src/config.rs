@@ -63,6 +63,48 @@ pub struct Settings {
     pub allow_insecure_callbacks: bool,
 }
 
+/// The environment as settings read it: a variable set to the empty string is unset
+/// (the template declares some with an empty default).
+struct Environment<F>(F);
+
+impl<F: Fn(&str) -> Option<String>> Environment<F> {
+    fn set(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.set(name).ok_or(ConfigError::Missing(name))
+    }
+
+    /// A positive whole number, `default` when unset.
+    fn number(&self, name: &'static str, default: u64) -> Result<u64, ConfigError> {
+        match self.set(name) {
+            None => Ok(default),
+            Some(value) => match value.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(ConfigError::Invalid {
+                    name,
+                    value,
+                    reason: "expected a positive whole number",
+                }),
+            },
+        }
+    }
+
+    /// `true`, or `false` when unset.
+    fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        match self.set(name).as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(ConfigError::Invalid {
+                name,
+                value: other.into(),
+                reason: "expected true, false or empty",
+            }),
+        }
+    }
+}
+
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -71,64 +113,32 @@ impl Settings {
 
     /// Reads settings through `lookup` (tests pass a map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let required = |name: &'static str| {
-            lookup(name)
-                .filter(|v| !v.is_empty())
-                .ok_or(ConfigError::Missing(name))
-        };
-        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
-            match lookup(name).filter(|v| !v.is_empty()) {
-                None => Ok(default),
-                Some(value) => match value.trim().parse::<u64>() {
-                    Ok(n) if n > 0 => Ok(n),
-                    _ => Err(ConfigError::Invalid {
-                        name,
-                        value,
-                        reason: "expected a positive whole number",
-                    }),
-                },
-            }
-        };
+        let env = Environment(lookup);
+        let retention_days = crate::attempts::DEFAULT_RETENTION_DAYS;
         Ok(Self {
-            service_table: required("SERVICE_TABLE")?,
-            records_table: required("RECORDS_TABLE")?,
-            delivery_queue_url: required("DELIVERY_QUEUE_URL")?,
-            dead_letter_queue_url: required("DEAD_LETTER_QUEUE_URL")?,
-            disabled_endpoint_queue_url: required("DISABLED_ENDPOINT_QUEUE_URL")?,
-            flush_interval: Duration::from_secs(60 * number("FLUSH_INTERVAL_MINUTES", 5)?),
-            flush_grace: Duration::from_secs(number("FLUSH_GRACE_SECONDS", 90)?),
+            service_table: env.required("SERVICE_TABLE")?,
+            records_table: env.required("RECORDS_TABLE")?,
+            delivery_queue_url: env.required("DELIVERY_QUEUE_URL")?,
+            dead_letter_queue_url: env.required("DEAD_LETTER_QUEUE_URL")?,
+            disabled_endpoint_queue_url: env.required("DISABLED_ENDPOINT_QUEUE_URL")?,
+            flush_interval: Duration::from_secs(60 * env.number("FLUSH_INTERVAL_MINUTES", 5)?),
+            flush_grace: Duration::from_secs(env.number("FLUSH_GRACE_SECONDS", 90)?),
             retry: RetryPolicy {
-                base: Duration::from_secs(number("RETRY_BASE_SECONDS", 60)?),
-                max_attempts: number("MAX_ATTEMPTS", 15)?.min(u64::from(u32::MAX)) as u32,
+                base: Duration::from_secs(env.number("RETRY_BASE_SECONDS", 60)?),
+                max_attempts: env.number("MAX_ATTEMPTS", 15)?.min(u64::from(u32::MAX)) as u32,
                 ..RetryPolicy::default()
             },
-            delivery_timeout: Duration::from_secs(number("DELIVERY_TIMEOUT_SECONDS", 10)?),
-            delivery_concurrency: number("DELIVERY_CONCURRENCY", 100)? as usize,
-            token_lifetime: Duration::from_secs(number("TOKEN_LIFETIME_SECONDS", 3600)?),
-            ops_event_bus: lookup("OPS_EVENT_BUS")
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| "default".into()),
+            delivery_timeout: Duration::from_secs(env.number("DELIVERY_TIMEOUT_SECONDS", 10)?),
+            delivery_concurrency: env.number("DELIVERY_CONCURRENCY", 100)? as usize,
+            token_lifetime: Duration::from_secs(env.number("TOKEN_LIFETIME_SECONDS", 3600)?),
+            ops_event_bus: env.set("OPS_EVENT_BUS").unwrap_or_else(|| "default".into()),
             endpoint_disable_after: Duration::from_secs(
-                3600 * number("ENDPOINT_DISABLE_AFTER_HOURS", 120)?,
+                3600 * env.number("ENDPOINT_DISABLE_AFTER_HOURS", 120)?,
             ),
             attempt_retention: Duration::from_secs(
-                24 * 3600
-                    * number(
-                        "ATTEMPT_RETENTION_DAYS",
-                        crate::attempts::DEFAULT_RETENTION_DAYS,
-                    )?,
+                24 * 3600 * env.number("ATTEMPT_RETENTION_DAYS", retention_days)?,
             ),
-            allow_insecure_callbacks: match lookup("ALLOW_INSECURE_CALLBACKS").as_deref() {
-                None | Some("") | Some("false") => false,
-                Some("true") => true,
-                Some(other) => {
-                    return Err(ConfigError::Invalid {
-                        name: "ALLOW_INSECURE_CALLBACKS",
-                        value: other.into(),
-                        reason: "expected true, false or empty",
-                    });
-                }
-            },
+            allow_insecure_callbacks: env.flag("ALLOW_INSECURE_CALLBACKS")?,
         })
     }
 
