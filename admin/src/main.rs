@@ -366,75 +366,85 @@ async fn run_applications(
 
 async fn run_clients(store: &DynamoStore, command: ClientCommand) -> Result<(), AdminError> {
     match command {
-        ClientCommand::Create { id, scopes } => {
-            let id = id.unwrap_or_else(new_client_id);
-            if !is_valid_client_id(&id) {
-                return Err(AdminError::Usage(format!(
-                    "{id:?} is not a valid client id (1-64 of letters, digits, '.', '_', '-')"
-                )));
-            }
-            if store.get_client(&id).await?.is_some() {
-                return Err(AdminError::Usage(format!("client {id} already exists")));
-            }
-            let secret = new_secret();
-            let mut client = OAuthClient::new(&id, &secret, time::OffsetDateTime::now_utc());
-            client.scopes = scopes;
-            store.put_client(&client).await?;
-            println!("client_id:      {id}");
-            println!("client_secret:  {secret}");
-            println!("scopes:         {}", client.scopes.join(" "));
-            if let Some(secrets) = &client.webhook_secrets {
-                println!("webhook_secret: {}", secrets.current.expose());
-            }
-            eprintln!(
-                "The secrets are shown only now; the client secret is stored as a salted hash."
-            );
-        }
-        ClientCommand::List => {
-            println!(
-                "{:<24} {:<9} {:<20} SCOPES",
-                "CLIENT_ID", "STATUS", "CREATED"
-            );
-            for client in store.list_clients().await? {
-                let created = time::OffsetDateTime::from_unix_timestamp(client.created_at)
-                    .map(|t| webhooks::clock::rfc3339_millis(t)[..19].to_owned())
-                    .unwrap_or_default();
-                let status = if client.disabled {
-                    "disabled"
-                } else {
-                    "enabled"
-                };
-                println!(
-                    "{:<24} {:<9} {:<20} {}",
-                    client.client_id,
-                    status,
-                    created,
-                    client.scopes.join(" ")
-                );
-            }
-        }
-        ClientCommand::Disable { id } => set_disabled(store, &id, true).await?,
-        ClientCommand::Enable { id } => set_disabled(store, &id, false).await?,
-        ClientCommand::RotateWebhookSecret { id } => {
-            let mut client = store
-                .get_client(&id)
-                .await?
-                .ok_or_else(|| AdminError::Usage(format!("no client {id}")))?;
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let secret = match client.webhook_secrets.as_mut() {
-                Some(secrets) => secrets.rotate(now),
-                None => {
-                    let secrets = SigningSecrets::generate();
-                    let secret = secrets.current.clone();
-                    client.webhook_secrets = Some(secrets);
-                    secret
-                }
-            };
-            store.put_client(&client).await?;
-            println!("webhook_secret: {}", secret.expose());
-            eprintln!("The previous secret keeps signing beside it for 24 hours.");
-        }
+        ClientCommand::Create { id, scopes } => create_client(store, id, scopes).await,
+        ClientCommand::List => list_clients(store).await,
+        ClientCommand::Disable { id } => set_disabled(store, &id, true).await,
+        ClientCommand::Enable { id } => set_disabled(store, &id, false).await,
+        ClientCommand::RotateWebhookSecret { id } => rotate_webhook_secret(store, &id).await,
     }
+}
+
+async fn create_client(
+    store: &DynamoStore,
+    id: Option<String>,
+    scopes: Vec<String>,
+) -> Result<(), AdminError> {
+    let id = id.unwrap_or_else(new_client_id);
+    if !is_valid_client_id(&id) {
+        return Err(AdminError::Usage(format!(
+            "{id:?} is not a valid client id (1-64 of letters, digits, '.', '_', '-')"
+        )));
+    }
+    if store.get_client(&id).await?.is_some() {
+        return Err(AdminError::Usage(format!("client {id} already exists")));
+    }
+    let secret = new_secret();
+    let mut client = OAuthClient::new(&id, &secret, time::OffsetDateTime::now_utc());
+    client.scopes = scopes;
+    store.put_client(&client).await?;
+    println!("client_id:      {id}");
+    println!("client_secret:  {secret}");
+    println!("scopes:         {}", client.scopes.join(" "));
+    if let Some(secrets) = &client.webhook_secrets {
+        println!("webhook_secret: {}", secrets.current.expose());
+    }
+    eprintln!("The secrets are shown only now; the client secret is stored as a salted hash.");
+    Ok(())
+}
+
+async fn list_clients(store: &DynamoStore) -> Result<(), AdminError> {
+    println!(
+        "{:<24} {:<9} {:<20} SCOPES",
+        "CLIENT_ID", "STATUS", "CREATED"
+    );
+    for client in store.list_clients().await? {
+        let created = time::OffsetDateTime::from_unix_timestamp(client.created_at)
+            .map(|t| webhooks::clock::rfc3339_millis(t)[..19].to_owned())
+            .unwrap_or_default();
+        let status = if client.disabled {
+            "disabled"
+        } else {
+            "enabled"
+        };
+        println!(
+            "{:<24} {:<9} {:<20} {}",
+            client.client_id,
+            status,
+            created,
+            client.scopes.join(" ")
+        );
+    }
+    Ok(())
+}
+
+async fn rotate_webhook_secret(store: &DynamoStore, id: &str) -> Result<(), AdminError> {
+    let mut client = store
+        .get_client(id)
+        .await?
+        .ok_or_else(|| AdminError::Usage(format!("no client {id}")))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let secret = match client.webhook_secrets.as_mut() {
+        Some(secrets) => secrets.rotate(now),
+        None => {
+            let secrets = SigningSecrets::generate();
+            let secret = secrets.current.clone();
+            client.webhook_secrets = Some(secrets);
+            secret
+        }
+    };
+    store.put_client(&client).await?;
+    println!("webhook_secret: {}", secret.expose());
+    eprintln!("The previous secret keeps signing beside it for 24 hours.");
     Ok(())
 }
 
