@@ -1,5 +1,6 @@
-//! Callback URLs: parsed from the raw percent-encoded path segment of the ORCID-style
-//! routes, checked against the [`UrlPolicy`], and kept exactly as the client gave them.
+//! Callback URLs: decoded from the path segment of the ORCID-style routes
+//! ([`decode_path_segment`]), checked against the [`UrlPolicy`], and kept exactly as the
+//! client gave them.
 
 use crate::netguard::is_public_ip;
 use serde::{Deserialize, Serialize};
@@ -62,15 +63,6 @@ impl std::hash::Hash for CallbackUrl {
 }
 
 impl CallbackUrl {
-    /// Decodes a raw (still percent-encoded) path segment and checks the URL in it.
-    pub fn from_path_segment(raw: &str, policy: UrlPolicy) -> Result<Self, InvalidCallbackUrl> {
-        if raw.len() > MAX_CALLBACK_URL_LEN * 3 {
-            return Err(InvalidCallbackUrl::TooLong);
-        }
-        let decoded = strict_percent_decode(raw)?;
-        Self::parse(&decoded, policy)
-    }
-
     /// Checks a URL given as plain text.
     pub fn parse(text: &str, policy: UrlPolicy) -> Result<Self, InvalidCallbackUrl> {
         if text.len() > MAX_CALLBACK_URL_LEN {
@@ -228,9 +220,21 @@ impl fmt::Display for CallbackUrl {
     }
 }
 
+/// The callback text of a webhook route's path segment: percent-decoded, unless the
+/// gateway already decoded it (API Gateway HTTP APIs hand `%2F` to the function as `/`,
+/// so a segment that starts with a scheme is taken as it is).
+pub fn decode_path_segment(raw: &str) -> Result<String, InvalidCallbackUrl> {
+    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
+    if lower.starts_with("https://") || lower.starts_with("http://") {
+        Ok(raw.to_owned())
+    } else {
+        strict_percent_decode(raw)
+    }
+}
+
 /// Percent-decodes, refusing malformed escapes and non-UTF-8 results instead of passing
 /// them through as lenient decoders do.
-pub fn strict_percent_decode(raw: &str) -> Result<String, InvalidCallbackUrl> {
+fn strict_percent_decode(raw: &str) -> Result<String, InvalidCallbackUrl> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -265,10 +269,13 @@ mod tests {
 
     #[test]
     fn seed_example_decodes() {
-        let url = CallbackUrl::from_path_segment(SEED_SEGMENT, STRICT).unwrap();
+        let text = decode_path_segment(SEED_SEGMENT).unwrap();
+        assert_eq!(text, "https://nowhere2.com/0000-0002-7465-2162/updated");
+        // As API Gateway hands it over, already decoded: taken as it is.
+        assert_eq!(decode_path_segment(&text).unwrap(), text);
         assert_eq!(
-            url.as_str(),
-            "https://nowhere2.com/0000-0002-7465-2162/updated"
+            decode_path_segment("HTTPS://nowhere2.com/a%20b").unwrap(),
+            "HTTPS://nowhere2.com/a%20b"
         );
     }
 
@@ -286,7 +293,7 @@ mod tests {
             "https%3A%2F%2Fa.com%2F%ff",
         ] {
             assert_eq!(
-                CallbackUrl::from_path_segment(raw, STRICT),
+                decode_path_segment(raw),
                 Err(InvalidCallbackUrl::BadEncoding),
                 "{raw}"
             );

@@ -2,12 +2,13 @@
 //! and round trips where they apply; and the HTTP handler never answers 5xx.
 
 use proptest::prelude::*;
-use webhooks::callback::{CallbackUrl, UrlPolicy, strict_percent_decode};
+use webhooks::callback::{CallbackUrl, UrlPolicy, decode_path_segment};
 use webhooks::oauth::TokenRequest;
+use webhooks::ports::SubscriptionStore;
 use webhooks::record::{OrcidId, RecordId};
 use webhooks::retry::parse_retry_after;
 use webhooks::signing::WebhookSecret;
-use webhooks_tests::api::{TestApi, encode_component, request};
+use webhooks_tests::api::{RECORD, TestApi, encode_component, request};
 
 fn orcid_check(digits: &[u32]) -> char {
     let total = digits.iter().fold(0, |t, d| (t + d) * 2);
@@ -39,26 +40,28 @@ proptest! {
     }
 
     #[test]
-    fn percent_decoding_never_panics_and_round_trips(s in "\\PC{0,80}", raw in "[%0-9a-fA-FzZ/:]{0,40}") {
-        prop_assert_eq!(strict_percent_decode(&encode_component(&s)).unwrap(), s);
-        let _ = strict_percent_decode(&raw);
+    fn path_segment_decoding_never_panics_and_round_trips(s in "\\PC{0,80}", raw in "[%0-9a-fA-FzZ/:]{0,40}") {
+        prop_assert_eq!(decode_path_segment(&encode_component(&s)).unwrap(), s);
+        let _ = decode_path_segment(&raw);
     }
 
     #[test]
     fn callback_parsing_never_panics(raw in "\\PC{0,200}") {
-        let _ = CallbackUrl::from_path_segment(&raw, UrlPolicy::default());
+        if let Ok(text) = decode_path_segment(&raw) {
+            let _ = CallbackUrl::parse(&text, UrlPolicy::default());
+        }
         let _ = CallbackUrl::parse(&raw, UrlPolicy::default());
         let _ = CallbackUrl::parse(&raw, UrlPolicy { allow_insecure: true });
     }
 
     #[test]
-    fn encoded_callbacks_round_trip(host in "[a-z]{1,12}\\.(com|org|example)", path in "(/[A-Za-z0-9._~!$&'()*+,;=:@-]{0,12}){0,4}", query in proptest::option::of("[a-z0-9=&]{1,20}")) {
-        let url = match query {
-            Some(q) => format!("https://{host}{path}?{q}"),
-            None => format!("https://{host}{path}"),
-        };
-        let parsed = CallbackUrl::from_path_segment(&encode_component(&url), UrlPolicy::default()).unwrap();
-        prop_assert_eq!(parsed.as_str(), url.as_str());
+    fn encoded_callbacks_round_trip(url in callback_url()) {
+        // Encoded by the client, and as API Gateway hands it over (already decoded).
+        for segment in [encode_component(&url), url.clone()] {
+            let text = decode_path_segment(&segment).unwrap();
+            let parsed = CallbackUrl::parse(&text, UrlPolicy::default()).unwrap();
+            prop_assert_eq!(parsed.as_str(), url.as_str(), "segment {}", segment);
+        }
     }
 
     #[test]
@@ -66,6 +69,45 @@ proptest! {
         let _ = TokenRequest::from_form(&body, None);
         let _ = parse_retry_after(&header, std::time::SystemTime::now());
         let _ = WebhookSecret::parse(&header);
+    }
+}
+
+/// An https URL with a path and maybe a query, of characters a client may leave unencoded.
+fn callback_url() -> impl Strategy<Value = String> {
+    (
+        "[a-z]{1,12}\\.(com|org|example)",
+        "(/[A-Za-z0-9._~!$&'()*+,;=:@-]{0,12}){0,4}",
+        proptest::option::of("[a-z0-9=&]{1,20}"),
+    )
+        .prop_map(|(host, path, query)| match query {
+            Some(q) => format!("https://{host}{path}?{q}"),
+            None => format!("https://{host}{path}"),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Registration itself: the encoded callback in the path is stored exactly as the
+    /// client wrote it.
+    #[test]
+    fn registration_stores_the_callback_the_client_encoded(url in callback_url()) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let stored = runtime.block_on(async {
+            let (api, tokens) = TestApi::new().await;
+            let path = format!("/{RECORD}/webhook/{}", encode_component(&url));
+            let auth = format!("Bearer {}", tokens.app1);
+            let (status, _, body) = api.call(request("PUT", &path, &[("authorization", &auth)], "")).await;
+            assert_eq!(status, 201, "{path}: {body}");
+            api.store
+                .subscriptions_of(&RecordId::parse(RECORD).unwrap())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.callback.as_str().to_owned())
+                .collect::<Vec<_>>()
+        });
+        prop_assert_eq!(stored, vec![url]);
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::api_error::{ApiError, empty_response, json_response};
 use super::views::WebhookView;
-use crate::callback::{CallbackUrl, InvalidCallbackUrl, UrlPolicy, strict_percent_decode};
+use crate::callback::{CallbackUrl, UrlPolicy, decode_path_segment};
 use crate::events::OpsEvent;
 use crate::http_client::CallbackClient;
 use crate::oauth::{BearerError, IssuedToken, TokenRequest, authorize_webhook, sha256_hex};
@@ -433,17 +433,6 @@ pub(super) fn body_bytes(request: &Request) -> &[u8] {
     request.body().as_ref()
 }
 
-/// The callback text from the path: percent-decoded, unless the gateway already decoded
-/// it (API Gateway HTTP APIs hand `%2F` to the function as `/`).
-fn decode_callback(raw: &str) -> Result<String, InvalidCallbackUrl> {
-    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
-    if lower.starts_with("https://") || lower.starts_with("http://") {
-        Ok(raw.to_owned())
-    } else {
-        strict_percent_decode(raw)
-    }
-}
-
 /// The callback text of a webhook route. A request with a query string is refused: the
 /// client's callback had a `?` that split it (sent unencoded, or decoded by API Gateway,
 /// whose HTTP APIs decode the path before splitting it), so the path holds only part of
@@ -452,7 +441,7 @@ fn path_callback(request: &Request, raw: &str) -> Result<String, ApiError> {
     if request.uri().query().is_some_and(|q| !q.is_empty()) {
         return Err(ApiError::CallbackQuery);
     }
-    Ok(decode_callback(raw)?)
+    Ok(decode_path_segment(raw)?)
 }
 
 /// `scheme://host` of the request, as the client addressed the API.
