@@ -98,6 +98,24 @@ impl Receiver {
     }
 }
 
+/// The seed of a randomised test. `var=<n>` replays a run; otherwise `default`, so CI
+/// and every other run repeat the same case, unless `RANDOM_SEEDS=1` asks for a fresh
+/// seed. Printed either way, with the command that replays it.
+pub fn seed(var: &str, default: u64) -> u64 {
+    let (seed, how) = match std::env::var(var) {
+        Ok(text) => match text.trim().parse() {
+            Ok(seed) => (seed, "given"),
+            Err(e) => panic!("{var}={text:?} is not a u64 seed: {e}"),
+        },
+        Err(_) if std::env::var("RANDOM_SEEDS").is_ok_and(|v| v == "1") => {
+            (fastrand::u64(..), "drawn: RANDOM_SEEDS=1")
+        }
+        Err(_) => (default, "the default"),
+    };
+    println!("seed {seed} ({how}); {var}={seed} replays it");
+    seed
+}
+
 /// Polls `check` until it holds or `timeout` passes; true when it held. For conditions
 /// nothing announces (a queue drained, a state stored): the test then asserts on what it
 /// waited for, never on "long enough".

@@ -418,11 +418,7 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
     use webhooks::subscription::Subscription;
     use webhooks::testing::faults::{Faults, Faulty};
 
-    let seed: u64 = std::env::var("SOAK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("moto fault test seed {seed}: replay with SOAK_SEED={seed}");
+    let seed = webhooks_tests::seed("MOTO_FAULTS_SEED", 20261125);
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut p = Pipeline::new(4).await;
     let faults = Arc::new(Faults::seeded(seed, 0.05, 0.05, 0.03));
@@ -619,7 +615,7 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
     );
     assert!(
         lost.is_empty(),
-        "lost: {lost:?} — replay with SOAK_SEED={seed}"
+        "lost: {lost:?} — replay with MOTO_FAULTS_SEED={seed}"
     );
 }
 

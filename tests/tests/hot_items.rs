@@ -116,11 +116,8 @@ impl SyncStore for ThrottledCounters {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_under_throttled_counter_writes_completes_with_exact_counts() {
-    let seed = std::env::var("HOT_ITEMS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("hot items: seed {seed} (HOT_ITEMS_SEED={seed} replays it)");
+    // The default seed once failed 1 run in 8 (a completion claim left unannounced).
+    let seed = webhooks_tests::seed("HOT_ITEMS_SEED", 9675732116446598876);
     let store = Arc::new(MemoryStore::default());
     let records = Arc::new(MemoryRecords::default());
     // Max receive count well above what the faults need: nothing may end in the DLQ.

@@ -2,6 +2,7 @@
 //! and round trips where they apply; and the HTTP handler never answers 5xx.
 
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use webhooks::callback::{CallbackUrl, UrlPolicy, decode_path_segment};
 use webhooks::oauth::TokenRequest;
 use webhooks::ports::SubscriptionStore;
@@ -9,6 +10,16 @@ use webhooks::record::{OrcidId, RecordId};
 use webhooks::retry::parse_retry_after;
 use webhooks::signing::WebhookSecret;
 use webhooks_tests::api::{RECORD, TestApi, encode_component, request};
+
+/// `cases` cases from a fixed seed (the same in CI every run); `PROPTEST_RNG_SEED=<n>`
+/// replays another, `RANDOM_SEEDS=1` draws one. Proptest prints the failing input.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        rng_seed: RngSeed::Fixed(webhooks_tests::seed("PROPTEST_RNG_SEED", 20261125)),
+        ..ProptestConfig::default()
+    }
+}
 
 fn orcid_check(digits: &[u32]) -> char {
     let total = digits.iter().fold(0, |t, d| (t + d) * 2);
@@ -19,7 +30,7 @@ fn orcid_check(digits: &[u32]) -> char {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(config(512))]
 
     #[test]
     fn id_parsers_never_panic(s in "\\PC{0,40}") {
@@ -86,7 +97,7 @@ fn callback_url() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(config(64))]
 
     /// Registration itself: the encoded callback in the path is stored exactly as the
     /// client wrote it.
@@ -112,7 +123,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(config(256))]
 
     #[test]
     fn the_api_never_answers_5xx(
