@@ -27,7 +27,7 @@ mod tests {
     #[test]
     fn orcid_acknowledges_any_2xx() {
         for s in 200..300 {
-            assert!(AckPolicy::AnySuccess.acknowledges(s));
+            assert!(AckPolicy::AnySuccess.acknowledges(s), "{s}");
         }
         for s in [
             100, 102, 199, 300, 301, 302, 304, 400, 404, 410, 429, 500, 503,

@@ -239,7 +239,7 @@ mod tests {
                 .map(|v| ("ALLOW_INSECURE_CALLBACKS", v))
                 .into_iter()
                 .collect();
-            let s = settings(&extra).unwrap();
+            let s = settings(&extra).unwrap_or_else(|e| panic!("{value:?}: {e}"));
             assert!(!s.api().url_policy.allow_insecure, "{value:?}");
             assert!(!s.http().url_policy.allow_insecure, "{value:?}");
         }

@@ -156,8 +156,12 @@ mod tests {
         let policy = HealthPolicy::default();
         let mut health = EndpointHealth::default();
         let mut now = 1_000_000;
-        for _ in 0..10 {
-            assert!(!health.record_failure(now, Some(500), "HTTP 500", &policy));
+        for failure in 0..10 {
+            assert!(
+                !health.record_failure(now, Some(500), "HTTP 500", &policy),
+                "failure {failure}, {} h in",
+                failure * 12
+            );
             now += 12 * 3600;
         }
         assert!(health.is_failing() && !health.is_disabled());

@@ -157,7 +157,7 @@ mod tests {
             let job = job_with(name);
             let body = encode(&job);
             assert_eq!(check(&body), Ok(()), "{name:?} -> {body}");
-            assert_eq!(decode(&body).unwrap(), job, "{name:?}");
+            assert_eq!(decode(&body).ok(), Some(job), "{name:?}");
         }
         assert!(encode(&job_with("a\u{FFFF}b")).contains(r"a\uFFFFb"));
     }
@@ -213,12 +213,18 @@ mod tests {
             let split = batches(&sizes);
             let mut next = 0;
             for range in &split {
-                assert_eq!(range.start, next);
-                assert!(!range.is_empty() && range.len() <= MAX_BATCH_ENTRIES);
-                assert!(sizes[range.clone()].iter().sum::<usize>() <= MAX_BATCH_BYTES);
+                assert_eq!(range.start, next, "{range:?} of {sizes:?}");
+                assert!(
+                    !range.is_empty() && range.len() <= MAX_BATCH_ENTRIES,
+                    "{range:?} of {sizes:?}"
+                );
+                assert!(
+                    sizes[range.clone()].iter().sum::<usize>() <= MAX_BATCH_BYTES,
+                    "{range:?} of {sizes:?}"
+                );
                 next = range.end;
             }
-            assert_eq!(next, sizes.len());
+            assert_eq!(next, sizes.len(), "{sizes:?}");
         }
     }
 }

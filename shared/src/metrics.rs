@@ -201,7 +201,12 @@ mod tests {
             .unwrap();
         assert!(declared.contains(&json!({"Name": "FlushLagSeconds", "Unit": "Seconds"})));
         for metric in declared {
-            assert!(doc.get(metric["Name"].as_str().unwrap()).is_some());
+            assert!(
+                metric["Name"]
+                    .as_str()
+                    .is_some_and(|name| doc.get(name).is_some()),
+                "{metric}"
+            );
         }
     }
 

@@ -132,7 +132,8 @@ mod tests {
             "0000-0002-1694-233X",
             "0000-0002-7465-2162",
         ] {
-            assert_eq!(OrcidId::parse(id).unwrap().record_id().as_str(), id);
+            let parsed = OrcidId::parse(id).unwrap_or_else(|e| panic!("{id}: {e}"));
+            assert_eq!(parsed.record_id().as_str(), id);
         }
     }
 

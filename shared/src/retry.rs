@@ -110,7 +110,10 @@ mod tests {
         for n in 1..20 {
             let d = p.next_delay(n, None);
             let mid = p.delay_after(n, None, 0.0);
-            assert!(d >= mid.mul_f64(0.9) && d <= mid.mul_f64(1.1).min(MAX_RETRY_DELAY));
+            assert!(
+                d >= mid.mul_f64(0.9) && d <= mid.mul_f64(1.1).min(MAX_RETRY_DELAY),
+                "attempt {n}: {d:?} around {mid:?}"
+            );
         }
     }
 

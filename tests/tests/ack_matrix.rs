@@ -13,7 +13,7 @@ use webhooks::handlers::outbound::{application_request, callback_request};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 
 /// How the raw receiver answers.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Answer {
     Status(u16),
     /// `102 Processing`, then silence with the connection open.
@@ -153,10 +153,10 @@ async fn orcid_ack_codes() {
                 allow_insecure: true,
             },
         )
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{answer:?}: {url}: {e}"));
         let request = callback_request("msg_1", &callback, None, clock.as_ref());
         let (_, acknowledged) = request.send(&http).await;
-        assert_eq!(acknowledged, expected);
+        assert_eq!(acknowledged, expected, "{answer:?}");
     }
 }
 

@@ -383,7 +383,8 @@ async fn api_shows_the_log(api: &Registration, job: &DeliveryJob) {
         let (status, body) = get(api, &format!("{base}/attempts?{bad}")).await;
         assert_eq!(
             (status, body["error"].as_str()),
-            (400, Some("invalid_request"))
+            (400, Some("invalid_request")),
+            "{bad}"
         );
     }
 

@@ -152,7 +152,8 @@ async fn ip_literals_are_checked_again_at_delivery() {
         "https://169.254.169.254/",
         "http://example.com/",
     ] {
-        let callback = CallbackUrl::try_from(url.to_owned()).unwrap();
+        let callback =
+            CallbackUrl::try_from(url.to_owned()).unwrap_or_else(|e| panic!("{url}: {e}"));
         let (outcome, _) = callback_request("msg_1", &callback, None, &SystemClock)
             .send(&client)
             .await;

@@ -128,7 +128,7 @@ async fn paced_and_unpaced_full_syncs() {
                 Some(webhook),
             )
             .await;
-        assert_eq!(status, 200);
+        assert_eq!(status, 200, "{app}");
     }
     let scopes = json!(["members.read_name"]);
     for i in 0..PERSONS {

@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn every_asset_is_found_by_its_path_and_nothing_else_is() {
         for a in &ASSETS {
-            assert_eq!(asset(a.path).map(|x| x.path), Some(a.path));
+            assert_eq!(asset(a.path).map(|x| x.path), Some(a.path), "{}", a.path);
         }
         assert_eq!(asset("/console/").map(|a| a.path), Some("/console"));
         assert!(asset("/console/../oauth/token").is_none());
