@@ -31,6 +31,33 @@ impl Default for HealthPolicy {
     }
 }
 
+/// Why the delivery rules disabled an endpoint. Stored and shown as its text
+/// ([`EndpointHealth::disabled_reason`]), written here only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisableReason {
+    /// The receiver answered `410 Gone`.
+    Gone,
+    /// Every attempt failed for [`HealthPolicy::disable_after`] or longer.
+    FailingFor {
+        /// Whole days since the streak began.
+        days: i64,
+        /// The latest attempt's error.
+        last_error: String,
+    },
+}
+
+impl std::fmt::Display for DisableReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gone => f.write_str("the receiver answered 410 Gone"),
+            Self::FailingFor { days, last_error } => write!(
+                f,
+                "every attempt failed for {days} days; last error: {last_error}"
+            ),
+        }
+    }
+}
+
 /// The health of one endpoint (a subscription's callback, or an application's webhook).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointHealth {
@@ -82,21 +109,20 @@ impl EndpointHealth {
         self.last_failure_at = Some(now);
         self.last_error = Some(error.chars().take(300).collect());
         let reason = if status == Some(410) {
-            Some("the receiver answered 410 Gone".to_owned())
+            Some(DisableReason::Gone)
         } else {
             let since = self.failing_since.unwrap_or(now);
             (now - since >= policy.disable_after.as_secs() as i64).then(|| {
-                format!(
-                    "every attempt failed for {} days; last error: {}",
-                    (now - since) / 86_400,
-                    self.last_error.as_deref().unwrap_or("")
-                )
+                DisableReason::FailingFor {
+                    days: (now - since) / 86_400,
+                    last_error: self.last_error.clone().unwrap_or_default(),
+                }
             })
         };
         match reason {
             Some(reason) => {
                 self.disabled_at = Some(now);
-                self.disabled_reason = Some(reason);
+                self.disabled_reason = Some(reason.to_string());
                 true
             }
             None => false,
@@ -169,12 +195,11 @@ mod tests {
             health.record_failure(now + 1, Some(503), "HTTP 503", &policy),
             "5 days and 1 s"
         );
-        assert!(
-            health
-                .disabled_reason
-                .as_deref()
-                .is_some_and(|why| why.contains("5 days"))
-        );
+        let reason = DisableReason::FailingFor {
+            days: 5,
+            last_error: "HTTP 503".into(),
+        };
+        assert_eq!(health.disabled_reason, Some(reason.to_string()));
         assert!(
             !health.record_failure(now + 2, None, "x", &policy),
             "disabled only once"
@@ -227,8 +252,8 @@ mod tests {
         assert!(health.record_failure(5, Some(410), "HTTP 410", &HealthPolicy::default()));
         assert!(health.is_disabled());
         assert_eq!(
-            health.disabled_reason.as_deref(),
-            Some("the receiver answered 410 Gone")
+            health.disabled_reason,
+            Some(DisableReason::Gone.to_string())
         );
     }
 }

@@ -182,10 +182,7 @@ mod tests {
         );
         // Bytes, not characters: 'é' is two bytes.
         assert!(check(&"é".repeat(MAX_MESSAGE_BYTES / 2 + 1)).is_err());
-        assert!(matches!(
-            check("a\u{FFFF}"),
-            Err(Refusal::Rejected { reason }) if reason.contains("U+FFFF")
-        ));
+        assert!(matches!(check("a\u{FFFF}"), Err(Refusal::Rejected { .. })));
     }
 
     #[test]

@@ -666,7 +666,7 @@ async fn operational_events_reach_eventbridge() {
     assert_eq!(disabled["source"], "person-webhooks");
     assert_eq!(
         disabled["detail"]["reason"],
-        "the receiver answered 410 Gone"
+        webhooks::health::DisableReason::Gone.to_string()
     );
     // The owner sees it too.
     let (status, _, body) = p.api("GET", &path, Some(&token), "").await;

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use webhooks::application::Application;
+use webhooks::application::{Application, NoWebhook};
 use webhooks::aws_lambda_events::event::sqs::SqsEvent;
 use webhooks::callback::UrlPolicy;
 use webhooks::clock::SystemClock;
@@ -174,8 +174,14 @@ async fn a_job_for_a_broken_stored_url_is_kept_and_the_endpoint_disabled() {
         .unwrap()
         .unwrap();
     assert!(app.health.is_disabled(), "{:?}", app.health);
+    // Disabled because its stored URL is unusable: the reason is that error's.
+    let why = app
+        .webhook
+        .target()
+        .expect_err("the stored URL is unusable");
+    assert!(matches!(why, NoWebhook::Unusable(_)), "{why:?}");
     let reason = app.health.disabled_reason.clone().unwrap_or_default();
-    assert!(reason.contains("webhook URL"), "{reason}");
+    assert_eq!(reason, why.to_string());
     assert!(
         s.events.published().contains(&OpsEvent::EndpointDisabled {
             endpoint: "application:app-bad".into(),
