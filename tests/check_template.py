@@ -1,6 +1,6 @@
-"""Checks that README's configuration table, template.yaml and the code agree.
+"""Checks that the configuration table (docs/configuration.md), template.yaml and the code agree.
 
-- every template parameter is a row of the README's configuration table, with the same default,
+- every template parameter is a row of the configuration table, with the same default,
   and in exactly one of the console's parameter groups;
 - every environment variable the template sets is one the code reads (shared/src/config.rs),
   and every variable named in the table is set by the template;
@@ -20,12 +20,13 @@ from cfnlint.decode import cfn_yaml
 
 root = Path(__file__).resolve().parent.parent
 template = cfn_yaml.load(str(root / "template.yaml"))
-readme = (root / "README.md").read_text()
+configuration = (root / "docs" / "configuration.md").read_text()
 config_rs = (root / "shared" / "src" / "config.rs").read_text()
 
 problems = []
 
-section = readme.split("### Configuration", 1)[1].split("\n## ", 1)[0]
+# The table comes before the first section of the page.
+section = configuration.split("\n## ", 1)[0]
 rows = {}
 for line in section.splitlines():
     m = re.match(r"\| `(\w+)` \| (.*?) \| (.*?) \|", line)
@@ -37,11 +38,11 @@ for line in section.splitlines():
 parameters = template["Parameters"]
 for name, spec in parameters.items():
     if name not in rows:
-        problems.append(f"parameter {name} is missing from the README configuration table")
+        problems.append(f"parameter {name} is missing from the configuration table in docs/configuration.md")
         continue
     default = str(spec.get("Default", ""))
     if rows[name][0] != default:
-        problems.append(f"{name}: README default {rows[name][0]!r}, template {default!r}")
+        problems.append(f"{name}: docs/configuration.md default {rows[name][0]!r}, template {default!r}")
 grouped = [
     name
     for group in template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
@@ -52,7 +53,7 @@ for name in parameters:
         problems.append(f"parameter {name} is in {grouped.count(name)} parameter groups, not one")
 for name in rows:
     if name not in parameters:
-        problems.append(f"README lists {name}, which the template does not have")
+        problems.append(f"docs/configuration.md lists {name}, which the template does not have")
 
 env = template["Globals"]["Function"]["Environment"]["Variables"]
 read_by_code = set(re.findall(r'"([A-Z][A-Z0-9_]+)"', config_rs))
@@ -62,7 +63,7 @@ for var in env:
         problems.append(f"template sets {var}, which shared/src/config.rs does not read")
 for name, (_, var) in rows.items():
     if var not in ("—", "") and var not in env:
-        problems.append(f"README says {name} is {var}, which the template does not set")
+        problems.append(f"docs/configuration.md says {name} is {var}, which the template does not set")
 
 
 # ---------------------------------------------------------------- alarms
@@ -168,6 +169,6 @@ if problems:
     print("\n".join(problems))
     sys.exit(1)
 print(
-    f"template.yaml, README and config agree: {len(parameters)} parameters, {len(env)} variables, "
+    f"template.yaml, docs/configuration.md and config agree: {len(parameters)} parameters, {len(env)} variables, "
     f"{len(alarms)} alarms wired to AlarmTopicArn"
 )
