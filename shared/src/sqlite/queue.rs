@@ -385,10 +385,11 @@ impl DeliveryQueue for SqliteQueue {
             return Ok(enqueued);
         }
         let now = self.now();
-        // Normal: a flush page lost to a power loss loses its cursor save after it too,
-        // and is enqueued again.
+        // Full: the API answers right after an enqueue (a sync started, an operator's
+        // replay). The flush, which would do with Normal (its cursor save comes after),
+        // pays one fsync per page, shared with every write committed beside it.
         self.db
-            .write(Durability::Normal, move |conn| {
+            .write(Durability::Full, move |conn| {
                 for body in &bodies {
                     send(conn, body, now, Duration::ZERO)?;
                 }
@@ -402,7 +403,8 @@ impl DeliveryQueue for SqliteQueue {
     async fn enqueue_delayed(&self, job: &DeliveryJob, delay: Duration) -> BackendResult<()> {
         let body = message::encode(job);
         message::check(&body).map_err(BackendError::Refused)?;
-        // Full: a sync's first step is enqueued so when the API answers that it started.
+        // Full: an owner's recovery sends its messages so before the API answers (a sync
+        // step's successor, which would do with Normal, is one write per step).
         self.send_delayed(
             body,
             delay.min(crate::ports::MAX_SEND_DELAY),
