@@ -73,13 +73,18 @@ def orcid(n):
 
 
 def message_id(*parts):
-    """The service's message id: SHA-256 over each part's length (u64, big-endian) and bytes."""
+    """The service's message id: SHA-256 over each part's length (u64, big-endian) and bytes;
+    a window's notification (its second part the window) starts with the window, as 8 hex
+    digits."""
     h = hashlib.sha256()
     for part in parts:
         data = part.encode()
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
-    return "msg_" + h.hexdigest()[:32]
+    digest = h.hexdigest()[:32]
+    if parts[0] in ("callback", "application"):
+        digest = f"{int(parts[1]) & 0xFFFFFFFF:08x}" + digest[8:]
+    return "msg_" + digest
 
 
 def free_port():
