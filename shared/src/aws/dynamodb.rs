@@ -1,24 +1,9 @@
 //! DynamoDB adapters: the service table (single table, `pk`/`sk`, TTL on `expires_at`)
 //! and the records table (key `id`).
 //!
-//! | item | pk | sk | notes |
-//! |---|---|---|---|
-//! | OAuth client | `CLIENTS` | client id | one partition: listing is one Query |
-//! | access token | `TOKEN#<sha256 of token>` | `TOKEN` | `expires_at` TTL |
-//! | subscription | `SUB#<record>` | `CALLBACK#<sha256 of url>` | the URL itself is an attribute (sort keys max 1 KiB) |
-//! | pending change | `PENDING#<window>` | record id | one write per change, `expires_at` TTL, never deleted by the flush |
-//! | flush cursor | `FLUSH` | `CURSOR` | window + page position |
-//! | flush lease | `FLUSH` | `LEASE` | `holder`, `lease_until_ms`: one flush at a time |
-//! | application | `APPS` | application id | one partition: listing is one Query |
-//! | API key index | `APIKEY#<sha256 of key>` | `APIKEY` | application id |
-//! | full sync | `SYNC#<application>` | sync id | driver state (SET), lease, completion claim |
-//! | sync counter shard | `SYNCCOUNT#<application>#<sync>#<n>` | `COUNT` | outcome counters (ADD), n < 8 |
-//! | sync person outcome | `SYNCDONE#<application>#<sync>#<person>` | `DONE` | counted once, `expires_at` TTL |
-//! | delivery attempt | `ATTEMPTS#<endpoint key>` | `<epoch ms, 13 digits>#<message id>#<attempt, 4 digits>` | an attempt that is not quiet: outcome, status, latency, 1 KiB of the response; `expires_at` TTL (`AttemptRetentionDays`) |
-//! | quiet attempt group, locator | `GROUP#<owner>`, `LOCATE#<owner>#<tag>` | `<newest ms>#<hash>` | a batch's acknowledged first attempts, one item per owner (see `attempts.rs`) |
-//! | kept message | `MESSAGE#<endpoint key>` | message id | the job (JSON), its latest attempt and outcome; `expires_at` TTL |
-//! | client's webhook | `CLIENTHOOKS#<client id>` | webhook id (`wh_...`) | record and callback of a subscription the client owns (written with it) |
-//! | poison item | `POISON` | `<window>#<record>#<message or endpoint>` | a change the flush set aside; no TTL: kept until replayed |
+//! Every item of the service table, its keys and attributes, who writes and who reads it:
+//! `docs/architecture.md`, "Tables" (the one place the layout is written down; the key
+//! functions here follow it).
 
 use super::unavailable;
 use crate::application::Application;
@@ -289,9 +274,13 @@ fn token_pk(token_hash: &str) -> String {
     format!("TOKEN#{token_hash}")
 }
 
+fn subscriptions_pk(record: &RecordId) -> String {
+    format!("SUB#{record}")
+}
+
 fn subscription_key(record: &RecordId, callback: &CallbackUrl) -> (String, String) {
     (
-        format!("SUB#{record}"),
+        subscriptions_pk(record),
         format!("CALLBACK#{}", sha256_hex(callback.as_str())),
     )
 }
@@ -430,7 +419,7 @@ impl SubscriptionStore for DynamoStore {
     }
 
     async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>> {
-        self.query_all(&format!("SUB#{record}"))
+        self.query_all(&subscriptions_pk(record))
             .await?
             .into_iter()
             .map(|item| from_item::<Keyed<Subscription>>(item).map(|k| k.value))

@@ -6,13 +6,8 @@
 //! is written on its own with its kept message, as a recovery must find it. The write-unit
 //! arithmetic is in docs/architecture.md ("The attempt log's items").
 //!
-//! | item | pk | sk | written |
-//! |---|---|---|---|
-//! | quiet group | `GROUP#<owner>` | `<newest attempt ms:013>#<content hash>` | per owner per `record` call: its quiet attempts and their messages, as JSON text (split under 400 KB and [`GROUP_SPAN_MS`]) |
-//! | locator | `LOCATE#<owner>#<message tag>` | the group's sk | per (group, [`MessageId::tag`] of its messages: their window) |
-//! | attempt | `ATTEMPTS#<endpoint>` | [`Attempt::sort_key`] | per attempt that is not quiet |
-//! | kept message | `MESSAGE#<endpoint>` | message id | with each attempt that is not quiet: the job and how its latest attempt ended |
-//! | recovery | `RECOVERY#<endpoint>` | recovery id | per recovery |
+//! Its items (quiet attempt groups and their locators, attempts, kept messages,
+//! recoveries), their keys and attributes: `docs/architecture.md`, "Service table".
 //!
 //! Reading: an endpoint's attempts are its attempt items merged with its entries in its
 //! owner's groups, newest first; a message's attempts are its attempt items and its
@@ -57,6 +52,10 @@ const HOMES_PER_READ: usize = 100;
 
 fn attempts_pk(endpoint: &EndpointKey) -> String {
     format!("ATTEMPTS#{}", endpoint.as_str())
+}
+
+fn recoveries_pk(endpoint: &EndpointKey) -> String {
+    format!("RECOVERY#{}", endpoint.as_str())
 }
 
 fn messages_pk(endpoint: &EndpointKey) -> String {
@@ -906,7 +905,7 @@ impl AttemptLog for DynamoStore {
 
     async fn save_recovery(&self, recovery: &Recovery) -> BackendResult<()> {
         self.put(
-            format!("RECOVERY#{}", recovery.endpoint.as_str()),
+            recoveries_pk(&recovery.endpoint),
             recovery.id.clone(),
             &RecoveryItem {
                 recovery: recovery.clone(),
@@ -918,7 +917,7 @@ impl AttemptLog for DynamoStore {
 
     async fn recovery(&self, endpoint: &EndpointKey, id: &str) -> BackendResult<Option<Recovery>> {
         Ok(self
-            .get_value::<RecoveryItem>(&format!("RECOVERY#{}", endpoint.as_str()), id, true)
+            .get_value::<RecoveryItem>(&recoveries_pk(endpoint), id, true)
             .await?
             .map(|r| r.recovery))
     }
