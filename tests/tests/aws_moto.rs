@@ -571,9 +571,12 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
         let from = last_change_window[&record];
         let path = url::Url::parse(url).unwrap().path().to_owned();
         (from..=final_window).any(|w| {
-            let id = MessageId::derive(&["callback", &w.to_string(), &format!("r{record}"), url])
-                .as_str()
-                .to_owned();
+            let id = MessageId::derive_in(
+                webhooks::window::WindowId(w),
+                &["callback", &w.to_string(), &format!("r{record}"), url],
+            )
+            .as_str()
+            .to_owned();
             acked.contains(&(path.clone(), id.clone())) || dead.iter().any(|d| d.contains(&id))
         })
     };

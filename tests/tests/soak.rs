@@ -414,9 +414,12 @@ async fn no_notification_is_lost_under_faults() {
         let url = callback(receiver.port, client, record);
         let path = format!("/c{client}/r{record}");
         let satisfied = (from..=final_window).any(|w| {
-            let id = MessageId::derive(&["callback", &w.to_string(), &format!("r{record}"), &url])
-                .as_str()
-                .to_owned();
+            let id = MessageId::derive_in(
+                webhooks::window::WindowId(w),
+                &["callback", &w.to_string(), &format!("r{record}"), &url],
+            )
+            .as_str()
+            .to_owned();
             acked_ids.contains(&(path.clone(), id.clone())) || dead_ids.contains(&id)
         });
         // Set aside: a poison item for this record (all subscribers, or this one) in a
