@@ -34,6 +34,25 @@ pub async fn sdk_config() -> SdkConfig {
         .await
 }
 
+/// `config` with every request through `faults` (`Faults::http_client`, the fault
+/// injection point of the AWS adapters) and without the SDK's own retries, which would
+/// retry most faults away.
+pub fn with_faults(
+    config: &SdkConfig,
+    faults: &std::sync::Arc<webhooks::testing::faults::Faults>,
+) -> SdkConfig {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    // The client the SDK would have chosen itself (rustls with aws-lc).
+    let inner = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .build_https();
+    config
+        .to_builder()
+        .http_client(faults.http_client(inner))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .build()
+}
+
 /// The ARN of the queue at `url`.
 async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
     sqs.get_queue_attributes()

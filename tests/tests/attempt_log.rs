@@ -12,9 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use webhooks::application::Application;
-use webhooks::attempts::{
-    EndpointKey, LogEndpoint, OutcomeClass, RESPONSE_PREFIX_BYTES, StatusFilter,
-};
+use webhooks::attempts::{LogEndpoint, OutcomeClass, RESPONSE_PREFIX_BYTES, StatusFilter};
 use webhooks::callback::UrlPolicy;
 use webhooks::clock::SystemClock;
 use webhooks::handlers::{ApiSettings, Delivery, DeliverySettings, Registration};
@@ -25,6 +23,7 @@ use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::ports::{ApplicationStore, AttemptLog};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
+use webhooks::testing::faults::{Fault, Faults};
 use webhooks::window::WindowId;
 use webhooks_tests::api::request;
 
@@ -868,71 +867,6 @@ async fn dynamodb_recover_after_an_outage() {
     recover_after_an_outage(Arc::new(store)).await;
 }
 
-/// An attempt log that cannot be written (DynamoDB throttled for the whole batch).
-struct BrokenLog;
-
-#[async_trait::async_trait]
-impl AttemptLog for BrokenLog {
-    async fn record(
-        &self,
-        _: &[webhooks::attempts::LoggedAttempt],
-    ) -> webhooks::ports::BackendResult<()> {
-        Err(webhooks::ports::BackendError::Unavailable(
-            "ProvisionedThroughputExceededException".into(),
-        ))
-    }
-    async fn attempts(
-        &self,
-        _: &LogEndpoint,
-        _: StatusFilter,
-        _: Option<&str>,
-        _: usize,
-    ) -> webhooks::ports::BackendResult<webhooks::ports::Page<webhooks::attempts::Attempt>> {
-        Err(webhooks::ports::BackendError::Unavailable("down".into()))
-    }
-    async fn message(
-        &self,
-        _: &LogEndpoint,
-        _: &webhooks::job::MessageId,
-    ) -> webhooks::ports::BackendResult<
-        Option<(
-            webhooks::attempts::StoredMessage,
-            Vec<webhooks::attempts::Attempt>,
-        )>,
-    > {
-        Err(webhooks::ports::BackendError::Unavailable("down".into()))
-    }
-    async fn failed_since(
-        &self,
-        _: &LogEndpoint,
-        _: i64,
-        _: usize,
-    ) -> webhooks::ports::BackendResult<webhooks::ports::Page<webhooks::attempts::StoredMessage>>
-    {
-        Err(webhooks::ports::BackendError::Unavailable("down".into()))
-    }
-    async fn messages(
-        &self,
-        _: &LogEndpoint,
-        _: &[webhooks::job::MessageId],
-    ) -> webhooks::ports::BackendResult<Vec<webhooks::attempts::StoredMessage>> {
-        Err(webhooks::ports::BackendError::Unavailable("down".into()))
-    }
-    async fn save_recovery(
-        &self,
-        _: &webhooks::attempts::Recovery,
-    ) -> webhooks::ports::BackendResult<()> {
-        Err(webhooks::ports::BackendError::Unavailable("down".into()))
-    }
-    async fn recovery(
-        &self,
-        _: &EndpointKey,
-        _: &str,
-    ) -> webhooks::ports::BackendResult<Option<webhooks::attempts::Recovery>> {
-        Err(webhooks::ports::BackendError::Unavailable("down".into()))
-    }
-}
-
 /// When the log cannot be written the deliveries stand: an acknowledged message is not
 /// delivered again, and nothing is lost.
 #[tokio::test]
@@ -951,7 +885,9 @@ async fn a_log_that_cannot_be_written_costs_no_delivery() {
         Arc::new(LoggedEvents::default()),
         Arc::new(SystemClock),
     );
-    ports.attempts = Arc::new(BrokenLog);
+    // An attempt log that cannot be written (DynamoDB throttled for the whole batch).
+    let broken = Faults::scripted(|_| Fault::Fail);
+    ports.attempts = Arc::new(MemoryStore::default().with_faults(Arc::new(broken)));
     let delivery = delivery_over(ports);
     let record = RecordId::parse("0000-0002-7465-2162").unwrap();
     let mut person = serde_json::Map::new();

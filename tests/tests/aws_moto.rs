@@ -416,29 +416,24 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
     use webhooks::job::MessageId;
     use webhooks::ports::{Ports, SubscriptionStore};
     use webhooks::subscription::Subscription;
-    use webhooks::testing::faults::{Faults, Faulty};
+    use webhooks::testing::faults::Faults;
 
     let seed = webhooks_tests::seed("MOTO_FAULTS_SEED", 20261125);
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut p = Pipeline::new(4).await;
     let faults = Arc::new(Faults::seeded(seed, 0.05, 0.05, 0.03));
-    let store = Arc::new(Faulty::new(p.aws.store.clone(), faults.clone()));
-    let queue = Arc::new(Faulty::new(p.aws.queue.clone(), faults.clone()));
+    // The handlers' adapters send every request through the plan; the test's own (`p.aws`:
+    // setup, the stream, the receiver's side) are left alone.
+    let faulty = AwsServices::new(
+        &webhooks_tests::moto::with_faults(&p.env.config, &faults),
+        p.env.settings(),
+    );
     let ports = Ports {
-        clients: store.clone(),
-        tokens: store.clone(),
-        subscriptions: store.clone(),
-        applications: store.clone(),
-        syncs: store.clone(),
-        pending: store.clone(),
-        attempts: p.aws.store.clone(),
-        records: p.aws.records.clone(),
-        queue,
         events: Arc::new(webhooks::memory::LoggedEvents::default()),
-        clock: Arc::new(webhooks::clock::SystemClock),
+        ..faulty.ports()
     };
     let capture = ChangeCapture {
-        pending: store.clone(),
+        pending: faulty.store.clone(),
         windows: p.windows.clone(),
     };
     let flush = Flush {

@@ -32,7 +32,7 @@ use webhooks::ports::{PendingChanges, Ports, SubscriptionStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::subscription::{Subscription, endpoint_name};
-use webhooks::testing::faults::{Faults, Faulty, PermanentFaults};
+use webhooks::testing::faults::{Faults, PermanentFaults};
 use webhooks::window::{FlushWindows, ManualWindows};
 
 const RECORDS: usize = 40;
@@ -156,8 +156,8 @@ async fn no_notification_is_lost_under_faults() {
     };
     let faults = Arc::new(Faults::seeded(seed, 0.04, 0.03, 0.01).with_permanent(permanent));
     let events = Arc::new(LoggedEvents::default());
-    let faulty_store = Arc::new(Faulty::new(store.clone(), faults.clone()));
-    let faulty_queue = Arc::new(Faulty::new(queue.clone(), faults.clone()));
+    let faulty_store = Arc::new(store.with_faults(faults.clone()));
+    let faulty_queue = Arc::new(queue.with_faults(faults.clone()));
     let ports = Ports {
         clients: faulty_store.clone(),
         tokens: faulty_store.clone(),

@@ -12,81 +12,28 @@ use webhooks::handlers::sync_driver::{StepOutcome, SyncDriver};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::memory::LoggedEvents;
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
-use webhooks::ports::{ApplicationStore, BackendError, BackendResult, PersonOutcome, SyncStore};
+use webhooks::ports::{ApplicationStore, SyncStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
-use webhooks::sync::{FullSync, SyncOutcomes};
+use webhooks::sync::FullSync;
+use webhooks::testing::faults::{Fault, Faults};
 
-/// The sync store, whose first lease answer is lost after the lease was taken (when
-/// `lose_answer`), and which fails to free leases (when `refuse_release`).
-struct LostLeaseAnswer {
-    inner: Arc<MemoryStore>,
-    lost: AtomicBool,
-    refuse_release: bool,
+/// The first lease answer lost after the lease was taken (a timeout after the write
+/// landed).
+fn lost_first_lease_answer() -> Faults {
+    let lost = AtomicBool::new(false);
+    Faults::scripted(move |operation| match operation {
+        "lease_sync" if !lost.swap(true, Ordering::SeqCst) => Fault::FailAfter,
+        _ => Fault::None,
+    })
 }
 
-#[async_trait::async_trait]
-impl SyncStore for LostLeaseAnswer {
-    async fn save_sync(&self, sync: &FullSync) -> BackendResult<()> {
-        self.inner.save_sync(sync).await
-    }
-    async fn get_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
-        self.inner.get_sync(application, sync_id).await
-    }
-    async fn count_sync_outcomes(
-        &self,
-        application: &str,
-        sync_id: &str,
-        outcomes: &[PersonOutcome],
-    ) -> BackendResult<SyncOutcomes> {
-        self.inner
-            .count_sync_outcomes(application, sync_id, outcomes)
-            .await
-    }
-    async fn claim_sync_completion(
-        &self,
-        application: &str,
-        sync_id: &str,
-        claimant: &str,
-    ) -> BackendResult<bool> {
-        self.inner
-            .claim_sync_completion(application, sync_id, claimant)
-            .await
-    }
-    async fn lease_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-        holder: &str,
-        now_ms: i64,
-        until_ms: i64,
-    ) -> BackendResult<bool> {
-        let taken = self
-            .inner
-            .lease_sync(application, sync_id, holder, now_ms, until_ms)
-            .await?;
-        if taken && !self.lost.swap(true, Ordering::SeqCst) {
-            return Err(BackendError::Unavailable(
-                "injected timeout after the lease was taken".into(),
-            ));
-        }
-        Ok(taken)
-    }
-    async fn release_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-        holder: &str,
-    ) -> BackendResult<()> {
-        if self.refuse_release {
-            return Err(BackendError::Unavailable("injected throttling".into()));
-        }
-        self.inner.release_sync(application, sync_id, holder).await
-    }
+/// Leases that cannot be freed (throttled).
+fn unreleasable_leases() -> Faults {
+    Faults::scripted(|operation| match operation {
+        "release_sync" => Fault::Fail,
+        _ => Fault::None,
+    })
 }
 
 #[tokio::test]
@@ -100,11 +47,7 @@ async fn a_step_retried_after_its_lease_answer_was_lost_carries_on() {
         Arc::new(LoggedEvents::default()),
         Arc::new(SystemClock),
     );
-    ports.syncs = Arc::new(LostLeaseAnswer {
-        inner: store.clone(),
-        lost: AtomicBool::new(false),
-        refuse_release: false,
-    });
+    ports.syncs = Arc::new(store.with_faults(Arc::new(lost_first_lease_answer())));
     for i in 0..5 {
         let person =
             serde_json::json!({"firstName": "P", "consents": {"app-1": ["members.read_name"]}});
@@ -170,11 +113,7 @@ async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires()
         Arc::new(LoggedEvents::default()),
         clock.clone(),
     );
-    ports.syncs = Arc::new(LostLeaseAnswer {
-        inner: store.clone(),
-        lost: AtomicBool::new(true),
-        refuse_release: true,
-    });
+    ports.syncs = Arc::new(store.with_faults(Arc::new(unreleasable_leases())));
     let person =
         serde_json::json!({"firstName": "P", "consents": {"app-1": ["members.read_name"]}});
     records.put_person(

@@ -579,7 +579,7 @@ mod poison_tests {
     use crate::message::{self, MAX_MESSAGE_BYTES};
     use crate::poison::PoisonCause;
     use crate::ports::{ApplicationStore, PendingChanges};
-    use crate::testing::faults::{Faults, Faulty, PermanentFaults};
+    use crate::testing::faults::{Faults, PermanentFaults};
     use crate::window::ManualWindows;
     use std::time::Duration;
 
@@ -761,8 +761,8 @@ mod poison_tests {
         });
         let faults = Arc::new(faults);
         let mut ports = w.ports();
-        ports.queue = Arc::new(Faulty::new(w.queue.clone(), faults.clone()));
-        ports.records = Arc::new(Faulty::new(w.records.clone(), faults.clone()));
+        ports.queue = Arc::new(w.queue.with_faults(faults.clone()));
+        ports.records = Arc::new(w.records.with_faults(faults.clone()));
         let report = w.flush(ports).run(None).await.unwrap();
         assert_eq!((report.jobs, report.set_aside), (2, 2), "{report:?}");
         let poison = w.store.poison_items().await.unwrap();
@@ -794,7 +794,7 @@ mod poison_tests {
         w.windows.close_current();
         let faults = Arc::new(Faults::seeded(1, 1.0, 0.0, 0.0));
         let mut ports = w.ports();
-        ports.queue = Arc::new(Faulty::new(w.queue.clone(), faults.clone()));
+        ports.queue = Arc::new(w.queue.with_faults(faults.clone()));
         let flush = w.flush(ports);
         assert!(matches!(
             flush.run(None).await,

@@ -12,20 +12,24 @@ use std::ops::Bound;
 #[async_trait]
 impl AttemptLog for MemoryStore {
     async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()> {
-        let mut state = self.state();
-        for logged in attempts {
-            let a = &logged.attempt;
-            state
-                .attempts
-                .entry(a.endpoint.clone())
-                .or_default()
-                .insert(a.sort_key(), a.clone());
-            state.messages.insert(
-                (a.endpoint.clone(), a.message_id.clone()),
-                StoredMessage::of(logged),
-            );
-        }
-        Ok(())
+        self.gate
+            .run("record", async {
+                let mut state = self.state();
+                for logged in attempts {
+                    let a = &logged.attempt;
+                    state
+                        .attempts
+                        .entry(a.endpoint.clone())
+                        .or_default()
+                        .insert(a.sort_key(), a.clone());
+                    state.messages.insert(
+                        (a.endpoint.clone(), a.message_id.clone()),
+                        StoredMessage::of(logged),
+                    );
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn attempts(
@@ -35,28 +39,32 @@ impl AttemptLog for MemoryStore {
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<Attempt>> {
-        let state = self.state();
-        let Some(log) = state.attempts.get(&endpoint.key) else {
-            return Ok(Page {
-                items: Vec::new(),
-                next: None,
-            });
-        };
-        let upper = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
-        let mut admitted = log
-            .range::<String, _>((Bound::Unbounded, upper))
-            .rev()
-            .filter(|(_, a)| filter.admits(a));
-        let items: Vec<Attempt> = admitted
-            .by_ref()
-            .take(limit)
-            .map(|(_, a)| a.clone())
-            .collect();
-        let next = match admitted.next() {
-            Some(_) => items.last().map(Attempt::sort_key),
-            None => None,
-        };
-        Ok(Page { items, next })
+        self.gate
+            .run("attempts", async {
+                let state = self.state();
+                let Some(log) = state.attempts.get(&endpoint.key) else {
+                    return Ok(Page {
+                        items: Vec::new(),
+                        next: None,
+                    });
+                };
+                let upper = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+                let mut admitted = log
+                    .range::<String, _>((Bound::Unbounded, upper))
+                    .rev()
+                    .filter(|(_, a)| filter.admits(a));
+                let items: Vec<Attempt> = admitted
+                    .by_ref()
+                    .take(limit)
+                    .map(|(_, a)| a.clone())
+                    .collect();
+                let next = match admitted.next() {
+                    Some(_) => items.last().map(Attempt::sort_key),
+                    None => None,
+                };
+                Ok(Page { items, next })
+            })
+            .await
     }
 
     async fn failed_since(
@@ -65,39 +73,43 @@ impl AttemptLog for MemoryStore {
         since_ms: i64,
         limit: usize,
     ) -> BackendResult<Page<StoredMessage>> {
-        let endpoint = &endpoint.key;
-        let state = self.state();
-        let mut seen = std::collections::HashSet::new();
-        let mut items = Vec::new();
-        let mut more = false;
-        let from = format!("{:013}", since_ms.max(0));
-        for attempt in state
-            .attempts
-            .get(endpoint)
-            .into_iter()
-            .flat_map(|log| log.range(from.clone()..).map(|(_, a)| a))
-            .filter(|a| !a.outcome.is_acked())
-        {
-            if !seen.insert(attempt.message_id.clone()) {
-                continue;
-            }
-            let Some(message) = state
-                .messages
-                .get(&(endpoint.clone(), attempt.message_id.clone()))
-                .filter(|m| !m.last_outcome.is_acked())
-            else {
-                continue;
-            };
-            if items.len() == limit {
-                more = true;
-                break;
-            }
-            items.push(message.clone());
-        }
-        Ok(Page {
-            next: more.then(|| "more".to_owned()),
-            items,
-        })
+        self.gate
+            .run("failed_since", async {
+                let endpoint = &endpoint.key;
+                let state = self.state();
+                let mut seen = std::collections::HashSet::new();
+                let mut items = Vec::new();
+                let mut more = false;
+                let from = format!("{:013}", since_ms.max(0));
+                for attempt in state
+                    .attempts
+                    .get(endpoint)
+                    .into_iter()
+                    .flat_map(|log| log.range(from.clone()..).map(|(_, a)| a))
+                    .filter(|a| !a.outcome.is_acked())
+                {
+                    if !seen.insert(attempt.message_id.clone()) {
+                        continue;
+                    }
+                    let Some(message) = state
+                        .messages
+                        .get(&(endpoint.clone(), attempt.message_id.clone()))
+                        .filter(|m| !m.last_outcome.is_acked())
+                    else {
+                        continue;
+                    };
+                    if items.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    items.push(message.clone());
+                }
+                Ok(Page {
+                    next: more.then(|| "more".to_owned()),
+                    items,
+                })
+            })
+            .await
     }
 
     async fn messages(
@@ -105,28 +117,40 @@ impl AttemptLog for MemoryStore {
         endpoint: &LogEndpoint,
         ids: &[MessageId],
     ) -> BackendResult<Vec<StoredMessage>> {
-        let endpoint = &endpoint.key;
-        let state = self.state();
-        Ok(ids
-            .iter()
-            .filter_map(|id| state.messages.get(&(endpoint.clone(), id.clone())).cloned())
-            .collect())
+        self.gate
+            .run("messages", async {
+                let endpoint = &endpoint.key;
+                let state = self.state();
+                Ok(ids
+                    .iter()
+                    .filter_map(|id| state.messages.get(&(endpoint.clone(), id.clone())).cloned())
+                    .collect())
+            })
+            .await
     }
 
     async fn save_recovery(&self, recovery: &Recovery) -> BackendResult<()> {
-        self.state().recoveries.insert(
-            (recovery.endpoint.clone(), recovery.id.clone()),
-            recovery.clone(),
-        );
-        Ok(())
+        self.gate
+            .run("save_recovery", async {
+                self.state().recoveries.insert(
+                    (recovery.endpoint.clone(), recovery.id.clone()),
+                    recovery.clone(),
+                );
+                Ok(())
+            })
+            .await
     }
 
     async fn recovery(&self, endpoint: &EndpointKey, id: &str) -> BackendResult<Option<Recovery>> {
-        Ok(self
-            .state()
-            .recoveries
-            .get(&(endpoint.clone(), id.to_owned()))
-            .cloned())
+        self.gate
+            .run("recovery", async {
+                Ok(self
+                    .state()
+                    .recoveries
+                    .get(&(endpoint.clone(), id.to_owned()))
+                    .cloned())
+            })
+            .await
     }
 
     async fn message(
@@ -134,25 +158,29 @@ impl AttemptLog for MemoryStore {
         endpoint: &LogEndpoint,
         message_id: &MessageId,
     ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>> {
-        let endpoint = &endpoint.key;
-        let state = self.state();
-        let Some(message) = state
-            .messages
-            .get(&(endpoint.clone(), message_id.clone()))
-            .cloned()
-        else {
-            return Ok(None);
-        };
-        let attempts = state
-            .attempts
-            .get(endpoint)
-            .map(|log| {
-                log.values()
-                    .filter(|a| a.message_id == *message_id)
+        self.gate
+            .run("message", async {
+                let endpoint = &endpoint.key;
+                let state = self.state();
+                let Some(message) = state
+                    .messages
+                    .get(&(endpoint.clone(), message_id.clone()))
                     .cloned()
-                    .collect()
+                else {
+                    return Ok(None);
+                };
+                let attempts = state
+                    .attempts
+                    .get(endpoint)
+                    .map(|log| {
+                        log.values()
+                            .filter(|a| a.message_id == *message_id)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(Some((message, attempts)))
             })
-            .unwrap_or_default();
-        Ok(Some((message, attempts)))
+            .await
     }
 }

@@ -16,7 +16,8 @@ use crate::attempts::{Attempt, EndpointKey, StoredMessage};
 use crate::callback::CallbackUrl;
 use crate::clock::Clock;
 use crate::health::EndpointHealth;
-use crate::job::MessageId;
+use crate::job::{DeliveryJob, MessageId};
+use crate::message::Refusal;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::poison::PoisonItem;
 use crate::ports::{
@@ -29,6 +30,7 @@ use crate::sync::{FullSync, SyncOutcomes};
 use crate::window::WindowId;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -60,7 +62,61 @@ pub fn ports(
 /// flush cursor.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    gate: Gate,
+}
+
+/// The one point every port operation of an in-memory adapter goes through. With the
+/// `testing` feature a test gives it a fault plan ([`crate::testing::faults::Faults`],
+/// through `with_faults`): fault injection for every port at once, without a wrapper that
+/// forwards the ports method by method.
+#[derive(Debug, Clone, Default)]
+struct Gate {
+    #[cfg(any(test, feature = "testing"))]
+    faults: Option<Arc<crate::testing::faults::Faults>>,
+}
+
+impl Gate {
+    #[cfg(any(test, feature = "testing"))]
+    fn with(faults: Arc<crate::testing::faults::Faults>) -> Self {
+        Self {
+            faults: Some(faults),
+        }
+    }
+
+    /// Runs the port operation `operation` (the port method's name).
+    async fn run<R>(
+        &self,
+        operation: &'static str,
+        run: impl Future<Output = BackendResult<R>>,
+    ) -> BackendResult<R> {
+        #[cfg(any(test, feature = "testing"))]
+        if let Some(faults) = &self.faults {
+            return faults.around(operation, run).await;
+        }
+        let _ = operation;
+        run.await
+    }
+
+    /// Why the test's plan has the queue refuse this job for good (never without a plan).
+    fn refusal(&self, job: &DeliveryJob) -> Option<Refusal> {
+        #[cfg(any(test, feature = "testing"))]
+        if let Some(faults) = &self.faults {
+            return faults.refusal(job);
+        }
+        let _ = job;
+        None
+    }
+
+    /// `Corrupt` when the test's plan has this record's stored items read back corrupt.
+    fn check_record(&self, record: &RecordId) -> BackendResult<()> {
+        #[cfg(any(test, feature = "testing"))]
+        if let Some(faults) = &self.faults {
+            return faults.check_record(record);
+        }
+        let _ = record;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +155,17 @@ impl MemoryStore {
         self.state.lock().expect("memory store lock")
     }
 
+    /// This store's data through a fault plan: every port operation of the handle returned
+    /// goes through `faults`; this handle stays as it is (a test sets up and checks
+    /// through it).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn with_faults(&self, faults: Arc<crate::testing::faults::Faults>) -> Self {
+        Self {
+            state: self.state.clone(),
+            gate: Gate::with(faults),
+        }
+    }
+
     /// Every stored token (tests read what is stored).
     #[cfg(any(test, feature = "testing"))]
     pub fn stored_tokens(&self) -> Vec<AccessToken> {
@@ -109,53 +176,77 @@ impl MemoryStore {
 #[async_trait]
 impl ClientStore for MemoryStore {
     async fn get_client(&self, client_id: &str) -> BackendResult<Option<OAuthClient>> {
-        Ok(self.state().clients.get(client_id).cloned())
+        self.gate
+            .run("get_client", async {
+                Ok(self.state().clients.get(client_id).cloned())
+            })
+            .await
     }
 
     async fn put_client(&self, client: &OAuthClient) -> BackendResult<()> {
-        self.state()
-            .clients
-            .insert(client.client_id.clone(), client.clone());
-        Ok(())
+        self.gate
+            .run("put_client", async {
+                self.state()
+                    .clients
+                    .insert(client.client_id.clone(), client.clone());
+                Ok(())
+            })
+            .await
     }
 
     async fn list_clients(&self) -> BackendResult<Vec<OAuthClient>> {
-        Ok(self.state().clients.values().cloned().collect())
+        self.gate
+            .run("list_clients", async {
+                Ok(self.state().clients.values().cloned().collect())
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl TokenStore for MemoryStore {
     async fn put_token(&self, token: &AccessToken) -> BackendResult<()> {
-        self.state()
-            .tokens
-            .insert(token.token_hash.clone(), token.clone());
-        Ok(())
+        self.gate
+            .run("put_token", async {
+                self.state()
+                    .tokens
+                    .insert(token.token_hash.clone(), token.clone());
+                Ok(())
+            })
+            .await
     }
 
     async fn get_token(&self, token_hash: &str) -> BackendResult<Option<AccessToken>> {
-        Ok(self.state().tokens.get(token_hash).cloned())
+        self.gate
+            .run("get_token", async {
+                Ok(self.state().tokens.get(token_hash).cloned())
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl SubscriptionStore for MemoryStore {
     async fn register(&self, subscription: &Subscription) -> BackendResult<Registered> {
-        let key = (
-            subscription.record.clone(),
-            subscription.callback.as_str().to_owned(),
-        );
-        let mut state = self.state();
-        Ok(match state.subscriptions.get(&key) {
-            Some(existing) if existing.client_id == subscription.client_id => {
-                Registered::AlreadyExists
-            }
-            Some(_) => Registered::OwnedByOther,
-            None => {
-                state.subscriptions.insert(key, subscription.clone());
-                Registered::Created
-            }
-        })
+        self.gate
+            .run("register", async {
+                let key = (
+                    subscription.record.clone(),
+                    subscription.callback.as_str().to_owned(),
+                );
+                let mut state = self.state();
+                Ok(match state.subscriptions.get(&key) {
+                    Some(existing) if existing.client_id == subscription.client_id => {
+                        Registered::AlreadyExists
+                    }
+                    Some(_) => Registered::OwnedByOther,
+                    None => {
+                        state.subscriptions.insert(key, subscription.clone());
+                        Registered::Created
+                    }
+                })
+            })
+            .await
     }
 
     async fn unregister(
@@ -164,16 +255,20 @@ impl SubscriptionStore for MemoryStore {
         callback: &CallbackUrl,
         client_id: &str,
     ) -> BackendResult<Unregistered> {
-        let key = (record.clone(), callback.as_str().to_owned());
-        let mut state = self.state();
-        Ok(match state.subscriptions.get(&key) {
-            None => Unregistered::NotFound,
-            Some(existing) if existing.client_id != client_id => Unregistered::OwnedByOther,
-            Some(_) => {
-                state.subscriptions.remove(&key);
-                Unregistered::Deleted
-            }
-        })
+        self.gate
+            .run("unregister", async {
+                let key = (record.clone(), callback.as_str().to_owned());
+                let mut state = self.state();
+                Ok(match state.subscriptions.get(&key) {
+                    None => Unregistered::NotFound,
+                    Some(existing) if existing.client_id != client_id => Unregistered::OwnedByOther,
+                    Some(_) => {
+                        state.subscriptions.remove(&key);
+                        Unregistered::Deleted
+                    }
+                })
+            })
+            .await
     }
 
     async fn get_subscription(
@@ -181,8 +276,12 @@ impl SubscriptionStore for MemoryStore {
         record: &RecordId,
         callback: &CallbackUrl,
     ) -> BackendResult<Option<Subscription>> {
-        let key = (record.clone(), callback.as_str().to_owned());
-        Ok(self.state().subscriptions.get(&key).cloned())
+        self.gate
+            .run("get_subscription", async {
+                let key = (record.clone(), callback.as_str().to_owned());
+                Ok(self.state().subscriptions.get(&key).cloned())
+            })
+            .await
     }
 
     async fn set_subscription_health(
@@ -191,31 +290,44 @@ impl SubscriptionStore for MemoryStore {
         callback: &CallbackUrl,
         health: &EndpointHealth,
     ) -> BackendResult<()> {
-        let key = (record.clone(), callback.as_str().to_owned());
-        if let Some(subscription) = self.state().subscriptions.get_mut(&key) {
-            subscription.health = health.clone();
-        }
-        Ok(())
+        self.gate
+            .run("set_subscription_health", async {
+                let key = (record.clone(), callback.as_str().to_owned());
+                if let Some(subscription) = self.state().subscriptions.get_mut(&key) {
+                    subscription.health = health.clone();
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>> {
-        Ok(self
-            .state()
-            .subscriptions
-            .range((record.clone(), String::new())..)
-            .take_while(|((r, _), _)| r == record)
-            .map(|(_, s)| s.clone())
-            .collect())
+        self.gate.check_record(record)?;
+        self.gate
+            .run("subscriptions_of", async {
+                Ok(self
+                    .state()
+                    .subscriptions
+                    .range((record.clone(), String::new())..)
+                    .take_while(|((r, _), _)| r == record)
+                    .map(|(_, s)| s.clone())
+                    .collect())
+            })
+            .await
     }
 
     async fn client_webhooks(&self, client_id: &str) -> BackendResult<Vec<Subscription>> {
-        Ok(self
-            .state()
-            .subscriptions
-            .values()
-            .filter(|s| s.client_id == client_id)
-            .cloned()
-            .collect())
+        self.gate
+            .run("client_webhooks", async {
+                Ok(self
+                    .state()
+                    .subscriptions
+                    .values()
+                    .filter(|s| s.client_id == client_id)
+                    .cloned()
+                    .collect())
+            })
+            .await
     }
 
     async fn client_webhook(
@@ -223,27 +335,35 @@ impl SubscriptionStore for MemoryStore {
         client_id: &str,
         webhook: &EndpointKey,
     ) -> BackendResult<Option<Subscription>> {
-        Ok(self
-            .state()
-            .subscriptions
-            .values()
-            .find(|s| {
-                s.client_id == client_id
-                    && EndpointKey::subscription(&s.record, &s.callback) == *webhook
+        self.gate
+            .run("client_webhook", async {
+                Ok(self
+                    .state()
+                    .subscriptions
+                    .values()
+                    .find(|s| {
+                        s.client_id == client_id
+                            && EndpointKey::subscription(&s.record, &s.callback) == *webhook
+                    })
+                    .cloned())
             })
-            .cloned())
+            .await
     }
 }
 
 #[async_trait]
 impl PendingChanges for MemoryStore {
     async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()> {
-        self.state()
-            .pending
-            .entry(window)
-            .or_default()
-            .insert(record.clone());
-        Ok(())
+        self.gate
+            .run("mark", async {
+                self.state()
+                    .pending
+                    .entry(window)
+                    .or_default()
+                    .insert(record.clone());
+                Ok(())
+            })
+            .await
     }
 
     async fn page(
@@ -252,114 +372,168 @@ impl PendingChanges for MemoryStore {
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<RecordId>> {
-        let state = self.state();
-        let Some(records) = state.pending.get(&window) else {
-            return Ok(Page {
-                items: vec![],
-                next: None,
-            });
-        };
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut items: Vec<RecordId> = records
-            .range::<str, _>((start, Bound::Unbounded))
-            .take(limit + 1)
-            .cloned()
-            .collect();
-        let next = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|r| r.as_str().to_owned())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        self.gate
+            .run("page", async {
+                let state = self.state();
+                let Some(records) = state.pending.get(&window) else {
+                    return Ok(Page {
+                        items: vec![],
+                        next: None,
+                    });
+                };
+                let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+                let mut items: Vec<RecordId> = records
+                    .range::<str, _>((start, Bound::Unbounded))
+                    .take(limit + 1)
+                    .cloned()
+                    .collect();
+                let next = if items.len() > limit {
+                    items.truncate(limit);
+                    items.last().map(|r| r.as_str().to_owned())
+                } else {
+                    None
+                };
+                Ok(Page { items, next })
+            })
+            .await
     }
 
     async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {
-        Ok(self.state().cursor.clone())
+        self.gate
+            .run("cursor", async { Ok(self.state().cursor.clone()) })
+            .await
     }
 
     async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()> {
-        let mut state = self.state();
-        state.cursor = Some(cursor.clone());
-        // Entries of flushed windows expire (the DynamoDB adapter uses TTL); dropping them
-        // here keeps a long-running local runner's memory flat.
-        state.pending.retain(|w, _| *w >= cursor.window);
-        Ok(())
+        self.gate
+            .run("save_cursor", async {
+                let mut state = self.state();
+                state.cursor = Some(cursor.clone());
+                // Entries of flushed windows expire (the DynamoDB adapter uses TTL); dropping them
+                // here keeps a long-running local runner's memory flat.
+                state.pending.retain(|w, _| *w >= cursor.window);
+                Ok(())
+            })
+            .await
     }
 
     async fn lease_flush(&self, holder: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool> {
-        let mut state = self.state();
-        if state
-            .flush_lease
-            .as_ref()
-            .is_some_and(|(_, until)| *until > now_ms)
-        {
-            return Ok(false);
-        }
-        state.flush_lease = Some((holder.to_owned(), until_ms));
-        Ok(true)
+        self.gate
+            .run("lease_flush", async {
+                let mut state = self.state();
+                if state
+                    .flush_lease
+                    .as_ref()
+                    .is_some_and(|(_, until)| *until > now_ms)
+                {
+                    return Ok(false);
+                }
+                state.flush_lease = Some((holder.to_owned(), until_ms));
+                Ok(true)
+            })
+            .await
     }
 
     async fn release_flush(&self, holder: &str) -> BackendResult<()> {
-        let mut state = self.state();
-        if state.flush_lease.as_ref().is_some_and(|(h, _)| h == holder) {
-            state.flush_lease = None;
-        }
-        Ok(())
+        self.gate
+            .run("release_flush", async {
+                let mut state = self.state();
+                if state.flush_lease.as_ref().is_some_and(|(h, _)| h == holder) {
+                    state.flush_lease = None;
+                }
+                Ok(())
+            })
+            .await
     }
     async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()> {
-        self.state().poison.insert(item.id(), item.clone());
-        Ok(())
+        self.gate
+            .run("set_aside", async {
+                self.state().poison.insert(item.id(), item.clone());
+                Ok(())
+            })
+            .await
     }
 
     async fn poison_items(&self) -> BackendResult<Vec<PoisonItem>> {
-        Ok(self.state().poison.values().cloned().collect())
+        self.gate
+            .run("poison_items", async {
+                Ok(self.state().poison.values().cloned().collect())
+            })
+            .await
     }
 
     async fn remove_poison(&self, id: &str) -> BackendResult<bool> {
-        Ok(self.state().poison.remove(id).is_some())
+        self.gate
+            .run("remove_poison", async {
+                Ok(self.state().poison.remove(id).is_some())
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl ApplicationStore for MemoryStore {
     async fn get_application(&self, id: &str) -> BackendResult<Option<Application>> {
-        Ok(self.state().applications.get(id).cloned())
+        self.gate
+            .run("get_application", async {
+                Ok(self.state().applications.get(id).cloned())
+            })
+            .await
     }
 
     async fn put_application(&self, application: &Application) -> BackendResult<()> {
-        let mut state = self.state();
-        state
-            .api_keys
-            .insert(application.api_key_hash.clone(), application.id.clone());
-        state
-            .applications
-            .insert(application.id.clone(), application.clone());
-        Ok(())
+        self.gate
+            .run("put_application", async {
+                let mut state = self.state();
+                state
+                    .api_keys
+                    .insert(application.api_key_hash.clone(), application.id.clone());
+                state
+                    .applications
+                    .insert(application.id.clone(), application.clone());
+                Ok(())
+            })
+            .await
     }
 
     async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>> {
-        Ok(self.state().api_keys.get(api_key_hash).cloned())
+        self.gate
+            .run("application_for_key", async {
+                Ok(self.state().api_keys.get(api_key_hash).cloned())
+            })
+            .await
     }
 
     async fn list_applications(&self) -> BackendResult<Vec<Application>> {
-        Ok(self.state().applications.values().cloned().collect())
+        self.gate
+            .run("list_applications", async {
+                Ok(self.state().applications.values().cloned().collect())
+            })
+            .await
     }
 
     async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()> {
-        if let Some(app) = self.state().applications.get_mut(id) {
-            app.health = health.clone();
-        }
-        Ok(())
+        self.gate
+            .run("set_application_health", async {
+                if let Some(app) = self.state().applications.get_mut(id) {
+                    app.health = health.clone();
+                }
+                Ok(())
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl SyncStore for MemoryStore {
     async fn save_sync(&self, sync: &FullSync) -> BackendResult<()> {
-        let key = (sync.application_id.clone(), sync.sync_id.clone());
-        self.state().syncs.entry(key).or_default().sync = Some(sync.clone());
-        Ok(())
+        self.gate
+            .run("save_sync", async {
+                let key = (sync.application_id.clone(), sync.sync_id.clone());
+                self.state().syncs.entry(key).or_default().sync = Some(sync.clone());
+                Ok(())
+            })
+            .await
     }
 
     async fn get_sync(
@@ -367,11 +541,15 @@ impl SyncStore for MemoryStore {
         application: &str,
         sync_id: &str,
     ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
-        let state = self.state();
-        let entry = state
-            .syncs
-            .get(&(application.to_owned(), sync_id.to_owned()));
-        Ok(entry.and_then(|e| e.sync.clone().map(|s| (s, e.outcomes))))
+        self.gate
+            .run("get_sync", async {
+                let state = self.state();
+                let entry = state
+                    .syncs
+                    .get(&(application.to_owned(), sync_id.to_owned()));
+                Ok(entry.and_then(|e| e.sync.clone().map(|s| (s, e.outcomes))))
+            })
+            .await
     }
 
     async fn count_sync_outcomes(
@@ -380,24 +558,28 @@ impl SyncStore for MemoryStore {
         sync_id: &str,
         outcomes: &[PersonOutcome],
     ) -> BackendResult<SyncOutcomes> {
-        let mut state = self.state();
-        let entry = state
-            .syncs
-            .entry((application.to_owned(), sync_id.to_owned()))
-            .or_default();
-        let mut new = SyncOutcomes::default();
-        for outcome in outcomes {
-            if entry.counted.insert(outcome.person.clone()) {
-                if outcome.delivered {
-                    new.delivered += 1;
-                } else {
-                    new.failed += 1;
+        self.gate
+            .run("count_sync_outcomes", async {
+                let mut state = self.state();
+                let entry = state
+                    .syncs
+                    .entry((application.to_owned(), sync_id.to_owned()))
+                    .or_default();
+                let mut new = SyncOutcomes::default();
+                for outcome in outcomes {
+                    if entry.counted.insert(outcome.person.clone()) {
+                        if outcome.delivered {
+                            new.delivered += 1;
+                        } else {
+                            new.failed += 1;
+                        }
+                    }
                 }
-            }
-        }
-        entry.outcomes.delivered += new.delivered;
-        entry.outcomes.failed += new.failed;
-        Ok(new)
+                entry.outcomes.delivered += new.delivered;
+                entry.outcomes.failed += new.failed;
+                Ok(new)
+            })
+            .await
     }
 
     async fn claim_sync_completion(
@@ -406,20 +588,24 @@ impl SyncStore for MemoryStore {
         sync_id: &str,
         claimant: &str,
     ) -> BackendResult<bool> {
-        let mut state = self.state();
-        let Some(entry) = state
-            .syncs
-            .get_mut(&(application.to_owned(), sync_id.to_owned()))
-        else {
-            return Ok(false);
-        };
-        if entry.sync.is_none() {
-            return Ok(false);
-        }
-        let holder = entry
-            .completion_claimant
-            .get_or_insert_with(|| claimant.to_owned());
-        Ok(holder == claimant)
+        self.gate
+            .run("claim_sync_completion", async {
+                let mut state = self.state();
+                let Some(entry) = state
+                    .syncs
+                    .get_mut(&(application.to_owned(), sync_id.to_owned()))
+                else {
+                    return Ok(false);
+                };
+                if entry.sync.is_none() {
+                    return Ok(false);
+                }
+                let holder = entry
+                    .completion_claimant
+                    .get_or_insert_with(|| claimant.to_owned());
+                Ok(holder == claimant)
+            })
+            .await
     }
 
     async fn lease_sync(
@@ -430,17 +616,21 @@ impl SyncStore for MemoryStore {
         now_ms: i64,
         until_ms: i64,
     ) -> BackendResult<bool> {
-        let mut state = self.state();
-        let entry = state
-            .syncs
-            .entry((application.to_owned(), sync_id.to_owned()))
-            .or_default();
-        if entry.lease_until_ms > now_ms && entry.lease_holder.as_deref() != Some(holder) {
-            return Ok(false);
-        }
-        entry.lease_until_ms = until_ms;
-        entry.lease_holder = Some(holder.to_owned());
-        Ok(true)
+        self.gate
+            .run("lease_sync", async {
+                let mut state = self.state();
+                let entry = state
+                    .syncs
+                    .entry((application.to_owned(), sync_id.to_owned()))
+                    .or_default();
+                if entry.lease_until_ms > now_ms && entry.lease_holder.as_deref() != Some(holder) {
+                    return Ok(false);
+                }
+                entry.lease_until_ms = until_ms;
+                entry.lease_holder = Some(holder.to_owned());
+                Ok(true)
+            })
+            .await
     }
 
     async fn release_sync(
@@ -449,15 +639,19 @@ impl SyncStore for MemoryStore {
         sync_id: &str,
         holder: &str,
     ) -> BackendResult<()> {
-        let mut state = self.state();
-        if let Some(entry) = state
-            .syncs
-            .get_mut(&(application.to_owned(), sync_id.to_owned()))
-            && entry.lease_holder.as_deref() == Some(holder)
-        {
-            entry.lease_until_ms = 0;
-            entry.lease_holder = None;
-        }
-        Ok(())
+        self.gate
+            .run("release_sync", async {
+                let mut state = self.state();
+                if let Some(entry) = state
+                    .syncs
+                    .get_mut(&(application.to_owned(), sync_id.to_owned()))
+                    && entry.lease_holder.as_deref() == Some(holder)
+                {
+                    entry.lease_until_ms = 0;
+                    entry.lease_holder = None;
+                }
+                Ok(())
+            })
+            .await
     }
 }

@@ -5,15 +5,16 @@
 //! written and checked as for SQS ([`crate::message`]): what AWS would refuse, this
 //! queue refuses too. Beside it, the parked queue holds jobs for disabled endpoints.
 
+use super::Gate;
 use crate::job::DeliveryJob;
-use crate::message;
+use crate::message::{self, Refusal};
 use crate::ports::{
     BackendError, BackendResult, DeliveryQueue, Enqueued, ParkedMessage, ParkedQueue, RefusedJob,
 };
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -97,10 +98,17 @@ struct State {
 /// An in-memory SQS queue with its dead-letter queue.
 #[derive(Debug)]
 pub struct MemoryQueue {
-    state: Mutex<State>,
-    changed: Notify,
+    shared: Arc<Shared>,
     visibility_timeout: Duration,
     max_receive_count: u32,
+    gate: Gate,
+}
+
+/// The messages, and the signal a long poll waits on.
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Notify,
 }
 
 fn epoch_ms() -> u128 {
@@ -116,15 +124,27 @@ impl MemoryQueue {
     pub fn new(visibility_timeout: Duration, max_receive_count: u32) -> Self {
         assert!(max_receive_count > 0, "max receive count must be positive");
         Self {
-            state: Mutex::new(State::default()),
-            changed: Notify::new(),
+            shared: Arc::default(),
             visibility_timeout,
             max_receive_count,
+            gate: Gate::default(),
+        }
+    }
+
+    /// This queue through a fault plan: every port operation of the handle returned goes
+    /// through `faults`; this handle stays as it is (the event source and the test use it).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn with_faults(&self, faults: Arc<crate::testing::faults::Faults>) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            visibility_timeout: self.visibility_timeout,
+            max_receive_count: self.max_receive_count,
+            gate: Gate::with(faults),
         }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("queue lock")
+        self.shared.state.lock().expect("queue lock")
     }
 
     /// Sends a message; returns its id.
@@ -152,7 +172,7 @@ impl MemoryQueue {
                 },
             );
         }
-        self.changed.notify_waiters();
+        self.shared.changed.notify_waiters();
         message_id
     }
 
@@ -160,7 +180,7 @@ impl MemoryQueue {
     pub async fn receive(&self, max: usize, wait: Duration) -> Vec<ReceivedMessage> {
         let deadline = Instant::now() + wait;
         loop {
-            let notified = self.changed.notified();
+            let notified = self.shared.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (batch, next_visible) = self.try_receive(max);
@@ -272,7 +292,7 @@ impl MemoryQueue {
             })?;
             m.visible_at = Instant::now() + timeout;
         }
-        self.changed.notify_waiters();
+        self.shared.changed.notify_waiters();
         Ok(())
     }
 
@@ -313,6 +333,15 @@ impl MemoryQueue {
         self.state().parked.iter().map(|m| m.body.clone()).collect()
     }
 
+    /// What SQS would refuse of `job` (written as `body`), this queue refuses too; and
+    /// what a test's fault plan has it refuse.
+    fn check(&self, job: &DeliveryJob, body: &str) -> Result<(), Refusal> {
+        match self.gate.refusal(job) {
+            Some(refusal) => Err(refusal),
+            None => message::check(body),
+        }
+    }
+
     fn stored(body: String) -> Stored {
         Stored {
             message_id: uuid::Uuid::new_v4().to_string(),
@@ -329,95 +358,128 @@ impl MemoryQueue {
 #[async_trait]
 impl ParkedQueue for MemoryQueue {
     async fn take_parked(&self, max: usize, hold: Duration) -> BackendResult<Vec<ParkedMessage>> {
-        let now = Instant::now();
-        let mut state = self.state();
-        let mut taken = Vec::new();
-        for m in state.parked.iter_mut().filter(|m| m.visible_at <= now) {
-            if taken.len() >= max {
-                break;
-            }
-            let handle = uuid::Uuid::new_v4().to_string();
-            m.receipt = Some(handle.clone());
-            m.receive_count += 1;
-            m.visible_at = now + hold;
-            taken.push(ParkedMessage {
-                message_id: m.message_id.clone(),
-                handle,
-                body: m.body.clone(),
-            });
-        }
-        Ok(taken)
+        self.gate
+            .run("take_parked", async {
+                let now = Instant::now();
+                let mut state = self.state();
+                let mut taken = Vec::new();
+                for m in state.parked.iter_mut().filter(|m| m.visible_at <= now) {
+                    if taken.len() >= max {
+                        break;
+                    }
+                    let handle = uuid::Uuid::new_v4().to_string();
+                    m.receipt = Some(handle.clone());
+                    m.receive_count += 1;
+                    m.visible_at = now + hold;
+                    taken.push(ParkedMessage {
+                        message_id: m.message_id.clone(),
+                        handle,
+                        body: m.body.clone(),
+                    });
+                }
+                Ok(taken)
+            })
+            .await
     }
 
     async fn remove_parked(&self, handle: &str) -> BackendResult<()> {
-        let mut state = self.state();
-        let before = state.parked.len();
-        state
-            .parked
-            .retain(|m| m.receipt.as_deref() != Some(handle));
-        if state.parked.len() == before {
-            return Err(BackendError::Unavailable(
-                "receipt handle is not valid (message removed or received again)".into(),
-            ));
-        }
-        Ok(())
+        self.gate
+            .run("remove_parked", async {
+                let mut state = self.state();
+                let before = state.parked.len();
+                state
+                    .parked
+                    .retain(|m| m.receipt.as_deref() != Some(handle));
+                if state.parked.len() == before {
+                    return Err(BackendError::Unavailable(
+                        "receipt handle is not valid (message removed or received again)".into(),
+                    ));
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn release_parked(&self, handle: &str) -> BackendResult<()> {
-        let mut state = self.state();
-        let m = state
-            .parked
-            .iter_mut()
-            .find(|m| m.receipt.as_deref() == Some(handle))
-            .ok_or_else(|| {
-                BackendError::Unavailable(
-                    "receipt handle is not valid (message removed or received again)".into(),
-                )
-            })?;
-        m.visible_at = Instant::now();
-        Ok(())
+        self.gate
+            .run("release_parked", async {
+                let mut state = self.state();
+                let m = state
+                    .parked
+                    .iter_mut()
+                    .find(|m| m.receipt.as_deref() == Some(handle))
+                    .ok_or_else(|| {
+                        BackendError::Unavailable(
+                            "receipt handle is not valid (message removed or received again)"
+                                .into(),
+                        )
+                    })?;
+                m.visible_at = Instant::now();
+                Ok(())
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl DeliveryQueue for MemoryQueue {
     async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<Enqueued> {
-        let mut enqueued = Enqueued::default();
-        for (index, job) in jobs.iter().enumerate() {
-            let body = message::encode(job);
-            match message::check(&body) {
-                Ok(()) => {
-                    self.send(body);
+        self.gate
+            .run("enqueue", async {
+                let mut enqueued = Enqueued::default();
+                for (index, job) in jobs.iter().enumerate() {
+                    let body = message::encode(job);
+                    match self.check(job, &body) {
+                        Ok(()) => {
+                            self.send(body);
+                        }
+                        Err(refusal) => enqueued.refused.push(RefusedJob { index, refusal }),
+                    }
                 }
-                Err(refusal) => enqueued.refused.push(RefusedJob { index, refusal }),
-            }
-        }
-        Ok(enqueued)
+                Ok(enqueued)
+            })
+            .await
     }
 
     async fn enqueue_delayed(&self, job: &DeliveryJob, delay: Duration) -> BackendResult<()> {
-        let body = message::encode(job);
-        message::check(&body).map_err(BackendError::Refused)?;
-        self.send_delayed(body, delay.min(crate::ports::MAX_SEND_DELAY));
-        Ok(())
+        self.gate
+            .run("enqueue_delayed", async {
+                let body = message::encode(job);
+                self.check(job, &body).map_err(BackendError::Refused)?;
+                self.send_delayed(body, delay.min(crate::ports::MAX_SEND_DELAY));
+                Ok(())
+            })
+            .await
     }
 
     async fn retry_later(&self, receipt_handle: &str, delay: Duration) -> BackendResult<()> {
-        self.change_visibility(receipt_handle, delay)
+        self.gate
+            .run("retry_later", async {
+                self.change_visibility(receipt_handle, delay)
+            })
+            .await
     }
 
     async fn dead_letter(&self, job: &DeliveryJob) -> BackendResult<()> {
-        let body = message::encode(job);
-        message::check(&body).map_err(BackendError::Refused)?;
-        self.state().dead.push(Self::stored(body));
-        Ok(())
+        self.gate
+            .run("dead_letter", async {
+                let body = message::encode(job);
+                self.check(job, &body).map_err(BackendError::Refused)?;
+                self.state().dead.push(Self::stored(body));
+                Ok(())
+            })
+            .await
     }
 
     async fn park(&self, job: &DeliveryJob) -> BackendResult<()> {
-        let body = message::encode(job);
-        message::check(&body).map_err(BackendError::Refused)?;
-        self.state().parked.push(Self::stored(body));
-        Ok(())
+        self.gate
+            .run("park", async {
+                let body = message::encode(job);
+                message::check(&body).map_err(BackendError::Refused)?;
+                self.state().parked.push(Self::stored(body));
+                Ok(())
+            })
+            .await
     }
 }
 

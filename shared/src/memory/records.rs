@@ -2,6 +2,7 @@
 //! returns the DynamoDB stream record the real table's KEYS_ONLY stream would emit (change
 //! capture reads only the key, so the stream carries no item images).
 
+use super::Gate;
 use crate::members::consented_scopes;
 use crate::ports::{BackendResult, Page, Person, RecordStore};
 use crate::record::RecordId;
@@ -9,15 +10,26 @@ use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::{EventRecord, StreamRecord, StreamViewType};
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Persons keyed by id, plus the stream sequence counter.
 #[derive(Debug, Default)]
 pub struct MemoryRecords {
-    state: Mutex<(BTreeMap<RecordId, Person>, u64)>,
+    state: Arc<Mutex<(BTreeMap<RecordId, Person>, u64)>>,
+    gate: Gate,
 }
 
 impl MemoryRecords {
+    /// These records through a fault plan: every port operation of the handle returned
+    /// goes through `faults`; this handle stays as it is (the registry's writes use it).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn with_faults(&self, faults: Arc<crate::testing::faults::Faults>) -> Self {
+        Self {
+            state: self.state.clone(),
+            gate: Gate::with(faults),
+        }
+    }
+
     /// Creates or replaces a person (its `id` field is set to `id`) and returns the
     /// INSERT or MODIFY stream record.
     pub fn put_person(&self, id: &RecordId, mut person: Person) -> EventRecord {
@@ -68,7 +80,12 @@ pub(crate) fn stream_record(name: &str, id: &RecordId, sequence: u64) -> EventRe
 #[async_trait]
 impl RecordStore for MemoryRecords {
     async fn get_person(&self, id: &RecordId) -> BackendResult<Option<Person>> {
-        Ok(self.state.lock().expect("records lock").0.get(id).cloned())
+        self.gate.check_record(id)?;
+        self.gate
+            .run("get_person", async {
+                Ok(self.state.lock().expect("records lock").0.get(id).cloned())
+            })
+            .await
     }
 
     async fn scan_consented(
@@ -77,21 +94,25 @@ impl RecordStore for MemoryRecords {
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<(RecordId, Person)>> {
-        let state = self.state.lock().expect("records lock");
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let examined: Vec<(&RecordId, &Person)> = state
-            .0
-            .range::<str, _>((start, Bound::Unbounded))
-            .take(limit + 1)
-            .collect();
-        let next = (examined.len() > limit).then(|| examined[limit - 1].0.to_string());
-        let items = examined
-            .into_iter()
-            .take(limit)
-            .filter(|(_, person)| consented_scopes(person, application).is_some())
-            .map(|(id, person)| (id.clone(), person.clone()))
-            .collect();
-        Ok(Page { items, next })
+        self.gate
+            .run("scan_consented", async {
+                let state = self.state.lock().expect("records lock");
+                let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+                let examined: Vec<(&RecordId, &Person)> = state
+                    .0
+                    .range::<str, _>((start, Bound::Unbounded))
+                    .take(limit + 1)
+                    .collect();
+                let next = (examined.len() > limit).then(|| examined[limit - 1].0.to_string());
+                let items = examined
+                    .into_iter()
+                    .take(limit)
+                    .filter(|(_, person)| consented_scopes(person, application).is_some())
+                    .map(|(id, person)| (id.clone(), person.clone()))
+                    .collect();
+                Ok(Page { items, next })
+            })
+            .await
     }
 }
 

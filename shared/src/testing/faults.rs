@@ -1,30 +1,32 @@
-//! Fault injection for any adapter: a seeded random source decides, for each store or
-//! queue operation, whether it succeeds, fails before taking effect, fails after taking
-//! effect (a timeout whose write landed), or never returns (the handler is killed there,
-//! as a Lambda timeout or OOM would). Used by the soak and moto fault tests; the same
-//! seed replays the same decisions for the same sequence of operations.
+//! Fault injection, at the one point each adapter set sends every operation through, so no
+//! wrapper forwards the ports method by method: the in-memory adapters' operation gate
+//! (`MemoryStore::with_faults` and its siblings) and, for the AWS adapters, the SDK's HTTP
+//! client ([`Faults::http_client`]: every DynamoDB and SQS request).
+//!
+//! A plan decides, for each operation by its name (a port method's name in memory, the AWS
+//! API's operation name on AWS), whether it succeeds, fails before taking effect, fails
+//! after taking effect (a timeout whose write landed), or never returns (the handler is
+//! killed there, as a Lambda timeout or OOM would): drawn from a seed ([`Faults::seeded`];
+//! the same seed replays the same decisions for the same sequence of operations), or
+//! written by the test ([`Faults::scripted`]). Used by the soak, moto fault, hot items and
+//! sync lease tests.
 //!
 //! Those faults pass. [`PermanentFaults`] do not: a queue that refuses one particular job
 //! every time, a record whose stored items never decode — bad data, which healing the
 //! backends does not cure.
 
-use crate::application::Application;
-use crate::callback::CallbackUrl;
-use crate::health::EndpointHealth;
 use crate::job::DeliveryJob;
 use crate::message::Refusal;
-use crate::oauth::{AccessToken, OAuthClient};
-use crate::poison::PoisonItem;
-use crate::ports::{
-    ApplicationStore, BackendError, BackendResult, ClientStore, DeliveryQueue, Enqueued,
-    FlushCursor, Page, PendingChanges, Person, PersonOutcome, RecordStore, RefusedJob,
-    SubscriptionStore, SyncStore, TokenStore,
-};
+use crate::ports::{BackendError, BackendResult};
 use crate::record::RecordId;
-use crate::subscription::{Registered, Subscription, Unregistered};
-use crate::sync::{FullSync, SyncOutcomes};
-use crate::window::WindowId;
-use async_trait::async_trait;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,47 +72,80 @@ pub struct PermanentFaults {
     pub corrupt_record: Pick<RecordId>,
 }
 
-impl std::fmt::Debug for PermanentFaults {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PermanentFaults")
-            .field("refuse_job", &self.refuse_job.is_some())
-            .field("corrupt_record", &self.corrupt_record.is_some())
-            .finish()
-    }
+/// How each operation's fault is chosen.
+enum Plan {
+    /// Drawn from a seeded source, for every operation or only the named ones.
+    Seeded {
+        rng: Mutex<fastrand::Rng>,
+        fail: f64,
+        fail_after: f64,
+        hang: f64,
+        only: Option<Vec<String>>,
+    },
+    /// Decided by the test, from the operation's name.
+    Scripted(Box<dyn Fn(&str) -> Fault + Send + Sync>),
 }
 
-/// The seeded source of faults, shared by every wrapped adapter.
-#[derive(Debug)]
+/// A fault plan, shared by every adapter it is given to, with what it did.
 pub struct Faults {
-    rng: Mutex<fastrand::Rng>,
-    fail: f64,
-    fail_after: f64,
-    hang: f64,
+    plan: Plan,
     healed: AtomicBool,
     operations: AtomicU64,
     failed: AtomicU64,
     failed_after: AtomicU64,
     hung: AtomicU64,
+    calls: Mutex<BTreeMap<String, u64>>,
     permanent_rules: PermanentFaults,
     permanent: AtomicU64,
 }
 
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults")
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Faults {
-    /// Faults drawn from `seed` with these probabilities per operation.
-    pub fn seeded(seed: u64, fail: f64, fail_after: f64, hang: f64) -> Self {
+    fn with_plan(plan: Plan) -> Self {
         Self {
-            rng: Mutex::new(fastrand::Rng::with_seed(seed)),
-            fail,
-            fail_after,
-            hang,
+            plan,
             healed: AtomicBool::new(false),
             operations: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             failed_after: AtomicU64::new(0),
             hung: AtomicU64::new(0),
+            calls: Mutex::default(),
             permanent_rules: PermanentFaults::default(),
             permanent: AtomicU64::new(0),
         }
+    }
+
+    /// Faults drawn from `seed` with these probabilities per operation.
+    pub fn seeded(seed: u64, fail: f64, fail_after: f64, hang: f64) -> Self {
+        Self::with_plan(Plan::Seeded {
+            rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+            fail,
+            fail_after,
+            hang,
+            only: None,
+        })
+    }
+
+    /// The same seeded faults, on the operations named `operations` only (the others run
+    /// as they are, and draw nothing from the seed).
+    pub fn only(mut self, operations: &[&str]) -> Self {
+        if let Plan::Seeded { only, .. } = &mut self.plan {
+            *only = Some(operations.iter().map(|op| (*op).to_owned()).collect());
+        }
+        self
+    }
+
+    /// Faults the test decides, from each operation's name (`decide` may keep state, to
+    /// fail only the first call of an operation, say).
+    pub fn scripted(decide: impl Fn(&str) -> Fault + Send + Sync + 'static) -> Self {
+        Self::with_plan(Plan::Scripted(Box::new(decide)))
     }
 
     /// The same faults, plus permanent ones.
@@ -119,55 +154,46 @@ impl Faults {
         self
     }
 
-    /// True when the queue must refuse this job for good.
-    fn refuses(&self, job: &DeliveryJob) -> bool {
-        let refused = self
-            .permanent_rules
-            .refuse_job
-            .as_ref()
-            .is_some_and(|f| f(job));
-        if refused {
-            self.permanent.fetch_add(1, Ordering::Relaxed);
-        }
-        refused
-    }
-
-    /// `Corrupt` when this record's stored items must read back corrupt.
-    fn check_record(&self, record: &RecordId) -> BackendResult<()> {
-        if self
-            .permanent_rules
-            .corrupt_record
-            .as_ref()
-            .is_some_and(|f| f(record))
-        {
-            self.permanent.fetch_add(1, Ordering::Relaxed);
-            return Err(BackendError::Corrupt(format!(
-                "injected: an item of record {record} does not decode"
-            )));
-        }
-        Ok(())
-    }
-
-    /// No more faults from now on.
+    /// No more faults from now on (permanent ones stay).
     pub fn heal(&self) {
         self.healed.store(true, Ordering::SeqCst);
     }
 
-    /// What the next operation gets.
-    pub fn roll(&self) -> Fault {
+    /// What the next call of `operation` gets.
+    pub fn roll(&self, operation: &str) -> Fault {
         self.operations.fetch_add(1, Ordering::Relaxed);
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(operation.to_owned())
+            .or_default() += 1;
         if self.healed.load(Ordering::SeqCst) {
             return Fault::None;
         }
-        let x = self.rng.lock().expect("fault rng").f64();
-        let fault = if x < self.fail {
-            Fault::Fail
-        } else if x < self.fail + self.fail_after {
-            Fault::FailAfter
-        } else if x < self.fail + self.fail_after + self.hang {
-            Fault::Hang
-        } else {
-            Fault::None
+        let fault = match &self.plan {
+            Plan::Scripted(decide) => decide(operation),
+            Plan::Seeded {
+                only: Some(ops), ..
+            } if !ops.iter().any(|op| op == operation) => Fault::None,
+            Plan::Seeded {
+                rng,
+                fail,
+                fail_after,
+                hang,
+                ..
+            } => {
+                let x = rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
+                if x < *fail {
+                    Fault::Fail
+                } else if x < fail + fail_after {
+                    Fault::FailAfter
+                } else if x < fail + fail_after + hang {
+                    Fault::Hang
+                } else {
+                    Fault::None
+                }
+            }
         };
         match fault {
             Fault::Fail => self.failed.fetch_add(1, Ordering::Relaxed),
@@ -189,316 +215,134 @@ impl Faults {
         }
     }
 
-    async fn around<R>(&self, op: impl Future<Output = BackendResult<R>>) -> BackendResult<R> {
-        match self.roll() {
-            Fault::None => op.await,
-            Fault::Fail => Err(BackendError::Unavailable("injected failure".into())),
-            Fault::FailAfter => {
-                op.await?;
-                Err(BackendError::Unavailable(
-                    "injected timeout after the operation took effect".into(),
-                ))
+    /// How many times `operation` was called, faults or not.
+    pub fn calls(&self, operation: &str) -> u64 {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(operation)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Runs `operation` (named `name`) with the fault the plan gives it.
+    pub async fn around<R>(
+        &self,
+        name: &str,
+        operation: impl Future<Output = BackendResult<R>>,
+    ) -> BackendResult<R> {
+        inject(self.roll(name), operation, |what| {
+            BackendError::Unavailable(what.into())
+        })
+        .await
+    }
+
+    /// Why the queue must refuse this job for good, if it must.
+    pub fn refusal(&self, job: &DeliveryJob) -> Option<Refusal> {
+        let refused = self
+            .permanent_rules
+            .refuse_job
+            .as_ref()
+            .is_some_and(|f| f(job));
+        refused.then(|| {
+            self.permanent.fetch_add(1, Ordering::Relaxed);
+            Refusal::Rejected {
+                reason: "InvalidMessageContents: injected permanent refusal".into(),
             }
-            Fault::Hang => {
-                // Long enough to be killed by any invocation deadline; bounded all the same.
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                Err(BackendError::Unavailable("injected hang".into()))
-            }
+        })
+    }
+
+    /// `Corrupt` when this record's stored items must read back corrupt.
+    pub fn check_record(&self, record: &RecordId) -> BackendResult<()> {
+        if self
+            .permanent_rules
+            .corrupt_record
+            .as_ref()
+            .is_some_and(|f| f(record))
+        {
+            self.permanent.fetch_add(1, Ordering::Relaxed);
+            return Err(BackendError::Corrupt(format!(
+                "injected: an item of record {record} does not decode"
+            )));
+        }
+        Ok(())
+    }
+
+    /// An HTTP client for the AWS SDK that sends every request through `inner` with the
+    /// fault the plan gives it, named by its operation (`PutItem`, `SendMessageBatch`...):
+    /// the single point for the AWS adapters. Give it an SDK configuration without retries,
+    /// or the SDK retries most faults away.
+    pub fn http_client(self: &Arc<Self>, inner: SharedHttpClient) -> SharedHttpClient {
+        SharedHttpClient::new(FaultyHttpClient {
+            inner,
+            faults: self.clone(),
+        })
+    }
+}
+
+/// Runs `operation` with `fault`; `error` makes the error an injected fault reports.
+async fn inject<T, E>(
+    fault: Fault,
+    operation: impl Future<Output = Result<T, E>>,
+    error: impl Fn(&'static str) -> E,
+) -> Result<T, E> {
+    match fault {
+        Fault::None => operation.await,
+        Fault::Fail => Err(error("injected failure")),
+        Fault::FailAfter => {
+            operation.await?;
+            Err(error("injected timeout after the operation took effect"))
+        }
+        Fault::Hang => {
+            // Long enough to be killed by any invocation deadline; bounded all the same.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Err(error("injected hang"))
         }
     }
 }
 
-/// An adapter whose every operation goes through [`Faults`].
-pub struct Faulty<T> {
-    inner: Arc<T>,
+#[derive(Debug)]
+struct FaultyHttpClient {
+    inner: SharedHttpClient,
     faults: Arc<Faults>,
 }
 
-impl<T> Faulty<T> {
-    /// Wraps `inner` (still usable directly, without faults).
-    pub fn new(inner: Arc<T>, faults: Arc<Faults>) -> Self {
-        Self { inner, faults }
+impl HttpClient for FaultyHttpClient {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(FaultyConnector {
+            inner: self.inner.http_connector(settings, components),
+            faults: self.faults.clone(),
+        })
     }
 }
 
-#[async_trait]
-impl<T: ClientStore> ClientStore for Faulty<T> {
-    async fn get_client(&self, client_id: &str) -> BackendResult<Option<OAuthClient>> {
-        self.faults.around(self.inner.get_client(client_id)).await
-    }
-    async fn put_client(&self, client: &OAuthClient) -> BackendResult<()> {
-        self.faults.around(self.inner.put_client(client)).await
-    }
-    async fn list_clients(&self) -> BackendResult<Vec<OAuthClient>> {
-        self.faults.around(self.inner.list_clients()).await
-    }
+#[derive(Debug)]
+struct FaultyConnector {
+    inner: SharedHttpConnector,
+    faults: Arc<Faults>,
 }
 
-#[async_trait]
-impl<T: TokenStore> TokenStore for Faulty<T> {
-    async fn put_token(&self, token: &AccessToken) -> BackendResult<()> {
-        self.faults.around(self.inner.put_token(token)).await
-    }
-    async fn get_token(&self, token_hash: &str) -> BackendResult<Option<AccessToken>> {
-        self.faults.around(self.inner.get_token(token_hash)).await
-    }
-}
-
-#[async_trait]
-impl<T: SubscriptionStore> SubscriptionStore for Faulty<T> {
-    async fn get_subscription(
-        &self,
-        record: &RecordId,
-        callback: &CallbackUrl,
-    ) -> BackendResult<Option<Subscription>> {
-        self.faults
-            .around(self.inner.get_subscription(record, callback))
+impl HttpConnector for FaultyConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        // The JSON protocols name the operation in X-Amz-Target: `DynamoDB_20120810.PutItem`.
+        let name = request
+            .headers()
+            .get("x-amz-target")
+            .and_then(|target| target.rsplit('.').next())
+            .unwrap_or("unknown")
+            .to_owned();
+        let fault = self.faults.roll(&name);
+        let inner = self.inner.clone();
+        HttpConnectorFuture::new(async move {
+            inject(fault, inner.call(request), |what| {
+                ConnectorError::io(what.into())
+            })
             .await
-    }
-    async fn set_subscription_health(
-        &self,
-        record: &RecordId,
-        callback: &CallbackUrl,
-        health: &EndpointHealth,
-    ) -> BackendResult<()> {
-        self.faults
-            .around(self.inner.set_subscription_health(record, callback, health))
-            .await
-    }
-    async fn register(&self, subscription: &Subscription) -> BackendResult<Registered> {
-        self.faults.around(self.inner.register(subscription)).await
-    }
-    async fn unregister(
-        &self,
-        record: &RecordId,
-        callback: &CallbackUrl,
-        client_id: &str,
-    ) -> BackendResult<Unregistered> {
-        self.faults
-            .around(self.inner.unregister(record, callback, client_id))
-            .await
-    }
-    async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>> {
-        self.faults.check_record(record)?;
-        self.faults
-            .around(self.inner.subscriptions_of(record))
-            .await
-    }
-    async fn client_webhooks(&self, client_id: &str) -> BackendResult<Vec<Subscription>> {
-        self.faults
-            .around(self.inner.client_webhooks(client_id))
-            .await
-    }
-    async fn client_webhook(
-        &self,
-        client_id: &str,
-        webhook: &crate::attempts::EndpointKey,
-    ) -> BackendResult<Option<Subscription>> {
-        self.faults
-            .around(self.inner.client_webhook(client_id, webhook))
-            .await
-    }
-}
-
-#[async_trait]
-impl<T: RecordStore> RecordStore for Faulty<T> {
-    async fn get_person(&self, id: &RecordId) -> BackendResult<Option<Person>> {
-        self.faults.check_record(id)?;
-        self.faults.around(self.inner.get_person(id)).await
-    }
-    async fn scan_consented(
-        &self,
-        application: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> BackendResult<Page<(RecordId, Person)>> {
-        self.faults
-            .around(self.inner.scan_consented(application, after, limit))
-            .await
-    }
-}
-
-#[async_trait]
-impl<T: ApplicationStore> ApplicationStore for Faulty<T> {
-    async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()> {
-        self.faults
-            .around(self.inner.set_application_health(id, health))
-            .await
-    }
-    async fn get_application(&self, id: &str) -> BackendResult<Option<Application>> {
-        self.faults.around(self.inner.get_application(id)).await
-    }
-    async fn put_application(&self, application: &Application) -> BackendResult<()> {
-        self.faults
-            .around(self.inner.put_application(application))
-            .await
-    }
-    async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>> {
-        self.faults
-            .around(self.inner.application_for_key(api_key_hash))
-            .await
-    }
-    async fn list_applications(&self) -> BackendResult<Vec<Application>> {
-        self.faults.around(self.inner.list_applications()).await
-    }
-}
-
-#[async_trait]
-impl<T: SyncStore> SyncStore for Faulty<T> {
-    async fn save_sync(&self, sync: &FullSync) -> BackendResult<()> {
-        self.faults.around(self.inner.save_sync(sync)).await
-    }
-    async fn get_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
-        self.faults
-            .around(self.inner.get_sync(application, sync_id))
-            .await
-    }
-    async fn count_sync_outcomes(
-        &self,
-        application: &str,
-        sync_id: &str,
-        outcomes: &[PersonOutcome],
-    ) -> BackendResult<SyncOutcomes> {
-        self.faults
-            .around(
-                self.inner
-                    .count_sync_outcomes(application, sync_id, outcomes),
-            )
-            .await
-    }
-    async fn claim_sync_completion(
-        &self,
-        application: &str,
-        sync_id: &str,
-        claimant: &str,
-    ) -> BackendResult<bool> {
-        self.faults
-            .around(
-                self.inner
-                    .claim_sync_completion(application, sync_id, claimant),
-            )
-            .await
-    }
-    async fn lease_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-        holder: &str,
-        now_ms: i64,
-        until_ms: i64,
-    ) -> BackendResult<bool> {
-        self.faults
-            .around(
-                self.inner
-                    .lease_sync(application, sync_id, holder, now_ms, until_ms),
-            )
-            .await
-    }
-    async fn release_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-        holder: &str,
-    ) -> BackendResult<()> {
-        self.faults
-            .around(self.inner.release_sync(application, sync_id, holder))
-            .await
-    }
-}
-
-#[async_trait]
-impl<T: PendingChanges> PendingChanges for Faulty<T> {
-    async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()> {
-        self.faults.around(self.inner.mark(window, record)).await
-    }
-    async fn page(
-        &self,
-        window: WindowId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> BackendResult<Page<RecordId>> {
-        self.faults
-            .around(self.inner.page(window, after, limit))
-            .await
-    }
-    async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {
-        self.faults.around(self.inner.cursor()).await
-    }
-    async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()> {
-        self.faults.around(self.inner.save_cursor(cursor)).await
-    }
-    async fn lease_flush(&self, holder: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool> {
-        self.faults
-            .around(self.inner.lease_flush(holder, now_ms, until_ms))
-            .await
-    }
-    async fn release_flush(&self, holder: &str) -> BackendResult<()> {
-        self.faults.around(self.inner.release_flush(holder)).await
-    }
-    async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()> {
-        self.faults.around(self.inner.set_aside(item)).await
-    }
-    async fn poison_items(&self) -> BackendResult<Vec<PoisonItem>> {
-        self.faults.around(self.inner.poison_items()).await
-    }
-    async fn remove_poison(&self, id: &str) -> BackendResult<bool> {
-        self.faults.around(self.inner.remove_poison(id)).await
-    }
-}
-
-#[async_trait]
-impl<T: DeliveryQueue> DeliveryQueue for Faulty<T> {
-    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<Enqueued> {
-        let (refused, kept): (Vec<usize>, Vec<usize>) =
-            (0..jobs.len()).partition(|&i| self.faults.refuses(&jobs[i]));
-        if refused.is_empty() {
-            return self.faults.around(self.inner.enqueue(jobs)).await;
-        }
-        let sent: Vec<DeliveryJob> = kept.iter().map(|&i| jobs[i].clone()).collect();
-        let mut enqueued = self.faults.around(self.inner.enqueue(&sent)).await?;
-        for job in &mut enqueued.refused {
-            job.index = kept[job.index];
-        }
-        enqueued
-            .refused
-            .extend(refused.into_iter().map(|index| RefusedJob {
-                index,
-                refusal: injected_refusal(),
-            }));
-        enqueued.refused.sort_by_key(|r| r.index);
-        Ok(enqueued)
-    }
-    async fn enqueue_delayed(&self, job: &DeliveryJob, delay: Duration) -> BackendResult<()> {
-        if self.faults.refuses(job) {
-            return Err(BackendError::Refused(injected_refusal()));
-        }
-        self.faults
-            .around(self.inner.enqueue_delayed(job, delay))
-            .await
-    }
-    async fn retry_later(&self, receipt_handle: &str, delay: Duration) -> BackendResult<()> {
-        self.faults
-            .around(self.inner.retry_later(receipt_handle, delay))
-            .await
-    }
-    async fn dead_letter(&self, job: &DeliveryJob) -> BackendResult<()> {
-        if self.faults.refuses(job) {
-            return Err(BackendError::Refused(injected_refusal()));
-        }
-        self.faults.around(self.inner.dead_letter(job)).await
-    }
-    async fn park(&self, job: &DeliveryJob) -> BackendResult<()> {
-        self.faults.around(self.inner.park(job)).await
-    }
-}
-
-fn injected_refusal() -> Refusal {
-    Refusal::Rejected {
-        reason: "InvalidMessageContents: injected permanent refusal".into(),
+        })
     }
 }
 
@@ -510,19 +354,61 @@ mod tests {
     fn the_same_seed_gives_the_same_faults() {
         let draw = |seed| {
             let faults = Faults::seeded(seed, 0.2, 0.1, 0.05);
-            (0..200).map(|_| faults.roll()).collect::<Vec<_>>()
+            (0..200).map(|_| faults.roll("op")).collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
         let faults = Faults::seeded(1, 0.2, 0.1, 0.05);
         for _ in 0..1000 {
-            faults.roll();
+            faults.roll("op");
         }
         let c = faults.counts();
         assert_eq!(c.operations, 1000);
         assert!(c.failed > 100 && c.failed < 300, "{c:?}");
         assert!(c.hung > 20 && c.hung < 90, "{c:?}");
         faults.heal();
-        assert!((0..100).all(|_| faults.roll() == Fault::None));
+        assert!((0..100).all(|_| faults.roll("op") == Fault::None));
+        assert_eq!(faults.calls("op"), 1100);
+    }
+
+    #[test]
+    fn seeded_faults_on_named_operations_only() {
+        let faults = Faults::seeded(3, 1.0, 0.0, 0.0).only(&["count"]);
+        assert_eq!(faults.roll("save"), Fault::None);
+        assert_eq!(faults.roll("count"), Fault::Fail);
+        assert_eq!((faults.calls("save"), faults.calls("count")), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_runs_or_not_as_its_fault_says() {
+        let ran = AtomicU64::new(0);
+        let op = || async {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BackendError>(7)
+        };
+        let faults = Faults::scripted(|name| match name {
+            "fail" => Fault::Fail,
+            "after" => Fault::FailAfter,
+            "hang" => Fault::Hang,
+            _ => Fault::None,
+        });
+        assert_eq!(faults.around("fine", op()).await, Ok(7));
+        assert!(faults.around("fail", op()).await.is_err());
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "a failure before: not run");
+        assert!(faults.around("after", op()).await.is_err());
+        assert_eq!(ran.load(Ordering::SeqCst), 2, "a failure after: run");
+        let hung = tokio::time::timeout(Duration::from_secs(60), faults.around("hang", op())).await;
+        assert!(hung.is_err(), "still waiting after a minute");
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            faults.counts(),
+            FaultCounts {
+                operations: 4,
+                failed: 1,
+                failed_after: 1,
+                hung: 1,
+                permanent: 0
+            }
+        );
     }
 }
