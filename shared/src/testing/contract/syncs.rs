@@ -64,21 +64,18 @@ async fn sync_outcomes_are_counted_once_per_person(a: Adapters) {
 
 async fn sync_state_is_saved_beside_its_counters(a: Adapters) {
     let syncs = &a.ports.syncs;
-    assert!(
-        syncs
-            .get_sync("app-1", "sync_none")
-            .await
-            .unwrap()
-            .is_none()
-    );
     let mut sync = FullSync::new("app-1", 250, "2026-11-26T10:00:00.000Z".into());
+    // The sync as read back with its counts, if any, under `application`.
+    let read = |application: &'static str| {
+        let (syncs, id) = (syncs.clone(), sync.sync_id.clone());
+        async move {
+            let found = syncs.get_sync(application, &id).await.unwrap();
+            found.map(|(sync, outcomes)| (sync, counts(outcomes)))
+        }
+    };
+    assert_eq!(read("app-1").await, None, "never saved");
     syncs.save_sync(&sync).await.unwrap();
-    let (got, outcomes) = syncs
-        .get_sync("app-1", &sync.sync_id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((got, counts(outcomes)), (sync.clone(), (0, 0)));
+    assert_eq!(read("app-1").await, Some((sync.clone(), (0, 0))));
     syncs
         .count_sync_outcomes("app-1", &sync.sync_id, &[outcome(0, true)])
         .await
@@ -87,31 +84,22 @@ async fn sync_state_is_saved_beside_its_counters(a: Adapters) {
     sync.cursor = Some("p-4".into());
     sync.next_attempt_at_ms = Some(1_700_000_000_000);
     syncs.save_sync(&sync).await.unwrap();
-    let (got, outcomes) = syncs
-        .get_sync("app-1", &sync.sync_id)
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!(
-        (got, counts(outcomes)),
-        (sync.clone(), (1, 0)),
+        read("app-1").await,
+        Some((sync.clone(), (1, 0))),
         "saving the driver's state kept the counters"
     );
     sync.cursor = None;
     sync.next_attempt_at_ms = None;
     syncs.save_sync(&sync).await.unwrap();
-    let (got, _) = syncs
-        .get_sync("app-1", &sync.sync_id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(got, sync, "a field saved as none reads back as none");
-    assert!(
-        syncs
-            .get_sync("app-2", &sync.sync_id)
-            .await
-            .unwrap()
-            .is_none(),
+    assert_eq!(
+        read("app-1").await,
+        Some((sync.clone(), (1, 0))),
+        "a field saved as none reads back as none"
+    );
+    assert_eq!(
+        read("app-2").await,
+        None,
         "a sync belongs to its application"
     );
 }
