@@ -10,9 +10,10 @@ use crate::health::EndpointHealth;
 use crate::ports::{BackendError, BackendResult};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A DynamoDB item.
@@ -29,6 +30,22 @@ where
         Ok(_) => Ok(true),
         Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
         Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// The actions of a cancelled transaction whose condition did not hold (cancellation
+/// reason `ConditionalCheckFailed`, the transaction's form of what [`applied`] reads), by
+/// position; empty when it failed for any other reason (a conflict, throttling).
+fn unmet_conditions<R>(e: &SdkError<TransactWriteItemsError, R>) -> HashSet<usize> {
+    match e.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
+            .cancellation_reasons()
+            .iter()
+            .enumerate()
+            .filter(|(_, reason)| reason.code() == Some("ConditionalCheckFailed"))
+            .map(|(i, _)| i)
+            .collect(),
+        _ => HashSet::new(),
     }
 }
 

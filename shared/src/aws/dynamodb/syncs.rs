@@ -4,16 +4,23 @@
 use super::unavailable;
 use super::{
     DynamoStore, Item, applied, build_error, epoch_secs, from_item, key, number, s, to_item,
+    unmet_conditions,
 };
 use crate::oauth::sha256_hex;
 use crate::ports::{BackendResult, PersonOutcome, SyncStore};
 use crate::record::RecordId;
 use crate::sync::{FullSync, SyncOutcomes};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+
+/// The counter shard a transaction adds to, chosen by its first person.
+fn counter_shard(person: &RecordId) -> u8 {
+    u8::from_str_radix(&sha256_hex(person.as_str())[..2], 16).unwrap_or_default()
+        % SYNC_COUNTER_SHARDS
+}
 
 fn sync_pk(application: &str) -> String {
     format!("SYNC#{application}")
@@ -58,70 +65,31 @@ impl DynamoStore {
         mut chunk: Vec<&PersonOutcome>,
     ) -> BackendResult<SyncOutcomes> {
         let expires_at = epoch_secs(SYNC_MARKER_TTL);
-        while let Some(first) = chunk.first() {
+        while !chunk.is_empty() {
             let delivered = chunk.iter().filter(|o| o.delivered).count() as u64;
             let new = SyncOutcomes {
                 delivered,
                 failed: chunk.len() as u64 - delivered,
             };
-            let shard = u8::from_str_radix(&sha256_hex(first.person.as_str())[..2], 16)
-                .unwrap_or_default()
-                % SYNC_COUNTER_SHARDS;
             let mut actions = Vec::with_capacity(chunk.len() + 1);
             for outcome in &chunk {
-                let (pk, sk) = sync_marker_key(application, sync_id, &outcome.person);
-                let put = aws_sdk_dynamodb::types::Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(key(pk, sk)))
-                    .item("delivered", AttributeValue::Bool(outcome.delivered))
-                    .item("expires_at", number(expires_at))
-                    .condition_expression("attribute_not_exists(pk)")
-                    .build()
-                    .map_err(build_error)?;
-                actions.push(
-                    aws_sdk_dynamodb::types::TransactWriteItem::builder()
-                        .put(put)
-                        .build(),
-                );
+                actions.push(self.marker_put(application, sync_id, outcome, expires_at)?);
             }
-            let (pk, sk) = sync_counter_key(application, sync_id, shard);
-            let add = aws_sdk_dynamodb::types::Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(pk, sk)))
-                .update_expression("ADD outcome_delivered :d, outcome_failed :f")
-                .expression_attribute_values(":d", number(new.delivered))
-                .expression_attribute_values(":f", number(new.failed))
-                .build()
-                .map_err(build_error)?;
-            actions.push(
-                aws_sdk_dynamodb::types::TransactWriteItem::builder()
-                    .update(add)
-                    .build(),
-            );
+            let shard = counter_shard(&chunk[0].person);
+            actions.push(self.counter_add(application, sync_id, shard, new)?);
             let result = self
                 .client
                 .transact_write_items()
                 .set_transact_items(Some(actions))
                 .send()
                 .await;
-            let e = match result {
-                Ok(_) => return Ok(new),
-                Err(e) => e,
+            let Err(e) = result else {
+                return Ok(new);
             };
-            let already_counted: HashSet<usize> = match e.as_service_error() {
-                Some(
-                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
-                        cancelled,
-                    ),
-                ) => cancelled
-                    .cancellation_reasons()
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, r)| *i < chunk.len() && r.code() == Some("ConditionalCheckFailed"))
-                    .map(|(i, _)| i)
-                    .collect(),
-                _ => HashSet::new(),
-            };
+            let already_counted: HashSet<usize> = unmet_conditions(&e)
+                .into_iter()
+                .filter(|i| *i < chunk.len())
+                .collect();
             if already_counted.is_empty() {
                 return Err(unavailable(e));
             }
@@ -133,6 +101,46 @@ impl DynamoStore {
                 .collect();
         }
         Ok(SyncOutcomes::default())
+    }
+
+    /// The put of a person's "counted" marker, if it is not there yet.
+    fn marker_put(
+        &self,
+        application: &str,
+        sync_id: &str,
+        outcome: &PersonOutcome,
+        expires_at: i64,
+    ) -> BackendResult<TransactWriteItem> {
+        let (pk, sk) = sync_marker_key(application, sync_id, &outcome.person);
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(key(pk, sk)))
+            .item("delivered", AttributeValue::Bool(outcome.delivered))
+            .item("expires_at", number(expires_at))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// The addition of `new` to a counter shard.
+    fn counter_add(
+        &self,
+        application: &str,
+        sync_id: &str,
+        shard: u8,
+        new: SyncOutcomes,
+    ) -> BackendResult<TransactWriteItem> {
+        let (pk, sk) = sync_counter_key(application, sync_id, shard);
+        let add = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .update_expression("ADD outcome_delivered :d, outcome_failed :f")
+            .expression_attribute_values(":d", number(new.delivered))
+            .expression_attribute_values(":f", number(new.failed))
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().update(add).build())
     }
 
     /// The sum of a sync's counter shards (one strongly consistent BatchGetItem).
