@@ -6,12 +6,13 @@ use crate::attempts::{Attempt, EndpointKey, LoggedAttempt};
 use crate::callback::CallbackUrl;
 use crate::clock::rfc3339_millis;
 use crate::events::OpsEvent;
-use crate::http_client::CallbackClient;
+use crate::http_client::{AttemptOutcome, CallbackClient};
 use crate::job::{DeliveryJob, Target};
 use crate::members::{consented_scopes, scoped_person};
 use crate::ports::{
     BackendError, MAX_SEND_DELAY, OpsEvents, PersonOutcome, Ports, SyncStore, announce,
 };
+use crate::record::RecordId;
 use crate::retry::RetryPolicy;
 use crate::sync::{FullSync, SyncState};
 use std::time::Duration;
@@ -106,30 +107,9 @@ impl SyncDriver<'_> {
         deadline: Instant,
     ) -> Result<StepOutcome, BackendError> {
         let ports = self.ports;
-        let Some((mut sync, _)) = ports.syncs.get_sync(application_id, sync_id).await? else {
-            tracing::warn!(
-                application_id,
-                sync_id,
-                "sync step for an unknown sync; dropped"
-            );
+        let Some(mut sync) = self.runnable(application_id, sync_id).await? else {
             return Ok(StepOutcome::Done);
         };
-        if sync.state != SyncState::Running {
-            return Ok(StepOutcome::Done);
-        }
-        if sync.scan_done {
-            // A step repeated after its last save landed: reading again would count the
-            // last page twice. Only the completion may be left to announce.
-            announce_if_complete(
-                ports.syncs.as_ref(),
-                ports.events.as_ref(),
-                application_id,
-                sync_id,
-                STEP_CLAIMANT,
-            )
-            .await?;
-            return Ok(StepOutcome::Done);
-        }
         let lease_until = now_ms(ports)
             + deadline
                 .saturating_duration_since(Instant::now())
@@ -147,37 +127,92 @@ impl SyncDriver<'_> {
             );
             return Ok(StepOutcome::Done);
         }
-        let Some(application) = ports.applications.get_application(application_id).await? else {
-            return self.cancel(&mut sync, "the application was removed").await;
+        let outcome = self.run(application_id, &mut sync, deadline).await;
+        self.release(&sync, holder, lease_until, outcome).await
+    }
+
+    /// The sync, when a step has persons to read: it exists and runs, and its scan is not
+    /// saved as done (a step repeated after its last save landed would count the last
+    /// page twice: it only announces the completion, if that is left to do).
+    async fn runnable(
+        &self,
+        application_id: &str,
+        sync_id: &str,
+    ) -> Result<Option<FullSync>, BackendError> {
+        let ports = self.ports;
+        let Some((sync, _)) = ports.syncs.get_sync(application_id, sync_id).await? else {
+            tracing::warn!(
+                application_id,
+                sync_id,
+                "sync step for an unknown sync; dropped"
+            );
+            return Ok(None);
+        };
+        if sync.state != SyncState::Running {
+            return Ok(None);
+        }
+        if sync.scan_done {
+            announce_if_complete(
+                ports.syncs.as_ref(),
+                ports.events.as_ref(),
+                application_id,
+                sync_id,
+                STEP_CLAIMANT,
+            )
+            .await?;
+            return Ok(None);
+        }
+        Ok(Some(sync))
+    }
+
+    /// Runs the leased sync over its application's webhook (cancelled when there is none
+    /// it can send to).
+    async fn run(
+        &self,
+        application_id: &str,
+        sync: &mut FullSync,
+        deadline: Instant,
+    ) -> Result<StepOutcome, BackendError> {
+        let applications = &self.ports.applications;
+        let Some(application) = applications.get_application(application_id).await? else {
+            return self.cancel(sync, "the application was removed").await;
         };
         let url = match application.webhook.target() {
             Ok(url) => url.clone(),
-            Err(why) => return self.cancel(&mut sync, &why.to_string()).await,
+            Err(why) => return self.cancel(sync, &why.to_string()).await,
         };
-        let outcome = if sync.is_paced() {
-            self.paced(&application, &url, &mut sync, deadline).await
+        if sync.is_paced() {
+            self.paced(&application, &url, sync, deadline).await
         } else {
-            self.fan_out(&application, &mut sync, deadline).await
-        };
-        // Free the lease so the next step can start at once (a crash leaves it to expire).
-        match ports
-            .syncs
-            .release_sync(application_id, sync_id, holder)
-            .await
-        {
-            Ok(()) => outcome,
-            Err(e) => {
-                // The next step is another message: arriving while the lease still holds,
-                // it would stand aside and the sync would stop. It comes once it expired.
-                tracing::warn!(error = %e, "could not free the sync's lease; the next step waits for it to expire");
-                let expires_in =
-                    Duration::from_millis(lease_until.saturating_sub(now_ms(ports)).max(0) as u64);
-                outcome.map(|next| match next {
-                    StepOutcome::Again(delay) => again_after(delay.max(expires_in)),
-                    StepOutcome::Done => StepOutcome::Done,
-                })
-            }
+            self.fan_out(&application, sync, deadline).await
         }
+    }
+
+    /// Frees the lease so the next step can start at once (a crash leaves it to expire).
+    async fn release(
+        &self,
+        sync: &FullSync,
+        holder: &str,
+        lease_until: i64,
+        outcome: Result<StepOutcome, BackendError>,
+    ) -> Result<StepOutcome, BackendError> {
+        let ports = self.ports;
+        let released = ports
+            .syncs
+            .release_sync(&sync.application_id, &sync.sync_id, holder)
+            .await;
+        let Err(e) = released else {
+            return outcome;
+        };
+        // The next step is another message: arriving while the lease still holds, it
+        // would stand aside and the sync would stop. It comes once it expired.
+        tracing::warn!(error = %e, "could not free the sync's lease; the next step waits for it to expire");
+        let expires_in =
+            Duration::from_millis(lease_until.saturating_sub(now_ms(ports)).max(0) as u64);
+        outcome.map(|next| match next {
+            StepOutcome::Again(delay) => again_after(delay.max(expires_in)),
+            StepOutcome::Done => StepOutcome::Done,
+        })
     }
 
     fn scoped(
@@ -300,8 +335,6 @@ impl SyncDriver<'_> {
         deadline: Instant,
     ) -> Result<StepOutcome, BackendError> {
         let ports = self.ports;
-        let interval = Duration::from_millis(sync.request_interval_ms);
-        let attempt_time = self.http_budget();
         loop {
             if let Some(at) = sync.next_attempt_at_ms {
                 let wait = at - now_ms(ports);
@@ -318,84 +351,17 @@ impl SyncDriver<'_> {
                 let Some(scoped) = Self::scoped(application, id, person) else {
                     continue;
                 };
-                if let Some(end) = sync.last_request_end_ms {
-                    let wait = end + interval.as_millis() as i64 - now_ms(ports);
-                    if wait > 0 {
-                        let wait = Duration::from_millis(wait as u64);
-                        // Never sleep past the deadline: come back through the queue.
-                        if Instant::now() + wait + attempt_time >= deadline {
-                            ports.syncs.save_sync(sync).await?;
-                            return Ok(again_after(wait));
-                        }
-                        tokio::time::sleep(wait).await;
-                    }
+                if let Some(stop) = self.wait_for_interval(sync, deadline).await? {
+                    return Ok(stop);
                 }
-                if Instant::now() + attempt_time >= deadline {
-                    ports.syncs.save_sync(sync).await?;
-                    return Ok(StepOutcome::Again(Duration::ZERO));
+                let (job, outcome, acknowledged) =
+                    self.send_paced(application, url, sync, id, scoped).await;
+                if let Some(stop) = self
+                    .after_paced(sync, id, &job, &outcome, acknowledged)
+                    .await?
+                {
+                    return Ok(stop);
                 }
-                let job = DeliveryJob::for_sync(
-                    &application.id,
-                    &sync.sync_id,
-                    id,
-                    scoped.clone(),
-                    rfc3339_millis(ports.clock.now()),
-                );
-                let request = application_request(
-                    job.id.as_str(),
-                    application,
-                    url,
-                    &[scoped],
-                    &job.created_at,
-                    ports.clock.as_ref(),
-                );
-                if sync.head_attempts == 0 {
-                    sync.scanned += 1;
-                }
-                let at_ms = now_ms(ports);
-                let (outcome, acknowledged) = request.send(self.http).await;
-                sync.last_request_end_ms = Some(now_ms(ports));
-                // In the attempt log like every other delivery (one write per paced
-                // request); the log serves the owner, so a failed write costs no delivery.
-                let logged = LoggedAttempt {
-                    attempt: Attempt::new(
-                        &job,
-                        EndpointKey::application(&application.id),
-                        sync.head_attempts + 1,
-                        at_ms,
-                        &outcome,
-                        acknowledged,
-                    ),
-                    job: job.replayable(),
-                };
-                if let Err(e) = ports.attempts.record(std::slice::from_ref(&logged)).await {
-                    tracing::error!(error = %e, "could not record a sync delivery attempt");
-                }
-                // Like other deliveries: a success is not worth a line at INFO.
-                if acknowledged {
-                    tracing::debug!(sync_id = %sync.sync_id, person = %id, status = outcome.status, "sync delivery");
-                } else {
-                    tracing::warn!(sync_id = %sync.sync_id, person = %id, status = outcome.status, error = outcome.error.as_deref(), "sync delivery failed");
-                }
-                if acknowledged {
-                    sync.delivered += 1;
-                } else {
-                    sync.head_attempts += 1;
-                    if !self.retry.is_last(sync.head_attempts) {
-                        let delay = self
-                            .retry
-                            .next_delay(sync.head_attempts, outcome.retry_after);
-                        sync.next_attempt_at_ms = Some(now_ms(ports) + delay.as_millis() as i64);
-                        ports.syncs.save_sync(sync).await?;
-                        return Ok(again_after(delay));
-                    }
-                    ports.queue.dead_letter(&job).await?;
-                    sync.failed += 1;
-                }
-                sync.head_attempts = 0;
-                sync.next_attempt_at_ms = None;
-                sync.cursor = Some(id.to_string());
-                ports.syncs.save_sync(sync).await?;
             }
             match page.next {
                 // Every person up to the scan position was handled above.
@@ -403,6 +369,115 @@ impl SyncDriver<'_> {
                 None => return self.complete(sync).await,
             }
         }
+    }
+
+    /// Sleeps until the interval after the previous request has passed. `Some` when that
+    /// wait, or the request after it, would pass the deadline: the progress is saved and
+    /// the step comes back through the queue.
+    async fn wait_for_interval(
+        &self,
+        sync: &FullSync,
+        deadline: Instant,
+    ) -> Result<Option<StepOutcome>, BackendError> {
+        let ports = self.ports;
+        let interval = Duration::from_millis(sync.request_interval_ms);
+        let attempt_time = self.http_budget();
+        if let Some(end) = sync.last_request_end_ms {
+            let wait = end + interval.as_millis() as i64 - now_ms(ports);
+            if wait > 0 {
+                let wait = Duration::from_millis(wait as u64);
+                // Never sleep past the deadline: come back through the queue.
+                if Instant::now() + wait + attempt_time >= deadline {
+                    ports.syncs.save_sync(sync).await?;
+                    return Ok(Some(again_after(wait)));
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+        if Instant::now() + attempt_time >= deadline {
+            ports.syncs.save_sync(sync).await?;
+            return Ok(Some(StepOutcome::Again(Duration::ZERO)));
+        }
+        Ok(None)
+    }
+
+    /// Sends a person once, as a delivery of the sync, and records the attempt in the
+    /// attempt log like every other delivery (one write per paced request; the log serves
+    /// the owner, so a failed write costs no delivery).
+    async fn send_paced(
+        &self,
+        application: &Application,
+        url: &CallbackUrl,
+        sync: &mut FullSync,
+        id: &RecordId,
+        scoped: serde_json::Map<String, serde_json::Value>,
+    ) -> (DeliveryJob, AttemptOutcome, bool) {
+        let ports = self.ports;
+        let now = rfc3339_millis(ports.clock.now());
+        let job = DeliveryJob::for_sync(&application.id, &sync.sync_id, id, scoped.clone(), now);
+        let request = application_request(
+            job.id.as_str(),
+            application,
+            url,
+            &[scoped],
+            &job.created_at,
+            ports.clock.as_ref(),
+        );
+        if sync.head_attempts == 0 {
+            sync.scanned += 1;
+        }
+        let at_ms = now_ms(ports);
+        let (outcome, acknowledged) = request.send(self.http).await;
+        sync.last_request_end_ms = Some(now_ms(ports));
+        let endpoint = EndpointKey::application(&application.id);
+        let attempt = sync.head_attempts + 1;
+        let logged = LoggedAttempt {
+            attempt: Attempt::new(&job, endpoint, attempt, at_ms, &outcome, acknowledged),
+            job: job.replayable(),
+        };
+        if let Err(e) = ports.attempts.record(std::slice::from_ref(&logged)).await {
+            tracing::error!(error = %e, "could not record a sync delivery attempt");
+        }
+        (job, outcome, acknowledged)
+    }
+
+    /// After a paced request: on to the next person, or (not acknowledged, attempts left)
+    /// `Some` retry of this one after the delay. The last failed attempt dead-letters the
+    /// job and moves on.
+    async fn after_paced(
+        &self,
+        sync: &mut FullSync,
+        id: &RecordId,
+        job: &DeliveryJob,
+        outcome: &AttemptOutcome,
+        acknowledged: bool,
+    ) -> Result<Option<StepOutcome>, BackendError> {
+        let ports = self.ports;
+        let status = outcome.status;
+        // Like other deliveries: a success is not worth a line at INFO.
+        if acknowledged {
+            tracing::debug!(sync_id = %sync.sync_id, person = %id, status, "sync delivery");
+            sync.delivered += 1;
+        } else {
+            let error = outcome.error.as_deref();
+            tracing::warn!(sync_id = %sync.sync_id, person = %id, status, error, "sync delivery failed");
+            sync.head_attempts += 1;
+            if !self.retry.is_last(sync.head_attempts) {
+                let delay = self
+                    .retry
+                    .next_delay(sync.head_attempts, outcome.retry_after);
+                sync.next_attempt_at_ms = Some(now_ms(ports) + delay.as_millis() as i64);
+                ports.syncs.save_sync(sync).await?;
+                return Ok(Some(again_after(delay)));
+            }
+            ports.queue.dead_letter(job).await?;
+            sync.failed += 1;
+        }
+        sync.head_attempts = 0;
+        sync.next_attempt_at_ms = None;
+        sync.cursor = Some(id.to_string());
+        ports.syncs.save_sync(sync).await?;
+        Ok(None)
     }
 
     /// Time to keep in hand for one request before the deadline.
