@@ -7,7 +7,7 @@
 //! must not hold back every later window. A failure that may pass (a backend
 //! unavailable) fails the run instead, and the next run repeats the page.
 
-use crate::application::Application;
+use crate::application::{Application, endpoint_name};
 use crate::clock::rfc3339_millis;
 use crate::job::DeliveryJob;
 use crate::members::{consents, scoped_person};
@@ -173,88 +173,111 @@ impl Flush {
         let Some(through) = self.windows.closed_through() else {
             return Ok(report);
         };
-        let oldest = WindowId(through.0.saturating_sub(self.settings.max_lag));
-        let mut cursor = self.ports.pending.cursor().await?.unwrap_or(FlushCursor {
-            window: WindowId(through.0.saturating_sub(self.settings.first_run_lookback)),
-            after: None,
-        });
-        if cursor.window < oldest {
-            tracing::warn!(
-                from = cursor.window.0,
-                to = oldest.0,
-                "flush fell behind past the pending-entry lifetime; skipping expired windows"
-            );
-            cursor = FlushCursor {
-                window: oldest,
-                after: None,
-            };
-        }
-        // Members-style fan-out needs each person's consents; with no application at all,
-        // the person reads are skipped (one query per run instead of one read per record).
-        let members = match self.ports.applications.list_applications().await {
-            Ok(applications) => !applications.is_empty(),
-            // Some application item does not decode: read the persons all the same (each
-            // application is read, and set aside if corrupt, per person below).
-            Err(BackendError::Corrupt(e)) => {
-                tracing::error!(error = %e, "an application item is corrupt");
-                true
-            }
-            Err(e) => return Err(e),
-        };
+        let mut cursor = self.start_cursor(through).await?;
+        let members = self.members_exist().await?;
         while cursor.window <= through {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 report.partial = true;
                 break;
             }
-            let page = self
-                .ports
-                .pending
-                .page(
-                    cursor.window,
-                    cursor.after.as_deref(),
-                    self.settings.page_size,
-                )
-                .await?;
-            let mut plan = self.plan(cursor.window, &page.items, members).await?;
-            let enqueued = self.ports.queue.enqueue(&plan.jobs).await?;
-            report.jobs += (plan.jobs.len() - enqueued.refused.len()) as u64;
-            for refused in enqueued.refused {
-                plan.set_aside.push(PoisonItem::refused(
-                    &plan.records[refused.index],
-                    &plan.jobs[refused.index],
-                    cursor.window,
-                    refused.refusal,
-                    plan.created_at.clone(),
-                ));
-            }
-            // Before the cursor moves past them: a crash here repeats the page, and the
-            // same poison item is written again under the same id.
-            for item in &plan.set_aside {
-                self.ports.pending.set_aside(item).await?;
-                tracing::error!(poison = %item.id(), record = %item.record, endpoint = item.endpoint.as_deref().unwrap_or("all"), reason = %item.reason(), "change set aside");
-                announce(self.ports.events.as_ref(), item.event()).await;
-            }
-            report.records += page.items.len() as u64;
-            report.set_aside += plan.set_aside.len() as u64;
-            cursor = match page.next {
-                Some(after) => FlushCursor {
-                    window: cursor.window,
-                    after: Some(after),
-                },
-                None => {
-                    report.windows += 1;
-                    FlushCursor {
-                        window: WindowId(cursor.window.0 + 1),
-                        after: None,
-                    }
-                }
-            };
-            self.ports.pending.save_cursor(&cursor).await?;
+            cursor = self.flush_page(cursor, members, &mut report).await?;
         }
         // The cursor's window and every closed one after it are still to be flushed.
         report.behind_windows = (through.0 + 1).saturating_sub(cursor.window.0);
         tracing::info!(?report, next_window = cursor.window.0, "flush done");
         Ok(report)
+    }
+
+    /// Where this run starts: the saved cursor (or, on the first run, a lookback from the
+    /// newest closed window), moved past windows whose pending entries have expired.
+    async fn start_cursor(&self, through: WindowId) -> Result<FlushCursor, BackendError> {
+        let oldest = WindowId(through.0.saturating_sub(self.settings.max_lag));
+        let cursor = self.ports.pending.cursor().await?.unwrap_or(FlushCursor {
+            window: WindowId(through.0.saturating_sub(self.settings.first_run_lookback)),
+            after: None,
+        });
+        if cursor.window >= oldest {
+            return Ok(cursor);
+        }
+        tracing::warn!(
+            from = cursor.window.0,
+            to = oldest.0,
+            "flush fell behind past the pending-entry lifetime; skipping expired windows"
+        );
+        Ok(FlushCursor {
+            window: oldest,
+            after: None,
+        })
+    }
+
+    /// Whether Members-style fan-out needs each person's consents: with no application at
+    /// all, the person reads are skipped (one query per run instead of one read per
+    /// record).
+    async fn members_exist(&self) -> Result<bool, BackendError> {
+        match self.ports.applications.list_applications().await {
+            Ok(applications) => Ok(!applications.is_empty()),
+            // Some application item does not decode: read the persons all the same (each
+            // application is read, and set aside if corrupt, per person below).
+            Err(BackendError::Corrupt(e)) => {
+                tracing::error!(error = %e, "an application item is corrupt");
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Flushes one page of the cursor's window and saves the cursor after it; returns it.
+    async fn flush_page(
+        &self,
+        cursor: FlushCursor,
+        members: bool,
+        report: &mut FlushReport,
+    ) -> Result<FlushCursor, BackendError> {
+        let page = self
+            .ports
+            .pending
+            .page(
+                cursor.window,
+                cursor.after.as_deref(),
+                self.settings.page_size,
+            )
+            .await?;
+        let mut plan = self.plan(cursor.window, &page.items, members).await?;
+        let enqueued = self.ports.queue.enqueue(&plan.jobs).await?;
+        report.jobs += (plan.jobs.len() - enqueued.refused.len()) as u64;
+        for refused in enqueued.refused {
+            plan.set_aside.push(PoisonItem::refused(
+                &plan.records[refused.index],
+                &plan.jobs[refused.index],
+                cursor.window,
+                refused.refusal,
+                plan.created_at.clone(),
+            ));
+        }
+        // Before the cursor moves past them: a crash here repeats the page, and the
+        // same poison item is written again under the same id.
+        for item in &plan.set_aside {
+            self.ports.pending.set_aside(item).await?;
+            tracing::error!(poison = %item.id(), record = %item.record, endpoint = item.endpoint.as_deref().unwrap_or("all"), reason = %item.reason(), "change set aside");
+            announce(self.ports.events.as_ref(), item.event()).await;
+        }
+        report.records += page.items.len() as u64;
+        report.set_aside += plan.set_aside.len() as u64;
+        let next = match page.next {
+            Some(after) => FlushCursor {
+                window: cursor.window,
+                after: Some(after),
+            },
+            None => {
+                report.windows += 1;
+                FlushCursor {
+                    window: WindowId(cursor.window.0 + 1),
+                    after: None,
+                }
+            }
+        };
+        self.ports.pending.save_cursor(&next).await?;
+        Ok(next)
     }
 
     /// One job per (record, subscription) and per (person, consented application with a
@@ -266,7 +289,6 @@ impl Flush {
         records: &[RecordId],
         members: bool,
     ) -> Result<PagePlan, BackendError> {
-        let created_at = rfc3339_millis(self.ports.clock.now());
         // Futures collected first: a closure inside the stream would make this future
         // lose `Send` through higher-ranked lifetimes.
         let lookups: Vec<_> = records
@@ -277,24 +299,13 @@ impl Flush {
             .buffered(self.settings.lookup_concurrency)
             .collect()
             .await;
-        let mut applications: HashMap<String, Result<Option<Application>, String>> = HashMap::new();
-        let mut plan = PagePlan {
-            jobs: Vec::new(),
-            records: Vec::new(),
-            set_aside: Vec::new(),
-            created_at: created_at.clone(),
-        };
+        let mut applications = HashMap::new();
+        let mut plan = PagePlan::new(window, rfc3339_millis(self.ports.clock.now()));
         for (record, targets) in records.iter().zip(per_record) {
             let (subscriptions, person) = match targets {
                 Ok(targets) => targets,
                 Err(BackendError::Corrupt(detail)) => {
-                    plan.set_aside.push(PoisonItem::corrupt(
-                        record,
-                        window,
-                        None,
-                        detail,
-                        created_at.clone(),
-                    ));
+                    plan.set_aside_corrupt(record, None, detail);
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -303,51 +314,69 @@ impl Flush {
                 .into_iter()
                 .filter(|s| !s.health.is_disabled())
             {
-                plan.push(
-                    record,
-                    DeliveryJob::for_subscription(&subscription, window, created_at.clone()),
-                );
+                let job =
+                    DeliveryJob::for_subscription(&subscription, window, plan.created_at.clone());
+                plan.push(record, job);
             }
-            let Some(person) = person else { continue };
-            for (app_id, scopes) in consents(&person) {
-                if !applications.contains_key(&app_id) {
-                    let app = match self.ports.applications.get_application(&app_id).await {
-                        Ok(app) => Ok(app),
-                        Err(BackendError::Corrupt(detail)) => Err(detail),
-                        Err(e) => return Err(e),
-                    };
-                    applications.insert(app_id.clone(), app);
-                }
-                match &applications[&app_id] {
-                    Ok(app) => {
-                        if app
-                            .as_ref()
-                            .is_some_and(|a| a.webhook.url.is_some() && !a.health.is_disabled())
-                        {
-                            let scoped = scoped_person(record, &person, &scopes);
-                            plan.push(
-                                record,
-                                DeliveryJob::for_application(
-                                    &app_id,
-                                    record,
-                                    scoped,
-                                    window,
-                                    created_at.clone(),
-                                ),
-                            );
-                        }
-                    }
-                    Err(detail) => plan.set_aside.push(PoisonItem::corrupt(
-                        record,
-                        window,
-                        Some(format!("application:{app_id}")),
-                        detail.clone(),
-                        created_at.clone(),
-                    )),
-                }
+            if let Some(person) = person {
+                self.plan_consents(&mut plan, record, &person, &mut applications)
+                    .await?;
             }
         }
         Ok(plan)
+    }
+
+    /// A job for each application the person consents to that has a webhook and is
+    /// enabled; an application whose item does not decode sets the change aside for it.
+    async fn plan_consents(
+        &self,
+        plan: &mut PagePlan,
+        record: &RecordId,
+        person: &Person,
+        applications: &mut ApplicationsRead,
+    ) -> Result<(), BackendError> {
+        for (app_id, scopes) in consents(person) {
+            match self.application_once(applications, &app_id).await? {
+                Ok(app) => {
+                    if app
+                        .as_ref()
+                        .is_some_and(|a| a.webhook.url.is_some() && !a.health.is_disabled())
+                    {
+                        let scoped = scoped_person(record, person, &scopes);
+                        let created_at = plan.created_at.clone();
+                        let job = DeliveryJob::for_application(
+                            &app_id,
+                            record,
+                            scoped,
+                            plan.window,
+                            created_at,
+                        );
+                        plan.push(record, job);
+                    }
+                }
+                Err(detail) => {
+                    plan.set_aside_corrupt(record, Some(endpoint_name(&app_id)), detail.clone())
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The application `id`, read once per run (a corrupt item as its error's text).
+    async fn application_once<'a>(
+        &self,
+        applications: &'a mut ApplicationsRead,
+        id: &str,
+    ) -> Result<&'a Result<Option<Application>, String>, BackendError> {
+        if !applications.contains_key(id) {
+            let app = match self.ports.applications.get_application(id).await {
+                Ok(app) => Ok(app),
+                Err(BackendError::Corrupt(detail)) => Err(detail),
+                Err(e) => return Err(e),
+            };
+            applications.insert(id.to_owned(), app);
+        }
+        Ok(&applications[id])
     }
 
     /// The subscriptions of a record and the person (for its consents).
@@ -367,8 +396,13 @@ impl Flush {
     }
 }
 
+/// The applications a flush run has read, by id (a corrupt item as its error's text).
+type ApplicationsRead = HashMap<String, Result<Option<Application>, String>>;
+
 /// What one page of pending records turns into.
 struct PagePlan {
+    /// The window of the page.
+    window: WindowId,
     /// The jobs to enqueue.
     jobs: Vec<DeliveryJob>,
     /// The record of each job, by position.
@@ -380,6 +414,29 @@ struct PagePlan {
 }
 
 impl PagePlan {
+    fn new(window: WindowId, created_at: String) -> Self {
+        Self {
+            window,
+            jobs: Vec::new(),
+            records: Vec::new(),
+            set_aside: Vec::new(),
+            created_at,
+        }
+    }
+
+    /// Sets the record's change aside (for `endpoint`, or for all of them) because a stored
+    /// item does not decode.
+    fn set_aside_corrupt(&mut self, record: &RecordId, endpoint: Option<String>, detail: String) {
+        let item = PoisonItem::corrupt(
+            record,
+            self.window,
+            endpoint,
+            detail,
+            self.created_at.clone(),
+        );
+        self.set_aside.push(item);
+    }
+
     fn push(&mut self, record: &RecordId, job: DeliveryJob) {
         self.records.push(record.clone());
         self.jobs.push(job);
