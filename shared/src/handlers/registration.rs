@@ -339,34 +339,36 @@ impl Registration {
                 Ok(response)
             }
             Registered::AlreadyExists => {
-                // Registering again is how an owner re-enables a disabled callback.
-                let existing = self
-                    .ports
-                    .subscriptions
-                    .get_subscription(&subscription.record, &subscription.callback)
-                    .await?;
-                if existing.is_some_and(|s| s.health.is_disabled()) {
-                    self.ports
-                        .subscriptions
-                        .set_subscription_health(
-                            &subscription.record,
-                            &subscription.callback,
-                            &Default::default(),
-                        )
-                        .await?;
-                    announce(
-                        self.ports.events.as_ref(),
-                        OpsEvent::EndpointEnabled {
-                            endpoint: subscription.endpoint(),
-                        },
-                    )
-                    .await;
-                    tracing::info!(endpoint = %subscription.endpoint(), "webhook re-enabled by its owner");
-                }
+                self.reenable_if_disabled(&subscription).await?;
                 Ok(empty_response(StatusCode::NO_CONTENT))
             }
             Registered::OwnedByOther => Err(ApiError::NotOwner),
         }
+    }
+
+    /// Registering again is how an owner re-enables a disabled callback.
+    async fn reenable_if_disabled(&self, subscription: &Subscription) -> Result<(), ApiError> {
+        let subscriptions = &self.ports.subscriptions;
+        let existing = subscriptions
+            .get_subscription(&subscription.record, &subscription.callback)
+            .await?;
+        if !existing.is_some_and(|s| s.health.is_disabled()) {
+            return Ok(());
+        }
+        subscriptions
+            .set_subscription_health(
+                &subscription.record,
+                &subscription.callback,
+                &Default::default(),
+            )
+            .await?;
+        let endpoint = subscription.endpoint();
+        let event = OpsEvent::EndpointEnabled {
+            endpoint: endpoint.clone(),
+        };
+        announce(self.ports.events.as_ref(), event).await;
+        tracing::info!(%endpoint, "webhook re-enabled by its owner");
+        Ok(())
     }
 
     /// `GET /{record}/webhook/{callback}`: the owner sees the webhook's health.
