@@ -19,7 +19,6 @@ struct Shared {
 
 /// A running receiver; stops when dropped.
 pub struct Receiver {
-    /// Where it listens.
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,

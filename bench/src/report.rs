@@ -7,7 +7,6 @@ use std::time::Duration;
 pub enum Verdict {
     /// Meets it (with a qualifier, if any).
     Met(String),
-    /// Misses it.
     Missed(String),
     /// A reference figure without a target.
     Info,
@@ -97,11 +96,8 @@ impl Table {
 /// Minimum, median and maximum of some durations.
 #[derive(Debug, Clone, Copy)]
 pub struct Stats {
-    /// Smallest.
     pub min: Duration,
-    /// Median.
     pub median: Duration,
-    /// Largest.
     pub max: Duration,
 }
 

@@ -52,7 +52,6 @@ pub struct LocalConfig {
     pub flush_interval: Duration,
     /// How long after closing a window the flush waits before reading it.
     pub flush_grace: Duration,
-    /// The retry schedule.
     pub retry: RetryPolicy,
     /// The ack deadline of one delivery attempt.
     pub delivery_timeout: Duration,
@@ -62,7 +61,6 @@ pub struct LocalConfig {
     pub delivery_workers: usize,
     /// The queue's default visibility timeout (a crashed delivery reappears after it).
     pub visibility_timeout: Duration,
-    /// Access token lifetime.
     pub token_lifetime: Duration,
     /// Allow http and loopback/private callbacks (local receivers).
     pub allow_insecure_callbacks: bool,
@@ -349,7 +347,6 @@ pub struct LocalService {
     pub clients: Vec<Bootstrapped>,
     /// The applications created at start.
     pub applications: Vec<Bootstrapped>,
-    /// The wired-up service.
     pub runtime: Arc<Runtime>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,

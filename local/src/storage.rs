@@ -41,7 +41,6 @@ pub enum Storage {
 }
 
 impl Storage {
-    /// In memory.
     pub fn memory(visibility_timeout: Duration, max_receive_count: u32) -> Self {
         Self::Memory {
             store: Arc::new(MemoryStore::default()),

@@ -55,7 +55,6 @@ pub struct Application {
     pub id: String,
     /// Hex SHA-256 of the API key.
     pub api_key_hash: String,
-    /// Webhook settings.
     #[serde(default)]
     pub webhook: WebhookConfig,
     /// Standard Webhooks secrets.
@@ -71,7 +70,6 @@ pub struct Application {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApplicationPatch {
-    /// Changes to the webhook.
     pub webhook: Option<WebhookPatch>,
 }
 

@@ -51,7 +51,6 @@ impl EndpointKey {
         .then(|| Self(text.to_owned()))
     }
 
-    /// The key as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -92,9 +91,7 @@ impl EndpointOwner {
 /// An endpoint as the attempt log is read: its key and its owner.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LogEndpoint {
-    /// The endpoint.
     pub key: EndpointKey,
-    /// Who owns it.
     pub owner: EndpointOwner,
 }
 
@@ -173,13 +170,11 @@ impl OutcomeClass {
 pub struct Attempt {
     /// The message (`webhook-id`), the same across its attempts and redeliveries.
     pub message_id: MessageId,
-    /// Where it went.
     pub endpoint: EndpointKey,
     /// 1-based attempt number within its attempt series.
     pub attempt: u32,
     /// When it was made, epoch milliseconds.
     pub at_ms: i64,
-    /// How it ended.
     pub outcome: OutcomeClass,
     /// The receiver's HTTP status, if it answered.
     pub status: Option<u16>,
@@ -234,7 +229,6 @@ impl Attempt {
 /// An attempt together with the message it sent: what the delivery handler records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedAttempt {
-    /// The attempt.
     pub attempt: Attempt,
     /// The message as it can be sent again (counters cleared).
     pub job: DeliveryJob,
@@ -257,7 +251,6 @@ impl LoggedAttempt {
 /// A kept message with how its latest attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
-    /// Where it goes.
     pub endpoint: EndpointKey,
     /// What is sent (counters cleared).
     pub job: DeliveryJob,
@@ -301,7 +294,6 @@ impl StoredMessage {
 pub struct Recovery {
     /// `rec_` and 32 hex digits.
     pub id: String,
-    /// The endpoint recovered.
     pub endpoint: EndpointKey,
     /// The `since` it was asked for, as given.
     pub since: String,

@@ -105,7 +105,6 @@ pub enum StoredUrl {
     Unusable {
         /// The text as stored.
         text: String,
-        /// Why it is refused.
         reason: InvalidCallbackUrl,
     },
 }

@@ -16,11 +16,8 @@ pub enum ConfigError {
     /// A variable does not parse.
     #[error("environment variable {name} = {value:?} is not valid: {reason}")]
     Invalid {
-        /// The variable.
         name: &'static str,
-        /// Its value.
         value: String,
-        /// What is wrong.
         reason: &'static str,
     },
 }

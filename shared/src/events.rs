@@ -17,30 +17,21 @@ pub enum OpsEvent {
     EndpointDisabled {
         /// `subscription:<record>:<callback>` or `application:<id>`.
         endpoint: String,
-        /// Why.
         reason: String,
     },
     /// Its owner re-enabled it.
-    EndpointEnabled {
-        /// The endpoint.
-        endpoint: String,
-    },
+    EndpointEnabled { endpoint: String },
     /// A message failed its last attempt and is in the dead-letter queue.
     MessageExhausted {
         /// The message id (`webhook-id`).
         message_id: String,
-        /// The endpoint.
         endpoint: String,
-        /// Attempts made.
         attempts: u32,
-        /// The last error.
         last_error: String,
     },
     /// A full sync finished.
     SyncCompleted {
-        /// The application.
         application: String,
-        /// The sync.
         sync: String,
         /// Persons delivered.
         delivered: u64,
@@ -58,7 +49,6 @@ pub enum OpsEvent {
         window: u64,
         /// The subscriber held back, or `all` when the record itself could not be read.
         endpoint: String,
-        /// Why.
         reason: String,
     },
 }

@@ -73,7 +73,8 @@ pub struct EndpointHealth {
     /// When the endpoint was disabled (epoch seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_at: Option<i64>,
-    /// Why.
+    /// What disabled it, as its owner reads it: a [`DisableReason`], or why its stored URL is
+    /// unusable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
 }

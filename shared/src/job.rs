@@ -47,7 +47,6 @@ impl MessageId {
         self.0.get(4..12).unwrap_or(&self.0)
     }
 
-    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -75,7 +74,6 @@ pub enum Target {
     },
     /// Members style: the scoped person in a signed envelope to the application's webhook.
     Application {
-        /// The application.
         application: String,
         /// The person's record id.
         record: RecordId,
@@ -86,12 +84,7 @@ pub enum Target {
         sync: Option<String>,
     },
     /// One step of a full sync (see [`crate::sync`]).
-    SyncStep {
-        /// The application.
-        application: String,
-        /// The sync.
-        sync: String,
-    },
+    SyncStep { application: String, sync: String },
 }
 
 /// One notification to deliver; the body of one delivery-queue message.

@@ -29,7 +29,6 @@ pub enum Refusal {
     TooLarge {
         /// The body's size.
         bytes: usize,
-        /// The limit.
         limit: usize,
     },
     /// The queue refused the content (SQS `InvalidMessageContents` and the like).

@@ -16,9 +16,7 @@ pub struct DeliveryMetrics {
     pub acks: u64,
     /// Failed attempts by class.
     pub failures_3xx: u64,
-    /// 4xx answers.
     pub failures_4xx: u64,
-    /// 5xx answers.
     pub failures_5xx: u64,
     /// Other non-acknowledging answers (1xx, 203, 205, …).
     pub failures_other_status: u64,

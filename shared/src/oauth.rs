@@ -158,11 +158,8 @@ impl IssuedToken {
 /// The parameters of a client-credentials token request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRequest {
-    /// `client_id`.
     pub client_id: String,
-    /// `client_secret`.
     pub client_secret: String,
-    /// `scope`.
     pub scope: String,
 }
 

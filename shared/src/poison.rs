@@ -44,7 +44,6 @@ pub struct PoisonItem {
     /// The refused job's message id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<MessageId>,
-    /// Why.
     pub cause: PoisonCause,
     /// When, RFC 3339 UTC with milliseconds.
     pub set_aside_at: String,

@@ -54,7 +54,7 @@ impl BackendError {
 /// Shorthand for port results.
 pub type BackendResult<T> = Result<T, BackendError>;
 
-/// OAuth clients.
+/// OAuth clients: written by the admin tool, read by the token endpoint and every bearer check.
 #[async_trait]
 pub trait ClientStore: Send + Sync {
     /// The client with this id.
@@ -68,13 +68,13 @@ pub trait ClientStore: Send + Sync {
 /// Access tokens, by the hash of their value.
 #[async_trait]
 pub trait TokenStore: Send + Sync {
-    /// Stores a token.
+    /// Stores a token under its hash (the token itself is never stored).
     async fn put_token(&self, token: &AccessToken) -> BackendResult<()>;
     /// The token whose hash is `token_hash`.
     async fn get_token(&self, token_hash: &str) -> BackendResult<Option<AccessToken>>;
 }
 
-/// ORCID-style subscriptions.
+/// ORCID-style subscriptions: one per (record, callback URL), owned by the client that made it.
 #[async_trait]
 pub trait SubscriptionStore: Send + Sync {
     /// Adds a subscription unless the (record, callback) pair exists.
@@ -130,7 +130,7 @@ pub trait RecordStore: Send + Sync {
     ) -> BackendResult<Page<(RecordId, Person)>>;
 }
 
-/// Members-style applications.
+/// Members-style applications: their webhook settings, keys and endpoint health.
 #[async_trait]
 pub trait ApplicationStore: Send + Sync {
     /// The application with this id.
@@ -145,7 +145,8 @@ pub trait ApplicationStore: Send + Sync {
     async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()>;
 }
 
-/// Full syncs.
+/// Full syncs: their progress, the outcomes counted once per person, and the lease that lets one
+/// step run at a time.
 #[async_trait]
 pub trait SyncStore: Send + Sync {
     /// Saves the driver's state of a sync (never the outcome counters).
@@ -200,7 +201,7 @@ pub trait SyncStore: Send + Sync {
 /// The final outcome of one person's job in a fan-out sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersonOutcome {
-    /// The person.
+    /// Whose delivery ended.
     pub person: RecordId,
     /// Acknowledged (else it went to the dead-letter queue after its last attempt).
     pub delivered: bool,
@@ -220,7 +221,7 @@ pub struct PersonOutcome {
 /// - `next` is a position to pass back as `after`, nothing to parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
-    /// The items.
+    /// This page's items, in key order.
     pub items: Vec<T>,
     /// Where the next page starts, if there is one.
     pub next: Option<String>,
@@ -344,7 +345,7 @@ impl Enqueued {
 pub struct RefusedJob {
     /// Its position in the enqueued slice.
     pub index: usize,
-    /// Why.
+    /// Why the queue refused it; sending it again cannot help.
     pub refusal: Refusal,
 }
 
@@ -413,27 +414,27 @@ pub trait AttemptLog: Send + Sync {
 /// Every port, as the handlers share them.
 #[derive(Clone)]
 pub struct Ports {
-    /// OAuth clients.
+    /// Read by the token endpoint and every bearer check.
     pub clients: Arc<dyn ClientStore>,
-    /// Access tokens.
+    /// Access tokens, looked up by their hash.
     pub tokens: Arc<dyn TokenStore>,
-    /// ORCID-style subscriptions.
+    /// Registered by the API, read by the flush for each changed record.
     pub subscriptions: Arc<dyn SubscriptionStore>,
-    /// Members-style applications.
+    /// Read by the flush (who consented) and delivery (where, with which keys).
     pub applications: Arc<dyn ApplicationStore>,
-    /// Full syncs.
+    /// Progress of the full syncs, saved after every page or person.
     pub syncs: Arc<dyn SyncStore>,
     /// Pending changes and the flush cursor.
     pub pending: Arc<dyn PendingChanges>,
-    /// The records table.
+    /// The registry's records table, read only: persons and their consents.
     pub records: Arc<dyn RecordStore>,
-    /// The delivery queue.
+    /// The delivery queue (SQS semantics), with its dead-letter and parked queues.
     pub queue: Arc<dyn DeliveryQueue>,
-    /// Operational events.
+    /// What operators are told (EventBridge in production, the log locally).
     pub events: Arc<dyn OpsEvents>,
-    /// The delivery attempt log.
+    /// Every delivery attempt, for the endpoint's owner to read.
     pub attempts: Arc<dyn AttemptLog>,
-    /// Time.
+    /// Every handler's now: the system clock in production, a manual one in tests.
     pub clock: Arc<dyn Clock>,
 }
 

@@ -45,7 +45,6 @@ impl RecordId {
         }
     }
 
-    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }

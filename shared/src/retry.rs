@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 /// The longest any retry waits (also SQS's visibility-timeout limit).
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(12 * 60 * 60);
 
-/// The retry schedule.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Delay after the first failed attempt.

@@ -92,13 +92,12 @@ pub struct SigningSecrets {
     /// Also signs messages until `previous_until`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<WebhookSecret>,
-    /// Epoch seconds.
+    /// When the previous secret stops signing, epoch seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_until: Option<i64>,
 }
 
 impl SigningSecrets {
-    /// Fresh secrets.
     pub fn generate() -> Self {
         Self {
             current: WebhookSecret::generate(),

@@ -32,9 +32,7 @@ pub enum SyncState {
 /// saving it replaces all of the driver's state and nothing else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FullSync {
-    /// The application.
     pub application_id: String,
-    /// The sync id.
     pub sync_id: String,
     /// The interval it runs with (fixed at start).
     pub request_interval_ms: u64,
@@ -84,7 +82,6 @@ pub struct SyncOutcomes {
 }
 
 impl FullSync {
-    /// A new sync.
     pub fn new(application_id: &str, request_interval_ms: u64, started_at: String) -> Self {
         Self {
             application_id: application_id.to_owned(),
@@ -132,7 +129,6 @@ impl FullSync {
 /// A sync's progress: its own counts and its fan-out jobs' together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncProgress {
-    /// Where it stands.
     pub state: SyncState,
     /// Persons acknowledged.
     pub delivered: u64,

@@ -19,9 +19,7 @@ pub const RECORD: &str = "0000-0002-7465-2162";
 
 /// A registration handler and what it stores.
 pub struct TestApi {
-    /// The handler.
     pub registration: Registration,
-    /// The service table.
     pub store: Arc<MemoryStore>,
     /// Time (starts now, moves when told).
     pub clock: Arc<ManualClock>,

@@ -20,13 +20,9 @@ use tokio::time::Instant;
 /// One request a [`Receiver`] got.
 #[derive(Debug, Clone)]
 pub struct Hit {
-    /// The method.
     pub method: Method,
-    /// The path.
     pub path: String,
-    /// The headers.
     pub headers: HeaderMap,
-    /// The body.
     pub body: Bytes,
     /// When it arrived.
     pub at: Instant,
@@ -43,7 +39,6 @@ struct Shared {
 
 /// A webhook receiver: answers the scripted status codes in order, then 204.
 pub struct Receiver {
-    /// Where it listens.
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,

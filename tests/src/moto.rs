@@ -69,15 +69,10 @@ async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
 
 /// One test's tables and queues.
 pub struct MotoEnv {
-    /// SDK configuration.
     pub config: SdkConfig,
-    /// Records table name.
     pub records_table: String,
-    /// Service table name.
     pub service_table: String,
-    /// Delivery queue URL.
     pub queue_url: String,
-    /// Dead-letter queue URL.
     pub dlq_url: String,
     /// Parked queue URL (jobs for disabled endpoints).
     pub parked_url: String,

@@ -74,15 +74,10 @@ impl aws_types::service_config::LoadServiceConfig for NonEmptySettings {
 /// The adapters over one SDK configuration.
 #[derive(Clone)]
 pub struct AwsServices {
-    /// The service table.
     pub store: Arc<DynamoStore>,
-    /// The records table.
     pub records: Arc<DynamoRecords>,
-    /// The delivery queue.
     pub queue: Arc<SqsQueue>,
-    /// Operational events.
     pub events: Arc<EventBridgeEvents>,
-    /// Settings.
     pub settings: Settings,
 }
 
@@ -154,7 +149,6 @@ impl AwsServices {
         CallbackClient::new(&self.settings.http())
     }
 
-    /// The registration handler.
     pub fn registration(&self) -> Registration {
         Registration {
             ports: self.ports(),
@@ -163,7 +157,6 @@ impl AwsServices {
         }
     }
 
-    /// The change-capture handler.
     pub fn change_capture(&self) -> ChangeCapture {
         ChangeCapture {
             pending: self.store.clone(),
@@ -171,7 +164,6 @@ impl AwsServices {
         }
     }
 
-    /// The flush handler.
     pub fn flush(&self) -> Flush {
         Flush {
             ports: self.ports(),
@@ -180,7 +172,6 @@ impl AwsServices {
         }
     }
 
-    /// The delivery handler.
     pub fn delivery(&self) -> Delivery {
         Delivery::new(self.ports(), self.http(), self.settings.delivery())
     }

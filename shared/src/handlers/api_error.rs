@@ -92,7 +92,6 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The HTTP status code.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::OAuth(OAuthError::InvalidClient | OAuthError::InvalidScope) => {
@@ -157,7 +156,6 @@ impl ApiError {
         }
     }
 
-    /// The JSON response.
     pub fn into_response(self) -> Response<Body> {
         if let Self::Unavailable(e) = &self {
             tracing::error!(error = %e, "backend failure answered with 503");

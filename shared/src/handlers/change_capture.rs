@@ -13,7 +13,6 @@ use std::sync::Arc;
 /// Concurrent pending writes per batch.
 const WRITE_CONCURRENCY: usize = 16;
 
-/// The change-capture handler.
 pub struct ChangeCapture {
     /// Where pending entries go.
     pub pending: Arc<dyn PendingChanges>,

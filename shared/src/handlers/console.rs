@@ -15,9 +15,7 @@ use lambda_http::{Body, Response};
 pub struct Asset {
     /// The path it is served at.
     pub path: &'static str,
-    /// Its `Content-Type`.
     pub content_type: &'static str,
-    /// Its bytes.
     pub body: &'static str,
 }
 

@@ -27,7 +27,6 @@ use tokio::time::Instant;
 /// The lease of a run without a deadline (the local runner): Lambda's longest timeout.
 const LEASE_WITHOUT_DEADLINE: Duration = Duration::from_secs(900);
 
-/// Settings of the flush.
 #[derive(Debug, Clone, Copy)]
 pub struct FlushSettings {
     /// Pending records read per page (and per cursor save).
@@ -82,13 +81,10 @@ pub struct FlushReport {
     pub behind_windows: u64,
 }
 
-/// The flush handler.
 pub struct Flush {
-    /// The ports.
     pub ports: Ports,
     /// Which windows are closed.
     pub windows: Arc<dyn FlushWindows>,
-    /// Settings.
     pub settings: FlushSettings,
 }
 

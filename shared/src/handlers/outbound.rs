@@ -15,11 +15,9 @@ use serde_json::{Map, Value};
 /// One request to a subscriber.
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    /// Where.
     pub url: url::Url,
     /// Headers (Standard Webhooks, content type).
     pub headers: Vec<(&'static str, String)>,
-    /// The body.
     pub body: Bytes,
     /// Which answers acknowledge.
     pub ack: AckPolicy,

@@ -50,13 +50,10 @@ impl Default for ApiSettings {
     }
 }
 
-/// The registration handler.
 pub struct Registration {
-    /// The ports.
     pub ports: Ports,
     /// The delivery client (Run Test delivers at once).
     pub http: CallbackClient,
-    /// Settings.
     pub settings: ApiSettings,
 }
 

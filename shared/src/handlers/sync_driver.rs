@@ -83,7 +83,6 @@ fn again_after(wait: Duration) -> StepOutcome {
 
 /// One step of a full sync.
 pub struct SyncDriver<'a> {
-    /// The ports.
     pub ports: &'a Ports,
     /// The delivery client (paced syncs send themselves).
     pub http: &'a CallbackClient,

@@ -25,7 +25,6 @@ fn rfc3339_ms(ms: i64) -> Option<String> {
         .map(crate::clock::rfc3339_millis)
 }
 
-/// An endpoint's health.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthView {
@@ -145,7 +144,6 @@ impl SyncView {
     }
 }
 
-/// One delivery attempt.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptView {

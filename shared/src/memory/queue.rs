@@ -22,11 +22,9 @@ use tokio::time::Instant;
 /// A message as a receive hands it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
-    /// The message id.
     pub message_id: String,
     /// The handle of this receive (for delete and visibility changes).
     pub receipt_handle: String,
-    /// The body.
     pub body: String,
     /// How many times it has been received, this time included.
     pub receive_count: u32,

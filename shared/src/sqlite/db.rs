@@ -57,9 +57,7 @@ pub enum OpenError {
     /// The directory could not be created or read.
     #[error("data directory {dir}: {source}")]
     Directory {
-        /// The directory.
         dir: PathBuf,
-        /// The failure.
         source: std::io::Error,
     },
     /// Another process holds the directory's lock.
@@ -67,9 +65,7 @@ pub enum OpenError {
         "data directory {dir} is in use by another webhooks-local (its lock file {lock} is held{holder}); stop that one first, or give this one another --data-dir"
     )]
     Locked {
-        /// The directory.
         dir: PathBuf,
-        /// The lock file.
         lock: PathBuf,
         /// `" by pid N"` when the holder wrote its pid.
         holder: String,
@@ -79,9 +75,7 @@ pub enum OpenError {
         "the database {file} has schema version {found}, newer than this program knows ({known}); run the newer version, or restore a backup"
     )]
     NewerSchema {
-        /// The database file.
         file: PathBuf,
-        /// Its `user_version`.
         found: u32,
         /// The newest this program migrates to.
         known: u32,
@@ -89,9 +83,7 @@ pub enum OpenError {
     /// SQLite refused to open or migrate the database.
     #[error("database {file}: {source}")]
     Sqlite {
-        /// The database file.
         file: PathBuf,
-        /// The failure.
         source: rusqlite::Error,
     },
 }
@@ -213,12 +205,10 @@ impl Database {
         }))
     }
 
-    /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The database file.
     pub fn file(&self) -> &Path {
         &self.readers.file
     }

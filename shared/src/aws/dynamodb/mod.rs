@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
 
 /// Whether a conditional write took effect: `Ok(false)` when its condition did not hold
@@ -147,7 +146,6 @@ impl DynamoStore {
 }
 
 impl DynamoStore {
-    /// The adapter for `table`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,

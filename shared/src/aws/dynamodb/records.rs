@@ -16,7 +16,6 @@ pub struct DynamoRecords {
 }
 
 impl DynamoRecords {
-    /// The adapter for `table`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
@@ -38,7 +37,6 @@ impl DynamoRecords {
         Ok(())
     }
 
-    /// Deletes a person.
     pub async fn delete_person(&self, id: &RecordId) -> BackendResult<()> {
         self.client
             .delete_item()

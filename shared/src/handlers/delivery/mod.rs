@@ -66,13 +66,10 @@ impl Default for DeliverySettings {
     }
 }
 
-/// The delivery handler.
 pub struct Delivery {
-    /// The ports.
     pub ports: Ports,
     /// The shared HTTP client.
     pub http: CallbackClient,
-    /// Settings.
     pub settings: DeliverySettings,
     subscribers: Subscribers,
     metric_lines: MetricLines,
@@ -83,7 +80,6 @@ pub struct Delivery {
 pub type MetricLines = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Delivery {
-    /// The handler over `ports`.
     pub fn new(ports: Ports, http: CallbackClient, settings: DeliverySettings) -> Self {
         Self {
             ports,

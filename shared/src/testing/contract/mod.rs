@@ -68,7 +68,6 @@ pub struct QueueSettings {
 pub struct Adapters {
     /// Every port (events and clock are not part of the contract).
     pub ports: Ports,
-    /// The parked queue.
     pub parked: Arc<dyn ParkedQueue>,
     /// The registry's and the event source's side.
     pub harness: Arc<dyn Harness>,
@@ -107,9 +106,7 @@ impl Adapters {
 
 /// The harness of the in-memory adapters.
 pub struct MemoryHarness {
-    /// The records table.
     pub records: Arc<MemoryRecords>,
-    /// The delivery queue.
     pub queue: Arc<MemoryQueue>,
 }
 
