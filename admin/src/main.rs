@@ -10,7 +10,8 @@ use webhooks::aws::dynamodb::DynamoStore;
 use webhooks::aws::sqs::SqsQueue;
 use webhooks::clock::SystemClock;
 use webhooks::handlers::ParkedReplayer;
-use webhooks::oauth::{OAuthClient, WEBHOOK_SCOPE, is_valid_client_id, new_client_id, new_secret};
+use webhooks::ids::{ApplicationId, ClientId};
+use webhooks::oauth::{OAuthClient, WEBHOOK_SCOPE, new_secret};
 use webhooks::poison;
 use webhooks::ports::{ApplicationStore, BackendError, ClientStore, PendingChanges};
 use webhooks::signing::SigningSecrets;
@@ -118,9 +119,9 @@ enum ReplayMethod {
 enum ApplicationCommand {
     /// Create an application; its API key and webhook secret are printed once.
     Create {
-        /// The application id.
+        /// The application id (1-64 of letters, digits, '.', '_', '-').
         #[arg(long)]
-        id: String,
+        id: ApplicationId,
     },
     /// List applications and their webhook URLs.
     List,
@@ -130,9 +131,10 @@ enum ApplicationCommand {
 enum ClientCommand {
     /// Create a client; its secret is printed once and stored only as a hash.
     Create {
-        /// The client id (default: a new APP-XXXXXXXXXXXXXXXX id).
+        /// The client id (1-64 of letters, digits, '.', '_', '-'; default: a new
+        /// APP-XXXXXXXXXXXXXXXX id).
         #[arg(long)]
-        id: Option<String>,
+        id: Option<ClientId>,
         /// A scope the client may request (repeatable; default /webhook).
         #[arg(long = "scope", default_value = WEBHOOK_SCOPE)]
         scopes: Vec<String>,
@@ -142,18 +144,18 @@ enum ClientCommand {
     /// Disable a client: it gets no tokens, and its tokens stop working at once.
     Disable {
         /// The client id.
-        id: String,
+        id: ClientId,
     },
     /// Enable a disabled client again.
     Enable {
         /// The client id.
-        id: String,
+        id: ClientId,
     },
     /// Rotate the secret that signs a client's callbacks (the old one keeps signing for
     /// 24 hours); the new secret is printed once.
     RotateWebhookSecret {
         /// The client id.
-        id: String,
+        id: ClientId,
     },
 }
 
@@ -326,11 +328,6 @@ async fn run_applications(
 ) -> Result<(), AdminError> {
     match command {
         ApplicationCommand::Create { id } => {
-            if !is_valid_client_id(&id) {
-                return Err(AdminError::Usage(format!(
-                    "{id:?} is not a valid application id (1-64 of letters, digits, '.', '_', '-')"
-                )));
-            }
             if store.get_application(&id).await?.is_some() {
                 return Err(AdminError::Usage(format!(
                     "application {id} already exists"
@@ -376,15 +373,10 @@ async fn run_clients(store: &DynamoStore, command: ClientCommand) -> Result<(), 
 
 async fn create_client(
     store: &DynamoStore,
-    id: Option<String>,
+    id: Option<ClientId>,
     scopes: Vec<String>,
 ) -> Result<(), AdminError> {
-    let id = id.unwrap_or_else(new_client_id);
-    if !is_valid_client_id(&id) {
-        return Err(AdminError::Usage(format!(
-            "{id:?} is not a valid client id (1-64 of letters, digits, '.', '_', '-')"
-        )));
-    }
+    let id = id.unwrap_or_else(ClientId::generate);
     if store.get_client(&id).await?.is_some() {
         return Err(AdminError::Usage(format!("client {id} already exists")));
     }
@@ -427,7 +419,7 @@ async fn list_clients(store: &DynamoStore) -> Result<(), AdminError> {
     Ok(())
 }
 
-async fn rotate_webhook_secret(store: &DynamoStore, id: &str) -> Result<(), AdminError> {
+async fn rotate_webhook_secret(store: &DynamoStore, id: &ClientId) -> Result<(), AdminError> {
     let mut client = store
         .get_client(id)
         .await?
@@ -448,7 +440,11 @@ async fn rotate_webhook_secret(store: &DynamoStore, id: &str) -> Result<(), Admi
     Ok(())
 }
 
-async fn set_disabled(store: &DynamoStore, id: &str, disabled: bool) -> Result<(), AdminError> {
+async fn set_disabled(
+    store: &DynamoStore,
+    id: &ClientId,
+    disabled: bool,
+) -> Result<(), AdminError> {
     let mut client = store
         .get_client(id)
         .await?

@@ -69,7 +69,12 @@ async fn create_list_disable_enable() {
         !format!("{stored:?}").contains(&secret),
         "only a hash is stored"
     );
-    let client = aws.store.get_client("APP-TEST").await.unwrap().unwrap();
+    let client = aws
+        .store
+        .get_client(&"APP-TEST".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(client.secret.matches(&secret));
 
     let (code, _, stderr) = admin(&env, &["clients", "create", "--id", "APP-TEST"]);
@@ -86,7 +91,7 @@ async fn create_list_disable_enable() {
     assert_eq!(admin(&env, &["clients", "disable", "APP-TEST"]).0, 0);
     assert!(
         aws.store
-            .get_client("APP-TEST")
+            .get_client(&"APP-TEST".parse().unwrap())
             .await
             .unwrap()
             .unwrap()
@@ -100,7 +105,7 @@ async fn create_list_disable_enable() {
     assert_eq!(admin(&env, &["clients", "enable", "APP-TEST"]).0, 0);
     assert!(
         !aws.store
-            .get_client("APP-TEST")
+            .get_client(&"APP-TEST".parse().unwrap())
             .await
             .unwrap()
             .unwrap()
@@ -110,7 +115,7 @@ async fn create_list_disable_enable() {
 
     let before = aws
         .store
-        .get_client("APP-TEST")
+        .get_client(&"APP-TEST".parse().unwrap())
         .await
         .unwrap()
         .unwrap()
@@ -120,7 +125,7 @@ async fn create_list_disable_enable() {
     assert_eq!(code, 0);
     let after = aws
         .store
-        .get_client("APP-TEST")
+        .get_client(&"APP-TEST".parse().unwrap())
         .await
         .unwrap()
         .unwrap()
@@ -142,7 +147,12 @@ async fn applications_create_and_list() {
     let (code, stdout, stderr) = admin(&env, &["applications", "create", "--id", "app-1"]);
     assert_eq!(code, 0, "{stderr}");
     let key = printed(&stdout, "api_key");
-    let app = aws.store.get_application("app-1").await.unwrap().unwrap();
+    let app = aws
+        .store
+        .get_application(&"app-1".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(app.api_key_hash, webhooks::oauth::sha256_hex(&key));
     assert!(stdout.contains(app.secrets.current.expose()));
     assert_eq!(
@@ -260,7 +270,7 @@ async fn jobs_for_a_disabled_endpoint_are_parked_and_replayed_only_once_it_is_en
     let subscription = Subscription {
         record: record.clone(),
         callback: callback.clone(),
-        client_id: "APP-1".into(),
+        client_id: "APP-1".parse().unwrap(),
         created_at: 0,
         health: EndpointHealth {
             disabled_at: Some(1),

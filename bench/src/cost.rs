@@ -372,14 +372,14 @@ async fn scenario(s: Scenario, receiver: &Receiver, logs: &LogCapture) -> Run {
     // Set-up, not counted: the subscriber side and the persons.
     aws.store
         .put_client(&OAuthClient::new(
-            "APP-1",
+            &"APP-1".parse().unwrap(),
             "s3cret",
             time::OffsetDateTime::now_utc(),
         ))
         .await
         .expect("put client");
     if s.members {
-        let mut app = Application::new("app-1", "key-1", 0);
+        let mut app = Application::new(&"app-1".parse().unwrap(), "key-1", 0);
         app.webhook.url = Some(receiver.url("/members").into());
         app.webhook.signing_key = Some("helloWorld".into());
         aws.store.put_application(&app).await.expect("put app");
@@ -395,7 +395,7 @@ async fn scenario(s: Scenario, receiver: &Receiver, logs: &LogCapture) -> Run {
                         insecure,
                     )
                     .expect("callback"),
-                    client_id: "APP-1".into(),
+                    client_id: "APP-1".parse().unwrap(),
                     created_at: 0,
                     health: Default::default(),
                 })

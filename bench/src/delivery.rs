@@ -51,7 +51,7 @@ fn subscription(receiver_url: &str, i: usize) -> Subscription {
         )
         .expect("callback url"),
         record,
-        client_id: "APP-BENCH".into(),
+        client_id: "APP-BENCH".parse().unwrap(),
         created_at: 0,
         health: Default::default(),
     }
@@ -68,10 +68,14 @@ pub async fn handler(receiver_url: &str, concurrency: usize, subscriptions: usiz
             .await
             .expect("memory register");
     }
-    let mut client = OAuthClient::new("APP-BENCH", "secret", time::OffsetDateTime::now_utc());
+    let mut client = OAuthClient::new(
+        &"APP-BENCH".parse().unwrap(),
+        "secret",
+        time::OffsetDateTime::now_utc(),
+    );
     client.webhook_secrets = Some(webhooks::signing::SigningSecrets::generate());
     store.put_client(&client).await.expect("memory put");
-    let mut app = Application::new("app-bench", "key-bench", 0);
+    let mut app = Application::new(&"app-bench".parse().unwrap(), "key-bench", 0);
     app.webhook.url = Some(format!("{receiver_url}/members").into());
     app.webhook.signing_key = Some("helloWorld".into());
     store.put_application(&app).await.expect("memory put");
@@ -126,7 +130,7 @@ pub fn jobs(receiver_url: &str, style: Style, n: usize) -> Vec<DeliveryJob> {
                     created.clone(),
                 ),
                 Style::Members => DeliveryJob::for_application(
-                    "app-bench",
+                    &"app-bench".parse().unwrap(),
                     &record,
                     person(i),
                     WindowId(1),

@@ -29,9 +29,10 @@ use webhooks::handlers::{
 };
 use webhooks::health::HealthPolicy;
 use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::ids::{ApplicationId, ClientId};
 use webhooks::memory::LoggedEvents;
 use webhooks::memory::QueueDepth;
-use webhooks::oauth::{OAuthClient, SecretHash, new_client_id, new_secret, sha256_hex};
+use webhooks::oauth::{OAuthClient, SecretHash, new_secret, sha256_hex};
 use webhooks::ports::{BackendError, Person, Ports};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
@@ -65,9 +66,9 @@ pub struct LocalConfig {
     /// Allow http and loopback/private callbacks (local receivers).
     pub allow_insecure_callbacks: bool,
     /// OAuth clients to create, as (id, secret); one is generated when empty.
-    pub clients: Vec<(String, String)>,
+    pub clients: Vec<(ClientId, String)>,
     /// Members-style applications to create, as (id, API key).
-    pub applications: Vec<(String, String)>,
+    pub applications: Vec<(ApplicationId, String)>,
     /// Create [`SAMPLE_RECORD`] at start.
     pub sample_record: bool,
     /// An endpoint failing every attempt this long is disabled.
@@ -462,10 +463,10 @@ async fn bootstrap(
     if wanted.is_empty() {
         let stored = ports.clients.list_clients().await?;
         if stored.is_empty() {
-            wanted.push((new_client_id(), new_secret()));
+            wanted.push((ClientId::generate(), new_secret()));
         }
         clients.extend(stored.iter().map(|client| Bootstrapped {
-            id: client.client_id.clone(),
+            id: client.client_id.to_string(),
             secret: None,
             webhook_secret: webhook_secret(client),
         }));
@@ -485,7 +486,7 @@ async fn bootstrap(
             }
         };
         clients.push(Bootstrapped {
-            id,
+            id: id.to_string(),
             secret: Some(secret),
             webhook_secret: webhook_secret(&client),
         });
@@ -506,7 +507,7 @@ async fn bootstrap(
             }
         };
         applications.push(Bootstrapped {
-            id: id.clone(),
+            id: id.to_string(),
             secret: Some(api_key.clone()),
             webhook_secret: application.secrets.current.expose().to_owned(),
         });

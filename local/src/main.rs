@@ -4,7 +4,9 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
+use webhooks::ids::{ApplicationId, ClientId, InvalidId};
 use webhooks::retry::RetryPolicy;
 use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD, parse_duration};
 
@@ -38,11 +40,11 @@ struct Args {
     #[arg(long)]
     allow_insecure_callbacks: bool,
     /// Create an OAuth client ID:SECRET (repeatable). Without it one is generated.
-    #[arg(long = "client", value_name = "ID:SECRET", value_parser = parse_credentials)]
-    clients: Vec<(String, String)>,
+    #[arg(long = "client", value_name = "ID:SECRET", value_parser = parse_credentials::<ClientId>)]
+    clients: Vec<(ClientId, String)>,
     /// Create a Members-style application ID:APIKEY (repeatable).
-    #[arg(long = "application", value_name = "ID:APIKEY", value_parser = parse_credentials)]
-    applications: Vec<(String, String)>,
+    #[arg(long = "application", value_name = "ID:APIKEY", value_parser = parse_credentials::<ApplicationId>)]
+    applications: Vec<(ApplicationId, String)>,
     /// Disable an endpoint that has failed every attempt for this long (410 Gone disables at once).
     #[arg(long, default_value = "5d", value_parser = parse_duration)]
     endpoint_disable_after: Duration,
@@ -63,15 +65,13 @@ struct Args {
     attempt_retention: Duration,
 }
 
-fn parse_credentials(text: &str) -> Result<(String, String), String> {
+fn parse_credentials<Id: FromStr<Err = InvalidId>>(text: &str) -> Result<(Id, String), String> {
     let (id, secret) = text.split_once(':').ok_or("expected ID:SECRET")?;
-    if !webhooks::oauth::is_valid_client_id(id) {
-        return Err("the id must be 1-64 of letters, digits, '.', '_' or '-'".into());
-    }
+    let id = id.parse().map_err(|e: InvalidId| e.to_string())?;
     if secret.is_empty() {
         return Err("the secret must not be empty".into());
     }
-    Ok((id.to_owned(), secret.to_owned()))
+    Ok((id, secret.to_owned()))
 }
 
 #[tokio::main]

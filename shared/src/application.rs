@@ -3,6 +3,7 @@
 //! only as a hash) that authenticates the application's own routes.
 
 use crate::callback::{CallbackUrl, InvalidCallbackUrl, StoredUrl, UrlPolicy};
+use crate::ids::ApplicationId;
 use crate::oauth::sha256_hex;
 use crate::signing::SigningSecrets;
 use serde::{Deserialize, Serialize};
@@ -52,7 +53,7 @@ impl WebhookConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Application {
     /// The application id (path segment of its routes, `subscription` of its envelopes).
-    pub id: String,
+    pub id: ApplicationId,
     /// Hex SHA-256 of the API key.
     pub api_key_hash: String,
     #[serde(default)]
@@ -103,9 +104,9 @@ pub enum InvalidPatch {
 
 impl Application {
     /// A new application with API key `api_key` and fresh signing secrets.
-    pub fn new(id: &str, api_key: &str, now: i64) -> Self {
+    pub fn new(id: &ApplicationId, api_key: &str, now: i64) -> Self {
         Self {
-            id: id.to_owned(),
+            id: id.clone(),
             api_key_hash: sha256_hex(api_key),
             webhook: WebhookConfig::default(),
             secrets: SigningSecrets::generate(),
@@ -158,7 +159,7 @@ impl Application {
 }
 
 /// The endpoint name of application `id` in logs and operational events.
-pub fn endpoint_name(id: &str) -> String {
+pub fn endpoint_name(id: &ApplicationId) -> String {
     format!("application:{id}")
 }
 
@@ -177,13 +178,17 @@ mod tests {
         allow_insecure: true,
     };
 
+    fn app_1() -> Application {
+        Application::new(&ApplicationId::parse("app-1").unwrap(), "key", 0)
+    }
+
     fn patch(json: Value) -> ApplicationPatch {
         serde_json::from_value(json).unwrap()
     }
 
     #[test]
     fn patch_sets_and_removes() {
-        let mut app = Application::new("app-1", "key", 0);
+        let mut app = app_1();
         app.apply(
             patch(json!({"webhook": {"url": "https://someurl.com/something"}})),
             UrlPolicy::default(),
@@ -212,7 +217,7 @@ mod tests {
 
     #[test]
     fn bad_patches_change_nothing() {
-        let mut app = Application::new("app-1", "key", 0);
+        let mut app = app_1();
         let before = app.clone();
         for bad in [
             json!({"webhook": {"url": "not a url"}}),

@@ -4,6 +4,7 @@
 
 use crate::callback::CallbackUrl;
 use crate::http_client::{AttemptOutcome, FailureKind};
+use crate::ids::{ApplicationId, ClientId};
 use crate::job::{DeliveryJob, MessageId, Target};
 use crate::record::RecordId;
 use crate::subscription::Subscription;
@@ -27,7 +28,7 @@ pub struct EndpointKey(String);
 
 impl EndpointKey {
     /// An application's webhook.
-    pub fn application(application: &str) -> Self {
+    pub fn application(application: &ApplicationId) -> Self {
         Self(format!("app_{application}"))
     }
 
@@ -63,9 +64,9 @@ impl EndpointKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EndpointOwner {
     /// A Members-style application.
-    Application(String),
+    Application(ApplicationId),
     /// The OAuth client that registered an ORCID-style subscription.
-    Client(String),
+    Client(ClientId),
 }
 
 impl EndpointOwner {
@@ -97,10 +98,10 @@ pub struct LogEndpoint {
 
 impl LogEndpoint {
     /// An application's webhook.
-    pub fn application(application: &str) -> Self {
+    pub fn application(application: &ApplicationId) -> Self {
         Self {
             key: EndpointKey::application(application),
-            owner: EndpointOwner::Application(application.to_owned()),
+            owner: EndpointOwner::Application(application.clone()),
         }
     }
 
@@ -421,7 +422,13 @@ mod tests {
         assert_eq!(EndpointKey::webhook_id(key.as_str()), Some(key.clone()));
         assert_eq!(EndpointKey::webhook_id("wh_123"), None);
         assert_eq!(EndpointKey::webhook_id("app_x"), None);
-        let job = crate::job::DeliveryJob::sync_step("a", "s", "t".into());
+        let job = crate::job::DeliveryJob::sync_step(
+            &crate::ids::SyncKey {
+                application: "a".parse().unwrap(),
+                sync: crate::ids::SyncId::generate(),
+            },
+            "t".into(),
+        );
         let a = Attempt::new(&job, key, 2, 5, &outcome(Some(500), None), false);
         assert_eq!(a.response.len(), RESPONSE_PREFIX_BYTES, "body cut to 1 KiB");
         assert!(a.sort_key().starts_with("0000000000005#msg_"));

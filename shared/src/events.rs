@@ -4,6 +4,8 @@
 //! [`OpsEvents`](crate::ports::OpsEvents) port: to EventBridge (an operator routes them to
 //! alarms or e-mail) on AWS; the local runner logs them ([`crate::memory::LoggedEvents`]).
 
+use crate::ids::{ApplicationId, SyncId};
+use crate::job::MessageId;
 use serde::Serialize;
 
 /// The `source` of every operational event.
@@ -24,15 +26,15 @@ pub enum OpsEvent {
     /// A message failed its last attempt and is in the dead-letter queue.
     MessageExhausted {
         /// The message id (`webhook-id`).
-        message_id: String,
+        message_id: MessageId,
         endpoint: String,
         attempts: u32,
         last_error: String,
     },
     /// A full sync finished.
     SyncCompleted {
-        application: String,
-        sync: String,
+        application: ApplicationId,
+        sync: SyncId,
         /// Persons delivered.
         delivered: u64,
         /// Persons dead-lettered.

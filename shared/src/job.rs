@@ -2,6 +2,7 @@
 //! per window, and what the delivery function executes.
 
 use crate::callback::CallbackUrl;
+use crate::ids::{ApplicationId, ClientId, SyncId, SyncKey};
 use crate::record::RecordId;
 use crate::subscription::Subscription;
 use crate::window::WindowId;
@@ -59,6 +60,12 @@ impl MessageId {
     }
 }
 
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
 /// Who a job is for and what it carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -70,21 +77,42 @@ pub enum Target {
         /// Where to POST.
         callback: CallbackUrl,
         /// The subscribing client.
-        client: String,
+        client: ClientId,
     },
     /// Members style: the scoped person in a signed envelope to the application's webhook.
     Application {
-        application: String,
+        application: ApplicationId,
         /// The person's record id.
         record: RecordId,
         /// The person as the application may see it (scoped when the job was made).
         person: Map<String, Value>,
         /// The full sync this job belongs to, if any (its outcome is counted there).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        sync: Option<String>,
+        sync: Option<SyncId>,
     },
     /// One step of a full sync (see [`crate::sync`]).
-    SyncStep { application: String, sync: String },
+    SyncStep {
+        application: ApplicationId,
+        sync: SyncId,
+    },
+}
+
+impl Target {
+    /// The full sync this job is a step of, or sends a person for.
+    pub fn sync(&self) -> Option<SyncKey> {
+        match self {
+            Self::Application {
+                application,
+                sync: Some(sync),
+                ..
+            }
+            | Self::SyncStep { application, sync } => Some(SyncKey {
+                application: application.clone(),
+                sync: sync.clone(),
+            }),
+            Self::Application { sync: None, .. } | Self::Callback { .. } => None,
+        }
+    }
 }
 
 /// One notification to deliver; the body of one delivery-queue message.
@@ -160,7 +188,7 @@ impl DeliveryJob {
 impl DeliveryJob {
     /// The job telling `application` that `record` changed in `window`.
     pub fn for_application(
-        application: &str,
+        application: &ApplicationId,
         record: &RecordId,
         person: Map<String, Value>,
         window: WindowId,
@@ -173,12 +201,12 @@ impl DeliveryJob {
                 &[
                     "application",
                     &window.0.to_string(),
-                    application,
+                    application.as_str(),
                     record.as_str(),
                 ],
             ),
             target: Target::Application {
-                application: application.to_owned(),
+                application: application.clone(),
                 record: record.clone(),
                 person,
                 sync: None,
@@ -191,22 +219,21 @@ impl DeliveryJob {
         }
     }
 
-    /// The job sending `record` to `application` as part of full sync `sync`.
+    /// The job sending `record` to the sync's application as part of the full sync.
     pub fn for_sync(
-        application: &str,
-        sync: &str,
+        sync: &SyncKey,
         record: &RecordId,
         person: Map<String, Value>,
         created_at: String,
     ) -> Self {
         Self {
             v: JOB_VERSION,
-            id: MessageId::derive(&["sync", sync, record.as_str()]),
+            id: MessageId::derive(&["sync", sync.sync.as_str(), record.as_str()]),
             target: Target::Application {
-                application: application.to_owned(),
+                application: sync.application.clone(),
                 record: record.clone(),
                 person,
-                sync: Some(sync.to_owned()),
+                sync: Some(sync.sync.clone()),
             },
             window: None,
             created_at,
@@ -217,13 +244,17 @@ impl DeliveryJob {
     }
 
     /// A step of full sync `sync`.
-    pub fn sync_step(application: &str, sync: &str, created_at: String) -> Self {
+    pub fn sync_step(sync: &SyncKey, created_at: String) -> Self {
         Self {
             v: JOB_VERSION,
-            id: MessageId::derive(&["sync-step", sync, &uuid::Uuid::new_v4().to_string()]),
+            id: MessageId::derive(&[
+                "sync-step",
+                sync.sync.as_str(),
+                &uuid::Uuid::new_v4().to_string(),
+            ]),
             target: Target::SyncStep {
-                application: application.to_owned(),
-                sync: sync.to_owned(),
+                application: sync.application.clone(),
+                sync: sync.sync.clone(),
             },
             window: None,
             created_at,
@@ -274,7 +305,7 @@ mod tests {
         Subscription {
             record: RecordId::parse("0000-0002-7465-2162").unwrap(),
             callback: CallbackUrl::parse(url, UrlPolicy::default()).unwrap(),
-            client_id: "APP-1".into(),
+            client_id: ClientId::parse("APP-1").unwrap(),
             created_at: 0,
             health: Default::default(),
         }

@@ -1,6 +1,6 @@
 //! Person-record webhook notifications.
 //!
-//! The crate is laid out domain first: pure types and rules ([`record`], [`callback`],
+//! The crate is laid out domain first: pure types and rules ([`ids`], [`record`], [`callback`],
 //! [`oauth`], [`subscription`], [`application`], [`members`], [`signing`], [`window`],
 //! [`job`], [`attempts`], [`message`], [`poison`], [`retry`], [`ack`], [`health`], [`sync`],
 //! [`netguard`], [`events`]), then the ports ([`ports`]) every piece of state and I/O goes
@@ -26,6 +26,7 @@ pub mod events;
 pub mod handlers;
 pub mod health;
 pub mod http_client;
+pub mod ids;
 pub mod job;
 pub mod members;
 pub mod memory;

@@ -1,6 +1,7 @@
 //! Members style: which fields of a person each scope opens, the consent rule, and the
 //! signed JSON envelope a Members-style webhook receives.
 
+use crate::ids::ApplicationId;
 use crate::ports::Person;
 use crate::record::RecordId;
 use crate::signing::members_hash;
@@ -26,8 +27,11 @@ pub const SCOPE_FIELDS: &[(&str, &[&str])] = &[
 
 /// The scopes `person` granted `application`, or `None` when it has no consent entry
 /// for it (then nothing about the person is ever sent to that application).
-pub fn consented_scopes(person: &Person, application: &str) -> Option<Vec<String>> {
-    let scopes = person.get("consents")?.get(application)?.as_array()?;
+pub fn consented_scopes(person: &Person, application: &ApplicationId) -> Option<Vec<String>> {
+    let scopes = person
+        .get("consents")?
+        .get(application.as_str())?
+        .as_array()?;
     Some(
         scopes
             .iter()
@@ -36,13 +40,15 @@ pub fn consented_scopes(person: &Person, application: &str) -> Option<Vec<String
     )
 }
 
-/// Every (application, scopes) pair `person` consented to.
-pub fn consents(person: &Person) -> Vec<(String, Vec<String>)> {
+/// Every (application, scopes) pair `person` consented to. A consent key that is not an
+/// application id names no application (ids are checked when applications are made).
+pub fn consents(person: &Person) -> Vec<(ApplicationId, Vec<String>)> {
     let Some(Value::Object(all)) = person.get("consents") else {
         return vec![];
     };
     all.keys()
-        .filter_map(|app| consented_scopes(person, app).map(|scopes| (app.clone(), scopes)))
+        .filter_map(|key| ApplicationId::parse(key).ok())
+        .filter_map(|app| consented_scopes(person, &app).map(|scopes| (app, scopes)))
         .collect()
 }
 
@@ -170,17 +176,30 @@ mod tests {
         assert_eq!(scoped.len(), 2);
     }
 
+    fn app(id: &str) -> ApplicationId {
+        ApplicationId::parse(id).unwrap()
+    }
+
     #[test]
     fn consent_entries() {
-        let person = full_person();
+        let mut person = full_person();
         assert_eq!(
-            consented_scopes(&person, "app-1"),
+            consented_scopes(&person, &app("app-1")),
             Some(vec!["members.email".to_owned()])
         );
-        assert_eq!(consented_scopes(&person, "app-2"), Some(vec![]));
-        assert_eq!(consented_scopes(&person, "app-3"), None);
+        assert_eq!(consented_scopes(&person, &app("app-2")), Some(vec![]));
+        assert_eq!(consented_scopes(&person, &app("app-3")), None);
         assert_eq!(consents(&person).len(), 2);
         assert!(consents(&Person::new()).is_empty());
+        person["consents"]["not an application id"] = serde_json::json!(["members.email"]);
+        assert_eq!(
+            consents(&person)
+                .into_iter()
+                .map(|(app, _)| app.to_string())
+                .collect::<Vec<_>>(),
+            ["app-1", "app-2"],
+            "a key no application can have is skipped"
+        );
     }
 
     #[test]

@@ -120,7 +120,7 @@ mod tests {
     fn job_with(name: &str) -> DeliveryJob {
         let person = serde_json::json!({"personID": "p1", "firstName": name});
         DeliveryJob::for_application(
-            "app-1",
+            &"app-1".parse().unwrap(),
             &RecordId::parse("p1").unwrap(),
             person.as_object().unwrap().clone(),
             WindowId(3),

@@ -5,6 +5,7 @@
 //! a fast hash is enough (a slow KDF protects low-entropy passwords, which these are not).
 //! Every comparison of secret material is constant-time.
 
+use crate::ids::ClientId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -13,32 +14,14 @@ use time::OffsetDateTime;
 /// The only scope that allows registering webhooks.
 pub const WEBHOOK_SCOPE: &str = "/webhook";
 
-/// Longest client id accepted.
-pub const MAX_CLIENT_ID_LEN: usize = 64;
-
 /// A new random secret or token value (UUID v4 text, as the ORCID examples look).
 pub fn new_secret() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// A new client id in the ORCID style: `APP-` and 16 upper-case letters and digits.
-pub fn new_client_id() -> String {
-    let digits = uuid::Uuid::new_v4().simple().to_string()[..16].to_ascii_uppercase();
-    format!("APP-{digits}")
-}
-
 /// Hex SHA-256 of a string.
 pub fn sha256_hex(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
-}
-
-/// True when `id` can name a client: 1 to 64 of `[A-Za-z0-9._-]`.
-pub fn is_valid_client_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_CLIENT_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A salted SHA-256 of a client secret.
@@ -76,7 +59,7 @@ impl SecretHash {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OAuthClient {
     /// The public client id, e.g. `APP-NPXKK6HFN6TJ4YYI`.
-    pub client_id: String,
+    pub client_id: ClientId,
     /// The hash of the client secret.
     pub secret: SecretHash,
     /// Scopes the client may request, e.g. `["/webhook"]`.
@@ -94,9 +77,9 @@ pub struct OAuthClient {
 
 impl OAuthClient {
     /// A new client with the `/webhook` scope and the given secret.
-    pub fn new(client_id: &str, secret: &str, now: OffsetDateTime) -> Self {
+    pub fn new(client_id: &ClientId, secret: &str, now: OffsetDateTime) -> Self {
         Self {
-            client_id: client_id.to_owned(),
+            client_id: client_id.clone(),
             secret: SecretHash::of(secret),
             scopes: vec![WEBHOOK_SCOPE.to_owned()],
             disabled: false,
@@ -114,7 +97,7 @@ pub struct AccessToken {
     /// Hex SHA-256 of the refresh token handed out with it.
     pub refresh_token_hash: String,
     /// The client the token was issued to.
-    pub client_id: String,
+    pub client_id: ClientId,
     /// The granted scope.
     pub scope: String,
     /// Issue time, epoch seconds.
@@ -136,7 +119,7 @@ pub struct IssuedToken {
 
 impl IssuedToken {
     /// Issues a token for `client_id` with `scope` valid for `lifetime_secs`.
-    pub fn new(client_id: &str, scope: &str, now: OffsetDateTime, lifetime_secs: i64) -> Self {
+    pub fn new(client_id: &ClientId, scope: &str, now: OffsetDateTime, lifetime_secs: i64) -> Self {
         let access_token = new_secret();
         let refresh_token = new_secret();
         let issued_at = now.unix_timestamp();
@@ -144,7 +127,7 @@ impl IssuedToken {
             stored: AccessToken {
                 token_hash: sha256_hex(&access_token),
                 refresh_token_hash: sha256_hex(&refresh_token),
-                client_id: client_id.to_owned(),
+                client_id: client_id.clone(),
                 scope: scope.to_owned(),
                 issued_at,
                 expires_at: issued_at + lifetime_secs,
@@ -158,7 +141,7 @@ impl IssuedToken {
 /// The parameters of a client-credentials token request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRequest {
-    pub client_id: String,
+    pub client_id: ClientId,
     pub client_secret: String,
     pub scope: String,
 }
@@ -221,9 +204,8 @@ impl TokenRequest {
         if grant_type != "client_credentials" {
             return Err(OAuthError::UnsupportedGrantType);
         }
-        if !is_valid_client_id(&client_id) {
-            return Err(OAuthError::InvalidClient);
-        }
+        // An id no client can have is unknown: the same answer as a wrong secret.
+        let client_id = ClientId::parse(&client_id).map_err(|_| OAuthError::InvalidClient)?;
         Ok(Self {
             client_id,
             client_secret,
@@ -280,7 +262,7 @@ pub enum BearerError {
 pub fn authorize_webhook(
     token: Option<&AccessToken>,
     now: OffsetDateTime,
-) -> Result<&str, BearerError> {
+) -> Result<&ClientId, BearerError> {
     let token = token.ok_or(BearerError::Invalid)?;
     if token.expires_at <= now.unix_timestamp() {
         return Err(BearerError::Expired);
@@ -302,11 +284,21 @@ mod tests {
         TokenRequest::from_form(s.as_bytes(), None)
     }
 
+    fn client_id(id: &str) -> ClientId {
+        ClientId::parse(id).unwrap()
+    }
+
     #[test]
-    fn generated_client_ids_are_valid() {
-        let id = new_client_id();
-        assert!(id.starts_with("APP-") && id.len() == 20 && is_valid_client_id(&id));
-        assert_ne!(id, new_client_id());
+    fn generated_client_ids_differ() {
+        assert_ne!(ClientId::generate(), ClientId::generate());
+    }
+
+    #[test]
+    fn a_client_id_no_client_can_have_is_an_unknown_client() {
+        assert_eq!(
+            form("client_id=a%2Fb&client_secret=b&scope=%2Fwebhook&grant_type=client_credentials"),
+            Err(OAuthError::InvalidClient)
+        );
     }
 
     #[test]
@@ -322,7 +314,7 @@ mod tests {
     #[test]
     fn seed_token_request_parses() {
         let r = form("client_id=APP-NPXKK6HFN6TJ4YYI&client_secret=060c36f2-cce2-4f74-bde0-a17d8bb30a97&scope=/webhook&grant_type=client_credentials").unwrap();
-        assert_eq!(r.client_id, "APP-NPXKK6HFN6TJ4YYI");
+        assert_eq!(r.client_id.as_str(), "APP-NPXKK6HFN6TJ4YYI");
         assert_eq!(r.scope, "/webhook");
     }
 
@@ -360,9 +352,9 @@ mod tests {
 
     #[test]
     fn authorize_checks_client_secret_and_scope() {
-        let client = OAuthClient::new("a", "b", NOW);
+        let client = OAuthClient::new(&client_id("a"), "b", NOW);
         let req = |secret: &str, scope: &str| TokenRequest {
-            client_id: "a".into(),
+            client_id: client_id("a"),
             client_secret: secret.into(),
             scope: scope.into(),
         };
@@ -394,7 +386,7 @@ mod tests {
 
     #[test]
     fn issued_tokens_store_only_hashes() {
-        let t = IssuedToken::new("a", "/webhook", NOW, 3600);
+        let t = IssuedToken::new(&client_id("a"), "/webhook", NOW, 3600);
         assert_eq!(t.stored.token_hash, sha256_hex(&t.access_token));
         assert_eq!(t.stored.expires_at, NOW.unix_timestamp() + 3600);
         let stored = serde_json::to_string(&t.stored).unwrap();
@@ -404,14 +396,14 @@ mod tests {
 
     #[test]
     fn bearer_checks() {
-        let t = IssuedToken::new("a", "/webhook", NOW, 60).stored;
-        assert_eq!(authorize_webhook(Some(&t), NOW), Ok("a"));
+        let t = IssuedToken::new(&client_id("a"), "/webhook", NOW, 60).stored;
+        assert_eq!(authorize_webhook(Some(&t), NOW), Ok(&client_id("a")));
         assert_eq!(authorize_webhook(None, NOW), Err(BearerError::Invalid));
         assert_eq!(
             authorize_webhook(Some(&t), NOW + time::Duration::seconds(60)),
             Err(BearerError::Expired)
         );
-        let other = IssuedToken::new("a", "/read-limited", NOW, 60).stored;
+        let other = IssuedToken::new(&client_id("a"), "/read-limited", NOW, 60).stored;
         assert_eq!(
             authorize_webhook(Some(&other), NOW),
             Err(BearerError::InsufficientScope)

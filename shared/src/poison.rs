@@ -63,7 +63,7 @@ impl PoisonItem {
                 record, callback, ..
             } => endpoint_name(record, callback),
             Target::Application { application, .. } | Target::SyncStep { application, .. } => {
-                format!("application:{application}")
+                crate::application::endpoint_name(application)
             }
         };
         Self {

@@ -9,6 +9,7 @@ use crate::callback::CallbackUrl;
 use crate::clock::Clock;
 use crate::events::OpsEvent;
 use crate::health::EndpointHealth;
+use crate::ids::{ApplicationId, ClientId, SyncKey};
 use crate::job::{DeliveryJob, MessageId};
 use crate::message::Refusal;
 use crate::oauth::{AccessToken, OAuthClient};
@@ -58,7 +59,7 @@ pub type BackendResult<T> = Result<T, BackendError>;
 #[async_trait]
 pub trait ClientStore: Send + Sync {
     /// The client with this id.
-    async fn get_client(&self, client_id: &str) -> BackendResult<Option<OAuthClient>>;
+    async fn get_client(&self, client_id: &ClientId) -> BackendResult<Option<OAuthClient>>;
     /// Creates or replaces a client.
     async fn put_client(&self, client: &OAuthClient) -> BackendResult<()>;
     /// Every client (admin use).
@@ -84,17 +85,17 @@ pub trait SubscriptionStore: Send + Sync {
         &self,
         record: &RecordId,
         callback: &CallbackUrl,
-        client_id: &str,
+        client_id: &ClientId,
     ) -> BackendResult<Unregistered>;
     /// Every subscription of a record.
     async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>>;
     /// Every subscription `client_id` owns.
-    async fn client_webhooks(&self, client_id: &str) -> BackendResult<Vec<Subscription>>;
+    async fn client_webhooks(&self, client_id: &ClientId) -> BackendResult<Vec<Subscription>>;
     /// The subscription `client_id` owns whose webhook id is `webhook` (see
     /// [`EndpointKey::subscription`]); `None` when there is none, or another client owns it.
     async fn client_webhook(
         &self,
-        client_id: &str,
+        client_id: &ClientId,
         webhook: &EndpointKey,
     ) -> BackendResult<Option<Subscription>>;
     /// One subscription.
@@ -124,7 +125,7 @@ pub trait RecordStore: Send + Sync {
     /// filter cannot tell that the record it stopped at was the table's last.
     async fn scan_consented(
         &self,
-        application: &str,
+        application: &ApplicationId,
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<(RecordId, Person)>>;
@@ -134,15 +135,20 @@ pub trait RecordStore: Send + Sync {
 #[async_trait]
 pub trait ApplicationStore: Send + Sync {
     /// The application with this id.
-    async fn get_application(&self, id: &str) -> BackendResult<Option<Application>>;
+    async fn get_application(&self, id: &ApplicationId) -> BackendResult<Option<Application>>;
     /// Creates or replaces an application (and the index from its API key hash).
     async fn put_application(&self, application: &Application) -> BackendResult<()>;
     /// The id of the application whose API key hashes to `api_key_hash`.
-    async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>>;
+    async fn application_for_key(&self, api_key_hash: &str)
+    -> BackendResult<Option<ApplicationId>>;
     /// Every application (admin use).
     async fn list_applications(&self) -> BackendResult<Vec<Application>>;
     /// Replaces an application's webhook health only (nothing when it no longer exists).
-    async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()>;
+    async fn set_application_health(
+        &self,
+        id: &ApplicationId,
+        health: &EndpointHealth,
+    ) -> BackendResult<()>;
 }
 
 /// Full syncs: their progress, the outcomes counted once per person, and the lease that lets one
@@ -152,11 +158,7 @@ pub trait SyncStore: Send + Sync {
     /// Saves the driver's state of a sync (never the outcome counters).
     async fn save_sync(&self, sync: &FullSync) -> BackendResult<()>;
     /// A sync and the outcomes counted for it.
-    async fn get_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>>;
+    async fn get_sync(&self, sync: &SyncKey) -> BackendResult<Option<(FullSync, SyncOutcomes)>>;
     /// Counts the final outcomes of fan-out jobs of a sync, each person at most once
     /// however often its job is delivered (the queue delivers at least once, and a job
     /// whose count failed comes back); returns what was newly counted. On an error some
@@ -164,38 +166,26 @@ pub trait SyncStore: Send + Sync {
     /// spread over counter shards so no single item takes every delivery's write.
     async fn count_sync_outcomes(
         &self,
-        application: &str,
-        sync_id: &str,
+        sync: &SyncKey,
         outcomes: &[PersonOutcome],
     ) -> BackendResult<SyncOutcomes>;
     /// Claims the announcement of the sync's completion for `claimant`: true for the first
     /// claimant (and for it again, so a claim that landed but reported an error can be
     /// retried), false for every other, so the "Sync Completed" event goes out once
     /// however many deliveries see the last count.
-    async fn claim_sync_completion(
-        &self,
-        application: &str,
-        sync_id: &str,
-        claimant: &str,
-    ) -> BackendResult<bool>;
+    async fn claim_sync_completion(&self, sync: &SyncKey, claimant: &str) -> BackendResult<bool>;
     /// Takes the sync's lease for `holder` until `until_ms` if it is free at `now_ms` or
     /// already `holder`'s (one step at a time; a step retried after its lease was taken
     /// but the answer lost carries on); false when another step holds it.
     async fn lease_sync(
         &self,
-        application: &str,
-        sync_id: &str,
+        sync: &SyncKey,
         holder: &str,
         now_ms: i64,
         until_ms: i64,
     ) -> BackendResult<bool>;
     /// Frees the sync's lease if `holder` still holds it.
-    async fn release_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-        holder: &str,
-    ) -> BackendResult<()>;
+    async fn release_sync(&self, sync: &SyncKey, holder: &str) -> BackendResult<()>;
 }
 
 /// The final outcome of one person's job in a fan-out sync.

@@ -1,6 +1,7 @@
 //! ORCID-style subscriptions: one callback URL for one record, owned by one client.
 
 use crate::callback::CallbackUrl;
+use crate::ids::ClientId;
 use crate::record::RecordId;
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +14,7 @@ pub struct Subscription {
     /// Where to POST when the record changes.
     pub callback: CallbackUrl,
     /// The OAuth client that registered it.
-    pub client_id: String,
+    pub client_id: ClientId,
     /// Registration time, epoch seconds.
     pub created_at: i64,
     /// Delivery health of the callback.

@@ -14,6 +14,7 @@
 //! Progress is saved after every page or person; a crash repeats at most that (duplicates,
 //! never a skipped person).
 
+use crate::ids::{ApplicationId, SyncId, SyncKey};
 use serde::{Deserialize, Serialize};
 
 /// Where a sync stands.
@@ -32,8 +33,8 @@ pub enum SyncState {
 /// saving it replaces all of the driver's state and nothing else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FullSync {
-    pub application_id: String,
-    pub sync_id: String,
+    pub application_id: ApplicationId,
+    pub sync_id: SyncId,
     /// The interval it runs with (fixed at start).
     pub request_interval_ms: u64,
     /// Where it stands (as the driver saved it).
@@ -82,10 +83,14 @@ pub struct SyncOutcomes {
 }
 
 impl FullSync {
-    pub fn new(application_id: &str, request_interval_ms: u64, started_at: String) -> Self {
+    pub fn new(
+        application_id: &ApplicationId,
+        request_interval_ms: u64,
+        started_at: String,
+    ) -> Self {
         Self {
-            application_id: application_id.to_owned(),
-            sync_id: format!("sync_{}", uuid::Uuid::new_v4().simple()),
+            application_id: application_id.clone(),
+            sync_id: SyncId::generate(),
             request_interval_ms,
             state: SyncState::Running,
             cursor: None,
@@ -98,6 +103,14 @@ impl FullSync {
             last_request_end_ms: None,
             started_at,
             completed_at: None,
+        }
+    }
+
+    /// How the sync store keys it.
+    pub fn key(&self) -> SyncKey {
+        SyncKey {
+            application: self.application_id.clone(),
+            sync: self.sync_id.clone(),
         }
     }
 
@@ -144,8 +157,7 @@ mod tests {
 
     #[test]
     fn progress() {
-        let mut sync = FullSync::new("app-1", 0, "t".into());
-        assert!(sync.sync_id.starts_with("sync_"));
+        let mut sync = FullSync::new(&"app-1".parse().unwrap(), 0, "t".into());
         sync.scanned = 10;
         let progress = sync.progress(SyncOutcomes {
             delivered: 7,

@@ -47,18 +47,22 @@ impl TestApi {
         records.put_person(&RecordId::parse(RECORD).unwrap(), Default::default());
         let now = clock.now();
         for (id, secret) in [("APP-1", "secret-1"), ("APP-2", "secret-2")] {
-            let mut client = OAuthClient::new(id, secret, now);
+            let mut client = OAuthClient::new(&id.parse().unwrap(), secret, now);
             client.scopes.push("/read-limited".into());
             store.put_client(&client).await.unwrap();
         }
         for (id, key) in [("app-1", "key-1"), ("app-2", "key-2")] {
             store
-                .put_application(&Application::new(id, key, now.unix_timestamp()))
+                .put_application(&Application::new(
+                    &id.parse().unwrap(),
+                    key,
+                    now.unix_timestamp(),
+                ))
                 .await
                 .unwrap();
         }
         let issue = |client: &str, scope: &str, lifetime: i64| {
-            IssuedToken::new(client, scope, now, lifetime)
+            IssuedToken::new(&client.parse().unwrap(), scope, now, lifetime)
         };
         let issued = [
             issue("APP-1", "/webhook", 3600),

@@ -11,6 +11,7 @@ use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::clock::SystemClock;
 use webhooks::handlers::outbound::{application_request, callback_request};
 use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::job::MessageId;
 
 /// How the raw receiver answers.
 #[derive(Debug, Clone, Copy)]
@@ -82,12 +83,12 @@ fn client() -> CallbackClient {
 
 async fn members_acknowledged(http: &CallbackClient, answer: Answer) -> (bool, Option<u16>) {
     let url = raw_receiver(answer).await;
-    let mut app = Application::new("app-1", "key", 0);
+    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
     app.webhook.url = Some(url.into());
     app.webhook.signing_key = Some("helloWorld".into());
     let person = webhooks::members::sample_person();
     let request = application_request(
-        "msg_1",
+        &MessageId::derive(&["ack-matrix"]),
         &app,
         app.webhook.target().unwrap(),
         &[person],
@@ -154,7 +155,12 @@ async fn orcid_ack_codes() {
             },
         )
         .unwrap_or_else(|e| panic!("{answer:?}: {url}: {e}"));
-        let request = callback_request("msg_1", &callback, None, clock.as_ref());
+        let request = callback_request(
+            &webhooks::job::MessageId::derive(&["test"]),
+            &callback,
+            None,
+            clock.as_ref(),
+        );
         let (_, acknowledged) = request.send(&http).await;
         assert_eq!(acknowledged, expected, "{answer:?}");
     }
@@ -172,9 +178,14 @@ async fn connection_refused_is_a_negative_acknowledgement() {
         },
     )
     .unwrap();
-    let (outcome, acknowledged) = callback_request("msg_1", &callback, None, &SystemClock)
-        .send(&client())
-        .await;
+    let (outcome, acknowledged) = callback_request(
+        &MessageId::derive(&["ack-matrix"]),
+        &callback,
+        None,
+        &SystemClock,
+    )
+    .send(&client())
+    .await;
     assert!(!acknowledged);
     assert!(outcome.error.unwrap().contains("connection"));
 }

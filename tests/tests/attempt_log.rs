@@ -90,7 +90,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     let receiver = ScriptedReceiver::start().await;
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 5));
-    let mut app = Application::new("app-log", "key-log", 0);
+    let mut app = Application::new(&"app-log".parse().unwrap(), "key-log", 0);
     app.webhook.url = Some(format!("http://{}/hook", receiver.addr).into());
     store.put_application(&app).await.unwrap();
     let mut ports = webhooks::memory::ports(
@@ -111,7 +111,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     let mut person = serde_json::Map::new();
     person.insert("id".into(), record.as_str().into());
     let job = DeliveryJob::for_application(
-        "app-log",
+        &"app-log".parse().unwrap(),
         &record,
         person,
         WindowId(9),
@@ -128,7 +128,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     );
     assert!(seen.iter().all(|(id, _)| id == job.id.as_str()));
 
-    let endpoint = LogEndpoint::application("app-log");
+    let endpoint = LogEndpoint::application(&"app-log".parse().unwrap());
     let page = log
         .attempts(&endpoint, StatusFilter::All, None, 10)
         .await
@@ -171,7 +171,11 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     // owner set just now (the delivery handler has the old one cached).
     let moved = OutageReceiver::default();
     let (moved_addr, moved_server) = moved.start().await;
-    let mut app = store.get_application("app-log").await.unwrap().unwrap();
+    let mut app = store
+        .get_application(&"app-log".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     app.webhook.url = Some(format!("http://{moved_addr}/new").into());
     store.put_application(&app).await.unwrap();
     let redeliver = format!(
@@ -217,7 +221,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     let mut disabled = webhooks::health::EndpointHealth::default();
     disabled.disable(0, "the receiver answered 410 Gone".into());
     store
-        .set_application_health("app-log", &disabled)
+        .set_application_health(&"app-log".parse().unwrap(), &disabled)
         .await
         .unwrap();
     let (status, body) = call(&api, "POST", &redeliver).await;
@@ -244,7 +248,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     );
 
     // Another endpoint sees none of it.
-    let other = LogEndpoint::application("app-other");
+    let other = LogEndpoint::application(&"app-other".parse().unwrap());
     assert!(log.message(&other, &job.id).await.unwrap().is_none());
     assert!(
         log.attempts(&other, StatusFilter::All, None, 10)
@@ -270,7 +274,7 @@ async fn dynamodb_log_matches_the_receiver() {
     .with_attempt_retention(Duration::from_secs(7 * 24 * 3600));
     attempts_match_what_the_receiver_saw(Arc::new(store.clone())).await;
     // Every item carries its TTL: the attempt's time plus the retention.
-    let endpoint = LogEndpoint::application("app-log");
+    let endpoint = LogEndpoint::application(&"app-log".parse().unwrap());
     let page = store
         .attempts(&endpoint, StatusFilter::All, None, 1)
         .await
@@ -297,7 +301,7 @@ async fn dynamodb_log_matches_the_receiver() {
     let subscription = webhooks::subscription::Subscription {
         record: record.clone(),
         callback: callback.clone(),
-        client_id: "APP-1".into(),
+        client_id: "APP-1".parse().unwrap(),
         created_at: 0,
         health: Default::default(),
     };
@@ -322,10 +326,19 @@ async fn dynamodb_log_matches_the_receiver() {
         .send()
         .await
         .unwrap();
-    assert!(store.client_webhooks("APP-1").await.unwrap().is_empty());
+    assert!(
+        store
+            .client_webhooks(&"APP-1".parse().unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.index_client_webhooks().await.unwrap(), 1);
     assert_eq!(
-        store.client_webhooks("APP-1").await.unwrap(),
+        store
+            .client_webhooks(&"APP-1".parse().unwrap())
+            .await
+            .unwrap(),
         vec![subscription]
     );
 }
@@ -492,10 +505,10 @@ async fn a_client_reads_its_webhooks_attempts_by_id() {
     let mut tokens = Vec::new();
     for (client, secret) in [("APP-1", "s1"), ("APP-2", "s2")] {
         store
-            .put_client(&OAuthClient::new(client, secret, now))
+            .put_client(&OAuthClient::new(&client.parse().unwrap(), secret, now))
             .await
             .unwrap();
-        let token = IssuedToken::new(client, "/webhook", now, 3600);
+        let token = IssuedToken::new(&client.parse().unwrap(), "/webhook", now, 3600);
         store.put_token(&token.stored).await.unwrap();
         tokens.push(token.access_token);
     }
@@ -509,7 +522,7 @@ async fn a_client_reads_its_webhooks_attempts_by_id() {
             },
         )
         .unwrap(),
-        client_id: "APP-1".into(),
+        client_id: "APP-1".parse().unwrap(),
         created_at: 0,
         health: Default::default(),
     };
@@ -682,7 +695,7 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
     let store = Arc::new(MemoryStore::default());
     // Two attempts, then the dead-letter queue (the redrive policy).
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 2));
-    let mut app = Application::new("app-rec", "key-rec", 0);
+    let mut app = Application::new(&"app-rec".parse().unwrap(), "key-rec", 0);
     app.webhook.url = Some(format!("http://{addr}/hook").into());
     app.webhook.request_interval_ms = 100;
     store.put_application(&app).await.unwrap();
@@ -706,7 +719,7 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
         let mut person = serde_json::Map::new();
         person.insert("id".into(), record.as_str().into());
         DeliveryJob::for_application(
-            "app-rec",
+            &"app-rec".parse().unwrap(),
             &record,
             person,
             WindowId(n),
@@ -881,7 +894,7 @@ async fn a_log_that_cannot_be_written_costs_no_delivery() {
     let (addr, server) = receiver.start().await;
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 5));
-    let mut app = Application::new("app-broken", "key-b", 0);
+    let mut app = Application::new(&"app-broken".parse().unwrap(), "key-b", 0);
     app.webhook.url = Some(format!("http://{addr}/hook").into());
     store.put_application(&app).await.unwrap();
     let mut ports = webhooks::memory::ports(
@@ -899,7 +912,7 @@ async fn a_log_that_cannot_be_written_costs_no_delivery() {
     let mut person = serde_json::Map::new();
     person.insert("id".into(), record.as_str().into());
     let job = DeliveryJob::for_application(
-        "app-broken",
+        &"app-broken".parse().unwrap(),
         &record,
         person,
         WindowId(1),

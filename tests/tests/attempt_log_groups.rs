@@ -35,7 +35,7 @@ fn subscription(client: &str, n: usize) -> Subscription {
             UrlPolicy::default(),
         )
         .unwrap(),
-        client_id: client.to_owned(),
+        client_id: client.parse().unwrap(),
         created_at: 0,
         health: Default::default(),
     }
@@ -51,7 +51,7 @@ fn endpoints() -> Vec<(LogEndpoint, Option<Subscription>)> {
         }
     }
     for app in ["A1", "A2"] {
-        all.push((LogEndpoint::application(app), None));
+        all.push((LogEndpoint::application(&app.parse().unwrap()), None));
     }
     all
 }
@@ -238,7 +238,7 @@ async fn same_answers(memory: &MemoryStore, store: &DynamoStore, limits: &[usize
                 "{endpoint:?} {id:?}"
             );
         }
-        let stranger = LogEndpoint::application("A-none");
+        let stranger = LogEndpoint::application(&"A-none".parse().unwrap());
         if let Some(id) = ids.first() {
             assert_eq!(store.message(&stranger, id).await.unwrap(), None);
         }

@@ -352,3 +352,46 @@ async fn secrets_tokens_and_api_keys_are_stored_only_as_hashes() {
     assert!(stored.contains(&webhooks::oauth::sha256_hex(&tokens.app1)));
     assert!(stored.contains(&webhooks::oauth::sha256_hex("key-1")));
 }
+
+/// Ids in a path are parsed at the edge: one that cannot be an id of its kind is the 4xx
+/// a well-formed but unknown one gets, never a 5xx (nor a storage key built from it).
+#[tokio::test]
+async fn path_ids_that_are_not_ids_are_answered_like_unknown_ones() {
+    let (api, _) = TestApi::new().await;
+    let key = [("x-access-token", "key-1")];
+    let mut failures = Vec::new();
+    for (case, path, status, code) in [
+        (
+            "an application id with a character no id has",
+            "/application/app%231",
+            403,
+            "forbidden",
+        ),
+        (
+            "an application id longer than any",
+            &format!("/application/{}", "a".repeat(65)),
+            403,
+            "forbidden",
+        ),
+        (
+            "a sync id that is not one",
+            "/application/app-1/webhook/sync/sync_0",
+            404,
+            "sync_not_found",
+        ),
+        (
+            "a well-formed sync id of no sync",
+            "/application/app-1/webhook/sync/sync_0123456789abcdef0123456789abcdef",
+            404,
+            "sync_not_found",
+        ),
+    ] {
+        let (got_status, got_code, body) = api.call(request("GET", path, &key, "")).await;
+        if (got_status, got_code.as_str()) != (status, code) {
+            failures.push(format!(
+                "{case}: {got_status} {got_code}, expected {status} {code} ({body})"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -115,7 +115,11 @@ impl Pipeline {
 
     /// Client APP-1 with secret `s3cret`.
     async fn add_client(&self) {
-        let client = OAuthClient::new("APP-1", "s3cret", time::OffsetDateTime::now_utc());
+        let client = OAuthClient::new(
+            &"APP-1".parse().unwrap(),
+            "s3cret",
+            time::OffsetDateTime::now_utc(),
+        );
         self.aws.store.put_client(&client).await.unwrap();
     }
 
@@ -305,7 +309,7 @@ async fn an_application_is_stored_without_its_api_key_on_dynamodb() {
     let env = MotoEnv::create(3).await;
     let aws = AwsServices::new(&env.config, env.settings());
     aws.store
-        .put_application(&Application::new("app-1", "key-1", 0))
+        .put_application(&Application::new(&"app-1".parse().unwrap(), "key-1", 0))
         .await
         .unwrap();
     let stored = aws.store.raw_item("APPS", "app-1").await.unwrap().unwrap();
@@ -331,7 +335,7 @@ async fn members_flow_over_dynamodb_and_sqs() {
 
     let mut p = Pipeline::new(5).await;
     let receiver = Receiver::start().await;
-    let mut app = Application::new("app-1", "key-1", 0);
+    let mut app = Application::new(&"app-1".parse().unwrap(), "key-1", 0);
     app.webhook.url = Some(receiver.url("/members").into());
     app.webhook.signing_key = Some("helloWorld".into());
     app.webhook.request_interval_ms = 50;
@@ -394,11 +398,16 @@ async fn members_flow_over_dynamodb_and_sqs() {
         .min()
         .unwrap();
     assert!(closest >= Duration::from_millis(50), "{closest:?}");
-    let (sync, outcomes) =
-        webhooks::ports::SyncStore::get_sync(p.aws.store.as_ref(), "app-1", &sync_id)
-            .await
-            .unwrap()
-            .unwrap();
+    let (sync, outcomes) = webhooks::ports::SyncStore::get_sync(
+        p.aws.store.as_ref(),
+        &webhooks::ids::SyncKey {
+            application: "app-1".parse().unwrap(),
+            sync: sync_id.parse().unwrap(),
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let progress = sync.progress(outcomes);
     assert_eq!(progress.state, webhooks::sync::SyncState::Completed);
     assert_eq!(progress.delivered, 4);
@@ -485,7 +494,7 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
                     },
                 )
                 .unwrap(),
-                client_id: format!("client-{client}"),
+                client_id: format!("client-{client}").parse().unwrap(),
                 created_at: 0,
                 health: Default::default(),
             };
@@ -626,7 +635,7 @@ async fn operational_events_reach_eventbridge() {
     p.aws
         .store
         .put_client(&OAuthClient::new(
-            "APP-1",
+            &"APP-1".parse().unwrap(),
             "s3cret",
             time::OffsetDateTime::now_utc(),
         ))
@@ -707,7 +716,7 @@ async fn receive_jobs(
 fn person_job(n: usize, first_name: &str) -> webhooks::job::DeliveryJob {
     let person = serde_json::json!({"personID": format!("p{n}"), "firstName": first_name});
     webhooks::job::DeliveryJob::for_application(
-        "app-1",
+        &"app-1".parse().unwrap(),
         &RecordId::parse(&format!("p{n}")).unwrap(),
         person.as_object().unwrap().clone(),
         webhooks::window::WindowId(1),
@@ -811,7 +820,7 @@ async fn a_poison_change_is_set_aside_in_dynamodb_and_the_flush_moves_on() {
     let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
     let sqs = aws_sdk_sqs::Client::new(&env.config);
     let windows = Arc::new(ManualWindows::default());
-    let mut app = Application::new("app-1", "key-1", 0);
+    let mut app = Application::new(&"app-1".parse().unwrap(), "key-1", 0);
     app.webhook.url = Some("https://example.org/hook".into());
     aws.store.put_application(&app).await.unwrap();
     let big = "x".repeat(webhooks::message::MAX_MESSAGE_BYTES);
@@ -863,10 +872,10 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
 
     let p = Pipeline::new(3).await;
     let receiver = Receiver::start().await;
-    let mut good = Application::new("app-good", "key-good", 0);
+    let mut good = Application::new(&"app-good".parse().unwrap(), "key-good", 0);
     good.webhook.url = Some(receiver.url("/members").into());
     p.aws.store.put_application(&good).await.unwrap();
-    let mut bad = Application::new("app-bad", "key-bad", 0);
+    let mut bad = Application::new(&"app-bad".parse().unwrap(), "key-bad", 0);
     bad.webhook.url = Some("https://example.org/hook".to_owned().into());
     bad.webhook.request_interval_ms = 1000;
     p.aws.store.put_application(&bad).await.unwrap();
@@ -887,7 +896,7 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
     let loaded = p
         .aws
         .store
-        .get_application("app-bad")
+        .get_application(&"app-bad".parse().unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -907,14 +916,18 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
         )
         .await
         .unwrap();
-    let sync = FullSync::new("app-bad", 1000, "2026-11-26T12:00:00.000Z".into());
+    let sync = FullSync::new(
+        &"app-bad".parse().unwrap(),
+        1000,
+        "2026-11-26T12:00:00.000Z".into(),
+    );
     p.aws.store.save_sync(&sync).await.unwrap();
 
     let created_at = "2026-11-26T12:00:00.000Z".to_owned();
     let person_job = |application: &str, i: usize| {
         let person = serde_json::json!({"id": format!("p-{i}")});
         DeliveryJob::for_application(
-            application,
+            &application.parse().unwrap(),
             &RecordId::parse(&format!("p-{i}")).unwrap(),
             person.as_object().unwrap().clone(),
             webhooks::window::WindowId(1),
@@ -939,11 +952,7 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
             .collect();
         event
     };
-    let mut jobs = vec![DeliveryJob::sync_step(
-        "app-bad",
-        &sync.sync_id,
-        created_at.clone(),
-    )];
+    let mut jobs = vec![DeliveryJob::sync_step(&sync.key(), created_at.clone())];
     jobs.extend((0..99).map(|i| person_job("app-good", i)));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let response = p.delivery.handle(batch(&jobs), deadline).await;
@@ -952,13 +961,7 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
         receiver.wait_for(99, Duration::from_secs(10)).await.len(),
         99
     );
-    let (sync, _) = p
-        .aws
-        .store
-        .get_sync("app-bad", &sync.sync_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (sync, _) = p.aws.store.get_sync(&sync.key()).await.unwrap().unwrap();
     assert_eq!(sync.state, SyncState::Cancelled);
 
     let job = person_job("app-bad", 1);
@@ -980,7 +983,7 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
     let loaded = p
         .aws
         .store
-        .get_application("app-bad")
+        .get_application(&"app-bad".parse().unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -1025,4 +1028,48 @@ async fn a_damaged_pending_entry_does_not_stop_the_page() {
         .expect("no corrupt error");
     let records: Vec<&str> = page.items.iter().map(|r| r.as_str()).collect();
     assert_eq!(records, ["a", "b"]);
+}
+
+/// Ids are checked when read back: an item whose client, application or API-key index
+/// names an id no client or application can have is corrupt (a clear backend error the
+/// handlers already deal with), never a panic or an id passed on unchecked.
+#[tokio::test]
+async fn a_stored_id_that_does_not_parse_is_corrupt() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use webhooks::ports::{ApplicationStore, BackendError};
+    let env = MotoEnv::create(3).await;
+    let aws = AwsServices::new(&env.config, env.settings());
+    let dynamodb = aws_sdk_dynamodb::Client::new(&env.config);
+    dynamodb
+        .put_item()
+        .table_name(&env.service_table)
+        .item("pk", AttributeValue::S("APIKEY#abc".into()))
+        .item("sk", AttributeValue::S("APIKEY".into()))
+        .item("application_id", AttributeValue::S("not an id/".into()))
+        .send()
+        .await
+        .unwrap();
+    let index = aws.store.application_for_key("abc").await;
+    assert!(
+        matches!(index, Err(BackendError::Corrupt(_))),
+        "API key index: {index:?}"
+    );
+    let id = "APP-1".parse().unwrap();
+    let client = OAuthClient::new(&id, "s", time::OffsetDateTime::now_utc());
+    aws.store.put_client(&client).await.unwrap();
+    dynamodb
+        .update_item()
+        .table_name(&env.service_table)
+        .key("pk", AttributeValue::S("CLIENTS".into()))
+        .key("sk", AttributeValue::S("APP-1".into()))
+        .update_expression("SET client_id = :bad")
+        .expression_attribute_values(":bad", AttributeValue::S("a b".into()))
+        .send()
+        .await
+        .unwrap();
+    let read = aws.store.get_client(&id).await;
+    assert!(
+        matches!(read, Err(BackendError::Corrupt(_))),
+        "client item: {read:?}"
+    );
 }

@@ -45,7 +45,10 @@ impl Outage {
 
 #[async_trait]
 impl ApplicationStore for Outage {
-    async fn get_application(&self, id: &str) -> BackendResult<Option<Application>> {
+    async fn get_application(
+        &self,
+        id: &webhooks::ids::ApplicationId,
+    ) -> BackendResult<Option<Application>> {
         self.check()?;
         self.inner.get_application(id).await
     }
@@ -53,7 +56,10 @@ impl ApplicationStore for Outage {
         self.check()?;
         self.inner.put_application(application).await
     }
-    async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>> {
+    async fn application_for_key(
+        &self,
+        api_key_hash: &str,
+    ) -> BackendResult<Option<webhooks::ids::ApplicationId>> {
         self.check()?;
         self.inner.application_for_key(api_key_hash).await
     }
@@ -61,7 +67,11 @@ impl ApplicationStore for Outage {
         self.check()?;
         self.inner.list_applications().await
     }
-    async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()> {
+    async fn set_application_health(
+        &self,
+        id: &webhooks::ids::ApplicationId,
+        health: &EndpointHealth,
+    ) -> BackendResult<()> {
         self.check()?;
         self.inner.set_application_health(id, health).await
     }
@@ -75,7 +85,7 @@ async fn an_hour_of_backend_failures_does_not_dead_letter_an_untried_job() {
     // The queue's redrive policy matches the retry budget, as the template sets it.
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), MAX_ATTEMPTS));
     let receiver = Receiver::start().await;
-    let mut app = Application::new("app-1", "key", 0);
+    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
     app.webhook.url = Some(receiver.url("/members").into());
     store.put_application(&app).await.unwrap();
     let outage_ends = Instant::now() + Duration::from_secs(3600);
@@ -148,7 +158,7 @@ async fn an_hour_of_backend_failures_does_not_dead_letter_an_untried_job() {
 fn person_job() -> DeliveryJob {
     let person = json!({"id": "p-1", "firstName": "P"});
     DeliveryJob::for_application(
-        "app-1",
+        &"app-1".parse().unwrap(),
         &RecordId::parse("p-1").unwrap(),
         person.as_object().unwrap().clone(),
         WindowId(1),
@@ -166,7 +176,7 @@ async fn only_requests_to_the_receiver_count_as_attempts() {
     let events = Arc::new(LoggedEvents::default());
     let receiver = Receiver::start().await;
     receiver.script(&[500; 10]);
-    let mut app = Application::new("app-1", "key", 0);
+    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
     app.webhook.url = Some(receiver.url("/members").into());
     store.put_application(&app).await.unwrap();
     let down = Arc::new(AtomicBool::new(false));

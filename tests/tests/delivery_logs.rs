@@ -39,7 +39,7 @@ async fn a_successful_delivery_writes_no_log_line_at_info_and_a_failure_does() {
     };
     store
         .put_client(&OAuthClient::new(
-            "APP-1",
+            &"APP-1".parse().unwrap(),
             "secret",
             time::OffsetDateTime::now_utc(),
         ))
@@ -50,7 +50,7 @@ async fn a_successful_delivery_writes_no_log_line_at_info_and_a_failure_does() {
         let subscription = Subscription {
             record: RecordId::parse(&format!("r{i}")).unwrap(),
             callback: CallbackUrl::parse(&receiver.url(&format!("/r{i}")), insecure).unwrap(),
-            client_id: "APP-1".into(),
+            client_id: "APP-1".parse().unwrap(),
             created_at: 0,
             health: Default::default(),
         };

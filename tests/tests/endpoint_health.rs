@@ -110,7 +110,7 @@ async fn service(disable_after: Duration) -> LocalService {
         },
         delivery_timeout: Duration::from_secs(2),
         allow_insecure_callbacks: true,
-        clients: vec![("APP-1".into(), "secret-1".into())],
+        clients: vec![("APP-1".parse().unwrap(), "secret-1".into())],
         endpoint_disable_after: disable_after,
         ..LocalConfig::default()
     })

@@ -48,7 +48,11 @@ impl Service {
         let store = Arc::new(MemoryStore::default());
         let now = SystemClock.now();
         store
-            .put_client(&OAuthClient::new(SEED_CLIENT.0, SEED_CLIENT.1, now))
+            .put_client(&OAuthClient::new(
+                &SEED_CLIENT.0.parse().unwrap(),
+                SEED_CLIENT.1,
+                now,
+            ))
             .await
             .unwrap();
         // The seed's token, as if issued earlier.
@@ -56,7 +60,7 @@ impl Service {
             .put_token(&AccessToken {
                 token_hash: sha256_hex(SEED_TOKEN),
                 refresh_token_hash: sha256_hex("refresh"),
-                client_id: SEED_CLIENT.0.into(),
+                client_id: SEED_CLIENT.0.parse().unwrap(),
                 scope: "/webhook".into(),
                 issued_at: now.unix_timestamp(),
                 expires_at: now.unix_timestamp() + 3600,
@@ -254,7 +258,7 @@ async fn sqs_event_runs_the_delivery() {
                 UrlPolicy::default(),
             )
             .unwrap(),
-            client_id: SEED_CLIENT.0.into(),
+            client_id: SEED_CLIENT.0.parse().unwrap(),
             created_at: 0,
             health: Default::default(),
         })

@@ -131,9 +131,14 @@ async fn names_resolving_to_private_addresses_are_refused_at_connect() {
     for (url, ip) in AT_CONNECT {
         let callback = CallbackUrl::parse(url, STRICT)
             .unwrap_or_else(|e| panic!("{url} should pass registration: {e}"));
-        let (outcome, acknowledged) = callback_request("msg_1", &callback, None, &SystemClock)
-            .send(&client)
-            .await;
+        let (outcome, acknowledged) = callback_request(
+            &webhooks::job::MessageId::derive(&["test"]),
+            &callback,
+            None,
+            &SystemClock,
+        )
+        .send(&client)
+        .await;
         assert!(!acknowledged, "{url}");
         assert_eq!(outcome.status, None, "{url} -> {ip} must not be reached");
         let error = outcome.error.unwrap();
@@ -154,9 +159,14 @@ async fn ip_literals_are_checked_again_at_delivery() {
     ] {
         let callback =
             CallbackUrl::try_from(url.to_owned()).unwrap_or_else(|e| panic!("{url}: {e}"));
-        let (outcome, _) = callback_request("msg_1", &callback, None, &SystemClock)
-            .send(&client)
-            .await;
+        let (outcome, _) = callback_request(
+            &webhooks::job::MessageId::derive(&["test"]),
+            &callback,
+            None,
+            &SystemClock,
+        )
+        .send(&client)
+        .await;
         assert!(
             outcome
                 .error
@@ -226,9 +236,14 @@ async fn redirects_are_never_followed() {
     });
     let callback =
         CallbackUrl::parse(&format!("https://redirect.example:{port}/hook"), STRICT).unwrap();
-    let (outcome, acknowledged) = callback_request("msg_1", &callback, None, &SystemClock)
-        .send(&client)
-        .await;
+    let (outcome, acknowledged) = callback_request(
+        &webhooks::job::MessageId::derive(&["test"]),
+        &callback,
+        None,
+        &SystemClock,
+    )
+    .send(&client)
+    .await;
     assert_eq!(outcome.status, Some(302), "{outcome:?}");
     assert!(!acknowledged, "a redirect is a failed attempt");
     // The attempt is over: a client that followed the redirect would have connected to

@@ -83,13 +83,13 @@ async fn a_sync_under_throttled_counter_writes_completes_with_exact_counts() {
         );
     }
     let receiver = Receiver::start().await;
-    let mut app = Application::new("app-1", "key", 0);
+    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
     app.webhook.url = Some(receiver.url("/sync").into());
     store.put_application(&app).await.unwrap();
-    let sync = FullSync::new("app-1", 0, "t".into());
+    let sync = FullSync::new(&"app-1".parse().unwrap(), 0, "t".into());
     store.save_sync(&sync).await.unwrap();
     let enqueued = queue
-        .enqueue(&[DeliveryJob::sync_step("app-1", &sync.sync_id, "t".into())])
+        .enqueue(&[DeliveryJob::sync_step(&sync.key(), "t".into())])
         .await
         .unwrap();
     assert!(enqueued.refused.is_empty());
@@ -127,11 +127,7 @@ async fn a_sync_under_throttled_counter_writes_completes_with_exact_counts() {
     }
     faults.heal();
     assert_eq!(queue.depth().dead, 0, "nothing dead-lettered");
-    let (state, outcomes) = store
-        .get_sync("app-1", &sync.sync_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (state, outcomes) = store.get_sync(&sync.key()).await.unwrap().unwrap();
     let progress = state.progress(outcomes);
     let counts = faults.counts();
     let counter_calls: u64 = COUNTERS.iter().map(|op| faults.calls(op)).sum();
@@ -160,7 +156,7 @@ async fn a_sync_under_throttled_counter_writes_completes_with_exact_counts() {
     assert_eq!(
         completed,
         [OpsEvent::SyncCompleted {
-            application: "app-1".into(),
+            application: "app-1".parse().unwrap(),
             sync: sync.sync_id.clone(),
             delivered: PERSONS as u64,
             failed: 0,
@@ -186,7 +182,7 @@ async fn a_failing_endpoints_health_is_written_once_per_batch_and_at_most_once_a
     ports.applications = Arc::new(store.with_faults(counting.clone()));
     let receiver = Receiver::start().await;
     receiver.script(&[500; 1000]);
-    let mut app = Application::new("app-1", "key", 0);
+    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
     app.webhook.url = Some(receiver.url("/failing").into());
     store.put_application(&app).await.unwrap();
     let delivery = Delivery::new(
@@ -208,7 +204,7 @@ async fn a_failing_endpoints_health_is_written_once_per_batch_and_at_most_once_a
                 let record = RecordId::parse(&format!("p-{i:03}")).unwrap();
                 let person = serde_json::json!({"personID": record.as_str()});
                 DeliveryJob::for_application(
-                    "app-1",
+                    &"app-1".parse().unwrap(),
                     &record,
                     person.as_object().unwrap().clone(),
                     webhooks::window::WindowId(round),
@@ -226,7 +222,7 @@ async fn a_failing_endpoints_health_is_written_once_per_batch_and_at_most_once_a
     assert_eq!(receiver.hits().len(), 50);
     assert_eq!(writes(), 1, "one health write for a batch of 50 failures");
     let saved = store
-        .get_application("app-1")
+        .get_application(&"app-1".parse().unwrap())
         .await
         .unwrap()
         .unwrap()
@@ -249,7 +245,7 @@ async fn a_failing_endpoints_health_is_written_once_per_batch_and_at_most_once_a
     assert_eq!(deliver_batch(&queue, &delivery, 100).await, 50);
     assert_eq!(writes(), 2, "at most once a minute");
     let saved = store
-        .get_application("app-1")
+        .get_application(&"app-1".parse().unwrap())
         .await
         .unwrap()
         .unwrap()

@@ -36,8 +36,8 @@ fn config(dir: &DataDir) -> LocalConfig {
         flush_interval: Duration::from_secs(3600),
         flush_grace: Duration::from_millis(50),
         allow_insecure_callbacks: true,
-        clients: vec![(CLIENT.0.into(), CLIENT.1.into())],
-        applications: vec![("app-1".into(), "key-1".into())],
+        clients: vec![(CLIENT.0.parse().unwrap(), CLIENT.1.into())],
+        applications: vec![("app-1".parse().unwrap(), "key-1".into())],
         data_dir: Some(dir.0.clone()),
         ..LocalConfig::default()
     }

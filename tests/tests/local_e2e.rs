@@ -28,7 +28,7 @@ fn config(retry_base: Duration, max_attempts: u32) -> LocalConfig {
         },
         delivery_timeout: Duration::from_secs(2),
         allow_insecure_callbacks: true,
-        clients: vec![(CLIENT.0.into(), CLIENT.1.into())],
+        clients: vec![(CLIENT.0.parse().unwrap(), CLIENT.1.into())],
         ..LocalConfig::default()
     }
 }
@@ -398,7 +398,7 @@ async fn a_callback_query_sent_as_the_request_query_is_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_person_is_set_aside_and_the_others_are_delivered() {
     let service = LocalService::start(LocalConfig {
-        applications: vec![("app-1".into(), "key-1".into())],
+        applications: vec![("app-1".parse().unwrap(), "key-1".into())],
         sample_record: false,
         ..config(Duration::from_millis(100), 3)
     })

@@ -17,8 +17,8 @@ async fn service() -> LocalService {
         flush_interval: Duration::from_secs(3600),
         allow_insecure_callbacks: true,
         applications: vec![
-            ("app-paced".into(), "key-paced".into()),
-            ("app-fast".into(), "key-fast".into()),
+            ("app-paced".parse().unwrap(), "key-paced".into()),
+            ("app-fast".parse().unwrap(), "key-fast".into()),
         ],
         sample_record: false,
         ..LocalConfig::default()

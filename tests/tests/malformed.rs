@@ -40,8 +40,8 @@ async fn malformed_requests_get_clear_4xx_answers() {
     let service = LocalService::start(LocalConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         flush_interval: Duration::from_secs(3600),
-        clients: vec![("APP-1".into(), "secret-1".into())],
-        applications: vec![("app-1".into(), "key-1".into())],
+        clients: vec![("APP-1".parse().unwrap(), "secret-1".into())],
+        applications: vec![("app-1".parse().unwrap(), "key-1".into())],
         ..LocalConfig::default()
     })
     .await

@@ -188,7 +188,7 @@ async fn no_notification_is_lost_under_faults() {
                     },
                 )
                 .unwrap(),
-                client_id: format!("client-{client}"),
+                client_id: format!("client-{client}").parse().unwrap(),
                 created_at: SystemClock.now().unix_timestamp(),
                 health: Default::default(),
             };

@@ -25,7 +25,8 @@ use webhooks_tests::Receiver;
 
 /// An application item as storage holds it, with `url` in place of its webhook URL.
 fn stored_application(id: &str, url: &str) -> Application {
-    let mut item: Value = serde_json::to_value(Application::new(id, "key", 0)).unwrap();
+    let mut item: Value =
+        serde_json::to_value(Application::new(&id.parse().unwrap(), "key", 0)).unwrap();
     item["webhook"] = json!({"url": url, "request_interval_ms": 1000});
     serde_json::from_value(item).unwrap()
 }
@@ -87,7 +88,7 @@ async fn service() -> Service {
 fn person_job(application: &str, i: usize) -> DeliveryJob {
     let person = json!({"id": format!("p-{i}"), "firstName": "P"});
     DeliveryJob::for_application(
-        application,
+        &application.parse().unwrap(),
         &RecordId::parse(&format!("p-{i}")).unwrap(),
         person.as_object().unwrap().clone(),
         WindowId(1),
@@ -116,11 +117,14 @@ async fn deliver(s: &Service, jobs: &[DeliveryJob]) -> usize {
 async fn a_broken_stored_url_costs_only_its_own_message() {
     let s = service().await;
     // The one bad message: a step of a paced sync of the application with the broken URL.
-    let sync = FullSync::new("app-bad", 1000, "2026-11-26T12:00:00.000Z".into());
+    let sync = FullSync::new(
+        &"app-bad".parse().unwrap(),
+        1000,
+        "2026-11-26T12:00:00.000Z".into(),
+    );
     s.ports.syncs.save_sync(&sync).await.unwrap();
     let mut batch = vec![DeliveryJob::sync_step(
-        "app-bad",
-        &sync.sync_id,
+        &sync.key(),
         "2026-11-26T12:00:00.000Z".into(),
     )];
     batch.extend((0..99).map(|i| person_job("app-good", i)));
@@ -132,13 +136,7 @@ async fn a_broken_stored_url_costs_only_its_own_message() {
         s.receiver.wait_for(99, Duration::from_secs(10)).await.len(),
         99
     );
-    let (sync, _) = s
-        .ports
-        .syncs
-        .get_sync("app-bad", &sync.sync_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (sync, _) = s.ports.syncs.get_sync(&sync.key()).await.unwrap().unwrap();
     assert_eq!(
         sync.state,
         SyncState::Cancelled,
@@ -169,7 +167,7 @@ async fn a_job_for_a_broken_stored_url_is_kept_and_the_endpoint_disabled() {
     let app = s
         .ports
         .applications
-        .get_application("app-bad")
+        .get_application(&"app-bad".parse().unwrap())
         .await
         .unwrap()
         .unwrap();

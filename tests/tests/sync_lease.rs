@@ -56,10 +56,10 @@ async fn a_step_retried_after_its_lease_answer_was_lost_carries_on() {
             person.as_object().unwrap().clone(),
         );
     }
-    let mut app = Application::new("app-1", "key", 0);
+    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
     app.webhook.url = Some("https://example.org/hook".into());
     store.put_application(&app).await.unwrap();
-    let sync = FullSync::new("app-1", 0, "t".into());
+    let sync = FullSync::new(&"app-1".parse().unwrap(), 0, "t".into());
     store.save_sync(&sync).await.unwrap();
     let http = CallbackClient::new(&HttpSettings {
         url_policy: UrlPolicy {
@@ -76,23 +76,19 @@ async fn a_step_retried_after_its_lease_answer_was_lost_carries_on() {
     // The step message's first delivery: the lease is taken, the answer lost.
     assert!(
         driver
-            .step("app-1", &sync.sync_id, "step-message-1", deadline())
+            .step(&sync.key(), "step-message-1", deadline())
             .await
             .is_err()
     );
     // The same message, delivered again: it holds the lease, so it carries on.
     assert_eq!(
         driver
-            .step("app-1", &sync.sync_id, "step-message-1", deadline())
+            .step(&sync.key(), "step-message-1", deadline())
             .await
             .unwrap(),
         StepOutcome::Done
     );
-    let (state, _) = store
-        .get_sync("app-1", &sync.sync_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (state, _) = store.get_sync(&sync.key()).await.unwrap().unwrap();
     assert!(
         state.scan_done && state.scanned == 5,
         "the sync read everybody: {state:?}"
@@ -120,10 +116,10 @@ async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires()
         &RecordId::parse("p-0").unwrap(),
         person.as_object().unwrap().clone(),
     );
-    let mut app = Application::new("app-1", "key", 0);
+    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
     app.webhook.url = Some("https://example.org/hook".into());
     store.put_application(&app).await.unwrap();
-    let sync = FullSync::new("app-1", 0, "t".into());
+    let sync = FullSync::new(&"app-1".parse().unwrap(), 0, "t".into());
     store.save_sync(&sync).await.unwrap();
     let http = CallbackClient::new(&HttpSettings::default());
     let driver = SyncDriver {
@@ -133,12 +129,7 @@ async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires()
     };
     // A step out of time at once hands over to the next, but cannot free its lease.
     let outcome = driver
-        .step(
-            "app-1",
-            &sync.sync_id,
-            "step-1",
-            tokio::time::Instant::now(),
-        )
+        .step(&sync.key(), "step-1", tokio::time::Instant::now())
         .await
         .unwrap();
     let StepOutcome::Again(delay) = outcome else {
@@ -152,8 +143,7 @@ async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires()
     assert_eq!(
         driver
             .step(
-                "app-1",
-                &sync.sync_id,
+                &sync.key(),
                 "step-2",
                 tokio::time::Instant::now() + Duration::from_secs(30)
             )
@@ -161,10 +151,6 @@ async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires()
             .unwrap(),
         StepOutcome::Done
     );
-    let (state, _) = store
-        .get_sync("app-1", &sync.sync_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (state, _) = store.get_sync(&sync.key()).await.unwrap().unwrap();
     assert!(state.scan_done && state.scanned == 1, "{state:?}");
 }

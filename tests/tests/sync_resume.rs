@@ -54,11 +54,11 @@ async fn setup_with(interval_ms: u64, persons: usize) -> Setup {
         );
     }
     let receiver = Receiver::start().await;
-    let mut app = Application::new("app-1", "key", 0);
+    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
     app.webhook.url = Some(receiver.url("/sync").into());
     app.webhook.request_interval_ms = interval_ms;
     ports.applications.put_application(&app).await.unwrap();
-    let sync = FullSync::new("app-1", interval_ms, "t".into());
+    let sync = FullSync::new(&"app-1".parse().unwrap(), interval_ms, "t".into());
     ports.syncs.save_sync(&sync).await.unwrap();
     let http = CallbackClient::new(&HttpSettings {
         timeout: Duration::from_millis(500),
@@ -107,7 +107,7 @@ impl Setup {
     async fn step_of(&self, holder: &str, budget: Duration) -> StepOutcome {
         let deadline = tokio::time::Instant::now() + budget;
         self.driver()
-            .step("app-1", &self.sync.sync_id, holder, deadline)
+            .step(&self.sync.key(), holder, deadline)
             .await
             .unwrap()
     }
@@ -137,7 +137,7 @@ async fn a_paced_sync_spans_many_short_steps() {
     let (sync, _) = s
         .ports
         .syncs
-        .get_sync("app-1", &s.sync.sync_id)
+        .get_sync(&s.sync.key())
         .await
         .unwrap()
         .unwrap();
@@ -154,7 +154,8 @@ async fn a_crashed_step_is_resumed_without_skipping_anybody() {
     // few persons have arrived.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let driver = s.driver();
-    let step = driver.step("app-1", &s.sync.sync_id, "step-1", deadline);
+    let key = s.sync.key();
+    let step = driver.step(&key, "step-1", deadline);
     tokio::select! {
         _ = step => panic!("the step finished before it was cut off"),
         _ = s.receiver.wait_for(3, Duration::from_secs(20)) => {}
@@ -198,7 +199,7 @@ impl RecordStore for SlowRecords {
 
     async fn scan_consented(
         &self,
-        application: &str,
+        application: &webhooks::ids::ApplicationId,
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<(RecordId, Person)>> {
@@ -254,7 +255,7 @@ async fn a_fan_out_sync_enqueues_everybody_once_across_steps() {
     let (sync, outcomes) = s
         .ports
         .syncs
-        .get_sync("app-1", &s.sync.sync_id)
+        .get_sync(&s.sync.key())
         .await
         .unwrap()
         .unwrap();

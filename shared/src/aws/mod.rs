@@ -263,7 +263,9 @@ mod tests {
         let services = AwsServices::new(&config, settings());
         let client = tokio::time::timeout(
             Duration::from_secs(20),
-            services.store.get_client("APP-NPXKK6HFN6TJ4YYI"),
+            services
+                .store
+                .get_client(&"APP-NPXKK6HFN6TJ4YYI".parse().unwrap()),
         )
         .await
         .expect("the request did not finish");

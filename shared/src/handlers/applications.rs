@@ -8,6 +8,7 @@ use super::views::{ApplicationView, SyncView};
 use crate::application::{Application, ApplicationPatch};
 use crate::clock::rfc3339_millis;
 use crate::events::OpsEvent;
+use crate::ids::{SyncId, SyncKey};
 use crate::job::{DeliveryJob, MessageId};
 use crate::members::{consented_scopes, sample_person, scoped_person};
 use crate::oauth::sha256_hex;
@@ -46,12 +47,14 @@ impl Registration {
             .application_for_key(&sha256_hex(key))
             .await?
             .ok_or(ApiError::ApiKey)?;
-        if owner != id {
+        // The path's id is compared as text: one that is not an application id is not the
+        // caller's either, and the typed id comes from the key's index.
+        if owner.as_str() != id {
             return Err(ApiError::OtherApplication);
         }
         self.ports
             .applications
-            .get_application(id)
+            .get_application(&owner)
             .await?
             .ok_or(ApiError::ApiKey)
     }
@@ -142,7 +145,7 @@ impl Registration {
         let message_id = MessageId::derive(&["test", &uuid::Uuid::new_v4().to_string()]);
         let publish_time = rfc3339_millis(self.ports.clock.now());
         let outbound = application_request(
-            message_id.as_str(),
+            &message_id,
             &app,
             app.webhook.target()?,
             &[person],
@@ -176,7 +179,7 @@ impl Registration {
         self.ports.syncs.save_sync(&sync).await?;
         self.ports
             .queue
-            .enqueue(&[DeliveryJob::sync_step(&app.id, &sync.sync_id, now)])
+            .enqueue(&[DeliveryJob::sync_step(&sync.key(), now)])
             .await?
             .all()?;
         tracing::info!(application_id = %app.id, sync_id = %sync.sync_id, interval_ms = sync.request_interval_ms, "full sync started");
@@ -204,10 +207,16 @@ impl Registration {
         sync_id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let app = self.authenticate_application(request, id).await?;
+        // An id that is not a sync id names no sync.
+        let sync = SyncId::parse(sync_id).map_err(|_| ApiError::SyncNotFound)?;
+        let key = SyncKey {
+            application: app.id,
+            sync,
+        };
         let (sync, outcomes) = self
             .ports
             .syncs
-            .get_sync(&app.id, sync_id)
+            .get_sync(&key)
             .await?
             .ok_or(ApiError::SyncNotFound)?;
         Ok(json_response(

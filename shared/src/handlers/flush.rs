@@ -9,6 +9,7 @@
 
 use crate::application::{Application, endpoint_name};
 use crate::clock::rfc3339_millis;
+use crate::ids::ApplicationId;
 use crate::job::DeliveryJob;
 use crate::members::{consents, scoped_person};
 use crate::metrics::FlushMetrics;
@@ -362,7 +363,7 @@ impl Flush {
     async fn application_once<'a>(
         &self,
         applications: &'a mut ApplicationsRead,
-        id: &str,
+        id: &ApplicationId,
     ) -> Result<&'a Result<Option<Application>, String>, BackendError> {
         if !applications.contains_key(id) {
             let app = match self.ports.applications.get_application(id).await {
@@ -370,7 +371,7 @@ impl Flush {
                 Err(BackendError::Corrupt(detail)) => Err(detail),
                 Err(e) => return Err(e),
             };
-            applications.insert(id.to_owned(), app);
+            applications.insert(id.clone(), app);
         }
         Ok(&applications[id])
     }
@@ -393,7 +394,7 @@ impl Flush {
 }
 
 /// The applications a flush run has read, by id (a corrupt item as its error's text).
-type ApplicationsRead = HashMap<String, Result<Option<Application>, String>>;
+type ApplicationsRead = HashMap<ApplicationId, Result<Option<Application>, String>>;
 
 /// What one page of pending records turns into.
 struct PagePlan {
@@ -532,7 +533,7 @@ mod tests {
                         UrlPolicy::default(),
                     )
                     .unwrap(),
-                    client_id: "c".into(),
+                    client_id: "c".parse().unwrap(),
                     created_at: 0,
                     health: Default::default(),
                 })
@@ -653,7 +654,7 @@ mod poison_tests {
                 events: Arc::new(LoggedEvents::default()),
                 windows: Arc::new(ManualWindows::default()),
             };
-            let mut app = Application::new("app-1", "key", 0);
+            let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
             app.webhook.url = Some("https://example.org/hook".into());
             world.store.put_application(&app).await.unwrap();
             world

@@ -7,6 +7,7 @@ use crate::application::Application;
 use crate::callback::CallbackUrl;
 use crate::clock::Clock;
 use crate::http_client::{AttemptOutcome, CallbackClient};
+use crate::job::MessageId;
 use crate::members::envelope;
 use crate::signing::SigningSecrets;
 use bytes::Bytes;
@@ -35,19 +36,19 @@ impl Outbound {
 /// The Standard Webhooks headers: `webhook-id`, `webhook-timestamp`, and
 /// `webhook-signature` when the subscriber has secrets.
 fn standard_headers(
-    message_id: &str,
+    message_id: &MessageId,
     timestamp: i64,
     body: &[u8],
     secrets: Option<&SigningSecrets>,
 ) -> Vec<(&'static str, String)> {
     let mut headers = vec![
-        ("webhook-id", message_id.to_owned()),
+        ("webhook-id", message_id.to_string()),
         ("webhook-timestamp", timestamp.to_string()),
     ];
     if let Some(secrets) = secrets {
         headers.push((
             "webhook-signature",
-            secrets.signature_header(message_id, timestamp, body),
+            secrets.signature_header(message_id.as_str(), timestamp, body),
         ));
     }
     headers
@@ -55,7 +56,7 @@ fn standard_headers(
 
 /// ORCID style: an empty POST to the callback.
 pub fn callback_request(
-    message_id: &str,
+    message_id: &MessageId,
     callback: &CallbackUrl,
     secrets: Option<&SigningSecrets>,
     clock: &dyn Clock,
@@ -72,7 +73,7 @@ pub fn callback_request(
 /// Members style: the envelope with `persons` to `url`, the application's webhook (see
 /// [`crate::application::WebhookConfig::target`]).
 pub fn application_request(
-    message_id: &str,
+    message_id: &MessageId,
     application: &Application,
     url: &CallbackUrl,
     persons: &[Map<String, Value>],
@@ -82,9 +83,9 @@ pub fn application_request(
     let body = envelope(
         persons,
         application.webhook.signing_key.as_deref(),
-        message_id,
+        message_id.as_str(),
         publish_time,
-        &application.id,
+        application.id.as_str(),
     );
     let timestamp = clock.now().unix_timestamp();
     let mut headers = standard_headers(message_id, timestamp, &body, Some(&application.secrets));

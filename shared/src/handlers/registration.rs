@@ -7,6 +7,7 @@ use super::views::WebhookView;
 use crate::callback::{CallbackUrl, UrlPolicy, decode_path_segment};
 use crate::events::OpsEvent;
 use crate::http_client::CallbackClient;
+use crate::ids::ClientId;
 use crate::oauth::{BearerError, IssuedToken, TokenRequest, authorize_webhook, sha256_hex};
 use crate::ports::{Ports, announce};
 use crate::record::OrcidId;
@@ -269,10 +270,10 @@ impl Registration {
     }
 
     /// Checks the bearer token and returns the client id it belongs to.
-    pub(super) async fn authenticate(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+    pub(super) async fn authenticate(&self, headers: &HeaderMap) -> Result<ClientId, ApiError> {
         let presented = bearer_token(headers).ok_or(BearerError::Missing)?;
         let token = self.ports.tokens.get_token(&sha256_hex(presented)).await?;
-        let client_id = authorize_webhook(token.as_ref(), self.ports.clock.now())?.to_owned();
+        let client_id = authorize_webhook(token.as_ref(), self.ports.clock.now())?.clone();
         // A disabled or deleted client's tokens stop working at once.
         match self.ports.clients.get_client(&client_id).await? {
             Some(client) if !client.disabled => Ok(client_id),
@@ -288,7 +289,7 @@ impl Registration {
         request: &Request,
         record: &str,
         raw_callback: &str,
-    ) -> Result<(String, OrcidId, CallbackUrl), ApiError> {
+    ) -> Result<(ClientId, OrcidId, CallbackUrl), ApiError> {
         let client_id = self.authenticate(request.headers()).await?;
         let record = OrcidId::parse(record)?;
         let callback = CallbackUrl::try_from(path_callback(request, raw_callback)?)?;

@@ -154,7 +154,7 @@ mod tests {
                 UrlPolicy::default(),
             )
             .unwrap(),
-            client_id: "APP-1".into(),
+            client_id: "APP-1".parse().unwrap(),
             created_at: 0,
             health: Default::default(),
         };
@@ -173,7 +173,7 @@ mod tests {
         for s in [&enabled, &disabled] {
             store.register(s).await.unwrap();
         }
-        let mut app = Application::new("app-1", "key", 0);
+        let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
         app.health
             .disable(1, "the webhook URL does not parse".into());
         store.put_application(&app).await.unwrap();
@@ -182,13 +182,19 @@ mod tests {
             DeliveryJob::for_subscription(&enabled, WindowId(1), AT.into()),
             DeliveryJob::for_subscription(&disabled, WindowId(1), AT.into()),
             DeliveryJob::for_application(
-                "app-1",
+                &"app-1".parse().unwrap(),
                 &record,
                 Default::default(),
                 WindowId(1),
                 AT.into(),
             ),
-            DeliveryJob::sync_step("app-1", "sync-1", AT.into()),
+            DeliveryJob::sync_step(
+                &crate::ids::SyncKey {
+                    application: "app-1".parse().unwrap(),
+                    sync: crate::ids::SyncId::generate(),
+                },
+                AT.into(),
+            ),
         ];
         for job in &jobs {
             queue.park(job).await.unwrap();
@@ -227,11 +233,13 @@ mod tests {
     async fn a_replay_looks_at_no_more_than_max_messages() {
         let store = MemoryStore::default();
         let queue = MemoryQueue::new(Duration::from_secs(30), 5);
-        for n in 0..5 {
+        for _ in 0..5 {
             queue
                 .park(&DeliveryJob::sync_step(
-                    "app-1",
-                    &format!("s{n}"),
+                    &crate::ids::SyncKey {
+                        application: "app-1".parse().unwrap(),
+                        sync: crate::ids::SyncId::generate(),
+                    },
                     AT.into(),
                 ))
                 .await

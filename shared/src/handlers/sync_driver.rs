@@ -7,6 +7,7 @@ use crate::callback::CallbackUrl;
 use crate::clock::rfc3339_millis;
 use crate::events::OpsEvent;
 use crate::http_client::{AttemptOutcome, CallbackClient};
+use crate::ids::SyncKey;
 use crate::job::{DeliveryJob, Target};
 use crate::members::{consented_scopes, scoped_person};
 use crate::ports::{
@@ -36,27 +37,22 @@ const STEP_CLAIMANT: &str = "sync-step";
 pub async fn announce_if_complete(
     syncs: &dyn SyncStore,
     events: &dyn OpsEvents,
-    application: &str,
-    sync_id: &str,
+    key: &SyncKey,
     claimant: &str,
 ) -> Result<(), BackendError> {
-    let Some((sync, outcomes)) = syncs.get_sync(application, sync_id).await? else {
+    let Some((sync, outcomes)) = syncs.get_sync(key).await? else {
         return Ok(());
     };
     let complete = !sync.is_paced()
         && sync.state == SyncState::Running
         && sync.scan_done
         && outcomes.delivered + outcomes.failed >= sync.scanned;
-    if complete
-        && syncs
-            .claim_sync_completion(application, sync_id, claimant)
-            .await?
-    {
+    if complete && syncs.claim_sync_completion(key, claimant).await? {
         announce(
             events,
             OpsEvent::SyncCompleted {
-                application: application.to_owned(),
-                sync: sync_id.to_owned(),
+                application: key.application.clone(),
+                sync: key.sync.clone(),
                 delivered: outcomes.delivered,
                 failed: outcomes.failed,
             },
@@ -100,13 +96,12 @@ impl SyncDriver<'_> {
     /// the queue delivers it again or it is sent again after a backend failure.
     pub async fn step(
         &self,
-        application_id: &str,
-        sync_id: &str,
+        key: &SyncKey,
         holder: &str,
         deadline: Instant,
     ) -> Result<StepOutcome, BackendError> {
         let ports = self.ports;
-        let Some(mut sync) = self.runnable(application_id, sync_id).await? else {
+        let Some(mut sync) = self.runnable(key).await? else {
             return Ok(StepOutcome::Done);
         };
         let lease_until = now_ms(ports)
@@ -116,35 +111,23 @@ impl SyncDriver<'_> {
             + LEASE_SLACK.as_millis() as i64;
         if !ports
             .syncs
-            .lease_sync(application_id, sync_id, holder, now_ms(ports), lease_until)
+            .lease_sync(key, holder, now_ms(ports), lease_until)
             .await?
         {
-            tracing::info!(
-                application_id,
-                sync_id,
-                "another step of this sync is running; this one ends"
-            );
+            tracing::info!(sync = %key, "another step of this sync is running; this one ends");
             return Ok(StepOutcome::Done);
         }
-        let outcome = self.run(application_id, &mut sync, deadline).await;
+        let outcome = self.run(&mut sync, deadline).await;
         self.release(&sync, holder, lease_until, outcome).await
     }
 
     /// The sync, when a step has persons to read: it exists and runs, and its scan is not
     /// saved as done (a step repeated after its last save landed would count the last
     /// page twice: it only announces the completion, if that is left to do).
-    async fn runnable(
-        &self,
-        application_id: &str,
-        sync_id: &str,
-    ) -> Result<Option<FullSync>, BackendError> {
+    async fn runnable(&self, key: &SyncKey) -> Result<Option<FullSync>, BackendError> {
         let ports = self.ports;
-        let Some((sync, _)) = ports.syncs.get_sync(application_id, sync_id).await? else {
-            tracing::warn!(
-                application_id,
-                sync_id,
-                "sync step for an unknown sync; dropped"
-            );
+        let Some((sync, _)) = ports.syncs.get_sync(key).await? else {
+            tracing::warn!(sync = %key, "sync step for an unknown sync; dropped");
             return Ok(None);
         };
         if sync.state != SyncState::Running {
@@ -154,8 +137,7 @@ impl SyncDriver<'_> {
             announce_if_complete(
                 ports.syncs.as_ref(),
                 ports.events.as_ref(),
-                application_id,
-                sync_id,
+                key,
                 STEP_CLAIMANT,
             )
             .await?;
@@ -168,12 +150,11 @@ impl SyncDriver<'_> {
     /// it can send to).
     async fn run(
         &self,
-        application_id: &str,
         sync: &mut FullSync,
         deadline: Instant,
     ) -> Result<StepOutcome, BackendError> {
         let applications = &self.ports.applications;
-        let Some(application) = applications.get_application(application_id).await? else {
+        let Some(application) = applications.get_application(&sync.application_id).await? else {
             return self.cancel(sync, "the application was removed").await;
         };
         let url = match application.webhook.target() {
@@ -196,10 +177,7 @@ impl SyncDriver<'_> {
         outcome: Result<StepOutcome, BackendError>,
     ) -> Result<StepOutcome, BackendError> {
         let ports = self.ports;
-        let released = ports
-            .syncs
-            .release_sync(&sync.application_id, &sync.sync_id, holder)
-            .await;
+        let released = ports.syncs.release_sync(&sync.key(), holder).await;
         let Err(e) = released else {
             return outcome;
         };
@@ -243,8 +221,7 @@ impl SyncDriver<'_> {
             announce_if_complete(
                 self.ports.syncs.as_ref(),
                 self.ports.events.as_ref(),
-                &sync.application_id,
-                &sync.sync_id,
+                &sync.key(),
                 STEP_CLAIMANT,
             )
             .await?;
@@ -284,13 +261,7 @@ impl SyncDriver<'_> {
                 .iter()
                 .filter_map(|(id, person)| {
                     Self::scoped(application, id, person).map(|scoped| {
-                        DeliveryJob::for_sync(
-                            &application.id,
-                            &sync.sync_id,
-                            id,
-                            scoped,
-                            created_at.clone(),
-                        )
+                        DeliveryJob::for_sync(&sync.key(), id, scoped, created_at.clone())
                     })
                 })
                 .collect();
@@ -310,7 +281,7 @@ impl SyncDriver<'_> {
             if !refused_persons.is_empty() {
                 ports
                     .syncs
-                    .count_sync_outcomes(&application.id, &sync.sync_id, &refused_persons)
+                    .count_sync_outcomes(&sync.key(), &refused_persons)
                     .await?;
             }
             sync.scanned += jobs.len() as u64;
@@ -413,9 +384,9 @@ impl SyncDriver<'_> {
     ) -> (DeliveryJob, AttemptOutcome, bool) {
         let ports = self.ports;
         let now = rfc3339_millis(ports.clock.now());
-        let job = DeliveryJob::for_sync(&application.id, &sync.sync_id, id, scoped.clone(), now);
+        let job = DeliveryJob::for_sync(&sync.key(), id, scoped.clone(), now);
         let request = application_request(
-            job.id.as_str(),
+            &job.id,
             application,
             url,
             &[scoped],
@@ -495,6 +466,10 @@ mod tests {
     use crate::testing::ManualClock;
     use std::sync::Arc;
 
+    fn app_1() -> crate::ids::ApplicationId {
+        crate::ids::ApplicationId::parse("app-1").unwrap()
+    }
+
     struct Paced {
         ports: Ports,
         clock: Arc<ManualClock>,
@@ -518,12 +493,12 @@ mod tests {
             &RecordId::parse("p-1").unwrap(),
             person.as_object().unwrap().clone(),
         );
-        let mut app = Application::new("app-1", "key", 0);
+        let mut app = Application::new(&app_1(), "key", 0);
         // Never reached: the step must stop before its request.
         app.webhook.url = Some("http://127.0.0.1:9/sync".to_owned().into());
         app.webhook.request_interval_ms = interval.as_millis() as u64;
         ports.applications.put_application(&app).await.unwrap();
-        let mut sync = FullSync::new("app-1", app.webhook.request_interval_ms, "t".into());
+        let mut sync = FullSync::new(&app_1(), app.webhook.request_interval_ms, "t".into());
         sync.last_request_end_ms = Some(now_ms(&ports));
         ports.syncs.save_sync(&sync).await.unwrap();
         let http = CallbackClient::new(&HttpSettings {
@@ -552,14 +527,14 @@ mod tests {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         driver
-            .step("app-1", &setup.sync.sync_id, "step-1", deadline)
+            .step(&setup.sync.key(), "step-1", deadline)
             .await
             .unwrap();
         let page = setup
             .ports
             .attempts
             .attempts(
-                &crate::attempts::LogEndpoint::application("app-1"),
+                &crate::attempts::LogEndpoint::application(&"app-1".parse().unwrap()),
                 crate::attempts::StatusFilter::All,
                 None,
                 10,
@@ -584,7 +559,7 @@ mod tests {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         let outcome = driver
-            .step("app-1", &setup.sync.sync_id, "step-1", deadline)
+            .step(&setup.sync.key(), "step-1", deadline)
             .await
             .unwrap();
         assert!(
@@ -607,7 +582,7 @@ mod tests {
         for _ in 0..4 {
             let deadline = Instant::now() + Duration::from_secs(60);
             let outcome = driver
-                .step("app-1", &setup.sync.sync_id, "step-1", deadline)
+                .step(&setup.sync.key(), "step-1", deadline)
                 .await
                 .unwrap();
             assert!(Instant::now() <= deadline);
@@ -621,7 +596,7 @@ mod tests {
         let (sync, _) = setup
             .ports
             .syncs
-            .get_sync("app-1", &setup.sync.sync_id)
+            .get_sync(&setup.sync.key())
             .await
             .unwrap()
             .unwrap();

@@ -5,7 +5,8 @@
 use crate::application::{Application, mask};
 use crate::attempts::{Attempt, OutcomeClass, Recovery, StoredMessage};
 use crate::health::EndpointHealth;
-use crate::job::Target;
+use crate::ids::{ApplicationId, SyncId};
+use crate::job::{MessageId, Target};
 use crate::ports::Person;
 use crate::subscription::Subscription;
 use crate::sync::{FullSync, SyncOutcomes, SyncState};
@@ -78,7 +79,7 @@ impl WebhookView {
 /// An application; its signing key masked.
 #[derive(Debug, Serialize)]
 pub struct ApplicationView {
-    id: String,
+    id: ApplicationId,
     webhook: ApplicationWebhookView,
 }
 
@@ -113,7 +114,7 @@ impl From<&Application> for ApplicationView {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncView {
-    sync_id: String,
+    sync_id: SyncId,
     state: SyncState,
     request_interval_ms: u64,
     scanned: u64,
@@ -147,7 +148,7 @@ impl SyncView {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptView {
-    message_id: String,
+    message_id: MessageId,
     attempt: u32,
     timestamp: Option<String>,
     outcome: OutcomeClass,
@@ -159,7 +160,7 @@ pub struct AttemptView {
 impl From<&Attempt> for AttemptView {
     fn from(attempt: &Attempt) -> Self {
         Self {
-            message_id: attempt.message_id.as_str().to_owned(),
+            message_id: attempt.message_id.clone(),
             attempt: attempt.attempt,
             timestamp: rfc3339_ms(attempt.at_ms),
             outcome: attempt.outcome,
@@ -175,7 +176,7 @@ impl From<&Attempt> for AttemptView {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
-    message_id: String,
+    message_id: MessageId,
     created_at: String,
     last_attempt_at: Option<String>,
     last_outcome: OutcomeClass,
@@ -202,7 +203,7 @@ impl MessageView {
             Target::SyncStep { .. } => (None, None, None),
         };
         Self {
-            message_id: job.id.as_str().to_owned(),
+            message_id: job.id.clone(),
             created_at: job.created_at.clone(),
             last_attempt_at: rfc3339_ms(message.last_attempt_ms),
             last_outcome: message.last_outcome,
@@ -271,7 +272,7 @@ mod tests {
 
     #[test]
     fn an_application_shows_its_signing_key_masked_and_an_unset_url_empty() {
-        let mut app = Application::new("app-1", "key", 0);
+        let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
         assert_eq!(
             json_of(ApplicationView::from(&app)),
             json!({"id": "app-1", "webhook": {
@@ -307,7 +308,7 @@ mod tests {
 
     #[test]
     fn a_sync_shows_its_progress_with_the_counted_outcomes() {
-        let mut sync = FullSync::new("app-1", 0, "t".into());
+        let mut sync = FullSync::new(&"app-1".parse().unwrap(), 0, "t".into());
         sync.scanned = 10;
         sync.scan_done = true;
         let view = json_of(SyncView::new(
@@ -329,9 +330,15 @@ mod tests {
     fn a_kept_application_message_shows_the_person_and_no_callback() {
         let record = RecordId::parse("0000-0002-1825-0097").unwrap();
         let person = json!({"firstName": "Ada"}).as_object().unwrap().clone();
-        let job = DeliveryJob::for_application("app-1", &record, person, WindowId(1), "t".into());
+        let job = DeliveryJob::for_application(
+            &"app-1".parse().unwrap(),
+            &record,
+            person,
+            WindowId(1),
+            "t".into(),
+        );
         let message = StoredMessage {
-            endpoint: crate::attempts::EndpointKey::application("app-1"),
+            endpoint: crate::attempts::EndpointKey::application(&"app-1".parse().unwrap()),
             job,
             last_attempt: 1,
             last_attempt_ms: 0,
@@ -348,7 +355,7 @@ mod tests {
     fn only_the_answer_that_starts_a_recovery_shows_its_pace() {
         let recovery = Recovery {
             id: "rec_1".into(),
-            endpoint: crate::attempts::EndpointKey::application("app-1"),
+            endpoint: crate::attempts::EndpointKey::application(&"app-1".parse().unwrap()),
             since: "2024-01-01T00:00:00Z".into(),
             started_at_ms: 0,
             messages: Vec::new(),

@@ -16,6 +16,7 @@ use crate::attempts::{Attempt, EndpointKey, StoredMessage};
 use crate::callback::CallbackUrl;
 use crate::clock::Clock;
 use crate::health::EndpointHealth;
+use crate::ids::{ApplicationId, ClientId, SyncKey};
 use crate::job::{DeliveryJob, MessageId};
 use crate::message::Refusal;
 use crate::oauth::{AccessToken, OAuthClient};
@@ -121,16 +122,16 @@ impl Gate {
 
 #[derive(Debug, Default)]
 struct State {
-    clients: BTreeMap<String, OAuthClient>,
+    clients: BTreeMap<ClientId, OAuthClient>,
     tokens: HashMap<String, AccessToken>,
     subscriptions: BTreeMap<(RecordId, String), Subscription>,
     pending: BTreeMap<WindowId, BTreeSet<RecordId>>,
     cursor: Option<FlushCursor>,
     /// The flush lease: holder and until when (epoch ms).
     flush_lease: Option<(String, i64)>,
-    applications: BTreeMap<String, Application>,
-    api_keys: HashMap<String, String>,
-    syncs: HashMap<(String, String), SyncEntry>,
+    applications: BTreeMap<ApplicationId, Application>,
+    api_keys: HashMap<String, ApplicationId>,
+    syncs: HashMap<SyncKey, SyncEntry>,
     poison: BTreeMap<String, PoisonItem>,
     /// The attempt log, per endpoint by sort key.
     attempts: BTreeMap<EndpointKey, BTreeMap<String, Attempt>>,
@@ -175,7 +176,7 @@ impl MemoryStore {
 
 #[async_trait]
 impl ClientStore for MemoryStore {
-    async fn get_client(&self, client_id: &str) -> BackendResult<Option<OAuthClient>> {
+    async fn get_client(&self, client_id: &ClientId) -> BackendResult<Option<OAuthClient>> {
         self.gate
             .run("get_client", async {
                 Ok(self.state().clients.get(client_id).cloned())
@@ -253,7 +254,7 @@ impl SubscriptionStore for MemoryStore {
         &self,
         record: &RecordId,
         callback: &CallbackUrl,
-        client_id: &str,
+        client_id: &ClientId,
     ) -> BackendResult<Unregistered> {
         self.gate
             .run("unregister", async {
@@ -261,7 +262,9 @@ impl SubscriptionStore for MemoryStore {
                 let mut state = self.state();
                 Ok(match state.subscriptions.get(&key) {
                     None => Unregistered::NotFound,
-                    Some(existing) if existing.client_id != client_id => Unregistered::OwnedByOther,
+                    Some(existing) if existing.client_id != *client_id => {
+                        Unregistered::OwnedByOther
+                    }
                     Some(_) => {
                         state.subscriptions.remove(&key);
                         Unregistered::Deleted
@@ -316,14 +319,14 @@ impl SubscriptionStore for MemoryStore {
             .await
     }
 
-    async fn client_webhooks(&self, client_id: &str) -> BackendResult<Vec<Subscription>> {
+    async fn client_webhooks(&self, client_id: &ClientId) -> BackendResult<Vec<Subscription>> {
         self.gate
             .run("client_webhooks", async {
                 Ok(self
                     .state()
                     .subscriptions
                     .values()
-                    .filter(|s| s.client_id == client_id)
+                    .filter(|s| s.client_id == *client_id)
                     .cloned()
                     .collect())
             })
@@ -332,7 +335,7 @@ impl SubscriptionStore for MemoryStore {
 
     async fn client_webhook(
         &self,
-        client_id: &str,
+        client_id: &ClientId,
         webhook: &EndpointKey,
     ) -> BackendResult<Option<Subscription>> {
         self.gate
@@ -342,7 +345,7 @@ impl SubscriptionStore for MemoryStore {
                     .subscriptions
                     .values()
                     .find(|s| {
-                        s.client_id == client_id
+                        s.client_id == *client_id
                             && EndpointKey::subscription(&s.record, &s.callback) == *webhook
                     })
                     .cloned())
@@ -473,7 +476,7 @@ impl PendingChanges for MemoryStore {
 
 #[async_trait]
 impl ApplicationStore for MemoryStore {
-    async fn get_application(&self, id: &str) -> BackendResult<Option<Application>> {
+    async fn get_application(&self, id: &ApplicationId) -> BackendResult<Option<Application>> {
         self.gate
             .run("get_application", async {
                 Ok(self.state().applications.get(id).cloned())
@@ -496,7 +499,10 @@ impl ApplicationStore for MemoryStore {
             .await
     }
 
-    async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>> {
+    async fn application_for_key(
+        &self,
+        api_key_hash: &str,
+    ) -> BackendResult<Option<ApplicationId>> {
         self.gate
             .run("application_for_key", async {
                 Ok(self.state().api_keys.get(api_key_hash).cloned())
@@ -512,7 +518,11 @@ impl ApplicationStore for MemoryStore {
             .await
     }
 
-    async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()> {
+    async fn set_application_health(
+        &self,
+        id: &ApplicationId,
+        health: &EndpointHealth,
+    ) -> BackendResult<()> {
         self.gate
             .run("set_application_health", async {
                 if let Some(app) = self.state().applications.get_mut(id) {
@@ -529,24 +539,17 @@ impl SyncStore for MemoryStore {
     async fn save_sync(&self, sync: &FullSync) -> BackendResult<()> {
         self.gate
             .run("save_sync", async {
-                let key = (sync.application_id.clone(), sync.sync_id.clone());
-                self.state().syncs.entry(key).or_default().sync = Some(sync.clone());
+                self.state().syncs.entry(sync.key()).or_default().sync = Some(sync.clone());
                 Ok(())
             })
             .await
     }
 
-    async fn get_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
+    async fn get_sync(&self, sync: &SyncKey) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
         self.gate
             .run("get_sync", async {
                 let state = self.state();
-                let entry = state
-                    .syncs
-                    .get(&(application.to_owned(), sync_id.to_owned()));
+                let entry = state.syncs.get(sync);
                 Ok(entry.and_then(|e| e.sync.clone().map(|s| (s, e.outcomes))))
             })
             .await
@@ -554,17 +557,13 @@ impl SyncStore for MemoryStore {
 
     async fn count_sync_outcomes(
         &self,
-        application: &str,
-        sync_id: &str,
+        sync: &SyncKey,
         outcomes: &[PersonOutcome],
     ) -> BackendResult<SyncOutcomes> {
         self.gate
             .run("count_sync_outcomes", async {
                 let mut state = self.state();
-                let entry = state
-                    .syncs
-                    .entry((application.to_owned(), sync_id.to_owned()))
-                    .or_default();
+                let entry = state.syncs.entry(sync.clone()).or_default();
                 let mut new = SyncOutcomes::default();
                 for outcome in outcomes {
                     if entry.counted.insert(outcome.person.clone()) {
@@ -582,19 +581,11 @@ impl SyncStore for MemoryStore {
             .await
     }
 
-    async fn claim_sync_completion(
-        &self,
-        application: &str,
-        sync_id: &str,
-        claimant: &str,
-    ) -> BackendResult<bool> {
+    async fn claim_sync_completion(&self, sync: &SyncKey, claimant: &str) -> BackendResult<bool> {
         self.gate
             .run("claim_sync_completion", async {
                 let mut state = self.state();
-                let Some(entry) = state
-                    .syncs
-                    .get_mut(&(application.to_owned(), sync_id.to_owned()))
-                else {
+                let Some(entry) = state.syncs.get_mut(sync) else {
                     return Ok(false);
                 };
                 if entry.sync.is_none() {
@@ -610,8 +601,7 @@ impl SyncStore for MemoryStore {
 
     async fn lease_sync(
         &self,
-        application: &str,
-        sync_id: &str,
+        sync: &SyncKey,
         holder: &str,
         now_ms: i64,
         until_ms: i64,
@@ -619,10 +609,7 @@ impl SyncStore for MemoryStore {
         self.gate
             .run("lease_sync", async {
                 let mut state = self.state();
-                let entry = state
-                    .syncs
-                    .entry((application.to_owned(), sync_id.to_owned()))
-                    .or_default();
+                let entry = state.syncs.entry(sync.clone()).or_default();
                 if entry.lease_until_ms > now_ms && entry.lease_holder.as_deref() != Some(holder) {
                     return Ok(false);
                 }
@@ -633,18 +620,11 @@ impl SyncStore for MemoryStore {
             .await
     }
 
-    async fn release_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-        holder: &str,
-    ) -> BackendResult<()> {
+    async fn release_sync(&self, sync: &SyncKey, holder: &str) -> BackendResult<()> {
         self.gate
             .run("release_sync", async {
                 let mut state = self.state();
-                if let Some(entry) = state
-                    .syncs
-                    .get_mut(&(application.to_owned(), sync_id.to_owned()))
+                if let Some(entry) = state.syncs.get_mut(sync)
                     && entry.lease_holder.as_deref() == Some(holder)
                 {
                     entry.lease_until_ms = 0;

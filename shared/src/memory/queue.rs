@@ -545,7 +545,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn parked_messages_are_counted_and_a_stale_handle_is_refused() {
         let q = MemoryQueue::new(Duration::from_secs(30), 5);
-        let job = DeliveryJob::sync_step("app-1", "sync-1", "2026-11-26T00:00:00.000Z".into());
+        let job = DeliveryJob::sync_step(
+            &crate::ids::SyncKey {
+                application: "app-1".parse().unwrap(),
+                sync: crate::ids::SyncId::generate(),
+            },
+            "2026-11-26T00:00:00.000Z".into(),
+        );
         q.park(&job).await.unwrap();
         q.park(&job).await.unwrap();
         assert_eq!((q.depth().parked, q.depth().dead), (2, 0));
@@ -589,7 +595,7 @@ mod tests {
     fn person_job(name: &str) -> DeliveryJob {
         let person = serde_json::json!({"personID": "p1", "firstName": name});
         DeliveryJob::for_application(
-            "app-1",
+            &"app-1".parse().unwrap(),
             &crate::record::RecordId::parse("p1").unwrap(),
             person.as_object().unwrap().clone(),
             crate::window::WindowId(1),

@@ -90,7 +90,7 @@ impl RecordStore for MemoryRecords {
 
     async fn scan_consented(
         &self,
-        application: &str,
+        application: &crate::ids::ApplicationId,
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<(RecordId, Person)>> {

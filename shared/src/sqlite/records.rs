@@ -158,11 +158,11 @@ impl RecordStore for SqliteRecords {
 
     async fn scan_consented(
         &self,
-        application: &str,
+        application: &crate::ids::ApplicationId,
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<(RecordId, Person)>> {
-        let (application, after) = (application.to_owned(), after.map(str::to_owned));
+        let (application, after) = (application.clone(), after.map(str::to_owned));
         self.db
             .read(move |conn| {
                 let mut statement = conn

@@ -7,6 +7,7 @@ use crate::application::Application;
 use crate::attempts::EndpointKey;
 use crate::callback::CallbackUrl;
 use crate::health::EndpointHealth;
+use crate::ids::{ApplicationId, ClientId, SyncKey};
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::poison::PoisonItem;
 use crate::ports::{
@@ -156,8 +157,8 @@ fn body<T: serde::de::DeserializeOwned>(
 
 #[async_trait]
 impl ClientStore for SqliteStore {
-    async fn get_client(&self, client_id: &str) -> BackendResult<Option<OAuthClient>> {
-        let id = client_id.to_owned();
+    async fn get_client(&self, client_id: &ClientId) -> BackendResult<Option<OAuthClient>> {
+        let id = client_id.to_string();
         self.db
             .read(move |conn| {
                 body(
@@ -171,7 +172,7 @@ impl ClientStore for SqliteStore {
     }
 
     async fn put_client(&self, client: &OAuthClient) -> BackendResult<()> {
-        let (id, body) = (client.client_id.clone(), to_json(client)?);
+        let (id, body) = (client.client_id.to_string(), to_json(client)?);
         self.db
             .write(Durability::Full, move |conn| {
                 conn.prepare_cached(
@@ -265,7 +266,7 @@ impl SubscriptionStore for SqliteStore {
                     s.execute(params![
                         record,
                         callback,
-                        subscription.client_id,
+                        subscription.client_id.as_str(),
                         webhook.as_str(),
                         body
                     ])
@@ -280,12 +281,12 @@ impl SubscriptionStore for SqliteStore {
         &self,
         record: &RecordId,
         callback: &CallbackUrl,
-        client_id: &str,
+        client_id: &ClientId,
     ) -> BackendResult<Unregistered> {
         let (record, callback, client_id) = (
             record.as_str().to_owned(),
             callback.as_str().to_owned(),
-            client_id.to_owned(),
+            client_id.clone(),
         );
         self.db
             .write(Durability::Full, move |conn| {
@@ -319,8 +320,8 @@ impl SubscriptionStore for SqliteStore {
             .await
     }
 
-    async fn client_webhooks(&self, client_id: &str) -> BackendResult<Vec<Subscription>> {
-        let client_id = client_id.to_owned();
+    async fn client_webhooks(&self, client_id: &ClientId) -> BackendResult<Vec<Subscription>> {
+        let client_id = client_id.to_string();
         self.db
             .read(move |conn| {
                 bodies(
@@ -335,10 +336,10 @@ impl SubscriptionStore for SqliteStore {
 
     async fn client_webhook(
         &self,
-        client_id: &str,
+        client_id: &ClientId,
         webhook: &EndpointKey,
     ) -> BackendResult<Option<Subscription>> {
-        let (client_id, webhook) = (client_id.to_owned(), webhook.as_str().to_owned());
+        let (client_id, webhook) = (client_id.to_string(), webhook.as_str().to_owned());
         self.db
             .read(move |conn| {
                 body(
@@ -402,8 +403,8 @@ fn stored_application(conn: &Connection, id: &str) -> BackendResult<Option<Appli
 
 #[async_trait]
 impl ApplicationStore for SqliteStore {
-    async fn get_application(&self, id: &str) -> BackendResult<Option<Application>> {
-        let id = id.to_owned();
+    async fn get_application(&self, id: &ApplicationId) -> BackendResult<Option<Application>> {
+        let id = id.to_string();
         self.db
             .read(move |conn| stored_application(conn, &id))
             .await
@@ -411,7 +412,7 @@ impl ApplicationStore for SqliteStore {
 
     async fn put_application(&self, application: &Application) -> BackendResult<()> {
         let (id, key_hash, body) = (
-            application.id.clone(),
+            application.id.to_string(),
             application.api_key_hash.clone(),
             to_json(application)?,
         );
@@ -434,15 +435,24 @@ impl ApplicationStore for SqliteStore {
             .await
     }
 
-    async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>> {
+    async fn application_for_key(
+        &self,
+        api_key_hash: &str,
+    ) -> BackendResult<Option<ApplicationId>> {
         let hash = api_key_hash.to_owned();
-        self.db
+        let id: Option<String> = self
+            .db
             .read(move |conn| {
                 conn.prepare_cached("SELECT application_id FROM api_keys WHERE hash = ?1")
                     .and_then(|mut s| s.query_row([hash], |r| r.get(0)).optional())
                     .map_err(backend)
             })
-            .await
+            .await?;
+        id.map(|id| {
+            ApplicationId::parse(&id)
+                .map_err(|e| BackendError::Corrupt(format!("API key index {id:?}: {e}")))
+        })
+        .transpose()
     }
 
     async fn list_applications(&self) -> BackendResult<Vec<Application>> {
@@ -458,8 +468,12 @@ impl ApplicationStore for SqliteStore {
             .await
     }
 
-    async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()> {
-        let (id, health) = (id.to_owned(), health.clone());
+    async fn set_application_health(
+        &self,
+        id: &ApplicationId,
+        health: &EndpointHealth,
+    ) -> BackendResult<()> {
+        let (id, health) = (id.to_string(), health.clone());
         self.db
             .write(Durability::Normal, move |conn| {
                 let Some(mut application) = stored_application(conn, &id)? else {
@@ -476,6 +490,11 @@ impl ApplicationStore for SqliteStore {
     }
 }
 
+/// The key columns of a sync's row.
+fn columns(sync: &SyncKey) -> (String, String) {
+    (sync.application.to_string(), sync.sync.to_string())
+}
+
 /// Creates the sync's row (without driver state) unless it exists.
 fn ensure_sync(conn: &Connection, application: &str, sync_id: &str) -> BackendResult<()> {
     conn.prepare_cached("INSERT OR IGNORE INTO syncs (application, sync_id) VALUES (?1, ?2)")
@@ -488,8 +507,8 @@ fn ensure_sync(conn: &Connection, application: &str, sync_id: &str) -> BackendRe
 impl SyncStore for SqliteStore {
     async fn save_sync(&self, sync: &FullSync) -> BackendResult<()> {
         let (application, sync_id, body) = (
-            sync.application_id.clone(),
-            sync.sync_id.clone(),
+            sync.application_id.to_string(),
+            sync.sync_id.to_string(),
             to_json(sync)?,
         );
         // Full: the first save answers the API's 202 with the sync's id.
@@ -506,12 +525,8 @@ impl SyncStore for SqliteStore {
             .await
     }
 
-    async fn get_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
-        let (application, sync_id) = (application.to_owned(), sync_id.to_owned());
+    async fn get_sync(&self, sync: &SyncKey) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
+        let (application, sync_id) = columns(sync);
         self.db
             .read(move |conn| {
                 let row: Option<(String, i64, i64)> = conn
@@ -542,15 +557,10 @@ impl SyncStore for SqliteStore {
 
     async fn count_sync_outcomes(
         &self,
-        application: &str,
-        sync_id: &str,
+        sync: &SyncKey,
         outcomes: &[PersonOutcome],
     ) -> BackendResult<SyncOutcomes> {
-        let (application, sync_id, outcomes) = (
-            application.to_owned(),
-            sync_id.to_owned(),
-            outcomes.to_vec(),
-        );
+        let ((application, sync_id), outcomes) = (columns(sync), outcomes.to_vec());
         self.db
             .write(Durability::Normal, move |conn| {
                 ensure_sync(conn, &application, &sync_id)?;
@@ -591,17 +601,8 @@ impl SyncStore for SqliteStore {
             .await
     }
 
-    async fn claim_sync_completion(
-        &self,
-        application: &str,
-        sync_id: &str,
-        claimant: &str,
-    ) -> BackendResult<bool> {
-        let (application, sync_id, claimant) = (
-            application.to_owned(),
-            sync_id.to_owned(),
-            claimant.to_owned(),
-        );
+    async fn claim_sync_completion(&self, sync: &SyncKey, claimant: &str) -> BackendResult<bool> {
+        let ((application, sync_id), claimant) = (columns(sync), claimant.to_owned());
         self.db
             .write(Durability::Normal, move |conn| {
                 conn.prepare_cached(
@@ -618,17 +619,12 @@ impl SyncStore for SqliteStore {
 
     async fn lease_sync(
         &self,
-        application: &str,
-        sync_id: &str,
+        sync: &SyncKey,
         holder: &str,
         now_ms: i64,
         until_ms: i64,
     ) -> BackendResult<bool> {
-        let (application, sync_id, holder) = (
-            application.to_owned(),
-            sync_id.to_owned(),
-            holder.to_owned(),
-        );
+        let ((application, sync_id), holder) = (columns(sync), holder.to_owned());
         self.db
             .write(Durability::Normal, move |conn| {
                 ensure_sync(conn, &application, &sync_id)?;
@@ -646,17 +642,8 @@ impl SyncStore for SqliteStore {
             .await
     }
 
-    async fn release_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-        holder: &str,
-    ) -> BackendResult<()> {
-        let (application, sync_id, holder) = (
-            application.to_owned(),
-            sync_id.to_owned(),
-            holder.to_owned(),
-        );
+    async fn release_sync(&self, sync: &SyncKey, holder: &str) -> BackendResult<()> {
+        let ((application, sync_id), holder) = (columns(sync), holder.to_owned());
         self.db
             .write(Durability::Normal, move |conn| {
                 conn.prepare_cached(

@@ -59,7 +59,7 @@ fn subscription(record_id: &str, url: &str, client: &str) -> Subscription {
     Subscription {
         record: record(record_id),
         callback: CallbackUrl::parse(url, UrlPolicy::default()).unwrap(),
-        client_id: client.into(),
+        client_id: client.parse().unwrap(),
         created_at: 0,
         health: Default::default(),
     }
@@ -69,7 +69,7 @@ fn subscription(record_id: &str, url: &str, client: &str) -> Subscription {
 fn job(n: u32) -> DeliveryJob {
     let person = serde_json::json!({"personID": format!("p{n}")});
     DeliveryJob::for_application(
-        "app-1",
+        &"app-1".parse().unwrap(),
         &record(&format!("p{n}")),
         person.as_object().unwrap().clone(),
         WindowId(u64::from(n)),
@@ -81,17 +81,17 @@ fn job(n: u32) -> DeliveryJob {
 async fn everything_written_is_there_after_a_reopen() {
     let dir = TempDir::new();
     let clock = clock();
-    let client = OAuthClient::new("APP-1", "secret", clock.now());
+    let client = OAuthClient::new(&"APP-1".parse().unwrap(), "secret", clock.now());
     let token = AccessToken {
         token_hash: "h1".into(),
         refresh_token_hash: "r1".into(),
-        client_id: "APP-1".into(),
+        client_id: "APP-1".parse().unwrap(),
         scope: "/webhook".into(),
         issued_at: 1,
         expires_at: 2,
     };
     let sub = subscription("r1", "https://a.com/1", "APP-1");
-    let app = Application::new("app-1", "key-1", 5);
+    let app = Application::new(&"app-1".parse().unwrap(), "key-1", 5);
     {
         let db = Database::open(&dir.0, Access::Runner).unwrap();
         let store = SqliteStore::new(db.clone());
@@ -115,7 +115,7 @@ async fn everything_written_is_there_after_a_reopen() {
     let store = SqliteStore::new(db.clone());
     let records = SqliteRecords::new(db.clone());
     assert_eq!(
-        store.get_client("APP-1").await.unwrap(),
+        store.get_client(&"APP-1".parse().unwrap()).await.unwrap(),
         Some(client.clone())
     );
     assert_eq!(store.list_clients().await.unwrap(), vec![client]);
@@ -127,7 +127,7 @@ async fn everything_written_is_there_after_a_reopen() {
     assert_eq!(
         store
             .client_webhook(
-                "APP-1",
+                &"APP-1".parse().unwrap(),
                 &EndpointKey::subscription(&sub.record, &sub.callback)
             )
             .await
@@ -135,12 +135,15 @@ async fn everything_written_is_there_after_a_reopen() {
         Some(sub)
     );
     assert_eq!(
-        store.get_application("app-1").await.unwrap(),
+        store
+            .get_application(&"app-1".parse().unwrap())
+            .await
+            .unwrap(),
         Some(app.clone())
     );
     assert_eq!(
         store.application_for_key(&app.api_key_hash).await.unwrap(),
-        Some("app-1".to_owned())
+        Some("app-1".parse().unwrap())
     );
     let person = records.get_person(&record("r1")).await.unwrap().unwrap();
     assert_eq!(person["firstName"], "Ann");
@@ -178,7 +181,7 @@ async fn a_second_runner_is_refused_and_a_tool_is_not() {
     let tool = Database::open(&dir.0, Access::Tool).unwrap();
     SqliteStore::new(tool.clone())
         .put_client(&OAuthClient::new(
-            "APP-T",
+            &"APP-T".parse().unwrap(),
             "s",
             time::OffsetDateTime::now_utc(),
         ))
@@ -186,7 +189,7 @@ async fn a_second_runner_is_refused_and_a_tool_is_not() {
         .unwrap();
     assert!(
         SqliteStore::new(first.clone())
-            .get_client("APP-T")
+            .get_client(&"APP-T".parse().unwrap())
             .await
             .unwrap()
             .is_some(),
@@ -389,21 +392,21 @@ async fn register_is_idempotent_and_owned() {
     let s = sub_pair(&store).await;
     assert_eq!(
         store
-            .unregister(&s.record, &s.callback, "c2")
+            .unregister(&s.record, &s.callback, &"c2".parse().unwrap())
             .await
             .unwrap(),
         Unregistered::OwnedByOther
     );
     assert_eq!(
         store
-            .unregister(&s.record, &s.callback, "c1")
+            .unregister(&s.record, &s.callback, &"c1".parse().unwrap())
             .await
             .unwrap(),
         Unregistered::Deleted
     );
     assert_eq!(
         store
-            .unregister(&s.record, &s.callback, "c1")
+            .unregister(&s.record, &s.callback, &"c1".parse().unwrap())
             .await
             .unwrap(),
         Unregistered::NotFound
@@ -434,7 +437,10 @@ async fn sub_pair(store: &SqliteStore) -> Subscription {
         .unwrap()
         .unwrap();
     assert_eq!(stored.health, health);
-    assert_eq!(store.client_webhooks("c1").await.unwrap(), vec![stored]);
+    assert_eq!(
+        store.client_webhooks(&"c1".parse().unwrap()).await.unwrap(),
+        vec![stored]
+    );
     s
 }
 
@@ -486,7 +492,7 @@ async fn the_flush_lease_is_one_holders_and_a_new_runner_frees_it() {
             store.lease_flush("b", 1_000, 2_000).await.unwrap(),
             "expired"
         );
-        assert!(store.lease_sync("app", "s1", "a", 0, 10_000).await.unwrap());
+        assert!(store.lease_sync(&s1(), "a", 0, 10_000).await.unwrap());
         // Killed holding both leases.
     }
     let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap());
@@ -495,16 +501,24 @@ async fn the_flush_lease_is_one_holders_and_a_new_runner_frees_it() {
         "freed at start"
     );
     assert!(
-        store.lease_sync("app", "s1", "b", 1, 10_000).await.unwrap(),
+        store.lease_sync(&s1(), "b", 1, 10_000).await.unwrap(),
         "freed at start"
     );
-    assert!(!store.lease_sync("app", "s1", "a", 2, 10_000).await.unwrap());
+    assert!(!store.lease_sync(&s1(), "a", 2, 10_000).await.unwrap());
     assert!(
-        store.lease_sync("app", "s1", "b", 3, 10_000).await.unwrap(),
+        store.lease_sync(&s1(), "b", 3, 10_000).await.unwrap(),
         "held again by b"
     );
-    store.release_sync("app", "s1", "b").await.unwrap();
-    assert!(store.lease_sync("app", "s1", "a", 4, 10_000).await.unwrap());
+    store.release_sync(&s1(), "b").await.unwrap();
+    assert!(store.lease_sync(&s1(), "a", 4, 10_000).await.unwrap());
+}
+
+/// The sync the lease and outcome tests use.
+fn s1() -> crate::ids::SyncKey {
+    crate::ids::SyncKey {
+        application: "app".parse().unwrap(),
+        sync: "sync_00000000000000000000000000000001".parse().unwrap(),
+    }
 }
 
 #[tokio::test]
@@ -516,24 +530,24 @@ async fn sync_outcomes_count_each_person_once_and_one_claimant_announces() {
         delivered,
     };
     let counted = store
-        .count_sync_outcomes("app", "s1", &[outcome("p1", true), outcome("p2", false)])
+        .count_sync_outcomes(&s1(), &[outcome("p1", true), outcome("p2", false)])
         .await
         .unwrap();
     assert_eq!((counted.delivered, counted.failed), (1, 1));
     let again = store
-        .count_sync_outcomes("app", "s1", &[outcome("p1", true), outcome("p3", true)])
+        .count_sync_outcomes(&s1(), &[outcome("p1", true), outcome("p3", true)])
         .await
         .unwrap();
     assert_eq!((again.delivered, again.failed), (1, 0));
     assert_eq!(
-        store.get_sync("app", "s1").await.unwrap(),
+        store.get_sync(&s1()).await.unwrap(),
         None,
         "no driver state yet"
     );
-    assert!(!store.claim_sync_completion("app", "s1", "x").await.unwrap());
+    assert!(!store.claim_sync_completion(&s1(), "x").await.unwrap());
     let sync = crate::sync::FullSync {
-        application_id: "app".into(),
-        sync_id: "s1".into(),
+        application_id: s1().application,
+        sync_id: s1().sync,
         request_interval_ms: 0,
         state: crate::sync::SyncState::Running,
         cursor: None,
@@ -548,19 +562,19 @@ async fn sync_outcomes_count_each_person_once_and_one_claimant_announces() {
         completed_at: None,
     };
     store.save_sync(&sync).await.unwrap();
-    let (saved, outcomes) = store.get_sync("app", "s1").await.unwrap().unwrap();
+    let (saved, outcomes) = store.get_sync(&s1()).await.unwrap().unwrap();
     assert_eq!(saved, sync);
     assert_eq!(
         (outcomes.delivered, outcomes.failed),
         (2, 1),
         "saving keeps the counters"
     );
-    assert!(store.claim_sync_completion("app", "s1", "x").await.unwrap());
+    assert!(store.claim_sync_completion(&s1(), "x").await.unwrap());
     assert!(
-        store.claim_sync_completion("app", "s1", "x").await.unwrap(),
+        store.claim_sync_completion(&s1(), "x").await.unwrap(),
         "again for x"
     );
-    assert!(!store.claim_sync_completion("app", "s1", "y").await.unwrap());
+    assert!(!store.claim_sync_completion(&s1(), "y").await.unwrap());
 }
 
 fn logged(endpoint: &EndpointKey, n: u32, attempt: u32, at_ms: i64, acked: bool) -> LoggedAttempt {
@@ -588,9 +602,9 @@ fn logged(endpoint: &EndpointKey, n: u32, attempt: u32, at_ms: i64, acked: bool)
 async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
     let dir = TempDir::new();
     let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap());
-    let endpoint = EndpointKey::application("app-1");
-    let other = EndpointKey::application("app-2");
-    let log_endpoint = crate::attempts::LogEndpoint::application("app-1");
+    let endpoint = EndpointKey::application(&"app-1".parse().unwrap());
+    let other = EndpointKey::application(&"app-2".parse().unwrap());
+    let log_endpoint = crate::attempts::LogEndpoint::application(&"app-1".parse().unwrap());
     store
         .record(&[
             logged(&endpoint, 1, 1, 1_000, false),
@@ -716,11 +730,14 @@ async fn scan_consented_examines_limit_records_per_page() {
             .await
             .unwrap();
     }
-    let first = records.scan_consented("app", None, 2).await.unwrap();
+    let first = records
+        .scan_consented(&"app".parse().unwrap(), None, 2)
+        .await
+        .unwrap();
     assert_eq!(first.items.len(), 1, "p2 examined, not consented");
     assert_eq!(first.next.as_deref(), Some("p2"));
     let second = records
-        .scan_consented("app", first.next.as_deref(), 2)
+        .scan_consented(&"app".parse().unwrap(), first.next.as_deref(), 2)
         .await
         .unwrap();
     assert_eq!(second.items[0].0, record("p3"));

@@ -4,6 +4,7 @@
 use super::{DynamoStore, Keyed, from_item};
 use crate::application::Application;
 use crate::health::EndpointHealth;
+use crate::ids::ApplicationId;
 use crate::ports::{ApplicationStore, BackendResult};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -16,17 +17,21 @@ fn api_key_pk(hash: &str) -> String {
 
 #[derive(Serialize, Deserialize)]
 struct ApiKeyIndex {
-    application_id: String,
+    application_id: ApplicationId,
 }
 
 #[async_trait]
 impl ApplicationStore for DynamoStore {
-    async fn set_application_health(&self, id: &str, health: &EndpointHealth) -> BackendResult<()> {
-        self.set_health(APPS_PK, id, health).await
+    async fn set_application_health(
+        &self,
+        id: &ApplicationId,
+        health: &EndpointHealth,
+    ) -> BackendResult<()> {
+        self.set_health(APPS_PK, id.as_str(), health).await
     }
 
-    async fn get_application(&self, id: &str) -> BackendResult<Option<Application>> {
-        self.get(APPS_PK, id).await
+    async fn get_application(&self, id: &ApplicationId) -> BackendResult<Option<Application>> {
+        self.get(APPS_PK, id.as_str()).await
     }
 
     async fn put_application(&self, application: &Application) -> BackendResult<()> {
@@ -40,11 +45,14 @@ impl ApplicationStore for DynamoStore {
             &index,
         )
         .await?;
-        self.put(APPS_PK.into(), application.id.clone(), application)
+        self.put(APPS_PK.into(), application.id.to_string(), application)
             .await
     }
 
-    async fn application_for_key(&self, api_key_hash: &str) -> BackendResult<Option<String>> {
+    async fn application_for_key(
+        &self,
+        api_key_hash: &str,
+    ) -> BackendResult<Option<ApplicationId>> {
         let index: Option<ApiKeyIndex> = self.get(&api_key_pk(api_key_hash), "APIKEY").await?;
         Ok(index.map(|i| i.application_id))
     }

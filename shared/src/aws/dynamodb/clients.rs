@@ -1,6 +1,7 @@
 //! OAuth clients (one partition, `CLIENTS`) and access tokens in the service table.
 
 use super::{DynamoStore, Keyed, from_item};
+use crate::ids::ClientId;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::ports::{BackendResult, ClientStore, TokenStore};
 use async_trait::async_trait;
@@ -13,12 +14,12 @@ fn token_pk(token_hash: &str) -> String {
 
 #[async_trait]
 impl ClientStore for DynamoStore {
-    async fn get_client(&self, client_id: &str) -> BackendResult<Option<OAuthClient>> {
-        self.get(CLIENTS_PK, client_id).await
+    async fn get_client(&self, client_id: &ClientId) -> BackendResult<Option<OAuthClient>> {
+        self.get(CLIENTS_PK, client_id.as_str()).await
     }
 
     async fn put_client(&self, client: &OAuthClient) -> BackendResult<()> {
-        self.put(CLIENTS_PK.into(), client.client_id.clone(), client)
+        self.put(CLIENTS_PK.into(), client.client_id.to_string(), client)
             .await
     }
 

@@ -65,7 +65,7 @@ impl RecordStore for DynamoRecords {
 
     async fn scan_consented(
         &self,
-        application: &str,
+        application: &crate::ids::ApplicationId,
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<(RecordId, Person)>> {
@@ -75,7 +75,7 @@ impl RecordStore for DynamoRecords {
             .scan()
             .table_name(&self.table)
             .filter_expression("attribute_exists(consents.#app)")
-            .expression_attribute_names("#app", application)
+            .expression_attribute_names("#app", application.as_str())
             .set_exclusive_start_key(start)
             .limit(limit as i32)
             .send()

@@ -5,6 +5,7 @@ use super::{DynamoStore, Item, Keyed, applied, from_item, s, to_item};
 use crate::attempts::EndpointKey;
 use crate::callback::CallbackUrl;
 use crate::health::EndpointHealth;
+use crate::ids::ClientId;
 use crate::oauth::sha256_hex;
 use crate::ports::{BackendError, BackendResult, SubscriptionStore};
 use crate::record::RecordId;
@@ -86,7 +87,7 @@ impl SubscriptionStore for DynamoStore {
         &self,
         record: &RecordId,
         callback: &CallbackUrl,
-        client_id: &str,
+        client_id: &ClientId,
     ) -> BackendResult<Unregistered> {
         let (pk, sk) = subscription_key(record, callback);
         let result = self
@@ -96,7 +97,7 @@ impl SubscriptionStore for DynamoStore {
             .key("pk", s(&pk))
             .key("sk", s(&sk))
             .condition_expression("client_id = :client")
-            .expression_attribute_values(":client", s(client_id))
+            .expression_attribute_values(":client", s(client_id.as_str()))
             .send()
             .await;
         if !applied(result)? {
@@ -127,7 +128,7 @@ impl SubscriptionStore for DynamoStore {
             .collect()
     }
 
-    async fn client_webhooks(&self, client_id: &str) -> BackendResult<Vec<Subscription>> {
+    async fn client_webhooks(&self, client_id: &ClientId) -> BackendResult<Vec<Subscription>> {
         let mut owned = Vec::new();
         for item in self.query_all(&client_webhooks_pk(client_id)).await? {
             let entry = from_item::<Keyed<ClientWebhook>>(item)?.value;
@@ -140,7 +141,7 @@ impl SubscriptionStore for DynamoStore {
 
     async fn client_webhook(
         &self,
-        client_id: &str,
+        client_id: &ClientId,
         webhook: &EndpointKey,
     ) -> BackendResult<Option<Subscription>> {
         let Some(entry) = self
@@ -160,7 +161,7 @@ struct ClientWebhook {
     callback: CallbackUrl,
 }
 
-fn client_webhooks_pk(client_id: &str) -> String {
+fn client_webhooks_pk(client_id: &ClientId) -> String {
     format!("CLIENTHOOKS#{client_id}")
 }
 
@@ -213,13 +214,13 @@ impl DynamoStore {
     /// (an entry can outlive its subscription when an unregister failed half-way).
     async fn owned_subscription(
         &self,
-        client_id: &str,
+        client_id: &ClientId,
         entry: &ClientWebhook,
     ) -> BackendResult<Option<Subscription>> {
         let (pk, sk) = subscription_key(&entry.record, &entry.callback);
         Ok(self
             .get_value::<Subscription>(&pk, &sk, false)
             .await?
-            .filter(|s| s.client_id == client_id))
+            .filter(|s| s.client_id == *client_id))
     }
 }

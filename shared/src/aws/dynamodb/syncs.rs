@@ -6,6 +6,7 @@ use super::{
     DynamoStore, Item, applied, build_error, epoch_secs, from_item, key, number, s, to_item,
     unmet_conditions,
 };
+use crate::ids::{ApplicationId, SyncKey};
 use crate::oauth::sha256_hex;
 use crate::ports::{BackendResult, PersonOutcome, SyncStore};
 use crate::record::RecordId;
@@ -22,7 +23,7 @@ fn counter_shard(person: &RecordId) -> u8 {
         % SYNC_COUNTER_SHARDS
 }
 
-fn sync_pk(application: &str) -> String {
+fn sync_pk(application: &ApplicationId) -> String {
     format!("SYNC#{application}")
 }
 
@@ -38,17 +39,17 @@ const MARKERS_PER_TRANSACTION: usize = 99;
 /// and its dead-letter queue (14 days each). TTL deletes it for free.
 const SYNC_MARKER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-fn sync_counter_key(application: &str, sync_id: &str, shard: u8) -> (String, String) {
+fn sync_counter_key(sync: &SyncKey, shard: u8) -> (String, String) {
     (
-        format!("SYNCCOUNT#{application}#{sync_id}#{shard}"),
+        format!("SYNCCOUNT#{}#{}#{shard}", sync.application, sync.sync),
         "COUNT".to_owned(),
     )
 }
 
 /// Each marker has its own partition key: a fast sync writes thousands a second.
-fn sync_marker_key(application: &str, sync_id: &str, person: &RecordId) -> (String, String) {
+fn sync_marker_key(sync: &SyncKey, person: &RecordId) -> (String, String) {
     (
-        format!("SYNCDONE#{application}#{sync_id}#{person}"),
+        format!("SYNCDONE#{}#{}#{person}", sync.application, sync.sync),
         "DONE".to_owned(),
     )
 }
@@ -60,8 +61,7 @@ impl DynamoStore {
     /// rest tried again; any other cancellation (a conflict, throttling) is an error.
     async fn count_chunk(
         &self,
-        application: &str,
-        sync_id: &str,
+        sync: &SyncKey,
         mut chunk: Vec<&PersonOutcome>,
     ) -> BackendResult<SyncOutcomes> {
         let expires_at = epoch_secs(SYNC_MARKER_TTL);
@@ -73,10 +73,10 @@ impl DynamoStore {
             };
             let mut actions = Vec::with_capacity(chunk.len() + 1);
             for outcome in &chunk {
-                actions.push(self.marker_put(application, sync_id, outcome, expires_at)?);
+                actions.push(self.marker_put(sync, outcome, expires_at)?);
             }
             let shard = counter_shard(&chunk[0].person);
-            actions.push(self.counter_add(application, sync_id, shard, new)?);
+            actions.push(self.counter_add(sync, shard, new)?);
             let result = self
                 .client
                 .transact_write_items()
@@ -106,12 +106,11 @@ impl DynamoStore {
     /// The put of a person's "counted" marker, if it is not there yet.
     fn marker_put(
         &self,
-        application: &str,
-        sync_id: &str,
+        sync: &SyncKey,
         outcome: &PersonOutcome,
         expires_at: i64,
     ) -> BackendResult<TransactWriteItem> {
-        let (pk, sk) = sync_marker_key(application, sync_id, &outcome.person);
+        let (pk, sk) = sync_marker_key(sync, &outcome.person);
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(key(pk, sk)))
@@ -126,12 +125,11 @@ impl DynamoStore {
     /// The addition of `new` to a counter shard.
     fn counter_add(
         &self,
-        application: &str,
-        sync_id: &str,
+        sync: &SyncKey,
         shard: u8,
         new: SyncOutcomes,
     ) -> BackendResult<TransactWriteItem> {
-        let (pk, sk) = sync_counter_key(application, sync_id, shard);
+        let (pk, sk) = sync_counter_key(sync, shard);
         let add = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(pk, sk)))
@@ -144,10 +142,10 @@ impl DynamoStore {
     }
 
     /// The sum of a sync's counter shards (one strongly consistent BatchGetItem).
-    async fn sync_counters(&self, application: &str, sync_id: &str) -> BackendResult<SyncOutcomes> {
+    async fn sync_counters(&self, sync: &SyncKey) -> BackendResult<SyncOutcomes> {
         let keys: Vec<Item> = (0..SYNC_COUNTER_SHARDS)
             .map(|n| {
-                let (pk, sk) = sync_counter_key(application, sync_id, n);
+                let (pk, sk) = sync_counter_key(sync, n);
                 key(pk, sk)
             })
             .collect();
@@ -197,7 +195,7 @@ impl SyncStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(sync_pk(&sync.application_id)))
-            .key("sk", s(&sync.sync_id))
+            .key("sk", s(sync.sync_id.as_str()))
             .update_expression(format!("SET {}", sets.join(", ")))
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
@@ -207,12 +205,11 @@ impl SyncStore for DynamoStore {
         Ok(())
     }
 
-    async fn get_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-    ) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
-        let Some(item) = self.get_item(&sync_pk(application), sync_id, true).await? else {
+    async fn get_sync(&self, sync: &SyncKey) -> BackendResult<Option<(FullSync, SyncOutcomes)>> {
+        let Some(item) = self
+            .get_item(&sync_pk(&sync.application), sync.sync.as_str(), true)
+            .await?
+        else {
             return Ok(None);
         };
         if !item.contains_key("sync_id") {
@@ -221,7 +218,7 @@ impl SyncStore for DynamoStore {
         // Counters on the sync item itself were written by an earlier version; they still
         // count for syncs started before it.
         let legacy: SyncCounters = from_item(item.clone())?;
-        let shards = self.sync_counters(application, sync_id).await?;
+        let shards = self.sync_counters(sync).await?;
         let outcomes = SyncOutcomes {
             delivered: legacy.outcome_delivered + shards.delivered,
             failed: legacy.outcome_failed + shards.failed,
@@ -231,8 +228,7 @@ impl SyncStore for DynamoStore {
 
     async fn count_sync_outcomes(
         &self,
-        application: &str,
-        sync_id: &str,
+        sync: &SyncKey,
         outcomes: &[PersonOutcome],
     ) -> BackendResult<SyncOutcomes> {
         // A transaction may not touch one item twice: each person once per call.
@@ -243,27 +239,20 @@ impl SyncStore for DynamoStore {
             .collect();
         let mut total = SyncOutcomes::default();
         for chunk in outcomes.chunks(MARKERS_PER_TRANSACTION) {
-            let new = self
-                .count_chunk(application, sync_id, chunk.to_vec())
-                .await?;
+            let new = self.count_chunk(sync, chunk.to_vec()).await?;
             total.delivered += new.delivered;
             total.failed += new.failed;
         }
         Ok(total)
     }
 
-    async fn claim_sync_completion(
-        &self,
-        application: &str,
-        sync_id: &str,
-        claimant: &str,
-    ) -> BackendResult<bool> {
+    async fn claim_sync_completion(&self, sync: &SyncKey, claimant: &str) -> BackendResult<bool> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(sync_pk(application)))
-            .key("sk", s(sync_id))
+            .key("pk", s(sync_pk(&sync.application)))
+            .key("sk", s(sync.sync.as_str()))
             .update_expression("SET completion_claimant = :me")
             .condition_expression(
                 "attribute_exists(sync_id) AND (attribute_not_exists(completion_claimant) OR completion_claimant = :me)",
@@ -276,8 +265,7 @@ impl SyncStore for DynamoStore {
 
     async fn lease_sync(
         &self,
-        application: &str,
-        sync_id: &str,
+        sync: &SyncKey,
         holder: &str,
         now_ms: i64,
         until_ms: i64,
@@ -286,8 +274,8 @@ impl SyncStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(sync_pk(application)))
-            .key("sk", s(sync_id))
+            .key("pk", s(sync_pk(&sync.application)))
+            .key("sk", s(sync.sync.as_str()))
             .update_expression("SET lease_until_ms = :until, lease_holder = :holder")
             .condition_expression(
                 "attribute_not_exists(lease_until_ms) OR lease_until_ms <= :now OR lease_holder = :holder",
@@ -300,18 +288,13 @@ impl SyncStore for DynamoStore {
         applied(result)
     }
 
-    async fn release_sync(
-        &self,
-        application: &str,
-        sync_id: &str,
-        holder: &str,
-    ) -> BackendResult<()> {
+    async fn release_sync(&self, sync: &SyncKey, holder: &str) -> BackendResult<()> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(sync_pk(application)))
-            .key("sk", s(sync_id))
+            .key("pk", s(sync_pk(&sync.application)))
+            .key("sk", s(sync.sync.as_str()))
             .update_expression("SET lease_until_ms = :zero REMOVE lease_holder")
             .condition_expression("lease_holder = :holder")
             .expression_attribute_values(":zero", AttributeValue::N("0".into()))

@@ -180,9 +180,7 @@ impl Delivery {
                 tracing::warn!(why, "job dropped");
                 TaskReport::settled(None)
             }
-            Work::SyncStep { application, sync } => {
-                TaskReport::settled(self.sync_step(rx, &application, &sync, deadline).await)
-            }
+            Work::SyncStep(sync) => TaskReport::settled(self.sync_step(rx, &sync, deadline).await),
             Work::Unusable {
                 application,
                 reason,

@@ -6,6 +6,7 @@ use super::subscribers::Endpoint;
 use crate::application::{Application, NoWebhook};
 use crate::callback::CallbackUrl;
 use crate::handlers::outbound::{Outbound, application_request, callback_request};
+use crate::ids::{ApplicationId, ClientId, SyncKey};
 use crate::job::{DeliveryJob, Target};
 use crate::ports::BackendResult;
 use crate::record::RecordId;
@@ -56,17 +57,14 @@ pub(super) enum Work {
         application: Arc<Application>,
         reason: String,
     },
-    SyncStep {
-        application: String,
-        sync: String,
-    },
+    SyncStep(SyncKey),
 }
 
 /// A request to make.
 pub(super) struct Send {
     pub(super) outbound: Outbound,
-    /// The application and full sync this job is part of, if any.
-    pub(super) sync: Option<(String, String)>,
+    /// The full sync this job is part of, if any.
+    pub(super) sync: Option<SyncKey>,
     pub(super) endpoint: Endpoint,
 }
 
@@ -85,15 +83,14 @@ impl Delivery {
             Target::Application {
                 application,
                 person,
-                sync,
                 ..
             } => {
-                let sync = sync.clone().map(|s| (application.clone(), s));
-                self.application_work(job, application, person, sync).await
+                self.application_work(job, application, person, job.target.sync())
+                    .await
             }
-            Target::SyncStep { application, sync } => Ok(Work::SyncStep {
-                application: application.clone(),
-                sync: sync.clone(),
+            Target::SyncStep { .. } => Ok(match job.target.sync() {
+                Some(sync) => Work::SyncStep(sync),
+                None => Work::Drop("a sync step names no sync"),
             }),
         }
     }
@@ -103,7 +100,7 @@ impl Delivery {
         job: &DeliveryJob,
         record: &RecordId,
         callback: &CallbackUrl,
-        client: &str,
+        client: &ClientId,
     ) -> BackendResult<Work> {
         let Some(subscription) = self.subscription(record, callback).await? else {
             return Ok(Work::Drop("the callback was unregistered"));
@@ -112,7 +109,7 @@ impl Delivery {
         let secrets = client.as_ref().and_then(|c| c.webhook_secrets.as_ref());
         let clock = self.ports.clock.as_ref();
         Ok(Work::Send(Send {
-            outbound: callback_request(job.id.as_str(), callback, secrets, clock),
+            outbound: callback_request(&job.id, callback, secrets, clock),
             sync: None,
             endpoint: Endpoint::Subscription(subscription),
         }))
@@ -121,9 +118,9 @@ impl Delivery {
     async fn application_work(
         &self,
         job: &DeliveryJob,
-        application: &str,
+        application: &ApplicationId,
         person: &serde_json::Map<String, serde_json::Value>,
-        sync: Option<(String, String)>,
+        sync: Option<SyncKey>,
     ) -> BackendResult<Work> {
         let Some(app) = self.application(application).await? else {
             return Ok(Work::Drop("the application no longer exists"));
@@ -139,7 +136,7 @@ impl Delivery {
             }
         };
         let outbound = application_request(
-            job.id.as_str(),
+            &job.id,
             &app,
             url,
             std::slice::from_ref(person),

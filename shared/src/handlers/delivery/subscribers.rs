@@ -6,6 +6,7 @@ use crate::application::Application;
 use crate::attempts::EndpointKey;
 use crate::callback::CallbackUrl;
 use crate::health::EndpointHealth;
+use crate::ids::{ApplicationId, ClientId};
 use crate::job::{DeliveryJob, Target};
 use crate::oauth::OAuthClient;
 use crate::ports::BackendResult;
@@ -143,10 +144,8 @@ impl Delivery {
         let mut applications = BTreeSet::new();
         for job in jobs {
             match &job.target {
-                Target::Callback { client, .. } => clients.insert(client.as_str()),
-                Target::Application { application, .. } => {
-                    applications.insert(application.as_str())
-                }
+                Target::Callback { client, .. } => clients.insert(client),
+                Target::Application { application, .. } => applications.insert(application),
                 Target::SyncStep { .. } => false,
             };
         }
@@ -173,17 +172,22 @@ impl Delivery {
                 callback,
                 client,
             } => {
-                cache.clients.forget(client);
+                cache.clients.forget(client.as_str());
                 cache.subscriptions.forget(&endpoint_name(record, callback));
             }
-            Target::Application { application, .. } => cache.applications.forget(application),
+            Target::Application { application, .. } => {
+                cache.applications.forget(application.as_str())
+            }
             Target::SyncStep { .. } => {}
         }
     }
 
-    pub(super) async fn application(&self, id: &str) -> BackendResult<Option<Arc<Application>>> {
+    pub(super) async fn application(
+        &self,
+        id: &ApplicationId,
+    ) -> BackendResult<Option<Arc<Application>>> {
         let cache = &self.subscribers.applications;
-        if let Some(hit) = cache.get_unless_disabled(id) {
+        if let Some(hit) = cache.get_unless_disabled(id.as_str()) {
             return Ok(hit);
         }
         let app = self
@@ -192,17 +196,17 @@ impl Delivery {
             .get_application(id)
             .await?
             .map(Arc::new);
-        cache.put(id, app.clone());
+        cache.put(id.as_str(), app.clone());
         Ok(app)
     }
 
-    pub(super) async fn client(&self, id: &str) -> BackendResult<Option<Arc<OAuthClient>>> {
+    pub(super) async fn client(&self, id: &ClientId) -> BackendResult<Option<Arc<OAuthClient>>> {
         let cache = &self.subscribers.clients;
-        if let Some(hit) = cache.get(id) {
+        if let Some(hit) = cache.get(id.as_str()) {
             return Ok(hit);
         }
         let client = self.ports.clients.get_client(id).await?.map(Arc::new);
-        cache.put(id, client.clone());
+        cache.put(id.as_str(), client.clone());
         Ok(client)
     }
 
@@ -258,7 +262,7 @@ impl Delivery {
         let cache = &self.subscribers;
         match &updated {
             Endpoint::Subscription(s) => cache.subscriptions.put(&s.endpoint(), Some(s.clone())),
-            Endpoint::Application(a) => cache.applications.put(&a.id, Some(a.clone())),
+            Endpoint::Application(a) => cache.applications.put(a.id.as_str(), Some(a.clone())),
         }
         updated
     }

@@ -6,6 +6,7 @@ use super::plan::Received;
 use super::verdict::Verdict;
 use crate::clock::rfc3339_millis;
 use crate::handlers::sync_driver::{StepOutcome, SyncDriver, announce_if_complete};
+use crate::ids::SyncKey;
 use crate::job::{DeliveryJob, Target};
 use crate::ports::{BackendError, BackendResult, PersonOutcome};
 use std::collections::BTreeMap;
@@ -45,22 +46,17 @@ where
 
 /// A fan-out sync job's final outcome, to be counted.
 pub(super) struct SyncOutcome {
-    application: String,
-    sync: String,
+    sync: SyncKey,
     outcome: PersonOutcome,
     message_id: String,
     receipt_handle: Option<String>,
 }
 
 impl SyncOutcome {
-    /// The outcome to count for a job of `sync` (application and sync id), once its
-    /// verdict is final: delivered, or on its way to the dead-letter queue.
-    pub(super) fn of(
-        rx: &Received<'_>,
-        sync: Option<(String, String)>,
-        verdict: Verdict,
-    ) -> Option<Self> {
-        let (application, sync) = sync?;
+    /// The outcome to count for a job of `sync`, once its verdict is final: delivered,
+    /// or on its way to the dead-letter queue.
+    pub(super) fn of(rx: &Received<'_>, sync: Option<SyncKey>, verdict: Verdict) -> Option<Self> {
+        let sync = sync?;
         let Target::Application { record, .. } = &rx.job.target else {
             return None;
         };
@@ -70,7 +66,6 @@ impl SyncOutcome {
             Verdict::RetryAfter(_) => return None,
         };
         Some(Self {
-            application,
             sync,
             outcome: PersonOutcome {
                 person: record.clone(),
@@ -93,27 +88,22 @@ impl Delivery {
         outcomes: Vec<SyncOutcome>,
         deadline: Instant,
     ) -> Vec<String> {
-        let mut per_sync: BTreeMap<(String, String), Vec<SyncOutcome>> = BTreeMap::new();
+        let mut per_sync: BTreeMap<SyncKey, Vec<SyncOutcome>> = BTreeMap::new();
         for outcome in outcomes {
             per_sync
-                .entry((outcome.application.clone(), outcome.sync.clone()))
+                .entry(outcome.sync.clone())
                 .or_default()
                 .push(outcome);
         }
         let mut give_back = Vec::new();
-        for ((application, sync), outcomes) in per_sync {
+        for (sync, outcomes) in per_sync {
             let persons: Vec<PersonOutcome> = outcomes.iter().map(|o| o.outcome.clone()).collect();
             let counted = retry_until(deadline, || {
-                self.ports
-                    .syncs
-                    .count_sync_outcomes(&application, &sync, &persons)
+                self.ports.syncs.count_sync_outcomes(&sync, &persons)
             })
             .await;
             match counted {
-                Ok(_) => {
-                    self.announce_if_complete(&application, &sync, deadline)
-                        .await
-                }
+                Ok(_) => self.announce_if_complete(&sync, deadline).await,
                 Err(e) => give_back.extend(self.give_back_uncounted(outcomes, &sync, &e).await),
             }
         }
@@ -124,13 +114,12 @@ impl Delivery {
     /// The completion is claimed with one claimant on every try, so a claim that landed
     /// but reported an error is still this batch's to announce; giving the messages back
     /// here would leave such a claim with nobody to announce it.
-    async fn announce_if_complete(&self, application: &str, sync: &str, deadline: Instant) {
+    async fn announce_if_complete(&self, sync: &SyncKey, deadline: Instant) {
         let claimant = uuid::Uuid::new_v4().simple().to_string();
         let announced = retry_until(deadline, || {
             announce_if_complete(
                 self.ports.syncs.as_ref(),
                 self.ports.events.as_ref(),
-                application,
                 sync,
                 &claimant,
             )
@@ -146,7 +135,7 @@ impl Delivery {
     async fn give_back_uncounted(
         &self,
         outcomes: Vec<SyncOutcome>,
-        sync: &str,
+        sync: &SyncKey,
         e: &BackendError,
     ) -> Vec<String> {
         let mut give_back = Vec::new();
@@ -177,8 +166,7 @@ impl Delivery {
     pub(super) async fn sync_step(
         &self,
         rx: &Received<'_>,
-        application: &str,
-        sync: &str,
+        sync: &SyncKey,
         deadline: Instant,
     ) -> Option<String> {
         let driver = SyncDriver {
@@ -188,14 +176,12 @@ impl Delivery {
         };
         // The lease's holder is the step job's id: the same when SQS delivers the message
         // again and when a backend failure sends the job again as a new message.
-        let stepped = driver
-            .step(application, sync, rx.job.id.as_str(), deadline)
-            .await;
+        let stepped = driver.step(sync, rx.job.id.as_str(), deadline).await;
         let sent = match stepped {
             Ok(StepOutcome::Done) => return None,
             Ok(StepOutcome::Again(delay)) => {
                 let now = rfc3339_millis(self.ports.clock.now());
-                let next = DeliveryJob::sync_step(application, sync, now);
+                let next = DeliveryJob::sync_step(sync, now);
                 self.ports.queue.enqueue_delayed(&next, delay).await
             }
             Err(e) => Err(e),

@@ -110,7 +110,7 @@ impl Delivery {
         last_error: String,
     ) {
         let event = OpsEvent::MessageExhausted {
-            message_id: job.id.as_str().to_owned(),
+            message_id: job.id.clone(),
             endpoint,
             attempts,
             last_error,

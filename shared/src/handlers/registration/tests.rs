@@ -29,11 +29,11 @@ async fn api() -> Api {
     records.put_person(&RecordId::parse(RECORD).unwrap(), Default::default());
     for (id, secret) in [("APP-1", "secret-1"), ("APP-2", "secret-2")] {
         store
-            .put_client(&OAuthClient::new(id, secret, clock.now()))
+            .put_client(&OAuthClient::new(&id.parse().unwrap(), secret, clock.now()))
             .await
             .unwrap();
     }
-    let mut reader = OAuthClient::new("APP-READ", "secret-r", clock.now());
+    let mut reader = OAuthClient::new(&"APP-READ".parse().unwrap(), "secret-r", clock.now());
     reader.scopes = vec!["/read-limited".into()];
     store.put_client(&reader).await.unwrap();
     Api {
@@ -370,7 +370,12 @@ async fn expired_token_is_401() {
 async fn disabled_client_tokens_stop_working() {
     let api = api().await;
     let t = token(&api, "APP-1", "secret-1").await;
-    let mut client = api.store.get_client("APP-1").await.unwrap().unwrap();
+    let mut client = api
+        .store
+        .get_client(&"APP-1".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     client.disabled = true;
     api.store.put_client(&client).await.unwrap();
     let (status, _, _) = call(

@@ -20,19 +20,19 @@ scenarios![
 const CREATED_MS: i64 = 1_795_687_200_000;
 
 fn endpoint() -> EndpointKey {
-    EndpointKey::application("app-log")
+    EndpointKey::application(&"app-log".parse().unwrap())
 }
 
 /// An application's endpoint as the log is read.
 fn log_endpoint(application: &str) -> LogEndpoint {
-    LogEndpoint::application(application)
+    LogEndpoint::application(&application.parse().unwrap())
 }
 
 fn job(record_id: &str) -> DeliveryJob {
     let mut person = serde_json::Map::new();
     person.insert("id".into(), record_id.into());
     DeliveryJob::for_application(
-        "app-log",
+        &"app-log".parse().unwrap(),
         &record(record_id),
         person,
         WindowId(9),
@@ -96,7 +96,7 @@ async fn attempt_pages(a: &Adapters, filter: StatusFilter, limit: usize) -> Vec<
 async fn attempts_newest_first_filtered_and_paged(a: Adapters) {
     let log = &a.ports.attempts;
     let (m1, m2, m3) = (job("r1"), job("r2"), job("r3"));
-    let other = EndpointKey::application("app-other");
+    let other = EndpointKey::application(&"app-other".parse().unwrap());
     log.record(&[
         attempt(&m1, &endpoint(), 1, 1_000, false),
         attempt(&m1, &endpoint(), 2, 3_000, false),
@@ -320,7 +320,7 @@ async fn recoveries_are_kept_per_endpoint(a: Adapters) {
         log.recovery(&endpoint(), &recovery.id).await.unwrap(),
         Some(recovery.clone())
     );
-    let other = EndpointKey::application("app-other");
+    let other = EndpointKey::application(&"app-other".parse().unwrap());
     assert_eq!(log.recovery(&other, &recovery.id).await.unwrap(), None);
     assert_eq!(
         log.recovery(&endpoint(), "rec_ffffffffffffffffffffffffffffffff")

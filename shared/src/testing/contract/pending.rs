@@ -161,7 +161,7 @@ async fn flush_lease_one_flush_at_a_time(a: Adapters) {
 fn poison(window: u64, id: &str) -> PoisonItem {
     let person = serde_json::Map::new();
     let job = DeliveryJob::for_application(
-        "app-1",
+        &"app-1".parse().unwrap(),
         &record(id),
         person,
         WindowId(window),

@@ -26,7 +26,7 @@ const SLACK: Duration = Duration::from_millis(300);
 
 fn job(i: usize) -> DeliveryJob {
     DeliveryJob::for_application(
-        "app-1",
+        &"app-1".parse().unwrap(),
         &record(&format!("p-{i}")),
         person(json!({"personID": format!("p-{i}"), "firstName": "Ann"})),
         WindowId(1),
@@ -70,7 +70,7 @@ async fn nothing_visible(a: &Adapters) -> bool {
 
 async fn queue_delivers_enqueued_jobs_and_reports_refusals(a: Adapters) {
     let huge = DeliveryJob::for_application(
-        "app-1",
+        &"app-1".parse().unwrap(),
         &record("p-huge"),
         person(json!({"firstName": "x".repeat(MAX_MESSAGE_BYTES)})),
         WindowId(1),

@@ -1,6 +1,7 @@
 //! The records table: persons by id, and the consented ones read page by page.
 
 use super::{Adapters, person, read_pages, record};
+use crate::ids::ApplicationId;
 use crate::ports::{Page, Person};
 use crate::record::RecordId;
 use serde_json::json;
@@ -37,7 +38,7 @@ async fn persons_are_read_by_id(a: Adapters) {
 async fn consented(a: &Adapters, application: &str, limit: usize) -> Vec<Page<(RecordId, Person)>> {
     read_pages(30, |after| {
         let records = a.ports.records.clone();
-        let application = application.to_owned();
+        let application: ApplicationId = application.parse().unwrap();
         async move {
             records
                 .scan_consented(&application, after.as_deref(), limit)

@@ -20,7 +20,11 @@ scenarios![
 ];
 
 fn client(id: &str) -> OAuthClient {
-    OAuthClient::new(id, "secret", time::OffsetDateTime::UNIX_EPOCH)
+    OAuthClient::new(
+        &id.parse().unwrap(),
+        "secret",
+        time::OffsetDateTime::UNIX_EPOCH,
+    )
 }
 
 fn callback(url: &str) -> CallbackUrl {
@@ -31,7 +35,7 @@ fn subscription(record_id: &str, url: &str, client_id: &str) -> Subscription {
     Subscription {
         record: record(record_id),
         callback: callback(url),
-        client_id: client_id.into(),
+        client_id: client_id.parse().unwrap(),
         created_at: 1_700_000_000,
         health: EndpointHealth::default(),
     }
@@ -48,14 +52,29 @@ async fn clients_are_kept_by_id_and_replaced_whole(a: Adapters) {
     let (one, two) = (client("APP-ONE"), client("APP-TWO"));
     clients.put_client(&one).await.unwrap();
     clients.put_client(&two).await.unwrap();
-    assert_eq!(clients.get_client("APP-ONE").await.unwrap(), Some(one));
-    assert_eq!(clients.get_client("APP-NONE").await.unwrap(), None);
+    assert_eq!(
+        clients
+            .get_client(&"APP-ONE".parse().unwrap())
+            .await
+            .unwrap(),
+        Some(one)
+    );
+    assert_eq!(
+        clients
+            .get_client(&"APP-NONE".parse().unwrap())
+            .await
+            .unwrap(),
+        None
+    );
     let mut disabled = two.clone();
     disabled.disabled = true;
     disabled.scopes.push("/read-limited".into());
     clients.put_client(&disabled).await.unwrap();
     assert_eq!(
-        clients.get_client("APP-TWO").await.unwrap(),
+        clients
+            .get_client(&"APP-TWO".parse().unwrap())
+            .await
+            .unwrap(),
         Some(disabled.clone()),
         "a put replaces the whole client"
     );
@@ -72,7 +91,7 @@ async fn clients_are_kept_by_id_and_replaced_whole(a: Adapters) {
 
 async fn tokens_are_found_by_their_hash_only(a: Adapters) {
     let issued = IssuedToken::new(
-        "APP-ONE",
+        &"APP-ONE".parse().unwrap(),
         "/webhook",
         time::OffsetDateTime::UNIX_EPOCH,
         3600,
@@ -119,7 +138,7 @@ async fn register_is_a_conditional_write(a: Adapters) {
         "the same client again"
     );
     let theirs = Subscription {
-        client_id: "APP-TWO".into(),
+        client_id: "APP-TWO".parse().unwrap(),
         created_at: mine.created_at + 60,
         ..mine.clone()
     };
@@ -149,7 +168,7 @@ async fn unregister_only_by_the_owner(a: Adapters) {
     let (record, callback) = (&mine.record, &mine.callback);
     assert_eq!(
         subscriptions
-            .unregister(record, callback, "APP-ONE")
+            .unregister(record, callback, &"APP-ONE".parse().unwrap())
             .await
             .unwrap(),
         Unregistered::NotFound,
@@ -158,7 +177,7 @@ async fn unregister_only_by_the_owner(a: Adapters) {
     subscriptions.register(&mine).await.unwrap();
     assert_eq!(
         subscriptions
-            .unregister(record, callback, "APP-TWO")
+            .unregister(record, callback, &"APP-TWO".parse().unwrap())
             .await
             .unwrap(),
         Unregistered::OwnedByOther
@@ -173,7 +192,7 @@ async fn unregister_only_by_the_owner(a: Adapters) {
     );
     assert_eq!(
         subscriptions
-            .unregister(record, callback, "APP-ONE")
+            .unregister(record, callback, &"APP-ONE".parse().unwrap())
             .await
             .unwrap(),
         Unregistered::Deleted
@@ -187,7 +206,7 @@ async fn unregister_only_by_the_owner(a: Adapters) {
     );
     assert_eq!(
         subscriptions
-            .unregister(record, callback, "APP-ONE")
+            .unregister(record, callback, &"APP-ONE".parse().unwrap())
             .await
             .unwrap(),
         Unregistered::NotFound,
@@ -228,7 +247,10 @@ async fn subscriptions_are_listed_per_record_and_per_client(a: Adapters) {
             .is_empty()
     );
 
-    let ones = subscriptions.client_webhooks("APP-ONE").await.unwrap();
+    let ones = subscriptions
+        .client_webhooks(&"APP-ONE".parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(
         sorted(&ones, by_url),
         vec![all[0].clone(), all[2].clone(), all[3].clone()],
@@ -236,33 +258,49 @@ async fn subscriptions_are_listed_per_record_and_per_client(a: Adapters) {
     );
     let key = EndpointKey::subscription(&all[0].record, &all[0].callback);
     assert_eq!(
-        subscriptions.client_webhook("APP-ONE", &key).await.unwrap(),
+        subscriptions
+            .client_webhook(&"APP-ONE".parse().unwrap(), &key)
+            .await
+            .unwrap(),
         Some(all[0].clone())
     );
     assert_eq!(
-        subscriptions.client_webhook("APP-TWO", &key).await.unwrap(),
+        subscriptions
+            .client_webhook(&"APP-TWO".parse().unwrap(), &key)
+            .await
+            .unwrap(),
         None,
         "another client's webhook is not found"
     );
     subscriptions
-        .unregister(&all[0].record, &all[0].callback, "APP-ONE")
+        .unregister(
+            &all[0].record,
+            &all[0].callback,
+            &"APP-ONE".parse().unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(
-        subscriptions.client_webhook("APP-ONE", &key).await.unwrap(),
+        subscriptions
+            .client_webhook(&"APP-ONE".parse().unwrap(), &key)
+            .await
+            .unwrap(),
         None,
         "gone with its subscription"
     );
     assert_eq!(
         sorted(
-            &subscriptions.client_webhooks("APP-ONE").await.unwrap(),
+            &subscriptions
+                .client_webhooks(&"APP-ONE".parse().unwrap())
+                .await
+                .unwrap(),
             by_url
         ),
         vec![all[2].clone(), all[3].clone()]
     );
     assert!(
         subscriptions
-            .client_webhooks("APP-NONE")
+            .client_webhooks(&"APP-NONE".parse().unwrap())
             .await
             .unwrap()
             .is_empty()
@@ -307,22 +345,32 @@ async fn subscription_health_is_replaced_never_created(a: Adapters) {
 
 async fn applications_by_id_and_by_key_hash(a: Adapters) {
     let applications = &a.ports.applications;
-    let mut one = Application::new("app-1", "key-1", 1_700_000_000);
+    let mut one = Application::new(&"app-1".parse().unwrap(), "key-1", 1_700_000_000);
     one.webhook.url = Some("https://example.org/hook".to_owned().into());
-    let two = Application::new("app-2", "key-2", 1_700_000_000);
+    let two = Application::new(&"app-2".parse().unwrap(), "key-2", 1_700_000_000);
     applications.put_application(&one).await.unwrap();
     applications.put_application(&two).await.unwrap();
     assert_eq!(
-        applications.get_application("app-1").await.unwrap(),
+        applications
+            .get_application(&"app-1".parse().unwrap())
+            .await
+            .unwrap(),
         Some(one.clone())
     );
-    assert_eq!(applications.get_application("app-3").await.unwrap(), None);
+    assert_eq!(
+        applications
+            .get_application(&"app-3".parse().unwrap())
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(
         applications
             .application_for_key(&sha256_hex("key-2"))
             .await
             .unwrap()
-            .as_deref(),
+            .as_ref()
+            .map(|id| id.as_str()),
         Some("app-2")
     );
     assert_eq!(
@@ -341,11 +389,14 @@ async fn applications_by_id_and_by_key_hash(a: Adapters) {
     let mut disabled = EndpointHealth::default();
     disabled.disable(1_700_000_100, "the receiver answered 410 Gone".into());
     applications
-        .set_application_health("app-1", &disabled)
+        .set_application_health(&"app-1".parse().unwrap(), &disabled)
         .await
         .unwrap();
     assert_eq!(
-        applications.get_application("app-1").await.unwrap(),
+        applications
+            .get_application(&"app-1".parse().unwrap())
+            .await
+            .unwrap(),
         Some(Application {
             health: disabled.clone(),
             ..one.clone()
@@ -353,11 +404,14 @@ async fn applications_by_id_and_by_key_hash(a: Adapters) {
         "the health replaced, the rest kept"
     );
     applications
-        .set_application_health("app-3", &disabled)
+        .set_application_health(&"app-3".parse().unwrap(), &disabled)
         .await
         .unwrap();
     assert_eq!(
-        applications.get_application("app-3").await.unwrap(),
+        applications
+            .get_application(&"app-3".parse().unwrap())
+            .await
+            .unwrap(),
         None,
         "no application is created by a health update"
     );

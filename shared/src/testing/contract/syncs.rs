@@ -2,6 +2,7 @@
 //! a time under a lease.
 
 use super::{Adapters, record};
+use crate::ids::SyncKey;
 use crate::ports::PersonOutcome;
 use crate::sync::{FullSync, SyncOutcomes};
 
@@ -25,38 +26,40 @@ fn counts(outcomes: SyncOutcomes) -> (u64, u64) {
 
 async fn sync_outcomes_are_counted_once_per_person(a: Adapters) {
     let syncs = &a.ports.syncs;
-    let sync = FullSync::new("app-1", 0, "2026-11-26T10:00:00.000Z".into());
+    let sync = FullSync::new(
+        &"app-1".parse().unwrap(),
+        0,
+        "2026-11-26T10:00:00.000Z".into(),
+    );
     syncs.save_sync(&sync).await.unwrap();
-    let id = sync.sync_id.as_str();
+    let id = &sync.key();
     let new = syncs
-        .count_sync_outcomes("app-1", id, &[outcome(0, true), outcome(1, false)])
+        .count_sync_outcomes(id, &[outcome(0, true), outcome(1, false)])
         .await
         .unwrap();
     assert_eq!(counts(new), (1, 1));
     // More than one transaction's worth, holding both again and one person twice.
     let mut batch: Vec<PersonOutcome> = (0..150).map(|i| outcome(i, i != 7)).collect();
     batch.push(outcome(9, true));
-    let new = syncs
-        .count_sync_outcomes("app-1", id, &batch)
-        .await
-        .unwrap();
+    let new = syncs.count_sync_outcomes(id, &batch).await.unwrap();
     assert_eq!(
         counts(new),
         (147, 1),
         "p-0 and p-1 were counted already, p-9 once"
     );
-    let again = syncs
-        .count_sync_outcomes("app-1", id, &batch)
-        .await
-        .unwrap();
+    let again = syncs.count_sync_outcomes(id, &batch).await.unwrap();
     assert_eq!(counts(again), (0, 0), "delivered again: counted none twice");
-    let (_, outcomes) = syncs.get_sync("app-1", id).await.unwrap().unwrap();
+    let (_, outcomes) = syncs.get_sync(id).await.unwrap().unwrap();
     assert_eq!(counts(outcomes), (148, 2), "the total of every count");
     // Another sync of the same application counts the same persons afresh.
-    let other = FullSync::new("app-1", 0, "2026-11-26T11:00:00.000Z".into());
+    let other = FullSync::new(
+        &"app-1".parse().unwrap(),
+        0,
+        "2026-11-26T11:00:00.000Z".into(),
+    );
     syncs.save_sync(&other).await.unwrap();
     let new = syncs
-        .count_sync_outcomes("app-1", &other.sync_id, &[outcome(0, true)])
+        .count_sync_outcomes(&other.key(), &[outcome(0, true)])
         .await
         .unwrap();
     assert_eq!(counts(new), (1, 0));
@@ -64,12 +67,20 @@ async fn sync_outcomes_are_counted_once_per_person(a: Adapters) {
 
 async fn sync_state_is_saved_beside_its_counters(a: Adapters) {
     let syncs = &a.ports.syncs;
-    let mut sync = FullSync::new("app-1", 250, "2026-11-26T10:00:00.000Z".into());
+    let mut sync = FullSync::new(
+        &"app-1".parse().unwrap(),
+        250,
+        "2026-11-26T10:00:00.000Z".into(),
+    );
     // The sync as read back with its counts, if any, under `application`.
     let read = |application: &'static str| {
-        let (syncs, id) = (syncs.clone(), sync.sync_id.clone());
+        let key = SyncKey {
+            application: application.parse().unwrap(),
+            sync: sync.sync_id.clone(),
+        };
+        let syncs = syncs.clone();
         async move {
-            let found = syncs.get_sync(application, &id).await.unwrap();
+            let found = syncs.get_sync(&key).await.unwrap();
             found.map(|(sync, outcomes)| (sync, counts(outcomes)))
         }
     };
@@ -77,7 +88,7 @@ async fn sync_state_is_saved_beside_its_counters(a: Adapters) {
     syncs.save_sync(&sync).await.unwrap();
     assert_eq!(read("app-1").await, Some((sync.clone(), (0, 0))));
     syncs
-        .count_sync_outcomes("app-1", &sync.sync_id, &[outcome(0, true)])
+        .count_sync_outcomes(&sync.key(), &[outcome(0, true)])
         .await
         .unwrap();
     sync.scanned = 4;
@@ -106,15 +117,14 @@ async fn sync_state_is_saved_beside_its_counters(a: Adapters) {
 
 async fn sync_completion_is_claimed_once(a: Adapters) {
     let syncs = &a.ports.syncs;
-    let sync = FullSync::new("app-1", 0, "2026-11-26T10:00:00.000Z".into());
+    let sync = FullSync::new(
+        &"app-1".parse().unwrap(),
+        0,
+        "2026-11-26T10:00:00.000Z".into(),
+    );
     let claim = |claimant: &'static str| {
-        let (syncs, id) = (syncs.clone(), sync.sync_id.clone());
-        async move {
-            syncs
-                .claim_sync_completion("app-1", &id, claimant)
-                .await
-                .unwrap()
-        }
+        let (syncs, key) = (syncs.clone(), sync.key());
+        async move { syncs.claim_sync_completion(&key, claimant).await.unwrap() }
     };
     assert!(
         !claim("batch-a").await,
@@ -136,34 +146,33 @@ async fn sync_completion_is_claimed_once(a: Adapters) {
 
 async fn sync_lease_one_step_at_a_time(a: Adapters) {
     let syncs = &a.ports.syncs;
-    let sync = FullSync::new("app-1", 0, "2026-11-26T10:00:00.000Z".into());
+    let sync = FullSync::new(
+        &"app-1".parse().unwrap(),
+        0,
+        "2026-11-26T10:00:00.000Z".into(),
+    );
     syncs.save_sync(&sync).await.unwrap();
-    let id = sync.sync_id.as_str();
+    let id = &sync.key();
     let lease = |holder: &'static str, now: i64, until: i64| {
         let syncs = syncs.clone();
-        let id = id.to_owned();
-        async move {
-            syncs
-                .lease_sync("app-1", &id, holder, now, until)
-                .await
-                .unwrap()
-        }
+        let id = id.clone();
+        async move { syncs.lease_sync(&id, holder, now, until).await.unwrap() }
     };
     assert!(lease("a", 1_000, 5_000).await, "free: taken");
     assert!(!lease("b", 2_000, 6_000).await, "held by a: refused");
     assert!(lease("a", 2_000, 6_000).await, "renewed by its holder");
     assert!(!lease("b", 5_999, 9_000).await, "renewed until 6 000");
-    syncs.release_sync("app-1", id, "b").await.unwrap();
+    syncs.release_sync(id, "b").await.unwrap();
     assert!(!lease("b", 3_000, 7_000).await, "only the holder frees it");
-    syncs.release_sync("app-1", id, "a").await.unwrap();
+    syncs.release_sync(id, "a").await.unwrap();
     assert!(lease("b", 3_000, 7_000).await, "freed by its holder");
     assert!(lease("c", 7_000, 9_000).await, "expired: taken over");
-    syncs.release_sync("app-1", id, "b").await.unwrap();
+    syncs.release_sync(id, "b").await.unwrap();
     assert!(
         !lease("a", 8_000, 9_500).await,
         "the late release of an expired holder leaves the new one's lease"
     );
-    let (saved, _) = syncs.get_sync("app-1", id).await.unwrap().unwrap();
+    let (saved, _) = syncs.get_sync(id).await.unwrap().unwrap();
     assert_eq!(saved, sync, "the lease is not part of the driver's state");
     syncs.save_sync(&sync).await.unwrap();
     assert!(
