@@ -118,6 +118,35 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// In memory, or in the data directory when one is given.
+fn open_storage(
+    config: &LocalConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<Storage, webhooks::sqlite::OpenError> {
+    Ok(match &config.data_dir {
+        None => Storage::memory(config.visibility_timeout, config.retry.max_attempts),
+        Some(dir) => Storage::open(
+            dir,
+            clock,
+            config.visibility_timeout,
+            config.retry.max_attempts,
+            config.attempt_retention,
+        )?,
+    })
+}
+
+fn delivery_settings(config: &LocalConfig) -> DeliverySettings {
+    DeliverySettings {
+        retry: config.retry,
+        concurrency: config.delivery_concurrency,
+        health: HealthPolicy {
+            disable_after: config.endpoint_disable_after,
+            ..HealthPolicy::default()
+        },
+        metrics: false,
+    }
+}
+
 /// The wired-up service: storage and handlers.
 pub struct Runtime {
     /// Where the state is kept.
@@ -143,16 +172,7 @@ pub struct Runtime {
 impl Runtime {
     async fn open(config: &LocalConfig) -> Result<Self, StartError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let storage = match &config.data_dir {
-            None => Storage::memory(config.visibility_timeout, config.retry.max_attempts),
-            Some(dir) => Storage::open(
-                dir,
-                clock.clone(),
-                config.visibility_timeout,
-                config.retry.max_attempts,
-                config.attempt_retention,
-            )?,
-        };
+        let storage = open_storage(config, clock.clone())?;
         let windows = Arc::new(ManualWindows::starting_at(storage.current_window().await?));
         let url_policy = UrlPolicy {
             allow_insecure: config.allow_insecure_callbacks,
@@ -182,19 +202,7 @@ impl Runtime {
                 windows: windows.clone(),
                 settings: FlushSettings::default(),
             },
-            delivery: Delivery::new(
-                ports.clone(),
-                http,
-                DeliverySettings {
-                    retry: config.retry,
-                    concurrency: config.delivery_concurrency,
-                    health: HealthPolicy {
-                        disable_after: config.endpoint_disable_after,
-                        ..HealthPolicy::default()
-                    },
-                    metrics: false,
-                },
-            ),
+            delivery: Delivery::new(ports.clone(), http, delivery_settings(config)),
             events,
             storage,
             ports,
@@ -377,46 +385,14 @@ impl LocalService {
         let addr = listener.local_addr()?;
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
-
-        let app = http::router(runtime.clone());
-        let stop = shutdown.subscribe();
-        tasks.spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(stopped(stop));
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
-
-        let stop = stopped(shutdown.subscribe());
-        let rt = runtime.clone();
-        let interval = config.flush_interval;
-        tasks.spawn(async move {
-            tokio::pin!(stop);
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = ticks.tick() => {
-                        if let Err(e) = rt.flush_now().await {
-                            tracing::error!(error = %e, "scheduled flush failed; the next one resumes");
-                        }
-                    }
-                }
-            }
-        });
-
+        tasks.spawn(serve_http(listener, runtime.clone(), shutdown.subscribe()));
+        tasks.spawn(flush_timer(
+            runtime.clone(),
+            config.flush_interval,
+            shutdown.subscribe(),
+        ));
         for _ in 0..config.delivery_workers.max(1) {
-            let stop = stopped(shutdown.subscribe());
-            let rt = runtime.clone();
-            tasks.spawn(async move {
-                tokio::pin!(stop);
-                loop {
-                    tokio::select! {
-                        _ = &mut stop => break,
-                        _ = rt.deliver_batch(Duration::from_secs(1)) => {}
-                    }
-                }
-            });
+            tasks.spawn(delivery_worker(runtime.clone(), shutdown.subscribe()));
         }
         tracing::info!(%addr, "local webhook service started");
         Ok(Self {
@@ -438,6 +414,49 @@ impl LocalService {
     }
 }
 
+/// The HTTP API, until the shutdown flag is raised.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+    stop: watch::Receiver<bool>,
+) {
+    let app = http::router(runtime);
+    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped(stop));
+    if let Err(e) = serve.await {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+/// A flush every `interval`, as the scheduler runs it on AWS, until the shutdown flag is
+/// raised.
+async fn flush_timer(runtime: Arc<Runtime>, interval: Duration, stop: watch::Receiver<bool>) {
+    let stop = stopped(stop);
+    tokio::pin!(stop);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = ticks.tick() => {
+                if let Err(e) = runtime.flush_now().await {
+                    tracing::error!(error = %e, "scheduled flush failed; the next one resumes");
+                }
+            }
+        }
+    }
+}
+
+/// Delivers batches from the queue as they come, until the shutdown flag is raised.
+async fn delivery_worker(runtime: Arc<Runtime>, stop: watch::Receiver<bool>) {
+    let stop = stopped(stop);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = runtime.deliver_batch(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Resolves when the shutdown flag is raised.
 async fn stopped(mut flag: watch::Receiver<bool>) {
     let _ = flag.wait_for(|stop| *stop).await;
@@ -450,14 +469,6 @@ async fn bootstrap(
     config: &LocalConfig,
 ) -> Result<(Vec<Bootstrapped>, Vec<Bootstrapped>), BackendError> {
     let ports = &runtime.ports;
-    let now = SystemClock.now();
-    let webhook_secret = |client: &OAuthClient| {
-        client
-            .webhook_secrets
-            .as_ref()
-            .map(|s| s.current.expose().to_owned())
-            .unwrap_or_default()
-    };
     let mut clients = Vec::new();
     let mut wanted = config.clients.clone();
     if wanted.is_empty() {
@@ -472,19 +483,7 @@ async fn bootstrap(
         }));
     }
     for (id, secret) in wanted {
-        let client = match ports.clients.get_client(&id).await? {
-            Some(stored) if stored.secret.matches(&secret) => stored,
-            Some(mut stored) => {
-                stored.secret = SecretHash::of(&secret);
-                ports.clients.put_client(&stored).await?;
-                stored
-            }
-            None => {
-                let client = OAuthClient::new(&id, &secret, now);
-                ports.clients.put_client(&client).await?;
-                client
-            }
-        };
+        let client = bootstrap_client(ports, &id, &secret).await?;
         clients.push(Bootstrapped {
             id: id.to_string(),
             secret: Some(secret),
@@ -493,19 +492,7 @@ async fn bootstrap(
     }
     let mut applications = Vec::new();
     for (id, api_key) in &config.applications {
-        let application = match ports.applications.get_application(id).await? {
-            Some(stored) if stored.api_key_hash == sha256_hex(api_key) => stored,
-            Some(mut stored) => {
-                stored.api_key_hash = sha256_hex(api_key);
-                ports.applications.put_application(&stored).await?;
-                stored
-            }
-            None => {
-                let application = Application::new(id, api_key, now.unix_timestamp());
-                ports.applications.put_application(&application).await?;
-                application
-            }
-        };
+        let application = bootstrap_application(ports, id, api_key).await?;
         applications.push(Bootstrapped {
             id: id.to_string(),
             secret: Some(api_key.clone()),
@@ -513,6 +500,58 @@ async fn bootstrap(
         });
     }
     Ok((clients, applications))
+}
+
+/// A client's current webhook secret, or "" when it has none.
+fn webhook_secret(client: &OAuthClient) -> String {
+    client
+        .webhook_secrets
+        .as_ref()
+        .map(|s| s.current.expose().to_owned())
+        .unwrap_or_default()
+}
+
+/// The client `id` with `secret`: kept as stored, its secret replaced, or created.
+async fn bootstrap_client(
+    ports: &Ports,
+    id: &ClientId,
+    secret: &str,
+) -> Result<OAuthClient, BackendError> {
+    Ok(match ports.clients.get_client(id).await? {
+        Some(stored) if stored.secret.matches(secret) => stored,
+        Some(mut stored) => {
+            stored.secret = SecretHash::of(secret);
+            ports.clients.put_client(&stored).await?;
+            stored
+        }
+        None => {
+            let client = OAuthClient::new(id, secret, SystemClock.now());
+            ports.clients.put_client(&client).await?;
+            client
+        }
+    })
+}
+
+/// The application `id` with `api_key`: kept as stored, its key replaced, or created.
+async fn bootstrap_application(
+    ports: &Ports,
+    id: &ApplicationId,
+    api_key: &str,
+) -> Result<Application, BackendError> {
+    Ok(match ports.applications.get_application(id).await? {
+        Some(stored) if stored.api_key_hash == sha256_hex(api_key) => stored,
+        Some(mut stored) => {
+            stored.api_key_hash = sha256_hex(api_key);
+            ports.applications.put_application(&stored).await?;
+            stored
+        }
+        None => {
+            let now = SystemClock.now().unix_timestamp();
+            let application = Application::new(id, api_key, now);
+            ports.applications.put_application(&application).await?;
+            application
+        }
+    })
 }
 
 fn sample_person() -> Person {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
+use webhooks::handlers::registration::encode_uri_component;
 use webhooks::ids::{ApplicationId, ClientId, InvalidId};
 use webhooks::retry::RetryPolicy;
 use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD, parse_duration};
@@ -119,6 +120,30 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Where the state is kept, for the banner.
+fn storage_description(config: &LocalConfig) -> String {
+    match &config.data_dir {
+        Some(dir) => format!("{} (durable: SQLite, survives restarts)", dir.display()),
+        None => "in memory (gone when it stops; --data-dir DIR keeps it)".to_owned(),
+    }
+}
+
+/// One banner line per application created at start.
+fn applications_lines(service: &LocalService) -> String {
+    service
+        .applications
+        .iter()
+        .map(|a| {
+            format!(
+                "\n  application   {} / API key {}   (webhooks signed with {})",
+                a.id,
+                a.secret.as_deref().unwrap_or("-"),
+                a.webhook_secret
+            )
+        })
+        .collect()
+}
+
 fn print_banner(service: &LocalService, config: &LocalConfig) {
     let base = format!("http://{}", service.addr);
     let client = &service.clients[0];
@@ -128,24 +153,13 @@ fn print_banner(service: &LocalService, config: &LocalConfig) {
         .as_deref()
         .unwrap_or("<its secret, shown when it was created>");
     let id = &client.id;
-    let storage = match &config.data_dir {
-        Some(dir) => format!("{} (durable: SQLite, survives restarts)", dir.display()),
-        None => "in memory (gone when it stops; --data-dir DIR keeps it)".to_owned(),
-    };
     let callback = if config.allow_insecure_callbacks {
         format!("{base}/local/inbox/{SAMPLE_RECORD}")
     } else {
         "https://nowhere2.com/0000-0002-7465-2162/updated".to_owned()
     };
-    let encoded: String = callback
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let encoded = encode_uri_component(&callback);
+    let storage = storage_description(config);
     println!(
         r#"
 Person webhooks — local runner
@@ -170,16 +184,7 @@ Try the seed's examples:
 Ctrl-C stops the service.
 "#,
         whsec = client.webhook_secret,
-        apps = service
-            .applications
-            .iter()
-            .map(|a| format!(
-                "\n  application   {} / API key {}   (webhooks signed with {})",
-                a.id,
-                a.secret.as_deref().unwrap_or("-"),
-                a.webhook_secret
-            ))
-            .collect::<String>(),
+        apps = applications_lines(service),
         flush = config.flush_interval,
         retry = config.retry.base,
         attempts = config.retry.max_attempts,

@@ -469,8 +469,14 @@ fn location(request: &Request, subscription: &Subscription) -> String {
         "{}/{}/webhook/{}",
         base_url(request),
         subscription.record,
-        utf8_percent_encode(subscription.callback.as_str(), URI_COMPONENT)
+        encode_uri_component(subscription.callback.as_str())
     )
+}
+
+/// `text` as JavaScript's `encodeURIComponent` writes it: the form of a callback URL in a
+/// path the seed's examples use.
+pub fn encode_uri_component(text: &str) -> String {
+    utf8_percent_encode(text, URI_COMPONENT).to_string()
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
