@@ -103,6 +103,19 @@ impl AttemptOutcome {
     }
 }
 
+/// The resolver's refusal: no address of the name is one a callback may reach, so nothing
+/// was sent. Typed, so [`describe`] can tell it from a failed connection.
+#[derive(Debug)]
+struct NoPublicAddress(String);
+
+impl std::fmt::Display for NoPublicAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} has no public address", self.0)
+    }
+}
+
+impl std::error::Error for NoPublicAddress {}
+
 /// Resolves names and keeps only the addresses the policy allows, so the connector can
 /// only ever connect to checked addresses (no DNS-rebinding gap between check and use).
 #[derive(Clone)]
@@ -137,9 +150,7 @@ impl tower_service::Service<Name> for GuardedResolver {
                 .filter(|a| allow_private || is_public_ip(a.ip()))
                 .collect();
             if allowed.is_empty() {
-                return Err(std::io::Error::other(format!(
-                    "{host} has no public address"
-                )));
+                return Err(std::io::Error::other(NoPublicAddress(host)));
             }
             Ok(allowed.into_iter())
         })
@@ -326,7 +337,9 @@ async fn read_prefix(mut body: hyper::body::Incoming) -> Bytes {
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    let kind = if e.is_connect() {
+    let kind = if refused_by_resolver(e) {
+        FailureKind::Refused.prefix()
+    } else if e.is_connect() {
         FailureKind::Connection.prefix()
     } else {
         "request error"
@@ -338,4 +351,21 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Whether the connection failed because the resolver refused every address of the name
+/// ([`NoPublicAddress`], wrapped in the `io::Error` the connector returns).
+fn refused_by_resolver(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let io = s.downcast_ref::<std::io::Error>();
+        if io
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<NoPublicAddress>())
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }

@@ -10,7 +10,7 @@ use webhooks::application::Application;
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::clock::SystemClock;
 use webhooks::handlers::outbound::{application_request, callback_request};
-use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::http_client::{CallbackClient, FailureKind, HttpSettings};
 use webhooks::job::MessageId;
 
 /// How the raw receiver answers.
@@ -187,5 +187,9 @@ async fn connection_refused_is_a_negative_acknowledgement() {
     .send(&client())
     .await;
     assert!(!acknowledged);
-    assert!(outcome.error.unwrap().contains("connection"));
+    assert_eq!(
+        outcome.failure_kind(),
+        Some(FailureKind::Connection),
+        "{outcome:?}"
+    );
 }
