@@ -150,7 +150,6 @@ id_text!(SyncId);
 pub struct SyncKey {
     /// The application the sync sends to.
     pub application: ApplicationId,
-    /// The sync.
     pub sync: SyncId,
 }
 

@@ -98,7 +98,7 @@ pub trait SubscriptionStore: Send + Sync {
         client_id: &ClientId,
         webhook: &EndpointKey,
     ) -> BackendResult<Option<Subscription>>;
-    /// One subscription.
+    /// The subscription of `record` at exactly this callback text, if any.
     async fn get_subscription(
         &self,
         record: &RecordId,
