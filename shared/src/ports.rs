@@ -227,13 +227,22 @@ pub struct FlushCursor {
     pub after: Option<String>,
 }
 
-/// Pending changes, one entry per (window, record), plus the flush cursor.
+/// Pending changes: the records changed in each window, plus the flush cursor.
 #[async_trait]
 pub trait PendingChanges: Send + Sync {
-    /// Marks a record changed in a window (idempotent: one entry per pair).
-    async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()>;
-    /// Records pending in a window, in key order, after the page position `after`: a
-    /// [`Page`] that is short only at the window's end (no trailing empty page).
+    /// Marks records changed in a window, a stream batch's in one call (idempotent: a
+    /// record is pending once per window however often it is marked).
+    async fn mark_all(&self, window: WindowId, records: &[RecordId]) -> BackendResult<()>;
+    /// Marks one record changed in a window.
+    async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()> {
+        self.mark_all(window, std::slice::from_ref(record)).await
+    }
+    /// Records pending in a window, in the store's order, after the page position `after`:
+    /// a [`Page`] that is short only at the window's end (no trailing empty page), each
+    /// record once in a page. The memory and SQLite stores page in key order, each record
+    /// once in the window; DynamoDB keeps each batch's records as written (one item per
+    /// batch and shard), so a record marked by several batches can come again on a later
+    /// page of the window: the flush de-duplicates within a window.
     async fn page(
         &self,
         window: WindowId,

@@ -272,32 +272,76 @@ async fn a_message_that_always_fails_ends_in_the_dlq() {
 // adapter contract, run on these adapters by tests/tests/contract.rs; here, what is
 // DynamoDB's own: how items are stored.
 
+/// A stream batch's pending records are one item per shard they touch (a record always in
+/// the same shard), each with its TTL; the same batch marked again is the same items.
 #[tokio::test]
-async fn pending_entries_expire_through_ttl_on_dynamodb() {
+async fn a_batch_of_pending_records_is_one_item_per_shard_with_its_ttl() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use webhooks::aws::dynamodb::{PENDING_SHARDS, pending_shard};
     let env = MotoEnv::create(3).await;
     let aws = AwsServices::new(&env.config, env.settings());
-    aws.store
-        .mark(
-            webhooks::window::WindowId(42),
-            &RecordId::parse("a").unwrap(),
-        )
-        .await
-        .unwrap();
-    let item = aws
-        .store
-        .raw_item("PENDING#42", "a")
-        .await
-        .unwrap()
-        .unwrap();
-    let expires: u64 = item["expires_at"].as_n().unwrap().parse().unwrap();
+    let dynamodb = aws_sdk_dynamodb::Client::new(&env.config);
+    let window = webhooks::window::WindowId(42);
+    let records: Vec<RecordId> = (0..100)
+        .map(|i| RecordId::parse(&format!("r{i:03}")).unwrap())
+        .collect();
+    let stored = || async {
+        let mut items = Vec::new();
+        for shard in 0..PENDING_SHARDS {
+            let out = dynamodb
+                .query()
+                .table_name(&env.service_table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(
+                    ":pk",
+                    AttributeValue::S(format!("PENDING#42#{shard}")),
+                )
+                .send()
+                .await
+                .unwrap();
+            items.extend(
+                out.items
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| (shard, i)),
+            );
+        }
+        items
+    };
+    aws.store.mark_all(window, &records).await.unwrap();
+    let items = stored().await;
+    assert_eq!(
+        items.len(),
+        PENDING_SHARDS as usize,
+        "one item per shard touched"
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let ttl = webhooks::window::PENDING_TTL.as_secs();
-    assert!(
-        (now + ttl - 60..=now + ttl + 60).contains(&expires),
-        "a pending entry expires a week after its write: {expires} vs now {now}"
+    let mut ids = Vec::new();
+    for (shard, item) in &items {
+        let expires: u64 = item["expires_at"].as_n().unwrap().parse().unwrap();
+        assert!(
+            (now + ttl - 60..=now + ttl + 60).contains(&expires),
+            "a pending item expires a week after its write: {expires} vs now {now}"
+        );
+        for id in item["records"].as_l().unwrap() {
+            let record = RecordId::parse(id.as_s().unwrap()).unwrap();
+            assert_eq!(pending_shard(&record), *shard, "{record} in its shard");
+            ids.push(record);
+        }
+    }
+    ids.sort();
+    let mut expected = records.clone();
+    expected.sort();
+    assert_eq!(ids, expected, "every record once");
+    aws.store.mark_all(window, &records).await.unwrap();
+    assert_eq!(
+        stored().await.len(),
+        items.len(),
+        "marked again: the same items"
     );
 }
 
@@ -993,8 +1037,9 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
     assert_eq!(view["webhook"]["url"], "https://exa mple.org/hook");
 }
 
-/// A pending entry whose attributes are damaged still names its record in its key: the
-/// page reads it from there, and an entry whose key is no record id is skipped, so neither
+/// Pending items written by an earlier version (one per record in `PENDING#<window>`)
+/// are still read, from their key; an entry whose key is no record id, a shard item
+/// without its records and a record id in one that does not parse are skipped, so none
 /// stops the flush at that page for every later window.
 #[tokio::test]
 async fn a_damaged_pending_entry_does_not_stop_the_page() {
@@ -1021,13 +1066,93 @@ async fn a_damaged_pending_entry_does_not_stop_the_page() {
             .await
             .unwrap();
     }
+    let shard = webhooks::aws::dynamodb::pending_shard(&RecordId::parse("c").unwrap());
+    for (sk, records) in [
+        ("damaged", AttributeValue::N("1".into())),
+        (
+            "mixed",
+            AttributeValue::L(vec![
+                AttributeValue::S("no#id".into()),
+                AttributeValue::N("2".into()),
+                AttributeValue::S("c".into()),
+            ]),
+        ),
+    ] {
+        dynamodb
+            .put_item()
+            .table_name(&env.service_table)
+            .item("pk", AttributeValue::S(format!("PENDING#7#{shard}")))
+            .item("sk", AttributeValue::S(sk.into()))
+            .item("records", records)
+            .send()
+            .await
+            .unwrap();
+    }
     let page = aws
         .store
         .page(window, None, 10)
         .await
         .expect("no corrupt error");
-    let records: Vec<&str> = page.items.iter().map(|r| r.as_str()).collect();
-    assert_eq!(records, ["a", "b"]);
+    let mut records: Vec<&str> = page.items.iter().map(|r| r.as_str()).collect();
+    records.sort_unstable();
+    assert_eq!(records, ["a", "b", "c"]);
+}
+
+/// A record changed in several stream batches of a window is in several items of its
+/// shard; the flush notifies it once in that window, across pages and shards.
+#[tokio::test]
+async fn a_record_marked_by_several_batches_is_notified_once_per_window() {
+    use webhooks::callback::{CallbackUrl, UrlPolicy};
+    use webhooks::ports::SubscriptionStore;
+    let env = MotoEnv::create(5).await;
+    let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
+    let sqs = aws_sdk_sqs::Client::new(&env.config);
+    let windows = Arc::new(ManualWindows::default());
+    let records: Vec<RecordId> = (0..30)
+        .map(|i| RecordId::parse(&format!("r{i:02}")).unwrap())
+        .collect();
+    for record in &records {
+        aws.store
+            .register(&webhooks::subscription::Subscription {
+                record: record.clone(),
+                callback: CallbackUrl::parse(
+                    &format!("https://a.example/{record}"),
+                    UrlPolicy::default(),
+                )
+                .unwrap(),
+                client_id: "APP-1".parse().unwrap(),
+                created_at: 0,
+                health: Default::default(),
+            })
+            .await
+            .unwrap();
+    }
+    let window = webhooks::window::FlushWindows::current(windows.as_ref());
+    for batch in [&records[..20], &records[10..], &records[..], &records[5..6]] {
+        aws.store.mark_all(window, batch).await.unwrap();
+    }
+    windows.close_current();
+    let flush = Flush {
+        ports: aws.ports(),
+        windows: windows.clone(),
+        settings: FlushSettings {
+            page_size: 7,
+            ..FlushSettings::default()
+        },
+    };
+    let report = flush.run(None).await.unwrap();
+    assert_eq!((report.records, report.jobs), (30, 30), "{report:?}");
+    let mut notified: Vec<String> = receive_jobs(&sqs, &env.queue_url, 31)
+        .await
+        .into_iter()
+        .map(|j| match j.target {
+            webhooks::job::Target::Callback { record, .. } => record.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    notified.sort();
+    let expected: Vec<String> = records.iter().map(|r| r.as_str().to_owned()).collect();
+    assert_eq!(notified, expected, "each record once");
 }
 
 /// Ids are checked when read back: an item whose client, application or API-key index

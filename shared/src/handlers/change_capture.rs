@@ -1,17 +1,13 @@
 //! The `change-capture` Lambda: DynamoDB stream records of the records table become
-//! pending entries, one per (window, record).
+//! pending entries: a batch's records in one call, each once.
 
 use crate::ports::PendingChanges;
 use crate::record::RecordId;
 use crate::window::FlushWindows;
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
-
-/// Concurrent pending writes per batch.
-const WRITE_CONCURRENCY: usize = 16;
 
 pub struct ChangeCapture {
     /// Where pending entries go.
@@ -28,19 +24,21 @@ pub fn changed_record(record: &EventRecord) -> Option<RecordId> {
 }
 
 impl ChangeCapture {
-    /// Marks every changed record of the batch pending, once per record. On a failed
-    /// write it reports the first stream record of the earliest failed record, so the
-    /// stream retries from there (later records are retried too; marking is idempotent).
+    /// Marks the batch's changed records pending in one call, each once. When that fails
+    /// it reports the batch's first stream record with a record id, so the stream retries
+    /// the batch from there (marking is idempotent).
     pub async fn handle(&self, event: Event) -> DynamoDbEventResponse {
         let window = self.windows.current();
-        // record id -> sequence number of its first stream record in this batch
-        let mut first_seen: HashMap<RecordId, (usize, Option<String>)> = HashMap::new();
-        for (position, record) in event.records.iter().enumerate() {
+        let mut records: Vec<RecordId> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut first: Option<Option<String>> = None;
+        for record in &event.records {
             match changed_record(record) {
                 Some(id) => {
-                    first_seen
-                        .entry(id)
-                        .or_insert((position, record.change.sequence_number.clone()));
+                    first.get_or_insert_with(|| record.change.sequence_number.clone());
+                    if seen.insert(id.clone()) {
+                        records.push(id);
+                    }
                 }
                 None => tracing::error!(
                     event_id = %record.event_id,
@@ -49,31 +47,23 @@ impl ChangeCapture {
                 ),
             }
         }
-        let failures: Vec<(usize, Option<String>)> = futures::stream::iter(first_seen)
-            .map(|(id, first)| async move {
-                match self.pending.mark(window, &id).await {
-                    Ok(()) => None,
-                    Err(e) => {
-                        tracing::warn!(record = %id, error = %e, "marking pending failed");
-                        Some(first)
-                    }
-                }
-            })
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .filter_map(|failed| async move { failed })
-            .collect()
-            .await;
         let mut response = DynamoDbEventResponse::default();
-        if let Some((_, sequence)) = failures.into_iter().min_by_key(|(position, _)| *position) {
-            let mut failure = DynamoDbBatchItemFailure::default();
-            failure.item_identifier = sequence;
-            response.batch_item_failures.push(failure);
-        } else {
-            tracing::info!(
+        let marked = match first {
+            None => Ok(()),
+            Some(_) => self.pending.mark_all(window, &records).await,
+        };
+        match (marked, first) {
+            (Ok(()), _) | (Err(_), None) => tracing::info!(
                 records = event.records.len(),
                 window = window.0,
                 "changes captured"
-            );
+            ),
+            (Err(e), Some(first)) => {
+                tracing::warn!(records = records.len(), error = %e, "marking pending failed");
+                let mut failure = DynamoDbBatchItemFailure::default();
+                failure.item_identifier = first;
+                response.batch_item_failures.push(failure);
+            }
         }
         response
     }

@@ -20,7 +20,7 @@ use crate::subscription::Subscription;
 use crate::window::{FlushWindows, WindowId};
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -172,12 +172,15 @@ impl Flush {
         };
         let mut cursor = self.start_cursor(through).await?;
         let members = self.members_exist().await?;
+        let mut flushed = FlushedRecords::default();
         while cursor.window <= through {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 report.partial = true;
                 break;
             }
-            cursor = self.flush_page(cursor, members, &mut report).await?;
+            cursor = self
+                .flush_page(cursor, members, &mut flushed, &mut report)
+                .await?;
         }
         // The cursor's window and every closed one after it are still to be flushed.
         report.behind_windows = (through.0 + 1).saturating_sub(cursor.window.0);
@@ -228,6 +231,7 @@ impl Flush {
         &self,
         cursor: FlushCursor,
         members: bool,
+        flushed: &mut FlushedRecords,
         report: &mut FlushReport,
     ) -> Result<FlushCursor, BackendError> {
         let page = self
@@ -239,7 +243,8 @@ impl Flush {
                 self.settings.page_size,
             )
             .await?;
-        let mut plan = self.plan(cursor.window, &page.items, members).await?;
+        let records = flushed.fresh(cursor.window, page.items);
+        let mut plan = self.plan(cursor.window, &records, members).await?;
         let enqueued = self.ports.queue.enqueue(&plan.jobs).await?;
         report.jobs += (plan.jobs.len() - enqueued.refused.len()) as u64;
         for refused in enqueued.refused {
@@ -258,7 +263,7 @@ impl Flush {
             tracing::error!(poison = %item.id(), record = %item.record, endpoint = item.endpoint.as_deref().unwrap_or("all"), reason = %item.reason(), "change set aside");
             announce(self.ports.events.as_ref(), item.event()).await;
         }
-        report.records += page.items.len() as u64;
+        report.records += records.len() as u64;
         report.set_aside += plan.set_aside.len() as u64;
         let next = match page.next {
             Some(after) => FlushCursor {
@@ -390,6 +395,30 @@ impl Flush {
             None
         };
         Ok((subscriptions, person))
+    }
+}
+
+/// The records of a window this run has flushed. A store that keeps each stream batch's
+/// records as written (DynamoDB) can page a record again when several batches of the
+/// window marked it; it is notified once. A run that resumes a window from a saved cursor
+/// does not know the records of the pages before it: a record of those may be notified
+/// again (at least once, as after any crash).
+#[derive(Default)]
+struct FlushedRecords {
+    window: Option<WindowId>,
+    records: HashSet<RecordId>,
+}
+
+impl FlushedRecords {
+    /// The records of a page of `window` not flushed yet in this run.
+    fn fresh(&mut self, window: WindowId, page: Vec<RecordId>) -> Vec<RecordId> {
+        if self.window != Some(window) {
+            self.window = Some(window);
+            self.records.clear();
+        }
+        page.into_iter()
+            .filter(|record| self.records.insert(record.clone()))
+            .collect()
     }
 }
 

@@ -356,14 +356,14 @@ impl SubscriptionStore for MemoryStore {
 
 #[async_trait]
 impl PendingChanges for MemoryStore {
-    async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()> {
+    async fn mark_all(&self, window: WindowId, records: &[RecordId]) -> BackendResult<()> {
         self.gate
             .run("mark", async {
                 self.state()
                     .pending
                     .entry(window)
                     .or_default()
-                    .insert(record.clone());
+                    .extend(records.iter().cloned());
                 Ok(())
             })
             .await

@@ -660,13 +660,15 @@ impl SyncStore for SqliteStore {
 
 #[async_trait]
 impl PendingChanges for SqliteStore {
-    async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()> {
-        let record = record.as_str().to_owned();
+    async fn mark_all(&self, window: WindowId, records: &[RecordId]) -> BackendResult<()> {
+        let records: Vec<String> = records.iter().map(|r| r.as_str().to_owned()).collect();
         // Normal: the change being captured stays in the stream until after this commit,
         // and a power loss that takes this mark takes that later deletion with it.
         self.db
             .write(Durability::Normal, move |conn| {
-                mark(conn, window.0, &record)
+                records
+                    .iter()
+                    .try_for_each(|record| mark(conn, window.0, record))
             })
             .await
     }

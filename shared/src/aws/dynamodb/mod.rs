@@ -85,6 +85,7 @@ mod records;
 mod subscriptions;
 mod syncs;
 
+pub use pending::{PENDING_SHARDS, pending_shard};
 pub use records::DynamoRecords;
 
 /// The service table.

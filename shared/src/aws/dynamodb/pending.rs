@@ -1,8 +1,19 @@
-//! Pending changes by window, the flush's cursor and lease, and the poison items the
-//! flush set aside, in the service table.
+//! Pending changes in the service table, sharded: change capture writes a stream batch's
+//! records as one item per (window, shard) it touches, `PENDING#<window>#<shard>` /
+//! `<hash of its records>`, holding their ids. A record always lands in the same shard (a
+//! stable hash of its id), so no partition key takes a whole window's writes, and a batch
+//! costs one write unit per shard it touches instead of one per record. Marking is
+//! idempotent: the same records in the same shard make the same item.
+//!
+//! The flush's cursor and lease, and the poison items the flush set aside, are here too.
+//!
+//! The flush pages through the shards in turn (then the unsharded `PENDING#<window>`
+//! partition that earlier versions wrote, one item per record). A record changed in
+//! several stream batches of a window is in several items of its shard; a page holds each
+//! record once, and the flush de-duplicates across the pages of a window.
 
 use super::unavailable;
-use super::{DynamoStore, Keyed, applied, epoch_secs, from_item, s, sort_key};
+use super::{DynamoStore, Item, Keyed, applied, epoch_secs, from_item, s, to_item};
 use crate::poison::PoisonItem;
 use crate::ports::{BackendResult, FlushCursor, Page, PendingChanges};
 use crate::record::RecordId;
@@ -10,31 +21,255 @@ use crate::window::{PENDING_TTL, WindowId};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-fn pending_pk(window: WindowId) -> String {
-    format!("PENDING#{}", window.0)
+/// Shards per window. Eight keep each (window, shard) key under a third of DynamoDB's
+/// 1 000 writes a second per partition at 10 000 changes a second in batches of 100 (each
+/// batch writes at most one item per shard: 100 writes a second per key), for one write
+/// unit per shard touched: at most 8 per batch of 100, 0.08 per change.
+pub const PENDING_SHARDS: u16 = 8;
+
+/// Record ids per item at most (a stream batch holds up to 10 000 records; ids are up to
+/// 128 bytes): well under DynamoDB's 400 KB.
+const IDS_PER_ITEM: usize = 1_000;
+
+/// Items read per `Query` of a shard: enough for a page, without reading the whole shard.
+const ITEMS_PER_QUERY: i32 = 100;
+
+/// The shard of a record: the same for every write of it.
+pub fn pending_shard(record: &RecordId) -> u16 {
+    let hash = Sha256::digest(record.as_str().as_bytes());
+    u16::from_be_bytes([hash[0], hash[1]]) % PENDING_SHARDS
+}
+
+/// The partition of shard `shard` of a window; shard [`PENDING_SHARDS`] is the unsharded
+/// partition of earlier versions.
+fn shard_pk(window: WindowId, shard: u16) -> String {
+    if shard == PENDING_SHARDS {
+        format!("PENDING#{}", window.0)
+    } else {
+        format!("PENDING#{}#{shard}", window.0)
+    }
+}
+
+/// A shard item as stored.
+#[derive(Serialize, Deserialize)]
+struct PendingBatch {
+    records: Vec<String>,
+    /// TTL: DynamoDB deletes the entry (for free) some time after this.
+    expires_at: i64,
+}
+
+/// Where a page starts: a shard, and inside it an item and how many of its ids were
+/// already paged. Written as `<shard>/<item sk>/<offset>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    shard: u16,
+    item: Option<(String, usize)>,
+}
+
+impl Position {
+    fn parse(text: Option<&str>) -> Self {
+        let parsed = text.and_then(|t| {
+            let (shard, rest) = t.split_once('/')?;
+            let (sk, offset) = rest.rsplit_once('/')?;
+            Some(Self {
+                shard: shard.parse().ok().filter(|s| *s <= PENDING_SHARDS)?,
+                item: Some((sk.to_owned(), offset.parse().ok()?)),
+            })
+        });
+        // A position an earlier version saved (a record id) starts the window again:
+        // a page's worth of duplicates, nothing skipped.
+        parsed.unwrap_or(Self {
+            shard: 0,
+            item: None,
+        })
+    }
+
+    fn text(shard: u16, sk: &str, offset: usize) -> String {
+        format!("{shard}/{sk}/{offset}")
+    }
+}
+
+/// The record ids of a pending item: its `records`, or in the unsharded partition of
+/// earlier versions its sort key. An id that does not parse was not written by change
+/// capture and names no record: skipped, loudly, so one damaged item does not stop the
+/// flush.
+fn ids_of(item: &Item, window: WindowId, unsharded: bool) -> Vec<RecordId> {
+    let texts: Vec<&str> = if unsharded {
+        item.get("sk")
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str)
+            .into_iter()
+            .collect()
+    } else {
+        let list = item.get("records").and_then(|v| v.as_l().ok());
+        if list.is_none() {
+            tracing::error!(
+                window = window.0,
+                "a pending item without its records; skipped"
+            );
+        }
+        list.into_iter()
+            .flatten()
+            .filter_map(|v| v.as_s().ok().map(String::as_str))
+            .collect()
+    };
+    texts
+        .into_iter()
+        .filter_map(|text| match RecordId::parse(text) {
+            Ok(record) => Some(record),
+            Err(_) => {
+                tracing::error!(window = window.0, key = ?text, "a pending entry that is not a record id; skipped");
+                None
+            }
+        })
+        .collect()
+}
+
+impl DynamoStore {
+    /// Marks `records` changed in `window`: one item per shard they touch (more for a
+    /// shard with over [`IDS_PER_ITEM`] of them), written with `BatchWriteItem`.
+    async fn mark_pending(&self, window: WindowId, records: &[RecordId]) -> BackendResult<()> {
+        let mut shards: BTreeMap<u16, BTreeSet<&str>> = BTreeMap::new();
+        for record in records {
+            shards
+                .entry(pending_shard(record))
+                .or_default()
+                .insert(record.as_str());
+        }
+        let expires_at = epoch_secs(PENDING_TTL);
+        let mut items = Vec::new();
+        for (shard, ids) in shards {
+            let ids: Vec<&str> = ids.into_iter().collect();
+            for chunk in ids.chunks(IDS_PER_ITEM) {
+                let hash = Sha256::digest(chunk.join("\n").as_bytes());
+                items.push(to_item(&Keyed {
+                    pk: shard_pk(window, shard),
+                    sk: hex::encode(&hash[..8]),
+                    value: PendingBatch {
+                        records: chunk.iter().map(|id| (*id).to_owned()).collect(),
+                        expires_at,
+                    },
+                }));
+            }
+        }
+        self.batch_put(items).await
+    }
+
+    /// Up to `limit` records of a window from `after` on, each once.
+    async fn pending_page(
+        &self,
+        window: WindowId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<RecordId>> {
+        let mut position = Position::parse(after);
+        let mut page = PageBuilder::new(limit);
+        while position.shard <= PENDING_SHARDS {
+            if let Some(next) = self.read_shard(window, &position, &mut page).await? {
+                return Ok(Page {
+                    items: page.records,
+                    next: Some(next),
+                });
+            }
+            position = Position {
+                shard: position.shard + 1,
+                item: None,
+            };
+        }
+        Ok(Page {
+            items: page.records,
+            next: None,
+        })
+    }
+
+    /// Adds a shard's records from `position` to `page`; the position to continue from
+    /// when the page filled up before the shard's end.
+    async fn read_shard(
+        &self,
+        window: WindowId,
+        position: &Position,
+        page: &mut PageBuilder,
+    ) -> BackendResult<Option<String>> {
+        let pk = shard_pk(window, position.shard);
+        let mut start: Option<Item> = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .expression_attribute_values(":pk", s(&pk))
+                .limit(ITEMS_PER_QUERY)
+                .consistent_read(false)
+                .set_exclusive_start_key(start.take());
+            query = match &position.item {
+                Some((sk, _)) => query
+                    .key_condition_expression("pk = :pk AND sk >= :sk")
+                    .expression_attribute_values(":sk", s(sk)),
+                None => query.key_condition_expression("pk = :pk"),
+            };
+            let out = query.send().await.map_err(unavailable)?;
+            for item in out.items.unwrap_or_default() {
+                let Some(sk) = item.get("sk").and_then(|v| v.as_s().ok()).cloned() else {
+                    continue;
+                };
+                let skip = match &position.item {
+                    Some((from, offset)) if *from == sk => *offset,
+                    _ => 0,
+                };
+                let ids = ids_of(&item, window, position.shard == PENDING_SHARDS);
+                if let Some(taken) = page.take(&ids, skip) {
+                    return Ok(Some(Position::text(position.shard, &sk, taken)));
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// A page being filled: each record once.
+struct PageBuilder {
+    records: Vec<RecordId>,
+    seen: HashSet<RecordId>,
+    limit: usize,
+}
+
+impl PageBuilder {
+    fn new(limit: usize) -> Self {
+        Self {
+            records: Vec::new(),
+            seen: HashSet::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    /// Adds an item's ids from `skip` on; when the page fills up before the item's end,
+    /// how many of its ids are then paged.
+    fn take(&mut self, ids: &[RecordId], skip: usize) -> Option<usize> {
+        for (i, id) in ids.iter().enumerate().skip(skip) {
+            if self.records.len() == self.limit {
+                return Some(i);
+            }
+            if self.seen.insert(id.clone()) {
+                self.records.push(id.clone());
+            }
+        }
+        None
+    }
 }
 
 /// Poison items live in one partition: there are few, and an operator lists them all.
 const POISON_PK: &str = "POISON";
 
-/// The body of a pending-change item.
-#[derive(Serialize, Deserialize)]
-struct Pending {
-    record: RecordId,
-    /// TTL: DynamoDB deletes the entry (for free) some time after this.
-    expires_at: i64,
-}
-
 #[async_trait]
 impl PendingChanges for DynamoStore {
-    async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()> {
-        let pending = Pending {
-            record: record.clone(),
-            expires_at: epoch_secs(PENDING_TTL),
-        };
-        self.put(pending_pk(window), record.to_string(), &pending)
-            .await
+    async fn mark_all(&self, window: WindowId, records: &[RecordId]) -> BackendResult<()> {
+        self.mark_pending(window, records).await
     }
 
     async fn page(
@@ -43,32 +278,7 @@ impl PendingChanges for DynamoStore {
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<RecordId>> {
-        // One more than the page: DynamoDB sets LastEvaluatedKey whenever the limit is
-        // reached, more items or not, which would end a window with an empty page.
-        let (mut items, mut next) = self
-            .query(&pending_pk(window), after, Some(limit + 1))
-            .await?;
-        if items.len() > limit {
-            items.truncate(limit);
-            next = items.last().and_then(sort_key);
-        }
-        // The record is read from the sort key, which every item has: a damaged attribute
-        // must not stop the flush at this page for every later window. A key that is not a
-        // record id was not written by change capture and names no record: skipped, loudly.
-        let items = items
-            .iter()
-            .filter_map(|item| {
-                let key = item.get("sk").and_then(|v| v.as_s().ok());
-                match key.map(|k| RecordId::parse(k)) {
-                    Some(Ok(record)) => Some(record),
-                    _ => {
-                        tracing::error!(window = window.0, key = ?key, "a pending entry whose key is not a record id; skipped");
-                        None
-                    }
-                }
-            })
-            .collect();
-        Ok(Page { items, next })
+        self.pending_page(window, after, limit).await
     }
 
     async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {

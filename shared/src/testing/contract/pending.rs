@@ -1,5 +1,6 @@
-//! Pending changes: one entry per (window, record), paged in key order; the flush cursor;
-//! the flush lease; poison items.
+//! Pending changes: each record of a window paged once (in the store's order: key order in
+//! memory and SQLite, shard by shard on DynamoDB); the flush cursor; the flush lease;
+//! poison items.
 
 use super::{Adapters, read_pages, record};
 use crate::job::DeliveryJob;
@@ -10,7 +11,7 @@ use crate::record::RecordId;
 use crate::window::WindowId;
 
 scenarios![
-    pending_pages_in_key_order_without_a_trailing_empty_page,
+    pending_pages_hold_each_record_without_a_trailing_empty_page,
     pending_cursor_round_trips_and_keeps_unflushed_windows,
     flush_lease_one_flush_at_a_time,
     poison_items_are_kept_until_removed,
@@ -33,7 +34,14 @@ fn page_ids(pages: &[Page<RecordId>]) -> Vec<Vec<&str>> {
     pages.iter().map(|p| ids(&p.items)).collect()
 }
 
-async fn pending_pages_in_key_order_without_a_trailing_empty_page(a: Adapters) {
+/// The sizes of the pages and every record they hold, sorted.
+fn paged(pages: &[Page<RecordId>]) -> (Vec<usize>, Vec<&str>) {
+    let mut all: Vec<&str> = pages.iter().flat_map(|p| ids(&p.items)).collect();
+    all.sort_unstable();
+    (pages.iter().map(|p| p.items.len()).collect(), all)
+}
+
+async fn pending_pages_hold_each_record_without_a_trailing_empty_page(a: Adapters) {
     let window = WindowId(42);
     for id in ["c", "a", "b", "a", "d", "e"] {
         a.ports.pending.mark(window, &record(id)).await.unwrap();
@@ -43,19 +51,20 @@ async fn pending_pages_in_key_order_without_a_trailing_empty_page(a: Adapters) {
         .mark(WindowId(43), &record("b0"))
         .await
         .unwrap();
+    let every = vec!["a", "b", "c", "d", "e"];
     assert_eq!(
-        page_ids(&pages(&a, window, 2).await),
-        [vec!["a", "b"], vec!["c", "d"], vec!["e"]],
-        "pages of two, one entry per record, in key order"
+        paged(&pages(&a, window, 2).await),
+        (vec![2, 2, 1], every.clone()),
+        "pages of two, one entry per record"
     );
     assert_eq!(
-        page_ids(&pages(&a, window, 5).await),
-        [vec!["a", "b", "c", "d", "e"]],
+        paged(&pages(&a, window, 5).await),
+        (vec![5], every.clone()),
         "a full page that ends the window has no next: no trailing empty page"
     );
     assert_eq!(
-        page_ids(&pages(&a, window, 1).await).len(),
-        5,
+        paged(&pages(&a, window, 1).await),
+        (vec![1; 5], every.clone()),
         "pages of one: five, the last without next"
     );
     assert_eq!(
@@ -63,7 +72,23 @@ async fn pending_pages_in_key_order_without_a_trailing_empty_page(a: Adapters) {
         [Vec::<&str>::new()],
         "a window with nothing pending: one empty page without next"
     );
-    // A page position from a page continues after it, whatever was marked since before it.
+    // Marked together (a stream batch), then again with others: each record once.
+    let batch = WindowId(45);
+    let first: Vec<RecordId> = ["p", "q", "r", "s"].into_iter().map(record).collect();
+    a.ports.pending.mark_all(batch, &first).await.unwrap();
+    a.ports.pending.mark_all(batch, &first).await.unwrap();
+    a.ports
+        .pending
+        .mark_all(batch, &[record("t"), record("t")])
+        .await
+        .unwrap();
+    assert_eq!(
+        paged(&pages(&a, batch, 10).await),
+        (vec![5], vec!["p", "q", "r", "s", "t"]),
+        "a batch marked again is the same entries"
+    );
+    // A page position from a page continues after it, whatever was marked since before
+    // it: the rest holds every record the first page did not (and may hold the new one).
     let first = a.ports.pending.page(window, None, 2).await.unwrap();
     a.ports.pending.mark(window, &record("a0")).await.unwrap();
     let rest = a
@@ -72,7 +97,14 @@ async fn pending_pages_in_key_order_without_a_trailing_empty_page(a: Adapters) {
         .page(window, first.next.as_deref(), 10)
         .await
         .unwrap();
-    assert_eq!((ids(&rest.items), rest.next), (vec!["c", "d", "e"], None));
+    assert_eq!(rest.next, None);
+    let mut seen: Vec<&str> = ids(&first.items)
+        .into_iter()
+        .chain(ids(&rest.items))
+        .filter(|id| *id != "a0")
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, every, "each record once across the two pages");
 }
 
 async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
@@ -93,8 +125,8 @@ async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
     // Windows before the cursor may be dropped (they expire); the cursor's and later stay.
     for window in [5, 6] {
         assert_eq!(
-            page_ids(&pages(&a, WindowId(window), 10).await),
-            [vec!["a", "b", "c"]],
+            paged(&pages(&a, WindowId(window), 10).await),
+            (vec![3], vec!["a", "b", "c"]),
             "window {window} is kept whole"
         );
     }
@@ -102,9 +134,14 @@ async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
         .page(WindowId(5), first.next.as_deref(), 10)
         .await
         .unwrap();
+    let mut both: Vec<&str> = ids(&first.items)
+        .into_iter()
+        .chain(ids(&rest.items))
+        .collect();
+    both.sort_unstable();
     assert_eq!(
-        ids(&rest.items),
-        ["c"],
+        (first.items.len(), both),
+        (2, vec!["a", "b", "c"]),
         "the saved position still continues"
     );
     let moved = FlushCursor {
