@@ -22,6 +22,7 @@ use crate::job::{DeliveryJob, MessageId};
 use crate::ports::{AttemptLog, BackendError, BackendResult, Page};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -47,6 +48,8 @@ pub const GROUP_SPAN_MS: i64 = 60_000;
 /// up to [`MAX_GROUP_PAGE`].
 const FIRST_GROUP_PAGE: i32 = 4;
 const MAX_GROUP_PAGE: i32 = 64;
+/// Locator queries in flight at once when messages of many windows are looked up.
+const LOCATOR_QUERIES: usize = 8;
 /// Kept messages read per batch when a recovery checks their latest outcomes.
 const HOMES_PER_READ: usize = 100;
 
@@ -447,11 +450,18 @@ impl DynamoStore {
     ) -> BackendResult<HashMap<MessageId, (DeliveryJob, Vec<Attempt>)>> {
         let wanted: HashSet<&MessageId> = ids.iter().collect();
         let tags: BTreeSet<&str> = ids.iter().map(MessageId::tag).collect();
-        let mut groups = BTreeSet::new();
-        for tag in tags {
-            let pk = locator_pk(&endpoint.owner, tag);
-            groups.extend(self.located_groups(pk, after_ms).await?);
-        }
+        // One query per tag, several at once: a recovery's messages span many windows.
+        // Futures collected first: a closure inside the stream would make this future lose
+        // `Send` through higher-ranked lifetimes.
+        let lookups: Vec<_> = tags
+            .into_iter()
+            .map(|tag| self.located_groups(locator_pk(&endpoint.owner, tag), after_ms))
+            .collect();
+        let located: Vec<Vec<String>> = futures::stream::iter(lookups)
+            .buffer_unordered(LOCATOR_QUERIES)
+            .try_collect()
+            .await?;
+        let groups: BTreeSet<String> = located.into_iter().flatten().collect();
         let keys: Vec<Item> = groups
             .into_iter()
             .map(|sk| {
