@@ -360,28 +360,10 @@ fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
             fail_group(group, &e);
             continue;
         }
-        let mut replies = Vec::with_capacity(group.len());
-        for job in group {
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-                // Not even a savepoint: drop it (its caller hears the writer failed).
-                tracing::error!(error = %e, "sqlite savepoint failed");
-                continue;
-            }
-            // A panic in a write loses that write only; its caller hears it failed.
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(Ok(&conn))));
-            let keep = matches!(outcome, Ok((true, _)));
-            let ended = if keep {
-                conn.execute_batch("RELEASE job")
-            } else {
-                conn.execute_batch("ROLLBACK TO job; RELEASE job")
-            };
-            if let Err(e) = ended {
-                tracing::error!(error = %e, "sqlite savepoint could not be ended");
-            }
-            if let Ok((_, reply)) = outcome {
-                replies.push(reply);
-            }
-        }
+        let replies: Vec<Reply> = group
+            .into_iter()
+            .filter_map(|job| run_job(&conn, job))
+            .collect();
         match conn.execute_batch("COMMIT") {
             Ok(()) => replies.into_iter().for_each(|reply| reply(None)),
             Err(e) => {
@@ -393,6 +375,28 @@ fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
             }
         }
     }
+}
+
+/// Runs one write of a group in its own savepoint, rolled back when it fails; returns
+/// its reply, to be sent once the group's transaction ends.
+fn run_job(conn: &Connection, job: Job) -> Option<Reply> {
+    if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        // Not even a savepoint: drop it (its caller hears the writer failed).
+        tracing::error!(error = %e, "sqlite savepoint failed");
+        return None;
+    }
+    // A panic in a write loses that write only; its caller hears it failed.
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(Ok(conn))));
+    let keep = matches!(outcome, Ok((true, _)));
+    let ended = if keep {
+        conn.execute_batch("RELEASE job")
+    } else {
+        conn.execute_batch("ROLLBACK TO job; RELEASE job")
+    };
+    if let Err(e) = ended {
+        tracing::error!(error = %e, "sqlite savepoint could not be ended");
+    }
+    outcome.ok().map(|(_, reply)| reply)
 }
 
 /// rusqlite's error is not `Clone`; its text and code are what a caller needs.

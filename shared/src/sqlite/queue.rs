@@ -59,6 +59,78 @@ fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// A visible message, as a receive finds it.
+struct Due {
+    seq: i64,
+    message_id: String,
+    body: String,
+    sent_at_ms: i64,
+    first_received_at_ms: Option<i64>,
+    receive_count: u32,
+}
+
+/// Up to `limit` messages visible at `now`, the longest visible first.
+fn due_messages(conn: &Connection, now: i64, limit: i64) -> BackendResult<Vec<Due>> {
+    let mut due = conn
+        .prepare_cached(
+            "SELECT seq, message_id, body, sent_at_ms, first_received_at_ms, receive_count
+             FROM queue WHERE visible_at_ms <= ?1 ORDER BY visible_at_ms, seq LIMIT ?2",
+        )
+        .map_err(backend)?;
+    due.query_map(params![now, limit], |r| {
+        Ok(Due {
+            seq: r.get(0)?,
+            message_id: r.get(1)?,
+            body: r.get(2)?,
+            sent_at_ms: r.get(3)?,
+            first_received_at_ms: r.get(4)?,
+            receive_count: r.get(5)?,
+        })
+    })
+    .map_err(backend)?
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(backend)
+}
+
+/// Moves message `seq` to the dead-letter queue (its receives are spent).
+fn dead_letter(conn: &Connection, seq: i64, now: i64) -> BackendResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO dead_letters (message_id, body, sent_at_ms, receive_count, dead_at_ms)
+         SELECT message_id, body, sent_at_ms, receive_count, ?2 FROM queue WHERE seq = ?1",
+    )
+    .and_then(|mut s| s.execute(params![seq, now]))
+    .and_then(|_| conn.prepare_cached("DELETE FROM queue WHERE seq = ?1"))
+    .and_then(|mut s| s.execute([seq]))
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Receives `due`: a new receipt, hidden until `hidden_until`.
+fn hand_out(
+    conn: &Connection,
+    due: Due,
+    now: i64,
+    hidden_until: i64,
+) -> BackendResult<ReceivedMessage> {
+    let receipt = new_id();
+    let first = due.first_received_at_ms.unwrap_or(now);
+    conn.prepare_cached(
+        "UPDATE queue SET receive_count = receive_count + 1, receipt = ?2,
+             visible_at_ms = ?3, first_received_at_ms = ?4
+         WHERE seq = ?1",
+    )
+    .and_then(|mut s| s.execute(params![due.seq, receipt, hidden_until, first]))
+    .map_err(backend)?;
+    Ok(ReceivedMessage {
+        message_id: due.message_id,
+        receipt_handle: receipt,
+        body: due.body,
+        receive_count: due.receive_count + 1,
+        sent_at_ms: due.sent_at_ms.max(0) as u128,
+        first_received_at_ms: first.max(0) as u128,
+    })
+}
+
 /// Inserts a message into the delivery queue.
 fn send(conn: &Connection, body: &str, now: i64, delay: Duration) -> BackendResult<()> {
     conn.prepare_cached(
@@ -137,60 +209,19 @@ impl SqliteQueue {
         self.db
             .write(Durability::Normal, move |conn| {
                 let mut batch = Vec::new();
-                let mut due = conn
-                    .prepare_cached(
-                        "SELECT seq, message_id, body, sent_at_ms, first_received_at_ms, receive_count
-                         FROM queue WHERE visible_at_ms <= ?1 ORDER BY visible_at_ms, seq LIMIT ?2",
-                    )
-                    .map_err(backend)?;
                 // Dead-lettered ones do not fill the batch: look at a few more.
-                let rows = due
-                    .query_map(params![now, (max as i64).saturating_mul(2).max(16)], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, i64>(3)?,
-                            r.get::<_, Option<i64>>(4)?,
-                            r.get::<_, u32>(5)?,
-                        ))
-                    })
-                    .map_err(backend)?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(backend)?;
-                for (seq, message_id, body, sent_at, first_received, receives) in rows {
+                let look_at = (max as i64).saturating_mul(2).max(16);
+                for due in due_messages(conn, now, look_at)? {
                     if batch.len() >= max {
                         break;
                     }
-                    if receives >= max_receives {
-                        conn.prepare_cached(
-                            "INSERT INTO dead_letters (message_id, body, sent_at_ms, receive_count, dead_at_ms)
-                             SELECT message_id, body, sent_at_ms, receive_count, ?2 FROM queue WHERE seq = ?1",
-                        )
-                        .and_then(|mut s| s.execute(params![seq, now]))
-                        .and_then(|_| conn.prepare_cached("DELETE FROM queue WHERE seq = ?1"))
-                        .and_then(|mut s| s.execute([seq]))
-                        .map_err(backend)?;
+                    if due.receive_count >= max_receives {
+                        dead_letter(conn, due.seq, now)?;
+                        let (message_id, receives) = (&due.message_id, due.receive_count);
                         tracing::warn!(%message_id, receives, "moved to the dead-letter queue");
                         continue;
                     }
-                    let receipt = new_id();
-                    let first = first_received.unwrap_or(now);
-                    conn.prepare_cached(
-                        "UPDATE queue SET receive_count = receive_count + 1, receipt = ?2,
-                             visible_at_ms = ?3, first_received_at_ms = ?4
-                         WHERE seq = ?1",
-                    )
-                    .and_then(|mut s| s.execute(params![seq, receipt, now + hide, first]))
-                    .map_err(backend)?;
-                    batch.push(ReceivedMessage {
-                        message_id,
-                        receipt_handle: receipt,
-                        body,
-                        receive_count: receives + 1,
-                        sent_at_ms: sent_at.max(0) as u128,
-                        first_received_at_ms: first.max(0) as u128,
-                    });
+                    batch.push(hand_out(conn, due, now, now + hide)?);
                 }
                 let next_visible: Option<i64> = conn
                     .prepare_cached("SELECT MIN(visible_at_ms) FROM queue WHERE visible_at_ms > ?1")
