@@ -5,7 +5,7 @@
 //! bounds time and the bytes it reads from a receiver.
 
 use crate::attempts::RESPONSE_PREFIX_BYTES;
-use crate::callback::{UrlPolicy, check_url};
+use crate::callback::{CallbackUrl, UrlPolicy, check_url};
 use crate::netguard::is_public_ip;
 use crate::retry::parse_retry_after;
 use bytes::Bytes;
@@ -223,10 +223,11 @@ impl CallbackClient {
         self.timeout
     }
 
-    /// POSTs `body` with `headers` to `url` once and reports what happened.
+    /// POSTs `body` with `headers` to `url` once and reports what happened. The URL was
+    /// checked when it was set; it is checked again here, against this client's policy.
     pub async fn post(
         &self,
-        url: &url::Url,
+        url: &CallbackUrl,
         headers: &[(&str, String)],
         body: Bytes,
     ) -> AttemptOutcome {
@@ -238,6 +239,7 @@ impl CallbackClient {
             error: Some(error),
             body_prefix: Bytes::new(),
         };
+        let url = url.url();
         if let Err(e) = check_url(url, self.policy) {
             return failed(format!("{}: {e}", FailureKind::Refused.prefix()));
         }

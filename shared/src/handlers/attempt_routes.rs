@@ -424,7 +424,7 @@ impl Registration {
             .iter()
             .map(|s| {
                 let id = EndpointKey::subscription(&s.record, &s.callback);
-                WebhookView::new(s, Some(id.as_str().to_owned()))
+                WebhookView::new(s, Some(id))
             })
             .collect();
         Ok(json_response(StatusCode::OK, &json!({"data": data})))

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 /// One request to a subscriber.
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    pub url: url::Url,
+    pub url: CallbackUrl,
     /// Headers (Standard Webhooks, content type).
     pub headers: Vec<(&'static str, String)>,
     pub body: Bytes,
@@ -63,7 +63,7 @@ pub fn callback_request(
 ) -> Outbound {
     let timestamp = clock.now().unix_timestamp();
     Outbound {
-        url: callback.url().clone(),
+        url: callback.clone(),
         headers: standard_headers(message_id, timestamp, b"", secrets),
         body: Bytes::new(),
         ack: AckPolicy::AnySuccess,
@@ -91,7 +91,7 @@ pub fn application_request(
     let mut headers = standard_headers(message_id, timestamp, &body, Some(&application.secrets));
     headers.push(("content-type", "application/json".to_owned()));
     Outbound {
-        url: url.url().clone(),
+        url: url.clone(),
         headers,
         body: Bytes::from(body),
         ack: AckPolicy::MembersCodes,

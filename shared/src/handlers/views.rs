@@ -3,11 +3,13 @@
 //! how it stores something without changing what the API shows).
 
 use crate::application::{Application, mask};
-use crate::attempts::{Attempt, OutcomeClass, Recovery, StoredMessage};
+use crate::attempts::{Attempt, EndpointKey, OutcomeClass, Recovery, StoredMessage};
+use crate::callback::CallbackUrl;
 use crate::health::EndpointHealth;
 use crate::ids::{ApplicationId, SyncId};
 use crate::job::{MessageId, Target};
 use crate::ports::Person;
+use crate::record::RecordId;
 use crate::subscription::Subscription;
 use crate::sync::{FullSync, SyncOutcomes, SyncState};
 use serde::Serialize;
@@ -57,20 +59,20 @@ impl From<&EndpointHealth> for HealthView {
 #[derive(Debug, Serialize)]
 pub struct WebhookView {
     #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-    record: String,
-    callback: String,
+    id: Option<EndpointKey>,
+    record: RecordId,
+    callback: CallbackUrl,
     #[serde(flatten)]
     health: HealthView,
 }
 
 impl WebhookView {
     /// The webhook of `subscription`, named by `id` when given.
-    pub fn new(subscription: &Subscription, id: Option<String>) -> Self {
+    pub fn new(subscription: &Subscription, id: Option<EndpointKey>) -> Self {
         Self {
             id,
-            record: subscription.record.as_str().to_owned(),
-            callback: subscription.callback.as_str().to_owned(),
+            record: subscription.record.clone(),
+            callback: subscription.callback.clone(),
             health: HealthView::from(&subscription.health),
         }
     }
@@ -182,11 +184,11 @@ pub struct MessageView {
     last_outcome: OutcomeClass,
     attempts: Vec<AttemptView>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    record: Option<String>,
+    record: Option<RecordId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     person: Option<Person>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    callback: Option<String>,
+    callback: Option<CallbackUrl>,
 }
 
 impl MessageView {
@@ -195,11 +197,11 @@ impl MessageView {
         let job = &message.job;
         let (record, person, callback) = match &job.target {
             Target::Application { record, person, .. } => {
-                (Some(record.as_str()), Some(person.clone()), None)
+                (Some(record.clone()), Some(person.clone()), None)
             }
             Target::Callback {
                 record, callback, ..
-            } => (Some(record.as_str()), None, Some(callback.as_str())),
+            } => (Some(record.clone()), None, Some(callback.clone())),
             Target::SyncStep { .. } => (None, None, None),
         };
         Self {
@@ -208,9 +210,9 @@ impl MessageView {
             last_attempt_at: rfc3339_ms(message.last_attempt_ms),
             last_outcome: message.last_outcome,
             attempts: attempts.iter().map(AttemptView::from).collect(),
-            record: record.map(str::to_owned),
+            record,
             person,
-            callback: callback.map(str::to_owned),
+            callback,
         }
     }
 }
