@@ -1,7 +1,11 @@
 //! `webhooks-admin`: operator commands against the deployed tables (DynamoDB; set
-//! `AWS_ENDPOINT_URL` to use an emulator).
+//! `AWS_ENDPOINT_URL` to use an emulator), or against a local runner's data directory
+//! (`--data-dir`, [`data_dir`]).
+
+mod data_dir;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +26,12 @@ use webhooks::window::{ClockWindows, FlushWindows};
 #[command(version)]
 struct Args {
     /// The service table (the stack's ServiceTableName output).
-    #[arg(long, env = "SERVICE_TABLE")]
-    service_table: String,
+    #[arg(long, env = "SERVICE_TABLE", required_unless_present = "data_dir")]
+    service_table: Option<String>,
+    /// A local runner's data directory (`webhooks-local --data-dir DIR`) instead of AWS:
+    /// the same commands on its SQLite database, beside the running runner or without it.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,12 +86,12 @@ enum ParkedCommand {
         /// Most parked messages looked at.
         #[arg(long, default_value_t = 10_000)]
         max: usize,
-        /// The delivery queue (the stack's DeliveryQueueUrl output).
+        /// The delivery queue (the stack's DeliveryQueueUrl output; not with --data-dir).
         #[arg(long, env = "DELIVERY_QUEUE_URL")]
-        queue_url: String,
-        /// The parked queue (the stack's DisabledEndpointQueueUrl output).
+        queue_url: Option<String>,
+        /// The parked queue (the stack's DisabledEndpointQueueUrl output; not with --data-dir).
         #[arg(long, env = "DISABLED_ENDPOINT_QUEUE_URL")]
-        parked_url: String,
+        parked_url: Option<String>,
     },
 }
 
@@ -99,12 +107,13 @@ enum DlqCommand {
         /// Most messages the loop moves.
         #[arg(long, default_value_t = 10_000)]
         max: usize,
-        /// The delivery queue (the stack's DeliveryQueueUrl output).
+        /// The delivery queue (the stack's DeliveryQueueUrl output; not with --data-dir).
         #[arg(long, env = "DELIVERY_QUEUE_URL")]
-        queue_url: String,
-        /// The dead-letter queue (the stack's DeliveryDeadLetterQueueUrl output).
+        queue_url: Option<String>,
+        /// The dead-letter queue (the stack's DeliveryDeadLetterQueueUrl output; not with
+        /// --data-dir).
         #[arg(long, env = "DEAD_LETTER_QUEUE_URL")]
-        dlq_url: String,
+        dlq_url: Option<String>,
     },
 }
 
@@ -174,12 +183,12 @@ impl From<BackendError> for AdminError {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &args.service_table);
-    let result = match args.command {
-        Command::Dlq(command) => run_dlq(&config, command).await,
-        Command::Parked(command) => run_parked(&config, &store, command).await,
-        command => run(&store, command).await,
+    let result = match (args.data_dir, args.service_table) {
+        (Some(dir), _) => data_dir::run(&dir, args.command).await,
+        (None, Some(table)) => run_aws(&table, args.command).await,
+        (None, None) => Err(AdminError::Usage(
+            "give --service-table (or SERVICE_TABLE) for AWS, or --data-dir".into(),
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -194,33 +203,45 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(store: &DynamoStore, command: Command) -> Result<(), AdminError> {
+/// A value an AWS command needs, from its option or environment variable.
+fn required(value: Option<String>, option: &str) -> Result<String, AdminError> {
+    value.ok_or_else(|| AdminError::Usage(format!("{option} is required against AWS")))
+}
+
+async fn run_aws(table: &str, command: Command) -> Result<(), AdminError> {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table);
     match command {
-        Command::Clients(command) => run_clients(store, command).await,
-        Command::Applications(command) => run_applications(store, command).await,
-        Command::Poison(command) => run_poison(store, command).await,
+        Command::Clients(command) => run_clients(&store, command).await,
+        Command::Applications(command) => run_applications(&store, command).await,
+        Command::Poison(command) => run_poison(&store, command).await,
         Command::IndexWebhooks => {
             let indexed = store.index_client_webhooks().await?;
             println!("{indexed} subscriptions indexed");
             Ok(())
         }
-        Command::Dlq(_) | Command::Parked(_) => unreachable!("handled in main"),
+        Command::Dlq(command) => run_dlq(&config, command).await,
+        Command::Parked(command) => run_parked(&config, &store, command).await,
     }
+}
+
+/// Prints the poison items, oldest window first.
+async fn list_poison(pending: &dyn PendingChanges) -> Result<(), AdminError> {
+    println!("{:<60} {:<28} REASON", "ID", "ENDPOINT");
+    for item in pending.poison_items().await? {
+        println!(
+            "{:<60} {:<28} {}",
+            item.id(),
+            item.endpoint.as_deref().unwrap_or("all"),
+            item.reason()
+        );
+    }
+    Ok(())
 }
 
 async fn run_poison(store: &DynamoStore, command: PoisonCommand) -> Result<(), AdminError> {
     match command {
-        PoisonCommand::List => {
-            println!("{:<60} {:<28} REASON", "ID", "ENDPOINT");
-            for item in store.poison_items().await? {
-                println!(
-                    "{:<60} {:<28} {}",
-                    item.id(),
-                    item.endpoint.as_deref().unwrap_or("all"),
-                    item.reason()
-                );
-            }
-        }
+        PoisonCommand::List => list_poison(store).await?,
         PoisonCommand::Replay {
             id,
             all,
@@ -259,7 +280,11 @@ async fn run_dlq(config: &aws_config::SdkConfig, command: DlqCommand) -> Result<
         queue_url,
         dlq_url,
     } = command;
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(config), queue_url, dlq_url);
+    let queue = SqsQueue::new(
+        aws_sdk_sqs::Client::new(config),
+        required(queue_url, "--queue-url (or DELIVERY_QUEUE_URL)")?,
+        required(dlq_url, "--dlq-url (or DEAD_LETTER_QUEUE_URL)")?,
+    );
     if matches!(method, ReplayMethod::Auto | ReplayMethod::MoveTask) {
         match queue.start_redrive_task().await {
             Ok(handle) => {
@@ -291,8 +316,15 @@ async fn run_parked(
         parked_url,
     } = command;
     // The DLQ is not used by a parked replay: jobs go back to the delivery queue only.
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(config), queue_url, "")
-        .with_parked_queue(parked_url);
+    let queue = SqsQueue::new(
+        aws_sdk_sqs::Client::new(config),
+        required(queue_url, "--queue-url (or DELIVERY_QUEUE_URL)")?,
+        "",
+    )
+    .with_parked_queue(required(
+        parked_url,
+        "--parked-url (or DISABLED_ENDPOINT_QUEUE_URL)",
+    )?);
     let report = ParkedReplayer {
         subscriptions: store,
         applications: store,
@@ -301,6 +333,12 @@ async fn run_parked(
     }
     .replay(max)
     .await?;
+    print_parked_report(&report);
+    Ok(())
+}
+
+/// What a parked replay did, for the operator.
+fn print_parked_report(report: &webhooks::handlers::ParkedReplay) {
     println!(
         "replayed {} parked jobs to the delivery queue",
         report.replayed
@@ -319,11 +357,10 @@ async fn run_parked(
             report.unreadable
         );
     }
-    Ok(())
 }
 
 async fn run_applications(
-    store: &DynamoStore,
+    store: &dyn ApplicationStore,
     command: ApplicationCommand,
 ) -> Result<(), AdminError> {
     match command {
@@ -361,7 +398,7 @@ async fn run_applications(
     Ok(())
 }
 
-async fn run_clients(store: &DynamoStore, command: ClientCommand) -> Result<(), AdminError> {
+async fn run_clients(store: &dyn ClientStore, command: ClientCommand) -> Result<(), AdminError> {
     match command {
         ClientCommand::Create { id, scopes } => create_client(store, id, scopes).await,
         ClientCommand::List => list_clients(store).await,
@@ -372,7 +409,7 @@ async fn run_clients(store: &DynamoStore, command: ClientCommand) -> Result<(), 
 }
 
 async fn create_client(
-    store: &DynamoStore,
+    store: &dyn ClientStore,
     id: Option<ClientId>,
     scopes: Vec<String>,
 ) -> Result<(), AdminError> {
@@ -394,7 +431,7 @@ async fn create_client(
     Ok(())
 }
 
-async fn list_clients(store: &DynamoStore) -> Result<(), AdminError> {
+async fn list_clients(store: &dyn ClientStore) -> Result<(), AdminError> {
     println!(
         "{:<24} {:<9} {:<20} SCOPES",
         "CLIENT_ID", "STATUS", "CREATED"
@@ -419,7 +456,7 @@ async fn list_clients(store: &DynamoStore) -> Result<(), AdminError> {
     Ok(())
 }
 
-async fn rotate_webhook_secret(store: &DynamoStore, id: &ClientId) -> Result<(), AdminError> {
+async fn rotate_webhook_secret(store: &dyn ClientStore, id: &ClientId) -> Result<(), AdminError> {
     let mut client = store
         .get_client(id)
         .await?
@@ -441,7 +478,7 @@ async fn rotate_webhook_secret(store: &DynamoStore, id: &ClientId) -> Result<(),
 }
 
 async fn set_disabled(
-    store: &DynamoStore,
+    store: &dyn ClientStore,
     id: &ClientId,
     disabled: bool,
 ) -> Result<(), AdminError> {

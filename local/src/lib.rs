@@ -41,6 +41,9 @@ use webhooks::window::{FlushWindows, ManualWindows, WindowId};
 /// The record the seed's curl examples use; created at start so they work verbatim.
 pub const SAMPLE_RECORD: &str = "0000-0002-7465-2162";
 
+/// How often a durable runner deletes what the retention no longer keeps (and once at start).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// SQS batch size of the local delivery event source.
 const DELIVERY_BATCH: usize = 10;
 
@@ -291,6 +294,17 @@ impl Runtime {
         self.windows.current().0
     }
 
+    /// Deletes attempts, kept messages and recoveries older than the retention, and expired
+    /// tokens (durable mode), logging what went.
+    async fn prune(&self) {
+        let now_ms = (SystemClock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+        match self.storage.prune(now_ms).await {
+            Ok(Some(pruned)) => tracing::info!(?pruned, "retention applied"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "pruning failed; the next run tries again"),
+        }
+    }
+
     /// Queue, DLQ and parked counts.
     pub async fn queue_depth(&self) -> Result<QueueDepth, BackendError> {
         self.storage.depth().await
@@ -391,6 +405,9 @@ impl LocalService {
             config.flush_interval,
             shutdown.subscribe(),
         ));
+        if runtime.storage.data_dir().is_some() {
+            tasks.spawn(retention_timer(runtime.clone(), shutdown.subscribe()));
+        }
         for _ in 0..config.delivery_workers.max(1) {
             tasks.spawn(delivery_worker(runtime.clone(), shutdown.subscribe()));
         }
@@ -441,6 +458,19 @@ async fn flush_timer(runtime: Arc<Runtime>, interval: Duration, stop: watch::Rec
                     tracing::error!(error = %e, "scheduled flush failed; the next one resumes");
                 }
             }
+        }
+    }
+}
+
+/// Applies the retention at start and every [`PRUNE_EVERY`] (durable mode).
+async fn retention_timer(runtime: Arc<Runtime>, stop: watch::Receiver<bool>) {
+    let stop = stopped(stop);
+    tokio::pin!(stop);
+    let mut ticks = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = ticks.tick() => runtime.prune().await,
         }
     }
 }

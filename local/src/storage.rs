@@ -13,7 +13,9 @@ use webhooks::clock::Clock;
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, QueueDepth, ReceivedMessage};
 use webhooks::ports::{BackendResult, OpsEvents, ParkedQueue, Person, Ports};
 use webhooks::record::RecordId;
-use webhooks::sqlite::{Access, Database, OpenError, SqliteQueue, SqliteRecords, SqliteStore};
+use webhooks::sqlite::{
+    Access, Database, OpenError, Pruned, SqliteQueue, SqliteRecords, SqliteStore,
+};
 use webhooks::window::WindowId;
 
 /// The runner's storage.
@@ -217,6 +219,15 @@ impl Storage {
         match self {
             Self::Memory { .. } => Ok(()),
             Self::Durable { store, .. } => store.save_current_window(window).await,
+        }
+    }
+
+    /// Deletes what the retention no longer keeps (durable mode; in memory, nothing is
+    /// kept beyond the process anyway).
+    pub async fn prune(&self, now_ms: i64) -> BackendResult<Option<Pruned>> {
+        match self {
+            Self::Memory { .. } => Ok(None),
+            Self::Durable { store, .. } => store.prune(now_ms).await.map(Some),
         }
     }
 

@@ -38,6 +38,81 @@ fn acked_filter(filter: StatusFilter) -> Option<bool> {
     }
 }
 
+/// Rows one pruning transaction deletes at most, so the writer is never held for long.
+const PRUNE_CHUNK: i64 = 5_000;
+
+/// What a pruning deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Delivery attempts older than the retention.
+    pub attempts: usize,
+    /// Kept (delivered or failed) messages whose latest attempt is older than the retention.
+    pub messages: usize,
+    /// Recoveries started before the retention.
+    pub recoveries: usize,
+    /// Expired access tokens.
+    pub tokens: usize,
+}
+
+impl SqliteStore {
+    /// Deletes what the retention no longer keeps, as of `now_ms` (epoch ms): attempts,
+    /// kept messages and recoveries older than the attempt retention (the DynamoDB
+    /// adapter's TTL), and expired tokens. In chunks, each its own transaction.
+    pub async fn prune(&self, now_ms: i64) -> BackendResult<Pruned> {
+        let cutoff =
+            now_ms.saturating_sub(self.attempt_retention.as_millis().min(i64::MAX as u128) as i64);
+        Ok(Pruned {
+            attempts: self
+                .delete_chunked(
+                    "DELETE FROM attempts WHERE rowid IN
+                     (SELECT rowid FROM attempts WHERE at_ms < ?1 LIMIT ?2)",
+                    cutoff,
+                )
+                .await?,
+            messages: self
+                .delete_chunked(
+                    "DELETE FROM messages WHERE rowid IN
+                     (SELECT rowid FROM messages WHERE last_attempt_ms < ?1 LIMIT ?2)",
+                    cutoff,
+                )
+                .await?,
+            recoveries: self
+                .delete_chunked(
+                    "DELETE FROM recoveries WHERE rowid IN
+                     (SELECT rowid FROM recoveries WHERE started_at_ms < ?1 LIMIT ?2)",
+                    cutoff,
+                )
+                .await?,
+            tokens: self
+                .delete_chunked(
+                    "DELETE FROM tokens WHERE hash IN
+                     (SELECT hash FROM tokens WHERE expires_at < ?1 LIMIT ?2)",
+                    now_ms / 1000,
+                )
+                .await?,
+        })
+    }
+
+    /// Runs a chunked delete (`?1` the bound, `?2` the chunk) until a chunk comes back short.
+    async fn delete_chunked(&self, sql: &'static str, bound: i64) -> BackendResult<usize> {
+        let mut deleted = 0;
+        loop {
+            let n = self
+                .db
+                .write(Durability::Normal, move |conn| {
+                    conn.prepare_cached(sql)
+                        .and_then(|mut s| s.execute(params![bound, PRUNE_CHUNK]))
+                        .map_err(backend)
+                })
+                .await?;
+            deleted += n;
+            if (n as i64) < PRUNE_CHUNK {
+                return Ok(deleted);
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl AttemptLog for SqliteStore {
     async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()> {

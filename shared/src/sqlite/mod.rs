@@ -14,6 +14,7 @@ mod records;
 pub mod schema;
 mod store;
 
+pub use attempts::Pruned;
 pub use db::{Access, DATABASE_FILE, Database, Durability, LOCK_FILE, OpenError};
 pub use queue::SqliteQueue;
 pub use records::SqliteRecords;

@@ -155,8 +155,19 @@ CREATE TABLE recoveries (
 );
 ";
 
-/// Every migration, in order: entry `n` takes version `n` to `n + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+/// Version 2: retention. Attempts, kept messages and recoveries are deleted once older
+/// than the attempt retention, expired tokens once expired ([`super::SqliteStore::prune`]);
+/// these indexes find them without reading the tables.
+const V2: &str = "
+CREATE INDEX attempts_by_time ON attempts (at_ms);
+CREATE INDEX messages_by_time ON messages (last_attempt_ms);
+CREATE INDEX recoveries_by_time ON recoveries (started_at_ms);
+CREATE INDEX tokens_by_expiry ON tokens (expires_at);
+";
+
+/// Every migration, in order: entry `n` takes version `n` to `n + 1`. Never edit one that
+/// has been released: add the next.
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this program writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

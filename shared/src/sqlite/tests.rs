@@ -817,3 +817,186 @@ async fn a_poison_item_is_kept_until_removed_and_marks_the_current_window() {
     assert!(store.remove_poison(&item.id()).await.unwrap());
     assert!(!store.remove_poison(&item.id()).await.unwrap());
 }
+
+#[tokio::test]
+async fn attempts_messages_recoveries_and_tokens_go_after_their_retention() {
+    let dir = TempDir::new();
+    let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap())
+        .with_attempt_retention(Duration::from_secs(3600));
+    let endpoint = EndpointKey::application(&"app-1".parse().unwrap());
+    let log_endpoint = crate::attempts::LogEndpoint::application(&"app-1".parse().unwrap());
+    let hour = 3_600_000;
+    let now = 10 * hour;
+    store
+        .record(&[
+            logged(&endpoint, 1, 1, now - 2 * hour, false),
+            logged(&endpoint, 1, 2, now - hour - 1, true),
+            logged(&endpoint, 2, 1, now - 2 * hour, false),
+            logged(&endpoint, 2, 2, now - 10, true),
+        ])
+        .await
+        .unwrap();
+    let recovery = |id: &str, started_at_ms| crate::attempts::Recovery {
+        id: id.into(),
+        endpoint: endpoint.clone(),
+        since: "1h".into(),
+        started_at_ms,
+        messages: vec![],
+        complete: true,
+    };
+    store
+        .save_recovery(&recovery("rec_old", now - 2 * hour))
+        .await
+        .unwrap();
+    store
+        .save_recovery(&recovery("rec_new", now - 10))
+        .await
+        .unwrap();
+    let token = |hash: &str, expires_at| AccessToken {
+        token_hash: hash.into(),
+        refresh_token_hash: "r".into(),
+        client_id: "c".parse().unwrap(),
+        scope: "/webhook".into(),
+        issued_at: 0,
+        expires_at,
+    };
+    store
+        .put_token(&token("expired", now / 1000 - 1))
+        .await
+        .unwrap();
+    store
+        .put_token(&token("valid", now / 1000 + 60))
+        .await
+        .unwrap();
+
+    let pruned = store.prune(now).await.unwrap();
+    assert_eq!(
+        pruned,
+        Pruned {
+            attempts: 3,
+            messages: 1,
+            recoveries: 1,
+            tokens: 1
+        },
+        "message 1's latest attempt is older than the retention, message 2's is not"
+    );
+    let left = store
+        .attempts(&log_endpoint, StatusFilter::All, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        left.items.iter().map(|a| a.at_ms).collect::<Vec<_>>(),
+        [now - 10]
+    );
+    assert!(
+        store
+            .message(&log_endpoint, &job(1).id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (kept, attempts) = store
+        .message(&log_endpoint, &job(2).id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((kept.last_attempt, attempts.len()), (2, 1));
+    assert!(
+        store
+            .recovery(&endpoint, "rec_old")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .recovery(&endpoint, "rec_new")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(store.get_token("expired").await.unwrap().is_none());
+    assert!(store.get_token("valid").await.unwrap().is_some());
+    assert_eq!(
+        store.prune(now).await.unwrap(),
+        Pruned::default(),
+        "nothing more"
+    );
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_when_opened() {
+    let dir = TempDir::new();
+    let file = dir.0.join(DATABASE_FILE);
+    let client = OAuthClient::new(
+        &"APP-V1".parse().unwrap(),
+        "secret",
+        time::OffsetDateTime::now_utc(),
+    );
+    let endpoint = EndpointKey::application(&"app-1".parse().unwrap());
+    let log_endpoint = crate::attempts::LogEndpoint::application(&"app-1".parse().unwrap());
+    let old = logged(&endpoint, 1, 1, 1_000, true);
+    {
+        // What version 1 of this program left: its schema, and rows written by it.
+        let mut conn = rusqlite::Connection::open(&file).unwrap();
+        schema::migrate_to(&mut conn, &file, 1).unwrap();
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+        conn.execute(
+            "INSERT INTO clients (id, body) VALUES (?1, ?2)",
+            rusqlite::params!["APP-V1", serde_json::to_string(&client).unwrap()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO attempts (endpoint, sort_key, message_id, at_ms, acked, body)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+            rusqlite::params![
+                endpoint.as_str(),
+                old.attempt.sort_key(),
+                old.attempt.message_id.as_str(),
+                old.attempt.at_ms,
+                serde_json::to_string(&old.attempt).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+    let db = Database::open(&dir.0, Access::Runner).unwrap();
+    let (version, indexes) = db
+        .read(|conn| {
+            let version: u32 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(db::backend)?;
+            let indexes: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN
+                     ('attempts_by_time', 'messages_by_time', 'recoveries_by_time', 'tokens_by_expiry')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(db::backend)?;
+            Ok((version, indexes))
+        })
+        .await
+        .unwrap();
+    assert_eq!((version, indexes), (schema::SCHEMA_VERSION, 4));
+    let store = SqliteStore::new(db).with_attempt_retention(Duration::from_secs(1));
+    assert_eq!(
+        store.get_client(&"APP-V1".parse().unwrap()).await.unwrap(),
+        Some(client)
+    );
+    assert_eq!(
+        store
+            .attempts(&log_endpoint, StatusFilter::All, None, 10)
+            .await
+            .unwrap()
+            .items,
+        vec![old.attempt]
+    );
+    assert_eq!(
+        store.prune(10_000).await.unwrap().attempts,
+        1,
+        "pruned through the new index"
+    );
+}
