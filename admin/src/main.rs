@@ -14,9 +14,9 @@ use webhooks::aws::dynamodb::DynamoStore;
 use webhooks::aws::sqs::SqsQueue;
 use webhooks::clock::SystemClock;
 use webhooks::handlers::ParkedReplayer;
+use webhooks::handlers::replay::replay_poison;
 use webhooks::ids::{ApplicationId, ClientId};
 use webhooks::oauth::{OAuthClient, WEBHOOK_SCOPE, new_secret};
-use webhooks::poison;
 use webhooks::ports::{ApplicationStore, BackendError, ClientStore, PendingChanges};
 use webhooks::signing::SigningSecrets;
 use webhooks::window::{ClockWindows, FlushWindows};
@@ -263,7 +263,7 @@ async fn run_poison(store: &DynamoStore, command: PoisonCommand) -> Result<(), A
                 id.into_iter().collect()
             };
             for id in ids {
-                match poison::replay(store, &id, windows.current()).await? {
+                match replay_poison(store, &id, windows.current()).await? {
                     Some(item) => println!("replayed: {id} (record {})", item.record),
                     None => return Err(AdminError::Usage(format!("no poison item {id}"))),
                 }

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use webhooks::handlers::FlushReport;
 use webhooks::handlers::api_error::ApiError;
 use webhooks::handlers::registration::MAX_BODY_BYTES;
+use webhooks::handlers::replay;
 use webhooks::lambda_http::{self, RequestExt};
-use webhooks::poison;
 use webhooks::ports::{BackendError, Person};
 use webhooks::record::RecordId;
 use webhooks::window::WindowId;
@@ -192,7 +192,7 @@ async fn replay_poison(
     let mut replayed = 0;
     let pending = rt.ports.pending.as_ref();
     for item in pending.poison_items().await.map_err(unavailable)? {
-        if poison::replay(pending, &item.id(), WindowId(rt.current_window()))
+        if replay::replay_poison(pending, &item.id(), WindowId(rt.current_window()))
             .await
             .map_err(unavailable)?
             .is_some()

@@ -3,16 +3,13 @@
 //! can be sent again. Kept `AttemptRetentionDays`.
 
 use crate::callback::CallbackUrl;
-use crate::http_client::{AttemptOutcome, FailureKind};
+use crate::http_client::{AttemptOutcome, FailureKind, RESPONSE_PREFIX_BYTES};
 use crate::ids::{ApplicationId, ClientId};
 use crate::job::{DeliveryJob, MessageId, Target};
 use crate::record::RecordId;
 use crate::subscription::Subscription;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-/// The most response-body bytes kept per attempt (what GitHub and Svix show).
-pub const RESPONSE_PREFIX_BYTES: usize = 1024;
 
 /// How long attempts and their messages are kept unless configured
 /// (`AttemptRetentionDays`).

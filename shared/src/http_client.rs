@@ -4,7 +4,6 @@
 //! `102 Processing` interim responses (which acknowledge Members-style deliveries), and
 //! bounds time and the bytes it reads from a receiver.
 
-use crate::attempts::RESPONSE_PREFIX_BYTES;
 use crate::callback::{CallbackUrl, UrlPolicy, check_url};
 use crate::netguard::is_public_ip;
 use crate::retry::parse_retry_after;
@@ -22,6 +21,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
+
+/// The most response-body bytes an attempt keeps (what the attempt log shows, as GitHub
+/// and Svix do).
+pub const RESPONSE_PREFIX_BYTES: usize = 1024;
 
 /// The most response-body bytes read from a receiver (the rest is discarded unread).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -63,7 +66,7 @@ pub struct AttemptOutcome {
     pub latency: Duration,
     /// Why there is no status: refused by policy, timeout, connection error.
     pub error: Option<String>,
-    /// The first [`crate::attempts::RESPONSE_PREFIX_BYTES`] of the response body (what
+    /// The first [`RESPONSE_PREFIX_BYTES`] of the response body (what
     /// the attempt log keeps); empty without an answer.
     pub body_prefix: Bytes,
 }

@@ -7,7 +7,6 @@
 use crate::events::OpsEvent;
 use crate::job::{DeliveryJob, MessageId, Target};
 use crate::message::Refusal;
-use crate::ports::{BackendResult, PendingChanges};
 use crate::record::RecordId;
 use crate::subscription::endpoint_name;
 use crate::window::WindowId;
@@ -125,32 +124,4 @@ impl PoisonItem {
             PoisonCause::Corrupt { detail } => format!("stored item is corrupt: {detail}"),
         }
     }
-}
-
-/// Replays a poison item: marks its record pending again in `window`, which must be the
-/// window a change captured now belongs to ([`crate::window::FlushWindows::current`]), then
-/// removes the item. Returns the item, or `None` when there is none with this id.
-///
-/// The current window, as change capture uses it, because the flush reads a window only
-/// once it is closed and past its grace period: a mark there is never missed by a flush
-/// running at the same time (a mark behind the cursor, or in a window a running flush is
-/// reading, could be). The next flush after the window closes rebuilds the record's jobs
-/// from the data as it is then. Marking first: a crash in between leaves the item to be
-/// replayed again (a duplicate notification, never a lost one).
-pub async fn replay(
-    pending: &dyn PendingChanges,
-    id: &str,
-    window: WindowId,
-) -> BackendResult<Option<PoisonItem>> {
-    let Some(item) = pending
-        .poison_items()
-        .await?
-        .into_iter()
-        .find(|i| i.id() == id)
-    else {
-        return Ok(None);
-    };
-    pending.mark(window, &item.record).await?;
-    pending.remove_poison(id).await?;
-    Ok(Some(item))
 }

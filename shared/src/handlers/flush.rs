@@ -809,10 +809,13 @@ mod poison_tests {
                 .unwrap()
                 .clone(),
         );
-        let replayed =
-            crate::poison::replay(w.store.as_ref(), &poison[0].id(), w.windows.current())
-                .await
-                .unwrap();
+        let replayed = crate::handlers::replay::replay_poison(
+            w.store.as_ref(),
+            &poison[0].id(),
+            w.windows.current(),
+        )
+        .await
+        .unwrap();
         assert_eq!(replayed.as_ref().map(|p| p.record.as_str()), Some("p2"));
         assert!(w.store.poison_items().await.unwrap().is_empty());
         w.windows.close_current();
@@ -824,9 +827,13 @@ mod poison_tests {
             [("p2".to_owned(), "Bo".to_owned())]
         );
         assert_eq!(
-            crate::poison::replay(w.store.as_ref(), &poison[0].id(), w.windows.current())
-                .await
-                .unwrap(),
+            crate::handlers::replay::replay_poison(
+                w.store.as_ref(),
+                &poison[0].id(),
+                w.windows.current()
+            )
+            .await
+            .unwrap(),
             None
         );
     }

@@ -3,12 +3,17 @@
 //! endpoint. A replay sends back to the delivery queue only the jobs whose endpoint is
 //! enabled again (or gone: delivery then drops them with a reason); a job whose endpoint is
 //! still disabled stays parked and is reported, so replaying never makes a job go round.
+//!
+//! Replaying a poison item (a change the flush set aside, [`crate::poison`]): its record
+//! is marked pending again, and the next flush rebuilds its jobs.
 
 use crate::job::{DeliveryJob, Target};
 use crate::message;
+use crate::poison::PoisonItem;
 use crate::ports::{
-    ApplicationStore, BackendResult, DeliveryQueue, ParkedQueue, SubscriptionStore,
+    ApplicationStore, BackendResult, DeliveryQueue, ParkedQueue, PendingChanges, SubscriptionStore,
 };
+use crate::window::WindowId;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -132,6 +137,34 @@ impl ParkedReplayer<'_> {
             Target::SyncStep { .. } => None,
         })
     }
+}
+
+/// Replays a poison item: marks its record pending again in `window`, which must be the
+/// window a change captured now belongs to ([`crate::window::FlushWindows::current`]), then
+/// removes the item. Returns the item, or `None` when there is none with this id.
+///
+/// The current window, as change capture uses it, because the flush reads a window only
+/// once it is closed and past its grace period: a mark there is never missed by a flush
+/// running at the same time (a mark behind the cursor, or in a window a running flush is
+/// reading, could be). The next flush after the window closes rebuilds the record's jobs
+/// from the data as it is then. Marking first: a crash in between leaves the item to be
+/// replayed again (a duplicate notification, never a lost one).
+pub async fn replay_poison(
+    pending: &dyn PendingChanges,
+    id: &str,
+    window: WindowId,
+) -> BackendResult<Option<PoisonItem>> {
+    let Some(item) = pending
+        .poison_items()
+        .await?
+        .into_iter()
+        .find(|i| i.id() == id)
+    else {
+        return Ok(None);
+    };
+    pending.mark(window, &item.record).await?;
+    pending.remove_poison(id).await?;
+    Ok(Some(item))
 }
 
 #[cfg(test)]
