@@ -12,6 +12,7 @@ use crate::ports::{BackendResult, PersonOutcome, SyncStore};
 use crate::record::RecordId;
 use crate::sync::{FullSync, SyncOutcomes};
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
@@ -55,6 +56,15 @@ fn sync_marker_key(sync: &SyncKey, person: &RecordId) -> (String, String) {
 }
 
 impl DynamoStore {
+    /// An `UpdateItem` of the sync's item.
+    fn update_sync(&self, sync: &SyncKey) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(&sync.application)))
+            .key("sk", s(sync.sync.as_str()))
+    }
+
     /// Counts one transaction's worth of outcomes: a conditional put of each person's
     /// marker and one ADD to a counter shard, all or nothing. Persons already counted
     /// (the transaction is cancelled by their marker's condition) are dropped and the
@@ -248,11 +258,7 @@ impl SyncStore for DynamoStore {
 
     async fn claim_sync_completion(&self, sync: &SyncKey, claimant: &str) -> BackendResult<bool> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(sync_pk(&sync.application)))
-            .key("sk", s(sync.sync.as_str()))
+            .update_sync(sync)
             .update_expression("SET completion_claimant = :me")
             .condition_expression(
                 "attribute_exists(sync_id) AND (attribute_not_exists(completion_claimant) OR completion_claimant = :me)",
@@ -271,11 +277,7 @@ impl SyncStore for DynamoStore {
         until_ms: i64,
     ) -> BackendResult<bool> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(sync_pk(&sync.application)))
-            .key("sk", s(sync.sync.as_str()))
+            .update_sync(sync)
             .update_expression("SET lease_until_ms = :until, lease_holder = :holder")
             .condition_expression(
                 "attribute_not_exists(lease_until_ms) OR lease_until_ms <= :now OR lease_holder = :holder",
@@ -290,11 +292,7 @@ impl SyncStore for DynamoStore {
 
     async fn release_sync(&self, sync: &SyncKey, holder: &str) -> BackendResult<()> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(sync_pk(&sync.application)))
-            .key("sk", s(sync.sync.as_str()))
+            .update_sync(sync)
             .update_expression("SET lease_until_ms = :zero REMOVE lease_holder")
             .condition_expression("lease_holder = :holder")
             .expression_attribute_values(":zero", AttributeValue::N("0".into()))
