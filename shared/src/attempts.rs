@@ -3,7 +3,7 @@
 //! can be sent again. Kept `AttemptRetentionDays`.
 
 use crate::callback::CallbackUrl;
-use crate::http_client::{AttemptOutcome, FailureKind, RESPONSE_PREFIX_BYTES};
+use crate::http_client::{AttemptFailure, AttemptOutcome, RESPONSE_PREFIX_BYTES};
 use crate::ids::{ApplicationId, ClientId};
 use crate::job::{DeliveryJob, MessageId, Target};
 use crate::record::RecordId;
@@ -144,16 +144,18 @@ pub enum OutcomeClass {
 impl OutcomeClass {
     /// The class of an attempt that ended with `outcome`.
     pub fn of(outcome: &AttemptOutcome, acknowledged: bool) -> Self {
-        if acknowledged {
-            return Self::Acked;
-        }
-        if outcome.status.is_some() {
-            return Self::HttpStatus;
-        }
-        match outcome.failure_kind() {
-            Some(FailureKind::Timeout) => Self::Timeout,
-            Some(FailureKind::Refused) => Self::RefusedByUrlPolicy,
-            Some(FailureKind::Connection) | None => Self::ConnectionError,
+        outcome
+            .failure(acknowledged)
+            .map_or(Self::Acked, |failure| Self::of_failure(&failure))
+    }
+
+    /// The class of a failed attempt.
+    pub fn of_failure(failure: &AttemptFailure) -> Self {
+        match failure {
+            AttemptFailure::HttpStatus(_) => Self::HttpStatus,
+            AttemptFailure::Timeout(_) => Self::Timeout,
+            AttemptFailure::Connection(_) | AttemptFailure::Request(_) => Self::ConnectionError,
+            AttemptFailure::RefusedByUrlPolicy(_) => Self::RefusedByUrlPolicy,
         }
     }
 
@@ -194,7 +196,7 @@ impl Attempt {
         acknowledged: bool,
     ) -> Self {
         let response = match (&outcome.error, outcome.status) {
-            (Some(error), None) => error.clone(),
+            (Some(error), None) => error.to_string(),
             _ => {
                 let end = outcome.body_prefix.len().min(RESPONSE_PREFIX_BYTES);
                 String::from_utf8_lossy(&outcome.body_prefix[..end]).into_owned()
@@ -377,38 +379,75 @@ mod tests {
     use crate::callback::UrlPolicy;
     use std::time::Duration;
 
-    fn outcome(status: Option<u16>, error: Option<&str>) -> AttemptOutcome {
+    fn outcome(status: Option<u16>, error: Option<AttemptFailure>) -> AttemptOutcome {
         AttemptOutcome {
             status,
             retry_after: None,
             latency: Duration::from_millis(12),
-            error: error.map(str::to_owned),
+            error,
             body_prefix: bytes::Bytes::from(vec![b'x'; 3000]),
         }
     }
 
     #[test]
     fn classes() {
-        assert_eq!(
-            OutcomeClass::of(&outcome(Some(204), None), true),
-            OutcomeClass::Acked
+        let no_answer = |failure| outcome(None, Some(failure));
+        for (case, outcome, acknowledged, class) in [
+            (
+                "acknowledged",
+                outcome(Some(204), None),
+                true,
+                OutcomeClass::Acked,
+            ),
+            (
+                "a status that does not acknowledge",
+                outcome(Some(500), None),
+                false,
+                OutcomeClass::HttpStatus,
+            ),
+            (
+                "a timeout",
+                no_answer(AttemptFailure::Timeout(Duration::from_secs(10))),
+                false,
+                OutcomeClass::Timeout,
+            ),
+            (
+                "refused by the URL policy",
+                no_answer(AttemptFailure::RefusedByUrlPolicy("private".into())),
+                false,
+                OutcomeClass::RefusedByUrlPolicy,
+            ),
+            (
+                "no connection",
+                no_answer(AttemptFailure::Connection("reset".into())),
+                false,
+                OutcomeClass::ConnectionError,
+            ),
+            (
+                "a request that broke",
+                no_answer(AttemptFailure::Request("closed".into())),
+                false,
+                OutcomeClass::ConnectionError,
+            ),
+        ] {
+            assert_eq!(OutcomeClass::of(&outcome, acknowledged), class, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_failure_without_an_answer_is_the_logged_response() {
+        let job = crate::job::DeliveryJob::sync_step(
+            &crate::ids::SyncKey {
+                application: "a".parse().unwrap(),
+                sync: crate::ids::SyncId::generate(),
+            },
+            "t".into(),
         );
-        assert_eq!(
-            OutcomeClass::of(&outcome(Some(500), None), false),
-            OutcomeClass::HttpStatus
-        );
-        assert_eq!(
-            OutcomeClass::of(&outcome(None, Some("timeout: no response")), false),
-            OutcomeClass::Timeout
-        );
-        assert_eq!(
-            OutcomeClass::of(&outcome(None, Some("refused: private address")), false),
-            OutcomeClass::RefusedByUrlPolicy
-        );
-        assert_eq!(
-            OutcomeClass::of(&outcome(None, Some("connection error: reset")), false),
-            OutcomeClass::ConnectionError
-        );
+        let key = EndpointKey::application(&"a".parse().unwrap());
+        let timeout = outcome(None, Some(AttemptFailure::Timeout(Duration::from_secs(10))));
+        let a = Attempt::new(&job, key, 1, 5, &timeout, false);
+        assert_eq!(a.response, "timeout: no response within 10s");
+        assert_eq!(a.outcome, OutcomeClass::Timeout);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! queued for it are parked (the parked queue, not the dead-letter queue, which means
 //! "something failed"), where nothing is lost, until they are replayed.
 
+use crate::http_client::AttemptFailure;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -94,8 +95,7 @@ impl EndpointHealth {
     pub fn record_failure(
         &mut self,
         now: i64,
-        status: Option<u16>,
-        error: &str,
+        failure: &AttemptFailure,
         policy: &HealthPolicy,
     ) -> bool {
         if self.is_disabled() {
@@ -108,8 +108,8 @@ impl EndpointHealth {
             self.failing_since = Some(now);
         }
         self.last_failure_at = Some(now);
-        self.last_error = Some(error.chars().take(300).collect());
-        let reason = if status == Some(410) {
+        self.last_error = Some(failure.to_string().chars().take(300).collect());
+        let reason = if *failure == AttemptFailure::HttpStatus(410) {
             Some(DisableReason::Gone)
         } else {
             let since = self.failing_since.unwrap_or(now);
@@ -185,7 +185,7 @@ mod tests {
         let mut now = 1_000_000;
         for failure in 0..10 {
             assert!(
-                !health.record_failure(now, Some(500), "HTTP 500", &policy),
+                !health.record_failure(now, &AttemptFailure::HttpStatus(500), &policy),
                 "failure {failure}, {} h in",
                 failure * 12
             );
@@ -193,7 +193,7 @@ mod tests {
         }
         assert!(health.is_failing() && !health.is_disabled());
         assert!(
-            health.record_failure(now + 1, Some(503), "HTTP 503", &policy),
+            health.record_failure(now + 1, &AttemptFailure::HttpStatus(503), &policy),
             "5 days and 1 s"
         );
         let reason = DisableReason::FailingFor {
@@ -201,8 +201,9 @@ mod tests {
             last_error: "HTTP 503".into(),
         };
         assert_eq!(health.disabled_reason, Some(reason.to_string()));
+        let timeout = AttemptFailure::Timeout(Duration::from_secs(10));
         assert!(
-            !health.record_failure(now + 2, None, "x", &policy),
+            !health.record_failure(now + 2, &timeout, &policy),
             "disabled only once"
         );
         health.enable();
@@ -213,12 +214,12 @@ mod tests {
     fn a_success_or_a_long_gap_ends_the_streak() {
         let policy = HealthPolicy::default();
         let mut health = EndpointHealth::default();
-        health.record_failure(0, Some(500), "x", &policy);
+        health.record_failure(0, &AttemptFailure::HttpStatus(500), &policy);
         health.record_success();
         assert!(!health.is_failing());
-        health.record_failure(10, Some(500), "x", &policy);
+        health.record_failure(10, &AttemptFailure::HttpStatus(500), &policy);
         // A stale streak (no failure for over a day) restarts instead of disabling.
-        assert!(!health.record_failure(10 + 6 * DAY, Some(500), "x", &policy));
+        assert!(!health.record_failure(10 + 6 * DAY, &AttemptFailure::HttpStatus(500), &policy));
         assert_eq!(health.failing_since, Some(10 + 6 * DAY));
     }
 
@@ -232,15 +233,15 @@ mod tests {
             !health.must_save_over(&saved, &policy),
             "healthy stays healthy"
         );
-        health.record_failure(1_000, Some(500), "HTTP 500", &policy);
+        health.record_failure(1_000, &AttemptFailure::HttpStatus(500), &policy);
         assert!(health.must_save_over(&saved, &policy), "starts failing");
         let saved = health.clone();
-        health.record_failure(1_059, Some(503), "HTTP 503", &policy);
+        health.record_failure(1_059, &AttemptFailure::HttpStatus(503), &policy);
         assert!(!health.must_save_over(&saved, &policy), "59 s later");
-        health.record_failure(1_060, Some(503), "HTTP 503", &policy);
+        health.record_failure(1_060, &AttemptFailure::HttpStatus(503), &policy);
         assert!(health.must_save_over(&saved, &policy), "a minute later");
         let mut gone = saved.clone();
-        gone.record_failure(1_001, Some(410), "HTTP 410", &policy);
+        gone.record_failure(1_001, &AttemptFailure::HttpStatus(410), &policy);
         assert!(gone.must_save_over(&saved, &policy), "disabled at once");
         let mut recovered = saved.clone();
         recovered.record_success();
@@ -248,9 +249,41 @@ mod tests {
     }
 
     #[test]
+    fn the_last_error_is_the_failures_text() {
+        let mut health = EndpointHealth::default();
+        let policy = HealthPolicy::default();
+        for (case, failure, text) in [
+            ("a status", AttemptFailure::HttpStatus(503), "HTTP 503"),
+            (
+                "a timeout",
+                AttemptFailure::Timeout(Duration::from_secs(10)),
+                "timeout: no response within 10s",
+            ),
+            (
+                "a refused address",
+                AttemptFailure::RefusedByUrlPolicy("10.0.0.1 is private".into()),
+                "refused: 10.0.0.1 is private",
+            ),
+        ] {
+            health.record_failure(1, &failure, &policy);
+            assert_eq!(health.last_error.as_deref(), Some(text), "{case}");
+        }
+        health.record_failure(2, &AttemptFailure::Connection("x".repeat(400)), &policy);
+        assert_eq!(
+            health.last_error.map(|e| e.chars().count()),
+            Some(300),
+            "a long error is cut"
+        );
+    }
+
+    #[test]
     fn gone_disables_at_once() {
         let mut health = EndpointHealth::default();
-        assert!(health.record_failure(5, Some(410), "HTTP 410", &HealthPolicy::default()));
+        assert!(health.record_failure(
+            5,
+            &AttemptFailure::HttpStatus(410),
+            &HealthPolicy::default()
+        ));
         assert!(health.is_disabled());
         assert_eq!(
             health.disabled_reason,

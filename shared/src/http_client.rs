@@ -64,45 +64,55 @@ pub struct AttemptOutcome {
     pub retry_after: Option<Duration>,
     /// Time from sending to the response (or the failure).
     pub latency: Duration,
-    /// Why there is no status: refused by policy, timeout, connection error.
-    pub error: Option<String>,
+    /// Why there is no status: refused by policy, timeout, connection or request error
+    /// (never [`AttemptFailure::HttpStatus`]: an answer's status is `status`).
+    pub error: Option<AttemptFailure>,
     /// The first [`RESPONSE_PREFIX_BYTES`] of the response body (what
     /// the attempt log keeps); empty without an answer.
     pub body_prefix: Bytes,
 }
 
-/// Why an attempt got no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The URL or its addresses are not allowed: nothing was sent.
-    Refused,
-    /// No answer within the timeout.
-    Timeout,
-    /// No connection, or the exchange broke.
-    Connection,
+/// Why an attempt did not acknowledge: the one account of a failed attempt that the
+/// attempt log ([`crate::attempts::OutcomeClass`]), the metrics and the endpoint's health read. Its text
+/// is what they show (`HTTP 503`, `timeout: no response within 10s`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// The receiver answered with a status that does not acknowledge.
+    HttpStatus(u16),
+    /// No answer within the delivery timeout.
+    Timeout(Duration),
+    /// No connection: the error and its causes.
+    Connection(String),
+    /// The request could not be made, or the exchange broke after connecting.
+    Request(String),
+    /// The URL or its addresses are not allowed by the URL policy: nothing was sent.
+    RefusedByUrlPolicy(String),
 }
 
-impl FailureKind {
-    /// The prefix [`CallbackClient::post`] starts its error text with (one rule, read
-    /// back by [`AttemptOutcome::failure_kind`]).
-    fn prefix(self) -> &'static str {
+impl std::fmt::Display for AttemptFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Refused => "refused",
-            Self::Timeout => "timeout",
-            Self::Connection => "connection error",
+            Self::HttpStatus(status) => write!(f, "HTTP {status}"),
+            Self::Timeout(after) => write!(f, "timeout: no response within {after:?}"),
+            Self::Connection(detail) => write!(f, "connection error: {detail}"),
+            Self::Request(detail) => write!(f, "request error: {detail}"),
+            Self::RefusedByUrlPolicy(detail) => write!(f, "refused: {detail}"),
         }
     }
 }
 
 impl AttemptOutcome {
-    /// Why there is no answer, when there is none (a request that broke after
-    /// connecting counts as a connection error).
-    pub fn failure_kind(&self) -> Option<FailureKind> {
-        let error = self.error.as_deref()?;
-        [FailureKind::Refused, FailureKind::Timeout]
-            .into_iter()
-            .find(|kind| error.starts_with(kind.prefix()))
-            .or(Some(FailureKind::Connection))
+    /// Why the attempt did not acknowledge, given whether its answer acknowledged (which
+    /// depends on the delivery style's [`crate::ack::AckPolicy`]); `None` when it did.
+    pub fn failure(&self, acknowledged: bool) -> Option<AttemptFailure> {
+        if acknowledged {
+            return None;
+        }
+        Some(match (self.status, &self.error) {
+            (Some(status), _) => AttemptFailure::HttpStatus(status),
+            (None, Some(error)) => error.clone(),
+            (None, None) => AttemptFailure::Request("no answer and no error".into()),
+        })
     }
 }
 
@@ -235,7 +245,7 @@ impl CallbackClient {
         body: Bytes,
     ) -> AttemptOutcome {
         let started = Instant::now();
-        let failed = |error: String| AttemptOutcome {
+        let failed = |error: AttemptFailure| AttemptOutcome {
             status: None,
             retry_after: None,
             latency: started.elapsed(),
@@ -244,18 +254,18 @@ impl CallbackClient {
         };
         let url = url.url();
         if let Err(e) = check_url(url, self.policy) {
-            return failed(format!("{}: {e}", FailureKind::Refused.prefix()));
+            return failed(AttemptFailure::RefusedByUrlPolicy(e.to_string()));
         }
         let mut request = match post_request(url, headers, body) {
             Ok(request) => request,
-            Err(e) => return failed(format!("request error: {e}")),
+            Err(e) => return failed(AttemptFailure::Request(e.to_string())),
         };
         let processing = notify_on_processing(&mut request);
         tokio::select! {
             result = tokio::time::timeout(self.timeout, self.exchange(request, started)) => match result {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => failed(describe(&e)),
-                Err(_) => failed(format!("{}: no response within {:?}", FailureKind::Timeout.prefix(), self.timeout)),
+                Err(_) => failed(AttemptFailure::Timeout(self.timeout)),
             },
             _ = processing.notified() => AttemptOutcome {
                 status: Some(102),
@@ -341,21 +351,22 @@ async fn read_prefix(mut body: hyper::body::Incoming) -> Bytes {
     Bytes::from(prefix)
 }
 
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    let kind = if refused_by_resolver(e) {
-        FailureKind::Refused.prefix()
-    } else if e.is_connect() {
-        FailureKind::Connection.prefix()
-    } else {
-        "request error"
-    };
-    let mut text = format!("{kind}: {e}");
+/// A failed exchange as the attempt's failure: the error and its causes, classed by
+/// what failed.
+fn describe(e: &hyper_util::client::legacy::Error) -> AttemptFailure {
+    let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         text.push_str(&format!(": {s}"));
         source = s.source();
     }
-    text
+    if refused_by_resolver(e) {
+        AttemptFailure::RefusedByUrlPolicy(text)
+    } else if e.is_connect() {
+        AttemptFailure::Connection(text)
+    } else {
+        AttemptFailure::Request(text)
+    }
 }
 
 /// Whether the connection failed because the resolver refused every address of the name

@@ -1,7 +1,7 @@
 //! CloudWatch metrics in Embedded Metric Format: one JSON log line per delivery
 //! invocation and per flush run, which CloudWatch Logs turns into metrics with no API call.
 
-use crate::http_client::AttemptOutcome;
+use crate::http_client::{AttemptFailure, AttemptOutcome};
 use serde_json::{Value, json};
 
 /// The metric namespace.
@@ -38,23 +38,19 @@ impl DeliveryMetrics {
         self.deliveries += 1;
         self.latencies_ms
             .push(outcome.latency.as_secs_f64() * 1000.0);
-        if acknowledged {
+        let Some(failure) = outcome.failure(acknowledged) else {
             self.acks += 1;
             return;
-        }
-        match outcome.status {
-            Some(300..=399) => self.failures_3xx += 1,
-            Some(400..=499) => self.failures_4xx += 1,
-            Some(500..=599) => self.failures_5xx += 1,
-            Some(_) => self.failures_other_status += 1,
-            None if outcome
-                .error
-                .as_deref()
-                .is_some_and(|e| e.starts_with("timeout")) =>
-            {
-                self.failures_timeout += 1
-            }
-            None => self.failures_connection += 1,
+        };
+        match failure {
+            AttemptFailure::HttpStatus(300..=399) => self.failures_3xx += 1,
+            AttemptFailure::HttpStatus(400..=499) => self.failures_4xx += 1,
+            AttemptFailure::HttpStatus(500..=599) => self.failures_5xx += 1,
+            AttemptFailure::HttpStatus(_) => self.failures_other_status += 1,
+            AttemptFailure::Timeout(_) => self.failures_timeout += 1,
+            AttemptFailure::Connection(_)
+            | AttemptFailure::Request(_)
+            | AttemptFailure::RefusedByUrlPolicy(_) => self.failures_connection += 1,
         }
     }
 
@@ -170,12 +166,12 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn outcome(status: Option<u16>, error: Option<&str>) -> AttemptOutcome {
+    fn outcome(status: Option<u16>, error: Option<AttemptFailure>) -> AttemptOutcome {
         AttemptOutcome {
             status,
             retry_after: None,
             latency: Duration::from_millis(12),
-            error: error.map(str::to_owned),
+            error,
             body_prefix: bytes::Bytes::new(),
         }
     }
@@ -216,8 +212,14 @@ mod tests {
         m.record(&outcome(Some(429), None), false);
         m.record(&outcome(Some(503), None), false);
         m.record(&outcome(Some(203), None), false);
-        m.record(&outcome(None, Some("timeout: no response")), false);
-        m.record(&outcome(None, Some("connection error: refused")), false);
+        m.record(
+            &outcome(None, Some(AttemptFailure::Timeout(Duration::from_secs(10)))),
+            false,
+        );
+        m.record(
+            &outcome(None, Some(AttemptFailure::Connection("refused".into()))),
+            false,
+        );
         let doc = m.emf("delivery", 1);
         assert_eq!(doc["Deliveries"], 7);
         assert_eq!(doc["Acks"], 1);
@@ -244,6 +246,25 @@ mod tests {
     }
 
     #[test]
+    fn failures_without_an_answer_are_counted_by_their_kind() {
+        let mut m = DeliveryMetrics::default();
+        for (failure, acknowledged) in [
+            (AttemptFailure::Timeout(Duration::from_secs(10)), false),
+            (AttemptFailure::Connection("reset".into()), false),
+            (AttemptFailure::Request("broke".into()), false),
+            (AttemptFailure::RefusedByUrlPolicy("private".into()), false),
+            // Its text starts with "timeout", its kind is a connection error.
+            (
+                AttemptFailure::Connection("timeout while connecting".into()),
+                false,
+            ),
+        ] {
+            m.record(&outcome(None, Some(failure)), acknowledged);
+        }
+        assert_eq!((m.failures_timeout, m.failures_connection), (1, 4));
+    }
+
+    #[test]
     fn merged_parts_count_as_one_invocation() {
         let outcomes = [
             (outcome(Some(204), None), true),
@@ -251,8 +272,14 @@ mod tests {
             (outcome(Some(429), None), false),
             (outcome(Some(503), None), false),
             (outcome(Some(203), None), false),
-            (outcome(None, Some("timeout: no response")), false),
-            (outcome(None, Some("connection error: refused")), false),
+            (
+                outcome(None, Some(AttemptFailure::Timeout(Duration::from_secs(10)))),
+                false,
+            ),
+            (
+                outcome(None, Some(AttemptFailure::Connection("refused".into()))),
+                false,
+            ),
         ];
         let mut whole = DeliveryMetrics::default();
         let mut merged = DeliveryMetrics::default();

@@ -7,10 +7,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use webhooks::application::Application;
+use webhooks::attempts::OutcomeClass;
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::clock::SystemClock;
 use webhooks::handlers::outbound::{application_request, callback_request};
-use webhooks::http_client::{CallbackClient, FailureKind, HttpSettings};
+use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::MessageId;
 
 /// How the raw receiver answers.
@@ -188,8 +189,11 @@ async fn connection_refused_is_a_negative_acknowledgement() {
     .await;
     assert!(!acknowledged);
     assert_eq!(
-        outcome.failure_kind(),
-        Some(FailureKind::Connection),
+        outcome
+            .failure(false)
+            .as_ref()
+            .map(OutcomeClass::of_failure),
+        Some(OutcomeClass::ConnectionError),
         "{outcome:?}"
     );
 }

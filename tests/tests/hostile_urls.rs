@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use webhooks::attempts::OutcomeClass;
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::clock::SystemClock;
 use webhooks::handlers::outbound::callback_request;
-use webhooks::http_client::{CallbackClient, FailureKind, HttpSettings};
+use webhooks::http_client::{CallbackClient, HttpSettings};
 
 const STRICT: UrlPolicy = UrlPolicy {
     allow_insecure: false,
@@ -143,8 +144,11 @@ async fn names_resolving_to_private_addresses_are_refused_at_connect() {
         assert_eq!(outcome.status, None, "{url} -> {ip} must not be reached");
         // Refused by the address guard (nothing sent), not a connection that failed.
         assert_eq!(
-            outcome.failure_kind(),
-            Some(FailureKind::Refused),
+            outcome
+                .failure(false)
+                .as_ref()
+                .map(OutcomeClass::of_failure),
+            Some(OutcomeClass::RefusedByUrlPolicy),
             "{url}: {outcome:?}"
         );
     }
@@ -172,8 +176,11 @@ async fn ip_literals_are_checked_again_at_delivery() {
         .send(&client)
         .await;
         assert_eq!(
-            outcome.failure_kind(),
-            Some(FailureKind::Refused),
+            outcome
+                .failure(false)
+                .as_ref()
+                .map(OutcomeClass::of_failure),
+            Some(OutcomeClass::RefusedByUrlPolicy),
             "{url}: {outcome:?}"
         );
     }

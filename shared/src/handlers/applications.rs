@@ -161,7 +161,7 @@ impl Registration {
                 "status": outcome.status,
                 "acknowledged": acknowledged,
                 "latencyMs": outcome.latency.as_millis() as u64,
-                "error": outcome.error,
+                "error": outcome.error.as_ref().map(ToString::to_string),
             }),
         ))
     }

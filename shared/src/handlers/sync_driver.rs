@@ -429,7 +429,7 @@ impl SyncDriver<'_> {
             tracing::debug!(sync_id = %sync.sync_id, person = %id, status, "sync delivery");
             sync.delivered += 1;
         } else {
-            let error = outcome.error.as_deref();
+            let error = outcome.error.as_ref().map(tracing::field::display);
             tracing::warn!(sync_id = %sync.sync_id, person = %id, status, error, "sync delivery failed");
             sync.head_attempts += 1;
             if !self.retry.is_last(sync.head_attempts) {

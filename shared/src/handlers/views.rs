@@ -295,7 +295,11 @@ mod tests {
     #[test]
     fn a_disabled_endpoint_shows_why_and_since_when() {
         let mut health = EndpointHealth::default();
-        health.record_failure(86_400, Some(410), "HTTP 410", &HealthPolicy::default());
+        health.record_failure(
+            86_400,
+            &crate::http_client::AttemptFailure::HttpStatus(410),
+            &HealthPolicy::default(),
+        );
         assert_eq!(
             json_of(HealthView::from(&health)),
             json!({

@@ -9,17 +9,7 @@ use super::plan::{Received, Send};
 use super::sync::SyncOutcome;
 use super::verdict::decide;
 use crate::attempts::{Attempt, LoggedAttempt};
-use crate::http_client::AttemptOutcome;
 use crate::metrics::DeliveryMetrics;
-
-/// What an attempt that did not acknowledge failed with, as the endpoint's health and the
-/// exhausted-message event say it.
-pub(super) fn last_error(outcome: &AttemptOutcome) -> String {
-    outcome
-        .error
-        .clone()
-        .unwrap_or_else(|| format!("HTTP {}", outcome.status.unwrap_or_default()))
-}
 
 impl Delivery {
     /// Sends the request once and applies the verdict on its answer.

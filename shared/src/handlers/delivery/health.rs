@@ -2,11 +2,11 @@
 //! health written at most once when the batch is done, and disabled endpoints announced.
 
 use super::Delivery;
-use super::attempt::last_error;
 use super::subscribers::Endpoint;
 use crate::application::Application;
 use crate::events::OpsEvent;
 use crate::health::{EndpointHealth, HealthPolicy};
+use crate::http_client::AttemptFailure;
 use crate::http_client::AttemptOutcome;
 use crate::ports::announce;
 use std::collections::HashMap;
@@ -17,8 +17,8 @@ pub(super) struct HealthNote {
     endpoint: Endpoint,
     /// When the attempt ended, epoch seconds.
     at: i64,
-    /// `None` when it acknowledged; else the status and the error.
-    failure: Option<(Option<u16>, String)>,
+    /// `None` when it acknowledged.
+    failure: Option<AttemptFailure>,
 }
 
 impl HealthNote {
@@ -31,7 +31,7 @@ impl HealthNote {
         Self {
             endpoint: endpoint.clone(),
             at,
-            failure: (!acknowledged).then(|| (outcome.status, last_error(outcome))),
+            failure: outcome.failure(acknowledged),
         }
     }
 }
@@ -64,8 +64,8 @@ impl HealthTallies {
             });
         match note.failure {
             None => tally.now.record_success(),
-            Some((status, error)) => {
-                tally.newly_disabled |= tally.now.record_failure(note.at, status, &error, policy);
+            Some(failure) => {
+                tally.newly_disabled |= tally.now.record_failure(note.at, &failure, policy);
             }
         }
     }

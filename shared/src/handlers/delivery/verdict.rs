@@ -3,7 +3,6 @@
 //! endpoint is disabled, or sent again after a backend failure.
 
 use super::Delivery;
-use super::attempt::last_error;
 use super::ledger::TaskReport;
 use super::plan::Received;
 use super::subscribers::Endpoint;
@@ -72,7 +71,7 @@ impl Delivery {
         metrics: &mut DeliveryMetrics,
     ) -> Option<String> {
         let status = outcome.status;
-        let error = outcome.error.as_deref();
+        let error = outcome.error.as_ref().map(tracing::field::display);
         match verdict {
             Verdict::Delivered => {
                 // Counted in the batch's metric line; one INFO line per delivery would cost
@@ -94,7 +93,10 @@ impl Delivery {
                     "delivery failed on the last attempt; moving to the dead-letter queue"
                 );
                 metrics.dlq_moves += 1;
-                let last_error = last_error(outcome);
+                let last_error = outcome
+                    .failure(false)
+                    .map(|failure| failure.to_string())
+                    .unwrap_or_default();
                 self.announce_exhausted(rx.job, endpoint.name(), rx.attempt, last_error)
                     .await;
                 self.exhausted(rx, rx.job).await
@@ -208,7 +210,9 @@ mod tests {
             status,
             retry_after: retry_after.map(Duration::from_secs),
             latency: Duration::ZERO,
-            error: status.is_none().then(|| "timeout".into()),
+            error: status
+                .is_none()
+                .then(|| crate::http_client::AttemptFailure::Timeout(Duration::from_secs(10))),
             body_prefix: bytes::Bytes::new(),
         }
     }
