@@ -12,7 +12,7 @@ use std::time::Duration;
 use webhooks::application::Application;
 use webhooks::aws::dynamodb::DynamoStore;
 use webhooks::aws::sqs::SqsQueue;
-use webhooks::clock::SystemClock;
+use webhooks::clock::{Clock, SystemClock, Timestamp};
 use webhooks::handlers::ParkedReplayer;
 use webhooks::handlers::replay::replay_poison;
 use webhooks::ids::{ApplicationId, ClientId};
@@ -210,7 +210,11 @@ fn required(value: Option<String>, option: &str) -> Result<String, AdminError> {
 
 async fn run_aws(table: &str, command: Command) -> Result<(), AdminError> {
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table);
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&config),
+        table,
+        Arc::new(SystemClock),
+    );
     match command {
         Command::Clients(command) => run_clients(&store, command).await,
         Command::Applications(command) => run_applications(&store, command).await,
@@ -371,11 +375,7 @@ async fn run_applications(
                 )));
             }
             let api_key = new_secret();
-            let application = Application::new(
-                &id,
-                &api_key,
-                time::OffsetDateTime::now_utc().unix_timestamp(),
-            );
+            let application = Application::new(&id, &api_key, SystemClock.now().epoch_secs());
             store.put_application(&application).await?;
             println!("application_id: {id}");
             println!("api_key:        {api_key}");
@@ -418,7 +418,7 @@ async fn create_client(
         return Err(AdminError::Usage(format!("client {id} already exists")));
     }
     let secret = new_secret();
-    let mut client = OAuthClient::new(&id, &secret, time::OffsetDateTime::now_utc());
+    let mut client = OAuthClient::new(&id, &secret, SystemClock.now());
     client.scopes = scopes;
     store.put_client(&client).await?;
     println!("client_id:      {id}");
@@ -437,8 +437,8 @@ async fn list_clients(store: &dyn ClientStore) -> Result<(), AdminError> {
         "CLIENT_ID", "STATUS", "CREATED"
     );
     for client in store.list_clients().await? {
-        let created = time::OffsetDateTime::from_unix_timestamp(client.created_at)
-            .map(|t| webhooks::clock::rfc3339_millis(t)[..19].to_owned())
+        let created = Timestamp::from_epoch_secs(client.created_at)
+            .and_then(|t| t.rfc3339().get(..19).map(str::to_owned))
             .unwrap_or_default();
         let status = if client.disabled {
             "disabled"
@@ -461,7 +461,7 @@ async fn rotate_webhook_secret(store: &dyn ClientStore, id: &ClientId) -> Result
         .get_client(id)
         .await?
         .ok_or_else(|| AdminError::Usage(format!("no client {id}")))?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = SystemClock.now().epoch_secs();
     let secret = match client.webhook_secrets.as_mut() {
         Some(secrets) => secrets.rotate(now),
         None => {

@@ -374,7 +374,7 @@ async fn scenario(s: Scenario, receiver: &Receiver, logs: &LogCapture) -> Run {
         .put_client(&OAuthClient::new(
             &"APP-1".parse().unwrap(),
             "s3cret",
-            time::OffsetDateTime::now_utc(),
+            webhooks::clock::Clock::now(&webhooks::clock::SystemClock),
         ))
         .await
         .expect("put client");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use webhooks::application::Application;
 use webhooks::aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use webhooks::callback::{CallbackUrl, UrlPolicy};
-use webhooks::clock::{SystemClock, rfc3339_millis};
+use webhooks::clock::{Clock, SystemClock};
 use webhooks::handlers::{Delivery, DeliverySettings};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
@@ -68,11 +68,7 @@ pub async fn handler(receiver_url: &str, concurrency: usize, subscriptions: usiz
             .await
             .expect("memory register");
     }
-    let mut client = OAuthClient::new(
-        &"APP-BENCH".parse().unwrap(),
-        "secret",
-        time::OffsetDateTime::now_utc(),
-    );
+    let mut client = OAuthClient::new(&"APP-BENCH".parse().unwrap(), "secret", SystemClock.now());
     client.webhook_secrets = Some(webhooks::signing::SigningSecrets::generate());
     store.put_client(&client).await.expect("memory put");
     let mut app = Application::new(&"app-bench".parse().unwrap(), "key-bench", 0);
@@ -119,7 +115,7 @@ fn person(i: usize) -> serde_json::Map<String, serde_json::Value> {
 
 /// `n` delivery jobs of `style` to the receiver, as the flush would have written them.
 pub fn jobs(receiver_url: &str, style: Style, n: usize) -> Vec<DeliveryJob> {
-    let created = rfc3339_millis(time::OffsetDateTime::now_utc());
+    let created = SystemClock.now().rfc3339();
     (0..n)
         .map(|i| {
             let record = RecordId::parse(&format!("p-{i:07}")).expect("record id");

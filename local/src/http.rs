@@ -103,7 +103,7 @@ async fn put_record(
         )
     })?;
     if !person.contains_key("lastChangedDate") {
-        let now = webhooks::clock::rfc3339_millis(time::OffsetDateTime::now_utc());
+        let now = rt.ports.clock.now().rfc3339();
         person.insert("lastChangedDate".into(), now.into());
     }
     let (record, window) = rt.put_person(&id, person).await.map_err(unavailable)?;
@@ -265,7 +265,7 @@ async fn receive(
         path: format!("/local/inbox/{name}"),
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
-        received_at: webhooks::clock::rfc3339_millis(time::OffsetDateTime::now_utc()),
+        received_at: rt.ports.clock.now().rfc3339(),
     });
     StatusCode::NO_CONTENT.into_response()
 }

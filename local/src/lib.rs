@@ -127,7 +127,7 @@ fn open_storage(
     clock: Arc<dyn Clock>,
 ) -> Result<Storage, webhooks::sqlite::OpenError> {
     Ok(match &config.data_dir {
-        None => Storage::memory(config.visibility_timeout, config.retry.max_attempts),
+        None => Storage::memory(clock, config.visibility_timeout, config.retry.max_attempts),
         Some(dir) => Storage::open(
             dir,
             clock,
@@ -186,7 +186,8 @@ impl Runtime {
             timeout: config.delivery_timeout,
             url_policy,
             ..HttpSettings::default()
-        });
+        })
+        .with_clock(ports.clock.clone());
         Ok(Self {
             registration: Registration {
                 ports: ports.clone(),
@@ -297,7 +298,7 @@ impl Runtime {
     /// Deletes attempts, kept messages and recoveries older than the retention, and expired
     /// tokens (durable mode), logging what went.
     async fn prune(&self) {
-        let now_ms = (SystemClock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = self.ports.clock.now().epoch_ms();
         match self.storage.prune(now_ms).await {
             Ok(Some(pruned)) => tracing::info!(?pruned, "retention applied"),
             Ok(None) => {}
@@ -555,7 +556,7 @@ async fn bootstrap_client(
             stored
         }
         None => {
-            let client = OAuthClient::new(id, secret, SystemClock.now());
+            let client = OAuthClient::new(id, secret, ports.clock.now());
             ports.clients.put_client(&client).await?;
             client
         }
@@ -576,7 +577,7 @@ async fn bootstrap_application(
             stored
         }
         None => {
-            let now = SystemClock.now().unix_timestamp();
+            let now = ports.clock.now().epoch_secs();
             let application = Application::new(id, api_key, now);
             ports.applications.put_application(&application).await?;
             application

@@ -43,11 +43,17 @@ pub enum Storage {
 }
 
 impl Storage {
-    pub fn memory(visibility_timeout: Duration, max_receive_count: u32) -> Self {
+    pub fn memory(
+        clock: Arc<dyn Clock>,
+        visibility_timeout: Duration,
+        max_receive_count: u32,
+    ) -> Self {
         Self::Memory {
             store: Arc::new(MemoryStore::default()),
-            records: Arc::new(MemoryRecords::default()),
-            queue: Arc::new(MemoryQueue::new(visibility_timeout, max_receive_count)),
+            records: Arc::new(MemoryRecords::default().with_clock(clock.clone())),
+            queue: Arc::new(
+                MemoryQueue::new(visibility_timeout, max_receive_count).with_clock(clock),
+            ),
         }
     }
 
@@ -62,7 +68,7 @@ impl Storage {
         let db = Database::open(dir, Access::Runner)?;
         Ok(Self::Durable {
             store: Arc::new(SqliteStore::new(db.clone()).with_attempt_retention(attempt_retention)),
-            records: Arc::new(SqliteRecords::new(db.clone())),
+            records: Arc::new(SqliteRecords::new(db.clone(), clock.clone())),
             queue: Arc::new(SqliteQueue::new(
                 db.clone(),
                 clock,

@@ -5,6 +5,7 @@
 //! bounds time and the bytes it reads from a receiver.
 
 use crate::callback::{CallbackUrl, UrlPolicy, check_url};
+use crate::clock::{Clock, SystemClock};
 use crate::netguard::is_public_ip;
 use crate::retry::parse_retry_after;
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// The most response-body bytes an attempt keeps (what the attempt log shows, as GitHub
@@ -178,6 +179,8 @@ pub struct CallbackClient {
     client: Client<Connector, Full<Bytes>>,
     policy: UrlPolicy,
     timeout: Duration,
+    /// Reads a `Retry-After` date against it.
+    clock: Arc<dyn Clock>,
 }
 
 fn tls_config(extra_roots: &[Vec<u8>]) -> rustls::ClientConfig {
@@ -228,7 +231,14 @@ impl CallbackClient {
             client,
             policy: settings.url_policy,
             timeout: settings.timeout,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// This client reading `Retry-After` dates against `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The ack deadline of one attempt.
@@ -289,7 +299,7 @@ impl CallbackClient {
             .headers()
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            .and_then(|v| parse_retry_after(v, self.clock.now()));
         let latency = started.elapsed();
         Ok(AttemptOutcome {
             status: Some(status),

@@ -5,11 +5,11 @@
 //! a fast hash is enough (a slow KDF protects low-entropy passwords, which these are not).
 //! Every comparison of secret material is constant-time.
 
+use crate::clock::Timestamp;
 use crate::ids::ClientId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
 
 /// The only scope that allows registering webhooks.
 pub const WEBHOOK_SCOPE: &str = "/webhook";
@@ -77,14 +77,14 @@ pub struct OAuthClient {
 
 impl OAuthClient {
     /// A new client with the `/webhook` scope and the given secret.
-    pub fn new(client_id: &ClientId, secret: &str, now: OffsetDateTime) -> Self {
+    pub fn new(client_id: &ClientId, secret: &str, now: Timestamp) -> Self {
         Self {
             client_id: client_id.clone(),
             secret: SecretHash::of(secret),
             scopes: vec![WEBHOOK_SCOPE.to_owned()],
             disabled: false,
             webhook_secrets: Some(crate::signing::SigningSecrets::generate()),
-            created_at: now.unix_timestamp(),
+            created_at: now.epoch_secs(),
         }
     }
 }
@@ -119,10 +119,10 @@ pub struct IssuedToken {
 
 impl IssuedToken {
     /// Issues a token for `client_id` with `scope` valid for `lifetime_secs`.
-    pub fn new(client_id: &ClientId, scope: &str, now: OffsetDateTime, lifetime_secs: i64) -> Self {
+    pub fn new(client_id: &ClientId, scope: &str, now: Timestamp, lifetime_secs: i64) -> Self {
         let access_token = new_secret();
         let refresh_token = new_secret();
-        let issued_at = now.unix_timestamp();
+        let issued_at = now.epoch_secs();
         Self {
             stored: AccessToken {
                 token_hash: sha256_hex(&access_token),
@@ -261,10 +261,10 @@ pub enum BearerError {
 /// scope at `now`, and returns the owning client id.
 pub fn authorize_webhook(
     token: Option<&AccessToken>,
-    now: OffsetDateTime,
+    now: Timestamp,
 ) -> Result<&ClientId, BearerError> {
     let token = token.ok_or(BearerError::Invalid)?;
-    if token.expires_at <= now.unix_timestamp() {
+    if token.expires_at <= now.epoch_secs() {
         return Err(BearerError::Expired);
     }
     if token.scope != WEBHOOK_SCOPE {
@@ -278,7 +278,11 @@ mod tests {
     use super::*;
     use time::macros::datetime;
 
-    const NOW: OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
+    const NOW: time::OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
+
+    fn now() -> Timestamp {
+        NOW.into()
+    }
 
     fn form(s: &str) -> Result<TokenRequest, OAuthError> {
         TokenRequest::from_form(s.as_bytes(), None)
@@ -352,7 +356,7 @@ mod tests {
 
     #[test]
     fn authorize_checks_client_secret_and_scope() {
-        let client = OAuthClient::new(&client_id("a"), "b", NOW);
+        let client = OAuthClient::new(&client_id("a"), "b", now());
         let req = |secret: &str, scope: &str| TokenRequest {
             client_id: client_id("a"),
             client_secret: secret.into(),
@@ -386,7 +390,7 @@ mod tests {
 
     #[test]
     fn issued_tokens_store_only_hashes() {
-        let t = IssuedToken::new(&client_id("a"), "/webhook", NOW, 3600);
+        let t = IssuedToken::new(&client_id("a"), "/webhook", now(), 3600);
         assert_eq!(t.stored.token_hash, sha256_hex(&t.access_token));
         assert_eq!(t.stored.expires_at, NOW.unix_timestamp() + 3600);
         let stored = serde_json::to_string(&t.stored).unwrap();
@@ -396,16 +400,16 @@ mod tests {
 
     #[test]
     fn bearer_checks() {
-        let t = IssuedToken::new(&client_id("a"), "/webhook", NOW, 60).stored;
-        assert_eq!(authorize_webhook(Some(&t), NOW), Ok(&client_id("a")));
-        assert_eq!(authorize_webhook(None, NOW), Err(BearerError::Invalid));
+        let t = IssuedToken::new(&client_id("a"), "/webhook", now(), 60).stored;
+        assert_eq!(authorize_webhook(Some(&t), now()), Ok(&client_id("a")));
+        assert_eq!(authorize_webhook(None, now()), Err(BearerError::Invalid));
         assert_eq!(
-            authorize_webhook(Some(&t), NOW + time::Duration::seconds(60)),
+            authorize_webhook(Some(&t), now().plus(std::time::Duration::from_secs(60))),
             Err(BearerError::Expired)
         );
-        let other = IssuedToken::new(&client_id("a"), "/read-limited", NOW, 60).stored;
+        let other = IssuedToken::new(&client_id("a"), "/read-limited", now(), 60).stored;
         assert_eq!(
-            authorize_webhook(Some(&other), NOW),
+            authorize_webhook(Some(&other), now()),
             Err(BearerError::InsufficientScope)
         );
     }

@@ -2,7 +2,8 @@
 //! `n`, spread by a little jitter, never sooner than the receiver's `Retry-After`, and not
 //! at all after the last attempt.
 
-use std::time::{Duration, SystemTime};
+use crate::clock::Timestamp;
+use std::time::Duration;
 
 /// The longest any retry waits (also SQS's visibility-timeout limit).
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(12 * 60 * 60);
@@ -60,17 +61,13 @@ impl RetryPolicy {
 }
 
 /// Reads a `Retry-After` value: delay seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs).min(MAX_RETRY_DELAY));
     }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(now)
-            .unwrap_or_default()
-            .min(MAX_RETRY_DELAY),
-    )
+    let at = Timestamp::from(httpdate::parse_http_date(value).ok()?);
+    Some(at.since(now).min(MAX_RETRY_DELAY))
 }
 
 #[cfg(test)]
@@ -142,7 +139,8 @@ mod tests {
 
     #[test]
     fn retry_after_forms() {
-        let now = httpdate::parse_http_date("Wed, 25 Nov 2026 12:00:00 GMT").unwrap();
+        let now =
+            Timestamp::from(httpdate::parse_http_date("Wed, 25 Nov 2026 12:00:00 GMT").unwrap());
         assert_eq!(
             parse_retry_after("120", now),
             Some(Duration::from_secs(120))

@@ -53,7 +53,7 @@ impl ClockWindows {
     }
 
     fn now_millis(&self) -> i128 {
-        self.clock.now().unix_timestamp_nanos() / 1_000_000
+        i128::from(self.clock.now().epoch_ms())
     }
 }
 

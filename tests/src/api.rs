@@ -56,7 +56,7 @@ impl TestApi {
                 .put_application(&Application::new(
                     &id.parse().unwrap(),
                     key,
-                    now.unix_timestamp(),
+                    now.epoch_secs(),
                 ))
                 .await
                 .unwrap();

@@ -271,6 +271,7 @@ async fn dynamodb_log_matches_the_receiver() {
     let store = webhooks::aws::dynamodb::DynamoStore::new(
         aws_sdk_dynamodb::Client::new(&env.config),
         &env.service_table,
+        std::sync::Arc::new(webhooks::clock::SystemClock),
     )
     .with_attempt_retention(Duration::from_secs(7 * 24 * 3600));
     attempts_match_what_the_receiver_saw(Arc::new(store.clone())).await;
@@ -502,7 +503,7 @@ async fn a_client_reads_its_webhooks_attempts_by_id() {
     let receiver = ScriptedReceiver::start().await;
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 5));
-    let now = time::OffsetDateTime::now_utc();
+    let now = webhooks::clock::Clock::now(&webhooks::clock::SystemClock);
     let mut tokens = Vec::new();
     for (client, secret) in [("APP-1", "s1"), ("APP-2", "s2")] {
         store
@@ -770,7 +771,7 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
         .down
         .store(false, std::sync::atomic::Ordering::SeqCst);
 
-    let since = webhooks::clock::rfc3339_millis(outage_start);
+    let since = webhooks::clock::Timestamp::from(outage_start).rfc3339();
     let recover = |body: String| {
         let api = &api;
         async move {
@@ -883,6 +884,7 @@ async fn dynamodb_recover_after_an_outage() {
     let store = webhooks::aws::dynamodb::DynamoStore::new(
         aws_sdk_dynamodb::Client::new(&env.config),
         &env.service_table,
+        std::sync::Arc::new(webhooks::clock::SystemClock),
     );
     recover_after_an_outage(Arc::new(store)).await;
 }

@@ -57,11 +57,9 @@ fn endpoints() -> Vec<(LogEndpoint, Option<Subscription>)> {
 }
 
 fn created_at(window: u64) -> String {
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(
-        i128::from(T0 + window as i64 * WINDOW_MS) * 1_000_000,
-    )
-    .unwrap();
-    webhooks::clock::rfc3339_millis(at)
+    webhooks::clock::Timestamp::from_epoch_ms(T0 + window as i64 * WINDOW_MS)
+        .unwrap()
+        .rfc3339()
 }
 
 fn job_for(endpoint: &(LogEndpoint, Option<Subscription>), window: u64) -> DeliveryJob {
@@ -185,6 +183,7 @@ async fn dynamo() -> (DynamoStore, webhooks_tests::moto::MotoEnv) {
     let store = DynamoStore::new(
         aws_sdk_dynamodb::Client::new(&env.config),
         &env.service_table,
+        std::sync::Arc::new(webhooks::clock::SystemClock),
     )
     .with_attempt_retention(RETENTION);
     (store, env)

@@ -118,7 +118,7 @@ impl Pipeline {
         let client = OAuthClient::new(
             &"APP-1".parse().unwrap(),
             "s3cret",
-            time::OffsetDateTime::now_utc(),
+            time::OffsetDateTime::now_utc().into(),
         );
         self.aws.store.put_client(&client).await.unwrap();
     }
@@ -681,7 +681,7 @@ async fn operational_events_reach_eventbridge() {
         .put_client(&OAuthClient::new(
             &"APP-1".parse().unwrap(),
             "s3cret",
-            time::OffsetDateTime::now_utc(),
+            time::OffsetDateTime::now_utc().into(),
         ))
         .await
         .unwrap();
@@ -1180,7 +1180,7 @@ async fn a_stored_id_that_does_not_parse_is_corrupt() {
         "API key index: {index:?}"
     );
     let id = "APP-1".parse().unwrap();
-    let client = OAuthClient::new(&id, "s", time::OffsetDateTime::now_utc());
+    let client = OAuthClient::new(&id, "s", time::OffsetDateTime::now_utc().into());
     aws.store.put_client(&client).await.unwrap();
     dynamodb
         .update_item()
@@ -1197,4 +1197,40 @@ async fn a_stored_id_that_does_not_parse_is_corrupt() {
         matches!(read, Err(BackendError::Corrupt(_))),
         "client item: {read:?}"
     );
+}
+
+/// The DynamoDB adapter stamps TTLs with the clock it is given, not the machine's: a
+/// pending change expires seven days after the store's now.
+#[tokio::test]
+async fn ttls_are_stamped_by_the_stores_clock() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use webhooks::aws::dynamodb::{DynamoStore, pending_shard};
+    let env = MotoEnv::create(3).await;
+    let start = time::macros::datetime!(2031-01-02 03:04:05 UTC);
+    let clock = Arc::new(webhooks::testing::ManualClock::new(start));
+    let dynamodb = aws_sdk_dynamodb::Client::new(&env.config);
+    let store = DynamoStore::new(dynamodb.clone(), &env.service_table, clock);
+    let record = RecordId::parse("a").unwrap();
+    store
+        .mark(webhooks::window::WindowId(7), &record)
+        .await
+        .unwrap();
+    let out = dynamodb
+        .query()
+        .table_name(&env.service_table)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(
+            ":pk",
+            AttributeValue::S(format!("PENDING#7#{}", pending_shard(&record))),
+        )
+        .send()
+        .await
+        .unwrap();
+    let expires: Vec<&str> = out
+        .items()
+        .iter()
+        .filter_map(|item| item.get("expires_at")?.as_n().ok().map(String::as_str))
+        .collect();
+    let week_later = start.unix_timestamp() + 7 * 24 * 3600;
+    assert_eq!(expires, [week_later.to_string().as_str()]);
 }

@@ -41,7 +41,7 @@ async fn a_successful_delivery_writes_no_log_line_at_info_and_a_failure_does() {
         .put_client(&OAuthClient::new(
             &"APP-1".parse().unwrap(),
             "secret",
-            time::OffsetDateTime::now_utc(),
+            time::OffsetDateTime::now_utc().into(),
         ))
         .await
         .unwrap();

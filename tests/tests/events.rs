@@ -62,8 +62,8 @@ impl Service {
                 refresh_token_hash: sha256_hex("refresh"),
                 client_id: SEED_CLIENT.0.parse().unwrap(),
                 scope: "/webhook".into(),
-                issued_at: now.unix_timestamp(),
-                expires_at: now.unix_timestamp() + 3600,
+                issued_at: now.epoch_secs(),
+                expires_at: now.epoch_secs() + 3600,
             })
             .await
             .unwrap();

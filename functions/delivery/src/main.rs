@@ -11,7 +11,7 @@ async fn main() -> Result<(), Error> {
     let delivery = AwsServices::load(Settings::from_env()?).await.delivery();
     let delivery = &delivery;
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| async move {
-        let deadline = stop_before(event.context.deadline);
+        let deadline = stop_before(event.context.deadline, delivery.ports.clock.now());
         Ok::<_, Error>(delivery.handle(event.payload, deadline).await)
     }))
     .await

@@ -12,7 +12,7 @@ async fn main() -> Result<(), Error> {
     let flush = &flush;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<EventBridgeEvent>| async move {
-            let deadline = stop_before(event.context.deadline);
+            let deadline = stop_before(event.context.deadline, flush.ports.clock.now());
             Ok::<_, Error>(flush.handle(event.payload, Some(deadline)).await?)
         },
     ))

@@ -5,7 +5,7 @@ pub mod dynamodb;
 pub mod eventbridge;
 pub mod sqs;
 
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::config::Settings;
 use crate::handlers::{ChangeCapture, Delivery, Flush, Registration};
 use crate::http_client::CallbackClient;
@@ -15,7 +15,7 @@ use dynamodb::{DynamoRecords, DynamoStore};
 use eventbridge::EventBridgeEvents;
 use sqs::SqsQueue;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// An SDK call's failure as a backend error a later call may not meet (throttling, a
@@ -33,11 +33,8 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_secs(15);
 
 /// The instant a handler should stop starting new work, given the invocation deadline
 /// (epoch milliseconds, as the Lambda context gives it).
-pub fn stop_before(deadline_epoch_ms: u64) -> Instant {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
+pub fn stop_before(deadline_epoch_ms: u64, now: Timestamp) -> Instant {
+    let now_ms = u64::try_from(now.epoch_ms()).unwrap_or_default();
     let left = Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms));
     Instant::now() + left.saturating_sub(DEADLINE_MARGIN)
 }
@@ -79,6 +76,8 @@ pub struct AwsServices {
     pub queue: Arc<SqsQueue>,
     pub events: Arc<EventBridgeEvents>,
     pub settings: Settings,
+    /// The one clock of the handlers and the adapters.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl AwsServices {
@@ -98,9 +97,10 @@ impl AwsServices {
         }
         let config = &without_empty_settings(config);
         let dynamodb = aws_sdk_dynamodb::Client::new(config);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         Self {
             store: Arc::new(
-                DynamoStore::new(dynamodb.clone(), &settings.service_table)
+                DynamoStore::new(dynamodb.clone(), &settings.service_table, clock.clone())
                     .with_attempt_retention(settings.attempt_retention),
             ),
             records: Arc::new(DynamoRecords::new(dynamodb, &settings.records_table)),
@@ -117,6 +117,7 @@ impl AwsServices {
                 &settings.ops_event_bus,
             )),
             settings,
+            clock,
         }
     }
 
@@ -133,20 +134,20 @@ impl AwsServices {
             records: self.records.clone(),
             queue: self.queue.clone(),
             events: self.events.clone(),
-            clock: Arc::new(SystemClock),
+            clock: self.clock.clone(),
         }
     }
 
     fn windows(&self) -> Arc<ClockWindows> {
         Arc::new(ClockWindows::new(
-            Arc::new(SystemClock),
+            self.clock.clone(),
             self.settings.flush_interval,
             self.settings.flush_grace,
         ))
     }
 
     fn http(&self) -> CallbackClient {
-        CallbackClient::new(&self.settings.http())
+        CallbackClient::new(&self.settings.http()).with_clock(self.clock.clone())
     }
 
     pub fn registration(&self) -> Registration {

@@ -6,7 +6,7 @@ use super::outbound::application_request;
 use super::registration::{Registration, base_url, body_bytes};
 use super::views::{ApplicationView, SyncView};
 use crate::application::{Application, ApplicationPatch};
-use crate::clock::rfc3339_millis;
+use crate::clock::Timestamp;
 use crate::events::OpsEvent;
 use crate::ids::{SyncId, SyncKey};
 use crate::job::{DeliveryJob, MessageId};
@@ -101,14 +101,14 @@ impl Registration {
         id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let mut app = self.authenticate_application(request, id).await?;
-        let now = self.ports.clock.now().unix_timestamp();
+        let now = self.ports.clock.now().epoch_secs();
         let secret = app.secrets.rotate(now);
         self.ports.applications.put_application(&app).await?;
         let previous_until = app
             .secrets
             .previous_until
-            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-            .map(rfc3339_millis);
+            .and_then(Timestamp::from_epoch_secs)
+            .map(Timestamp::rfc3339);
         Ok(json_response(
             StatusCode::OK,
             &json!({"secret": secret.expose(), "previousSecretValidUntil": previous_until}),
@@ -143,7 +143,7 @@ impl Registration {
             }
         };
         let message_id = MessageId::derive(&["test", &uuid::Uuid::new_v4().to_string()]);
-        let publish_time = rfc3339_millis(self.ports.clock.now());
+        let publish_time = self.ports.clock.now().rfc3339();
         let outbound = application_request(
             &message_id,
             &app,
@@ -174,7 +174,7 @@ impl Registration {
     ) -> Result<Response<Body>, ApiError> {
         let app = self.authenticate_application(request, id).await?;
         app.webhook.target()?;
-        let now = rfc3339_millis(self.ports.clock.now());
+        let now = self.ports.clock.now().rfc3339();
         let sync = FullSync::new(&app.id, app.webhook.request_interval_ms, now.clone());
         self.ports.syncs.save_sync(&sync).await?;
         self.ports

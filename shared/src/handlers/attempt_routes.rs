@@ -221,7 +221,7 @@ impl Registration {
             id: format!("rec_{}", uuid::Uuid::new_v4().simple()),
             endpoint: endpoint.key.clone(),
             since: since.clone(),
-            started_at_ms: (self.ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64,
+            started_at_ms: self.ports.clock.now().epoch_ms(),
             messages: jobs.iter().map(|j| j.id.clone()).collect(),
             complete: page.next.is_none(),
         };

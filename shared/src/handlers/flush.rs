@@ -8,7 +8,6 @@
 //! unavailable) fails the run instead, and the next run repeats the page.
 
 use crate::application::{Application, endpoint_name};
-use crate::clock::rfc3339_millis;
 use crate::ids::ApplicationId;
 use crate::job::DeliveryJob;
 use crate::members::{consents, scoped_person};
@@ -108,7 +107,7 @@ impl Flush {
     /// proceeds.
     pub async fn run(&self, deadline: Option<Instant>) -> Result<FlushReport, BackendError> {
         let holder = uuid::Uuid::new_v4().simple().to_string();
-        let now_ms = (self.ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = self.ports.clock.now().epoch_ms();
         let hold = deadline.map_or(LEASE_WITHOUT_DEADLINE, |d| {
             d.saturating_duration_since(Instant::now())
         }) + self.settings.lease_margin;
@@ -153,7 +152,7 @@ impl Flush {
     /// Prints the run's EMF line.
     fn publish_metrics(&self, report: &FlushReport) {
         let metrics = self.metrics_of(report);
-        let now_ms = (self.ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = self.ports.clock.now().epoch_ms();
         let line = metrics.emf(now_ms).to_string();
         if self.settings.metrics {
             println!("{line}");
@@ -302,7 +301,7 @@ impl Flush {
             .collect()
             .await;
         let mut applications = HashMap::new();
-        let mut plan = PagePlan::new(window, rfc3339_millis(self.ports.clock.now()));
+        let mut plan = PagePlan::new(window, self.ports.clock.now().rfc3339());
         for (record, targets) in records.iter().zip(per_record) {
             let (subscriptions, person) = match targets {
                 Ok(targets) => targets,

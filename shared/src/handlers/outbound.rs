@@ -61,7 +61,7 @@ pub fn callback_request(
     secrets: Option<&SigningSecrets>,
     clock: &dyn Clock,
 ) -> Outbound {
-    let timestamp = clock.now().unix_timestamp();
+    let timestamp = clock.now().epoch_secs();
     Outbound {
         url: callback.clone(),
         headers: standard_headers(message_id, timestamp, b"", secrets),
@@ -87,7 +87,7 @@ pub fn application_request(
         publish_time,
         application.id.as_str(),
     );
-    let timestamp = clock.now().unix_timestamp();
+    let timestamp = clock.now().epoch_secs();
     let mut headers = standard_headers(message_id, timestamp, &body, Some(&application.secrets));
     headers.push(("content-type", "application/json".to_owned()));
     Outbound {

@@ -4,7 +4,6 @@ use super::outbound::application_request;
 use crate::application::Application;
 use crate::attempts::{Attempt, EndpointKey, LoggedAttempt};
 use crate::callback::CallbackUrl;
-use crate::clock::rfc3339_millis;
 use crate::events::OpsEvent;
 use crate::http_client::{AttemptOutcome, CallbackClient};
 use crate::ids::SyncKey;
@@ -87,7 +86,7 @@ pub struct SyncDriver<'a> {
 }
 
 fn now_ms(ports: &Ports) -> i64 {
-    (ports.clock.now().unix_timestamp_nanos() / 1_000_000) as i64
+    ports.clock.now().epoch_ms()
 }
 
 impl SyncDriver<'_> {
@@ -203,7 +202,7 @@ impl SyncDriver<'_> {
     /// Ends a sync that cannot deliver (its webhook was removed or cannot be used).
     async fn cancel(&self, sync: &mut FullSync, why: &str) -> Result<StepOutcome, BackendError> {
         sync.state = SyncState::Cancelled;
-        sync.completed_at = Some(rfc3339_millis(self.ports.clock.now()));
+        sync.completed_at = Some(self.ports.clock.now().rfc3339());
         self.ports.syncs.save_sync(sync).await?;
         tracing::warn!(application_id = %sync.application_id, sync_id = %sync.sync_id, why, "sync cancelled");
         Ok(StepOutcome::Done)
@@ -213,7 +212,7 @@ impl SyncDriver<'_> {
         sync.scan_done = true;
         if sync.is_paced() {
             sync.state = SyncState::Completed;
-            sync.completed_at = Some(rfc3339_millis(self.ports.clock.now()));
+            sync.completed_at = Some(self.ports.clock.now().rfc3339());
         }
         self.ports.syncs.save_sync(sync).await?;
         if !sync.is_paced() {
@@ -255,7 +254,7 @@ impl SyncDriver<'_> {
                 .records
                 .scan_consented(&application.id, sync.cursor.as_deref(), FAN_OUT_PAGE)
                 .await?;
-            let created_at = rfc3339_millis(ports.clock.now());
+            let created_at = ports.clock.now().rfc3339();
             let jobs: Vec<DeliveryJob> = page
                 .items
                 .iter()
@@ -383,7 +382,7 @@ impl SyncDriver<'_> {
         scoped: serde_json::Map<String, serde_json::Value>,
     ) -> (DeliveryJob, AttemptOutcome, bool) {
         let ports = self.ports;
-        let now = rfc3339_millis(ports.clock.now());
+        let now = ports.clock.now().rfc3339();
         let job = DeliveryJob::for_sync(&sync.key(), id, scoped.clone(), now);
         let request = application_request(
             &job.id,

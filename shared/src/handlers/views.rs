@@ -5,6 +5,7 @@
 use crate::application::{Application, mask};
 use crate::attempts::{Attempt, EndpointKey, OutcomeClass, Recovery, StoredMessage};
 use crate::callback::CallbackUrl;
+use crate::clock::Timestamp;
 use crate::health::EndpointHealth;
 use crate::ids::{ApplicationId, SyncId};
 use crate::job::{MessageId, Target};
@@ -16,16 +17,12 @@ use serde::Serialize;
 
 /// Epoch seconds as RFC 3339 UTC with milliseconds (`None` out of range).
 fn rfc3339_secs(secs: i64) -> Option<String> {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .map(crate::clock::rfc3339_millis)
+    Timestamp::from_epoch_secs(secs).map(Timestamp::rfc3339)
 }
 
 /// Epoch milliseconds as RFC 3339 UTC with milliseconds (`None` out of range).
 fn rfc3339_ms(ms: i64) -> Option<String> {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .map(crate::clock::rfc3339_millis)
+    Timestamp::from_epoch_ms(ms).map(Timestamp::rfc3339)
 }
 
 #[derive(Debug, Serialize)]

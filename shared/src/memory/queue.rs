@@ -6,6 +6,7 @@
 //! queue refuses too. Beside it, the parked queue holds jobs for disabled endpoints.
 
 use super::Gate;
+use crate::clock::{Clock, SystemClock};
 use crate::job::DeliveryJob;
 use crate::message::{self, Refusal};
 use crate::ports::{
@@ -15,7 +16,7 @@ use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -97,6 +98,9 @@ struct State {
 #[derive(Debug)]
 pub struct MemoryQueue {
     shared: Arc<Shared>,
+    /// Stamps `SentTimestamp` and `ApproximateFirstReceiveTimestamp` (visibility runs on
+    /// tokio's clock, which tests pause).
+    clock: Arc<dyn Clock>,
     visibility_timeout: Duration,
     max_receive_count: u32,
     gate: Gate,
@@ -109,13 +113,6 @@ struct Shared {
     changed: Notify,
 }
 
-fn epoch_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
-}
-
 impl MemoryQueue {
     /// A queue whose messages hide for `visibility_timeout` when received and move to the
     /// dead-letter queue on the receive after the `max_receive_count`-th.
@@ -123,10 +120,21 @@ impl MemoryQueue {
         assert!(max_receive_count > 0, "max receive count must be positive");
         Self {
             shared: Arc::default(),
+            clock: Arc::new(SystemClock),
             visibility_timeout,
             max_receive_count,
             gate: Gate::default(),
         }
+    }
+
+    /// This queue with its messages' times stamped by `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn epoch_ms(&self) -> u128 {
+        u128::try_from(self.clock.now().epoch_ms()).unwrap_or_default()
     }
 
     /// This queue through a fault plan: every port operation of the handle returned goes
@@ -135,6 +143,7 @@ impl MemoryQueue {
     pub fn with_faults(&self, faults: Arc<crate::testing::faults::Faults>) -> Self {
         Self {
             shared: self.shared.clone(),
+            clock: self.clock.clone(),
             visibility_timeout: self.visibility_timeout,
             max_receive_count: self.max_receive_count,
             gate: Gate::with(faults),
@@ -162,7 +171,7 @@ impl MemoryQueue {
                 Stored {
                     message_id: message_id.clone(),
                     body,
-                    sent_at_ms: epoch_ms(),
+                    sent_at_ms: self.epoch_ms(),
                     first_received_at_ms: None,
                     receive_count: 0,
                     visible_at: Instant::now() + delay,
@@ -221,7 +230,9 @@ impl MemoryQueue {
             }
             fresh_receipts.push((receipt.clone(), *seq));
             m.visible_at = now + self.visibility_timeout;
-            let first = *m.first_received_at_ms.get_or_insert_with(epoch_ms);
+            let first = *m
+                .first_received_at_ms
+                .get_or_insert_with(|| self.epoch_ms());
             batch.push(ReceivedMessage {
                 message_id: m.message_id.clone(),
                 receipt_handle: receipt,
@@ -340,11 +351,11 @@ impl MemoryQueue {
         }
     }
 
-    fn stored(body: String) -> Stored {
+    fn stored(&self, body: String) -> Stored {
         Stored {
             message_id: uuid::Uuid::new_v4().to_string(),
             body,
-            sent_at_ms: epoch_ms(),
+            sent_at_ms: self.epoch_ms(),
             first_received_at_ms: None,
             receive_count: 0,
             visible_at: Instant::now(),
@@ -463,7 +474,7 @@ impl DeliveryQueue for MemoryQueue {
             .run("dead_letter", async {
                 let body = message::encode(job);
                 self.check(job, &body).map_err(BackendError::Refused)?;
-                self.state().dead.push(Self::stored(body));
+                self.state().dead.push(self.stored(body));
                 Ok(())
             })
             .await
@@ -474,7 +485,7 @@ impl DeliveryQueue for MemoryQueue {
             .run("park", async {
                 let body = message::encode(job);
                 message::check(&body).map_err(BackendError::Refused)?;
-                self.state().parked.push(Self::stored(body));
+                self.state().parked.push(self.stored(body));
                 Ok(())
             })
             .await
@@ -484,6 +495,22 @@ impl DeliveryQueue for MemoryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn send_and_first_receive_times_come_from_the_queues_clock() {
+        let clock = Arc::new(crate::testing::ManualClock::new(
+            crate::clock::Timestamp::from_epoch_ms(1_700_000_000_000).unwrap(),
+        ));
+        let q = MemoryQueue::new(Duration::from_secs(30), 2).with_clock(clock.clone());
+        q.send("a".into());
+        clock.advance(Duration::from_millis(250));
+        let received = q.receive(10, Duration::ZERO).await;
+        let times: Vec<_> = received
+            .iter()
+            .map(|m| (m.sent_at_ms, m.first_received_at_ms))
+            .collect();
+        assert_eq!(times, [(1_700_000_000_000, 1_700_000_000_250)]);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn visibility_receive_count_and_dead_letters() {

@@ -3,6 +3,7 @@
 //! capture reads only the key, so the stream carries no item images).
 
 use super::Gate;
+use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::members::consented_scopes;
 use crate::ports::{BackendResult, Page, Person, RecordStore};
 use crate::record::RecordId;
@@ -13,13 +14,31 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 /// Persons keyed by id, plus the stream sequence counter.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryRecords {
     state: Arc<Mutex<(BTreeMap<RecordId, Person>, u64)>>,
     gate: Gate,
+    /// Stamps the stream records.
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryRecords {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            gate: Gate::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 impl MemoryRecords {
+    /// These records with their stream records stamped by `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// These records through a fault plan: every port operation of the handle returned
     /// goes through `faults`; this handle stays as it is (the registry's writes use it).
     #[cfg(any(test, feature = "testing"))]
@@ -27,6 +46,7 @@ impl MemoryRecords {
         Self {
             state: self.state.clone(),
             gate: Gate::with(faults),
+            clock: self.clock.clone(),
         }
     }
 
@@ -38,7 +58,7 @@ impl MemoryRecords {
         let old = state.0.insert(id.clone(), person.clone());
         state.1 += 1;
         let name = if old.is_some() { "MODIFY" } else { "INSERT" };
-        stream_record(name, id, state.1)
+        stream_record(name, id, state.1, self.clock.now())
     }
 
     /// Deletes a person and returns the REMOVE stream record, if it existed.
@@ -46,7 +66,7 @@ impl MemoryRecords {
         let mut state = self.state.lock().expect("records lock");
         state.0.remove(id)?;
         state.1 += 1;
-        Some(stream_record("REMOVE", id, state.1))
+        Some(stream_record("REMOVE", id, state.1, self.clock.now()))
     }
 }
 
@@ -55,12 +75,19 @@ fn to_item(person: &Person) -> serde_dynamo::Item {
 }
 
 /// The KEYS_ONLY stream record of a change (`INSERT`, `MODIFY` or `REMOVE`) of `id` with
-/// stream sequence `sequence`, as DynamoDB emits it (the SQLite records table emits the same).
-pub(crate) fn stream_record(name: &str, id: &RecordId, sequence: u64) -> EventRecord {
+/// stream sequence `sequence` made at `at`, as DynamoDB emits it (the SQLite records table
+/// emits the same).
+pub(crate) fn stream_record(
+    name: &str,
+    id: &RecordId,
+    sequence: u64,
+    at: Timestamp,
+) -> EventRecord {
     let mut keys = Person::new();
     keys.insert("id".into(), id.as_str().into());
     let mut change = StreamRecord::default();
-    change.approximate_creation_date_time = chrono::Utc::now();
+    change.approximate_creation_date_time =
+        chrono::DateTime::from_timestamp_millis(at.epoch_ms()).unwrap_or_default();
     change.keys = to_item(&keys);
     change.sequence_number = Some(format!("{sequence:021}"));
     change.size_bytes = serde_json::to_vec(&keys).map_or(0, |b| b.len() as i64);

@@ -59,10 +59,5 @@ fn from_json<T: DeserializeOwned>(what: &str, text: &str) -> BackendResult<T> {
     serde_json::from_str(text).map_err(|e| BackendError::Corrupt(format!("stored {what}: {e}")))
 }
 
-/// Epoch milliseconds of `clock`'s now.
-fn now_ms(clock: &dyn Clock) -> i64 {
-    (clock.now().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
 #[cfg(test)]
 mod tests;

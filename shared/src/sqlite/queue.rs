@@ -7,7 +7,6 @@
 //! visibility timeout in the next process.
 
 use super::db::{Database, Durability, backend};
-use super::now_ms;
 use crate::clock::Clock;
 use crate::job::DeliveryJob;
 use crate::memory::{QueueDepth, ReceivedMessage};
@@ -160,7 +159,7 @@ impl SqliteQueue {
     }
 
     fn now(&self) -> i64 {
-        now_ms(self.clock.as_ref())
+        self.clock.now().epoch_ms()
     }
 
     /// Sends a message that becomes visible after `delay`.

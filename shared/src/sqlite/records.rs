@@ -6,6 +6,7 @@
 
 use super::db::{Database, Durability, backend};
 use super::{from_json, to_json};
+use crate::clock::{Clock, Timestamp};
 use crate::members::consented_scopes;
 use crate::memory::records::stream_record;
 use crate::ports::{BackendError, BackendResult, Page, Person, RecordStore};
@@ -19,19 +20,22 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct SqliteRecords {
     db: Arc<Database>,
+    /// Stamps the stream's changes.
+    clock: Arc<dyn Clock>,
 }
 
-fn epoch_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-/// Appends a change of `id` to the stream; returns its stream record.
-fn append_change(conn: &Connection, name: &str, id: &RecordId) -> BackendResult<EventRecord> {
+/// Appends a change of `id` made `at` to the stream; returns its stream record.
+fn append_change(
+    conn: &Connection,
+    name: &str,
+    id: &RecordId,
+    at: Timestamp,
+) -> BackendResult<EventRecord> {
     conn.prepare_cached("INSERT INTO record_changes (record, event, at_ms) VALUES (?1, ?2, ?3)")
-        .and_then(|mut s| s.execute(params![id.as_str(), name, epoch_ms()]))
+        .and_then(|mut s| s.execute(params![id.as_str(), name, at.epoch_ms()]))
         .map_err(backend)?;
     let sequence = conn.last_insert_rowid();
-    Ok(stream_record(name, id, sequence as u64))
+    Ok(stream_record(name, id, sequence as u64, at))
 }
 
 fn exists(conn: &Connection, id: &str) -> BackendResult<bool> {
@@ -43,8 +47,8 @@ fn exists(conn: &Connection, id: &str) -> BackendResult<bool> {
 
 impl SqliteRecords {
     /// The records table of an open data directory.
-    pub fn new(db: Arc<Database>) -> Self {
-        Self { db }
+    pub fn new(db: Arc<Database>, clock: Arc<dyn Clock>) -> Self {
+        Self { db, clock }
     }
 
     /// Creates or replaces a person (its `id` field set to `id`) and returns the INSERT or
@@ -55,7 +59,7 @@ impl SqliteRecords {
         mut person: Person,
     ) -> BackendResult<EventRecord> {
         person.insert("id".into(), id.as_str().into());
-        let (id, body) = (id.clone(), to_json(&person)?);
+        let (id, body, at) = (id.clone(), to_json(&person)?, self.clock.now());
         self.db
             .write(Durability::Full, move |conn| {
                 let name = if exists(conn, id.as_str())? {
@@ -69,14 +73,14 @@ impl SqliteRecords {
                 )
                 .and_then(|mut s| s.execute(params![id.as_str(), body]))
                 .map_err(backend)?;
-                append_change(conn, name, &id)
+                append_change(conn, name, &id, at)
             })
             .await
     }
 
     /// Deletes a person and returns the REMOVE stream record, if it existed.
     pub async fn delete_person(&self, id: &RecordId) -> BackendResult<Option<EventRecord>> {
-        let id = id.clone();
+        let (id, at) = (id.clone(), self.clock.now());
         self.db
             .write(Durability::Full, move |conn| {
                 let removed = conn
@@ -86,7 +90,7 @@ impl SqliteRecords {
                 if removed == 0 {
                     return Ok(None);
                 }
-                append_change(conn, "REMOVE", &id).map(Some)
+                append_change(conn, "REMOVE", &id, at).map(Some)
             })
             .await
     }
@@ -96,7 +100,9 @@ impl SqliteRecords {
         self.db
             .read(|conn| {
                 let mut statement = conn
-                    .prepare_cached("SELECT seq, record, event FROM record_changes ORDER BY seq")
+                    .prepare_cached(
+                        "SELECT seq, record, event, at_ms FROM record_changes ORDER BY seq",
+                    )
                     .map_err(backend)?;
                 let rows = statement
                     .query_map([], |r| {
@@ -104,16 +110,20 @@ impl SqliteRecords {
                             r.get::<_, i64>(0)?,
                             r.get::<_, String>(1)?,
                             r.get::<_, String>(2)?,
+                            r.get::<_, i64>(3)?,
                         ))
                     })
                     .map_err(backend)?;
                 let mut changes = Vec::new();
                 for row in rows {
-                    let (sequence, record, event) = row.map_err(backend)?;
+                    let (sequence, record, event, at_ms) = row.map_err(backend)?;
                     let id = RecordId::parse(&record).map_err(|e| {
                         BackendError::Corrupt(format!("changed record id {record:?}: {e}"))
                     })?;
-                    changes.push(stream_record(&event, &id, sequence as u64));
+                    let at = Timestamp::from_epoch_ms(at_ms).ok_or_else(|| {
+                        BackendError::Corrupt(format!("change time {at_ms} of {record:?}"))
+                    })?;
+                    changes.push(stream_record(&event, &id, sequence as u64, at));
                 }
                 Ok(changes)
             })

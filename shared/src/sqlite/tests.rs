@@ -95,7 +95,7 @@ async fn everything_written_is_there_after_a_reopen() {
     {
         let db = Database::open(&dir.0, Access::Runner).unwrap();
         let store = SqliteStore::new(db.clone());
-        let records = SqliteRecords::new(db.clone());
+        let records = SqliteRecords::new(db.clone(), Arc::new(crate::clock::SystemClock));
         let queue = queue(&db, &clock, 5);
         store.put_client(&client).await.unwrap();
         store.put_token(&token).await.unwrap();
@@ -113,7 +113,7 @@ async fn everything_written_is_there_after_a_reopen() {
     }
     let db = Database::open(&dir.0, Access::Runner).unwrap();
     let store = SqliteStore::new(db.clone());
-    let records = SqliteRecords::new(db.clone());
+    let records = SqliteRecords::new(db.clone(), Arc::new(crate::clock::SystemClock));
     assert_eq!(
         store.get_client(&"APP-1".parse().unwrap()).await.unwrap(),
         Some(client.clone())
@@ -183,7 +183,7 @@ async fn a_second_runner_is_refused_and_a_tool_is_not() {
         .put_client(&OAuthClient::new(
             &"APP-T".parse().unwrap(),
             "s",
-            time::OffsetDateTime::now_utc(),
+            crate::clock::Clock::now(&crate::clock::SystemClock),
         ))
         .await
         .unwrap();
@@ -686,7 +686,10 @@ async fn record_changes_wait_in_the_stream_until_captured() {
     let dir = TempDir::new();
     let id = record("0000-0002-1825-0097");
     {
-        let records = SqliteRecords::new(Database::open(&dir.0, Access::Runner).unwrap());
+        let records = SqliteRecords::new(
+            Database::open(&dir.0, Access::Runner).unwrap(),
+            Arc::new(crate::clock::SystemClock),
+        );
         let person = serde_json::json!({"firstName": "Josiah"})
             .as_object()
             .unwrap()
@@ -699,7 +702,10 @@ async fn record_changes_wait_in_the_stream_until_captured() {
         records.captured(&[insert]).await.unwrap();
         // Killed before the modification was captured.
     }
-    let records = SqliteRecords::new(Database::open(&dir.0, Access::Runner).unwrap());
+    let records = SqliteRecords::new(
+        Database::open(&dir.0, Access::Runner).unwrap(),
+        Arc::new(crate::clock::SystemClock),
+    );
     let left = records.uncaptured().await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].event_name, "MODIFY");
@@ -718,7 +724,10 @@ async fn record_changes_wait_in_the_stream_until_captured() {
 #[tokio::test]
 async fn scan_consented_examines_limit_records_per_page() {
     let dir = TempDir::new();
-    let records = SqliteRecords::new(Database::open(&dir.0, Access::Runner).unwrap());
+    let records = SqliteRecords::new(
+        Database::open(&dir.0, Access::Runner).unwrap(),
+        Arc::new(crate::clock::SystemClock),
+    );
     for (id, consented) in [("p1", true), ("p2", false), ("p3", true)] {
         let person = if consented {
             serde_json::json!({"consents": {"app": ["members.read_name"]}})
@@ -931,7 +940,7 @@ async fn a_version_1_database_is_migrated_when_opened() {
     let client = OAuthClient::new(
         &"APP-V1".parse().unwrap(),
         "secret",
-        time::OffsetDateTime::now_utc(),
+        crate::clock::Clock::now(&crate::clock::SystemClock),
     );
     let endpoint = EndpointKey::application(&"app-1".parse().unwrap());
     let log_endpoint = crate::attempts::LogEndpoint::application(&"app-1".parse().unwrap());

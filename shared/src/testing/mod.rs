@@ -6,30 +6,29 @@
 pub mod contract;
 pub mod faults;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use std::sync::Mutex;
 use std::time::Duration;
-use time::OffsetDateTime;
 
 /// A clock that only moves when told to (tests).
 #[derive(Debug)]
-pub struct ManualClock(Mutex<OffsetDateTime>);
+pub struct ManualClock(Mutex<Timestamp>);
 
 impl ManualClock {
-    /// A clock standing at `start`.
-    pub fn new(start: OffsetDateTime) -> Self {
-        Self(Mutex::new(start))
+    /// A clock standing at `start` (a `Timestamp` or a `time::OffsetDateTime`).
+    pub fn new(start: impl Into<Timestamp>) -> Self {
+        Self(Mutex::new(start.into()))
     }
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
         let mut now = self.0.lock().expect("clock lock");
-        *now += by;
+        *now = now.plus(by);
     }
 }
 
 impl Clock for ManualClock {
-    fn now(&self) -> OffsetDateTime {
+    fn now(&self) -> Timestamp {
         *self.0.lock().expect("clock lock")
     }
 }

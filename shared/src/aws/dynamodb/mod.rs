@@ -6,6 +6,7 @@
 //! functions here follow it).
 
 use super::unavailable;
+use crate::clock::Clock;
 use crate::health::EndpointHealth;
 use crate::ports::{BackendError, BackendResult};
 use aws_sdk_dynamodb::Client;
@@ -14,7 +15,8 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -60,14 +62,6 @@ fn from_item<T: DeserializeOwned>(item: Item) -> BackendResult<T> {
     serde_dynamo::from_item(item).map_err(|e| BackendError::Corrupt(e.to_string()))
 }
 
-fn epoch_secs(after: Duration) -> i64 {
-    (SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        + after)
-        .as_secs() as i64
-}
-
 /// An item with its keys next to the domain value's attributes.
 #[derive(Serialize, Deserialize)]
 struct Keyed<T> {
@@ -94,6 +88,8 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     attempt_retention: Duration,
+    /// Stamps the items' TTLs.
+    clock: Arc<dyn Clock>,
 }
 
 /// Keys per `BatchGetItem` call (the service's limit).
@@ -147,14 +143,20 @@ impl DynamoStore {
 }
 
 impl DynamoStore {
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    pub fn new(client: Client, table: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
         Self {
             client,
             table: table.into(),
             attempt_retention: Duration::from_secs(
                 crate::attempts::DEFAULT_RETENTION_DAYS * 24 * 3600,
             ),
+            clock,
         }
+    }
+
+    /// The TTL (epoch seconds) of an item that expires `after` from now.
+    fn expires_after(&self, after: Duration) -> i64 {
+        self.clock.now().plus(after).epoch_secs()
     }
 
     /// Keeps delivery attempts and their messages for `retention` (then TTL deletes them).

@@ -13,7 +13,7 @@
 //! record once, and the flush de-duplicates across the pages of a window.
 
 use super::unavailable;
-use super::{DynamoStore, Item, Keyed, applied, epoch_secs, from_item, s, to_item};
+use super::{DynamoStore, Item, Keyed, applied, from_item, s, to_item};
 use crate::poison::PoisonItem;
 use crate::ports::{BackendResult, FlushCursor, Page, PendingChanges};
 use crate::record::RecordId;
@@ -139,7 +139,7 @@ impl DynamoStore {
                 .or_default()
                 .insert(record.as_str());
         }
-        let expires_at = epoch_secs(PENDING_TTL);
+        let expires_at = self.expires_after(PENDING_TTL);
         let mut items = Vec::new();
         for (shard, ids) in shards {
             let ids: Vec<&str> = ids.into_iter().collect();

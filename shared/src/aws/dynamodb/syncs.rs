@@ -3,8 +3,7 @@
 
 use super::unavailable;
 use super::{
-    DynamoStore, Item, applied, build_error, epoch_secs, from_item, key, number, s, to_item,
-    unmet_conditions,
+    DynamoStore, Item, applied, build_error, from_item, key, number, s, to_item, unmet_conditions,
 };
 use crate::ids::{ApplicationId, SyncKey};
 use crate::oauth::sha256_hex;
@@ -74,7 +73,7 @@ impl DynamoStore {
         sync: &SyncKey,
         mut chunk: Vec<&PersonOutcome>,
     ) -> BackendResult<SyncOutcomes> {
-        let expires_at = epoch_secs(SYNC_MARKER_TTL);
+        let expires_at = self.expires_after(SYNC_MARKER_TTL);
         while !chunk.is_empty() {
             let delivered = chunk.iter().filter(|o| o.delivered).count() as u64;
             let new = SyncOutcomes {

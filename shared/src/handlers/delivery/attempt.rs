@@ -19,7 +19,7 @@ impl Delivery {
             sync,
             endpoint,
         } = send;
-        let at_ms = super::epoch_ms(self.ports.clock.as_ref());
+        let at_ms = self.ports.clock.now().epoch_ms();
         let (outcome, acknowledged) = outbound.send(&self.http).await;
         let logged = LoggedAttempt {
             attempt: Attempt::new(
@@ -34,7 +34,7 @@ impl Delivery {
         };
         let mut metrics = DeliveryMetrics::default();
         metrics.record(&outcome, acknowledged);
-        let ended = self.ports.clock.now().unix_timestamp();
+        let ended = self.ports.clock.now().epoch_secs();
         let health = HealthNote::of(&endpoint, ended, &outcome, acknowledged);
         let verdict = decide(acknowledged, &self.settings.retry, rx.attempt, &outcome);
         let keep = self

@@ -110,7 +110,7 @@ impl Delivery {
     ) -> Endpoint {
         let endpoint = Endpoint::Application(application);
         let mut health = endpoint.health().clone();
-        let now = self.ports.clock.now().unix_timestamp();
+        let now = self.ports.clock.now().epoch_secs();
         if !health.disable(now, reason.clone()) {
             return endpoint;
         }

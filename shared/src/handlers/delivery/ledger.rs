@@ -71,7 +71,7 @@ impl Delivery {
         if metrics.deliveries + metrics.dlq_moves + metrics.parked == 0 {
             return;
         }
-        let now_ms = super::epoch_ms(self.ports.clock.as_ref());
+        let now_ms = self.ports.clock.now().epoch_ms();
         let line = metrics.emf("delivery", now_ms).to_string();
         if self.settings.metrics {
             (self.metric_lines)(&line);

@@ -36,11 +36,6 @@ use subscribers::Subscribers;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// The clock's time in epoch milliseconds.
-fn epoch_ms(clock: &dyn crate::clock::Clock) -> i64 {
-    (clock.now().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
 /// Settings of the delivery handler.
 #[derive(Debug, Clone, Copy)]
 pub struct DeliverySettings {

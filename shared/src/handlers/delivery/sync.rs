@@ -4,7 +4,6 @@
 use super::Delivery;
 use super::plan::Received;
 use super::verdict::Verdict;
-use crate::clock::rfc3339_millis;
 use crate::handlers::sync_driver::{StepOutcome, SyncDriver, announce_if_complete};
 use crate::ids::SyncKey;
 use crate::job::{DeliveryJob, Target};
@@ -180,7 +179,7 @@ impl Delivery {
         let sent = match stepped {
             Ok(StepOutcome::Done) => return None,
             Ok(StepOutcome::Again(delay)) => {
-                let now = rfc3339_millis(self.ports.clock.now());
+                let now = self.ports.clock.now().rfc3339();
                 let next = DeliveryJob::sync_step(sync, now);
                 self.ports.queue.enqueue_delayed(&next, delay).await
             }

@@ -22,7 +22,7 @@ impl Adapters {
         let dir = TempDir::new();
         let db = Database::open(&dir.0, Access::Runner).expect("a fresh data directory opens");
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
-        let records = Arc::new(SqliteRecords::new(db.clone()));
+        let records = Arc::new(SqliteRecords::new(db.clone(), clock.clone()));
         let queue = Arc::new(SqliteQueue::new(
             db.clone(),
             clock.clone(),

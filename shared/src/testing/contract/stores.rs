@@ -23,7 +23,7 @@ fn client(id: &str) -> OAuthClient {
     OAuthClient::new(
         &id.parse().unwrap(),
         "secret",
-        time::OffsetDateTime::UNIX_EPOCH,
+        time::OffsetDateTime::UNIX_EPOCH.into(),
     )
 }
 
@@ -93,7 +93,7 @@ async fn tokens_are_found_by_their_hash_only(a: Adapters) {
     let issued = IssuedToken::new(
         &"APP-ONE".parse().unwrap(),
         "/webhook",
-        time::OffsetDateTime::UNIX_EPOCH,
+        time::OffsetDateTime::UNIX_EPOCH.into(),
         3600,
     );
     a.ports.tokens.put_token(&issued.stored).await.unwrap();
