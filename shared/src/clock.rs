@@ -16,87 +16,126 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        Timestamp(OffsetDateTime::now_utc())
+        Timestamp::from(OffsetDateTime::now_utc())
     }
 }
 
-/// A point in time (UTC). Stored and sent as epoch milliseconds, epoch seconds or
-/// RFC 3339 text depending on the field; those conversions are the methods here, used
-/// where a value is stored, sent or read back.
+/// A point in time (UTC), to the millisecond. Stored and sent as epoch milliseconds (its
+/// serde form), epoch seconds or RFC 3339 text depending on the field; those conversions
+/// are the methods here, used where a value is stored, sent or read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(OffsetDateTime);
+pub struct Timestamp {
+    /// Milliseconds since the Unix epoch; always a time `OffsetDateTime` can hold (years
+    /// -9999 to 9999), so it can always be written as text.
+    epoch_ms: i64,
+}
+
+/// The range of epoch milliseconds a `Timestamp` holds.
+fn ms_range() -> std::ops::RangeInclusive<i64> {
+    let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+    let min = time::PrimitiveDateTime::MIN.assume_utc();
+    let max = time::PrimitiveDateTime::MAX.assume_utc();
+    ms(min)..=ms(max)
+}
 
 impl Timestamp {
     /// `ms` milliseconds after the Unix epoch; `None` out of range.
     pub fn from_epoch_ms(ms: i64) -> Option<Self> {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-            .ok()
-            .map(Self)
+        ms_range().contains(&ms).then_some(Self { epoch_ms: ms })
     }
 
     /// `secs` seconds after the Unix epoch; `None` out of range.
     pub fn from_epoch_secs(secs: i64) -> Option<Self> {
-        OffsetDateTime::from_unix_timestamp(secs).ok().map(Self)
+        Self::from_epoch_ms(secs.checked_mul(1000)?)
     }
 
     /// RFC 3339 text, e.g. `2021-02-26T19:13:55.749Z`; `None` when it is not.
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
         OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
             .ok()
-            .map(Self)
+            .map(Self::from)
     }
 
-    /// Milliseconds since the Unix epoch (rounded down).
+    /// Milliseconds since the Unix epoch.
     pub fn epoch_ms(self) -> i64 {
-        self.0.unix_timestamp_nanos().div_euclid(1_000_000) as i64
+        self.epoch_ms
     }
 
     /// Seconds since the Unix epoch (rounded down).
     pub fn epoch_secs(self) -> i64 {
-        self.0.unix_timestamp()
+        self.epoch_ms.div_euclid(1000)
     }
 
     /// RFC 3339 UTC with milliseconds, e.g. `2021-02-26T19:13:55.749Z`.
     pub fn rfc3339(self) -> String {
-        rfc3339_millis(self.0)
+        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.epoch_ms) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        rfc3339_millis(t)
     }
 
-    /// The time `by` later (the latest time there is, if that is out of range).
+    /// The time `by` later (to the millisecond; the latest time there is, if that is out
+    /// of range).
     pub fn plus(self, by: Duration) -> Self {
-        Self(
-            self.0
-                .checked_add(by.try_into().unwrap_or(time::Duration::MAX))
-                .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc()),
-        )
+        let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        let range = ms_range();
+        Self {
+            epoch_ms: self.epoch_ms.saturating_add(by).min(*range.end()),
+        }
     }
 
     /// How long after `earlier` this is (zero when it is not after it).
     pub fn since(self, earlier: Self) -> Duration {
-        (self.0 - earlier.0).try_into().unwrap_or_default()
+        let ms = self.epoch_ms.saturating_sub(earlier.epoch_ms);
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
     }
 }
 
+/// To the millisecond (rounded down).
 impl From<OffsetDateTime> for Timestamp {
     fn from(t: OffsetDateTime) -> Self {
-        Self(t)
+        Self {
+            epoch_ms: t.unix_timestamp_nanos().div_euclid(1_000_000) as i64,
+        }
     }
 }
 
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Self {
-        Self(t.into())
+        Self::from(OffsetDateTime::from(t))
     }
 }
 
 impl From<Timestamp> for SystemTime {
     fn from(t: Timestamp) -> Self {
-        t.0.into()
+        let since_epoch = Duration::from_millis(t.epoch_ms.unsigned_abs());
+        if t.epoch_ms >= 0 {
+            SystemTime::UNIX_EPOCH + since_epoch
+        } else {
+            SystemTime::UNIX_EPOCH - since_epoch
+        }
     }
 }
 
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.pad(&self.rfc3339())
+    }
+}
+
+/// Written as epoch milliseconds, the form the stores keep times in.
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i64(self.epoch_ms)
+    }
+}
+
+/// Read back from epoch milliseconds; a number no time can have is an error (a stored
+/// item that does not decode).
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let ms = i64::deserialize(deserializer)?;
+        Self::from_epoch_ms(ms)
+            .ok_or_else(|| serde::de::Error::custom(format!("{ms} ms is no time")))
     }
 }
 
@@ -159,6 +198,35 @@ mod tests {
         ] {
             assert_eq!(parsed, None, "{case}");
         }
+    }
+
+    #[test]
+    fn stored_as_epoch_ms() {
+        let t = Timestamp::from_epoch_ms(1_614_366_835_749).unwrap();
+        assert_eq!(serde_json::to_string(&t).unwrap(), "1614366835749");
+        assert_eq!(
+            serde_json::from_str::<Timestamp>("1614366835749").unwrap(),
+            t
+        );
+        for (case, json) in [
+            ("past year 9999", "9223372036854775807"),
+            ("not a number", r#""2021-02-26T19:13:55.749Z""#),
+        ] {
+            assert!(serde_json::from_str::<Timestamp>(json).is_err(), "{case}");
+        }
+    }
+
+    #[test]
+    fn to_the_millisecond() {
+        let t = Timestamp::from(datetime!(2021-02-26 19:13:55.749_999 UTC));
+        assert_eq!(t.rfc3339(), "2021-02-26T19:13:55.749Z");
+        assert_eq!(
+            t.plus(Duration::from_micros(999)),
+            t,
+            "less than a millisecond adds nothing"
+        );
+        let before_1970 = Timestamp::from(datetime!(1969-12-31 23:59:59.999_5 UTC));
+        assert_eq!(before_1970.epoch_ms(), -1, "rounded down");
     }
 
     #[test]

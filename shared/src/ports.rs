@@ -6,7 +6,7 @@ use crate::attempts::{
     Attempt, EndpointKey, LogEndpoint, LoggedAttempt, Recovery, StatusFilter, StoredMessage,
 };
 use crate::callback::CallbackUrl;
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::events::OpsEvent;
 use crate::health::EndpointHealth;
 use crate::ids::{ApplicationId, ClientId, SyncKey};
@@ -174,18 +174,51 @@ pub trait SyncStore: Send + Sync {
     /// retried), false for every other, so the "Sync Completed" event goes out once
     /// however many deliveries see the last count.
     async fn claim_sync_completion(&self, sync: &SyncKey, claimant: &str) -> BackendResult<bool>;
-    /// Takes the sync's lease for `holder` until `until_ms` if it is free at `now_ms` or
-    /// already `holder`'s (one step at a time; a step retried after its lease was taken
-    /// but the answer lost carries on); false when another step holds it.
+    /// Takes `lease` on the sync if it is free at `now` or already the lease holder's (one
+    /// step at a time; a step retried after its lease was taken but the answer lost
+    /// carries on); false when another step holds it.
     async fn lease_sync(
         &self,
         sync: &SyncKey,
-        holder: &str,
-        now_ms: i64,
-        until_ms: i64,
+        lease: &Lease,
+        now: Timestamp,
     ) -> BackendResult<bool>;
     /// Frees the sync's lease if `holder` still holds it.
-    async fn release_sync(&self, sync: &SyncKey, holder: &str) -> BackendResult<()>;
+    async fn release_sync(&self, sync: &SyncKey, holder: &LeaseHolder) -> BackendResult<()>;
+}
+
+/// Who holds a lease: a flush run, or a sync step (named by its job's message id, the same
+/// when the step is retried).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseHolder(String);
+
+impl LeaseHolder {
+    /// The holder named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
+
+    /// The name, as stores keep it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A lease to take or as held: whose, and until when (then it has expired and another may
+/// take it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Who holds it.
+    pub holder: LeaseHolder,
+    /// When it expires.
+    pub until: Timestamp,
+}
+
+impl Lease {
+    /// True when it still holds at `now`.
+    pub fn holds_at(&self, now: Timestamp) -> bool {
+        self.until > now
+    }
 }
 
 /// The final outcome of one person's job in a fan-out sync.
@@ -255,14 +288,14 @@ pub trait PendingChanges: Send + Sync {
     /// (the memory adapter drops them; DynamoDB's expire through TTL); the cursor's window
     /// and later ones are kept whole.
     async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()>;
-    /// Takes the flush lease for `holder` until `until_ms` (epoch ms) if nobody holds it at
-    /// `now_ms` (a lease held until `now_ms` or earlier has expired); false when it is held,
-    /// even by `holder` (one flush run takes it once). One flush runs at a time without
-    /// reserved Lambda concurrency.
-    async fn lease_flush(&self, holder: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool>;
+    /// Takes the flush lease as `lease` if nobody holds it at `now` (a lease held until
+    /// `now` or earlier has expired); false when it is held, even by the same holder (one
+    /// flush run takes it once). One flush runs at a time without reserved Lambda
+    /// concurrency.
+    async fn lease_flush(&self, lease: &Lease, now: Timestamp) -> BackendResult<bool>;
     /// Gives the lease back if `holder` still holds it (a lease already taken over by
     /// another flush after it expired is left alone).
-    async fn release_flush(&self, holder: &str) -> BackendResult<()>;
+    async fn release_flush(&self, holder: &LeaseHolder) -> BackendResult<()>;
     /// Keeps a change the flush had to set aside (a poison item) until an operator replays
     /// or drops it; writing the same item again changes nothing.
     async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()>;
@@ -388,14 +421,14 @@ pub trait AttemptLog: Send + Sync {
         endpoint: &LogEndpoint,
         message_id: &MessageId,
     ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>>;
-    /// The kept messages of an endpoint with a failed attempt at or after `since_ms`
-    /// (epoch ms) whose latest attempt failed too, each once, oldest failure first; at most
+    /// The kept messages of an endpoint with a failed attempt at or after `since` whose
+    /// latest attempt failed too, each once, oldest failure first; at most
     /// `limit` of them. `next` is set when more follow (not a position: a recovery takes
     /// the first `limit` and says it is incomplete).
     async fn failed_since(
         &self,
         endpoint: &LogEndpoint,
-        since_ms: i64,
+        since: Timestamp,
         limit: usize,
     ) -> BackendResult<Page<StoredMessage>>;
     /// The kept messages of an endpoint with these ids (those still kept), any order.
@@ -439,3 +472,29 @@ pub struct Ports {
 
 /// The longest delay a queue message can be given when sent (SQS `DelaySeconds`).
 pub const MAX_SEND_DELAY: Duration = Duration::from_secs(900);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_holds_until_its_time_and_not_at_it() {
+        let until = Timestamp::from_epoch_ms(5_000).unwrap();
+        let lease = Lease {
+            holder: LeaseHolder::new("a"),
+            until,
+        };
+        for (case, now_ms, holds) in [
+            ("before", 4_999, true),
+            (
+                "at its time (expired, as the stores' conditions read it)",
+                5_000,
+                false,
+            ),
+            ("after", 5_001, false),
+        ] {
+            let now = Timestamp::from_epoch_ms(now_ms).unwrap();
+            assert_eq!(lease.holds_at(now), holds, "{case}");
+        }
+    }
+}

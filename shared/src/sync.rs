@@ -14,6 +14,7 @@
 //! Progress is saved after every page or person; a crash repeats at most that (duplicates,
 //! never a skipped person).
 
+use crate::clock::Timestamp;
 use crate::ids::{ApplicationId, SyncId, SyncKey};
 use serde::{Deserialize, Serialize};
 
@@ -57,12 +58,12 @@ pub struct FullSync {
     /// Paced syncs: failed attempts at the person after `cursor`.
     #[serde(default)]
     pub head_attempts: u32,
-    /// Paced syncs: not before this (epoch ms), after a failed attempt.
-    #[serde(default)]
-    pub next_attempt_at_ms: Option<i64>,
-    /// Paced syncs: when the previous request finished (epoch ms).
-    #[serde(default)]
-    pub last_request_end_ms: Option<i64>,
+    /// Paced syncs: not before this, after a failed attempt.
+    #[serde(default, rename = "next_attempt_at_ms")]
+    pub next_attempt_at: Option<Timestamp>,
+    /// Paced syncs: when the previous request finished.
+    #[serde(default, rename = "last_request_end_ms")]
+    pub last_request_end: Option<Timestamp>,
     /// Start time, RFC 3339.
     pub started_at: String,
     /// Completion time, RFC 3339.
@@ -99,8 +100,8 @@ impl FullSync {
             delivered: 0,
             failed: 0,
             head_attempts: 0,
-            next_attempt_at_ms: None,
-            last_request_end_ms: None,
+            next_attempt_at: None,
+            last_request_end: None,
             started_at,
             completed_at: None,
         }

@@ -252,7 +252,8 @@ async fn same_answers(memory: &MemoryStore, store: &DynamoStore, limits: &[usize
             sorted(memory.messages(&endpoint, &asked).await.unwrap()),
             "{endpoint:?}"
         );
-        for since in [0, T0 + 2 * WINDOW_MS, T0 + 4 * WINDOW_MS + 60_000] {
+        for since_ms in [0, T0 + 2 * WINDOW_MS, T0 + 4 * WINDOW_MS + 60_000] {
+            let since = webhooks::testing::at_ms(since_ms);
             for limit in [1, 2, 1000] {
                 let got = store.failed_since(&endpoint, since, limit).await.unwrap();
                 let expected = memory.failed_since(&endpoint, since, limit).await.unwrap();

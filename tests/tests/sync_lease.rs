@@ -76,14 +76,22 @@ async fn a_step_retried_after_its_lease_answer_was_lost_carries_on() {
     // The step message's first delivery: the lease is taken, the answer lost.
     assert!(
         driver
-            .step(&sync.key(), "step-message-1", deadline())
+            .step(
+                &sync.key(),
+                &webhooks::ports::LeaseHolder::new("step-message-1"),
+                deadline()
+            )
             .await
             .is_err()
     );
     // The same message, delivered again: it holds the lease, so it carries on.
     assert_eq!(
         driver
-            .step(&sync.key(), "step-message-1", deadline())
+            .step(
+                &sync.key(),
+                &webhooks::ports::LeaseHolder::new("step-message-1"),
+                deadline()
+            )
             .await
             .unwrap(),
         StepOutcome::Done
@@ -129,7 +137,11 @@ async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires()
     };
     // A step out of time at once hands over to the next, but cannot free its lease.
     let outcome = driver
-        .step(&sync.key(), "step-1", tokio::time::Instant::now())
+        .step(
+            &sync.key(),
+            &webhooks::ports::LeaseHolder::new("step-1"),
+            tokio::time::Instant::now(),
+        )
         .await
         .unwrap();
     let StepOutcome::Again(delay) = outcome else {
@@ -144,7 +156,7 @@ async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires()
         driver
             .step(
                 &sync.key(),
-                "step-2",
+                &webhooks::ports::LeaseHolder::new("step-2"),
                 tokio::time::Instant::now() + Duration::from_secs(30)
             )
             .await

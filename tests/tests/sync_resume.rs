@@ -107,7 +107,11 @@ impl Setup {
     async fn step_of(&self, holder: &str, budget: Duration) -> StepOutcome {
         let deadline = tokio::time::Instant::now() + budget;
         self.driver()
-            .step(&self.sync.key(), holder, deadline)
+            .step(
+                &self.sync.key(),
+                &webhooks::ports::LeaseHolder::new(holder),
+                deadline,
+            )
             .await
             .unwrap()
     }
@@ -155,7 +159,8 @@ async fn a_crashed_step_is_resumed_without_skipping_anybody() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let driver = s.driver();
     let key = s.sync.key();
-    let step = driver.step(&key, "step-1", deadline);
+    let holder = webhooks::ports::LeaseHolder::new("step-1");
+    let step = driver.step(&key, &holder, deadline);
     tokio::select! {
         _ = step => panic!("the step finished before it was cut off"),
         _ = s.receiver.wait_for(3, Duration::from_secs(20)) => {}

@@ -5,6 +5,7 @@ use super::api_error::{ApiError, json_response};
 use super::registration::{Registration, base_url, body_bytes};
 use super::views::{AttemptView, MessageView, RecoveryView, WebhookView};
 use crate::attempts::{Attempt, EndpointKey, LogEndpoint, Recovery, StatusFilter, StoredMessage};
+use crate::clock::Timestamp;
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::MAX_SEND_DELAY;
 use crate::subscription::Subscription;
@@ -30,19 +31,13 @@ struct RecoverRequest {
 }
 
 impl RecoverRequest {
-    /// The body's `since`, as given and in epoch ms.
-    fn parse(body: &[u8]) -> Result<(String, i64), ApiError> {
+    /// The body's `since`, as given and as a time.
+    fn parse(body: &[u8]) -> Result<(String, Timestamp), ApiError> {
         let body: Self =
             serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-        let since = time::OffsetDateTime::parse(
-            &body.since,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map_err(|_| ApiError::InvalidBody("since must be an RFC 3339 time".into()))?;
-        Ok((
-            body.since,
-            (since.unix_timestamp_nanos() / 1_000_000) as i64,
-        ))
+        let since = Timestamp::parse_rfc3339(&body.since)
+            .ok_or_else(|| ApiError::InvalidBody("since must be an RFC 3339 time".into()))?;
+        Ok((body.since, since))
     }
 }
 
@@ -205,14 +200,14 @@ impl Registration {
         disabled: bool,
         interval_ms: u64,
     ) -> Result<Response<Body>, ApiError> {
-        let (since, since_ms) = RecoverRequest::parse(body_bytes(request))?;
+        let (since_text, since) = RecoverRequest::parse(body_bytes(request))?;
         if disabled {
             return Err(ApiError::EndpointDisabled);
         }
         let page = self
             .ports
             .attempts
-            .failed_since(endpoint, since_ms, recover_limit(interval_ms))
+            .failed_since(endpoint, since, recover_limit(interval_ms))
             .await?;
         let jobs: Vec<DeliveryJob> = page.items.iter().map(|m| m.job.redelivered()).collect();
         // Kept before anything is sent: a failed send answers 503 and this id is never
@@ -220,14 +215,14 @@ impl Registration {
         let recovery = Recovery {
             id: format!("rec_{}", uuid::Uuid::new_v4().simple()),
             endpoint: endpoint.key.clone(),
-            since: since.clone(),
+            since: since_text.clone(),
             started_at_ms: self.ports.clock.now().epoch_ms(),
             messages: jobs.iter().map(|j| j.id.clone()).collect(),
             complete: page.next.is_none(),
         };
         self.ports.attempts.save_recovery(&recovery).await?;
         self.send_paced(&jobs, interval_ms).await?;
-        tracing::info!(endpoint = %endpoint.key.as_str(), messages = jobs.len(), %since, "failed messages recovered by the endpoint's owner");
+        tracing::info!(endpoint = %endpoint.key.as_str(), messages = jobs.len(), since = %since_text, "failed messages recovered by the endpoint's owner");
         let view = RecoveryView::new(&recovery, &[]).started(interval_ms);
         let mut response = json_response(StatusCode::ACCEPTED, &view);
         let location = format!(

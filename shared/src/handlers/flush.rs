@@ -13,7 +13,7 @@ use crate::job::DeliveryJob;
 use crate::members::{consents, scoped_person};
 use crate::metrics::FlushMetrics;
 use crate::poison::PoisonItem;
-use crate::ports::{BackendError, FlushCursor, Person, Ports, announce};
+use crate::ports::{BackendError, FlushCursor, Lease, LeaseHolder, Person, Ports, announce};
 use crate::record::RecordId;
 use crate::subscription::Subscription;
 use crate::window::{FlushWindows, WindowId};
@@ -106,18 +106,15 @@ impl Flush {
     /// [`FlushSettings::lease_margin`] after its deadline, and the next run after that
     /// proceeds.
     pub async fn run(&self, deadline: Option<Instant>) -> Result<FlushReport, BackendError> {
-        let holder = uuid::Uuid::new_v4().simple().to_string();
-        let now_ms = self.ports.clock.now().epoch_ms();
+        let now = self.ports.clock.now();
         let hold = deadline.map_or(LEASE_WITHOUT_DEADLINE, |d| {
             d.saturating_duration_since(Instant::now())
         }) + self.settings.lease_margin;
-        let until_ms = now_ms.saturating_add(hold.as_millis() as i64);
-        if !self
-            .ports
-            .pending
-            .lease_flush(&holder, now_ms, until_ms)
-            .await?
-        {
+        let lease = Lease {
+            holder: LeaseHolder::new(uuid::Uuid::new_v4().simple().to_string()),
+            until: now.plus(hold),
+        };
+        if !self.ports.pending.lease_flush(&lease, now).await? {
             tracing::info!("another flush holds the lease; this one ends");
             return Ok(FlushReport {
                 lease_held: true,
@@ -125,7 +122,7 @@ impl Flush {
             });
         }
         let result = self.flush_windows(deadline).await;
-        if let Err(e) = self.ports.pending.release_flush(&holder).await {
+        if let Err(e) = self.ports.pending.release_flush(&lease.holder).await {
             tracing::warn!(error = %e, "could not release the flush lease; it expires by itself");
         }
         if let Ok(report) = &result {

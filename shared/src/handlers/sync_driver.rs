@@ -10,7 +10,8 @@ use crate::ids::SyncKey;
 use crate::job::{DeliveryJob, Target};
 use crate::members::{consented_scopes, scoped_person};
 use crate::ports::{
-    BackendError, MAX_SEND_DELAY, OpsEvents, PersonOutcome, Ports, SyncStore, announce,
+    BackendError, Lease, LeaseHolder, MAX_SEND_DELAY, OpsEvents, PersonOutcome, Ports, SyncStore,
+    announce,
 };
 use crate::record::RecordId;
 use crate::retry::RetryPolicy;
@@ -85,10 +86,6 @@ pub struct SyncDriver<'a> {
     pub retry: RetryPolicy,
 }
 
-fn now_ms(ports: &Ports) -> i64 {
-    ports.clock.now().epoch_ms()
-}
-
 impl SyncDriver<'_> {
     /// Runs the sync until it is done or `deadline` nears, saving progress as it goes.
     /// `holder` names this step for the sync's lease: the step job's id, the same when
@@ -96,28 +93,24 @@ impl SyncDriver<'_> {
     pub async fn step(
         &self,
         key: &SyncKey,
-        holder: &str,
+        holder: &LeaseHolder,
         deadline: Instant,
     ) -> Result<StepOutcome, BackendError> {
         let ports = self.ports;
         let Some(mut sync) = self.runnable(key).await? else {
             return Ok(StepOutcome::Done);
         };
-        let lease_until = now_ms(ports)
-            + deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis() as i64
-            + LEASE_SLACK.as_millis() as i64;
-        if !ports
-            .syncs
-            .lease_sync(key, holder, now_ms(ports), lease_until)
-            .await?
-        {
+        let now = ports.clock.now();
+        let lease = Lease {
+            holder: holder.clone(),
+            until: now.plus(deadline.saturating_duration_since(Instant::now()) + LEASE_SLACK),
+        };
+        if !ports.syncs.lease_sync(key, &lease, now).await? {
             tracing::info!(sync = %key, "another step of this sync is running; this one ends");
             return Ok(StepOutcome::Done);
         }
         let outcome = self.run(&mut sync, deadline).await;
-        self.release(&sync, holder, lease_until, outcome).await
+        self.release(&sync, &lease, outcome).await
     }
 
     /// The sync, when a step has persons to read: it exists and runs, and its scan is not
@@ -171,20 +164,18 @@ impl SyncDriver<'_> {
     async fn release(
         &self,
         sync: &FullSync,
-        holder: &str,
-        lease_until: i64,
+        lease: &Lease,
         outcome: Result<StepOutcome, BackendError>,
     ) -> Result<StepOutcome, BackendError> {
         let ports = self.ports;
-        let released = ports.syncs.release_sync(&sync.key(), holder).await;
+        let released = ports.syncs.release_sync(&sync.key(), &lease.holder).await;
         let Err(e) = released else {
             return outcome;
         };
         // The next step is another message: arriving while the lease still holds, it
         // would stand aside and the sync would stop. It comes once it expired.
         tracing::warn!(error = %e, "could not free the sync's lease; the next step waits for it to expire");
-        let expires_in =
-            Duration::from_millis(lease_until.saturating_sub(now_ms(ports)).max(0) as u64);
+        let expires_in = lease.until.since(ports.clock.now());
         outcome.map(|next| match next {
             StepOutcome::Again(delay) => again_after(delay.max(expires_in)),
             StepOutcome::Done => StepOutcome::Done,
@@ -305,11 +296,11 @@ impl SyncDriver<'_> {
     ) -> Result<StepOutcome, BackendError> {
         let ports = self.ports;
         loop {
-            if let Some(at) = sync.next_attempt_at_ms {
-                let wait = at - now_ms(ports);
-                if wait > 0 {
+            if let Some(at) = sync.next_attempt_at {
+                let wait = at.since(ports.clock.now());
+                if !wait.is_zero() {
                     ports.syncs.save_sync(sync).await?;
-                    return Ok(again_after(Duration::from_millis(wait as u64)));
+                    return Ok(again_after(wait));
                 }
             }
             let page = ports
@@ -351,10 +342,9 @@ impl SyncDriver<'_> {
         let ports = self.ports;
         let interval = Duration::from_millis(sync.request_interval_ms);
         let attempt_time = self.http_budget();
-        if let Some(end) = sync.last_request_end_ms {
-            let wait = end + interval.as_millis() as i64 - now_ms(ports);
-            if wait > 0 {
-                let wait = Duration::from_millis(wait as u64);
+        if let Some(end) = sync.last_request_end {
+            let wait = end.plus(interval).since(ports.clock.now());
+            if !wait.is_zero() {
                 // Never sleep past the deadline: come back through the queue.
                 if Instant::now() + wait + attempt_time >= deadline {
                     ports.syncs.save_sync(sync).await?;
@@ -395,9 +385,9 @@ impl SyncDriver<'_> {
         if sync.head_attempts == 0 {
             sync.scanned += 1;
         }
-        let at_ms = now_ms(ports);
+        let at_ms = ports.clock.now().epoch_ms();
         let (outcome, acknowledged) = request.send(self.http).await;
-        sync.last_request_end_ms = Some(now_ms(ports));
+        sync.last_request_end = Some(ports.clock.now());
         let endpoint = EndpointKey::application(&application.id);
         let attempt = sync.head_attempts + 1;
         let logged = LoggedAttempt {
@@ -435,7 +425,7 @@ impl SyncDriver<'_> {
                 let delay = self
                     .retry
                     .next_delay(sync.head_attempts, outcome.retry_after);
-                sync.next_attempt_at_ms = Some(now_ms(ports) + delay.as_millis() as i64);
+                sync.next_attempt_at = Some(ports.clock.now().plus(delay));
                 ports.syncs.save_sync(sync).await?;
                 return Ok(Some(again_after(delay)));
             }
@@ -443,7 +433,7 @@ impl SyncDriver<'_> {
             sync.failed += 1;
         }
         sync.head_attempts = 0;
-        sync.next_attempt_at_ms = None;
+        sync.next_attempt_at = None;
         sync.cursor = Some(id.to_string());
         ports.syncs.save_sync(sync).await?;
         Ok(None)
@@ -498,7 +488,7 @@ mod tests {
         app.webhook.request_interval_ms = interval.as_millis() as u64;
         ports.applications.put_application(&app).await.unwrap();
         let mut sync = FullSync::new(&app_1(), app.webhook.request_interval_ms, "t".into());
-        sync.last_request_end_ms = Some(now_ms(&ports));
+        sync.last_request_end = Some(ports.clock.now());
         ports.syncs.save_sync(&sync).await.unwrap();
         let http = CallbackClient::new(&HttpSettings {
             timeout: Duration::from_secs(5),
@@ -526,7 +516,7 @@ mod tests {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         driver
-            .step(&setup.sync.key(), "step-1", deadline)
+            .step(&setup.sync.key(), &LeaseHolder::new("step-1"), deadline)
             .await
             .unwrap();
         let page = setup
@@ -558,7 +548,7 @@ mod tests {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         let outcome = driver
-            .step(&setup.sync.key(), "step-1", deadline)
+            .step(&setup.sync.key(), &LeaseHolder::new("step-1"), deadline)
             .await
             .unwrap();
         assert!(
@@ -581,7 +571,7 @@ mod tests {
         for _ in 0..4 {
             let deadline = Instant::now() + Duration::from_secs(60);
             let outcome = driver
-                .step(&setup.sync.key(), "step-1", deadline)
+                .step(&setup.sync.key(), &LeaseHolder::new("step-1"), deadline)
                 .await
                 .unwrap();
             assert!(Instant::now() <= deadline);

@@ -4,6 +4,7 @@ use super::MemoryStore;
 use crate::attempts::{
     Attempt, EndpointKey, LogEndpoint, LoggedAttempt, Recovery, StatusFilter, StoredMessage,
 };
+use crate::clock::Timestamp;
 use crate::job::MessageId;
 use crate::ports::{AttemptLog, BackendResult, Page};
 use async_trait::async_trait;
@@ -70,7 +71,7 @@ impl AttemptLog for MemoryStore {
     async fn failed_since(
         &self,
         endpoint: &LogEndpoint,
-        since_ms: i64,
+        since: Timestamp,
         limit: usize,
     ) -> BackendResult<Page<StoredMessage>> {
         self.gate
@@ -80,7 +81,7 @@ impl AttemptLog for MemoryStore {
                 let mut seen = std::collections::HashSet::new();
                 let mut items = Vec::new();
                 let mut more = false;
-                let from = format!("{:013}", since_ms.max(0));
+                let from = format!("{:013}", since.epoch_ms().max(0));
                 for attempt in state
                     .attempts
                     .get(endpoint)

@@ -14,7 +14,7 @@ pub use records::MemoryRecords;
 use crate::application::Application;
 use crate::attempts::{Attempt, EndpointKey, StoredMessage};
 use crate::callback::CallbackUrl;
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::health::EndpointHealth;
 use crate::ids::{ApplicationId, ClientId, SyncKey};
 use crate::job::{DeliveryJob, MessageId};
@@ -22,8 +22,8 @@ use crate::message::Refusal;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::poison::PoisonItem;
 use crate::ports::{
-    ApplicationStore, BackendResult, ClientStore, FlushCursor, OpsEvents, Page, PendingChanges,
-    PersonOutcome, Ports, SubscriptionStore, SyncStore, TokenStore,
+    ApplicationStore, BackendResult, ClientStore, FlushCursor, Lease, LeaseHolder, OpsEvents, Page,
+    PendingChanges, PersonOutcome, Ports, SubscriptionStore, SyncStore, TokenStore,
 };
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
@@ -127,8 +127,7 @@ struct State {
     subscriptions: BTreeMap<(RecordId, String), Subscription>,
     pending: BTreeMap<WindowId, BTreeSet<RecordId>>,
     cursor: Option<FlushCursor>,
-    /// The flush lease: holder and until when (epoch ms).
-    flush_lease: Option<(String, i64)>,
+    flush_lease: Option<Lease>,
     applications: BTreeMap<ApplicationId, Application>,
     api_keys: HashMap<String, ApplicationId>,
     syncs: HashMap<SyncKey, SyncEntry>,
@@ -147,8 +146,7 @@ struct SyncEntry {
     counted: HashSet<RecordId>,
     /// Who claimed the completion's announcement.
     completion_claimant: Option<String>,
-    lease_until_ms: i64,
-    lease_holder: Option<String>,
+    lease: Option<Lease>,
 }
 
 impl MemoryStore {
@@ -420,28 +418,28 @@ impl PendingChanges for MemoryStore {
             .await
     }
 
-    async fn lease_flush(&self, holder: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool> {
+    async fn lease_flush(&self, lease: &Lease, now: Timestamp) -> BackendResult<bool> {
         self.gate
             .run("lease_flush", async {
                 let mut state = self.state();
-                if state
-                    .flush_lease
-                    .as_ref()
-                    .is_some_and(|(_, until)| *until > now_ms)
-                {
+                if state.flush_lease.as_ref().is_some_and(|l| l.holds_at(now)) {
                     return Ok(false);
                 }
-                state.flush_lease = Some((holder.to_owned(), until_ms));
+                state.flush_lease = Some(lease.clone());
                 Ok(true)
             })
             .await
     }
 
-    async fn release_flush(&self, holder: &str) -> BackendResult<()> {
+    async fn release_flush(&self, holder: &LeaseHolder) -> BackendResult<()> {
         self.gate
             .run("release_flush", async {
                 let mut state = self.state();
-                if state.flush_lease.as_ref().is_some_and(|(h, _)| h == holder) {
+                if state
+                    .flush_lease
+                    .as_ref()
+                    .is_some_and(|l| l.holder == *holder)
+                {
                     state.flush_lease = None;
                 }
                 Ok(())
@@ -602,33 +600,34 @@ impl SyncStore for MemoryStore {
     async fn lease_sync(
         &self,
         sync: &SyncKey,
-        holder: &str,
-        now_ms: i64,
-        until_ms: i64,
+        lease: &Lease,
+        now: Timestamp,
     ) -> BackendResult<bool> {
         self.gate
             .run("lease_sync", async {
                 let mut state = self.state();
                 let entry = state.syncs.entry(sync.clone()).or_default();
-                if entry.lease_until_ms > now_ms && entry.lease_holder.as_deref() != Some(holder) {
+                if entry
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.holds_at(now) && l.holder != lease.holder)
+                {
                     return Ok(false);
                 }
-                entry.lease_until_ms = until_ms;
-                entry.lease_holder = Some(holder.to_owned());
+                entry.lease = Some(lease.clone());
                 Ok(true)
             })
             .await
     }
 
-    async fn release_sync(&self, sync: &SyncKey, holder: &str) -> BackendResult<()> {
+    async fn release_sync(&self, sync: &SyncKey, holder: &LeaseHolder) -> BackendResult<()> {
         self.gate
             .run("release_sync", async {
                 let mut state = self.state();
                 if let Some(entry) = state.syncs.get_mut(sync)
-                    && entry.lease_holder.as_deref() == Some(holder)
+                    && entry.lease.as_ref().is_some_and(|l| l.holder == *holder)
                 {
-                    entry.lease_until_ms = 0;
-                    entry.lease_holder = None;
+                    entry.lease = None;
                 }
                 Ok(())
             })

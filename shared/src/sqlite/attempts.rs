@@ -8,6 +8,7 @@ use super::{from_json, to_json};
 use crate::attempts::{
     Attempt, EndpointKey, LogEndpoint, LoggedAttempt, Recovery, StatusFilter, StoredMessage,
 };
+use crate::clock::Timestamp;
 use crate::job::MessageId;
 use crate::ports::{AttemptLog, BackendResult, Page};
 use async_trait::async_trait;
@@ -247,10 +248,11 @@ impl AttemptLog for SqliteStore {
     async fn failed_since(
         &self,
         endpoint: &LogEndpoint,
-        since_ms: i64,
+        since: Timestamp,
         limit: usize,
     ) -> BackendResult<Page<StoredMessage>> {
         let endpoint = endpoint.key.as_str().to_owned();
+        let since_ms = since.epoch_ms();
         self.db
             .read(move |conn| {
                 let from = format!("{:013}", since_ms.max(0));

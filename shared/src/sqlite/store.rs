@@ -6,13 +6,14 @@ use super::{from_json, to_json};
 use crate::application::Application;
 use crate::attempts::EndpointKey;
 use crate::callback::CallbackUrl;
+use crate::clock::Timestamp;
 use crate::health::EndpointHealth;
 use crate::ids::{ApplicationId, ClientId, SyncKey};
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::poison::PoisonItem;
 use crate::ports::{
-    ApplicationStore, BackendError, BackendResult, ClientStore, FlushCursor, Page, PendingChanges,
-    PersonOutcome, SubscriptionStore, SyncStore, TokenStore,
+    ApplicationStore, BackendError, BackendResult, ClientStore, FlushCursor, Lease, LeaseHolder,
+    Page, PendingChanges, PersonOutcome, SubscriptionStore, SyncStore, TokenStore,
 };
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
@@ -91,8 +92,9 @@ const CURSOR: &str = "flush_cursor";
 const FLUSH_LEASE: &str = "flush_lease";
 const CURRENT_WINDOW: &str = "current_window";
 
+/// The flush lease as the meta table keeps it.
 #[derive(Serialize, Deserialize)]
-struct Lease {
+struct StoredLease {
     holder: String,
     until_ms: i64,
 }
@@ -620,11 +622,12 @@ impl SyncStore for SqliteStore {
     async fn lease_sync(
         &self,
         sync: &SyncKey,
-        holder: &str,
-        now_ms: i64,
-        until_ms: i64,
+        lease: &Lease,
+        now: Timestamp,
     ) -> BackendResult<bool> {
-        let ((application, sync_id), holder) = (columns(sync), holder.to_owned());
+        let (application, sync_id) = columns(sync);
+        let holder = lease.holder.as_str().to_owned();
+        let (now_ms, until_ms) = (now.epoch_ms(), lease.until.epoch_ms());
         self.db
             .write(Durability::Normal, move |conn| {
                 ensure_sync(conn, &application, &sync_id)?;
@@ -642,8 +645,8 @@ impl SyncStore for SqliteStore {
             .await
     }
 
-    async fn release_sync(&self, sync: &SyncKey, holder: &str) -> BackendResult<()> {
-        let ((application, sync_id), holder) = (columns(sync), holder.to_owned());
+    async fn release_sync(&self, sync: &SyncKey, holder: &LeaseHolder) -> BackendResult<()> {
+        let ((application, sync_id), holder) = (columns(sync), holder.as_str().to_owned());
         self.db
             .write(Durability::Normal, move |conn| {
                 conn.prepare_cached(
@@ -730,24 +733,30 @@ impl PendingChanges for SqliteStore {
             .await
     }
 
-    async fn lease_flush(&self, holder: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool> {
-        let holder = holder.to_owned();
+    async fn lease_flush(&self, lease: &Lease, now: Timestamp) -> BackendResult<bool> {
+        let stored = StoredLease {
+            holder: lease.holder.as_str().to_owned(),
+            until_ms: lease.until.epoch_ms(),
+        };
+        let now_ms = now.epoch_ms();
         self.db
             .write(Durability::Normal, move |conn| {
-                if meta::<Lease>(conn, FLUSH_LEASE)?.is_some_and(|lease| lease.until_ms > now_ms) {
+                let held = meta::<StoredLease>(conn, FLUSH_LEASE)?;
+                if held.is_some_and(|lease| lease.until_ms > now_ms) {
                     return Ok(false);
                 }
-                set_meta(conn, FLUSH_LEASE, &Lease { holder, until_ms })?;
+                set_meta(conn, FLUSH_LEASE, &stored)?;
                 Ok(true)
             })
             .await
     }
 
-    async fn release_flush(&self, holder: &str) -> BackendResult<()> {
-        let holder = holder.to_owned();
+    async fn release_flush(&self, holder: &LeaseHolder) -> BackendResult<()> {
+        let holder = holder.as_str().to_owned();
         self.db
             .write(Durability::Normal, move |conn| {
-                if meta::<Lease>(conn, FLUSH_LEASE)?.is_some_and(|lease| lease.holder == holder) {
+                let held = meta::<StoredLease>(conn, FLUSH_LEASE)?;
+                if held.is_some_and(|lease| lease.holder == holder) {
                     conn.prepare_cached("DELETE FROM meta WHERE name = ?1")
                         .and_then(|mut s| s.execute([FLUSH_LEASE]))
                         .map_err(backend)?;

@@ -9,6 +9,7 @@ use crate::job::DeliveryJob;
 use crate::memory::QueueDepth;
 use crate::message;
 use crate::oauth::{AccessToken, OAuthClient};
+use crate::ports::LeaseHolder;
 use crate::ports::{
     ApplicationStore, AttemptLog, ClientStore, DeliveryQueue, FlushCursor, Page, ParkedQueue,
     PendingChanges, PersonOutcome, RecordStore, SubscriptionStore, SyncStore, TokenStore,
@@ -16,6 +17,7 @@ use crate::ports::{
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::testing::ManualClock;
+use crate::testing::{at_ms, lease};
 use crate::window::WindowId;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -481,36 +483,79 @@ async fn the_flush_lease_is_one_holders_and_a_new_runner_frees_it() {
     let dir = TempDir::new();
     {
         let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap());
-        assert!(store.lease_flush("a", 100, 1_000).await.unwrap());
-        assert!(!store.lease_flush("b", 200, 1_000).await.unwrap());
-        store.release_flush("b").await.unwrap();
         assert!(
-            !store.lease_flush("b", 300, 1_000).await.unwrap(),
+            store
+                .lease_flush(&lease("a", 1_000), at_ms(100))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .lease_flush(&lease("b", 1_000), at_ms(200))
+                .await
+                .unwrap()
+        );
+        store.release_flush(&LeaseHolder::new("b")).await.unwrap();
+        assert!(
+            !store
+                .lease_flush(&lease("b", 1_000), at_ms(300))
+                .await
+                .unwrap(),
             "not b's to release"
         );
         assert!(
-            store.lease_flush("b", 1_000, 2_000).await.unwrap(),
+            store
+                .lease_flush(&lease("b", 2_000), at_ms(1_000))
+                .await
+                .unwrap(),
             "expired"
         );
-        assert!(store.lease_sync(&s1(), "a", 0, 10_000).await.unwrap());
+        assert!(
+            store
+                .lease_sync(&s1(), &lease("a", 10_000), at_ms(0))
+                .await
+                .unwrap()
+        );
         // Killed holding both leases.
     }
     let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap());
     assert!(
-        store.lease_flush("c", 1_500, 3_000).await.unwrap(),
+        store
+            .lease_flush(&lease("c", 3_000), at_ms(1_500))
+            .await
+            .unwrap(),
         "freed at start"
     );
     assert!(
-        store.lease_sync(&s1(), "b", 1, 10_000).await.unwrap(),
+        store
+            .lease_sync(&s1(), &lease("b", 10_000), at_ms(1))
+            .await
+            .unwrap(),
         "freed at start"
     );
-    assert!(!store.lease_sync(&s1(), "a", 2, 10_000).await.unwrap());
     assert!(
-        store.lease_sync(&s1(), "b", 3, 10_000).await.unwrap(),
+        !store
+            .lease_sync(&s1(), &lease("a", 10_000), at_ms(2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .lease_sync(&s1(), &lease("b", 10_000), at_ms(3))
+            .await
+            .unwrap(),
         "held again by b"
     );
-    store.release_sync(&s1(), "b").await.unwrap();
-    assert!(store.lease_sync(&s1(), "a", 4, 10_000).await.unwrap());
+    store
+        .release_sync(&s1(), &LeaseHolder::new("b"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .lease_sync(&s1(), &lease("a", 10_000), at_ms(4))
+            .await
+            .unwrap()
+    );
 }
 
 /// The sync the lease and outcome tests use.
@@ -556,8 +601,8 @@ async fn sync_outcomes_count_each_person_once_and_one_claimant_announces() {
         delivered: 0,
         failed: 0,
         head_attempts: 0,
-        next_attempt_at_ms: None,
-        last_request_end_ms: None,
+        next_attempt_at: None,
+        last_request_end: None,
         started_at: "2026-11-26T00:00:00.000Z".into(),
         completed_at: None,
     };
@@ -649,7 +694,10 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
         attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
         [1, 2]
     );
-    let failed = store.failed_since(&log_endpoint, 0, 1).await.unwrap();
+    let failed = store
+        .failed_since(&log_endpoint, at_ms(0), 1)
+        .await
+        .unwrap();
     assert_eq!(
         failed
             .items
@@ -659,11 +707,14 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
         [job(2).id]
     );
     assert!(failed.next.is_some(), "one more failed message");
-    let all_failed = store.failed_since(&log_endpoint, 0, 10).await.unwrap();
+    let all_failed = store
+        .failed_since(&log_endpoint, at_ms(0), 10)
+        .await
+        .unwrap();
     assert_eq!(all_failed.items.len(), 2, "message 1 was acked at last");
     assert_eq!(
         store
-            .failed_since(&log_endpoint, 3_500, 10)
+            .failed_since(&log_endpoint, at_ms(3_500), 10)
             .await
             .unwrap()
             .items

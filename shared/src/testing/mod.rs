@@ -10,6 +10,19 @@ use crate::clock::{Clock, Timestamp};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// The time `ms` epoch milliseconds (tests write times as numbers).
+pub fn at_ms(ms: i64) -> Timestamp {
+    Timestamp::from_epoch_ms(ms).expect("a time in range")
+}
+
+/// A lease for `holder` until `until_ms` epoch milliseconds.
+pub fn lease(holder: &str, until_ms: i64) -> crate::ports::Lease {
+    crate::ports::Lease {
+        holder: crate::ports::LeaseHolder::new(holder),
+        until: at_ms(until_ms),
+    }
+}
+
 /// A clock that only moves when told to (tests).
 #[derive(Debug)]
 pub struct ManualClock(Mutex<Timestamp>);

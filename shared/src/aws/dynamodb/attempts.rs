@@ -18,6 +18,7 @@ use crate::attempts::{
     Attempt, EndpointKey, EndpointOwner, LogEndpoint, LoggedAttempt, OutcomeClass, Recovery,
     StatusFilter, StoredMessage,
 };
+use crate::clock::Timestamp;
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::{AttemptLog, BackendError, BackendResult, Page};
 use async_trait::async_trait;
@@ -869,12 +870,12 @@ impl AttemptLog for DynamoStore {
     async fn failed_since(
         &self,
         endpoint: &LogEndpoint,
-        since_ms: i64,
+        since: Timestamp,
         limit: usize,
     ) -> BackendResult<Page<StoredMessage>> {
         // The failed attempts since then (the time range of the endpoint's attempt items,
         // read forwards), each message once; then each message's latest outcome.
-        let (ids, mut more) = self.failed_ids(&endpoint.key, since_ms).await?;
+        let (ids, mut more) = self.failed_ids(&endpoint.key, since.epoch_ms()).await?;
         let mut items = Vec::new();
         'chunks: for chunk in ids.chunks(HOMES_PER_READ) {
             let mut homes = self.homes(&endpoint.key, chunk, true).await?;

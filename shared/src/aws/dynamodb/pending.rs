@@ -13,13 +13,13 @@
 //! record once, and the flush de-duplicates across the pages of a window.
 
 use super::unavailable;
-use super::{DynamoStore, Item, Keyed, applied, from_item, s, to_item};
+use super::{DynamoStore, Item, Keyed, applied, from_item, number, s, to_item};
+use crate::clock::Timestamp;
 use crate::poison::PoisonItem;
-use crate::ports::{BackendResult, FlushCursor, Page, PendingChanges};
+use crate::ports::{BackendResult, FlushCursor, Lease, LeaseHolder, Page, PendingChanges};
 use crate::record::RecordId;
 use crate::window::{PENDING_TTL, WindowId};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -289,7 +289,7 @@ impl PendingChanges for DynamoStore {
         self.put("FLUSH".into(), "CURSOR".into(), cursor).await
     }
 
-    async fn lease_flush(&self, holder: &str, now_ms: i64, until_ms: i64) -> BackendResult<bool> {
+    async fn lease_flush(&self, lease: &Lease, now: Timestamp) -> BackendResult<bool> {
         // Its own item: saving the cursor replaces the whole CURSOR item.
         let result = self
             .client
@@ -299,15 +299,15 @@ impl PendingChanges for DynamoStore {
             .key("sk", s("LEASE"))
             .update_expression("SET holder = :holder, lease_until_ms = :until")
             .condition_expression("attribute_not_exists(lease_until_ms) OR lease_until_ms <= :now")
-            .expression_attribute_values(":holder", s(holder))
-            .expression_attribute_values(":until", AttributeValue::N(until_ms.to_string()))
-            .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
+            .expression_attribute_values(":holder", s(lease.holder.as_str()))
+            .expression_attribute_values(":until", number(lease.until.epoch_ms()))
+            .expression_attribute_values(":now", number(now.epoch_ms()))
             .send()
             .await;
         applied(result)
     }
 
-    async fn release_flush(&self, holder: &str) -> BackendResult<()> {
+    async fn release_flush(&self, holder: &LeaseHolder) -> BackendResult<()> {
         let result = self
             .client
             .delete_item()
@@ -315,7 +315,7 @@ impl PendingChanges for DynamoStore {
             .key("pk", s("FLUSH"))
             .key("sk", s("LEASE"))
             .condition_expression("holder = :holder")
-            .expression_attribute_values(":holder", s(holder))
+            .expression_attribute_values(":holder", s(holder.as_str()))
             .send()
             .await;
         // Expired and taken over by another flush: theirs now.

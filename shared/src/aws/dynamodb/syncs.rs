@@ -5,9 +5,10 @@ use super::unavailable;
 use super::{
     DynamoStore, Item, applied, build_error, from_item, key, number, s, to_item, unmet_conditions,
 };
+use crate::clock::Timestamp;
 use crate::ids::{ApplicationId, SyncKey};
 use crate::oauth::sha256_hex;
-use crate::ports::{BackendResult, PersonOutcome, SyncStore};
+use crate::ports::{BackendResult, Lease, LeaseHolder, PersonOutcome, SyncStore};
 use crate::record::RecordId;
 use crate::sync::{FullSync, SyncOutcomes};
 use async_trait::async_trait;
@@ -271,9 +272,8 @@ impl SyncStore for DynamoStore {
     async fn lease_sync(
         &self,
         sync: &SyncKey,
-        holder: &str,
-        now_ms: i64,
-        until_ms: i64,
+        lease: &Lease,
+        now: Timestamp,
     ) -> BackendResult<bool> {
         let result = self
             .update_sync(sync)
@@ -281,21 +281,21 @@ impl SyncStore for DynamoStore {
             .condition_expression(
                 "attribute_not_exists(lease_until_ms) OR lease_until_ms <= :now OR lease_holder = :holder",
             )
-            .expression_attribute_values(":until", AttributeValue::N(until_ms.to_string()))
-            .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
-            .expression_attribute_values(":holder", s(holder))
+            .expression_attribute_values(":until", number(lease.until.epoch_ms()))
+            .expression_attribute_values(":now", number(now.epoch_ms()))
+            .expression_attribute_values(":holder", s(lease.holder.as_str()))
             .send()
             .await;
         applied(result)
     }
 
-    async fn release_sync(&self, sync: &SyncKey, holder: &str) -> BackendResult<()> {
+    async fn release_sync(&self, sync: &SyncKey, holder: &LeaseHolder) -> BackendResult<()> {
         let result = self
             .update_sync(sync)
             .update_expression("SET lease_until_ms = :zero REMOVE lease_holder")
             .condition_expression("lease_holder = :holder")
             .expression_attribute_values(":zero", AttributeValue::N("0".into()))
-            .expression_attribute_values(":holder", s(holder))
+            .expression_attribute_values(":holder", s(holder.as_str()))
             .send()
             .await;
         // Expired and taken over by another step: theirs now.

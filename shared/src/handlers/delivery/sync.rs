@@ -7,7 +7,7 @@ use super::verdict::Verdict;
 use crate::handlers::sync_driver::{StepOutcome, SyncDriver, announce_if_complete};
 use crate::ids::SyncKey;
 use crate::job::{DeliveryJob, Target};
-use crate::ports::{BackendError, BackendResult, PersonOutcome};
+use crate::ports::{BackendError, BackendResult, LeaseHolder, PersonOutcome};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -175,7 +175,8 @@ impl Delivery {
         };
         // The lease's holder is the step job's id: the same when SQS delivers the message
         // again and when a backend failure sends the job again as a new message.
-        let stepped = driver.step(sync, rx.job.id.as_str(), deadline).await;
+        let holder = LeaseHolder::new(rx.job.id.as_str());
+        let stepped = driver.step(sync, &holder, deadline).await;
         let sent = match stepped {
             Ok(StepOutcome::Done) => return None,
             Ok(StepOutcome::Again(delay)) => {

@@ -7,6 +7,7 @@ use crate::attempts::{
 };
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::Page;
+use crate::testing::at_ms;
 use crate::window::WindowId;
 
 scenarios![
@@ -265,7 +266,7 @@ async fn failed_since_lists_each_failing_message_once(a: Adapters) {
             .collect::<Vec<_>>()
     };
     let all = log
-        .failed_since(&log_endpoint("app-log"), since, 10)
+        .failed_since(&log_endpoint("app-log"), at_ms(since), 10)
         .await
         .unwrap();
     assert_eq!(
@@ -274,7 +275,7 @@ async fn failed_since_lists_each_failing_message_once(a: Adapters) {
         "failing messages with a failure since then, oldest failure first, each once"
     );
     let two = log
-        .failed_since(&log_endpoint("app-log"), since, 2)
+        .failed_since(&log_endpoint("app-log"), at_ms(since), 2)
         .await
         .unwrap();
     assert_eq!(
@@ -283,7 +284,7 @@ async fn failed_since_lists_each_failing_message_once(a: Adapters) {
         "more follow"
     );
     let three = log
-        .failed_since(&log_endpoint("app-log"), since, 3)
+        .failed_since(&log_endpoint("app-log"), at_ms(since), 3)
         .await
         .unwrap();
     assert_eq!(
@@ -292,12 +293,12 @@ async fn failed_since_lists_each_failing_message_once(a: Adapters) {
         "exactly all: no next"
     );
     let late = log
-        .failed_since(&log_endpoint("app-log"), CREATED_MS + 8_500, 10)
+        .failed_since(&log_endpoint("app-log"), at_ms(CREATED_MS + 8_500), 10)
         .await
         .unwrap();
     assert_eq!(ids(&late), [5]);
     assert!(
-        log.failed_since(&log_endpoint("app-other"), 0, 10)
+        log.failed_since(&log_endpoint("app-other"), at_ms(0), 10)
             .await
             .unwrap()
             .items

@@ -6,8 +6,10 @@ use super::{Adapters, read_pages, record};
 use crate::job::DeliveryJob;
 use crate::message::Refusal;
 use crate::poison::PoisonItem;
+use crate::ports::LeaseHolder;
 use crate::ports::{FlushCursor, Page};
 use crate::record::RecordId;
+use crate::testing::{at_ms, lease};
 use crate::window::WindowId;
 
 scenarios![
@@ -154,32 +156,55 @@ async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
 
 async fn flush_lease_one_flush_at_a_time(a: Adapters) {
     let pending = &a.ports.pending;
-    assert!(pending.lease_flush("a", 1_000, 5_000).await.unwrap());
     assert!(
-        !pending.lease_flush("b", 2_000, 6_000).await.unwrap(),
+        pending
+            .lease_flush(&lease("a", 5_000), at_ms(1_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !pending
+            .lease_flush(&lease("b", 6_000), at_ms(2_000))
+            .await
+            .unwrap(),
         "held by a until 5 000"
     );
     assert!(
-        !pending.lease_flush("a", 2_000, 6_000).await.unwrap(),
+        !pending
+            .lease_flush(&lease("a", 6_000), at_ms(2_000))
+            .await
+            .unwrap(),
         "a held lease is not taken again, even by its holder"
     );
-    pending.release_flush("b").await.unwrap();
+    pending.release_flush(&LeaseHolder::new("b")).await.unwrap();
     assert!(
-        !pending.lease_flush("b", 4_999, 9_000).await.unwrap(),
+        !pending
+            .lease_flush(&lease("b", 9_000), at_ms(4_999))
+            .await
+            .unwrap(),
         "only the holder gives it back"
     );
     assert!(
-        pending.lease_flush("b", 5_000, 9_000).await.unwrap(),
+        pending
+            .lease_flush(&lease("b", 9_000), at_ms(5_000))
+            .await
+            .unwrap(),
         "expired (a crashed holder): taken over"
     );
-    pending.release_flush("a").await.unwrap();
+    pending.release_flush(&LeaseHolder::new("a")).await.unwrap();
     assert!(
-        !pending.lease_flush("c", 6_000, 10_000).await.unwrap(),
+        !pending
+            .lease_flush(&lease("c", 10_000), at_ms(6_000))
+            .await
+            .unwrap(),
         "the old holder's late release leaves b's lease alone"
     );
-    pending.release_flush("b").await.unwrap();
+    pending.release_flush(&LeaseHolder::new("b")).await.unwrap();
     assert!(
-        pending.lease_flush("c", 6_000, 10_000).await.unwrap(),
+        pending
+            .lease_flush(&lease("c", 10_000), at_ms(6_000))
+            .await
+            .unwrap(),
         "released by its holder: free at once"
     );
     pending
@@ -190,7 +215,10 @@ async fn flush_lease_one_flush_at_a_time(a: Adapters) {
         .await
         .unwrap();
     assert!(
-        !pending.lease_flush("d", 7_000, 11_000).await.unwrap(),
+        !pending
+            .lease_flush(&lease("d", 11_000), at_ms(7_000))
+            .await
+            .unwrap(),
         "saving the cursor does not free the lease"
     );
 }

@@ -3,8 +3,10 @@
 
 use super::{Adapters, record};
 use crate::ids::SyncKey;
+use crate::ports::LeaseHolder;
 use crate::ports::PersonOutcome;
 use crate::sync::{FullSync, SyncOutcomes};
+use crate::testing::{at_ms, lease};
 
 scenarios![
     sync_outcomes_are_counted_once_per_person,
@@ -93,7 +95,7 @@ async fn sync_state_is_saved_beside_its_counters(a: Adapters) {
         .unwrap();
     sync.scanned = 4;
     sync.cursor = Some("p-4".into());
-    sync.next_attempt_at_ms = Some(1_700_000_000_000);
+    sync.next_attempt_at = Some(at_ms(1_700_000_000_000));
     syncs.save_sync(&sync).await.unwrap();
     assert_eq!(
         read("app-1").await,
@@ -101,7 +103,7 @@ async fn sync_state_is_saved_beside_its_counters(a: Adapters) {
         "saving the driver's state kept the counters"
     );
     sync.cursor = None;
-    sync.next_attempt_at_ms = None;
+    sync.next_attempt_at = None;
     syncs.save_sync(&sync).await.unwrap();
     assert_eq!(
         read("app-1").await,
@@ -156,18 +158,32 @@ async fn sync_lease_one_step_at_a_time(a: Adapters) {
     let lease = |holder: &'static str, now: i64, until: i64| {
         let syncs = syncs.clone();
         let id = id.clone();
-        async move { syncs.lease_sync(&id, holder, now, until).await.unwrap() }
+        async move {
+            syncs
+                .lease_sync(&id, &lease(holder, until), at_ms(now))
+                .await
+                .unwrap()
+        }
     };
     assert!(lease("a", 1_000, 5_000).await, "free: taken");
     assert!(!lease("b", 2_000, 6_000).await, "held by a: refused");
     assert!(lease("a", 2_000, 6_000).await, "renewed by its holder");
     assert!(!lease("b", 5_999, 9_000).await, "renewed until 6 000");
-    syncs.release_sync(id, "b").await.unwrap();
+    syncs
+        .release_sync(id, &LeaseHolder::new("b"))
+        .await
+        .unwrap();
     assert!(!lease("b", 3_000, 7_000).await, "only the holder frees it");
-    syncs.release_sync(id, "a").await.unwrap();
+    syncs
+        .release_sync(id, &LeaseHolder::new("a"))
+        .await
+        .unwrap();
     assert!(lease("b", 3_000, 7_000).await, "freed by its holder");
     assert!(lease("c", 7_000, 9_000).await, "expired: taken over");
-    syncs.release_sync(id, "b").await.unwrap();
+    syncs
+        .release_sync(id, &LeaseHolder::new("b"))
+        .await
+        .unwrap();
     assert!(
         !lease("a", 8_000, 9_500).await,
         "the late release of an expired holder leaves the new one's lease"
