@@ -44,8 +44,10 @@ pub const SAMPLE_RECORD: &str = "0000-0002-7465-2162";
 /// How often a durable runner deletes what the retention no longer keeps (and once at start).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// SQS batch size of the local delivery event source.
-const DELIVERY_BATCH: usize = 10;
+/// Batch size of the local delivery event source: the `BatchSize` of the delivery
+/// function's SQS event source in template.yaml, so a batch is as large as on AWS (and a
+/// durable runner commits a batch's receive, attempts and deletions once each).
+const DELIVERY_BATCH: usize = 100;
 
 /// Everything the local runner can be told.
 #[derive(Debug, Clone)]

@@ -32,7 +32,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_READERS: usize = 8;
 /// Page cache per connection, KiB (SQLite's default is 2 MiB; the indexes of a large
 /// attempt log want more).
-const CACHE_KIB: i64 = 32 * 1024;
+const CACHE_KIB: i64 = 64 * 1024;
+/// Page cache of each read connection, KiB.
+const READER_CACHE_KIB: i64 = 8 * 1024;
+/// How much of the database file connections read through a memory map.
+const MMAP_BYTES: i64 = 4 * 1024 * 1024 * 1024;
 
 /// How far a write must have gone when its caller is told it is done.
 ///
@@ -116,6 +120,8 @@ pub struct Database {
     dir: PathBuf,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dropped to stop the checkpointer (a runner's only).
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Arc<Readers>,
     /// Held while open; the lock goes with it.
     _lock: Option<File>,
@@ -148,6 +154,10 @@ pub(crate) fn backend(e: rusqlite::Error) -> BackendError {
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    // Pages read through a memory map instead of a read call each: the attempt log's
+    // indexes are written at random places, so the writer reads many pages it last saw
+    // long ago.
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
     Ok(())
 }
 
@@ -182,9 +192,21 @@ impl Database {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sqlite_error(&file))?;
         schema::migrate(&mut conn, &file)?;
-        if access == Access::Runner {
-            schema::free_leases(&conn).map_err(sqlite_error(&file))?;
-        }
+        let checkpointer = match access {
+            Access::Runner => {
+                schema::free_leases(&conn).map_err(sqlite_error(&file))?;
+                // The checkpointer copies the WAL into the database file; the writer does
+                // it itself only past this backstop (a checkpointer held back by readers).
+                conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+                    .map_err(sqlite_error(&file))?;
+                // The WAL file is reused from its start once checkpointed; past a busy
+                // spell, it is cut back to this size instead of keeping its largest.
+                conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+                    .map_err(sqlite_error(&file))?;
+                Some(start_checkpointer(&file)?)
+            }
+            Access::Tool => None,
+        };
         let (sender, jobs) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -197,6 +219,7 @@ impl Database {
             dir: dir.to_owned(),
             writer: Mutex::new(Some(sender)),
             writer_thread: Mutex::new(Some(thread)),
+            checkpointer: Mutex::new(checkpointer),
             readers: Arc::new(Readers {
                 file,
                 idle: Mutex::new(Vec::new()),
@@ -280,6 +303,15 @@ impl Database {
         {
             let _ = thread.join();
         }
+        if let Some((stop, thread)) = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            drop(stop);
+            let _ = thread.join();
+        }
     }
 }
 
@@ -287,6 +319,40 @@ impl Drop for Database {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Bytes the WAL file is cut back to after a checkpoint reset it.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+/// WAL pages (4 KiB) past which the writer checkpoints itself.
+const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// Starts the thread that checkpoints the WAL beside the writer: copying committed pages
+/// into the database file (and syncing it) is most of a busy writer's system time, and
+/// SQLite's passive checkpoint runs without blocking writes, so it is done on a second
+/// core instead of inside the writer's commits.
+fn start_checkpointer(
+    file: &Path,
+) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>), OpenError> {
+    let conn = Connection::open(file).map_err(sqlite_error(file))?;
+    configure(&conn).map_err(sqlite_error(file))?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; the next one tries again");
+                }
+            }
+        })
+        .map_err(|source| OpenError::Directory {
+            dir: file.to_owned(),
+            source,
+        })?;
+    Ok((stop, thread))
 }
 
 /// Takes the directory's lock file (an advisory `flock`, released by the kernel when the
@@ -437,6 +503,9 @@ impl Readers {
         )
         .map_err(backend)?;
         configure(&conn).map_err(backend)?;
+        // Readers read through the memory map; a small cache of their own is enough.
+        conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)
+            .map_err(backend)?;
         Ok(conn)
     }
 

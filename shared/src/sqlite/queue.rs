@@ -48,6 +48,18 @@ fn millis(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 
+/// A receipt handle names its message's row and the receive (`<seq>:<uuid>`), so a
+/// deletion or a visibility change finds the row by its key and checks the receive: no
+/// index of receipts to keep up on every receive and deletion.
+fn receipt(seq: i64) -> String {
+    format!("{seq}:{}", new_id())
+}
+
+/// The row a receipt handle names (`None`: not one of ours, so no message has it).
+fn receipt_row(receipt: &str) -> Option<i64> {
+    receipt.split_once(':')?.0.parse().ok()
+}
+
 fn receipt_error() -> BackendError {
     BackendError::Unavailable(
         "receipt handle is not valid (message deleted or received again)".into(),
@@ -111,7 +123,7 @@ fn hand_out(
     now: i64,
     hidden_until: i64,
 ) -> BackendResult<ReceivedMessage> {
-    let receipt = new_id();
+    let receipt = receipt(due.seq);
     let first = due.first_received_at_ms.unwrap_or(now);
     conn.prepare_cached(
         "UPDATE queue SET receive_count = receive_count + 1, receipt = ?2,
@@ -234,10 +246,13 @@ impl SqliteQueue {
     /// Deletes a received message. False when the receipt is unknown.
     pub async fn delete(&self, receipt_handle: &str) -> BackendResult<bool> {
         let receipt = receipt_handle.to_owned();
+        let Some(seq) = receipt_row(&receipt) else {
+            return Ok(false);
+        };
         self.db
             .write(Durability::Normal, move |conn| {
-                conn.prepare_cached("DELETE FROM queue WHERE receipt = ?1")
-                    .and_then(|mut s| s.execute([receipt]))
+                conn.prepare_cached("DELETE FROM queue WHERE seq = ?1 AND receipt = ?2")
+                    .and_then(|mut s| s.execute(params![seq, receipt]))
                     .map(|n| n == 1)
                     .map_err(backend)
             })
@@ -268,10 +283,13 @@ impl SqliteQueue {
         self.db
             .write(Durability::Normal, move |conn| {
                 let mut delete = conn
-                    .prepare_cached("DELETE FROM queue WHERE receipt = ?1")
+                    .prepare_cached("DELETE FROM queue WHERE seq = ?1 AND receipt = ?2")
                     .map_err(backend)?;
                 for receipt in done {
-                    delete.execute([receipt]).map_err(backend)?;
+                    let Some(seq) = receipt_row(&receipt) else {
+                        continue;
+                    };
+                    delete.execute(params![seq, receipt]).map_err(backend)?;
                 }
                 Ok(())
             })
@@ -285,11 +303,14 @@ impl SqliteQueue {
         timeout: Duration,
     ) -> BackendResult<()> {
         let (receipt, at) = (receipt_handle.to_owned(), self.now() + millis(timeout));
+        let seq = receipt_row(&receipt).ok_or_else(receipt_error)?;
         let changed = self
             .db
             .write(Durability::Normal, move |conn| {
-                conn.prepare_cached("UPDATE queue SET visible_at_ms = ?2 WHERE receipt = ?1")
-                    .and_then(|mut s| s.execute(params![receipt, at]))
+                conn.prepare_cached(
+                    "UPDATE queue SET visible_at_ms = ?3 WHERE seq = ?1 AND receipt = ?2",
+                )
+                .and_then(|mut s| s.execute(params![seq, receipt, at]))
                     .map_err(backend)
             })
             .await?;
