@@ -166,8 +166,8 @@ CREATE INDEX tokens_by_expiry ON tokens (expires_at);
 ";
 
 /// Version 3: a receipt handle names its row (`<seq>:<uuid>`), so the delivery queue
-/// needs no index of receipts (two random index writes per delivery, a fifth of the
-/// durable runner's delivery throughput at a million kept messages). A message in flight
+/// needs no index of receipts (written at a random place on every receive and deletion:
+/// each such write is a whole page in the WAL). A message in flight
 /// during the upgrade keeps its old receipt, which no longer deletes it: it is delivered
 /// again after its visibility timeout (at least once).
 const V3: &str = "
