@@ -162,9 +162,7 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// The database file's and the WAL's sizes, MB.
 fn database_mb(dir: &std::path::Path) -> (f64, f64) {
-    let size = |name: &str| {
-        std::fs::metadata(dir.join(name)).map_or(0.0, |m| m.len() as f64 / 1e6)
-    };
+    let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0.0, |m| m.len() as f64 / 1e6);
     (
         size(webhooks::sqlite::DATABASE_FILE),
         size(&format!("{}-wal", webhooks::sqlite::DATABASE_FILE)),
@@ -217,11 +215,7 @@ pub async fn durable(table: &mut Table) {
         let (database, wal) = database_mb(&dir.0);
         eprintln!(
             "durable round {n}: {} delivered before it, {:.0} changes/s, flush {:?}, {:.0} deliveries/s (load {}), database {database:.0} MB + WAL {wal:.0} MB",
-            r.delivered_before,
-            r.changes_per_s,
-            r.flush,
-            r.deliveries_per_s,
-            r.load,
+            r.delivered_before, r.changes_per_s, r.flush, r.deliveries_per_s, r.load,
         );
         durable.push(r);
     }

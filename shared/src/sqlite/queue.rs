@@ -311,7 +311,7 @@ impl SqliteQueue {
                     "UPDATE queue SET visible_at_ms = ?3 WHERE seq = ?1 AND receipt = ?2",
                 )
                 .and_then(|mut s| s.execute(params![seq, receipt, at]))
-                    .map_err(backend)
+                .map_err(backend)
             })
             .await?;
         if changed == 0 {
