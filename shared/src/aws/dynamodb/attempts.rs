@@ -328,7 +328,7 @@ impl DynamoStore {
                 pk,
                 sk,
                 value: attempt,
-            }),
+            })?,
         );
         let message = StoredMessage::of(logged);
         let job = serde_json::to_string(&message.job)
@@ -348,7 +348,7 @@ impl DynamoStore {
                 pk,
                 sk,
                 value: kept,
-            }),
+            })?,
         );
         Ok(())
     }
@@ -374,14 +374,14 @@ impl DynamoStore {
                         pk,
                         sk: sk.clone(),
                         value,
-                    }),
+                    })?,
                 );
             }
             let value = GroupItem {
                 entries,
                 expires_at,
             };
-            items.insert((pk.clone(), sk.clone()), to_item(&Keyed { pk, sk, value }));
+            items.insert((pk.clone(), sk.clone()), to_item(&Keyed { pk, sk, value })?);
         }
         Ok(())
     }

@@ -54,8 +54,9 @@ fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn to_item<T: Serialize>(value: &T) -> Item {
-    serde_dynamo::to_item(value).expect("domain types serialize to DynamoDB items")
+fn to_item<T: Serialize>(value: &T) -> BackendResult<Item> {
+    serde_dynamo::to_item(value)
+        .map_err(|e| BackendError::Corrupt(format!("a value does not serialize: {e}")))
 }
 
 fn from_item<T: DeserializeOwned>(item: Item) -> BackendResult<T> {
@@ -207,7 +208,7 @@ impl DynamoStore {
         self.client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(to_item(&Keyed { pk, sk, value })))
+            .set_item(Some(to_item(&Keyed { pk, sk, value })?))
             .send()
             .await
             .map_err(unavailable)?;
@@ -218,7 +219,7 @@ impl DynamoStore {
     /// overwrites a concurrent change to the rest of the item).
     async fn set_health(&self, pk: &str, sk: &str, health: &EndpointHealth) -> BackendResult<()> {
         let value = serde_dynamo::to_attribute_value::<_, AttributeValue>(health)
-            .expect("health serializes");
+            .map_err(|e| BackendError::Corrupt(format!("a health does not serialize: {e}")))?;
         let result = self
             .client
             .update_item()

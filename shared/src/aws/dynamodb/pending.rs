@@ -152,7 +152,7 @@ impl DynamoStore {
                         records: chunk.iter().map(|id| (*id).to_owned()).collect(),
                         expires_at,
                     },
-                }));
+                })?);
             }
         }
         self.batch_put(items).await

@@ -30,7 +30,7 @@ impl DynamoRecords {
         self.client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(to_item(&person)))
+            .set_item(Some(to_item(&person)?))
             .send()
             .await
             .map_err(unavailable)?;

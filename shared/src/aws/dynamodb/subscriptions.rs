@@ -52,7 +52,7 @@ impl SubscriptionStore for DynamoStore {
             pk: pk.clone(),
             sk: sk.clone(),
             value: subscription,
-        });
+        })?;
         let result = self
             .client
             .put_item()

@@ -192,7 +192,7 @@ impl From<SyncCounters> for SyncOutcomes {
 impl SyncStore for DynamoStore {
     async fn save_sync(&self, sync: &FullSync) -> BackendResult<()> {
         // SET every driver field; the outcome counters and the lease are left alone.
-        let fields = to_item(sync);
+        let fields = to_item(sync)?;
         let mut names = HashMap::new();
         let mut values = HashMap::new();
         let mut sets = Vec::new();

@@ -34,22 +34,28 @@ impl<V> Default for TtlCache<V> {
 }
 
 impl<V> TtlCache<V> {
+    /// The map. A panic while it was held cannot leave an entry half-written (each
+    /// change is one insert or remove), so a poisoned lock is used as it is, rather than
+    /// failing every delivery of the process after it.
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry<V>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn get(&self, key: &str) -> Option<Option<Arc<V>>> {
-        let map = self.0.lock().expect("cache lock");
-        map.get(key)
+        self.map()
+            .get(key)
             .filter(|(at, _)| at.elapsed() < SUBSCRIBER_CACHE_TTL)
             .map(|(_, v)| v.clone())
     }
 
     fn forget(&self, key: &str) {
-        self.0.lock().expect("cache lock").remove(key);
+        self.map().remove(key);
     }
 
     fn put(&self, key: &str, value: Option<Arc<V>>) {
-        self.0
-            .lock()
-            .expect("cache lock")
-            .insert(key.to_owned(), (Instant::now(), value));
+        self.map().insert(key.to_owned(), (Instant::now(), value));
     }
 }
 
@@ -265,5 +271,24 @@ impl Delivery {
             Endpoint::Application(a) => cache.applications.put(a.id.as_str(), Some(a.clone())),
         }
         updated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_whose_lock_was_poisoned_still_serves() {
+        let cache: TtlCache<Application> = TtlCache::default();
+        cache.put("app-1", None);
+        let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = cache.0.lock();
+            panic!("a panic while the lock is held");
+        }));
+        assert!(poisoned.is_err() && cache.0.is_poisoned());
+        assert_eq!(cache.get("app-1").map(|hit| hit.is_none()), Some(true));
+        cache.forget("app-1");
+        assert!(cache.get("app-1").is_none());
     }
 }
