@@ -3,6 +3,7 @@
 //! can be sent again. Kept `AttemptRetentionDays`.
 
 use crate::callback::CallbackUrl;
+use crate::clock::Timestamp;
 use crate::http_client::{AttemptFailure, AttemptOutcome, RESPONSE_PREFIX_BYTES};
 use crate::ids::{ApplicationId, ClientId};
 use crate::job::{DeliveryJob, MessageId, Target};
@@ -173,8 +174,9 @@ pub struct Attempt {
     pub endpoint: EndpointKey,
     /// 1-based attempt number within its attempt series.
     pub attempt: u32,
-    /// When it was made, epoch milliseconds.
-    pub at_ms: i64,
+    /// When it was made.
+    #[serde(rename = "at_ms")]
+    pub at: Timestamp,
     pub outcome: OutcomeClass,
     /// The receiver's HTTP status, if it answered.
     pub status: Option<u16>,
@@ -191,7 +193,7 @@ impl Attempt {
         job: &DeliveryJob,
         endpoint: EndpointKey,
         attempt: u32,
-        at_ms: i64,
+        at: Timestamp,
         outcome: &AttemptOutcome,
         acknowledged: bool,
     ) -> Self {
@@ -206,7 +208,7 @@ impl Attempt {
             message_id: job.id.clone(),
             endpoint,
             attempt,
-            at_ms,
+            at,
             outcome: OutcomeClass::of(outcome, acknowledged),
             status: outcome.status,
             latency_ms: outcome.latency.as_millis().min(u128::from(u64::MAX)) as u64,
@@ -219,7 +221,7 @@ impl Attempt {
     pub fn sort_key(&self) -> String {
         format!(
             "{:013}#{}#{:04}",
-            self.at_ms.max(0),
+            self.at.epoch_ms().max(0),
             self.message_id.as_str(),
             self.attempt
         )
@@ -256,8 +258,9 @@ pub struct StoredMessage {
     pub job: DeliveryJob,
     /// Its latest recorded attempt's number.
     pub last_attempt: u32,
-    /// Its latest recorded attempt, epoch ms.
-    pub last_attempt_ms: i64,
+    /// When its latest recorded attempt was made.
+    #[serde(rename = "last_attempt_ms")]
+    pub last_attempt_at: Timestamp,
     /// How its latest recorded attempt ended.
     pub last_outcome: OutcomeClass,
 }
@@ -272,20 +275,15 @@ impl StoredMessage {
             endpoint: a.endpoint.clone(),
             job: logged.job.clone(),
             last_attempt: a.attempt,
-            last_attempt_ms: a.at_ms,
+            last_attempt_at: a.at,
             last_outcome: a.outcome,
         }
     }
 
-    /// The earliest time any of its attempts can have been made (the job's creation),
-    /// epoch ms; 0 when that time is unreadable.
-    pub fn created_ms(&self) -> i64 {
-        time::OffsetDateTime::parse(
-            &self.job.created_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .unwrap_or(0)
+    /// The earliest time any of its attempts can have been made (the job's creation);
+    /// the epoch when that time is unreadable.
+    pub fn created(&self) -> Timestamp {
+        Timestamp::parse_rfc3339(&self.job.created_at).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 }
 
@@ -297,8 +295,9 @@ pub struct Recovery {
     pub endpoint: EndpointKey,
     /// The `since` it was asked for, as given.
     pub since: String,
-    /// When it started, epoch ms.
-    pub started_at_ms: i64,
+    /// When it started.
+    #[serde(rename = "started_at_ms")]
+    pub started_at: Timestamp,
     /// The messages it sent again.
     pub messages: Vec<MessageId>,
     /// False when more failed messages were left for another recovery.
@@ -312,8 +311,7 @@ impl Recovery {
     pub fn progress(&self, kept: &[StoredMessage]) -> RecoveryProgress {
         let (mut delivered, mut failing) = (0, 0);
         for message in kept {
-            if message.last_attempt_ms >= self.started_at_ms
-                && self.messages.contains(&message.job.id)
+            if message.last_attempt_at >= self.started_at && self.messages.contains(&message.job.id)
             {
                 if message.last_outcome.is_acked() {
                     delivered += 1;
@@ -377,6 +375,7 @@ impl StatusFilter {
 mod tests {
     use super::*;
     use crate::callback::UrlPolicy;
+    use crate::testing::at_ms;
     use std::time::Duration;
 
     fn outcome(status: Option<u16>, error: Option<AttemptFailure>) -> AttemptOutcome {
@@ -445,7 +444,7 @@ mod tests {
         );
         let key = EndpointKey::application(&"a".parse().unwrap());
         let timeout = outcome(None, Some(AttemptFailure::Timeout(Duration::from_secs(10))));
-        let a = Attempt::new(&job, key, 1, 5, &timeout, false);
+        let a = Attempt::new(&job, key, 1, at_ms(5), &timeout, false);
         assert_eq!(a.response, "timeout: no response within 10s");
         assert_eq!(a.outcome, OutcomeClass::Timeout);
     }
@@ -465,7 +464,7 @@ mod tests {
             },
             "t".into(),
         );
-        let a = Attempt::new(&job, key, 2, 5, &outcome(Some(500), None), false);
+        let a = Attempt::new(&job, key, 2, at_ms(5), &outcome(Some(500), None), false);
         assert_eq!(a.response.len(), RESPONSE_PREFIX_BYTES, "body cut to 1 KiB");
         assert!(a.sort_key().starts_with("0000000000005#msg_"));
         assert!(a.sort_key().ends_with("#0002"));

@@ -39,6 +39,9 @@ fn ms_range() -> std::ops::RangeInclusive<i64> {
 }
 
 impl Timestamp {
+    /// 1970-01-01T00:00:00Z.
+    pub const UNIX_EPOCH: Self = Self { epoch_ms: 0 };
+
     /// `ms` milliseconds after the Unix epoch; `None` out of range.
     pub fn from_epoch_ms(ms: i64) -> Option<Self> {
         ms_range().contains(&ms).then_some(Self { epoch_ms: ms })

@@ -150,7 +150,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
         "one entry per attempt the receiver saw, newest first"
     );
     assert!(page.items.iter().all(|a| a.message_id == job.id));
-    assert!(page.items.windows(2).all(|w| w[0].at_ms >= w[1].at_ms));
+    assert!(page.items.windows(2).all(|w| w[0].at >= w[1].at));
     let first = &page.items[2];
     assert_eq!(first.response.len(), RESPONSE_PREFIX_BYTES);
     assert!(first.response.starts_with("first failure xxx"));
@@ -291,7 +291,7 @@ async fn dynamodb_log_matches_the_receiver() {
         .unwrap()
         .unwrap();
     let expires: i64 = item["expires_at"].as_n().unwrap().parse().unwrap();
-    assert_eq!(expires, newest.at_ms / 1000 + 7 * 24 * 3600);
+    assert_eq!(expires, newest.at.epoch_secs() + 7 * 24 * 3600);
     // A subscription stored before the client webhook index existed (no index entry; the
     // index itself is the adapter contract's) is listed once the operator's backfill
     // (`webhooks-admin index-webhooks`) has run.

@@ -84,7 +84,7 @@ fn logged(job: &DeliveryJob, n: u32, at_ms: i64, status: u16, response: &str) ->
             message_id: job.id.clone(),
             endpoint: EndpointKey::of_job(job),
             attempt: n,
-            at_ms,
+            at: webhooks::testing::at_ms(at_ms),
             outcome: if acked {
                 OutcomeClass::Acked
             } else {

@@ -216,7 +216,7 @@ impl Registration {
             id: format!("rec_{}", uuid::Uuid::new_v4().simple()),
             endpoint: endpoint.key.clone(),
             since: since_text.clone(),
-            started_at_ms: self.ports.clock.now().epoch_ms(),
+            started_at: self.ports.clock.now(),
             messages: jobs.iter().map(|j| j.id.clone()).collect(),
             complete: page.next.is_none(),
         };

@@ -385,13 +385,13 @@ impl SyncDriver<'_> {
         if sync.head_attempts == 0 {
             sync.scanned += 1;
         }
-        let at_ms = ports.clock.now().epoch_ms();
+        let at = ports.clock.now();
         let (outcome, acknowledged) = request.send(self.http).await;
         sync.last_request_end = Some(ports.clock.now());
         let endpoint = EndpointKey::application(&application.id);
         let attempt = sync.head_attempts + 1;
         let logged = LoggedAttempt {
-            attempt: Attempt::new(&job, endpoint, attempt, at_ms, &outcome, acknowledged),
+            attempt: Attempt::new(&job, endpoint, attempt, at, &outcome, acknowledged),
             job: job.replayable(),
         };
         if let Err(e) = ports.attempts.record(std::slice::from_ref(&logged)).await {

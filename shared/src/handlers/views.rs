@@ -20,11 +20,6 @@ fn rfc3339_secs(secs: i64) -> Option<String> {
     Timestamp::from_epoch_secs(secs).map(Timestamp::rfc3339)
 }
 
-/// Epoch milliseconds as RFC 3339 UTC with milliseconds (`None` out of range).
-fn rfc3339_ms(ms: i64) -> Option<String> {
-    Timestamp::from_epoch_ms(ms).map(Timestamp::rfc3339)
-}
-
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthView {
@@ -149,7 +144,7 @@ impl SyncView {
 pub struct AttemptView {
     message_id: MessageId,
     attempt: u32,
-    timestamp: Option<String>,
+    timestamp: String,
     outcome: OutcomeClass,
     status: Option<u16>,
     latency_ms: u64,
@@ -161,7 +156,7 @@ impl From<&Attempt> for AttemptView {
         Self {
             message_id: attempt.message_id.clone(),
             attempt: attempt.attempt,
-            timestamp: rfc3339_ms(attempt.at_ms),
+            timestamp: attempt.at.rfc3339(),
             outcome: attempt.outcome,
             status: attempt.status,
             latency_ms: attempt.latency_ms,
@@ -177,7 +172,7 @@ impl From<&Attempt> for AttemptView {
 pub struct MessageView {
     message_id: MessageId,
     created_at: String,
-    last_attempt_at: Option<String>,
+    last_attempt_at: String,
     last_outcome: OutcomeClass,
     attempts: Vec<AttemptView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,7 +199,7 @@ impl MessageView {
         Self {
             message_id: job.id.clone(),
             created_at: job.created_at.clone(),
-            last_attempt_at: rfc3339_ms(message.last_attempt_ms),
+            last_attempt_at: message.last_attempt_at.rfc3339(),
             last_outcome: message.last_outcome,
             attempts: attempts.iter().map(AttemptView::from).collect(),
             record,
@@ -220,7 +215,7 @@ impl MessageView {
 pub struct RecoveryView {
     recovery_id: String,
     since: String,
-    started_at: Option<String>,
+    started_at: String,
     messages: usize,
     delivered: usize,
     failing: usize,
@@ -238,7 +233,7 @@ impl RecoveryView {
         Self {
             recovery_id: recovery.id.clone(),
             since: recovery.since.clone(),
-            started_at: rfc3339_ms(recovery.started_at_ms),
+            started_at: recovery.started_at.rfc3339(),
             messages: recovery.messages.len(),
             delivered: progress.delivered,
             failing: progress.failing,
@@ -344,7 +339,7 @@ mod tests {
             endpoint: crate::attempts::EndpointKey::application(&"app-1".parse().unwrap()),
             job,
             last_attempt: 1,
-            last_attempt_ms: 0,
+            last_attempt_at: Timestamp::UNIX_EPOCH,
             last_outcome: OutcomeClass::Acked,
         };
         let view = json_of(MessageView::new(&message, &[]));
@@ -360,7 +355,7 @@ mod tests {
             id: "rec_1".into(),
             endpoint: crate::attempts::EndpointKey::application(&"app-1".parse().unwrap()),
             since: "2024-01-01T00:00:00Z".into(),
-            started_at_ms: 0,
+            started_at: Timestamp::UNIX_EPOCH,
             messages: Vec::new(),
             complete: true,
         };

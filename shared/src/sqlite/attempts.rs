@@ -125,7 +125,7 @@ impl AttemptLog for SqliteStore {
                 a.endpoint.as_str().to_owned(),
                 a.sort_key(),
                 a.message_id.as_str().to_owned(),
-                a.at_ms,
+                a.at.epoch_ms(),
                 a.outcome.is_acked(),
                 to_json(a)?,
                 to_json(&message)?,
@@ -312,7 +312,7 @@ impl AttemptLog for SqliteStore {
         let (endpoint, id, started, body) = (
             recovery.endpoint.as_str().to_owned(),
             recovery.id.clone(),
-            recovery.started_at_ms,
+            recovery.started_at.epoch_ms(),
             to_json(recovery)?,
         );
         self.db

@@ -622,14 +622,20 @@ async fn sync_outcomes_count_each_person_once_and_one_claimant_announces() {
     assert!(!store.claim_sync_completion(&s1(), "y").await.unwrap());
 }
 
-fn logged(endpoint: &EndpointKey, n: u32, attempt: u32, at_ms: i64, acked: bool) -> LoggedAttempt {
+fn logged(
+    endpoint: &EndpointKey,
+    n: u32,
+    attempt: u32,
+    at_ms_value: i64,
+    acked: bool,
+) -> LoggedAttempt {
     let job = job(n);
     LoggedAttempt {
         attempt: Attempt {
             message_id: job.id.clone(),
             endpoint: endpoint.clone(),
             attempt,
-            at_ms,
+            at: at_ms(at_ms_value),
             outcome: if acked {
                 OutcomeClass::Acked
             } else {
@@ -665,7 +671,10 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
         .await
         .unwrap();
     assert_eq!(
-        page.items.iter().map(|a| a.at_ms).collect::<Vec<_>>(),
+        page.items
+            .iter()
+            .map(|a| a.at.epoch_ms())
+            .collect::<Vec<_>>(),
         [4_000, 3_000, 2_000]
     );
     let rest = store
@@ -678,7 +687,11 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
         .await
         .unwrap();
     assert_eq!(
-        acked.items.iter().map(|a| a.at_ms).collect::<Vec<_>>(),
+        acked
+            .items
+            .iter()
+            .map(|a| a.at.epoch_ms())
+            .collect::<Vec<_>>(),
         [2_000]
     );
     let (message, attempts) = store
@@ -900,7 +913,7 @@ async fn attempts_messages_recoveries_and_tokens_go_after_their_retention() {
         id: id.into(),
         endpoint: endpoint.clone(),
         since: "1h".into(),
-        started_at_ms,
+        started_at: at_ms(started_at_ms),
         messages: vec![],
         complete: true,
     };
@@ -945,7 +958,10 @@ async fn attempts_messages_recoveries_and_tokens_go_after_their_retention() {
         .await
         .unwrap();
     assert_eq!(
-        left.items.iter().map(|a| a.at_ms).collect::<Vec<_>>(),
+        left.items
+            .iter()
+            .map(|a| a.at.epoch_ms())
+            .collect::<Vec<_>>(),
         [now - 10]
     );
     assert!(
@@ -1016,7 +1032,7 @@ async fn a_version_1_database_is_migrated_when_opened() {
                 endpoint.as_str(),
                 old.attempt.sort_key(),
                 old.attempt.message_id.as_str(),
-                old.attempt.at_ms,
+                old.attempt.at.epoch_ms(),
                 serde_json::to_string(&old.attempt).unwrap()
             ],
         )

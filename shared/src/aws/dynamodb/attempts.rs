@@ -111,7 +111,7 @@ struct MessageItem {
     endpoint: EndpointKey,
     job: String,
     last_attempt: u32,
-    last_attempt_ms: i64,
+    last_attempt_ms: Timestamp,
     last_outcome: OutcomeClass,
     expires_at: i64,
 }
@@ -124,7 +124,7 @@ impl MessageItem {
             endpoint: self.endpoint,
             job,
             last_attempt: self.last_attempt,
-            last_attempt_ms: self.last_attempt_ms,
+            last_attempt_at: self.last_attempt_ms,
             last_outcome: self.last_outcome,
         })
     }
@@ -167,7 +167,7 @@ fn acked() -> OutcomeClass {
 #[derive(Serialize, Deserialize)]
 struct QuietEntry {
     #[serde(rename = "t")]
-    at_ms: i64,
+    at_ms: Timestamp,
     #[serde(rename = "n", default = "first", skip_serializing_if = "is_first")]
     attempt: u32,
     #[serde(rename = "o", default = "acked", skip_serializing_if = "is_acked")]
@@ -186,7 +186,7 @@ impl QuietEntry {
     fn of(logged: &LoggedAttempt) -> Self {
         let a = &logged.attempt;
         Self {
-            at_ms: a.at_ms,
+            at_ms: a.at,
             attempt: a.attempt,
             outcome: a.outcome,
             status: a.status,
@@ -201,7 +201,7 @@ impl QuietEntry {
             message_id: self.job.id.clone(),
             endpoint: EndpointKey::of_job(&self.job),
             attempt: self.attempt,
-            at_ms: self.at_ms,
+            at: self.at_ms,
             outcome: self.outcome,
             status: self.status,
             latency_ms: self.latency_ms,
@@ -236,12 +236,12 @@ struct GroupDraft {
 
 /// Cuts an owner's quiet attempts into groups under [`GROUP_BYTES`] and [`GROUP_SPAN_MS`].
 fn drafts(mut logged: Vec<&LoggedAttempt>) -> BackendResult<Vec<GroupDraft>> {
-    logged.sort_by_key(|l| l.attempt.at_ms);
+    logged.sort_by_key(|l| l.attempt.at);
     let mut groups: Vec<GroupDraft> = Vec::new();
     for l in logged {
         let json = serde_json::to_string(&QuietEntry::of(l))
             .map_err(|e| BackendError::Corrupt(format!("attempt does not serialize: {e}")))?;
-        let at_ms = l.attempt.at_ms;
+        let at_ms = l.attempt.at.epoch_ms();
         let fits = groups.last().is_some_and(|g| {
             g.bytes + json.len() < GROUP_BYTES && at_ms - g.oldest_ms <= GROUP_SPAN_MS
         });
@@ -316,7 +316,7 @@ impl DynamoStore {
         items: &mut BTreeMap<(String, String), Item>,
     ) -> BackendResult<()> {
         let a = &logged.attempt;
-        let expires_at = self.attempt_expiry(a.at_ms);
+        let expires_at = self.attempt_expiry(a.at.epoch_ms());
         let (pk, sk) = (attempts_pk(&a.endpoint), a.sort_key());
         let attempt = AttemptItem {
             attempt: a.clone(),
@@ -338,7 +338,7 @@ impl DynamoStore {
             endpoint: message.endpoint,
             job,
             last_attempt: message.last_attempt,
-            last_attempt_ms: message.last_attempt_ms,
+            last_attempt_ms: message.last_attempt_at,
             last_outcome: message.last_outcome,
             expires_at,
         };
@@ -477,7 +477,7 @@ impl DynamoStore {
             for entry in group_entries(item)? {
                 let attempt = entry.attempt();
                 if attempt.endpoint != endpoint.key
-                    || attempt.at_ms <= after_ms
+                    || attempt.at.epoch_ms() <= after_ms
                     || !wanted.contains(&attempt.message_id)
                 {
                     continue;
@@ -499,8 +499,8 @@ impl DynamoStore {
         endpoint: &EndpointKey,
         message: &StoredMessage,
     ) -> BackendResult<Vec<Attempt>> {
-        let from = ms_key(message.created_ms());
-        let to = format!("{}~", ms_key(message.last_attempt_ms));
+        let from = ms_key(message.created().epoch_ms());
+        let to = format!("{}~", ms_key(message.last_attempt_at.epoch_ms()));
         let mut attempts = Vec::new();
         let mut start: Option<Item> = None;
         for _ in 0..MAX_QUERY_PAGES {
@@ -581,17 +581,19 @@ impl DynamoStore {
         endpoint: &LogEndpoint,
         failing: Vec<StoredMessage>,
     ) -> BackendResult<Vec<StoredMessage>> {
-        let Some(oldest) = failing.iter().map(|m| m.last_attempt_ms).min() else {
+        let Some(oldest) = failing.iter().map(|m| m.last_attempt_at).min() else {
             return Ok(failing);
         };
         let ids: Vec<MessageId> = failing.iter().map(|m| m.job.id.clone()).collect();
-        let quiet = self.quiet_attempts(endpoint, &ids, oldest).await?;
+        let quiet = self
+            .quiet_attempts(endpoint, &ids, oldest.epoch_ms())
+            .await?;
         Ok(failing
             .into_iter()
             .filter(|m| {
-                quiet.get(&m.job.id).is_none_or(|(_, attempts)| {
-                    attempts.iter().all(|a| a.at_ms <= m.last_attempt_ms)
-                })
+                quiet
+                    .get(&m.job.id)
+                    .is_none_or(|(_, attempts)| attempts.iter().all(|a| a.at <= m.last_attempt_at))
             })
             .collect())
     }
@@ -605,16 +607,16 @@ fn latest(
     quiet: Option<(DeliveryJob, &[Attempt])>,
 ) -> Option<StoredMessage> {
     let newest = quiet.and_then(|(job, attempts)| {
-        let newest = attempts.iter().max_by_key(|a| (a.at_ms, a.attempt))?;
+        let newest = attempts.iter().max_by_key(|a| (a.at, a.attempt))?;
         Some((job, newest))
     });
     match (home, newest) {
-        (Some(home), Some((_, newest))) if newest.at_ms <= home.last_attempt_ms => Some(home),
+        (Some(home), Some((_, newest))) if newest.at <= home.last_attempt_at => Some(home),
         (home, Some((job, newest))) => Some(StoredMessage {
             endpoint: home.map_or_else(|| endpoint.clone(), |h| h.endpoint),
             job,
             last_attempt: newest.attempt,
-            last_attempt_ms: newest.at_ms,
+            last_attempt_at: newest.at,
             last_outcome: newest.outcome,
         }),
         (home, None) => home,
@@ -920,7 +922,7 @@ impl AttemptLog for DynamoStore {
             recovery.id.clone(),
             &RecoveryItem {
                 recovery: recovery.clone(),
-                expires_at: self.attempt_expiry(recovery.started_at_ms),
+                expires_at: self.attempt_expiry(recovery.started_at.epoch_ms()),
             },
         )
         .await

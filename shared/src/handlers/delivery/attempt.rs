@@ -19,14 +19,14 @@ impl Delivery {
             sync,
             endpoint,
         } = send;
-        let at_ms = self.ports.clock.now().epoch_ms();
+        let at = self.ports.clock.now();
         let (outcome, acknowledged) = outbound.send(&self.http).await;
         let logged = LoggedAttempt {
             attempt: Attempt::new(
                 rx.job,
                 endpoint.key(),
                 rx.attempt,
-                at_ms,
+                at,
                 &outcome,
                 acknowledged,
             ),

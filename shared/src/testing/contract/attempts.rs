@@ -59,7 +59,7 @@ fn attempt(
             message_id: job.id.clone(),
             endpoint: endpoint.clone(),
             attempt: n,
-            at_ms: CREATED_MS + after_ms,
+            at: at_ms(CREATED_MS + after_ms),
             outcome,
             status,
             latency_ms: 12,
@@ -189,7 +189,7 @@ async fn attempt_messages_are_kept_with_their_attempts(a: Adapters) {
     assert_eq!(
         (
             message.last_attempt,
-            message.last_attempt_ms,
+            message.last_attempt_at.epoch_ms(),
             message.last_outcome
         ),
         (3, CREATED_MS + 7_000, OutcomeClass::Acked),
@@ -312,7 +312,7 @@ async fn recoveries_are_kept_per_endpoint(a: Adapters) {
         id: "rec_0123456789abcdef0123456789abcdef".into(),
         endpoint: endpoint(),
         since: "2026-11-26T09:00:00Z".into(),
-        started_at_ms: CREATED_MS + 60_000,
+        started_at: at_ms(CREATED_MS + 60_000),
         messages: vec![job("r1").id, job("r2").id],
         complete: false,
     };
