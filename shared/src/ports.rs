@@ -250,6 +250,38 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// The listing's last page: nothing follows.
+    pub fn last(items: Vec<T>) -> Self {
+        Self { items, next: None }
+    }
+
+    /// A page from up to `limit + 1` items read in listing order (one more than a page
+    /// holds, to know whether anything follows): when the extra one is there it is dropped
+    /// and the page continues after its last item's position, `position_of` it; else this
+    /// is the last page, with no trailing empty one after it.
+    pub fn from_overfetch(
+        mut items: Vec<T>,
+        limit: usize,
+        position_of: impl Fn(&T) -> String,
+    ) -> Self {
+        if items.len() <= limit {
+            return Self::last(items);
+        }
+        items.truncate(limit);
+        let next = items.last().map(position_of);
+        Self { items, next }
+    }
+
+    /// This page with only the items `keep` admits, continuing where it did: a listing
+    /// that bounds the items it examines (as a DynamoDB Scan's `Limit` does) filters after
+    /// paging, so its pages can be short, even empty, with `next` set.
+    pub fn retain(mut self, keep: impl FnMut(&T) -> bool) -> Self {
+        self.items.retain(keep);
+        self
+    }
+}
+
 /// How far the flush got: every window before `window` is done, and inside `window`
 /// every record up to and including `after`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

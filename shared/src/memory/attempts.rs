@@ -44,26 +44,17 @@ impl AttemptLog for MemoryStore {
             .run("attempts", async {
                 let state = self.state();
                 let Some(log) = state.attempts.get(&endpoint.key) else {
-                    return Ok(Page {
-                        items: Vec::new(),
-                        next: None,
-                    });
+                    return Ok(Page::last(Vec::new()));
                 };
                 let upper = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
-                let mut admitted = log
+                let items: Vec<Attempt> = log
                     .range::<String, _>((Bound::Unbounded, upper))
                     .rev()
-                    .filter(|(_, a)| filter.admits(a));
-                let items: Vec<Attempt> = admitted
-                    .by_ref()
-                    .take(limit)
+                    .filter(|(_, a)| filter.admits(a))
+                    .take(limit + 1)
                     .map(|(_, a)| a.clone())
                     .collect();
-                let next = match admitted.next() {
-                    Some(_) => items.last().map(Attempt::sort_key),
-                    None => None,
-                };
-                Ok(Page { items, next })
+                Ok(Page::from_overfetch(items, limit, Attempt::sort_key))
             })
             .await
     }

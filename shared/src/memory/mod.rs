@@ -377,24 +377,15 @@ impl PendingChanges for MemoryStore {
             .run("page", async {
                 let state = self.state();
                 let Some(records) = state.pending.get(&window) else {
-                    return Ok(Page {
-                        items: vec![],
-                        next: None,
-                    });
+                    return Ok(Page::last(Vec::new()));
                 };
                 let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-                let mut items: Vec<RecordId> = records
+                let items: Vec<RecordId> = records
                     .range::<str, _>((start, Bound::Unbounded))
                     .take(limit + 1)
                     .cloned()
                     .collect();
-                let next = if items.len() > limit {
-                    items.truncate(limit);
-                    items.last().map(|r| r.as_str().to_owned())
-                } else {
-                    None
-                };
-                Ok(Page { items, next })
+                Ok(Page::from_overfetch(items, limit, RecordId::to_string))
             })
             .await
     }

@@ -202,13 +202,7 @@ impl AttemptLog for SqliteStore {
                 for row in rows {
                     items.push(from_json("attempt", &row.map_err(backend)?)?);
                 }
-                let next = if items.len() > limit {
-                    items.truncate(limit);
-                    items.last().map(Attempt::sort_key)
-                } else {
-                    None
-                };
-                Ok(Page { items, next })
+                Ok(Page::from_overfetch(items, limit, Attempt::sort_key))
             })
             .await
     }

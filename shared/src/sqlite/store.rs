@@ -704,13 +704,7 @@ impl PendingChanges for SqliteStore {
                         BackendError::Corrupt(format!("pending record id {id:?}: {e}"))
                     })?);
                 }
-                let next = if items.len() > limit {
-                    items.truncate(limit);
-                    items.last().map(|r| r.as_str().to_owned())
-                } else {
-                    None
-                };
-                Ok(Page { items, next })
+                Ok(Page::from_overfetch(items, limit, RecordId::to_string))
             })
             .await
     }

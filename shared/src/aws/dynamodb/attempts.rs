@@ -691,14 +691,9 @@ impl<'a> Listing<'a> {
                 }
                 items.extend(self.read.pop_last().map(|(_, a)| a));
             }
-            if items.len() > limit {
-                items.truncate(limit);
-                let next = items.last().map(Attempt::sort_key);
-                return Ok(Page { items, next });
-            }
             // Both read to their end: everything read was settled, and listed.
-            if self.items.done && self.groups.done {
-                return Ok(Page { items, next: None });
+            if items.len() > limit || (self.items.done && self.groups.done) {
+                return Ok(Page::from_overfetch(items, limit, Attempt::sort_key));
             }
             self.read_more(limit + 1 - items.len()).await?;
         }

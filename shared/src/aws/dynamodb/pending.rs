@@ -158,33 +158,6 @@ impl DynamoStore {
         self.batch_put(items).await
     }
 
-    /// Up to `limit` records of a window from `after` on, each once.
-    async fn pending_page(
-        &self,
-        window: WindowId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> BackendResult<Page<RecordId>> {
-        let mut position = Position::parse(after);
-        let mut page = PageBuilder::new(limit);
-        while position.shard <= PENDING_SHARDS {
-            if let Some(next) = self.read_shard(window, &position, &mut page).await? {
-                return Ok(Page {
-                    items: page.records,
-                    next: Some(next),
-                });
-            }
-            position = Position {
-                shard: position.shard + 1,
-                item: None,
-            };
-        }
-        Ok(Page {
-            items: page.records,
-            next: None,
-        })
-    }
-
     /// Adds a shard's records from `position` to `page`; the position to continue from
     /// when the page filled up before the shard's end.
     async fn read_shard(
@@ -278,7 +251,21 @@ impl PendingChanges for DynamoStore {
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<RecordId>> {
-        self.pending_page(window, after, limit).await
+        let mut position = Position::parse(after);
+        let mut page = PageBuilder::new(limit);
+        while position.shard <= PENDING_SHARDS {
+            if let Some(next) = self.read_shard(window, &position, &mut page).await? {
+                return Ok(Page {
+                    items: page.records,
+                    next: Some(next),
+                });
+            }
+            position = Position {
+                shard: position.shard + 1,
+                item: None,
+            };
+        }
+        Ok(Page::last(page.records))
     }
 
     async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {
