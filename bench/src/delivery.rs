@@ -14,7 +14,7 @@ use webhooks::clock::{Clock, SystemClock};
 use webhooks::handlers::{Delivery, DeliverySettings};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
-use webhooks::memory::{self, MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::oauth::OAuthClient;
 use webhooks::ports::{ApplicationStore, ClientStore, SubscriptionStore};
 use webhooks::record::RecordId;
@@ -75,7 +75,7 @@ pub async fn handler(receiver_url: &str, concurrency: usize, subscriptions: usiz
     app.webhook.url = Some(format!("{receiver_url}/members").into());
     app.webhook.signing_key = Some("helloWorld".into());
     store.put_application(&app).await.expect("memory put");
-    let ports = memory::ports(
+    let ports = webhooks::ports::Ports::over(
         store,
         Arc::new(MemoryRecords::default()),
         Arc::new(MemoryQueue::new(Duration::from_secs(30), 5)),

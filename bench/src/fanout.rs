@@ -8,7 +8,7 @@ use webhooks::application::Application;
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::clock::SystemClock;
 use webhooks::handlers::{Flush, FlushSettings};
-use webhooks::memory::{self, MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::ports::{ApplicationStore, PendingChanges, SubscriptionStore};
 use webhooks::record::RecordId;
 use webhooks::subscription::Subscription;
@@ -70,7 +70,7 @@ async fn run(shape: Shape) -> (u64, Duration) {
     }
     windows.close_current();
     let flush = Flush {
-        ports: memory::ports(
+        ports: webhooks::ports::Ports::over(
             store,
             records,
             queue.clone(),

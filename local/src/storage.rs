@@ -86,7 +86,7 @@ impl Storage {
                 store,
                 records,
                 queue,
-            } => webhooks::memory::ports(
+            } => webhooks::ports::Ports::over(
                 store.clone(),
                 records.clone(),
                 queue.clone(),
@@ -98,7 +98,7 @@ impl Storage {
                 records,
                 queue,
                 ..
-            } => webhooks::sqlite::ports(
+            } => webhooks::ports::Ports::over(
                 store.clone(),
                 records.clone(),
                 queue.clone(),

@@ -502,6 +502,46 @@ pub struct Ports {
     pub clock: Arc<dyn Clock>,
 }
 
+impl Ports {
+    /// Every port over one store that holds the whole service table (the memory and the
+    /// SQLite adapters: one value serves as clients, tokens, subscriptions, applications,
+    /// syncs, pending changes and the attempt log), with its records, queue, events and
+    /// clock.
+    pub fn over<S, R, Q>(
+        store: Arc<S>,
+        records: Arc<R>,
+        queue: Arc<Q>,
+        events: Arc<dyn OpsEvents>,
+        clock: Arc<dyn Clock>,
+    ) -> Self
+    where
+        S: ClientStore
+            + TokenStore
+            + SubscriptionStore
+            + ApplicationStore
+            + SyncStore
+            + PendingChanges
+            + AttemptLog
+            + 'static,
+        R: RecordStore + 'static,
+        Q: DeliveryQueue + 'static,
+    {
+        Self {
+            clients: store.clone(),
+            tokens: store.clone(),
+            subscriptions: store.clone(),
+            applications: store.clone(),
+            syncs: store.clone(),
+            pending: store.clone(),
+            attempts: store,
+            records,
+            queue,
+            events,
+            clock,
+        }
+    }
+}
+
 /// The longest delay a queue message can be given when sent (SQS `DelaySeconds`).
 pub const MAX_SEND_DELAY: Duration = Duration::from_secs(900);
 

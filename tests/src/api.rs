@@ -75,7 +75,7 @@ impl TestApi {
         }
         let [app1, app2, wrong_scope, short_lived] = issued.map(|t| t.access_token);
         let registration = Registration {
-            ports: webhooks::memory::ports(
+            ports: webhooks::ports::Ports::over(
                 store.clone(),
                 records,
                 Arc::new(MemoryQueue::new(Duration::from_secs(30), 3)),

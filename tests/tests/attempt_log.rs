@@ -94,7 +94,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     let mut app = Application::new(&"app-log".parse().unwrap(), "key-log", 0);
     app.webhook.url = Some(format!("http://{}/hook", receiver.addr).into());
     store.put_application(&app).await.unwrap();
-    let mut ports = webhooks::memory::ports(
+    let mut ports = webhooks::ports::Ports::over(
         store.clone(),
         Arc::new(MemoryRecords::default()),
         queue.clone(),
@@ -529,7 +529,7 @@ async fn a_client_reads_its_webhooks_attempts_by_id() {
         health: Default::default(),
     };
     store.register(&subscription).await.unwrap();
-    let ports = webhooks::memory::ports(
+    let ports = webhooks::ports::Ports::over(
         store.clone(),
         Arc::new(MemoryRecords::default()),
         queue.clone(),
@@ -701,7 +701,7 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
     app.webhook.url = Some(format!("http://{addr}/hook").into());
     app.webhook.request_interval_ms = 100;
     store.put_application(&app).await.unwrap();
-    let mut ports = webhooks::memory::ports(
+    let mut ports = webhooks::ports::Ports::over(
         store.clone(),
         Arc::new(MemoryRecords::default()),
         queue.clone(),
@@ -900,7 +900,7 @@ async fn a_log_that_cannot_be_written_costs_no_delivery() {
     let mut app = Application::new(&"app-broken".parse().unwrap(), "key-b", 0);
     app.webhook.url = Some(format!("http://{addr}/hook").into());
     store.put_application(&app).await.unwrap();
-    let mut ports = webhooks::memory::ports(
+    let mut ports = webhooks::ports::Ports::over(
         store,
         Arc::new(MemoryRecords::default()),
         queue.clone(),

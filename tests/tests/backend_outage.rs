@@ -89,7 +89,7 @@ async fn an_hour_of_backend_failures_does_not_dead_letter_an_untried_job() {
     app.webhook.url = Some(receiver.url("/members").into());
     store.put_application(&app).await.unwrap();
     let outage_ends = Instant::now() + Duration::from_secs(3600);
-    let mut ports = webhooks::memory::ports(
+    let mut ports = webhooks::ports::Ports::over(
         store.clone(),
         Arc::new(MemoryRecords::default()),
         queue.clone(),
@@ -180,7 +180,7 @@ async fn only_requests_to_the_receiver_count_as_attempts() {
     app.webhook.url = Some(receiver.url("/members").into());
     store.put_application(&app).await.unwrap();
     let down = Arc::new(AtomicBool::new(false));
-    let mut ports = webhooks::memory::ports(
+    let mut ports = webhooks::ports::Ports::over(
         store.clone(),
         Arc::new(MemoryRecords::default()),
         queue.clone(),

@@ -26,7 +26,7 @@ use webhooks_tests::logs::LogCapture;
 async fn a_successful_delivery_writes_no_log_line_at_info_and_a_failure_does() {
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 10));
-    let ports = webhooks::memory::ports(
+    let ports = webhooks::ports::Ports::over(
         store.clone(),
         Arc::new(MemoryRecords::default()),
         queue.clone(),

@@ -81,7 +81,7 @@ impl Service {
     }
 
     fn ports(&self) -> Ports {
-        webhooks::memory::ports(
+        webhooks::ports::Ports::over(
             self.store.clone(),
             self.records.clone(),
             self.queue.clone(),

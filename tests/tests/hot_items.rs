@@ -61,7 +61,7 @@ async fn a_sync_under_throttled_counter_writes_completes_with_exact_counts() {
     // Max receive count well above what the faults need: nothing may end in the DLQ.
     let queue = Arc::new(MemoryQueue::new(Duration::from_millis(200), 50));
     let events = Arc::new(LoggedEvents::default());
-    let mut ports = webhooks::memory::ports(
+    let mut ports = webhooks::ports::Ports::over(
         store.clone(),
         records.clone(),
         queue.clone(),
@@ -172,7 +172,7 @@ async fn a_failing_endpoints_health_is_written_once_per_batch_and_at_most_once_a
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     // No faults: the plan only counts the calls.
     let counting = Arc::new(Faults::scripted(|_| Fault::None));
-    let mut ports = webhooks::memory::ports(
+    let mut ports = webhooks::ports::Ports::over(
         store.clone(),
         Arc::new(MemoryRecords::default()),
         queue.clone(),

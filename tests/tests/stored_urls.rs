@@ -49,7 +49,7 @@ async fn service() -> Service {
         &RecordId::parse("p-0").unwrap(),
         person.as_object().unwrap().clone(),
     );
-    let ports = webhooks::memory::ports(
+    let ports = webhooks::ports::Ports::over(
         Arc::new(MemoryStore::default()),
         records,
         queue.clone(),

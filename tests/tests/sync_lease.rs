@@ -40,7 +40,7 @@ fn unreleasable_leases() -> Faults {
 async fn a_step_retried_after_its_lease_answer_was_lost_carries_on() {
     let store = Arc::new(MemoryStore::default());
     let records = Arc::new(MemoryRecords::default());
-    let mut ports = webhooks::memory::ports(
+    let mut ports = webhooks::ports::Ports::over(
         store.clone(),
         records.clone(),
         Arc::new(MemoryQueue::new(Duration::from_secs(60), 5)),
@@ -110,7 +110,7 @@ async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires()
     let clock = Arc::new(webhooks::testing::ManualClock::new(
         time::OffsetDateTime::now_utc(),
     ));
-    let mut ports = webhooks::memory::ports(
+    let mut ports = webhooks::ports::Ports::over(
         store.clone(),
         records.clone(),
         Arc::new(MemoryQueue::new(Duration::from_secs(60), 5)),

@@ -38,7 +38,7 @@ async fn setup_with(interval_ms: u64, persons: usize) -> Setup {
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let records = Arc::new(MemoryRecords::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 5));
-    let ports = webhooks::memory::ports(
+    let ports = webhooks::ports::Ports::over(
         Arc::new(MemoryStore::default()),
         records.clone(),
         queue.clone(),

@@ -538,7 +538,7 @@ mod tests {
             entered: Semaphore::new(0),
             gate: Semaphore::new(0),
         });
-        let mut ports = crate::memory::ports(
+        let mut ports = crate::ports::Ports::over(
             store.clone(),
             Arc::new(MemoryRecords::default()),
             memory_queue.clone(),
@@ -654,7 +654,7 @@ mod poison_tests {
     use crate::clock::SystemClock;
     use crate::events::OpsEvent;
     use crate::memory::LoggedEvents;
-    use crate::memory::{self, MemoryQueue, MemoryRecords, MemoryStore};
+    use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
     use crate::message::{self, MAX_MESSAGE_BYTES};
     use crate::poison::PoisonCause;
     use crate::ports::{ApplicationStore, PendingChanges};
@@ -686,7 +686,7 @@ mod poison_tests {
         }
 
         fn ports(&self) -> Ports {
-            memory::ports(
+            Ports::over(
                 self.store.clone(),
                 self.records.clone(),
                 self.queue.clone(),

@@ -470,7 +470,7 @@ mod tests {
     async fn paced(interval: Duration) -> Paced {
         let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
         let records = Arc::new(MemoryRecords::default());
-        let ports = crate::memory::ports(
+        let ports = crate::ports::Ports::over(
             Arc::new(MemoryStore::default()),
             records.clone(),
             Arc::new(MemoryQueue::new(Duration::from_secs(60), 5)),

@@ -14,7 +14,7 @@ pub use records::MemoryRecords;
 use crate::application::Application;
 use crate::attempts::{Attempt, EndpointKey, StoredMessage};
 use crate::callback::CallbackUrl;
-use crate::clock::{Clock, Timestamp};
+use crate::clock::Timestamp;
 use crate::health::EndpointHealth;
 use crate::ids::{ApplicationId, ClientId, SyncKey};
 use crate::job::{DeliveryJob, MessageId};
@@ -22,8 +22,8 @@ use crate::message::Refusal;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::poison::PoisonItem;
 use crate::ports::{
-    ApplicationStore, BackendResult, ClientStore, FlushCursor, Lease, LeaseHolder, OpsEvents, Page,
-    PendingChanges, PersonOutcome, Ports, SubscriptionStore, SyncStore, TokenStore,
+    ApplicationStore, BackendResult, ClientStore, FlushCursor, Lease, LeaseHolder, Page,
+    PendingChanges, PersonOutcome, SubscriptionStore, SyncStore, TokenStore,
 };
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
@@ -36,31 +36,6 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::Mutex;
 
-/// Every port over the in-memory adapters.
-pub fn ports(
-    store: Arc<MemoryStore>,
-    records: Arc<MemoryRecords>,
-    queue: Arc<MemoryQueue>,
-    events: Arc<dyn OpsEvents>,
-    clock: Arc<dyn Clock>,
-) -> Ports {
-    Ports {
-        clients: store.clone(),
-        tokens: store.clone(),
-        subscriptions: store.clone(),
-        applications: store.clone(),
-        syncs: store.clone(),
-        pending: store.clone(),
-        attempts: store,
-        records,
-        queue,
-        events,
-        clock,
-    }
-}
-
-/// The service table in memory: clients, tokens, subscriptions, pending changes and the
-/// flush cursor.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,

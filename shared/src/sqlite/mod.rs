@@ -20,33 +20,8 @@ pub use queue::SqliteQueue;
 pub use records::SqliteRecords;
 pub use store::SqliteStore;
 
-use crate::clock::Clock;
-use crate::ports::{BackendError, BackendResult, OpsEvents, Ports};
+use crate::ports::{BackendError, BackendResult};
 use serde::{Serialize, de::DeserializeOwned};
-use std::sync::Arc;
-
-/// Every port over one open data directory.
-pub fn ports(
-    store: Arc<SqliteStore>,
-    records: Arc<SqliteRecords>,
-    queue: Arc<SqliteQueue>,
-    events: Arc<dyn OpsEvents>,
-    clock: Arc<dyn Clock>,
-) -> Ports {
-    Ports {
-        clients: store.clone(),
-        tokens: store.clone(),
-        subscriptions: store.clone(),
-        applications: store.clone(),
-        syncs: store.clone(),
-        pending: store.clone(),
-        attempts: store,
-        records,
-        queue,
-        events,
-        clock,
-    }
-}
 
 /// A domain value as stored.
 fn to_json<T: Serialize>(value: &T) -> BackendResult<String> {

@@ -5,6 +5,7 @@ use super::*;
 use crate::application::Application;
 use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, OutcomeClass, StatusFilter};
 use crate::callback::{CallbackUrl, UrlPolicy};
+use crate::clock::Clock;
 use crate::job::DeliveryJob;
 use crate::memory::QueueDepth;
 use crate::message;
@@ -20,6 +21,7 @@ use crate::testing::ManualClock;
 use crate::testing::{at_ms, lease};
 use crate::window::WindowId;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use time::macros::datetime;
 

@@ -38,7 +38,7 @@ async fn api() -> Api {
     store.put_client(&reader).await.unwrap();
     Api {
         registration: Registration {
-            ports: crate::memory::ports(
+            ports: crate::ports::Ports::over(
                 store.clone(),
                 records,
                 Arc::new(MemoryQueue::new(std::time::Duration::from_secs(30), 3)),

@@ -90,7 +90,7 @@ impl Adapters {
             queue_settings.max_receive_count,
         ));
         Self {
-            ports: crate::memory::ports(
+            ports: crate::ports::Ports::over(
                 store,
                 records.clone(),
                 queue.clone(),

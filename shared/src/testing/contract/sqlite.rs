@@ -30,7 +30,7 @@ impl Adapters {
             queue_settings.max_receive_count,
         ));
         Self {
-            ports: crate::sqlite::ports(
+            ports: crate::ports::Ports::over(
                 Arc::new(SqliteStore::new(db.clone())),
                 records.clone(),
                 queue.clone(),
