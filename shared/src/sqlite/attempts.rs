@@ -4,7 +4,7 @@
 
 use super::db::{Durability, backend};
 use super::store::SqliteStore;
-use super::{from_json, to_json};
+use super::{execute, from_json, to_json, upsert};
 use crate::attempts::{
     Attempt, EndpointKey, LogEndpoint, LoggedAttempt, Recovery, StatusFilter, StoredMessage,
 };
@@ -311,13 +311,13 @@ impl AttemptLog for SqliteStore {
         );
         self.db
             .write(Durability::Full, move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO recoveries (endpoint, id, started_at_ms, body) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (endpoint, id) DO UPDATE SET body = excluded.body",
+                upsert(
+                    conn,
+                    "recoveries",
+                    &["endpoint", "id"],
+                    &["started_at_ms", "body"],
+                    params![endpoint, id, started, body],
                 )
-                .and_then(|mut s| s.execute(params![endpoint, id, started, body]))
-                .map_err(backend)?;
-                Ok(())
             })
             .await
     }

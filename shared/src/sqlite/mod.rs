@@ -21,7 +21,38 @@ pub use records::SqliteRecords;
 pub use store::SqliteStore;
 
 use crate::ports::{BackendError, BackendResult};
+use rusqlite::{Connection, Params};
 use serde::{Serialize, de::DeserializeOwned};
+
+/// Runs one statement (prepared once per connection and cached); how many rows it changed.
+fn execute(conn: &Connection, sql: &str, params: impl Params) -> BackendResult<usize> {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute(params))
+        .map_err(db::backend)
+}
+
+/// Writes the row of `table` with this key: inserts it, or sets the columns `set` of the
+/// row already there. `params` are the `key` columns' values, then the `set` columns'.
+fn upsert(
+    conn: &Connection,
+    table: &str,
+    key: &[&str],
+    set: &[&str],
+    params: impl Params,
+) -> BackendResult<()> {
+    let columns = [key, set].concat().join(", ");
+    let values: Vec<String> = (1..=key.len() + set.len())
+        .map(|i| format!("?{i}"))
+        .collect();
+    let updates: Vec<String> = set.iter().map(|c| format!("{c} = excluded.{c}")).collect();
+    let sql = format!(
+        "INSERT INTO {table} ({columns}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
+        values.join(", "),
+        key.join(", "),
+        updates.join(", ")
+    );
+    execute(conn, &sql, params).map(|_| ())
+}
 
 /// A domain value as stored.
 fn to_json<T: Serialize>(value: &T) -> BackendResult<String> {

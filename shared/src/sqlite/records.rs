@@ -5,7 +5,7 @@
 //! capture first ([`SqliteRecords::uncaptured`]).
 
 use super::db::{Database, Durability, backend};
-use super::{from_json, to_json};
+use super::{execute, from_json, to_json, upsert};
 use crate::clock::{Clock, Timestamp};
 use crate::members::consented_scopes;
 use crate::memory::records::stream_record;
@@ -31,9 +31,11 @@ fn append_change(
     id: &RecordId,
     at: Timestamp,
 ) -> BackendResult<EventRecord> {
-    conn.prepare_cached("INSERT INTO record_changes (record, event, at_ms) VALUES (?1, ?2, ?3)")
-        .and_then(|mut s| s.execute(params![id.as_str(), name, at.epoch_ms()]))
-        .map_err(backend)?;
+    execute(
+        conn,
+        "INSERT INTO record_changes (record, event, at_ms) VALUES (?1, ?2, ?3)",
+        params![id.as_str(), name, at.epoch_ms()],
+    )?;
     let sequence = conn.last_insert_rowid();
     Ok(stream_record(name, id, sequence as u64, at))
 }
@@ -67,12 +69,13 @@ impl SqliteRecords {
                 } else {
                     "INSERT"
                 };
-                conn.prepare_cached(
-                    "INSERT INTO records (id, body) VALUES (?1, ?2)
-                     ON CONFLICT (id) DO UPDATE SET body = excluded.body",
-                )
-                .and_then(|mut s| s.execute(params![id.as_str(), body]))
-                .map_err(backend)?;
+                upsert(
+                    conn,
+                    "records",
+                    &["id"],
+                    &["body"],
+                    params![id.as_str(), body],
+                )?;
                 append_change(conn, name, &id, at)
             })
             .await
@@ -83,10 +86,7 @@ impl SqliteRecords {
         let (id, at) = (id.clone(), self.clock.now());
         self.db
             .write(Durability::Full, move |conn| {
-                let removed = conn
-                    .prepare_cached("DELETE FROM records WHERE id = ?1")
-                    .and_then(|mut s| s.execute([id.as_str()]))
-                    .map_err(backend)?;
+                let removed = execute(conn, "DELETE FROM records WHERE id = ?1", [id.as_str()])?;
                 if removed == 0 {
                     return Ok(None);
                 }

@@ -2,7 +2,7 @@
 //! syncs, pending changes with the flush cursor and lease, and poison items.
 
 use super::db::{Database, Durability, backend};
-use super::{from_json, to_json};
+use super::{execute, from_json, to_json, upsert};
 use crate::application::Application;
 use crate::attempts::EndpointKey;
 use crate::callback::CallbackUrl;
@@ -109,19 +109,15 @@ fn meta<T: serde::de::DeserializeOwned>(conn: &Connection, name: &str) -> Backen
 
 fn set_meta<T: Serialize>(conn: &Connection, name: &str, value: &T) -> BackendResult<()> {
     let value = to_json(value)?;
-    conn.prepare_cached(
-        "INSERT INTO meta (name, value) VALUES (?1, ?2)
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-    )
-    .and_then(|mut s| s.execute(params![name, value]))
-    .map_err(backend)?;
-    Ok(())
+    upsert(conn, "meta", &["name"], &["value"], params![name, value])
 }
 
 fn mark(conn: &Connection, window: u64, record: &str) -> BackendResult<()> {
-    conn.prepare_cached("INSERT OR IGNORE INTO pending (window, record) VALUES (?1, ?2)")
-        .and_then(|mut s| s.execute(params![window as i64, record]))
-        .map_err(backend)?;
+    execute(
+        conn,
+        "INSERT OR IGNORE INTO pending (window, record) VALUES (?1, ?2)",
+        params![window as i64, record],
+    )?;
     Ok(())
 }
 
@@ -177,13 +173,7 @@ impl ClientStore for SqliteStore {
         let (id, body) = (client.client_id.to_string(), to_json(client)?);
         self.db
             .write(Durability::Full, move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO clients (id, body) VALUES (?1, ?2)
-                     ON CONFLICT (id) DO UPDATE SET body = excluded.body",
-                )
-                .and_then(|mut s| s.execute(params![id, body]))
-                .map_err(backend)?;
-                Ok(())
+                upsert(conn, "clients", &["id"], &["body"], params![id, body])
             })
             .await
     }
@@ -202,13 +192,13 @@ impl TokenStore for SqliteStore {
             (token.token_hash.clone(), token.expires_at, to_json(token)?);
         self.db
             .write(Durability::Full, move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO tokens (hash, expires_at, body) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (hash) DO UPDATE SET expires_at = excluded.expires_at, body = excluded.body",
+                upsert(
+                    conn,
+                    "tokens",
+                    &["hash"],
+                    &["expires_at", "body"],
+                    params![hash, expires_at, body],
                 )
-                .and_then(|mut s| s.execute(params![hash, expires_at, body]))
-                .map_err(backend)?;
-                Ok(())
             })
             .await
     }
@@ -260,20 +250,18 @@ impl SubscriptionStore for SqliteStore {
                 }
                 let webhook =
                     EndpointKey::subscription(&subscription.record, &subscription.callback);
-                conn.prepare_cached(
+                execute(
+                    conn,
                     "INSERT INTO subscriptions (record, callback, client_id, webhook_id, body)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
+                    params![
                         record,
                         callback,
                         subscription.client_id.as_str(),
                         webhook.as_str(),
                         body
-                    ])
-                })
-                .map_err(backend)?;
+                    ],
+                )?;
                 Ok(Registered::Created)
             })
             .await
@@ -298,11 +286,11 @@ impl SubscriptionStore for SqliteStore {
                 if existing.client_id != client_id {
                     return Ok(Unregistered::OwnedByOther);
                 }
-                conn.prepare_cached(
+                execute(
+                    conn,
                     "DELETE FROM subscriptions WHERE record = ?1 AND callback = ?2",
-                )
-                .and_then(|mut s| s.execute(params![record, callback]))
-                .map_err(backend)?;
+                    params![record, callback],
+                )?;
                 Ok(Unregistered::Deleted)
             })
             .await
@@ -383,11 +371,11 @@ impl SubscriptionStore for SqliteStore {
                 };
                 subscription.health = health;
                 let body = to_json(&subscription)?;
-                conn.prepare_cached(
+                execute(
+                    conn,
                     "UPDATE subscriptions SET body = ?3 WHERE record = ?1 AND callback = ?2",
-                )
-                .and_then(|mut s| s.execute(params![record, callback, body]))
-                .map_err(backend)?;
+                    params![record, callback, body],
+                )?;
                 Ok(())
             })
             .await
@@ -420,19 +408,14 @@ impl ApplicationStore for SqliteStore {
         );
         self.db
             .write(Durability::Full, move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO api_keys (hash, application_id) VALUES (?1, ?2)
-                     ON CONFLICT (hash) DO UPDATE SET application_id = excluded.application_id",
-                )
-                .and_then(|mut s| s.execute(params![key_hash, id]))
-                .map_err(backend)?;
-                conn.prepare_cached(
-                    "INSERT INTO applications (id, body) VALUES (?1, ?2)
-                     ON CONFLICT (id) DO UPDATE SET body = excluded.body",
-                )
-                .and_then(|mut s| s.execute(params![id, body]))
-                .map_err(backend)?;
-                Ok(())
+                upsert(
+                    conn,
+                    "api_keys",
+                    &["hash"],
+                    &["application_id"],
+                    params![key_hash, id],
+                )?;
+                upsert(conn, "applications", &["id"], &["body"], params![id, body])
             })
             .await
     }
@@ -483,9 +466,11 @@ impl ApplicationStore for SqliteStore {
                 };
                 application.health = health;
                 let body = to_json(&application)?;
-                conn.prepare_cached("UPDATE applications SET body = ?2 WHERE id = ?1")
-                    .and_then(|mut s| s.execute(params![id, body]))
-                    .map_err(backend)?;
+                execute(
+                    conn,
+                    "UPDATE applications SET body = ?2 WHERE id = ?1",
+                    params![id, body],
+                )?;
                 Ok(())
             })
             .await
@@ -499,9 +484,11 @@ fn columns(sync: &SyncKey) -> (String, String) {
 
 /// Creates the sync's row (without driver state) unless it exists.
 fn ensure_sync(conn: &Connection, application: &str, sync_id: &str) -> BackendResult<()> {
-    conn.prepare_cached("INSERT OR IGNORE INTO syncs (application, sync_id) VALUES (?1, ?2)")
-        .and_then(|mut s| s.execute(params![application, sync_id]))
-        .map_err(backend)?;
+    execute(
+        conn,
+        "INSERT OR IGNORE INTO syncs (application, sync_id) VALUES (?1, ?2)",
+        params![application, sync_id],
+    )?;
     Ok(())
 }
 
@@ -516,13 +503,13 @@ impl SyncStore for SqliteStore {
         // Full: the first save answers the API's 202 with the sync's id.
         self.db
             .write(Durability::Full, move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO syncs (application, sync_id, body) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (application, sync_id) DO UPDATE SET body = excluded.body",
+                upsert(
+                    conn,
+                    "syncs",
+                    &["application", "sync_id"],
+                    &["body"],
+                    params![application, sync_id, body],
                 )
-                .and_then(|mut s| s.execute(params![application, sync_id, body]))
-                .map_err(backend)?;
-                Ok(())
             })
             .await
     }
@@ -585,19 +572,17 @@ impl SyncStore for SqliteStore {
                         }
                     }
                 }
-                conn.prepare_cached(
+                execute(
+                    conn,
                     "UPDATE syncs SET delivered = delivered + ?3, failed = failed + ?4
                      WHERE application = ?1 AND sync_id = ?2",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
+                    params![
                         application,
                         sync_id,
                         new.delivered as i64,
                         new.failed as i64
-                    ])
-                })
-                .map_err(backend)?;
+                    ],
+                )?;
                 Ok(new)
             })
             .await
@@ -607,14 +592,14 @@ impl SyncStore for SqliteStore {
         let ((application, sync_id), claimant) = (columns(sync), claimant.to_owned());
         self.db
             .write(Durability::Normal, move |conn| {
-                conn.prepare_cached(
+                execute(
+                    conn,
                     "UPDATE syncs SET completion_claimant = ?3
                      WHERE application = ?1 AND sync_id = ?2 AND body IS NOT NULL
                        AND (completion_claimant IS NULL OR completion_claimant = ?3)",
+                    params![application, sync_id, claimant],
                 )
-                .and_then(|mut s| s.execute(params![application, sync_id, claimant]))
                 .map(|changed| changed == 1)
-                .map_err(backend)
             })
             .await
     }
@@ -631,16 +616,14 @@ impl SyncStore for SqliteStore {
         self.db
             .write(Durability::Normal, move |conn| {
                 ensure_sync(conn, &application, &sync_id)?;
-                conn.prepare_cached(
+                execute(
+                    conn,
                     "UPDATE syncs SET lease_holder = ?3, lease_until_ms = ?5
                      WHERE application = ?1 AND sync_id = ?2
                        AND (lease_until_ms <= ?4 OR lease_holder IS ?3)",
+                    params![application, sync_id, holder, now_ms, until_ms],
                 )
-                .and_then(|mut s| {
-                    s.execute(params![application, sync_id, holder, now_ms, until_ms])
-                })
                 .map(|changed| changed == 1)
-                .map_err(backend)
             })
             .await
     }
@@ -649,12 +632,12 @@ impl SyncStore for SqliteStore {
         let ((application, sync_id), holder) = (columns(sync), holder.as_str().to_owned());
         self.db
             .write(Durability::Normal, move |conn| {
-                conn.prepare_cached(
+                execute(
+                    conn,
                     "UPDATE syncs SET lease_holder = NULL, lease_until_ms = 0
                      WHERE application = ?1 AND sync_id = ?2 AND lease_holder = ?3",
-                )
-                .and_then(|mut s| s.execute(params![application, sync_id, holder]))
-                .map_err(backend)?;
+                    params![application, sync_id, holder],
+                )?;
                 Ok(())
             })
             .await
@@ -719,9 +702,11 @@ impl PendingChanges for SqliteStore {
             .write(Durability::Normal, move |conn| {
                 set_meta(conn, CURSOR, &cursor)?;
                 // Entries of flushed windows are done with (DynamoDB lets TTL delete them).
-                conn.prepare_cached("DELETE FROM pending WHERE window < ?1")
-                    .and_then(|mut s| s.execute([cursor.window.0 as i64]))
-                    .map_err(backend)?;
+                execute(
+                    conn,
+                    "DELETE FROM pending WHERE window < ?1",
+                    [cursor.window.0 as i64],
+                )?;
                 Ok(())
             })
             .await
@@ -751,9 +736,7 @@ impl PendingChanges for SqliteStore {
             .write(Durability::Normal, move |conn| {
                 let held = meta::<StoredLease>(conn, FLUSH_LEASE)?;
                 if held.is_some_and(|lease| lease.holder == holder) {
-                    conn.prepare_cached("DELETE FROM meta WHERE name = ?1")
-                        .and_then(|mut s| s.execute([FLUSH_LEASE]))
-                        .map_err(backend)?;
+                    execute(conn, "DELETE FROM meta WHERE name = ?1", [FLUSH_LEASE])?;
                 }
                 Ok(())
             })
@@ -764,13 +747,7 @@ impl PendingChanges for SqliteStore {
         let (id, body) = (item.id(), to_json(item)?);
         self.db
             .write(Durability::Normal, move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO poison (id, body) VALUES (?1, ?2)
-                     ON CONFLICT (id) DO UPDATE SET body = excluded.body",
-                )
-                .and_then(|mut s| s.execute(params![id, body]))
-                .map_err(backend)?;
-                Ok(())
+                upsert(conn, "poison", &["id"], &["body"], params![id, body])
             })
             .await
     }
@@ -792,10 +769,7 @@ impl PendingChanges for SqliteStore {
         let id = id.to_owned();
         self.db
             .write(Durability::Full, move |conn| {
-                conn.prepare_cached("DELETE FROM poison WHERE id = ?1")
-                    .and_then(|mut s| s.execute([id]))
-                    .map(|removed| removed == 1)
-                    .map_err(backend)
+                execute(conn, "DELETE FROM poison WHERE id = ?1", [id]).map(|removed| removed == 1)
             })
             .await
     }
