@@ -16,6 +16,7 @@ mod durable;
 mod fanout;
 mod receiver;
 mod report;
+mod simulated;
 
 use report::Table;
 use std::time::Instant;
