@@ -101,9 +101,7 @@ impl SqliteStore {
             let n = self
                 .db
                 .write(Durability::Normal, move |conn| {
-                    conn.prepare_cached(sql)
-                        .and_then(|mut s| s.execute(params![bound, PRUNE_CHUNK]))
-                        .map_err(backend)
+                    execute(conn, sql, params![bound, PRUNE_CHUNK])
                 })
                 .await?;
             deleted += n;
