@@ -53,15 +53,19 @@ pub struct Pruned {
     pub recoveries: usize,
     /// Expired access tokens.
     pub tokens: usize,
+    /// Per-person "counted" markers of syncs finished before the retention.
+    pub sync_markers: usize,
 }
 
 impl SqliteStore {
     /// Deletes what the retention no longer keeps, as of `now_ms` (epoch ms): attempts,
     /// kept messages and recoveries older than the attempt retention (the DynamoDB
-    /// adapter's TTL), and expired tokens. In chunks, each its own transaction.
+    /// adapter's TTL), expired tokens, and the per-person "counted" markers of syncs that
+    /// finished longer ago than the retention. In chunks, each its own transaction.
     pub async fn prune(&self, now_ms: i64) -> BackendResult<Pruned> {
         let cutoff =
             now_ms.saturating_sub(self.attempt_retention.as_millis().min(i64::MAX as u128) as i64);
+        self.note_finished_syncs(now_ms).await?;
         Ok(Pruned {
             attempts: self
                 .delete_chunked(
@@ -91,7 +95,41 @@ impl SqliteStore {
                     now_ms / 1000,
                 )
                 .await?,
+            // A marker keeps a late duplicate of a sync's job (at least once) from counting
+            // its person twice; once the sync has finished for the retention, its counters
+            // are final history, kept on the sync's row.
+            sync_markers: self
+                .delete_chunked(
+                    "DELETE FROM sync_counted WHERE (application, sync_id, person) IN
+                     (SELECT c.application, c.sync_id, c.person
+                      FROM syncs s JOIN sync_counted c
+                        ON c.application = s.application AND c.sync_id = s.sync_id
+                      WHERE s.finished_at_ms < ?1 LIMIT ?2)",
+                    cutoff,
+                )
+                .await?,
         })
+    }
+
+    /// Notes `now_ms` as the finishing time of every sync finished since the last
+    /// pruning: a fan-out sync whose completion was claimed, or one its driver saved as
+    /// completed or cancelled. (Noted here rather than by the writes that finish it, which
+    /// know no time; a sync's markers so live the retention and up to one pruning interval
+    /// after it finished.)
+    async fn note_finished_syncs(&self, now_ms: i64) -> BackendResult<()> {
+        self.db
+            .write(Durability::Normal, move |conn| {
+                execute(
+                    conn,
+                    "UPDATE syncs SET finished_at_ms = ?1
+                     WHERE finished_at_ms IS NULL
+                       AND (completion_claimant IS NOT NULL
+                            OR json_extract(body, '$.state') IN ('completed', 'cancelled'))",
+                    [now_ms],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     /// Runs a chunked delete (`?1` the bound, `?2` the chunk) until a chunk comes back short.

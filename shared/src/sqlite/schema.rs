@@ -12,7 +12,7 @@
 //! | `subscriptions` | record, callback URL | ORCID-style subscriptions; `client_id` and `webhook_id` index a client's webhooks |
 //! | `applications` | application id | Members-style applications |
 //! | `api_keys` | SHA-256 of an API key | the application it opens |
-//! | `syncs` | application, sync id | driver state (`body`), outcome counters, completion claim, lease |
+//! | `syncs` | application, sync id | driver state (`body`), outcome counters, completion claim, lease, when it finished |
 //! | `sync_counted` | application, sync id, person | a person whose outcome is counted (once) |
 //! | `records` | record id | persons (the registry's table) |
 //! | `record_changes` | sequence | the change stream: a change not yet captured (deleted once it is) |
@@ -174,9 +174,16 @@ const V3: &str = "
 DROP INDEX queue_by_receipt;
 ";
 
+/// Version 4: when a sync finished (its completion claimed, or its driver saved it
+/// completed or cancelled), noted by the first pruning after it: its per-person "counted"
+/// markers are deleted once that is older than the retention ([`super::SqliteStore::prune`]).
+const V4: &str = "
+ALTER TABLE syncs ADD COLUMN finished_at_ms INTEGER;
+";
+
 /// Every migration, in order: entry `n` takes version `n` to `n + 1`. Never edit one that
 /// has been released: add the next.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this program writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

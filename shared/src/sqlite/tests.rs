@@ -624,6 +624,104 @@ async fn sync_outcomes_count_each_person_once_and_one_claimant_announces() {
     assert!(!store.claim_sync_completion(&s1(), "y").await.unwrap());
 }
 
+/// A fan-out sync's driver state (`n` names it) as saved with `state`.
+fn fan_out_sync(n: u32, state: crate::sync::SyncState) -> crate::sync::FullSync {
+    crate::sync::FullSync {
+        application_id: "app".parse().unwrap(),
+        sync_id: format!("sync_{n:032}").parse().unwrap(),
+        request_interval_ms: 0,
+        state,
+        cursor: None,
+        scan_done: true,
+        scanned: 2,
+        delivered: 0,
+        failed: 0,
+        head_attempts: 0,
+        next_attempt_at: None,
+        last_request_end: None,
+        started_at: "2026-11-26T00:00:00.000Z".into(),
+        completed_at: None,
+    }
+}
+
+#[tokio::test]
+async fn a_finished_syncs_counted_markers_are_pruned_after_the_retention() {
+    use crate::sync::SyncState;
+    let dir = TempDir::new();
+    let hour = 3_600_000;
+    let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap())
+        .with_attempt_retention(Duration::from_millis(hour as u64));
+    let outcome = |p: &str| PersonOutcome {
+        person: record(p),
+        delivered: true,
+    };
+    // 1 completes (its completion claimed), 2 is cancelled by its driver, 3 still runs.
+    let (claimed, cancelled, running) = (
+        fan_out_sync(1, SyncState::Running),
+        fan_out_sync(2, SyncState::Cancelled),
+        fan_out_sync(3, SyncState::Running),
+    );
+    for sync in [&claimed, &cancelled, &running] {
+        store.save_sync(sync).await.unwrap();
+        store
+            .count_sync_outcomes(&sync.key(), &[outcome("p1"), outcome("p2")])
+            .await
+            .unwrap();
+    }
+    assert!(
+        store
+            .claim_sync_completion(&claimed.key(), "x")
+            .await
+            .unwrap()
+    );
+    let markers = |sync: &crate::sync::FullSync| {
+        let (application, sync_id) = (sync.application_id.to_string(), sync.sync_id.to_string());
+        let db = store.db.clone();
+        async move {
+            db.read(move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM sync_counted WHERE application = ?1 AND sync_id = ?2",
+                    rusqlite::params![application, sync_id],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(db::backend)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let now = 100 * hour;
+    store.prune(now).await.unwrap();
+    for sync in [&claimed, &cancelled, &running] {
+        assert_eq!(
+            markers(sync).await,
+            2,
+            "just finished: kept for the retention"
+        );
+    }
+    store.prune(now + 2 * hour).await.unwrap();
+    assert_eq!(
+        (
+            markers(&claimed).await,
+            markers(&cancelled).await,
+            markers(&running).await
+        ),
+        (0, 0, 2),
+        "the finished syncs' markers are gone, the running one's kept"
+    );
+    let (_, outcomes) = store.get_sync(&claimed.key()).await.unwrap().unwrap();
+    assert_eq!(outcomes.delivered, 2, "the counters stay with the sync");
+    assert_eq!(
+        store
+            .count_sync_outcomes(&running.key(), &[outcome("p1")])
+            .await
+            .unwrap()
+            .delivered,
+        0,
+        "a running sync still counts each person once"
+    );
+}
+
 fn logged(
     endpoint: &EndpointKey,
     n: u32,
@@ -951,7 +1049,8 @@ async fn attempts_messages_recoveries_and_tokens_go_after_their_retention() {
             attempts: 3,
             messages: 1,
             recoveries: 1,
-            tokens: 1
+            tokens: 1,
+            sync_markers: 0,
         },
         "message 1's latest attempt is older than the retention, message 2's is not"
     );
