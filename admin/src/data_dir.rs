@@ -5,14 +5,13 @@
 //! the runner's next poll, within a second).
 
 use super::{
-    AdminError, Command, DlqCommand, ParkedCommand, PoisonCommand, list_poison,
-    print_parked_report, run_applications, run_clients,
+    AdminError, Command, DlqCommand, ParkedCommand, PoisonCommand, list_poison, replay_parked,
+    run_applications, run_clients,
 };
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use webhooks::clock::SystemClock;
-use webhooks::handlers::ParkedReplayer;
 use webhooks::ports::PendingChanges;
 use webhooks::sqlite::{Access, Database, SqliteQueue, SqliteStore};
 
@@ -38,16 +37,7 @@ pub(super) async fn run(dir: &Path, command: Command) -> Result<(), AdminError> 
             Ok(())
         }
         Command::Parked(ParkedCommand::Replay { max, .. }) => {
-            let report = ParkedReplayer {
-                subscriptions: &store,
-                applications: &store,
-                queue: &queue,
-                parked: &queue,
-            }
-            .replay(max)
-            .await?;
-            print_parked_report(&report);
-            Ok(())
+            replay_parked(&store, &store, &queue, max).await
         }
         Command::Poison(PoisonCommand::List) => list_poison(&store).await,
         Command::Poison(PoisonCommand::Replay { id, all, .. }) => {

@@ -17,7 +17,10 @@ use webhooks::handlers::ParkedReplayer;
 use webhooks::handlers::replay::replay_poison;
 use webhooks::ids::{ApplicationId, ClientId};
 use webhooks::oauth::{OAuthClient, WEBHOOK_SCOPE, new_secret};
-use webhooks::ports::{ApplicationStore, BackendError, ClientStore, PendingChanges};
+use webhooks::ports::{
+    ApplicationStore, BackendError, ClientStore, DeliveryQueue, ParkedQueue, PendingChanges,
+    SubscriptionStore,
+};
 use webhooks::signing::SigningSecrets;
 use webhooks::window::{ClockWindows, FlushWindows};
 
@@ -329,20 +332,25 @@ async fn run_parked(
         parked_url,
         "--parked-url (or DISABLED_ENDPOINT_QUEUE_URL)",
     )?);
+    replay_parked(store, store, &queue, max).await
+}
+
+/// Replays up to `max` parked jobs whose endpoint is enabled again, and tells the operator
+/// what it did.
+async fn replay_parked(
+    subscriptions: &dyn SubscriptionStore,
+    applications: &dyn ApplicationStore,
+    queue: &(impl DeliveryQueue + ParkedQueue),
+    max: usize,
+) -> Result<(), AdminError> {
     let report = ParkedReplayer {
-        subscriptions: store,
-        applications: store,
-        queue: &queue,
-        parked: &queue,
+        subscriptions,
+        applications,
+        queue,
+        parked: queue,
     }
     .replay(max)
     .await?;
-    print_parked_report(&report);
-    Ok(())
-}
-
-/// What a parked replay did, for the operator.
-fn print_parked_report(report: &webhooks::handlers::ParkedReplay) {
     println!(
         "replayed {} parked jobs to the delivery queue",
         report.replayed
@@ -361,6 +369,7 @@ fn print_parked_report(report: &webhooks::handlers::ParkedReplay) {
             report.unreadable
         );
     }
+    Ok(())
 }
 
 async fn run_applications(

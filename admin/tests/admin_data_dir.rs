@@ -3,9 +3,11 @@
 //! disabled; an application it creates opens the API; a dead letter it replays is
 //! delivered; a poison item it lists and replays is flushed and delivered.
 
+mod common;
+
+use common::{admin_command, printed, run};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use webhooks::callback::{CallbackUrl, UrlPolicy};
@@ -31,29 +33,11 @@ impl Drop for DataDir {
 }
 
 fn admin(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_webhooks-admin"))
+    run(admin_command()
         .arg("--data-dir")
         .arg(dir)
         .args(args)
-        .env_remove("SERVICE_TABLE")
-        .output()
-        .expect("run webhooks-admin");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The value the command printed after `label:`.
-fn printed(stdout: &str, label: &str) -> String {
-    let prefix = format!("{label}:");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("{label} not printed: {stdout}"))
-        .trim()
-        .to_owned()
+        .env_remove("SERVICE_TABLE"))
 }
 
 async fn token_status(base: &str, id: &str, secret: &str) -> u16 {

@@ -1,6 +1,9 @@
 //! The admin command line against moto: create (secret printed once, stored hashed),
 //! list, disable and enable; DLQ replay; parked-job replay for disabled endpoints.
 
+mod common;
+
+use common::{admin_command, printed, run};
 use std::process::Command;
 use std::time::Duration;
 use webhooks::aws::AwsServices;
@@ -14,8 +17,8 @@ use webhooks::window::WindowId;
 use webhooks_tests::moto::{MotoEnv, QueuePoller, endpoint};
 
 /// The admin command pointed at this test's tables and queues on moto.
-fn admin_command(env: &MotoEnv, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_webhooks-admin"));
+fn admin_command_for(env: &MotoEnv, args: &[&str]) -> Command {
+    let mut command = admin_command();
     command
         .args(args)
         .env("SERVICE_TABLE", &env.service_table)
@@ -30,25 +33,7 @@ fn admin_command(env: &MotoEnv, args: &[&str]) -> Command {
 }
 
 fn admin(env: &MotoEnv, args: &[&str]) -> (i32, String, String) {
-    let out = admin_command(env, args)
-        .output()
-        .expect("run webhooks-admin");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The value the command printed after `label:`.
-fn printed(stdout: &str, label: &str) -> String {
-    let prefix = format!("{label}:");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("{label} not printed: {stdout}"))
-        .trim()
-        .to_owned()
+    run(&mut admin_command_for(env, args))
 }
 
 #[tokio::test]
@@ -180,7 +165,7 @@ async fn dlq_replay_moves_dead_letters_back() {
             .unwrap();
     }
     for method in ["auto", "loop"] {
-        let out = admin_command(&env, &["dlq", "replay", "--method", method])
+        let out = admin_command_for(&env, &["dlq", "replay", "--method", method])
             .output()
             .unwrap();
         let (stdout, stderr) = (

@@ -1,5 +1,6 @@
 //! The HTTP API handler over in-memory adapters, with the seed's client, a token, the
-//! seed's record and two applications, for tests that call it directly.
+//! seed's record and two applications, for tests that call it directly; and
+//! [`LocalApi`], a client of a running local runner's HTTP API.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,4 +147,119 @@ pub fn encode_component(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A client of a local runner's HTTP API (at `http://{addr}`) as one OAuth client: a
+/// token, the seed's record's webhooks, its changes, the flush and the status.
+pub struct LocalApi {
+    /// For the requests a test makes itself.
+    pub http: reqwest::Client,
+    /// `http://{addr}`.
+    pub base: String,
+    client: (String, String),
+}
+
+impl LocalApi {
+    /// The API at `addr`, as the client `client_id` with `secret`.
+    pub fn new(addr: std::net::SocketAddr, client_id: &str, secret: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+            client: (client_id.to_owned(), secret.to_owned()),
+        }
+    }
+
+    /// The token endpoint's answer (200, asserted) to a client-credentials grant.
+    pub async fn token_response(&self) -> serde_json::Value {
+        let (id, secret) = &self.client;
+        let body = format!(
+            "client_id={id}&client_secret={secret}&scope=/webhook&grant_type=client_credentials"
+        );
+        let response = self
+            .http
+            .post(format!("{}/oauth/token", self.base))
+            .header("accept", "application/json")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// A `/webhook` access token.
+    pub async fn token(&self) -> String {
+        let token = self.token_response().await;
+        token["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// The webhook URL of the seed's record for `callback`.
+    pub fn webhook_url(&self, callback: &str) -> String {
+        format!(
+            "{}/{RECORD}/webhook/{}",
+            self.base,
+            encode_component(callback)
+        )
+    }
+
+    /// Calls the seed's record's webhook URL for `callback` with `method`.
+    pub async fn webhook(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        callback: &str,
+    ) -> reqwest::Response {
+        self.http
+            .request(method, self.webhook_url(callback))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers `callback` for the seed's record; the status.
+    pub async fn register(&self, token: &str, callback: &str) -> u16 {
+        self.webhook(reqwest::Method::PUT, token, callback)
+            .await
+            .status()
+            .as_u16()
+    }
+
+    /// Changes the seed's record (a success, asserted); the runner's answer.
+    pub async fn change(&self, person: serde_json::Value) -> serde_json::Value {
+        let response = self
+            .http
+            .put(format!("{}/local/records/{RECORD}", self.base))
+            .json(&person)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        response.json().await.unwrap()
+    }
+
+    /// Flushes now (200, asserted); the flush's report.
+    pub async fn flush(&self) -> serde_json::Value {
+        let response = self
+            .http
+            .post(format!("{}/local/flush", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// The runner's status.
+    pub async fn status(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/local/status", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
 }

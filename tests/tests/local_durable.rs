@@ -3,14 +3,14 @@
 //! stream), and a second runner on the same directory is refused with a clear error.
 //! (`tests/durable/test_crash.py` kills the binary with `kill -9` at random points.)
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
 use webhooks::record::RecordId;
 use webhooks::sqlite::OpenError;
 use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD, StartError, Storage};
 use webhooks_tests::Receiver;
-use webhooks_tests::api::encode_component;
+use webhooks_tests::api::LocalApi;
 
 const CLIENT: (&str, &str) = ("APP-DURABLE", "durable-secret");
 const WAIT: Duration = Duration::from_secs(10);
@@ -43,76 +43,6 @@ fn config(dir: &DataDir) -> LocalConfig {
     }
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api {
-    fn new(service: &LocalService) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: format!("http://{}", service.addr),
-        }
-    }
-
-    async fn token(&self) -> String {
-        let body = format!(
-            "client_id={}&client_secret={}&scope=/webhook&grant_type=client_credentials",
-            CLIENT.0, CLIENT.1
-        );
-        let response = self
-            .http
-            .post(format!("{}/oauth/token", self.base))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let token: Value = response.json().await.unwrap();
-        token["access_token"].as_str().unwrap().to_owned()
-    }
-
-    async fn register(&self, token: &str, callback: &str) -> u16 {
-        self.http
-            .put(format!(
-                "{}/{SAMPLE_RECORD}/webhook/{}",
-                self.base,
-                encode_component(callback)
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
-
-    async fn change(&self, person: Value) -> Value {
-        let response = self
-            .http
-            .put(format!("{}/local/records/{SAMPLE_RECORD}", self.base))
-            .json(&person)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
-        response.json().await.unwrap()
-    }
-
-    async fn flush(&self) -> Value {
-        let response = self
-            .http
-            .post(format!("{}/local/flush", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_runner_keeps_what_it_was_told() {
     let dir = DataDir::new();
@@ -121,7 +51,7 @@ async fn a_restarted_runner_keeps_what_it_was_told() {
 
     let first = LocalService::start(config(&dir)).await.unwrap();
     let first_secret = first.applications[0].webhook_secret.clone();
-    let api = Api::new(&first);
+    let api = LocalApi::new(first.addr, CLIENT.0, CLIENT.1);
     let token = api.token().await;
     assert_eq!(api.register(&token, &callback).await, 201);
     let before = api.change(json!({"firstName": "Josiah"})).await;
@@ -134,7 +64,7 @@ async fn a_restarted_runner_keeps_what_it_was_told() {
         second.applications[0].webhook_secret, first_secret,
         "started again with the same API key, the application keeps its signing secret"
     );
-    let api = Api::new(&second);
+    let api = LocalApi::new(second.addr, CLIENT.0, CLIENT.1);
     assert_eq!(
         api.register(&token, &callback).await,
         204,
@@ -153,12 +83,7 @@ async fn a_restarted_runner_keeps_what_it_was_told() {
         hits[0].headers["webhook-id"], hits[1].headers["webhook-id"],
         "two changes in two windows, two messages"
     );
-    let status: Value = reqwest::get(format!("{}/local/status", api.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = api.status().await;
     assert_eq!(status["queue"]["dead_letters"], 0, "{status}");
     second.stop().await;
 }
@@ -193,7 +118,7 @@ async fn a_change_left_in_the_stream_is_captured_at_the_next_start() {
     let dir = DataDir::new();
     let receiver = Receiver::start().await;
     let first = LocalService::start(config(&dir)).await.unwrap();
-    let api = Api::new(&first);
+    let api = LocalApi::new(first.addr, CLIENT.0, CLIENT.1);
     let token = api.token().await;
     assert_eq!(api.register(&token, &receiver.url("/left")).await, 201);
     first.stop().await;
@@ -216,7 +141,7 @@ async fn a_change_left_in_the_stream_is_captured_at_the_next_start() {
     drop(storage);
 
     let second = LocalService::start(config(&dir)).await.unwrap();
-    let report = Api::new(&second).flush().await;
+    let report = LocalApi::new(second.addr, CLIENT.0, CLIENT.1).flush().await;
     assert_eq!(report["jobs"], 1, "{report}");
     assert_eq!(receiver.wait_for(1, WAIT).await.len(), 1);
     second.stop().await;

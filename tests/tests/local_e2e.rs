@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use webhooks::retry::RetryPolicy;
 use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD};
-use webhooks_tests::api::encode_component;
+use webhooks_tests::api::LocalApi;
 use webhooks_tests::{Receiver, wait_until};
 
 const CLIENT: (&str, &str) = (
@@ -48,108 +48,17 @@ async fn drained(service: &LocalService) {
     );
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Client {
-    fn new(service: &LocalService) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: format!("http://{}", service.addr),
-        }
-    }
-
-    async fn token(&self) -> Value {
-        let form = [
-            ("client_id", CLIENT.0),
-            ("client_secret", CLIENT.1),
-            ("scope", "/webhook"),
-            ("grant_type", "client_credentials"),
-        ];
-        let body: String = form.iter().map(|(k, v)| format!("{k}={v}&")).collect();
-        let response = self
-            .http
-            .post(format!("{}/oauth/token", self.base))
-            .header("accept", "application/json")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
-    }
-
-    fn webhook_url(&self, callback: &str) -> String {
-        format!(
-            "{}/{SAMPLE_RECORD}/webhook/{}",
-            self.base,
-            encode_component(callback)
-        )
-    }
-
-    async fn webhook(
-        &self,
-        method: reqwest::Method,
-        token: &str,
-        callback: &str,
-    ) -> reqwest::Response {
-        self.http
-            .request(method, self.webhook_url(callback))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn change(&self, person: Value) -> Value {
-        let response = self
-            .http
-            .put(format!("{}/local/records/{SAMPLE_RECORD}", self.base))
-            .json(&person)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
-        response.json().await.unwrap()
-    }
-
-    async fn flush(&self) -> Value {
-        let response = self
-            .http
-            .post(format!("{}/local/flush", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
-    }
-
-    async fn status(&self) -> Value {
-        self.http
-            .get(format!("{}/local/status", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orcid_flow_end_to_end() {
     let service = LocalService::start(config(Duration::from_millis(400), 5))
         .await
         .unwrap();
-    let api = Client::new(&service);
+    let api = LocalApi::new(service.addr, CLIENT.0, CLIENT.1);
     let receiver = Receiver::start().await;
     let callback = receiver.url("/0000-0002-7465-2162/updated");
 
     // Token: 200 with the seed's fields.
-    let token = api.token().await;
+    let token = api.token_response().await;
     for field in [
         "access_token",
         "token_type",
@@ -248,12 +157,9 @@ async fn a_change_during_a_flush_is_delivered_by_the_next_flush() {
     let service = LocalService::start(config(Duration::from_millis(200), 5))
         .await
         .unwrap();
-    let api = Client::new(&service);
+    let api = LocalApi::new(service.addr, CLIENT.0, CLIENT.1);
     let receiver = Receiver::start().await;
-    let token = api.token().await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = api.token().await;
     let callback = receiver.url("/hook");
     assert_eq!(
         api.webhook(reqwest::Method::PUT, &token, &callback)
@@ -311,13 +217,10 @@ async fn a_delivery_that_always_fails_ends_in_the_dead_letter_queue_and_replays(
     let service = LocalService::start(config(Duration::from_millis(100), 3))
         .await
         .unwrap();
-    let api = Client::new(&service);
+    let api = LocalApi::new(service.addr, CLIENT.0, CLIENT.1);
     let receiver = Receiver::start().await;
     receiver.script(&[500, 500, 500]);
-    let token = api.token().await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = api.token().await;
     assert_eq!(
         api.webhook(reqwest::Method::PUT, &token, &receiver.url("/down"))
             .await
@@ -363,9 +266,9 @@ async fn a_callback_query_sent_as_the_request_query_is_400() {
     let service = LocalService::start(config(Duration::from_millis(100), 3))
         .await
         .unwrap();
-    let api = Client::new(&service);
+    let api = LocalApi::new(service.addr, CLIENT.0, CLIENT.1);
     let token = api.token().await;
-    let token = token["access_token"].as_str().unwrap();
+    let token = token.as_str();
     // Not encoded: the `?` starts the request's own query string.
     let response = api
         .http
@@ -404,7 +307,7 @@ async fn a_poison_person_is_set_aside_and_the_others_are_delivered() {
     })
     .await
     .unwrap();
-    let api = Client::new(&service);
+    let api = LocalApi::new(service.addr, CLIENT.0, CLIENT.1);
     let receiver = Receiver::start().await;
     let response = api
         .http
