@@ -6,7 +6,8 @@ use crate::application::Application;
 use crate::attempts::EndpointKey;
 use crate::callback::{CallbackUrl, UrlPolicy};
 use crate::health::EndpointHealth;
-use crate::oauth::{IssuedToken, OAuthClient, sha256_hex};
+use crate::oauth::{AccessToken, IssuedToken, OAuthClient, sha256_hex};
+use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 
 scenarios![
@@ -47,34 +48,80 @@ fn sorted<T: Clone, K: Ord>(items: &[T], key: impl Fn(&T) -> K) -> Vec<T> {
     items
 }
 
+async fn stored_client(a: &Adapters, id: &str) -> Option<OAuthClient> {
+    a.ports
+        .clients
+        .get_client(&id.parse().unwrap())
+        .await
+        .unwrap()
+}
+
+async fn stored_token(a: &Adapters, hash: &str) -> Option<AccessToken> {
+    a.ports.tokens.get_token(hash).await.unwrap()
+}
+
+async fn stored_subscription(
+    a: &Adapters,
+    record: &RecordId,
+    callback: &CallbackUrl,
+) -> Option<Subscription> {
+    a.ports
+        .subscriptions
+        .get_subscription(record, callback)
+        .await
+        .unwrap()
+}
+
+async fn unregister_as(
+    a: &Adapters,
+    record: &RecordId,
+    callback: &CallbackUrl,
+    client_id: &str,
+) -> Unregistered {
+    a.ports
+        .subscriptions
+        .unregister(record, callback, &client_id.parse().unwrap())
+        .await
+        .unwrap()
+}
+
+async fn client_webhooks(a: &Adapters, client_id: &str) -> Vec<Subscription> {
+    a.ports
+        .subscriptions
+        .client_webhooks(&client_id.parse().unwrap())
+        .await
+        .unwrap()
+}
+
+async fn client_webhook(a: &Adapters, client_id: &str, key: &EndpointKey) -> Option<Subscription> {
+    a.ports
+        .subscriptions
+        .client_webhook(&client_id.parse().unwrap(), key)
+        .await
+        .unwrap()
+}
+
+async fn stored_application(a: &Adapters, id: &str) -> Option<Application> {
+    a.ports
+        .applications
+        .get_application(&id.parse().unwrap())
+        .await
+        .unwrap()
+}
+
 async fn clients_are_kept_by_id_and_replaced_whole(a: Adapters) {
     let clients = &a.ports.clients;
     let (one, two) = (client("APP-ONE"), client("APP-TWO"));
     clients.put_client(&one).await.unwrap();
     clients.put_client(&two).await.unwrap();
-    assert_eq!(
-        clients
-            .get_client(&"APP-ONE".parse().unwrap())
-            .await
-            .unwrap(),
-        Some(one)
-    );
-    assert_eq!(
-        clients
-            .get_client(&"APP-NONE".parse().unwrap())
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(stored_client(&a, "APP-ONE").await, Some(one));
+    assert_eq!(stored_client(&a, "APP-NONE").await, None);
     let mut disabled = two.clone();
     disabled.disabled = true;
     disabled.scopes.push("/read-limited".into());
     clients.put_client(&disabled).await.unwrap();
     assert_eq!(
-        clients
-            .get_client(&"APP-TWO".parse().unwrap())
-            .await
-            .unwrap(),
+        stored_client(&a, "APP-TWO").await,
         Some(disabled.clone()),
         "a put replaces the whole client"
     );
@@ -98,28 +145,16 @@ async fn tokens_are_found_by_their_hash_only(a: Adapters) {
     );
     a.ports.tokens.put_token(&issued.stored).await.unwrap();
     assert_eq!(
-        a.ports
-            .tokens
-            .get_token(&sha256_hex(&issued.access_token))
-            .await
-            .unwrap(),
+        stored_token(&a, &sha256_hex(&issued.access_token)).await,
         Some(issued.stored.clone())
     );
     assert_eq!(
-        a.ports
-            .tokens
-            .get_token(&issued.access_token)
-            .await
-            .unwrap(),
+        stored_token(&a, &issued.access_token).await,
         None,
         "the token itself is not a key"
     );
     assert_eq!(
-        a.ports
-            .tokens
-            .get_token(&sha256_hex(&issued.refresh_token))
-            .await
-            .unwrap(),
+        stored_token(&a, &sha256_hex(&issued.refresh_token)).await,
         None,
         "nor is the refresh token's hash"
     );
@@ -147,10 +182,7 @@ async fn register_is_a_conditional_write(a: Adapters) {
         Registered::OwnedByOther
     );
     assert_eq!(
-        subscriptions
-            .get_subscription(&mine.record, &mine.callback)
-            .await
-            .unwrap(),
+        stored_subscription(&a, &mine.record, &mine.callback).await,
         Some(mine.clone()),
         "the owner's subscription is left as it was"
     );
@@ -167,48 +199,27 @@ async fn unregister_only_by_the_owner(a: Adapters) {
     let mine = subscription("0000-0002-1825-0097", "https://a.example/hook", "APP-ONE");
     let (record, callback) = (&mine.record, &mine.callback);
     assert_eq!(
-        subscriptions
-            .unregister(record, callback, &"APP-ONE".parse().unwrap())
-            .await
-            .unwrap(),
+        unregister_as(&a, record, callback, "APP-ONE").await,
         Unregistered::NotFound,
         "never registered"
     );
     subscriptions.register(&mine).await.unwrap();
     assert_eq!(
-        subscriptions
-            .unregister(record, callback, &"APP-TWO".parse().unwrap())
-            .await
-            .unwrap(),
+        unregister_as(&a, record, callback, "APP-TWO").await,
         Unregistered::OwnedByOther
     );
     assert_eq!(
-        subscriptions
-            .get_subscription(record, callback)
-            .await
-            .unwrap(),
+        stored_subscription(&a, record, callback).await,
         Some(mine.clone()),
         "a non-owner removes nothing"
     );
     assert_eq!(
-        subscriptions
-            .unregister(record, callback, &"APP-ONE".parse().unwrap())
-            .await
-            .unwrap(),
+        unregister_as(&a, record, callback, "APP-ONE").await,
         Unregistered::Deleted
     );
+    assert_eq!(stored_subscription(&a, record, callback).await, None);
     assert_eq!(
-        subscriptions
-            .get_subscription(record, callback)
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        subscriptions
-            .unregister(record, callback, &"APP-ONE".parse().unwrap())
-            .await
-            .unwrap(),
+        unregister_as(&a, record, callback, "APP-ONE").await,
         Unregistered::NotFound,
         "removed already"
     );
@@ -247,10 +258,7 @@ async fn subscriptions_are_listed_per_record_and_per_client(a: Adapters) {
             .is_empty()
     );
 
-    let ones = subscriptions
-        .client_webhooks(&"APP-ONE".parse().unwrap())
-        .await
-        .unwrap();
+    let ones = client_webhooks(&a, "APP-ONE").await;
     assert_eq!(
         sorted(&ones, by_url),
         vec![all[0].clone(), all[2].clone(), all[3].clone()],
@@ -258,53 +266,25 @@ async fn subscriptions_are_listed_per_record_and_per_client(a: Adapters) {
     );
     let key = EndpointKey::subscription(&all[0].record, &all[0].callback);
     assert_eq!(
-        subscriptions
-            .client_webhook(&"APP-ONE".parse().unwrap(), &key)
-            .await
-            .unwrap(),
+        client_webhook(&a, "APP-ONE", &key).await,
         Some(all[0].clone())
     );
     assert_eq!(
-        subscriptions
-            .client_webhook(&"APP-TWO".parse().unwrap(), &key)
-            .await
-            .unwrap(),
+        client_webhook(&a, "APP-TWO", &key).await,
         None,
         "another client's webhook is not found"
     );
-    subscriptions
-        .unregister(
-            &all[0].record,
-            &all[0].callback,
-            &"APP-ONE".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+    unregister_as(&a, &all[0].record, &all[0].callback, "APP-ONE").await;
     assert_eq!(
-        subscriptions
-            .client_webhook(&"APP-ONE".parse().unwrap(), &key)
-            .await
-            .unwrap(),
+        client_webhook(&a, "APP-ONE", &key).await,
         None,
         "gone with its subscription"
     );
     assert_eq!(
-        sorted(
-            &subscriptions
-                .client_webhooks(&"APP-ONE".parse().unwrap())
-                .await
-                .unwrap(),
-            by_url
-        ),
+        sorted(&client_webhooks(&a, "APP-ONE").await, by_url),
         vec![all[2].clone(), all[3].clone()]
     );
-    assert!(
-        subscriptions
-            .client_webhooks(&"APP-NONE".parse().unwrap())
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(client_webhooks(&a, "APP-NONE").await.is_empty());
 }
 
 async fn subscription_health_is_replaced_never_created(a: Adapters) {
@@ -318,10 +298,7 @@ async fn subscription_health_is_replaced_never_created(a: Adapters) {
         .await
         .unwrap();
     assert_eq!(
-        subscriptions
-            .get_subscription(&mine.record, &mine.callback)
-            .await
-            .unwrap(),
+        stored_subscription(&a, &mine.record, &mine.callback).await,
         Some(Subscription {
             health: failing.clone(),
             ..mine.clone()
@@ -334,10 +311,7 @@ async fn subscription_health_is_replaced_never_created(a: Adapters) {
         .await
         .unwrap();
     assert_eq!(
-        subscriptions
-            .get_subscription(&mine.record, &missing)
-            .await
-            .unwrap(),
+        stored_subscription(&a, &mine.record, &missing).await,
         None,
         "no subscription is created by a health update"
     );
@@ -350,20 +324,8 @@ async fn applications_by_id_and_by_key_hash(a: Adapters) {
     let two = Application::new(&"app-2".parse().unwrap(), "key-2", 1_700_000_000);
     applications.put_application(&one).await.unwrap();
     applications.put_application(&two).await.unwrap();
-    assert_eq!(
-        applications
-            .get_application(&"app-1".parse().unwrap())
-            .await
-            .unwrap(),
-        Some(one.clone())
-    );
-    assert_eq!(
-        applications
-            .get_application(&"app-3".parse().unwrap())
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(stored_application(&a, "app-1").await, Some(one.clone()));
+    assert_eq!(stored_application(&a, "app-3").await, None);
     assert_eq!(
         applications
             .application_for_key(&sha256_hex("key-2"))
@@ -393,10 +355,7 @@ async fn applications_by_id_and_by_key_hash(a: Adapters) {
         .await
         .unwrap();
     assert_eq!(
-        applications
-            .get_application(&"app-1".parse().unwrap())
-            .await
-            .unwrap(),
+        stored_application(&a, "app-1").await,
         Some(Application {
             health: disabled.clone(),
             ..one.clone()
@@ -408,10 +367,7 @@ async fn applications_by_id_and_by_key_hash(a: Adapters) {
         .await
         .unwrap();
     assert_eq!(
-        applications
-            .get_application(&"app-3".parse().unwrap())
-            .await
-            .unwrap(),
+        stored_application(&a, "app-3").await,
         None,
         "no application is created by a health update"
     );

@@ -22,17 +22,22 @@ fn outcome(i: usize, delivered: bool) -> PersonOutcome {
     }
 }
 
+/// A sync of app-1 paced at `request_interval_ms`, started at `started_at` (RFC 3339).
+fn app1_sync(request_interval_ms: u64, started_at: &str) -> FullSync {
+    FullSync::new(
+        &"app-1".parse().unwrap(),
+        request_interval_ms,
+        started_at.into(),
+    )
+}
+
 fn counts(outcomes: SyncOutcomes) -> (u64, u64) {
     (outcomes.delivered, outcomes.failed)
 }
 
 async fn sync_outcomes_are_counted_once_per_person(a: Adapters) {
     let syncs = &a.ports.syncs;
-    let sync = FullSync::new(
-        &"app-1".parse().unwrap(),
-        0,
-        "2026-11-26T10:00:00.000Z".into(),
-    );
+    let sync = app1_sync(0, "2026-11-26T10:00:00.000Z");
     syncs.save_sync(&sync).await.unwrap();
     let id = &sync.key();
     let new = syncs
@@ -54,11 +59,7 @@ async fn sync_outcomes_are_counted_once_per_person(a: Adapters) {
     let (_, outcomes) = syncs.get_sync(id).await.unwrap().unwrap();
     assert_eq!(counts(outcomes), (148, 2), "the total of every count");
     // Another sync of the same application counts the same persons afresh.
-    let other = FullSync::new(
-        &"app-1".parse().unwrap(),
-        0,
-        "2026-11-26T11:00:00.000Z".into(),
-    );
+    let other = app1_sync(0, "2026-11-26T11:00:00.000Z");
     syncs.save_sync(&other).await.unwrap();
     let new = syncs
         .count_sync_outcomes(&other.key(), &[outcome(0, true)])
@@ -69,11 +70,7 @@ async fn sync_outcomes_are_counted_once_per_person(a: Adapters) {
 
 async fn sync_state_is_saved_beside_its_counters(a: Adapters) {
     let syncs = &a.ports.syncs;
-    let mut sync = FullSync::new(
-        &"app-1".parse().unwrap(),
-        250,
-        "2026-11-26T10:00:00.000Z".into(),
-    );
+    let mut sync = app1_sync(250, "2026-11-26T10:00:00.000Z");
     // The sync as read back with its counts, if any, under `application`.
     let read = |application: &'static str| {
         let key = SyncKey {
@@ -119,11 +116,7 @@ async fn sync_state_is_saved_beside_its_counters(a: Adapters) {
 
 async fn sync_completion_is_claimed_once(a: Adapters) {
     let syncs = &a.ports.syncs;
-    let sync = FullSync::new(
-        &"app-1".parse().unwrap(),
-        0,
-        "2026-11-26T10:00:00.000Z".into(),
-    );
+    let sync = app1_sync(0, "2026-11-26T10:00:00.000Z");
     let claim = |claimant: &'static str| {
         let (syncs, key) = (syncs.clone(), sync.key());
         async move { syncs.claim_sync_completion(&key, claimant).await.unwrap() }
@@ -148,11 +141,7 @@ async fn sync_completion_is_claimed_once(a: Adapters) {
 
 async fn sync_lease_one_step_at_a_time(a: Adapters) {
     let syncs = &a.ports.syncs;
-    let sync = FullSync::new(
-        &"app-1".parse().unwrap(),
-        0,
-        "2026-11-26T10:00:00.000Z".into(),
-    );
+    let sync = app1_sync(0, "2026-11-26T10:00:00.000Z");
     syncs.save_sync(&sync).await.unwrap();
     let id = &sync.key();
     let lease = |holder: &'static str, now: i64, until: i64| {
