@@ -86,25 +86,13 @@ impl Storage {
                 store,
                 records,
                 queue,
-            } => webhooks::ports::Ports::over(
-                store.clone(),
-                records.clone(),
-                queue.clone(),
-                events,
-                clock,
-            ),
+            } => Ports::over(store.clone(), records.clone(), queue.clone(), events, clock),
             Self::Durable {
                 store,
                 records,
                 queue,
                 ..
-            } => webhooks::ports::Ports::over(
-                store.clone(),
-                records.clone(),
-                queue.clone(),
-                events,
-                clock,
-            ),
+            } => Ports::over(store.clone(), records.clone(), queue.clone(), events, clock),
         }
     }
 

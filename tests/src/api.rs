@@ -262,4 +262,16 @@ impl LocalApi {
             .await
             .unwrap()
     }
+
+    /// POSTs to one of the runner's commands (`/local/dlq/replay`, ...); its JSON answer.
+    pub async fn post(&self, path: &str) -> serde_json::Value {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
 }

@@ -9,85 +9,39 @@ use std::time::Duration;
 use webhooks::events::OpsEvent;
 use webhooks::health::DisableReason;
 use webhooks::retry::RetryPolicy;
-use webhooks_local::{LocalConfig, LocalService, SAMPLE_RECORD};
+use webhooks_local::{LocalConfig, LocalService};
 use webhooks_tests::Receiver;
-use webhooks_tests::api::encode_component;
+use webhooks_tests::api::LocalApi;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The runner's API as APP-1, with its token.
 struct Api {
-    http: reqwest::Client,
-    base: String,
+    local: LocalApi,
     token: String,
 }
 
 impl Api {
     async fn new(service: &LocalService) -> Self {
-        let http = reqwest::Client::new();
-        let base = format!("http://{}", service.addr);
-        let body =
-            "client_id=APP-1&client_secret=secret-1&grant_type=client_credentials&scope=%2Fwebhook";
-        let token: Value = http
-            .post(format!("{base}/oauth/token"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        Self {
-            http,
-            base,
-            token: token["access_token"].as_str().unwrap().to_owned(),
-        }
+        let local = LocalApi::new(service.addr, "APP-1", "secret-1");
+        let token = local.token().await;
+        Self { local, token }
     }
 
     async fn webhook(&self, method: reqwest::Method, callback: &str) -> (u16, Value) {
-        let url = format!(
-            "{}/{SAMPLE_RECORD}/webhook/{}",
-            self.base,
-            encode_component(callback)
-        );
-        let response = self
-            .http
-            .request(method, url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
+        let response = self.local.webhook(method, &self.token, callback).await;
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// `POST /local/parked/replay`.
     async fn replay_parked(&self) -> Value {
-        self.http
-            .post(format!("{}/local/parked/replay", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.local.post("/local/parked/replay").await
     }
 
     async fn change_and_flush(&self) -> Value {
-        self.http
-            .put(format!("{}/local/records/{SAMPLE_RECORD}", self.base))
-            .json(&json!({"v": fastrand_value()}))
-            .send()
-            .await
-            .unwrap();
-        self.http
-            .post(format!("{}/local/flush", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.local.change(json!({"v": fastrand_value()})).await;
+        self.local.flush().await
     }
 }
 

@@ -244,15 +244,7 @@ async fn a_delivery_that_always_fails_ends_in_the_dead_letter_queue_and_replays(
     assert_eq!(receiver.hits().len(), 3, "no attempt after the last");
 
     // The receiver is healthy again (its script is spent): replay the DLQ.
-    let replay: Value = api
-        .http
-        .post(format!("{}/local/dlq/replay", api.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let replay = api.post("/local/dlq/replay").await;
     assert_eq!(replay["moved"], 1);
     let hits = receiver.wait_for(4, WAIT).await;
     assert_eq!(hits.len(), 4, "the replayed message is delivered");
@@ -358,15 +350,7 @@ async fn a_poison_person_is_set_aside_and_the_others_are_delivered() {
     let first_window = status["poison"][0]["window"].clone();
 
     // Replayed as it is, it is set aside again by the next flush, in a later window.
-    let replay: Value = api
-        .http
-        .post(format!("{}/local/poison/replay", api.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let replay = api.post("/local/poison/replay").await;
     assert_eq!(replay["replayed"], 1);
     assert!(api.status().await["poison"].as_array().unwrap().is_empty());
     let report = api.flush().await;
