@@ -250,6 +250,26 @@ impl LoggedAttempt {
     }
 }
 
+/// The failing messages a recovery sends again: the first of them (a recovery takes at
+/// most so many), and whether more were left behind (the recovery is then incomplete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailingMessages {
+    /// Oldest failure first, each message once.
+    pub items: Vec<StoredMessage>,
+    /// True when more failing messages follow these.
+    pub more: bool,
+}
+
+impl FailingMessages {
+    /// The first `limit` of up to `limit + 1` failing messages found (one more than are
+    /// taken, to know whether more follow).
+    pub fn from_overfetch(mut items: Vec<StoredMessage>, limit: usize) -> Self {
+        let more = items.len() > limit;
+        items.truncate(limit);
+        Self { items, more }
+    }
+}
+
 /// A kept message with how its latest attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {

@@ -2,7 +2,7 @@
 //! signed JSON envelope a Members-style webhook receives.
 
 use crate::ids::ApplicationId;
-use crate::ports::Person;
+use crate::ports::{Page, Person};
 use crate::record::RecordId;
 use crate::signing::members_hash;
 use base64::Engine;
@@ -38,6 +38,16 @@ pub fn consented_scopes(person: &Person, application: &ApplicationId) -> Option<
             .filter_map(|s| s.as_str().map(str::to_owned))
             .collect(),
     )
+}
+
+/// The persons of a scanned page who consented to share with `application`. A scan pages
+/// by the persons it examines (as DynamoDB's filtered Scan does), so the page keeps its
+/// `next` however few consented.
+pub fn consenting(
+    scanned: Page<(RecordId, Person)>,
+    application: &ApplicationId,
+) -> Page<(RecordId, Person)> {
+    scanned.retain(|(_, person)| consented_scopes(person, application).is_some())
 }
 
 /// Every (application, scopes) pair `person` consented to. A consent key that is not an

@@ -3,7 +3,8 @@
 
 use crate::application::Application;
 use crate::attempts::{
-    Attempt, EndpointKey, LogEndpoint, LoggedAttempt, Recovery, StatusFilter, StoredMessage,
+    Attempt, EndpointKey, FailingMessages, LogEndpoint, LoggedAttempt, Recovery, StatusFilter,
+    StoredMessage,
 };
 use crate::callback::CallbackUrl;
 use crate::clock::{Clock, Timestamp};
@@ -218,6 +219,18 @@ impl Lease {
     /// True when it still holds at `now`.
     pub fn holds_at(&self, now: Timestamp) -> bool {
         self.until > now
+    }
+
+    /// The flush's rule: a lease may be taken at `now` only when nobody holds `held` then,
+    /// not even the same holder (one flush run takes it once).
+    pub fn free(held: Option<&Lease>, now: Timestamp) -> bool {
+        !held.is_some_and(|held| held.holds_at(now))
+    }
+
+    /// A sync step's rule: this lease may replace `held` at `now` when that has expired or
+    /// is this holder's own (a retried step takes its lease again).
+    pub fn may_replace(&self, held: Option<&Lease>, now: Timestamp) -> bool {
+        held.is_none_or(|held| !held.holds_at(now) || held.holder == self.holder)
     }
 }
 
@@ -454,15 +467,15 @@ pub trait AttemptLog: Send + Sync {
         message_id: &MessageId,
     ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>>;
     /// The kept messages of an endpoint with a failed attempt at or after `since` whose
-    /// latest attempt failed too, each once, oldest failure first; at most
-    /// `limit` of them. `next` is set when more follow (not a position: a recovery takes
-    /// the first `limit` and says it is incomplete).
+    /// latest attempt failed too, each once, oldest failure first; at most `limit` of
+    /// them, and whether more follow (a recovery takes the first `limit` and says it is
+    /// incomplete).
     async fn failed_since(
         &self,
         endpoint: &LogEndpoint,
         since: Timestamp,
         limit: usize,
-    ) -> BackendResult<Page<StoredMessage>>;
+    ) -> BackendResult<FailingMessages>;
     /// The kept messages of an endpoint with these ids (those still kept), any order.
     async fn messages(
         &self,
@@ -567,6 +580,41 @@ mod tests {
         ] {
             let now = Timestamp::from_epoch_ms(now_ms).unwrap();
             assert_eq!(lease.holds_at(now), holds, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_flush_waits_for_any_holder_a_sync_step_only_for_another() {
+        let at = |ms| Timestamp::from_epoch_ms(ms).unwrap();
+        let lease = |holder: &str, until_ms| Lease {
+            holder: LeaseHolder::new(holder),
+            until: at(until_ms),
+        };
+        let mine = lease("a", 9_000);
+        for (case, held, now_ms, free, may_replace) in [
+            ("none held", None, 1_000, true, true),
+            ("mine, held", Some(lease("a", 5_000)), 4_999, false, true),
+            (
+                "another's, held",
+                Some(lease("b", 5_000)),
+                4_999,
+                false,
+                false,
+            ),
+            (
+                "another's, expired",
+                Some(lease("b", 5_000)),
+                5_000,
+                true,
+                true,
+            ),
+        ] {
+            assert_eq!(Lease::free(held.as_ref(), at(now_ms)), free, "{case}");
+            assert_eq!(
+                mine.may_replace(held.as_ref(), at(now_ms)),
+                may_replace,
+                "{case}"
+            );
         }
     }
 }

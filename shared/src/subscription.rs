@@ -27,6 +27,11 @@ impl Subscription {
     pub fn endpoint(&self) -> String {
         endpoint_name(&self.record, &self.callback)
     }
+
+    /// True when `client` registered it: only its owner sees, changes or removes it.
+    pub fn is_owned_by(&self, client: &ClientId) -> bool {
+        self.client_id == *client
+    }
 }
 
 /// `subscription:<record>:<callback>`.
@@ -45,6 +50,18 @@ pub enum Registered {
     OwnedByOther,
 }
 
+impl Registered {
+    /// What registering `new` does where `existing` is stored for its (record, callback):
+    /// `Created` (the store then writes it) only where there is none.
+    pub fn given(existing: Option<&Subscription>, new: &Subscription) -> Self {
+        match existing {
+            None => Self::Created,
+            Some(existing) if existing.is_owned_by(&new.client_id) => Self::AlreadyExists,
+            Some(_) => Self::OwnedByOther,
+        }
+    }
+}
+
 /// What unregistering a subscription did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unregistered {
@@ -54,4 +71,61 @@ pub enum Unregistered {
     NotFound,
     /// Another client owns it (403); nothing was removed.
     OwnedByOther,
+}
+
+impl Unregistered {
+    /// What `client` unregistering does where `existing` is stored: `Deleted` (the store
+    /// then removes it) only when `client` owns it.
+    pub fn given(existing: Option<&Subscription>, client: &ClientId) -> Self {
+        match existing {
+            None => Self::NotFound,
+            Some(existing) if existing.is_owned_by(client) => Self::Deleted,
+            Some(_) => Self::OwnedByOther,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callback::UrlPolicy;
+
+    fn owned_by(client: &str) -> Subscription {
+        Subscription {
+            record: RecordId::parse("0000-0002-1825-0097").unwrap(),
+            callback: CallbackUrl::parse("https://a.example/hook", UrlPolicy::default()).unwrap(),
+            client_id: client.parse().unwrap(),
+            created_at: 1_700_000_000,
+            health: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_the_owner_registers_again_or_unregisters() {
+        let (mine, theirs) = (owned_by("APP-ONE"), owned_by("APP-TWO"));
+        let me: ClientId = "APP-ONE".parse().unwrap();
+        for (case, existing, registered, unregistered) in [
+            (
+                "none stored",
+                None,
+                Registered::Created,
+                Unregistered::NotFound,
+            ),
+            (
+                "mine stored",
+                Some(&mine),
+                Registered::AlreadyExists,
+                Unregistered::Deleted,
+            ),
+            (
+                "theirs stored",
+                Some(&theirs),
+                Registered::OwnedByOther,
+                Unregistered::OwnedByOther,
+            ),
+        ] {
+            assert_eq!(Registered::given(existing, &mine), registered, "{case}");
+            assert_eq!(Unregistered::given(existing, &me), unregistered, "{case}");
+        }
+    }
 }

@@ -218,7 +218,7 @@ impl Registration {
             since: since_text.clone(),
             started_at: self.ports.clock.now(),
             messages: jobs.iter().map(|j| j.id.clone()).collect(),
-            complete: page.next.is_none(),
+            complete: !page.more,
         };
         self.ports.attempts.save_recovery(&recovery).await?;
         self.send_paced(&jobs, interval_ms).await?;

@@ -385,7 +385,7 @@ impl Registration {
             .get_subscription(record.record_id(), &callback)
             .await?
             .ok_or(ApiError::NoSuchWebhook)?;
-        if subscription.client_id != client_id {
+        if !subscription.is_owned_by(&client_id) {
             return Err(ApiError::NotOwner);
         }
         Ok(json_response(

@@ -2,7 +2,8 @@
 
 use super::MemoryStore;
 use crate::attempts::{
-    Attempt, EndpointKey, LogEndpoint, LoggedAttempt, Recovery, StatusFilter, StoredMessage,
+    Attempt, EndpointKey, FailingMessages, LogEndpoint, LoggedAttempt, Recovery, StatusFilter,
+    StoredMessage,
 };
 use crate::clock::Timestamp;
 use crate::job::MessageId;
@@ -64,42 +65,29 @@ impl AttemptLog for MemoryStore {
         endpoint: &LogEndpoint,
         since: Timestamp,
         limit: usize,
-    ) -> BackendResult<Page<StoredMessage>> {
+    ) -> BackendResult<FailingMessages> {
         self.gate
             .run("failed_since", async {
                 let endpoint = &endpoint.key;
                 let state = self.state();
                 let mut seen = std::collections::HashSet::new();
-                let mut items = Vec::new();
-                let mut more = false;
                 let from = format!("{:013}", since.epoch_ms().max(0));
-                for attempt in state
+                let items = state
                     .attempts
                     .get(endpoint)
                     .into_iter()
                     .flat_map(|log| log.range(from.clone()..).map(|(_, a)| a))
-                    .filter(|a| !a.outcome.is_acked())
-                {
-                    if !seen.insert(attempt.message_id.clone()) {
-                        continue;
-                    }
-                    let Some(message) = state
-                        .messages
-                        .get(&(endpoint.clone(), attempt.message_id.clone()))
-                        .filter(|m| !m.last_outcome.is_acked())
-                    else {
-                        continue;
-                    };
-                    if items.len() == limit {
-                        more = true;
-                        break;
-                    }
-                    items.push(message.clone());
-                }
-                Ok(Page {
-                    next: more.then(|| "more".to_owned()),
-                    items,
-                })
+                    .filter(|a| !a.outcome.is_acked() && seen.insert(a.message_id.clone()))
+                    .filter_map(|a| {
+                        state
+                            .messages
+                            .get(&(endpoint.clone(), a.message_id.clone()))
+                            .filter(|m| !m.last_outcome.is_acked())
+                            .cloned()
+                    })
+                    .take(limit + 1)
+                    .collect();
+                Ok(FailingMessages::from_overfetch(items, limit))
             })
             .await
     }

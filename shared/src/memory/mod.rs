@@ -209,16 +209,11 @@ impl SubscriptionStore for MemoryStore {
                     subscription.callback.as_str().to_owned(),
                 );
                 let mut state = self.state();
-                Ok(match state.subscriptions.get(&key) {
-                    Some(existing) if existing.client_id == subscription.client_id => {
-                        Registered::AlreadyExists
-                    }
-                    Some(_) => Registered::OwnedByOther,
-                    None => {
-                        state.subscriptions.insert(key, subscription.clone());
-                        Registered::Created
-                    }
-                })
+                let registered = Registered::given(state.subscriptions.get(&key), subscription);
+                if registered == Registered::Created {
+                    state.subscriptions.insert(key, subscription.clone());
+                }
+                Ok(registered)
             })
             .await
     }
@@ -233,16 +228,11 @@ impl SubscriptionStore for MemoryStore {
             .run("unregister", async {
                 let key = (record.clone(), callback.as_str().to_owned());
                 let mut state = self.state();
-                Ok(match state.subscriptions.get(&key) {
-                    None => Unregistered::NotFound,
-                    Some(existing) if existing.client_id != *client_id => {
-                        Unregistered::OwnedByOther
-                    }
-                    Some(_) => {
-                        state.subscriptions.remove(&key);
-                        Unregistered::Deleted
-                    }
-                })
+                let unregistered = Unregistered::given(state.subscriptions.get(&key), client_id);
+                if unregistered == Unregistered::Deleted {
+                    state.subscriptions.remove(&key);
+                }
+                Ok(unregistered)
             })
             .await
     }
@@ -299,7 +289,7 @@ impl SubscriptionStore for MemoryStore {
                     .state()
                     .subscriptions
                     .values()
-                    .filter(|s| s.client_id == *client_id)
+                    .filter(|s| s.is_owned_by(client_id))
                     .cloned()
                     .collect())
             })
@@ -318,7 +308,7 @@ impl SubscriptionStore for MemoryStore {
                     .subscriptions
                     .values()
                     .find(|s| {
-                        s.client_id == *client_id
+                        s.is_owned_by(client_id)
                             && EndpointKey::subscription(&s.record, &s.callback) == *webhook
                     })
                     .cloned())
@@ -388,7 +378,7 @@ impl PendingChanges for MemoryStore {
         self.gate
             .run("lease_flush", async {
                 let mut state = self.state();
-                if state.flush_lease.as_ref().is_some_and(|l| l.holds_at(now)) {
+                if !Lease::free(state.flush_lease.as_ref(), now) {
                     return Ok(false);
                 }
                 state.flush_lease = Some(lease.clone());
@@ -573,11 +563,7 @@ impl SyncStore for MemoryStore {
             .run("lease_sync", async {
                 let mut state = self.state();
                 let entry = state.syncs.entry(sync.clone()).or_default();
-                if entry
-                    .lease
-                    .as_ref()
-                    .is_some_and(|l| l.holds_at(now) && l.holder != lease.holder)
-                {
+                if !lease.may_replace(entry.lease.as_ref(), now) {
                     return Ok(false);
                 }
                 entry.lease = Some(lease.clone());

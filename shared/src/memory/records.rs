@@ -4,7 +4,7 @@
 
 use super::Gate;
 use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::members::consented_scopes;
+use crate::members::consenting;
 use crate::ports::{BackendResult, Page, Person, RecordStore};
 use crate::record::RecordId;
 use async_trait::async_trait;
@@ -125,19 +125,14 @@ impl RecordStore for MemoryRecords {
             .run("scan_consented", async {
                 let state = self.state.lock().expect("records lock");
                 let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-                let examined: Vec<(&RecordId, &Person)> = state
+                let examined: Vec<(RecordId, Person)> = state
                     .0
                     .range::<str, _>((start, Bound::Unbounded))
                     .take(limit + 1)
-                    .collect();
-                let next = (examined.len() > limit).then(|| examined[limit - 1].0.to_string());
-                let items = examined
-                    .into_iter()
-                    .take(limit)
-                    .filter(|(_, person)| consented_scopes(person, application).is_some())
                     .map(|(id, person)| (id.clone(), person.clone()))
                     .collect();
-                Ok(Page { items, next })
+                let scanned = Page::from_overfetch(examined, limit, |(id, _)| id.to_string());
+                Ok(consenting(scanned, application))
             })
             .await
     }

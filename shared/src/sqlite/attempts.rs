@@ -6,7 +6,8 @@ use super::db::{Durability, backend};
 use super::store::SqliteStore;
 use super::{execute, from_json, to_json, upsert};
 use crate::attempts::{
-    Attempt, EndpointKey, LogEndpoint, LoggedAttempt, Recovery, StatusFilter, StoredMessage,
+    Attempt, EndpointKey, FailingMessages, LogEndpoint, LoggedAttempt, Recovery, StatusFilter,
+    StoredMessage,
 };
 use crate::clock::Timestamp;
 use crate::job::MessageId;
@@ -280,7 +281,7 @@ impl AttemptLog for SqliteStore {
         endpoint: &LogEndpoint,
         since: Timestamp,
         limit: usize,
-    ) -> BackendResult<Page<StoredMessage>> {
+    ) -> BackendResult<FailingMessages> {
         let endpoint = endpoint.key.as_str().to_owned();
         let since_ms = since.epoch_ms();
         self.db
@@ -297,23 +298,16 @@ impl AttemptLog for SqliteStore {
                 let mut rows = statement.query(params![endpoint, from]).map_err(backend)?;
                 let mut seen = HashSet::new();
                 let mut items = Vec::new();
-                let mut more = false;
-                while let Some(row) = rows.next().map_err(backend)? {
+                while items.len() <= limit
+                    && let Some(row) = rows.next().map_err(backend)?
+                {
                     let message_id: String = row.get(0).map_err(backend)?;
-                    if !seen.insert(message_id) {
-                        continue;
+                    if seen.insert(message_id) {
+                        let body: String = row.get(1).map_err(backend)?;
+                        items.push(from_json("kept message", &body)?);
                     }
-                    if items.len() == limit {
-                        more = true;
-                        break;
-                    }
-                    let body: String = row.get(1).map_err(backend)?;
-                    items.push(from_json("kept message", &body)?);
                 }
-                Ok(Page {
-                    next: more.then(|| "more".to_owned()),
-                    items,
-                })
+                Ok(FailingMessages::from_overfetch(items, limit))
             })
             .await
     }

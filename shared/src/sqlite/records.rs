@@ -7,7 +7,7 @@
 use super::db::{Database, Durability, backend};
 use super::{execute, from_json, to_json, upsert};
 use crate::clock::{Clock, Timestamp};
-use crate::members::consented_scopes;
+use crate::members::consenting;
 use crate::memory::records::stream_record;
 use crate::ports::{BackendError, BackendResult, Page, Person, RecordStore};
 use crate::record::RecordId;
@@ -190,19 +190,16 @@ impl RecordStore for SqliteRecords {
                     examined.push(row.map_err(backend)?);
                 }
                 // `limit` bounds the records examined, as a DynamoDB Scan's Limit does.
-                let next =
-                    (examined.len() > limit && limit > 0).then(|| examined[limit - 1].0.clone());
+                let scanned = Page::from_overfetch(examined, limit, |(id, _)| id.clone());
                 let mut items = Vec::new();
-                for (id, body) in examined.into_iter().take(limit) {
+                for (id, body) in scanned.items {
                     let person: Person = from_json("person", &body)?;
-                    if consented_scopes(&person, &application).is_none() {
-                        continue;
-                    }
                     let id = RecordId::parse(&id)
                         .map_err(|e| BackendError::Corrupt(format!("record id {id:?}: {e}")))?;
                     items.push((id, person));
                 }
-                Ok(Page { items, next })
+                let next = scanned.next;
+                Ok(consenting(Page { items, next }, &application))
             })
             .await
     }

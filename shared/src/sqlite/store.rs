@@ -99,6 +99,25 @@ struct StoredLease {
     until_ms: i64,
 }
 
+impl StoredLease {
+    fn of(lease: &Lease) -> Self {
+        Self {
+            holder: lease.holder.as_str().to_owned(),
+            until_ms: lease.until.epoch_ms(),
+        }
+    }
+
+    fn lease(self) -> BackendResult<Lease> {
+        let until = Timestamp::from_epoch_ms(self.until_ms).ok_or_else(|| {
+            BackendError::Corrupt(format!("the flush lease's time {}", self.until_ms))
+        })?;
+        Ok(Lease {
+            holder: LeaseHolder::new(self.holder),
+            until,
+        })
+    }
+}
+
 fn meta<T: serde::de::DeserializeOwned>(conn: &Connection, name: &str) -> BackendResult<Option<T>> {
     let value: Option<String> = conn
         .prepare_cached("SELECT value FROM meta WHERE name = ?1")
@@ -241,12 +260,10 @@ impl SubscriptionStore for SqliteStore {
             .write(Durability::Full, move |conn| {
                 let (record, callback) =
                     (subscription.record.as_str(), subscription.callback.as_str());
-                if let Some(existing) = stored_subscription(conn, record, callback)? {
-                    return Ok(if existing.client_id == subscription.client_id {
-                        Registered::AlreadyExists
-                    } else {
-                        Registered::OwnedByOther
-                    });
+                let existing = stored_subscription(conn, record, callback)?;
+                let registered = Registered::given(existing.as_ref(), &subscription);
+                if registered != Registered::Created {
+                    return Ok(registered);
                 }
                 let webhook =
                     EndpointKey::subscription(&subscription.record, &subscription.callback);
@@ -280,11 +297,10 @@ impl SubscriptionStore for SqliteStore {
         );
         self.db
             .write(Durability::Full, move |conn| {
-                let Some(existing) = stored_subscription(conn, &record, &callback)? else {
-                    return Ok(Unregistered::NotFound);
-                };
-                if existing.client_id != client_id {
-                    return Ok(Unregistered::OwnedByOther);
+                let existing = stored_subscription(conn, &record, &callback)?;
+                let unregistered = Unregistered::given(existing.as_ref(), &client_id);
+                if unregistered != Unregistered::Deleted {
+                    return Ok(unregistered);
                 }
                 execute(
                     conn,
@@ -713,15 +729,13 @@ impl PendingChanges for SqliteStore {
     }
 
     async fn lease_flush(&self, lease: &Lease, now: Timestamp) -> BackendResult<bool> {
-        let stored = StoredLease {
-            holder: lease.holder.as_str().to_owned(),
-            until_ms: lease.until.epoch_ms(),
-        };
-        let now_ms = now.epoch_ms();
+        let stored = StoredLease::of(lease);
         self.db
             .write(Durability::Normal, move |conn| {
-                let held = meta::<StoredLease>(conn, FLUSH_LEASE)?;
-                if held.is_some_and(|lease| lease.until_ms > now_ms) {
+                let held = meta::<StoredLease>(conn, FLUSH_LEASE)?
+                    .map(StoredLease::lease)
+                    .transpose()?;
+                if !Lease::free(held.as_ref(), now) {
                     return Ok(false);
                 }
                 set_meta(conn, FLUSH_LEASE, &stored)?;

@@ -819,7 +819,7 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
             .collect::<Vec<_>>(),
         [job(2).id]
     );
-    assert!(failed.next.is_some(), "one more failed message");
+    assert!(failed.more, "one more failed message");
     let all_failed = store
         .failed_since(&log_endpoint, at_ms(0), 10)
         .await

@@ -15,8 +15,8 @@
 
 use super::{DynamoStore, Item, Keyed, from_item, s, to_item, unavailable};
 use crate::attempts::{
-    Attempt, EndpointKey, EndpointOwner, LogEndpoint, LoggedAttempt, OutcomeClass, Recovery,
-    StatusFilter, StoredMessage,
+    Attempt, EndpointKey, EndpointOwner, FailingMessages, LogEndpoint, LoggedAttempt, OutcomeClass,
+    Recovery, StatusFilter, StoredMessage,
 };
 use crate::clock::Timestamp;
 use crate::job::{DeliveryJob, MessageId};
@@ -918,30 +918,28 @@ impl AttemptLog for DynamoStore {
         endpoint: &LogEndpoint,
         since: Timestamp,
         limit: usize,
-    ) -> BackendResult<Page<StoredMessage>> {
+    ) -> BackendResult<FailingMessages> {
         // The failed attempts since then (the time range of the endpoint's attempt items,
         // read forwards), each message once; then each message's latest outcome.
-        let (ids, mut more) = self.failed_ids(&endpoint.key, since.epoch_ms()).await?;
+        let (ids, cut) = self.failed_ids(&endpoint.key, since.epoch_ms()).await?;
         let mut items = Vec::new();
-        'chunks: for chunk in ids.chunks(HOMES_PER_READ) {
+        for chunk in ids.chunks(HOMES_PER_READ) {
+            if items.len() > limit {
+                break;
+            }
             let mut homes = self.homes(&endpoint.key, chunk, true).await?;
             let failing: Vec<StoredMessage> = chunk
                 .iter()
                 .filter_map(|id| homes.remove(id))
                 .filter(|m| !m.last_outcome.is_acked())
                 .collect();
-            for message in self.still_failing(endpoint, failing).await? {
-                if items.len() == limit {
-                    more = true;
-                    break 'chunks;
-                }
-                items.push(message);
-            }
+            items.extend(self.still_failing(endpoint, failing).await?);
         }
-        Ok(Page {
-            next: more.then(|| "more".to_owned()),
-            items,
-        })
+        items.truncate(limit + 1);
+        let mut failing = FailingMessages::from_overfetch(items, limit);
+        // The candidates were cut at their bound: more may follow.
+        failing.more |= cut;
+        Ok(failing)
     }
 
     async fn messages(

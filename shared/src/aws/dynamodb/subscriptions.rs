@@ -66,21 +66,19 @@ impl SubscriptionStore for DynamoStore {
             return Ok(Registered::Created);
         }
         let existing: Option<Subscription> = self.get(&pk, &sk).await?;
-        Ok(match existing {
-            Some(s) if s.client_id == subscription.client_id => {
+        match Registered::given(existing.as_ref(), subscription) {
+            // Removed between the two calls: the caller may simply retry.
+            Registered::Created => Err(BackendError::Unavailable(
+                "subscription changed concurrently".into(),
+            )),
+            Registered::AlreadyExists => {
                 // Written again: a register whose index write failed is repeated
                 // by its client, and one made before the index existed gains it.
                 self.put_client_webhook(subscription).await?;
-                Registered::AlreadyExists
+                Ok(Registered::AlreadyExists)
             }
-            Some(_) => Registered::OwnedByOther,
-            // Removed between the two calls: the caller may simply retry.
-            None => {
-                return Err(BackendError::Unavailable(
-                    "subscription changed concurrently".into(),
-                ));
-            }
-        })
+            Registered::OwnedByOther => Ok(Registered::OwnedByOther),
+        }
     }
 
     async fn unregister(
@@ -221,6 +219,6 @@ impl DynamoStore {
         Ok(self
             .get_value::<Subscription>(&pk, &sk, false)
             .await?
-            .filter(|s| s.client_id == *client_id))
+            .filter(|s| s.is_owned_by(client_id)))
     }
 }

@@ -255,7 +255,7 @@ async fn failed_since_lists_each_failing_message_once(a: Adapters) {
     .await
     .unwrap();
     let since = CREATED_MS + 900;
-    let ids = |page: &Page<crate::attempts::StoredMessage>| {
+    let ids = |page: &crate::attempts::FailingMessages| {
         page.items
             .iter()
             .map(|m| {
@@ -270,7 +270,7 @@ async fn failed_since_lists_each_failing_message_once(a: Adapters) {
         .await
         .unwrap();
     assert_eq!(
-        (ids(&all), all.next.is_some()),
+        (ids(&all), all.more),
         (vec![2, 4, 5], false),
         "failing messages with a failure since then, oldest failure first, each once"
     );
@@ -278,17 +278,13 @@ async fn failed_since_lists_each_failing_message_once(a: Adapters) {
         .failed_since(&log_endpoint("app-log"), at_ms(since), 2)
         .await
         .unwrap();
-    assert_eq!(
-        (ids(&two), two.next.is_some()),
-        (vec![2, 4], true),
-        "more follow"
-    );
+    assert_eq!((ids(&two), two.more), (vec![2, 4], true), "more follow");
     let three = log
         .failed_since(&log_endpoint("app-log"), at_ms(since), 3)
         .await
         .unwrap();
     assert_eq!(
-        (ids(&three), three.next.is_some()),
+        (ids(&three), three.more),
         (vec![2, 4, 5], false),
         "exactly all: no next"
     );
