@@ -169,6 +169,11 @@ impl LocalApi {
         }
     }
 
+    /// The API at `addr` as no OAuth client (for applications' calls and the records).
+    pub fn anonymous(addr: std::net::SocketAddr) -> Self {
+        Self::new(addr, "", "")
+    }
+
     /// The token endpoint's answer (200, asserted) to a client-credentials grant.
     pub async fn token_response(&self) -> serde_json::Value {
         let (id, secret) = &self.client;
@@ -228,50 +233,68 @@ impl LocalApi {
 
     /// Changes the seed's record (a success, asserted); the runner's answer.
     pub async fn change(&self, person: serde_json::Value) -> serde_json::Value {
-        let response = self
+        self.put_person(RECORD, person).await
+    }
+
+    /// Puts the person `record` in the runner's records (a success, asserted); the
+    /// runner's answer.
+    pub async fn put_person(&self, record: &str, person: serde_json::Value) -> serde_json::Value {
+        let request = self
             .http
-            .put(format!("{}/local/records/{RECORD}", self.base))
-            .json(&person)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
-        response.json().await.unwrap()
+            .put(format!("{}/local/records/{record}", self.base))
+            .json(&person);
+        let (status, answer) = answer(request).await;
+        assert!((200..300).contains(&status), "{status}: {answer}");
+        answer
     }
 
     /// Flushes now (200, asserted); the flush's report.
     pub async fn flush(&self) -> serde_json::Value {
-        let response = self
-            .http
-            .post(format!("{}/local/flush", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
+        let (status, report) = answer(self.http.post(format!("{}/local/flush", self.base))).await;
+        assert_eq!(status, 200, "{report}");
+        report
     }
 
     /// The runner's status.
     pub async fn status(&self) -> serde_json::Value {
-        self.http
-            .get(format!("{}/local/status", self.base))
-            .send()
+        answer(self.http.get(format!("{}/local/status", self.base)))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+            .1
     }
 
     /// POSTs to one of the runner's commands (`/local/dlq/replay`, ...); its JSON answer.
     pub async fn post(&self, path: &str) -> serde_json::Value {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .send()
+        answer(self.http.post(format!("{}{path}", self.base)))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+            .1
     }
+
+    /// Calls an application's API at `path` with its API `key` (and a JSON `body`); the
+    /// status and the JSON answer (null when there is none).
+    pub async fn application_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("x-access-token", key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        answer(request).await
+    }
+}
+
+/// Sends `request`: the status and the JSON answer (null when there is none).
+async fn answer(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
 }

@@ -301,28 +301,18 @@ async fn a_poison_person_is_set_aside_and_the_others_are_delivered() {
     .unwrap();
     let api = LocalApi::new(service.addr, CLIENT.0, CLIENT.1);
     let receiver = Receiver::start().await;
-    let response = api
-        .http
-        .patch(format!("{}/application/app-1", api.base))
-        .header("x-access-token", "key-1")
-        .json(&json!({"webhook": {"url": receiver.url("/members")}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    let put = |id: &'static str, first_name: String| {
-        let (http, base) = (api.http.clone(), api.base.clone());
-        async move {
-            let person =
-                json!({"firstName": first_name, "consents": {"app-1": ["members.read_name"]}});
-            let response = http
-                .put(format!("{base}/local/records/{id}"))
-                .json(&person)
-                .send()
-                .await
-                .unwrap();
-            assert!(response.status().is_success(), "{}", response.status());
-        }
+    let (status, answer) = api
+        .application_call(
+            reqwest::Method::PATCH,
+            "/application/app-1",
+            "key-1",
+            Some(json!({"webhook": {"url": receiver.url("/members")}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let put = async |id: &str, first_name: String| {
+        let person = json!({"firstName": first_name, "consents": {"app-1": ["members.read_name"]}});
+        api.put_person(id, person).await;
     };
     put("p-big", "x".repeat(webhooks::message::MAX_MESSAGE_BYTES)).await;
     put("p-odd", "Zoë\u{FFFF}".into()).await;

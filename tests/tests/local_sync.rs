@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use webhooks_local::{LocalConfig, LocalService};
+use webhooks_tests::api::LocalApi;
 use webhooks_tests::{Hit, Receiver};
 
 const PERSONS: usize = 50;
@@ -27,10 +28,8 @@ async fn service() -> LocalService {
     .unwrap()
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
+/// The runner's API, with full syncs.
+struct Api(LocalApi);
 
 impl Api {
     async fn call(
@@ -40,27 +39,11 @@ impl Api {
         key: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("x-access-token", key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.0.application_call(method, path, key, body).await
     }
 
     async fn put_person(&self, id: &str, person: Value) {
-        let response = self
-            .http
-            .put(format!("{}/local/records/{id}", self.base))
-            .json(&person)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
+        self.0.put_person(id, person).await;
     }
 
     /// Starts a sync and waits for it to complete; returns (progress, elapsed).
@@ -109,10 +92,7 @@ fn persons_in(hit: &Hit) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_and_unpaced_full_syncs() {
     let service = service().await;
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: format!("http://{}", service.addr),
-    };
+    let api = Api(LocalApi::anonymous(service.addr));
     let paced = Receiver::start().await;
     let fast = Receiver::start().await;
     for (app, key, receiver, interval) in [
