@@ -15,6 +15,7 @@ use crate::ports::{AttemptLog, BackendResult, Page};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 fn stored_message(
     conn: &Connection,
@@ -69,32 +70,16 @@ impl SqliteStore {
         self.note_finished_syncs(now_ms).await?;
         Ok(Pruned {
             attempts: self
-                .delete_chunked(
-                    "DELETE FROM attempts WHERE rowid IN
-                     (SELECT rowid FROM attempts WHERE at_ms < ?1 LIMIT ?2)",
-                    cutoff,
-                )
+                .delete_before("attempts", "rowid", "at_ms", cutoff)
                 .await?,
             messages: self
-                .delete_chunked(
-                    "DELETE FROM messages WHERE rowid IN
-                     (SELECT rowid FROM messages WHERE last_attempt_ms < ?1 LIMIT ?2)",
-                    cutoff,
-                )
+                .delete_before("messages", "rowid", "last_attempt_ms", cutoff)
                 .await?,
             recoveries: self
-                .delete_chunked(
-                    "DELETE FROM recoveries WHERE rowid IN
-                     (SELECT rowid FROM recoveries WHERE started_at_ms < ?1 LIMIT ?2)",
-                    cutoff,
-                )
+                .delete_before("recoveries", "rowid", "started_at_ms", cutoff)
                 .await?,
             tokens: self
-                .delete_chunked(
-                    "DELETE FROM tokens WHERE hash IN
-                     (SELECT hash FROM tokens WHERE expires_at < ?1 LIMIT ?2)",
-                    now_ms / 1000,
-                )
+                .delete_before("tokens", "hash", "expires_at", now_ms / 1000)
                 .await?,
             // A marker keeps a late duplicate of a sync's job (at least once) from counting
             // its person twice; once the sync has finished for the retention, its counters
@@ -133,14 +118,35 @@ impl SqliteStore {
             .await
     }
 
+    /// Deletes the rows of `table` whose `column` is before `bound`, in chunks, each row
+    /// by `key` (its rowid, or the primary key of a table without one).
+    async fn delete_before(
+        &self,
+        table: &str,
+        key: &str,
+        column: &str,
+        bound: i64,
+    ) -> BackendResult<usize> {
+        self.delete_chunked(
+            format!(
+                "DELETE FROM {table} WHERE {key} IN
+                 (SELECT {key} FROM {table} WHERE {column} < ?1 LIMIT ?2)"
+            ),
+            bound,
+        )
+        .await
+    }
+
     /// Runs a chunked delete (`?1` the bound, `?2` the chunk) until a chunk comes back short.
-    async fn delete_chunked(&self, sql: &'static str, bound: i64) -> BackendResult<usize> {
+    async fn delete_chunked(&self, sql: impl Into<String>, bound: i64) -> BackendResult<usize> {
+        let sql: Arc<str> = sql.into().into();
         let mut deleted = 0;
         loop {
+            let sql = sql.clone();
             let n = self
                 .db
                 .write(Durability::Normal, move |conn| {
-                    execute(conn, sql, params![bound, PRUNE_CHUNK])
+                    execute(conn, &sql, params![bound, PRUNE_CHUNK])
                 })
                 .await?;
             deleted += n;
