@@ -394,27 +394,20 @@ async fn register_is_idempotent_and_owned() {
     let dir = TempDir::new();
     let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap());
     let s = sub_pair(&store).await;
-    assert_eq!(
-        store
-            .unregister(&s.record, &s.callback, &"c2".parse().unwrap())
-            .await
-            .unwrap(),
-        Unregistered::OwnedByOther
-    );
-    assert_eq!(
-        store
-            .unregister(&s.record, &s.callback, &"c1".parse().unwrap())
-            .await
-            .unwrap(),
-        Unregistered::Deleted
-    );
-    assert_eq!(
-        store
-            .unregister(&s.record, &s.callback, &"c1".parse().unwrap())
-            .await
-            .unwrap(),
-        Unregistered::NotFound
-    );
+    for (case, client, unregistered) in [
+        ("by another", "c2", Unregistered::OwnedByOther),
+        ("by the owner", "c1", Unregistered::Deleted),
+        ("again", "c1", Unregistered::NotFound),
+    ] {
+        assert_eq!(
+            store
+                .unregister(&s.record, &s.callback, &client.parse().unwrap())
+                .await
+                .unwrap(),
+            unregistered,
+            "{case}"
+        );
+    }
 }
 
 async fn sub_pair(store: &SqliteStore) -> Subscription {
@@ -485,33 +478,17 @@ async fn the_flush_lease_is_one_holders_and_a_new_runner_frees_it() {
     let dir = TempDir::new();
     {
         let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap());
-        assert!(
+        let flush = async |holder, until, now| {
             store
-                .lease_flush(&lease("a", 1_000), at_ms(100))
+                .lease_flush(&lease(holder, until), at_ms(now))
                 .await
                 .unwrap()
-        );
-        assert!(
-            !store
-                .lease_flush(&lease("b", 1_000), at_ms(200))
-                .await
-                .unwrap()
-        );
+        };
+        assert!(flush("a", 1_000, 100).await);
+        assert!(!flush("b", 1_000, 200).await);
         store.release_flush(&LeaseHolder::new("b")).await.unwrap();
-        assert!(
-            !store
-                .lease_flush(&lease("b", 1_000), at_ms(300))
-                .await
-                .unwrap(),
-            "not b's to release"
-        );
-        assert!(
-            store
-                .lease_flush(&lease("b", 2_000), at_ms(1_000))
-                .await
-                .unwrap(),
-            "expired"
-        );
+        assert!(!flush("b", 1_000, 300).await, "not b's to release");
+        assert!(flush("b", 2_000, 1_000).await, "expired");
         assert!(
             store
                 .lease_sync(&s1(), &lease("a", 10_000), at_ms(0))
@@ -521,6 +498,12 @@ async fn the_flush_lease_is_one_holders_and_a_new_runner_frees_it() {
         // Killed holding both leases.
     }
     let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap());
+    let sync = async |holder, now| {
+        store
+            .lease_sync(&s1(), &lease(holder, 10_000), at_ms(now))
+            .await
+            .unwrap()
+    };
     assert!(
         store
             .lease_flush(&lease("c", 3_000), at_ms(1_500))
@@ -528,36 +511,14 @@ async fn the_flush_lease_is_one_holders_and_a_new_runner_frees_it() {
             .unwrap(),
         "freed at start"
     );
-    assert!(
-        store
-            .lease_sync(&s1(), &lease("b", 10_000), at_ms(1))
-            .await
-            .unwrap(),
-        "freed at start"
-    );
-    assert!(
-        !store
-            .lease_sync(&s1(), &lease("a", 10_000), at_ms(2))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .lease_sync(&s1(), &lease("b", 10_000), at_ms(3))
-            .await
-            .unwrap(),
-        "held again by b"
-    );
+    assert!(sync("b", 1).await, "freed at start");
+    assert!(!sync("a", 2).await);
+    assert!(sync("b", 3).await, "held again by b");
     store
         .release_sync(&s1(), &LeaseHolder::new("b"))
         .await
         .unwrap();
-    assert!(
-        store
-            .lease_sync(&s1(), &lease("a", 10_000), at_ms(4))
-            .await
-            .unwrap()
-    );
+    assert!(sync("a", 4).await);
 }
 
 /// The sync the lease and outcome tests use.
