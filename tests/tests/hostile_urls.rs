@@ -12,7 +12,28 @@ use webhooks::attempts::OutcomeClass;
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::clock::SystemClock;
 use webhooks::handlers::outbound::callback_request;
-use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::http_client::{AttemptOutcome, CallbackClient, HttpSettings};
+
+/// One delivery attempt to `callback` (no signing): its outcome and whether it was
+/// acknowledged.
+async fn attempt(client: &CallbackClient, callback: &CallbackUrl) -> (AttemptOutcome, bool) {
+    callback_request(
+        &webhooks::job::MessageId::derive(&["test"]),
+        callback,
+        None,
+        &SystemClock,
+    )
+    .send(client)
+    .await
+}
+
+/// How an unacknowledged attempt's log entry classes it.
+fn class_of(outcome: &AttemptOutcome) -> Option<OutcomeClass> {
+    outcome
+        .failure(false)
+        .as_ref()
+        .map(OutcomeClass::of_failure)
+}
 
 const STRICT: UrlPolicy = UrlPolicy {
     allow_insecure: false,
@@ -132,22 +153,12 @@ async fn names_resolving_to_private_addresses_are_refused_at_connect() {
     for (url, ip) in AT_CONNECT {
         let callback = CallbackUrl::parse(url, STRICT)
             .unwrap_or_else(|e| panic!("{url} should pass registration: {e}"));
-        let (outcome, acknowledged) = callback_request(
-            &webhooks::job::MessageId::derive(&["test"]),
-            &callback,
-            None,
-            &SystemClock,
-        )
-        .send(&client)
-        .await;
+        let (outcome, acknowledged) = attempt(&client, &callback).await;
         assert!(!acknowledged, "{url}");
         assert_eq!(outcome.status, None, "{url} -> {ip} must not be reached");
         // Refused by the address guard (nothing sent), not a connection that failed.
         assert_eq!(
-            outcome
-                .failure(false)
-                .as_ref()
-                .map(OutcomeClass::of_failure),
+            class_of(&outcome),
             Some(OutcomeClass::RefusedByUrlPolicy),
             "{url}: {outcome:?}"
         );
@@ -167,19 +178,9 @@ async fn ip_literals_are_checked_again_at_delivery() {
     ] {
         let callback =
             CallbackUrl::try_from(url.to_owned()).unwrap_or_else(|e| panic!("{url}: {e}"));
-        let (outcome, _) = callback_request(
-            &webhooks::job::MessageId::derive(&["test"]),
-            &callback,
-            None,
-            &SystemClock,
-        )
-        .send(&client)
-        .await;
+        let (outcome, _) = attempt(&client, &callback).await;
         assert_eq!(
-            outcome
-                .failure(false)
-                .as_ref()
-                .map(OutcomeClass::of_failure),
+            class_of(&outcome),
             Some(OutcomeClass::RefusedByUrlPolicy),
             "{url}: {outcome:?}"
         );
@@ -244,14 +245,7 @@ async fn redirects_are_never_followed() {
     });
     let callback =
         CallbackUrl::parse(&format!("https://redirect.example:{port}/hook"), STRICT).unwrap();
-    let (outcome, acknowledged) = callback_request(
-        &webhooks::job::MessageId::derive(&["test"]),
-        &callback,
-        None,
-        &SystemClock,
-    )
-    .send(&client)
-    .await;
+    let (outcome, acknowledged) = attempt(&client, &callback).await;
     assert_eq!(outcome.status, Some(302), "{outcome:?}");
     assert!(!acknowledged, "a redirect is a failed attempt");
     // The attempt is over: a client that followed the redirect would have connected to

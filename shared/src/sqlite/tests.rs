@@ -521,6 +521,11 @@ async fn the_flush_lease_is_one_holders_and_a_new_runner_frees_it() {
     assert!(sync("a", 4).await);
 }
 
+/// The times of a page's attempts (epoch ms), in its order.
+fn attempt_times(page: &Page<Attempt>) -> Vec<i64> {
+    page.items.iter().map(|a| a.at.epoch_ms()).collect()
+}
+
 /// The sync the lease and outcome tests use.
 fn s1() -> crate::ids::SyncKey {
     crate::ids::SyncKey {
@@ -731,13 +736,7 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
         .attempts(&log_endpoint, StatusFilter::All, None, 3)
         .await
         .unwrap();
-    assert_eq!(
-        page.items
-            .iter()
-            .map(|a| a.at.epoch_ms())
-            .collect::<Vec<_>>(),
-        [4_000, 3_000, 2_000]
-    );
+    assert_eq!(attempt_times(&page), [4_000, 3_000, 2_000]);
     let rest = store
         .attempts(&log_endpoint, StatusFilter::All, page.next.as_deref(), 3)
         .await
@@ -747,14 +746,7 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
         .attempts(&log_endpoint, StatusFilter::Acked, None, 10)
         .await
         .unwrap();
-    assert_eq!(
-        acked
-            .items
-            .iter()
-            .map(|a| a.at.epoch_ms())
-            .collect::<Vec<_>>(),
-        [2_000]
-    );
+    assert_eq!(attempt_times(&acked), [2_000]);
     let (message, attempts) = store
         .message(&log_endpoint, &job(1).id)
         .await
@@ -1019,13 +1011,7 @@ async fn attempts_messages_recoveries_and_tokens_go_after_their_retention() {
         .attempts(&log_endpoint, StatusFilter::All, None, 10)
         .await
         .unwrap();
-    assert_eq!(
-        left.items
-            .iter()
-            .map(|a| a.at.epoch_ms())
-            .collect::<Vec<_>>(),
-        [now - 10]
-    );
+    assert_eq!(attempt_times(&left), [now - 10]);
     assert!(
         store
             .message(&log_endpoint, &job(1).id)
