@@ -18,7 +18,7 @@ use crate::poison::PoisonItem;
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::sync::{FullSync, SyncOutcomes};
-use crate::window::WindowId;
+use crate::window::{Shard, WindowId};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -295,14 +295,63 @@ impl<T> Page<T> {
     }
 }
 
-/// How far the flush got: every window before `window` is done, and inside `window`
-/// every record up to and including `after`.
+/// How far the flush got: every window before `window` is done, and inside `window` each
+/// shard as far as `shards` says (a shard not listed from its start).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlushCursor {
     /// The first window not yet completely flushed.
     pub window: WindowId,
-    /// The page position inside it, if a page of it was already enqueued.
+    /// A page position inside the whole window, as versions before the flush's shard
+    /// workers saved it; a window resumed from one starts its shards again (its first
+    /// pages are notified again: at least once).
     pub after: Option<String>,
+    /// The shards of `window` flushed in part or whole, each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardPosition>,
+}
+
+impl FlushCursor {
+    /// The start of `window`: nothing of it flushed.
+    pub fn start_of(window: WindowId) -> Self {
+        Self {
+            window,
+            after: None,
+            shards: Vec::new(),
+        }
+    }
+
+    /// Where the flush of `shard` stands.
+    pub fn shard(&self, shard: Shard) -> ShardPosition {
+        self.shards
+            .iter()
+            .find(|p| p.shard == shard)
+            .cloned()
+            .unwrap_or(ShardPosition {
+                shard,
+                after: None,
+                done: false,
+            })
+    }
+
+    /// Records where the flush of a shard stands.
+    pub fn set_shard(&mut self, position: ShardPosition) {
+        self.shards.retain(|p| p.shard != position.shard);
+        self.shards.push(position);
+        self.shards.sort_by_key(|p| p.shard);
+    }
+}
+
+/// How far the flush of one shard of the cursor's window got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPosition {
+    /// The shard.
+    pub shard: Shard,
+    /// Every record up to and including this page position is flushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Every record of the shard is flushed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
 }
 
 /// Pending changes: the records changed in each window, plus the flush cursor.
@@ -324,6 +373,17 @@ pub trait PendingChanges: Send + Sync {
     async fn page(
         &self,
         window: WindowId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<RecordId>>;
+    /// The records pending in one shard of a window ([`crate::window::Shard::of`]), in the
+    /// store's order, after the page position `after`, with the contract of
+    /// [`Self::page`]. DynamoDB's shard 0 also holds the unsharded entries of earlier
+    /// versions.
+    async fn shard_page(
+        &self,
+        window: WindowId,
+        shard: Shard,
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<RecordId>>;

@@ -1234,3 +1234,164 @@ async fn ttls_are_stamped_by_the_stores_clock() {
     let week_later = start.unix_timestamp() + 7 * 24 * 3600;
     assert_eq!(expires, [week_later.to_string().as_str()]);
 }
+
+/// A delivery queue that lets `pass` enqueues through and holds every later one until the
+/// run is killed: a flush whose workers stop in the middle of their shards.
+struct StuckQueue {
+    inner: Arc<dyn webhooks::ports::DeliveryQueue>,
+    pass: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl webhooks::ports::DeliveryQueue for StuckQueue {
+    async fn enqueue(
+        &self,
+        jobs: &[webhooks::job::DeliveryJob],
+    ) -> webhooks::ports::BackendResult<webhooks::ports::Enqueued> {
+        match self.pass.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => std::future::pending::<()>().await,
+        }
+        self.inner.enqueue(jobs).await
+    }
+    async fn enqueue_delayed(
+        &self,
+        job: &webhooks::job::DeliveryJob,
+        delay: Duration,
+    ) -> webhooks::ports::BackendResult<()> {
+        self.inner.enqueue_delayed(job, delay).await
+    }
+    async fn retry_later(
+        &self,
+        receipt: &str,
+        delay: Duration,
+    ) -> webhooks::ports::BackendResult<()> {
+        self.inner.retry_later(receipt, delay).await
+    }
+    async fn dead_letter(
+        &self,
+        job: &webhooks::job::DeliveryJob,
+    ) -> webhooks::ports::BackendResult<()> {
+        self.inner.dead_letter(job).await
+    }
+    async fn park(&self, job: &webhooks::job::DeliveryJob) -> webhooks::ports::BackendResult<()> {
+        self.inner.park(job).await
+    }
+}
+
+/// The flush runs one worker per shard; a run killed while its workers are in the middle
+/// of their shards leaves each shard's last saved page in the cursor, and the next run
+/// resumes every shard from there: every record notified, none more than once but for
+/// the one page per shard that was enqueued and not saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
+    use webhooks::callback::{CallbackUrl, UrlPolicy};
+    use webhooks::ports::SubscriptionStore;
+    use webhooks::window::Shard;
+    let env = MotoEnv::create(5).await;
+    let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
+    let sqs = aws_sdk_sqs::Client::new(&env.config);
+    let windows = Arc::new(ManualWindows::default());
+    let records: Vec<RecordId> = (0..40)
+        .map(|i| RecordId::parse(&format!("r{i:02}")).unwrap())
+        .collect();
+    for record in &records {
+        aws.store
+            .register(&webhooks::subscription::Subscription {
+                record: record.clone(),
+                callback: CallbackUrl::parse(
+                    &format!("https://a.example/{record}"),
+                    UrlPolicy::default(),
+                )
+                .unwrap(),
+                client_id: "APP-1".parse().unwrap(),
+                created_at: 0,
+                health: Default::default(),
+            })
+            .await
+            .unwrap();
+    }
+    let window = webhooks::window::FlushWindows::current(windows.as_ref());
+    for batch in records.chunks(15) {
+        aws.store.mark_all(window, batch).await.unwrap();
+    }
+    windows.close_current();
+    let settings = FlushSettings {
+        page_size: 2,
+        // The killed run's leases last until its deadline.
+        lease_margin: Duration::ZERO,
+        ..FlushSettings::default()
+    };
+    let mut stuck = aws.ports();
+    stuck.queue = Arc::new(StuckQueue {
+        inner: aws.ports().queue,
+        pass: tokio::sync::Semaphore::new(6),
+    });
+    let killed_flush = Flush {
+        ports: stuck,
+        windows: windows.clone(),
+        settings,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let killed = tokio::time::timeout(
+        Duration::from_millis(3_500),
+        killed_flush.run(Some(deadline)),
+    )
+    .await;
+    assert!(killed.is_err(), "the run was killed with workers mid-shard");
+    let saved = aws.store.cursor().await.unwrap().expect("progress saved");
+    assert_eq!(saved.window, window, "{saved:?}");
+    let mid_way: Vec<_> = saved.shards.iter().filter(|p| p.after.is_some()).collect();
+    assert!(!mid_way.is_empty(), "shards saved mid-way: {saved:?}");
+    let first: Vec<String> = receive_jobs(&sqs, &env.queue_url, 12)
+        .await
+        .into_iter()
+        .map(|j| match j.target {
+            webhooks::job::Target::Callback { record, .. } => record.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!((6..=12).contains(&first.len()), "six pages: {first:?}");
+
+    let flush = Flush {
+        ports: aws.ports(),
+        windows: windows.clone(),
+        settings,
+    };
+    let report = flush.run(None).await.unwrap();
+    assert_eq!(
+        (report.windows, report.lease_held),
+        (1, false),
+        "{report:?}"
+    );
+    let second = receive_jobs(&sqs, &env.queue_url, report.jobs as usize + 1).await;
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for record in first
+        .into_iter()
+        .chain(second.into_iter().map(|j| match j.target {
+            webhooks::job::Target::Callback { record, .. } => record.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        }))
+    {
+        *counts.entry(record).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 40, "no record skipped: {counts:?}");
+    let mut doubled: std::collections::BTreeMap<Shard, usize> = Default::default();
+    for (record, n) in &counts {
+        assert!(*n <= 2, "{record} queued {n} times");
+        if *n == 2 {
+            *doubled
+                .entry(Shard::of(&RecordId::parse(record).unwrap()))
+                .or_default() += 1;
+        }
+    }
+    assert!(
+        doubled.values().all(|n| *n <= 2),
+        "at most a page per shard again: {doubled:?}"
+    );
+    assert_eq!(
+        aws.store.cursor().await.unwrap().map(|c| c.window.0),
+        Some(window.0 + 1),
+        "the window is done"
+    );
+}

@@ -13,10 +13,12 @@ use crate::job::DeliveryJob;
 use crate::members::{consents, scoped_person};
 use crate::metrics::FlushMetrics;
 use crate::poison::PoisonItem;
-use crate::ports::{BackendError, FlushCursor, Lease, LeaseHolder, Person, Ports, announce};
+use crate::ports::{
+    BackendError, FlushCursor, Lease, LeaseHolder, Person, Ports, ShardPosition, announce,
+};
 use crate::record::RecordId;
 use crate::subscription::Subscription;
-use crate::window::{FlushWindows, WindowId};
+use crate::window::{FlushWindows, Shard, WindowId};
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -36,7 +38,8 @@ pub struct FlushSettings {
     /// The oldest window still worth reading, counted back from the newest closed one
     /// (older pending entries have expired).
     pub max_lag: u64,
-    /// Concurrent subscription look-ups.
+    /// Concurrent subscription look-ups of each shard worker (a window's shards are
+    /// flushed at once: [`crate::window::PENDING_SHARDS`] times this in all).
     pub lookup_concurrency: usize,
     /// How long the flush lease outlives the run's deadline. The deadline a Lambda run
     /// gets is [`crate::aws::DEADLINE_MARGIN`] (15 s) before Lambda's own, so the default
@@ -79,6 +82,15 @@ pub struct FlushReport {
     pub lease_held: bool,
     /// Closed windows not completely flushed when the run ended (0: it caught up).
     pub behind_windows: u64,
+}
+
+impl FlushReport {
+    /// Adds what pages of records did (records read, jobs enqueued, changes set aside).
+    fn add_pages(&mut self, pages: &FlushReport) {
+        self.records += pages.records;
+        self.jobs += pages.jobs;
+        self.set_aside += pages.set_aside;
+    }
 }
 
 pub struct Flush {
@@ -158,9 +170,10 @@ impl Flush {
         }
     }
 
-    /// Flushes every closed window after the cursor, saving progress after each page so a
-    /// crash or timeout repeats at most one page (duplicates, never losses). Stops
-    /// early, with progress saved, when `deadline` comes near.
+    /// Flushes every closed window after the cursor, one worker per shard of a window at a
+    /// time, saving progress after each page so a crash or timeout repeats at most one page
+    /// per shard (duplicates, never losses). Stops early, with progress saved, when
+    /// `deadline` comes near.
     async fn flush_windows(&self, deadline: Option<Instant>) -> Result<FlushReport, BackendError> {
         let mut report = FlushReport::default();
         let Some(through) = self.windows.closed_through() else {
@@ -168,15 +181,21 @@ impl Flush {
         };
         let mut cursor = self.start_cursor(through).await?;
         let members = self.members_exist().await?;
-        let mut flushed = FlushedRecords::default();
         while cursor.window <= through {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 report.partial = true;
                 break;
             }
-            cursor = self
-                .flush_page(cursor, members, &mut flushed, &mut report)
-                .await?;
+            if !self
+                .flush_window(&mut cursor, members, deadline, &mut report)
+                .await?
+            {
+                report.partial = true;
+                break;
+            }
+            report.windows += 1;
+            cursor = FlushCursor::start_of(WindowId(cursor.window.0 + 1));
+            self.ports.pending.save_cursor(&cursor).await?;
         }
         // The cursor's window and every closed one after it are still to be flushed.
         report.behind_windows = (through.0 + 1).saturating_sub(cursor.window.0);
@@ -184,14 +203,107 @@ impl Flush {
         Ok(report)
     }
 
+    /// Flushes the cursor's window: one worker per shard not done yet, all at once, each
+    /// from where the cursor says it stopped. True when every shard is done (the caller
+    /// moves the cursor on); otherwise the shards' progress is saved in the cursor. A
+    /// worker that fails leaves the others to finish their shards, and the run fails after.
+    async fn flush_window(
+        &self,
+        cursor: &mut FlushCursor,
+        members: bool,
+        deadline: Option<Instant>,
+        report: &mut FlushReport,
+    ) -> Result<bool, BackendError> {
+        let window = cursor.window;
+        let shared = tokio::sync::Mutex::new(WindowProgress {
+            cursor: cursor.clone(),
+            report: FlushReport::default(),
+        });
+        let workers: Vec<_> = Shard::all()
+            .map(|shard| cursor.shard(shard))
+            .filter(|position| !position.done)
+            .map(|position| self.shard_worker(window, position, members, deadline, &shared))
+            .collect();
+        let results = futures::future::join_all(workers).await;
+        let WindowProgress {
+            cursor: progressed,
+            report: done_by_workers,
+        } = shared.into_inner();
+        report.add_pages(&done_by_workers);
+        let moved = progressed != *cursor;
+        *cursor = progressed;
+        let complete = Shard::all().all(|shard| cursor.shard(shard).done);
+        let failure = results.into_iter().find_map(Result::err);
+        // A shard that finished is saved done once the window stays incomplete (a window
+        // done moves the cursor on instead: one write per window when each shard is one
+        // page).
+        let saved = if moved && (failure.is_some() || !complete) {
+            self.ports.pending.save_cursor(cursor).await
+        } else {
+            Ok(())
+        };
+        match (failure, saved) {
+            (Some(e), Err(unsaved)) => {
+                tracing::warn!(error = %unsaved, "the shards' progress was not saved; their last pages come again");
+                Err(e)
+            }
+            (Some(e), Ok(())) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(complete),
+        }
+    }
+
+    /// One shard's worker: flushes its pages from `position` until the shard ends or the
+    /// deadline comes, recording its progress in the shared cursor, which it saves after
+    /// every page that the shard continues from. Each record is notified once per run of
+    /// the worker (the de-duplication set holds one shard's records).
+    async fn shard_worker(
+        &self,
+        window: WindowId,
+        mut position: ShardPosition,
+        members: bool,
+        deadline: Option<Instant>,
+        shared: &tokio::sync::Mutex<WindowProgress>,
+    ) -> Result<(), BackendError> {
+        let mut flushed = FlushedRecords::default();
+        loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
+            let mut page_report = FlushReport::default();
+            let next = self
+                .flush_page(window, &position, members, &mut flushed, &mut page_report)
+                .await?;
+            let mut progress = shared.lock().await;
+            progress.report.add_pages(&page_report);
+            match next {
+                Some(after) => {
+                    position.after = Some(after);
+                    progress.cursor.set_shard(position.clone());
+                    // Held while saving: saves land in order, the latest state last.
+                    self.ports.pending.save_cursor(&progress.cursor).await?;
+                }
+                None => {
+                    position.after = None;
+                    position.done = true;
+                    progress.cursor.set_shard(position);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     /// Where this run starts: the saved cursor (or, on the first run, a lookback from the
     /// newest closed window), moved past windows whose pending entries have expired.
     async fn start_cursor(&self, through: WindowId) -> Result<FlushCursor, BackendError> {
         let oldest = WindowId(through.0.saturating_sub(self.settings.max_lag));
-        let cursor = self.ports.pending.cursor().await?.unwrap_or(FlushCursor {
-            window: WindowId(through.0.saturating_sub(self.settings.first_run_lookback)),
-            after: None,
-        });
+        let cursor = self
+            .ports
+            .pending
+            .cursor()
+            .await?
+            .unwrap_or(FlushCursor::start_of(WindowId(
+                through.0.saturating_sub(self.settings.first_run_lookback),
+            )));
         if cursor.window >= oldest {
             return Ok(cursor);
         }
@@ -200,10 +312,7 @@ impl Flush {
             to = oldest.0,
             "flush fell behind past the pending-entry lifetime; skipping expired windows"
         );
-        Ok(FlushCursor {
-            window: oldest,
-            after: None,
-        })
+        Ok(FlushCursor::start_of(oldest))
     }
 
     /// Whether Members-style fan-out needs each person's consents: with no application at
@@ -222,32 +331,40 @@ impl Flush {
         }
     }
 
-    /// Flushes one page of the cursor's window and saves the cursor after it; returns it.
+    /// Flushes one page of a shard of `window` from `position`; returns where the shard's
+    /// next page starts (`None`: the shard is done).
     async fn flush_page(
         &self,
-        cursor: FlushCursor,
+        window: WindowId,
+        position: &ShardPosition,
         members: bool,
         flushed: &mut FlushedRecords,
         report: &mut FlushReport,
-    ) -> Result<FlushCursor, BackendError> {
+    ) -> Result<Option<String>, BackendError> {
         let page = self
             .ports
             .pending
-            .page(
-                cursor.window,
-                cursor.after.as_deref(),
+            .shard_page(
+                window,
+                position.shard,
+                position.after.as_deref(),
                 self.settings.page_size,
             )
             .await?;
-        let records = flushed.fresh(cursor.window, page.items);
-        let mut plan = self.plan(cursor.window, &records, members).await?;
-        let enqueued = self.ports.queue.enqueue(&plan.jobs).await?;
+        let records = flushed.fresh(page.items);
+        let mut plan = self.plan(window, &records, members).await?;
+        // Most shards of a quiet window are empty: no call for them.
+        let enqueued = if plan.jobs.is_empty() {
+            crate::ports::Enqueued::default()
+        } else {
+            self.ports.queue.enqueue(&plan.jobs).await?
+        };
         report.jobs += (plan.jobs.len() - enqueued.refused.len()) as u64;
         for refused in enqueued.refused {
             plan.set_aside.push(PoisonItem::refused(
                 &plan.records[refused.index],
                 &plan.jobs[refused.index],
-                cursor.window,
+                window,
                 refused.refusal,
                 plan.created_at.clone(),
             ));
@@ -261,21 +378,7 @@ impl Flush {
         }
         report.records += records.len() as u64;
         report.set_aside += plan.set_aside.len() as u64;
-        let next = match page.next {
-            Some(after) => FlushCursor {
-                window: cursor.window,
-                after: Some(after),
-            },
-            None => {
-                report.windows += 1;
-                FlushCursor {
-                    window: WindowId(cursor.window.0 + 1),
-                    after: None,
-                }
-            }
-        };
-        self.ports.pending.save_cursor(&next).await?;
-        Ok(next)
+        Ok(page.next)
     }
 
     /// One job per (record, subscription) and per (person, consented application with a
@@ -394,28 +497,28 @@ impl Flush {
     }
 }
 
-/// The records of a window this run has flushed. A store that keeps each stream batch's
-/// records as written (DynamoDB) can page a record again when several batches of the
-/// window marked it; it is notified once. A run that resumes a window from a saved cursor
-/// does not know the records of the pages before it: a record of those may be notified
-/// again (at least once, as after any crash).
+/// The records of a shard its worker has flushed in this run. A store that keeps each
+/// stream batch's records as written (DynamoDB) can page a record again when several
+/// batches of the window marked it; it is notified once. A worker that resumes a shard
+/// from a saved position does not know the records of the pages before it: a record of
+/// those may be notified again (at least once, as after any crash). One shard's records,
+/// not the window's: the set is bounded by the shard's size.
 #[derive(Default)]
-struct FlushedRecords {
-    window: Option<WindowId>,
-    records: HashSet<RecordId>,
-}
+struct FlushedRecords(HashSet<RecordId>);
 
 impl FlushedRecords {
-    /// The records of a page of `window` not flushed yet in this run.
-    fn fresh(&mut self, window: WindowId, page: Vec<RecordId>) -> Vec<RecordId> {
-        if self.window != Some(window) {
-            self.window = Some(window);
-            self.records.clear();
-        }
+    /// The records of a page not flushed yet by this worker.
+    fn fresh(&mut self, page: Vec<RecordId>) -> Vec<RecordId> {
         page.into_iter()
-            .filter(|record| self.records.insert(record.clone()))
+            .filter(|record| self.0.insert(record.clone()))
             .collect()
     }
+}
+
+/// What a window's shard workers share: the cursor with their progress, and what they did.
+struct WindowProgress {
+    cursor: FlushCursor,
+    report: FlushReport,
 }
 
 /// The applications a flush run has read, by id (a corrupt item as its error's text).
@@ -530,6 +633,11 @@ mod tests {
 
     /// Three records changed in a closed window, each with one subscription.
     async fn setup() -> Setup {
+        setup_with(&["r1", "r2", "r3"], FlushSettings::default()).await
+    }
+
+    /// These records changed in a closed window, each with one subscription.
+    async fn setup_with(records: &[&str], settings: FlushSettings) -> Setup {
         let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
         let store = Arc::new(MemoryStore::default());
         let memory_queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 5));
@@ -547,7 +655,7 @@ mod tests {
         );
         ports.queue = queue.clone();
         let windows = Arc::new(ManualWindows::default());
-        for r in ["r1", "r2", "r3"] {
+        for r in records {
             let record = RecordId::parse(r).unwrap();
             ports
                 .subscriptions
@@ -575,7 +683,7 @@ mod tests {
             flush: Arc::new(Flush {
                 ports,
                 windows,
-                settings: FlushSettings::default(),
+                settings,
             }),
             queue,
             memory_queue,
@@ -623,6 +731,107 @@ mod tests {
         let caught_up = s.flush.run(None).await.unwrap();
         assert_eq!((caught_up.jobs, caught_up.behind_windows), (3, 0));
         assert_eq!(s.flush.metrics_of(&caught_up).lag_seconds, 0);
+    }
+
+    /// The records of the jobs on the queue, with how often each was queued.
+    async fn queued_records(queue: &MemoryQueue) -> HashMap<String, usize> {
+        let mut seen = HashMap::new();
+        loop {
+            let batch = queue.receive(10, Duration::ZERO).await;
+            if batch.is_empty() {
+                return seen;
+            }
+            for message in batch {
+                let job = crate::message::decode(&message.body).unwrap();
+                if let crate::job::Target::Callback { record, .. } = &job.target {
+                    *seen.entry(record.to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_killed_shard_worker_is_resumed_from_its_last_page_by_the_next_run() {
+        let names: Vec<String> = (0..40).map(|n| format!("r{n:02}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let settings = FlushSettings {
+            page_size: 2,
+            ..FlushSettings::default()
+        };
+        let s = setup_with(&names, settings).await;
+        let shards: HashSet<Shard> = names
+            .iter()
+            .map(|n| Shard::of(&RecordId::parse(n).unwrap()))
+            .collect();
+        assert!(shards.len() >= 6, "the records span the shards: {shards:?}");
+        // Twelve pages get through; then every worker is stuck in its enqueue and the run
+        // is killed there (a Lambda timeout or crash: nothing after it runs).
+        s.queue.gate.add_permits(12);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let killed =
+            tokio::time::timeout(Duration::from_millis(200), s.flush.run(Some(deadline))).await;
+        assert!(killed.is_err(), "the run was cut off");
+        let saved = s.flush.ports.pending.cursor().await.unwrap().unwrap();
+        assert_eq!(
+            saved.window,
+            WindowId(1),
+            "the window is not done: {saved:?}"
+        );
+        let resumed: Vec<&ShardPosition> =
+            saved.shards.iter().filter(|p| p.after.is_some()).collect();
+        assert!(!resumed.is_empty(), "shards saved mid-way: {saved:?}");
+        let first = queued_records(&s.memory_queue).await;
+        let first_jobs = first.values().sum::<usize>();
+        assert!(
+            (12..=24).contains(&first_jobs),
+            "twelve pages of one or two: {first:?}"
+        );
+
+        // After the dead run's lease, the next run resumes each shard where it stopped.
+        s.queue.gate.add_permits(1_000);
+        s.clock
+            .advance(Duration::from_secs(30) + settings.lease_margin + Duration::from_secs(1));
+        let next = s.flush.run(None).await.unwrap();
+        assert_eq!((next.windows, next.lease_held), (1, false), "{next:?}");
+        let second = queued_records(&s.memory_queue).await;
+        let mut all = first.clone();
+        for (record, n) in &second {
+            *all.entry(record.clone()).or_default() += n;
+        }
+        assert_eq!(all.len(), 40, "no record skipped");
+        // At least once: a shard's page enqueued and not saved before the kill comes again
+        // (a shard that had finished is saved done only with the window), at most one page
+        // (two records) per shard; a shard saved mid-way is resumed after its position.
+        let mut doubled: HashMap<Shard, usize> = HashMap::new();
+        for (record, n) in &all {
+            assert!(*n <= 2, "{record} queued {n} times");
+            if *n == 2 {
+                *doubled
+                    .entry(Shard::of(&RecordId::parse(record).unwrap()))
+                    .or_default() += 1;
+            }
+        }
+        assert!(doubled.values().all(|n| *n <= 2), "{doubled:?}");
+        for position in resumed {
+            let after = position.after.as_deref().unwrap();
+            for (record, n) in &all {
+                let in_shard = Shard::of(&RecordId::parse(record).unwrap()) == position.shard;
+                if in_shard && record.as_str() <= after {
+                    assert_eq!(*n, 1, "{record} was saved flushed: not sent again");
+                }
+            }
+        }
+        let doubled_jobs: usize = doubled.values().sum();
+        assert_eq!(
+            next.jobs as usize,
+            40 - first_jobs + doubled_jobs,
+            "{next:?}"
+        );
+        assert_eq!(
+            s.flush.ports.pending.cursor().await.unwrap(),
+            Some(FlushCursor::start_of(WindowId(2))),
+            "every shard done: the cursor moved on"
+        );
     }
 
     #[tokio::test]
@@ -886,7 +1095,13 @@ mod poison_tests {
             flush.run(None).await,
             Err(BackendError::Unavailable(_))
         ));
-        assert_eq!(w.store.cursor().await.unwrap(), None, "nothing skipped");
+        // The empty window before it and p1's window's other shards are done; p1's shard
+        // is not: nothing skipped.
+        let saved = w.store.cursor().await.unwrap().unwrap();
+        let shard = crate::window::Shard::of(&RecordId::parse("p1").unwrap());
+        assert_eq!(saved.window, WindowId(1), "{saved:?}");
+        assert_eq!(saved.shard(shard).after, None, "{saved:?}");
+        assert!(!saved.shard(shard).done, "nothing skipped: {saved:?}");
         assert!(w.store.poison_items().await.unwrap().is_empty());
         faults.heal();
         assert_eq!(flush.run(None).await.unwrap().jobs, 1);

@@ -28,7 +28,7 @@ use crate::ports::{
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::sync::{FullSync, SyncOutcomes};
-use crate::window::WindowId;
+use crate::window::{Shard, WindowId};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -347,6 +347,31 @@ impl PendingChanges for MemoryStore {
                 let start = after.map_or(Bound::Unbounded, Bound::Excluded);
                 let items: Vec<RecordId> = records
                     .range::<str, _>((start, Bound::Unbounded))
+                    .take(limit + 1)
+                    .cloned()
+                    .collect();
+                Ok(Page::from_overfetch(items, limit, RecordId::to_string))
+            })
+            .await
+    }
+
+    async fn shard_page(
+        &self,
+        window: WindowId,
+        shard: Shard,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<RecordId>> {
+        self.gate
+            .run("shard_page", async {
+                let state = self.state();
+                let Some(records) = state.pending.get(&window) else {
+                    return Ok(Page::last(Vec::new()));
+                };
+                let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+                let items: Vec<RecordId> = records
+                    .range::<str, _>((start, Bound::Unbounded))
+                    .filter(|record| Shard::of(record) == shard)
                     .take(limit + 1)
                     .cloned()
                     .collect();

@@ -18,7 +18,7 @@ use crate::ports::{
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::sync::{FullSync, SyncOutcomes};
-use crate::window::WindowId;
+use crate::window::{Shard, WindowId};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -702,6 +702,47 @@ impl PendingChanges for SqliteStore {
                     items.push(RecordId::parse(&id).map_err(|e| {
                         BackendError::Corrupt(format!("pending record id {id:?}: {e}"))
                     })?);
+                }
+                Ok(Page::from_overfetch(items, limit, RecordId::to_string))
+            })
+            .await
+    }
+
+    async fn shard_page(
+        &self,
+        window: WindowId,
+        shard: Shard,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<RecordId>> {
+        let after = after.map(str::to_owned);
+        self.db
+            .read(move |conn| {
+                // The shard is a hash of the id, not a column: the window's records are read
+                // in key order and those of other shards passed over.
+                let mut statement = conn
+                    .prepare_cached(
+                        "SELECT record FROM pending WHERE window = ?1 AND record > ?2
+                         ORDER BY record",
+                    )
+                    .map_err(backend)?;
+                let rows = statement
+                    .query_map(params![window.0 as i64, after.unwrap_or_default()], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .map_err(backend)?;
+                let mut items = Vec::new();
+                for row in rows {
+                    let id = row.map_err(backend)?;
+                    let record = RecordId::parse(&id).map_err(|e| {
+                        BackendError::Corrupt(format!("pending record id {id:?}: {e}"))
+                    })?;
+                    if Shard::of(&record) == shard {
+                        items.push(record);
+                        if items.len() > limit {
+                            break;
+                        }
+                    }
                 }
                 Ok(Page::from_overfetch(items, limit, RecordId::to_string))
             })

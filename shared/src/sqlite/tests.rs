@@ -461,10 +461,7 @@ async fn pending_pages_coalesce_continue_and_go_behind_the_cursor() {
     assert_eq!(ids(&p2), ["c", "d"]);
     let p3 = store.page(w, p2.next.as_deref(), 2).await.unwrap();
     assert_eq!((ids(&p3), p3.next), (vec!["e".to_owned()], None));
-    let cursor = FlushCursor {
-        window: WindowId(4),
-        after: None,
-    };
+    let cursor = FlushCursor::start_of(WindowId(4));
     store.save_cursor(&cursor).await.unwrap();
     assert_eq!(store.cursor().await.unwrap(), Some(cursor));
     assert!(

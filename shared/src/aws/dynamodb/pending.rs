@@ -18,17 +18,13 @@ use crate::clock::Timestamp;
 use crate::poison::PoisonItem;
 use crate::ports::{BackendResult, FlushCursor, Lease, LeaseHolder, Page, PendingChanges};
 use crate::record::RecordId;
-use crate::window::{PENDING_TTL, WindowId};
+use crate::window::{PENDING_TTL, Shard, WindowId};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-/// Shards per window. Eight keep each (window, shard) key under a third of DynamoDB's
-/// 1 000 writes a second per partition at 10 000 changes a second in batches of 100 (each
-/// batch writes at most one item per shard: 100 writes a second per key), for one write
-/// unit per shard touched: at most 8 per batch of 100, 0.08 per change.
-pub const PENDING_SHARDS: u16 = 8;
+pub use crate::window::PENDING_SHARDS;
 
 /// Record ids per item at most (a stream batch holds up to 10 000 records; ids are up to
 /// 128 bytes): well under DynamoDB's 400 KB.
@@ -37,10 +33,9 @@ const IDS_PER_ITEM: usize = 1_000;
 /// Items read per `Query` of a shard: enough for a page, without reading the whole shard.
 const ITEMS_PER_QUERY: i32 = 100;
 
-/// The shard of a record: the same for every write of it.
+/// The shard of a record ([`Shard::of`]): the same for every write of it.
 pub fn pending_shard(record: &RecordId) -> u16 {
-    let hash = Sha256::digest(record.as_str().as_bytes());
-    u16::from_be_bytes([hash[0], hash[1]]) % PENDING_SHARDS
+    Shard::of(record).0
 }
 
 /// The partition of shard `shard` of a window; shard [`PENDING_SHARDS`] is the unsharded
@@ -266,6 +261,51 @@ impl PendingChanges for DynamoStore {
             };
         }
         Ok(Page::last(page.records))
+    }
+
+    async fn shard_page(
+        &self,
+        window: WindowId,
+        shard: Shard,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<RecordId>> {
+        let mut position = match after {
+            Some(text) => Position::parse(Some(text)),
+            None => Position {
+                shard: shard.0,
+                item: None,
+            },
+        };
+        let mut page = PageBuilder::new(limit);
+        // Shard 0's worker reads the unsharded partition of earlier versions after its own.
+        let last = if shard.0 == 0 {
+            PENDING_SHARDS
+        } else {
+            shard.0
+        };
+        if position.shard != shard.0 && position.shard != last {
+            // Not a position of this shard: from its start (duplicates, nothing skipped).
+            position = Position {
+                shard: shard.0,
+                item: None,
+            };
+        }
+        loop {
+            if let Some(next) = self.read_shard(window, &position, &mut page).await? {
+                return Ok(Page {
+                    items: page.records,
+                    next: Some(next),
+                });
+            }
+            if position.shard == last {
+                return Ok(Page::last(page.records));
+            }
+            position = Position {
+                shard: last,
+                item: None,
+            };
+        }
     }
 
     async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {

@@ -7,13 +7,14 @@ use crate::job::DeliveryJob;
 use crate::message::Refusal;
 use crate::poison::PoisonItem;
 use crate::ports::LeaseHolder;
-use crate::ports::{FlushCursor, Page};
+use crate::ports::{FlushCursor, Page, ShardPosition};
 use crate::record::RecordId;
 use crate::testing::{at_ms, lease};
-use crate::window::WindowId;
+use crate::window::{Shard, WindowId};
 
 scenarios![
     pending_pages_hold_each_record_without_a_trailing_empty_page,
+    shard_pages_split_a_window_by_the_records_shard,
     pending_cursor_round_trips_and_keeps_unflushed_windows,
     flush_lease_one_flush_at_a_time,
     poison_items_are_kept_until_removed,
@@ -109,6 +110,59 @@ async fn pending_pages_hold_each_record_without_a_trailing_empty_page(a: Adapter
     assert_eq!(seen, every, "each record once across the two pages");
 }
 
+/// A shard's pages of `limit`, read to the end.
+async fn shard_pages(
+    a: &Adapters,
+    window: WindowId,
+    shard: Shard,
+    limit: usize,
+) -> Vec<Page<RecordId>> {
+    read_pages(20, |after| {
+        let pending = a.ports.pending.clone();
+        async move {
+            pending
+                .shard_page(window, shard, after.as_deref(), limit)
+                .await
+        }
+    })
+    .await
+}
+
+async fn shard_pages_split_a_window_by_the_records_shard(a: Adapters) {
+    let window = WindowId(52);
+    let marked: Vec<RecordId> = (0..40).map(|n| record(&format!("r{n:02}"))).collect();
+    for batch in marked.chunks(7) {
+        a.ports.pending.mark_all(window, batch).await.unwrap();
+    }
+    a.ports.pending.mark(window, &record("r05")).await.unwrap();
+    a.ports
+        .pending
+        .mark(WindowId(53), &record("other"))
+        .await
+        .unwrap();
+    let mut every = Vec::new();
+    for shard in Shard::all() {
+        let pages = shard_pages(&a, window, shard, 3).await;
+        let (sizes, mut records) = paged(&pages);
+        // DynamoDB keeps each batch's records as written: r05, marked by two batches, may
+        // come twice (the flush de-duplicates).
+        records.dedup();
+        assert!(
+            sizes.iter().rev().skip(1).all(|n| *n == 3),
+            "{shard:?}: full pages but the last: {sizes:?}"
+        );
+        let mut expected: Vec<&str> = marked
+            .iter()
+            .filter(|r| Shard::of(r) == shard)
+            .map(RecordId::as_str)
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(records, expected, "{shard:?}: its records, nothing else");
+        every.extend(records.into_iter().map(str::to_owned));
+    }
+    assert_eq!(every.len(), marked.len(), "every record in one shard");
+}
+
 async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
     let pending = &a.ports.pending;
     assert_eq!(pending.cursor().await.unwrap(), None);
@@ -121,6 +175,18 @@ async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
     let cursor = FlushCursor {
         window: WindowId(5),
         after: first.next.clone(),
+        shards: vec![
+            ShardPosition {
+                shard: Shard(3),
+                after: Some("3/abc/7".into()),
+                done: false,
+            },
+            ShardPosition {
+                shard: Shard(5),
+                after: None,
+                done: true,
+            },
+        ],
     };
     pending.save_cursor(&cursor).await.unwrap();
     assert_eq!(pending.cursor().await.unwrap(), Some(cursor));
@@ -146,10 +212,7 @@ async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
         (2, vec!["a", "b", "c"]),
         "the saved position still continues"
     );
-    let moved = FlushCursor {
-        window: WindowId(6),
-        after: None,
-    };
+    let moved = FlushCursor::start_of(WindowId(6));
     pending.save_cursor(&moved).await.unwrap();
     assert_eq!(pending.cursor().await.unwrap(), Some(moved), "replaced");
 }
@@ -208,10 +271,7 @@ async fn flush_lease_one_flush_at_a_time(a: Adapters) {
         "released by its holder: free at once"
     );
     pending
-        .save_cursor(&FlushCursor {
-            window: WindowId(1),
-            after: None,
-        })
+        .save_cursor(&FlushCursor::start_of(WindowId(1)))
         .await
         .unwrap();
     assert!(
