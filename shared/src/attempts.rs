@@ -270,6 +270,84 @@ impl FailingMessages {
     }
 }
 
+fn is_first(n: &u32) -> bool {
+    *n == 1
+}
+
+fn first() -> u32 {
+    1
+}
+
+fn is_acked(outcome: &OutcomeClass) -> bool {
+    outcome.is_acked()
+}
+
+fn acked() -> OutcomeClass {
+    OutcomeClass::Acked
+}
+
+/// A quiet attempt ([`LoggedAttempt::is_quiet`]) with its message, as a store keeps it in a
+/// group of its batch's quiet attempts. Short names, and what every quiet attempt has left
+/// out (attempt 1 and acknowledged as defaults; the endpoint, which its job names): they
+/// are stored in every entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuietEntry {
+    #[serde(rename = "t")]
+    pub at_ms: Timestamp,
+    #[serde(rename = "n", default = "first", skip_serializing_if = "is_first")]
+    pub attempt: u32,
+    #[serde(rename = "o", default = "acked", skip_serializing_if = "is_acked")]
+    pub outcome: OutcomeClass,
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(rename = "l")]
+    pub latency_ms: u64,
+    #[serde(rename = "r", default, skip_serializing_if = "String::is_empty")]
+    pub response: String,
+    #[serde(rename = "j")]
+    pub job: DeliveryJob,
+}
+
+impl QuietEntry {
+    pub fn of(logged: &LoggedAttempt) -> Self {
+        let a = &logged.attempt;
+        Self {
+            at_ms: a.at,
+            attempt: a.attempt,
+            outcome: a.outcome,
+            status: a.status,
+            latency_ms: a.latency_ms,
+            response: a.response.clone(),
+            job: logged.job.clone(),
+        }
+    }
+
+    /// The attempt as it was logged.
+    pub fn attempt(&self) -> Attempt {
+        Attempt {
+            message_id: self.job.id.clone(),
+            endpoint: EndpointKey::of_job(&self.job),
+            attempt: self.attempt,
+            at: self.at_ms,
+            outcome: self.outcome,
+            status: self.status,
+            latency_ms: self.latency_ms,
+            response: self.response.clone(),
+        }
+    }
+
+    /// Its message as this attempt left it.
+    pub fn message(&self) -> StoredMessage {
+        StoredMessage {
+            endpoint: EndpointKey::of_job(&self.job),
+            job: self.job.clone(),
+            last_attempt: self.attempt,
+            last_attempt_at: self.at_ms,
+            last_outcome: self.outcome,
+        }
+    }
+}
+
 /// A kept message with how its latest attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {

@@ -22,8 +22,11 @@
 //! | `queue` | sequence | the delivery queue: visibility time, receive count, receipt of the latest receive (`<seq>:<uuid>`) |
 //! | `dead_letters` | sequence | the dead-letter queue |
 //! | `parked` | sequence | jobs for disabled endpoints |
-//! | `attempts` | endpoint, sort key | the attempt log |
+//! | `attempts` | endpoint, sort key | the attempt log, but for quiet attempts |
 //! | `messages` | endpoint, message id | kept messages with their latest attempt |
+//! | `quiet_groups` | sequence | a delivery batch's quiet attempts with their jobs (JSON array) |
+//! | `quiet_attempts` | endpoint, sort key | where a quiet attempt is: its group and its place in it |
+//! | `quiet_locators` | message tag, group | the groups holding messages of a window (a message id's tag) |
 //! | `recoveries` | endpoint, recovery id | an owner's recoveries |
 
 use super::db::OpenError;
@@ -181,9 +184,38 @@ const V4: &str = "
 ALTER TABLE syncs ADD COLUMN finished_at_ms INTEGER;
 ";
 
+/// Version 5: a delivery batch's quiet attempts (first of their series, acknowledged, not
+/// an owner's redelivery, of a message with no kept row) are one row of `quiet_groups`
+/// (their attempts and jobs as one JSON array, appended), found by endpoint through
+/// `quiet_attempts` and by message through `quiet_locators` (one row per window tag and
+/// group), instead of an attempt row and a kept-message row each with their indexes: a
+/// delivery's index writes at random places go from three to one.
+const V5: &str = "
+CREATE TABLE quiet_groups (
+    id INTEGER PRIMARY KEY,
+    newest_ms INTEGER NOT NULL,
+    entries TEXT NOT NULL
+);
+CREATE INDEX quiet_groups_by_time ON quiet_groups (newest_ms);
+CREATE TABLE quiet_attempts (
+    endpoint TEXT NOT NULL,
+    sort_key TEXT NOT NULL,
+    group_id INTEGER NOT NULL,
+    entry INTEGER NOT NULL,
+    PRIMARY KEY (endpoint, sort_key)
+) WITHOUT ROWID;
+CREATE INDEX quiet_attempts_by_group ON quiet_attempts (group_id);
+CREATE TABLE quiet_locators (
+    tag TEXT NOT NULL,
+    group_id INTEGER NOT NULL,
+    PRIMARY KEY (tag, group_id)
+) WITHOUT ROWID;
+CREATE INDEX quiet_locators_by_group ON quiet_locators (group_id);
+";
+
 /// Every migration, in order: entry `n` takes version `n` to `n + 1`. Never edit one that
 /// has been released: add the next.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this program writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

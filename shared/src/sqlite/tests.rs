@@ -941,6 +941,94 @@ async fn a_poison_item_is_kept_until_removed_and_marks_the_current_window() {
     assert!(!store.remove_poison(&item.id()).await.unwrap());
 }
 
+/// Rows of `table`.
+async fn rows(store: &SqliteStore, table: &'static str) -> i64 {
+    store
+        .db
+        .read(move |conn| {
+            conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .map_err(db::backend)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batchs_quiet_attempts_are_one_row_and_go_with_it_after_the_retention() {
+    let dir = TempDir::new();
+    let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap())
+        .with_attempt_retention(Duration::from_secs(3600));
+    let endpoint = EndpointKey::application(&"app-1".parse().unwrap());
+    let log_endpoint = crate::attempts::LogEndpoint::application(&"app-1".parse().unwrap());
+    let hour = 3_600_000;
+    let now = 10 * hour;
+    // Two batches of quiet attempts (first, acknowledged), the older past the retention;
+    // message 9 failed first, so its acknowledgement is written with its kept row.
+    let old: Vec<LoggedAttempt> = (1..=3)
+        .map(|n| logged(&endpoint, n, 1, now - 2 * hour + i64::from(n), true))
+        .collect();
+    let new: Vec<LoggedAttempt> = (4..=6)
+        .map(|n| logged(&endpoint, n, 1, now - 10 + i64::from(n), true))
+        .collect();
+    store.record(&old).await.unwrap();
+    store.record(&new).await.unwrap();
+    store
+        .record(&[logged(&endpoint, 9, 1, now - 5, false)])
+        .await
+        .unwrap();
+    store
+        .record(&[logged(&endpoint, 9, 1, now - 1, true)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            rows(&store, "quiet_groups").await,
+            rows(&store, "quiet_attempts").await,
+            rows(&store, "attempts").await,
+            rows(&store, "messages").await
+        ),
+        (2, 6, 2, 1),
+        "a group per batch, a finder per quiet attempt; message 9 apart"
+    );
+    let listed = |store: &SqliteStore| {
+        let (store, endpoint) = (store.clone(), log_endpoint.clone());
+        async move {
+            store
+                .attempts(&endpoint, StatusFilter::Acked, None, 10)
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
+    };
+    assert_eq!(listed(&store).await, 7);
+    let (kept, attempts) = store
+        .message(&log_endpoint, &job(2).id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((kept.job, attempts.len()), (job(2), 1));
+    let pruned = store.prune(now).await.unwrap();
+    assert_eq!(pruned.attempts, 3, "the old batch's quiet attempts");
+    assert_eq!(
+        (
+            rows(&store, "quiet_groups").await,
+            rows(&store, "quiet_attempts").await,
+            rows(&store, "quiet_locators").await
+        ),
+        (1, 3, 3),
+        "the new batch's group, its attempts, its three windows' locators"
+    );
+    assert_eq!(listed(&store).await, 4);
+    assert!(
+        store
+            .message(&log_endpoint, &job(2).id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 #[tokio::test]
 async fn attempts_messages_recoveries_and_tokens_go_after_their_retention() {
     let dir = TempDir::new();

@@ -16,7 +16,7 @@
 use super::{DynamoStore, Item, Keyed, from_item, s, to_item, unavailable};
 use crate::attempts::{
     Attempt, EndpointKey, EndpointOwner, FailingMessages, LogEndpoint, LoggedAttempt, OutcomeClass,
-    Recovery, StatusFilter, StoredMessage,
+    QuietEntry, Recovery, StatusFilter, StoredMessage,
 };
 use crate::clock::Timestamp;
 use crate::job::{DeliveryJob, MessageId};
@@ -178,71 +178,6 @@ fn unpack(packed: &[u8]) -> BackendResult<String> {
 #[derive(Serialize, Deserialize)]
 struct LocatorItem {
     expires_at: i64,
-}
-
-fn is_first(n: &u32) -> bool {
-    *n == 1
-}
-
-fn first() -> u32 {
-    1
-}
-
-fn is_acked(outcome: &OutcomeClass) -> bool {
-    outcome.is_acked()
-}
-
-fn acked() -> OutcomeClass {
-    OutcomeClass::Acked
-}
-
-/// An attempt and its message in a quiet group. Short names, and what every quiet attempt
-/// has left out (attempt 1 and acknowledged as defaults; the endpoint, which its job
-/// names): they are stored in every entry.
-#[derive(Serialize, Deserialize)]
-struct QuietEntry {
-    #[serde(rename = "t")]
-    at_ms: Timestamp,
-    #[serde(rename = "n", default = "first", skip_serializing_if = "is_first")]
-    attempt: u32,
-    #[serde(rename = "o", default = "acked", skip_serializing_if = "is_acked")]
-    outcome: OutcomeClass,
-    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
-    status: Option<u16>,
-    #[serde(rename = "l")]
-    latency_ms: u64,
-    #[serde(rename = "r", default, skip_serializing_if = "String::is_empty")]
-    response: String,
-    #[serde(rename = "j")]
-    job: DeliveryJob,
-}
-
-impl QuietEntry {
-    fn of(logged: &LoggedAttempt) -> Self {
-        let a = &logged.attempt;
-        Self {
-            at_ms: a.at,
-            attempt: a.attempt,
-            outcome: a.outcome,
-            status: a.status,
-            latency_ms: a.latency_ms,
-            response: a.response.clone(),
-            job: logged.job.clone(),
-        }
-    }
-
-    fn attempt(&self) -> Attempt {
-        Attempt {
-            message_id: self.job.id.clone(),
-            endpoint: EndpointKey::of_job(&self.job),
-            attempt: self.attempt,
-            at: self.at_ms,
-            outcome: self.outcome,
-            status: self.status,
-            latency_ms: self.latency_ms,
-            response: self.response.clone(),
-        }
-    }
 }
 
 /// A group's sort key: its newest attempt's time, then a hash of its entries (the same
