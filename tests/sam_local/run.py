@@ -48,6 +48,7 @@ FLUSH_INTERVAL_MINUTES = 1  # the shortest window, so the flush test waits at mo
 FLUSH_GRACE_SECONDS = 1
 RETRY_BASE_SECONDS = 120
 INVOKE_TIMEOUT = 240  # one `sam local invoke` under qemu, image build included
+CONTAINER_CONNECTION_TIMEOUT = 120  # the emulator's start under qemu (SAM's default is 20 s)
 RECEIVE_VISIBILITY = 30  # the test's own receive; an invocation takes about 10 s
 
 
@@ -313,6 +314,9 @@ class Sam:
                 "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": REGION,
                 "AWS_REGION": REGION,
+                # How long SAM waits for the emulator in a new container to listen (default
+                # 20 s): under qemu on a loaded 2-core machine it has taken longer than that.
+                "SAM_CLI_CONTAINER_CONNECTION_TIMEOUT": str(CONTAINER_CONNECTION_TIMEOUT),
             }
         )
 
