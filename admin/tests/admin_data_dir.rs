@@ -157,7 +157,7 @@ async fn admin_commands_work_on_a_data_directory_beside_the_runner() {
     let job = DeliveryJob::for_subscription(
         &subscription,
         WindowId(1),
-        "2026-11-26T00:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T00:00:00.000Z"),
     );
     queue.dead_letter(&job).await.unwrap();
     let (code, stdout, stderr) = admin(&dir.0, &["dlq", "replay"]);
@@ -173,7 +173,7 @@ async fn admin_commands_work_on_a_data_directory_beside_the_runner() {
         WindowId(1),
         None,
         "was broken".into(),
-        "2026-11-26T00:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T00:00:00.000Z"),
     );
     store.set_aside(&item).await.unwrap();
     let (code, stdout, _) = admin(&dir.0, &["poison", "list"]);

@@ -215,7 +215,7 @@ async fn poison_items_are_listed_and_replayed() {
         WindowId(40),
         None,
         "missing field `callback`".into(),
-        "2026-11-26T00:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T00:00:00.000Z"),
     );
     aws.store.set_aside(&item).await.unwrap();
 
@@ -268,7 +268,7 @@ async fn jobs_for_a_disabled_endpoint_are_parked_and_replayed_only_once_it_is_en
     let job = DeliveryJob::for_subscription(
         &subscription,
         WindowId(1),
-        "2026-11-26T00:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T00:00:00.000Z"),
     );
     aws.queue.dead_letter(&job).await.unwrap();
     let (code, stdout, stderr) = admin(&env, &["dlq", "replay", "--method", "loop"]);

@@ -115,7 +115,7 @@ fn person(i: usize) -> serde_json::Map<String, serde_json::Value> {
 
 /// `n` delivery jobs of `style` to the receiver, as the flush would have written them.
 pub fn jobs(receiver_url: &str, style: Style, n: usize) -> Vec<DeliveryJob> {
-    let created = SystemClock.now().rfc3339();
+    let created = SystemClock.now();
     (0..n)
         .map(|i| {
             let record = RecordId::parse(&format!("p-{i:07}")).expect("record id");
@@ -123,14 +123,14 @@ pub fn jobs(receiver_url: &str, style: Style, n: usize) -> Vec<DeliveryJob> {
                 Style::Orcid => DeliveryJob::for_subscription(
                     &subscription(receiver_url, i),
                     WindowId(1),
-                    created.clone(),
+                    created,
                 ),
                 Style::Members => DeliveryJob::for_application(
                     &"app-bench".parse().unwrap(),
                     &record,
                     person(i),
                     WindowId(1),
-                    created.clone(),
+                    created,
                 ),
             }
         })

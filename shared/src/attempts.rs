@@ -378,10 +378,9 @@ impl StoredMessage {
         }
     }
 
-    /// The earliest time any of its attempts can have been made (the job's creation);
-    /// the epoch when that time is unreadable.
+    /// The earliest time any of its attempts can have been made (the job's creation).
     pub fn created(&self) -> Timestamp {
-        Timestamp::parse_rfc3339(&self.job.created_at).unwrap_or(Timestamp::UNIX_EPOCH)
+        self.job.created_at
     }
 }
 
@@ -538,7 +537,7 @@ mod tests {
                 application: "a".parse().unwrap(),
                 sync: crate::ids::SyncId::generate(),
             },
-            "t".into(),
+            crate::testing::at_ms(0),
         );
         let key = EndpointKey::application(&"a".parse().unwrap());
         let timeout = outcome(None, Some(AttemptFailure::Timeout(Duration::from_secs(10))));
@@ -560,7 +559,7 @@ mod tests {
                 application: "a".parse().unwrap(),
                 sync: crate::ids::SyncId::generate(),
             },
-            "t".into(),
+            crate::testing::at_ms(0),
         );
         let a = Attempt::new(&job, key, 2, at_ms(5), &outcome(Some(500), None), false);
         assert_eq!(a.response.len(), RESPONSE_PREFIX_BYTES, "body cut to 1 KiB");

@@ -142,6 +142,53 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
     }
 }
 
+/// A [`Timestamp`] field stored as RFC 3339 text (`#[serde(with = "crate::clock::rfc3339")]`):
+/// written as [`Timestamp::rfc3339`], read back from any RFC 3339 text; text that is not
+/// one is an error (a stored item that does not decode).
+pub mod rfc3339 {
+    use super::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&t.rfc3339())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Timestamp::parse_rfc3339(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is no RFC 3339 time")))
+    }
+
+    /// The same for an optional field (`None` stored as null, or absent with
+    /// `#[serde(default)]`).
+    pub mod option {
+        use super::Timestamp;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<Timestamp>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => serializer.serialize_some(&t.rfc3339()),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Timestamp>, D::Error> {
+            Option::<String>::deserialize(deserializer)?
+                .map(|text| {
+                    Timestamp::parse_rfc3339(&text).ok_or_else(|| {
+                        serde::de::Error::custom(format!("{text:?} is no RFC 3339 time"))
+                    })
+                })
+                .transpose()
+        }
+    }
+}
+
 /// RFC 3339 UTC with milliseconds, e.g. `2021-02-26T19:13:55.749Z`.
 fn rfc3339_millis(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);

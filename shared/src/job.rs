@@ -2,6 +2,7 @@
 //! per window, and what the delivery function executes.
 
 use crate::callback::CallbackUrl;
+use crate::clock::Timestamp;
 use crate::ids::{ApplicationId, ClientId, SyncId, SyncKey};
 use crate::record::RecordId;
 use crate::subscription::Subscription;
@@ -127,8 +128,9 @@ pub struct DeliveryJob {
     /// The coalescing window that produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<u64>,
-    /// When the job was created, RFC 3339 UTC with milliseconds.
-    pub created_at: String,
+    /// When the job was created (stored and sent as RFC 3339 UTC with milliseconds).
+    #[serde(with = "crate::clock::rfc3339")]
+    pub created_at: Timestamp,
     /// Delivery attempts made before this message was sent. A job sent again after a
     /// backend failure carries them over, since the new message's receive count starts
     /// from zero.
@@ -157,7 +159,7 @@ impl DeliveryJob {
     pub fn for_subscription(
         subscription: &Subscription,
         window: WindowId,
-        created_at: String,
+        created_at: Timestamp,
     ) -> Self {
         let window_text = window.0.to_string();
         Self {
@@ -192,7 +194,7 @@ impl DeliveryJob {
         record: &RecordId,
         person: Map<String, Value>,
         window: WindowId,
-        created_at: String,
+        created_at: Timestamp,
     ) -> Self {
         Self {
             v: JOB_VERSION,
@@ -224,7 +226,7 @@ impl DeliveryJob {
         sync: &SyncKey,
         record: &RecordId,
         person: Map<String, Value>,
-        created_at: String,
+        created_at: Timestamp,
     ) -> Self {
         Self {
             v: JOB_VERSION,
@@ -244,7 +246,7 @@ impl DeliveryJob {
     }
 
     /// A step of full sync `sync`.
-    pub fn sync_step(sync: &SyncKey, created_at: String) -> Self {
+    pub fn sync_step(sync: &SyncKey, created_at: Timestamp) -> Self {
         Self {
             v: JOB_VERSION,
             id: MessageId::derive(&[
@@ -313,10 +315,26 @@ mod tests {
 
     #[test]
     fn ids_are_stable_per_window_and_subscription() {
-        let a = DeliveryJob::for_subscription(&sub("https://a.com/x"), WindowId(7), "t".into());
-        let again = DeliveryJob::for_subscription(&sub("https://a.com/x"), WindowId(7), "u".into());
-        let next = DeliveryJob::for_subscription(&sub("https://a.com/x"), WindowId(8), "t".into());
-        let other = DeliveryJob::for_subscription(&sub("https://a.com/y"), WindowId(7), "t".into());
+        let a = DeliveryJob::for_subscription(
+            &sub("https://a.com/x"),
+            WindowId(7),
+            crate::testing::at_ms(0),
+        );
+        let again = DeliveryJob::for_subscription(
+            &sub("https://a.com/x"),
+            WindowId(7),
+            crate::testing::at_ms(1),
+        );
+        let next = DeliveryJob::for_subscription(
+            &sub("https://a.com/x"),
+            WindowId(8),
+            crate::testing::at_ms(0),
+        );
+        let other = DeliveryJob::for_subscription(
+            &sub("https://a.com/y"),
+            WindowId(7),
+            crate::testing::at_ms(0),
+        );
         assert_eq!(a.id, again.id);
         assert_ne!(a.id, next.id);
         assert_ne!(a.id, other.id);
@@ -329,7 +347,11 @@ mod tests {
 
     #[test]
     fn counters_survive_a_backend_failure_and_are_cleared_for_replay() {
-        let job = DeliveryJob::for_subscription(&sub("https://a.com/x"), WindowId(7), "t".into());
+        let job = DeliveryJob::for_subscription(
+            &sub("https://a.com/x"),
+            WindowId(7),
+            crate::testing::at_ms(0),
+        );
         assert!(
             !serde_json::to_string(&job)
                 .unwrap()
@@ -347,9 +369,26 @@ mod tests {
 
     #[test]
     fn job_json_round_trips() {
-        let job = DeliveryJob::for_subscription(&sub("https://a.com/x"), WindowId(7), "t".into());
+        let job = DeliveryJob::for_subscription(
+            &sub("https://a.com/x"),
+            WindowId(7),
+            crate::testing::at_ms(0),
+        );
         let json = serde_json::to_string(&job).unwrap();
         assert!(json.contains(r#""kind":"callback""#), "{json}");
         assert_eq!(serde_json::from_str::<DeliveryJob>(&json).unwrap(), job);
+    }
+
+    #[test]
+    fn the_creation_time_is_stored_as_rfc3339_text_and_must_be_one() {
+        let job = DeliveryJob::for_subscription(
+            &sub("https://a.com/x"),
+            WindowId(7),
+            crate::testing::at("2026-11-26T10:00:00.123Z"),
+        );
+        let mut json = serde_json::to_value(&job).unwrap();
+        assert_eq!(json["created_at"], "2026-11-26T10:00:00.123Z");
+        json["created_at"] = "yesterday".into();
+        assert!(serde_json::from_value::<DeliveryJob>(json).is_err());
     }
 }

@@ -124,7 +124,7 @@ mod tests {
             &RecordId::parse("p1").unwrap(),
             person.as_object().unwrap().clone(),
             WindowId(3),
-            "2026-11-26T00:00:00.000Z".into(),
+            crate::testing::at("2026-11-26T00:00:00.000Z"),
         )
     }
 

@@ -4,6 +4,7 @@
 //! sees it (`webhooks-admin poison list`, an operational event), moves on, and the
 //! operator replays it once the data is fixed ([`replay`]).
 
+use crate::clock::Timestamp;
 use crate::events::OpsEvent;
 use crate::job::{DeliveryJob, MessageId, Target};
 use crate::message::Refusal;
@@ -44,8 +45,9 @@ pub struct PoisonItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<MessageId>,
     pub cause: PoisonCause,
-    /// When, RFC 3339 UTC with milliseconds.
-    pub set_aside_at: String,
+    /// When (stored as RFC 3339 UTC with milliseconds).
+    #[serde(with = "crate::clock::rfc3339")]
+    pub set_aside_at: Timestamp,
 }
 
 impl PoisonItem {
@@ -55,7 +57,7 @@ impl PoisonItem {
         job: &DeliveryJob,
         window: WindowId,
         refusal: Refusal,
-        at: String,
+        at: Timestamp,
     ) -> Self {
         let endpoint = match &job.target {
             Target::Callback {
@@ -82,7 +84,7 @@ impl PoisonItem {
         window: WindowId,
         endpoint: Option<String>,
         detail: String,
-        at: String,
+        at: Timestamp,
     ) -> Self {
         Self {
             record: record.clone(),

@@ -64,11 +64,12 @@ pub struct FullSync {
     /// Paced syncs: when the previous request finished.
     #[serde(default, rename = "last_request_end_ms")]
     pub last_request_end: Option<Timestamp>,
-    /// Start time, RFC 3339.
-    pub started_at: String,
-    /// Completion time, RFC 3339.
-    #[serde(default)]
-    pub completed_at: Option<String>,
+    /// Start time (stored as RFC 3339).
+    #[serde(with = "crate::clock::rfc3339")]
+    pub started_at: Timestamp,
+    /// Completion time (stored as RFC 3339).
+    #[serde(default, with = "crate::clock::rfc3339::option")]
+    pub completed_at: Option<Timestamp>,
 }
 
 /// Outcomes counted by the delivery of fan-out sync jobs (written apart from the driver's
@@ -87,7 +88,7 @@ impl FullSync {
     pub fn new(
         application_id: &ApplicationId,
         request_interval_ms: u64,
-        started_at: String,
+        started_at: Timestamp,
     ) -> Self {
         Self {
             application_id: application_id.clone(),
@@ -158,7 +159,7 @@ mod tests {
 
     #[test]
     fn progress() {
-        let mut sync = FullSync::new(&"app-1".parse().unwrap(), 0, "t".into());
+        let mut sync = FullSync::new(&"app-1".parse().unwrap(), 0, crate::testing::at_ms(0));
         sync.scanned = 10;
         let progress = sync.progress(SyncOutcomes {
             delivered: 7,

@@ -93,7 +93,7 @@ async fn members_acknowledged(http: &CallbackClient, answer: Answer) -> (bool, O
         &app,
         app.webhook.target().unwrap(),
         &[person],
-        "2021-02-26T19:13:55.749Z",
+        webhooks::testing::at("2021-02-26T19:13:55.749Z"),
         &SystemClock,
     );
     let (outcome, acknowledged) = request.send(http).await;

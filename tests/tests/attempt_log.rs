@@ -116,7 +116,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
         &record,
         person,
         WindowId(9),
-        "2026-11-26T10:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T10:00:00.000Z"),
     );
     queue.send(serde_json::to_string(&job).unwrap());
 
@@ -545,7 +545,7 @@ async fn a_client_reads_its_webhooks_attempts_by_id() {
     let job = DeliveryJob::for_subscription(
         &subscription,
         WindowId(4),
-        "2026-11-26T10:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T10:00:00.000Z"),
     );
     queue.send(serde_json::to_string(&job).unwrap());
     run_queue(&delivery, &queue, &receiver, 3).await;
@@ -725,7 +725,7 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
             &record,
             person,
             WindowId(n),
-            "2026-11-26T10:00:00.000Z".into(),
+            webhooks::testing::at("2026-11-26T10:00:00.000Z"),
         )
     };
     let count = || receiver.seen().len();
@@ -919,7 +919,7 @@ async fn a_log_that_cannot_be_written_costs_no_delivery() {
         &record,
         person,
         WindowId(1),
-        "2026-11-26T10:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T10:00:00.000Z"),
     );
     queue.send(serde_json::to_string(&job).unwrap());
     let received = queue.receive(10, Duration::from_secs(2)).await;

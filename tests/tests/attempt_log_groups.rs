@@ -56,10 +56,8 @@ fn endpoints() -> Vec<(LogEndpoint, Option<Subscription>)> {
     all
 }
 
-fn created_at(window: u64) -> String {
-    webhooks::clock::Timestamp::from_epoch_ms(T0 + window as i64 * WINDOW_MS)
-        .unwrap()
-        .rfc3339()
+fn created_at(window: u64) -> webhooks::clock::Timestamp {
+    webhooks::testing::at_ms(T0 + window as i64 * WINDOW_MS)
 }
 
 fn job_for(endpoint: &(LogEndpoint, Option<Subscription>), window: u64) -> DeliveryJob {

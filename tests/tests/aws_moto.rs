@@ -764,7 +764,7 @@ fn person_job(n: usize, first_name: &str) -> webhooks::job::DeliveryJob {
         &RecordId::parse(&format!("p{n}")).unwrap(),
         person.as_object().unwrap().clone(),
         webhooks::window::WindowId(1),
-        "2026-11-26T00:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T00:00:00.000Z"),
     )
 }
 
@@ -963,11 +963,11 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
     let sync = FullSync::new(
         &"app-bad".parse().unwrap(),
         1000,
-        "2026-11-26T12:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T12:00:00.000Z"),
     );
     p.aws.store.save_sync(&sync).await.unwrap();
 
-    let created_at = "2026-11-26T12:00:00.000Z".to_owned();
+    let created_at = webhooks::testing::at("2026-11-26T12:00:00.000Z");
     let person_job = |application: &str, i: usize| {
         let person = serde_json::json!({"id": format!("p-{i}")});
         DeliveryJob::for_application(
@@ -975,7 +975,7 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
             &RecordId::parse(&format!("p-{i}")).unwrap(),
             person.as_object().unwrap().clone(),
             webhooks::window::WindowId(1),
-            created_at.clone(),
+            created_at,
         )
     };
     let batch = |jobs: &[DeliveryJob]| {
@@ -996,7 +996,7 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
             .collect();
         event
     };
-    let mut jobs = vec![DeliveryJob::sync_step(&sync.key(), created_at.clone())];
+    let mut jobs = vec![DeliveryJob::sync_step(&sync.key(), created_at)];
     jobs.extend((0..99).map(|i| person_job("app-good", i)));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let response = p.delivery.handle(batch(&jobs), deadline).await;

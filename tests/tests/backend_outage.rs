@@ -162,7 +162,7 @@ fn person_job() -> DeliveryJob {
         &RecordId::parse("p-1").unwrap(),
         person.as_object().unwrap().clone(),
         WindowId(1),
-        "2026-11-26T12:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T12:00:00.000Z"),
     )
 }
 

@@ -58,7 +58,7 @@ async fn a_successful_delivery_writes_no_log_line_at_info_and_a_failure_does() {
         jobs.push(DeliveryJob::for_subscription(
             &subscription,
             WindowId(1),
-            "t".into(),
+            webhooks::testing::at_ms(0),
         ));
     }
     let emf: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();

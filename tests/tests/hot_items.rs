@@ -86,10 +86,13 @@ async fn a_sync_under_throttled_counter_writes_completes_with_exact_counts() {
     let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
     app.webhook.url = Some(receiver.url("/sync").into());
     store.put_application(&app).await.unwrap();
-    let sync = FullSync::new(&"app-1".parse().unwrap(), 0, "t".into());
+    let sync = FullSync::new(&"app-1".parse().unwrap(), 0, webhooks::testing::at_ms(0));
     store.save_sync(&sync).await.unwrap();
     let enqueued = queue
-        .enqueue(&[DeliveryJob::sync_step(&sync.key(), "t".into())])
+        .enqueue(&[DeliveryJob::sync_step(
+            &sync.key(),
+            webhooks::testing::at_ms(0),
+        )])
         .await
         .unwrap();
     assert!(enqueued.refused.is_empty());
@@ -208,7 +211,7 @@ async fn a_failing_endpoints_health_is_written_once_per_batch_and_at_most_once_a
                     &record,
                     person.as_object().unwrap().clone(),
                     webhooks::window::WindowId(round),
-                    "t".into(),
+                    webhooks::testing::at_ms(0),
                 )
             })
             .collect();

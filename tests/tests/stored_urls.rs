@@ -92,7 +92,7 @@ fn person_job(application: &str, i: usize) -> DeliveryJob {
         &RecordId::parse(&format!("p-{i}")).unwrap(),
         person.as_object().unwrap().clone(),
         WindowId(1),
-        "2026-11-26T12:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T12:00:00.000Z"),
     )
 }
 
@@ -120,12 +120,12 @@ async fn a_broken_stored_url_costs_only_its_own_message() {
     let sync = FullSync::new(
         &"app-bad".parse().unwrap(),
         1000,
-        "2026-11-26T12:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T12:00:00.000Z"),
     );
     s.ports.syncs.save_sync(&sync).await.unwrap();
     let mut batch = vec![DeliveryJob::sync_step(
         &sync.key(),
-        "2026-11-26T12:00:00.000Z".into(),
+        webhooks::testing::at("2026-11-26T12:00:00.000Z"),
     )];
     batch.extend((0..99).map(|i| person_job("app-good", i)));
     assert_eq!(batch.len(), 100);

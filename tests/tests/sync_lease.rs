@@ -59,7 +59,7 @@ async fn a_step_retried_after_its_lease_answer_was_lost_carries_on() {
     let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
     app.webhook.url = Some("https://example.org/hook".into());
     store.put_application(&app).await.unwrap();
-    let sync = FullSync::new(&"app-1".parse().unwrap(), 0, "t".into());
+    let sync = FullSync::new(&"app-1".parse().unwrap(), 0, webhooks::testing::at_ms(0));
     store.save_sync(&sync).await.unwrap();
     let http = CallbackClient::new(&HttpSettings {
         url_policy: UrlPolicy {
@@ -127,7 +127,7 @@ async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires()
     let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
     app.webhook.url = Some("https://example.org/hook".into());
     store.put_application(&app).await.unwrap();
-    let sync = FullSync::new(&"app-1".parse().unwrap(), 0, "t".into());
+    let sync = FullSync::new(&"app-1".parse().unwrap(), 0, webhooks::testing::at_ms(0));
     store.save_sync(&sync).await.unwrap();
     let http = CallbackClient::new(&HttpSettings::default());
     let driver = SyncDriver {

@@ -58,7 +58,11 @@ async fn setup_with(interval_ms: u64, persons: usize) -> Setup {
     app.webhook.url = Some(receiver.url("/sync").into());
     app.webhook.request_interval_ms = interval_ms;
     ports.applications.put_application(&app).await.unwrap();
-    let sync = FullSync::new(&"app-1".parse().unwrap(), interval_ms, "t".into());
+    let sync = FullSync::new(
+        &"app-1".parse().unwrap(),
+        interval_ms,
+        webhooks::testing::at_ms(0),
+    );
     ports.syncs.save_sync(&sync).await.unwrap();
     let http = CallbackClient::new(&HttpSettings {
         timeout: Duration::from_millis(500),

@@ -143,13 +143,12 @@ impl Registration {
             }
         };
         let message_id = MessageId::derive(&["test", &uuid::Uuid::new_v4().to_string()]);
-        let publish_time = self.ports.clock.now().rfc3339();
         let outbound = application_request(
             &message_id,
             &app,
             app.webhook.target()?,
             &[person],
-            &publish_time,
+            self.ports.clock.now(),
             self.ports.clock.as_ref(),
         );
         let (outcome, acknowledged) = outbound.send(&self.http).await;
@@ -174,8 +173,8 @@ impl Registration {
     ) -> Result<Response<Body>, ApiError> {
         let app = self.authenticate_application(request, id).await?;
         app.webhook.target()?;
-        let now = self.ports.clock.now().rfc3339();
-        let sync = FullSync::new(&app.id, app.webhook.request_interval_ms, now.clone());
+        let now = self.ports.clock.now();
+        let sync = FullSync::new(&app.id, app.webhook.request_interval_ms, now);
         self.ports.syncs.save_sync(&sync).await?;
         self.ports
             .queue

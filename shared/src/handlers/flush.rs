@@ -8,6 +8,7 @@
 //! unavailable) fails the run instead, and the next run repeats the page.
 
 use crate::application::{Application, endpoint_name};
+use crate::clock::Timestamp;
 use crate::ids::ApplicationId;
 use crate::job::DeliveryJob;
 use crate::members::{consents, scoped_person};
@@ -366,7 +367,7 @@ impl Flush {
                 &plan.jobs[refused.index],
                 window,
                 refused.refusal,
-                plan.created_at.clone(),
+                plan.created_at,
             ));
         }
         // Before the cursor moves past them: a crash here repeats the page, and the
@@ -401,7 +402,7 @@ impl Flush {
             .collect()
             .await;
         let mut applications = HashMap::new();
-        let mut plan = PagePlan::new(window, self.ports.clock.now().rfc3339());
+        let mut plan = PagePlan::new(window, self.ports.clock.now());
         for (record, targets) in records.iter().zip(per_record) {
             let (subscriptions, person) = match targets {
                 Ok(targets) => targets,
@@ -415,8 +416,7 @@ impl Flush {
                 .into_iter()
                 .filter(|s| !s.health.is_disabled())
             {
-                let job =
-                    DeliveryJob::for_subscription(&subscription, window, plan.created_at.clone());
+                let job = DeliveryJob::for_subscription(&subscription, window, plan.created_at);
                 plan.push(record, job);
             }
             if let Some(person) = person {
@@ -444,7 +444,7 @@ impl Flush {
                         .is_some_and(|a| a.webhook.url.is_some() && !a.health.is_disabled())
                     {
                         let scoped = scoped_person(record, person, &scopes);
-                        let created_at = plan.created_at.clone();
+                        let created_at = plan.created_at;
                         let job = DeliveryJob::for_application(
                             &app_id,
                             record,
@@ -535,11 +535,11 @@ struct PagePlan {
     /// Changes that cannot be queued as they are.
     set_aside: Vec<PoisonItem>,
     /// When the jobs were made.
-    created_at: String,
+    created_at: Timestamp,
 }
 
 impl PagePlan {
-    fn new(window: WindowId, created_at: String) -> Self {
+    fn new(window: WindowId, created_at: Timestamp) -> Self {
         Self {
             window,
             jobs: Vec::new(),
@@ -552,13 +552,7 @@ impl PagePlan {
     /// Sets the record's change aside (for `endpoint`, or for all of them) because a stored
     /// item does not decode.
     fn set_aside_corrupt(&mut self, record: &RecordId, endpoint: Option<String>, detail: String) {
-        let item = PoisonItem::corrupt(
-            record,
-            self.window,
-            endpoint,
-            detail,
-            self.created_at.clone(),
-        );
+        let item = PoisonItem::corrupt(record, self.window, endpoint, detail, self.created_at);
         self.set_aside.push(item);
     }
 

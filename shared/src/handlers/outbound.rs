@@ -5,7 +5,7 @@
 use crate::ack::AckPolicy;
 use crate::application::Application;
 use crate::callback::CallbackUrl;
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::http_client::{AttemptOutcome, CallbackClient};
 use crate::job::MessageId;
 use crate::members::envelope;
@@ -77,14 +77,14 @@ pub fn application_request(
     application: &Application,
     url: &CallbackUrl,
     persons: &[Map<String, Value>],
-    publish_time: &str,
+    publish_time: Timestamp,
     clock: &dyn Clock,
 ) -> Outbound {
     let body = envelope(
         persons,
         application.webhook.signing_key.as_deref(),
         message_id.as_str(),
-        publish_time,
+        &publish_time.rfc3339(),
         application.id.as_str(),
     );
     let timestamp = clock.now().epoch_secs();

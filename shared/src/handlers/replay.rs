@@ -212,21 +212,21 @@ mod tests {
         store.put_application(&app).await.unwrap();
         let record = enabled.record.clone();
         let jobs = [
-            DeliveryJob::for_subscription(&enabled, WindowId(1), AT.into()),
-            DeliveryJob::for_subscription(&disabled, WindowId(1), AT.into()),
+            DeliveryJob::for_subscription(&enabled, WindowId(1), crate::testing::at(AT)),
+            DeliveryJob::for_subscription(&disabled, WindowId(1), crate::testing::at(AT)),
             DeliveryJob::for_application(
                 &"app-1".parse().unwrap(),
                 &record,
                 Default::default(),
                 WindowId(1),
-                AT.into(),
+                crate::testing::at(AT),
             ),
             DeliveryJob::sync_step(
                 &crate::ids::SyncKey {
                     application: "app-1".parse().unwrap(),
                     sync: crate::ids::SyncId::generate(),
                 },
-                AT.into(),
+                crate::testing::at(AT),
             ),
         ];
         for job in &jobs {
@@ -273,7 +273,7 @@ mod tests {
                         application: "app-1".parse().unwrap(),
                         sync: crate::ids::SyncId::generate(),
                     },
-                    AT.into(),
+                    crate::testing::at(AT),
                 ))
                 .await
                 .unwrap();

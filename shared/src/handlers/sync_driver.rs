@@ -193,7 +193,7 @@ impl SyncDriver<'_> {
     /// Ends a sync that cannot deliver (its webhook was removed or cannot be used).
     async fn cancel(&self, sync: &mut FullSync, why: &str) -> Result<StepOutcome, BackendError> {
         sync.state = SyncState::Cancelled;
-        sync.completed_at = Some(self.ports.clock.now().rfc3339());
+        sync.completed_at = Some(self.ports.clock.now());
         self.ports.syncs.save_sync(sync).await?;
         tracing::warn!(application_id = %sync.application_id, sync_id = %sync.sync_id, why, "sync cancelled");
         Ok(StepOutcome::Done)
@@ -203,7 +203,7 @@ impl SyncDriver<'_> {
         sync.scan_done = true;
         if sync.is_paced() {
             sync.state = SyncState::Completed;
-            sync.completed_at = Some(self.ports.clock.now().rfc3339());
+            sync.completed_at = Some(self.ports.clock.now());
         }
         self.ports.syncs.save_sync(sync).await?;
         if !sync.is_paced() {
@@ -245,14 +245,13 @@ impl SyncDriver<'_> {
                 .records
                 .scan_consented(&application.id, sync.cursor.as_deref(), FAN_OUT_PAGE)
                 .await?;
-            let created_at = ports.clock.now().rfc3339();
+            let created_at = ports.clock.now();
             let jobs: Vec<DeliveryJob> = page
                 .items
                 .iter()
                 .filter_map(|(id, person)| {
-                    Self::scoped(application, id, person).map(|scoped| {
-                        DeliveryJob::for_sync(&sync.key(), id, scoped, created_at.clone())
-                    })
+                    Self::scoped(application, id, person)
+                        .map(|scoped| DeliveryJob::for_sync(&sync.key(), id, scoped, created_at))
                 })
                 .collect();
             let enqueued = ports.queue.enqueue(&jobs).await?;
@@ -372,14 +371,14 @@ impl SyncDriver<'_> {
         scoped: serde_json::Map<String, serde_json::Value>,
     ) -> (DeliveryJob, AttemptOutcome, bool) {
         let ports = self.ports;
-        let now = ports.clock.now().rfc3339();
+        let now = ports.clock.now();
         let job = DeliveryJob::for_sync(&sync.key(), id, scoped.clone(), now);
         let request = application_request(
             &job.id,
             application,
             url,
             &[scoped],
-            &job.created_at,
+            job.created_at,
             ports.clock.as_ref(),
         );
         if sync.head_attempts == 0 {
@@ -487,7 +486,11 @@ mod tests {
         app.webhook.url = Some("http://127.0.0.1:9/sync".to_owned().into());
         app.webhook.request_interval_ms = interval.as_millis() as u64;
         ports.applications.put_application(&app).await.unwrap();
-        let mut sync = FullSync::new(&app_1(), app.webhook.request_interval_ms, "t".into());
+        let mut sync = FullSync::new(
+            &app_1(),
+            app.webhook.request_interval_ms,
+            crate::testing::at_ms(0),
+        );
         sync.last_request_end = Some(ports.clock.now());
         ports.syncs.save_sync(&sync).await.unwrap();
         let http = CallbackClient::new(&HttpSettings {

@@ -133,8 +133,8 @@ impl SyncView {
             queued: progress.queued,
             delivered: progress.delivered,
             failed: progress.failed,
-            started_at: sync.started_at.clone(),
-            completed_at: sync.completed_at.clone(),
+            started_at: sync.started_at.rfc3339(),
+            completed_at: sync.completed_at.map(Timestamp::rfc3339),
         }
     }
 }
@@ -198,7 +198,7 @@ impl MessageView {
         };
         Self {
             message_id: job.id.clone(),
-            created_at: job.created_at.clone(),
+            created_at: job.created_at.rfc3339(),
             last_attempt_at: message.last_attempt_at.rfc3339(),
             last_outcome: message.last_outcome,
             attempts: attempts.iter().map(AttemptView::from).collect(),
@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_sync_shows_its_progress_with_the_counted_outcomes() {
-        let mut sync = FullSync::new(&"app-1".parse().unwrap(), 0, "t".into());
+        let mut sync = FullSync::new(&"app-1".parse().unwrap(), 0, crate::testing::at_ms(0));
         sync.scanned = 10;
         sync.scan_done = true;
         let view = json_of(SyncView::new(
@@ -333,7 +333,7 @@ mod tests {
             &record,
             person,
             WindowId(1),
-            "t".into(),
+            crate::testing::at_ms(0),
         );
         let message = StoredMessage {
             endpoint: crate::attempts::EndpointKey::application(&"app-1".parse().unwrap()),

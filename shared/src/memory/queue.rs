@@ -577,7 +577,7 @@ mod tests {
                 application: "app-1".parse().unwrap(),
                 sync: crate::ids::SyncId::generate(),
             },
-            "2026-11-26T00:00:00.000Z".into(),
+            crate::testing::at("2026-11-26T00:00:00.000Z"),
         );
         q.park(&job).await.unwrap();
         q.park(&job).await.unwrap();
@@ -626,7 +626,7 @@ mod tests {
             &crate::record::RecordId::parse("p1").unwrap(),
             person.as_object().unwrap().clone(),
             crate::window::WindowId(1),
-            "2026-11-26T00:00:00.000Z".into(),
+            crate::testing::at("2026-11-26T00:00:00.000Z"),
         )
     }
 

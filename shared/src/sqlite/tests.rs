@@ -77,7 +77,7 @@ fn job(n: u32) -> DeliveryJob {
         &record(&format!("p{n}")),
         person.as_object().unwrap().clone(),
         WindowId(u64::from(n)),
-        "2026-11-26T00:00:00.000Z".into(),
+        crate::testing::at("2026-11-26T00:00:00.000Z"),
     )
 }
 
@@ -568,7 +568,7 @@ async fn sync_outcomes_count_each_person_once_and_one_claimant_announces() {
         head_attempts: 0,
         next_attempt_at: None,
         last_request_end: None,
-        started_at: "2026-11-26T00:00:00.000Z".into(),
+        started_at: crate::testing::at("2026-11-26T00:00:00.000Z"),
         completed_at: None,
     };
     store.save_sync(&sync).await.unwrap();
@@ -602,7 +602,7 @@ fn fan_out_sync(n: u32, state: crate::sync::SyncState) -> crate::sync::FullSync 
         head_attempts: 0,
         next_attempt_at: None,
         last_request_end: None,
-        started_at: "2026-11-26T00:00:00.000Z".into(),
+        started_at: crate::testing::at("2026-11-26T00:00:00.000Z"),
         completed_at: None,
     }
 }
@@ -923,7 +923,7 @@ async fn a_poison_item_is_kept_until_removed_and_marks_the_current_window() {
         WindowId(2),
         None,
         "bad".into(),
-        "t".into(),
+        crate::testing::at_ms(0),
     );
     store.set_aside(&item).await.unwrap();
     store.set_aside(&item).await.unwrap();

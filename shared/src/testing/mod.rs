@@ -15,6 +15,11 @@ pub fn at_ms(ms: i64) -> Timestamp {
     Timestamp::from_epoch_ms(ms).expect("a time in range")
 }
 
+/// The time written as RFC 3339 text `text` (tests write some times as text).
+pub fn at(text: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(text).expect("an RFC 3339 time")
+}
+
 /// A lease for `holder` until `until_ms` epoch milliseconds.
 pub fn lease(holder: &str, until_ms: i64) -> crate::ports::Lease {
     crate::ports::Lease {

@@ -140,7 +140,7 @@ impl Delivery {
             &app,
             url,
             std::slice::from_ref(person),
-            &job.created_at,
+            job.created_at,
             self.ports.clock.as_ref(),
         );
         Ok(Work::Send(Send {

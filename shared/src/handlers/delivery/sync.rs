@@ -180,8 +180,7 @@ impl Delivery {
         let sent = match stepped {
             Ok(StepOutcome::Done) => return None,
             Ok(StepOutcome::Again(delay)) => {
-                let now = self.ports.clock.now().rfc3339();
-                let next = DeliveryJob::sync_step(sync, now);
+                let next = DeliveryJob::sync_step(sync, self.ports.clock.now());
                 self.ports.queue.enqueue_delayed(&next, delay).await
             }
             Err(e) => Err(e),

@@ -37,7 +37,7 @@ fn job(record_id: &str) -> DeliveryJob {
         &record(record_id),
         person,
         WindowId(9),
-        "2026-11-26T10:00:00.000Z".into(),
+        crate::testing::at("2026-11-26T10:00:00.000Z"),
     )
 }
 

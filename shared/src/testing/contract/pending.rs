@@ -290,7 +290,7 @@ fn poison(window: u64, id: &str) -> PoisonItem {
         &record(id),
         person,
         WindowId(window),
-        "2026-11-26T10:00:00.000Z".into(),
+        crate::testing::at("2026-11-26T10:00:00.000Z"),
     );
     PoisonItem::refused(
         &record(id),
@@ -300,7 +300,7 @@ fn poison(window: u64, id: &str) -> PoisonItem {
             bytes: 300_000,
             limit: 262_144,
         },
-        "2026-11-26T10:05:00.000Z".into(),
+        crate::testing::at("2026-11-26T10:05:00.000Z"),
     )
 }
 

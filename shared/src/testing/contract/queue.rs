@@ -30,7 +30,7 @@ fn job(i: usize) -> DeliveryJob {
         &record(&format!("p-{i}")),
         person(json!({"personID": format!("p-{i}"), "firstName": "Ann"})),
         WindowId(1),
-        "2026-11-26T10:00:00.000Z".into(),
+        crate::testing::at("2026-11-26T10:00:00.000Z"),
     )
 }
 
@@ -74,7 +74,7 @@ async fn queue_delivers_enqueued_jobs_and_reports_refusals(a: Adapters) {
         &record("p-huge"),
         person(json!({"firstName": "x".repeat(MAX_MESSAGE_BYTES)})),
         WindowId(1),
-        "2026-11-26T10:00:00.000Z".into(),
+        crate::testing::at("2026-11-26T10:00:00.000Z"),
     );
     let jobs = [job(0), huge, job(2)];
     let enqueued = a.ports.queue.enqueue(&jobs).await.unwrap();

@@ -27,7 +27,7 @@ fn app1_sync(request_interval_ms: u64, started_at: &str) -> FullSync {
     FullSync::new(
         &"app-1".parse().unwrap(),
         request_interval_ms,
-        started_at.into(),
+        crate::testing::at(started_at),
     )
 }
 
