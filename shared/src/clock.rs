@@ -69,6 +69,13 @@ impl Timestamp {
         self.epoch_ms.div_euclid(1000)
     }
 
+    /// This time rounded down to the second (what a field stored as epoch seconds keeps).
+    pub fn whole_secs(self) -> Self {
+        Self {
+            epoch_ms: self.epoch_secs() * 1000,
+        }
+    }
+
     /// RFC 3339 UTC with milliseconds, e.g. `2021-02-26T19:13:55.749Z`.
     pub fn rfc3339(self) -> String {
         let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.epoch_ms) * 1_000_000)
@@ -186,6 +193,35 @@ pub mod rfc3339 {
                 })
                 .transpose()
         }
+    }
+}
+
+/// An optional [`Timestamp`] field stored as epoch seconds
+/// (`#[serde(with = "crate::clock::epoch_secs_option")]`): written rounded down to the
+/// second; a number no time can have is an error.
+pub mod epoch_secs_option {
+    use super::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        t: &Option<Timestamp>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => serializer.serialize_some(&t.epoch_secs()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Timestamp>, D::Error> {
+        Option::<i64>::deserialize(deserializer)?
+            .map(|secs| {
+                Timestamp::from_epoch_secs(secs)
+                    .ok_or_else(|| serde::de::Error::custom(format!("{secs} s is no time")))
+            })
+            .transpose()
     }
 }
 

@@ -4,6 +4,7 @@
 //! queued for it are parked (the parked queue, not the dead-letter queue, which means
 //! "something failed"), where nothing is lost, until they are replayed.
 
+use crate::clock::Timestamp;
 use crate::http_client::AttemptFailure;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -62,18 +63,31 @@ impl std::fmt::Display for DisableReason {
 /// The health of one endpoint (a subscription's callback, or an application's webhook).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointHealth {
-    /// Start of the current streak of failures (epoch seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failing_since: Option<i64>,
-    /// The latest failure (epoch seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failure_at: Option<i64>,
+    /// Start of the current streak of failures (stored as epoch seconds, so kept to the
+    /// second).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::clock::epoch_secs_option"
+    )]
+    pub failing_since: Option<Timestamp>,
+    /// The latest failure (stored as epoch seconds).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::clock::epoch_secs_option"
+    )]
+    pub last_failure_at: Option<Timestamp>,
     /// What the latest failure was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// When the endpoint was disabled (epoch seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disabled_at: Option<i64>,
+    /// When the endpoint was disabled (stored as epoch seconds).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::clock::epoch_secs_option"
+    )]
+    pub disabled_at: Option<Timestamp>,
     /// What disabled it, as its owner reads it: a [`DisableReason`], or why its stored URL is
     /// unusable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,16 +108,18 @@ impl EndpointHealth {
     /// Records a failed attempt; true when this disables the endpoint.
     pub fn record_failure(
         &mut self,
-        now: i64,
+        now: Timestamp,
         failure: &AttemptFailure,
         policy: &HealthPolicy,
     ) -> bool {
+        // Kept to the second, as stored: a value read back compares equal.
+        let now = now.whole_secs();
         if self.is_disabled() {
             return false;
         }
         let new_streak = self
             .last_failure_at
-            .is_none_or(|last| now - last > policy.streak_gap.as_secs() as i64);
+            .is_none_or(|last| secs_between(now, last) > policy.streak_gap.as_secs() as i64);
         if new_streak || self.failing_since.is_none() {
             self.failing_since = Some(now);
         }
@@ -113,11 +129,10 @@ impl EndpointHealth {
             Some(DisableReason::Gone)
         } else {
             let since = self.failing_since.unwrap_or(now);
-            (now - since >= policy.disable_after.as_secs() as i64).then(|| {
-                DisableReason::FailingFor {
-                    days: (now - since) / 86_400,
-                    last_error: self.last_error.clone().unwrap_or_default(),
-                }
+            let failing = secs_between(now, since);
+            (failing >= policy.disable_after.as_secs() as i64).then(|| DisableReason::FailingFor {
+                days: failing / 86_400,
+                last_error: self.last_error.clone().unwrap_or_default(),
             })
         };
         match reason {
@@ -132,11 +147,11 @@ impl EndpointHealth {
 
     /// Disables the endpoint for `reason` (one no delivery attempt can cure); true when it
     /// was enabled until now.
-    pub fn disable(&mut self, now: i64, reason: String) -> bool {
+    pub fn disable(&mut self, now: Timestamp, reason: String) -> bool {
         if self.is_disabled() {
             return false;
         }
-        self.disabled_at = Some(now);
+        self.disabled_at = Some(now.whole_secs());
         self.disabled_reason = Some(reason);
         true
     }
@@ -153,7 +168,7 @@ impl EndpointHealth {
         }
         match (self.last_failure_at, saved.last_failure_at) {
             (Some(latest), Some(written)) => {
-                latest - written >= policy.save_interval.as_secs() as i64
+                secs_between(latest, written) >= policy.save_interval.as_secs() as i64
             }
             (latest, written) => latest != written,
         }
@@ -172,11 +187,21 @@ impl EndpointHealth {
     }
 }
 
+/// Seconds from `earlier` to `later` (negative when it is not later).
+fn secs_between(later: Timestamp, earlier: Timestamp) -> i64 {
+    later.epoch_secs() - earlier.epoch_secs()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const DAY: i64 = 86_400;
+
+    /// The time `secs` epoch seconds.
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_epoch_secs(secs).unwrap()
+    }
 
     #[test]
     fn failing_every_attempt_for_five_days_disables() {
@@ -185,7 +210,7 @@ mod tests {
         let mut now = 1_000_000;
         for failure in 0..10 {
             assert!(
-                !health.record_failure(now, &AttemptFailure::HttpStatus(500), &policy),
+                !health.record_failure(at(now), &AttemptFailure::HttpStatus(500), &policy),
                 "failure {failure}, {} h in",
                 failure * 12
             );
@@ -193,7 +218,7 @@ mod tests {
         }
         assert!(health.is_failing() && !health.is_disabled());
         assert!(
-            health.record_failure(now + 1, &AttemptFailure::HttpStatus(503), &policy),
+            health.record_failure(at(now + 1), &AttemptFailure::HttpStatus(503), &policy),
             "5 days and 1 s"
         );
         let reason = DisableReason::FailingFor {
@@ -203,7 +228,7 @@ mod tests {
         assert_eq!(health.disabled_reason, Some(reason.to_string()));
         let timeout = AttemptFailure::Timeout(Duration::from_secs(10));
         assert!(
-            !health.record_failure(now + 2, &timeout, &policy),
+            !health.record_failure(at(now + 2), &timeout, &policy),
             "disabled only once"
         );
         health.enable();
@@ -214,13 +239,17 @@ mod tests {
     fn a_success_or_a_long_gap_ends_the_streak() {
         let policy = HealthPolicy::default();
         let mut health = EndpointHealth::default();
-        health.record_failure(0, &AttemptFailure::HttpStatus(500), &policy);
+        health.record_failure(at(0), &AttemptFailure::HttpStatus(500), &policy);
         health.record_success();
         assert!(!health.is_failing());
-        health.record_failure(10, &AttemptFailure::HttpStatus(500), &policy);
+        health.record_failure(at(10), &AttemptFailure::HttpStatus(500), &policy);
         // A stale streak (no failure for over a day) restarts instead of disabling.
-        assert!(!health.record_failure(10 + 6 * DAY, &AttemptFailure::HttpStatus(500), &policy));
-        assert_eq!(health.failing_since, Some(10 + 6 * DAY));
+        assert!(!health.record_failure(
+            at(10 + 6 * DAY),
+            &AttemptFailure::HttpStatus(500),
+            &policy
+        ));
+        assert_eq!(health.failing_since, Some(at(10 + 6 * DAY)));
     }
 
     #[test]
@@ -233,15 +262,15 @@ mod tests {
             !health.must_save_over(&saved, &policy),
             "healthy stays healthy"
         );
-        health.record_failure(1_000, &AttemptFailure::HttpStatus(500), &policy);
+        health.record_failure(at(1_000), &AttemptFailure::HttpStatus(500), &policy);
         assert!(health.must_save_over(&saved, &policy), "starts failing");
         let saved = health.clone();
-        health.record_failure(1_059, &AttemptFailure::HttpStatus(503), &policy);
+        health.record_failure(at(1_059), &AttemptFailure::HttpStatus(503), &policy);
         assert!(!health.must_save_over(&saved, &policy), "59 s later");
-        health.record_failure(1_060, &AttemptFailure::HttpStatus(503), &policy);
+        health.record_failure(at(1_060), &AttemptFailure::HttpStatus(503), &policy);
         assert!(health.must_save_over(&saved, &policy), "a minute later");
         let mut gone = saved.clone();
-        gone.record_failure(1_001, &AttemptFailure::HttpStatus(410), &policy);
+        gone.record_failure(at(1_001), &AttemptFailure::HttpStatus(410), &policy);
         assert!(gone.must_save_over(&saved, &policy), "disabled at once");
         let mut recovered = saved.clone();
         recovered.record_success();
@@ -265,10 +294,10 @@ mod tests {
                 "refused: 10.0.0.1 is private",
             ),
         ] {
-            health.record_failure(1, &failure, &policy);
+            health.record_failure(at(1), &failure, &policy);
             assert_eq!(health.last_error.as_deref(), Some(text), "{case}");
         }
-        health.record_failure(2, &AttemptFailure::Connection("x".repeat(400)), &policy);
+        health.record_failure(at(2), &AttemptFailure::Connection("x".repeat(400)), &policy);
         assert_eq!(
             health.last_error.map(|e| e.chars().count()),
             Some(300),
@@ -277,10 +306,26 @@ mod tests {
     }
 
     #[test]
+    fn times_are_kept_to_the_second_as_stored() {
+        let policy = HealthPolicy::default();
+        let mut health = EndpointHealth::default();
+        health.record_failure(
+            Timestamp::from_epoch_ms(1_000_999).unwrap(),
+            &AttemptFailure::HttpStatus(500),
+            &policy,
+        );
+        let json = serde_json::to_value(&health).unwrap();
+        assert_eq!(json["failing_since"], 1_000, "stored as epoch seconds");
+        let read_back: EndpointHealth = serde_json::from_value(json).unwrap();
+        assert_eq!(read_back, health, "what is read back is what was kept");
+        assert!(!health.must_save_over(&read_back, &policy));
+    }
+
+    #[test]
     fn gone_disables_at_once() {
         let mut health = EndpointHealth::default();
         assert!(health.record_failure(
-            5,
+            at(5),
             &AttemptFailure::HttpStatus(410),
             &HealthPolicy::default()
         ));

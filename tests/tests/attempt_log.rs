@@ -220,7 +220,10 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     );
     // Not while the endpoint is disabled; not a message it never got.
     let mut disabled = webhooks::health::EndpointHealth::default();
-    disabled.disable(0, "the receiver answered 410 Gone".into());
+    disabled.disable(
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+        "the receiver answered 410 Gone".into(),
+    );
     store
         .set_application_health(&"app-log".parse().unwrap(), &disabled)
         .await

@@ -192,7 +192,10 @@ mod tests {
             health: Default::default(),
         };
         if disabled {
-            s.health.disable(1, "the receiver answered 410 Gone".into());
+            s.health.disable(
+                crate::testing::at_ms(1_000),
+                "the receiver answered 410 Gone".into(),
+            );
         }
         s
     }
@@ -207,8 +210,10 @@ mod tests {
             store.register(s).await.unwrap();
         }
         let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
-        app.health
-            .disable(1, "the webhook URL does not parse".into());
+        app.health.disable(
+            crate::testing::at_ms(1_000),
+            "the webhook URL does not parse".into(),
+        );
         store.put_application(&app).await.unwrap();
         let record = enabled.record.clone();
         let jobs = [

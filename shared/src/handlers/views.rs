@@ -15,11 +15,6 @@ use crate::subscription::Subscription;
 use crate::sync::{FullSync, SyncOutcomes, SyncState};
 use serde::Serialize;
 
-/// Epoch seconds as RFC 3339 UTC with milliseconds (`None` out of range).
-fn rfc3339_secs(secs: i64) -> Option<String> {
-    Timestamp::from_epoch_secs(secs).map(Timestamp::rfc3339)
-}
-
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthView {
@@ -39,8 +34,8 @@ impl From<&EndpointHealth> for HealthView {
                 "enabled"
             },
             disabled_reason: health.disabled_reason.clone(),
-            disabled_at: health.disabled_at.and_then(rfc3339_secs),
-            failing_since: health.failing_since.and_then(rfc3339_secs),
+            disabled_at: health.disabled_at.map(Timestamp::rfc3339),
+            failing_since: health.failing_since.map(Timestamp::rfc3339),
             last_error: health.last_error.clone(),
         }
     }
@@ -288,7 +283,7 @@ mod tests {
     fn a_disabled_endpoint_shows_why_and_since_when() {
         let mut health = EndpointHealth::default();
         health.record_failure(
-            86_400,
+            Timestamp::from_epoch_secs(86_400).unwrap(),
             &crate::http_client::AttemptFailure::HttpStatus(410),
             &HealthPolicy::default(),
         );

@@ -420,7 +420,7 @@ async fn sub_pair(store: &SqliteStore) -> Subscription {
         Registered::OwnedByOther
     );
     let health = crate::health::EndpointHealth {
-        failing_since: Some(3),
+        failing_since: Some(at_ms(3_000)),
         last_error: Some("HTTP 500".into()),
         ..Default::default()
     };

@@ -34,7 +34,7 @@ impl Delivery {
         };
         let mut metrics = DeliveryMetrics::default();
         metrics.record(&outcome, acknowledged);
-        let ended = self.ports.clock.now().epoch_secs();
+        let ended = self.ports.clock.now();
         let health = HealthNote::of(&endpoint, ended, &outcome, acknowledged);
         let verdict = decide(acknowledged, &self.settings.retry, rx.attempt, &outcome);
         let keep = self

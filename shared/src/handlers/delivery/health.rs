@@ -4,6 +4,7 @@
 use super::Delivery;
 use super::subscribers::Endpoint;
 use crate::application::Application;
+use crate::clock::Timestamp;
 use crate::events::OpsEvent;
 use crate::health::{EndpointHealth, HealthPolicy};
 use crate::http_client::AttemptFailure;
@@ -15,8 +16,8 @@ use std::sync::Arc;
 /// An attempt's effect on its endpoint's health.
 pub(super) struct HealthNote {
     endpoint: Endpoint,
-    /// When the attempt ended, epoch seconds.
-    at: i64,
+    /// When the attempt ended.
+    at: Timestamp,
     /// `None` when it acknowledged.
     failure: Option<AttemptFailure>,
 }
@@ -24,7 +25,7 @@ pub(super) struct HealthNote {
 impl HealthNote {
     pub(super) fn of(
         endpoint: &Endpoint,
-        at: i64,
+        at: Timestamp,
         outcome: &AttemptOutcome,
         acknowledged: bool,
     ) -> Self {
@@ -110,7 +111,7 @@ impl Delivery {
     ) -> Endpoint {
         let endpoint = Endpoint::Application(application);
         let mut health = endpoint.health().clone();
-        let now = self.ports.clock.now().epoch_secs();
+        let now = self.ports.clock.now();
         if !health.disable(now, reason.clone()) {
             return endpoint;
         }

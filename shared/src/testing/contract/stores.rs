@@ -292,7 +292,10 @@ async fn subscription_health_is_replaced_never_created(a: Adapters) {
     let mine = subscription("0000-0002-1825-0097", "https://a.example/hook", "APP-ONE");
     subscriptions.register(&mine).await.unwrap();
     let mut failing = EndpointHealth::default();
-    failing.disable(1_700_000_100, "the receiver answered 410 Gone".into());
+    failing.disable(
+        crate::testing::at_ms(1_700_000_100_000),
+        "the receiver answered 410 Gone".into(),
+    );
     subscriptions
         .set_subscription_health(&mine.record, &mine.callback, &failing)
         .await
@@ -349,7 +352,10 @@ async fn applications_by_id_and_by_key_hash(a: Adapters) {
     );
 
     let mut disabled = EndpointHealth::default();
-    disabled.disable(1_700_000_100, "the receiver answered 410 Gone".into());
+    disabled.disable(
+        crate::testing::at_ms(1_700_000_100_000),
+        "the receiver answered 410 Gone".into(),
+    );
     applications
         .set_application_health(&"app-1".parse().unwrap(), &disabled)
         .await
