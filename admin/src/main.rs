@@ -12,7 +12,7 @@ use std::time::Duration;
 use webhooks::application::Application;
 use webhooks::aws::dynamodb::DynamoStore;
 use webhooks::aws::sqs::SqsQueue;
-use webhooks::clock::{Clock, SystemClock, Timestamp};
+use webhooks::clock::{Clock, SystemClock};
 use webhooks::handlers::ParkedReplayer;
 use webhooks::handlers::replay::replay_poison;
 use webhooks::ids::{ApplicationId, ClientId};
@@ -446,9 +446,12 @@ async fn list_clients(store: &dyn ClientStore) -> Result<(), AdminError> {
         "CLIENT_ID", "STATUS", "CREATED"
     );
     for client in store.list_clients().await? {
-        let created = Timestamp::from_epoch_secs(client.created_at)
-            .and_then(|t| t.rfc3339().get(..19).map(str::to_owned))
-            .unwrap_or_default();
+        let created = client
+            .created_at
+            .rfc3339()
+            .get(..19)
+            .unwrap_or_default()
+            .to_owned();
         let status = if client.disabled {
             "disabled"
         } else {

@@ -196,6 +196,23 @@ pub mod rfc3339 {
     }
 }
 
+/// A [`Timestamp`] field stored as epoch seconds (`#[serde(with = "crate::clock::epoch_secs")]`):
+/// written rounded down to the second; a number no time can have is an error.
+pub mod epoch_secs {
+    use super::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i64(t.epoch_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
+        let secs = i64::deserialize(deserializer)?;
+        Timestamp::from_epoch_secs(secs)
+            .ok_or_else(|| serde::de::Error::custom(format!("{secs} s is no time")))
+    }
+}
+
 /// An optional [`Timestamp`] field stored as epoch seconds
 /// (`#[serde(with = "crate::clock::epoch_secs_option")]`): written rounded down to the
 /// second; a number no time can have is an error.

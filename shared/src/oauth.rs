@@ -9,6 +9,7 @@ use crate::clock::Timestamp;
 use crate::ids::ClientId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// The only scope that allows registering webhooks.
@@ -71,8 +72,9 @@ pub struct OAuthClient {
     /// created before signing existed: their callbacks go unsigned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secrets: Option<crate::signing::SigningSecrets>,
-    /// Creation time, epoch seconds.
-    pub created_at: i64,
+    /// Creation time (stored as epoch seconds).
+    #[serde(with = "crate::clock::epoch_secs")]
+    pub created_at: Timestamp,
 }
 
 impl OAuthClient {
@@ -84,7 +86,7 @@ impl OAuthClient {
             scopes: vec![WEBHOOK_SCOPE.to_owned()],
             disabled: false,
             webhook_secrets: Some(crate::signing::SigningSecrets::generate()),
-            created_at: now.epoch_secs(),
+            created_at: now.whole_secs(),
         }
     }
 }
@@ -100,10 +102,12 @@ pub struct AccessToken {
     pub client_id: ClientId,
     /// The granted scope.
     pub scope: String,
-    /// Issue time, epoch seconds.
-    pub issued_at: i64,
-    /// Expiry, epoch seconds (also the storage TTL).
-    pub expires_at: i64,
+    /// Issue time (stored as epoch seconds).
+    #[serde(with = "crate::clock::epoch_secs")]
+    pub issued_at: Timestamp,
+    /// Expiry (stored as epoch seconds, also the storage TTL).
+    #[serde(with = "crate::clock::epoch_secs")]
+    pub expires_at: Timestamp,
 }
 
 /// A token just issued: the only moment its plain values exist.
@@ -122,7 +126,8 @@ impl IssuedToken {
     pub fn new(client_id: &ClientId, scope: &str, now: Timestamp, lifetime_secs: i64) -> Self {
         let access_token = new_secret();
         let refresh_token = new_secret();
-        let issued_at = now.epoch_secs();
+        // Kept to the second, as stored.
+        let issued_at = now.whole_secs();
         Self {
             stored: AccessToken {
                 token_hash: sha256_hex(&access_token),
@@ -130,7 +135,7 @@ impl IssuedToken {
                 client_id: client_id.clone(),
                 scope: scope.to_owned(),
                 issued_at,
-                expires_at: issued_at + lifetime_secs,
+                expires_at: issued_at.plus(Duration::from_secs(lifetime_secs.max(0) as u64)),
             },
             access_token,
             refresh_token,
@@ -264,7 +269,7 @@ pub fn authorize_webhook(
     now: Timestamp,
 ) -> Result<&ClientId, BearerError> {
     let token = token.ok_or(BearerError::Invalid)?;
-    if token.expires_at <= now.epoch_secs() {
+    if token.expires_at <= now {
         return Err(BearerError::Expired);
     }
     if token.scope != WEBHOOK_SCOPE {
@@ -392,7 +397,10 @@ mod tests {
     fn issued_tokens_store_only_hashes() {
         let t = IssuedToken::new(&client_id("a"), "/webhook", now(), 3600);
         assert_eq!(t.stored.token_hash, sha256_hex(&t.access_token));
-        assert_eq!(t.stored.expires_at, NOW.unix_timestamp() + 3600);
+        assert_eq!(
+            t.stored.expires_at.epoch_secs(),
+            NOW.unix_timestamp() + 3600
+        );
         let stored = serde_json::to_string(&t.stored).unwrap();
         assert!(!stored.contains(&t.access_token));
         assert!(!stored.contains(&t.refresh_token));

@@ -62,8 +62,8 @@ impl Service {
                 refresh_token_hash: sha256_hex("refresh"),
                 client_id: SEED_CLIENT.0.parse().unwrap(),
                 scope: "/webhook".into(),
-                issued_at: now.epoch_secs(),
-                expires_at: now.epoch_secs() + 3600,
+                issued_at: now.whole_secs(),
+                expires_at: now.whole_secs().plus(std::time::Duration::from_secs(3600)),
             })
             .await
             .unwrap();

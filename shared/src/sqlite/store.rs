@@ -207,8 +207,11 @@ impl ClientStore for SqliteStore {
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn put_token(&self, token: &AccessToken) -> BackendResult<()> {
-        let (hash, expires_at, body) =
-            (token.token_hash.clone(), token.expires_at, to_json(token)?);
+        let (hash, expires_at, body) = (
+            token.token_hash.clone(),
+            token.expires_at.epoch_secs(),
+            to_json(token)?,
+        );
         self.db
             .write(Durability::Full, move |conn| {
                 upsert(

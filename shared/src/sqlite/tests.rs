@@ -5,7 +5,7 @@ use super::*;
 use crate::application::Application;
 use crate::attempts::{Attempt, EndpointKey, LoggedAttempt, OutcomeClass, StatusFilter};
 use crate::callback::{CallbackUrl, UrlPolicy};
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::job::DeliveryJob;
 use crate::memory::QueueDepth;
 use crate::message;
@@ -91,8 +91,8 @@ async fn everything_written_is_there_after_a_reopen() {
         refresh_token_hash: "r1".into(),
         client_id: "APP-1".parse().unwrap(),
         scope: "/webhook".into(),
-        issued_at: 1,
-        expires_at: 2,
+        issued_at: at_ms(1_000),
+        expires_at: at_ms(2_000),
     };
     let sub = subscription("r1", "https://a.com/1", "APP-1");
     let app = Application::new(&"app-1".parse().unwrap(), "key-1", 5);
@@ -1068,8 +1068,8 @@ async fn attempts_messages_recoveries_and_tokens_go_after_their_retention() {
         refresh_token_hash: "r".into(),
         client_id: "c".parse().unwrap(),
         scope: "/webhook".into(),
-        issued_at: 0,
-        expires_at,
+        issued_at: Timestamp::UNIX_EPOCH,
+        expires_at: Timestamp::from_epoch_secs(expires_at).unwrap(),
     };
     store
         .put_token(&token("expired", now / 1000 - 1))
