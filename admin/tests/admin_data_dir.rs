@@ -136,7 +136,7 @@ async fn admin_commands_work_on_a_data_directory_beside_the_runner() {
             record: record.clone(),
             callback: callback.clone(),
             client_id: "APP-ADMIN".parse().unwrap(),
-            created_at: 0,
+            created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
             health: Default::default(),
         })
         .await

@@ -256,7 +256,7 @@ async fn jobs_for_a_disabled_endpoint_are_parked_and_replayed_only_once_it_is_en
         record: record.clone(),
         callback: callback.clone(),
         client_id: "APP-1".parse().unwrap(),
-        created_at: 0,
+        created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
         health: EndpointHealth {
             disabled_at: Some(webhooks::testing::at_ms(1_000)),
             disabled_reason: Some("the receiver answered 410 Gone".into()),

@@ -481,7 +481,7 @@ async fn populate(s: Scenario, svc: &Service, receiver: &SimulatedReceiver) {
                     record: record.clone(),
                     callback: CallbackUrl::parse(&callback, insecure).expect("callback"),
                     client_id: "APP-1".parse().unwrap(),
-                    created_at: 0,
+                    created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
                     health: Default::default(),
                 })
                 .await

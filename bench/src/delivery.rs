@@ -52,7 +52,7 @@ fn subscription(receiver_url: &str, i: usize) -> Subscription {
         .expect("callback url"),
         record,
         client_id: "APP-BENCH".parse().unwrap(),
-        created_at: 0,
+        created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
         health: Default::default(),
     }
 }

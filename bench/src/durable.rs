@@ -89,7 +89,7 @@ async fn start(receiver: &Receiver, data_dir: Option<PathBuf>) -> LocalService {
                 callback: CallbackUrl::parse(&receiver.url(&format!("/r{r}/{k}")), policy)
                     .expect("callback"),
                 client_id: client(),
-                created_at: 0,
+                created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
                 health: Default::default(),
             };
             async move { subscriptions.register(&subscription).await }

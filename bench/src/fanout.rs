@@ -53,7 +53,7 @@ async fn run(shape: Shape) -> (u64, Duration) {
                     record: record.clone(),
                     callback,
                     client_id: format!("APP-{s}").parse().unwrap(),
-                    created_at: 0,
+                    created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
                     health: Default::default(),
                 })
                 .await

@@ -308,7 +308,7 @@ mod tests {
             record: RecordId::parse("0000-0002-7465-2162").unwrap(),
             callback: CallbackUrl::parse(url, UrlPolicy::default()).unwrap(),
             client_id: ClientId::parse("APP-1").unwrap(),
-            created_at: 0,
+            created_at: crate::clock::Timestamp::UNIX_EPOCH,
             health: Default::default(),
         }
     }

@@ -1,6 +1,7 @@
 //! ORCID-style subscriptions: one callback URL for one record, owned by one client.
 
 use crate::callback::CallbackUrl;
+use crate::clock::Timestamp;
 use crate::ids::ClientId;
 use crate::record::RecordId;
 use serde::{Deserialize, Serialize};
@@ -15,8 +16,9 @@ pub struct Subscription {
     pub callback: CallbackUrl,
     /// The OAuth client that registered it.
     pub client_id: ClientId,
-    /// Registration time, epoch seconds.
-    pub created_at: i64,
+    /// Registration time (stored as epoch seconds).
+    #[serde(with = "crate::clock::epoch_secs")]
+    pub created_at: Timestamp,
     /// Delivery health of the callback.
     #[serde(default)]
     pub health: crate::health::EndpointHealth,
@@ -95,7 +97,7 @@ mod tests {
             record: RecordId::parse("0000-0002-1825-0097").unwrap(),
             callback: CallbackUrl::parse("https://a.example/hook", UrlPolicy::default()).unwrap(),
             client_id: client.parse().unwrap(),
-            created_at: 1_700_000_000,
+            created_at: Timestamp::from_epoch_secs(1_700_000_000).unwrap(),
             health: Default::default(),
         }
     }

@@ -307,7 +307,7 @@ async fn dynamodb_log_matches_the_receiver() {
         record: record.clone(),
         callback: callback.clone(),
         client_id: "APP-1".parse().unwrap(),
-        created_at: 0,
+        created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
         health: Default::default(),
     };
     let (pk, sk) = (
@@ -528,7 +528,7 @@ async fn a_client_reads_its_webhooks_attempts_by_id() {
         )
         .unwrap(),
         client_id: "APP-1".parse().unwrap(),
-        created_at: 0,
+        created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
         health: Default::default(),
     };
     store.register(&subscription).await.unwrap();

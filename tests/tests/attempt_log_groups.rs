@@ -36,7 +36,7 @@ fn subscription(client: &str, n: usize) -> Subscription {
         )
         .unwrap(),
         client_id: client.parse().unwrap(),
-        created_at: 0,
+        created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
         health: Default::default(),
     }
 }

@@ -539,7 +539,7 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
                 )
                 .unwrap(),
                 client_id: format!("client-{client}").parse().unwrap(),
-                created_at: 0,
+                created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
                 health: Default::default(),
             };
             p.aws.store.register(&subscription).await.unwrap();
@@ -1121,7 +1121,7 @@ async fn a_record_marked_by_several_batches_is_notified_once_per_window() {
                 )
                 .unwrap(),
                 client_id: "APP-1".parse().unwrap(),
-                created_at: 0,
+                created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
                 health: Default::default(),
             })
             .await
@@ -1305,7 +1305,7 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
                 )
                 .unwrap(),
                 client_id: "APP-1".parse().unwrap(),
-                created_at: 0,
+                created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
                 health: Default::default(),
             })
             .await

@@ -51,7 +51,7 @@ async fn a_successful_delivery_writes_no_log_line_at_info_and_a_failure_does() {
             record: RecordId::parse(&format!("r{i}")).unwrap(),
             callback: CallbackUrl::parse(&receiver.url(&format!("/r{i}")), insecure).unwrap(),
             client_id: "APP-1".parse().unwrap(),
-            created_at: 0,
+            created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
             health: Default::default(),
         };
         store.register(&subscription).await.unwrap();

@@ -259,7 +259,7 @@ async fn sqs_event_runs_the_delivery() {
             )
             .unwrap(),
             client_id: SEED_CLIENT.0.parse().unwrap(),
-            created_at: 0,
+            created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
             health: Default::default(),
         })
         .await

@@ -189,7 +189,7 @@ async fn no_notification_is_lost_under_faults() {
                 )
                 .unwrap(),
                 client_id: format!("client-{client}").parse().unwrap(),
-                created_at: SystemClock.now().epoch_secs(),
+                created_at: SystemClock.now().whole_secs(),
                 health: Default::default(),
             };
             store.register(&subscription).await.unwrap();

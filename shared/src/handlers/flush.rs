@@ -661,7 +661,7 @@ mod tests {
                     )
                     .unwrap(),
                     client_id: "c".parse().unwrap(),
-                    created_at: 0,
+                    created_at: crate::clock::Timestamp::UNIX_EPOCH,
                     health: Default::default(),
                 })
                 .await

@@ -322,7 +322,7 @@ impl Registration {
             record: record.record_id().clone(),
             callback,
             client_id,
-            created_at: self.ports.clock.now().epoch_secs(),
+            created_at: self.ports.clock.now().whole_secs(),
             health: Default::default(),
         };
         match self.ports.subscriptions.register(&subscription).await? {

@@ -188,7 +188,7 @@ mod tests {
             )
             .unwrap(),
             client_id: "APP-1".parse().unwrap(),
-            created_at: 0,
+            created_at: crate::clock::Timestamp::UNIX_EPOCH,
             health: Default::default(),
         };
         if disabled {

@@ -64,7 +64,7 @@ fn subscription(record_id: &str, url: &str, client: &str) -> Subscription {
         record: record(record_id),
         callback: CallbackUrl::parse(url, UrlPolicy::default()).unwrap(),
         client_id: client.parse().unwrap(),
-        created_at: 0,
+        created_at: crate::clock::Timestamp::UNIX_EPOCH,
         health: Default::default(),
     }
 }

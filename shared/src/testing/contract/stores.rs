@@ -37,7 +37,7 @@ fn subscription(record_id: &str, url: &str, client_id: &str) -> Subscription {
         record: record(record_id),
         callback: callback(url),
         client_id: client_id.parse().unwrap(),
-        created_at: 1_700_000_000,
+        created_at: crate::testing::at_ms(1_700_000_000_000),
         health: EndpointHealth::default(),
     }
 }
@@ -174,7 +174,7 @@ async fn register_is_a_conditional_write(a: Adapters) {
     );
     let theirs = Subscription {
         client_id: "APP-TWO".parse().unwrap(),
-        created_at: mine.created_at + 60,
+        created_at: mine.created_at.plus(std::time::Duration::from_secs(60)),
         ..mine.clone()
     };
     assert_eq!(
