@@ -7,13 +7,14 @@
 //! ```
 //!
 //! or one figure: `concurrency`, `throughput`, `fanout`, `coldstart`, `rss`, `cost`,
-//! `durable`.
+//! `durable`, `load`.
 
 mod coldstart;
 mod cost;
 mod delivery;
 mod durable;
 mod fanout;
+mod load;
 mod receiver;
 mod report;
 mod simulated;
@@ -21,7 +22,7 @@ mod simulated;
 use report::Table;
 use std::time::Instant;
 
-const FIGURES: [&str; 7] = [
+const FIGURES: [&str; 8] = [
     "concurrency",
     "throughput",
     "fanout",
@@ -29,6 +30,7 @@ const FIGURES: [&str; 7] = [
     "rss",
     "cost",
     "durable",
+    "load",
 ];
 
 fn usage() -> ! {
@@ -55,11 +57,12 @@ fn main() {
         return;
     }
     let figures: Vec<&str> = if args.is_empty() || args.iter().any(|a| a == "all") {
-        // The durable figure runs for minutes (a million deliveries): only when named.
+        // The durable figure runs for minutes (a million deliveries), the load model for
+        // millions of changes: only when named.
         FIGURES
             .iter()
             .copied()
-            .filter(|f| *f != "durable")
+            .filter(|f| *f != "durable" && *f != "load")
             .collect()
     } else {
         for a in &args {
@@ -89,6 +92,12 @@ fn main() {
                 "rss" => delivery::rss(&mut table).await,
                 "cost" => cost::cost(&mut table).await,
                 "durable" => durable::durable(&mut table).await,
+                // On a paused clock of its own, on a thread outside this runtime.
+                "load" => std::thread::scope(|s| {
+                    s.spawn(|| load::load(&mut table))
+                        .join()
+                        .expect("the load model")
+                }),
                 _ => unreachable!(),
             }
         }

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 /// SQS's limit of entries per SendMessageBatch.
 const BATCH: usize = MAX_BATCH_ENTRIES;
-/// Batches in flight at once.
-const SEND_CONCURRENCY: usize = 8;
+/// Batches in flight at once, per enqueue (the load model, `webhooks-bench load`, waits
+/// as many rounds).
+pub const SEND_CONCURRENCY: usize = 8;
 /// Rounds of re-sending the entries a batch reported failed.
 const SEND_ROUNDS: u32 = 5;
 /// SQS refuses a visibility timeout that ends more than 12 hours after the receive; the

@@ -1,0 +1,561 @@
+//! Figure 8: a load model. The real change-capture and flush handlers, over the in-memory
+//! pending store, run on a paused clock at 10 000 changes a second for 10 minutes of
+//! simulated time, with a skew (a fifth of the changes fall on 100 hot records, every
+//! other change is a record's only one). Every call of the pending store, the
+//! subscription store and the queue is counted against the DynamoDB or SQS key it would
+//! touch on AWS, per simulated second, and waits the cost figure's modelled latency
+//! ([`LatencyModel::STATED`]), so the flush's duration per window is its critical path of
+//! modelled waits. Printed: the busiest key's rate (writes and reads a second), the
+//! flush's duration and size per window, and the delivery queue's depth given a delivery
+//! fleet of stated concurrency.
+//!
+//! What is modelled rather than run: the subscriptions (ten per record, generated when the
+//! flush asks: registering millions in memory is no part of the load), the queue (jobs are
+//! counted, not kept: 24 million a window would not fit), and delivery (a fleet draining
+//! the queue at the cost model's pace: a batch of 100 in 125 ms per invocation).
+
+use crate::report::{Table, Verdict};
+use crate::simulated::LatencyModel;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use webhooks::aws_lambda_events::event::dynamodb::{Event, EventRecord};
+use webhooks::callback::{CallbackUrl, UrlPolicy};
+use webhooks::handlers::{ChangeCapture, Flush, FlushSettings};
+use webhooks::ids::ClientId;
+use webhooks::job::DeliveryJob;
+use webhooks::memory::{LoggedEvents, MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::ports::{
+    BackendError, BackendResult, DeliveryQueue, Enqueued, FlushCursor, Lease, LeaseHolder, Page,
+    PendingChanges, Ports,
+};
+use webhooks::record::RecordId;
+use webhooks::subscription::{Registered, Subscription, Unregistered};
+use webhooks::window::{ManualWindows, Shard, WindowId};
+
+const CHANGES_PER_SECOND: usize = 10_000;
+const SECONDS: u64 = 600;
+/// Records per change-capture invocation (the stream's batch size in template.yaml).
+const BATCH: usize = 100;
+const HOT_RECORDS: u64 = 100;
+/// One change in this many falls on a hot record.
+const HOT_EVERY: u64 = 5;
+const SUBSCRIPTIONS_PER_RECORD: usize = 10;
+const WINDOW: u64 = 300;
+const GRACE: u64 = 90;
+/// Delivery invocations running at once, each delivering a batch of 100 in 125 ms (the
+/// cost model's busy batch): 100 000 deliveries a second.
+const DELIVERY_CONCURRENCY: u64 = 125;
+const DELIVERED_PER_INVOCATION_SECOND: u64 = 800;
+
+/// Writes and reads per key in the current simulated second, and the busiest seen.
+#[derive(Default)]
+struct KeyLoad {
+    second: u64,
+    current: HashMap<String, (u64, u64)>,
+    /// (key, requests in one second) of the busiest key for writes, then for reads.
+    hottest_writes: (String, u64),
+    hottest_reads: (String, u64),
+    /// The most SQS calls in one second.
+    sqs_calls: u64,
+}
+
+impl KeyLoad {
+    fn fold(&mut self) {
+        for (key, (writes, reads)) in self.current.drain() {
+            if key.starts_with("SQS#") {
+                // A standard queue has no per-key limit: its calls are counted apart.
+                self.sqs_calls = self.sqs_calls.max(writes);
+                continue;
+            }
+            if writes > self.hottest_writes.1 {
+                self.hottest_writes = (key.clone(), writes);
+            }
+            if reads > self.hottest_reads.1 {
+                self.hottest_reads = (key, reads);
+            }
+        }
+    }
+
+    fn note(&mut self, second: u64, key: String, writes: u64, reads: u64) {
+        if second != self.second {
+            self.fold();
+            self.second = second;
+        }
+        let entry = self.current.entry(key).or_default();
+        entry.0 += writes;
+        entry.1 += reads;
+    }
+}
+
+/// Counts each call against its key and waits its modelled latency.
+#[derive(Clone)]
+struct Meter {
+    load: Arc<Mutex<KeyLoad>>,
+    start: Instant,
+}
+
+impl Meter {
+    async fn call(&self, key: String, writes: u64, reads: u64, latency: Duration) {
+        let second = self.start.elapsed().as_secs();
+        self.load
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .note(second, key, writes, reads);
+        tokio::time::sleep(latency).await;
+    }
+}
+
+/// The in-memory pending store, counted by the DynamoDB keys of the same calls
+/// (docs/architecture.md: `PENDING#<window>#<shard>`, `FLUSH`/`CURSOR`, `FLUSH`/`LEASE`).
+struct MeteredPending {
+    inner: Arc<MemoryStore>,
+    meter: Meter,
+}
+
+fn pending_key(window: WindowId, shard: Shard) -> String {
+    format!("PENDING#{}#{}", window.0, shard.0)
+}
+
+#[async_trait]
+impl PendingChanges for MeteredPending {
+    async fn mark_all(&self, window: WindowId, records: &[RecordId]) -> BackendResult<()> {
+        let shards: std::collections::BTreeSet<Shard> = records.iter().map(Shard::of).collect();
+        // One BatchWriteItem: one item per shard touched.
+        let writes = shards.into_iter().map(|shard| {
+            self.meter
+                .call(pending_key(window, shard), 1, 0, Duration::ZERO)
+        });
+        futures::future::join_all(writes).await;
+        tokio::time::sleep(LatencyModel::STATED.dynamodb).await;
+        self.inner.mark_all(window, records).await
+    }
+    async fn page(
+        &self,
+        window: WindowId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<RecordId>> {
+        self.inner.page(window, after, limit).await
+    }
+    async fn shard_page(
+        &self,
+        window: WindowId,
+        shard: Shard,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Page<RecordId>> {
+        let key = pending_key(window, shard);
+        self.meter
+            .call(key, 0, 1, LatencyModel::STATED.dynamodb)
+            .await;
+        self.inner.shard_page(window, shard, after, limit).await
+    }
+    async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {
+        let latency = LatencyModel::STATED.dynamodb;
+        self.meter.call("FLUSH#CURSOR".into(), 0, 1, latency).await;
+        self.inner.cursor().await
+    }
+    async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()> {
+        let latency = LatencyModel::STATED.dynamodb;
+        self.meter.call("FLUSH#CURSOR".into(), 1, 0, latency).await;
+        self.inner.save_cursor(cursor).await
+    }
+    async fn lease_flush(
+        &self,
+        lease: &Lease,
+        now: webhooks::clock::Timestamp,
+    ) -> BackendResult<bool> {
+        let latency = LatencyModel::STATED.dynamodb;
+        self.meter.call("FLUSH#LEASE".into(), 1, 0, latency).await;
+        self.inner.lease_flush(lease, now).await
+    }
+    async fn release_flush(&self, holder: &LeaseHolder) -> BackendResult<()> {
+        let latency = LatencyModel::STATED.dynamodb;
+        self.meter.call("FLUSH#LEASE".into(), 1, 0, latency).await;
+        self.inner.release_flush(holder).await
+    }
+    async fn set_aside(&self, item: &webhooks::poison::PoisonItem) -> BackendResult<()> {
+        self.inner.set_aside(item).await
+    }
+    async fn poison_items(&self) -> BackendResult<Vec<webhooks::poison::PoisonItem>> {
+        self.inner.poison_items().await
+    }
+    async fn remove_poison(&self, id: &str) -> BackendResult<bool> {
+        self.inner.remove_poison(id).await
+    }
+}
+
+/// Ten subscriptions per record, made when asked for, counted as the `Query` of the
+/// record's `SUB#<record>` partition.
+struct GeneratedSubscriptions {
+    callbacks: Vec<CallbackUrl>,
+    client: ClientId,
+    meter: Meter,
+}
+
+fn only_subscriptions_of() -> BackendError {
+    BackendError::Unavailable("the load model serves subscriptions_of only".into())
+}
+
+#[async_trait]
+impl webhooks::ports::SubscriptionStore for GeneratedSubscriptions {
+    async fn register(&self, _: &Subscription) -> BackendResult<Registered> {
+        Err(only_subscriptions_of())
+    }
+    async fn unregister(
+        &self,
+        _: &RecordId,
+        _: &CallbackUrl,
+        _: &ClientId,
+    ) -> BackendResult<Unregistered> {
+        Err(only_subscriptions_of())
+    }
+    async fn subscriptions_of(&self, record: &RecordId) -> BackendResult<Vec<Subscription>> {
+        let key = format!("SUB#{record}");
+        self.meter
+            .call(key, 0, 1, LatencyModel::STATED.dynamodb)
+            .await;
+        Ok(self
+            .callbacks
+            .iter()
+            .map(|callback| Subscription {
+                record: record.clone(),
+                callback: callback.clone(),
+                client_id: self.client.clone(),
+                created_at: 0,
+                health: Default::default(),
+            })
+            .collect())
+    }
+    async fn client_webhooks(&self, _: &ClientId) -> BackendResult<Vec<Subscription>> {
+        Err(only_subscriptions_of())
+    }
+    async fn client_webhook(
+        &self,
+        _: &ClientId,
+        _: &webhooks::attempts::EndpointKey,
+    ) -> BackendResult<Option<Subscription>> {
+        Err(only_subscriptions_of())
+    }
+    async fn get_subscription(
+        &self,
+        _: &RecordId,
+        _: &CallbackUrl,
+    ) -> BackendResult<Option<Subscription>> {
+        Err(only_subscriptions_of())
+    }
+    async fn set_subscription_health(
+        &self,
+        _: &RecordId,
+        _: &CallbackUrl,
+        _: &webhooks::health::EndpointHealth,
+    ) -> BackendResult<()> {
+        Err(only_subscriptions_of())
+    }
+}
+
+/// The delivery queue, counted: `SendMessageBatch` of 10, `SEND_CONCURRENCY` calls in
+/// flight (as the SQS adapter sends), the jobs dropped once counted.
+struct CountedQueue {
+    enqueued: AtomicU64,
+    meter: Meter,
+}
+
+#[async_trait]
+impl DeliveryQueue for CountedQueue {
+    async fn enqueue(&self, jobs: &[DeliveryJob]) -> BackendResult<Enqueued> {
+        let calls = jobs.len().div_ceil(10) as u64;
+        let rounds = calls.div_ceil(webhooks::aws::sqs::SEND_CONCURRENCY as u64) as u32;
+        self.meter
+            .call(
+                "SQS#delivery".into(),
+                calls,
+                0,
+                LatencyModel::STATED.sqs * rounds,
+            )
+            .await;
+        self.enqueued.fetch_add(jobs.len() as u64, Ordering::SeqCst);
+        Ok(Enqueued::default())
+    }
+    async fn enqueue_delayed(&self, _: &DeliveryJob, _: Duration) -> BackendResult<()> {
+        Ok(())
+    }
+    async fn retry_later(&self, _: &str, _: Duration) -> BackendResult<()> {
+        Ok(())
+    }
+    async fn dead_letter(&self, _: &DeliveryJob) -> BackendResult<()> {
+        Ok(())
+    }
+    async fn park(&self, _: &DeliveryJob) -> BackendResult<()> {
+        Ok(())
+    }
+}
+
+/// The change stream: record ids with the skew, as KEYS_ONLY stream records.
+struct Changes {
+    next_fresh: u64,
+    n: u64,
+}
+
+impl Changes {
+    fn next_id(&mut self) -> String {
+        self.n += 1;
+        if self.n.is_multiple_of(HOT_EVERY) {
+            // Spread over the hot records by a fixed stride: deterministic.
+            format!("hot-{:03}", (self.n / HOT_EVERY * 37) % HOT_RECORDS)
+        } else {
+            self.next_fresh += 1;
+            format!("rec-{:09}", self.next_fresh)
+        }
+    }
+
+    fn batch(&mut self) -> Event {
+        let mut event = Event::default();
+        event.records = (0..BATCH)
+            .map(|_| {
+                let mut record = EventRecord::default();
+                let keys = serde_json::json!({ "id": self.next_id() });
+                record.change.keys = serde_dynamo::to_item(keys).unwrap_or_default();
+                record.change.sequence_number = Some(format!("{:021}", self.n));
+                record.event_name = "MODIFY".into();
+                record
+            })
+            .collect();
+        event
+    }
+}
+
+/// What one window's flush did, in simulated time.
+struct WindowFlush {
+    started_at: u64,
+    took: Duration,
+    report: webhooks::handlers::FlushReport,
+}
+
+struct Model {
+    capture: ChangeCapture,
+    flush: Arc<Flush>,
+    windows: Arc<ManualWindows>,
+    queue: Arc<CountedQueue>,
+    meter: Meter,
+}
+
+fn model() -> Model {
+    let meter = Meter {
+        load: Arc::default(),
+        start: Instant::now(),
+    };
+    let store = Arc::new(MemoryStore::default());
+    let pending = Arc::new(MeteredPending {
+        inner: store.clone(),
+        meter: meter.clone(),
+    });
+    let queue = Arc::new(CountedQueue {
+        enqueued: AtomicU64::new(0),
+        meter: meter.clone(),
+    });
+    let callbacks = (0..SUBSCRIPTIONS_PER_RECORD)
+        .map(|k| {
+            CallbackUrl::parse(
+                &format!("https://hooks{k}.example.org/orcid"),
+                UrlPolicy::default(),
+            )
+            .expect("a valid callback")
+        })
+        .collect();
+    let mut ports = Ports::over(
+        store,
+        Arc::new(MemoryRecords::default()),
+        Arc::new(MemoryQueue::new(Duration::from_secs(60), 5)),
+        Arc::new(LoggedEvents::default()),
+        Arc::new(webhooks::clock::SystemClock),
+    );
+    ports.pending = pending.clone();
+    ports.queue = queue.clone();
+    ports.subscriptions = Arc::new(GeneratedSubscriptions {
+        callbacks,
+        client: "APP-1".parse().expect("a client id"),
+        meter: meter.clone(),
+    });
+    let windows = Arc::new(ManualWindows::default());
+    Model {
+        capture: ChangeCapture {
+            pending,
+            windows: windows.clone(),
+        },
+        flush: Arc::new(Flush {
+            ports,
+            windows: windows.clone(),
+            settings: FlushSettings::default(),
+        }),
+        windows,
+        queue,
+        meter,
+    }
+}
+
+/// The delivery queue's depth, a second at a time, drained by the modelled fleet.
+#[derive(Default)]
+struct QueueDepth {
+    depth: u64,
+    enqueued_before: u64,
+    /// (depth, at second) at its deepest.
+    peak: (u64, u64),
+    /// The first second after the last one that ended with messages waiting.
+    empty_from: u64,
+}
+
+impl QueueDepth {
+    fn tick(&mut self, second: u64, enqueued: u64) {
+        let drain = DELIVERY_CONCURRENCY * DELIVERED_PER_INVOCATION_SECOND;
+        self.depth = (self.depth + enqueued - self.enqueued_before).saturating_sub(drain);
+        self.enqueued_before = enqueued;
+        if self.depth > self.peak.0 {
+            self.peak = (self.depth, second);
+        }
+        if self.depth > 0 {
+            self.empty_from = second + 1;
+        }
+    }
+}
+
+/// A flush started by the schedule at a second, running in the background.
+type Running = (
+    u64,
+    tokio::task::JoinHandle<(BackendResult<webhooks::handlers::FlushReport>, Duration)>,
+);
+
+/// Runs the model on the current (paused) runtime: each simulated second a hundred
+/// change-capture invocations of 100 changes at once; a window closed every 5 minutes and
+/// flushed by the schedule's runs (every 5 minutes, after the grace period) in the
+/// background; until a run caught up after the last window closed and the queue drained
+/// (at most two hours of simulated time).
+async fn run() -> (KeyLoad, Vec<WindowFlush>, QueueDepth) {
+    let m = model();
+    let mut changes = Changes {
+        next_fresh: 0,
+        n: 0,
+    };
+    let mut running: Vec<Running> = Vec::new();
+    let mut done = Vec::new();
+    let mut depth = QueueDepth::default();
+    let mut caught_up = false;
+    for second in 0..7_200 {
+        tokio::time::sleep_until(m.meter.start + Duration::from_secs(second)).await;
+        if second > 0 && second.is_multiple_of(WINDOW) && second <= SECONDS {
+            m.windows.close_current();
+        }
+        // The schedule: a run every window length, after the grace period.
+        if second > GRACE && (second - GRACE).is_multiple_of(WINDOW) {
+            let flush = m.flush.clone();
+            let handle = tokio::spawn(async move {
+                let started = Instant::now();
+                let report = flush.run(None).await;
+                (report, started.elapsed())
+            });
+            running.push((second, handle));
+        }
+        if second < SECONDS {
+            let batches: Vec<Event> = (0..CHANGES_PER_SECOND / BATCH)
+                .map(|_| changes.batch())
+                .collect();
+            futures::future::join_all(batches.into_iter().map(|e| m.capture.handle(e))).await;
+        }
+        depth.tick(second, m.queue.enqueued.load(Ordering::SeqCst));
+        let (finished, still): (Vec<Running>, Vec<Running>) =
+            running.into_iter().partition(|(_, h)| h.is_finished());
+        running = still;
+        for (started_at, handle) in finished {
+            let (report, took) = handle.await.expect("the flush task");
+            let report = report.expect("the flush over memory");
+            // Caught up: a run that started after the last window closed left none behind.
+            caught_up =
+                report.behind_windows == 0 && !report.lease_held && started_at >= SECONDS + GRACE;
+            done.push(WindowFlush {
+                started_at,
+                took,
+                report,
+            });
+        }
+        if second > SECONDS + GRACE && caught_up && running.is_empty() && depth.depth == 0 {
+            break;
+        }
+    }
+    m.meter
+        .load
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .fold();
+    let load = std::mem::take(
+        &mut *m
+            .meter
+            .load
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    (load, done, depth)
+}
+
+/// Runs the load model on a paused clock and adds its rows.
+pub fn load(table: &mut Table) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("load model runtime");
+    let wall = std::time::Instant::now();
+    let (load, flushes, depth) = runtime.block_on(run());
+    // A third of DynamoDB's per-partition limits: 1 000 writes, 3 000 reads a second.
+    let (write_key, writes) = &load.hottest_writes;
+    let (read_key, reads) = &load.hottest_reads;
+    table.row(
+        "8 load",
+        format!("{CHANGES_PER_SECOND} changes/s for {SECONDS} s simulated, 1 in {HOT_EVERY} on {HOT_RECORDS} hot records, {SUBSCRIPTIONS_PER_RECORD} subscriptions per record: the busiest key"),
+        format!("DynamoDB writes: `{write_key}` {writes} a second; reads: `{read_key}` {reads} a second (requests, each item under 4 KB). SQS: at most {} calls a second on the delivery queue", load.sqs_calls),
+        "<= 333 writes/s, <= 1 000 reads/s per key",
+        Verdict::judge(*writes <= 333 && *reads <= 1_000, ""),
+    );
+    let held = flushes.iter().filter(|f| f.report.lease_held).count();
+    for f in flushes.iter().filter(|f| !f.report.lease_held) {
+        let minutes = f.took.as_secs_f64() / 60.0;
+        let r = &f.report;
+        table.row(
+            "8 load",
+            format!("flush run started at {} s", f.started_at),
+            format!(
+                "{:.1} min simulated: {} windows, {} records, {} jobs ({:.0} records/s), {} closed windows left",
+                minutes,
+                r.windows,
+                r.records,
+                r.jobs,
+                r.records as f64 / f.took.as_secs_f64().max(1e-9),
+                r.behind_windows
+            ),
+            "a window of 3 million records within 5 min",
+            Verdict::judge(minutes <= 5.0, ""),
+        );
+    }
+    table.note(format!(
+        "load: {held} scheduled flush runs found the one before still running (lease held) and did nothing"
+    ));
+    table.row(
+        "8 load",
+        format!("delivery queue, drained by {DELIVERY_CONCURRENCY} delivery invocations at once ({} deliveries/s)", DELIVERY_CONCURRENCY * DELIVERED_PER_INVOCATION_SECOND),
+        format!(
+            "deepest {} messages at {} s; empty again from {} s",
+            depth.peak.0, depth.peak.1, depth.empty_from
+        ),
+        "-",
+        Verdict::judge(true, ""),
+    );
+    table.note(format!(
+        "load: {:.0} s of wall time on this machine; waits as the cost model's (DynamoDB {} ms, SQS {} ms a call)",
+        wall.elapsed().as_secs_f64(),
+        LatencyModel::STATED.dynamodb.as_millis(),
+        LatencyModel::STATED.sqs.as_millis()
+    ));
+}
