@@ -226,7 +226,7 @@ impl webhooks::ports::SubscriptionStore for GeneratedSubscriptions {
                 record: record.clone(),
                 callback: callback.clone(),
                 client_id: self.client.clone(),
-                created_at: 0,
+                created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
                 health: Default::default(),
             })
             .collect())
