@@ -384,7 +384,7 @@ async fn run_applications(
                 )));
             }
             let api_key = new_secret();
-            let application = Application::new(&id, &api_key, SystemClock.now().epoch_secs());
+            let application = Application::new(&id, &api_key, SystemClock.now());
             store.put_application(&application).await?;
             println!("application_id: {id}");
             println!("api_key:        {api_key}");

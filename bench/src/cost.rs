@@ -466,7 +466,11 @@ async fn populate(s: Scenario, svc: &Service, receiver: &SimulatedReceiver) {
         .await
         .expect("put client");
     if s.members {
-        let mut app = Application::new(&"app-1".parse().unwrap(), "key-1", 0);
+        let mut app = Application::new(
+            &"app-1".parse().unwrap(),
+            "key-1",
+            webhooks::clock::Timestamp::UNIX_EPOCH,
+        );
         app.webhook.url = Some(receiver.url("/members").into());
         app.webhook.signing_key = Some("helloWorld".into());
         svc.aws.store.put_application(&app).await.expect("put app");

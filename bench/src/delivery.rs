@@ -71,7 +71,11 @@ pub async fn handler(receiver_url: &str, concurrency: usize, subscriptions: usiz
     let mut client = OAuthClient::new(&"APP-BENCH".parse().unwrap(), "secret", SystemClock.now());
     client.webhook_secrets = Some(webhooks::signing::SigningSecrets::generate());
     store.put_client(&client).await.expect("memory put");
-    let mut app = Application::new(&"app-bench".parse().unwrap(), "key-bench", 0);
+    let mut app = Application::new(
+        &"app-bench".parse().unwrap(),
+        "key-bench",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some(format!("{receiver_url}/members").into());
     app.webhook.signing_key = Some("helloWorld".into());
     store.put_application(&app).await.expect("memory put");

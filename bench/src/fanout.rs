@@ -35,7 +35,11 @@ async fn run(shape: Shape) -> (u64, Duration) {
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 5));
     let windows = Arc::new(ManualWindows::default());
     if shape.members {
-        let mut app = Application::new(&"app-bench".parse().unwrap(), "key-bench", 0);
+        let mut app = Application::new(
+            &"app-bench".parse().unwrap(),
+            "key-bench",
+            webhooks::clock::Timestamp::UNIX_EPOCH,
+        );
         app.webhook.url = Some("https://hooks.example.org/members".to_owned().into());
         store.put_application(&app).await.expect("memory put");
     }

@@ -579,7 +579,7 @@ async fn bootstrap_application(
             stored
         }
         None => {
-            let now = ports.clock.now().epoch_secs();
+            let now = ports.clock.now();
             let application = Application::new(id, api_key, now);
             ports.applications.put_application(&application).await?;
             application

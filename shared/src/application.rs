@@ -3,6 +3,7 @@
 //! only as a hash) that authenticates the application's own routes.
 
 use crate::callback::{CallbackUrl, InvalidCallbackUrl, StoredUrl, UrlPolicy};
+use crate::clock::Timestamp;
 use crate::ids::ApplicationId;
 use crate::oauth::sha256_hex;
 use crate::signing::SigningSecrets;
@@ -60,8 +61,9 @@ pub struct Application {
     pub webhook: WebhookConfig,
     /// Standard Webhooks secrets.
     pub secrets: SigningSecrets,
-    /// Creation time, epoch seconds.
-    pub created_at: i64,
+    /// Creation time (stored as epoch seconds).
+    #[serde(with = "crate::clock::epoch_secs")]
+    pub created_at: Timestamp,
     /// Delivery health of the webhook.
     #[serde(default)]
     pub health: crate::health::EndpointHealth,
@@ -104,13 +106,13 @@ pub enum InvalidPatch {
 
 impl Application {
     /// A new application with API key `api_key` and fresh signing secrets.
-    pub fn new(id: &ApplicationId, api_key: &str, now: i64) -> Self {
+    pub fn new(id: &ApplicationId, api_key: &str, now: Timestamp) -> Self {
         Self {
             id: id.clone(),
             api_key_hash: sha256_hex(api_key),
             webhook: WebhookConfig::default(),
             secrets: SigningSecrets::generate(),
-            created_at: now,
+            created_at: now.whole_secs(),
             health: Default::default(),
         }
     }
@@ -179,7 +181,11 @@ mod tests {
     };
 
     fn app_1() -> Application {
-        Application::new(&ApplicationId::parse("app-1").unwrap(), "key", 0)
+        Application::new(
+            &ApplicationId::parse("app-1").unwrap(),
+            "key",
+            crate::clock::Timestamp::UNIX_EPOCH,
+        )
     }
 
     fn patch(json: Value) -> ApplicationPatch {

@@ -54,11 +54,7 @@ impl TestApi {
         }
         for (id, key) in [("app-1", "key-1"), ("app-2", "key-2")] {
             store
-                .put_application(&Application::new(
-                    &id.parse().unwrap(),
-                    key,
-                    now.epoch_secs(),
-                ))
+                .put_application(&Application::new(&id.parse().unwrap(), key, now))
                 .await
                 .unwrap();
         }

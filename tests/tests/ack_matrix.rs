@@ -84,7 +84,11 @@ fn client() -> CallbackClient {
 
 async fn members_acknowledged(http: &CallbackClient, answer: Answer) -> (bool, Option<u16>) {
     let url = raw_receiver(answer).await;
-    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
+    let mut app = Application::new(
+        &"app-1".parse().unwrap(),
+        "key",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some(url.into());
     app.webhook.signing_key = Some("helloWorld".into());
     let person = webhooks::members::sample_person();

@@ -91,7 +91,11 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     let receiver = ScriptedReceiver::start().await;
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 5));
-    let mut app = Application::new(&"app-log".parse().unwrap(), "key-log", 0);
+    let mut app = Application::new(
+        &"app-log".parse().unwrap(),
+        "key-log",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some(format!("http://{}/hook", receiver.addr).into());
     store.put_application(&app).await.unwrap();
     let mut ports = webhooks::ports::Ports::over(
@@ -700,7 +704,11 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
     let store = Arc::new(MemoryStore::default());
     // Two attempts, then the dead-letter queue (the redrive policy).
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 2));
-    let mut app = Application::new(&"app-rec".parse().unwrap(), "key-rec", 0);
+    let mut app = Application::new(
+        &"app-rec".parse().unwrap(),
+        "key-rec",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some(format!("http://{addr}/hook").into());
     app.webhook.request_interval_ms = 100;
     store.put_application(&app).await.unwrap();
@@ -900,7 +908,11 @@ async fn a_log_that_cannot_be_written_costs_no_delivery() {
     let (addr, server) = receiver.start().await;
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 5));
-    let mut app = Application::new(&"app-broken".parse().unwrap(), "key-b", 0);
+    let mut app = Application::new(
+        &"app-broken".parse().unwrap(),
+        "key-b",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some(format!("http://{addr}/hook").into());
     store.put_application(&app).await.unwrap();
     let mut ports = webhooks::ports::Ports::over(

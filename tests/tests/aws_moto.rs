@@ -353,7 +353,11 @@ async fn an_application_is_stored_without_its_api_key_on_dynamodb() {
     let env = MotoEnv::create(3).await;
     let aws = AwsServices::new(&env.config, env.settings());
     aws.store
-        .put_application(&Application::new(&"app-1".parse().unwrap(), "key-1", 0))
+        .put_application(&Application::new(
+            &"app-1".parse().unwrap(),
+            "key-1",
+            webhooks::clock::Timestamp::UNIX_EPOCH,
+        ))
         .await
         .unwrap();
     let stored = aws.store.raw_item("APPS", "app-1").await.unwrap().unwrap();
@@ -379,7 +383,11 @@ async fn members_flow_over_dynamodb_and_sqs() {
 
     let mut p = Pipeline::new(5).await;
     let receiver = Receiver::start().await;
-    let mut app = Application::new(&"app-1".parse().unwrap(), "key-1", 0);
+    let mut app = Application::new(
+        &"app-1".parse().unwrap(),
+        "key-1",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some(receiver.url("/members").into());
     app.webhook.signing_key = Some("helloWorld".into());
     app.webhook.request_interval_ms = 50;
@@ -864,7 +872,11 @@ async fn a_poison_change_is_set_aside_in_dynamodb_and_the_flush_moves_on() {
     let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
     let sqs = aws_sdk_sqs::Client::new(&env.config);
     let windows = Arc::new(ManualWindows::default());
-    let mut app = Application::new(&"app-1".parse().unwrap(), "key-1", 0);
+    let mut app = Application::new(
+        &"app-1".parse().unwrap(),
+        "key-1",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some("https://example.org/hook".into());
     aws.store.put_application(&app).await.unwrap();
     let big = "x".repeat(webhooks::message::MAX_MESSAGE_BYTES);
@@ -916,10 +928,18 @@ async fn a_broken_stored_url_on_dynamodb_costs_only_its_own_messages() {
 
     let p = Pipeline::new(3).await;
     let receiver = Receiver::start().await;
-    let mut good = Application::new(&"app-good".parse().unwrap(), "key-good", 0);
+    let mut good = Application::new(
+        &"app-good".parse().unwrap(),
+        "key-good",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     good.webhook.url = Some(receiver.url("/members").into());
     p.aws.store.put_application(&good).await.unwrap();
-    let mut bad = Application::new(&"app-bad".parse().unwrap(), "key-bad", 0);
+    let mut bad = Application::new(
+        &"app-bad".parse().unwrap(),
+        "key-bad",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     bad.webhook.url = Some("https://example.org/hook".to_owned().into());
     bad.webhook.request_interval_ms = 1000;
     p.aws.store.put_application(&bad).await.unwrap();

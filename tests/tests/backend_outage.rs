@@ -85,7 +85,11 @@ async fn an_hour_of_backend_failures_does_not_dead_letter_an_untried_job() {
     // The queue's redrive policy matches the retry budget, as the template sets it.
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), MAX_ATTEMPTS));
     let receiver = Receiver::start().await;
-    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
+    let mut app = Application::new(
+        &"app-1".parse().unwrap(),
+        "key",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some(receiver.url("/members").into());
     store.put_application(&app).await.unwrap();
     let outage_ends = Instant::now() + Duration::from_secs(3600);
@@ -176,7 +180,11 @@ async fn only_requests_to_the_receiver_count_as_attempts() {
     let events = Arc::new(LoggedEvents::default());
     let receiver = Receiver::start().await;
     receiver.script(&[500; 10]);
-    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
+    let mut app = Application::new(
+        &"app-1".parse().unwrap(),
+        "key",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some(receiver.url("/members").into());
     store.put_application(&app).await.unwrap();
     let down = Arc::new(AtomicBool::new(false));

@@ -83,7 +83,11 @@ async fn a_sync_under_throttled_counter_writes_completes_with_exact_counts() {
         );
     }
     let receiver = Receiver::start().await;
-    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
+    let mut app = Application::new(
+        &"app-1".parse().unwrap(),
+        "key",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some(receiver.url("/sync").into());
     store.put_application(&app).await.unwrap();
     let sync = FullSync::new(&"app-1".parse().unwrap(), 0, webhooks::testing::at_ms(0));
@@ -185,7 +189,11 @@ async fn a_failing_endpoints_health_is_written_once_per_batch_and_at_most_once_a
     ports.applications = Arc::new(store.with_faults(counting.clone()));
     let receiver = Receiver::start().await;
     receiver.script(&[500; 1000]);
-    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
+    let mut app = Application::new(
+        &"app-1".parse().unwrap(),
+        "key",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some(receiver.url("/failing").into());
     store.put_application(&app).await.unwrap();
     let delivery = Delivery::new(

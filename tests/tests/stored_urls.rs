@@ -25,8 +25,12 @@ use webhooks_tests::Receiver;
 
 /// An application item as storage holds it, with `url` in place of its webhook URL.
 fn stored_application(id: &str, url: &str) -> Application {
-    let mut item: Value =
-        serde_json::to_value(Application::new(&id.parse().unwrap(), "key", 0)).unwrap();
+    let mut item: Value = serde_json::to_value(Application::new(
+        &id.parse().unwrap(),
+        "key",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    ))
+    .unwrap();
     item["webhook"] = json!({"url": url, "request_interval_ms": 1000});
     serde_json::from_value(item).unwrap()
 }

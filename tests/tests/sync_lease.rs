@@ -56,7 +56,11 @@ async fn a_step_retried_after_its_lease_answer_was_lost_carries_on() {
             person.as_object().unwrap().clone(),
         );
     }
-    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
+    let mut app = Application::new(
+        &"app-1".parse().unwrap(),
+        "key",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some("https://example.org/hook".into());
     store.put_application(&app).await.unwrap();
     let sync = FullSync::new(&"app-1".parse().unwrap(), 0, webhooks::testing::at_ms(0));
@@ -124,7 +128,11 @@ async fn a_lease_that_could_not_be_freed_delays_the_next_step_until_it_expires()
         &RecordId::parse("p-0").unwrap(),
         person.as_object().unwrap().clone(),
     );
-    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
+    let mut app = Application::new(
+        &"app-1".parse().unwrap(),
+        "key",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some("https://example.org/hook".into());
     store.put_application(&app).await.unwrap();
     let sync = FullSync::new(&"app-1".parse().unwrap(), 0, webhooks::testing::at_ms(0));

@@ -54,7 +54,11 @@ async fn setup_with(interval_ms: u64, persons: usize) -> Setup {
         );
     }
     let receiver = Receiver::start().await;
-    let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
+    let mut app = Application::new(
+        &"app-1".parse().unwrap(),
+        "key",
+        webhooks::clock::Timestamp::UNIX_EPOCH,
+    );
     app.webhook.url = Some(receiver.url("/sync").into());
     app.webhook.request_interval_ms = interval_ms;
     ports.applications.put_application(&app).await.unwrap();

@@ -882,7 +882,11 @@ mod poison_tests {
                 events: Arc::new(LoggedEvents::default()),
                 windows: Arc::new(ManualWindows::default()),
             };
-            let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
+            let mut app = Application::new(
+                &"app-1".parse().unwrap(),
+                "key",
+                crate::clock::Timestamp::UNIX_EPOCH,
+            );
             app.webhook.url = Some("https://example.org/hook".into());
             world.store.put_application(&app).await.unwrap();
             world

@@ -209,7 +209,11 @@ mod tests {
         for s in [&enabled, &disabled] {
             store.register(s).await.unwrap();
         }
-        let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
+        let mut app = Application::new(
+            &"app-1".parse().unwrap(),
+            "key",
+            crate::clock::Timestamp::UNIX_EPOCH,
+        );
         app.health.disable(
             crate::testing::at_ms(1_000),
             "the webhook URL does not parse".into(),

@@ -481,7 +481,7 @@ mod tests {
             &RecordId::parse("p-1").unwrap(),
             person.as_object().unwrap().clone(),
         );
-        let mut app = Application::new(&app_1(), "key", 0);
+        let mut app = Application::new(&app_1(), "key", crate::clock::Timestamp::UNIX_EPOCH);
         // Never reached: the step must stop before its request.
         app.webhook.url = Some("http://127.0.0.1:9/sync".to_owned().into());
         app.webhook.request_interval_ms = interval.as_millis() as u64;

@@ -261,7 +261,11 @@ mod tests {
 
     #[test]
     fn an_application_shows_its_signing_key_masked_and_an_unset_url_empty() {
-        let mut app = Application::new(&"app-1".parse().unwrap(), "key", 0);
+        let mut app = Application::new(
+            &"app-1".parse().unwrap(),
+            "key",
+            crate::clock::Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(
             json_of(ApplicationView::from(&app)),
             json!({"id": "app-1", "webhook": {

@@ -95,7 +95,11 @@ async fn everything_written_is_there_after_a_reopen() {
         expires_at: at_ms(2_000),
     };
     let sub = subscription("r1", "https://a.com/1", "APP-1");
-    let app = Application::new(&"app-1".parse().unwrap(), "key-1", 5);
+    let app = Application::new(
+        &"app-1".parse().unwrap(),
+        "key-1",
+        crate::clock::Timestamp::from_epoch_secs(5).unwrap(),
+    );
     {
         let db = Database::open(&dir.0, Access::Runner).unwrap();
         let store = SqliteStore::new(db.clone());

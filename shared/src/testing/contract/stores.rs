@@ -322,9 +322,17 @@ async fn subscription_health_is_replaced_never_created(a: Adapters) {
 
 async fn applications_by_id_and_by_key_hash(a: Adapters) {
     let applications = &a.ports.applications;
-    let mut one = Application::new(&"app-1".parse().unwrap(), "key-1", 1_700_000_000);
+    let mut one = Application::new(
+        &"app-1".parse().unwrap(),
+        "key-1",
+        crate::clock::Timestamp::from_epoch_secs(1_700_000_000).unwrap(),
+    );
     one.webhook.url = Some("https://example.org/hook".to_owned().into());
-    let two = Application::new(&"app-2".parse().unwrap(), "key-2", 1_700_000_000);
+    let two = Application::new(
+        &"app-2".parse().unwrap(),
+        "key-2",
+        crate::clock::Timestamp::from_epoch_secs(1_700_000_000).unwrap(),
+    );
     applications.put_application(&one).await.unwrap();
     applications.put_application(&two).await.unwrap();
     assert_eq!(stored_application(&a, "app-1").await, Some(one.clone()));
