@@ -473,7 +473,7 @@ async fn rotate_webhook_secret(store: &dyn ClientStore, id: &ClientId) -> Result
         .get_client(id)
         .await?
         .ok_or_else(|| AdminError::Usage(format!("no client {id}")))?;
-    let now = SystemClock.now().epoch_secs();
+    let now = SystemClock.now();
     let secret = match client.webhook_secrets.as_mut() {
         Some(secrets) => secrets.rotate(now),
         None => {

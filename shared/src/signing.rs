@@ -4,6 +4,7 @@
 //! Both are pure functions over their inputs; the secrets they use are stored with the
 //! subscriber (client or application), because signing needs the key itself.
 
+use crate::clock::Timestamp;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
@@ -92,9 +93,13 @@ pub struct SigningSecrets {
     /// Also signs messages until `previous_until`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<WebhookSecret>,
-    /// When the previous secret stops signing, epoch seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_until: Option<i64>,
+    /// When the previous secret stops signing (stored as epoch seconds).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::clock::epoch_secs_option"
+    )]
+    pub previous_until: Option<Timestamp>,
 }
 
 impl SigningSecrets {
@@ -108,18 +113,20 @@ impl SigningSecrets {
 
     /// Replaces the current secret with a new one; the old one keeps signing for
     /// [`ROTATION_OVERLAP_SECS`]. Returns the new secret.
-    pub fn rotate(&mut self, now: i64) -> WebhookSecret {
+    pub fn rotate(&mut self, now: Timestamp) -> WebhookSecret {
         let new = WebhookSecret::generate();
         self.previous = Some(std::mem::replace(&mut self.current, new.clone()));
-        self.previous_until = Some(now + ROTATION_OVERLAP_SECS);
+        let overlap = std::time::Duration::from_secs(ROTATION_OVERLAP_SECS as u64);
+        self.previous_until = Some(now.whole_secs().plus(overlap));
         new
     }
 
-    /// The `webhook-signature` header value: one `v1,` entry per active secret.
+    /// The `webhook-signature` header value for a message sent at `timestamp` (epoch
+    /// seconds, the `webhook-timestamp` header's): one `v1,` entry per active secret.
     pub fn signature_header(&self, message_id: &str, timestamp: i64, body: &[u8]) -> String {
         let mut header = self.current.sign(message_id, timestamp, body);
         if let (Some(previous), Some(until)) = (&self.previous, self.previous_until)
-            && timestamp < until
+            && timestamp < until.epoch_secs()
         {
             header.push(' ');
             header.push_str(&previous.sign(message_id, timestamp, body));
@@ -173,7 +180,7 @@ mod tests {
     fn rotation_signs_with_both_for_a_day() {
         let mut secrets = SigningSecrets::generate();
         let old = secrets.current.clone();
-        let new = secrets.rotate(1000);
+        let new = secrets.rotate(Timestamp::from_epoch_secs(1000).unwrap());
         assert_eq!(secrets.current, new);
         let header = secrets.signature_header("msg_1", 1000, b"x");
         assert_eq!(

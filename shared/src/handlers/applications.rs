@@ -101,14 +101,9 @@ impl Registration {
         id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let mut app = self.authenticate_application(request, id).await?;
-        let now = self.ports.clock.now().epoch_secs();
-        let secret = app.secrets.rotate(now);
+        let secret = app.secrets.rotate(self.ports.clock.now());
         self.ports.applications.put_application(&app).await?;
-        let previous_until = app
-            .secrets
-            .previous_until
-            .and_then(Timestamp::from_epoch_secs)
-            .map(Timestamp::rfc3339);
+        let previous_until = app.secrets.previous_until.map(Timestamp::rfc3339);
         Ok(json_response(
             StatusCode::OK,
             &json!({"secret": secret.expose(), "previousSecretValidUntil": previous_until}),
