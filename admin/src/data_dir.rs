@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use webhooks::clock::SystemClock;
+use webhooks::poison::PoisonId;
 use webhooks::ports::PendingChanges;
 use webhooks::sqlite::{Access, Database, SqliteQueue, SqliteStore};
 
@@ -63,7 +64,7 @@ async fn replay_poison(
     let chosen: Vec<_> = if all {
         items
     } else {
-        let id = id.unwrap_or_default();
+        let id = PoisonId::new(id.unwrap_or_default());
         match items.into_iter().find(|item| item.id() == id) {
             Some(item) => vec![item],
             None => return Err(AdminError::Usage(format!("no poison item {id}"))),

@@ -17,6 +17,7 @@ use webhooks::handlers::ParkedReplayer;
 use webhooks::handlers::replay::replay_poison;
 use webhooks::ids::{ApplicationId, ClientId};
 use webhooks::oauth::{OAuthClient, WEBHOOK_SCOPE, new_secret};
+use webhooks::poison::PoisonId;
 use webhooks::ports::{
     ApplicationStore, BackendError, ClientStore, DeliveryQueue, ParkedQueue, PendingChanges,
     SubscriptionStore,
@@ -264,10 +265,10 @@ async fn run_poison(store: &DynamoStore, command: PoisonCommand) -> Result<(), A
                 Duration::from_secs(60 * flush_interval_minutes),
                 Duration::ZERO,
             );
-            let ids: Vec<String> = if all {
+            let ids: Vec<PoisonId> = if all {
                 store.poison_items().await?.iter().map(|i| i.id()).collect()
             } else {
-                id.into_iter().collect()
+                id.into_iter().map(PoisonId::new).collect()
             };
             for id in ids {
                 match replay_poison(store, &id, windows.current()).await? {

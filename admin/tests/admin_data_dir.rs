@@ -178,8 +178,8 @@ async fn admin_commands_work_on_a_data_directory_beside_the_runner() {
     store.set_aside(&item).await.unwrap();
     let (code, stdout, _) = admin(&dir.0, &["poison", "list"]);
     assert_eq!(code, 0);
-    assert!(stdout.contains(&item.id()), "{stdout}");
-    let (code, stdout, stderr) = admin(&dir.0, &["poison", "replay", &item.id()]);
+    assert!(stdout.contains(item.id().as_str()), "{stdout}");
+    let (code, stdout, stderr) = admin(&dir.0, &["poison", "replay", item.id().as_str()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains(&format!(
@@ -189,7 +189,7 @@ async fn admin_commands_work_on_a_data_directory_beside_the_runner() {
         "{stdout}"
     );
     assert!(store.poison_items().await.unwrap().is_empty());
-    let (code, _, stderr) = admin(&dir.0, &["poison", "replay", &item.id()]);
+    let (code, _, stderr) = admin(&dir.0, &["poison", "replay", item.id().as_str()]);
     assert_eq!(code, 2, "gone once replayed: {stderr}");
     assert_eq!(flush(&base).await["jobs"], 1);
     assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);

@@ -222,7 +222,7 @@ async fn poison_items_are_listed_and_replayed() {
     let (code, list, stderr) = admin(&env, &["poison", "list"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        list.contains(&item.id()) && list.contains("missing field"),
+        list.contains(item.id().as_str()) && list.contains("missing field"),
         "{list}"
     );
 

@@ -184,7 +184,7 @@ impl PendingChanges for MeteredPending {
     async fn poison_items(&self) -> BackendResult<Vec<webhooks::poison::PoisonItem>> {
         self.inner.poison_items().await
     }
-    async fn remove_poison(&self, id: &str) -> BackendResult<bool> {
+    async fn remove_poison(&self, id: &webhooks::poison::PoisonId) -> BackendResult<bool> {
         self.inner.remove_poison(id).await
     }
 }

@@ -211,7 +211,7 @@ async fn status(State(rt): State<Arc<Runtime>>) -> Result<Response, LocalError> 
             .iter()
             .map(|item| {
                 let mut view = serde_json::to_value(item).unwrap_or_default();
-                view["id"] = item.id().into();
+                view["id"] = item.id().to_string().into();
                 view["reason"] = item.reason().into();
                 view
             })

@@ -44,7 +44,7 @@ pub enum OpsEvent {
     /// [`crate::poison`]). `webhooks-admin poison replay <poison_id>` replays it once fixed.
     ChangeSetAside {
         /// The poison item's id.
-        poison_id: String,
+        poison_id: crate::poison::PoisonId,
         /// The changed record.
         record: String,
         /// The window it changed in.

@@ -50,6 +50,30 @@ pub struct PoisonItem {
     pub set_aside_at: Timestamp,
 }
 
+/// A poison item's id ([`PoisonItem::id`]): how the stores key it and an operator names
+/// it. Serialized as its text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PoisonId(String);
+
+impl PoisonId {
+    /// The id an operator gave (checked only by being found).
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// The id as the stores keep it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PoisonId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl PoisonItem {
     /// The item for `record`'s job that the queue refused.
     pub fn refused(
@@ -99,13 +123,13 @@ impl PoisonItem {
     /// The item's id: window (zero-padded, so ids sort oldest first), record, and the
     /// refused message, the endpoint, or `record`. The same poison set aside twice (a flush page
     /// repeated after a crash) has the same id.
-    pub fn id(&self) -> String {
+    pub fn id(&self) -> PoisonId {
         let what = match (&self.message_id, &self.endpoint) {
             (Some(message), _) => message.as_str(),
             (None, Some(endpoint)) => endpoint,
             (None, None) => "record",
         };
-        format!("{:020}#{}#{what}", self.window.0, self.record)
+        PoisonId(format!("{:020}#{}#{what}", self.window.0, self.record))
     }
 
     /// The operational event announcing it.

@@ -14,7 +14,7 @@ use crate::ids::{ApplicationId, ClientId, SyncKey};
 use crate::job::{DeliveryJob, MessageId};
 use crate::message::Refusal;
 use crate::oauth::{AccessToken, OAuthClient};
-use crate::poison::PoisonItem;
+use crate::poison::{PoisonId, PoisonItem};
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::sync::{FullSync, SyncOutcomes};
@@ -407,7 +407,7 @@ pub trait PendingChanges: Send + Sync {
     /// Every poison item, oldest window first.
     async fn poison_items(&self) -> BackendResult<Vec<PoisonItem>>;
     /// Removes a poison item; false when there was none with this id.
-    async fn remove_poison(&self, id: &str) -> BackendResult<bool>;
+    async fn remove_poison(&self, id: &PoisonId) -> BackendResult<bool>;
 }
 
 /// The delivery queue as the flush and delivery handlers use it. It has SQS's semantics

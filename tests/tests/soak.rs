@@ -388,7 +388,7 @@ async fn no_notification_is_lost_under_faults() {
         .collect();
     let dead_ids: BTreeSet<String> = dead.iter().map(|j| j.id.as_str().to_owned()).collect();
     let poison = store.poison_items().await.unwrap();
-    let announced: HashSet<String> = events
+    let announced: HashSet<webhooks::poison::PoisonId> = events
         .published()
         .into_iter()
         .filter_map(|e| match e {

@@ -9,7 +9,7 @@
 
 use crate::job::{DeliveryJob, Target};
 use crate::message;
-use crate::poison::PoisonItem;
+use crate::poison::{PoisonId, PoisonItem};
 use crate::ports::{
     ApplicationStore, BackendResult, DeliveryQueue, ParkedQueue, PendingChanges, SubscriptionStore,
 };
@@ -151,14 +151,14 @@ impl ParkedReplayer<'_> {
 /// replayed again (a duplicate notification, never a lost one).
 pub async fn replay_poison(
     pending: &dyn PendingChanges,
-    id: &str,
+    id: &PoisonId,
     window: WindowId,
 ) -> BackendResult<Option<PoisonItem>> {
     let Some(item) = pending
         .poison_items()
         .await?
         .into_iter()
-        .find(|i| i.id() == id)
+        .find(|i| i.id() == *id)
     else {
         return Ok(None);
     };

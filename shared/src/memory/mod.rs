@@ -20,7 +20,7 @@ use crate::ids::{ApplicationId, ClientId, SyncKey};
 use crate::job::{DeliveryJob, MessageId};
 use crate::message::Refusal;
 use crate::oauth::{AccessToken, OAuthClient};
-use crate::poison::PoisonItem;
+use crate::poison::{PoisonId, PoisonItem};
 use crate::ports::{
     ApplicationStore, BackendResult, ClientStore, FlushCursor, Lease, LeaseHolder, Page,
     PendingChanges, PersonOutcome, SubscriptionStore, SyncStore, TokenStore,
@@ -106,7 +106,7 @@ struct State {
     applications: BTreeMap<ApplicationId, Application>,
     api_keys: HashMap<String, ApplicationId>,
     syncs: HashMap<SyncKey, SyncEntry>,
-    poison: BTreeMap<String, PoisonItem>,
+    poison: BTreeMap<PoisonId, PoisonItem>,
     /// The attempt log, per endpoint by sort key.
     attempts: BTreeMap<EndpointKey, BTreeMap<String, Attempt>>,
     messages: HashMap<(EndpointKey, MessageId), StoredMessage>,
@@ -444,7 +444,7 @@ impl PendingChanges for MemoryStore {
             .await
     }
 
-    async fn remove_poison(&self, id: &str) -> BackendResult<bool> {
+    async fn remove_poison(&self, id: &PoisonId) -> BackendResult<bool> {
         self.gate
             .run("remove_poison", async {
                 Ok(self.state().poison.remove(id).is_some())

@@ -10,7 +10,7 @@ use crate::clock::Timestamp;
 use crate::health::EndpointHealth;
 use crate::ids::{ApplicationId, ClientId, SyncKey};
 use crate::oauth::{AccessToken, OAuthClient};
-use crate::poison::PoisonItem;
+use crate::poison::{PoisonId, PoisonItem};
 use crate::ports::{
     ApplicationStore, BackendError, BackendResult, ClientStore, FlushCursor, Lease, LeaseHolder,
     Page, PendingChanges, PersonOutcome, SubscriptionStore, SyncStore, TokenStore,
@@ -802,7 +802,7 @@ impl PendingChanges for SqliteStore {
     }
 
     async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()> {
-        let (id, body) = (item.id(), to_json(item)?);
+        let (id, body) = (item.id().to_string(), to_json(item)?);
         self.db
             .write(Durability::Normal, move |conn| {
                 upsert(conn, "poison", &["id"], &["body"], params![id, body])
@@ -823,8 +823,8 @@ impl PendingChanges for SqliteStore {
             .await
     }
 
-    async fn remove_poison(&self, id: &str) -> BackendResult<bool> {
-        let id = id.to_owned();
+    async fn remove_poison(&self, id: &PoisonId) -> BackendResult<bool> {
+        let id = id.to_string();
         self.db
             .write(Durability::Full, move |conn| {
                 execute(conn, "DELETE FROM poison WHERE id = ?1", [id]).map(|removed| removed == 1)

@@ -15,7 +15,7 @@
 use super::unavailable;
 use super::{DynamoStore, Item, Keyed, applied, from_item, number, s, to_item};
 use crate::clock::Timestamp;
-use crate::poison::PoisonItem;
+use crate::poison::{PoisonId, PoisonItem};
 use crate::ports::{BackendResult, FlushCursor, Lease, LeaseHolder, Page, PendingChanges};
 use crate::record::RecordId;
 use crate::window::{PENDING_TTL, Shard, WindowId};
@@ -350,7 +350,8 @@ impl PendingChanges for DynamoStore {
     }
 
     async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()> {
-        self.put(POISON_PK.into(), item.id(), item).await
+        self.put(POISON_PK.into(), item.id().to_string(), item)
+            .await
     }
 
     async fn poison_items(&self) -> BackendResult<Vec<PoisonItem>> {
@@ -361,13 +362,13 @@ impl PendingChanges for DynamoStore {
             .collect()
     }
 
-    async fn remove_poison(&self, id: &str) -> BackendResult<bool> {
+    async fn remove_poison(&self, id: &PoisonId) -> BackendResult<bool> {
         let out = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(POISON_PK))
-            .key("sk", s(id))
+            .key("sk", s(id.as_str()))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
             .await
