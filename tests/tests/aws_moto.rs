@@ -1260,6 +1260,8 @@ async fn ttls_are_stamped_by_the_stores_clock() {
 struct StuckQueue {
     inner: Arc<dyn webhooks::ports::DeliveryQueue>,
     pass: tokio::sync::Semaphore,
+    /// Enqueues held.
+    stuck: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -1270,7 +1272,10 @@ impl webhooks::ports::DeliveryQueue for StuckQueue {
     ) -> webhooks::ports::BackendResult<webhooks::ports::Enqueued> {
         match self.pass.try_acquire() {
             Ok(permit) => permit.forget(),
-            Err(_) => std::future::pending::<()>().await,
+            Err(_) => {
+                self.stuck.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::future::pending::<()>().await
+            }
         }
         self.inner.enqueue(jobs).await
     }
@@ -1342,23 +1347,42 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
         lease_margin: Duration::ZERO,
         ..FlushSettings::default()
     };
-    let mut stuck = aws.ports();
-    stuck.queue = Arc::new(StuckQueue {
+    let queue = Arc::new(StuckQueue {
         inner: aws.ports().queue,
         pass: tokio::sync::Semaphore::new(6),
+        stuck: Default::default(),
     });
-    let killed_flush = Flush {
+    let mut stuck = aws.ports();
+    stuck.queue = queue.clone();
+    let killed_flush = Arc::new(Flush {
         ports: stuck,
         windows: windows.clone(),
         settings,
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    let killed = tokio::time::timeout(
-        Duration::from_millis(3_500),
-        killed_flush.run(Some(deadline)),
-    )
-    .await;
-    assert!(killed.is_err(), "the run was killed with workers mid-shard");
+    });
+    // Its leases last until this deadline (no margin); it is killed well before.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let run = tokio::spawn({
+        let flush = killed_flush.clone();
+        async move { flush.run(Some(deadline)).await }
+    });
+    // Killed once six pages went through and a worker waits at the seventh.
+    for _ in 0..1_000 {
+        if queue.stuck.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        queue.stuck.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "a worker is stuck mid-shard"
+    );
+    run.abort();
+    assert!(
+        run.await.is_err_and(|e| e.is_cancelled()),
+        "the run was killed"
+    );
+    // The dead run's lease expires at its deadline.
+    tokio::time::sleep_until(deadline + Duration::from_millis(100)).await;
     let saved = aws.store.cursor().await.unwrap().expect("progress saved");
     assert_eq!(saved.window, window, "{saved:?}");
     let mid_way: Vec<_> = saved.shards.iter().filter(|p| p.after.is_some()).collect();

@@ -762,9 +762,27 @@ mod tests {
         // is killed there (a Lambda timeout or crash: nothing after it runs).
         s.queue.gate.add_permits(12);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let killed =
-            tokio::time::timeout(Duration::from_millis(200), s.flush.run(Some(deadline))).await;
-        assert!(killed.is_err(), "the run was cut off");
+        let run = tokio::spawn({
+            let flush = s.flush.clone();
+            async move { flush.run(Some(deadline)).await }
+        });
+        // Killed once the twelve went through and a worker waits at the thirteenth (an
+        // observable point, not a timer).
+        for _ in 0..1_000 {
+            if s.queue.entered.available_permits() > 12 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            s.queue.entered.available_permits() > 12,
+            "a worker is stuck"
+        );
+        run.abort();
+        assert!(
+            run.await.is_err_and(|e| e.is_cancelled()),
+            "the run was killed"
+        );
         let saved = s.flush.ports.pending.cursor().await.unwrap().unwrap();
         assert_eq!(
             saved.window,
