@@ -113,6 +113,30 @@ struct State {
     recoveries: HashMap<(EndpointKey, String), crate::attempts::Recovery>,
 }
 
+impl State {
+    /// A page of the records pending in `window` after `after`, in key order, of those
+    /// `admit` lets through.
+    fn pending_page(
+        &self,
+        window: WindowId,
+        after: Option<&str>,
+        limit: usize,
+        admit: impl Fn(&RecordId) -> bool,
+    ) -> Page<RecordId> {
+        let Some(records) = self.pending.get(&window) else {
+            return Page::last(Vec::new());
+        };
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let items: Vec<RecordId> = records
+            .range::<str, _>((start, Bound::Unbounded))
+            .filter(|record| admit(record))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        Page::from_overfetch(items, limit, RecordId::to_string)
+    }
+}
+
 #[derive(Debug, Default)]
 struct SyncEntry {
     sync: Option<FullSync>,
@@ -340,17 +364,7 @@ impl PendingChanges for MemoryStore {
     ) -> BackendResult<Page<RecordId>> {
         self.gate
             .run("page", async {
-                let state = self.state();
-                let Some(records) = state.pending.get(&window) else {
-                    return Ok(Page::last(Vec::new()));
-                };
-                let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-                let items: Vec<RecordId> = records
-                    .range::<str, _>((start, Bound::Unbounded))
-                    .take(limit + 1)
-                    .cloned()
-                    .collect();
-                Ok(Page::from_overfetch(items, limit, RecordId::to_string))
+                Ok(self.state().pending_page(window, after, limit, |_| true))
             })
             .await
     }
@@ -365,17 +379,7 @@ impl PendingChanges for MemoryStore {
         self.gate
             .run("shard_page", async {
                 let state = self.state();
-                let Some(records) = state.pending.get(&window) else {
-                    return Ok(Page::last(Vec::new()));
-                };
-                let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-                let items: Vec<RecordId> = records
-                    .range::<str, _>((start, Bound::Unbounded))
-                    .filter(|record| Shard::of(record) == shard)
-                    .take(limit + 1)
-                    .cloned()
-                    .collect();
-                Ok(Page::from_overfetch(items, limit, RecordId::to_string))
+                Ok(state.pending_page(window, after, limit, |r| Shard::of(r) == shard))
             })
             .await
     }
