@@ -384,11 +384,38 @@ impl StoredMessage {
     }
 }
 
+/// A recovery's id: `rec_` and 32 hex digits. Serialized as its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RecoveryId(String);
+
+impl RecoveryId {
+    /// A new, random id.
+    pub fn generate() -> Self {
+        Self(format!("rec_{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// The id a request names (checked only by being found).
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// The id as the stores keep it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RecoveryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// An owner's recovery: which messages it sent again, so its progress can be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recovery {
-    /// `rec_` and 32 hex digits.
-    pub id: String,
+    pub id: RecoveryId,
     pub endpoint: EndpointKey,
     /// The `since` it was asked for, as given.
     pub since: String,

@@ -3,8 +3,8 @@
 
 use crate::application::Application;
 use crate::attempts::{
-    Attempt, EndpointKey, FailingMessages, LogEndpoint, LoggedAttempt, Recovery, StatusFilter,
-    StoredMessage,
+    Attempt, EndpointKey, FailingMessages, LogEndpoint, LoggedAttempt, Recovery, RecoveryId,
+    StatusFilter, StoredMessage,
 };
 use crate::callback::CallbackUrl;
 use crate::clock::{Clock, Timestamp};
@@ -545,7 +545,11 @@ pub trait AttemptLog: Send + Sync {
     /// Keeps a recovery (as long as attempts).
     async fn save_recovery(&self, recovery: &Recovery) -> BackendResult<()>;
     /// A recovery of an endpoint.
-    async fn recovery(&self, endpoint: &EndpointKey, id: &str) -> BackendResult<Option<Recovery>>;
+    async fn recovery(
+        &self,
+        endpoint: &EndpointKey,
+        id: &RecoveryId,
+    ) -> BackendResult<Option<Recovery>>;
 }
 
 /// Every port, as the handlers share them.

@@ -4,7 +4,9 @@
 use super::api_error::{ApiError, json_response};
 use super::registration::{Registration, base_url, body_bytes};
 use super::views::{AttemptView, MessageView, RecoveryView, WebhookView};
-use crate::attempts::{Attempt, EndpointKey, LogEndpoint, Recovery, StatusFilter, StoredMessage};
+use crate::attempts::{
+    Attempt, EndpointKey, LogEndpoint, Recovery, RecoveryId, StatusFilter, StoredMessage,
+};
 use crate::clock::Timestamp;
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::MAX_SEND_DELAY;
@@ -213,7 +215,7 @@ impl Registration {
         // Kept before anything is sent: a failed send answers 503 and this id is never
         // shown, while a recovery sent but not kept would have no progress to read.
         let recovery = Recovery {
-            id: format!("rec_{}", uuid::Uuid::new_v4().simple()),
+            id: RecoveryId::generate(),
             endpoint: endpoint.key.clone(),
             since: since_text.clone(),
             started_at: self.ports.clock.now(),
@@ -273,7 +275,7 @@ impl Registration {
         let recovery = self
             .ports
             .attempts
-            .recovery(&endpoint.key, recovery_id)
+            .recovery(&endpoint.key, &RecoveryId::new(recovery_id))
             .await?
             .ok_or(ApiError::RecoveryNotFound)?;
         let kept = self

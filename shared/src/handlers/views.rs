@@ -226,7 +226,7 @@ impl RecoveryView {
     pub fn new(recovery: &Recovery, kept: &[StoredMessage]) -> Self {
         let progress = recovery.progress(kept);
         Self {
-            recovery_id: recovery.id.clone(),
+            recovery_id: recovery.id.to_string(),
             since: recovery.since.clone(),
             started_at: recovery.started_at.rfc3339(),
             messages: recovery.messages.len(),
@@ -351,7 +351,7 @@ mod tests {
     #[test]
     fn only_the_answer_that_starts_a_recovery_shows_its_pace() {
         let recovery = Recovery {
-            id: "rec_1".into(),
+            id: crate::attempts::RecoveryId::new("rec_1"),
             endpoint: crate::attempts::EndpointKey::application(&"app-1".parse().unwrap()),
             since: "2024-01-01T00:00:00Z".into(),
             started_at: Timestamp::UNIX_EPOCH,

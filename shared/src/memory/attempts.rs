@@ -2,8 +2,8 @@
 
 use super::MemoryStore;
 use crate::attempts::{
-    Attempt, EndpointKey, FailingMessages, LogEndpoint, LoggedAttempt, Recovery, StatusFilter,
-    StoredMessage,
+    Attempt, EndpointKey, FailingMessages, LogEndpoint, LoggedAttempt, Recovery, RecoveryId,
+    StatusFilter, StoredMessage,
 };
 use crate::clock::Timestamp;
 use crate::job::MessageId;
@@ -121,13 +121,17 @@ impl AttemptLog for MemoryStore {
             .await
     }
 
-    async fn recovery(&self, endpoint: &EndpointKey, id: &str) -> BackendResult<Option<Recovery>> {
+    async fn recovery(
+        &self,
+        endpoint: &EndpointKey,
+        id: &RecoveryId,
+    ) -> BackendResult<Option<Recovery>> {
         self.gate
             .run("recovery", async {
                 Ok(self
                     .state()
                     .recoveries
-                    .get(&(endpoint.clone(), id.to_owned()))
+                    .get(&(endpoint.clone(), id.clone()))
                     .cloned())
             })
             .await

@@ -110,7 +110,7 @@ struct State {
     /// The attempt log, per endpoint by sort key.
     attempts: BTreeMap<EndpointKey, BTreeMap<String, Attempt>>,
     messages: HashMap<(EndpointKey, MessageId), StoredMessage>,
-    recoveries: HashMap<(EndpointKey, String), crate::attempts::Recovery>,
+    recoveries: HashMap<(EndpointKey, crate::attempts::RecoveryId), crate::attempts::Recovery>,
 }
 
 impl State {

@@ -22,7 +22,7 @@ use super::store::SqliteStore;
 use super::{execute, from_json, to_json, upsert};
 use crate::attempts::{
     Attempt, EndpointKey, FailingMessages, LogEndpoint, LoggedAttempt, QuietEntry, Recovery,
-    StatusFilter, StoredMessage,
+    RecoveryId, StatusFilter, StoredMessage,
 };
 use crate::clock::Timestamp;
 use crate::job::MessageId;
@@ -606,7 +606,7 @@ impl AttemptLog for SqliteStore {
     async fn save_recovery(&self, recovery: &Recovery) -> BackendResult<()> {
         let (endpoint, id, started, body) = (
             recovery.endpoint.as_str().to_owned(),
-            recovery.id.clone(),
+            recovery.id.to_string(),
             recovery.started_at.epoch_ms(),
             to_json(recovery)?,
         );
@@ -623,8 +623,12 @@ impl AttemptLog for SqliteStore {
             .await
     }
 
-    async fn recovery(&self, endpoint: &EndpointKey, id: &str) -> BackendResult<Option<Recovery>> {
-        let (endpoint, id) = (endpoint.as_str().to_owned(), id.to_owned());
+    async fn recovery(
+        &self,
+        endpoint: &EndpointKey,
+        id: &RecoveryId,
+    ) -> BackendResult<Option<Recovery>> {
+        let (endpoint, id) = (endpoint.as_str().to_owned(), id.to_string());
         self.db
             .read(move |conn| {
                 let body: Option<String> = conn

@@ -1052,7 +1052,7 @@ async fn attempts_messages_recoveries_and_tokens_go_after_their_retention() {
         .await
         .unwrap();
     let recovery = |id: &str, started_at_ms| crate::attempts::Recovery {
-        id: id.into(),
+        id: crate::attempts::RecoveryId::new(id),
         endpoint: endpoint.clone(),
         since: "1h".into(),
         started_at: at_ms(started_at_ms),
@@ -1116,14 +1116,14 @@ async fn attempts_messages_recoveries_and_tokens_go_after_their_retention() {
     assert_eq!((kept.last_attempt, attempts.len()), (2, 1));
     assert!(
         store
-            .recovery(&endpoint, "rec_old")
+            .recovery(&endpoint, &crate::attempts::RecoveryId::new("rec_old"))
             .await
             .unwrap()
             .is_none()
     );
     assert!(
         store
-            .recovery(&endpoint, "rec_new")
+            .recovery(&endpoint, &crate::attempts::RecoveryId::new("rec_new"))
             .await
             .unwrap()
             .is_some()

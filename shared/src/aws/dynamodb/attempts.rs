@@ -16,7 +16,7 @@
 use super::{DynamoStore, Item, Keyed, from_item, s, to_item, unavailable};
 use crate::attempts::{
     Attempt, EndpointKey, EndpointOwner, FailingMessages, LogEndpoint, LoggedAttempt, OutcomeClass,
-    QuietEntry, Recovery, StatusFilter, StoredMessage,
+    QuietEntry, Recovery, RecoveryId, StatusFilter, StoredMessage,
 };
 use crate::clock::Timestamp;
 use crate::job::{DeliveryJob, MessageId};
@@ -896,7 +896,7 @@ impl AttemptLog for DynamoStore {
     async fn save_recovery(&self, recovery: &Recovery) -> BackendResult<()> {
         self.put(
             recoveries_pk(&recovery.endpoint),
-            recovery.id.clone(),
+            recovery.id.to_string(),
             &RecoveryItem {
                 recovery: recovery.clone(),
                 expires_at: self.attempt_expiry(recovery.started_at.epoch_ms()),
@@ -905,9 +905,13 @@ impl AttemptLog for DynamoStore {
         .await
     }
 
-    async fn recovery(&self, endpoint: &EndpointKey, id: &str) -> BackendResult<Option<Recovery>> {
+    async fn recovery(
+        &self,
+        endpoint: &EndpointKey,
+        id: &RecoveryId,
+    ) -> BackendResult<Option<Recovery>> {
         Ok(self
-            .get_value::<RecoveryItem>(&recoveries_pk(endpoint), id, true)
+            .get_value::<RecoveryItem>(&recoveries_pk(endpoint), id.as_str(), true)
             .await?
             .map(|r| r.recovery))
     }

@@ -2,6 +2,7 @@
 //! messages; failing messages for a recovery; recoveries.
 
 use super::{Adapters, read_pages, record};
+use crate::attempts::RecoveryId;
 use crate::attempts::{
     Attempt, EndpointKey, LogEndpoint, LoggedAttempt, OutcomeClass, Recovery, StatusFilter,
 };
@@ -305,7 +306,7 @@ async fn failed_since_lists_each_failing_message_once(a: Adapters) {
 async fn recoveries_are_kept_per_endpoint(a: Adapters) {
     let log = &a.ports.attempts;
     let mut recovery = Recovery {
-        id: "rec_0123456789abcdef0123456789abcdef".into(),
+        id: RecoveryId::new("rec_0123456789abcdef0123456789abcdef"),
         endpoint: endpoint(),
         since: "2026-11-26T09:00:00Z".into(),
         started_at: at_ms(CREATED_MS + 60_000),
@@ -320,9 +321,12 @@ async fn recoveries_are_kept_per_endpoint(a: Adapters) {
     let other = EndpointKey::application(&"app-other".parse().unwrap());
     assert_eq!(log.recovery(&other, &recovery.id).await.unwrap(), None);
     assert_eq!(
-        log.recovery(&endpoint(), "rec_ffffffffffffffffffffffffffffffff")
-            .await
-            .unwrap(),
+        log.recovery(
+            &endpoint(),
+            &RecoveryId::new("rec_ffffffffffffffffffffffffffffffff"),
+        )
+        .await
+        .unwrap(),
         None
     );
     recovery.complete = true;
