@@ -35,7 +35,23 @@ struct Round {
     changes_per_s: f64,
     flush: Duration,
     deliveries_per_s: f64,
+    /// CPU time of the whole process (runner, receiver and the round's driver) per
+    /// delivery, microseconds: what a delivery costs, apart from how much of the machine
+    /// other sessions left to this one.
+    cpu_us_per_delivery: f64,
     load: String,
+}
+
+/// The CPU time this process has used, every thread.
+fn process_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given, nothing else.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    assert_eq!(status, 0, "the process CPU clock is available on Linux");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// The 1-minute load average of the machine.
@@ -124,6 +140,7 @@ async fn round(service: &LocalService, receiver: &Receiver, n: usize) -> Round {
     let changes_per_s = RECORDS as f64 / started.elapsed().as_secs_f64();
     let expected = delivered_before + RECORDS * SUBSCRIPTIONS;
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let report = runtime.flush_now().await.expect("flush");
     assert_eq!(report.jobs as usize, RECORDS * SUBSCRIPTIONS, "{report:?}");
     let flush = started.elapsed();
@@ -137,6 +154,8 @@ async fn round(service: &LocalService, receiver: &Receiver, n: usize) -> Round {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let deliveries_per_s = (RECORDS * SUBSCRIPTIONS) as f64 / started.elapsed().as_secs_f64();
+    let cpu_us_per_delivery = process_cpu().saturating_sub(cpu_before).as_secs_f64() * 1e6
+        / (RECORDS * SUBSCRIPTIONS) as f64;
     // Settled before the next round reads the queue's depth as empty.
     while runtime
         .queue_depth()
@@ -151,6 +170,7 @@ async fn round(service: &LocalService, receiver: &Receiver, n: usize) -> Round {
         changes_per_s,
         flush,
         deliveries_per_s,
+        cpu_us_per_delivery,
         load: load(),
     }
 }
@@ -197,8 +217,8 @@ pub async fn durable(table: &mut Table) {
     for n in 0..memory_rounds {
         let r = round(&service, &receiver, n).await;
         eprintln!(
-            "memory  round {n}: {:.0} changes/s, flush {:?}, {:.0} deliveries/s (load {})",
-            r.changes_per_s, r.flush, r.deliveries_per_s, r.load
+            "memory  round {n}: {:.0} changes/s, flush {:?}, {:.0} deliveries/s, {:.0} us CPU per delivery (load {})",
+            r.changes_per_s, r.flush, r.deliveries_per_s, r.cpu_us_per_delivery, r.load
         );
         memory.push(r);
     }
@@ -214,8 +234,13 @@ pub async fn durable(table: &mut Table) {
         r.delivered_before -= base;
         let (database, wal) = database_mb(&dir.0);
         eprintln!(
-            "durable round {n}: {} delivered before it, {:.0} changes/s, flush {:?}, {:.0} deliveries/s (load {}), database {database:.0} MB + WAL {wal:.0} MB",
-            r.delivered_before, r.changes_per_s, r.flush, r.deliveries_per_s, r.load,
+            "durable round {n}: {} delivered before it, {:.0} changes/s, flush {:?}, {:.0} deliveries/s, {:.0} us CPU per delivery (load {}), database {database:.0} MB + WAL {wal:.0} MB",
+            r.delivered_before,
+            r.changes_per_s,
+            r.flush,
+            r.deliveries_per_s,
+            r.cpu_us_per_delivery,
+            r.load,
         );
         durable.push(r);
     }
@@ -285,5 +310,35 @@ pub async fn durable(table: &mut Table) {
         ),
         "no fall-off (>= 0.8)",
         Verdict::judge(ratio >= 0.8, ""),
+    );
+    // The same growth in CPU per delivery, which the machine's load moves far less.
+    let cost: Vec<String> = durable
+        .iter()
+        .map(|r| {
+            format!(
+                "{}k: {:.0}",
+                r.delivered_before / 1000,
+                r.cpu_us_per_delivery
+            )
+        })
+        .collect();
+    let mut first: Vec<f64> = durable[..head]
+        .iter()
+        .map(|r| r.cpu_us_per_delivery)
+        .collect();
+    let mut last: Vec<f64> = durable[durable.len() - head..]
+        .iter()
+        .map(|r| r.cpu_us_per_delivery)
+        .collect();
+    let growth = median(&mut last) / median(&mut first);
+    table.row(
+        "7 durable mode",
+        "CPU per delivery (us, the whole process: runner and receiver) by messages already delivered",
+        format!(
+            "{}; last {head} rounds / first {head}: {growth:.2}",
+            cost.join(", ")
+        ),
+        "reference",
+        Verdict::Info,
     );
 }
