@@ -152,6 +152,11 @@ class Receiver:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            # socketserver's default listen backlog is 5: a flush's shards deliver at once,
+            # and the connections past the fifth had their SYNs dropped and retried 1, 2, 4 s
+            # later, past the runner's delivery timeout; the batch's acknowledged messages
+            # then outlived their visibility timeout and were sent again with no crash.
+            request_queue_size = 1024
 
             def handle_error(self, request, client_address):
                 pass  # a connection the killed runner left half-way: expected here
