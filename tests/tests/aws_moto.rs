@@ -1365,9 +1365,18 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
         let flush = killed_flush.clone();
         async move { flush.run(Some(deadline)).await }
     });
-    // Killed once six pages went through and a worker waits at the seventh.
+    // Killed once six pages went through, a worker waits at the seventh, and a shard's
+    // position after its page is stored (the save follows the page's enqueue: under load,
+    // moto answers it well after the seventh page blocks).
+    let mid_way_saved = || async {
+        aws.store
+            .cursor()
+            .await
+            .unwrap()
+            .is_some_and(|c| c.shards.iter().any(|p| p.after.is_some()))
+    };
     for _ in 0..1_000 {
-        if queue.stuck.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        if queue.stuck.load(std::sync::atomic::Ordering::SeqCst) > 0 && mid_way_saved().await {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
