@@ -22,11 +22,13 @@ use crate::clock::Timestamp;
 use crate::job::{DeliveryJob, MessageId};
 use crate::ports::{AttemptLog, BackendError, BackendResult, Page};
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 /// Items per `BatchWriteItem` call (the service's limit).
@@ -38,6 +40,34 @@ const BATCH_WRITE_TRIES: u32 = 5;
 const MAX_QUERY_PAGES: usize = 20;
 /// The most distinct failed messages one recovery looks at.
 const MAX_FAILED_CANDIDATES: usize = 20_000;
+
+/// Runs `query` page after page, at most `max_pages`, handing each item to `visit` until it
+/// answers `Break`; true when the query was read to its end.
+async fn each_item(
+    query: QueryFluentBuilder,
+    max_pages: usize,
+    mut visit: impl FnMut(Item) -> BackendResult<ControlFlow<()>>,
+) -> BackendResult<bool> {
+    let mut start: Option<Item> = None;
+    for _ in 0..max_pages {
+        let out = query
+            .clone()
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        for item in out.items.unwrap_or_default() {
+            if visit(item)?.is_break() {
+                return Ok(false);
+            }
+        }
+        start = out.last_evaluated_key;
+        if start.is_none() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
 /// The most entry bytes in one quiet group: DynamoDB's item limit is 400 KB, keys and
 /// attribute names included.
 const GROUP_BYTES: usize = 350_000;
@@ -398,31 +428,23 @@ impl DynamoStore {
 
     /// The sort keys of the groups a locator partition names, newer than `after_ms`.
     async fn located_groups(&self, pk: String, after_ms: i64) -> BackendResult<Vec<String>> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk > :after")
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":after", s(ms_key(after_ms)))
+            .projection_expression("sk");
         let mut sks = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk > :after")
-                .expression_attribute_values(":pk", s(pk.clone()))
-                .expression_attribute_values(":after", s(ms_key(after_ms)))
-                .projection_expression("sk")
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                if let Some(sk) = item.get("sk").and_then(|v| v.as_s().ok()) {
-                    sks.push(sk.clone());
-                }
+        each_item(query, usize::MAX, |item| {
+            if let Some(sk) = item.get("sk").and_then(|v| v.as_s().ok()) {
+                sks.push(sk.clone());
             }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(sks);
-            }
-        }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+        Ok(sks)
     }
 
     /// The quiet attempts of an endpoint's messages with these ids made after `after_ms`,
@@ -485,34 +507,22 @@ impl DynamoStore {
     ) -> BackendResult<Vec<Attempt>> {
         let from = ms_key(message.created().epoch_ms());
         let to = format!("{}~", ms_key(message.last_attempt_at.epoch_ms()));
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+            .filter_expression("message_id = :m")
+            .expression_attribute_values(":pk", s(attempts_pk(endpoint)))
+            .expression_attribute_values(":from", s(from))
+            .expression_attribute_values(":to", s(to))
+            .expression_attribute_values(":m", AttributeValue::S(message.job.id.as_str().into()));
         let mut attempts = Vec::new();
-        let mut start: Option<Item> = None;
-        for _ in 0..MAX_QUERY_PAGES {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-                .filter_expression("message_id = :m")
-                .expression_attribute_values(":pk", s(attempts_pk(endpoint)))
-                .expression_attribute_values(":from", s(from.clone()))
-                .expression_attribute_values(":to", s(to.clone()))
-                .expression_attribute_values(
-                    ":m",
-                    AttributeValue::S(message.job.id.as_str().into()),
-                )
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                attempts.push(from_item::<Keyed<AttemptItem>>(item)?.value.attempt);
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
+        each_item(query, MAX_QUERY_PAGES, |item| {
+            attempts.push(from_item::<Keyed<AttemptItem>>(item)?.value.attempt);
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
         Ok(attempts)
     }
 
@@ -523,38 +533,30 @@ impl DynamoStore {
         endpoint: &EndpointKey,
         since_ms: i64,
     ) -> BackendResult<(Vec<MessageId>, bool)> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk >= :from")
+            .filter_expression("#outcome <> :acked")
+            .expression_attribute_names("#outcome", "outcome")
+            .expression_attribute_values(":pk", s(attempts_pk(endpoint)))
+            .expression_attribute_values(":from", s(ms_key(since_ms)))
+            .expression_attribute_values(":acked", s("acked"));
         let mut ids: Vec<MessageId> = Vec::new();
         let mut seen = HashSet::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk >= :from")
-                .filter_expression("#outcome <> :acked")
-                .expression_attribute_names("#outcome", "outcome")
-                .expression_attribute_values(":pk", s(attempts_pk(endpoint)))
-                .expression_attribute_values(":from", s(ms_key(since_ms)))
-                .expression_attribute_values(":acked", s("acked"))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                let attempt = from_item::<Keyed<AttemptItem>>(item)?.value.attempt;
-                if seen.insert(attempt.message_id.clone()) {
-                    if ids.len() == MAX_FAILED_CANDIDATES {
-                        return Ok((ids, true));
-                    }
-                    ids.push(attempt.message_id);
+        let read_all = each_item(query, usize::MAX, |item| {
+            let attempt = from_item::<Keyed<AttemptItem>>(item)?.value.attempt;
+            if seen.insert(attempt.message_id.clone()) {
+                if ids.len() == MAX_FAILED_CANDIDATES {
+                    return Ok(ControlFlow::Break(()));
                 }
+                ids.push(attempt.message_id);
             }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok((ids, false));
-            }
-        }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+        Ok((ids, !read_all))
     }
 
     /// Of these kept messages whose latest attempt item failed, those with no later quiet
