@@ -1118,17 +1118,11 @@ async fn a_damaged_pending_entry_does_not_stop_the_page() {
     assert_eq!(records, ["a", "b", "c"]);
 }
 
-/// A record changed in several stream batches of a window is in several items of its
-/// shard; the flush notifies it once in that window, across pages and shards.
-#[tokio::test]
-async fn a_record_marked_by_several_batches_is_notified_once_per_window() {
+/// Records r00, r01, ... each with one ORCID-style subscriber (https://a.example/<record>).
+async fn subscribe_records(aws: &webhooks::aws::AwsServices, n: usize) -> Vec<RecordId> {
     use webhooks::callback::{CallbackUrl, UrlPolicy};
     use webhooks::ports::SubscriptionStore;
-    let env = MotoEnv::create(5).await;
-    let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
-    let sqs = aws_sdk_sqs::Client::new(&env.config);
-    let windows = Arc::new(ManualWindows::default());
-    let records: Vec<RecordId> = (0..30)
+    let records: Vec<RecordId> = (0..n)
         .map(|i| RecordId::parse(&format!("r{i:02}")).unwrap())
         .collect();
     for record in &records {
@@ -1147,6 +1141,18 @@ async fn a_record_marked_by_several_batches_is_notified_once_per_window() {
             .await
             .unwrap();
     }
+    records
+}
+
+/// A record changed in several stream batches of a window is in several items of its
+/// shard; the flush notifies it once in that window, across pages and shards.
+#[tokio::test]
+async fn a_record_marked_by_several_batches_is_notified_once_per_window() {
+    let env = MotoEnv::create(5).await;
+    let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
+    let sqs = aws_sdk_sqs::Client::new(&env.config);
+    let windows = Arc::new(ManualWindows::default());
+    let records = subscribe_records(&aws, 30).await;
     let window = webhooks::window::FlushWindows::current(windows.as_ref());
     for batch in [&records[..20], &records[10..], &records[..], &records[5..6]] {
         aws.store.mark_all(window, batch).await.unwrap();
@@ -1310,32 +1316,12 @@ impl webhooks::ports::DeliveryQueue for StuckQueue {
 /// the one page per shard that was enqueued and not saved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
-    use webhooks::callback::{CallbackUrl, UrlPolicy};
-    use webhooks::ports::SubscriptionStore;
     use webhooks::window::Shard;
     let env = MotoEnv::create(5).await;
     let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
     let sqs = aws_sdk_sqs::Client::new(&env.config);
     let windows = Arc::new(ManualWindows::default());
-    let records: Vec<RecordId> = (0..40)
-        .map(|i| RecordId::parse(&format!("r{i:02}")).unwrap())
-        .collect();
-    for record in &records {
-        aws.store
-            .register(&webhooks::subscription::Subscription {
-                record: record.clone(),
-                callback: CallbackUrl::parse(
-                    &format!("https://a.example/{record}"),
-                    UrlPolicy::default(),
-                )
-                .unwrap(),
-                client_id: "APP-1".parse().unwrap(),
-                created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
-                health: Default::default(),
-            })
-            .await
-            .unwrap();
-    }
+    let records = subscribe_records(&aws, 40).await;
     let window = webhooks::window::FlushWindows::current(windows.as_ref());
     for batch in records.chunks(15) {
         aws.store.mark_all(window, batch).await.unwrap();
