@@ -268,11 +268,7 @@ async fn same_answers(memory: &MemoryStore, store: &dyn AttemptLog, limits: &[us
 
 #[tokio::test]
 async fn every_read_answers_as_the_in_memory_log() {
-    let seed = std::env::var("ATTEMPT_LOG_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("seed {seed} (ATTEMPT_LOG_SEED={seed} repeats this run)");
+    let seed = webhooks_tests::seed("ATTEMPT_LOG_SEED", 20261126);
     let mut rng = fastrand::Rng::with_seed(seed);
     let memory = MemoryStore::default();
     let (store, _env) = dynamo().await;
@@ -375,11 +371,7 @@ impl Drop for SqliteLog {
 /// as the delivery handler makes them, one per batch).
 #[tokio::test]
 async fn every_read_answers_as_the_in_memory_log_on_sqlite() {
-    let seed = std::env::var("ATTEMPT_LOG_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("seed {seed} (ATTEMPT_LOG_SEED={seed} repeats this run)");
+    let seed = webhooks_tests::seed("ATTEMPT_LOG_SEED", 20261126);
     let mut rng = fastrand::Rng::with_seed(seed);
     let memory = MemoryStore::default();
     let log = SqliteLog::open();
