@@ -199,12 +199,17 @@ impl SimulatedReceiver {
 /// the difference around an invocation is what the invocation computed, including the AWS
 /// SDK's signing and parsing; waits and moto's own work are not in it).
 pub fn thread_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// A CPU-time clock of Linux (`CLOCK_THREAD_CPUTIME_ID`, `CLOCK_PROCESS_CPUTIME_ID`).
+pub fn cpu_clock(clock: libc::clockid_t) -> Duration {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the timespec it is given, nothing else.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    assert_eq!(status, 0, "the thread CPU clock is available on Linux");
+    let status = unsafe { libc::clock_gettime(clock, &mut now) };
+    assert_eq!(status, 0, "the CPU clock {clock} is available on Linux");
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
