@@ -663,6 +663,42 @@ impl SyncStore for SqliteStore {
     }
 }
 
+/// A page of a window's pending records after `after`, in key order, only `shard`'s when
+/// one is given. The shard is a hash of the id, not a column: a shard's page steps through
+/// the window's records and passes over those of other shards; stepping stops at the row
+/// after the page's last.
+fn pending_page(
+    conn: &Connection,
+    window: WindowId,
+    shard: Option<Shard>,
+    after: Option<String>,
+    limit: usize,
+) -> BackendResult<Page<RecordId>> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT record FROM pending WHERE window = ?1 AND record > ?2 ORDER BY record",
+        )
+        .map_err(backend)?;
+    let rows = statement
+        .query_map(params![window.0 as i64, after.unwrap_or_default()], |r| {
+            r.get::<_, String>(0)
+        })
+        .map_err(backend)?;
+    let mut items = Vec::new();
+    for row in rows {
+        let id = row.map_err(backend)?;
+        let record = RecordId::parse(&id)
+            .map_err(|e| BackendError::Corrupt(format!("pending record id {id:?}: {e}")))?;
+        if shard.is_none_or(|shard| Shard::of(&record) == shard) {
+            items.push(record);
+            if items.len() > limit {
+                break;
+            }
+        }
+    }
+    Ok(Page::from_overfetch(items, limit, RecordId::to_string))
+}
+
 #[async_trait]
 impl PendingChanges for SqliteStore {
     async fn mark_all(&self, window: WindowId, records: &[RecordId]) -> BackendResult<()> {
@@ -686,28 +722,7 @@ impl PendingChanges for SqliteStore {
     ) -> BackendResult<Page<RecordId>> {
         let after = after.map(str::to_owned);
         self.db
-            .read(move |conn| {
-                let mut statement = conn
-                    .prepare_cached(
-                        "SELECT record FROM pending WHERE window = ?1 AND record > ?2
-                         ORDER BY record LIMIT ?3",
-                    )
-                    .map_err(backend)?;
-                let rows = statement
-                    .query_map(
-                        params![window.0 as i64, after.unwrap_or_default(), limit as i64 + 1],
-                        |r| r.get::<_, String>(0),
-                    )
-                    .map_err(backend)?;
-                let mut items = Vec::new();
-                for row in rows {
-                    let id = row.map_err(backend)?;
-                    items.push(RecordId::parse(&id).map_err(|e| {
-                        BackendError::Corrupt(format!("pending record id {id:?}: {e}"))
-                    })?);
-                }
-                Ok(Page::from_overfetch(items, limit, RecordId::to_string))
-            })
+            .read(move |conn| pending_page(conn, window, None, after, limit))
             .await
     }
 
@@ -720,35 +735,7 @@ impl PendingChanges for SqliteStore {
     ) -> BackendResult<Page<RecordId>> {
         let after = after.map(str::to_owned);
         self.db
-            .read(move |conn| {
-                // The shard is a hash of the id, not a column: the window's records are read
-                // in key order and those of other shards passed over.
-                let mut statement = conn
-                    .prepare_cached(
-                        "SELECT record FROM pending WHERE window = ?1 AND record > ?2
-                         ORDER BY record",
-                    )
-                    .map_err(backend)?;
-                let rows = statement
-                    .query_map(params![window.0 as i64, after.unwrap_or_default()], |r| {
-                        r.get::<_, String>(0)
-                    })
-                    .map_err(backend)?;
-                let mut items = Vec::new();
-                for row in rows {
-                    let id = row.map_err(backend)?;
-                    let record = RecordId::parse(&id).map_err(|e| {
-                        BackendError::Corrupt(format!("pending record id {id:?}: {e}"))
-                    })?;
-                    if Shard::of(&record) == shard {
-                        items.push(record);
-                        if items.len() > limit {
-                            break;
-                        }
-                    }
-                }
-                Ok(Page::from_overfetch(items, limit, RecordId::to_string))
-            })
+            .read(move |conn| pending_page(conn, window, Some(shard), after, limit))
             .await
     }
 
