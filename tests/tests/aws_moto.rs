@@ -733,6 +733,18 @@ async fn operational_events_reach_eventbridge() {
     assert!(body.contains("\"disabled\""), "{body}");
 }
 
+/// The records of the ORCID-style jobs `receive_jobs` takes off the queue.
+async fn notified_records(sqs: &aws_sdk_sqs::Client, queue_url: &str, n: usize) -> Vec<String> {
+    receive_jobs(sqs, queue_url, n)
+        .await
+        .into_iter()
+        .map(|j| match j.target {
+            webhooks::job::Target::Callback { record, .. } => record.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
 /// Receives every message of `queue_url` (deleting them) until `n` arrived or 10 s passed.
 async fn receive_jobs(
     sqs: &aws_sdk_sqs::Client,
@@ -1168,14 +1180,7 @@ async fn a_record_marked_by_several_batches_is_notified_once_per_window() {
     };
     let report = flush.run(None).await.unwrap();
     assert_eq!((report.records, report.jobs), (30, 30), "{report:?}");
-    let mut notified: Vec<String> = receive_jobs(&sqs, &env.queue_url, 31)
-        .await
-        .into_iter()
-        .map(|j| match j.target {
-            webhooks::job::Target::Callback { record, .. } => record.as_str().to_owned(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let mut notified = notified_records(&sqs, &env.queue_url, 31).await;
     notified.sort();
     let expected: Vec<String> = records.iter().map(|r| r.as_str().to_owned()).collect();
     assert_eq!(notified, expected, "each record once");
@@ -1382,14 +1387,7 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
     assert_eq!(saved.window, window, "{saved:?}");
     let mid_way: Vec<_> = saved.shards.iter().filter(|p| p.after.is_some()).collect();
     assert!(!mid_way.is_empty(), "shards saved mid-way: {saved:?}");
-    let first: Vec<String> = receive_jobs(&sqs, &env.queue_url, 12)
-        .await
-        .into_iter()
-        .map(|j| match j.target {
-            webhooks::job::Target::Callback { record, .. } => record.as_str().to_owned(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let first = notified_records(&sqs, &env.queue_url, 12).await;
     assert!((6..=12).contains(&first.len()), "six pages: {first:?}");
 
     let flush = Flush {
@@ -1403,15 +1401,9 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
         (1, false),
         "{report:?}"
     );
-    let second = receive_jobs(&sqs, &env.queue_url, report.jobs as usize + 1).await;
+    let second = notified_records(&sqs, &env.queue_url, report.jobs as usize + 1).await;
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
-    for record in first
-        .into_iter()
-        .chain(second.into_iter().map(|j| match j.target {
-            webhooks::job::Target::Callback { record, .. } => record.as_str().to_owned(),
-            other => panic!("{other:?}"),
-        }))
-    {
+    for record in first.into_iter().chain(second) {
         *counts.entry(record).or_default() += 1;
     }
     assert_eq!(counts.len(), 40, "no record skipped: {counts:?}");
