@@ -957,15 +957,25 @@ async fn rows(store: &SqliteStore, table: &'static str) -> i64 {
         .unwrap()
 }
 
+const HOUR_MS: i64 = 3_600_000;
+
+/// A store that keeps attempts an hour, and app-1's endpoint as the log writes and reads it.
+fn kept_an_hour(dir: &TempDir) -> (SqliteStore, EndpointKey, crate::attempts::LogEndpoint) {
+    let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap())
+        .with_attempt_retention(Duration::from_secs(3600));
+    let app: crate::ids::ApplicationId = "app-1".parse().unwrap();
+    (
+        store,
+        EndpointKey::application(&app),
+        crate::attempts::LogEndpoint::application(&app),
+    )
+}
+
 #[tokio::test]
 async fn a_batchs_quiet_attempts_are_one_row_and_go_with_it_after_the_retention() {
     let dir = TempDir::new();
-    let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap())
-        .with_attempt_retention(Duration::from_secs(3600));
-    let endpoint = EndpointKey::application(&"app-1".parse().unwrap());
-    let log_endpoint = crate::attempts::LogEndpoint::application(&"app-1".parse().unwrap());
-    let hour = 3_600_000;
-    let now = 10 * hour;
+    let (store, endpoint, log_endpoint) = kept_an_hour(&dir);
+    let (hour, now) = (HOUR_MS, 10 * HOUR_MS);
     // Two batches of quiet attempts (first, acknowledged), the older past the retention;
     // message 9 failed first, so its acknowledgement is written with its kept row.
     let old: Vec<LoggedAttempt> = (1..=3)
@@ -1036,12 +1046,8 @@ async fn a_batchs_quiet_attempts_are_one_row_and_go_with_it_after_the_retention(
 #[tokio::test]
 async fn attempts_messages_recoveries_and_tokens_go_after_their_retention() {
     let dir = TempDir::new();
-    let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap())
-        .with_attempt_retention(Duration::from_secs(3600));
-    let endpoint = EndpointKey::application(&"app-1".parse().unwrap());
-    let log_endpoint = crate::attempts::LogEndpoint::application(&"app-1".parse().unwrap());
-    let hour = 3_600_000;
-    let now = 10 * hour;
+    let (store, endpoint, log_endpoint) = kept_an_hour(&dir);
+    let (hour, now) = (HOUR_MS, 10 * HOUR_MS);
     store
         .record(&[
             logged(&endpoint, 1, 1, now - 2 * hour, false),
