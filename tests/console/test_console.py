@@ -29,21 +29,19 @@ import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "receiver"))
 
+from harness import Failed, Report, expect, free_port, runner_env, serve, stop_process  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 from test_members import (  # noqa: E402 - the receiver test's independent verifiers
     Api,
-    Failed,
-    Report,
     check_hash,
     check_signature,
-    expect,
-    free_port,
     parse_delivery,
     persons_of,
 )
@@ -112,10 +110,8 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve(Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
@@ -147,15 +143,13 @@ class Runner:
 
     def __init__(self, binary, port):
         self.log = tempfile.NamedTemporaryFile(prefix="webhooks-console-", suffix=".log", delete=False)
-        env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         self.args = [
             str(binary), "--listen", f"127.0.0.1:{port}", "--allow-insecure-callbacks",
             "--flush-interval", "1h", "--retry-base", "1h",
             "--application", f"{APP}:{KEY}", "--client", f"{CLIENT}:{CLIENT_SECRET}",
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            self.args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            self.args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=runner_env(), cwd=ROOT
         )
 
     def output(self):
@@ -165,13 +159,7 @@ class Runner:
             return f"(cannot read {self.log.name}: {e})"
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -749,7 +737,7 @@ def main():
     parser.add_argument("--verbose", action="store_true", help="print the runner's output even on success")
     args = parser.parse_args()
 
-    report = Report()
+    report = Report("console")
     runner = receiver = None
     state = {"runner": None}
 
@@ -760,8 +748,7 @@ def main():
             report.record(f"watchdog: the run exceeded {BUDGET:.0f} s; stopped", False)
             if state["runner"] is not None:
                 state["runner"].proc.kill()
-            report.finished = True
-            print(f"console: {report.passed} passed, {report.failed} failed", flush=True)
+            report.finish()
             os._exit(1)
 
     def terminated(signum, frame):
@@ -841,9 +828,7 @@ def main():
                     pass
             if receiver is not None:
                 receiver.stop()
-            if not report.finished:
-                report.finished = True
-                print(f"console: {report.passed} passed, {report.failed} failed", flush=True)
+            report.finish()
 
 
 if __name__ == "__main__":

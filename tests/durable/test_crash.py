@@ -39,7 +39,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import Failed, expect, free_port, runner_env, serve, stop_process  # noqa: E402
+
 CLIENT, SECRET = "APP-CRASH", "crash-secret"
 APPS = {"app-1": "key-1", "app-2": "key-2"}
 SYNCED_APP = "app-2"
@@ -85,21 +88,6 @@ def message_id(*parts):
     if parts[0] in ("callback", "application"):
         digest = f"{int(parts[1]) & 0xFFFFFFFF:08x}" + digest[8:]
     return "msg_" + digest
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Failed(Exception):
-    pass
-
-
-def expect(condition, message):
-    if not condition:
-        raise Failed(message)
 
 
 # --------------------------------------------------------------------------- receiver
@@ -161,9 +149,8 @@ class Receiver:
             def handle_error(self, request, client_address):
                 pass  # a connection the killed runner left half-way: expected here
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = serve(Handler, server_class=Server)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
@@ -191,8 +178,6 @@ class Runner:
     def start(self, deadline):
         self.starts += 1
         log = open(self.logs / f"runner-{self.starts}.log", "wb")
-        env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         args = [
             str(self.binary),
             "--data-dir", str(self.data_dir),
@@ -208,7 +193,7 @@ class Runner:
         ]  # fmt: skip
         for app, key in APPS.items():
             args += ["--application", f"{app}:{key}"]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=runner_env())
         log.close()
         while time.monotonic() < deadline:
             expect(self.proc.poll() is None, f"the runner exited with {self.proc.returncode}: {self.tail()}")
@@ -227,13 +212,8 @@ class Runner:
         return time.monotonic()
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def tail(self, lines=30):
         text = (self.logs / f"runner-{self.starts}.log").read_text(errors="replace")

@@ -58,7 +58,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -69,6 +68,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import free_port, stop_process  # noqa: E402
+
 HOOKS = Path(__file__).resolve().with_name("schemathesis_hooks.py")
 
 CLIENT_ID = "APP-FUZZ"
@@ -108,12 +111,6 @@ def resolve(path: str) -> Path:
     if not candidate.is_absolute() and not candidate.exists():
         candidate = ROOT / candidate
     return candidate.resolve()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def schemathesis_command() -> list[str]:
@@ -332,13 +329,8 @@ def main() -> int:
         print(f"!!! {type(e).__name__}: {e}", flush=True)
         ok = False
     finally:
-        if runner is not None and runner.poll() is None:
-            runner.terminate()
-            try:
-                runner.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                runner.kill()
-                runner.wait()
+        if runner is not None:
+            stop_process(runner, 10)
         log.close()
     print(f"(counts are API operations; report: {report_dir}; runner log: {log_path})", flush=True)
     print(f"schemathesis: {passed} passed, {failed} failed", flush=True)

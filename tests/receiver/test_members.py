@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,12 +32,15 @@ import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import Failed, Report, expect, free_port, runner_env, serve, stop_process  # noqa: E402
 
 APP1, KEY1 = "app-1", "key-1"
 APP2, KEY2 = "app-2", "key-2"
@@ -84,58 +86,6 @@ P2 = {
     "email": "charles@example.org",
     "consents": {APP2: ["members.email"]},
 }
-
-
-# --------------------------------------------------------------------------- output
-
-
-class Report:
-    """One line per check; the summary line is printed once, last."""
-
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-        self.lock = threading.RLock()  # held by the watchdog and by the final cleanup
-        self.finished = False
-
-    def record(self, name, ok, detail=""):
-        with self.lock:
-            if self.finished:
-                return
-            if ok:
-                self.passed += 1
-            else:
-                self.failed += 1
-            line = f"{'PASS' if ok else 'FAIL'} {name}"
-            print(f"{line}: {detail}" if detail else line, flush=True)
-
-    def check(self, name, fn):
-        """Runs fn; an exception (usually a failed `expect`) is a failure. Returns fn's value."""
-        try:
-            value = fn()
-        except Exception as e:  # noqa: BLE001 - any error is a failed check, never a crash
-            self.record(name, False, f"{type(e).__name__}: {e}" if not isinstance(e, Failed) else str(e))
-            return None
-        self.record(name, True, value if isinstance(value, str) else "")
-        return value
-
-    def finish(self):
-        """Prints the summary line; True the first time only."""
-        with self.lock:
-            if self.finished:
-                return False
-            self.finished = True
-            print(f"receiver: {self.passed} passed, {self.failed} failed", flush=True)
-            return True
-
-
-class Failed(Exception):
-    pass
-
-
-def expect(condition, message):
-    if not condition:
-        raise Failed(message)
 
 
 # --------------------------------------------------------------------------- receiver
@@ -190,11 +140,8 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve(Handler)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
     def url(self, path="/hook"):
         return f"http://127.0.0.1:{self.port}{path}"
@@ -335,17 +282,9 @@ def check_p1_for_app1(person):
 # --------------------------------------------------------------------------- runner
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Runner:
     def __init__(self, binary, port):
         self.log = tempfile.NamedTemporaryFile(prefix="webhooks-local-", suffix=".log", delete=False)
-        env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         self.args = [
             str(binary),
             "--listen", f"127.0.0.1:{port}",
@@ -357,17 +296,11 @@ class Runner:
             "--no-sample-record",
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            self.args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            self.args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=runner_env(), cwd=ROOT
         )
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def output(self):
         try:
@@ -754,7 +687,7 @@ def main():
     parser.add_argument("--verbose", action="store_true", help="print the runner's output even on success")
     args = parser.parse_args()
 
-    report = Report()
+    report = Report("receiver")
     started = time.monotonic()
     deadline = started + BUDGET
     runner = None

@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import boto3
@@ -38,6 +38,10 @@ from cfnlint.decode import cfn_yaml
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import Failed, describe, expect, free_port, serve, stop_process  # noqa: E402
+
 EVENTS = ROOT / "events"
 BUILT_TEMPLATE = ROOT / ".aws-sam" / "build" / "template.yaml"
 REGION = "eu-west-1"
@@ -52,15 +56,6 @@ CONTAINER_CONNECTION_TIMEOUT = 120  # the emulator's start under qemu (SAM's def
 RECEIVE_VISIBILITY = 30  # the test's own receive; an invocation takes about 10 s
 
 
-class Failed(Exception):
-    pass
-
-
-def expect(condition, message):
-    if not condition:
-        raise Failed(message)
-
-
 class Report:
     def __init__(self):
         self.passed = 0
@@ -73,18 +68,11 @@ class Report:
             value = fn()
         except Exception as e:  # noqa: BLE001 - any error is a failed test, never a crash
             self.failed += 1
-            detail = str(e) if isinstance(e, Failed) else f"{type(e).__name__}: {e}"
-            print(f"FAIL {name}: {detail}", flush=True)
+            print(f"FAIL {name}: {describe(e)}", flush=True)
             return None
         self.passed += 1
         print(f"PASS {name} ({time.monotonic() - started:.1f} s)", flush=True)
         return value
-
-
-def free_port(host):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class Receiver:
@@ -114,9 +102,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer((host, free_port(host)), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = serve(Handler, host)
 
     def url(self, path):
         host, port = self.server.server_address[:2]
@@ -159,12 +145,7 @@ class Moto:
         self.sqs = session.client("sqs", endpoint_url=self.endpoint)
 
     def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 10)
         self.log.close()
 
 
@@ -538,7 +519,7 @@ def run(args, report):
         api, api_log = sam.start_api(api_port, work / "start-api.log")
         base = f"http://127.0.0.1:{api_port}"
         curl_flow(report, base, secret, api, work)
-        stop_process(api)
+        stop_process(api, 20)
         api_log.close()
         api = None
 
@@ -659,7 +640,7 @@ def run(args, report):
         report.check("sam local invoke DeliveryFunction -e events/sqs-batch.json", deliver)
     finally:
         if api is not None:
-            stop_process(api)
+            stop_process(api, 20)
         moto.stop()
         receiver.stop()
 
@@ -679,15 +660,6 @@ def curl(*args):
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return status, headers, body
-
-
-def stop_process(process):
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def curl_flow(report, base, secret, api, work):
