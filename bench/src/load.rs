@@ -133,14 +133,6 @@ impl PendingChanges for MeteredPending {
         tokio::time::sleep(LatencyModel::STATED.dynamodb).await;
         self.inner.mark_all(window, records).await
     }
-    async fn page(
-        &self,
-        window: WindowId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> BackendResult<Page<RecordId>> {
-        self.inner.page(window, after, limit).await
-    }
     async fn shard_page(
         &self,
         window: WindowId,

@@ -364,22 +364,13 @@ pub trait PendingChanges: Send + Sync {
     async fn mark(&self, window: WindowId, record: &RecordId) -> BackendResult<()> {
         self.mark_all(window, std::slice::from_ref(record)).await
     }
-    /// Records pending in a window, in the store's order, after the page position `after`:
-    /// a [`Page`] that is short only at the window's end (no trailing empty page), each
-    /// record once in a page. The memory and SQLite stores page in key order, each record
-    /// once in the window; DynamoDB keeps each batch's records as written (one item per
-    /// batch and shard), so a record marked by several batches can come again on a later
-    /// page of the window: the flush de-duplicates within a window.
-    async fn page(
-        &self,
-        window: WindowId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> BackendResult<Page<RecordId>>;
     /// The records pending in one shard of a window ([`crate::window::Shard::of`]), in the
-    /// store's order, after the page position `after`, with the contract of
-    /// [`Self::page`]. DynamoDB's shard 0 also holds the unsharded entries of earlier
-    /// versions.
+    /// store's order, after the page position `after`: a [`Page`] that is short only at
+    /// the shard's end (no trailing empty page), each record once in a page. The memory and
+    /// SQLite stores page in key order, each record once in the window; DynamoDB keeps each
+    /// batch's records as written (one item per batch and shard), so a record marked by
+    /// several batches can come again on a later page: the flush de-duplicates within a
+    /// window. DynamoDB's shard 0 also holds the unsharded entries of earlier versions.
     async fn shard_page(
         &self,
         window: WindowId,

@@ -114,14 +114,13 @@ struct State {
 }
 
 impl State {
-    /// A page of the records pending in `window` after `after`, in key order, of those
-    /// `admit` lets through.
-    fn pending_page(
+    /// A page of `shard`'s records pending in `window` after `after`, in key order.
+    fn shard_page(
         &self,
         window: WindowId,
+        shard: Shard,
         after: Option<&str>,
         limit: usize,
-        admit: impl Fn(&RecordId) -> bool,
     ) -> Page<RecordId> {
         let Some(records) = self.pending.get(&window) else {
             return Page::last(Vec::new());
@@ -129,7 +128,7 @@ impl State {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let items: Vec<RecordId> = records
             .range::<str, _>((start, Bound::Unbounded))
-            .filter(|record| admit(record))
+            .filter(|record| Shard::of(record) == shard)
             .take(limit + 1)
             .cloned()
             .collect();
@@ -356,19 +355,6 @@ impl PendingChanges for MemoryStore {
             .await
     }
 
-    async fn page(
-        &self,
-        window: WindowId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> BackendResult<Page<RecordId>> {
-        self.gate
-            .run("page", async {
-                Ok(self.state().pending_page(window, after, limit, |_| true))
-            })
-            .await
-    }
-
     async fn shard_page(
         &self,
         window: WindowId,
@@ -378,8 +364,7 @@ impl PendingChanges for MemoryStore {
     ) -> BackendResult<Page<RecordId>> {
         self.gate
             .run("shard_page", async {
-                let state = self.state();
-                Ok(state.pending_page(window, after, limit, |r| Shard::of(r) == shard))
+                Ok(self.state().shard_page(window, shard, after, limit))
             })
             .await
     }

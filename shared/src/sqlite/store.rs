@@ -663,14 +663,13 @@ impl SyncStore for SqliteStore {
     }
 }
 
-/// A page of a window's pending records after `after`, in key order, only `shard`'s when
-/// one is given. The shard is a hash of the id, not a column: a shard's page steps through
-/// the window's records and passes over those of other shards; stepping stops at the row
-/// after the page's last.
-fn pending_page(
+/// A page of `shard`'s records pending in `window` after `after`, in key order. The shard is
+/// a hash of the id, not a column: the page steps through the window's records and passes
+/// over those of other shards; stepping stops at the row after the page's last.
+fn shard_page(
     conn: &Connection,
     window: WindowId,
-    shard: Option<Shard>,
+    shard: Shard,
     after: Option<String>,
     limit: usize,
 ) -> BackendResult<Page<RecordId>> {
@@ -689,7 +688,7 @@ fn pending_page(
         let id = row.map_err(backend)?;
         let record = RecordId::parse(&id)
             .map_err(|e| BackendError::Corrupt(format!("pending record id {id:?}: {e}")))?;
-        if shard.is_none_or(|shard| Shard::of(&record) == shard) {
+        if Shard::of(&record) == shard {
             items.push(record);
             if items.len() > limit {
                 break;
@@ -714,18 +713,6 @@ impl PendingChanges for SqliteStore {
             .await
     }
 
-    async fn page(
-        &self,
-        window: WindowId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> BackendResult<Page<RecordId>> {
-        let after = after.map(str::to_owned);
-        self.db
-            .read(move |conn| pending_page(conn, window, None, after, limit))
-            .await
-    }
-
     async fn shard_page(
         &self,
         window: WindowId,
@@ -735,7 +722,7 @@ impl PendingChanges for SqliteStore {
     ) -> BackendResult<Page<RecordId>> {
         let after = after.map(str::to_owned);
         self.db
-            .read(move |conn| pending_page(conn, window, Some(shard), after, limit))
+            .read(move |conn| shard_page(conn, window, shard, after, limit))
             .await
     }
 

@@ -18,8 +18,8 @@ use crate::ports::{
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::testing::ManualClock;
-use crate::testing::{at_ms, lease};
-use crate::window::WindowId;
+use crate::testing::{at_ms, lease, pending_records, records_of_shard};
+use crate::window::{Shard, WindowId};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,7 +157,7 @@ async fn everything_written_is_there_after_a_reopen() {
     assert_eq!(person["firstName"], "Ann");
     assert_eq!(person["id"], "r1");
     assert_eq!(
-        store.page(WindowId(3), None, 10).await.unwrap().items,
+        pending_records(&store, WindowId(3)).await.unwrap(),
         vec![record("r1")]
     );
     assert_eq!(store.current_window().await.unwrap(), WindowId(4));
@@ -450,26 +450,28 @@ async fn pending_pages_coalesce_continue_and_go_behind_the_cursor() {
     let dir = TempDir::new();
     let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap());
     let w = WindowId(3);
-    for r in ["c", "a", "b", "a", "d", "e"] {
-        store.mark(w, &record(r)).await.unwrap();
+    let shard = Shard(0);
+    let r = records_of_shard(shard, "r", 5);
+    for k in [2, 0, 1, 0, 3, 4] {
+        store.mark(w, &r[k]).await.unwrap();
     }
-    let ids = |p: &Page<RecordId>| {
-        p.items
-            .iter()
-            .map(|r| r.as_str().to_owned())
-            .collect::<Vec<_>>()
-    };
-    let p1 = store.page(w, None, 2).await.unwrap();
-    assert_eq!(ids(&p1), ["a", "b"]);
-    let p2 = store.page(w, p1.next.as_deref(), 2).await.unwrap();
-    assert_eq!(ids(&p2), ["c", "d"]);
-    let p3 = store.page(w, p2.next.as_deref(), 2).await.unwrap();
-    assert_eq!((ids(&p3), p3.next), (vec!["e".to_owned()], None));
+    let p1 = store.shard_page(w, shard, None, 2).await.unwrap();
+    assert_eq!(p1.items, r[..2]);
+    let p2 = store
+        .shard_page(w, shard, p1.next.as_deref(), 2)
+        .await
+        .unwrap();
+    assert_eq!(p2.items, r[2..4]);
+    let p3 = store
+        .shard_page(w, shard, p2.next.as_deref(), 2)
+        .await
+        .unwrap();
+    assert_eq!((p3.items, p3.next), (r[4..].to_vec(), None));
     let cursor = FlushCursor::start_of(WindowId(4));
     store.save_cursor(&cursor).await.unwrap();
     assert_eq!(store.cursor().await.unwrap(), Some(cursor));
     assert!(
-        store.page(w, None, 10).await.unwrap().items.is_empty(),
+        pending_records(&store, w).await.unwrap().is_empty(),
         "flushed windows go"
     );
 }
@@ -938,7 +940,7 @@ async fn a_poison_item_is_kept_until_removed_and_marks_the_current_window() {
         WindowId(7)
     );
     assert_eq!(
-        store.page(WindowId(7), None, 5).await.unwrap().items,
+        pending_records(&store, WindowId(7)).await.unwrap(),
         vec![record("r1")]
     );
     assert!(store.remove_poison(&item.id()).await.unwrap());

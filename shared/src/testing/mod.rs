@@ -1,12 +1,17 @@
 //! What tests, benchmarks and tools need to test the service, and production never runs:
 //! a clock that moves when told ([`ManualClock`]), fault injection for any adapter
-//! ([`faults`]), and the contract every adapter set keeps ([`contract`]). Compiled only with the `testing` feature (as tokio's `test-util`), which
-//! the `tests` crate enables; the Lambda functions and the local runner build without it.
+//! ([`faults`]), the contract every adapter set keeps ([`contract`]), and a window's
+//! pending records read shard by shard ([`pending_records`], [`records_of_shard`]).
+//! Compiled only with the `testing` feature (as tokio's `test-util`), which the `tests`
+//! crate enables; the Lambda functions and the local runner build without it.
 
 pub mod contract;
 pub mod faults;
 
 use crate::clock::{Clock, Timestamp};
+use crate::ports::{BackendResult, PendingChanges};
+use crate::record::RecordId;
+use crate::window::{Shard, WindowId};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -49,4 +54,44 @@ impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         *self.0.lock().expect("clock lock")
     }
+}
+
+/// `n` record ids of `shard`, sorted, each `prefix` followed by a number: records that one
+/// shard's pages hold together.
+pub fn records_of_shard(shard: Shard, prefix: &str, n: usize) -> Vec<RecordId> {
+    let mut records: Vec<RecordId> = (0..)
+        .map(|k| RecordId::parse(&format!("{prefix}{k}")).expect("a valid record id"))
+        .filter(|record| Shard::of(record) == shard)
+        .take(n)
+        .collect();
+    records.sort_unstable();
+    records
+}
+
+/// Every record pending in `window`: each shard's pages read to the end, shard by shard,
+/// as the store returns them (a record DynamoDB holds in several batches comes as often).
+pub async fn pending_records(
+    pending: &(impl PendingChanges + ?Sized),
+    window: WindowId,
+) -> BackendResult<Vec<RecordId>> {
+    const MAX_PAGES: usize = 1_000;
+    let mut records = Vec::new();
+    for shard in Shard::all() {
+        let mut after: Option<String> = None;
+        for read in 1.. {
+            assert!(
+                read <= MAX_PAGES,
+                "{shard:?} did not end in {MAX_PAGES} pages"
+            );
+            let page = pending
+                .shard_page(window, shard, after.as_deref(), 100)
+                .await?;
+            records.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(records)
 }

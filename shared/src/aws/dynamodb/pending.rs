@@ -65,20 +65,19 @@ struct Position {
 }
 
 impl Position {
-    fn parse(text: Option<&str>) -> Self {
-        let parsed = text.and_then(|t| {
-            let (shard, rest) = t.split_once('/')?;
-            let (sk, offset) = rest.rsplit_once('/')?;
-            Some(Self {
-                shard: shard.parse().ok().filter(|s| *s <= PENDING_SHARDS)?,
-                item: Some((sk.to_owned(), offset.parse().ok()?)),
-            })
-        });
-        // A position an earlier version saved (a record id) starts the window again:
-        // a page's worth of duplicates, nothing skipped.
-        parsed.unwrap_or(Self {
-            shard: 0,
-            item: None,
+    /// The start of a shard's partition.
+    fn start(shard: u16) -> Self {
+        Self { shard, item: None }
+    }
+
+    /// A position this adapter wrote; None for anything else (a record id, as an earlier
+    /// version saved).
+    fn parse(text: &str) -> Option<Self> {
+        let (shard, rest) = text.split_once('/')?;
+        let (sk, offset) = rest.rsplit_once('/')?;
+        Some(Self {
+            shard: shard.parse().ok().filter(|s| *s <= PENDING_SHARDS)?,
+            item: Some((sk.to_owned(), offset.parse().ok()?)),
         })
     }
 
@@ -240,29 +239,6 @@ impl PendingChanges for DynamoStore {
         self.mark_pending(window, records).await
     }
 
-    async fn page(
-        &self,
-        window: WindowId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> BackendResult<Page<RecordId>> {
-        let mut position = Position::parse(after);
-        let mut page = PageBuilder::new(limit);
-        while position.shard <= PENDING_SHARDS {
-            if let Some(next) = self.read_shard(window, &position, &mut page).await? {
-                return Ok(Page {
-                    items: page.records,
-                    next: Some(next),
-                });
-            }
-            position = Position {
-                shard: position.shard + 1,
-                item: None,
-            };
-        }
-        Ok(Page::last(page.records))
-    }
-
     async fn shard_page(
         &self,
         window: WindowId,
@@ -270,27 +246,19 @@ impl PendingChanges for DynamoStore {
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<RecordId>> {
-        let mut position = match after {
-            Some(text) => Position::parse(Some(text)),
-            None => Position {
-                shard: shard.0,
-                item: None,
-            },
-        };
-        let mut page = PageBuilder::new(limit);
         // Shard 0's worker reads the unsharded partition of earlier versions after its own.
         let last = if shard.0 == 0 {
             PENDING_SHARDS
         } else {
             shard.0
         };
-        if position.shard != shard.0 && position.shard != last {
-            // Not a position of this shard: from its start (duplicates, nothing skipped).
-            position = Position {
-                shard: shard.0,
-                item: None,
-            };
-        }
+        // A position that is not one of this shard's starts the shard again: a page's worth
+        // of duplicates, nothing skipped.
+        let mut position = after
+            .and_then(Position::parse)
+            .filter(|p| p.shard == shard.0 || p.shard == last)
+            .unwrap_or(Position::start(shard.0));
+        let mut page = PageBuilder::new(limit);
         loop {
             if let Some(next) = self.read_shard(window, &position, &mut page).await? {
                 return Ok(Page {
@@ -301,10 +269,7 @@ impl PendingChanges for DynamoStore {
             if position.shard == last {
                 return Ok(Page::last(page.records));
             }
-            position = Position {
-                shard: last,
-                item: None,
-            };
+            position = Position::start(last);
         }
     }
 

@@ -1,6 +1,6 @@
-//! Pending changes: each record of a window paged once (in the store's order: key order in
-//! memory and SQLite, shard by shard on DynamoDB); the flush cursor; the flush lease;
-//! poison items.
+//! Pending changes: each record of a window's shard paged once (in the store's order: key
+//! order in memory and SQLite, item by item on DynamoDB); the flush cursor; the flush
+//! lease; poison items.
 
 use super::{Adapters, read_pages, record};
 use crate::job::DeliveryJob;
@@ -9,11 +9,11 @@ use crate::poison::PoisonItem;
 use crate::ports::LeaseHolder;
 use crate::ports::{FlushCursor, Page, ShardPosition};
 use crate::record::RecordId;
-use crate::testing::{at_ms, lease};
+use crate::testing::{at_ms, lease, pending_records, records_of_shard};
 use crate::window::{Shard, WindowId};
 
 scenarios![
-    pending_pages_hold_each_record_without_a_trailing_empty_page,
+    shard_pages_hold_each_record_without_a_trailing_empty_page,
     shard_pages_split_a_window_by_the_records_shard,
     pending_cursor_round_trips_and_keeps_unflushed_windows,
     flush_lease_one_flush_at_a_time,
@@ -22,15 +22,6 @@ scenarios![
 
 fn ids(items: &[RecordId]) -> Vec<&str> {
     items.iter().map(RecordId::as_str).collect()
-}
-
-/// The window's pages of `limit`, read to the end.
-async fn pages(a: &Adapters, window: WindowId, limit: usize) -> Vec<Page<RecordId>> {
-    read_pages(20, |after| {
-        let pending = a.ports.pending.clone();
-        async move { pending.page(window, after.as_deref(), limit).await }
-    })
-    .await
 }
 
 fn page_ids(pages: &[Page<RecordId>]) -> Vec<Vec<&str>> {
@@ -42,72 +33,6 @@ fn paged(pages: &[Page<RecordId>]) -> (Vec<usize>, Vec<&str>) {
     let mut all: Vec<&str> = pages.iter().flat_map(|p| ids(&p.items)).collect();
     all.sort_unstable();
     (pages.iter().map(|p| p.items.len()).collect(), all)
-}
-
-async fn pending_pages_hold_each_record_without_a_trailing_empty_page(a: Adapters) {
-    let window = WindowId(42);
-    for id in ["c", "a", "b", "a", "d", "e"] {
-        a.ports.pending.mark(window, &record(id)).await.unwrap();
-    }
-    a.ports
-        .pending
-        .mark(WindowId(43), &record("b0"))
-        .await
-        .unwrap();
-    let every = vec!["a", "b", "c", "d", "e"];
-    assert_eq!(
-        paged(&pages(&a, window, 2).await),
-        (vec![2, 2, 1], every.clone()),
-        "pages of two, one entry per record"
-    );
-    assert_eq!(
-        paged(&pages(&a, window, 5).await),
-        (vec![5], every.clone()),
-        "a full page that ends the window has no next: no trailing empty page"
-    );
-    assert_eq!(
-        paged(&pages(&a, window, 1).await),
-        (vec![1; 5], every.clone()),
-        "pages of one: five, the last without next"
-    );
-    assert_eq!(
-        page_ids(&pages(&a, WindowId(44), 3).await),
-        [Vec::<&str>::new()],
-        "a window with nothing pending: one empty page without next"
-    );
-    // Marked together (a stream batch), then again with others: each record once.
-    let batch = WindowId(45);
-    let first: Vec<RecordId> = ["p", "q", "r", "s"].into_iter().map(record).collect();
-    a.ports.pending.mark_all(batch, &first).await.unwrap();
-    a.ports.pending.mark_all(batch, &first).await.unwrap();
-    a.ports
-        .pending
-        .mark_all(batch, &[record("t"), record("t")])
-        .await
-        .unwrap();
-    assert_eq!(
-        paged(&pages(&a, batch, 10).await),
-        (vec![5], vec!["p", "q", "r", "s", "t"]),
-        "a batch marked again is the same entries"
-    );
-    // A page position from a page continues after it, whatever was marked since before
-    // it: the rest holds every record the first page did not (and may hold the new one).
-    let first = a.ports.pending.page(window, None, 2).await.unwrap();
-    a.ports.pending.mark(window, &record("a0")).await.unwrap();
-    let rest = a
-        .ports
-        .pending
-        .page(window, first.next.as_deref(), 10)
-        .await
-        .unwrap();
-    assert_eq!(rest.next, None);
-    let mut seen: Vec<&str> = ids(&first.items)
-        .into_iter()
-        .chain(ids(&rest.items))
-        .filter(|id| *id != "a0")
-        .collect();
-    seen.sort_unstable();
-    assert_eq!(seen, every, "each record once across the two pages");
 }
 
 /// A shard's pages of `limit`, read to the end.
@@ -126,6 +51,82 @@ async fn shard_pages(
         }
     })
     .await
+}
+
+async fn shard_pages_hold_each_record_without_a_trailing_empty_page(a: Adapters) {
+    let window = WindowId(42);
+    let shard = Shard(1);
+    // Five records of one shard, and one more marked between two pages.
+    let records = records_of_shard(shard, "r", 6);
+    let (five, late) = (&records[..5], &records[5]);
+    for k in [2, 0, 1, 0, 3, 4] {
+        a.ports.pending.mark(window, &five[k]).await.unwrap();
+    }
+    a.ports.pending.mark(WindowId(43), late).await.unwrap();
+    let every = ids(five);
+    assert_eq!(
+        paged(&shard_pages(&a, window, shard, 2).await),
+        (vec![2, 2, 1], every.clone()),
+        "pages of two, one entry per record"
+    );
+    assert_eq!(
+        paged(&shard_pages(&a, window, shard, 5).await),
+        (vec![5], every.clone()),
+        "a full page that ends the shard has no next: no trailing empty page"
+    );
+    assert_eq!(
+        paged(&shard_pages(&a, window, shard, 1).await),
+        (vec![1; 5], every.clone()),
+        "pages of one: five, the last without next"
+    );
+    assert_eq!(
+        page_ids(&shard_pages(&a, WindowId(44), shard, 3).await),
+        [Vec::<&str>::new()],
+        "a window with nothing pending: one empty page without next"
+    );
+    assert_eq!(
+        page_ids(&shard_pages(&a, window, Shard(2), 3).await),
+        [Vec::<&str>::new()],
+        "a shard with nothing pending in a window with records in another: one empty page"
+    );
+    // Marked together (a stream batch), then again with others: each record once.
+    let batch = WindowId(45);
+    let marked = records_of_shard(shard, "b", 5);
+    a.ports.pending.mark_all(batch, &marked[..4]).await.unwrap();
+    a.ports.pending.mark_all(batch, &marked[..4]).await.unwrap();
+    a.ports
+        .pending
+        .mark_all(batch, &[marked[4].clone(), marked[4].clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        paged(&shard_pages(&a, batch, shard, 10).await),
+        (vec![5], ids(&marked)),
+        "a batch marked again is the same entries"
+    );
+    // A page position from a page continues after it, whatever was marked since before
+    // it: the rest holds every record the first page did not (and may hold the new one).
+    let first = a
+        .ports
+        .pending
+        .shard_page(window, shard, None, 2)
+        .await
+        .unwrap();
+    a.ports.pending.mark(window, late).await.unwrap();
+    let rest = a
+        .ports
+        .pending
+        .shard_page(window, shard, first.next.as_deref(), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.next, None);
+    let mut seen: Vec<&str> = ids(&first.items)
+        .into_iter()
+        .chain(ids(&rest.items))
+        .filter(|id| *id != late.as_str())
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, every, "each record once across the two pages");
 }
 
 async fn shard_pages_split_a_window_by_the_records_shard(a: Adapters) {
@@ -166,19 +167,25 @@ async fn shard_pages_split_a_window_by_the_records_shard(a: Adapters) {
 async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
     let pending = &a.ports.pending;
     assert_eq!(pending.cursor().await.unwrap(), None);
+    let shard = Shard(3);
+    let records = records_of_shard(shard, "c", 3);
     for window in [4, 5, 6] {
-        for id in ["a", "b", "c"] {
-            pending.mark(WindowId(window), &record(id)).await.unwrap();
+        for record in &records {
+            pending.mark(WindowId(window), record).await.unwrap();
         }
     }
-    let first = pending.page(WindowId(5), None, 2).await.unwrap();
+    let first = pending
+        .shard_page(WindowId(5), shard, None, 2)
+        .await
+        .unwrap();
     let cursor = FlushCursor {
         window: WindowId(5),
-        after: first.next.clone(),
+        // A position inside the whole window, as versions before the shard workers saved.
+        after: Some("c7".into()),
         shards: vec![
             ShardPosition {
-                shard: Shard(3),
-                after: Some("3/abc/7".into()),
+                shard,
+                after: first.next.clone(),
                 done: false,
             },
             ShardPosition {
@@ -192,14 +199,19 @@ async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
     assert_eq!(pending.cursor().await.unwrap(), Some(cursor));
     // Windows before the cursor may be dropped (they expire); the cursor's and later stay.
     for window in [5, 6] {
-        assert_eq!(
-            paged(&pages(&a, WindowId(window), 10).await),
-            (vec![3], vec!["a", "b", "c"]),
-            "window {window} is kept whole"
-        );
+        let mut kept = pending_records(pending.as_ref(), WindowId(window))
+            .await
+            .unwrap();
+        kept.sort_unstable();
+        assert_eq!(kept, records, "window {window} is kept whole");
     }
+    let saved = pending
+        .cursor()
+        .await
+        .unwrap()
+        .map(|c| c.shard(shard).after);
     let rest = pending
-        .page(WindowId(5), first.next.as_deref(), 10)
+        .shard_page(WindowId(5), shard, saved.flatten().as_deref(), 10)
         .await
         .unwrap();
     let mut both: Vec<&str> = ids(&first.items)
@@ -209,7 +221,7 @@ async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
     both.sort_unstable();
     assert_eq!(
         (first.items.len(), both),
-        (2, vec!["a", "b", "c"]),
+        (2, ids(&records)),
         "the saved position still continues"
     );
     let moved = FlushCursor::start_of(WindowId(6));
