@@ -268,6 +268,31 @@ fn drafts(mut logged: Vec<&LoggedAttempt>) -> BackendResult<Vec<GroupDraft>> {
 }
 
 impl DynamoStore {
+    /// A page query of partition `pk`, newest first, of the items whose sort key is below
+    /// `before` (all of them without), from `start`, where the previous page ended.
+    fn newest_first(
+        &self,
+        pk: String,
+        before: Option<String>,
+        limit: i32,
+        start: Option<Item>,
+    ) -> QueryFluentBuilder {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .expression_attribute_values(":pk", s(pk))
+            .scan_index_forward(false)
+            .limit(limit)
+            .set_exclusive_start_key(start);
+        match before {
+            Some(before) => query
+                .key_condition_expression("pk = :pk AND sk < :before")
+                .expression_attribute_values(":before", s(before)),
+            None => query.key_condition_expression("pk = :pk"),
+        }
+    }
+
     /// When an item about a moment `at_ms` expires.
     fn attempt_expiry(&self, at_ms: i64) -> i64 {
         at_ms.max(0) / 1000 + self.attempt_retention.as_secs() as i64
@@ -724,21 +749,12 @@ impl<'a> Listing<'a> {
     }
 
     async fn read_items(&mut self, want: usize) -> BackendResult<()> {
-        let mut query = self
-            .store
-            .client
-            .query()
-            .table_name(&self.store.table)
-            .expression_attribute_values(":pk", s(attempts_pk(&self.endpoint.key)))
-            .scan_index_forward(false)
-            .limit(want.clamp(1, 1000) as i32)
-            .set_exclusive_start_key(self.items.start.take());
-        query = match self.after {
-            Some(before) => query
-                .key_condition_expression("pk = :pk AND sk < :before")
-                .expression_attribute_values(":before", s(before)),
-            None => query.key_condition_expression("pk = :pk"),
-        };
+        let mut query = self.store.newest_first(
+            attempts_pk(&self.endpoint.key),
+            self.after.map(str::to_owned),
+            want.clamp(1, 1000) as i32,
+            self.items.start.take(),
+        );
         query = match self.filter {
             StatusFilter::All => query,
             StatusFilter::Acked | StatusFilter::Failed => query
@@ -765,26 +781,18 @@ impl<'a> Listing<'a> {
     }
 
     async fn read_groups(&mut self) -> BackendResult<()> {
-        let mut query = self
-            .store
-            .client
-            .query()
-            .table_name(&self.store.table)
-            .expression_attribute_values(":pk", s(group_pk(&self.endpoint.owner)))
-            .scan_index_forward(false)
-            .limit(self.group_page)
-            .set_exclusive_start_key(self.groups.start.take());
-        self.group_page = (self.group_page * 2).min(MAX_GROUP_PAGE);
         // A group holds attempts up to its span older than its newest.
-        query = match self.after.and_then(position_ms) {
-            Some(ms) => query
-                .key_condition_expression("pk = :pk AND sk < :upper")
-                .expression_attribute_values(
-                    ":upper",
-                    s(ms_key(ms.saturating_add(GROUP_SPAN_MS + 1))),
-                ),
-            None => query.key_condition_expression("pk = :pk"),
-        };
+        let upper = self
+            .after
+            .and_then(position_ms)
+            .map(|ms| ms_key(ms.saturating_add(GROUP_SPAN_MS + 1)));
+        let query = self.store.newest_first(
+            group_pk(&self.endpoint.owner),
+            upper,
+            self.group_page,
+            self.groups.start.take(),
+        );
+        self.group_page = (self.group_page * 2).min(MAX_GROUP_PAGE);
         let out = query.send().await.map_err(unavailable)?;
         for item in out.items.unwrap_or_default() {
             let newest = item
