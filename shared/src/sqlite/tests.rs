@@ -55,6 +55,16 @@ fn queue(db: &Arc<Database>, clock: &Arc<ManualClock>, max_receives: u32) -> Sql
     )
 }
 
+/// A queue on a database of its own (removed with the directory returned), on a manual
+/// clock.
+fn new_queue(max_receives: u32) -> (TempDir, Arc<ManualClock>, SqliteQueue) {
+    let dir = TempDir::new();
+    let db = Database::open(&dir.0, Access::Runner).unwrap();
+    let clock = clock();
+    let q = queue(&db, &clock, max_receives);
+    (dir, clock, q)
+}
+
 fn record(id: &str) -> RecordId {
     RecordId::parse(id).unwrap()
 }
@@ -225,10 +235,7 @@ async fn a_newer_schema_is_refused() {
 
 #[tokio::test]
 async fn queue_visibility_receive_counts_and_dead_letters() {
-    let dir = TempDir::new();
-    let db = Database::open(&dir.0, Access::Runner).unwrap();
-    let clock = clock();
-    let q = queue(&db, &clock, 2);
+    let (_dir, clock, q) = new_queue(2);
     q.enqueue(&[job(1)]).await.unwrap().all().unwrap();
     let first = q.receive(10, Duration::ZERO).await.unwrap();
     assert_eq!(first.len(), 1);
@@ -313,10 +320,7 @@ async fn a_message_in_flight_when_the_process_died_comes_back_after_its_timeout(
 #[tokio::test]
 async fn settle_keeps_what_the_batch_response_reports_failed() {
     use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
-    let dir = TempDir::new();
-    let db = Database::open(&dir.0, Access::Runner).unwrap();
-    let clock = clock();
-    let q = queue(&db, &clock, 5);
+    let (_dir, _, q) = new_queue(5);
     q.enqueue(&[job(1), job(2), job(3)])
         .await
         .unwrap()
@@ -364,10 +368,7 @@ async fn a_long_poll_wakes_when_a_message_is_sent() {
 
 #[tokio::test]
 async fn parked_messages_hide_while_held() {
-    let dir = TempDir::new();
-    let db = Database::open(&dir.0, Access::Runner).unwrap();
-    let clock = clock();
-    let q = queue(&db, &clock, 5);
+    let (_dir, clock, q) = new_queue(5);
     q.park(&job(1)).await.unwrap();
     q.park(&job(2)).await.unwrap();
     assert_eq!(q.depth().await.unwrap().parked, 2);
@@ -561,22 +562,8 @@ async fn sync_outcomes_count_each_person_once_and_one_claimant_announces() {
         "no driver state yet"
     );
     assert!(!store.claim_sync_completion(&s1(), "x").await.unwrap());
-    let sync = crate::sync::FullSync {
-        application_id: s1().application,
-        sync_id: s1().sync,
-        request_interval_ms: 0,
-        state: crate::sync::SyncState::Running,
-        cursor: None,
-        scan_done: true,
-        scanned: 3,
-        delivered: 0,
-        failed: 0,
-        head_attempts: 0,
-        next_attempt_at: None,
-        last_request_end: None,
-        started_at: crate::testing::at("2026-11-26T00:00:00.000Z"),
-        completed_at: None,
-    };
+    let sync = driver_state(1, crate::sync::SyncState::Running);
+    assert_eq!(sync.key(), s1());
     store.save_sync(&sync).await.unwrap();
     let (saved, outcomes) = store.get_sync(&s1()).await.unwrap().unwrap();
     assert_eq!(saved, sync);
@@ -593,8 +580,8 @@ async fn sync_outcomes_count_each_person_once_and_one_claimant_announces() {
     assert!(!store.claim_sync_completion(&s1(), "y").await.unwrap());
 }
 
-/// A fan-out sync's driver state (`n` names it) as saved with `state`.
-fn fan_out_sync(n: u32, state: crate::sync::SyncState) -> crate::sync::FullSync {
+/// The driver state of sync `n` of application `app` (sync 1 is `s1()`), its scan done.
+fn driver_state(n: u32, state: crate::sync::SyncState) -> crate::sync::FullSync {
     crate::sync::FullSync {
         application_id: "app".parse().unwrap(),
         sync_id: format!("sync_{n:032}").parse().unwrap(),
@@ -626,9 +613,9 @@ async fn a_finished_syncs_counted_markers_are_pruned_after_the_retention() {
     };
     // 1 completes (its completion claimed), 2 is cancelled by its driver, 3 still runs.
     let (claimed, cancelled, running) = (
-        fan_out_sync(1, SyncState::Running),
-        fan_out_sync(2, SyncState::Cancelled),
-        fan_out_sync(3, SyncState::Running),
+        driver_state(1, SyncState::Running),
+        driver_state(2, SyncState::Cancelled),
+        driver_state(3, SyncState::Running),
     );
     for sync in [&claimed, &cancelled, &running] {
         store.save_sync(sync).await.unwrap();
