@@ -1154,20 +1154,56 @@ async fn subscribe_records(aws: &webhooks::aws::AwsServices, n: usize) -> Vec<Re
     records
 }
 
+/// A flush test's set-up on moto: `n` records with a subscriber each (`subscribe_records`),
+/// marked pending in one window in the batches that `batches` names (ranges of the
+/// records, as stream batches mark them), and that window closed.
+struct ClosedWindow {
+    env: MotoEnv,
+    aws: AwsServices,
+    sqs: aws_sdk_sqs::Client,
+    windows: Arc<ManualWindows>,
+    window: webhooks::window::WindowId,
+    records: Vec<RecordId>,
+}
+
+impl ClosedWindow {
+    async fn new(n: usize, batches: &[std::ops::Range<usize>]) -> Self {
+        let env = MotoEnv::create(5).await;
+        let aws = AwsServices::new(&env.config, env.settings());
+        let sqs = aws_sdk_sqs::Client::new(&env.config);
+        let windows = Arc::new(ManualWindows::default());
+        let records = subscribe_records(&aws, n).await;
+        let window = webhooks::window::FlushWindows::current(windows.as_ref());
+        for batch in batches {
+            aws.store
+                .mark_all(window, &records[batch.clone()])
+                .await
+                .unwrap();
+        }
+        windows.close_current();
+        Self {
+            env,
+            aws,
+            sqs,
+            windows,
+            window,
+            records,
+        }
+    }
+}
+
 /// A record changed in several stream batches of a window is in several items of its
 /// shard; the flush notifies it once in that window, across pages and shards.
 #[tokio::test]
 async fn a_record_marked_by_several_batches_is_notified_once_per_window() {
-    let env = MotoEnv::create(5).await;
-    let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
-    let sqs = aws_sdk_sqs::Client::new(&env.config);
-    let windows = Arc::new(ManualWindows::default());
-    let records = subscribe_records(&aws, 30).await;
-    let window = webhooks::window::FlushWindows::current(windows.as_ref());
-    for batch in [&records[..20], &records[10..], &records[..], &records[5..6]] {
-        aws.store.mark_all(window, batch).await.unwrap();
-    }
-    windows.close_current();
+    let ClosedWindow {
+        env,
+        aws,
+        sqs,
+        windows,
+        records,
+        ..
+    } = ClosedWindow::new(30, &[0..20, 10..30, 0..30, 5..6]).await;
     let flush = Flush {
         ports: aws.ports(),
         windows: windows.clone(),
@@ -1320,16 +1356,14 @@ impl webhooks::ports::DeliveryQueue for StuckQueue {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
     use webhooks::window::Shard;
-    let env = MotoEnv::create(5).await;
-    let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
-    let sqs = aws_sdk_sqs::Client::new(&env.config);
-    let windows = Arc::new(ManualWindows::default());
-    let records = subscribe_records(&aws, 40).await;
-    let window = webhooks::window::FlushWindows::current(windows.as_ref());
-    for batch in records.chunks(15) {
-        aws.store.mark_all(window, batch).await.unwrap();
-    }
-    windows.close_current();
+    let ClosedWindow {
+        env,
+        aws,
+        sqs,
+        windows,
+        window,
+        ..
+    } = ClosedWindow::new(40, &[0..15, 15..30, 30..40]).await;
     let settings = FlushSettings {
         page_size: 2,
         // The killed run's leases last until its deadline.
