@@ -4,8 +4,8 @@
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    StreamSpecification, StreamViewType,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, StreamSpecification, StreamViewType,
 };
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
@@ -281,6 +281,29 @@ impl MotoEnv {
     /// Bodies of the messages in the delivery queue (received, not deleted).
     pub async fn queued(&self) -> Vec<String> {
         self.peek(&self.queue_url).await
+    }
+
+    /// Every item of one partition of the service table, as stored, in sort-key order.
+    pub async fn partition(&self, pk: &str) -> Vec<HashMap<String, AttributeValue>> {
+        let dynamodb = aws_sdk_dynamodb::Client::new(&self.config);
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = dynamodb
+                .query()
+                .table_name(&self.service_table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(pk.to_owned()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+            items.extend(out.items.unwrap_or_default());
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return items;
+            }
+        }
     }
 
     /// Up to ten message bodies of a queue, left visible.

@@ -7,7 +7,6 @@
 //! the group span — and then every listing (each filter, paged at several sizes), every
 //! message, `failed_since` and `messages` are compared.
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use webhooks::attempts::{
@@ -317,16 +316,7 @@ async fn large_and_long_batches_are_split() {
         memory.record(call).await.unwrap();
         store.record(call).await.unwrap();
     }
-    let groups = aws_sdk_dynamodb::Client::new(&env.config)
-        .query()
-        .table_name(&env.service_table)
-        .key_condition_expression("pk = :pk")
-        .expression_attribute_values(":pk", AttributeValue::S("GROUP#client_C1".into()))
-        .send()
-        .await
-        .unwrap()
-        .items
-        .unwrap_or_default();
+    let groups = env.partition("GROUP#client_C1").await;
     let mut sizes = BTreeMap::new();
     for item in &groups {
         let sk = item["sk"].as_s().unwrap();

@@ -276,11 +276,9 @@ async fn a_message_that_always_fails_ends_in_the_dlq() {
 /// the same shard), each with its TTL; the same batch marked again is the same items.
 #[tokio::test]
 async fn a_batch_of_pending_records_is_one_item_per_shard_with_its_ttl() {
-    use aws_sdk_dynamodb::types::AttributeValue;
     use webhooks::aws::dynamodb::{PENDING_SHARDS, pending_shard};
     let env = MotoEnv::create(3).await;
     let aws = AwsServices::new(&env.config, env.settings());
-    let dynamodb = aws_sdk_dynamodb::Client::new(&env.config);
     let window = webhooks::window::WindowId(42);
     let records: Vec<RecordId> = (0..100)
         .map(|i| RecordId::parse(&format!("r{i:03}")).unwrap())
@@ -288,23 +286,8 @@ async fn a_batch_of_pending_records_is_one_item_per_shard_with_its_ttl() {
     let stored = || async {
         let mut items = Vec::new();
         for shard in 0..PENDING_SHARDS {
-            let out = dynamodb
-                .query()
-                .table_name(&env.service_table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(
-                    ":pk",
-                    AttributeValue::S(format!("PENDING#42#{shard}")),
-                )
-                .send()
-                .await
-                .unwrap();
-            items.extend(
-                out.items
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|i| (shard, i)),
-            );
+            let stored = env.partition(&format!("PENDING#42#{shard}")).await;
+            items.extend(stored.into_iter().map(|i| (shard, i)));
         }
         items
     };
@@ -1268,7 +1251,6 @@ async fn a_stored_id_that_does_not_parse_is_corrupt() {
 /// pending change expires seven days after the store's now.
 #[tokio::test]
 async fn ttls_are_stamped_by_the_stores_clock() {
-    use aws_sdk_dynamodb::types::AttributeValue;
     use webhooks::aws::dynamodb::{DynamoStore, pending_shard};
     let env = MotoEnv::create(3).await;
     let start = time::macros::datetime!(2031-01-02 03:04:05 UTC);
@@ -1280,19 +1262,10 @@ async fn ttls_are_stamped_by_the_stores_clock() {
         .mark(webhooks::window::WindowId(7), &record)
         .await
         .unwrap();
-    let out = dynamodb
-        .query()
-        .table_name(&env.service_table)
-        .key_condition_expression("pk = :pk")
-        .expression_attribute_values(
-            ":pk",
-            AttributeValue::S(format!("PENDING#7#{}", pending_shard(&record))),
-        )
-        .send()
-        .await
-        .unwrap();
-    let expires: Vec<&str> = out
-        .items()
+    let stored = env
+        .partition(&format!("PENDING#7#{}", pending_shard(&record)))
+        .await;
+    let expires: Vec<&str> = stored
         .iter()
         .filter_map(|item| item.get("expires_at")?.as_n().ok().map(String::as_str))
         .collect();
