@@ -34,7 +34,7 @@ use webhooks::ports::{
 };
 use webhooks::record::RecordId;
 use webhooks::subscription::{Registered, Subscription, Unregistered};
-use webhooks::window::{ManualWindows, Shard, WindowId};
+use webhooks::window::{FlushAssignment, ManualWindows, Shard, WindowId};
 
 const CHANGES_PER_SECOND: usize = 10_000;
 const SECONDS: u64 = 600;
@@ -116,6 +116,10 @@ struct MeteredPending {
     meter: Meter,
 }
 
+/// The partition of every flush cursor and lease (`FLUSH`, one item of each per
+/// assignment): counted as one key.
+const FLUSH_KEY: &str = "FLUSH";
+
 fn pending_key(window: WindowId, shard: Shard) -> String {
     format!("PENDING#{}#{}", window.0, shard.0)
 }
@@ -146,29 +150,38 @@ impl PendingChanges for MeteredPending {
             .await;
         self.inner.shard_page(window, shard, after, limit).await
     }
-    async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {
+    async fn cursors(&self) -> BackendResult<Vec<(FlushAssignment, FlushCursor)>> {
         let latency = LatencyModel::STATED.dynamodb;
-        self.meter.call("FLUSH#CURSOR".into(), 0, 1, latency).await;
-        self.inner.cursor().await
+        self.meter.call(FLUSH_KEY.into(), 0, 1, latency).await;
+        self.inner.cursors().await
     }
-    async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()> {
+    async fn save_cursor(
+        &self,
+        assignment: &FlushAssignment,
+        cursor: &FlushCursor,
+    ) -> BackendResult<()> {
         let latency = LatencyModel::STATED.dynamodb;
-        self.meter.call("FLUSH#CURSOR".into(), 1, 0, latency).await;
-        self.inner.save_cursor(cursor).await
+        self.meter.call(FLUSH_KEY.into(), 1, 0, latency).await;
+        self.inner.save_cursor(assignment, cursor).await
     }
     async fn lease_flush(
         &self,
+        assignment: &FlushAssignment,
         lease: &Lease,
         now: webhooks::clock::Timestamp,
     ) -> BackendResult<bool> {
         let latency = LatencyModel::STATED.dynamodb;
-        self.meter.call("FLUSH#LEASE".into(), 1, 0, latency).await;
-        self.inner.lease_flush(lease, now).await
+        self.meter.call(FLUSH_KEY.into(), 1, 0, latency).await;
+        self.inner.lease_flush(assignment, lease, now).await
     }
-    async fn release_flush(&self, holder: &LeaseHolder) -> BackendResult<()> {
+    async fn release_flush(
+        &self,
+        assignment: &FlushAssignment,
+        holder: &LeaseHolder,
+    ) -> BackendResult<()> {
         let latency = LatencyModel::STATED.dynamodb;
-        self.meter.call("FLUSH#LEASE".into(), 1, 0, latency).await;
-        self.inner.release_flush(holder).await
+        self.meter.call(FLUSH_KEY.into(), 1, 0, latency).await;
+        self.inner.release_flush(assignment, holder).await
     }
     async fn set_aside(&self, item: &webhooks::poison::PoisonItem) -> BackendResult<()> {
         self.inner.set_aside(item).await

@@ -18,7 +18,7 @@ use crate::poison::{PoisonId, PoisonItem};
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::sync::{FullSync, SyncOutcomes};
-use crate::window::{Shard, WindowId};
+use crate::window::{FlushAssignment, Shard, WindowId};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -296,7 +296,8 @@ impl<T> Page<T> {
 }
 
 /// How far the flush got: every window before `window` is done, and inside `window` each
-/// shard as far as `shards` says (a shard not listed from its start).
+/// shard as far as `shards` says (a shard not listed from its start; a shard listed with a
+/// later window of its own has every window before that one done).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlushCursor {
     /// The first window not yet completely flushed.
@@ -305,9 +306,15 @@ pub struct FlushCursor {
     /// workers saved it; a window resumed from one starts its shards again (its first
     /// pages are notified again: at least once).
     pub after: Option<String>,
-    /// The shards of `window` flushed in part or whole, each once.
+    /// The shards of `window` flushed in part or whole, and the shards ahead of it, each
+    /// once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardPosition>,
+    /// When it was saved (cursors saved before the shards could be split over several
+    /// flushes have none): of the cursors that cover a shard, the one saved last says
+    /// where the shard stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_at: Option<Timestamp>,
 }
 
 impl FlushCursor {
@@ -317,20 +324,117 @@ impl FlushCursor {
             window,
             after: None,
             shards: Vec::new(),
+            saved_at: None,
         }
     }
 
-    /// Where the flush of `shard` stands.
-    pub fn shard(&self, shard: Shard) -> ShardPosition {
-        self.shards
-            .iter()
-            .find(|p| p.shard == shard)
-            .cloned()
-            .unwrap_or(ShardPosition {
-                shard,
-                after: None,
-                done: false,
+    /// Where a flush of `assignment` starts, given every saved cursor: each of its shards
+    /// as far as the cursors covering it say it got, or at the start of `first` (where a
+    /// first run starts) when none covers it. The cursor's window is the earliest of
+    /// theirs; a shard further on is listed with its own window.
+    ///
+    /// A cursor is saved only after what it says was enqueued, so every saved position of
+    /// a shard is flushed up to, and the furthest is where the shard stands, whichever
+    /// flush (the whole or a part) saved it. Within one window, page positions are told
+    /// apart by when they were saved: the one saved last (a cursor from before the shards
+    /// could be split has no time and comes first); at the same time, the window's start
+    /// (sent again rather than skipped).
+    pub fn resume(
+        assignment: &FlushAssignment,
+        saved: &[(FlushAssignment, FlushCursor)],
+        first: WindowId,
+    ) -> Self {
+        let standings: Vec<(Shard, WindowId, Option<String>)> = assignment
+            .shards()
+            .map(|shard| {
+                let furthest = saved
+                    .iter()
+                    .filter(|(covers, _)| covers.shards().any(|s| s == shard))
+                    .map(|(_, cursor)| (cursor.standing(shard), cursor.saved_at))
+                    .max_by_key(|((window, after), saved_at)| {
+                        (*window, *saved_at, after.is_none())
+                    });
+                match furthest {
+                    Some(((window, after), _)) => (shard, window, after),
+                    None => (shard, first, None),
+                }
             })
+            .collect();
+        let window = standings.iter().map(|(_, w, _)| *w).min().unwrap_or(first);
+        let mut cursor = Self::start_of(window);
+        for (shard, at, after) in standings {
+            if at > window || after.is_some() {
+                cursor.set_shard(ShardPosition {
+                    shard,
+                    window: (at > window).then_some(at),
+                    after,
+                    done: false,
+                });
+            }
+        }
+        cursor
+    }
+
+    /// Where `shard` stands: the window its flush is in and the page position in it (a
+    /// shard done with the cursor's window stands at the start of the next).
+    fn standing(&self, shard: Shard) -> (WindowId, Option<String>) {
+        match self.shards.iter().find(|p| p.shard == shard) {
+            Some(ShardPosition {
+                window: Some(ahead),
+                ..
+            }) if *ahead > self.window => (*ahead, None),
+            Some(p) if p.done => (WindowId(self.window.0 + 1), None),
+            Some(p) => (self.window, p.after.clone()),
+            None => (self.window, None),
+        }
+    }
+
+    /// Where the flush of `shard` stands in the cursor's window (a shard ahead of it is
+    /// done with it).
+    pub fn shard(&self, shard: Shard) -> ShardPosition {
+        let at_start = ShardPosition {
+            shard,
+            window: None,
+            after: None,
+            done: false,
+        };
+        match self.shards.iter().find(|p| p.shard == shard) {
+            Some(p) if p.window.is_some_and(|w| w > self.window) => ShardPosition {
+                done: true,
+                ..at_start
+            },
+            Some(p) => ShardPosition {
+                window: None,
+                ..p.clone()
+            },
+            None => at_start,
+        }
+    }
+
+    /// The cursor at the start of the next window, keeping the shards that are ahead of
+    /// that one.
+    pub fn next_window(&self) -> Self {
+        self.skip_to(WindowId(self.window.0 + 1))
+    }
+
+    /// The cursor at the start of `window` (a later one), keeping the shards that are
+    /// ahead of it, and the position in it of those that stand in it.
+    pub fn skip_to(&self, window: WindowId) -> Self {
+        let mut next = Self::start_of(window);
+        for p in &self.shards {
+            match p.window {
+                Some(ahead) if ahead > window => next.set_shard(p.clone()),
+                Some(ahead) if ahead == window && p.after.is_some() => {
+                    next.set_shard(ShardPosition {
+                        window: None,
+                        done: false,
+                        ..p.clone()
+                    })
+                }
+                _ => {}
+            }
+        }
+        next
     }
 
     /// Records where the flush of a shard stands.
@@ -346,6 +450,10 @@ impl FlushCursor {
 pub struct ShardPosition {
     /// The shard.
     pub shard: Shard,
+    /// The shard's own window, when it is ahead of the cursor's: every window before it
+    /// is flushed for this shard (after its shards were flushed by other assignments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowId>,
     /// Every record up to and including this page position is flushed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
@@ -378,20 +486,36 @@ pub trait PendingChanges: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> BackendResult<Page<RecordId>>;
-    /// The saved flush cursor.
-    async fn cursor(&self) -> BackendResult<Option<FlushCursor>>;
-    /// Saves the flush cursor. Entries of windows before the cursor's may then be dropped
-    /// (the memory adapter drops them; DynamoDB's expire through TTL); the cursor's window
-    /// and later ones are kept whole.
-    async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()>;
-    /// Takes the flush lease as `lease` if nobody holds it at `now` (a lease held until
-    /// `now` or earlier has expired); false when it is held, even by the same holder (one
-    /// flush run takes it once). One flush runs at a time without reserved Lambda
-    /// concurrency.
-    async fn lease_flush(&self, lease: &Lease, now: Timestamp) -> BackendResult<bool>;
-    /// Gives the lease back if `holder` still holds it (a lease already taken over by
-    /// another flush after it expired is left alone).
-    async fn release_flush(&self, holder: &LeaseHolder) -> BackendResult<()>;
+    /// Every saved flush cursor, each with the assignment whose flush saved it (each
+    /// assignment has its own, [`FlushAssignment::key`]); read consistently.
+    async fn cursors(&self) -> BackendResult<Vec<(FlushAssignment, FlushCursor)>>;
+    /// Saves the cursor of the flush of `assignment`'s shards. When the assignment covers
+    /// every shard, entries of windows before the cursor's may then be dropped (the memory
+    /// and SQLite adapters drop them; DynamoDB's expire through TTL); the cursor's window
+    /// and later ones are kept whole, and so is everything another assignment may still
+    /// read.
+    async fn save_cursor(
+        &self,
+        assignment: &FlushAssignment,
+        cursor: &FlushCursor,
+    ) -> BackendResult<()>;
+    /// Takes the lease of the flush of `assignment`'s shards as `lease` if nobody holds it
+    /// at `now` (a lease held until `now` or earlier has expired); false when it is held,
+    /// even by the same holder (one flush run takes it once). One flush of an assignment
+    /// runs at a time without reserved Lambda concurrency.
+    async fn lease_flush(
+        &self,
+        assignment: &FlushAssignment,
+        lease: &Lease,
+        now: Timestamp,
+    ) -> BackendResult<bool>;
+    /// Gives the assignment's lease back if `holder` still holds it (a lease already taken
+    /// over by another flush after it expired is left alone).
+    async fn release_flush(
+        &self,
+        assignment: &FlushAssignment,
+        holder: &LeaseHolder,
+    ) -> BackendResult<()>;
     /// Keeps a change the flush had to set aside (a poison item) until an operator replays
     /// or drops it; writing the same item again changes nothing.
     async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()>;
@@ -616,6 +740,132 @@ pub const MAX_SEND_DELAY: Duration = Duration::from_secs(900);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn position(shard: u16, window: Option<u64>, after: Option<&str>, done: bool) -> ShardPosition {
+        ShardPosition {
+            shard: Shard(shard),
+            window: window.map(WindowId),
+            after: after.map(str::to_owned),
+            done,
+        }
+    }
+
+    fn saved(window: u64, shards: Vec<ShardPosition>, at_ms: Option<i64>) -> FlushCursor {
+        FlushCursor {
+            shards,
+            saved_at: at_ms.and_then(Timestamp::from_epoch_ms),
+            ..FlushCursor::start_of(WindowId(window))
+        }
+    }
+
+    #[test]
+    fn a_flush_resumes_each_shard_where_the_newest_cursor_covering_it_says() {
+        let all = FlushAssignment::all();
+        let low = FlushAssignment::of(0..4).unwrap();
+        let first = WindowId(3);
+        // No cursor at all: where a first run starts.
+        assert_eq!(
+            FlushCursor::resume(&low, &[], first),
+            FlushCursor::start_of(first)
+        );
+        // The whole flush's cursor, saved before the split (no save time): a part starts
+        // there with its own shards' positions only.
+        let whole = saved(
+            10,
+            vec![
+                position(1, None, Some("p"), false),
+                position(2, None, None, true),
+                position(6, None, Some("q"), false),
+            ],
+            None,
+        );
+        let resumed = FlushCursor::resume(&low, &[(all.clone(), whole.clone())], first);
+        assert_eq!(
+            resumed,
+            saved(
+                10,
+                vec![
+                    position(1, None, Some("p"), false),
+                    position(2, Some(11), None, false),
+                ],
+                None
+            ),
+            "shard 2 was done with window 10: it stands at 11"
+        );
+        assert!(
+            resumed.shard(Shard(2)).done,
+            "done with the cursor's window"
+        );
+        assert!(!resumed.shard(Shard(0)).done);
+        // After the split, the part's own cursor is newer than the whole's: it wins for
+        // the part's shards, and the other shards keep the whole flush's.
+        let part = saved(14, vec![position(3, None, Some("r"), false)], Some(5_000));
+        let both = [(all.clone(), whole.clone()), (low.clone(), part.clone())];
+        let unstamped = |c: &FlushCursor| FlushCursor {
+            saved_at: None,
+            ..c.clone()
+        };
+        assert_eq!(FlushCursor::resume(&low, &both, first), unstamped(&part));
+        assert_eq!(
+            FlushCursor::resume(&all, &both, first),
+            saved(
+                10,
+                vec![
+                    position(0, Some(14), None, false),
+                    position(1, Some(14), None, false),
+                    position(2, Some(14), None, false),
+                    position(3, Some(14), Some("r"), false),
+                    position(6, None, Some("q"), false),
+                ],
+                None
+            ),
+            "joined again: each shard from the newest cursor covering it, none behind it"
+        );
+        // The whole flush saved again later: it is the newest for every shard.
+        let whole_again = saved(20, vec![], Some(9_000));
+        let three = [
+            (all.clone(), whole_again.clone()),
+            (low.clone(), part),
+            (
+                FlushAssignment::of([7]).unwrap(),
+                saved(8, vec![], Some(1_000)),
+            ),
+        ];
+        assert_eq!(
+            FlushCursor::resume(&all, &three, first),
+            unstamped(&whole_again)
+        );
+    }
+
+    #[test]
+    fn the_next_window_keeps_the_shards_ahead_of_it() {
+        let cursor = saved(
+            10,
+            vec![
+                position(0, None, Some("p"), false),
+                position(1, Some(11), None, false),
+                position(2, Some(12), None, false),
+                position(3, Some(11), Some("r"), false),
+            ],
+            Some(1),
+        );
+        assert_eq!(
+            cursor.next_window(),
+            saved(
+                11,
+                vec![
+                    position(2, Some(12), None, false),
+                    position(3, None, Some("r"), false)
+                ],
+                None
+            ),
+            "shard 3 continues in window 11 after its position there"
+        );
+        assert_eq!(
+            cursor.skip_to(WindowId(13)),
+            FlushCursor::start_of(WindowId(13))
+        );
+    }
 
     #[test]
     fn a_lease_holds_until_its_time_and_not_at_it() {

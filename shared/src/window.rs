@@ -47,6 +47,97 @@ impl Shard {
     }
 }
 
+/// The shards one flush run works on. By default a run flushes every shard (one scheduled
+/// invocation); a large registry splits them over several invocations started by the
+/// schedule at once (the template's `FlushWorkers`), each with its own cursor and lease,
+/// so the shards of a window are flushed with the CPU of several functions.
+///
+/// Assignments must not overlap while both run (two cursors for one shard would notify
+/// its records twice). Each assignment keeps its own cursor; one that has none yet starts
+/// from where the whole flush's cursor stands, so splitting a running deployment loses
+/// nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FlushAssignment(std::collections::BTreeSet<Shard>);
+
+/// Why a flush assignment was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssignmentError {
+    #[error("a flush assignment names no shard")]
+    Empty,
+    #[error("shard {0} does not exist (shards are 0 to {max})", max = PENDING_SHARDS - 1)]
+    NoSuchShard(u64),
+    #[error("{0:?} is not a list of shard numbers")]
+    NotAKey(String),
+}
+
+impl FlushAssignment {
+    /// Every shard: the run the default schedule starts, and the local runner's.
+    pub fn all() -> Self {
+        Self(Shard::all().collect())
+    }
+
+    /// The shards numbered in `shards` (each once), refused when it is empty or names a
+    /// shard that does not exist.
+    pub fn of(shards: impl IntoIterator<Item = u64>) -> Result<Self, AssignmentError> {
+        let shards = shards
+            .into_iter()
+            .map(|n| match u16::try_from(n) {
+                Ok(n) if n < PENDING_SHARDS => Ok(Shard(n)),
+                _ => Err(AssignmentError::NoSuchShard(n)),
+            })
+            .collect::<Result<std::collections::BTreeSet<_>, _>>()?;
+        if shards.is_empty() {
+            return Err(AssignmentError::Empty);
+        }
+        Ok(Self(shards))
+    }
+
+    /// Its shards, in order.
+    pub fn shards(&self) -> impl Iterator<Item = Shard> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// True when it covers every shard.
+    pub fn is_all(&self) -> bool {
+        self.0.len() == usize::from(PENDING_SHARDS)
+    }
+
+    /// What tells its cursor and lease apart from other assignments' in a store: `None`
+    /// for every shard (the keys the flush had before assignments existed), otherwise
+    /// its shard numbers, such as `3` or `0,1`.
+    pub fn key(&self) -> Option<String> {
+        if self.is_all() {
+            return None;
+        }
+        let numbers: Vec<String> = self.0.iter().map(|s| s.0.to_string()).collect();
+        Some(numbers.join(","))
+    }
+
+    /// The name a store keeps its item under, `base` for every shard and `base#<key>`
+    /// for a part of them (`CURSOR`, `CURSOR#3`).
+    pub fn name(&self, base: &str) -> String {
+        match self.key() {
+            None => base.to_owned(),
+            Some(key) => format!("{base}#{key}"),
+        }
+    }
+
+    /// The assignment whose item is named `name` ([`Self::name`] with `base`); `None`
+    /// when `name` is not such a name, an error when its shards are not an assignment.
+    pub fn from_name(base: &str, name: &str) -> Option<Result<Self, AssignmentError>> {
+        let rest = name.strip_prefix(base)?;
+        if rest.is_empty() {
+            return Some(Ok(Self::all()));
+        }
+        let key = rest.strip_prefix('#')?;
+        let numbers: Result<Vec<u64>, _> = key.split(',').map(str::parse).collect();
+        Some(match numbers {
+            Ok(numbers) => Self::of(numbers),
+            Err(_) => Err(AssignmentError::NotAKey(key.to_owned())),
+        })
+    }
+}
+
 /// Assigns changes to windows and says which windows may be flushed.
 pub trait FlushWindows: Send + Sync + 'static {
     /// The window a change captured now belongs to.
@@ -143,6 +234,37 @@ mod tests {
     use super::*;
     use crate::testing::ManualClock;
     use time::macros::datetime;
+
+    #[test]
+    fn an_assignment_names_existing_shards_and_keys_apart_from_the_whole() {
+        let all = FlushAssignment::all();
+        assert!(all.is_all());
+        assert_eq!(all.key(), None, "the whole flush keeps its earlier keys");
+        assert_eq!(all.shards().count(), usize::from(PENDING_SHARDS));
+        let part = FlushAssignment::of([1, 0, 1]).unwrap();
+        assert_eq!(part.shards().collect::<Vec<_>>(), [Shard(0), Shard(1)]);
+        assert_eq!(part.key().as_deref(), Some("0,1"));
+        assert_eq!(FlushAssignment::of(0..8).unwrap(), all);
+        for a in [&all, &part] {
+            let name = a.name("CURSOR");
+            assert_eq!(
+                FlushAssignment::from_name("CURSOR", &name),
+                Some(Ok(a.clone()))
+            );
+        }
+        assert_eq!(part.name("CURSOR"), "CURSOR#0,1");
+        assert_eq!(FlushAssignment::from_name("CURSOR", "LEASE"), None);
+        assert_eq!(FlushAssignment::from_name("CURSOR", "CURSORS"), None);
+        assert!(matches!(
+            FlushAssignment::from_name("CURSOR", "CURSOR#a"),
+            Some(Err(AssignmentError::NotAKey(_)))
+        ));
+        assert_eq!(FlushAssignment::of([]), Err(AssignmentError::Empty));
+        assert_eq!(
+            FlushAssignment::of([3, 8]),
+            Err(AssignmentError::NoSuchShard(8))
+        );
+    }
 
     #[test]
     fn clock_windows_close_after_grace() {

@@ -17,6 +17,7 @@ use webhooks::oauth::{OAuthClient, sha256_hex};
 use webhooks::ports::{ClientStore, PendingChanges, Person};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
+use webhooks::testing::whole_flush_cursor;
 use webhooks::window::ManualWindows;
 use webhooks_tests::Receiver;
 use webhooks_tests::api::encode_component;
@@ -1280,6 +1281,8 @@ struct StuckQueue {
     pass: tokio::sync::Semaphore,
     /// Enqueues held.
     stuck: std::sync::atomic::AtomicUsize,
+    /// Jobs let through.
+    passed: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -1289,7 +1292,11 @@ impl webhooks::ports::DeliveryQueue for StuckQueue {
         jobs: &[webhooks::job::DeliveryJob],
     ) -> webhooks::ports::BackendResult<webhooks::ports::Enqueued> {
         match self.pass.try_acquire() {
-            Ok(permit) => permit.forget(),
+            Ok(permit) => {
+                permit.forget();
+                self.passed
+                    .fetch_add(jobs.len(), std::sync::atomic::Ordering::SeqCst);
+            }
             Err(_) => {
                 self.stuck.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 std::future::pending::<()>().await
@@ -1347,6 +1354,7 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
         inner: aws.ports().queue,
         pass: tokio::sync::Semaphore::new(6),
         stuck: Default::default(),
+        passed: Default::default(),
     });
     let mut stuck = aws.ports();
     stuck.queue = queue.clone();
@@ -1365,10 +1373,8 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
     // position after its page is stored (the save follows the page's enqueue: under load,
     // moto answers it well after the seventh page blocks).
     let mid_way_saved = || async {
-        aws.store
-            .cursor()
+        whole_flush_cursor(aws.store.as_ref())
             .await
-            .unwrap()
             .is_some_and(|c| c.shards.iter().any(|p| p.after.is_some()))
     };
     for _ in 0..1_000 {
@@ -1388,7 +1394,9 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
     );
     // The dead run's lease expires at its deadline.
     tokio::time::sleep_until(deadline + Duration::from_millis(100)).await;
-    let saved = aws.store.cursor().await.unwrap().expect("progress saved");
+    let saved = whole_flush_cursor(aws.store.as_ref())
+        .await
+        .expect("progress saved");
     assert_eq!(saved.window, window, "{saved:?}");
     let mid_way: Vec<_> = saved.shards.iter().filter(|p| p.after.is_some()).collect();
     assert!(!mid_way.is_empty(), "shards saved mid-way: {saved:?}");
@@ -1426,8 +1434,117 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
         "at most a page per shard again: {doubled:?}"
     );
     assert_eq!(
-        aws.store.cursor().await.unwrap().map(|c| c.window.0),
+        whole_flush_cursor(aws.store.as_ref())
+            .await
+            .map(|c| c.window.0),
         Some(window.0 + 1),
         "the window is done"
     );
+}
+
+/// The template's `FlushWorkers`: two flushes, each of half the shards, run at once. One is
+/// killed mid-way and does not hold the other back; its next run resumes its shards from
+/// their saved positions (its own cursor item and lease): every record notified, the
+/// killed part's at most a page per shard again, the other part's exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_flush_of_some_shards_is_resumed_and_holds_no_other_back() {
+    use webhooks::window::{FlushAssignment, Shard};
+    let env = MotoEnv::create(5).await;
+    let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
+    let sqs = aws_sdk_sqs::Client::new(&env.config);
+    let windows = Arc::new(ManualWindows::default());
+    let records = subscribe_records(&aws, 40).await;
+    let window = webhooks::window::FlushWindows::current(windows.as_ref());
+    aws.store.mark_all(window, &records).await.unwrap();
+    windows.close_current();
+    let (low, high) = (
+        FlushAssignment::of(0..4).unwrap(),
+        FlushAssignment::of(4..8).unwrap(),
+    );
+    let in_low = |r: &RecordId| low.shards().any(|s| s == Shard::of(r));
+    let low_records = records.iter().filter(|r| in_low(r)).count();
+    assert!((10..=30).contains(&low_records), "{low_records} of 40");
+    let settings = FlushSettings {
+        page_size: 2,
+        lease_margin: Duration::ZERO,
+        ..FlushSettings::default()
+    };
+    let queue = Arc::new(StuckQueue {
+        inner: aws.ports().queue,
+        pass: tokio::sync::Semaphore::new(4),
+        stuck: Default::default(),
+        passed: Default::default(),
+    });
+    let mut stuck = aws.ports();
+    stuck.queue = queue.clone();
+    let killed_flush = Arc::new(Flush {
+        ports: stuck,
+        windows: windows.clone(),
+        settings,
+    });
+    let flush = Flush {
+        ports: aws.ports(),
+        windows: windows.clone(),
+        settings,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let run = tokio::spawn({
+        let (flush, low) = (killed_flush.clone(), low.clone());
+        async move { flush.run_assignment(&low, Some(deadline)).await }
+    });
+    let other = flush.run_assignment(&high, None).await.unwrap();
+    assert_eq!(
+        (other.lease_held, other.jobs as usize),
+        (false, 40 - low_records),
+        "the other half, whole: {other:?}"
+    );
+    let low_saved_mid_way = || async {
+        webhooks::testing::flush_cursor_of(aws.store.as_ref(), &low)
+            .await
+            .is_some_and(|c| c.shards.iter().any(|p| p.after.is_some()))
+    };
+    for _ in 0..1_000 {
+        if queue.stuck.load(std::sync::atomic::Ordering::SeqCst) > 0 && low_saved_mid_way().await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(low_saved_mid_way().await, "the killed half saved mid-way");
+    run.abort();
+    assert!(run.await.is_err_and(|e| e.is_cancelled()), "killed");
+    tokio::time::sleep_until(deadline + Duration::from_millis(100)).await;
+    let resumed = flush.run_assignment(&low, None).await.unwrap();
+    assert_eq!(
+        (resumed.windows, resumed.lease_held),
+        (1, false),
+        "{resumed:?}"
+    );
+    let passed = queue.passed.load(std::sync::atomic::Ordering::SeqCst);
+    let expected = 40 - low_records + passed + resumed.jobs as usize;
+    let sent = notified_records(&sqs, &env.queue_url, expected).await;
+    assert_eq!(sent.len(), expected, "what each run enqueued");
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for record in sent {
+        *counts.entry(record).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 40, "no record skipped: {counts:?}");
+    let mut doubled: std::collections::BTreeMap<Shard, usize> = Default::default();
+    for (record, n) in &counts {
+        let record = RecordId::parse(record).unwrap();
+        let expected = if in_low(&record) { 1..=2 } else { 1..=1 };
+        assert!(expected.contains(n), "{record} queued {n} times");
+        if *n == 2 {
+            *doubled.entry(Shard::of(&record)).or_default() += 1;
+        }
+    }
+    assert!(
+        doubled.values().all(|n| *n <= 2),
+        "at most a page per shard again: {doubled:?}"
+    );
+    let whole = webhooks::testing::whole_flush_cursor(aws.store.as_ref()).await;
+    assert_eq!(whole, None, "the halves keep their own cursors");
+    for part in [&low, &high] {
+        let cursor = webhooks::testing::flush_cursor_of(aws.store.as_ref(), part).await;
+        assert_eq!(cursor.map(|c| c.window.0), Some(window.0 + 1), "{part:?}");
+    }
 }

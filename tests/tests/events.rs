@@ -11,7 +11,8 @@ use webhooks::aws_lambda_events::event::sqs::SqsEvent;
 use webhooks::callback::UrlPolicy;
 use webhooks::clock::{Clock, SystemClock};
 use webhooks::handlers::{
-    ApiSettings, ChangeCapture, Delivery, DeliverySettings, Flush, FlushSettings, Registration,
+    ApiSettings, ChangeCapture, Delivery, DeliverySettings, Flush, FlushError, FlushEvent,
+    FlushSettings, Registration,
 };
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
@@ -20,7 +21,7 @@ use webhooks::ports::{ClientStore, PendingChanges, Ports, SubscriptionStore, Tok
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::testing::pending_records;
-use webhooks::window::{FlushWindows, ManualWindows};
+use webhooks::window::{AssignmentError, FlushWindows, ManualWindows, Shard};
 
 const SEED_CLIENT: (&str, &str) = (
     "APP-NPXKK6HFN6TJ4YYI",
@@ -208,9 +209,59 @@ async fn schedule_event_runs_the_flush() {
     service.windows.close_current();
     let scheduled: EventBridgeEvent = event("schedule.json");
     assert_eq!(scheduled.detail_type, "Scheduled Event");
-    let report = flush.handle(scheduled, None).await.unwrap();
+    let report = flush.handle(event("schedule.json"), None).await.unwrap();
     assert_eq!((report.records, report.jobs), (1, 1));
     assert_eq!(service.queue.depth().visible, 1);
+}
+
+/// The constant input of a schedule that gives a flush some of the shards (the template's
+/// `FlushWorkers`): it flushes those shards' records and leaves the others' to theirs.
+#[tokio::test]
+async fn a_flush_event_with_shards_flushes_those_shards_only() {
+    let service = Service::new().await;
+    let flush = Flush {
+        ports: service.ports(),
+        windows: service.windows.clone(),
+        settings: FlushSettings::default(),
+    };
+    api(&service, "register.json").await;
+    // The sample's shards are 0 to 3: 0000-0002-7465-2162 is in shard 1.
+    let record = RecordId::parse("0000-0002-7465-2162").unwrap();
+    assert_eq!(Shard::of(&record), Shard(1));
+    service
+        .store
+        .mark(service.windows.current(), &record)
+        .await
+        .unwrap();
+    service.windows.close_current();
+    let others = FlushEvent {
+        shards: Some(vec![4, 5, 6, 7]),
+        ..FlushEvent::default()
+    };
+    let report = flush.handle(others, None).await.unwrap();
+    assert_eq!(
+        (report.jobs, report.behind_windows),
+        (0, 0),
+        "the closed windows flushed, without shard 1: {report:?}"
+    );
+    let sample: FlushEvent = event("flush-shards.json");
+    let report = flush.handle(sample.clone(), None).await.unwrap();
+    assert_eq!((report.records, report.jobs), (1, 1), "{report:?}");
+    assert_eq!(service.queue.depth().visible, 1);
+    let again = flush.handle(sample, None).await.unwrap();
+    assert_eq!(
+        (again.windows, again.jobs),
+        (0, 0),
+        "its cursor moved on: {again:?}"
+    );
+    let wrong = FlushEvent {
+        shards: Some(vec![8]),
+        ..FlushEvent::default()
+    };
+    assert!(matches!(
+        flush.handle(wrong, None).await,
+        Err(FlushError::Assignment(AssignmentError::NoSuchShard(8)))
+    ));
 }
 
 #[tokio::test]

@@ -19,8 +19,7 @@ use crate::ports::{
 };
 use crate::record::RecordId;
 use crate::subscription::Subscription;
-use crate::window::{FlushWindows, Shard, WindowId};
-use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use crate::window::{AssignmentError, FlushAssignment, FlushWindows, WindowId};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -94,6 +93,40 @@ impl FlushReport {
     }
 }
 
+/// What starts a flush run: the schedule's EventBridge event, or the constant input of a
+/// schedule that splits the shards over several flushes (`{"shards": [0, 1]}`, the
+/// template's `FlushWorkers`). Every other field is ignored.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct FlushEvent {
+    /// The EventBridge event's id, for the log.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The shards this run flushes; every shard when absent.
+    #[serde(default)]
+    pub shards: Option<Vec<u64>>,
+}
+
+impl FlushEvent {
+    /// The shards it assigns.
+    pub fn assignment(&self) -> Result<FlushAssignment, AssignmentError> {
+        match &self.shards {
+            None => Ok(FlushAssignment::all()),
+            Some(shards) => FlushAssignment::of(shards.iter().copied()),
+        }
+    }
+}
+
+/// Why a flush run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// The event's assignment is not one (nothing was read or written).
+    #[error("the flush event's shards: {0}")]
+    Assignment(#[from] AssignmentError),
+    /// A backend failed in a way that may pass; the next run repeats the page.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
 pub struct Flush {
     pub ports: Ports,
     /// Which windows are closed.
@@ -102,23 +135,35 @@ pub struct Flush {
 }
 
 impl Flush {
-    /// Handles the scheduled event (its content does not matter: every run flushes
-    /// whatever windows have closed).
+    /// Handles the scheduled event: flushes whatever windows have closed, in the shards
+    /// the event assigns (every shard when it names none: the default schedule's plain
+    /// EventBridge event). An assignment that names no shard or one that does not exist
+    /// fails the run with [`FlushError::Assignment`] before anything is read.
     pub async fn handle(
         &self,
-        event: EventBridgeEvent,
+        event: FlushEvent,
         deadline: Option<Instant>,
-    ) -> Result<FlushReport, BackendError> {
-        tracing::debug!(event_id = event.id.as_deref(), time = ?event.time, "scheduled flush");
-        self.run(deadline).await
+    ) -> Result<FlushReport, FlushError> {
+        let assignment = event.assignment()?;
+        tracing::debug!(event_id = event.id.as_deref(), shards = ?assignment.key(), "scheduled flush");
+        Ok(self.run_assignment(&assignment, deadline).await?)
     }
 
-    /// Takes the flush lease (one flush at a time, without reserved Lambda concurrency),
-    /// flushes, and gives the lease back. A run that finds the lease held returns at once
-    /// with [`FlushReport::lease_held`]; a run that crashes leaves its lease to expire
-    /// [`FlushSettings::lease_margin`] after its deadline, and the next run after that
-    /// proceeds.
+    /// Flushes every shard ([`Self::run_assignment`] of [`FlushAssignment::all`]).
     pub async fn run(&self, deadline: Option<Instant>) -> Result<FlushReport, BackendError> {
+        self.run_assignment(&FlushAssignment::all(), deadline).await
+    }
+
+    /// Takes the lease of the flush of `assignment`'s shards (one at a time, without
+    /// reserved Lambda concurrency), flushes them, and gives the lease back. A run that
+    /// finds the lease held returns at once with [`FlushReport::lease_held`]; a run that
+    /// crashes leaves its lease to expire [`FlushSettings::lease_margin`] after its
+    /// deadline, and the next run after that proceeds.
+    pub async fn run_assignment(
+        &self,
+        assignment: &FlushAssignment,
+        deadline: Option<Instant>,
+    ) -> Result<FlushReport, BackendError> {
         let now = self.ports.clock.now();
         let hold = deadline.map_or(LEASE_WITHOUT_DEADLINE, |d| {
             d.saturating_duration_since(Instant::now())
@@ -127,15 +172,25 @@ impl Flush {
             holder: LeaseHolder::new(uuid::Uuid::new_v4().simple().to_string()),
             until: now.plus(hold),
         };
-        if !self.ports.pending.lease_flush(&lease, now).await? {
-            tracing::info!("another flush holds the lease; this one ends");
+        if !self
+            .ports
+            .pending
+            .lease_flush(assignment, &lease, now)
+            .await?
+        {
+            tracing::info!(shards = ?assignment.key(), "another flush of these shards holds the lease; this one ends");
             return Ok(FlushReport {
                 lease_held: true,
                 ..FlushReport::default()
             });
         }
-        let result = self.flush_windows(deadline).await;
-        if let Err(e) = self.ports.pending.release_flush(&lease.holder).await {
+        let result = self.flush_windows(assignment, deadline).await;
+        if let Err(e) = self
+            .ports
+            .pending
+            .release_flush(assignment, &lease.holder)
+            .await
+        {
             tracing::warn!(error = %e, "could not release the flush lease; it expires by itself");
         }
         if let Ok(report) = &result {
@@ -175,12 +230,16 @@ impl Flush {
     /// time, saving progress after each page so a crash or timeout repeats at most one page
     /// per shard (duplicates, never losses). Stops early, with progress saved, when
     /// `deadline` comes near.
-    async fn flush_windows(&self, deadline: Option<Instant>) -> Result<FlushReport, BackendError> {
+    async fn flush_windows(
+        &self,
+        assignment: &FlushAssignment,
+        deadline: Option<Instant>,
+    ) -> Result<FlushReport, BackendError> {
         let mut report = FlushReport::default();
         let Some(through) = self.windows.closed_through() else {
             return Ok(report);
         };
-        let mut cursor = self.start_cursor(through).await?;
+        let mut cursor = self.start_cursor(assignment, through).await?;
         let members = self.members_exist().await?;
         while cursor.window <= through {
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -188,15 +247,15 @@ impl Flush {
                 break;
             }
             if !self
-                .flush_window(&mut cursor, members, deadline, &mut report)
+                .flush_window(assignment, &mut cursor, members, deadline, &mut report)
                 .await?
             {
                 report.partial = true;
                 break;
             }
             report.windows += 1;
-            cursor = FlushCursor::start_of(WindowId(cursor.window.0 + 1));
-            self.ports.pending.save_cursor(&cursor).await?;
+            cursor = cursor.next_window();
+            self.save_cursor(assignment, &cursor).await?;
         }
         // The cursor's window and every closed one after it are still to be flushed.
         report.behind_windows = (through.0 + 1).saturating_sub(cursor.window.0);
@@ -210,6 +269,7 @@ impl Flush {
     /// worker that fails leaves the others to finish their shards, and the run fails after.
     async fn flush_window(
         &self,
+        assignment: &FlushAssignment,
         cursor: &mut FlushCursor,
         members: bool,
         deadline: Option<Instant>,
@@ -220,10 +280,13 @@ impl Flush {
             cursor: cursor.clone(),
             report: FlushReport::default(),
         });
-        let workers: Vec<_> = Shard::all()
+        let workers: Vec<_> = assignment
+            .shards()
             .map(|shard| cursor.shard(shard))
             .filter(|position| !position.done)
-            .map(|position| self.shard_worker(window, position, members, deadline, &shared))
+            .map(|position| {
+                self.shard_worker(assignment, window, position, members, deadline, &shared)
+            })
             .collect();
         let results = futures::future::join_all(workers).await;
         let WindowProgress {
@@ -233,13 +296,13 @@ impl Flush {
         report.add_pages(&done_by_workers);
         let moved = progressed != *cursor;
         *cursor = progressed;
-        let complete = Shard::all().all(|shard| cursor.shard(shard).done);
+        let complete = assignment.shards().all(|shard| cursor.shard(shard).done);
         let failure = results.into_iter().find_map(Result::err);
         // A shard that finished is saved done once the window stays incomplete (a window
         // done moves the cursor on instead: one write per window when each shard is one
         // page).
         let saved = if moved && (failure.is_some() || !complete) {
-            self.ports.pending.save_cursor(cursor).await
+            self.save_cursor(assignment, cursor).await
         } else {
             Ok(())
         };
@@ -259,6 +322,7 @@ impl Flush {
     /// the worker (the de-duplication set holds one shard's records).
     async fn shard_worker(
         &self,
+        assignment: &FlushAssignment,
         window: WindowId,
         mut position: ShardPosition,
         members: bool,
@@ -281,7 +345,7 @@ impl Flush {
                     position.after = Some(after);
                     progress.cursor.set_shard(position.clone());
                     // Held while saving: saves land in order, the latest state last.
-                    self.ports.pending.save_cursor(&progress.cursor).await?;
+                    self.save_cursor(assignment, &progress.cursor).await?;
                 }
                 None => {
                     position.after = None;
@@ -295,16 +359,15 @@ impl Flush {
 
     /// Where this run starts: the saved cursor (or, on the first run, a lookback from the
     /// newest closed window), moved past windows whose pending entries have expired.
-    async fn start_cursor(&self, through: WindowId) -> Result<FlushCursor, BackendError> {
+    async fn start_cursor(
+        &self,
+        assignment: &FlushAssignment,
+        through: WindowId,
+    ) -> Result<FlushCursor, BackendError> {
         let oldest = WindowId(through.0.saturating_sub(self.settings.max_lag));
-        let cursor = self
-            .ports
-            .pending
-            .cursor()
-            .await?
-            .unwrap_or(FlushCursor::start_of(WindowId(
-                through.0.saturating_sub(self.settings.first_run_lookback),
-            )));
+        let first = WindowId(through.0.saturating_sub(self.settings.first_run_lookback));
+        let saved = self.ports.pending.cursors().await?;
+        let cursor = FlushCursor::resume(assignment, &saved, first);
         if cursor.window >= oldest {
             return Ok(cursor);
         }
@@ -313,7 +376,21 @@ impl Flush {
             to = oldest.0,
             "flush fell behind past the pending-entry lifetime; skipping expired windows"
         );
-        Ok(FlushCursor::start_of(oldest))
+        Ok(cursor.skip_to(oldest))
+    }
+
+    /// Saves the cursor of `assignment`'s flush, stamped with the time it is saved (the
+    /// newest cursor covering a shard says where it stands, [`FlushCursor::resume`]).
+    async fn save_cursor(
+        &self,
+        assignment: &FlushAssignment,
+        cursor: &FlushCursor,
+    ) -> Result<(), BackendError> {
+        let stamped = FlushCursor {
+            saved_at: Some(self.ports.clock.now()),
+            ..cursor.clone()
+        };
+        self.ports.pending.save_cursor(assignment, &stamped).await
     }
 
     /// Whether Members-style fan-out needs each person's consents: with no application at
@@ -570,7 +647,7 @@ mod tests {
     use crate::memory::{MemoryQueue, MemoryRecords, MemoryStore};
     use crate::ports::DeliveryQueue;
     use crate::testing::ManualClock;
-    use crate::window::ManualWindows;
+    use crate::window::{ManualWindows, Shard};
     use async_trait::async_trait;
     use tokio::sync::Semaphore;
 
@@ -623,6 +700,7 @@ mod tests {
         queue: Arc<GatedQueue>,
         memory_queue: Arc<MemoryQueue>,
         clock: Arc<ManualClock>,
+        windows: Arc<ManualWindows>,
     }
 
     /// Three records changed in a closed window, each with one subscription.
@@ -676,12 +754,13 @@ mod tests {
         Setup {
             flush: Arc::new(Flush {
                 ports,
-                windows,
+                windows: windows.clone(),
                 settings,
             }),
             queue,
             memory_queue,
             clock,
+            windows,
         }
     }
 
@@ -746,7 +825,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_killed_shard_worker_is_resumed_from_its_last_page_by_the_next_run() {
-        let names: Vec<String> = (0..40).map(|n| format!("r{n:02}")).collect();
+        killed_and_resumed(&FlushAssignment::all()).await;
+    }
+
+    #[tokio::test]
+    async fn a_killed_flush_of_some_shards_is_resumed_by_the_next_run_of_those() {
+        killed_and_resumed(&FlushAssignment::of([0, 2, 4, 6]).unwrap()).await;
+    }
+
+    /// Forty records in `assignment`'s shards; a flush of them killed mid-way; the next
+    /// run resumes each shard after its last saved page.
+    async fn killed_and_resumed(assignment: &FlushAssignment) {
+        let in_assignment = |n: &String| {
+            let shard = Shard::of(&RecordId::parse(n).unwrap());
+            assignment.shards().any(|s| s == shard)
+        };
+        let names: Vec<String> = (0..1_000)
+            .map(|n| format!("r{n:03}"))
+            .filter(in_assignment)
+            .take(40)
+            .collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let settings = FlushSettings {
             page_size: 2,
@@ -757,14 +855,19 @@ mod tests {
             .iter()
             .map(|n| Shard::of(&RecordId::parse(n).unwrap()))
             .collect();
-        assert!(shards.len() >= 6, "the records span the shards: {shards:?}");
+        assert_eq!(
+            shards.len(),
+            assignment.shards().count(),
+            "the records span the shards: {shards:?}"
+        );
         // Twelve pages get through; then every worker is stuck in its enqueue and the run
         // is killed there (a Lambda timeout or crash: nothing after it runs).
         s.queue.gate.add_permits(12);
         let deadline = Instant::now() + Duration::from_secs(30);
         let run = tokio::spawn({
             let flush = s.flush.clone();
-            async move { flush.run(Some(deadline)).await }
+            let assignment = assignment.clone();
+            async move { flush.run_assignment(&assignment, Some(deadline)).await }
         });
         // Killed once the twelve went through and a worker waits at the thirteenth (an
         // observable point, not a timer).
@@ -783,7 +886,9 @@ mod tests {
             run.await.is_err_and(|e| e.is_cancelled()),
             "the run was killed"
         );
-        let saved = s.flush.ports.pending.cursor().await.unwrap().unwrap();
+        let saved = crate::testing::flush_cursor_of(s.flush.ports.pending.as_ref(), assignment)
+            .await
+            .unwrap();
         assert_eq!(
             saved.window,
             WindowId(1),
@@ -803,7 +908,7 @@ mod tests {
         s.queue.gate.add_permits(1_000);
         s.clock
             .advance(Duration::from_secs(30) + settings.lease_margin + Duration::from_secs(1));
-        let next = s.flush.run(None).await.unwrap();
+        let next = s.flush.run_assignment(assignment, None).await.unwrap();
         assert_eq!((next.windows, next.lease_held), (1, false), "{next:?}");
         let second = queued_records(&s.memory_queue).await;
         let mut all = first.clone();
@@ -840,10 +945,72 @@ mod tests {
             "{next:?}"
         );
         assert_eq!(
-            s.flush.ports.pending.cursor().await.unwrap(),
+            crate::testing::flush_cursor_of(s.flush.ports.pending.as_ref(), assignment).await,
             Some(FlushCursor::start_of(WindowId(2))),
             "every shard done: the cursor moved on"
         );
+    }
+
+    /// The template's `FlushWorkers`: the schedule starts a flush per part of the shards
+    /// at once. Each flushes its shards, both together every record once; and when the
+    /// parts are joined again (or split otherwise), each shard goes on from the newest
+    /// cursor covering it, so nothing is notified again.
+    #[tokio::test]
+    async fn flushes_of_parts_of_the_shards_notify_each_record_once_and_join_again() {
+        let names: Vec<String> = (0..40).map(|n| format!("r{n:02}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let s = setup_with(&names, FlushSettings::default()).await;
+        s.queue.gate.add_permits(1_000);
+        let low = FlushAssignment::of(0..4).unwrap();
+        let high = FlushAssignment::of(4..8).unwrap();
+        let (a, b) = tokio::join!(
+            s.flush.run_assignment(&low, None),
+            s.flush.run_assignment(&high, None)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!((a.lease_held, b.lease_held), (false, false), "a lease each");
+        assert_eq!((a.windows, a.jobs + b.jobs), (b.windows, 40), "{a:?} {b:?}");
+        assert!(a.jobs > 0 && b.jobs > 0, "{a:?} {b:?}");
+        let first = queued_records(&s.memory_queue).await;
+        assert_eq!(first.len(), 40, "every record");
+        assert!(first.values().all(|n| *n == 1), "once: {first:?}");
+        // The next window, flushed by the whole flush again and then by other parts.
+        for (n, split) in [(2, None), (3, Some([0, 1, 2, 3, 4, 5])), (4, None)] {
+            for name in &names {
+                let record = RecordId::parse(name).unwrap();
+                s.flush
+                    .ports
+                    .pending
+                    .mark(s.windows.current(), &record)
+                    .await
+                    .unwrap();
+            }
+            s.windows.close_current();
+            let report = match split {
+                None => s.flush.run(None).await.unwrap(),
+                Some(shards) => {
+                    let part = FlushAssignment::of(shards).unwrap();
+                    let rest = FlushAssignment::of([6, 7]).unwrap();
+                    let (a, b) = tokio::join!(
+                        s.flush.run_assignment(&part, None),
+                        s.flush.run_assignment(&rest, None)
+                    );
+                    let (a, b) = (a.unwrap(), b.unwrap());
+                    FlushReport {
+                        jobs: a.jobs + b.jobs,
+                        windows: a.windows.min(b.windows),
+                        ..a
+                    }
+                }
+            };
+            assert_eq!(
+                report.jobs, 40,
+                "window {n}: only its own records: {report:?}"
+            );
+            let queued = queued_records(&s.memory_queue).await;
+            assert_eq!(queued.len(), 40, "window {n}");
+            assert!(queued.values().all(|k| *k == 1), "window {n}: {queued:?}");
+        }
     }
 
     #[tokio::test]
@@ -998,7 +1165,9 @@ mod poison_tests {
             "the alarm's metric"
         );
         assert_eq!(
-            w.store.cursor().await.unwrap().map(|c| c.window),
+            crate::testing::whole_flush_cursor(w.store.as_ref())
+                .await
+                .map(|c| c.window),
             Some(WindowId(3)),
             "both windows flushed"
         );
@@ -1092,7 +1261,9 @@ mod poison_tests {
             [("p1", false, Some("application:app-1")), ("p3", true, None)]
         );
         assert_eq!(
-            w.store.cursor().await.unwrap().map(|c| c.window),
+            crate::testing::whole_flush_cursor(w.store.as_ref())
+                .await
+                .map(|c| c.window),
             Some(WindowId(2)),
             "the cursor moved past the poison"
         );
@@ -1113,7 +1284,9 @@ mod poison_tests {
         ));
         // The empty window before it and p1's window's other shards are done; p1's shard
         // is not: nothing skipped.
-        let saved = w.store.cursor().await.unwrap().unwrap();
+        let saved = crate::testing::whole_flush_cursor(w.store.as_ref())
+            .await
+            .unwrap();
         let shard = crate::window::Shard::of(&RecordId::parse("p1").unwrap());
         assert_eq!(saved.window, WindowId(1), "{saved:?}");
         assert_eq!(saved.shard(shard).after, None, "{saved:?}");

@@ -16,6 +16,6 @@ pub mod views;
 
 pub use change_capture::ChangeCapture;
 pub use delivery::{Delivery, DeliverySettings};
-pub use flush::{Flush, FlushReport, FlushSettings};
+pub use flush::{Flush, FlushError, FlushEvent, FlushReport, FlushSettings};
 pub use registration::{ApiSettings, Registration};
 pub use replay::{ParkedReplay, ParkedReplayer};

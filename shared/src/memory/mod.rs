@@ -28,7 +28,7 @@ use crate::ports::{
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::sync::{FullSync, SyncOutcomes};
-use crate::window::{Shard, WindowId};
+use crate::window::{FlushAssignment, Shard, WindowId};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -101,8 +101,10 @@ struct State {
     tokens: HashMap<String, AccessToken>,
     subscriptions: BTreeMap<(RecordId, String), Subscription>,
     pending: BTreeMap<WindowId, BTreeSet<RecordId>>,
-    cursor: Option<FlushCursor>,
-    flush_lease: Option<Lease>,
+    /// Flush cursors (with the assignment that saved each) and leases by
+    /// [`FlushAssignment::key`].
+    cursors: HashMap<Option<String>, (FlushAssignment, FlushCursor)>,
+    flush_leases: HashMap<Option<String>, Lease>,
     applications: BTreeMap<ApplicationId, Application>,
     api_keys: HashMap<String, ApplicationId>,
     syncs: HashMap<SyncKey, SyncEntry>,
@@ -369,53 +371,74 @@ impl PendingChanges for MemoryStore {
             .await
     }
 
-    async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {
+    async fn cursors(&self) -> BackendResult<Vec<(FlushAssignment, FlushCursor)>> {
         self.gate
-            .run("cursor", async { Ok(self.state().cursor.clone()) })
+            .run("cursors", async {
+                Ok(self.state().cursors.values().cloned().collect())
+            })
             .await
     }
 
-    async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()> {
+    async fn save_cursor(
+        &self,
+        assignment: &FlushAssignment,
+        cursor: &FlushCursor,
+    ) -> BackendResult<()> {
         self.gate
             .run("save_cursor", async {
                 let mut state = self.state();
-                state.cursor = Some(cursor.clone());
+                state
+                    .cursors
+                    .insert(assignment.key(), (assignment.clone(), cursor.clone()));
                 // Entries of flushed windows expire (the DynamoDB adapter uses TTL); dropping them
-                // here keeps a long-running local runner's memory flat.
-                state.pending.retain(|w, _| *w >= cursor.window);
+                // here keeps a long-running local runner's memory flat. A part of the shards
+                // leaves them: another part may not have read them yet.
+                if assignment.is_all() {
+                    state.pending.retain(|w, _| *w >= cursor.window);
+                }
                 Ok(())
             })
             .await
     }
 
-    async fn lease_flush(&self, lease: &Lease, now: Timestamp) -> BackendResult<bool> {
+    async fn lease_flush(
+        &self,
+        assignment: &FlushAssignment,
+        lease: &Lease,
+        now: Timestamp,
+    ) -> BackendResult<bool> {
         self.gate
             .run("lease_flush", async {
                 let mut state = self.state();
-                if !Lease::free(state.flush_lease.as_ref(), now) {
+                if !Lease::free(state.flush_leases.get(&assignment.key()), now) {
                     return Ok(false);
                 }
-                state.flush_lease = Some(lease.clone());
+                state.flush_leases.insert(assignment.key(), lease.clone());
                 Ok(true)
             })
             .await
     }
 
-    async fn release_flush(&self, holder: &LeaseHolder) -> BackendResult<()> {
+    async fn release_flush(
+        &self,
+        assignment: &FlushAssignment,
+        holder: &LeaseHolder,
+    ) -> BackendResult<()> {
         self.gate
             .run("release_flush", async {
                 let mut state = self.state();
                 if state
-                    .flush_lease
-                    .as_ref()
+                    .flush_leases
+                    .get(&assignment.key())
                     .is_some_and(|l| l.holder == *holder)
                 {
-                    state.flush_lease = None;
+                    state.flush_leases.remove(&assignment.key());
                 }
                 Ok(())
             })
             .await
     }
+
     async fn set_aside(&self, item: &PoisonItem) -> BackendResult<()> {
         self.gate
             .run("set_aside", async {

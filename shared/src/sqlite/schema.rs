@@ -261,12 +261,12 @@ pub(crate) fn migrate_to(conn: &mut Connection, file: &Path, target: u32) -> Res
     }
 }
 
-/// Frees the flush lease and every sync lease: called by the runner that just took the
+/// Frees the flush leases (the whole flush's and any part's) and every sync lease: called by the runner that just took the
 /// directory's lock, so whoever held them was killed (they would otherwise block the
 /// flush and the syncs until they expired, up to a quarter of an hour).
 pub(crate) fn free_leases(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
-        "DELETE FROM meta WHERE name = 'flush_lease';
+        "DELETE FROM meta WHERE name = 'flush_lease' OR name LIKE 'flush_lease#%';
          UPDATE syncs SET lease_holder = NULL, lease_until_ms = 0 WHERE lease_holder IS NOT NULL;",
     )
 }

@@ -18,7 +18,7 @@ use crate::ports::{
 use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::sync::{FullSync, SyncOutcomes};
-use crate::window::{Shard, WindowId};
+use crate::window::{FlushAssignment, Shard, WindowId};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -726,49 +726,87 @@ impl PendingChanges for SqliteStore {
             .await
     }
 
-    async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {
-        self.db.read(|conn| meta(conn, CURSOR)).await
+    async fn cursors(&self) -> BackendResult<Vec<(FlushAssignment, FlushCursor)>> {
+        self.db
+            .read(|conn| {
+                let rows: Vec<(String, String)> = conn
+                    .prepare_cached(
+                        "SELECT name, value FROM meta WHERE name = ?1 OR name LIKE ?1 || '#%'",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map([CURSOR], |r| Ok((r.get(0)?, r.get(1)?)))?
+                            .collect()
+                    })
+                    .map_err(backend)?;
+                rows.into_iter()
+                    .filter_map(|(name, value)| {
+                        let assignment = FlushAssignment::from_name(CURSOR, &name)?;
+                        Some(
+                            assignment
+                                .map_err(|e| BackendError::Corrupt(format!("stored {name}: {e}")))
+                                .and_then(|a| Ok((a, from_json::<FlushCursor>(&name, &value)?))),
+                        )
+                    })
+                    .collect()
+            })
+            .await
     }
 
-    async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()> {
-        let cursor = cursor.clone();
+    async fn save_cursor(
+        &self,
+        assignment: &FlushAssignment,
+        cursor: &FlushCursor,
+    ) -> BackendResult<()> {
+        let (name, all, cursor) = (assignment.name(CURSOR), assignment.is_all(), cursor.clone());
         self.db
             .write(Durability::Normal, move |conn| {
-                set_meta(conn, CURSOR, &cursor)?;
-                // Entries of flushed windows are done with (DynamoDB lets TTL delete them).
-                execute(
-                    conn,
-                    "DELETE FROM pending WHERE window < ?1",
-                    [cursor.window.0 as i64],
-                )?;
+                set_meta(conn, &name, &cursor)?;
+                // Entries of flushed windows are done with (DynamoDB lets TTL delete them);
+                // a part of the shards leaves them to the parts that may not have read them.
+                if all {
+                    execute(
+                        conn,
+                        "DELETE FROM pending WHERE window < ?1",
+                        [cursor.window.0 as i64],
+                    )?;
+                }
                 Ok(())
             })
             .await
     }
 
-    async fn lease_flush(&self, lease: &Lease, now: Timestamp) -> BackendResult<bool> {
-        let stored = StoredLease::of(lease);
+    async fn lease_flush(
+        &self,
+        assignment: &FlushAssignment,
+        lease: &Lease,
+        now: Timestamp,
+    ) -> BackendResult<bool> {
+        let (name, stored) = (assignment.name(FLUSH_LEASE), StoredLease::of(lease));
         self.db
             .write(Durability::Normal, move |conn| {
-                let held = meta::<StoredLease>(conn, FLUSH_LEASE)?
+                let held = meta::<StoredLease>(conn, &name)?
                     .map(StoredLease::lease)
                     .transpose()?;
                 if !Lease::free(held.as_ref(), now) {
                     return Ok(false);
                 }
-                set_meta(conn, FLUSH_LEASE, &stored)?;
+                set_meta(conn, &name, &stored)?;
                 Ok(true)
             })
             .await
     }
 
-    async fn release_flush(&self, holder: &LeaseHolder) -> BackendResult<()> {
-        let holder = holder.as_str().to_owned();
+    async fn release_flush(
+        &self,
+        assignment: &FlushAssignment,
+        holder: &LeaseHolder,
+    ) -> BackendResult<()> {
+        let (name, holder) = (assignment.name(FLUSH_LEASE), holder.as_str().to_owned());
         self.db
             .write(Durability::Normal, move |conn| {
-                let held = meta::<StoredLease>(conn, FLUSH_LEASE)?;
+                let held = meta::<StoredLease>(conn, &name)?;
                 if held.is_some_and(|lease| lease.holder == holder) {
-                    execute(conn, "DELETE FROM meta WHERE name = ?1", [FLUSH_LEASE])?;
+                    execute(conn, "DELETE FROM meta WHERE name = ?1", [name.as_str()])?;
                 }
                 Ok(())
             })

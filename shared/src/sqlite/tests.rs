@@ -19,7 +19,7 @@ use crate::record::RecordId;
 use crate::subscription::{Registered, Subscription, Unregistered};
 use crate::testing::ManualClock;
 use crate::testing::{at_ms, lease, pending_records, records_of_shard};
-use crate::window::{Shard, WindowId};
+use crate::window::{FlushAssignment, Shard, WindowId};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -469,8 +469,14 @@ async fn pending_pages_coalesce_continue_and_go_behind_the_cursor() {
         .unwrap();
     assert_eq!((p3.items, p3.next), (r[4..].to_vec(), None));
     let cursor = FlushCursor::start_of(WindowId(4));
-    store.save_cursor(&cursor).await.unwrap();
-    assert_eq!(store.cursor().await.unwrap(), Some(cursor));
+    store
+        .save_cursor(&FlushAssignment::all(), &cursor)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cursors().await.unwrap(),
+        [(FlushAssignment::all(), cursor)]
+    );
     assert!(
         pending_records(&store, w).await.unwrap().is_empty(),
         "flushed windows go"
@@ -484,13 +490,16 @@ async fn the_flush_lease_is_one_holders_and_a_new_runner_frees_it() {
         let store = SqliteStore::new(Database::open(&dir.0, Access::Runner).unwrap());
         let flush = async |holder, until, now| {
             store
-                .lease_flush(&lease(holder, until), at_ms(now))
+                .lease_flush(&FlushAssignment::all(), &lease(holder, until), at_ms(now))
                 .await
                 .unwrap()
         };
         assert!(flush("a", 1_000, 100).await);
         assert!(!flush("b", 1_000, 200).await);
-        store.release_flush(&LeaseHolder::new("b")).await.unwrap();
+        store
+            .release_flush(&FlushAssignment::all(), &LeaseHolder::new("b"))
+            .await
+            .unwrap();
         assert!(!flush("b", 1_000, 300).await, "not b's to release");
         assert!(flush("b", 2_000, 1_000).await, "expired");
         assert!(
@@ -510,7 +519,7 @@ async fn the_flush_lease_is_one_holders_and_a_new_runner_frees_it() {
     };
     assert!(
         store
-            .lease_flush(&lease("c", 3_000), at_ms(1_500))
+            .lease_flush(&FlushAssignment::all(), &lease("c", 3_000), at_ms(1_500))
             .await
             .unwrap(),
         "freed at start"

@@ -33,6 +33,29 @@ pub fn lease(holder: &str, until_ms: i64) -> crate::ports::Lease {
     }
 }
 
+/// The saved cursor of the flush of `assignment`, without the time it was saved (tests
+/// compare positions).
+pub async fn flush_cursor_of(
+    pending: &dyn crate::ports::PendingChanges,
+    assignment: &crate::window::FlushAssignment,
+) -> Option<crate::ports::FlushCursor> {
+    let saved = pending.cursors().await.expect("the saved cursors");
+    saved
+        .into_iter()
+        .find(|(saved_by, _)| saved_by == assignment)
+        .map(|(_, cursor)| crate::ports::FlushCursor {
+            saved_at: None,
+            ..cursor
+        })
+}
+
+/// The whole flush's saved cursor ([`flush_cursor_of`] every shard).
+pub async fn whole_flush_cursor(
+    pending: &dyn crate::ports::PendingChanges,
+) -> Option<crate::ports::FlushCursor> {
+    flush_cursor_of(pending, &crate::window::FlushAssignment::all()).await
+}
+
 /// A clock that only moves when told to (tests).
 #[derive(Debug)]
 pub struct ManualClock(Mutex<Timestamp>);

@@ -16,9 +16,11 @@ use super::unavailable;
 use super::{DynamoStore, Item, Keyed, applied, from_item, number, s, to_item};
 use crate::clock::Timestamp;
 use crate::poison::{PoisonId, PoisonItem};
-use crate::ports::{BackendResult, FlushCursor, Lease, LeaseHolder, Page, PendingChanges};
+use crate::ports::{
+    BackendError, BackendResult, FlushCursor, Lease, LeaseHolder, Page, PendingChanges,
+};
 use crate::record::RecordId;
-use crate::window::{PENDING_TTL, Shard, WindowId};
+use crate::window::{FlushAssignment, PENDING_TTL, Shard, WindowId};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -29,6 +31,11 @@ pub use crate::window::PENDING_SHARDS;
 /// Record ids per item at most (a stream batch holds up to 10 000 records; ids are up to
 /// 128 bytes): well under DynamoDB's 400 KB.
 const IDS_PER_ITEM: usize = 1_000;
+/// The partition of the flush's cursors and leases, and their sort keys (one of each per
+/// flush assignment, [`FlushAssignment::name`]).
+const FLUSH_PK: &str = "FLUSH";
+const CURSOR_SK: &str = "CURSOR";
+const LEASE_SK: &str = "LEASE";
 
 /// Items read per `Query` of a shard: enough for a page, without reading the whole shard.
 const ITEMS_PER_QUERY: i32 = 100;
@@ -273,22 +280,65 @@ impl PendingChanges for DynamoStore {
         }
     }
 
-    async fn cursor(&self) -> BackendResult<Option<FlushCursor>> {
-        self.get("FLUSH", "CURSOR").await
+    async fn cursors(&self) -> BackendResult<Vec<(FlushAssignment, FlushCursor)>> {
+        // The FLUSH partition holds a cursor and a lease per assignment: a few small items.
+        let mut cursors = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :cursor)")
+                .expression_attribute_values(":pk", s(FLUSH_PK))
+                .expression_attribute_values(":cursor", s(CURSOR_SK))
+                .set_exclusive_start_key(start)
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items.unwrap_or_default() {
+                let keyed: Keyed<FlushCursor> = from_item(item)?;
+                match FlushAssignment::from_name(CURSOR_SK, &keyed.sk) {
+                    Some(Ok(assignment)) => cursors.push((assignment, keyed.value)),
+                    Some(Err(e)) => {
+                        return Err(BackendError::Corrupt(format!(
+                            "flush cursor {}: {e}",
+                            keyed.sk
+                        )));
+                    }
+                    None => {}
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(cursors),
+            }
+        }
     }
 
-    async fn save_cursor(&self, cursor: &FlushCursor) -> BackendResult<()> {
-        self.put("FLUSH".into(), "CURSOR".into(), cursor).await
+    async fn save_cursor(
+        &self,
+        assignment: &FlushAssignment,
+        cursor: &FlushCursor,
+    ) -> BackendResult<()> {
+        self.put(FLUSH_PK.into(), assignment.name(CURSOR_SK), cursor)
+            .await
     }
 
-    async fn lease_flush(&self, lease: &Lease, now: Timestamp) -> BackendResult<bool> {
-        // Its own item: saving the cursor replaces the whole CURSOR item.
+    async fn lease_flush(
+        &self,
+        assignment: &FlushAssignment,
+        lease: &Lease,
+        now: Timestamp,
+    ) -> BackendResult<bool> {
+        // Its own item: saving the cursor replaces the whole cursor item.
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s("FLUSH"))
-            .key("sk", s("LEASE"))
+            .key("pk", s(FLUSH_PK))
+            .key("sk", s(assignment.name(LEASE_SK)))
             .update_expression("SET holder = :holder, lease_until_ms = :until")
             .condition_expression("attribute_not_exists(lease_until_ms) OR lease_until_ms <= :now")
             .expression_attribute_values(":holder", s(lease.holder.as_str()))
@@ -299,13 +349,17 @@ impl PendingChanges for DynamoStore {
         applied(result)
     }
 
-    async fn release_flush(&self, holder: &LeaseHolder) -> BackendResult<()> {
+    async fn release_flush(
+        &self,
+        assignment: &FlushAssignment,
+        holder: &LeaseHolder,
+    ) -> BackendResult<()> {
         let result = self
             .client
             .delete_item()
             .table_name(&self.table)
-            .key("pk", s("FLUSH"))
-            .key("sk", s("LEASE"))
+            .key("pk", s(FLUSH_PK))
+            .key("sk", s(assignment.name(LEASE_SK)))
             .condition_expression("holder = :holder")
             .expression_attribute_values(":holder", s(holder.as_str()))
             .send()

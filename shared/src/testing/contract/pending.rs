@@ -10,7 +10,7 @@ use crate::ports::LeaseHolder;
 use crate::ports::{FlushCursor, Page, ShardPosition};
 use crate::record::RecordId;
 use crate::testing::{at_ms, lease, pending_records, records_of_shard};
-use crate::window::{Shard, WindowId};
+use crate::window::{FlushAssignment, Shard, WindowId};
 
 scenarios![
     shard_pages_hold_each_record_without_a_trailing_empty_page,
@@ -164,9 +164,17 @@ async fn shard_pages_split_a_window_by_the_records_shard(a: Adapters) {
     assert_eq!(every.len(), marked.len(), "every record in one shard");
 }
 
+/// The saved cursors, in assignment-key order (stores list them in their own order).
+async fn saved_cursors(a: &Adapters) -> Vec<(FlushAssignment, FlushCursor)> {
+    let mut saved = a.ports.pending.cursors().await.unwrap();
+    saved.sort_by_key(|(assignment, _)| assignment.key());
+    saved
+}
+
 async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
     let pending = &a.ports.pending;
-    assert_eq!(pending.cursor().await.unwrap(), None);
+    let all = FlushAssignment::all();
+    assert_eq!(saved_cursors(&a).await, []);
     let shard = Shard(3);
     let records = records_of_shard(shard, "c", 3);
     for window in [4, 5, 6] {
@@ -185,18 +193,27 @@ async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
         shards: vec![
             ShardPosition {
                 shard,
+                window: None,
                 after: first.next.clone(),
                 done: false,
             },
             ShardPosition {
                 shard: Shard(5),
+                window: None,
                 after: None,
                 done: true,
             },
+            ShardPosition {
+                shard: Shard(6),
+                window: Some(WindowId(9)),
+                after: None,
+                done: false,
+            },
         ],
+        saved_at: Some(at_ms(1_000)),
     };
-    pending.save_cursor(&cursor).await.unwrap();
-    assert_eq!(pending.cursor().await.unwrap(), Some(cursor));
+    pending.save_cursor(&all, &cursor).await.unwrap();
+    assert_eq!(saved_cursors(&a).await, [(all.clone(), cursor.clone())]);
     // Windows before the cursor may be dropped (they expire); the cursor's and later stay.
     for window in [5, 6] {
         let mut kept = pending_records(pending.as_ref(), WindowId(window))
@@ -205,13 +222,9 @@ async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
         kept.sort_unstable();
         assert_eq!(kept, records, "window {window} is kept whole");
     }
-    let saved = pending
-        .cursor()
-        .await
-        .unwrap()
-        .map(|c| c.shard(shard).after);
+    let saved = saved_cursors(&a).await[0].1.shard(shard).after;
     let rest = pending
-        .shard_page(WindowId(5), shard, saved.flatten().as_deref(), 10)
+        .shard_page(WindowId(5), shard, saved.as_deref(), 10)
         .await
         .unwrap();
     let mut both: Vec<&str> = ids(&first.items)
@@ -224,74 +237,135 @@ async fn pending_cursor_round_trips_and_keeps_unflushed_windows(a: Adapters) {
         (2, ids(&records)),
         "the saved position still continues"
     );
+    // A part of the shards keeps its own cursor beside the whole flush's, and moving it
+    // drops no window another part may still read.
+    let part = FlushAssignment::of([shard.0.into()]).unwrap();
+    let part_cursor = FlushCursor {
+        saved_at: Some(at_ms(2_000)),
+        ..FlushCursor::start_of(WindowId(7))
+    };
+    pending.save_cursor(&part, &part_cursor).await.unwrap();
+    assert_eq!(
+        saved_cursors(&a).await,
+        [(all.clone(), cursor), (part, part_cursor)]
+    );
+    let mut kept = pending_records(pending.as_ref(), WindowId(5))
+        .await
+        .unwrap();
+    kept.sort_unstable();
+    assert_eq!(kept, records, "a part's cursor drops nothing");
     let moved = FlushCursor::start_of(WindowId(6));
-    pending.save_cursor(&moved).await.unwrap();
-    assert_eq!(pending.cursor().await.unwrap(), Some(moved), "replaced");
+    pending.save_cursor(&all, &moved).await.unwrap();
+    assert_eq!(
+        saved_cursors(&a).await.first(),
+        Some(&(all, moved)),
+        "replaced"
+    );
 }
 
 async fn flush_lease_one_flush_at_a_time(a: Adapters) {
     let pending = &a.ports.pending;
+    let all = FlushAssignment::all();
     assert!(
         pending
-            .lease_flush(&lease("a", 5_000), at_ms(1_000))
+            .lease_flush(&all, &lease("a", 5_000), at_ms(1_000))
             .await
             .unwrap()
     );
     assert!(
         !pending
-            .lease_flush(&lease("b", 6_000), at_ms(2_000))
+            .lease_flush(&all, &lease("b", 6_000), at_ms(2_000))
             .await
             .unwrap(),
         "held by a until 5 000"
     );
     assert!(
         !pending
-            .lease_flush(&lease("a", 6_000), at_ms(2_000))
+            .lease_flush(&all, &lease("a", 6_000), at_ms(2_000))
             .await
             .unwrap(),
         "a held lease is not taken again, even by its holder"
     );
-    pending.release_flush(&LeaseHolder::new("b")).await.unwrap();
+    pending
+        .release_flush(&all, &LeaseHolder::new("b"))
+        .await
+        .unwrap();
     assert!(
         !pending
-            .lease_flush(&lease("b", 9_000), at_ms(4_999))
+            .lease_flush(&all, &lease("b", 9_000), at_ms(4_999))
             .await
             .unwrap(),
         "only the holder gives it back"
     );
     assert!(
         pending
-            .lease_flush(&lease("b", 9_000), at_ms(5_000))
+            .lease_flush(&all, &lease("b", 9_000), at_ms(5_000))
             .await
             .unwrap(),
         "expired (a crashed holder): taken over"
     );
-    pending.release_flush(&LeaseHolder::new("a")).await.unwrap();
+    pending
+        .release_flush(&all, &LeaseHolder::new("a"))
+        .await
+        .unwrap();
     assert!(
         !pending
-            .lease_flush(&lease("c", 10_000), at_ms(6_000))
+            .lease_flush(&all, &lease("c", 10_000), at_ms(6_000))
             .await
             .unwrap(),
         "the old holder's late release leaves b's lease alone"
     );
-    pending.release_flush(&LeaseHolder::new("b")).await.unwrap();
+    pending
+        .release_flush(&all, &LeaseHolder::new("b"))
+        .await
+        .unwrap();
     assert!(
         pending
-            .lease_flush(&lease("c", 10_000), at_ms(6_000))
+            .lease_flush(&all, &lease("c", 10_000), at_ms(6_000))
             .await
             .unwrap(),
         "released by its holder: free at once"
     );
     pending
-        .save_cursor(&FlushCursor::start_of(WindowId(1)))
+        .save_cursor(&all, &FlushCursor::start_of(WindowId(1)))
         .await
         .unwrap();
     assert!(
         !pending
-            .lease_flush(&lease("d", 11_000), at_ms(7_000))
+            .lease_flush(&all, &lease("d", 11_000), at_ms(7_000))
             .await
             .unwrap(),
         "saving the cursor does not free the lease"
+    );
+    let part = FlushAssignment::of([2, 3]).unwrap();
+    assert!(
+        pending
+            .lease_flush(&part, &lease("e", 11_000), at_ms(7_000))
+            .await
+            .unwrap(),
+        "a part of the shards has a lease of its own"
+    );
+    assert!(
+        !pending
+            .lease_flush(&part, &lease("f", 11_000), at_ms(7_000))
+            .await
+            .unwrap(),
+        "held by e"
+    );
+    pending
+        .release_flush(&all, &LeaseHolder::new("d"))
+        .await
+        .unwrap();
+    pending
+        .release_flush(&part, &LeaseHolder::new("e"))
+        .await
+        .unwrap();
+    assert!(
+        pending
+            .lease_flush(&part, &lease("f", 11_000), at_ms(7_000))
+            .await
+            .unwrap(),
+        "released by e"
     );
 }
 
