@@ -12,6 +12,7 @@
 Run by scripts/test; uses cfn-lint's YAML loader, which understands !Ref and friends.
 """
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -165,10 +166,47 @@ if max_receives is not None and max_base is not None:
             f"messages would expire instead of reaching the dead-letter queue"
         )
 
+# ---------------------------------------------------------------- flush workers
+
+# For every FlushWorkers value, the enabled schedules' inputs split the 8 shards of a window
+# between them, each shard to exactly one (two flushes of one shard would notify its
+# records twice; a shard of none would never be flushed).
+SHARDS = 8  # PENDING_SHARDS in shared/src/window.rs
+flush_events = template["Resources"]["FlushFunction"]["Properties"]["Events"]
+mapping = template["Mappings"]["FlushShards"]
+for workers in parameters["FlushWorkers"]["AllowedValues"]:
+    row = mapping.get(str(workers))
+    if row is None:
+        problems.append(f"FlushShards has no row for FlushWorkers {workers}")
+        continue
+    owners = {}
+    enabled = 0
+    for name, event in flush_events.items():
+        props = event["Properties"]
+
+        def resolve(value):
+            if isinstance(value, dict) and "Fn::FindInMap" in value:
+                _, _, key = value["Fn::FindInMap"]
+                return row[key]
+            return value
+
+        if resolve(props.get("State", "ENABLED")) != "ENABLED":
+            continue
+        enabled += 1
+        for shard in json.loads(resolve(props["Input"]))["shards"]:
+            owners.setdefault(shard, []).append(name)
+    if enabled != int(workers):
+        problems.append(f"FlushWorkers {workers}: {enabled} flush schedules enabled")
+    for shard in range(SHARDS):
+        if len(owners.get(shard, [])) != 1:
+            problems.append(f"FlushWorkers {workers}: shard {shard} is flushed by {owners.get(shard, [])}")
+    if set(owners) - set(range(SHARDS)):
+        problems.append(f"FlushWorkers {workers}: shards that do not exist: {sorted(set(owners) - set(range(SHARDS)))}")
+
 if problems:
     print("\n".join(problems))
     sys.exit(1)
 print(
     f"template.yaml, docs/configuration.md and config agree: {len(parameters)} parameters, {len(env)} variables, "
-    f"{len(alarms)} alarms wired to AlarmTopicArn"
+    f"{len(alarms)} alarms wired to AlarmTopicArn; every FlushWorkers value flushes each shard once"
 )

@@ -560,6 +560,18 @@ def run(args, report):
 
         report.check("sam local invoke FlushFunction -e events/schedule.json", flush)
 
+        # ---- FlushFunction with a schedule's constant input (FlushWorkers > 1): the shards
+        # it names go on from the whole flush's cursor, so nothing comes again.
+        def flush_shards():
+            response = sam.invoke("FlushFunction", load_event("flush-shards.json"), "flush-shards")
+            expect(isinstance(response, dict), f"not a flush report: {response!r}")
+            expect(
+                (response.get("jobs"), response.get("lease_held")) == (0, False),
+                f"expected no job again and its own lease: {response}",
+            )
+
+        report.check("sam local invoke FlushFunction -e events/flush-shards.json", flush_shards)
+
         # ---- DeliveryFunction: the messages the flush enqueued, in sqs-batch.json's shape
         def deliver():
             received_at = time.monotonic()
