@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 
 /// The most response-body bytes an attempt keeps (what the attempt log shows, as GitHub
 /// and Svix do).
@@ -176,7 +176,12 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
 /// The client every delivery goes through. Cheap to clone (shares one connection pool).
 #[derive(Clone)]
 pub struct CallbackClient {
-    client: Client<Connector, Full<Bytes>>,
+    /// Built on the first request, not with the client: loading the system certificate
+    /// store was half of a function's start-up (docs/benchmarks.md), and most invocations
+    /// of the HTTP API never reach a receiver.
+    client: Arc<OnceCell<Client<Connector, Full<Bytes>>>>,
+    /// What the client is built from.
+    settings: Arc<HttpSettings>,
     policy: UrlPolicy,
     timeout: Duration,
     /// Reads a `Retry-After` date against it.
@@ -207,28 +212,34 @@ fn tls_config(extra_roots: &[Vec<u8>]) -> rustls::ClientConfig {
     .with_no_client_auth()
 }
 
+/// The hyper client over the guarded resolver and rustls with the system roots (read here).
+fn build_client(settings: &HttpSettings) -> Client<Connector, Full<Bytes>> {
+    let resolver = GuardedResolver {
+        allow_private: settings.url_policy.allow_insecure,
+        hosts: Arc::new(settings.hosts.clone()),
+    };
+    let mut http = HttpConnector::new_with_resolver(resolver);
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(settings.timeout.min(Duration::from_secs(5))));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(&settings.extra_roots))
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(https)
+}
+
 impl CallbackClient {
-    /// Builds the client once (per process).
+    /// The client of a process; its connections and certificate store come with the first
+    /// request.
     pub fn new(settings: &HttpSettings) -> Self {
-        let resolver = GuardedResolver {
-            allow_private: settings.url_policy.allow_insecure,
-            hosts: Arc::new(settings.hosts.clone()),
-        };
-        let mut http = HttpConnector::new_with_resolver(resolver);
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.timeout.min(Duration::from_secs(5))));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(&settings.extra_roots))
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(https);
         Self {
-            client,
+            client: Arc::new(OnceCell::new()),
+            settings: Arc::new(settings.clone()),
             policy: settings.url_policy,
             timeout: settings.timeout,
             clock: Arc::new(SystemClock),
@@ -239,6 +250,13 @@ impl CallbackClient {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// The hyper client, built by the first caller.
+    async fn client(&self) -> &Client<Connector, Full<Bytes>> {
+        self.client
+            .get_or_init(|| async { build_client(&self.settings) })
+            .await
     }
 
     /// The ack deadline of one attempt.
@@ -254,6 +272,9 @@ impl CallbackClient {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> AttemptOutcome {
+        // The first request builds the client (reading the certificate store), outside the
+        // attempt's latency and timeout.
+        let client = self.client().await;
         let started = Instant::now();
         let failed = |error: AttemptFailure| AttemptOutcome {
             status: None,
@@ -272,7 +293,7 @@ impl CallbackClient {
         };
         let processing = notify_on_processing(&mut request);
         tokio::select! {
-            result = tokio::time::timeout(self.timeout, self.exchange(request, started)) => match result {
+            result = tokio::time::timeout(self.timeout, self.exchange(client, request, started)) => match result {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => failed(describe(&e)),
                 Err(_) => failed(AttemptFailure::Timeout(self.timeout)),
@@ -290,10 +311,11 @@ impl CallbackClient {
     /// Sends `request` and reads the answer (its latency counted from `started`).
     async fn exchange(
         &self,
+        client: &Client<Connector, Full<Bytes>>,
         request: http::Request<Full<Bytes>>,
         started: Instant,
     ) -> Result<AttemptOutcome, hyper_util::client::legacy::Error> {
-        let response = self.client.request(request).await?;
+        let response = client.request(request).await?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
