@@ -1,6 +1,7 @@
 //! The AWS adapters and the wiring the Lambda `main`s use: SDK clients built once per
 //! process, handlers built over them.
 
+pub mod connections;
 pub mod dynamodb;
 pub mod eventbridge;
 pub mod sqs;
@@ -81,9 +82,13 @@ pub struct AwsServices {
 }
 
 impl AwsServices {
-    /// Loads the SDK configuration from the environment (honours `AWS_ENDPOINT_URL`).
+    /// Loads the SDK configuration from the environment (honours `AWS_ENDPOINT_URL`); the
+    /// clients share one HTTPS client that connects on the first request.
     pub async fn load(settings: Settings) -> Self {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(connections::sdk_https_client())
+            .load()
+            .await;
         Self::new(&config, settings)
     }
 
@@ -260,6 +265,33 @@ mod tests {
             // reachable from a test).
             .endpoint_url(&url)
             .service_config(Environment(HashMap::from([("AWS_ENDPOINT_URL", "")])))
+            .build();
+        let services = AwsServices::new(&config, settings());
+        let client = tokio::time::timeout(
+            Duration::from_secs(20),
+            services
+                .store
+                .get_client(&"APP-NPXKK6HFN6TJ4YYI".parse().unwrap()),
+        )
+        .await
+        .expect("the request did not finish");
+        assert!(matches!(client, Ok(None)), "{client:?}");
+        server.await.unwrap();
+    }
+
+    /// The HTTPS client `load` gives the SDK clients (it builds its connector on the first
+    /// request) carries their requests.
+    #[tokio::test]
+    async fn the_clients_of_load_reach_their_endpoint() {
+        let (url, server) = one_answer_server().await;
+        let config = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "AKIDTEST", "secret", None, None, "test",
+            )))
+            .endpoint_url(&url)
+            .http_client(connections::sdk_https_client())
             .build();
         let services = AwsServices::new(&config, settings());
         let client = tokio::time::timeout(
