@@ -56,6 +56,19 @@ fn main() {
         println!("peak_rss_kib={kib}");
         return;
     }
+    // The cold start figure's child process: its first requests, timed.
+    if args.first().map(String::as_str) == Some("first-request-child") {
+        let url = args.get(1).cloned().unwrap_or_else(|| usage());
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        match runtime.block_on(coldstart::first_requests_child(&url)) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1)
+            }
+        }
+        return;
+    }
     let figures: Vec<&str> = if args.is_empty() || args.iter().any(|a| a == "all") {
         // The durable figure runs for minutes (a million deliveries), the load model for
         // millions of changes: only when named.
