@@ -249,24 +249,21 @@ mod tests {
         Settings::from_lookup(|name| env.get(name).map(|v| v.to_string())).unwrap()
     }
 
-    /// The template declares `AWS_ENDPOINT_URL` with an empty default (SAM passes only
-    /// declared variables to `sam local`): deployed, the variable is set and empty, and the
-    /// clients must then use their normal endpoint, not "".
-    #[tokio::test]
-    async fn an_empty_aws_endpoint_url_is_as_if_unset() {
-        let (url, server) = one_answer_server().await;
-        let config = aws_config::SdkConfig::builder()
+    /// An SDK configuration with test credentials whose clients send to `url`.
+    fn config_to(url: &str) -> aws_types::sdk_config::Builder {
+        aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(Region::new("eu-west-1"))
             .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
                 "AKIDTEST", "secret", None, None, "test",
             )))
-            // Stands for the endpoint the SDK would otherwise resolve (a real one is not
-            // reachable from a test).
-            .endpoint_url(&url)
-            .service_config(Environment(HashMap::from([("AWS_ENDPOINT_URL", "")])))
-            .build();
-        let services = AwsServices::new(&config, settings());
+            .endpoint_url(url)
+    }
+
+    /// Reads a client through services built on `config`: the one-answer server's empty
+    /// answer is "no such client", so `Ok(None)` says the request reached it.
+    async fn reaches(config: &aws_config::SdkConfig, server: tokio::task::JoinHandle<()>) {
+        let services = AwsServices::new(config, settings());
         let client = tokio::time::timeout(
             Duration::from_secs(20),
             services
@@ -279,30 +276,28 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// The template declares `AWS_ENDPOINT_URL` with an empty default (SAM passes only
+    /// declared variables to `sam local`): deployed, the variable is set and empty, and the
+    /// clients must then use their normal endpoint, not "".
+    #[tokio::test]
+    async fn an_empty_aws_endpoint_url_is_as_if_unset() {
+        let (url, server) = one_answer_server().await;
+        // The server's URL stands for the endpoint the SDK would otherwise resolve (a real
+        // one is not reachable from a test).
+        let config = config_to(&url)
+            .service_config(Environment(HashMap::from([("AWS_ENDPOINT_URL", "")])))
+            .build();
+        reaches(&config, server).await;
+    }
+
     /// The HTTPS client `load` gives the SDK clients (it builds its connector on the first
     /// request) carries their requests.
     #[tokio::test]
     async fn the_clients_of_load_reach_their_endpoint() {
         let (url, server) = one_answer_server().await;
-        let config = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(Region::new("eu-west-1"))
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                "AKIDTEST", "secret", None, None, "test",
-            )))
-            .endpoint_url(&url)
+        let config = config_to(&url)
             .http_client(connections::sdk_https_client())
             .build();
-        let services = AwsServices::new(&config, settings());
-        let client = tokio::time::timeout(
-            Duration::from_secs(20),
-            services
-                .store
-                .get_client(&"APP-NPXKK6HFN6TJ4YYI".parse().unwrap()),
-        )
-        .await
-        .expect("the request did not finish");
-        assert!(matches!(client, Ok(None)), "{client:?}");
-        server.await.unwrap();
+        reaches(&config, server).await;
     }
 }
