@@ -99,6 +99,14 @@ impl Service {
             settings: ApiSettings::default(),
         }
     }
+
+    fn flush(&self) -> Flush {
+        Flush {
+            ports: self.ports(),
+            windows: self.windows.clone(),
+            settings: FlushSettings::default(),
+        }
+    }
 }
 
 async fn api(
@@ -192,11 +200,7 @@ async fn stream_events_mark_records_pending() {
 #[tokio::test]
 async fn schedule_event_runs_the_flush() {
     let service = Service::new().await;
-    let flush = Flush {
-        ports: service.ports(),
-        windows: service.windows.clone(),
-        settings: FlushSettings::default(),
-    };
+    let flush = service.flush();
     api(&service, "register.json").await;
     service
         .store
@@ -219,11 +223,7 @@ async fn schedule_event_runs_the_flush() {
 #[tokio::test]
 async fn a_flush_event_with_shards_flushes_those_shards_only() {
     let service = Service::new().await;
-    let flush = Flush {
-        ports: service.ports(),
-        windows: service.windows.clone(),
-        settings: FlushSettings::default(),
-    };
+    let flush = service.flush();
     api(&service, "register.json").await;
     // The sample's shards are 0 to 3: 0000-0002-7465-2162 is in shard 1.
     let record = RecordId::parse("0000-0002-7465-2162").unwrap();
