@@ -1285,6 +1285,32 @@ struct StuckQueue {
     passed: std::sync::atomic::AtomicUsize,
 }
 
+impl StuckQueue {
+    /// A flush over `aws`'s ports whose delivery queue lets `pass` enqueues through and
+    /// holds the later ones; and that queue, to watch.
+    fn flush(
+        aws: &AwsServices,
+        windows: &Arc<ManualWindows>,
+        settings: FlushSettings,
+        pass: usize,
+    ) -> (Arc<Self>, Arc<Flush>) {
+        let queue = Arc::new(Self {
+            inner: aws.ports().queue,
+            pass: tokio::sync::Semaphore::new(pass),
+            stuck: Default::default(),
+            passed: Default::default(),
+        });
+        let mut ports = aws.ports();
+        ports.queue = queue.clone();
+        let flush = Arc::new(Flush {
+            ports,
+            windows: windows.clone(),
+            settings,
+        });
+        (queue, flush)
+    }
+}
+
 #[async_trait::async_trait]
 impl webhooks::ports::DeliveryQueue for StuckQueue {
     async fn enqueue(
@@ -1350,19 +1376,7 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
         lease_margin: Duration::ZERO,
         ..FlushSettings::default()
     };
-    let queue = Arc::new(StuckQueue {
-        inner: aws.ports().queue,
-        pass: tokio::sync::Semaphore::new(6),
-        stuck: Default::default(),
-        passed: Default::default(),
-    });
-    let mut stuck = aws.ports();
-    stuck.queue = queue.clone();
-    let killed_flush = Arc::new(Flush {
-        ports: stuck,
-        windows: windows.clone(),
-        settings,
-    });
+    let (queue, killed_flush) = StuckQueue::flush(&aws, &windows, settings, 6);
     // Its leases last until this deadline (no margin); it is killed well before.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let run = tokio::spawn({
@@ -1449,14 +1463,15 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_flush_of_some_shards_is_resumed_and_holds_no_other_back() {
     use webhooks::window::{FlushAssignment, Shard};
-    let env = MotoEnv::create(5).await;
-    let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
-    let sqs = aws_sdk_sqs::Client::new(&env.config);
-    let windows = Arc::new(ManualWindows::default());
-    let records = subscribe_records(&aws, 40).await;
-    let window = webhooks::window::FlushWindows::current(windows.as_ref());
-    aws.store.mark_all(window, &records).await.unwrap();
-    windows.close_current();
+    let one_batch = 0..40;
+    let ClosedWindow {
+        env,
+        aws,
+        sqs,
+        windows,
+        window,
+        records,
+    } = ClosedWindow::new(40, &[one_batch]).await;
     let (low, high) = (
         FlushAssignment::of(0..4).unwrap(),
         FlushAssignment::of(4..8).unwrap(),
@@ -1469,19 +1484,7 @@ async fn a_killed_flush_of_some_shards_is_resumed_and_holds_no_other_back() {
         lease_margin: Duration::ZERO,
         ..FlushSettings::default()
     };
-    let queue = Arc::new(StuckQueue {
-        inner: aws.ports().queue,
-        pass: tokio::sync::Semaphore::new(4),
-        stuck: Default::default(),
-        passed: Default::default(),
-    });
-    let mut stuck = aws.ports();
-    stuck.queue = queue.clone();
-    let killed_flush = Arc::new(Flush {
-        ports: stuck,
-        windows: windows.clone(),
-        settings,
-    });
+    let (queue, killed_flush) = StuckQueue::flush(&aws, &windows, settings, 4);
     let flush = Flush {
         ports: aws.ports(),
         windows: windows.clone(),
