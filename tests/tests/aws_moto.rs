@@ -1309,6 +1309,50 @@ impl StuckQueue {
         });
         (queue, flush)
     }
+
+    /// Whether an enqueue is held.
+    fn is_stuck(&self) -> bool {
+        self.stuck.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    /// Waits, at most ten seconds, until an enqueue is held and `saved_mid_way` (a shard's
+    /// position after a page is stored): the moment to kill the run. The save follows the
+    /// page's enqueue, and under load moto answers it well after the next page blocks.
+    async fn wait_until_stuck<F, Fut>(&self, saved_mid_way: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        for _ in 0..1_000 {
+            if self.is_stuck() && saved_mid_way().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// How many times each record was notified.
+fn times_notified(
+    records: impl IntoIterator<Item = String>,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for record in records {
+        *counts.entry(record).or_default() += 1;
+    }
+    counts
+}
+
+/// How many records of each shard were notified twice.
+fn twice_per_shard(
+    counts: &std::collections::BTreeMap<String, usize>,
+) -> std::collections::BTreeMap<webhooks::window::Shard, usize> {
+    let mut doubled = std::collections::BTreeMap::new();
+    for (record, _) in counts.iter().filter(|(_, n)| **n == 2) {
+        let shard = webhooks::window::Shard::of(&RecordId::parse(record).unwrap());
+        *doubled.entry(shard).or_default() += 1;
+    }
+    doubled
 }
 
 #[async_trait::async_trait]
@@ -1361,7 +1405,6 @@ impl webhooks::ports::DeliveryQueue for StuckQueue {
 /// the one page per shard that was enqueued and not saved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
-    use webhooks::window::Shard;
     let ClosedWindow {
         env,
         aws,
@@ -1384,23 +1427,15 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
         async move { flush.run(Some(deadline)).await }
     });
     // Killed once six pages went through, a worker waits at the seventh, and a shard's
-    // position after its page is stored (the save follows the page's enqueue: under load,
-    // moto answers it well after the seventh page blocks).
-    let mid_way_saved = || async {
-        whole_flush_cursor(aws.store.as_ref())
-            .await
-            .is_some_and(|c| c.shards.iter().any(|p| p.after.is_some()))
-    };
-    for _ in 0..1_000 {
-        if queue.stuck.load(std::sync::atomic::Ordering::SeqCst) > 0 && mid_way_saved().await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        queue.stuck.load(std::sync::atomic::Ordering::SeqCst) > 0,
-        "a worker is stuck mid-shard"
-    );
+    // position after its page is stored.
+    queue
+        .wait_until_stuck(|| async {
+            whole_flush_cursor(aws.store.as_ref())
+                .await
+                .is_some_and(|c| c.shards.iter().any(|p| p.after.is_some()))
+        })
+        .await;
+    assert!(queue.is_stuck(), "a worker is stuck mid-shard");
     run.abort();
     assert!(
         run.await.is_err_and(|e| e.is_cancelled()),
@@ -1429,20 +1464,12 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
         "{report:?}"
     );
     let second = notified_records(&sqs, &env.queue_url, report.jobs as usize + 1).await;
-    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
-    for record in first.into_iter().chain(second) {
-        *counts.entry(record).or_default() += 1;
-    }
+    let counts = times_notified(first.into_iter().chain(second));
     assert_eq!(counts.len(), 40, "no record skipped: {counts:?}");
-    let mut doubled: std::collections::BTreeMap<Shard, usize> = Default::default();
     for (record, n) in &counts {
         assert!(*n <= 2, "{record} queued {n} times");
-        if *n == 2 {
-            *doubled
-                .entry(Shard::of(&RecordId::parse(record).unwrap()))
-                .or_default() += 1;
-        }
     }
+    let doubled = twice_per_shard(&counts);
     assert!(
         doubled.values().all(|n| *n <= 2),
         "at most a page per shard again: {doubled:?}"
@@ -1506,12 +1533,7 @@ async fn a_killed_flush_of_some_shards_is_resumed_and_holds_no_other_back() {
             .await
             .is_some_and(|c| c.shards.iter().any(|p| p.after.is_some()))
     };
-    for _ in 0..1_000 {
-        if queue.stuck.load(std::sync::atomic::Ordering::SeqCst) > 0 && low_saved_mid_way().await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    queue.wait_until_stuck(low_saved_mid_way).await;
     assert!(low_saved_mid_way().await, "the killed half saved mid-way");
     run.abort();
     assert!(run.await.is_err_and(|e| e.is_cancelled()), "killed");
@@ -1526,20 +1548,17 @@ async fn a_killed_flush_of_some_shards_is_resumed_and_holds_no_other_back() {
     let expected = 40 - low_records + passed + resumed.jobs as usize;
     let sent = notified_records(&sqs, &env.queue_url, expected).await;
     assert_eq!(sent.len(), expected, "what each run enqueued");
-    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
-    for record in sent {
-        *counts.entry(record).or_default() += 1;
-    }
+    let counts = times_notified(sent);
     assert_eq!(counts.len(), 40, "no record skipped: {counts:?}");
-    let mut doubled: std::collections::BTreeMap<Shard, usize> = Default::default();
     for (record, n) in &counts {
-        let record = RecordId::parse(record).unwrap();
-        let expected = if in_low(&record) { 1..=2 } else { 1..=1 };
+        let expected = if in_low(&RecordId::parse(record).unwrap()) {
+            1..=2
+        } else {
+            1..=1
+        };
         assert!(expected.contains(n), "{record} queued {n} times");
-        if *n == 2 {
-            *doubled.entry(Shard::of(&record)).or_default() += 1;
-        }
     }
+    let doubled = twice_per_shard(&counts);
     assert!(
         doubled.values().all(|n| *n <= 2),
         "at most a page per shard again: {doubled:?}"
