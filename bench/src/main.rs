@@ -36,7 +36,8 @@ const FIGURES: [&str; 8] = [
 fn usage() -> ! {
     eprintln!(
         "usage: webhooks-bench all | {} ...\n\
-         (cost starts moto server from .venv/bin/moto_server, or uses MOTO_ENDPOINT)",
+         (cost starts moto server from .venv/bin/moto_server, or uses MOTO_ENDPOINT)\n\
+         or: webhooks-bench delivery-loop orcid|members|bare [rounds]   (one contender of figure 2 alone, to profile)",
         FIGURES.join(" | ")
     );
     std::process::exit(2)
@@ -67,6 +68,19 @@ fn main() {
                 std::process::exit(1)
             }
         }
+        return;
+    }
+    // One contender of figure 2 alone, for a profiler (docs/benchmarks.md, "Misses").
+    if args.first().map(String::as_str) == Some("delivery-loop") {
+        let style = match args.get(1).map(String::as_str) {
+            Some("members") => Some(delivery::Style::Members),
+            Some("orcid") => Some(delivery::Style::Orcid),
+            Some("bare") => None,
+            _ => usage(),
+        };
+        let rounds = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(5);
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(delivery::one_contender(style, rounds));
         return;
     }
     let figures: Vec<&str> = if args.is_empty() || args.iter().any(|a| a == "all") {

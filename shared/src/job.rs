@@ -290,10 +290,15 @@ impl DeliveryJob {
     /// The job without its counters: what the dead-letter and parked queues keep, so that a replay
     /// starts with the whole retry budget.
     pub fn replayable(&self) -> Self {
+        self.clone().into_replayable()
+    }
+
+    /// [`Self::replayable`], without a copy.
+    pub fn into_replayable(self) -> Self {
         Self {
             attempts_made: 0,
             backend_failures: 0,
-            ..self.clone()
+            ..self
         }
     }
 }

@@ -21,17 +21,14 @@ impl Delivery {
         } = send;
         let at = self.ports.clock.now();
         let (outcome, acknowledged) = outbound.send(&self.http).await;
-        let logged = LoggedAttempt {
-            attempt: Attempt::new(
-                rx.job,
-                endpoint.key(),
-                rx.attempt,
-                at,
-                &outcome,
-                acknowledged,
-            ),
-            job: rx.job.replayable(),
-        };
+        let made = Attempt::new(
+            rx.job,
+            endpoint.key(),
+            rx.attempt,
+            at,
+            &outcome,
+            acknowledged,
+        );
         let mut metrics = DeliveryMetrics::default();
         metrics.record(&outcome, acknowledged);
         let ended = self.ports.clock.now();
@@ -43,7 +40,7 @@ impl Delivery {
         TaskReport {
             keep,
             metrics,
-            attempt: Some(logged),
+            attempt: Some(made),
             health: Some(health),
             sync_outcome: SyncOutcome::of(rx, sync, verdict),
         }

@@ -7,8 +7,9 @@
 use super::Delivery;
 use super::health::{HealthNote, HealthTallies};
 use super::sync::SyncOutcome;
-use crate::attempts::LoggedAttempt;
+use crate::attempts::{Attempt, LoggedAttempt};
 use crate::health::HealthPolicy;
+use crate::job::DeliveryJob;
 use crate::metrics::DeliveryMetrics;
 
 /// What one message's processing did and left for the batch.
@@ -17,9 +18,18 @@ pub(super) struct TaskReport {
     /// The message's id when it must stay on the queue.
     pub(super) keep: Option<String>,
     pub(super) metrics: DeliveryMetrics,
-    pub(super) attempt: Option<LoggedAttempt>,
+    /// The attempt made, if any; its job is added by [`TaskReport::logged`] once the
+    /// message's task is done with it (moved, not copied: a Members-style job carries
+    /// the person).
+    pub(super) attempt: Option<Attempt>,
     pub(super) health: Option<HealthNote>,
     pub(super) sync_outcome: Option<SyncOutcome>,
+}
+
+/// A task's report with its attempt paired with the job it sent, as the log keeps it.
+pub(super) struct LoggedReport {
+    report: TaskReport,
+    logged: Option<LoggedAttempt>,
 }
 
 impl TaskReport {
@@ -28,6 +38,29 @@ impl TaskReport {
         Self {
             keep,
             ..Self::default()
+        }
+    }
+
+    /// The report with its attempt (if any) paired with `job`, the job it sent, as it can
+    /// be sent again.
+    pub(super) fn logged(mut self, job: DeliveryJob) -> LoggedReport {
+        let logged = self.attempt.take().map(|attempt| LoggedAttempt {
+            attempt,
+            job: job.into_replayable(),
+        });
+        LoggedReport {
+            report: self,
+            logged,
+        }
+    }
+}
+
+impl From<TaskReport> for LoggedReport {
+    /// A report with no job to pair (the message's job could not be read).
+    fn from(report: TaskReport) -> Self {
+        Self {
+            report,
+            logged: None,
         }
     }
 }
@@ -46,17 +79,18 @@ pub(super) struct BatchLedger {
 impl BatchLedger {
     /// Adds a task's report (in the order the tasks end: the order the endpoints' health
     /// sees their attempts).
-    pub(super) fn add(&mut self, report: TaskReport, policy: &HealthPolicy) {
+    pub(super) fn add(&mut self, report: LoggedReport, policy: &HealthPolicy) {
+        let LoggedReport { report, logged } = report;
         let TaskReport {
             keep,
             metrics,
-            attempt,
+            attempt: _,
             health,
             sync_outcome,
         } = report;
         self.keep.extend(keep);
         self.metrics.merge(metrics);
-        self.attempts.extend(attempt);
+        self.attempts.extend(logged);
         if let Some(note) = health {
             self.health.add(note, policy);
         }

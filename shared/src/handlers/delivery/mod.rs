@@ -28,7 +28,7 @@ use crate::ports::Ports;
 use crate::retry::RetryPolicy;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
-use ledger::{BatchLedger, TaskReport};
+use ledger::{BatchLedger, LoggedReport, TaskReport};
 use plan::{Received, Work};
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,7 +142,7 @@ impl Delivery {
         message: SqsMessage,
         job: Result<crate::job::DeliveryJob, serde_json::Error>,
         deadline: Instant,
-    ) -> TaskReport {
+    ) -> LoggedReport {
         let message_id = message.message_id.clone().unwrap_or_default();
         let receives = plan::receives(&message);
         let job = match job {
@@ -151,7 +151,7 @@ impl Delivery {
                 // Keep it: retrying cannot fix it, but the DLQ keeps it for an operator.
                 tracing::error!(%message_id, receives, error = %e, "unreadable delivery job; sending it toward the dead-letter queue");
                 self.hide(&message, Duration::ZERO, &message_id).await;
-                return TaskReport::settled(Some(message_id));
+                return TaskReport::settled(Some(message_id)).into();
             }
         };
         let rx = Received {
@@ -161,7 +161,8 @@ impl Delivery {
             attempt: job.attempts_made.saturating_add(receives),
         };
         let span = tracing::info_span!("delivery", delivery_id = %job.id.as_str(), message_id = %rx.id, attempt = rx.attempt);
-        self.process_job(&rx, deadline).instrument(span).await
+        let report = self.process_job(&rx, deadline).instrument(span).await;
+        report.logged(job)
     }
 
     /// Delivers one job (inside its span, so every log line names the delivery).
