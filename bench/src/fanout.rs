@@ -30,6 +30,25 @@ impl Shape {
 
 /// Builds the state, runs one flush, returns (jobs, time of the flush alone).
 async fn run(shape: Shape) -> (u64, Duration) {
+    let (jobs, took, _) = run_measured(shape).await;
+    (jobs, took)
+}
+
+/// The flush's CPU per job over the in-memory adapters, ORCID-style, ten subscriptions per
+/// record (the process's CPU clock around the flush alone: the handler's own work, the
+/// in-memory adapters' on top).
+pub async fn flush_cpu_per_job() -> Duration {
+    let shape = Shape {
+        records: 5_000,
+        subscriptions: 10,
+        members: false,
+    };
+    let (jobs, _, cpu) = run_measured(shape).await;
+    cpu / u32::try_from(jobs).unwrap_or(u32::MAX).max(1)
+}
+
+/// [`run`], with the process's CPU time over the flush.
+async fn run_measured(shape: Shape) -> (u64, Duration, Duration) {
     let store = Arc::new(MemoryStore::default());
     let records = Arc::new(MemoryRecords::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(30), 5));
@@ -85,14 +104,16 @@ async fn run(shape: Shape) -> (u64, Duration) {
         settings: FlushSettings::default(),
     };
     let t = Instant::now();
+    let cpu = crate::simulated::cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID);
     let report = tokio::time::timeout(Duration::from_secs(60), flush.run(None))
         .await
         .expect("a flush finishes within 60 s")
         .expect("memory flush");
+    let cpu = crate::simulated::cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID) - cpu;
     let took = t.elapsed();
     assert_eq!(report.jobs as usize, shape.jobs(), "{report:?}");
     assert_eq!(queue.depth().visible, shape.jobs());
-    (report.jobs, took)
+    (report.jobs, took, cpu)
 }
 
 fn exponent(small: (u64, Duration), large: (u64, Duration)) -> f64 {

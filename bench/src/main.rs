@@ -7,7 +7,7 @@
 //! ```
 //!
 //! or one figure: `concurrency`, `throughput`, `fanout`, `coldstart`, `rss`, `cost`,
-//! `durable`, `load`.
+//! `durable`, `load`, `sdkcpu`.
 
 mod coldstart;
 mod cost;
@@ -17,12 +17,13 @@ mod fanout;
 mod load;
 mod receiver;
 mod report;
+mod sdkcpu;
 mod simulated;
 
 use report::Table;
 use std::time::Instant;
 
-const FIGURES: [&str; 8] = [
+const FIGURES: [&str; 9] = [
     "concurrency",
     "throughput",
     "fanout",
@@ -31,12 +32,14 @@ const FIGURES: [&str; 8] = [
     "cost",
     "durable",
     "load",
+    "sdkcpu",
 ];
 
 fn usage() -> ! {
     eprintln!(
         "usage: webhooks-bench all | {} ...\n\
-         (cost starts moto server from .venv/bin/moto_server, or uses MOTO_ENDPOINT)\n\
+         (cost, load and sdkcpu start moto server from .venv/bin/moto_server, or use MOTO_ENDPOINT)
+\
          or: webhooks-bench delivery-loop orcid|members|bare [rounds]   (one contender of figure 2 alone, to profile)",
         FIGURES.join(" | ")
     );
@@ -89,7 +92,7 @@ fn main() {
         FIGURES
             .iter()
             .copied()
-            .filter(|f| *f != "durable" && *f != "load")
+            .filter(|f| *f != "durable" && *f != "load" && *f != "sdkcpu")
             .collect()
     } else {
         for a in &args {
@@ -104,7 +107,10 @@ fn main() {
             .collect()
     };
     // Started before any other thread exists: the moto endpoint goes into the environment.
-    let moto = figures.contains(&"cost").then(cost::Moto::start);
+    let moto = ["cost", "load", "sdkcpu"]
+        .iter()
+        .any(|f| figures.contains(f))
+        .then(cost::Moto::start);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let started = Instant::now();
     let mut table = Table::default();
@@ -125,6 +131,7 @@ fn main() {
                         .join()
                         .expect("the load model")
                 }),
+                "sdkcpu" => sdkcpu::sdkcpu(&mut table),
                 _ => unreachable!(),
             }
         }
