@@ -119,7 +119,8 @@ impl FlushEvent {
 /// Why a flush run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
-    /// The event's assignment is not one (nothing was read or written).
+    /// The event's shards are not an assignment: none, or one that does not exist
+    /// (nothing was read or written).
     #[error("the flush event's shards: {0}")]
     Assignment(#[from] AssignmentError),
     /// A backend failed in a way that may pass; the next run repeats the page.
