@@ -7,6 +7,7 @@
 //! the group span — and then every listing (each filter, paged at several sizes), every
 //! message, `failed_since` and `messages` are compared.
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use webhooks::attempts::{
@@ -316,7 +317,17 @@ async fn large_and_long_batches_are_split() {
         memory.record(call).await.unwrap();
         store.record(call).await.unwrap();
     }
-    let groups = env.partition("GROUP#client_C1").await;
+    // The owner's groups are spread over its 16 group partitions (the earlier single one,
+    // `GROUP#client_C1`, stays empty).
+    assert!(env.partition("GROUP#client_C1").await.is_empty());
+    let mut groups = Vec::new();
+    let mut partitions = 0;
+    for shard in 0..16 {
+        let items = env.partition(&format!("GROUP#client_C1#{shard}")).await;
+        partitions += usize::from(!items.is_empty());
+        groups.extend(items);
+    }
+    assert!(partitions >= 2, "spread over partitions: {partitions}");
     let mut sizes = BTreeMap::new();
     for item in &groups {
         let sk = item["sk"].as_s().unwrap();
@@ -395,4 +406,68 @@ async fn large_and_long_batches_on_sqlite() {
     memory.record(&big).await.unwrap();
     log.store.record(&big).await.unwrap();
     same_answers(&memory, &log.store, &[100]).await;
+}
+
+/// Groups and locators written before the group partitions were sharded (one
+/// `GROUP#<owner>` partition, `LOCATE#<owner>#<tag>` locators) are still read: the log is
+/// recorded, then every group and locator is moved back to where earlier versions wrote
+/// it, and every read still answers as the in-memory log.
+#[tokio::test]
+async fn groups_in_the_single_partition_of_earlier_versions_are_still_read() {
+    let seed = webhooks_tests::seed("ATTEMPT_LOG_SEED", 20261127);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let memory = MemoryStore::default();
+    let (store, env) = dynamo().await;
+    for call in &batches(&mut rng) {
+        memory.record(call).await.unwrap();
+        store.record(call).await.unwrap();
+    }
+    let dynamodb = aws_sdk_dynamodb::Client::new(&env.config);
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let out = dynamodb
+            .scan()
+            .table_name(&env.service_table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        items.extend(out.items.unwrap_or_default());
+        start = out.last_evaluated_key;
+        if start.is_none() {
+            break;
+        }
+    }
+    let mut moved = 0;
+    for item in items {
+        let pk = item["pk"].as_s().unwrap().clone();
+        let parts: Vec<&str> = pk.split('#').collect();
+        // GROUP#<owner>#<shard> -> GROUP#<owner>; LOCATE#<owner>#<tag>#<shard> -> LOCATE#<owner>#<tag>
+        let legacy = match parts.as_slice() {
+            ["GROUP", owner, _] => format!("GROUP#{owner}"),
+            ["LOCATE", owner, tag, _] => format!("LOCATE#{owner}#{tag}"),
+            _ => continue,
+        };
+        let mut old = item.clone();
+        old.insert("pk".into(), AttributeValue::S(legacy));
+        dynamodb
+            .put_item()
+            .table_name(&env.service_table)
+            .set_item(Some(old))
+            .send()
+            .await
+            .unwrap();
+        dynamodb
+            .delete_item()
+            .table_name(&env.service_table)
+            .key("pk", AttributeValue::S(pk))
+            .key("sk", item["sk"].clone())
+            .send()
+            .await
+            .unwrap();
+        moved += 1;
+    }
+    assert!(moved > 10, "groups and locators moved: {moved}");
+    same_answers(&memory, &store, &[1, 3, 100]).await;
 }

@@ -36,8 +36,9 @@ const BATCH_WRITE_ITEMS: usize = 25;
 /// Tries of a batch write whose items come back unprocessed (throttling).
 const BATCH_WRITE_TRIES: u32 = 5;
 /// Query pages one read of the log may take (each at most 1 MB): bounds the cost of a
-/// listing whose filter admits few attempts.
-const MAX_QUERY_PAGES: usize = 20;
+/// listing whose filter admits few attempts. A listing's first pages read each of its
+/// owner's group partitions once.
+const MAX_QUERY_PAGES: usize = 20 + GROUP_SHARDS as usize + 1;
 /// The most distinct failed messages one recovery looks at.
 const MAX_FAILED_CANDIDATES: usize = 20_000;
 
@@ -79,8 +80,8 @@ pub const GROUP_SPAN_MS: i64 = 60_000;
 /// up to [`MAX_GROUP_PAGE`].
 const FIRST_GROUP_PAGE: i32 = 4;
 const MAX_GROUP_PAGE: i32 = 64;
-/// Locator queries in flight at once when messages of many windows are looked up.
-const LOCATOR_QUERIES: usize = 8;
+/// Locator queries in flight at once: a message's tag in every group partition.
+const LOCATOR_QUERIES: usize = GROUP_SHARDS as usize + 1;
 /// Kept messages read per batch when a recovery checks their latest outcomes.
 const HOMES_PER_READ: usize = 100;
 
@@ -96,12 +97,39 @@ fn messages_pk(endpoint: &EndpointKey) -> String {
     format!("MESSAGE#{}", endpoint.as_str())
 }
 
-fn group_pk(owner: &EndpointOwner) -> String {
-    format!("GROUP#{}", owner.key())
+/// Partitions an owner's quiet groups, and their locators, are spread over: one owner's
+/// busiest traffic (100 000 deliveries a second, a group of 100 per batch: 1 000 groups of
+/// 2-4 write units a second) stays under a third of a partition's 1 000 write units a
+/// second in each (docs/architecture.md, "The attempt log's items").
+const GROUP_SHARDS: u8 = 16;
+
+/// One of an owner's group partitions: a shard, or the single partition earlier
+/// versions wrote (`None`), still read until its groups expire.
+type GroupPartition = Option<u8>;
+
+/// Every group partition of an owner, the earlier single one first.
+fn group_partitions() -> impl Iterator<Item = GroupPartition> {
+    std::iter::once(None).chain((0..GROUP_SHARDS).map(Some))
 }
 
-fn locator_pk(owner: &EndpointOwner, tag: &str) -> String {
-    format!("LOCATE#{}#{tag}", owner.key())
+/// The shard a group is written to: from its sort key, so a locator, which holds the sort
+/// key, names the partition too.
+fn group_shard(sk: &str) -> GroupPartition {
+    Some(Sha256::digest(sk.as_bytes())[0] % GROUP_SHARDS)
+}
+
+fn group_pk(owner: &EndpointOwner, partition: GroupPartition) -> String {
+    match partition {
+        None => format!("GROUP#{}", owner.key()),
+        Some(shard) => format!("GROUP#{}#{shard}", owner.key()),
+    }
+}
+
+fn locator_pk(owner: &EndpointOwner, tag: &str, partition: GroupPartition) -> String {
+    match partition {
+        None => format!("LOCATE#{}#{tag}", owner.key()),
+        Some(shard) => format!("LOCATE#{}#{tag}#{shard}", owner.key()),
+    }
 }
 
 /// Epoch ms as the 13 digits that start attempt and group sort keys.
@@ -392,10 +420,12 @@ impl DynamoStore {
     ) -> BackendResult<()> {
         for draft in drafts(logged)? {
             let entries = format!("[{}]", draft.entries.join(","));
-            let (pk, sk) = (group_pk(owner), group_sk(draft.newest_ms, &entries));
+            let sk = group_sk(draft.newest_ms, &entries);
+            let partition = group_shard(&sk);
+            let pk = group_pk(owner, partition);
             let expires_at = self.attempt_expiry(draft.newest_ms);
             for tag in &draft.tags {
-                let pk = locator_pk(owner, tag);
+                let pk = locator_pk(owner, tag, partition);
                 let value = LocatorItem { expires_at };
                 let key = (pk.clone(), sk.clone());
                 items.insert(
@@ -482,26 +512,32 @@ impl DynamoStore {
     ) -> BackendResult<HashMap<MessageId, (DeliveryJob, Vec<Attempt>)>> {
         let wanted: HashSet<&MessageId> = ids.iter().collect();
         let tags: BTreeSet<&str> = ids.iter().map(MessageId::tag).collect();
-        // One query per tag, several at once: a recovery's messages span many windows.
-        // Futures collected first: a closure inside the stream would make this future lose
-        // `Send` through higher-ranked lifetimes.
+        // One query per tag and group partition, several at once: a recovery's messages
+        // span many windows. Futures collected first: a closure inside the stream would
+        // make this future lose `Send` through higher-ranked lifetimes.
         let lookups: Vec<_> = tags
             .into_iter()
-            .map(|tag| self.located_groups(locator_pk(&endpoint.owner, tag), after_ms))
+            .flat_map(|tag| group_partitions().map(move |partition| (tag, partition)))
+            .map(|(tag, partition)| async move {
+                let pk = locator_pk(&endpoint.owner, tag, partition);
+                let sks = self.located_groups(pk, after_ms).await?;
+                Ok::<_, BackendError>((partition, sks))
+            })
             .collect();
-        let located: Vec<Vec<String>> = futures::stream::iter(lookups)
+        let located: Vec<(GroupPartition, Vec<String>)> = futures::stream::iter(lookups)
             .buffer_unordered(LOCATOR_QUERIES)
             .try_collect()
             .await?;
-        let groups: BTreeSet<String> = located.into_iter().flatten().collect();
+        let groups: BTreeSet<(String, String)> = located
+            .into_iter()
+            .flat_map(|(partition, sks)| {
+                let pk = group_pk(&endpoint.owner, partition);
+                sks.into_iter().map(move |sk| (pk.clone(), sk))
+            })
+            .collect();
         let keys: Vec<Item> = groups
             .into_iter()
-            .map(|sk| {
-                Item::from([
-                    ("pk".to_owned(), s(group_pk(&endpoint.owner))),
-                    ("sk".to_owned(), s(sk)),
-                ])
-            })
+            .map(|(pk, sk)| Item::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))]))
             .collect();
         let mut found: HashMap<MessageId, (DeliveryJob, Vec<Attempt>)> = HashMap::new();
         for item in self.batch_get(keys, false).await? {
@@ -634,7 +670,7 @@ fn latest(
     }
 }
 
-/// How far one of a listing's two sources has been read.
+/// How far one of a listing's sources has been read.
 #[derive(Default)]
 struct Source {
     /// Where its next page starts.
@@ -646,9 +682,17 @@ struct Source {
     done: bool,
 }
 
+/// One of an owner's group partitions, as a listing reads it.
+struct GroupSource {
+    partition: GroupPartition,
+    read: Source,
+    /// Groups its next query reads.
+    page: i32,
+}
+
 /// One page of an endpoint's attempts, newest first: its attempt items and its entries in
-/// its owner's groups, merged. An attempt read is settled (nothing unread comes before
-/// it) once both sources have been read past it.
+/// its owner's groups (every group partition), merged. An attempt read is settled (nothing
+/// unread comes before it) once every source has been read past it.
 struct Listing<'a> {
     store: &'a DynamoStore,
     endpoint: &'a LogEndpoint,
@@ -656,8 +700,7 @@ struct Listing<'a> {
     after: Option<&'a str>,
     read: BTreeMap<String, Attempt>,
     items: Source,
-    groups: Source,
-    group_page: i32,
+    groups: Vec<GroupSource>,
 }
 
 impl<'a> Listing<'a> {
@@ -674,20 +717,33 @@ impl<'a> Listing<'a> {
             after,
             read: BTreeMap::new(),
             items: Source::default(),
-            // Quiet attempts are acknowledged: a listing of failures has none to read.
-            groups: Source {
-                done: filter == StatusFilter::Failed,
-                ..Source::default()
-            },
-            group_page: FIRST_GROUP_PAGE,
+            groups: group_partitions()
+                .map(|partition| GroupSource {
+                    partition,
+                    // Quiet attempts are acknowledged: a listing of failures has none to read.
+                    read: Source {
+                        done: filter == StatusFilter::Failed,
+                        ..Source::default()
+                    },
+                    page: FIRST_GROUP_PAGE,
+                })
+                .collect(),
         }
     }
 
     /// True when nothing unread can sort after `key`.
     fn settled(&self, key: &str) -> bool {
         let items = self.items.done || self.items.read_to.as_deref().is_some_and(|r| key >= r);
-        let groups = self.groups.done || self.groups.read_to.as_deref().is_some_and(|r| key > r);
+        let groups = self
+            .groups
+            .iter()
+            .all(|g| g.read.done || g.read.read_to.as_deref().is_some_and(|r| key > r));
         items && groups
+    }
+
+    /// True when every source is read to its end.
+    fn all_done(&self) -> bool {
+        self.items.done && self.groups.iter().all(|g| g.read.done)
     }
 
     /// Up to `limit` attempts; one more is read, when there is one, to know whether a
@@ -702,8 +758,8 @@ impl<'a> Listing<'a> {
                 }
                 items.extend(self.read.pop_last().map(|(_, a)| a));
             }
-            // Both read to their end: everything read was settled, and listed.
-            if items.len() > limit || (self.items.done && self.groups.done) {
+            // Every source read to its end: everything read was settled, and listed.
+            if items.len() > limit || self.all_done() {
                 return Ok(Page::from_overfetch(items, limit, Attempt::sort_key));
             }
             self.read_more(limit + 1 - items.len()).await?;
@@ -720,9 +776,12 @@ impl<'a> Listing<'a> {
         let items = (!self.items.done)
             .then(|| self.items.read_to.clone())
             .flatten();
-        let groups = (!self.groups.done)
-            .then(|| self.groups.read_to.clone())
-            .flatten();
+        let groups = self
+            .groups
+            .iter()
+            .filter(|g| !g.read.done)
+            .filter_map(|g| g.read.read_to.clone())
+            .max();
         let bound = items.max(groups).unwrap_or_default();
         match self.after {
             Some(after) if after < bound.as_str() => after.to_owned(),
@@ -730,21 +789,31 @@ impl<'a> Listing<'a> {
         }
     }
 
-    /// Reads a page of the source that holds back the most: the one read least far.
+    /// Reads a page of the source that holds back the most: the one read least far (one
+    /// not read yet first; the attempt items before a group partition read as far).
     async fn read_more(&mut self, want: usize) -> BackendResult<()> {
-        let items_first = match (self.items.done, self.groups.done) {
-            (false, true) => true,
-            (true, false) => false,
-            _ => match (&self.items.read_to, &self.groups.read_to) {
-                (None, _) => true,
-                (Some(_), None) => false,
-                (Some(i), Some(g)) => i >= g,
-            },
-        };
-        if items_first {
-            self.read_items(want).await
-        } else {
-            self.read_groups().await
+        // Newest first: a source read less far stands at a greater position, and one not
+        // read yet before any.
+        let standing = |read: &Source| (read.read_to.is_none(), read.read_to.clone());
+        let group = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| !g.read.done)
+            .max_by(|(_, a), (_, b)| standing(&a.read).cmp(&standing(&b.read)))
+            .map(|(k, g)| (k, standing(&g.read)));
+        match group {
+            // Not read yet: with every other group partition not read yet.
+            Some((_, (true, _))) if self.items.read_to.is_some() || self.items.done => {
+                let unread: Vec<usize> = (0..self.groups.len())
+                    .filter(|&k| !self.groups[k].read.done && self.groups[k].read.read_to.is_none())
+                    .collect();
+                self.read_groups(&unread).await
+            }
+            Some((k, at)) if self.items.done || standing(&self.items) < at => {
+                self.read_groups(&[k]).await
+            }
+            _ => self.read_items(want).await,
         }
     }
 
@@ -780,20 +849,48 @@ impl<'a> Listing<'a> {
         Ok(())
     }
 
-    async fn read_groups(&mut self) -> BackendResult<()> {
+    /// Reads the next page of each of these group partitions, all at once (a listing's
+    /// first reads of them: one round trip instead of one per partition).
+    async fn read_groups(&mut self, partitions: &[usize]) -> BackendResult<()> {
+        let queries: Vec<QueryFluentBuilder> =
+            partitions.iter().map(|&k| self.group_query(k)).collect();
+        let pages = futures::future::try_join_all(
+            queries
+                .into_iter()
+                .map(|query| async move { query.send().await.map_err(unavailable) }),
+        )
+        .await?;
+        for (&k, out) in partitions.iter().zip(pages) {
+            self.take_groups(k, out)?;
+        }
+        Ok(())
+    }
+
+    /// The query of the next page of the `k`th group partition.
+    fn group_query(&mut self, k: usize) -> QueryFluentBuilder {
         // A group holds attempts up to its span older than its newest.
         let upper = self
             .after
             .and_then(position_ms)
             .map(|ms| ms_key(ms.saturating_add(GROUP_SPAN_MS + 1)));
+        let source = &mut self.groups[k];
         let query = self.store.newest_first(
-            group_pk(&self.endpoint.owner),
+            group_pk(&self.endpoint.owner, source.partition),
             upper,
-            self.group_page,
-            self.groups.start.take(),
+            source.page,
+            source.read.start.take(),
         );
-        self.group_page = (self.group_page * 2).min(MAX_GROUP_PAGE);
-        let out = query.send().await.map_err(unavailable)?;
+        source.page = (source.page * 2).min(MAX_GROUP_PAGE);
+        query
+    }
+
+    /// Admits the entries of a page of the `k`th group partition's groups.
+    fn take_groups(
+        &mut self,
+        k: usize,
+        out: aws_sdk_dynamodb::operation::query::QueryOutput,
+    ) -> BackendResult<()> {
+        let mut read_to = None;
         for item in out.items.unwrap_or_default() {
             let newest = item
                 .get("sk")
@@ -804,11 +901,15 @@ impl<'a> Listing<'a> {
             }
             // Groups come newest first: those unread hold nothing after this one's newest.
             if let Some(newest) = newest {
-                self.groups.read_to = Some(format!("{}~", ms_key(newest)));
+                read_to = Some(format!("{}~", ms_key(newest)));
             }
         }
-        self.groups.done = out.last_evaluated_key.is_none();
-        self.groups.start = out.last_evaluated_key;
+        let source = &mut self.groups[k];
+        if read_to.is_some() {
+            source.read.read_to = read_to;
+        }
+        source.read.done = out.last_evaluated_key.is_none();
+        source.read.start = out.last_evaluated_key;
         Ok(())
     }
 
@@ -1004,6 +1105,39 @@ mod tests {
         assert!(
             matches!(group_entries(keys()), Err(BackendError::Corrupt(e)) if e.contains("without entries"))
         );
+    }
+
+    #[test]
+    fn an_owners_groups_spread_over_its_partitions_and_their_locators_follow() {
+        let owner = EndpointOwner::Client("C1".parse().unwrap());
+        let mut used = BTreeSet::new();
+        for n in 0..400 {
+            let sk = group_sk(1_764_000_000_000 + n, &format!("[{n}]"));
+            let partition = group_shard(&sk);
+            assert_eq!(group_shard(&sk), partition, "the same for a sort key");
+            let shard = partition.unwrap();
+            assert!(shard < GROUP_SHARDS);
+            assert_eq!(
+                group_pk(&owner, partition),
+                format!("GROUP#client_C1#{shard}")
+            );
+            assert_eq!(
+                locator_pk(&owner, "0000abcd", partition),
+                format!("LOCATE#client_C1#0000abcd#{shard}")
+            );
+            used.insert(shard);
+        }
+        assert_eq!(
+            used.len(),
+            usize::from(GROUP_SHARDS),
+            "every shard takes groups"
+        );
+        assert_eq!(
+            group_pk(&owner, None),
+            "GROUP#client_C1",
+            "earlier versions'"
+        );
+        assert_eq!(group_partitions().count(), usize::from(GROUP_SHARDS) + 1);
     }
 
     #[test]
