@@ -8,7 +8,7 @@
 //! message, `failed_since` and `messages` are compared.
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use webhooks::attempts::{
     Attempt, EndpointKey, LogEndpoint, LoggedAttempt, OutcomeClass, StatusFilter, StoredMessage,
@@ -418,55 +418,53 @@ async fn groups_in_the_single_partition_of_earlier_versions_are_still_read() {
     let mut rng = fastrand::Rng::with_seed(seed);
     let memory = MemoryStore::default();
     let (store, env) = dynamo().await;
-    for call in &batches(&mut rng) {
+    let calls = batches(&mut rng);
+    for call in &calls {
         memory.record(call).await.unwrap();
         store.record(call).await.unwrap();
     }
-    let dynamodb = aws_sdk_dynamodb::Client::new(&env.config);
-    let mut items = Vec::new();
-    let mut start = None;
-    loop {
-        let out = dynamodb
-            .scan()
-            .table_name(&env.service_table)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .unwrap();
-        items.extend(out.items.unwrap_or_default());
-        start = out.last_evaluated_key;
-        if start.is_none() {
-            break;
+    // Where this version wrote each group and locator, and where earlier versions did.
+    let owners: BTreeSet<String> = endpoints().iter().map(|(e, _)| e.owner.key()).collect();
+    let tags: BTreeSet<String> = calls
+        .iter()
+        .flatten()
+        .map(|l| l.job.id.tag().to_owned())
+        .collect();
+    let mut partitions = Vec::new();
+    for owner in &owners {
+        for shard in 0..16 {
+            partitions.push((format!("GROUP#{owner}#{shard}"), format!("GROUP#{owner}")));
+            for tag in &tags {
+                partitions.push((
+                    format!("LOCATE#{owner}#{tag}#{shard}"),
+                    format!("LOCATE#{owner}#{tag}"),
+                ));
+            }
         }
     }
+    let dynamodb = aws_sdk_dynamodb::Client::new(&env.config);
     let mut moved = 0;
-    for item in items {
-        let pk = item["pk"].as_s().unwrap().clone();
-        let parts: Vec<&str> = pk.split('#').collect();
-        // GROUP#<owner>#<shard> -> GROUP#<owner>; LOCATE#<owner>#<tag>#<shard> -> LOCATE#<owner>#<tag>
-        let legacy = match parts.as_slice() {
-            ["GROUP", owner, _] => format!("GROUP#{owner}"),
-            ["LOCATE", owner, tag, _] => format!("LOCATE#{owner}#{tag}"),
-            _ => continue,
-        };
-        let mut old = item.clone();
-        old.insert("pk".into(), AttributeValue::S(legacy));
-        dynamodb
-            .put_item()
-            .table_name(&env.service_table)
-            .set_item(Some(old))
-            .send()
-            .await
-            .unwrap();
-        dynamodb
-            .delete_item()
-            .table_name(&env.service_table)
-            .key("pk", AttributeValue::S(pk))
-            .key("sk", item["sk"].clone())
-            .send()
-            .await
-            .unwrap();
-        moved += 1;
+    for (pk, legacy) in partitions {
+        for item in env.partition(&pk).await {
+            let mut old = item.clone();
+            old.insert("pk".into(), AttributeValue::S(legacy.clone()));
+            dynamodb
+                .put_item()
+                .table_name(&env.service_table)
+                .set_item(Some(old))
+                .send()
+                .await
+                .unwrap();
+            dynamodb
+                .delete_item()
+                .table_name(&env.service_table)
+                .key("pk", AttributeValue::S(pk.clone()))
+                .key("sk", item["sk"].clone())
+                .send()
+                .await
+                .unwrap();
+            moved += 1;
+        }
     }
     assert!(moved > 10, "groups and locators moved: {moved}");
     same_answers(&memory, &store, &[1, 3, 100]).await;
