@@ -101,10 +101,9 @@ struct State {
     tokens: HashMap<String, AccessToken>,
     subscriptions: BTreeMap<(RecordId, String), Subscription>,
     pending: BTreeMap<WindowId, BTreeSet<RecordId>>,
-    /// Flush cursors (with the assignment that saved each) and leases by
-    /// [`FlushAssignment::key`].
-    cursors: HashMap<Option<String>, (FlushAssignment, FlushCursor)>,
-    flush_leases: HashMap<Option<String>, Lease>,
+    /// Flush cursors and leases, by the assignment whose flush saved or took each.
+    cursors: HashMap<FlushAssignment, FlushCursor>,
+    flush_leases: HashMap<FlushAssignment, Lease>,
     applications: BTreeMap<ApplicationId, Application>,
     api_keys: HashMap<String, ApplicationId>,
     syncs: HashMap<SyncKey, SyncEntry>,
@@ -374,7 +373,12 @@ impl PendingChanges for MemoryStore {
     async fn cursors(&self) -> BackendResult<Vec<(FlushAssignment, FlushCursor)>> {
         self.gate
             .run("cursors", async {
-                Ok(self.state().cursors.values().cloned().collect())
+                let state = self.state();
+                Ok(state
+                    .cursors
+                    .iter()
+                    .map(|(assignment, cursor)| (assignment.clone(), cursor.clone()))
+                    .collect())
             })
             .await
     }
@@ -387,9 +391,7 @@ impl PendingChanges for MemoryStore {
         self.gate
             .run("save_cursor", async {
                 let mut state = self.state();
-                state
-                    .cursors
-                    .insert(assignment.key(), (assignment.clone(), cursor.clone()));
+                state.cursors.insert(assignment.clone(), cursor.clone());
                 // Entries of flushed windows expire (the DynamoDB adapter uses TTL); dropping them
                 // here keeps a long-running local runner's memory flat. A part of the shards
                 // leaves them: another part may not have read them yet.
@@ -410,10 +412,10 @@ impl PendingChanges for MemoryStore {
         self.gate
             .run("lease_flush", async {
                 let mut state = self.state();
-                if !Lease::free(state.flush_leases.get(&assignment.key()), now) {
+                if !Lease::free(state.flush_leases.get(assignment), now) {
                     return Ok(false);
                 }
-                state.flush_leases.insert(assignment.key(), lease.clone());
+                state.flush_leases.insert(assignment.clone(), lease.clone());
                 Ok(true)
             })
             .await
@@ -429,10 +431,10 @@ impl PendingChanges for MemoryStore {
                 let mut state = self.state();
                 if state
                     .flush_leases
-                    .get(&assignment.key())
+                    .get(assignment)
                     .is_some_and(|l| l.holder == *holder)
                 {
-                    state.flush_leases.remove(&assignment.key());
+                    state.flush_leases.remove(assignment);
                 }
                 Ok(())
             })
