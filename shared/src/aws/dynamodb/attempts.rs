@@ -114,8 +114,8 @@ fn group_partitions() -> impl Iterator<Item = GroupPartition> {
 
 /// The shard a group is written to: from its sort key, so a locator, which holds the sort
 /// key, names the partition too.
-fn group_shard(sk: &str) -> GroupPartition {
-    Some(Sha256::digest(sk.as_bytes())[0] % GROUP_SHARDS)
+fn group_shard(sk: &str) -> u8 {
+    Sha256::digest(sk.as_bytes())[0] % GROUP_SHARDS
 }
 
 fn group_pk(owner: &EndpointOwner, partition: GroupPartition) -> String {
@@ -421,7 +421,7 @@ impl DynamoStore {
         for draft in drafts(logged)? {
             let entries = format!("[{}]", draft.entries.join(","));
             let sk = group_sk(draft.newest_ms, &entries);
-            let partition = group_shard(&sk);
+            let partition = Some(group_shard(&sk));
             let pk = group_pk(owner, partition);
             let expires_at = self.attempt_expiry(draft.newest_ms);
             for tag in &draft.tags {
@@ -789,28 +789,29 @@ impl<'a> Listing<'a> {
         }
     }
 
-    /// Reads a page of the source that holds back the most: the one read least far (one
-    /// not read yet first; the attempt items before a group partition read as far).
+    /// Reads a page of the source that holds back the most: the attempt items first, then
+    /// every group partition not read yet (at once), then the one read least far (newest
+    /// first: the one standing at the greatest position).
     async fn read_more(&mut self, want: usize) -> BackendResult<()> {
-        // Newest first: a source read less far stands at a greater position, and one not
-        // read yet before any.
-        let standing = |read: &Source| (read.read_to.is_none(), read.read_to.clone());
-        let group = self
-            .groups
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| !g.read.done)
-            .max_by(|(_, a), (_, b)| standing(&a.read).cmp(&standing(&b.read)))
-            .map(|(k, g)| (k, standing(&g.read)));
-        match group {
-            // Not read yet: with every other group partition not read yet.
-            Some((_, (true, _))) if self.items.read_to.is_some() || self.items.done => {
-                let unread: Vec<usize> = (0..self.groups.len())
-                    .filter(|&k| !self.groups[k].read.done && self.groups[k].read.read_to.is_none())
-                    .collect();
-                self.read_groups(&unread).await
-            }
-            Some((k, at)) if self.items.done || standing(&self.items) < at => {
+        if !self.items.done && self.items.read_to.is_none() {
+            return self.read_items(want).await;
+        }
+        let unread: Vec<usize> = (0..self.groups.len())
+            .filter(|&k| !self.groups[k].read.done && self.groups[k].read.read_to.is_none())
+            .collect();
+        if !unread.is_empty() {
+            return self.read_groups(&unread).await;
+        }
+        let least_read = (0..self.groups.len())
+            .filter(|&k| !self.groups[k].read.done)
+            .max_by(|&a, &b| {
+                self.groups[a]
+                    .read
+                    .read_to
+                    .cmp(&self.groups[b].read.read_to)
+            });
+        match least_read {
+            Some(k) if self.items.done || self.items.read_to < self.groups[k].read.read_to => {
                 self.read_groups(&[k]).await
             }
             _ => self.read_items(want).await,
@@ -1113,9 +1114,9 @@ mod tests {
         let mut used = BTreeSet::new();
         for n in 0..400 {
             let sk = group_sk(1_764_000_000_000 + n, &format!("[{n}]"));
-            let partition = group_shard(&sk);
-            assert_eq!(group_shard(&sk), partition, "the same for a sort key");
-            let shard = partition.unwrap();
+            let shard = group_shard(&sk);
+            assert_eq!(group_shard(&sk), shard, "the same for a sort key");
+            let partition = Some(shard);
             assert!(shard < GROUP_SHARDS);
             assert_eq!(
                 group_pk(&owner, partition),
