@@ -9,6 +9,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::netguard::is_public_ip;
 use crate::retry::parse_retry_after;
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -29,6 +30,10 @@ pub const RESPONSE_PREFIX_BYTES: usize = 1024;
 
 /// The most response-body bytes read from a receiver (the rest is discarded unread).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Headers a request carries besides the caller's: `User-Agent` (ours), `Host` and
+/// `Content-Length` (hyper's).
+const HEADERS_ADDED: usize = 3;
 
 /// Settings of the delivery client.
 #[derive(Debug, Clone)]
@@ -269,7 +274,7 @@ impl CallbackClient {
     pub async fn post(
         &self,
         url: &CallbackUrl,
-        headers: &[(&str, String)],
+        headers: &[(HeaderName, String)],
         body: Bytes,
     ) -> AttemptOutcome {
         // The first request builds the client (reading the certificate store), outside the
@@ -333,20 +338,29 @@ impl CallbackClient {
     }
 }
 
-/// The POST request, with the client's `User-Agent` and `headers`.
+/// The POST request, with the client's `User-Agent` and `headers`. Its header map is
+/// sized once for them and for the `Host` and `Content-Length` that hyper adds: a map that
+/// grows is reallocated, and when hyper's connection task adds a header the old map is
+/// freed on another thread than the one that allocated it (a profile showed the growth
+/// costing more than a microsecond per Members-style request).
 fn post_request(
     url: &url::Url,
-    headers: &[(&str, String)],
+    headers: &[(HeaderName, String)],
     body: Bytes,
 ) -> Result<http::Request<Full<Bytes>>, http::Error> {
-    let mut builder = http::Request::post(url.as_str()).header(
+    let mut map = HeaderMap::with_capacity(headers.len() + HEADERS_ADDED);
+    map.insert(
         http::header::USER_AGENT,
-        concat!("person-webhooks/", env!("CARGO_PKG_VERSION")),
+        HeaderValue::from_static(concat!("person-webhooks/", env!("CARGO_PKG_VERSION"))),
     );
     for (name, value) in headers {
-        builder = builder.header(*name, value);
+        map.append(name.clone(), HeaderValue::try_from(value)?);
     }
-    builder.body(Full::new(body))
+    let mut request = http::Request::new(Full::new(body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::try_from(url.as_str())?;
+    *request.headers_mut() = map;
+    Ok(request)
 }
 
 /// Notified when the receiver answers `102 Processing`. An interim response acknowledges

@@ -11,14 +11,21 @@ use crate::job::MessageId;
 use crate::members::envelope;
 use crate::signing::SigningSecrets;
 use bytes::Bytes;
+use http::HeaderName;
 use serde_json::{Map, Value};
+
+/// The Standard Webhooks header names. Constants, so a request's header names are never
+/// parsed or allocated (for a name outside the standard set `http` copies it otherwise).
+pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 /// One request to a subscriber.
 #[derive(Debug, Clone)]
 pub struct Outbound {
     pub url: CallbackUrl,
     /// Headers (Standard Webhooks, content type).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(HeaderName, String)>,
     pub body: Bytes,
     /// Which answers acknowledge.
     pub ack: AckPolicy,
@@ -40,14 +47,14 @@ fn standard_headers(
     timestamp: i64,
     body: &[u8],
     secrets: Option<&SigningSecrets>,
-) -> Vec<(&'static str, String)> {
-    let mut headers = vec![
-        ("webhook-id", message_id.to_string()),
-        ("webhook-timestamp", timestamp.to_string()),
-    ];
+) -> Vec<(HeaderName, String)> {
+    // Room for the signature and a content type: the vector is never grown.
+    let mut headers = Vec::with_capacity(4);
+    headers.push((WEBHOOK_ID, message_id.to_string()));
+    headers.push((WEBHOOK_TIMESTAMP, timestamp.to_string()));
     if let Some(secrets) = secrets {
         headers.push((
-            "webhook-signature",
+            WEBHOOK_SIGNATURE,
             secrets.signature_header(message_id.as_str(), timestamp, body),
         ));
     }
@@ -89,7 +96,7 @@ pub fn application_request(
     );
     let timestamp = clock.now().epoch_secs();
     let mut headers = standard_headers(message_id, timestamp, &body, Some(&application.secrets));
-    headers.push(("content-type", "application/json".to_owned()));
+    headers.push((http::header::CONTENT_TYPE, "application/json".to_owned()));
     Outbound {
         url: url.clone(),
         headers,
