@@ -12,12 +12,12 @@ pub use queue::{MemoryQueue, QueueDepth, ReceivedMessage};
 pub use records::MemoryRecords;
 
 use crate::application::Application;
-use crate::attempts::{Attempt, EndpointKey, StoredMessage};
+use crate::attempts::EndpointKey;
 use crate::callback::CallbackUrl;
 use crate::clock::Timestamp;
 use crate::health::EndpointHealth;
 use crate::ids::{ApplicationId, ClientId, SyncKey};
-use crate::job::{DeliveryJob, MessageId};
+use crate::job::DeliveryJob;
 use crate::message::Refusal;
 use crate::oauth::{AccessToken, OAuthClient};
 use crate::poison::{PoisonId, PoisonItem};
@@ -108,9 +108,8 @@ struct State {
     api_keys: HashMap<String, ApplicationId>,
     syncs: HashMap<SyncKey, SyncEntry>,
     poison: BTreeMap<PoisonId, PoisonItem>,
-    /// The attempt log, per endpoint by sort key.
-    attempts: BTreeMap<EndpointKey, BTreeMap<String, Attempt>>,
-    messages: HashMap<(EndpointKey, MessageId), StoredMessage>,
+    /// The attempt log, by endpoint.
+    attempts: HashMap<EndpointKey, attempts::EndpointLog>,
     recoveries: HashMap<(EndpointKey, crate::attempts::RecoveryId), crate::attempts::Recovery>,
 }
 
