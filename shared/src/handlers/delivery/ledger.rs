@@ -105,9 +105,14 @@ impl Delivery {
         if metrics.deliveries + metrics.dlq_moves + metrics.parked == 0 {
             return;
         }
+        // Built only when it goes somewhere: it is a JSON document of a dozen metrics.
+        let to_lines = self.settings.metrics;
+        if !to_lines && !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
         let now_ms = self.ports.clock.now().epoch_ms();
         let line = metrics.emf("delivery", now_ms).to_string();
-        if self.settings.metrics {
+        if to_lines {
             (self.metric_lines)(&line);
         } else {
             tracing::debug!(emf = %line, "delivery metrics");
