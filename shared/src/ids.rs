@@ -38,6 +38,11 @@ fn is_name_id(s: &str) -> bool {
 macro_rules! id_text {
     ($name:ident) => {
         impl $name {
+            /// Checks an id given as text.
+            pub fn parse(s: &str) -> Result<Self, InvalidId> {
+                Self::check(s).map(|()| Self(s.to_owned()))
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -52,8 +57,9 @@ macro_rules! id_text {
 
         impl TryFrom<String> for $name {
             type Error = InvalidId;
+            /// Keeps the string once checked (a stored id is read without a second copy).
             fn try_from(s: String) -> Result<Self, Self::Error> {
-                Self::parse(&s)
+                Self::check(&s).map(|()| Self(s))
             }
         }
 
@@ -86,9 +92,9 @@ pub struct ClientId(String);
 
 impl ClientId {
     /// Checks a client id.
-    pub fn parse(s: &str) -> Result<Self, InvalidId> {
+    fn check(s: &str) -> Result<(), InvalidId> {
         if is_name_id(s) {
-            Ok(Self(s.to_owned()))
+            Ok(())
         } else {
             Err(InvalidId::Client)
         }
@@ -110,9 +116,9 @@ pub struct ApplicationId(String);
 
 impl ApplicationId {
     /// Checks an application id.
-    pub fn parse(s: &str) -> Result<Self, InvalidId> {
+    fn check(s: &str) -> Result<(), InvalidId> {
         if is_name_id(s) {
-            Ok(Self(s.to_owned()))
+            Ok(())
         } else {
             Err(InvalidId::Application)
         }
@@ -128,10 +134,10 @@ pub struct SyncId(String);
 
 impl SyncId {
     /// Checks a sync id.
-    pub fn parse(s: &str) -> Result<Self, InvalidId> {
+    fn check(s: &str) -> Result<(), InvalidId> {
         let hex = s.strip_prefix("sync_").ok_or(InvalidId::Sync)?;
         if hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(Self(s.to_owned()))
+            Ok(())
         } else {
             Err(InvalidId::Sync)
         }

@@ -34,12 +34,16 @@ pub enum InvalidRecordId {
 impl RecordId {
     /// Validates a record id.
     pub fn parse(s: &str) -> Result<Self, InvalidRecordId> {
+        Self::check(s).map(|()| Self(s.to_owned()))
+    }
+
+    fn check(s: &str) -> Result<(), InvalidRecordId> {
         let ok = !s.is_empty()
             && s.len() <= MAX_RECORD_ID_LEN
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok {
-            Ok(Self(s.to_owned()))
+            Ok(())
         } else {
             Err(InvalidRecordId::Malformed)
         }
@@ -52,8 +56,9 @@ impl RecordId {
 
 impl TryFrom<String> for RecordId {
     type Error = InvalidRecordId;
+    /// Keeps the string once checked (a stored id is read without a second copy).
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s)
+        Self::check(&s).map(|()| Self(s))
     }
 }
 
