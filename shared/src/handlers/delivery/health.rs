@@ -50,6 +50,11 @@ struct HealthTally {
 }
 
 impl HealthTallies {
+    /// Room for `endpoints` endpoints.
+    pub(super) fn with_capacity(endpoints: usize) -> Self {
+        Self(HashMap::with_capacity(endpoints))
+    }
+
     /// Applies an attempt's outcome to the endpoint's health as this batch sees it
     /// (written once the batch is done, by [`Delivery::save_health`]).
     pub(super) fn add(&mut self, note: HealthNote, policy: &HealthPolicy) {

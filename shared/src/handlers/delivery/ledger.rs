@@ -77,6 +77,17 @@ pub(super) struct BatchLedger {
 }
 
 impl BatchLedger {
+    /// An empty ledger with room for a batch of `messages` (its attempts and endpoints
+    /// are added one report at a time: grown from empty, the attempts were copied about
+    /// twice each).
+    pub(super) fn for_batch(messages: usize) -> Self {
+        Self {
+            attempts: Vec::with_capacity(messages),
+            health: HealthTallies::with_capacity(messages),
+            ..Self::default()
+        }
+    }
+
     /// Adds a task's report (in the order the tasks end: the order the endpoints' health
     /// sees their attempts).
     pub(super) fn add(&mut self, report: LoggedReport, policy: &HealthPolicy) {

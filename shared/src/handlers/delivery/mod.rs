@@ -98,10 +98,11 @@ impl Delivery {
         let messages = plan::parse(event);
         self.prefetch_subscribers(messages.iter().filter_map(|(_, job)| job.as_ref().ok()))
             .await;
+        let ledger = BatchLedger::for_batch(messages.len());
         let ledger = futures::stream::iter(messages)
             .map(|(message, job)| self.process(message, job, deadline))
             .buffer_unordered(self.settings.concurrency.max(1))
-            .fold(BatchLedger::default(), |mut ledger, report| {
+            .fold(ledger, |mut ledger, report| {
                 ledger.add(report, &self.settings.health);
                 futures::future::ready(ledger)
             })
