@@ -21,10 +21,6 @@
 use crate::report::{Table, Verdict};
 use crate::simulated::{self, LatencyModel, SimulatedReceiver, thread_cpu};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::response::{IntoResponse, Response};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -129,33 +125,23 @@ struct Tally {
 
 const WRITES: [&str; 4] = ["PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"];
 
-/// A recording proxy in front of moto: forwards every request and, while counting is on,
-/// counts it by operation (`X-Amz-Target`) with its billing units.
-#[derive(Clone)]
-struct Proxy {
-    upstream: String,
-    client: reqwest::Client,
+/// The calls the service made, counted by operation (`X-Amz-Target`) with their billing
+/// units while counting is on, as the proxy in front of moto ([`crate::proxy`]) shows them.
+#[derive(Clone, Default)]
+struct Calls {
     counting: Arc<AtomicBool>,
     calls: Arc<Mutex<BTreeMap<String, Tally>>>,
 }
 
-impl Proxy {
-    async fn start(upstream: String) -> (Self, String) {
-        let proxy = Self {
+impl Calls {
+    /// Starts a proxy to `upstream` that counts into these calls; returns its URL.
+    async fn proxy(&self, upstream: String) -> String {
+        let calls = self.clone();
+        crate::proxy::start(
             upstream,
-            client: reqwest::Client::new(),
-            counting: Arc::new(AtomicBool::new(false)),
-            calls: Arc::default(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1");
-        let addr = listener.local_addr().expect("addr");
-        let app = Router::new().fallback(forward).with_state(proxy.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (proxy, format!("http://{addr}"))
+            Arc::new(move |target, request, response| calls.record(target, request, response)),
+        )
+        .await
     }
 
     fn count(&self, on: bool) {
@@ -285,47 +271,6 @@ fn binary_size(base64: &str) -> usize {
     (base64.len() / 4 * 3).saturating_sub(padding)
 }
 
-async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let body: Bytes = axum::body::to_bytes(body, 16 << 20)
-        .await
-        .unwrap_or_default();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let mut upstream = proxy
-        .client
-        .request(parts.method, format!("{}{path}", proxy.upstream))
-        .body(body.clone());
-    for (name, value) in &parts.headers {
-        if name != http::header::HOST && name != http::header::CONTENT_LENGTH {
-            upstream = upstream.header(name, value);
-        }
-    }
-    let Ok(answer) = upstream.send().await else {
-        return http::StatusCode::BAD_GATEWAY.into_response();
-    };
-    let status = answer.status();
-    let headers = answer.headers().clone();
-    let bytes = answer.bytes().await.unwrap_or_default();
-    proxy.record(&target, &body, &bytes);
-    let mut response = (status, bytes).into_response();
-    for (name, value) in &headers {
-        if name != http::header::CONTENT_LENGTH && name != http::header::TRANSFER_ENCODING {
-            response.headers_mut().insert(name, value.clone());
-        }
-    }
-    response
-}
-
 /// The memory at which a Lambda function has one full vCPU (Lambda allocates CPU in
 /// proportion to memory; docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html).
 const FULL_VCPU_MB: f64 = 1769.0;
@@ -416,7 +361,7 @@ struct Scenario {
 /// simulation through the real-time runtime `io`.
 struct Upstreams {
     moto: String,
-    proxy: Proxy,
+    calls: Calls,
     proxied: String,
     io: tokio::runtime::Handle,
 }
@@ -509,7 +454,7 @@ async fn capture_changes(s: Scenario, svc: &Service, up: &Upstreams) -> LambdaUs
         windows: svc.windows.clone(),
     };
     // Not counted: a Lambda trigger's reads of its stream are free.
-    up.proxy.count(false);
+    up.calls.count(false);
     let mut stream = StreamPoller::start(&svc.resources).await;
     let mut changes = Vec::new();
     for _ in 0..50 {
@@ -519,7 +464,7 @@ async fn capture_changes(s: Scenario, svc: &Service, up: &Upstreams) -> LambdaUs
         }
         changes.extend(page);
     }
-    up.proxy.count(true);
+    up.calls.count(true);
     assert_eq!(
         changes.len(),
         s.records,
@@ -689,7 +634,7 @@ async fn scenario(s: Scenario, up: Upstreams, logs: LogCapture) -> Run {
     let svc = service(&up).await;
     populate(s, &svc, &receiver).await;
     let expected = s.records * (s.subscriptions_per_record + usize::from(s.members));
-    up.proxy.count(true);
+    up.calls.count(true);
     logs.clear();
     let capture_use = capture_changes(s, &svc, &up).await;
     let flush_use = flush_window(&svc, &logs, expected).await;
@@ -700,7 +645,7 @@ async fn scenario(s: Scenario, up: Upstreams, logs: LogCapture) -> Run {
         log_bytes: logs.bytes(),
         name: s.name.to_owned(),
         delivered,
-        calls: up.proxy.take(),
+        calls: up.calls.take(),
         lambdas: [
             ("change-capture", capture_use),
             ("flush", flush_use),
@@ -771,10 +716,11 @@ fn lambda_per_notification(run: &Run) -> String {
 /// and the relay's forwarding on this runtime.
 async fn simulate(s: Scenario, logs: &LogCapture) -> Run {
     let moto = std::env::var("MOTO_ENDPOINT").expect("MOTO_ENDPOINT");
-    let (proxy, proxied) = Proxy::start(moto.clone()).await;
+    let calls = Calls::default();
+    let proxied = calls.proxy(moto.clone()).await;
     let up = Upstreams {
         moto,
-        proxy,
+        calls,
         proxied,
         io: tokio::runtime::Handle::current(),
     };

@@ -15,6 +15,7 @@ mod delivery;
 mod durable;
 mod fanout;
 mod load;
+mod proxy;
 mod receiver;
 mod report;
 mod sdkcpu;

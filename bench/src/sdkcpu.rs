@@ -6,10 +6,11 @@
 //! share of a vCPU: a flush of millions of records is bound by its CPU as much as by its
 //! waits.
 //!
-//! Over plain HTTP to moto: on AWS each call is also encrypted (TLS), a few microseconds
-//! per 10 KB, not counted.
+//! Over plain HTTP, on a connection kept open: on AWS each call is also encrypted (TLS), a
+//! few microseconds per 10 KB, not counted.
 
-use crate::simulated::thread_cpu;
+use crate::proxy::Replay;
+use crate::simulated::{LatencyModel, thread_cpu, thread_kernel_cpu};
 use std::time::Duration;
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::job::DeliveryJob;
@@ -19,8 +20,10 @@ use webhooks::subscription::Subscription;
 use webhooks::window::{Shard, WindowId};
 use webhooks_tests::moto::MotoEnv;
 
-/// Calls measured per operation, after as many uncounted.
-const CALLS: u32 = 300;
+/// Calls measured per operation.
+const CALLS: u32 = 500;
+/// Calls to moto before, uncounted (its answer to the last is replayed).
+const WARM_UP: u32 = 20;
 
 /// The CPU of one call of each kind the flush makes per page.
 #[derive(Debug, Clone, Copy)]
@@ -32,36 +35,57 @@ pub struct SdkCpu {
     pub subscriptions_query: Duration,
     /// A page of a shard's pending records (`Query` of pending items).
     pub pending_query: Duration,
+    /// The share of all of it spent in the kernel: the socket calls, and here also the
+    /// loopback's delivery of each request to the proxy, which a network card does on AWS.
+    pub kernel_share: f64,
 }
 
 /// Measures [`SdkCpu`] against the moto server at `MOTO_ENDPOINT`, on a thread and a
-/// single-threaded runtime of its own.
+/// single-threaded runtime of its own. The calls go through a proxy ([`crate::proxy`]) on
+/// another runtime: the SDK keeps its connection open as it does with AWS (moto closes
+/// every connection after one call), and the counted calls are answered with moto's
+/// answers to the uncounted ones after the cost model's latency ([`LatencyModel::STATED`]),
+/// as AWS answers in milliseconds where moto takes a tenth of a second, and waiting costs
+/// the client CPU too. The proxy's own work is on its threads, not counted.
 pub fn measure() -> SdkCpu {
-    std::thread::spawn(|| {
+    let moto = webhooks_tests::moto::endpoint();
+    std::thread::spawn(move || {
+        let proxy_runtime = tokio::runtime::Runtime::new().expect("the proxy's runtime");
+        let (proxied, replay) = proxy_runtime.block_on(crate::proxy::start_replayable(moto));
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime")
-            .block_on(measure_here())
+            .block_on(measure_here(&proxied, &replay))
     })
     .join()
     .expect("the SDK CPU measurement")
 }
 
-/// The thread's CPU per call of `call`, over [`CALLS`] calls after as many uncounted.
-async fn per_call<F: std::future::Future<Output = ()>>(mut call: impl FnMut() -> F) -> Duration {
+/// The thread's CPU per call of `call` and the part of it in the kernel, over [`CALLS`]
+/// calls answered by the proxy's replay of moto's answers to the calls before, each
+/// `latency` after its request (the cost model's for the call's service).
+async fn per_call<F: std::future::Future<Output = ()>>(
+    replay: &Replay,
+    latency: Duration,
+    mut call: impl FnMut() -> F,
+) -> (Duration, Duration) {
+    for _ in 0..WARM_UP {
+        call().await;
+    }
+    replay.start(latency);
+    let (start, kernel) = (thread_cpu(), thread_kernel_cpu());
     for _ in 0..CALLS {
         call().await;
     }
-    let start = thread_cpu();
-    for _ in 0..CALLS {
-        call().await;
-    }
-    (thread_cpu() - start) / CALLS
+    (
+        (thread_cpu() - start) / CALLS,
+        (thread_kernel_cpu() - kernel) / CALLS,
+    )
 }
 
-async fn measure_here() -> SdkCpu {
-    let env = MotoEnv::create(5).await;
+async fn measure_here(endpoint: &str, replay: &Replay) -> SdkCpu {
+    let env = MotoEnv::create_on(webhooks_tests::moto::sdk_config_at(endpoint).await, 5).await;
     let aws = webhooks::aws::AwsServices::new(&env.config, env.settings());
     let record = RecordId::parse("0000-0002-1825-0097").expect("a record id");
     let mut jobs = Vec::new();
@@ -100,7 +124,7 @@ async fn measure_here() -> SdkCpu {
         .expect("pending records on moto");
     let queue = aws.ports().queue;
     let store = aws.store.clone();
-    let send_batch = per_call(|| {
+    let send_batch = per_call(replay, LatencyModel::STATED.sqs, || {
         let (queue, jobs) = (queue.clone(), &jobs);
         async move {
             let sent = queue.enqueue(jobs).await.expect("a send to moto");
@@ -108,7 +132,7 @@ async fn measure_here() -> SdkCpu {
         }
     })
     .await;
-    let subscriptions_query = per_call(|| {
+    let subscriptions_query = per_call(replay, LatencyModel::STATED.dynamodb, || {
         let (store, record) = (store.clone(), &record);
         async move {
             let found = store
@@ -119,7 +143,7 @@ async fn measure_here() -> SdkCpu {
         }
     })
     .await;
-    let pending_query = per_call(|| {
+    let pending_query = per_call(replay, LatencyModel::STATED.dynamodb, || {
         let store = store.clone();
         async move {
             store
@@ -129,10 +153,14 @@ async fn measure_here() -> SdkCpu {
         }
     })
     .await;
+    let all = [send_batch, subscriptions_query, pending_query];
+    let total: Duration = all.iter().map(|(cpu, _)| *cpu).sum();
+    let kernel: Duration = all.iter().map(|(_, kernel)| *kernel).sum();
     SdkCpu {
-        send_batch,
-        subscriptions_query,
-        pending_query,
+        send_batch: send_batch.0,
+        subscriptions_query: subscriptions_query.0,
+        pending_query: pending_query.0,
+        kernel_share: kernel.as_secs_f64() / total.as_secs_f64(),
     }
 }
 
@@ -143,10 +171,11 @@ pub fn sdkcpu(table: &mut crate::report::Table) {
         "9 SDK CPU",
         "the flush's CPU per AWS call: the adapter, the AWS SDK and its HTTP client against moto, one call at a time",
         format!(
-            "SendMessageBatch of 10 jobs {} µs; a record's subscriptions (Query, 10 items) {} µs; a page of pending records (Query) {} µs",
+            "SendMessageBatch of 10 jobs {} µs; a record's subscriptions (Query, 10 items) {} µs; a page of pending records (Query) {} µs; {:.0} % of it in the kernel",
             cpu.send_batch.as_micros(),
             cpu.subscriptions_query.as_micros(),
-            cpu.pending_query.as_micros()
+            cpu.pending_query.as_micros(),
+            cpu.kernel_share * 100.0
         ),
         "-",
         crate::report::Verdict::judge(true, ""),

@@ -24,8 +24,14 @@ pub fn endpoint() -> String {
 
 /// SDK configuration pointing at moto.
 pub async fn sdk_config() -> SdkConfig {
+    sdk_config_at(&endpoint()).await
+}
+
+/// SDK configuration pointing at `endpoint` (moto, or a proxy in front of it), with moto's
+/// region and credentials.
+pub async fn sdk_config_at(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "testing", "testing", None, None, "moto",
