@@ -56,6 +56,23 @@ impl BackendError {
 /// Shorthand for port results.
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// Runs `call` on a task of its own and waits for it. Concurrent calls made this way share
+/// all of the runtime's threads (a Lambda function has a vCPU per 1 769 MB of memory),
+/// where futures polled together in one task take turns on one thread: the SDK's
+/// serialising, signing and parsing of a large flush is CPU-bound. A panic in `call`
+/// resumes here.
+pub async fn on_own_task<T: Send + 'static>(
+    call: impl std::future::Future<Output = BackendResult<T>> + Send + 'static,
+) -> BackendResult<T> {
+    match tokio::spawn(call).await {
+        Ok(result) => result,
+        Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
+        Err(stopped) => Err(BackendError::Unavailable(format!(
+            "the call's task stopped: {stopped}"
+        ))),
+    }
+}
+
 /// OAuth clients: written by the admin tool, read by the token endpoint and every bearer check.
 #[async_trait]
 pub trait ClientStore: Send + Sync {
@@ -921,5 +938,28 @@ mod tests {
                 "{case}"
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_on_its_own_task_runs_apart_from_its_caller_and_returns_its_result() {
+        // The caller is a task too, as a Lambda handler's invocation is.
+        let (caller, ran_on, answer) = tokio::spawn(async {
+            let (ran_on, answer) = on_own_task(async { Ok((tokio::task::id(), 42)) })
+                .await
+                .expect("the call's result");
+            (tokio::task::id(), ran_on, answer)
+        })
+        .await
+        .expect("the caller's task");
+        assert_ne!(ran_on, caller, "the call ran on the caller's task");
+        assert_eq!(answer, 42);
+        let failed = on_own_task(async { Err::<(), _>(BackendError::Corrupt("x".into())) }).await;
+        assert_eq!(failed, Err(BackendError::Corrupt("x".into())));
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "a bug in the call")]
+    async fn a_panic_on_its_own_task_reaches_the_caller() {
+        let _ = on_own_task(async { panic!("a bug in the call") as BackendResult<()> }).await;
     }
 }

@@ -10,6 +10,7 @@ use crate::job::DeliveryJob;
 use crate::message::{self, MAX_BATCH_ENTRIES, Refusal};
 use crate::ports::{
     BackendError, BackendResult, DeliveryQueue, Enqueued, ParkedMessage, ParkedQueue, RefusedJob,
+    on_own_task,
 };
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
@@ -314,12 +315,21 @@ impl DeliveryQueue for SqsQueue {
                 Err(refusal) => enqueued.refused.push(RefusedJob { index, refusal }),
             }
         }
-        let entries: Vec<(usize, &str)> = bodies.iter().map(|(i, b)| (*i, b.as_str())).collect();
-        let sizes: Vec<usize> = entries.iter().map(|(_, b)| b.len()).collect();
-        // Batches go out a few at a time: a large flush is bound by round trips.
+        let sizes: Vec<usize> = bodies.iter().map(|(_, b)| b.len()).collect();
+        let mut unsent = bodies.into_iter();
+        // Batches go out a few at a time: a large flush is bound by round trips, and by the
+        // SDK's CPU, so each is sent on a task of its own (`on_own_task`).
         let sends: Vec<_> = message::batches(&sizes)
             .into_iter()
-            .map(|range| self.send_batch(&entries[range]))
+            .map(|range| {
+                let batch: Vec<(usize, String)> = unsent.by_ref().take(range.len()).collect();
+                let queue = self.clone();
+                on_own_task(async move {
+                    let entries: Vec<(usize, &str)> =
+                        batch.iter().map(|(i, b)| (*i, b.as_str())).collect();
+                    queue.send_batch(&entries).await
+                })
+            })
             .collect();
         let refused: Vec<Vec<RefusedJob>> = futures::stream::iter(sends)
             .buffer_unordered(SEND_CONCURRENCY)

@@ -16,6 +16,7 @@ use crate::metrics::FlushMetrics;
 use crate::poison::PoisonItem;
 use crate::ports::{
     BackendError, FlushCursor, Lease, LeaseHolder, Person, Ports, ShardPosition, announce,
+    on_own_task,
 };
 use crate::record::RecordId;
 use crate::subscription::Subscription;
@@ -559,19 +560,28 @@ impl Flush {
     }
 
     /// The subscriptions of a record and the person (for its consents).
+    /// A record's subscriptions and, while applications exist, its person; read on a task
+    /// of its own ([`on_own_task`]), so a flush with several vCPUs decodes on all of them.
     async fn targets_of(
         &self,
         record: &RecordId,
         members: bool,
     ) -> Result<(Vec<Subscription>, Option<Person>), BackendError> {
-        let subscriptions = self.ports.subscriptions.subscriptions_of(record).await?;
-        // The person is read only for its consents: not at all while no application exists.
-        let person = if members {
-            self.ports.records.get_person(record).await?
-        } else {
-            None
-        };
-        Ok((subscriptions, person))
+        let (subscriptions, records) =
+            (self.ports.subscriptions.clone(), self.ports.records.clone());
+        let record = record.clone();
+        on_own_task(async move {
+            let subscriptions = subscriptions.subscriptions_of(&record).await?;
+            // The person is read only for its consents: not at all while no application
+            // exists.
+            let person = if members {
+                records.get_person(&record).await?
+            } else {
+                None
+            };
+            Ok((subscriptions, person))
+        })
+        .await
     }
 }
 
