@@ -39,8 +39,9 @@ pub struct FlushSettings {
     /// The oldest window still worth reading, counted back from the newest closed one
     /// (older pending entries have expired).
     pub max_lag: u64,
-    /// Concurrent subscription look-ups of each shard worker (a window's shards are
-    /// flushed at once: [`crate::window::PENDING_SHARDS`] times this in all).
+    /// Concurrent subscription look-ups of a flush invocation, shared by the shards it
+    /// flushes at once: the default, 128, is 16 for each of all 8 shards (`FlushWorkers`
+    /// 1) and 128 for a flush of one (`FlushWorkers` 8).
     pub lookup_concurrency: usize,
     /// How long the flush lease outlives the run's deadline. The deadline a Lambda run
     /// gets is [`crate::aws::DEADLINE_MARGIN`] (15 s) before Lambda's own, so the default
@@ -55,10 +56,13 @@ pub struct FlushSettings {
 impl Default for FlushSettings {
     fn default() -> Self {
         Self {
-            page_size: 100,
+            // A page's look-ups and sends go out in two rounds at a flush of one shard.
+            page_size: 250,
             first_run_lookback: 12,
             max_lag: 7 * 24 * 12,
-            lookup_concurrency: 16,
+            // Each look-up reads its own record's partition; at 16 a shard, a large window's
+            // flush waited on their rounds (docs/benchmarks.md, figure 8).
+            lookup_concurrency: 128,
             lease_margin: Duration::from_secs(60),
             window_length: Duration::from_secs(300),
             metrics: false,
@@ -332,13 +336,22 @@ impl Flush {
         shared: &tokio::sync::Mutex<WindowProgress>,
     ) -> Result<(), BackendError> {
         let mut flushed = FlushedRecords::default();
+        // The invocation's look-ups are shared by the shards it flushes at once.
+        let lookups = (self.settings.lookup_concurrency / assignment.shards().count()).max(1);
         loop {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(());
             }
             let mut page_report = FlushReport::default();
             let next = self
-                .flush_page(window, &position, members, &mut flushed, &mut page_report)
+                .flush_page(
+                    window,
+                    &position,
+                    members,
+                    lookups,
+                    &mut flushed,
+                    &mut page_report,
+                )
                 .await?;
             let mut progress = shared.lock().await;
             progress.report.add_pages(&page_report);
@@ -411,13 +424,15 @@ impl Flush {
         }
     }
 
-    /// Flushes one page of a shard of `window` from `position`; returns where the shard's
-    /// next page starts (`None`: the shard is done).
+    /// Flushes one page of a shard of `window` from `position`, `lookups` records' targets
+    /// read at once; returns where the shard's next page starts (`None`: the shard is
+    /// done).
     async fn flush_page(
         &self,
         window: WindowId,
         position: &ShardPosition,
         members: bool,
+        lookups: usize,
         flushed: &mut FlushedRecords,
         report: &mut FlushReport,
     ) -> Result<Option<String>, BackendError> {
@@ -432,7 +447,7 @@ impl Flush {
             )
             .await?;
         let records = flushed.fresh(page.items);
-        let mut plan = self.plan(window, &records, members).await?;
+        let mut plan = self.plan(window, &records, members, lookups).await?;
         // Most shards of a quiet window are empty: no call for them.
         let enqueued = if plan.jobs.is_empty() {
             crate::ports::Enqueued::default()
@@ -469,15 +484,16 @@ impl Flush {
         window: WindowId,
         records: &[RecordId],
         members: bool,
+        lookups: usize,
     ) -> Result<PagePlan, BackendError> {
         // Futures collected first: a closure inside the stream would make this future
         // lose `Send` through higher-ranked lifetimes.
-        let lookups: Vec<_> = records
+        let reads: Vec<_> = records
             .iter()
             .map(|record| self.targets_of(record, members))
             .collect();
-        let per_record: Vec<_> = futures::stream::iter(lookups)
-            .buffered(self.settings.lookup_concurrency)
+        let per_record: Vec<_> = futures::stream::iter(reads)
+            .buffered(lookups)
             .collect()
             .await;
         let mut applications = HashMap::new();
