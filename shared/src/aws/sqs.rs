@@ -324,8 +324,9 @@ impl DeliveryQueue for SqsQueue {
         }
         let sizes: Vec<usize> = bodies.iter().map(|(_, b)| b.len()).collect();
         let mut unsent = bodies.into_iter();
-        // Batches go out a few at a time: a large flush is bound by round trips, and by the
-        // SDK's CPU, so each is sent on a task of its own (`on_own_task`).
+        // Batches go out many at a time (at most SEND_CONCURRENCY in the process): a large
+        // flush is bound by round trips, and by the SDK's CPU, so each is sent on a task of
+        // its own (`on_own_task`).
         let sends: Vec<_> = message::batches(&sizes)
             .into_iter()
             .map(|range| {
