@@ -56,21 +56,40 @@ impl BackendError {
 /// Shorthand for port results.
 pub type BackendResult<T> = Result<T, BackendError>;
 
-/// Runs `call` on a task of its own and waits for it. Concurrent calls made this way share
-/// all of the runtime's threads (a Lambda function has a vCPU per 1 769 MB of memory),
-/// where futures polled together in one task take turns on one thread: the SDK's
-/// serialising, signing and parsing of a large flush is CPU-bound. A panic in `call`
-/// resumes here.
+/// Runs `work` on a task of its own and waits for it. Work started this way shares all of
+/// the runtime's threads (a Lambda function has a vCPU per 1 769 MB of memory), where
+/// futures polled together in one task take turns on one thread; and work on a runtime
+/// worker wakes the tasks it needs (an HTTP connection's) on that worker's own queue.
+/// The task keeps the caller's span and subscriber, is aborted when the caller stops
+/// waiting (its `JoinSet` is dropped with the caller's future), and a panic in it resumes
+/// here. An error only when the runtime stopped the task (shutting down).
+pub async fn in_own_task<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, String> {
+    use tracing::Instrument;
+    use tracing::instrument::WithSubscriber;
+    let mut task = tokio::task::JoinSet::new();
+    task.spawn(
+        work.instrument(tracing::Span::current())
+            .with_current_subscriber(),
+    );
+    match task.join_next().await {
+        Some(Ok(done)) => Ok(done),
+        Some(Err(stopped)) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
+        Some(Err(stopped)) => Err(format!("the task stopped: {stopped}")),
+        None => Err("the task was not started".into()),
+    }
+}
+
+/// A backend call [`in_own_task`]: the SDK's serialising, signing and parsing of a large
+/// flush is CPU-bound, so its calls run on every vCPU. A stopped task is the backend
+/// unavailable (the call may not have been made).
 pub async fn on_own_task<T: Send + 'static>(
     call: impl std::future::Future<Output = BackendResult<T>> + Send + 'static,
 ) -> BackendResult<T> {
-    match tokio::spawn(call).await {
-        Ok(result) => result,
-        Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
-        Err(stopped) => Err(BackendError::Unavailable(format!(
-            "the call's task stopped: {stopped}"
-        ))),
-    }
+    in_own_task(call)
+        .await
+        .unwrap_or_else(|stopped| Err(BackendError::Unavailable(stopped)))
 }
 
 /// OAuth clients: written by the admin tool, read by the token endpoint and every bearer check.

@@ -24,7 +24,7 @@ pub use verdict::{MAX_BACKEND_FAILURES, Verdict, decide};
 
 use crate::health::HealthPolicy;
 use crate::http_client::CallbackClient;
-use crate::ports::Ports;
+use crate::ports::{Ports, in_own_task};
 use crate::retry::RetryPolicy;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
@@ -33,10 +33,8 @@ use plan::{Received, Work};
 use std::sync::Arc;
 use std::time::Duration;
 use subscribers::Subscribers;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
-use tracing::instrument::WithSubscriber;
 
 /// Settings of the delivery handler.
 #[derive(Debug, Clone, Copy)]
@@ -118,55 +116,40 @@ impl Delivery {
     }
 
     /// Runs the batch's messages, at most [`DeliverySettings::concurrency`] at once, on one
-    /// task of its own, and adds up their reports as they end. On a runtime worker, the
-    /// requests it makes wake the client's connection tasks on that worker's own queue;
-    /// polled on the thread that awaits `handle` (the Lambda runtime's, outside the
-    /// workers), each request woke a parked worker instead (figure 2's profile in
-    /// docs/benchmarks.md: 4.1 µs a message in parking and waking against the bare loop's
-    /// 1.9). If the handler is dropped (its caller stops waiting), the `JoinSet` is dropped
-    /// with it and aborts the task, as dropping the futures did.
+    /// task of its own ([`in_own_task`]), and adds up their reports as they end. On a
+    /// runtime worker, the requests it makes wake the client's connection tasks on that
+    /// worker's own queue; polled on the thread that awaits `handle` (the Lambda runtime's,
+    /// outside the workers), each request woke a parked worker instead (figure 2's profile
+    /// in docs/benchmarks.md: 4.1 µs a message in parking and waking against the bare
+    /// loop's 1.9).
     async fn run_messages(&self, messages: Vec<plan::Parsed>, deadline: Instant) -> BatchLedger {
-        // Kept should the task be cancelled (the runtime shutting down) and report nothing.
+        // Kept should the task be stopped (the runtime shutting down) and report nothing.
         let message_ids: Vec<String> = messages
             .iter()
             .map(|(message, _)| message.message_id.clone().unwrap_or_default())
             .collect();
         let delivery = self.clone();
-        let mut batch = JoinSet::new();
-        batch.spawn(
-            async move {
-                let ledger = BatchLedger::for_batch(messages.len());
-                let delivery = &delivery;
-                futures::stream::iter(messages)
-                    .map(|(message, job)| delivery.process(message, job, deadline))
-                    .buffer_unordered(delivery.settings.concurrency.max(1))
-                    .fold(ledger, |mut ledger, report| {
-                        ledger.add(report, &delivery.settings.health);
-                        futures::future::ready(ledger)
-                    })
-                    .await
-            }
-            // The caller's span (the invocation's) stays the parent of each message's
-            // span, and the caller's subscriber (a test's scoped one too) gets the events.
-            .instrument(tracing::Span::current())
-            .with_current_subscriber(),
-        );
-        match batch.join_next().await {
-            Some(Ok(ledger)) => ledger,
-            Some(Err(stopped)) if stopped.is_panic() => {
-                std::panic::resume_unwind(stopped.into_panic())
-            }
-            stopped => {
-                let error = stopped.and_then(Result::err);
-                tracing::error!(
-                    ?error,
-                    "the batch's task stopped before it ended; its messages stay on the queue"
-                );
-                let mut ledger = BatchLedger::for_batch(0);
-                ledger.keep = message_ids;
-                ledger
-            }
-        }
+        let batch = in_own_task(async move {
+            let ledger = BatchLedger::for_batch(messages.len());
+            let delivery = &delivery;
+            futures::stream::iter(messages)
+                .map(|(message, job)| delivery.process(message, job, deadline))
+                .buffer_unordered(delivery.settings.concurrency.max(1))
+                .fold(ledger, |mut ledger, report| {
+                    ledger.add(report, &delivery.settings.health);
+                    futures::future::ready(ledger)
+                })
+                .await
+        });
+        batch.await.unwrap_or_else(|error| {
+            tracing::error!(
+                %error,
+                "the batch's task stopped before it ended; its messages stay on the queue"
+            );
+            let mut ledger = BatchLedger::for_batch(0);
+            ledger.keep = message_ids;
+            ledger
+        })
     }
 
     /// Does what the batch's attempts left to do; returns the ids of the messages that
