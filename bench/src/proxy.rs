@@ -137,18 +137,20 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             tokio::time::sleep(after).await;
             answer
         }
-        None => match ask(&proxy, parts, &body).await {
-            Some(answer) => answer,
-            None => return http::StatusCode::BAD_GATEWAY.into_response(),
-        },
+        None => {
+            let Some(answer) = ask(&proxy, parts, &body).await else {
+                return http::StatusCode::BAD_GATEWAY.into_response();
+            };
+            if let Some(answers) = &proxy.answers {
+                answers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key.clone(), answer.clone());
+            }
+            answer
+        }
     };
     (proxy.exchange)(&key.0, &body, &answer.body);
-    if let Some(answers) = &proxy.answers {
-        answers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, answer.clone());
-    }
     let mut response = (answer.status, answer.body).into_response();
     for (name, value) in &answer.headers {
         if name != CONTENT_LENGTH && !hop_by_hop(name) {
