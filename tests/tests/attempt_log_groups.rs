@@ -13,7 +13,7 @@ use std::time::Duration;
 use webhooks::attempts::{
     Attempt, EndpointKey, LogEndpoint, LoggedAttempt, OutcomeClass, StatusFilter, StoredMessage,
 };
-use webhooks::aws::dynamodb::DynamoStore;
+use webhooks::aws::dynamodb::{DynamoStore, GROUP_SHARDS};
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::job::{DeliveryJob, MessageId};
 use webhooks::memory::MemoryStore;
@@ -432,7 +432,7 @@ async fn groups_in_the_single_partition_of_earlier_versions_are_still_read() {
         .collect();
     let mut partitions = Vec::new();
     for owner in &owners {
-        for shard in 0..16 {
+        for shard in 0..GROUP_SHARDS {
             partitions.push((format!("GROUP#{owner}#{shard}"), format!("GROUP#{owner}")));
             for tag in &tags {
                 partitions.push((

@@ -101,7 +101,7 @@ fn messages_pk(endpoint: &EndpointKey) -> String {
 /// busiest traffic (100 000 deliveries a second, a group of 100 per batch: 1 000 groups of
 /// 2-4 write units a second) stays under a third of a partition's 1 000 write units a
 /// second in each (docs/architecture.md, "The attempt log's items").
-const GROUP_SHARDS: u8 = 16;
+pub const GROUP_SHARDS: u8 = 16;
 
 /// One of an owner's group partitions: a shard, or the single partition earlier
 /// versions wrote (`None`), still read until its groups expire.

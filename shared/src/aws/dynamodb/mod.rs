@@ -74,6 +74,7 @@ struct Keyed<T> {
 
 mod applications;
 mod attempts;
+pub use attempts::GROUP_SHARDS;
 mod clients;
 mod pending;
 mod records;
