@@ -33,7 +33,7 @@ use webhooks::aws::dynamodb::DynamoRecords;
 use webhooks::aws_lambda_events::event::dynamodb::Event;
 use webhooks::aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use webhooks::callback::{CallbackUrl, UrlPolicy};
-use webhooks::handlers::{ChangeCapture, Delivery, Flush};
+use webhooks::handlers::{ChangeCapture, Delivery, Flush, FlushReport};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::oauth::OAuthClient;
 use webhooks::ports::{ApplicationStore, ClientStore, SubscriptionStore};
@@ -121,6 +121,21 @@ struct Tally {
     units: f64,
     /// SQS and EventBridge billed requests (64 KiB chunks).
     billed: u64,
+}
+
+impl Tally {
+    /// This tally less `times` x `fixed`, each figure floored at zero.
+    fn less(self, fixed: Tally, times: u32) -> Tally {
+        Tally {
+            calls: self.calls.saturating_sub(fixed.calls * u64::from(times)),
+            units: (self.units - fixed.units * f64::from(times)).max(0.0),
+            billed: self.billed.saturating_sub(fixed.billed * u64::from(times)),
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        self.calls == 0 && self.units == 0.0 && self.billed == 0
+    }
 }
 
 const WRITES: [&str; 4] = ["PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"];
@@ -307,6 +322,22 @@ impl LambdaUse {
         self.billed_ms += (billed.as_micros() as u64).div_ceil(1000).max(1);
     }
 
+    /// This use less `times` x `fixed` (invocations, billed duration, waits and CPU),
+    /// each floored at zero; the memory stays this one's.
+    fn less(self, fixed: LambdaUse, times: u32) -> LambdaUse {
+        LambdaUse {
+            invocations: self
+                .invocations
+                .saturating_sub(fixed.invocations * u64::from(times)),
+            billed_ms: self
+                .billed_ms
+                .saturating_sub(fixed.billed_ms * u64::from(times)),
+            wait: self.wait.saturating_sub(fixed.wait * times),
+            cpu: self.cpu.saturating_sub(fixed.cpu * times),
+            memory_mb: self.memory_mb,
+        }
+    }
+
     fn dollars(&self) -> f64 {
         self.invocations as f64 * price::LAMBDA_REQUEST
             + self.billed_ms as f64 / 1000.0 * self.memory_mb as f64 / 1024.0 * price::LAMBDA_GB_S
@@ -331,16 +362,92 @@ async fn timed<T>(invocation: impl std::future::Future<Output = T>) -> (T, Took)
     (out, took)
 }
 
+/// Runs of the flush schedule in a 30-day month (one every five minutes).
+const SCHEDULED_RUNS_A_MONTH: u64 = 30 * 24 * 12;
+
+/// The three functions, in the order their work is kept.
+const FUNCTIONS: [&str; 3] = ["change-capture", "flush", "delivery"];
+
+/// What the service used over a stretch of a simulation: the AWS calls counted through
+/// the proxy, each function's Lambda work (in [`FUNCTIONS`]' order), and the bytes the
+/// functions logged (CloudWatch Logs ingestion).
+#[derive(Debug, Clone, Default)]
+struct Usage {
+    calls: BTreeMap<String, Tally>,
+    lambdas: [LambdaUse; 3],
+    log_bytes: usize,
+}
+
+impl Usage {
+    /// This usage less `times` x `fixed`: per call kind (calls, request units, billed
+    /// requests), per function (invocations, billed duration, waits, CPU) and for log
+    /// bytes, each floored at zero. A call kind with nothing left is dropped; `fixed`'s
+    /// kinds this usage does not have subtract nothing.
+    fn less(&self, fixed: &Usage, times: u32) -> Usage {
+        let calls = self
+            .calls
+            .iter()
+            .map(|(kind, tally)| {
+                let fixed = fixed.calls.get(kind).copied().unwrap_or_default();
+                (kind.clone(), tally.less(fixed, times))
+            })
+            .filter(|(_, tally)| !tally.is_zero())
+            .collect();
+        let mut lambdas = self.lambdas;
+        for (used, fixed) in lambdas.iter_mut().zip(fixed.lambdas) {
+            *used = used.less(fixed, times);
+        }
+        Usage {
+            calls,
+            lambdas,
+            log_bytes: self
+                .log_bytes
+                .saturating_sub(fixed.log_bytes * times as usize),
+        }
+    }
+
+    /// Calls of every kind.
+    fn call_count(&self) -> u64 {
+        self.calls.values().map(|t| t.calls).sum()
+    }
+}
+
 /// One scenario's counts.
 struct Run {
     name: String,
     delivered: usize,
-    calls: BTreeMap<String, Tally>,
-    lambdas: [(&'static str, LambdaUse); 3],
-    /// Bytes the three functions logged (CloudWatch Logs ingestion).
-    log_bytes: usize,
+    /// Everything the scenario used, every flush run charged whole.
+    gross: Usage,
+    /// The windows each of its flush runs covered (one entry per run).
+    flush_windows: Vec<u64>,
     /// The delivery event source's batch sizes, in order.
     delivery_batches: Vec<usize>,
+}
+
+/// A scheduled flush run with nothing to flush, measured on a set-up of its own: what
+/// every run of the schedule pays whether or not anything changed.
+#[derive(Debug, Clone)]
+struct IdleFlush {
+    /// The windows the run covered.
+    windows: u64,
+    usage: Usage,
+}
+
+impl Run {
+    /// What the scenario's notifications added: its usage less, for each of its flush
+    /// runs, the fixed part `idle` (measured over as many windows as the scenario's runs
+    /// covered). An error when a run covered another number of windows than `idle`.
+    fn net(&self, idle: &IdleFlush) -> Result<Usage, String> {
+        if let Some(w) = self.flush_windows.iter().find(|w| **w != idle.windows) {
+            return Err(format!(
+                "{}: a flush run covered {w} windows, the idle flush {}: measure the idle flush over the same windows",
+                self.name, idle.windows
+            ));
+        }
+        let runs = u32::try_from(self.flush_windows.len())
+            .map_err(|_| format!("{}: too many flush runs", self.name))?;
+        Ok(self.gross.less(&idle.usage, runs))
+    }
 }
 
 /// The shape of one scenario.
@@ -481,8 +588,9 @@ async fn capture_changes(s: Scenario, svc: &Service, up: &Upstreams) -> LambdaUs
     used
 }
 
-/// One flush of the closed window; its metric line goes to the log capture.
-async fn flush_window(svc: &Service, logs: &LogCapture, expected: usize) -> LambdaUse {
+/// One scheduled flush run after closing the current window, as the schedule starts it;
+/// its metric line goes to the log capture.
+async fn flush_window(svc: &Service, logs: &LogCapture) -> (LambdaUse, FlushReport) {
     // The flush's metric line is counted below (the bench's stdout is its table).
     let flush = Flush {
         ports: svc.aws.ports(),
@@ -500,8 +608,7 @@ async fn flush_window(svc: &Service, logs: &LogCapture, expected: usize) -> Lamb
     // The line the function prints for this run.
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     logs.write_line(&flush.metrics_of(&report).emf(now_ms).to_string());
-    assert_eq!(report.jobs as usize, expected, "{report:?}");
-    used
+    (used, report)
 }
 
 /// Up to `size` messages from the delivery queue, as the SQS event source hands them
@@ -637,30 +744,62 @@ async fn scenario(s: Scenario, up: Upstreams, logs: LogCapture) -> Run {
     up.calls.count(true);
     logs.clear();
     let capture_use = capture_changes(s, &svc, &up).await;
-    let flush_use = flush_window(&svc, &logs, expected).await;
+    let (flush_use, flushed) = flush_window(&svc, &logs).await;
+    assert_eq!(flushed.jobs as usize, expected, "{flushed:?}");
     let (delivery_use, delivery_batches) = deliver(s, &svc, &receiver, &logs, expected).await;
     let delivered = receiver.hits();
     assert_eq!(delivered, expected, "every notification delivered");
     Run {
-        log_bytes: logs.bytes(),
         name: s.name.to_owned(),
         delivered,
-        calls: up.calls.take(),
-        lambdas: [
-            ("change-capture", capture_use),
-            ("flush", flush_use),
-            ("delivery", delivery_use),
-        ],
+        gross: Usage {
+            log_bytes: logs.bytes(),
+            calls: up.calls.take(),
+            lambdas: [capture_use, flush_use, delivery_use],
+        },
+        flush_windows: vec![flushed.windows],
         delivery_batches,
     }
 }
 
-/// Dollars per notification of a run: (DynamoDB, SQS, Lambda, CloudWatch Logs).
-fn dollars(run: &Run) -> (f64, f64, f64, f64) {
-    let n = run.delivered as f64;
+/// The scheduled flush with nothing to flush, on a set-up of its own made as a
+/// scenario's (fresh tables and queues, the same settings, windows and adapters through
+/// the proxy): the first run after set-up, which covers the same windows as a scenario's
+/// flush, then the next run one window later, as the schedule makes every five minutes
+/// once it has caught up.
+async fn idle_flushes(up: Upstreams, logs: LogCapture) -> (IdleFlush, IdleFlush) {
+    let svc = service(&up).await;
+    let first = idle_flush(&svc, &up, &logs).await;
+    let next = idle_flush(&svc, &up, &logs).await;
+    (first, next)
+}
+
+/// One flush run on `svc`, counted alone; it must find nothing to flush.
+async fn idle_flush(svc: &Service, up: &Upstreams, logs: &LogCapture) -> IdleFlush {
+    up.calls.count(true);
+    logs.clear();
+    let (flush_use, report) = flush_window(svc, logs).await;
+    up.calls.count(false);
+    assert_eq!(report.jobs, 0, "nothing to flush: {report:?}");
+    let mut lambdas = [LambdaUse::default(); 3];
+    lambdas[1] = flush_use;
+    IdleFlush {
+        windows: report.windows,
+        usage: Usage {
+            calls: up.calls.take(),
+            lambdas,
+            log_bytes: logs.bytes(),
+        },
+    }
+}
+
+/// Dollars per notification of `usage` over `notifications`: (DynamoDB, SQS, Lambda,
+/// CloudWatch Logs).
+fn dollars(usage: &Usage, notifications: usize) -> (f64, f64, f64, f64) {
+    let n = notifications as f64;
     let mut dynamo = 0.0;
     let mut sqs = 0.0;
-    for (op, t) in &run.calls {
+    for (op, t) in &usage.calls {
         if t.billed > 0 {
             sqs += t.billed as f64 * price::SQS;
         } else if WRITES.iter().any(|w| op.starts_with(w)) {
@@ -669,15 +808,16 @@ fn dollars(run: &Run) -> (f64, f64, f64, f64) {
             dynamo += t.units * price::RRU;
         }
     }
-    let lambda: f64 = run.lambdas.iter().map(|(_, u)| u.dollars()).sum();
-    let logs = run.log_bytes as f64 * price::LOG_BYTE;
+    let lambda: f64 = usage.lambdas.iter().map(LambdaUse::dollars).sum();
+    let logs = usage.log_bytes as f64 * price::LOG_BYTE;
     (dynamo / n, sqs / n, lambda / n, logs / n)
 }
 
-/// The run's calls per notification, with their request units.
-fn calls_per_notification(run: &Run) -> String {
-    let n = run.delivered as f64;
-    run.calls
+/// The calls of `usage` per notification (or per run, with 1), with their request units.
+fn calls_per_notification(usage: &Usage, notifications: usize) -> String {
+    let n = notifications as f64;
+    usage
+        .calls
         .iter()
         .map(|(op, t)| {
             let units = if t.billed > 0 {
@@ -693,11 +833,14 @@ fn calls_per_notification(run: &Run) -> String {
         .join("; ")
 }
 
-/// Each function's invocations, waits and CPU per notification.
-fn lambda_per_notification(run: &Run) -> String {
-    let n = run.delivered as f64;
-    run.lambdas
+/// Each function's invocations, waits and CPU per notification (functions not invoked
+/// left out).
+fn lambda_per_notification(usage: &Usage, notifications: usize) -> String {
+    let n = notifications as f64;
+    FUNCTIONS
         .iter()
+        .zip(&usage.lambdas)
+        .filter(|(_, u)| u.invocations > 0 || u.billed_ms > 0)
         .map(|(name, u)| {
             format!(
                 "{name} {:.3} inv, {:.2} ms waiting + {:.3} ms CPU, {:.2} ms billed at {} MB",
@@ -712,9 +855,17 @@ fn lambda_per_notification(run: &Run) -> String {
         .join("; ")
 }
 
-/// Runs `s` on a paused clock of its own (a thread of the blocking pool), with the proxy
-/// and the relay's forwarding on this runtime.
-async fn simulate(s: Scenario, logs: &LogCapture) -> Run {
+/// Runs `simulation` (a scenario, or the idle flush) on a paused clock of its own (a
+/// thread of the blocking pool), with the proxy and the relay's forwarding on this
+/// runtime, under the functions' log subscriber.
+async fn simulate<T, F>(
+    logs: &LogCapture,
+    simulation: impl FnOnce(Upstreams, LogCapture) -> F + Send + 'static,
+) -> T
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
     let moto = std::env::var("MOTO_ENDPOINT").expect("MOTO_ENDPOINT");
     let calls = Calls::default();
     let proxied = calls.proxy(moto.clone()).await;
@@ -733,12 +884,12 @@ async fn simulate(s: Scenario, logs: &LogCapture) -> Run {
             .expect("simulation runtime");
         // The functions' log lines, as they format them at the default level.
         let subscriber = logs.lambda_json(LevelFilter::INFO);
-        runtime.block_on(scenario(s, up, logs).with_subscriber(subscriber))
+        runtime.block_on(simulation(up, logs).with_subscriber(subscriber))
     });
     tokio::time::timeout(Duration::from_secs(300), simulation)
         .await
-        .expect("a cost scenario finishes within 300 s")
-        .expect("the cost scenario ran")
+        .expect("a cost simulation finishes within 300 s")
+        .expect("the cost simulation ran")
 }
 
 /// Runs the scenarios and adds the rows.
@@ -779,27 +930,64 @@ pub async fn cost(table: &mut Table) {
         },
     ];
     let eventbridge = (price::EB_PUT_EVENTS + price::EB_API_DESTINATION) * 1e6;
+    let per_run = |usage: &Usage| {
+        let (dynamo, sqs, lambda, log) = dollars(usage, 1);
+        dynamo + sqs + lambda + log
+    };
+    // The fixed part each scenario's flush runs are relieved of.
+    let (idle, steady) = simulate(&logs, idle_flushes).await;
+    table.row(
+        "6 cost",
+        "fixed part: a scheduled flush with nothing to flush (a set-up of its own; subtracted from each scenario per flush run)",
+        format!(
+            "a scheduled flush with nothing to flush: {} calls, ${:.7} per run, ${:.3} per month at {SCHEDULED_RUNS_A_MONTH} runs (steady state, {} window a run: {}; {}; logged {} bytes). Subtracted per scenario flush run: the first run after set-up, {} windows as each scenario's flush covers: {} calls, ${:.7} ({}; {}; logged {} bytes)",
+            steady.usage.call_count(),
+            per_run(&steady.usage),
+            per_run(&steady.usage) * SCHEDULED_RUNS_A_MONTH as f64,
+            steady.windows,
+            calls_per_notification(&steady.usage, 1),
+            lambda_per_notification(&steady.usage, 1),
+            steady.usage.log_bytes,
+            idle.windows,
+            idle.usage.call_count(),
+            per_run(&idle.usage),
+            calls_per_notification(&idle.usage, 1),
+            lambda_per_notification(&idle.usage, 1),
+            idle.usage.log_bytes,
+        ),
+        "-",
+        Verdict::Info,
+    );
     for s in scenarios {
-        let run = simulate(s, &logs).await;
-        let (dynamo, sqs, lambda, log) = dollars(&run);
+        let run = simulate(&logs, move |up, logs| scenario(s, up, logs)).await;
+        let net = run.net(&idle).unwrap_or_else(|e| panic!("{e}"));
+        let (dynamo, sqs, lambda, log) = dollars(&net, run.delivered);
         let total = (dynamo + sqs + lambda + log) * 1e6;
+        let (g_dynamo, g_sqs, g_lambda, g_log) = dollars(&run.gross, run.delivered);
+        let gross = (g_dynamo + g_sqs + g_lambda + g_log) * 1e6;
         table.row(
             "6 cost",
             format!("{} ({} delivered)", run.name, run.delivered),
             format!(
-                "**${total:.3} per million**, EventBridge API destinations for the same job ${eventbridge:.3} ({:.2} x EventBridge) (DynamoDB ${:.3}, SQS ${:.3}, Lambda ${:.3}, CloudWatch Logs ${:.3}). Calls per notification: {}. Lambda per notification: {}. Delivery batches: {:?}. Logged per notification: {:.1} bytes",
+                "**${total:.3} per million** net of {} x the fixed part of a flush run, EventBridge API destinations for the same job ${eventbridge:.3} ({:.2} x EventBridge) (DynamoDB ${:.3}, SQS ${:.3}, Lambda ${:.3}, CloudWatch Logs ${:.3}); gross, each flush run charged whole: ${gross:.3} per million (DynamoDB ${:.3}, SQS ${:.3}, Lambda ${:.3}, CloudWatch Logs ${:.3}). Net calls per notification: {}. Net Lambda per notification: {}. Delivery batches: {:?}. Logged per notification: {:.1} bytes net, {:.1} gross",
+                run.flush_windows.len(),
                 total / eventbridge,
                 dynamo * 1e6,
                 sqs * 1e6,
                 lambda * 1e6,
                 log * 1e6,
-                calls_per_notification(&run),
-                lambda_per_notification(&run),
+                g_dynamo * 1e6,
+                g_sqs * 1e6,
+                g_lambda * 1e6,
+                g_log * 1e6,
+                calls_per_notification(&net, run.delivered),
+                lambda_per_notification(&net, run.delivered),
                 run.delivery_batches,
-                run.log_bytes as f64 / run.delivered as f64
+                net.log_bytes as f64 / run.delivered as f64,
+                run.gross.log_bytes as f64 / run.delivered as f64,
             ),
             &format!("<= ${:.2}", s.target),
-            Verdict::judge(total <= s.target, ""),
+            Verdict::judge(total <= s.target, "net"),
         );
     }
     let model = LatencyModel::STATED;
@@ -811,4 +999,128 @@ pub async fn cost(table: &mut Table) {
         model.sqs.as_millis(),
         model.receiver.as_millis(),
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(calls: u64, units: f64, billed: u64) -> Tally {
+        Tally {
+            calls,
+            units,
+            billed,
+        }
+    }
+
+    fn lambda(invocations: u64, billed_ms: u64, wait_ms: u64, cpu_us: u64) -> LambdaUse {
+        LambdaUse {
+            invocations,
+            billed_ms,
+            wait: Duration::from_millis(wait_ms),
+            cpu: Duration::from_micros(cpu_us),
+            memory_mb: 512,
+        }
+    }
+
+    /// A scenario's counts: two flush runs' worth of fixed calls and a notification's own.
+    fn gross() -> Usage {
+        Usage {
+            calls: BTreeMap::from([
+                ("Query (eventual)".to_owned(), tally(24, 12.0, 0)),
+                ("PutItem".to_owned(), tally(3, 3.0, 0)),
+                ("DeleteItem".to_owned(), tally(1, 1.0, 0)),
+                ("SendMessageBatch".to_owned(), tally(5, 0.0, 5)),
+            ]),
+            lambdas: [
+                lambda(5, 60, 50, 1_000),
+                lambda(2, 150, 130, 7_000),
+                lambda(5, 630, 610, 5_000),
+            ],
+            log_bytes: 5_000,
+        }
+    }
+
+    fn idle() -> Usage {
+        Usage {
+            calls: BTreeMap::from([
+                ("Query (eventual)".to_owned(), tally(10, 5.0, 0)),
+                ("PutItem".to_owned(), tally(1, 1.0, 0)),
+                // More than the scenario made: floors at zero, and the kind goes.
+                ("DeleteItem".to_owned(), tally(1, 1.0, 0)),
+                // A kind the scenario did not make subtracts nothing.
+                ("GetItem (consistent)".to_owned(), tally(1, 0.5, 0)),
+            ]),
+            lambdas: [
+                LambdaUse::default(),
+                lambda(1, 60, 50, 4_000),
+                LambdaUse::default(),
+            ],
+            log_bytes: 400,
+        }
+    }
+
+    #[test]
+    fn the_fixed_part_is_taken_once_per_flush_run_per_kind_and_floors_at_zero() {
+        let gross = gross();
+        let net = gross.less(&idle(), 2);
+        let kinds: Vec<&str> = net.calls.keys().map(String::as_str).collect();
+        assert_eq!(kinds, ["PutItem", "Query (eventual)", "SendMessageBatch"]);
+        let query = net.calls["Query (eventual)"];
+        assert_eq!((query.calls, query.units), (4, 2.0));
+        let put = net.calls["PutItem"];
+        assert_eq!((put.calls, put.units), (1, 1.0));
+        // Floors at zero rather than going negative (two runs of one DeleteItem from one).
+        assert!(!net.calls.contains_key("DeleteItem"));
+        assert_eq!(net.calls["SendMessageBatch"].billed, 5);
+        // Per function: only the flush had a fixed part.
+        assert_eq!(net.lambdas[0].invocations, 5);
+        assert_eq!(net.lambdas[0].billed_ms, 60);
+        let flush = net.lambdas[1];
+        assert_eq!((flush.invocations, flush.billed_ms), (0, 30));
+        assert_eq!(flush.wait, Duration::from_millis(30));
+        // 7 ms less twice 4 ms floors at zero.
+        assert_eq!(flush.cpu, Duration::ZERO);
+        assert_eq!(flush.memory_mb, 512);
+        assert_eq!(net.lambdas[2].billed_ms, 630);
+        assert_eq!(net.log_bytes, 4_200);
+        // The gross is kept as it was.
+        assert_eq!(gross.calls["Query (eventual)"].calls, 24);
+        assert_eq!(gross.calls["DeleteItem"].calls, 1);
+        assert_eq!(gross.lambdas[1].invocations, 2);
+        assert_eq!(gross.log_bytes, 5_000);
+        // The net costs less than the gross, by twice the fixed part's price.
+        let sum = |(a, b, c, d): (f64, f64, f64, f64)| a + b + c + d;
+        let saved = sum(dollars(&gross, 1)) - sum(dollars(&net, 1));
+        let fixed = sum(dollars(&idle(), 1));
+        // DeleteItem's second run and the missing GetItem are not subtracted.
+        let not_taken = 1.0 * price::WRU + 2.0 * 0.5 * price::RRU;
+        assert!(
+            (saved - (2.0 * fixed - not_taken)).abs() < 1e-12,
+            "{saved} {fixed}"
+        );
+    }
+
+    #[test]
+    fn a_flush_run_over_other_windows_than_the_idle_flush_is_refused() {
+        let run = |windows: Vec<u64>| Run {
+            name: "scenario".to_owned(),
+            delivered: 5,
+            gross: gross(),
+            flush_windows: windows,
+            delivery_batches: vec![],
+        };
+        let idle = IdleFlush {
+            windows: 2,
+            usage: idle(),
+        };
+        let net = run(vec![2, 2]).net(&idle).expect("same windows");
+        assert_eq!(net.calls["Query (eventual)"].calls, 4);
+        let once = run(vec![2]).net(&idle).expect("same windows");
+        assert_eq!(once.calls["Query (eventual)"].calls, 14);
+        let refused = run(vec![2, 3])
+            .net(&idle)
+            .expect_err("another window count");
+        assert!(refused.contains("covered 3 windows"), "{refused}");
+    }
 }
