@@ -13,6 +13,13 @@
 //! level (INFO), with the delivery function's metric lines, and priced as CloudWatch Logs
 //! ingestion.
 //!
+//! A scenario is charged what its notifications add. What a scheduled flush run pays
+//! every five minutes whether or not anything changed (its invocation, lease, cursor, the
+//! `Query` of every shard of each window it covers, the applications query, its log lines
+//! and duration) is measured alone, on a set-up of its own with nothing to flush
+//! ([`idle_flushes`]), and taken off once per flush run the scenario made ([`Run::net`]);
+//! the gross figure, every flush run charged whole, is printed beside.
+//!
 //! Lambda's event source mappings are emulated as they call AWS: the DynamoDB stream is
 //! read outside the count (stream reads by a Lambda trigger are free), the SQS source is
 //! counted (ReceiveMessage up to 10 per call until the batch is full, then
