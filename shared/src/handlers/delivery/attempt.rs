@@ -23,7 +23,7 @@ impl Delivery {
         let (outcome, acknowledged) = outbound.send(&self.http).await;
         let made = Attempt::new(
             rx.job,
-            endpoint.key(),
+            endpoint.key().clone(),
             rx.attempt,
             at,
             &outcome,

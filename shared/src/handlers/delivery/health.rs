@@ -2,7 +2,7 @@
 //! health written at most once when the batch is done, and disabled endpoints announced.
 
 use super::Delivery;
-use super::subscribers::Endpoint;
+use super::subscribers::{Endpoint, Named};
 use crate::application::Application;
 use crate::clock::Timestamp;
 use crate::events::OpsEvent;
@@ -59,15 +59,19 @@ impl HealthTallies {
     /// (written once the batch is done, by [`Delivery::save_health`]).
     pub(super) fn add(&mut self, note: HealthNote, policy: &HealthPolicy) {
         let endpoint = note.endpoint;
-        let tally = self
-            .0
-            .entry(endpoint.name())
-            .or_insert_with(|| HealthTally {
-                saved: endpoint.health().clone(),
-                now: endpoint.health().clone(),
-                endpoint,
-                newly_disabled: false,
-            });
+        // Looked up by the name the endpoint carries; copied only for its first attempt.
+        let tally = match self.0.get_mut(endpoint.name()) {
+            Some(tally) => tally,
+            None => self
+                .0
+                .entry(endpoint.name().to_owned())
+                .or_insert(HealthTally {
+                    saved: endpoint.health().clone(),
+                    now: endpoint.health().clone(),
+                    endpoint,
+                    newly_disabled: false,
+                }),
+        };
         match note.failure {
             None => tally.now.record_success(),
             Some(failure) => {
@@ -111,7 +115,7 @@ impl Delivery {
     /// find it disabled), and tells its operators why.
     pub(super) async fn disable_application(
         &self,
-        application: Arc<Application>,
+        application: Arc<Named<Application>>,
         reason: String,
     ) -> Endpoint {
         let endpoint = Endpoint::Application(application);
@@ -133,7 +137,7 @@ impl Delivery {
         announce(
             self.ports.events.as_ref(),
             OpsEvent::EndpointDisabled {
-                endpoint: endpoint.name(),
+                endpoint: endpoint.name().to_owned(),
                 reason,
             },
         )

@@ -2,7 +2,7 @@
 //! send, a sync step to run, or nothing left to do).
 
 use super::Delivery;
-use super::subscribers::Endpoint;
+use super::subscribers::{Endpoint, Named};
 use crate::application::{Application, NoWebhook};
 use crate::callback::CallbackUrl;
 use crate::handlers::outbound::{Outbound, application_request, callback_request};
@@ -54,7 +54,7 @@ pub(super) enum Work {
     /// The application's stored webhook URL cannot be used: no attempt can succeed until
     /// its owner sets a new one.
     Unusable {
-        application: Arc<Application>,
+        application: Arc<Named<Application>>,
         reason: String,
     },
     SyncStep(SyncKey),
@@ -125,7 +125,7 @@ impl Delivery {
         let Some(app) = self.application(application).await? else {
             return Ok(Work::Drop("the application no longer exists"));
         };
-        let url = match app.webhook.target() {
+        let url = match app.settings.webhook.target() {
             Ok(url) => url,
             Err(NoWebhook::Unset) => return Ok(Work::Drop("the application has no webhook URL")),
             Err(why @ NoWebhook::Unusable(_)) => {
@@ -137,7 +137,7 @@ impl Delivery {
         };
         let outbound = application_request(
             &job.id,
-            &app,
+            &app.settings,
             url,
             std::slice::from_ref(person),
             job.created_at,

@@ -85,56 +85,98 @@ impl HasHealth for Subscription {
     }
 }
 
+impl<V: HasHealth> HasHealth for Named<V> {
+    fn health(&self) -> &EndpointHealth {
+        self.settings.health()
+    }
+}
+
+/// An endpoint's settings as read, with the names every attempt gives the endpoint worked
+/// out once, when they are read: per attempt, formatting its name and hashing a
+/// subscription's attempt-log key (SHA-256 and hex) was a tenth of the ORCID-style
+/// handler's own work in figure 2's profile (docs/benchmarks.md, fourth pass).
+#[derive(Debug)]
+pub(super) struct Named<V> {
+    pub(super) settings: V,
+    /// The endpoint as logs and operational events name it.
+    name: String,
+    /// Its attempt log's key.
+    key: EndpointKey,
+}
+
+impl Named<Subscription> {
+    fn subscription(subscription: Subscription) -> Self {
+        Self {
+            name: subscription.endpoint(),
+            key: EndpointKey::subscription(&subscription.record, &subscription.callback),
+            settings: subscription,
+        }
+    }
+}
+
+impl Named<Application> {
+    fn application(application: Application) -> Self {
+        Self {
+            name: application.endpoint(),
+            key: EndpointKey::application(&application.id),
+            settings: application,
+        }
+    }
+}
+
 /// The cached settings of every subscriber the handler has met.
 #[derive(Default)]
 pub(super) struct Subscribers {
-    applications: TtlCache<Application>,
+    applications: TtlCache<Named<Application>>,
     clients: TtlCache<OAuthClient>,
-    subscriptions: TtlCache<Subscription>,
+    subscriptions: TtlCache<Named<Subscription>>,
 }
 
 /// The endpoint a job goes to, with its health as last read.
 #[derive(Debug, Clone)]
 pub(super) enum Endpoint {
-    Subscription(Arc<Subscription>),
-    Application(Arc<Application>),
+    Subscription(Arc<Named<Subscription>>),
+    Application(Arc<Named<Application>>),
 }
 
 impl Endpoint {
-    pub(super) fn name(&self) -> String {
+    /// The endpoint as logs and operational events name it.
+    pub(super) fn name(&self) -> &str {
         match self {
-            Self::Subscription(s) => s.endpoint(),
-            Self::Application(a) => a.endpoint(),
+            Self::Subscription(s) => &s.name,
+            Self::Application(a) => &a.name,
         }
     }
 
-    pub(super) fn key(&self) -> EndpointKey {
+    /// Its attempt log's key.
+    pub(super) fn key(&self) -> &EndpointKey {
         match self {
-            Self::Subscription(s) => EndpointKey::subscription(&s.record, &s.callback),
-            Self::Application(a) => EndpointKey::application(&a.id),
+            Self::Subscription(s) => &s.key,
+            Self::Application(a) => &a.key,
         }
     }
 
     pub(super) fn health(&self) -> &EndpointHealth {
         match self {
-            Self::Subscription(s) => &s.health,
-            Self::Application(a) => &a.health,
+            Self::Subscription(s) => &s.settings.health,
+            Self::Application(a) => &a.settings.health,
         }
     }
 
     /// The same endpoint with `health` in place of what was read.
     fn with_health(&self, health: &EndpointHealth) -> Self {
+        fn updated<V: Clone>(named: &Named<V>, set: impl FnOnce(&mut V)) -> Arc<Named<V>> {
+            let mut settings = named.settings.clone();
+            set(&mut settings);
+            Arc::new(Named {
+                settings,
+                name: named.name.clone(),
+                key: named.key.clone(),
+            })
+        }
         match self {
-            Self::Subscription(s) => {
-                let mut updated = (**s).clone();
-                updated.health = health.clone();
-                Self::Subscription(Arc::new(updated))
-            }
-            Self::Application(a) => {
-                let mut updated = (**a).clone();
-                updated.health = health.clone();
-                Self::Application(Arc::new(updated))
-            }
+            Self::Subscription(s) => Self::Subscription(updated(s, |s| s.health = health.clone())),
+            Self::Application(a) => Self::Application(updated(a, |a| a.health = health.clone())),
         }
     }
 }
@@ -191,7 +233,7 @@ impl Delivery {
     pub(super) async fn application(
         &self,
         id: &ApplicationId,
-    ) -> BackendResult<Option<Arc<Application>>> {
+    ) -> BackendResult<Option<Arc<Named<Application>>>> {
         let cache = &self.subscribers.applications;
         if let Some(hit) = cache.get_unless_disabled(id.as_str()) {
             return Ok(hit);
@@ -201,7 +243,7 @@ impl Delivery {
             .applications
             .get_application(id)
             .await?
-            .map(Arc::new);
+            .map(|app| Arc::new(Named::application(app)));
         cache.put(id.as_str(), app.clone());
         Ok(app)
     }
@@ -220,7 +262,7 @@ impl Delivery {
         &self,
         record: &RecordId,
         callback: &CallbackUrl,
-    ) -> BackendResult<Option<Arc<Subscription>>> {
+    ) -> BackendResult<Option<Arc<Named<Subscription>>>> {
         let cache = &self.subscribers.subscriptions;
         let key = endpoint_name(record, callback);
         if let Some(hit) = cache.get_unless_disabled(&key) {
@@ -231,7 +273,7 @@ impl Delivery {
             .subscriptions
             .get_subscription(record, callback)
             .await?
-            .map(Arc::new);
+            .map(|subscription| Arc::new(Named::subscription(subscription)));
         // Only found subscriptions are remembered: a callback registered again right after
         // being removed must not have its jobs dropped.
         if subscription.is_some() {
@@ -250,13 +292,13 @@ impl Delivery {
             Endpoint::Subscription(s) => {
                 self.ports
                     .subscriptions
-                    .set_subscription_health(&s.record, &s.callback, health)
+                    .set_subscription_health(&s.settings.record, &s.settings.callback, health)
                     .await
             }
             Endpoint::Application(a) => {
                 self.ports
                     .applications
-                    .set_application_health(&a.id, health)
+                    .set_application_health(&a.settings.id, health)
                     .await
             }
         }
@@ -267,8 +309,10 @@ impl Delivery {
         let updated = endpoint.with_health(health);
         let cache = &self.subscribers;
         match &updated {
-            Endpoint::Subscription(s) => cache.subscriptions.put(&s.endpoint(), Some(s.clone())),
-            Endpoint::Application(a) => cache.applications.put(a.id.as_str(), Some(a.clone())),
+            Endpoint::Subscription(s) => cache.subscriptions.put(&s.name, Some(s.clone())),
+            Endpoint::Application(a) => cache
+                .applications
+                .put(a.settings.id.as_str(), Some(a.clone())),
         }
         updated
     }
@@ -280,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_cache_whose_lock_was_poisoned_still_serves() {
-        let cache: TtlCache<Application> = TtlCache::default();
+        let cache: TtlCache<OAuthClient> = TtlCache::default();
         cache.put("app-1", None);
         let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _held = cache.0.lock();

@@ -97,7 +97,7 @@ impl Delivery {
                     .failure(false)
                     .map(|failure| failure.to_string())
                     .unwrap_or_default();
-                self.announce_exhausted(rx.job, endpoint.name(), rx.attempt, last_error)
+                self.announce_exhausted(rx.job, endpoint.name().to_owned(), rx.attempt, last_error)
                     .await;
                 self.exhausted(rx, rx.job).await
             }
