@@ -219,13 +219,34 @@ impl Attempt {
     /// The position of this attempt in its endpoint's log: time first, so the log reads
     /// newest first by going backwards; unique per attempt.
     pub fn sort_key(&self) -> String {
-        format!(
-            "{:013}#{}#{:04}",
-            self.at.epoch_ms().max(0),
-            self.message_id.as_str(),
-            self.attempt
-        )
+        // `{:013}#{message_id}#{:04}`, written without `format!` (whose padding made it a
+        // quarter of the in-memory attempt log's work per attempt in figure 2's profile).
+        let message_id = self.message_id.as_str();
+        let mut key = String::with_capacity(13 + 1 + message_id.len() + 1 + 4);
+        push_zero_padded(&mut key, self.at.epoch_ms().max(0).unsigned_abs(), 13);
+        key.push('#');
+        key.push_str(message_id);
+        key.push('#');
+        push_zero_padded(&mut key, u64::from(self.attempt), 4);
+        key
     }
+}
+
+/// Appends `n` in decimal, zero-padded to at least `width` digits.
+fn push_zero_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let start = start.min(digits.len().saturating_sub(width));
+    out.extend(digits[start..].iter().map(|&d| char::from(d)));
 }
 
 /// An attempt together with the message it sent: what the delivery handler records.
@@ -378,6 +399,13 @@ impl StoredMessage {
         }
     }
 
+    /// Notes `attempt`, of this message, as its latest (the job kept as it is).
+    pub fn note_latest(&mut self, attempt: &Attempt) {
+        self.last_attempt = attempt.attempt;
+        self.last_attempt_at = attempt.at;
+        self.last_outcome = attempt.outcome;
+    }
+
     /// The earliest time any of its attempts can have been made (the job's creation).
     pub fn created(&self) -> Timestamp {
         self.job.created_at
@@ -509,6 +537,31 @@ mod tests {
             latency: Duration::from_millis(12),
             error,
             body_prefix: bytes::Bytes::from(vec![b'x'; 3000]),
+        }
+    }
+
+    #[test]
+    fn sort_keys_are_the_padded_time_message_and_attempt() {
+        let job = crate::job::DeliveryJob::sync_step(
+            &crate::ids::SyncKey {
+                application: "a".parse().unwrap(),
+                sync: crate::ids::SyncId::generate(),
+            },
+            at_ms(0),
+        );
+        let key = EndpointKey::application(&"a".parse().unwrap());
+        let acked = outcome(Some(204), None);
+        for (ms, attempt) in [
+            (0, 0),
+            (1, 1),
+            (1_764_000_000_123, 12),
+            (9_999_999_999_999, 9_999),
+            (10_000_000_000_000, 10_000),
+            (123, u32::MAX),
+        ] {
+            let a = Attempt::new(&job, key.clone(), attempt, at_ms(ms), &acked, true);
+            let expected = format!("{ms:013}#{}#{attempt:04}", job.id.as_str());
+            assert_eq!(a.sort_key(), expected);
         }
     }
 

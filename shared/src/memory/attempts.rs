@@ -30,10 +30,23 @@ impl AttemptLog for MemoryStore {
                 let mut state = self.state();
                 for logged in attempts {
                     let a = &logged.attempt;
-                    let log = state.attempts.entry(a.endpoint.clone()).or_default();
+                    // The key is copied only for an endpoint's first attempt.
+                    let log = match state.attempts.get_mut(&a.endpoint) {
+                        Some(log) => log,
+                        None => state.attempts.entry(a.endpoint.clone()).or_default(),
+                    };
                     log.attempts.insert(a.sort_key(), a.clone());
-                    log.messages
-                        .insert(a.message_id.clone(), StoredMessage::of(logged));
+                    match log.messages.get_mut(&a.message_id) {
+                        // A message attempted again usually carries the job already kept:
+                        // only its latest attempt changes (copying the job in again, and
+                        // dropping the copy it replaced, was most of this call for a
+                        // Members-style job in figure 2's profile).
+                        Some(stored) if stored.job == logged.job => stored.note_latest(a),
+                        _ => {
+                            log.messages
+                                .insert(a.message_id.clone(), StoredMessage::of(logged));
+                        }
+                    }
                 }
                 Ok(())
             })
