@@ -119,57 +119,43 @@ pub fn envelope(
     publish_time: &str,
     subscription: &str,
 ) -> Vec<u8> {
-    // Sized up front: growing the buffers as serde writes was a tenth of the envelope.
+    // Sized up front: growing the buffers as serde wrote was a tenth of the envelope.
     let mut data = Vec::with_capacity(512);
     serde_json::to_writer(&mut data, persons).expect("JSON values serialize");
     let hash = signing_key.map(|key| members_hash(key, &data));
-    let data = B64.encode(&data);
-    let body = Envelope {
-        message: EnvelopeMessage {
-            attributes: Attributes {
-                hash: hash.as_deref(),
-            },
-            data: &data,
-            message_id,
-            message_id_snake: message_id,
-            publish_time,
-            publish_time_snake: publish_time,
-        },
-        subscription,
-    };
-    let mut bytes = Vec::with_capacity(data.len() + 256);
-    serde_json::to_writer(&mut bytes, &body).expect("JSON values serialize");
+    // Written out in the order a `serde_json::Map` keeps keys (sorted), so the bytes are the
+    // ones a `serde_json::Value` of the envelope gives. The base64 of the data and of the
+    // hash go in as they are (their alphabet needs no JSON escape): serialized as strings,
+    // the data was copied once more and scanned for escapes, byte by byte, in every message
+    // (figure 2's profile, docs/benchmarks.md, fourth pass); the other strings are escaped.
+    let encoded_len = base64::encoded_len(data.len(), true).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(encoded_len + 256);
+    bytes.extend_from_slice(b"{\"message\":{\"attributes\":{");
+    if let Some(hash) = &hash {
+        bytes.extend_from_slice(b"\"hash\":\"");
+        bytes.extend_from_slice(hash.as_bytes());
+        bytes.push(b'"');
+    }
+    bytes.extend_from_slice(b"},\"data\":\"");
+    let start = bytes.len();
+    bytes.resize(start + encoded_len, 0);
+    let written = B64
+        .encode_slice(&data, &mut bytes[start..])
+        .expect("room for the base64 was made");
+    bytes.truncate(start + written);
+    bytes.push(b'"');
+    for (key, value) in [
+        (&b",\"messageId\":"[..], message_id),
+        (b",\"message_id\":", message_id),
+        (b",\"publishTime\":", publish_time),
+        (b",\"publish_time\":", publish_time),
+        (b"},\"subscription\":", subscription),
+    ] {
+        bytes.extend_from_slice(key);
+        serde_json::to_writer(&mut bytes, value).expect("strings serialize");
+    }
+    bytes.push(b'}');
     bytes
-}
-
-// The envelope's shape, serialized straight from borrowed fields (one message per delivery:
-// building a `serde_json::Value` tree first cost more than the rest of the envelope). The
-// fields are in the order a `serde_json::Map` keeps keys (sorted), so the bytes are the
-// ones the earlier `json!` form produced.
-#[derive(serde::Serialize)]
-struct Envelope<'a> {
-    message: EnvelopeMessage<'a>,
-    subscription: &'a str,
-}
-
-#[derive(serde::Serialize)]
-struct EnvelopeMessage<'a> {
-    attributes: Attributes<'a>,
-    data: &'a str,
-    #[serde(rename = "messageId")]
-    message_id: &'a str,
-    #[serde(rename = "message_id")]
-    message_id_snake: &'a str,
-    #[serde(rename = "publishTime")]
-    publish_time: &'a str,
-    #[serde(rename = "publish_time")]
-    publish_time_snake: &'a str,
-}
-
-#[derive(serde::Serialize)]
-struct Attributes<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hash: Option<&'a str>,
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ fn standard_headers(
 ) -> Vec<(HeaderName, String)> {
     // Room for the signature and a content type: the vector is never grown.
     let mut headers = Vec::with_capacity(4);
-    headers.push((WEBHOOK_ID, message_id.to_string()));
+    headers.push((WEBHOOK_ID, message_id.as_str().to_owned()));
     headers.push((WEBHOOK_TIMESTAMP, timestamp.to_string()));
     if let Some(secrets) = secrets {
         headers.push((
