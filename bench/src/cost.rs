@@ -595,6 +595,23 @@ async fn capture_changes(s: Scenario, svc: &Service, up: &Upstreams) -> LambdaUs
     used
 }
 
+/// The delivery handler as the functions build it (the flush for its first attempts, and
+/// the delivery function), with a client that reaches the receiver on 127.0.0.1; the
+/// metric lines it prints go to the log capture.
+fn delivery_handler(svc: &Service, logs: &LogCapture) -> Delivery {
+    let http = CallbackClient::new(&HttpSettings {
+        timeout: Duration::from_secs(5),
+        url_policy: UrlPolicy {
+            allow_insecure: true,
+        },
+        ..HttpSettings::default()
+    });
+    Delivery::new(svc.aws.ports(), http, svc.resources.settings().delivery()).with_metric_lines({
+        let logs = logs.clone();
+        Arc::new(move |line: &str| logs.write_line(line))
+    })
+}
+
 /// One scheduled flush run after closing the current window, as the schedule starts it;
 /// its metric line goes to the log capture.
 async fn flush_window(svc: &Service, logs: &LogCapture) -> (LambdaUse, FlushReport) {
@@ -606,6 +623,7 @@ async fn flush_window(svc: &Service, logs: &LogCapture) -> (LambdaUse, FlushRepo
             metrics: false,
             ..svc.resources.settings().flush()
         },
+        delivery: Some(delivery_handler(svc, logs)),
     };
     svc.windows.close_current();
     let mut used = LambdaUse::with_memory(512);
@@ -678,25 +696,12 @@ async fn deliver(
     logs: &LogCapture,
     expected: usize,
 ) -> (LambdaUse, Vec<usize>) {
-    let insecure = UrlPolicy {
-        allow_insecure: true,
-    };
-    let http = CallbackClient::new(&HttpSettings {
-        timeout: Duration::from_secs(5),
-        url_policy: insecure,
-        ..HttpSettings::default()
-    });
-    // The metric lines the function prints go to the log capture.
-    let delivery = Delivery::new(svc.aws.ports(), http, svc.resources.settings().delivery())
-        .with_metric_lines({
-            let logs = logs.clone();
-            Arc::new(move |line: &str| logs.write_line(line))
-        });
+    let delivery = delivery_handler(svc, logs);
     let mut used = LambdaUse::with_memory(512);
     let mut batches = Vec::new();
-    let hits_before = receiver.hits();
     for _ in 0..expected {
-        if receiver.hits() - hits_before >= expected {
+        // Counted from the start: the flush made the first attempts of small pages.
+        if receiver.hits() >= expected {
             break;
         }
         let batch = receive_batch(svc, s.batch).await;

@@ -93,6 +93,7 @@ async fn run_measured(shape: Shape) -> (u64, Duration, Duration) {
     }
     windows.close_current();
     let flush = Flush {
+        delivery: None,
         ports: webhooks::ports::Ports::over(
             store,
             records,

@@ -508,6 +508,7 @@ fn model(workers: usize, memory_mb: f64, costs: CpuCosts) -> Model {
         Worker {
             assignment: assignment(k, workers),
             flush: Arc::new(Flush {
+                delivery: None,
                 ports,
                 windows: windows.clone(),
                 settings: FlushSettings::default(),

@@ -190,6 +190,7 @@ impl Runtime {
             ..HttpSettings::default()
         })
         .with_clock(ports.clock.clone());
+        let delivery = Delivery::new(ports.clone(), http.clone(), delivery_settings(config));
         Ok(Self {
             registration: Registration {
                 ports: ports.clone(),
@@ -207,8 +208,10 @@ impl Runtime {
                 ports: ports.clone(),
                 windows: windows.clone(),
                 settings: FlushSettings::default(),
+                // As on Lambda: a quiet window's jobs are attempted by the flush itself.
+                delivery: Some(delivery.clone()),
             },
-            delivery: Delivery::new(ports.clone(), http, delivery_settings(config)),
+            delivery,
             events,
             storage,
             ports,

@@ -39,6 +39,10 @@ pub struct Settings {
     pub flush_interval: Duration,
     /// `FLUSH_GRACE_SECONDS` (default 90).
     pub flush_grace: Duration,
+    /// `FLUSH_FIRST_ATTEMPTS` (default 10): a page of a shard with at most this many jobs
+    /// has their first attempt made by the flush itself; 0 queues every job
+    /// ([`FlushSettings::first_attempts_up_to`]).
+    pub flush_first_attempts: usize,
     /// `RETRY_BASE_SECONDS` (default 60) and `MAX_ATTEMPTS` (default 15).
     pub retry: RetryPolicy,
     /// `DELIVERY_TIMEOUT_SECONDS` (default 10).
@@ -120,6 +124,10 @@ impl Settings {
             disabled_endpoint_queue_url: env.required("DISABLED_ENDPOINT_QUEUE_URL")?,
             flush_interval: Duration::from_secs(60 * env.number("FLUSH_INTERVAL_MINUTES", 5)?),
             flush_grace: Duration::from_secs(env.number("FLUSH_GRACE_SECONDS", 90)?),
+            flush_first_attempts: env.number(
+                "FLUSH_FIRST_ATTEMPTS",
+                FlushSettings::default().first_attempts_up_to as u64,
+            )? as usize,
             retry: RetryPolicy {
                 base: Duration::from_secs(env.number("RETRY_BASE_SECONDS", 60)?),
                 max_attempts: env.number("MAX_ATTEMPTS", 15)?.min(u64::from(u32::MAX)) as u32,
@@ -161,6 +169,7 @@ impl Settings {
             max_lag: windows_per_ttl,
             window_length: self.flush_interval,
             metrics: true,
+            first_attempts_up_to: self.flush_first_attempts,
             ..FlushSettings::default()
         }
     }
@@ -217,6 +226,9 @@ mod tests {
         assert_eq!(s.delivery_concurrency, 100);
         assert_eq!(s.token_lifetime, Duration::from_secs(3600));
         assert_eq!(s.flush().max_lag, 2016);
+        assert_eq!(s.flush().first_attempts_up_to, 10);
+        let queued = settings(&[("FLUSH_FIRST_ATTEMPTS", "0")]).unwrap();
+        assert_eq!(queued.flush().first_attempts_up_to, 0);
     }
 
     #[test]

@@ -334,6 +334,16 @@ impl DeliveryJob {
         }
     }
 
+    /// The job to put on the queue after delivery attempt `attempt` (1-based) failed
+    /// before it was on the queue (the flush's own first attempt): its next receive is
+    /// attempt `attempt + 1`.
+    pub fn after_attempt(&self, attempt: u32) -> Self {
+        Self {
+            attempts_made: attempt,
+            ..self.clone()
+        }
+    }
+
     /// The job as its owner sends it again: a new attempt series, with the endpoint's
     /// settings read fresh.
     pub fn redelivered(&self) -> Self {

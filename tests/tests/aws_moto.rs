@@ -71,6 +71,7 @@ impl Pipeline {
                 windows: windows.clone(),
             },
             flush: Flush {
+                delivery: None,
                 ports: aws.ports(),
                 windows: windows.clone(),
                 settings: FlushSettings::default(),
@@ -482,6 +483,7 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
         windows: p.windows.clone(),
     };
     let flush = Flush {
+        delivery: None,
         ports: ports.clone(),
         windows: p.windows.clone(),
         settings: FlushSettings {
@@ -882,6 +884,7 @@ async fn a_poison_change_is_set_aside_in_dynamodb_and_the_flush_moves_on() {
     change_person(&aws, &windows, "p-3", "Di").await;
     windows.close_current();
     let flush = Flush {
+        delivery: None,
         ports: aws.ports(),
         windows: windows.clone(),
         settings: FlushSettings::default(),
@@ -1189,6 +1192,7 @@ async fn a_record_marked_by_several_batches_is_notified_once_per_window() {
         ..
     } = ClosedWindow::new(30, &[0..20, 10..30, 0..30, 5..6]).await;
     let flush = Flush {
+        delivery: None,
         ports: aws.ports(),
         windows: windows.clone(),
         settings: FlushSettings {
@@ -1303,6 +1307,7 @@ impl StuckQueue {
         let mut ports = aws.ports();
         ports.queue = queue.clone();
         let flush = Arc::new(Flush {
+            delivery: None,
             ports,
             windows: windows.clone(),
             settings,
@@ -1453,6 +1458,7 @@ async fn a_killed_flush_worker_is_resumed_from_its_shard_position() {
     assert!((6..=12).contains(&first.len()), "six pages: {first:?}");
 
     let flush = Flush {
+        delivery: None,
         ports: aws.ports(),
         windows: windows.clone(),
         settings,
@@ -1513,6 +1519,7 @@ async fn a_killed_flush_of_some_shards_is_resumed_and_holds_no_other_back() {
     };
     let (queue, killed_flush) = StuckQueue::flush(&aws, &windows, settings, 4);
     let flush = Flush {
+        delivery: None,
         ports: aws.ports(),
         windows: windows.clone(),
         settings,

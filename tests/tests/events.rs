@@ -102,6 +102,7 @@ impl Service {
 
     fn flush(&self) -> Flush {
         Flush {
+            delivery: None,
             ports: self.ports(),
             windows: self.windows.clone(),
             settings: FlushSettings::default(),

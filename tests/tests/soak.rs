@@ -211,6 +211,7 @@ async fn no_notification_is_lost_under_faults() {
         windows: windows.clone(),
     };
     let flush = Flush {
+        delivery: None,
         ports: ports.clone(),
         windows: windows.clone(),
         settings: FlushSettings {

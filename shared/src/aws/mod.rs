@@ -175,6 +175,7 @@ impl AwsServices {
             ports: self.ports(),
             windows: self.windows(),
             settings: self.settings.flush(),
+            delivery: Some(self.delivery()),
         }
     }
 

@@ -9,6 +9,7 @@
 
 use crate::application::{Application, endpoint_name};
 use crate::clock::Timestamp;
+use crate::handlers::Delivery;
 use crate::ids::ApplicationId;
 use crate::job::DeliveryJob;
 use crate::members::{consents, scoped_person};
@@ -29,6 +30,10 @@ use tokio::time::Instant;
 
 /// The lease of a run without a deadline (the local runner): Lambda's longest timeout.
 const LEASE_WITHOUT_DEADLINE: Duration = Duration::from_secs(900);
+
+/// What a page's first attempts need after their requests (the attempt log's write, the
+/// queue's sends), before the run's deadline.
+const AFTER_FIRST_ATTEMPTS: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 pub struct FlushSettings {
@@ -51,6 +56,12 @@ pub struct FlushSettings {
     pub window_length: Duration,
     /// Print a CloudWatch Embedded Metric Format line per run (on Lambda).
     pub metrics: bool,
+    /// A page of a shard whose jobs number at most this has their first attempt made by
+    /// the flush itself ([`Flush::delivery`]), and only the jobs that need another go on
+    /// the queue; 0 queues every job. A quiet window's few jobs then cost no queue
+    /// messages and no delivery invocation (docs/architecture.md, "First attempts by the
+    /// flush"); a busy window's pages go on the queue, where deliveries scale out.
+    pub first_attempts_up_to: usize,
 }
 
 impl Default for FlushSettings {
@@ -66,6 +77,9 @@ impl Default for FlushSettings {
             lease_margin: Duration::from_secs(60),
             window_length: Duration::from_secs(300),
             metrics: false,
+            // One `SendMessageBatch`: below it, the queue's messages are sent, received and
+            // deleted in batches smaller than SQS's 10.
+            first_attempts_up_to: 10,
         }
     }
 }
@@ -77,8 +91,10 @@ pub struct FlushReport {
     pub windows: u64,
     /// Pending records read.
     pub records: u64,
-    /// Delivery jobs enqueued.
+    /// Delivery jobs made (queued, or attempted by the flush itself).
     pub jobs: u64,
+    /// Of those, the jobs whose first attempt the flush made itself.
+    pub first_attempts: u64,
     /// Changes set aside as poison items (see [`crate::poison`]).
     pub set_aside: u64,
     /// True when it stopped at the deadline and the next run continues.
@@ -94,6 +110,7 @@ impl FlushReport {
     fn add_pages(&mut self, pages: &FlushReport) {
         self.records += pages.records;
         self.jobs += pages.jobs;
+        self.first_attempts += pages.first_attempts;
         self.set_aside += pages.set_aside;
     }
 }
@@ -138,6 +155,9 @@ pub struct Flush {
     /// Which windows are closed.
     pub windows: Arc<dyn FlushWindows>,
     pub settings: FlushSettings,
+    /// The delivery handler the flush makes the first attempts of small pages with
+    /// ([`FlushSettings::first_attempts_up_to`]); `None` queues every job.
+    pub delivery: Option<Delivery>,
 }
 
 impl Flush {
@@ -349,6 +369,7 @@ impl Flush {
                     &position,
                     members,
                     lookups,
+                    deadline,
                     &mut flushed,
                     &mut page_report,
                 )
@@ -433,6 +454,7 @@ impl Flush {
         position: &ShardPosition,
         members: bool,
         lookups: usize,
+        deadline: Option<Instant>,
         flushed: &mut FlushedRecords,
         report: &mut FlushReport,
     ) -> Result<Option<String>, BackendError> {
@@ -448,13 +470,20 @@ impl Flush {
             .await?;
         let records = flushed.fresh(page.items);
         let mut plan = self.plan(window, &records, members, lookups).await?;
+        let made = plan.jobs.len();
+        if let Some(delivery) = self.first_attempts_by(&plan, deadline) {
+            let until = deadline.unwrap_or_else(|| Instant::now() + LEASE_WITHOUT_DEADLINE);
+            let left = delivery.first_attempts(plan.jobs.clone(), until).await;
+            report.first_attempts += (made - left.len()) as u64;
+            plan.keep_jobs(&left);
+        }
         // Most shards of a quiet window are empty: no call for them.
         let enqueued = if plan.jobs.is_empty() {
             crate::ports::Enqueued::default()
         } else {
             self.ports.queue.enqueue(&plan.jobs).await?
         };
-        report.jobs += (plan.jobs.len() - enqueued.refused.len()) as u64;
+        report.jobs += (made - enqueued.refused.len()) as u64;
         for refused in enqueued.refused {
             plan.set_aside.push(PoisonItem::refused(
                 &plan.records[refused.index],
@@ -474,6 +503,21 @@ impl Flush {
         report.records += records.len() as u64;
         report.set_aside += plan.set_aside.len() as u64;
         Ok(page.next)
+    }
+
+    /// The delivery handler to make the first attempts of `plan`'s jobs with: when there is
+    /// one, the page is small enough ([`FlushSettings::first_attempts_up_to`]) and the run
+    /// has time for the attempts' whole timeout before its deadline (a page attempted in
+    /// part would be repeated).
+    fn first_attempts_by(&self, plan: &PagePlan, deadline: Option<Instant>) -> Option<&Delivery> {
+        let delivery = self.delivery.as_ref()?;
+        let jobs = plan.jobs.len();
+        let small = jobs > 0 && jobs <= self.settings.first_attempts_up_to;
+        let in_time = deadline.is_none_or(|d| {
+            d.saturating_duration_since(Instant::now())
+                > delivery.http.timeout() + AFTER_FIRST_ATTEMPTS
+        });
+        (small && in_time).then_some(delivery)
     }
 
     /// One job per (record, subscription) and per (person, consented application with a
@@ -664,6 +708,17 @@ impl PagePlan {
         self.records.push(record.clone());
         self.jobs.push(job);
     }
+
+    /// Keeps only the jobs `ids` names (and their records), in order.
+    fn keep_jobs(&mut self, ids: &[String]) {
+        let (records, jobs) = std::mem::take(&mut self.records)
+            .into_iter()
+            .zip(std::mem::take(&mut self.jobs))
+            .filter(|(_, job)| ids.iter().any(|id| id == job.id.as_str()))
+            .unzip();
+        self.records = records;
+        self.jobs = jobs;
+    }
 }
 
 #[cfg(test)]
@@ -780,6 +835,7 @@ mod tests {
         windows.close_current();
         Setup {
             flush: Arc::new(Flush {
+                delivery: None,
                 ports,
                 windows: windows.clone(),
                 settings,
@@ -1116,6 +1172,7 @@ mod poison_tests {
 
         fn flush(&self, ports: Ports) -> Flush {
             Flush {
+                delivery: None,
                 ports,
                 windows: self.windows.clone(),
                 settings: FlushSettings {

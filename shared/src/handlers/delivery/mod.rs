@@ -29,7 +29,7 @@ use crate::retry::RetryPolicy;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
 use ledger::{BatchLedger, LoggedReport, TaskReport};
-use plan::{Received, Work};
+use plan::{Received, Source, Work};
 use std::sync::Arc;
 use std::time::Duration;
 use subscribers::Subscribers;
@@ -101,7 +101,7 @@ impl Delivery {
         let messages = plan::parse(event);
         self.prefetch_subscribers(messages.iter().filter_map(|(_, job)| job.as_ref().ok()))
             .await;
-        let ledger = self.run_messages(messages, deadline).await;
+        let ledger = self.run_messages(messages, deadline, Source::Queue).await;
         let kept = self.finish_batch(ledger, deadline).await;
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = kept
@@ -115,6 +115,33 @@ impl Delivery {
         response
     }
 
+    /// Makes the first attempt of jobs the flush has just made, as one batch, before any
+    /// of them is on the queue (docs/architecture.md, "First attempts by the flush"). What
+    /// becomes of each is what becomes of a message on its first receive: an acknowledged
+    /// job is done; a failed one is sent to the delivery queue for its next attempt after
+    /// the retry delay, carrying the attempt it made (or, after the last attempt, to the
+    /// dead-letter queue); a job for a disabled endpoint is parked. Returns the ids of the
+    /// jobs it could not settle so (the queue refused the message): the flush queues
+    /// those as they are.
+    pub async fn first_attempts(
+        &self,
+        jobs: Vec<crate::job::DeliveryJob>,
+        deadline: Instant,
+    ) -> Vec<String> {
+        self.prefetch_subscribers(jobs.iter()).await;
+        let messages = jobs
+            .into_iter()
+            .map(|job| {
+                // No receipt handle: nothing to hide or delete on a queue.
+                let mut message = SqsMessage::default();
+                message.message_id = Some(job.id.as_str().to_owned());
+                (message, Ok(job))
+            })
+            .collect();
+        let ledger = self.run_messages(messages, deadline, Source::Flush).await;
+        self.finish_batch(ledger, deadline).await
+    }
+
     /// Runs the batch's messages, at most [`DeliverySettings::concurrency`] at once, on one
     /// task of its own ([`in_own_task`]), and adds up their reports as they end. On a
     /// runtime worker, the requests it makes wake the client's connection tasks on that
@@ -122,7 +149,12 @@ impl Delivery {
     /// outside the workers), each request woke a parked worker instead (figure 2's profile
     /// in docs/benchmarks.md: 4.1 µs a message in parking and waking against the bare
     /// loop's 1.9).
-    async fn run_messages(&self, messages: Vec<plan::Parsed>, deadline: Instant) -> BatchLedger {
+    async fn run_messages(
+        &self,
+        messages: Vec<plan::Parsed>,
+        deadline: Instant,
+        source: Source,
+    ) -> BatchLedger {
         // Kept should the task be stopped (the runtime shutting down) and report nothing.
         let message_ids: Vec<String> = messages
             .iter()
@@ -133,7 +165,7 @@ impl Delivery {
             let ledger = BatchLedger::for_batch(messages.len());
             let delivery = &delivery;
             futures::stream::iter(messages)
-                .map(|(message, job)| delivery.process(message, job, deadline))
+                .map(|(message, job)| delivery.process(message, job, source, deadline))
                 .buffer_unordered(delivery.settings.concurrency.max(1))
                 .fold(ledger, |mut ledger, report| {
                     ledger.add(report, &delivery.settings.health);
@@ -174,6 +206,7 @@ impl Delivery {
         &self,
         message: SqsMessage,
         job: Result<crate::job::DeliveryJob, serde_json::Error>,
+        source: Source,
         deadline: Instant,
     ) -> LoggedReport {
         let message_id = message.message_id.clone().unwrap_or_default();
@@ -189,6 +222,7 @@ impl Delivery {
         };
         let rx = Received {
             message: &message,
+            source,
             id: message_id,
             job: &job,
             attempt: job.attempts_made.saturating_add(receives),

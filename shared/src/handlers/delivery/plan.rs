@@ -37,9 +37,21 @@ pub(super) fn receives(message: &SqsMessage) -> u32 {
         .unwrap_or(1)
 }
 
+/// Where a batch's messages come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// Received from the delivery queue: a retry hides the message for its delay, and the
+    /// queue's redrive policy moves it to the dead-letter queue after its last receive.
+    Queue,
+    /// Jobs the flush has just made, attempted before they are on any queue: a retry is the
+    /// job sent to the queue with a delay, a move to the dead-letter queue a message sent.
+    Flush,
+}
+
 /// A message received in this batch, with its job and the attempt it is.
 pub(super) struct Received<'a> {
     pub(super) message: &'a SqsMessage,
+    pub(super) source: Source,
     /// The SQS message id (what a batch item failure names).
     pub(super) id: String,
     pub(super) job: &'a DeliveryJob,

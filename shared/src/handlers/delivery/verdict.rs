@@ -4,7 +4,7 @@
 
 use super::Delivery;
 use super::ledger::TaskReport;
-use super::plan::Received;
+use super::plan::{Received, Source};
 use super::subscribers::Endpoint;
 use crate::events::OpsEvent;
 use crate::http_client::AttemptOutcome;
@@ -83,8 +83,7 @@ impl Delivery {
             Verdict::RetryAfter(delay) => {
                 let retry_in_ms = delay.as_millis() as u64;
                 tracing::warn!(status, error, retry_in_ms, "delivery failed; will retry");
-                self.hide(rx.message, delay, &rx.id).await;
-                Some(rx.id.clone())
+                self.retry_after(rx, delay).await
             }
             Verdict::Exhausted => {
                 tracing::error!(
@@ -100,6 +99,34 @@ impl Delivery {
                 self.announce_exhausted(rx.job, endpoint.name().to_owned(), rx.attempt, last_error)
                     .await;
                 self.exhausted(rx, rx.job).await
+            }
+        }
+    }
+
+    /// Makes the next attempt come after `delay`: the received message hidden for it, or
+    /// a job the flush attempted sent to the queue with it (at most the 15-minute send
+    /// delay), carrying the attempt it made. Returns the message id when it must stay (on
+    /// the queue; for the flush, to be queued as it is).
+    async fn retry_after(&self, rx: &Received<'_>, delay: Duration) -> Option<String> {
+        match rx.source {
+            Source::Queue => {
+                self.hide(rx.message, delay, &rx.id).await;
+                Some(rx.id.clone())
+            }
+            Source::Flush => {
+                let next = rx.job.after_attempt(rx.attempt);
+                match self
+                    .ports
+                    .queue
+                    .enqueue_delayed(&next, delay.min(MAX_SEND_DELAY))
+                    .await
+                {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not queue the job for its next attempt; the flush queues it as it is");
+                        Some(rx.id.clone())
+                    }
+                }
             }
         }
     }
@@ -123,9 +150,10 @@ impl Delivery {
     /// After the last attempt of `job` (the received one, or the one it would be sent
     /// again as). A message whose receive count holds its whole history is left to the
     /// queue's redrive policy (which moves the original message); one sent again after a
-    /// backend failure is below the redrive limit, so it is moved here.
+    /// backend failure is below the redrive limit, and a job the flush attempted is on no
+    /// queue, so those are moved here.
     async fn exhausted(&self, rx: &Received<'_>, job: &DeliveryJob) -> Option<String> {
-        if *job != job.replayable() {
+        if rx.source == Source::Flush || *job != job.replayable() {
             match self.ports.queue.dead_letter(&job.replayable()).await {
                 Ok(()) => return None,
                 Err(e) => {
