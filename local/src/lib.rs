@@ -63,6 +63,9 @@ pub struct LocalConfig {
     pub delivery_timeout: Duration,
     /// Concurrent requests within one delivery batch.
     pub delivery_concurrency: usize,
+    /// A flush page with at most this many jobs has their first attempt made by the flush
+    /// itself (0: every job goes on the queue), as `FLUSH_FIRST_ATTEMPTS` on Lambda.
+    pub flush_first_attempts: usize,
     /// Concurrent delivery pollers (like concurrent Lambda invocations).
     pub delivery_workers: usize,
     /// The queue's default visibility timeout (a crashed delivery reappears after it).
@@ -93,6 +96,7 @@ impl Default for LocalConfig {
             retry: RetryPolicy::default(),
             delivery_timeout: Duration::from_secs(10),
             delivery_concurrency: 100,
+            flush_first_attempts: FlushSettings::default().first_attempts_up_to,
             delivery_workers: 4,
             visibility_timeout: Duration::from_secs(60),
             token_lifetime: Duration::from_secs(3600),
@@ -207,7 +211,10 @@ impl Runtime {
             flush: Flush {
                 ports: ports.clone(),
                 windows: windows.clone(),
-                settings: FlushSettings::default(),
+                settings: FlushSettings {
+                    first_attempts_up_to: config.flush_first_attempts,
+                    ..FlushSettings::default()
+                },
                 // As on Lambda: a quiet window's jobs are attempted by the flush itself.
                 delivery: Some(delivery.clone()),
             },

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
+use webhooks::handlers::FlushSettings;
 use webhooks::handlers::registration::encode_uri_component;
 use webhooks::ids::{ApplicationId, ClientId, InvalidId};
 use webhooks::retry::RetryPolicy;
@@ -34,6 +35,10 @@ struct Args {
     /// Concurrent requests within one delivery batch.
     #[arg(long, default_value_t = 100)]
     delivery_concurrency: usize,
+    /// A flush page with at most this many jobs has their first attempt made by the flush
+    /// itself, and only those needing another go on the queue; 0 queues every job.
+    #[arg(long, default_value_t = FlushSettings::default().first_attempts_up_to)]
+    flush_first_attempts: usize,
     /// Access-token lifetime.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     token_lifetime: Duration,
@@ -93,6 +98,7 @@ async fn main() -> ExitCode {
         },
         delivery_timeout: args.delivery_timeout,
         delivery_concurrency: args.delivery_concurrency,
+        flush_first_attempts: args.flush_first_attempts,
         token_lifetime: args.token_lifetime,
         allow_insecure_callbacks: args.allow_insecure_callbacks,
         clients: args.clients,

@@ -290,11 +290,13 @@ async fn a_callback_query_sent_as_the_request_query_is_400() {
 /// character SQS refuses is delivered intact, a person too large for any message is set
 /// aside as a poison item that `/local/status` shows and `/local/poison/replay` replays,
 /// and the flush is not held back by it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_person_is_set_aside_and_the_others_are_delivered() {
+/// A runner with application `app-1`'s webhook on a new receiver, where `p-big` (too large
+/// for any queue message) and `p-odd` (a character SQS refuses) changed.
+async fn members_big_and_odd(first_attempts: usize) -> (LocalService, LocalApi, Receiver) {
     let service = LocalService::start(LocalConfig {
         applications: vec![("app-1".parse().unwrap(), "key-1".into())],
         sample_record: false,
+        flush_first_attempts: first_attempts,
         ..config(Duration::from_millis(100), 3)
     })
     .await
@@ -316,7 +318,13 @@ async fn a_poison_person_is_set_aside_and_the_others_are_delivered() {
     };
     put("p-big", "x".repeat(webhooks::message::MAX_MESSAGE_BYTES)).await;
     put("p-odd", "Zoë\u{FFFF}".into()).await;
+    (service, api, receiver)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_person_is_set_aside_and_the_others_are_delivered() {
+    // Every job through the queue, which refuses the large one.
+    let (service, api, receiver) = members_big_and_odd(0).await;
     let report = api.flush().await;
     assert_eq!(
         (report["jobs"].clone(), report["set_aside"].clone()),
@@ -350,5 +358,41 @@ async fn a_poison_person_is_set_aside_and_the_others_are_delivered() {
         status["poison"][0]["window"].as_u64() > first_window.as_u64(),
         "{status}"
     );
+    service.stop().await;
+}
+
+/// With the flush's first attempts, a job too large for the queue reaches its receiver
+/// when the first attempt is acknowledged, and is set aside only when it needs the queue
+/// for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_too_large_for_the_queue_is_set_aside_only_when_its_first_attempt_fails() {
+    let (service, api, receiver) = members_big_and_odd(10).await;
+    let report = api.flush().await;
+    assert_eq!(
+        (report["jobs"].clone(), report["first_attempts"].clone(), report["set_aside"].clone()),
+        (json!(2), json!(2), json!(0)),
+        "{report}"
+    );
+    let hits = receiver.wait_for(2, WAIT).await;
+    assert_eq!(hits.len(), 2, "both delivered by the flush");
+    assert!(api.status().await["poison"].as_array().unwrap().is_empty());
+
+    // Both fail their first attempt: the odd one is retried from the queue, the large one
+    // cannot be queued and is set aside.
+    receiver.script(&[500, 500]);
+    let put = async |id: &str, first_name: String| {
+        let person = json!({"firstName": first_name, "consents": {"app-1": ["members.read_name"]}});
+        api.put_person(id, person).await;
+    };
+    put("p-big", "y".repeat(webhooks::message::MAX_MESSAGE_BYTES)).await;
+    put("p-odd", "Zoë again\u{FFFF}".into()).await;
+    let report = api.flush().await;
+    assert_eq!(report["set_aside"], 1, "{report}");
+    let status = api.status().await;
+    assert_eq!(status["poison"][0]["record"], "p-big", "{status}");
+    // The odd one's second attempt, from the queue after the retry delay, is acknowledged.
+    let hits = receiver.wait_for(5, WAIT).await;
+    assert_eq!(hits.len(), 5, "{:?}", hits.iter().map(|h| h.status).collect::<Vec<_>>());
+    assert_eq!(hits[4].status, 204);
     service.stop().await;
 }
