@@ -79,14 +79,29 @@ impl<F: Fn(&str) -> Option<String>> Environment<F> {
 
     /// A positive whole number, `default` when unset.
     fn number(&self, name: &'static str, default: u64) -> Result<u64, ConfigError> {
+        self.whole(name, default, 1, "expected a positive whole number")
+    }
+
+    /// A whole number, 0 included, or `default` when unset.
+    fn count(&self, name: &'static str, default: u64) -> Result<u64, ConfigError> {
+        self.whole(name, default, 0, "expected a whole number")
+    }
+
+    fn whole(
+        &self,
+        name: &'static str,
+        default: u64,
+        least: u64,
+        reason: &'static str,
+    ) -> Result<u64, ConfigError> {
         match self.set(name) {
             None => Ok(default),
             Some(value) => match value.trim().parse::<u64>() {
-                Ok(n) if n > 0 => Ok(n),
+                Ok(n) if n >= least => Ok(n),
                 _ => Err(ConfigError::Invalid {
                     name,
                     value,
-                    reason: "expected a positive whole number",
+                    reason,
                 }),
             },
         }
@@ -124,7 +139,7 @@ impl Settings {
             disabled_endpoint_queue_url: env.required("DISABLED_ENDPOINT_QUEUE_URL")?,
             flush_interval: Duration::from_secs(60 * env.number("FLUSH_INTERVAL_MINUTES", 5)?),
             flush_grace: Duration::from_secs(env.number("FLUSH_GRACE_SECONDS", 90)?),
-            flush_first_attempts: env.number(
+            flush_first_attempts: env.count(
                 "FLUSH_FIRST_ATTEMPTS",
                 FlushSettings::default().first_attempts_up_to as u64,
             )? as usize,
@@ -229,6 +244,7 @@ mod tests {
         assert_eq!(s.flush().first_attempts_up_to, 10);
         let queued = settings(&[("FLUSH_FIRST_ATTEMPTS", "0")]).unwrap();
         assert_eq!(queued.flush().first_attempts_up_to, 0);
+        assert!(settings(&[("FLUSH_FIRST_ATTEMPTS", "-1")]).is_err());
     }
 
     #[test]
