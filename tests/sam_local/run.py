@@ -50,7 +50,9 @@ RECORD = "0000-0002-7465-2162"  # the seed's record (every event names it)
 SEED_CALLBACK = f"https://nowhere2.com/{RECORD}/updated"
 FLUSH_INTERVAL_MINUTES = 1  # the shortest window, so the flush test waits at most a minute
 FLUSH_GRACE_SECONDS = 1
-RETRY_BASE_SECONDS = 120
+# The flush's failed first attempts come back this long after it; the delivery function's
+# failed second attempt is hidden twice as long, past the test's own receive (RECEIVE_VISIBILITY).
+RETRY_BASE_SECONDS = 45
 INVOKE_TIMEOUT = 240  # one `sam local invoke` under qemu, image build included
 CONTAINER_CONNECTION_TIMEOUT = 120  # the emulator's start under qemu (SAM's default is 20 s)
 RECEIVE_VISIBILITY = 30  # the test's own receive; an invocation takes about 10 s
@@ -76,7 +78,8 @@ class Report:
 
 
 class Receiver:
-    """A webhook receiver on the bridge: /ok/... answers 204, /fail/... answers 500."""
+    """A webhook receiver on the bridge: /ok/... answers 500 to its first POST (the flush's
+    first attempt) and 204 after that, /fail/... always answers 500."""
 
     def __init__(self, host):
         self.posts = []
@@ -88,6 +91,7 @@ class Receiver:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
                 with receiver.lock:
+                    again = any(p["path"] == self.path for p in receiver.posts)
                     receiver.posts.append(
                         {
                             "path": self.path,
@@ -95,7 +99,7 @@ class Receiver:
                             "body": body,
                         }
                     )
-                self.send_response(204 if self.path.startswith("/ok/") else 500)
+                self.send_response(204 if again and self.path.startswith("/ok/") else 500)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
@@ -535,8 +539,21 @@ def run(args, report):
         def flush():
             response = sam.invoke("FlushFunction", load_event("schedule.json"), "schedule")
             expect(isinstance(response, dict), f"not a flush report: {response!r}")
-            # Only the seed's record has subscribers: the two receiver callbacks.
-            expect(response.get("jobs") == 2, f"expected 2 jobs (two callbacks), got {response}")
+            # Only the seed's record has subscribers: the two receiver callbacks, whose first
+            # attempts the flush made itself (a quiet window), both refused.
+            expect(
+                (response.get("jobs"), response.get("first_attempts")) == (2, 2),
+                f"expected 2 jobs (two callbacks), both attempted by the flush, got {response}",
+            )
+            for prefix in ("/ok/", "/fail/"):
+                posts = receiver.posts_to(prefix)
+                expect(len(posts) == 1, f"{prefix}: {len(posts)} POSTs from the flush, expected 1")
+                try:
+                    Webhook(webhook_secret).verify(
+                        posts[0]["body"], posts[0]["headers"], json_parse=False
+                    )
+                except WebhookVerificationError as e:
+                    raise Failed(f"{prefix}: the flush's signature does not verify: {e}") from None
             expect(response.get("records") == 2, f"expected 2 pending records read: {response}")
             # Pending entries expire by TTL; the flush's cursor says their window is done.
             cursor = moto.dynamodb.get_item(
@@ -550,11 +567,14 @@ def run(args, report):
                 done_through >= pending_window,
                 f"cursor {cursor}, pending entries in window {pending_window}",
             )
+            # Each refused job waits on the queue for its retry delay.
             attributes = moto.sqs.get_queue_attributes(
-                QueueUrl=names["DeliveryQueue"], AttributeNames=["ApproximateNumberOfMessages"]
+                QueueUrl=names["DeliveryQueue"],
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"],
             )["Attributes"]
             expect(
-                attributes["ApproximateNumberOfMessages"] == "2",
+                attributes
+                == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesDelayed": "2"},
                 f"delivery queue: {attributes}",
             )
 
@@ -572,16 +592,23 @@ def run(args, report):
 
         report.check("sam local invoke FlushFunction -e events/flush-shards.json", flush_shards)
 
-        # ---- DeliveryFunction: the messages the flush enqueued, in sqs-batch.json's shape
+        # ---- DeliveryFunction: the jobs the flush queued for their second attempt, in
+        # sqs-batch.json's shape, once their retry delay is over
         def deliver():
+            received = []
+            give_up = time.monotonic() + RETRY_BASE_SECONDS + 60
+            while len(received) < 2 and time.monotonic() < give_up:
+                received += moto.sqs.receive_message(
+                    QueueUrl=names["DeliveryQueue"],
+                    MaxNumberOfMessages=10,
+                    VisibilityTimeout=RECEIVE_VISIBILITY,
+                    WaitTimeSeconds=5,
+                    AttributeNames=["All"],
+                ).get("Messages", [])
             received_at = time.monotonic()
-            received = moto.sqs.receive_message(
-                QueueUrl=names["DeliveryQueue"],
-                MaxNumberOfMessages=10,
-                VisibilityTimeout=RECEIVE_VISIBILITY,
-                AttributeNames=["All"],
-            ).get("Messages", [])
             expect(len(received) == 2, f"received {len(received)} messages, expected 2")
+            made = [json.loads(m["Body"]).get("attempts_made") for m in received]
+            expect(made == [1, 1], f"attempts made before the queue: {made}, expected the flush's 1")
             event = load_event("sqs-batch.json")
             template = event["Records"][0]
             arn = moto.sqs.get_queue_attributes(
@@ -617,10 +644,10 @@ def run(args, report):
             )
             for prefix in ("/ok/", "/fail/"):
                 posts = receiver.posts_to(prefix)
-                expect(len(posts) == 1, f"{prefix}: {len(posts)} POSTs, expected 1")
+                expect(len(posts) == 2, f"{prefix}: {len(posts)} POSTs, expected 2")
                 try:
                     Webhook(webhook_secret).verify(
-                        posts[0]["body"], posts[0]["headers"], json_parse=False
+                        posts[1]["body"], posts[1]["headers"], json_parse=False
                     )
                 except WebhookVerificationError as e:
                     raise Failed(f"{prefix}: signature does not verify: {e}") from None
