@@ -159,7 +159,10 @@ async fn a_failed_first_attempt_is_queued_for_its_second_after_the_retry_delay()
     // After the delay (1 s), the delivery function receives it as its second attempt.
     let jobs = received_jobs(&s.queue, Duration::from_secs(10)).await;
     assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0].attempts_made, 1, "it carries the attempt the flush made");
+    assert_eq!(
+        jobs[0].attempts_made, 1,
+        "it carries the attempt the flush made"
+    );
     assert!(s.queue.dead_letters().is_empty());
 }
 
@@ -182,7 +185,12 @@ async fn a_failed_last_attempt_goes_to_the_dead_letter_queue() {
 #[tokio::test]
 async fn a_page_above_the_bound_is_queued_unattempted() {
     // One shard's page of three jobs, above a bound of two.
-    let s = service(&webhooks::testing::records_of_shard(Shard(3), "busy", 3), 2, 5).await;
+    let s = service(
+        &webhooks::testing::records_of_shard(Shard(3), "busy", 3),
+        2,
+        5,
+    )
+    .await;
     let report = s.flush.run(None).await.unwrap();
     assert_eq!((report.jobs, report.first_attempts), (3, 0), "{report:?}");
     assert!(s.receiver.hits().is_empty(), "no attempt by the flush");

@@ -369,7 +369,11 @@ async fn a_person_too_large_for_the_queue_is_set_aside_only_when_its_first_attem
     let (service, api, receiver) = members_big_and_odd(10).await;
     let report = api.flush().await;
     assert_eq!(
-        (report["jobs"].clone(), report["first_attempts"].clone(), report["set_aside"].clone()),
+        (
+            report["jobs"].clone(),
+            report["first_attempts"].clone(),
+            report["set_aside"].clone()
+        ),
         (json!(2), json!(2), json!(0)),
         "{report}"
     );
@@ -392,7 +396,12 @@ async fn a_person_too_large_for_the_queue_is_set_aside_only_when_its_first_attem
     assert_eq!(status["poison"][0]["record"], "p-big", "{status}");
     // The odd one's second attempt, from the queue after the retry delay, is acknowledged.
     let hits = receiver.wait_for(5, WAIT).await;
-    assert_eq!(hits.len(), 5, "{:?}", hits.iter().map(|h| h.status).collect::<Vec<_>>());
+    assert_eq!(
+        hits.len(),
+        5,
+        "{:?}",
+        hits.iter().map(|h| h.status).collect::<Vec<_>>()
+    );
     assert_eq!(hits[4].status, 204);
     service.stop().await;
 }

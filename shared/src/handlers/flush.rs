@@ -362,17 +362,8 @@ impl Flush {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(());
             }
-            let mut page_report = FlushReport::default();
-            let next = self
-                .flush_page(
-                    window,
-                    &position,
-                    members,
-                    lookups,
-                    deadline,
-                    &mut flushed,
-                    &mut page_report,
-                )
+            let (next, page_report) = self
+                .flush_page(window, &position, members, lookups, deadline, &mut flushed)
                 .await?;
             let mut progress = shared.lock().await;
             progress.report.add_pages(&page_report);
@@ -447,7 +438,7 @@ impl Flush {
 
     /// Flushes one page of a shard of `window` from `position`, `lookups` records' targets
     /// read at once; returns where the shard's next page starts (`None`: the shard is
-    /// done).
+    /// done) and what the page did.
     async fn flush_page(
         &self,
         window: WindowId,
@@ -456,8 +447,8 @@ impl Flush {
         lookups: usize,
         deadline: Option<Instant>,
         flushed: &mut FlushedRecords,
-        report: &mut FlushReport,
-    ) -> Result<Option<String>, BackendError> {
+    ) -> Result<(Option<String>, FlushReport), BackendError> {
+        let mut report = FlushReport::default();
         let page = self
             .ports
             .pending
@@ -502,7 +493,7 @@ impl Flush {
         }
         report.records += records.len() as u64;
         report.set_aside += plan.set_aside.len() as u64;
-        Ok(page.next)
+        Ok((page.next, report))
     }
 
     /// The delivery handler to make the first attempts of `plan`'s jobs with: when there is
