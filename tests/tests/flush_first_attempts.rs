@@ -5,7 +5,7 @@
 //! near its deadline, queues every job as before. Over the memory adapters, with a real
 //! receiver on 127.0.0.1.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::clock::SystemClock;
@@ -18,6 +18,7 @@ use webhooks::ports::{ClientStore, PendingChanges, SubscriptionStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::subscription::Subscription;
+use webhooks::testing::faults::{Fault, Faults};
 use webhooks::window::{FlushWindows, ManualWindows, Shard};
 use webhooks_tests::Receiver;
 
@@ -27,17 +28,35 @@ struct Service {
     flush: Flush,
     queue: Arc<MemoryQueue>,
     receiver: Receiver,
+    /// The delivery metric lines printed: one per batch of first attempts.
+    metric_lines: Arc<Mutex<Vec<String>>>,
 }
 
 /// `records` changed in a closed window, each with one callback on the receiver; the
 /// flush attempts pages of at most `up_to` jobs itself, `max_attempts` in all.
 async fn service(records: &[RecordId], up_to: usize, max_attempts: u32) -> Service {
+    service_with(
+        records,
+        up_to,
+        max_attempts,
+        Arc::new(Faults::scripted(|_| Fault::None)),
+    )
+    .await
+}
+
+/// [`service`], with the flush's queue operations going through `faults`.
+async fn service_with(
+    records: &[RecordId],
+    up_to: usize,
+    max_attempts: u32,
+    faults: Arc<Faults>,
+) -> Service {
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), max_attempts));
     let ports = webhooks::ports::Ports::over(
         store.clone(),
         Arc::new(MemoryRecords::default()),
-        queue.clone(),
+        Arc::new(queue.with_faults(faults)),
         Arc::new(LoggedEvents::default()),
         Arc::new(SystemClock),
     );
@@ -69,6 +88,7 @@ async fn service(records: &[RecordId], up_to: usize, max_attempts: u32) -> Servi
         store.mark(windows.current(), record).await.unwrap();
     }
     windows.close_current();
+    let metric_lines: Arc<Mutex<Vec<String>>> = Arc::default();
     let delivery = Delivery::new(
         ports.clone(),
         CallbackClient::new(&HttpSettings {
@@ -82,9 +102,14 @@ async fn service(records: &[RecordId], up_to: usize, max_attempts: u32) -> Servi
                 max_attempts,
                 jitter: 0.0,
             },
+            metrics: true,
             ..DeliverySettings::default()
         },
-    );
+    )
+    .with_metric_lines({
+        let lines = metric_lines.clone();
+        Arc::new(move |line: &str| lines.lock().unwrap().push(line.to_owned()))
+    });
     let flush = Flush {
         ports,
         windows,
@@ -98,6 +123,7 @@ async fn service(records: &[RecordId], up_to: usize, max_attempts: u32) -> Servi
         flush,
         queue,
         receiver,
+        metric_lines,
     }
 }
 
@@ -206,4 +232,53 @@ async fn a_run_near_its_deadline_queues_instead_of_attempting() {
     assert_eq!((report.jobs, report.first_attempts), (2, 0), "{report:?}");
     assert!(s.receiver.hits().is_empty());
     assert_eq!(received_jobs(&s.queue, Duration::ZERO).await.len(), 2);
+}
+
+/// Records in several shards, one record each.
+fn one_in_each_of(shards: u16, prefix: &str) -> Vec<RecordId> {
+    (0..shards)
+        .flat_map(|shard| webhooks::testing::records_of_shard(Shard(shard), prefix, 1))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_windows_last_pages_over_several_shards_are_attempted_as_one_batch() {
+    let s = service(&one_in_each_of(3, "spread"), 10, 5).await;
+    let report = s.flush.run(None).await.unwrap();
+    assert_eq!((report.jobs, report.first_attempts), (3, 3), "{report:?}");
+    assert_eq!(s.receiver.hits().len(), 3);
+    let lines = s.metric_lines.lock().unwrap().clone();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one batch, so one metric line (and one attempt-log write): {lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_windows_batch_that_cannot_be_handed_over_is_repeated_by_the_next_run() {
+    // The queue takes nothing while the fault lasts: a refused first attempt cannot wait
+    // for its retry on it.
+    let faults = Arc::new(Faults::scripted(|operation| match operation {
+        "enqueue" | "enqueue_delayed" => Fault::Fail,
+        _ => Fault::None,
+    }));
+    let s = service_with(&one_in_each_of(3, "again"), 10, 5, faults.clone()).await;
+    s.receiver.script(&[500]);
+    assert!(
+        s.flush.run(None).await.is_err(),
+        "the run fails, its shards not done"
+    );
+    assert_eq!(s.receiver.hits().len(), 3);
+    faults.heal();
+    let report = s.flush.run(None).await.unwrap();
+    assert_eq!(
+        (report.records, report.first_attempts),
+        (3, 3),
+        "the window's pages come again, attempts included: {report:?}"
+    );
+    let hits = s.receiver.hits();
+    assert_eq!(hits.len(), 6);
+    assert!(hits[3..].iter().all(|hit| hit.status == 204));
+    assert_eq!(queued(&s.queue), 0);
 }

@@ -290,7 +290,8 @@ impl Flush {
     }
 
     /// Flushes the cursor's window: one worker per shard not done yet, all at once, each
-    /// from where the cursor says it stopped. True when every shard is done (the caller
+    /// from where the cursor says it stopped, then the first attempts of the shards' last
+    /// pages that wait for them, as one batch. True when every shard is done (the caller
     /// moves the cursor on); otherwise the shards' progress is saved in the cursor. A
     /// worker that fails leaves the others to finish their shards, and the run fails after.
     async fn flush_window(
@@ -305,6 +306,7 @@ impl Flush {
         let shared = tokio::sync::Mutex::new(WindowProgress {
             cursor: cursor.clone(),
             report: FlushReport::default(),
+            last_pages: Vec::new(),
         });
         let workers: Vec<_> = assignment
             .shards()
@@ -316,14 +318,18 @@ impl Flush {
             .collect();
         let results = futures::future::join_all(workers).await;
         let WindowProgress {
-            cursor: progressed,
+            cursor: mut progressed,
             report: done_by_workers,
+            last_pages,
         } = shared.into_inner();
         report.add_pages(&done_by_workers);
+        let handed = self
+            .hand_over_last_pages(last_pages, &mut progressed, deadline, report)
+            .await;
         let moved = progressed != *cursor;
         *cursor = progressed;
         let complete = assignment.shards().all(|shard| cursor.shard(shard).done);
-        let failure = results.into_iter().find_map(Result::err);
+        let failure = results.into_iter().find_map(Result::err).or(handed.err());
         // A shard that finished is saved done once the window stays incomplete (a window
         // done moves the cursor on instead: one write per window when each shard is one
         // page).
@@ -362,12 +368,17 @@ impl Flush {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(());
             }
-            let (next, page_report) = self
+            let page = self
                 .flush_page(window, &position, members, lookups, deadline, &mut flushed)
                 .await?;
             let mut progress = shared.lock().await;
-            progress.report.add_pages(&page_report);
-            match next {
+            progress.report.add_pages(&page.report);
+            if let Some(plan) = page.first_attempts {
+                // Done only once the window's batch has handed these jobs over.
+                progress.last_pages.push((position, plan));
+                return Ok(());
+            }
+            match page.next {
                 Some(after) => {
                     position.after = Some(after);
                     progress.cursor.set_shard(position.clone());
@@ -438,7 +449,9 @@ impl Flush {
 
     /// Flushes one page of a shard of `window` from `position`, `lookups` records' targets
     /// read at once; returns where the shard's next page starts (`None`: the shard is
-    /// done) and what the page did.
+    /// done) and what the page did. The last page of a shard whose jobs the flush attempts
+    /// itself is returned unsent instead: the window's last pages are attempted as one
+    /// batch ([`Self::hand_over_last_pages`]).
     async fn flush_page(
         &self,
         window: WindowId,
@@ -447,7 +460,7 @@ impl Flush {
         lookups: usize,
         deadline: Option<Instant>,
         flushed: &mut FlushedRecords,
-    ) -> Result<(Option<String>, FlushReport), BackendError> {
+    ) -> Result<PageDone, BackendError> {
         let mut report = FlushReport::default();
         let page = self
             .ports
@@ -460,14 +473,68 @@ impl Flush {
             )
             .await?;
         let records = flushed.fresh(page.items);
-        let mut plan = self.plan(window, &records, members, lookups).await?;
+        let plan = self.plan(window, &records, members, lookups).await?;
+        report.records += records.len() as u64;
+        let attempt = self.attempts_first(&plan);
+        if attempt && page.next.is_none() {
+            return Ok(PageDone {
+                next: None,
+                report,
+                first_attempts: Some(plan),
+            });
+        }
+        self.hand_over(plan, attempt, deadline, &mut report).await?;
+        Ok(PageDone {
+            next: page.next,
+            report,
+            first_attempts: None,
+        })
+    }
+
+    /// Hands the last pages of the window's shards that waited for it over as one batch
+    /// (one attempt-log group per owner, one metric line, the requests all at once), then
+    /// marks their shards done in `cursor`. When it fails the shards stay where they were,
+    /// and the next run repeats those pages (attempts included: at least once).
+    async fn hand_over_last_pages(
+        &self,
+        last_pages: Vec<(ShardPosition, PagePlan)>,
+        cursor: &mut FlushCursor,
+        deadline: Option<Instant>,
+        report: &mut FlushReport,
+    ) -> Result<(), BackendError> {
+        let (positions, plans): (Vec<_>, Vec<_>) = last_pages.into_iter().unzip();
+        let Some(plan) = PagePlan::merged(plans) else {
+            return Ok(());
+        };
+        let mut handed = FlushReport::default();
+        self.hand_over(plan, true, deadline, &mut handed).await?;
+        report.add_pages(&handed);
+        for mut position in positions {
+            position.after = None;
+            position.done = true;
+            cursor.set_shard(position);
+        }
+        Ok(())
+    }
+
+    /// Sends `plan`'s jobs on: their first attempts made here when `attempt` says so and
+    /// the run has time for them ([`Self::first_attempts_by`]), then what is left enqueued,
+    /// and every change that cannot be queued as it is set aside.
+    async fn hand_over(
+        &self,
+        mut plan: PagePlan,
+        attempt: bool,
+        deadline: Option<Instant>,
+        report: &mut FlushReport,
+    ) -> Result<(), BackendError> {
         let made = plan.jobs.len();
-        if let Some(delivery) = self.first_attempts_by(&plan, deadline) {
+        if let Some(delivery) = self.first_attempts_by(attempt, deadline) {
             let until = deadline.unwrap_or_else(|| Instant::now() + LEASE_WITHOUT_DEADLINE);
             let left = delivery.first_attempts(plan.jobs.clone(), until).await;
             report.first_attempts += (made - left.len()) as u64;
             plan.keep_jobs(&left);
         }
+        let window = plan.window;
         // Most shards of a quiet window are empty: no call for them.
         let enqueued = if plan.jobs.is_empty() {
             crate::ports::Enqueued::default()
@@ -491,24 +558,27 @@ impl Flush {
             tracing::error!(poison = %item.id(), record = %item.record, endpoint = item.endpoint.as_deref().unwrap_or("all"), reason = %item.reason(), "change set aside");
             announce(self.ports.events.as_ref(), item.event()).await;
         }
-        report.records += records.len() as u64;
         report.set_aside += plan.set_aside.len() as u64;
-        Ok((page.next, report))
+        Ok(())
     }
 
-    /// The delivery handler to make the first attempts of `plan`'s jobs with: when there is
-    /// one, the page is small enough ([`FlushSettings::first_attempts_up_to`]) and the run
-    /// has time for the attempts' whole timeout before its deadline (a page attempted in
-    /// part would be repeated).
-    fn first_attempts_by(&self, plan: &PagePlan, deadline: Option<Instant>) -> Option<&Delivery> {
-        let delivery = self.delivery.as_ref()?;
+    /// Whether the flush makes the first attempts of `plan`'s jobs itself: it can (it has
+    /// a delivery handler) and the page is small ([`FlushSettings::first_attempts_up_to`]).
+    fn attempts_first(&self, plan: &PagePlan) -> bool {
         let jobs = plan.jobs.len();
-        let small = jobs > 0 && jobs <= self.settings.first_attempts_up_to;
+        self.delivery.is_some() && jobs > 0 && jobs <= self.settings.first_attempts_up_to
+    }
+
+    /// The delivery handler to make first attempts with, when `attempt` and the run has
+    /// time for the attempts' whole timeout before its deadline (a page attempted in part
+    /// would be repeated).
+    fn first_attempts_by(&self, attempt: bool, deadline: Option<Instant>) -> Option<&Delivery> {
+        let delivery = self.delivery.as_ref().filter(|_| attempt)?;
         let in_time = deadline.is_none_or(|d| {
             d.saturating_duration_since(Instant::now())
                 > delivery.http.timeout() + AFTER_FIRST_ATTEMPTS
         });
-        (small && in_time).then_some(delivery)
+        in_time.then_some(delivery)
     }
 
     /// One job per (record, subscription) and per (person, consented application with a
@@ -654,10 +724,21 @@ impl FlushedRecords {
     }
 }
 
-/// What a window's shard workers share: the cursor with their progress, and what they did.
+/// What a window's shard workers share: the cursor with their progress, what they did, and
+/// the last pages whose first attempts wait for the window's batch (their shards not
+/// marked done yet).
 struct WindowProgress {
     cursor: FlushCursor,
     report: FlushReport,
+    last_pages: Vec<(ShardPosition, PagePlan)>,
+}
+
+/// What flushing a page did: where its shard's next page starts (`None`: the shard ends),
+/// and, for a shard's last page whose first attempts the flush makes, its plan unsent.
+struct PageDone {
+    next: Option<String>,
+    report: FlushReport,
+    first_attempts: Option<PagePlan>,
 }
 
 /// The applications a flush run has read, by id (a corrupt item as its error's text).
@@ -698,6 +779,18 @@ impl PagePlan {
     fn push(&mut self, record: &RecordId, job: DeliveryJob) {
         self.records.push(record.clone());
         self.jobs.push(job);
+    }
+
+    /// The plans of one window's pages as one (`None`: no plan).
+    fn merged(plans: Vec<PagePlan>) -> Option<Self> {
+        let mut plans = plans.into_iter();
+        let mut merged = plans.next()?;
+        for plan in plans {
+            merged.jobs.extend(plan.jobs);
+            merged.records.extend(plan.records);
+            merged.set_aside.extend(plan.set_aside);
+        }
+        Some(merged)
     }
 
     /// Keeps only the jobs `ids` names (and their records), in order.
