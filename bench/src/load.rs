@@ -508,6 +508,9 @@ fn model(workers: usize, memory_mb: f64, costs: CpuCosts) -> Model {
         Worker {
             assignment: assignment(k, workers),
             flush: Arc::new(Flush {
+                // The model's windows make pages of 250 jobs, which go on the queue; a
+                // shard's last page of at most 10 (attempted by a deployed flush itself)
+                // is a rounding error in a window of millions.
                 delivery: None,
                 ports,
                 windows: windows.clone(),
