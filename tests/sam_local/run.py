@@ -121,6 +121,18 @@ class Receiver:
         self.server.server_close()
 
 
+def expect_signed_posts(receiver, secret, count, when):
+    """Each of the two callbacks got `count` POSTs, the last one signed with `secret` (checked
+    by the independent `standardwebhooks` verifier)."""
+    for prefix in ("/ok/", "/fail/"):
+        posts = receiver.posts_to(prefix)
+        expect(len(posts) == count, f"{prefix}: {len(posts)} POSTs {when}, expected {count}")
+        try:
+            Webhook(secret).verify(posts[-1]["body"], posts[-1]["headers"], json_parse=False)
+        except WebhookVerificationError as e:
+            raise Failed(f"{prefix}: the last POST {when} does not verify: {e}") from None
+
+
 class Moto:
     """moto server on the bridge gateway address, and boto3 clients for it."""
 
@@ -545,15 +557,7 @@ def run(args, report):
                 (response.get("jobs"), response.get("first_attempts")) == (2, 2),
                 f"expected 2 jobs (two callbacks), both attempted by the flush, got {response}",
             )
-            for prefix in ("/ok/", "/fail/"):
-                posts = receiver.posts_to(prefix)
-                expect(len(posts) == 1, f"{prefix}: {len(posts)} POSTs from the flush, expected 1")
-                try:
-                    Webhook(webhook_secret).verify(
-                        posts[0]["body"], posts[0]["headers"], json_parse=False
-                    )
-                except WebhookVerificationError as e:
-                    raise Failed(f"{prefix}: the flush's signature does not verify: {e}") from None
+            expect_signed_posts(receiver, webhook_secret, 1, "from the flush")
             expect(response.get("records") == 2, f"expected 2 pending records read: {response}")
             # Pending entries expire by TTL; the flush's cursor says their window is done.
             cursor = moto.dynamodb.get_item(
@@ -642,15 +646,7 @@ def run(args, report):
                 failures == [fail_id],
                 f"batch item failures {failures}, expected only the failing callback's ({fail_id})",
             )
-            for prefix in ("/ok/", "/fail/"):
-                posts = receiver.posts_to(prefix)
-                expect(len(posts) == 2, f"{prefix}: {len(posts)} POSTs, expected 2")
-                try:
-                    Webhook(webhook_secret).verify(
-                        posts[1]["body"], posts[1]["headers"], json_parse=False
-                    )
-                except WebhookVerificationError as e:
-                    raise Failed(f"{prefix}: signature does not verify: {e}") from None
+            expect_signed_posts(receiver, webhook_secret, 2, "after the delivery function's")
             # Once the receive's visibility timeout is over, the acknowledged message is back
             # (deleting it is Lambda's part, done below); the failed one must stay hidden for
             # its retry delay (about RETRY_BASE_SECONDS), which the function set.
