@@ -368,17 +368,20 @@ impl Flush {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(());
             }
-            let page = self
+            let (after, page_report) = self
                 .flush_page(window, &position, members, lookups, deadline, &mut flushed)
                 .await?;
             let mut progress = shared.lock().await;
-            progress.report.add_pages(&page.report);
-            if let Some(plan) = page.first_attempts {
-                // Done only once the window's batch has handed these jobs over.
-                progress.last_pages.push((position, plan));
-                return Ok(());
-            }
-            match page.next {
+            progress.report.add_pages(&page_report);
+            let next = match after {
+                AfterPage::Handed(next) => next,
+                AfterPage::Waiting(plan) => {
+                    // Done only once the window's batch has handed these jobs over.
+                    progress.last_pages.push((position, plan));
+                    return Ok(());
+                }
+            };
+            match next {
                 Some(after) => {
                     position.after = Some(after);
                     progress.cursor.set_shard(position.clone());
@@ -460,7 +463,7 @@ impl Flush {
         lookups: usize,
         deadline: Option<Instant>,
         flushed: &mut FlushedRecords,
-    ) -> Result<PageDone, BackendError> {
+    ) -> Result<(AfterPage, FlushReport), BackendError> {
         let mut report = FlushReport::default();
         let page = self
             .ports
@@ -477,18 +480,10 @@ impl Flush {
         report.records += records.len() as u64;
         let attempt = self.attempts_first(&plan);
         if attempt && page.next.is_none() {
-            return Ok(PageDone {
-                next: None,
-                report,
-                first_attempts: Some(plan),
-            });
+            return Ok((AfterPage::Waiting(plan), report));
         }
         self.hand_over(plan, attempt, deadline, &mut report).await?;
-        Ok(PageDone {
-            next: page.next,
-            report,
-            first_attempts: None,
-        })
+        Ok((AfterPage::Handed(page.next), report))
     }
 
     /// Hands the last pages of the window's shards that waited for it over as one batch
@@ -733,12 +728,13 @@ struct WindowProgress {
     last_pages: Vec<(ShardPosition, PagePlan)>,
 }
 
-/// What flushing a page did: where its shard's next page starts (`None`: the shard ends),
-/// and, for a shard's last page whose first attempts the flush makes, its plan unsent.
-struct PageDone {
-    next: Option<String>,
-    report: FlushReport,
-    first_attempts: Option<PagePlan>,
+/// What becomes of a shard after one of its pages.
+enum AfterPage {
+    /// The page's jobs are handed over; the shard goes on from this position (`None`: it
+    /// ends).
+    Handed(Option<String>),
+    /// The shard's last page, unsent: its first attempts wait for the window's batch.
+    Waiting(PagePlan),
 }
 
 /// The applications a flush run has read, by id (a corrupt item as its error's text).
