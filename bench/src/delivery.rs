@@ -394,16 +394,21 @@ pub async fn one_contender(style: Option<Style>, rounds: usize) {
         .build()
         .expect("reqwest client");
     let body = bytes_of_members_envelope();
+    crate::allocs::start();
     for round in 0..rounds {
+        let (allocations, bytes) = crate::allocs::so_far();
         let pass = match style {
             Some(_) => Pass::of(N, handler_loop(&delivery, &receiver, &evs)).await,
             None => Pass::of(N, bare_loop(&bare, &url, N, CONCURRENCY, Some(100), &body)).await,
         };
+        let (allocations_after, bytes_after) = crate::allocs::so_far();
         println!(
-            "{} round {round}: {:.0} msg/s, {:.1} µs CPU a message",
+            "{} round {round}: {:.0} msg/s, {:.1} µs CPU a message, {:.1} allocations ({:.0} bytes) a message, the receiver's included",
             style.map_or("bare (batches of 100)", Style::name),
             pass.per_sec,
-            pass.cpu_us
+            pass.cpu_us,
+            (allocations_after - allocations) as f64 / N as f64,
+            (bytes_after - bytes) as f64 / N as f64,
         );
     }
 }

@@ -9,6 +9,7 @@
 //! or one figure: `concurrency`, `throughput`, `fanout`, `coldstart`, `rss`, `cost`,
 //! `durable`, `load`, `sdkcpu`.
 
+mod allocs;
 mod coldstart;
 mod cost;
 mod delivery;
@@ -46,6 +47,9 @@ fn usage() -> ! {
     );
     std::process::exit(2)
 }
+
+#[global_allocator]
+static ALLOCATOR: allocs::Counting = allocs::Counting;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
