@@ -1,40 +1,42 @@
 //! Allocations a message, for figure 2's profiling mode (`delivery-loop`): the global
-//! allocator is the system's, counted only while counting is switched on, so that every
-//! other figure runs on the allocator as it is (one relaxed load per allocation).
+//! allocator is the service's own ([`webhooks::Allocator`], as every function declares it),
+//! counted only while counting is switched on, so that every other figure runs on the
+//! allocator as it is (one relaxed load per allocation).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use webhooks::Allocator;
 
-/// The system allocator, with a count of allocations (and reallocations) while on.
+/// The service's allocator, with a count of allocations (and reallocations) while on.
 pub struct Counting;
 
 static ON: AtomicBool = AtomicBool::new(false);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: every call is passed on to `System` unchanged; the counters only read the layout.
+// SAFETY: every call is passed on to the allocator unchanged; the counters only read the layout.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(layout.size());
-        // SAFETY: the caller's contract is `System`'s.
-        unsafe { System.alloc(layout) }
+        // SAFETY: the caller's contract is the allocator's.
+        unsafe { Allocator.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract is `System`'s.
-        unsafe { System.dealloc(ptr, layout) }
+        // SAFETY: the caller's contract is the allocator's.
+        unsafe { Allocator.dealloc(ptr, layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count(layout.size());
-        // SAFETY: the caller's contract is `System`'s.
-        unsafe { System.alloc_zeroed(layout) }
+        // SAFETY: the caller's contract is the allocator's.
+        unsafe { Allocator.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count(new_size);
-        // SAFETY: the caller's contract is `System`'s.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        // SAFETY: the caller's contract is the allocator's.
+        unsafe { Allocator.realloc(ptr, layout, new_size) }
     }
 }
 

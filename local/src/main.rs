@@ -80,6 +80,9 @@ fn parse_credentials<Id: FromStr<Err = InvalidId>>(text: &str) -> Result<(Id, St
     Ok((id, secret.to_owned()))
 }
 
+#[global_allocator]
+static ALLOCATOR: webhooks::Allocator = webhooks::Allocator;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()

@@ -5,6 +5,9 @@ use webhooks::aws::AwsServices;
 use webhooks::aws_lambda_events::event::dynamodb::Event;
 use webhooks::config::Settings;
 
+#[global_allocator]
+static ALLOCATOR: webhooks::Allocator = webhooks::Allocator;
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();

@@ -5,6 +5,9 @@ use webhooks::aws::{AwsServices, stop_before};
 use webhooks::config::Settings;
 use webhooks::handlers::FlushEvent;
 
+#[global_allocator]
+static ALLOCATOR: webhooks::Allocator = webhooks::Allocator;
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();

@@ -4,6 +4,9 @@ use lambda_http::{Error, Request, service_fn};
 use webhooks::aws::AwsServices;
 use webhooks::config::Settings;
 
+#[global_allocator]
+static ALLOCATOR: webhooks::Allocator = webhooks::Allocator;
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_http::tracing::init_default_subscriber();
