@@ -6,6 +6,7 @@ use crate::netguard::is_public_ip;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 use url::{Host, Url};
 
 /// Longest callback URL accepted (after percent-decoding).
@@ -39,18 +40,26 @@ pub enum InvalidCallbackUrl {
 }
 
 /// A callback URL a subscriber asked to be notified at, stored and compared exactly as
-/// given (not normalised), with the parsed form used for checks and delivery.
+/// given (not normalised), with the parsed form used for checks and delivery. Shared: a
+/// clone (every request a delivery makes holds one) copies a pointer, not the URL.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct CallbackUrl {
+pub struct CallbackUrl(Arc<Parsed>);
+
+#[derive(Debug)]
+struct Parsed {
     text: String,
     /// Parsed once, when the value is made (from a request or read from storage).
-    parsed: Url,
+    url: Url,
+    /// The request target the HTTP client sends to, made from `url` by the first request
+    /// and kept, so the URLs a delivery reuses (a subscriber's, an application's, cached)
+    /// are not parsed again at every request.
+    uri: OnceLock<http::Uri>,
 }
 
 impl PartialEq for CallbackUrl {
     fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
+        self.0.text == other.0.text
     }
 }
 
@@ -58,7 +67,7 @@ impl Eq for CallbackUrl {}
 
 impl std::hash::Hash for CallbackUrl {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.text.hash(state);
+        self.0.text.hash(state);
     }
 }
 
@@ -73,22 +82,41 @@ impl CallbackUrl {
                 "contains whitespace or control characters".into(),
             ));
         }
-        let parsed = Url::parse(text).map_err(|e| InvalidCallbackUrl::Unparsable(e.to_string()))?;
-        check_url(&parsed, policy)?;
-        Ok(Self {
-            text: text.to_owned(),
-            parsed,
-        })
+        let url = Url::parse(text).map_err(|e| InvalidCallbackUrl::Unparsable(e.to_string()))?;
+        check_url(&url, policy)?;
+        Ok(Self::of(text.to_owned(), url))
+    }
+
+    fn of(text: String, url: Url) -> Self {
+        Self(Arc::new(Parsed {
+            text,
+            url,
+            uri: OnceLock::new(),
+        }))
     }
 
     /// The URL exactly as the subscriber gave it.
     pub fn as_str(&self) -> &str {
-        &self.text
+        &self.0.text
     }
 
     /// The parsed URL (the delivery client connects to this).
     pub fn url(&self) -> &Url {
-        &self.parsed
+        &self.0.url
+    }
+
+    /// The parsed URL as an HTTP request target: made by the first call, then shared.
+    pub fn uri(&self) -> Result<http::Uri, http::uri::InvalidUri> {
+        if let Some(uri) = self.0.uri.get() {
+            return Ok(uri.clone());
+        }
+        let uri = http::Uri::try_from(self.0.url.as_str())?;
+        Ok(self.0.uri.get_or_init(|| uri).clone())
+    }
+
+    /// The text, taken out when this is its only holder.
+    fn into_text(self) -> String {
+        Arc::try_unwrap(self.0).map_or_else(|shared| shared.text.clone(), |parsed| parsed.text)
     }
 }
 
@@ -151,7 +179,7 @@ impl From<CallbackUrl> for StoredUrl {
 impl From<StoredUrl> for String {
     fn from(url: StoredUrl) -> Self {
         match url {
-            StoredUrl::Usable(url) => url.text,
+            StoredUrl::Usable(url) => url.into_text(),
             StoredUrl::Unusable { text, .. } => text,
         }
     }
@@ -201,21 +229,20 @@ impl TryFrom<String> for CallbackUrl {
     fn try_from(text: String) -> Result<Self, Self::Error> {
         // Stored values were checked when registered; re-check only the syntax here, the
         // delivery client applies the address policy when it connects.
-        let parsed =
-            Url::parse(&text).map_err(|e| InvalidCallbackUrl::Unparsable(e.to_string()))?;
-        Ok(Self { text, parsed })
+        let url = Url::parse(&text).map_err(|e| InvalidCallbackUrl::Unparsable(e.to_string()))?;
+        Ok(Self::of(text, url))
     }
 }
 
 impl From<CallbackUrl> for String {
     fn from(url: CallbackUrl) -> Self {
-        url.text
+        url.into_text()
     }
 }
 
 impl fmt::Display for CallbackUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(&self.0.text)
     }
 }
 

@@ -121,7 +121,9 @@ impl Delivery {
         let secrets = client.as_ref().and_then(|c| c.webhook_secrets.as_ref());
         let clock = self.ports.clock.as_ref();
         Ok(Work::Send(Send {
-            outbound: callback_request(&job.id, callback, secrets, clock),
+            // The stored subscription's URL (the same text the job names, by which it was
+            // found), parsed when it was cached and shared by every request to it.
+            outbound: callback_request(&job.id, &subscription.settings.callback, secrets, clock),
             sync: None,
             endpoint: Endpoint::Subscription(subscription),
         }))
