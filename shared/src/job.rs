@@ -106,11 +106,20 @@ pub enum Target {
 struct StoredTarget {
     kind: TargetKind,
     record: Option<RecordId>,
+    /// The subscription's key: not parsed as a URL on the way in (a delivery sends to the
+    /// subscription's stored URL).
+    #[serde(default, deserialize_with = "callback_named_by_job")]
     callback: Option<CallbackUrl>,
     client: Option<ClientId>,
     application: Option<ApplicationId>,
     person: Option<Map<String, Value>>,
     sync: Option<SyncId>,
+}
+
+fn callback_named_by_job<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<CallbackUrl>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.map(CallbackUrl::named_by_job))
 }
 
 #[derive(Deserialize)]

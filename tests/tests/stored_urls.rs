@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use webhooks::application::{Application, NoWebhook};
 use webhooks::aws_lambda_events::event::sqs::SqsEvent;
-use webhooks::callback::UrlPolicy;
+use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::clock::SystemClock;
 use webhooks::events::OpsEvent;
 use webhooks::handlers::views::ApplicationView;
@@ -19,6 +19,7 @@ use webhooks::memory::LoggedEvents;
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::ports::Ports;
 use webhooks::record::RecordId;
+use webhooks::subscription::Subscription;
 use webhooks::sync::{FullSync, SyncState};
 use webhooks::window::WindowId;
 use webhooks_tests::Receiver;
@@ -194,4 +195,45 @@ async fn a_job_for_a_broken_stored_url_is_kept_and_the_endpoint_disabled() {
     );
     let view = serde_json::to_value(ApplicationView::from(&app)).unwrap();
     assert_eq!(view["webhook"]["url"], "https://exa mple.org/hook");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_naming_a_callback_that_is_not_a_url_costs_only_its_own_message() {
+    let s = service().await;
+    let good = Subscription {
+        record: RecordId::parse("0000-0002-7465-2162").unwrap(),
+        callback: CallbackUrl::parse(
+            &s.receiver.url("/cb"),
+            UrlPolicy {
+                allow_insecure: true,
+            },
+        )
+        .unwrap(),
+        client_id: "APP-1".parse().unwrap(),
+        created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
+        health: Default::default(),
+    };
+    s.ports.subscriptions.register(&good).await.unwrap();
+    // As a damaged queue message could name it: no subscription has this text.
+    let broken = Subscription {
+        callback: CallbackUrl::named_by_job("https://exa mple.org/cb".into()),
+        ..good.clone()
+    };
+    let at = webhooks::testing::at("2026-11-26T12:00:00.000Z");
+    let jobs = [
+        DeliveryJob::for_subscription(&broken, WindowId(1), at),
+        DeliveryJob::for_subscription(&good, WindowId(1), at),
+    ];
+    assert!(broken.callback.url().is_err(), "the text is not a URL");
+
+    let failures = deliver(&s, &jobs).await;
+    assert_eq!(failures, 0, "nothing is retried");
+    // The batch has ended: every request it made has been answered.
+    let hits = s.receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(hits.len(), 1, "only the good job is sent");
+    assert_eq!(hits[0].path, "/cb");
+    // Read and dropped, not refused as unreadable toward the dead-letter queue.
+    assert!(s.queue.dead_letters().is_empty());
+    assert!(s.queue.parked().is_empty());
+    assert!(s.queue.receive(10, Duration::ZERO).await.is_empty());
 }
