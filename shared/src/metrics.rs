@@ -124,8 +124,11 @@ pub struct FlushMetrics {
     pub windows: u64,
     /// Pending records read.
     pub records: u64,
-    /// Delivery jobs enqueued.
+    /// Delivery jobs made (enqueued, or first attempted by the flush itself).
     pub jobs: u64,
+    /// Jobs whose first attempt the flush made itself (docs/architecture.md, "First
+    /// attempts by the flush"); the rest went to the delivery queue unattempted.
+    pub first_attempts: u64,
     /// Changes set aside as poison items (an operator looks at them).
     pub set_aside: u64,
     /// How long the oldest closed window not yet completely flushed has been waiting, in
@@ -140,6 +143,7 @@ impl FlushMetrics {
             ("FlushedWindows", self.windows, "Count"),
             ("FlushedRecords", self.records, "Count"),
             ("FlushedJobs", self.jobs, "Count"),
+            ("FlushFirstAttempts", self.first_attempts, "Count"),
             ("ChangesSetAside", self.set_aside, "Count"),
             ("FlushLagSeconds", self.lag_seconds, "Seconds"),
         ];
@@ -182,10 +186,12 @@ mod tests {
             windows: 2,
             records: 7,
             jobs: 9,
+            first_attempts: 4,
             set_aside: 1,
             lag_seconds: 600,
         }
         .emf(5);
+        assert_eq!(doc["FlushFirstAttempts"], 4);
         assert_eq!(doc["ChangesSetAside"], 1);
         assert_eq!(doc["FlushLagSeconds"], 600);
         assert_eq!(doc["FlushedJobs"], 9);

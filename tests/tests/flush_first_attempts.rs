@@ -247,6 +247,15 @@ async fn a_windows_last_pages_over_several_shards_are_attempted_as_one_batch() {
     let report = s.flush.run(None).await.unwrap();
     assert_eq!((report.jobs, report.first_attempts), (3, 3), "{report:?}");
     assert_eq!(s.receiver.hits().len(), 3);
+    // The flush's own metric line counts them too.
+    let emf = s.flush.metrics_of(&report).emf(0);
+    assert_eq!(
+        (
+            emf["FlushedJobs"].as_u64(),
+            emf["FlushFirstAttempts"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
     let lines = s.metric_lines.lock().unwrap().clone();
     assert_eq!(
         lines.len(),

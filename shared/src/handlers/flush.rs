@@ -233,6 +233,7 @@ impl Flush {
             windows: report.windows,
             records: report.records,
             jobs: report.jobs,
+            first_attempts: report.first_attempts,
             set_aside: report.set_aside,
             lag_seconds: report
                 .behind_windows
