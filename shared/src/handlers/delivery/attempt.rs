@@ -52,8 +52,9 @@ impl Delivery {
         if attempts.is_empty() {
             return;
         }
-        if let Err(e) = self.ports.attempts.record(&attempts).await {
-            tracing::error!(error = %e, attempts = attempts.len(), "could not record delivery attempts");
+        let count = attempts.len();
+        if let Err(e) = self.ports.attempts.record(attempts).await {
+            tracing::error!(error = %e, attempts = count, "could not record delivery attempts");
         }
     }
 }
