@@ -389,17 +389,13 @@ impl StoredMessage {
     /// and its attempts come one after the other, so the latest one written is the
     /// latest one made.
     pub fn of(logged: &LoggedAttempt) -> Self {
-        Self::keeping(&logged.attempt, logged.job.clone())
-    }
-
-    /// The message of `job` as its `attempt` leaves it.
-    pub fn keeping(attempt: &Attempt, job: DeliveryJob) -> Self {
+        let a = &logged.attempt;
         Self {
-            endpoint: attempt.endpoint.clone(),
-            job,
-            last_attempt: attempt.attempt,
-            last_attempt_at: attempt.at,
-            last_outcome: attempt.outcome,
+            endpoint: a.endpoint.clone(),
+            job: logged.job.clone(),
+            last_attempt: a.attempt,
+            last_attempt_at: a.at,
+            last_outcome: a.outcome,
         }
     }
 

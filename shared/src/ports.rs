@@ -658,9 +658,8 @@ pub async fn announce(events: &dyn OpsEvents, event: OpsEvent) {
 #[async_trait]
 pub trait AttemptLog: Send + Sync {
     /// Records attempts (a delivery batch's, in one call) and, for each, its message and
-    /// how its latest attempt ended. Takes them: a store that keeps them in memory moves
-    /// them in instead of copying each attempt and job.
-    async fn record(&self, attempts: Vec<LoggedAttempt>) -> BackendResult<()>;
+    /// how its latest attempt ended.
+    async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()>;
     /// An endpoint's attempts admitted by `filter`, newest first, continuing after the
     /// page position `after` (a previous page's `next`). A [`Page`] with no trailing empty
     /// page; the DynamoDB adapter bounds the reads of one call (a filter that admits few

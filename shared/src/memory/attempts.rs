@@ -24,29 +24,29 @@ pub(super) struct EndpointLog {
 
 #[async_trait]
 impl AttemptLog for MemoryStore {
-    async fn record(&self, attempts: Vec<LoggedAttempt>) -> BackendResult<()> {
+    async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()> {
         self.gate
             .run("record", async {
                 let mut state = self.state();
-                // Moved in: neither the attempts nor their jobs are copied (in figure 2's
-                // profile, copying them in and dropping the batch's after was most of this
-                // call's cost beyond the maps themselves).
-                for LoggedAttempt { attempt, job } in attempts {
+                for logged in attempts {
+                    let a = &logged.attempt;
                     // The key is copied only for an endpoint's first attempt.
-                    let log = match state.attempts.get_mut(&attempt.endpoint) {
+                    let log = match state.attempts.get_mut(&a.endpoint) {
                         Some(log) => log,
-                        None => state.attempts.entry(attempt.endpoint.clone()).or_default(),
+                        None => state.attempts.entry(a.endpoint.clone()).or_default(),
                     };
-                    match log.messages.get_mut(&attempt.message_id) {
+                    log.attempts.insert(a.sort_key(), a.clone());
+                    match log.messages.get_mut(&a.message_id) {
                         // A message attempted again usually carries the job already kept:
-                        // only its latest attempt changes.
-                        Some(stored) if stored.job == job => stored.note_latest(&attempt),
+                        // only its latest attempt changes (copying the job in again, and
+                        // dropping the copy it replaced, was most of this call for a
+                        // Members-style job in figure 2's profile).
+                        Some(stored) if stored.job == logged.job => stored.note_latest(a),
                         _ => {
-                            let stored = StoredMessage::keeping(&attempt, job);
-                            log.messages.insert(attempt.message_id.clone(), stored);
+                            log.messages
+                                .insert(a.message_id.clone(), StoredMessage::of(logged));
                         }
                     }
-                    log.attempts.insert(attempt.sort_key(), attempt);
                 }
                 Ok(())
             })

@@ -52,9 +52,8 @@ impl Delivery {
         if attempts.is_empty() {
             return;
         }
-        let count = attempts.len();
-        if let Err(e) = self.ports.attempts.record(attempts).await {
-            tracing::error!(error = %e, attempts = count, "could not record delivery attempts");
+        if let Err(e) = self.ports.attempts.record(&attempts).await {
+            tracing::error!(error = %e, attempts = attempts.len(), "could not record delivery attempts");
         }
     }
 }
