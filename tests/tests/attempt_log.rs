@@ -522,19 +522,11 @@ async fn a_client_reads_its_webhooks_attempts_by_id() {
         tokens.push(token.access_token);
     }
     let record = RecordId::parse("0000-0002-7465-2162").unwrap();
-    let subscription = webhooks::subscription::Subscription {
-        record: record.clone(),
-        callback: webhooks::callback::CallbackUrl::parse(
-            &format!("http://{}/orcid", receiver.addr),
-            UrlPolicy {
-                allow_insecure: true,
-            },
-        )
-        .unwrap(),
-        client_id: "APP-1".parse().unwrap(),
-        created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
-        health: Default::default(),
-    };
+    let subscription = webhooks::testing::subscription(
+        &record,
+        &format!("http://{}/orcid", receiver.addr),
+        "APP-1",
+    );
     store.register(&subscription).await.unwrap();
     let ports = webhooks::ports::Ports::over(
         store.clone(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::instrument::WithSubscriber;
 use tracing_subscriber::filter::LevelFilter;
-use webhooks::callback::{CallbackUrl, UrlPolicy};
+use webhooks::callback::UrlPolicy;
 use webhooks::clock::SystemClock;
 use webhooks::handlers::{Delivery, DeliverySettings};
 use webhooks::http_client::{CallbackClient, HttpSettings};
@@ -17,7 +17,6 @@ use webhooks::oauth::OAuthClient;
 use webhooks::ports::{ClientStore, DeliveryQueue, SubscriptionStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
-use webhooks::subscription::Subscription;
 use webhooks::window::WindowId;
 use webhooks_tests::Receiver;
 use webhooks_tests::logs::LogCapture;
@@ -47,13 +46,11 @@ async fn a_successful_delivery_writes_no_log_line_at_info_and_a_failure_does() {
         .unwrap();
     let mut jobs = Vec::new();
     for i in 0..4 {
-        let subscription = Subscription {
-            record: RecordId::parse(&format!("r{i}")).unwrap(),
-            callback: CallbackUrl::parse(&receiver.url(&format!("/r{i}")), insecure).unwrap(),
-            client_id: "APP-1".parse().unwrap(),
-            created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
-            health: Default::default(),
-        };
+        let subscription = webhooks::testing::subscription(
+            &RecordId::parse(&format!("r{i}")).unwrap(),
+            &receiver.url(&format!("/r{i}")),
+            "APP-1",
+        );
         store.register(&subscription).await.unwrap();
         jobs.push(DeliveryJob::for_subscription(
             &subscription,

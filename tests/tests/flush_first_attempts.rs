@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use webhooks::callback::{CallbackUrl, UrlPolicy};
+use webhooks::callback::UrlPolicy;
 use webhooks::clock::SystemClock;
 use webhooks::handlers::{Delivery, DeliverySettings, Flush, FlushReport, FlushSettings};
 use webhooks::http_client::{CallbackClient, HttpSettings};
@@ -17,7 +17,6 @@ use webhooks::oauth::OAuthClient;
 use webhooks::ports::{ClientStore, PendingChanges, SubscriptionStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
-use webhooks::subscription::Subscription;
 use webhooks::testing::faults::{Fault, Faults};
 use webhooks::window::{FlushWindows, ManualWindows, Shard};
 use webhooks_tests::Receiver;
@@ -76,13 +75,7 @@ async fn service_with(
     for record in records {
         let url = receiver.url(&format!("/{}", record.as_str()));
         store
-            .register(&Subscription {
-                record: record.clone(),
-                callback: CallbackUrl::parse(&url, insecure).unwrap(),
-                client_id: "APP-1".parse().unwrap(),
-                created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
-                health: Default::default(),
-            })
+            .register(&webhooks::testing::subscription(record, &url, "APP-1"))
             .await
             .unwrap();
         store.mark(windows.current(), record).await.unwrap();

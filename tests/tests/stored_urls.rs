@@ -200,19 +200,11 @@ async fn a_job_for_a_broken_stored_url_is_kept_and_the_endpoint_disabled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_naming_a_callback_that_is_not_a_url_costs_only_its_own_message() {
     let s = service().await;
-    let good = Subscription {
-        record: RecordId::parse("0000-0002-7465-2162").unwrap(),
-        callback: CallbackUrl::parse(
-            &s.receiver.url("/cb"),
-            UrlPolicy {
-                allow_insecure: true,
-            },
-        )
-        .unwrap(),
-        client_id: "APP-1".parse().unwrap(),
-        created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
-        health: Default::default(),
-    };
+    let good = webhooks::testing::subscription(
+        &RecordId::parse("0000-0002-7465-2162").unwrap(),
+        &s.receiver.url("/cb"),
+        "APP-1",
+    );
     s.ports.subscriptions.register(&good).await.unwrap();
     // As a damaged queue message could name it: no subscription has this text.
     let broken = Subscription {

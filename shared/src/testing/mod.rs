@@ -1,7 +1,8 @@
 //! What tests, benchmarks and tools need to test the service, and production never runs:
 //! a clock that moves when told ([`ManualClock`]), fault injection for any adapter
 //! ([`faults`]), the contract every adapter set keeps ([`contract`]), and a window's
-//! pending records read shard by shard ([`pending_records`], [`records_of_shard`]).
+//! pending records read shard by shard ([`pending_records`], [`records_of_shard`]), and the
+//! values tests make again and again ([`at`], [`subscription`]).
 //! Compiled only with the `testing` feature (as tokio's `test-util`), which the `tests`
 //! crate enables; the Lambda functions and the local runner build without it.
 
@@ -23,6 +24,25 @@ pub fn at_ms(ms: i64) -> Timestamp {
 /// The time written as RFC 3339 text `text` (tests write some times as text).
 pub fn at(text: &str) -> Timestamp {
     Timestamp::parse_rfc3339(text).expect("an RFC 3339 time")
+}
+
+/// A new subscription of `client` to `record` at `url` (a test receiver's `http://127.0.0.1`
+/// URL allowed), registered at the epoch, healthy.
+pub fn subscription(
+    record: &RecordId,
+    url: &str,
+    client: &str,
+) -> crate::subscription::Subscription {
+    let policy = crate::callback::UrlPolicy {
+        allow_insecure: true,
+    };
+    crate::subscription::Subscription {
+        record: record.clone(),
+        callback: crate::callback::CallbackUrl::parse(url, policy).expect("a callback URL"),
+        client_id: client.parse().expect("a client id"),
+        created_at: Timestamp::UNIX_EPOCH,
+        health: Default::default(),
+    }
 }
 
 /// A lease for `holder` until `until_ms` epoch milliseconds.
