@@ -39,23 +39,26 @@ async fn service(records: &[RecordId], up_to: usize, max_attempts: u32) -> Servi
         up_to,
         max_attempts,
         Arc::new(Faults::scripted(|_| Fault::None)),
+        Arc::new(Faults::scripted(|_| Fault::None)),
     )
     .await
 }
 
-/// [`service`], with the flush's queue operations going through `faults`.
+/// [`service`], with the flush's queue operations going through `queue_faults` and its
+/// store's through `store_faults`.
 async fn service_with(
     records: &[RecordId],
     up_to: usize,
     max_attempts: u32,
-    faults: Arc<Faults>,
+    queue_faults: Arc<Faults>,
+    store_faults: Arc<Faults>,
 ) -> Service {
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), max_attempts));
     let ports = webhooks::ports::Ports::over(
-        store.clone(),
+        Arc::new(store.with_faults(store_faults)),
         Arc::new(MemoryRecords::default()),
-        Arc::new(queue.with_faults(faults)),
+        Arc::new(queue.with_faults(queue_faults)),
         Arc::new(LoggedEvents::default()),
         Arc::new(SystemClock),
     );
@@ -265,7 +268,14 @@ async fn a_windows_batch_that_cannot_be_handed_over_is_repeated_by_the_next_run(
         "enqueue" | "enqueue_delayed" => Fault::Fail,
         _ => Fault::None,
     }));
-    let s = service_with(&one_in_each_of(3, "again"), 10, 5, faults.clone()).await;
+    let s = service_with(
+        &one_in_each_of(3, "again"),
+        10,
+        5,
+        faults.clone(),
+        Arc::new(Faults::scripted(|_| Fault::None)),
+    )
+    .await;
     s.receiver.script(&[500]);
     assert!(
         s.flush.run(None).await.is_err(),
@@ -283,4 +293,27 @@ async fn a_windows_batch_that_cannot_be_handed_over_is_repeated_by_the_next_run(
     assert_eq!(hits.len(), 6);
     assert!(hits[3..].iter().all(|hit| hit.status == 204));
     assert_eq!(queued(&s.queue), 0);
+}
+
+#[tokio::test]
+async fn the_first_attempts_take_the_subscriptions_the_flush_has_just_read() {
+    // Every read of a single subscription fails: a job whose delivery read its subscription
+    // again would be sent to the queue as a backend failure instead of delivered.
+    let faults = Arc::new(Faults::scripted(|operation| match operation {
+        "get_subscription" => Fault::Fail,
+        _ => Fault::None,
+    }));
+    let s = service_with(
+        &records("seeded", 3),
+        10,
+        5,
+        Arc::new(Faults::scripted(|_| Fault::None)),
+        faults.clone(),
+    )
+    .await;
+    let report = s.flush.run(None).await.unwrap();
+    assert_eq!((report.jobs, report.first_attempts), (3, 3), "{report:?}");
+    assert_eq!(s.receiver.hits().len(), 3, "each delivered by the flush");
+    assert_eq!(queued(&s.queue), 0, "nothing sent again");
+    assert_eq!(faults.counts().failed, 0, "no subscription read again");
 }

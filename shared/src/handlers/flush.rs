@@ -526,6 +526,7 @@ impl Flush {
         let made = plan.jobs.len();
         if let Some(delivery) = self.first_attempts_by(attempt, deadline) {
             let until = deadline.unwrap_or_else(|| Instant::now() + LEASE_WITHOUT_DEADLINE);
+            delivery.remember_subscriptions(std::mem::take(&mut plan.subscriptions));
             let left = delivery.first_attempts(plan.jobs.clone(), until).await;
             report.first_attempts += (made - left.len()) as u64;
             plan.keep_jobs(&left);
@@ -614,6 +615,7 @@ impl Flush {
             {
                 let job = DeliveryJob::for_subscription(&subscription, window, plan.created_at);
                 plan.push(record, job);
+                plan.subscriptions.push(subscription);
             }
             if let Some(person) = person {
                 self.plan_consents(&mut plan, record, &person, &mut applications)
@@ -749,6 +751,9 @@ struct PagePlan {
     jobs: Vec<DeliveryJob>,
     /// The record of each job, by position.
     records: Vec<RecordId>,
+    /// The subscriptions the ORCID-style jobs were made from, just read: the delivery
+    /// making their first attempts takes them instead of reading each again.
+    subscriptions: Vec<Subscription>,
     /// Changes that cannot be queued as they are.
     set_aside: Vec<PoisonItem>,
     /// When the jobs were made.
@@ -761,6 +766,7 @@ impl PagePlan {
             window,
             jobs: Vec::new(),
             records: Vec::new(),
+            subscriptions: Vec::new(),
             set_aside: Vec::new(),
             created_at,
         }
@@ -785,6 +791,7 @@ impl PagePlan {
         for plan in plans {
             merged.jobs.extend(plan.jobs);
             merged.records.extend(plan.records);
+            merged.subscriptions.extend(plan.subscriptions);
             merged.set_aside.extend(plan.set_aside);
         }
         Some(merged)

@@ -258,6 +258,17 @@ impl Delivery {
         Ok(client)
     }
 
+    /// Caches subscriptions its caller has just read (the flush, before it makes their
+    /// jobs' first attempts), as a read of each would: their jobs find them without a
+    /// `GetItem` each for the items the flush's query has just returned.
+    pub(crate) fn remember_subscriptions(&self, subscriptions: Vec<Subscription>) {
+        let cache = &self.subscribers.subscriptions;
+        for subscription in subscriptions {
+            let key = endpoint_name(&subscription.record, &subscription.callback);
+            cache.put(&key, Some(Arc::new(Named::subscription(subscription))));
+        }
+    }
+
     pub(super) async fn subscription(
         &self,
         record: &RecordId,
