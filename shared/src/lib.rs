@@ -56,8 +56,8 @@ pub use lambda_http;
 /// the benchmarks measure what runs. mimalloc, not the system's (glibc's) malloc: on the
 /// delivery path, where a message's request, signature and log entry are allocated on one
 /// thread and freed on another, glibc's malloc and free were a fifth of the process's CPU
-/// time, and the delivery handler reached 0.79 of a bare HTTP client's rate with it and
-/// 0.88 with mimalloc (docs/benchmarks.md, figure 2, sixth pass). Built without its
+/// time, and the delivery handler reached 0.81 of a bare HTTP client's rate with it and
+/// 0.88 with mimalloc, ORCID-style (docs/benchmarks.md, figure 2, sixth pass). Built without its
 /// transparent huge pages (`no_thp`): on a host that grants them on request, each of its
 /// fresh regions was faulted in and zeroed 2 MiB at a time, a tenth of the Members-style
 /// delivery's CPU.
