@@ -262,11 +262,19 @@ impl Delivery {
     /// jobs' first attempts), as a read of each would: their jobs find them without a
     /// `GetItem` each for the items the flush's query has just returned.
     pub(crate) fn remember_subscriptions(&self, subscriptions: Vec<Subscription>) {
-        let cache = &self.subscribers.subscriptions;
         for subscription in subscriptions {
-            let key = endpoint_name(&subscription.record, &subscription.callback);
-            cache.put(&key, Some(Arc::new(Named::subscription(subscription))));
+            self.remember_subscription(subscription);
         }
+    }
+
+    /// Caches a subscription that was found, under its endpoint's name (the key
+    /// [`Self::subscription`] looks it up by).
+    fn remember_subscription(&self, subscription: Subscription) -> Arc<Named<Subscription>> {
+        let named = Arc::new(Named::subscription(subscription));
+        self.subscribers
+            .subscriptions
+            .put(&named.name, Some(named.clone()));
+        named
     }
 
     pub(super) async fn subscription(
@@ -274,23 +282,18 @@ impl Delivery {
         record: &RecordId,
         callback: &CallbackUrl,
     ) -> BackendResult<Option<Arc<Named<Subscription>>>> {
-        let cache = &self.subscribers.subscriptions;
         let key = endpoint_name(record, callback);
-        if let Some(hit) = cache.get_unless_disabled(&key) {
+        if let Some(hit) = self.subscribers.subscriptions.get_unless_disabled(&key) {
             return Ok(hit);
         }
-        let subscription = self
+        // Only found subscriptions are remembered: a callback registered again right after
+        // being removed must not have its jobs dropped.
+        Ok(self
             .ports
             .subscriptions
             .get_subscription(record, callback)
             .await?
-            .map(|subscription| Arc::new(Named::subscription(subscription)));
-        // Only found subscriptions are remembered: a callback registered again right after
-        // being removed must not have its jobs dropped.
-        if subscription.is_some() {
-            cache.put(&key, subscription.clone());
-        }
-        Ok(subscription)
+            .map(|subscription| self.remember_subscription(subscription)))
     }
 
     /// Writes an endpoint's health to its store.
