@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use webhooks::application::Application;
 use webhooks::aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use webhooks::callback::{CallbackUrl, UrlPolicy};
+use webhooks::callback::UrlPolicy;
 use webhooks::clock::{Clock, SystemClock};
 use webhooks::handlers::{Delivery, DeliverySettings};
 use webhooks::http_client::{CallbackClient, HttpSettings};
@@ -42,19 +42,8 @@ impl Style {
 /// The subscription of record `i` to a callback on the receiver.
 fn subscription(receiver_url: &str, i: usize) -> Subscription {
     let record = RecordId::parse(&format!("p-{i:07}")).expect("record id");
-    Subscription {
-        callback: CallbackUrl::parse(
-            &format!("{receiver_url}/{}/updated", record.as_str()),
-            UrlPolicy {
-                allow_insecure: true,
-            },
-        )
-        .expect("callback url"),
-        record,
-        client_id: "APP-BENCH".parse().unwrap(),
-        created_at: webhooks::clock::Timestamp::UNIX_EPOCH,
-        health: Default::default(),
-    }
+    let url = format!("{receiver_url}/{}/updated", record.as_str());
+    webhooks::testing::subscription(&record, &url, "APP-BENCH")
 }
 
 /// The delivery handler over in-memory ports holding one OAuth client (with webhook

@@ -34,11 +34,8 @@ fn callback(url: &str) -> CallbackUrl {
 
 fn subscription(record_id: &str, url: &str, client_id: &str) -> Subscription {
     Subscription {
-        record: record(record_id),
-        callback: callback(url),
-        client_id: client_id.parse().unwrap(),
         created_at: crate::testing::at_ms(1_700_000_000_000),
-        health: EndpointHealth::default(),
+        ..crate::testing::subscription(&record(record_id), url, client_id)
     }
 }
 
