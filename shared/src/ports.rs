@@ -653,13 +653,30 @@ pub async fn announce(events: &dyn OpsEvents, event: OpsEvent) {
     }
 }
 
+/// When the delivery handler hands a batch's attempts to the attempt log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogWrites {
+    /// All of them in one call once the batch's requests have ended: a store where each
+    /// call costs a round trip or a commit (DynamoDB's `BatchWriteItem`, which also keeps
+    /// the batch's quiet attempts to one owner in one item; one SQLite transaction).
+    PerBatch,
+    /// Each as its request ends, while the batch's other requests are still in flight: a
+    /// store in this process whose call costs nothing but the write itself, which the
+    /// batch's end then no longer waits for (figure 2 in docs/benchmarks.md).
+    PerAttempt,
+}
+
 /// The delivery attempt log and the messages kept for redelivery (entries may expire after
 /// the retention period, as DynamoDB's TTL deletes them; the memory adapter keeps them).
 #[async_trait]
 pub trait AttemptLog: Send + Sync {
-    /// Records attempts (a delivery batch's, in one call) and, for each, its message and
-    /// how its latest attempt ended.
+    /// Records attempts (as [`AttemptLog::writes`] says: a delivery batch's in one call,
+    /// or each as it ends) and, for each, its message and how its latest attempt ended.
     async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()>;
+    /// When the delivery handler calls [`AttemptLog::record`].
+    fn writes(&self) -> LogWrites {
+        LogWrites::PerBatch
+    }
     /// An endpoint's attempts admitted by `filter`, newest first, continuing after the
     /// page position `after` (a previous page's `next`). A [`Page`] with no trailing empty
     /// page; the DynamoDB adapter bounds the reads of one call (a filter that admits few

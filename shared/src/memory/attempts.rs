@@ -7,7 +7,7 @@ use crate::attempts::{
 };
 use crate::clock::Timestamp;
 use crate::job::MessageId;
-use crate::ports::{AttemptLog, BackendResult, Page};
+use crate::ports::{AttemptLog, BackendResult, LogWrites, Page};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -51,6 +51,12 @@ impl AttemptLog for MemoryStore {
                 Ok(())
             })
             .await
+    }
+
+    /// Each attempt as it ends: the write is this process's own work, done while the
+    /// batch's other requests are in flight rather than after the last of them.
+    fn writes(&self) -> LogWrites {
+        LogWrites::PerAttempt
     }
 
     async fn attempts(

@@ -46,13 +46,14 @@ impl Delivery {
         }
     }
 
-    /// Records the batch's attempts in one call. The log is for the endpoint's owner:
+    /// Records attempts in one call: the batch's, or (a log written per attempt, see
+    /// [`crate::ports::LogWrites`]) the one just ended. The log is for the endpoint's owner:
     /// when it cannot be written the deliveries stand, and the failure is logged.
-    pub(super) async fn log_attempts(&self, attempts: Vec<LoggedAttempt>) {
+    pub(super) async fn log_attempts(&self, attempts: &[LoggedAttempt]) {
         if attempts.is_empty() {
             return;
         }
-        if let Err(e) = self.ports.attempts.record(&attempts).await {
+        if let Err(e) = self.ports.attempts.record(attempts).await {
             tracing::error!(error = %e, attempts = attempts.len(), "could not record delivery attempts");
         }
     }

@@ -1,5 +1,6 @@
 //! What each message's task reports, and the batch's sum of them: its metrics, and what
-//! is left to do once all its attempts are made (one attempt-log write, one counter write
+//! is left to do once all its attempts are made (one attempt-log write unless the log is
+//! written as each attempt ends (`crate::ports::LogWrites`), one counter write
 //! per sync and at most one health write per endpoint, instead of one of each per
 //! message). The tasks return their reports and the batch adds them up as they end, so
 //! the concurrent deliveries share no lock.

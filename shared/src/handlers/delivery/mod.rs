@@ -24,7 +24,7 @@ pub use verdict::{MAX_BACKEND_FAILURES, Verdict, decide};
 
 use crate::health::HealthPolicy;
 use crate::http_client::CallbackClient;
-use crate::ports::{Ports, in_own_task};
+use crate::ports::{LogWrites, Ports, in_own_task};
 use crate::retry::RetryPolicy;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
@@ -164,12 +164,18 @@ impl Delivery {
         let batch = in_own_task(async move {
             let ledger = BatchLedger::for_batch(messages.len());
             let delivery = &delivery;
+            let per_attempt = delivery.ports.attempts.writes() == LogWrites::PerAttempt;
             futures::stream::iter(messages)
                 .map(|(message, job)| delivery.process(message, job, source, deadline))
                 .buffer_unordered(delivery.settings.concurrency.max(1))
-                .fold(ledger, |mut ledger, report| {
+                .fold(ledger, |mut ledger, report| async move {
                     ledger.add(report, &delivery.settings.health);
-                    futures::future::ready(ledger)
+                    if per_attempt {
+                        // Written while the batch's other requests are in flight.
+                        delivery.log_attempts(&ledger.attempts).await;
+                        ledger.attempts.clear();
+                    }
+                    ledger
                 })
                 .await
         });
@@ -195,7 +201,7 @@ impl Delivery {
             sync_outcomes,
         } = ledger;
         self.save_health(health).await;
-        self.log_attempts(attempts).await;
+        self.log_attempts(&attempts).await;
         keep.extend(self.count_sync_outcomes(sync_outcomes, deadline).await);
         self.emit_metrics(&metrics);
         keep
