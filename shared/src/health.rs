@@ -174,6 +174,12 @@ impl EndpointHealth {
         }
     }
 
+    /// True when an acknowledged delivery would change nothing ([`Self::record_success`]
+    /// has no streak to end).
+    pub fn success_changes_nothing(&self) -> bool {
+        self.failing_since.is_none() && self.last_failure_at.is_none() && self.last_error.is_none()
+    }
+
     /// Records an acknowledged delivery: the streak ends.
     pub fn record_success(&mut self) {
         self.failing_since = None;
@@ -250,6 +256,31 @@ mod tests {
             &policy
         ));
         assert_eq!(health.failing_since, Some(at(10 + 6 * DAY)));
+    }
+
+    #[test]
+    fn a_success_changes_nothing_exactly_when_there_is_no_streak_to_end() {
+        let policy = HealthPolicy::default();
+        let disabled = EndpointHealth {
+            disabled_at: Some(at(5)),
+            ..EndpointHealth::default()
+        };
+        let mut failing = EndpointHealth::default();
+        failing.record_failure(at(0), &AttemptFailure::HttpStatus(500), &policy);
+        let errored = EndpointHealth {
+            last_error: Some("connection refused".into()),
+            ..EndpointHealth::default()
+        };
+        for health in [EndpointHealth::default(), disabled, failing, errored] {
+            let mut after = health.clone();
+            after.record_success();
+            assert_eq!(
+                health.success_changes_nothing(),
+                after == health,
+                "{health:?}"
+            );
+        }
+        assert!(EndpointHealth::default().success_changes_nothing());
     }
 
     #[test]

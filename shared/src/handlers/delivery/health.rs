@@ -62,6 +62,12 @@ impl HealthTallies {
         // Looked up by the name the endpoint carries; copied only for its first attempt.
         let tally = match self.0.get_mut(endpoint.name()) {
             Some(tally) => tally,
+            // Acknowledged, with no failure streak to end: its health stays as read, and
+            // nothing is tallied (nearly every attempt; a tally copied the endpoint's name
+            // and its health twice, to find nothing to save).
+            None if note.failure.is_none() && endpoint.health().success_changes_nothing() => {
+                return;
+            }
             None => self
                 .0
                 .entry(endpoint.name().to_owned())
