@@ -41,7 +41,6 @@ use webhooks::aws_lambda_events::event::dynamodb::Event;
 use webhooks::aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::handlers::{ChangeCapture, Delivery, Flush, FlushReport};
-use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::oauth::OAuthClient;
 use webhooks::ports::{ApplicationStore, ClientStore, SubscriptionStore};
 use webhooks::record::RecordId;
@@ -599,13 +598,7 @@ async fn capture_changes(s: Scenario, svc: &Service, up: &Upstreams) -> LambdaUs
 /// the delivery function), with a client that reaches the receiver on 127.0.0.1; the
 /// metric lines it prints go to the log capture.
 fn delivery_handler(svc: &Service, logs: &LogCapture) -> Delivery {
-    let http = CallbackClient::new(&HttpSettings {
-        timeout: Duration::from_secs(5),
-        url_policy: UrlPolicy {
-            allow_insecure: true,
-        },
-        ..HttpSettings::default()
-    });
+    let http = webhooks::testing::local_callback_client(Duration::from_secs(5));
     Delivery::new(svc.aws.ports(), http, svc.resources.settings().delivery()).with_metric_lines({
         let logs = logs.clone();
         Arc::new(move |line: &str| logs.write_line(line))

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use webhooks::application::Application;
 use webhooks::aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use webhooks::callback::UrlPolicy;
 use webhooks::clock::{Clock, SystemClock};
 use webhooks::handlers::{Delivery, DeliverySettings};
-use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::oauth::OAuthClient;
@@ -75,13 +73,7 @@ pub async fn handler(receiver_url: &str, concurrency: usize, subscriptions: usiz
         Arc::new(webhooks::memory::LoggedEvents::default()),
         Arc::new(SystemClock),
     );
-    let http = CallbackClient::new(&HttpSettings {
-        timeout: Duration::from_secs(10),
-        url_policy: UrlPolicy {
-            allow_insecure: true,
-        },
-        ..HttpSettings::default()
-    });
+    let http = webhooks::testing::local_callback_client(Duration::from_secs(10));
     Delivery::new(
         ports,
         http,

@@ -20,7 +20,6 @@ use tokio::sync::{Mutex, RwLock, watch};
 use tokio::task::JoinSet;
 use webhooks::application::Application;
 use webhooks::aws_lambda_events::event::dynamodb::{Event, EventRecord};
-use webhooks::aws_lambda_events::event::sqs::SqsEvent;
 use webhooks::callback::UrlPolicy;
 use webhooks::clock::{Clock, SystemClock};
 use webhooks::handlers::{
@@ -31,7 +30,7 @@ use webhooks::health::HealthPolicy;
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::ids::{ApplicationId, ClientId};
 use webhooks::memory::LoggedEvents;
-use webhooks::memory::QueueDepth;
+use webhooks::memory::{QueueDepth, ReceivedMessage};
 use webhooks::oauth::{OAuthClient, SecretHash, new_secret, sha256_hex};
 use webhooks::ports::{BackendError, Person, Ports};
 use webhooks::record::RecordId;
@@ -348,11 +347,8 @@ impl Runtime {
                 return 0;
             }
         };
-        let mut event = SqsEvent::default();
-        event.records = messages
-            .iter()
-            .map(|m| m.to_sqs_message("arn:aws:sqs:local:000000000000:delivery"))
-            .collect();
+        let event =
+            ReceivedMessage::batch_event(&messages, "arn:aws:sqs:local:000000000000:delivery");
         let deadline = tokio::time::Instant::now() + self.sync_step_budget;
         let response = self.delivery.handle(event, deadline).await;
         if let Err(e) = self.storage.settle(&messages, &response).await {

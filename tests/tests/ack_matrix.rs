@@ -11,7 +11,7 @@ use webhooks::attempts::OutcomeClass;
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::clock::SystemClock;
 use webhooks::handlers::outbound::{application_request, callback_request};
-use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::http_client::CallbackClient;
 use webhooks::job::MessageId;
 
 /// How the raw receiver answers.
@@ -73,13 +73,7 @@ async fn raw_receiver(answer: Answer) -> String {
 }
 
 fn client() -> CallbackClient {
-    CallbackClient::new(&HttpSettings {
-        timeout: Duration::from_millis(800),
-        url_policy: UrlPolicy {
-            allow_insecure: true,
-        },
-        ..HttpSettings::default()
-    })
+    webhooks::testing::local_callback_client(Duration::from_millis(800))
 }
 
 async fn members_acknowledged(http: &CallbackClient, answer: Answer) -> (bool, Option<u16>) {

@@ -20,7 +20,7 @@ use webhooks::http_client::RESPONSE_PREFIX_BYTES;
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
 use webhooks::memory::LoggedEvents;
-use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, ReceivedMessage};
 use webhooks::ports::{ApplicationStore, AttemptLog};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
@@ -465,11 +465,7 @@ async fn run_queue_until(
                 Duration::from_millis(200).min(deadline - Instant::now()),
             )
             .await;
-        let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
-        event.records = received
-            .iter()
-            .map(|m| m.to_sqs_message("arn:aws:sqs:local:0:delivery"))
-            .collect();
+        let event = ReceivedMessage::batch_event(&received, "arn:aws:sqs:local:0:delivery");
         if event.records.is_empty() {
             continue;
         }
@@ -483,13 +479,7 @@ async fn run_queue_until(
 fn delivery_over(ports: webhooks::ports::Ports) -> Delivery {
     Delivery::new(
         ports,
-        CallbackClient::new(&HttpSettings {
-            timeout: Duration::from_secs(5),
-            url_policy: UrlPolicy {
-                allow_insecure: true,
-            },
-            ..HttpSettings::default()
-        }),
+        webhooks::testing::local_callback_client(Duration::from_secs(5)),
         DeliverySettings {
             retry: RetryPolicy {
                 base: Duration::from_millis(20),
@@ -930,11 +920,7 @@ async fn a_log_that_cannot_be_written_costs_no_delivery() {
     );
     queue.send(serde_json::to_string(&job).unwrap());
     let received = queue.receive(10, Duration::from_secs(2)).await;
-    let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
-    event.records = received
-        .iter()
-        .map(|m| m.to_sqs_message("arn:aws:sqs:local:0:delivery"))
-        .collect();
+    let event = ReceivedMessage::batch_event(&received, "arn:aws:sqs:local:0:delivery");
     let response = delivery
         .handle(event, Instant::now() + Duration::from_secs(30))
         .await;

@@ -10,12 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use webhooks::attempts::{LogEndpoint, StatusFilter};
-use webhooks::callback::UrlPolicy;
 use webhooks::clock::SystemClock;
 use webhooks::handlers::{Delivery, DeliverySettings};
-use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
-use webhooks::memory::{LoggedEvents, MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::memory::{LoggedEvents, MemoryQueue, MemoryRecords, MemoryStore, ReceivedMessage};
 use webhooks::oauth::OAuthClient;
 use webhooks::ports::{AttemptLog, ClientStore, DeliveryQueue, LogWrites, SubscriptionStore};
 use webhooks::record::RecordId;
@@ -92,23 +90,12 @@ async fn an_ended_attempt_is_in_the_memory_log_while_its_batch_still_waits_on_an
         .map(|s| DeliveryJob::for_subscription(s, WindowId(1), webhooks::testing::at_ms(0)))
         .collect();
     assert!(queue.enqueue(&jobs).await.unwrap().refused.is_empty());
-    let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
-    event.records = queue
-        .receive(10, Duration::from_millis(100))
-        .await
-        .iter()
-        .map(|m| m.to_sqs_message("arn:aws:sqs:local:000000000000:delivery"))
-        .collect();
+    let received = queue.receive(10, Duration::from_millis(100)).await;
+    let event = ReceivedMessage::batch_event(&received, "arn:aws:sqs:local:0:delivery");
     assert_eq!(event.records.len(), 2);
     let delivery = Delivery::new(
         ports,
-        CallbackClient::new(&HttpSettings {
-            timeout: Duration::from_secs(20),
-            url_policy: UrlPolicy {
-                allow_insecure: true,
-            },
-            ..HttpSettings::default()
-        }),
+        webhooks::testing::local_callback_client(Duration::from_secs(20)),
         DeliverySettings::default(),
     );
     let batch = tokio::spawn(async move {

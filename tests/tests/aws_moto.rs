@@ -493,13 +493,7 @@ async fn no_notification_is_lost_when_handlers_are_killed_between_aws_calls() {
             ..FlushSettings::default()
         },
     };
-    let http = CallbackClient::new(&HttpSettings {
-        timeout: Duration::from_millis(500),
-        url_policy: UrlPolicy {
-            allow_insecure: true,
-        },
-        ..HttpSettings::default()
-    });
+    let http = webhooks::testing::local_callback_client(Duration::from_millis(500));
     let retry = RetryPolicy {
         base: Duration::from_secs(1),
         max_attempts: 4,

@@ -9,15 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use webhooks::application::Application;
-use webhooks::callback::UrlPolicy;
 use webhooks::clock::SystemClock;
 use webhooks::events::OpsEvent;
 use webhooks::handlers::{Delivery, DeliverySettings};
 use webhooks::health::EndpointHealth;
-use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
 use webhooks::memory::LoggedEvents;
-use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, ReceivedMessage};
 use webhooks::ports::{ApplicationStore, BackendError, BackendResult};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
@@ -107,13 +105,7 @@ async fn an_hour_of_backend_failures_does_not_dead_letter_an_untried_job() {
     });
     let delivery = Delivery::new(
         ports,
-        CallbackClient::new(&HttpSettings {
-            timeout: Duration::from_secs(5),
-            url_policy: UrlPolicy {
-                allow_insecure: true,
-            },
-            ..HttpSettings::default()
-        }),
+        webhooks::testing::local_callback_client(Duration::from_secs(5)),
         DeliverySettings {
             retry: RetryPolicy {
                 base: Duration::from_secs(60),
@@ -140,11 +132,7 @@ async fn an_hour_of_backend_failures_does_not_dead_letter_an_untried_job() {
             paused = false;
         }
         invocations += 1;
-        let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
-        event.records = received
-            .iter()
-            .map(|m| m.to_sqs_message("arn:aws:sqs:local:0:delivery"))
-            .collect();
+        let event = ReceivedMessage::batch_event(&received, "arn:aws:sqs:local:0:delivery");
         let response = delivery
             .handle(event, Instant::now() + Duration::from_secs(60))
             .await;
@@ -200,13 +188,7 @@ async fn only_requests_to_the_receiver_count_as_attempts() {
         until: Instant::now(),
         down: down.clone(),
     });
-    let http = CallbackClient::new(&HttpSettings {
-        timeout: Duration::from_secs(5),
-        url_policy: UrlPolicy {
-            allow_insecure: true,
-        },
-        ..HttpSettings::default()
-    });
+    let http = webhooks::testing::local_callback_client(Duration::from_secs(5));
     let settings = DeliverySettings {
         retry: RetryPolicy {
             base: Duration::from_millis(10),
@@ -227,11 +209,7 @@ async fn only_requests_to_the_receiver_count_as_attempts() {
         }
         // Each invocation in a new container: nothing cached from the last one.
         let delivery = Delivery::new(ports.clone(), http.clone(), settings);
-        let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
-        event.records = received
-            .iter()
-            .map(|m| m.to_sqs_message("arn:aws:sqs:local:0:delivery"))
-            .collect();
+        let event = ReceivedMessage::batch_event(&received, "arn:aws:sqs:local:0:delivery");
         let response = delivery
             .handle(event, Instant::now() + Duration::from_secs(30))
             .await;

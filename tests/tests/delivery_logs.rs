@@ -12,7 +12,7 @@ use webhooks::handlers::{Delivery, DeliverySettings};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
 use webhooks::memory::LoggedEvents;
-use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, ReceivedMessage};
 use webhooks::oauth::OAuthClient;
 use webhooks::ports::{ClientStore, DeliveryQueue, SubscriptionStore};
 use webhooks::record::RecordId;
@@ -86,13 +86,8 @@ async fn a_successful_delivery_writes_no_log_line_at_info_and_a_failure_does() {
         let delivery = &delivery;
         async move {
             assert!(queue.enqueue(&jobs).await.unwrap().refused.is_empty());
-            let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
-            event.records = queue
-                .receive(100, Duration::from_millis(100))
-                .await
-                .iter()
-                .map(|m| m.to_sqs_message("arn:aws:sqs:local:000000000000:delivery"))
-                .collect();
+            let received = queue.receive(100, Duration::from_millis(100)).await;
+            let event = ReceivedMessage::batch_event(&received, "arn:aws:sqs:local:0:delivery");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             delivery.handle(event, deadline).await
         }

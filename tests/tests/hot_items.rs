@@ -6,14 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 use webhooks::application::Application;
-use webhooks::callback::UrlPolicy;
 use webhooks::clock::{Clock, SystemClock};
 use webhooks::events::OpsEvent;
 use webhooks::handlers::{Delivery, DeliverySettings};
-use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::http_client::CallbackClient;
 use webhooks::job::DeliveryJob;
 use webhooks::memory::LoggedEvents;
-use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, ReceivedMessage};
 use webhooks::ports::{ApplicationStore, DeliveryQueue, SyncStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
@@ -25,13 +24,7 @@ use webhooks_tests::Receiver;
 const PERSONS: usize = 120;
 
 fn http() -> CallbackClient {
-    CallbackClient::new(&HttpSettings {
-        timeout: Duration::from_millis(500),
-        url_policy: UrlPolicy {
-            allow_insecure: true,
-        },
-        ..HttpSettings::default()
-    })
+    webhooks::testing::local_callback_client(Duration::from_millis(500))
 }
 
 /// One poll of the delivery event source: a batch of up to `batch`, the handler, then the
@@ -41,11 +34,7 @@ async fn deliver_batch(queue: &MemoryQueue, delivery: &Delivery, batch: usize) -
     if messages.is_empty() {
         return 0;
     }
-    let mut event = webhooks::aws_lambda_events::event::sqs::SqsEvent::default();
-    event.records = messages
-        .iter()
-        .map(|m| m.to_sqs_message("arn:aws:sqs:local:000000000000:delivery"))
-        .collect();
+    let event = ReceivedMessage::batch_event(&messages, "arn:aws:sqs:local:000000000000:delivery");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let response = delivery.handle(event, deadline).await;
     queue.settle(&messages, &response);

@@ -19,15 +19,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, timeout};
 use webhooks::aws_lambda_events::event::dynamodb::{Event, EventRecord};
-use webhooks::aws_lambda_events::event::sqs::SqsEvent;
 use webhooks::callback::{CallbackUrl, UrlPolicy};
 use webhooks::clock::{Clock, SystemClock};
 use webhooks::events::OpsEvent;
 use webhooks::handlers::{ChangeCapture, Delivery, DeliverySettings, Flush, FlushSettings};
-use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::{DeliveryJob, MessageId, Target};
 use webhooks::memory::LoggedEvents;
-use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, ReceivedMessage};
 use webhooks::ports::{PendingChanges, Ports, SubscriptionStore};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
@@ -221,13 +219,7 @@ async fn no_notification_is_lost_under_faults() {
             ..FlushSettings::default()
         },
     };
-    let http = CallbackClient::new(&HttpSettings {
-        timeout: Duration::from_millis(200),
-        url_policy: UrlPolicy {
-            allow_insecure: true,
-        },
-        ..HttpSettings::default()
-    });
+    let http = webhooks::testing::local_callback_client(Duration::from_millis(200));
     let retry = RetryPolicy {
         base: Duration::from_millis(20),
         max_attempts: MAX_ATTEMPTS,
@@ -256,11 +248,7 @@ async fn no_notification_is_lost_under_faults() {
                 if messages.is_empty() {
                     continue;
                 }
-                let mut event = SqsEvent::default();
-                event.records = messages
-                    .iter()
-                    .map(|m| m.to_sqs_message("arn:soak"))
-                    .collect();
+                let event = ReceivedMessage::batch_event(&messages, "arn:soak");
                 let deadline = Instant::now() + Duration::from_secs(1);
                 let Ok(response) =
                     timeout(Duration::from_secs(1), delivery.handle(event, deadline)).await

@@ -7,16 +7,14 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use webhooks::application::{Application, NoWebhook};
-use webhooks::aws_lambda_events::event::sqs::SqsEvent;
-use webhooks::callback::{CallbackUrl, UrlPolicy};
+use webhooks::callback::CallbackUrl;
 use webhooks::clock::SystemClock;
 use webhooks::events::OpsEvent;
 use webhooks::handlers::views::ApplicationView;
 use webhooks::handlers::{Delivery, DeliverySettings};
-use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
 use webhooks::memory::LoggedEvents;
-use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, ReceivedMessage};
 use webhooks::ports::Ports;
 use webhooks::record::RecordId;
 use webhooks::subscription::Subscription;
@@ -66,13 +64,7 @@ async fn service() -> Service {
     ports.applications.put_application(&good).await.unwrap();
     let broken = stored_application("app-bad", "https://exa mple.org/hook");
     ports.applications.put_application(&broken).await.unwrap();
-    let http = CallbackClient::new(&HttpSettings {
-        timeout: Duration::from_secs(5),
-        url_policy: UrlPolicy {
-            allow_insecure: true,
-        },
-        ..HttpSettings::default()
-    });
+    let http = webhooks::testing::local_callback_client(Duration::from_secs(5));
     let delivery = Delivery::new(
         ports.clone(),
         http,
@@ -108,11 +100,7 @@ async fn deliver(s: &Service, jobs: &[DeliveryJob]) -> usize {
     }
     let received = s.queue.receive(jobs.len(), Duration::ZERO).await;
     assert_eq!(received.len(), jobs.len());
-    let mut event = SqsEvent::default();
-    event.records = received
-        .iter()
-        .map(|m| m.to_sqs_message("arn:aws:sqs:local:0:delivery"))
-        .collect();
+    let event = ReceivedMessage::batch_event(&received, "arn:aws:sqs:local:0:delivery");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let response = s.delivery.handle(event, deadline).await;
     response.batch_item_failures.len()

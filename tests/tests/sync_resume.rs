@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use webhooks::application::Application;
-use webhooks::callback::UrlPolicy;
 use webhooks::handlers::sync_driver::{StepOutcome, SyncDriver};
-use webhooks::http_client::{CallbackClient, HttpSettings};
+use webhooks::http_client::CallbackClient;
 use webhooks::job::Target;
 use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
 use webhooks::ports::{BackendResult, Page, Person, Ports, RecordStore};
@@ -68,13 +67,7 @@ async fn setup_with(interval_ms: u64, persons: usize) -> Setup {
         webhooks::testing::at_ms(0),
     );
     ports.syncs.save_sync(&sync).await.unwrap();
-    let http = CallbackClient::new(&HttpSettings {
-        timeout: Duration::from_millis(500),
-        url_policy: UrlPolicy {
-            allow_insecure: true,
-        },
-        ..HttpSettings::default()
-    });
+    let http = webhooks::testing::local_callback_client(Duration::from_millis(500));
     Setup {
         ports,
         queue,

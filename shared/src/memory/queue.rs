@@ -13,7 +13,7 @@ use crate::ports::{
     BackendError, BackendResult, DeliveryQueue, Enqueued, ParkedMessage, ParkedQueue, RefusedJob,
 };
 use async_trait::async_trait;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +36,17 @@ pub struct ReceivedMessage {
 }
 
 impl ReceivedMessage {
+    /// A received batch as the Lambda SQS event source would hand it to the delivery
+    /// function: one event of these messages, from the queue `queue_arn`.
+    pub fn batch_event(received: &[Self], queue_arn: &str) -> SqsEvent {
+        let mut event = SqsEvent::default();
+        event.records = received
+            .iter()
+            .map(|m| m.to_sqs_message(queue_arn))
+            .collect();
+        event
+    }
+
     /// The message as the Lambda SQS event source would hand it to the function.
     pub fn to_sqs_message(&self, queue_arn: &str) -> SqsMessage {
         let mut message = SqsMessage::default();

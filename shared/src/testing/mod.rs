@@ -2,7 +2,7 @@
 //! a clock that moves when told ([`ManualClock`]), fault injection for any adapter
 //! ([`faults`]), the contract every adapter set keeps ([`contract`]), and a window's
 //! pending records read shard by shard ([`pending_records`], [`records_of_shard`]), and the
-//! values tests make again and again ([`at`], [`subscription`]).
+//! values tests make again and again ([`at`], [`subscription`], [`local_callback_client`]).
 //! Compiled only with the `testing` feature (as tokio's `test-util`), which the `tests`
 //! crate enables; the Lambda functions and the local runner build without it.
 
@@ -24,6 +24,18 @@ pub fn at_ms(ms: i64) -> Timestamp {
 /// The time written as RFC 3339 text `text` (tests write some times as text).
 pub fn at(text: &str) -> Timestamp {
     Timestamp::parse_rfc3339(text).expect("an RFC 3339 time")
+}
+
+/// A callback client that may POST to a test receiver's `http://127.0.0.1` URL, each
+/// request bounded by `timeout`.
+pub fn local_callback_client(timeout: Duration) -> crate::http_client::CallbackClient {
+    crate::http_client::CallbackClient::new(&crate::http_client::HttpSettings {
+        timeout,
+        url_policy: crate::callback::UrlPolicy {
+            allow_insecure: true,
+        },
+        ..crate::http_client::HttpSettings::default()
+    })
 }
 
 /// A new subscription of `client` to `record` at `url` (a test receiver's `http://127.0.0.1`
