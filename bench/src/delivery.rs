@@ -12,7 +12,7 @@ use webhooks::aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use webhooks::clock::{Clock, SystemClock};
 use webhooks::handlers::{Delivery, DeliverySettings};
 use webhooks::job::DeliveryJob;
-use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::memory::{MemoryQueue, MemoryStore};
 use webhooks::oauth::OAuthClient;
 use webhooks::ports::{ApplicationStore, ClientStore, SubscriptionStore};
 use webhooks::record::RecordId;
@@ -66,12 +66,9 @@ pub async fn handler(receiver_url: &str, concurrency: usize, subscriptions: usiz
     app.webhook.url = Some(format!("{receiver_url}/members").into());
     app.webhook.signing_key = Some("helloWorld".into());
     store.put_application(&app).await.expect("memory put");
-    let ports = webhooks::ports::Ports::over(
+    let ports = webhooks::testing::memory_ports(
         store,
-        Arc::new(MemoryRecords::default()),
         Arc::new(MemoryQueue::new(Duration::from_secs(30), 5)),
-        Arc::new(webhooks::memory::LoggedEvents::default()),
-        Arc::new(SystemClock),
     );
     let http = webhooks::testing::local_callback_client(Duration::from_secs(10));
     Delivery::new(

@@ -14,13 +14,11 @@ use tokio::time::Instant;
 use webhooks::application::Application;
 use webhooks::attempts::{LogEndpoint, OutcomeClass, StatusFilter};
 use webhooks::callback::UrlPolicy;
-use webhooks::clock::SystemClock;
 use webhooks::handlers::{ApiSettings, Delivery, DeliverySettings, Registration};
 use webhooks::http_client::RESPONSE_PREFIX_BYTES;
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
-use webhooks::memory::LoggedEvents;
-use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, ReceivedMessage};
+use webhooks::memory::{MemoryQueue, MemoryStore, ReceivedMessage};
 use webhooks::ports::{ApplicationStore, AttemptLog};
 use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
@@ -98,13 +96,7 @@ async fn attempts_match_what_the_receiver_saw(log: Arc<dyn AttemptLog>) {
     );
     app.webhook.url = Some(format!("http://{}/hook", receiver.addr).into());
     store.put_application(&app).await.unwrap();
-    let mut ports = webhooks::ports::Ports::over(
-        store.clone(),
-        Arc::new(MemoryRecords::default()),
-        queue.clone(),
-        Arc::new(LoggedEvents::default()),
-        Arc::new(SystemClock),
-    );
+    let mut ports = webhooks::testing::memory_ports(store.clone(), queue.clone());
     ports.attempts = log.clone();
     let api = Registration {
         ports: ports.clone(),
@@ -518,13 +510,7 @@ async fn a_client_reads_its_webhooks_attempts_by_id() {
         "APP-1",
     );
     store.register(&subscription).await.unwrap();
-    let ports = webhooks::ports::Ports::over(
-        store.clone(),
-        Arc::new(MemoryRecords::default()),
-        queue.clone(),
-        Arc::new(LoggedEvents::default()),
-        Arc::new(SystemClock),
-    );
+    let ports = webhooks::testing::memory_ports(store.clone(), queue.clone());
     let api = Registration {
         ports: ports.clone(),
         http: CallbackClient::new(&HttpSettings::default()),
@@ -694,13 +680,7 @@ async fn recover_after_an_outage(log: Arc<dyn AttemptLog>) {
     app.webhook.url = Some(format!("http://{addr}/hook").into());
     app.webhook.request_interval_ms = 100;
     store.put_application(&app).await.unwrap();
-    let mut ports = webhooks::ports::Ports::over(
-        store.clone(),
-        Arc::new(MemoryRecords::default()),
-        queue.clone(),
-        Arc::new(LoggedEvents::default()),
-        Arc::new(SystemClock),
-    );
+    let mut ports = webhooks::testing::memory_ports(store.clone(), queue.clone());
     ports.attempts = log.clone();
     let api = Registration {
         ports: ports.clone(),
@@ -897,13 +877,7 @@ async fn a_log_that_cannot_be_written_costs_no_delivery() {
     );
     app.webhook.url = Some(format!("http://{addr}/hook").into());
     store.put_application(&app).await.unwrap();
-    let mut ports = webhooks::ports::Ports::over(
-        store,
-        Arc::new(MemoryRecords::default()),
-        queue.clone(),
-        Arc::new(LoggedEvents::default()),
-        Arc::new(SystemClock),
-    );
+    let mut ports = webhooks::testing::memory_ports(store, queue.clone());
     // An attempt log that cannot be written (DynamoDB throttled for the whole batch).
     let broken = Faults::scripted(|_| Fault::Fail);
     ports.attempts = Arc::new(MemoryStore::default().with_faults(Arc::new(broken)));

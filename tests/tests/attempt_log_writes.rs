@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use webhooks::attempts::{LogEndpoint, StatusFilter};
-use webhooks::clock::SystemClock;
 use webhooks::handlers::{Delivery, DeliverySettings};
 use webhooks::job::DeliveryJob;
-use webhooks::memory::{LoggedEvents, MemoryQueue, MemoryRecords, MemoryStore, ReceivedMessage};
+use webhooks::memory::{MemoryQueue, MemoryStore, ReceivedMessage};
 use webhooks::oauth::OAuthClient;
 use webhooks::ports::{AttemptLog, ClientStore, DeliveryQueue, LogWrites, SubscriptionStore};
 use webhooks::record::RecordId;
@@ -58,13 +57,7 @@ async fn an_ended_attempt_is_in_the_memory_log_while_its_batch_still_waits_on_an
     let store = Arc::new(MemoryStore::default());
     assert_eq!(store.writes(), LogWrites::PerAttempt);
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 10));
-    let ports = webhooks::ports::Ports::over(
-        store.clone(),
-        Arc::new(MemoryRecords::default()),
-        queue.clone(),
-        Arc::new(LoggedEvents::default()),
-        Arc::new(SystemClock),
-    );
+    let ports = webhooks::testing::memory_ports(store.clone(), queue.clone());
     let release = Arc::new(Notify::new());
     let (url, server) = held_receiver(release.clone()).await;
     store

@@ -91,13 +91,7 @@ async fn an_hour_of_backend_failures_does_not_dead_letter_an_untried_job() {
     app.webhook.url = Some(receiver.url("/members").into());
     store.put_application(&app).await.unwrap();
     let outage_ends = Instant::now() + Duration::from_secs(3600);
-    let mut ports = webhooks::ports::Ports::over(
-        store.clone(),
-        Arc::new(MemoryRecords::default()),
-        queue.clone(),
-        Arc::new(LoggedEvents::default()),
-        Arc::new(SystemClock),
-    );
+    let mut ports = webhooks::testing::memory_ports(store.clone(), queue.clone());
     ports.applications = Arc::new(Outage {
         inner: store,
         until: outage_ends,

@@ -7,12 +7,10 @@ use std::time::Duration;
 use tracing::instrument::WithSubscriber;
 use tracing_subscriber::filter::LevelFilter;
 use webhooks::callback::UrlPolicy;
-use webhooks::clock::SystemClock;
 use webhooks::handlers::{Delivery, DeliverySettings};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
-use webhooks::memory::LoggedEvents;
-use webhooks::memory::{MemoryQueue, MemoryRecords, MemoryStore, ReceivedMessage};
+use webhooks::memory::{MemoryQueue, MemoryStore, ReceivedMessage};
 use webhooks::oauth::OAuthClient;
 use webhooks::ports::{ClientStore, DeliveryQueue, SubscriptionStore};
 use webhooks::record::RecordId;
@@ -25,13 +23,7 @@ use webhooks_tests::logs::LogCapture;
 async fn a_successful_delivery_writes_no_log_line_at_info_and_a_failure_does() {
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 10));
-    let ports = webhooks::ports::Ports::over(
-        store.clone(),
-        Arc::new(MemoryRecords::default()),
-        queue.clone(),
-        Arc::new(LoggedEvents::default()),
-        Arc::new(SystemClock),
-    );
+    let ports = webhooks::testing::memory_ports(store.clone(), queue.clone());
     let receiver = Receiver::start().await;
     let insecure = UrlPolicy {
         allow_insecure: true,

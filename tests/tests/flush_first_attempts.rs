@@ -8,11 +8,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use webhooks::callback::UrlPolicy;
-use webhooks::clock::SystemClock;
 use webhooks::handlers::{Delivery, DeliverySettings, Flush, FlushReport, FlushSettings};
 use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
-use webhooks::memory::{LoggedEvents, MemoryQueue, MemoryRecords, MemoryStore};
+use webhooks::memory::{MemoryQueue, MemoryStore};
 use webhooks::oauth::OAuthClient;
 use webhooks::ports::{ClientStore, PendingChanges, SubscriptionStore};
 use webhooks::record::RecordId;
@@ -55,12 +54,9 @@ async fn service_with(
 ) -> Service {
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), max_attempts));
-    let ports = webhooks::ports::Ports::over(
+    let ports = webhooks::testing::memory_ports(
         Arc::new(store.with_faults(store_faults)),
-        Arc::new(MemoryRecords::default()),
         Arc::new(queue.with_faults(queue_faults)),
-        Arc::new(LoggedEvents::default()),
-        Arc::new(SystemClock),
     );
     let receiver = Receiver::start().await;
     let insecure = UrlPolicy {

@@ -2,7 +2,7 @@
 //! a clock that moves when told ([`ManualClock`]), fault injection for any adapter
 //! ([`faults`]), the contract every adapter set keeps ([`contract`]), and a window's
 //! pending records read shard by shard ([`pending_records`], [`records_of_shard`]), and the
-//! values tests make again and again ([`at`], [`subscription`], [`local_callback_client`]).
+//! values tests make again and again ([`at`], [`subscription`], [`memory_ports`], [`local_callback_client`]).
 //! Compiled only with the `testing` feature (as tokio's `test-util`), which the `tests`
 //! crate enables; the Lambda functions and the local runner build without it.
 
@@ -24,6 +24,21 @@ pub fn at_ms(ms: i64) -> Timestamp {
 /// The time written as RFC 3339 text `text` (tests write some times as text).
 pub fn at(text: &str) -> Timestamp {
     Timestamp::parse_rfc3339(text).expect("an RFC 3339 time")
+}
+
+/// Ports over the in-memory `store` and `queue`, with no person records, operational events
+/// only logged and the system clock: what a delivery test or benchmark runs the handler over.
+pub fn memory_ports(
+    store: std::sync::Arc<crate::memory::MemoryStore>,
+    queue: std::sync::Arc<crate::memory::MemoryQueue>,
+) -> crate::ports::Ports {
+    crate::ports::Ports::over(
+        store,
+        std::sync::Arc::new(crate::memory::MemoryRecords::default()),
+        queue,
+        std::sync::Arc::new(crate::memory::LoggedEvents::default()),
+        std::sync::Arc::new(crate::clock::SystemClock),
+    )
 }
 
 /// A callback client that may POST to a test receiver's `http://127.0.0.1` URL, each
