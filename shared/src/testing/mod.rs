@@ -2,7 +2,8 @@
 //! a clock that moves when told ([`ManualClock`]), fault injection for any adapter
 //! ([`faults`]), the contract every adapter set keeps ([`contract`]), and a window's
 //! pending records read shard by shard ([`pending_records`], [`records_of_shard`]), and the
-//! values tests make again and again ([`at`], [`subscription`], [`memory_ports`], [`local_callback_client`]).
+//! values tests make again and again ([`at`], [`subscription`], [`memory_ports`],
+//! [`local_callback_client`]).
 //! Compiled only with the `testing` feature (as tokio's `test-util`), which the `tests`
 //! crate enables; the Lambda functions and the local runner build without it.
 
