@@ -21,8 +21,10 @@ const PREFIX: &str = "whsec_";
 #[error("a webhook secret is whsec_ followed by base64 of 24 to 64 bytes")]
 pub struct InvalidSecret;
 
-/// A Standard Webhooks secret: `whsec_` and base64 of the key bytes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A Standard Webhooks secret: `whsec_` and base64 of the key bytes. Its Debug form shows
+/// only the prefix, so a secret formatted into a log line or a failed assertion is not given
+/// away.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct WebhookSecret {
     text: String,
@@ -40,6 +42,12 @@ impl PartialEq for WebhookSecret {
 }
 
 impl Eq for WebhookSecret {}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WebhookSecret({PREFIX}…)")
+    }
+}
 
 impl WebhookSecret {
     /// A new random secret of 32 bytes.
@@ -160,6 +168,20 @@ pub fn members_hash(signing_key: &str, data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_formatted_for_debugging_is_not_given_away() {
+        let text = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let secrets = SigningSecrets {
+            current: WebhookSecret::parse(text).unwrap(),
+            previous: Some(WebhookSecret::generate()),
+            previous_until: None,
+        };
+        let shown = format!("{secrets:?}");
+        assert!(!shown.contains("MfKQ9r8G"), "{shown}");
+        assert!(!shown.contains(secrets.previous.as_ref().unwrap().expose()));
+        assert!(shown.contains("WebhookSecret(whsec_…)"), "{shown}");
+    }
 
     #[test]
     fn standard_webhooks_test_vector() {
