@@ -11,7 +11,6 @@ use webhooks::callback::UrlPolicy;
 use webhooks::handlers::{
     ApiSettings, ChangeCapture, Delivery, DeliverySettings, Flush, FlushSettings, Registration,
 };
-use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::lambda_http::{Body, Request};
 use webhooks::oauth::{OAuthClient, sha256_hex};
 use webhooks::ports::{ClientStore, PendingChanges, Person};
@@ -52,11 +51,7 @@ impl Pipeline {
             max_attempts,
             jitter: 0.0,
         };
-        let http = CallbackClient::new(&HttpSettings {
-            timeout: Duration::from_secs(2),
-            url_policy: insecure,
-            ..HttpSettings::default()
-        });
+        let http = webhooks::testing::local_callback_client(Duration::from_secs(2));
         Self {
             registration: Registration {
                 ports: aws.ports(),

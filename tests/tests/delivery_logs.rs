@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::instrument::WithSubscriber;
 use tracing_subscriber::filter::LevelFilter;
-use webhooks::callback::UrlPolicy;
 use webhooks::handlers::{Delivery, DeliverySettings};
-use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
 use webhooks::memory::{MemoryQueue, MemoryStore, ReceivedMessage};
 use webhooks::oauth::OAuthClient;
@@ -25,9 +23,6 @@ async fn a_successful_delivery_writes_no_log_line_at_info_and_a_failure_does() {
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 10));
     let ports = webhooks::testing::memory_ports(store.clone(), queue.clone());
     let receiver = Receiver::start().await;
-    let insecure = UrlPolicy {
-        allow_insecure: true,
-    };
     store
         .put_client(&OAuthClient::new(
             &"APP-1".parse().unwrap(),
@@ -53,11 +48,7 @@ async fn a_successful_delivery_writes_no_log_line_at_info_and_a_failure_does() {
     let emf: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let delivery = Delivery::new(
         ports,
-        CallbackClient::new(&HttpSettings {
-            timeout: Duration::from_secs(2),
-            url_policy: insecure,
-            ..HttpSettings::default()
-        }),
+        webhooks::testing::local_callback_client(Duration::from_secs(2)),
         DeliverySettings {
             retry: RetryPolicy {
                 base: Duration::from_secs(60),

@@ -7,9 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use webhooks::callback::UrlPolicy;
 use webhooks::handlers::{Delivery, DeliverySettings, Flush, FlushReport, FlushSettings};
-use webhooks::http_client::{CallbackClient, HttpSettings};
 use webhooks::job::DeliveryJob;
 use webhooks::memory::{MemoryQueue, MemoryStore};
 use webhooks::oauth::OAuthClient;
@@ -37,8 +35,8 @@ async fn service(records: &[RecordId], up_to: usize, max_attempts: u32) -> Servi
         records,
         up_to,
         max_attempts,
-        Arc::new(Faults::scripted(|_| Fault::None)),
-        Arc::new(Faults::scripted(|_| Fault::None)),
+        Arc::new(Faults::none()),
+        Arc::new(Faults::none()),
     )
     .await
 }
@@ -59,9 +57,6 @@ async fn service_with(
         Arc::new(queue.with_faults(queue_faults)),
     );
     let receiver = Receiver::start().await;
-    let insecure = UrlPolicy {
-        allow_insecure: true,
-    };
     store
         .put_client(&OAuthClient::new(
             &"APP-1".parse().unwrap(),
@@ -83,11 +78,7 @@ async fn service_with(
     let metric_lines: Arc<Mutex<Vec<String>>> = Arc::default();
     let delivery = Delivery::new(
         ports.clone(),
-        CallbackClient::new(&HttpSettings {
-            timeout: Duration::from_secs(2),
-            url_policy: insecure,
-            ..HttpSettings::default()
-        }),
+        webhooks::testing::local_callback_client(Duration::from_secs(2)),
         DeliverySettings {
             retry: RetryPolicy {
                 base: Duration::from_secs(1),
@@ -269,7 +260,7 @@ async fn a_windows_batch_that_cannot_be_handed_over_is_repeated_by_the_next_run(
         10,
         5,
         faults.clone(),
-        Arc::new(Faults::scripted(|_| Fault::None)),
+        Arc::new(Faults::none()),
     )
     .await;
     s.receiver.script(&[500]);
@@ -303,7 +294,7 @@ async fn the_first_attempts_take_the_subscriptions_the_flush_has_just_read() {
         &records("seeded", 3),
         10,
         5,
-        Arc::new(Faults::scripted(|_| Fault::None)),
+        Arc::new(Faults::none()),
         faults.clone(),
     )
     .await;

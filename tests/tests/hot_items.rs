@@ -18,7 +18,7 @@ use webhooks::record::RecordId;
 use webhooks::retry::RetryPolicy;
 use webhooks::sync::{FullSync, SyncState};
 use webhooks::testing::ManualClock;
-use webhooks::testing::faults::{Fault, Faults};
+use webhooks::testing::faults::Faults;
 use webhooks_tests::Receiver;
 
 const PERSONS: usize = 120;
@@ -167,7 +167,7 @@ async fn a_failing_endpoints_health_is_written_once_per_batch_and_at_most_once_a
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 100));
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     // No faults: the plan only counts the calls.
-    let counting = Arc::new(Faults::scripted(|_| Fault::None));
+    let counting = Arc::new(Faults::none());
     let mut ports = webhooks::ports::Ports::over(
         store.clone(),
         Arc::new(MemoryRecords::default()),

@@ -142,6 +142,11 @@ impl Faults {
         self
     }
 
+    /// No faults: every operation runs as it is (the counts still tell which ran).
+    pub fn none() -> Self {
+        Self::scripted(|_| Fault::None)
+    }
+
     /// Faults the test decides, from each operation's name (`decide` may keep state, to
     /// fail only the first call of an operation, say).
     pub fn scripted(decide: impl Fn(&str) -> Fault + Send + Sync + 'static) -> Self {
