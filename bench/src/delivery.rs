@@ -393,10 +393,9 @@ pub async fn one_contender(style: Option<Style>, rounds: usize) {
 
 fn bytes_of_members_envelope() -> Vec<u8> {
     // The size of a Members-style envelope for `person(0)`, so the bare loop sends as much.
-    let p = person(0);
     webhooks::members::envelope(
-        std::slice::from_ref(&p),
-        Some("helloWorld"),
+        &[webhooks::members::ScopedPerson::from_map(&person(0))],
+        Some(&"helloWorld".into()),
         "msg_0000",
         "2026-01-01T00:00:00.000Z",
         "app-bench",

@@ -6,7 +6,7 @@ use crate::callback::{CallbackUrl, InvalidCallbackUrl, StoredUrl, UrlPolicy};
 use crate::clock::Timestamp;
 use crate::ids::ApplicationId;
 use crate::oauth::sha256_hex;
-use crate::signing::SigningSecrets;
+use crate::signing::{SigningKey, SigningSecrets};
 use serde::{Deserialize, Serialize};
 
 /// Longest signing key accepted.
@@ -22,7 +22,7 @@ pub struct WebhookConfig {
     pub url: Option<StoredUrl>,
     /// The key of `attributes.hash`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signing_key: Option<String>,
+    pub signing_key: Option<SigningKey>,
     /// Minimum time between two requests of a full sync (0 = as fast as it scales).
     #[serde(default)]
     pub request_interval_ms: u64,
@@ -135,7 +135,7 @@ impl Application {
             None => self.webhook.signing_key.clone(),
             Some("") => None,
             Some(key) if key.len() > MAX_SIGNING_KEY_LEN => return Err(InvalidPatch::SigningKey),
-            Some(key) => Some(key.to_owned()),
+            Some(key) => Some(SigningKey::new(key)),
         };
         let request_interval_ms = match webhook.request_interval_ms {
             None => self.webhook.request_interval_ms,
@@ -214,7 +214,10 @@ mod tests {
             Some("https://someurl.com/something"),
             "absent fields stay"
         );
-        assert_eq!(app.webhook.signing_key.as_deref(), Some("helloWorld"));
+        assert_eq!(
+            app.webhook.signing_key.as_ref().map(SigningKey::expose),
+            Some("helloWorld")
+        );
         assert_eq!(app.webhook.request_interval_ms, 100);
         app.apply(patch(json!({"webhook": {"url": ""}})), UrlPolicy::default())
             .unwrap();

@@ -4,11 +4,11 @@
 use crate::callback::CallbackUrl;
 use crate::clock::Timestamp;
 use crate::ids::{ApplicationId, ClientId, SyncId, SyncKey};
+use crate::members::ScopedPerson;
 use crate::record::RecordId;
 use crate::subscription::Subscription;
 use crate::window::WindowId;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// The job format version written by this code.
@@ -87,7 +87,7 @@ pub enum Target {
         /// The person's record id.
         record: RecordId,
         /// The person as the application may see it (scoped when the job was made).
-        person: Map<String, Value>,
+        person: ScopedPerson,
         /// The full sync this job belongs to, if any (its outcome is counted there).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sync: Option<SyncId>,
@@ -112,7 +112,7 @@ struct StoredTarget {
     callback: Option<CallbackUrl>,
     client: Option<ClientId>,
     application: Option<ApplicationId>,
-    person: Option<Map<String, Value>>,
+    person: Option<ScopedPerson>,
     sync: Option<SyncId>,
 }
 
@@ -257,7 +257,7 @@ impl DeliveryJob {
     pub fn for_application(
         application: &ApplicationId,
         record: &RecordId,
-        person: Map<String, Value>,
+        person: impl Into<ScopedPerson>,
         window: WindowId,
         created_at: Timestamp,
     ) -> Self {
@@ -275,7 +275,7 @@ impl DeliveryJob {
             target: Target::Application {
                 application: application.clone(),
                 record: record.clone(),
-                person,
+                person: person.into(),
                 sync: None,
             },
             window: Some(window.0),
@@ -290,7 +290,7 @@ impl DeliveryJob {
     pub fn for_sync(
         sync: &SyncKey,
         record: &RecordId,
-        person: Map<String, Value>,
+        person: impl Into<ScopedPerson>,
         created_at: Timestamp,
     ) -> Self {
         Self {
@@ -299,7 +299,7 @@ impl DeliveryJob {
             target: Target::Application {
                 application: sync.application.clone(),
                 record: record.clone(),
-                person,
+                person: person.into(),
                 sync: Some(sync.sync.clone()),
             },
             window: None,
@@ -382,6 +382,7 @@ impl DeliveryJob {
 mod tests {
     use super::*;
     use crate::callback::UrlPolicy;
+    use serde_json::{Map, Value};
 
     fn sub(url: &str) -> Subscription {
         Subscription {

@@ -4,9 +4,11 @@
 use crate::ids::ApplicationId;
 use crate::ports::{Page, Person};
 use crate::record::RecordId;
-use crate::signing::members_hash;
+use crate::signing::SigningKey;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Every scope and the person fields it opens. `personID` and `lastChangedDate` are
@@ -63,7 +65,7 @@ pub fn consents(person: &Person) -> Vec<(ApplicationId, Vec<String>)> {
 }
 
 /// The person as an application with `scopes` may see it.
-pub fn scoped_person(id: &RecordId, person: &Person, scopes: &[String]) -> Map<String, Value> {
+pub fn scoped_person(id: &RecordId, person: &Person, scopes: &[String]) -> ScopedPerson {
     let mut scoped = Map::new();
     scoped.insert("personID".into(), id.as_str().into());
     scoped.insert(
@@ -82,7 +84,74 @@ pub fn scoped_person(id: &RecordId, person: &Person, scopes: &[String]) -> Map<S
             }
         }
     }
-    scoped
+    ScopedPerson::from_map(&scoped)
+}
+
+/// A person as one application may see it ([`scoped_person`]), kept as the JSON object
+/// it was written as when its job was made. A delivery copies these bytes into the
+/// envelope's `data` as they are: read into a map and written out again for every
+/// message, the person was the largest part of what a Members-style delivery cost over
+/// an ORCID-style one (figure 2 in docs/benchmarks.md). Two are equal when they are the
+/// same JSON object, however written (a queue message body escapes characters SQS
+/// refuses, see [`crate::message::encode`], and the text read back keeps the escapes).
+#[derive(Clone)]
+pub struct ScopedPerson(Box<RawValue>);
+
+impl ScopedPerson {
+    /// The person's JSON object, compact, keys in the order the map keeps them.
+    pub fn from_map(person: &Map<String, Value>) -> Self {
+        Self(serde_json::value::to_raw_value(person).expect("a JSON map always serializes"))
+    }
+
+    /// The JSON object text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The person read into a map (for views and checks; a delivery sends [`Self::json`]).
+    pub fn to_map(&self) -> Map<String, Value> {
+        // Valid JSON and an object, checked when it was read: this cannot fail.
+        serde_json::from_str(self.json()).unwrap_or_default()
+    }
+}
+
+impl From<Map<String, Value>> for ScopedPerson {
+    fn from(person: Map<String, Value>) -> Self {
+        Self::from_map(&person)
+    }
+}
+
+impl PartialEq for ScopedPerson {
+    fn eq(&self, other: &Self) -> bool {
+        // The same text is the common case, and cheap; other texts are compared as JSON.
+        self.json() == other.json() || self.to_map() == other.to_map()
+    }
+}
+
+impl Eq for ScopedPerson {}
+
+impl std::fmt::Debug for ScopedPerson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.json())
+    }
+}
+
+impl Serialize for ScopedPerson {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ScopedPerson {
+    /// Any JSON object, its text kept as it is; anything else is refused.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        if raw.get().trim_start().starts_with('{') {
+            Ok(Self(raw))
+        } else {
+            Err(serde::de::Error::custom("a person is a JSON object"))
+        }
+    }
 }
 
 /// A person with every field, for "Run Test" without a chosen person.
@@ -113,16 +182,24 @@ pub fn sample_person() -> Map<String, Value> {
 /// the base64 HMAC-SHA256 of those exact bytes under the signing key (absent when the
 /// application has set no signing key).
 pub fn envelope(
-    persons: &[Map<String, Value>],
-    signing_key: Option<&str>,
+    persons: &[ScopedPerson],
+    signing_key: Option<&SigningKey>,
     message_id: &str,
     publish_time: &str,
     subscription: &str,
 ) -> Vec<u8> {
-    // Sized up front: growing the buffers as serde wrote was a tenth of the envelope.
-    let mut data = Vec::with_capacity(512);
-    serde_json::to_writer(&mut data, persons).expect("JSON values serialize");
-    let hash = signing_key.map(|key| members_hash(key, &data));
+    // The array written from the persons' own JSON, in a buffer sized once.
+    let mut data =
+        Vec::with_capacity(2 + persons.iter().map(|p| p.json().len() + 1).sum::<usize>());
+    data.push(b'[');
+    for (i, person) in persons.iter().enumerate() {
+        if i > 0 {
+            data.push(b',');
+        }
+        data.extend_from_slice(person.json().as_bytes());
+    }
+    data.push(b']');
+    let hash = signing_key.map(|key| key.hash(&data));
     // Written out in the order a `serde_json::Map` keeps keys (sorted), so the bytes are the
     // ones a `serde_json::Value` of the envelope gives. The base64 of the data and of the
     // hash go in as they are (their alphabet needs no JSON escape): serialized as strings,
@@ -161,6 +238,7 @@ pub fn envelope(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signing::members_hash;
 
     fn full_person() -> Person {
         let mut person = sample_person();
@@ -177,11 +255,11 @@ mod tests {
         let id = RecordId::parse("p-1").unwrap();
         let person = full_person();
         let always = ["lastChangedDate", "personID"];
-        let none = scoped_person(&id, &person, &[]);
+        let none = scoped_person(&id, &person, &[]).to_map();
         assert_eq!(none.keys().collect::<Vec<_>>(), always);
         assert_eq!(none["personID"], "p-1");
         for (scope, fields) in SCOPE_FIELDS {
-            let scoped = scoped_person(&id, &person, &[(*scope).to_owned()]);
+            let scoped = scoped_person(&id, &person, &[(*scope).to_owned()]).to_map();
             let mut expected: Vec<&str> = always.iter().chain(fields.iter()).copied().collect();
             expected.sort();
             let got: Vec<&str> = scoped.keys().map(String::as_str).collect();
@@ -191,7 +269,7 @@ mod tests {
             }
         }
         let all: Vec<String> = SCOPE_FIELDS.iter().map(|(s, _)| (*s).to_owned()).collect();
-        let everything = scoped_person(&id, &person, &all);
+        let everything = scoped_person(&id, &person, &all).to_map();
         assert_eq!(
             everything.len(),
             2 + SCOPE_FIELDS.iter().map(|(_, f)| f.len()).sum::<usize>()
@@ -202,7 +280,7 @@ mod tests {
     #[test]
     fn unknown_scopes_open_nothing() {
         let id = RecordId::parse("p-1").unwrap();
-        let scoped = scoped_person(&id, &full_person(), &["members.everything".into()]);
+        let scoped = scoped_person(&id, &full_person(), &["members.everything".into()]).to_map();
         assert_eq!(scoped.len(), 2);
     }
 
@@ -238,7 +316,7 @@ mod tests {
         let person = scoped_person(&id, &full_person(), &["members.email".into()]);
         let body = envelope(
             std::slice::from_ref(&person),
-            Some("helloWorld"),
+            Some(&"helloWorld".into()),
             "msg_1",
             "2021-02-26T19:13:55.749Z",
             "app-1",
@@ -252,7 +330,7 @@ mod tests {
         assert_eq!(json["subscription"], "app-1");
         let data = B64.decode(message["data"].as_str().unwrap()).unwrap();
         let decoded: Vec<Map<String, Value>> = serde_json::from_slice(&data).unwrap();
-        assert_eq!(decoded, vec![person]);
+        assert_eq!(decoded, vec![person.to_map()]);
         assert_eq!(
             message["attributes"]["hash"],
             members_hash("helloWorld", &data)
@@ -262,14 +340,55 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_person_is_read_as_the_json_object_it_was_written_as() {
+        let person = ScopedPerson::from_map(&sample_person());
+        assert_eq!(
+            person.json(),
+            serde_json::to_string(&sample_person()).unwrap()
+        );
+        assert_eq!(person.to_map(), sample_person());
+        let read: ScopedPerson =
+            serde_json::from_str(&serde_json::to_string(&person).unwrap()).unwrap();
+        assert_eq!(read.json(), person.json(), "its text kept as it was");
+        // The same object written otherwise (spaces, an escape) is the same person.
+        let spaced: ScopedPerson =
+            serde_json::from_str(r#"{ "firstName" : "A\u00e9", "personID": "p-1" }"#).unwrap();
+        let plain = ScopedPerson::from_map(
+            serde_json::json!({"personID": "p-1", "firstName": "Aé"})
+                .as_object()
+                .unwrap(),
+        );
+        assert_eq!(spaced, plain);
+        assert_ne!(spaced, ScopedPerson::from_map(&Map::new()));
+        for not_an_object in ["[]", "\"p-1\"", "null", "3", "{", ""] {
+            assert!(
+                serde_json::from_str::<ScopedPerson>(not_an_object).is_err(),
+                "{not_an_object:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_envelope_data_is_the_persons_json_as_written() {
+        let a: ScopedPerson = serde_json::from_str(r#"{"personID":"a"}"#).unwrap();
+        let b: ScopedPerson = serde_json::from_str(r#"{"personID":"b\uFFFF"}"#).unwrap();
+        let body = envelope(&[a, b], None, "m", "t", "s");
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        let data = B64
+            .decode(json["message"]["data"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(data, br#"[{"personID":"a"},{"personID":"b\uFFFF"}]"#);
+    }
+
+    #[test]
     fn envelope_bytes_are_those_of_its_json_value() {
         // Receivers verify the Standard Webhooks signature over these exact bytes: the
         // envelope is serialized as a `Value` with the same content would be (keys sorted).
         let person = sample_person();
         for key in [Some("helloWorld"), None] {
             let body = envelope(
-                std::slice::from_ref(&person),
-                key,
+                &[ScopedPerson::from_map(&person)],
+                key.map(SigningKey::new).as_ref(),
                 "msg_\"1\"",
                 "2021-02-26T19:13:55.749Z",
                 "app-1",

@@ -159,10 +159,72 @@ impl SigningSecrets {
 }
 
 /// The Members-style `attributes.hash`: base64 of HMAC-SHA256(signing key, data bytes).
+/// (A delivery hashes with [`SigningKey::hash`], the same function keyed once.)
 pub fn members_hash(signing_key: &str, data: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(signing_key.as_bytes()).expect("any key length");
     mac.update(data);
     B64.encode(mac.finalize().into_bytes())
+}
+
+/// An application's Members-style signing key, the key of `attributes.hash`, as its owner
+/// set it. Like [`WebhookSecret`] it keeps its keyed HMAC (the pads hashed once, when the
+/// key is read, not for every message) and its Debug form does not show it.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub struct SigningKey {
+    text: String,
+    mac: Hmac<Sha256>,
+}
+
+impl SigningKey {
+    pub fn new(text: &str) -> Self {
+        Self::from(text.to_owned())
+    }
+
+    /// The key as its owner set it (the masked view shows its last characters).
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+
+    /// The Members-style `attributes.hash` of `data` (see [`members_hash`]).
+    pub fn hash(&self, data: &[u8]) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(data);
+        B64.encode(mac.finalize().into_bytes())
+    }
+}
+
+impl From<String> for SigningKey {
+    fn from(text: String) -> Self {
+        let mac = Hmac::<Sha256>::new_from_slice(text.as_bytes()).expect("any key length");
+        Self { text, mac }
+    }
+}
+
+impl From<&str> for SigningKey {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl From<SigningKey> for String {
+    fn from(key: SigningKey) -> Self {
+        key.text
+    }
+}
+
+impl PartialEq for SigningKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for SigningKey {}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(…)")
+    }
 }
 
 #[cfg(test)]
@@ -181,6 +243,19 @@ mod tests {
         assert!(!shown.contains("MfKQ9r8G"), "{shown}");
         assert!(!shown.contains(secrets.previous.as_ref().unwrap().expose()));
         assert!(shown.contains("WebhookSecret(whsec_…)"), "{shown}");
+    }
+
+    #[test]
+    fn a_signing_key_hashes_as_members_hash_and_is_not_shown() {
+        let key = SigningKey::new("helloWorld");
+        for data in [&b""[..], b"[]", br#"[{"personID":"p-1"}]"#] {
+            assert_eq!(key.hash(data), members_hash("helloWorld", data));
+        }
+        assert_eq!(format!("{key:?}"), "SigningKey(…)");
+        assert_eq!(serde_json::to_string(&key).unwrap(), r#""helloWorld""#);
+        let read: SigningKey = serde_json::from_str(r#""helloWorld""#).unwrap();
+        assert_eq!(read.expose(), "helloWorld");
+        assert_eq!(read, key);
     }
 
     #[test]

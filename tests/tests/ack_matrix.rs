@@ -90,7 +90,7 @@ async fn members_acknowledged(http: &CallbackClient, answer: Answer) -> (bool, O
         &MessageId::derive(&["ack-matrix"]),
         &app,
         app.webhook.target().unwrap(),
-        &[person],
+        &[person.into()],
         webhooks::testing::at("2021-02-26T19:13:55.749Z"),
         &SystemClock,
     );

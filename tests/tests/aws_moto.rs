@@ -892,7 +892,7 @@ async fn a_poison_change_is_set_aside_in_dynamodb_and_the_flush_moves_on() {
         .into_iter()
         .map(|j| match j.target {
             webhooks::job::Target::Application { person, .. } => {
-                person["firstName"].as_str().unwrap().to_owned()
+                person.to_map()["firstName"].as_str().unwrap().to_owned()
             }
             other => panic!("{other:?}"),
         })

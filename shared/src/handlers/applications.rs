@@ -10,7 +10,7 @@ use crate::clock::Timestamp;
 use crate::events::OpsEvent;
 use crate::ids::{SyncId, SyncKey};
 use crate::job::{DeliveryJob, MessageId};
-use crate::members::{consented_scopes, sample_person, scoped_person};
+use crate::members::{ScopedPerson, consented_scopes, sample_person, scoped_person};
 use crate::oauth::sha256_hex;
 use crate::ports::announce;
 use crate::record::RecordId;
@@ -124,7 +124,7 @@ impl Registration {
             parse_json(body)?
         };
         let person = match test.person_id {
-            None => sample_person(),
+            None => ScopedPerson::from_map(&sample_person()),
             Some(person_id) => {
                 let record = RecordId::parse(&person_id).map_err(|_| ApiError::PersonNotFound)?;
                 let person = self

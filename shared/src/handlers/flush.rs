@@ -1299,7 +1299,10 @@ mod poison_tests {
         match &job.target {
             crate::job::Target::Application { record, person, .. } => (
                 record.to_string(),
-                person["firstName"].as_str().unwrap_or_default().to_owned(),
+                person.to_map()["firstName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
             ),
             other => panic!("{other:?}"),
         }

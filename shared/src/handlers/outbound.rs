@@ -8,11 +8,10 @@ use crate::callback::CallbackUrl;
 use crate::clock::{Clock, Timestamp};
 use crate::http_client::{AttemptOutcome, CallbackClient};
 use crate::job::MessageId;
-use crate::members::envelope;
+use crate::members::{ScopedPerson, envelope};
 use crate::signing::SigningSecrets;
 use bytes::Bytes;
 use http::HeaderName;
-use serde_json::{Map, Value};
 
 /// The Standard Webhooks header names. Constants, so a request's header names are never
 /// parsed or allocated (for a name outside the standard set `http` copies it otherwise).
@@ -84,13 +83,13 @@ pub fn application_request(
     message_id: &MessageId,
     application: &Application,
     url: &CallbackUrl,
-    persons: &[Map<String, Value>],
+    persons: &[ScopedPerson],
     publish_time: Timestamp,
     clock: &dyn Clock,
 ) -> Outbound {
     let body = envelope(
         persons,
-        application.webhook.signing_key.as_deref(),
+        application.webhook.signing_key.as_ref(),
         message_id.as_str(),
         &publish_time.rfc3339(),
         application.id.as_str(),

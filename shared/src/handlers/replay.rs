@@ -226,7 +226,7 @@ mod tests {
             DeliveryJob::for_application(
                 &"app-1".parse().unwrap(),
                 &record,
-                Default::default(),
+                serde_json::Map::new(),
                 WindowId(1),
                 crate::testing::at(AT),
             ),

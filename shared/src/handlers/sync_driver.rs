@@ -8,7 +8,7 @@ use crate::events::OpsEvent;
 use crate::http_client::{AttemptOutcome, CallbackClient};
 use crate::ids::SyncKey;
 use crate::job::{DeliveryJob, Target};
-use crate::members::{consented_scopes, scoped_person};
+use crate::members::{ScopedPerson, consented_scopes, scoped_person};
 use crate::ports::{
     BackendError, Lease, LeaseHolder, MAX_SEND_DELAY, OpsEvents, PersonOutcome, Ports, SyncStore,
     announce,
@@ -186,7 +186,7 @@ impl SyncDriver<'_> {
         application: &Application,
         id: &crate::record::RecordId,
         person: &crate::ports::Person,
-    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+    ) -> Option<ScopedPerson> {
         consented_scopes(person, &application.id).map(|scopes| scoped_person(id, person, &scopes))
     }
 
@@ -368,7 +368,7 @@ impl SyncDriver<'_> {
         url: &CallbackUrl,
         sync: &mut FullSync,
         id: &RecordId,
-        scoped: serde_json::Map<String, serde_json::Value>,
+        scoped: ScopedPerson,
     ) -> (DeliveryJob, AttemptOutcome, bool) {
         let ports = self.ports;
         let now = ports.clock.now();

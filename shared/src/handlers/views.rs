@@ -91,7 +91,7 @@ impl From<&Application> for ApplicationView {
                     .url
                     .as_ref()
                     .map_or_else(String::new, |u| u.as_str().to_owned()),
-                signing_key: webhook.signing_key.as_deref().map(mask),
+                signing_key: webhook.signing_key.as_ref().map(|key| mask(key.expose())),
                 request_interval_ms: webhook.request_interval_ms,
                 health: HealthView::from(&app.health),
             },
@@ -184,7 +184,7 @@ impl MessageView {
         let job = &message.job;
         let (record, person, callback) = match &job.target {
             Target::Application { record, person, .. } => {
-                (Some(record.clone()), Some(person.clone()), None)
+                (Some(record.clone()), Some(person.to_map()), None)
             }
             Target::Callback {
                 record, callback, ..

@@ -8,6 +8,7 @@ use crate::callback::CallbackUrl;
 use crate::handlers::outbound::{Outbound, application_request, callback_request};
 use crate::ids::{ApplicationId, ClientId, SyncKey};
 use crate::job::{DeliveryJob, Target};
+use crate::members::ScopedPerson;
 use crate::ports::BackendResult;
 use crate::record::RecordId;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
@@ -133,7 +134,7 @@ impl Delivery {
         &self,
         job: &DeliveryJob,
         application: &ApplicationId,
-        person: &serde_json::Map<String, serde_json::Value>,
+        person: &ScopedPerson,
         sync: Option<SyncKey>,
     ) -> BackendResult<Work> {
         let Some(app) = self.application(application).await? else {
