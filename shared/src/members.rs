@@ -94,6 +94,7 @@ pub fn scoped_person(id: &RecordId, person: &Person, scopes: &[String]) -> Scope
 /// an ORCID-style one (figure 2 in docs/benchmarks.md). Two are equal when they are the
 /// same JSON object, however written (a queue message body escapes characters SQS
 /// refuses, see [`crate::message::encode`], and the text read back keeps the escapes).
+/// Written and read through `serde_json` only: every store keeps a job as JSON text.
 #[derive(Clone)]
 pub struct ScopedPerson(Box<RawValue>);
 
