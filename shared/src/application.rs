@@ -135,7 +135,7 @@ impl Application {
             None => self.webhook.signing_key.clone(),
             Some("") => None,
             Some(key) if key.len() > MAX_SIGNING_KEY_LEN => return Err(InvalidPatch::SigningKey),
-            Some(key) => Some(SigningKey::new(key)),
+            Some(key) => Some(SigningKey::from(key)),
         };
         let request_interval_ms = match webhook.request_interval_ms {
             None => self.webhook.request_interval_ms,

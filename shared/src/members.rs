@@ -389,7 +389,7 @@ mod tests {
         for key in [Some("helloWorld"), None] {
             let body = envelope(
                 &[ScopedPerson::from_map(&person)],
-                key.map(SigningKey::new).as_ref(),
+                key.map(SigningKey::from).as_ref(),
                 "msg_\"1\"",
                 "2021-02-26T19:13:55.749Z",
                 "app-1",
