@@ -389,13 +389,17 @@ impl StoredMessage {
     /// and its attempts come one after the other, so the latest one written is the
     /// latest one made.
     pub fn of(logged: &LoggedAttempt) -> Self {
-        let a = &logged.attempt;
+        Self::of_job(&logged.attempt, logged.job.clone())
+    }
+
+    /// The message of `job` as `attempt` of it leaves it.
+    pub fn of_job(attempt: &Attempt, job: DeliveryJob) -> Self {
         Self {
-            endpoint: a.endpoint.clone(),
-            job: logged.job.clone(),
-            last_attempt: a.attempt,
-            last_attempt_at: a.at,
-            last_outcome: a.outcome,
+            endpoint: attempt.endpoint.clone(),
+            job,
+            last_attempt: attempt.attempt,
+            last_attempt_at: attempt.at,
+            last_outcome: attempt.outcome,
         }
     }
 

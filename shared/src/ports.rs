@@ -672,7 +672,8 @@ pub enum LogWrites {
 pub trait AttemptLog: Send + Sync {
     /// Records attempts (as [`AttemptLog::writes`] says: a delivery batch's in one call,
     /// or each as it ends) and, for each, its message and how its latest attempt ended.
-    async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()>;
+    /// Takes them: a store in this process keeps them as they are, without a copy.
+    async fn record(&self, attempts: Vec<LoggedAttempt>) -> BackendResult<()>;
     /// When the delivery handler calls [`AttemptLog::record`].
     fn writes(&self) -> LogWrites {
         LogWrites::PerBatch

@@ -280,8 +280,8 @@ async fn every_read_answers_as_the_in_memory_log() {
         "{quiet} of {total}: a mix"
     );
     for call in &calls {
-        memory.record(call).await.unwrap();
-        store.record(call).await.unwrap();
+        memory.record(call.to_vec()).await.unwrap();
+        store.record(call.to_vec()).await.unwrap();
     }
     same_answers(&memory, &store, &[1, 3, 100]).await;
 }
@@ -314,8 +314,8 @@ async fn large_and_long_batches_are_split() {
         })
         .collect();
     for call in [&big, &long] {
-        memory.record(call).await.unwrap();
-        store.record(call).await.unwrap();
+        memory.record(call.to_vec()).await.unwrap();
+        store.record(call.to_vec()).await.unwrap();
     }
     // The owner's groups are spread over its 16 group partitions (the earlier single one,
     // `GROUP#client_C1`, stays empty).
@@ -378,13 +378,13 @@ async fn every_read_answers_as_the_in_memory_log_on_sqlite() {
     let log = SqliteLog::open();
     let calls = batches(&mut rng);
     for call in &calls {
-        memory.record(call).await.unwrap();
-        log.store.record(call).await.unwrap();
+        memory.record(call.to_vec()).await.unwrap();
+        log.store.record(call.to_vec()).await.unwrap();
     }
     // At least once: a batch recorded again.
     if let Some(call) = calls.get(calls.len() / 2) {
-        memory.record(call).await.unwrap();
-        log.store.record(call).await.unwrap();
+        memory.record(call.to_vec()).await.unwrap();
+        log.store.record(call.to_vec()).await.unwrap();
     }
     same_answers(&memory, &log.store, &[1, 3, 100]).await;
 }
@@ -403,8 +403,8 @@ async fn large_and_long_batches_on_sqlite() {
             big.push(logged(&job, 1, at, 204, &"x".repeat(1000)));
         }
     }
-    memory.record(&big).await.unwrap();
-    log.store.record(&big).await.unwrap();
+    memory.record(big.clone()).await.unwrap();
+    log.store.record(big).await.unwrap();
     same_answers(&memory, &log.store, &[100]).await;
 }
 
@@ -420,8 +420,8 @@ async fn groups_in_the_single_partition_of_earlier_versions_are_still_read() {
     let (store, env) = dynamo().await;
     let calls = batches(&mut rng);
     for call in &calls {
-        memory.record(call).await.unwrap();
-        store.record(call).await.unwrap();
+        memory.record(call.to_vec()).await.unwrap();
+        store.record(call.to_vec()).await.unwrap();
     }
     // Where this version wrote each group and locator, and where earlier versions did.
     let owners: BTreeSet<String> = endpoints().iter().map(|(e, _)| e.owner.key()).collect();

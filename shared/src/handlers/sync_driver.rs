@@ -393,7 +393,7 @@ impl SyncDriver<'_> {
             attempt: Attempt::new(&job, endpoint, attempt, at, &outcome, acknowledged),
             job: job.replayable(),
         };
-        if let Err(e) = ports.attempts.record(std::slice::from_ref(&logged)).await {
+        if let Err(e) = ports.attempts.record(vec![logged]).await {
             tracing::error!(error = %e, "could not record a sync delivery attempt");
         }
         (job, outcome, acknowledged)

@@ -109,7 +109,7 @@ struct State {
     syncs: HashMap<SyncKey, SyncEntry>,
     poison: BTreeMap<PoisonId, PoisonItem>,
     /// The attempt log, by endpoint.
-    attempts: HashMap<EndpointKey, attempts::EndpointLog>,
+    attempts: attempts::MemoryAttemptLog,
     recoveries: HashMap<(EndpointKey, crate::attempts::RecoveryId), crate::attempts::Recovery>,
 }
 

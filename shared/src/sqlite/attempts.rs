@@ -426,7 +426,7 @@ impl SqliteStore {
 
 #[async_trait]
 impl AttemptLog for SqliteStore {
-    async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()> {
+    async fn record(&self, attempts: Vec<LoggedAttempt>) -> BackendResult<()> {
         let rows = attempts
             .iter()
             .map(LogRow::of)

@@ -722,7 +722,7 @@ async fn the_attempt_log_pages_newest_first_and_finds_failed_messages() {
     let other = EndpointKey::application(&"app-2".parse().unwrap());
     let log_endpoint = crate::attempts::LogEndpoint::application(&"app-1".parse().unwrap());
     store
-        .record(&[
+        .record(vec![
             logged(&endpoint, 1, 1, 1_000, false),
             logged(&endpoint, 1, 2, 2_000, true),
             logged(&endpoint, 2, 1, 3_000, false),
@@ -982,14 +982,14 @@ async fn a_batchs_quiet_attempts_are_one_row_and_go_with_it_after_the_retention(
     let new: Vec<LoggedAttempt> = (4..=6)
         .map(|n| logged(&endpoint, n, 1, now - 10 + i64::from(n), true))
         .collect();
-    store.record(&old).await.unwrap();
-    store.record(&new).await.unwrap();
+    store.record(old).await.unwrap();
+    store.record(new).await.unwrap();
     store
-        .record(&[logged(&endpoint, 9, 1, now - 5, false)])
+        .record(vec![logged(&endpoint, 9, 1, now - 5, false)])
         .await
         .unwrap();
     store
-        .record(&[logged(&endpoint, 9, 1, now - 1, true)])
+        .record(vec![logged(&endpoint, 9, 1, now - 1, true)])
         .await
         .unwrap();
     assert_eq!(
@@ -1047,7 +1047,7 @@ async fn attempts_messages_recoveries_and_tokens_go_after_their_retention() {
     let (store, endpoint, log_endpoint) = kept_an_hour(&dir);
     let (hour, now) = (HOUR_MS, 10 * HOUR_MS);
     store
-        .record(&[
+        .record(vec![
             logged(&endpoint, 1, 1, now - 2 * hour, false),
             logged(&endpoint, 1, 2, now - hour - 1, true),
             logged(&endpoint, 2, 1, now - 2 * hour, false),

@@ -927,12 +927,12 @@ impl<'a> Listing<'a> {
 
 #[async_trait]
 impl AttemptLog for DynamoStore {
-    async fn record(&self, attempts: &[LoggedAttempt]) -> BackendResult<()> {
+    async fn record(&self, attempts: Vec<LoggedAttempt>) -> BackendResult<()> {
         // One item per key: a batch may hold the same job twice (the queue delivers at
         // least once), and BatchWriteItem refuses duplicate keys.
         let mut items: BTreeMap<(String, String), Item> = BTreeMap::new();
         let mut quiet: BTreeMap<EndpointOwner, Vec<&LoggedAttempt>> = BTreeMap::new();
-        for logged in attempts {
+        for logged in &attempts {
             if logged.is_quiet() {
                 quiet
                     .entry(EndpointOwner::of_job(&logged.job))

@@ -49,12 +49,13 @@ impl Delivery {
     /// Records attempts in one call: the batch's, or (a log written per attempt, see
     /// [`crate::ports::LogWrites`]) the one just ended. The log is for the endpoint's owner:
     /// when it cannot be written the deliveries stand, and the failure is logged.
-    pub(super) async fn log_attempts(&self, attempts: &[LoggedAttempt]) {
+    pub(super) async fn log_attempts(&self, attempts: Vec<LoggedAttempt>) {
         if attempts.is_empty() {
             return;
         }
+        let count = attempts.len();
         if let Err(e) = self.ports.attempts.record(attempts).await {
-            tracing::error!(error = %e, attempts = attempts.len(), "could not record delivery attempts");
+            tracing::error!(error = %e, attempts = count, "could not record delivery attempts");
         }
     }
 }

@@ -172,8 +172,9 @@ impl Delivery {
                     ledger.add(report, &delivery.settings.health);
                     if per_attempt {
                         // Written while the batch's other requests are in flight.
-                        delivery.log_attempts(&ledger.attempts).await;
-                        ledger.attempts.clear();
+                        delivery
+                            .log_attempts(std::mem::take(&mut ledger.attempts))
+                            .await;
                     }
                     ledger
                 })
@@ -201,7 +202,7 @@ impl Delivery {
             sync_outcomes,
         } = ledger;
         self.save_health(health).await;
-        self.log_attempts(&attempts).await;
+        self.log_attempts(attempts).await;
         keep.extend(self.count_sync_outcomes(sync_outcomes, deadline).await);
         self.emit_metrics(&metrics);
         keep

@@ -99,7 +99,7 @@ async fn attempts_newest_first_filtered_and_paged(a: Adapters) {
     let log = &a.ports.attempts;
     let (m1, m2, m3) = (job("r1"), job("r2"), job("r3"));
     let other = EndpointKey::application(&"app-other".parse().unwrap());
-    log.record(&[
+    log.record(vec![
         attempt(&m1, &endpoint(), 1, 1_000, false),
         attempt(&m1, &endpoint(), 2, 3_000, false),
         attempt(&m3, &other, 1, 2_000, false),
@@ -107,11 +107,14 @@ async fn attempts_newest_first_filtered_and_paged(a: Adapters) {
     .await
     .unwrap();
     let m2_first = attempt(&m2, &endpoint(), 1, 5_000, false);
-    log.record(&[attempt(&m1, &endpoint(), 3, 7_000, true), m2_first.clone()])
-        .await
-        .unwrap();
+    log.record(vec![
+        attempt(&m1, &endpoint(), 3, 7_000, true),
+        m2_first.clone(),
+    ])
+    .await
+    .unwrap();
     // Delivered twice (at least once): the same attempt written again is one entry.
-    log.record(&[m2_first.clone(), m2_first]).await.unwrap();
+    log.record(vec![m2_first.clone(), m2_first]).await.unwrap();
     let jobs = [("m1", &m1), ("m2", &m2), ("m3", &m3)];
     let name = |n: &str, i: u32| (n.to_owned(), i);
 
@@ -168,13 +171,13 @@ async fn attempts_newest_first_filtered_and_paged(a: Adapters) {
 async fn attempt_messages_are_kept_with_their_attempts(a: Adapters) {
     let log = &a.ports.attempts;
     let (m1, m2) = (job("r1"), job("r2"));
-    log.record(&[
+    log.record(vec![
         attempt(&m1, &endpoint(), 1, 1_000, false),
         attempt(&m2, &endpoint(), 1, 1_500, false),
     ])
     .await
     .unwrap();
-    log.record(&[
+    log.record(vec![
         attempt(&m1, &endpoint(), 2, 3_000, false),
         attempt(&m1, &endpoint(), 3, 7_000, true),
     ])
@@ -241,7 +244,7 @@ async fn failed_since_lists_each_failing_message_once(a: Adapters) {
     let log = &a.ports.attempts;
     let jobs: Vec<DeliveryJob> = (1..=5).map(|i| job(&format!("r{i}"))).collect();
     let e = endpoint();
-    log.record(&[
+    log.record(vec![
         // m1 failed, then acknowledged: not failing.
         attempt(&jobs[0], &e, 1, 1_000, false),
         attempt(&jobs[0], &e, 2, 7_000, true),
