@@ -3,7 +3,7 @@
 //! can be sent again. Kept `AttemptRetentionDays`.
 
 use crate::callback::CallbackUrl;
-use crate::clock::Timestamp;
+use crate::clock::{Timestamp, push_zero_padded};
 use crate::http_client::{AttemptFailure, AttemptOutcome, RESPONSE_PREFIX_BYTES};
 use crate::ids::{ApplicationId, ClientId};
 use crate::job::{DeliveryJob, MessageId, Target};
@@ -230,23 +230,6 @@ impl Attempt {
         push_zero_padded(&mut key, u64::from(self.attempt), 4);
         key
     }
-}
-
-/// Appends `n` in decimal, zero-padded to at least `width` digits.
-fn push_zero_padded(out: &mut String, n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    let mut rest = n;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let start = start.min(digits.len().saturating_sub(width));
-    out.extend(digits[start..].iter().map(|&d| char::from(d)));
 }
 
 /// An attempt together with the message it sent: what the delivery handler records.
