@@ -249,17 +249,8 @@ pub mod epoch_secs_option {
 fn rfc3339_millis(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     let Ok(year) = u64::try_from(t.year()) else {
-        // Before year 0: the sign first, as `format!` writes it.
-        return format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        );
+        // Before year 0: the sign first.
+        return rfc3339_millis_formatted(t);
     };
     let mut text = String::with_capacity("2021-02-26T19:13:55.749Z".len());
     push_zero_padded(&mut text, year, 4);
@@ -276,6 +267,21 @@ fn rfc3339_millis(t: OffsetDateTime) -> String {
     }
     text.push('Z');
     text
+}
+
+/// The same text through `format!`: the years before 0, and the tests' reference.
+fn rfc3339_millis_formatted(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 /// Appends `n` in decimal, zero-padded to at least `width` digits (what `{:0width$}`
@@ -304,18 +310,9 @@ mod tests {
     #[test]
     fn rfc3339_writes_what_format_writes_across_the_range() {
         let reference = |t: Timestamp| {
-            let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.epoch_ms) * 1_000_000)
-                .unwrap()
-                .to_offset(time::UtcOffset::UTC);
-            format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second(),
-                t.millisecond()
+            rfc3339_millis_formatted(
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.epoch_ms) * 1_000_000)
+                    .unwrap(),
             )
         };
         let range = ms_range();
