@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 /// Attempts written but not yet indexed, past which a write indexes them: what a read
-/// then has left to index is bounded (about a few milliseconds of work).
+/// then has left to index is bounded (about ten milliseconds of work).
 const MAX_UNINDEXED: usize = 4096;
 
 /// The attempt log in memory: attempts as they were written, and the index by endpoint
