@@ -30,11 +30,7 @@ pub(super) struct MemoryAttemptLog {
 
 impl MemoryAttemptLog {
     fn write(&mut self, attempts: Vec<LoggedAttempt>) {
-        if self.unindexed.is_empty() {
-            self.unindexed = attempts;
-        } else {
-            self.unindexed.extend(attempts);
-        }
+        self.unindexed.extend(attempts);
         if self.unindexed.len() > MAX_UNINDEXED {
             self.index();
         }
@@ -46,8 +42,9 @@ impl MemoryAttemptLog {
         &self.by_endpoint
     }
 
+    /// Drains the list into the index (the list keeps its room for the next writes).
     fn index(&mut self) {
-        for logged in std::mem::take(&mut self.unindexed) {
+        for logged in self.unindexed.drain(..) {
             let LoggedAttempt { attempt, job } = logged;
             // The key is copied only for an endpoint's first attempt.
             let log = match self.by_endpoint.get_mut(&attempt.endpoint) {
