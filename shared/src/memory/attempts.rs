@@ -1,4 +1,5 @@
-//! The attempt log in memory (no expiry: the local runner's log lives as long as it runs).
+//! The attempt log in memory: the latest [`ATTEMPTS_KEPT`] attempts, oldest dropped first
+//! (the local runner's log; the durable mode's and DynamoDB's keep attempts for a time).
 
 use super::MemoryStore;
 use crate::attempts::{
@@ -9,73 +10,80 @@ use crate::clock::Timestamp;
 use crate::job::MessageId;
 use crate::ports::{AttemptLog, BackendResult, LogWrites, Page};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
+use std::collections::{HashMap, HashSet, VecDeque};
 
-/// Attempts written but not yet indexed, past which a write indexes them: what a read
-/// then has left to index is bounded (about ten milliseconds of work).
-const MAX_UNINDEXED: usize = 4096;
+/// How many attempts the in-memory log keeps: the latest, each with the job it sent (at a
+/// kilobyte of person data a job, about 50 MB). Days of a developer's testing, or the last
+/// seconds of a load run; for more, the durable mode (`--data-dir`) keeps attempts for its
+/// retention.
+pub const ATTEMPTS_KEPT: usize = 50_000;
 
-/// The attempt log in memory: attempts as they were written, and the index by endpoint
-/// that reads use, brought up to date by the first read after a write (or by a write
-/// past [`MAX_UNINDEXED`]). A write is a move onto a list: indexing each attempt as it
-/// was written (looking up its endpoint and message among every one seen) was a fifth
-/// of the delivery handler's time in figure 2's profile, and the log is written on
-/// every delivery but read only when someone looks.
-#[derive(Debug, Default)]
+/// The attempt log in memory: the attempts in the order they were written, the oldest
+/// dropped past its capacity. A write is a move onto the list, and reads (an owner's
+/// listing, a message, a recovery) go through it; indexing every attempt by endpoint and
+/// message as it was written was the delivery handler's largest own cost in figure 2's
+/// profile (docs/benchmarks.md, tenth pass), and the log is written on every delivery but
+/// read only when someone looks.
+#[derive(Debug)]
 pub(super) struct MemoryAttemptLog {
-    unindexed: Vec<LoggedAttempt>,
-    by_endpoint: HashMap<EndpointKey, EndpointLog>,
+    written: VecDeque<LoggedAttempt>,
+    capacity: usize,
+}
+
+impl Default for MemoryAttemptLog {
+    fn default() -> Self {
+        Self::with_capacity(ATTEMPTS_KEPT)
+    }
 }
 
 impl MemoryAttemptLog {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            written: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Keeps `attempts`, dropping the oldest past the capacity.
     fn write(&mut self, attempts: Vec<LoggedAttempt>) {
-        self.unindexed.extend(attempts);
-        if self.unindexed.len() > MAX_UNINDEXED {
-            self.index();
-        }
+        self.written.extend(attempts);
+        let over = self.written.len().saturating_sub(self.capacity);
+        self.written.drain(..over);
     }
 
-    /// The log by endpoint, with every attempt written so far.
-    fn indexed(&mut self) -> &HashMap<EndpointKey, EndpointLog> {
-        self.index();
-        &self.by_endpoint
+    /// An endpoint's attempts, in the order they were written.
+    fn of(&self, endpoint: &EndpointKey) -> impl Iterator<Item = &LoggedAttempt> {
+        self.written
+            .iter()
+            .filter(move |logged| logged.attempt.endpoint == *endpoint)
     }
 
-    /// Drains the list into the index (the list keeps its room for the next writes).
-    fn index(&mut self) {
-        for logged in self.unindexed.drain(..) {
-            let LoggedAttempt { attempt, job } = logged;
-            // The key is copied only for an endpoint's first attempt.
-            let log = match self.by_endpoint.get_mut(&attempt.endpoint) {
-                Some(log) => log,
-                None => self
-                    .by_endpoint
-                    .entry(attempt.endpoint.clone())
-                    .or_default(),
-            };
-            match log.messages.get_mut(&attempt.message_id) {
-                // A message attempted again usually carries the job already kept: only its
-                // latest attempt changes.
-                Some(stored) if stored.job == job => stored.note_latest(&attempt),
-                _ => {
-                    let stored = StoredMessage::of_job(&attempt, job);
-                    log.messages.insert(attempt.message_id.clone(), stored);
-                }
+    /// An endpoint's attempts by their position in its log (sort key), oldest first. An
+    /// attempt recorded again (a batch written twice) is there once, as last written.
+    fn in_order(&self, endpoint: &EndpointKey) -> Vec<(String, &LoggedAttempt)> {
+        let mut attempts: Vec<(String, &LoggedAttempt)> = self
+            .of(endpoint)
+            .map(|logged| (logged.attempt.sort_key(), logged))
+            .collect();
+        // Stable: the same attempt's copies stay in the order they were written.
+        attempts.sort_by(|a, b| a.0.cmp(&b.0));
+        attempts.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(later, kept);
             }
-            log.attempts.insert(attempt.sort_key(), attempt);
-        }
+            same
+        });
+        attempts
     }
-}
 
-/// One endpoint's attempt log: its attempts by sort key, and the message of each. Kept
-/// together so an attempt finds its endpoint once, by hash (a profile of the delivery
-/// benchmark had the ordered map of 20 000 endpoints, and a second map keyed by endpoint
-/// and message, as a quarter of the handler's own time).
-#[derive(Debug, Default)]
-struct EndpointLog {
-    attempts: BTreeMap<String, Attempt>,
-    messages: HashMap<MessageId, StoredMessage>,
+    /// Each of an endpoint's messages as its latest attempt written leaves it (a message
+    /// has one attempt in flight at a time, so the latest written is the latest made).
+    fn messages(&self, endpoint: &EndpointKey) -> HashMap<&MessageId, &LoggedAttempt> {
+        self.of(endpoint)
+            .map(|logged| (&logged.attempt.message_id, logged))
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -104,18 +112,16 @@ impl AttemptLog for MemoryStore {
     ) -> BackendResult<Page<Attempt>> {
         self.gate
             .run("attempts", async {
-                let mut state = self.state();
-                let Some(log) = state.attempts.indexed().get(&endpoint.key) else {
-                    return Ok(Page::last(Vec::new()));
-                };
-                let upper = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
-                let items: Vec<Attempt> = log
+                let state = self.state();
+                let items: Vec<Attempt> = state
                     .attempts
-                    .range::<String, _>((Bound::Unbounded, upper))
+                    .in_order(&endpoint.key)
+                    .into_iter()
                     .rev()
-                    .filter(|(_, a)| filter.admits(a))
+                    .filter(|(key, _)| after.is_none_or(|after| key.as_str() < after))
+                    .filter(|(_, logged)| filter.admits(&logged.attempt))
                     .take(limit + 1)
-                    .map(|(_, a)| a.clone())
+                    .map(|(_, logged)| logged.attempt.clone())
                     .collect();
                 Ok(Page::from_overfetch(items, limit, Attempt::sort_key))
             })
@@ -130,23 +136,20 @@ impl AttemptLog for MemoryStore {
     ) -> BackendResult<FailingMessages> {
         self.gate
             .run("failed_since", async {
-                let mut state = self.state();
-                let Some(log) = state.attempts.indexed().get(&endpoint.key) else {
-                    return Ok(FailingMessages::from_overfetch(Vec::new(), limit));
-                };
-                let mut seen = std::collections::HashSet::new();
+                let state = self.state();
+                let latest = state.attempts.messages(&endpoint.key);
+                let mut seen = HashSet::new();
                 let from = format!("{:013}", since.epoch_ms().max(0));
-                let items = log
+                let items = state
                     .attempts
-                    .range(from..)
-                    .map(|(_, a)| a)
-                    .filter(|a| !a.outcome.is_acked() && seen.insert(a.message_id.clone()))
-                    .filter_map(|a| {
-                        log.messages
-                            .get(&a.message_id)
-                            .filter(|m| !m.last_outcome.is_acked())
-                            .cloned()
-                    })
+                    .in_order(&endpoint.key)
+                    .into_iter()
+                    .filter(|(key, _)| *key >= from)
+                    .map(|(_, logged)| &logged.attempt)
+                    .filter(|a| !a.outcome.is_acked() && seen.insert(&a.message_id))
+                    .filter_map(|a| latest.get(&a.message_id))
+                    .filter(|latest| !latest.attempt.outcome.is_acked())
+                    .map(|latest| StoredMessage::of(latest))
                     .take(limit + 1)
                     .collect();
                 Ok(FailingMessages::from_overfetch(items, limit))
@@ -161,13 +164,11 @@ impl AttemptLog for MemoryStore {
     ) -> BackendResult<Vec<StoredMessage>> {
         self.gate
             .run("messages", async {
-                let mut state = self.state();
-                let Some(log) = state.attempts.indexed().get(&endpoint.key) else {
-                    return Ok(Vec::new());
-                };
+                let state = self.state();
+                let latest = state.attempts.messages(&endpoint.key);
                 Ok(ids
                     .iter()
-                    .filter_map(|id| log.messages.get(id).cloned())
+                    .filter_map(|id| latest.get(id).map(|logged| StoredMessage::of(logged)))
                     .collect())
             })
             .await
@@ -208,18 +209,17 @@ impl AttemptLog for MemoryStore {
     ) -> BackendResult<Option<(StoredMessage, Vec<Attempt>)>> {
         self.gate
             .run("message", async {
-                let mut state = self.state();
-                let Some(log) = state.attempts.indexed().get(&endpoint.key) else {
+                let state = self.state();
+                let Some(latest) = state.attempts.messages(&endpoint.key).remove(message_id) else {
                     return Ok(None);
                 };
-                let Some(message) = log.messages.get(message_id).cloned() else {
-                    return Ok(None);
-                };
-                let attempts = log
+                let message = StoredMessage::of(latest);
+                let attempts = state
                     .attempts
-                    .values()
-                    .filter(|a| a.message_id == *message_id)
-                    .cloned()
+                    .in_order(&endpoint.key)
+                    .into_iter()
+                    .filter(|(_, logged)| logged.attempt.message_id == *message_id)
+                    .map(|(_, logged)| logged.attempt.clone())
                     .collect();
                 Ok(Some((message, attempts)))
             })
@@ -259,35 +259,82 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_are_indexed_by_the_next_read_or_past_the_bound() {
+    async fn the_latest_attempts_are_kept_and_read_newest_first() {
         let store = MemoryStore::default();
+        store.state().attempts = MemoryAttemptLog::with_capacity(5);
         let endpoint = LogEndpoint::application(&"app-log".parse().unwrap());
-        let n = MAX_UNINDEXED + 10;
-        // Written in batches of 100, as the delivery handler writes them.
-        let all: Vec<LoggedAttempt> = (0..n).map(first_attempt).collect();
-        for batch in all.chunks(100) {
+        let all: Vec<LoggedAttempt> = (0..8).map(first_attempt).collect();
+        // Written out of time order, as concurrent requests end.
+        for batch in [&all[3..8], &all[0..3]] {
             store.record(batch.to_vec()).await.unwrap();
-            // A write never leaves more than the bound unindexed.
-            assert!(store.state().attempts.unindexed.len() <= MAX_UNINDEXED);
         }
-        assert!(
-            !store.state().attempts.by_endpoint.is_empty(),
-            "the write past the bound indexed what was written"
-        );
-        // A read sees every attempt written, the newest first, and indexes the rest.
+        // The last five written are kept (3, 4 and 5, written first, are dropped), listed
+        // newest first by when they were made.
         let page = store
-            .attempts(&endpoint, StatusFilter::All, None, n + 1)
+            .attempts(&endpoint, StatusFilter::All, None, 10)
             .await
             .unwrap();
-        assert_eq!(page.items.len(), n);
-        assert_eq!(page.items[0], all[n - 1].attempt);
-        assert_eq!(page.items[n - 1], all[0].attempt);
-        assert!(store.state().attempts.unindexed.is_empty());
+        let listed: Vec<&Attempt> = page.items.iter().collect();
+        let expected: Vec<&Attempt> = [7, 6, 2, 1, 0].iter().map(|&i| &all[i].attempt).collect();
+        assert_eq!(listed, expected);
+        // Paged: two, then from after the second.
+        let first = store
+            .attempts(&endpoint, StatusFilter::All, None, 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            first.items,
+            [all[7].attempt.clone(), all[6].attempt.clone()]
+        );
+        let rest = store
+            .attempts(&endpoint, StatusFilter::All, first.next.as_deref(), 10)
+            .await
+            .unwrap();
+        assert_eq!(rest.items.len(), 3);
+        assert_eq!(rest.next, None);
+        // A dropped message is gone; a kept one is read with its job.
         let kept = store
-            .messages(&endpoint, &[all[7].job.id.clone()])
+            .messages(&endpoint, &[all[3].job.id.clone(), all[0].job.id.clone()])
             .await
             .unwrap();
         assert_eq!(kept.len(), 1);
-        assert_eq!(kept[0].job, all[7].job);
+        assert_eq!(kept[0].job, all[0].job);
+        assert!(
+            store
+                .message(&endpoint, &all[3].job.id)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let (message, attempts) = store
+            .message(&endpoint, &all[6].job.id)
+            .await
+            .unwrap()
+            .expect("kept");
+        assert_eq!(message.job, all[6].job);
+        assert_eq!(attempts, [all[6].attempt.clone()]);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_recorded_again_is_listed_once_as_last_written() {
+        let store = MemoryStore::default();
+        let endpoint = LogEndpoint::application(&"app-log".parse().unwrap());
+        let batch: Vec<LoggedAttempt> = (0..3).map(first_attempt).collect();
+        store.record(batch.clone()).await.unwrap();
+        let mut again = batch.clone();
+        again[1].attempt.response = "written again".into();
+        store.record(again.clone()).await.unwrap();
+        let page = store
+            .attempts(&endpoint, StatusFilter::All, None, 10)
+            .await
+            .unwrap();
+        let expected: Vec<Attempt> = again.iter().rev().map(|l| l.attempt.clone()).collect();
+        assert_eq!(page.items, expected);
+        let (_, attempts) = store
+            .message(&endpoint, &batch[1].job.id)
+            .await
+            .unwrap()
+            .expect("kept");
+        assert_eq!(attempts, [again[1].attempt.clone()]);
     }
 }

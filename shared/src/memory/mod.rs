@@ -7,6 +7,7 @@ mod events;
 mod queue;
 pub(crate) mod records;
 
+pub use attempts::ATTEMPTS_KEPT;
 pub use events::LoggedEvents;
 pub use queue::{MemoryQueue, QueueDepth, ReceivedMessage};
 pub use records::MemoryRecords;
