@@ -78,6 +78,19 @@ fn main() {
         }
         return;
     }
+    // Figure 2's child process: one contender's timed pass.
+    if args.first().map(String::as_str) == Some("throughput-child") {
+        let contender = args
+            .get(1)
+            .and_then(|a| delivery::Contender::parse(a))
+            .unwrap_or_else(|| usage());
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        println!(
+            "{}",
+            runtime.block_on(delivery::throughput_child(contender))
+        );
+        return;
+    }
     // One contender of figure 2 alone, for a profiler (docs/benchmarks.md, "Misses").
     if args.first().map(String::as_str) == Some("delivery-loop") {
         let style = match args.get(1).map(String::as_str) {
