@@ -200,7 +200,6 @@ pub fn envelope(
         data.extend_from_slice(person.json().as_bytes());
     }
     data.push(b']');
-    let hash = signing_key.map(|key| key.hash(&data));
     // Written out in the order a `serde_json::Map` keeps keys (sorted), so the bytes are the
     // ones a `serde_json::Value` of the envelope gives. The base64 of the data and of the
     // hash go in as they are (their alphabet needs no JSON escape): serialized as strings,
@@ -209,9 +208,9 @@ pub fn envelope(
     let encoded_len = base64::encoded_len(data.len(), true).unwrap_or(0);
     let mut bytes = Vec::with_capacity(encoded_len + 256);
     bytes.extend_from_slice(b"{\"message\":{\"attributes\":{");
-    if let Some(hash) = &hash {
+    if let Some(key) = signing_key {
         bytes.extend_from_slice(b"\"hash\":\"");
-        bytes.extend_from_slice(hash.as_bytes());
+        key.push_hash(&data, &mut bytes);
         bytes.push(b'"');
     }
     bytes.extend_from_slice(b"},\"data\":\"");

@@ -51,7 +51,12 @@ fn standard_headers(
     // Room for the signature and a content type: the vector is never grown.
     let mut headers = Vec::with_capacity(4);
     headers.push((WEBHOOK_ID, message_id.as_str().to_owned()));
-    headers.push((WEBHOOK_TIMESTAMP, timestamp.to_string()));
+    let mut digits = [0; 20];
+    // Sized exactly (as `to_string` does not), so the header value takes the buffer as it is.
+    headers.push((
+        WEBHOOK_TIMESTAMP,
+        crate::signing::decimal(timestamp, &mut digits).to_owned(),
+    ));
     if let Some(secrets) = secrets {
         headers.push((
             WEBHOOK_SIGNATURE,
