@@ -284,10 +284,8 @@ fn rfc3339_millis_formatted(t: OffsetDateTime) -> String {
     )
 }
 
-/// Appends `n` in decimal, zero-padded to at least `width` digits (what `{:0width$}`
-/// writes, without `format!`'s machinery).
-pub(crate) fn push_zero_padded(out: &mut String, n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
+/// Writes the decimal digits of `n` at the end of `digits`; returns where they start.
+fn write_digits(n: u64, digits: &mut [u8; 20]) -> usize {
     let mut start = digits.len();
     let mut rest = n;
     loop {
@@ -295,17 +293,52 @@ pub(crate) fn push_zero_padded(out: &mut String, n: u64, width: usize) {
         digits[start] = b'0' + (rest % 10) as u8;
         rest /= 10;
         if rest == 0 {
-            break;
+            return start;
         }
     }
-    let start = start.min(digits.len().saturating_sub(width));
+}
+
+/// Appends `n` in decimal, zero-padded to at least `width` digits (what `{:0width$}`
+/// writes, without `format!`'s machinery).
+pub(crate) fn push_zero_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let start = write_digits(n, &mut digits).min(digits.len().saturating_sub(width));
     out.extend(digits[start..].iter().map(|&d| char::from(d)));
+}
+
+/// `n` in decimal (what `to_string` writes), written into `digits`: a signature and its
+/// timestamp header are made for every message, and `to_string` was an allocation each.
+pub(crate) fn decimal(n: i64, digits: &mut [u8; 20]) -> &str {
+    let mut start = write_digits(n.unsigned_abs(), digits);
+    if n < 0 {
+        start -= 1;
+        digits[start] = b'-';
+    }
+    // ASCII digits and a sign: always UTF-8.
+    std::str::from_utf8(&digits[start..]).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn decimal_writes_what_to_string_writes() {
+        let mut digits = [0; 20];
+        for n in [
+            0,
+            7,
+            -7,
+            10,
+            1_795_687_200,
+            -1_795_687_200,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(decimal(n, &mut digits), n.to_string());
+        }
+    }
 
     #[test]
     fn rfc3339_writes_what_format_writes_across_the_range() {

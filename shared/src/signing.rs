@@ -34,27 +34,6 @@ pub struct WebhookSecret {
 /// The length of one `v1,<base64 of 32 bytes>` signature.
 const SIGNATURE_LEN: usize = 3 + 44;
 
-/// `n` in decimal, written into `digits` (a signature is made for every message, and
-/// `to_string` was an allocation each time).
-pub(crate) fn decimal(n: i64, digits: &mut [u8; 20]) -> &str {
-    let mut start = digits.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        start -= 1;
-        digits[start] = b'-';
-    }
-    // ASCII digits and a sign: always UTF-8.
-    std::str::from_utf8(&digits[start..]).unwrap_or_default()
-}
-
 /// HMAC-SHA256 keyed once, when its key is read: the inner and outer pads are hashed then,
 /// and each tag starts from a copy of that state instead of keying anew (about half of an
 /// ORCID-style signature's work: docs/benchmarks.md, figure 2, seventh pass).
@@ -125,7 +104,7 @@ impl WebhookSecret {
         let tag = self.mac.tag(&[
             message_id.as_bytes(),
             b".",
-            decimal(timestamp, &mut digits).as_bytes(),
+            crate::clock::decimal(timestamp, &mut digits).as_bytes(),
             b".",
             body,
         ]);
@@ -361,23 +340,6 @@ mod tests {
             secrets.signature_header("msg_1", later, b"x"),
             new.sign("msg_1", later, b"x")
         );
-    }
-
-    #[test]
-    fn decimal_writes_what_to_string_writes() {
-        let mut digits = [0; 20];
-        for n in [
-            0,
-            7,
-            -7,
-            10,
-            1_795_687_200,
-            -1_795_687_200,
-            i64::MAX,
-            i64::MIN,
-        ] {
-            assert_eq!(decimal(n, &mut digits), n.to_string());
-        }
     }
 
     #[test]

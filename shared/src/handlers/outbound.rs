@@ -55,7 +55,7 @@ fn standard_headers(
     // Sized exactly (as `to_string` does not), so the header value takes the buffer as it is.
     headers.push((
         WEBHOOK_TIMESTAMP,
-        crate::signing::decimal(timestamp, &mut digits).to_owned(),
+        crate::clock::decimal(timestamp, &mut digits).to_owned(),
     ));
     if let Some(secrets) = secrets {
         headers.push((
