@@ -31,8 +31,11 @@ pub struct WebhookSecret {
     mac: KeyedHmac,
 }
 
-/// The length of one `v1,<base64 of 32 bytes>` signature.
-const SIGNATURE_LEN: usize = 3 + 44;
+/// The length of the base64 of one HMAC-SHA256 tag (32 bytes, padded).
+const TAG_BASE64_LEN: usize = 44;
+
+/// The length of one `v1,<base64 of a tag>` signature.
+const SIGNATURE_LEN: usize = 3 + TAG_BASE64_LEN;
 
 /// HMAC-SHA256 keyed once, when its key is read: the inner and outer pads are hashed then,
 /// and each tag starts from a copy of that state instead of keying anew (about half of an
@@ -218,7 +221,7 @@ impl SigningKey {
     pub fn push_hash(&self, data: &[u8], out: &mut Vec<u8>) {
         let tag = self.mac.tag(&[data]);
         let start = out.len();
-        out.resize(start + 44, 0);
+        out.resize(start + TAG_BASE64_LEN, 0);
         let written = B64
             .encode_slice(tag, &mut out[start..])
             .expect("room for the base64 of a 32-byte tag was made");

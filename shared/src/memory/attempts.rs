@@ -210,7 +210,12 @@ impl AttemptLog for MemoryStore {
         self.gate
             .run("message", async {
                 let state = self.state();
-                let Some(latest) = state.attempts.messages(&endpoint.key).remove(message_id) else {
+                let Some(latest) = state
+                    .attempts
+                    .of(&endpoint.key)
+                    .filter(|logged| logged.attempt.message_id == *message_id)
+                    .last()
+                else {
                     return Ok(None);
                 };
                 let message = StoredMessage::of(latest);
