@@ -301,6 +301,15 @@ impl Contender {
 const THROUGHPUT_MESSAGES: usize = 20_000;
 const THROUGHPUT_CONCURRENCY: usize = 32;
 
+/// The bare contender's client: reqwest as a plain caller builds it, redirects off.
+fn bare_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("reqwest client")
+}
+
 /// Passes of figure 2 a child times, after its warm one.
 const TIMED_PASSES: usize = 2;
 
@@ -312,11 +321,7 @@ pub async fn throughput_child(contender: Contender) -> String {
     let receiver = Receiver::start(Duration::ZERO, 2);
     let url = receiver.url("");
     let body = bytes_of_members_envelope();
-    let bare = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("reqwest client");
+    let bare = bare_client();
     let (delivery, evs) = match contender {
         Contender::Handler(style) => (
             Some(handler(&url, THROUGHPUT_CONCURRENCY, N).await),
@@ -446,17 +451,13 @@ async fn handler_loop(delivery: &Delivery, receiver: &Receiver, events: &[SqsEve
 /// `rounds` rounds of 20 000 messages, with allocations counted, for a profiler (`webhooks-bench delivery-loop
 /// members 10` under `perf record`): the rate and CPU time of each round on stdout.
 pub async fn one_contender(style: Option<Style>, rounds: usize) {
-    const N: usize = 20_000;
-    const CONCURRENCY: usize = 32;
+    const N: usize = THROUGHPUT_MESSAGES;
+    const CONCURRENCY: usize = THROUGHPUT_CONCURRENCY;
     let receiver = Receiver::start(Duration::ZERO, 2);
     let url = receiver.url("");
     let evs = events(&jobs(&url, style.unwrap_or(Style::Members), N), 100);
     let delivery = handler(&url, CONCURRENCY, N).await;
-    let bare = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("reqwest client");
+    let bare = bare_client();
     let body = bytes_of_members_envelope();
     crate::allocs::start();
     for round in 0..rounds {
