@@ -131,9 +131,13 @@ impl PartialEq for ScopedPerson {
 
 impl Eq for ScopedPerson {}
 
+/// Names the fields only: a person's data is never in a debug line (a job, and so a
+/// person, can be printed with `{:?}` by a log line or a failing assertion).
 impl std::fmt::Debug for ScopedPerson {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.json())
+        f.debug_tuple("ScopedPerson")
+            .field(&self.to_map().keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -275,6 +279,18 @@ mod tests {
             2 + SCOPE_FIELDS.iter().map(|(_, f)| f.len()).sum::<usize>()
         );
         assert!(!everything.contains_key("consents"));
+    }
+
+    #[test]
+    fn a_scoped_persons_debug_form_names_its_fields_and_shows_no_value() {
+        let id = RecordId::parse("p-1").unwrap();
+        let scoped = scoped_person(&id, &full_person(), &["members.email".into()]);
+        let shown = format!("{scoped:?}");
+        assert_eq!(
+            shown,
+            r#"ScopedPerson(["email", "lastChangedDate", "personID"])"#
+        );
+        assert!(!shown.contains("ada@example.org"));
     }
 
     #[test]
