@@ -280,6 +280,15 @@ impl Pass {
             cpu_us: median(|p| p.cpu_us),
         }
     }
+
+    /// The best rate and the least CPU time (each on its own): on a shared machine the
+    /// neighbours only ever slow a round, so the best is the least disturbed.
+    fn best(passes: &[Pass]) -> Self {
+        Self {
+            per_sec: passes.iter().map(|p| p.per_sec).fold(0.0, f64::max),
+            cpu_us: passes.iter().map(|p| p.cpu_us).fold(f64::INFINITY, f64::min),
+        }
+    }
 }
 
 fn process_cpu() -> Duration {
@@ -418,15 +427,19 @@ pub async fn throughput(table: &mut Table) {
         "baseline",
         Verdict::Info,
     );
+    let bare_best = Pass::best(&results[&Contender::Bare]);
     let bare100 = Pass::median(&results[&Contender::BareBatches]);
+    let bare100_best = Pass::best(&results[&Contender::BareBatches]);
     table.row(
         "2 delivery throughput",
         "bare reqwest, same, in batches of 100 (Lambda batch shape)",
         format!(
-            "{:.0} msg/s ({:.2} x bare; {:.1} µs CPU a message)",
+            "{:.0} msg/s ({:.2} x bare; {:.1} µs CPU a message; best rounds {:.2} x bare's best, CPU {:.2} x)",
             bare100.per_sec,
             bare100.per_sec / bare.per_sec,
-            bare100.cpu_us
+            bare100.cpu_us,
+            bare100_best.per_sec / bare_best.per_sec,
+            bare100_best.cpu_us / bare_best.cpu_us,
         ),
         "baseline",
         Verdict::Info,
@@ -434,6 +447,7 @@ pub async fn throughput(table: &mut Table) {
     for style in [Style::Orcid, Style::Members] {
         let pass = Pass::median(&results[&Contender::Handler(style)]);
         let ratio = pass.per_sec / bare.per_sec;
+        let best = Pass::best(&results[&Contender::Handler(style)]);
         table.row(
             "2 delivery throughput",
             format!(
@@ -441,15 +455,18 @@ pub async fn throughput(table: &mut Table) {
                 style.name()
             ),
             format!(
-                "{:.0} msg/s ({ratio:.2} x bare; {:.1} µs CPU a message)",
-                pass.per_sec, pass.cpu_us
+                "{:.0} msg/s ({ratio:.2} x bare; {:.1} µs CPU a message; best rounds {:.2} x bare's best, CPU {:.2} x)",
+                pass.per_sec,
+                pass.cpu_us,
+                best.per_sec / bare_best.per_sec,
+                best.cpu_us / bare_best.cpu_us,
             ),
             ">= 0.9 x bare",
             Verdict::judge(ratio >= 0.9, ""),
         );
     }
     table.note(format!(
-        "throughput: each contender in a fresh process with its own receiver (a pass of {N} messages to warm, then {TIMED_PASSES} timed), {ROUNDS} alternating rounds, medians quoted; receiver answers 204 at once; CPU = the child process's (its receiver included) per message"
+        "throughput: each contender in a fresh process with its own receiver (a pass of {N} messages to warm, then {TIMED_PASSES} timed), {ROUNDS} alternating rounds, medians quoted and the best rounds beside them; receiver answers 204 at once; CPU = the child process's (its receiver included) per message"
     ));
 }
 
