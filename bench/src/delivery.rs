@@ -286,7 +286,10 @@ impl Pass {
     fn best(passes: &[Pass]) -> Self {
         Self {
             per_sec: passes.iter().map(|p| p.per_sec).fold(0.0, f64::max),
-            cpu_us: passes.iter().map(|p| p.cpu_us).fold(f64::INFINITY, f64::min),
+            cpu_us: passes
+                .iter()
+                .map(|p| p.cpu_us)
+                .fold(f64::INFINITY, f64::min),
         }
     }
 }
