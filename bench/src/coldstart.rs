@@ -240,55 +240,47 @@ async fn first_requests(table: &mut Table) {
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, Router::new().fallback(empty_item)).await;
     });
-    let me = std::env::current_exe().expect("own path");
     let mut samples: [Vec<Duration>; 4] = Default::default();
     for _ in 0..=RUNS {
-        let out = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::process::Command::new(&me)
-                .arg("first-request-child")
-                .arg(receiver.url("/hook"))
-                .env_clear()
-                .env("PATH", "/usr/bin:/bin")
-                .env("AWS_REGION", "us-east-1")
-                .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
-                .env("AWS_SECRET_ACCESS_KEY", "bench")
-                .env("AWS_ENDPOINT_URL", &dynamodb)
-                .env("SERVICE_TABLE", "service")
-                .env("RECORDS_TABLE", "records")
-                .env("DELIVERY_QUEUE_URL", format!("{dynamodb}/q/delivery"))
-                .env("DEAD_LETTER_QUEUE_URL", format!("{dynamodb}/q/dlq"))
-                .env(
-                    "DISABLED_ENDPOINT_QUEUE_URL",
-                    format!("{dynamodb}/q/parked"),
-                )
-                .env("ALLOW_INSECURE_CALLBACKS", "true")
-                .output(),
-        )
-        .await;
-        let text = match &out {
-            Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout).into_owned(),
-            _ => String::new(),
+        let mut command = crate::child::command("first-request-child");
+        command
+            .arg(receiver.url("/hook"))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
+            .env("AWS_SECRET_ACCESS_KEY", "bench")
+            .env("AWS_ENDPOINT_URL", &dynamodb)
+            .env("SERVICE_TABLE", "service")
+            .env("RECORDS_TABLE", "records")
+            .env("DELIVERY_QUEUE_URL", format!("{dynamodb}/q/delivery"))
+            .env("DEAD_LETTER_QUEUE_URL", format!("{dynamodb}/q/dlq"))
+            .env(
+                "DISABLED_ENDPOINT_QUEUE_URL",
+                format!("{dynamodb}/q/parked"),
+            )
+            .env("ALLOW_INSECURE_CALLBACKS", "true");
+        let parsed = crate::child::run(&mut command, Duration::from_secs(30))
+            .await
+            .and_then(|fields| {
+                FIRST_REQUEST_FIELDS
+                    .map(|name| fields.get(name).map(Duration::from_micros))
+                    .into_iter()
+                    .collect::<Option<Vec<Duration>>>()
+                    .ok_or_else(|| format!("the child printed {:?}", fields.text()))
+            });
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                row(
+                    table,
+                    format!("the child failed: {}", why.trim()),
+                    Verdict::Missed("not measured".into()),
+                );
+                server.abort();
+                return;
+            }
         };
-        let parsed: Vec<Duration> = text
-            .split_whitespace()
-            .filter_map(|field| field.split_once('=')?.1.parse().ok())
-            .map(Duration::from_micros)
-            .collect();
-        if parsed.len() != 4 {
-            let why = match out {
-                Ok(Ok(out)) => format!("{text} {}", String::from_utf8_lossy(&out.stderr)),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "no answer within 30 s".to_owned(),
-            };
-            row(
-                table,
-                format!("the child failed: {}", why.trim()),
-                Verdict::Missed("not measured".into()),
-            );
-            server.abort();
-            return;
-        }
         for (kind, sample) in samples.iter_mut().zip(parsed) {
             kind.push(sample);
         }
@@ -307,8 +299,16 @@ async fn first_requests(table: &mut Table) {
     );
 }
 
+/// What the first-request child prints, in microseconds, in this order.
+const FIRST_REQUEST_FIELDS: [&str; 4] = [
+    "sdk_first_us",
+    "sdk_second_us",
+    "callback_first_us",
+    "callback_second_us",
+];
+
 /// The first-request figure's child: the clients as a function builds them, two
-/// requests of each; prints the four durations in microseconds.
+/// requests of each; prints the four durations ([`FIRST_REQUEST_FIELDS`]).
 pub async fn first_requests_child(receiver_url: &str) -> Result<String, String> {
     let settings = Settings::from_env().map_err(|e| e.to_string())?;
     let url = CallbackUrl::parse(receiver_url, settings.url_policy()).map_err(|e| e.to_string())?;
@@ -334,12 +334,10 @@ pub async fn first_requests_child(receiver_url: &str) -> Result<String, String> 
             return Err(format!("POST: {outcome:?}"));
         }
     }
-    let micros = |d: &Duration| d.as_micros();
-    Ok(format!(
-        "sdk_first_us={} sdk_second_us={} callback_first_us={} callback_second_us={}",
-        micros(&took[0]),
-        micros(&took[1]),
-        micros(&took[2]),
-        micros(&took[3])
-    ))
+    Ok(FIRST_REQUEST_FIELDS
+        .iter()
+        .zip(&took)
+        .map(|(name, took)| format!("{name}={}", took.as_micros()))
+        .collect::<Vec<_>>()
+        .join(" "))
 }

@@ -382,26 +382,14 @@ pub async fn throughput_child(contender: Contender) -> String {
 
 /// One pass of `contender` in a child process of its own.
 async fn throughput_pass(contender: Contender) -> Pass {
-    let me = std::env::current_exe().expect("own path");
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(&me)
-            .arg("throughput-child")
-            .arg(contender.arg())
-            .output(),
-    )
-    .await
-    .expect("a throughput child finishes within 120 s")
-    .expect("the throughput child runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| -> f64 {
-        text.split_whitespace()
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or_else(|| panic!("the throughput child said {text:?}"))
-    };
+    let mut command = crate::child::command("throughput-child");
+    command.arg(contender.arg());
+    let fields = crate::child::run(&mut command, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|why| panic!("the throughput child failed: {why}"));
     Pass {
-        per_sec: field("per_sec"),
-        cpu_us: field("cpu_us"),
+        per_sec: fields.need("per_sec"),
+        cpu_us: fields.need("cpu_us"),
     }
 }
 
@@ -610,31 +598,19 @@ pub async fn rss_child(receiver_url: &str, style: Style) -> u64 {
 /// Figure 5: peak RSS of a fresh process running the delivery handler over 100 messages.
 pub async fn rss(table: &mut Table) {
     let receiver = Receiver::start(Duration::from_millis(20), 1);
-    let me = std::env::current_exe().expect("own path");
     for style in [Style::Orcid, Style::Members] {
         let mut samples = Vec::new();
         for _ in 0..3 {
             let before = receiver.hits();
-            let out = tokio::time::timeout(
-                Duration::from_secs(30),
-                tokio::process::Command::new(&me)
-                    .arg("rss-child")
-                    .arg(receiver.url(""))
-                    .arg(match style {
-                        Style::Orcid => "orcid",
-                        Style::Members => "members",
-                    })
-                    .output(),
-            )
-            .await
-            .expect("rss child finishes within 30 s")
-            .expect("rss child runs");
-            let text = String::from_utf8_lossy(&out.stdout);
-            let kib: u64 = text
-                .trim()
-                .strip_prefix("peak_rss_kib=")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("rss child said {text:?}"));
+            let mut command = crate::child::command("rss-child");
+            command.arg(receiver.url("")).arg(match style {
+                Style::Orcid => "orcid",
+                Style::Members => "members",
+            });
+            let kib: u64 = crate::child::run(&mut command, Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|why| panic!("the rss child failed: {why}"))
+                .need("peak_rss_kib");
             assert_eq!(
                 receiver.hits(),
                 before + 100,

@@ -10,6 +10,7 @@
 //! `durable`, `load`, `sdkcpu`.
 
 mod allocs;
+mod child;
 mod coldstart;
 mod cost;
 mod delivery;
