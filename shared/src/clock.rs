@@ -154,16 +154,32 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
 /// one is an error (a stored item that does not decode).
 pub mod rfc3339 {
     use super::Timestamp;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&t.rfc3339())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Timestamp::parse_rfc3339(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is no RFC 3339 time")))
+        deserializer.deserialize_str(Rfc3339Text)
+    }
+
+    /// Reads the text where the deserializer has it (every job read has one such field:
+    /// read into a `String` first, it was an allocation a message).
+    struct Rfc3339Text;
+
+    impl Visitor<'_> for Rfc3339Text {
+        type Value = Timestamp;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an RFC 3339 time")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<Timestamp, E> {
+            Timestamp::parse_rfc3339(text)
+                .ok_or_else(|| E::custom(format!("{text:?} is no RFC 3339 time")))
+        }
     }
 
     /// The same for an optional field (`None` stored as null, or absent with
@@ -185,13 +201,16 @@ pub mod rfc3339 {
         pub fn deserialize<'de, D: Deserializer<'de>>(
             deserializer: D,
         ) -> Result<Option<Timestamp>, D::Error> {
-            Option::<String>::deserialize(deserializer)?
-                .map(|text| {
-                    Timestamp::parse_rfc3339(&text).ok_or_else(|| {
-                        serde::de::Error::custom(format!("{text:?} is no RFC 3339 time"))
-                    })
-                })
-                .transpose()
+            Ok(Option::<Present>::deserialize(deserializer)?.map(|present| present.0))
+        }
+
+        /// A time that is there, read as [`super::deserialize`] reads it.
+        struct Present(Timestamp);
+
+        impl<'de> Deserialize<'de> for Present {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                super::deserialize(deserializer).map(Present)
+            }
         }
     }
 }
@@ -401,6 +420,41 @@ mod tests {
             ("no offset", Timestamp::parse_rfc3339("2021-02-26T19:13:55")),
         ] {
             assert_eq!(parsed, None, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_field_stored_as_rfc3339_text_reads_any_json_string_of_one() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Item {
+            #[serde(with = "crate::clock::rfc3339")]
+            at: Timestamp,
+            #[serde(default, with = "crate::clock::rfc3339::option")]
+            until: Option<Timestamp>,
+        }
+        let read = |json: &str| serde_json::from_str::<Item>(json);
+        let at = Timestamp::from_epoch_ms(1_614_366_835_749).unwrap();
+        let item = read(r#"{"at": "2021-02-26T19:13:55.749Z"}"#).unwrap();
+        assert_eq!((item.at, item.until), (at, None));
+        // Escaped, the text is unescaped into a buffer first: read the same.
+        let item = read(r#"{"at": "2021-02-26T19:13:55.749\u005A", "until": null}"#).unwrap();
+        assert_eq!((item.at, item.until), (at, None));
+        let item =
+            read(r#"{"at": "2021-02-26T19:13:55.749Z", "until": "2021-02-26T19:13:55.749Z"}"#);
+        assert_eq!(item.unwrap().until, Some(at));
+        for (json, error) in [
+            (
+                r#"{"at": "26/02/2021"}"#,
+                r#""26/02/2021" is no RFC 3339 time"#,
+            ),
+            (r#"{"at": 1614366835749}"#, "expected an RFC 3339 time"),
+            (
+                r#"{"at": "2021-02-26T19:13:55.749Z", "until": "soon"}"#,
+                r#""soon" is no RFC 3339 time"#,
+            ),
+        ] {
+            let refused = read(json).unwrap_err().to_string();
+            assert!(refused.contains(error), "{json}: {refused}");
         }
     }
 
