@@ -29,11 +29,25 @@ pub enum Style {
 }
 
 impl Style {
+    const ALL: [Style; 2] = [Style::Orcid, Style::Members];
+
     fn name(self) -> &'static str {
         match self {
             Style::Orcid => "ORCID-style",
             Style::Members => "Members-style",
         }
+    }
+
+    /// Its name on the bench's command line (`delivery-loop`, the child processes).
+    pub fn arg(self) -> &'static str {
+        match self {
+            Style::Orcid => "orcid",
+            Style::Members => "members",
+        }
+    }
+
+    pub fn parse(arg: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.arg() == arg)
     }
 }
 
@@ -322,8 +336,7 @@ impl Contender {
         match self {
             Contender::Bare => "bare",
             Contender::BareBatches => "bare100",
-            Contender::Handler(Style::Orcid) => "orcid",
-            Contender::Handler(Style::Members) => "members",
+            Contender::Handler(style) => style.arg(),
         }
     }
 
@@ -435,7 +448,7 @@ pub async fn throughput(table: &mut Table) {
         "baseline",
         Verdict::Info,
     );
-    for style in [Style::Orcid, Style::Members] {
+    for style in Style::ALL {
         let pass = Pass::median(&results[&Contender::Handler(style)]);
         let ratio = pass.per_sec / bare.per_sec;
         let best = Pass::best(&results[&Contender::Handler(style)]);
@@ -598,15 +611,12 @@ pub async fn rss_child(receiver_url: &str, style: Style) -> u64 {
 /// Figure 5: peak RSS of a fresh process running the delivery handler over 100 messages.
 pub async fn rss(table: &mut Table) {
     let receiver = Receiver::start(Duration::from_millis(20), 1);
-    for style in [Style::Orcid, Style::Members] {
+    for style in Style::ALL {
         let mut samples = Vec::new();
         for _ in 0..3 {
             let before = receiver.hits();
             let mut command = crate::child::command("rss-child");
-            command.arg(receiver.url("")).arg(match style {
-                Style::Orcid => "orcid",
-                Style::Members => "members",
-            });
+            command.arg(receiver.url("")).arg(style.arg());
             let kib: u64 = crate::child::run(&mut command, Duration::from_secs(30))
                 .await
                 .unwrap_or_else(|why| panic!("the rss child failed: {why}"))

@@ -57,10 +57,10 @@ fn main() {
     // The memory figure's child process: one delivery invocation, then its peak RSS.
     if args.first().map(String::as_str) == Some("rss-child") {
         let url = args.get(1).cloned().unwrap_or_else(|| usage());
-        let style = match args.get(2).map(String::as_str) {
-            Some("members") => delivery::Style::Members,
-            _ => delivery::Style::Orcid,
-        };
+        let style = args
+            .get(2)
+            .and_then(|a| delivery::Style::parse(a))
+            .unwrap_or(delivery::Style::Orcid);
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let kib = runtime.block_on(delivery::rss_child(&url, style));
         println!("peak_rss_kib={kib}");
@@ -95,10 +95,9 @@ fn main() {
     // One contender of figure 2 alone, for a profiler (docs/benchmarks.md, "Misses").
     if args.first().map(String::as_str) == Some("delivery-loop") {
         let style = match args.get(1).map(String::as_str) {
-            Some("members") => Some(delivery::Style::Members),
-            Some("orcid") => Some(delivery::Style::Orcid),
             Some("bare") => None,
-            _ => usage(),
+            Some(style) => Some(delivery::Style::parse(style).unwrap_or_else(|| usage())),
+            None => usage(),
         };
         let rounds = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(5);
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
