@@ -4,6 +4,7 @@
 //! `102 Processing` interim responses (which acknowledge Members-style deliveries), and
 //! bounds time and the bytes it reads from a receiver.
 
+use crate::ack::AckPolicy;
 use crate::callback::{CallbackUrl, UrlPolicy, check_url};
 use crate::clock::{Clock, SystemClock};
 use crate::netguard::is_public_ip;
@@ -20,6 +21,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OnceCell};
@@ -271,11 +273,14 @@ impl CallbackClient {
 
     /// POSTs `body` with `headers` to `url` once and reports what happened. The URL was
     /// checked when it was set; it is checked again here, against this client's policy.
+    /// Where `ack` takes `102 Processing` as an acknowledgement, that interim answer ends
+    /// the attempt; otherwise the final answer is awaited, as after any interim answer.
     pub async fn post(
         &self,
         url: &CallbackUrl,
         headers: Vec<(HeaderName, String)>,
         body: Bytes,
+        ack: AckPolicy,
     ) -> AttemptOutcome {
         // The first request builds the client (reading the certificate store), outside the
         // attempt's latency and timeout.
@@ -299,20 +304,33 @@ impl CallbackClient {
             Ok(request) => request,
             Err(e) => return failed(AttemptFailure::Request(e.to_string())),
         };
-        let processing = notify_on_processing(&mut request);
-        tokio::select! {
-            result = tokio::time::timeout(self.timeout, self.exchange(client, request, started)) => match result {
+        let processing = ack
+            .acknowledges(PROCESSING)
+            .then(|| on_processing(&mut request));
+        let answer = async {
+            match tokio::time::timeout(self.timeout, self.exchange(client, request, started)).await
+            {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => failed(describe(&e)),
                 Err(_) => failed(AttemptFailure::Timeout(self.timeout)),
-            },
-            _ = processing.notified() => AttemptOutcome {
-                status: Some(102),
-                retry_after: None,
-                latency: started.elapsed(),
-                error: None,
-                body_prefix: Bytes::new(),
-            },
+            }
+        };
+        let Some(processing) = processing else {
+            return answer.await;
+        };
+        let interim = || AttemptOutcome {
+            status: Some(PROCESSING),
+            retry_after: None,
+            latency: started.elapsed(),
+            error: None,
+            body_prefix: Bytes::new(),
+        };
+        tokio::select! {
+            biased;
+            _ = processing.notify.notified() => interim(),
+            // The connection's task may read the interim and the final answer at once, on
+            // another thread, between two polls here: the interim one still came first.
+            answer = answer => if processing.seen.load(Ordering::Acquire) { interim() } else { answer },
         }
     }
 
@@ -367,15 +385,27 @@ fn post_request(
     Ok(request)
 }
 
-/// Notified when the receiver answers `102 Processing`. An interim response acknowledges
-/// at once; without this hook the client would wait for a final response that may never
-/// come.
-fn notify_on_processing(request: &mut http::Request<Full<Bytes>>) -> Arc<Notify> {
-    let processing = Arc::new(Notify::new());
+/// The status of the interim answer `102 Processing`.
+const PROCESSING: u16 = 102;
+
+/// Told when the receiver answers `102 Processing`. Where that interim answer acknowledges
+/// (Members style), it ends the attempt at once; without this hook the client would wait
+/// for a final answer that may never come. (Elsewhere no hook is set: it costs a request
+/// extension and a notifier, and the final answer is the one that counts.)
+#[derive(Default)]
+struct Processing {
+    /// Set before `notify` is told, and so before any final answer after it is read.
+    seen: AtomicBool,
+    notify: Notify,
+}
+
+fn on_processing(request: &mut http::Request<Full<Bytes>>) -> Arc<Processing> {
+    let processing = Arc::new(Processing::default());
     let signal = processing.clone();
     hyper::ext::on_informational(request, move |response| {
         if response.status() == http::StatusCode::PROCESSING {
-            signal.notify_one();
+            signal.seen.store(true, Ordering::Release);
+            signal.notify.notify_one();
         }
     });
     processing

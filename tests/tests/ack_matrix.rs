@@ -20,6 +20,8 @@ enum Answer {
     Status(u16),
     /// `102 Processing`, then silence with the connection open.
     ProcessingOnly,
+    /// `102 Processing`, then this final status.
+    ProcessingThen(u16),
     /// Reads the request and never answers.
     Silence,
 }
@@ -57,11 +59,17 @@ async fn raw_receiver(answer: Answer) -> String {
                         }
                     }
                 }
-                let response = match answer {
-                    Answer::Status(code) => format!(
+                let status = |code: u16| {
+                    format!(
                         "HTTP/1.1 {code} Whatever\r\ncontent-length: 0\r\nlocation: http://127.0.0.1:1/elsewhere\r\n\r\n"
-                    ),
+                    )
+                };
+                let response = match answer {
+                    Answer::Status(code) => status(code),
                     Answer::ProcessingOnly => "HTTP/1.1 102 Processing\r\n\r\n".to_owned(),
+                    Answer::ProcessingThen(code) => {
+                        format!("HTTP/1.1 102 Processing\r\n\r\n{}", status(code))
+                    }
                     Answer::Silence => String::new(),
                 };
                 let _ = socket.write_all(response.as_bytes()).await;
@@ -114,6 +122,12 @@ async fn members_ack_codes() {
         (true, Some(102)),
         "102 Processing alone acknowledges"
     );
+    let (acked, status) = members_acknowledged(&http, Answer::ProcessingThen(500)).await;
+    assert_eq!(
+        (acked, status),
+        (true, Some(102)),
+        "102 Processing acknowledges at once, whatever follows"
+    );
     for code in [
         203, 205, 206, 301, 302, 303, 307, 308, 400, 401, 403, 404, 409, 410, 429, 500, 502, 503,
     ] {
@@ -144,6 +158,9 @@ async fn orcid_ack_codes() {
         (Answer::Status(404), false),
         (Answer::Status(500), false),
         (Answer::ProcessingOnly, false),
+        // An interim answer is not the answer: the final one counts.
+        (Answer::ProcessingThen(200), true),
+        (Answer::ProcessingThen(500), false),
         (Answer::Silence, false),
     ] {
         let url = raw_receiver(answer).await;
@@ -160,8 +177,15 @@ async fn orcid_ack_codes() {
             None,
             clock.as_ref(),
         );
-        let (_, acknowledged) = request.send(&http).await;
+        let (outcome, acknowledged) = request.send(&http).await;
         assert_eq!(acknowledged, expected, "{answer:?}");
+        if let Answer::ProcessingThen(code) = answer {
+            assert_eq!(
+                outcome.status,
+                Some(code),
+                "the final answer is the one recorded"
+            );
+        }
     }
 }
 

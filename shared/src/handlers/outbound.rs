@@ -34,7 +34,9 @@ impl Outbound {
     /// Sends it once; returns the outcome and whether it acknowledged. The header values
     /// and the body go to the request as they are, not copied.
     pub async fn send(self, http: &CallbackClient) -> (AttemptOutcome, bool) {
-        let outcome = http.post(&self.url, self.headers, self.body).await;
+        let outcome = http
+            .post(&self.url, self.headers, self.body, self.ack)
+            .await;
         let acknowledged = outcome.status.is_some_and(|s| self.ack.acknowledges(s));
         (outcome, acknowledged)
     }

@@ -26,10 +26,10 @@ use crate::health::HealthPolicy;
 use crate::http_client::CallbackClient;
 use crate::ports::{LogWrites, Ports, in_own_task};
 use crate::retry::RetryPolicy;
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures::StreamExt;
 use ledger::{BatchLedger, LoggedReport, TaskReport};
-use plan::{Received, Source, Work};
+use plan::{QueueMessage, Received, Source, Work};
 use std::sync::Arc;
 use std::time::Duration;
 use subscribers::Subscribers;
@@ -133,9 +133,7 @@ impl Delivery {
             .into_iter()
             .map(|job| {
                 // No receipt handle: nothing to hide or delete on a queue.
-                let mut message = SqsMessage::default();
-                message.message_id = Some(job.id.as_str().to_owned());
-                (message, Ok(job))
+                (plan::QueueMessage::unqueued(&job), Ok(job))
             })
             .collect();
         let ledger = self.run_messages(messages, deadline, Source::Flush).await;
@@ -158,7 +156,7 @@ impl Delivery {
         // Kept should the task be stopped (the runtime shutting down) and report nothing.
         let message_ids: Vec<String> = messages
             .iter()
-            .map(|(message, _)| message.message_id.clone().unwrap_or_default())
+            .map(|(message, _)| message.id.clone())
             .collect();
         let delivery = self.clone();
         let batch = in_own_task(async move {
@@ -211,30 +209,27 @@ impl Delivery {
     /// Delivers one message.
     async fn process(
         &self,
-        message: SqsMessage,
+        message: QueueMessage,
         job: Result<crate::job::DeliveryJob, serde_json::Error>,
         source: Source,
         deadline: Instant,
     ) -> LoggedReport {
-        let message_id = message.message_id.clone().unwrap_or_default();
-        let receives = plan::receives(&message);
         let job = match job {
             Ok(job) => job,
             Err(e) => {
                 // Keep it: retrying cannot fix it, but the DLQ keeps it for an operator.
-                tracing::error!(%message_id, receives, error = %e, "unreadable delivery job; sending it toward the dead-letter queue");
-                self.hide(&message, Duration::ZERO, &message_id).await;
-                return TaskReport::settled(Some(message_id)).into();
+                tracing::error!(message_id = %message.id, receives = message.receives, error = %e, "unreadable delivery job; sending it toward the dead-letter queue");
+                self.hide(&message, Duration::ZERO).await;
+                return TaskReport::settled(Some(message.id)).into();
             }
         };
         let rx = Received {
             message: &message,
             source,
-            id: message_id,
             job: &job,
-            attempt: job.attempts_made.saturating_add(receives),
+            attempt: job.attempts_made.saturating_add(message.receives),
         };
-        let span = tracing::info_span!("delivery", delivery_id = %job.id.as_str(), message_id = %rx.id, attempt = rx.attempt);
+        let span = tracing::info_span!("delivery", delivery_id = %job.id.as_str(), message_id = %rx.message.id, attempt = rx.attempt);
         let report = self.process_job(&rx, deadline).instrument(span).await;
         report.logged(job)
     }

@@ -14,8 +14,35 @@ use crate::record::RecordId;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use std::sync::Arc;
 
+/// What the handler keeps of a message it received: the rest of an SQS message (its
+/// body once read, its other attributes, checksums and source) is dropped as the batch is
+/// read, on the thread that read the event, rather than on the batch's worker after its
+/// request (memory freed on another thread than the one that allocated it costs the
+/// allocator more: figure 2's profile in docs/benchmarks.md, twelfth pass).
+#[derive(Debug)]
+pub(super) struct QueueMessage {
+    /// The SQS message id (what a batch item failure names).
+    pub(super) id: String,
+    /// The handle its visibility is changed by (none for a job the flush attempts first:
+    /// it is on no queue).
+    pub(super) receipt_handle: Option<String>,
+    /// How often SQS has handed it out (1 when it does not say).
+    pub(super) receives: u32,
+}
+
+impl QueueMessage {
+    /// A job the flush has made, attempted before it is on any queue.
+    pub(super) fn unqueued(job: &DeliveryJob) -> Self {
+        Self {
+            id: job.id.as_str().to_owned(),
+            receipt_handle: None,
+            receives: 1,
+        }
+    }
+}
+
 /// A message of the batch, with its body read as a job.
-pub(super) type Parsed = (SqsMessage, Result<DeliveryJob, serde_json::Error>);
+pub(super) type Parsed = (QueueMessage, Result<DeliveryJob, serde_json::Error>);
 
 /// Reads each message's body once.
 pub(super) fn parse(event: SqsEvent) -> Vec<Parsed> {
@@ -24,13 +51,19 @@ pub(super) fn parse(event: SqsEvent) -> Vec<Parsed> {
         .into_iter()
         .map(|m| {
             let job = serde_json::from_str(m.body.as_deref().unwrap_or(""));
-            (m, job)
+            let receives = receives(&m);
+            let message = QueueMessage {
+                id: m.message_id.unwrap_or_default(),
+                receipt_handle: m.receipt_handle,
+                receives,
+            };
+            (message, job)
         })
         .collect()
 }
 
 /// How often SQS has handed this message out (1 when it does not say).
-pub(super) fn receives(message: &SqsMessage) -> u32 {
+fn receives(message: &SqsMessage) -> u32 {
     message
         .attributes
         .get("ApproximateReceiveCount")
@@ -51,10 +84,8 @@ pub(super) enum Source {
 
 /// A message received in this batch, with its job and the attempt it is.
 pub(super) struct Received<'a> {
-    pub(super) message: &'a SqsMessage,
+    pub(super) message: &'a QueueMessage,
     pub(super) source: Source,
-    /// The SQS message id (what a batch item failure names).
-    pub(super) id: String,
     pub(super) job: &'a DeliveryJob,
     /// Receives of this message, plus the attempts of the messages it replaced (1-based).
     pub(super) attempt: u32,

@@ -70,7 +70,7 @@ impl SyncOutcome {
                 person: record.clone(),
                 delivered,
             },
-            message_id: rx.id.clone(),
+            message_id: rx.message.id.clone(),
             receipt_handle: rx.message.receipt_handle.clone(),
         })
     }

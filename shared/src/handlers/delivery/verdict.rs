@@ -4,7 +4,7 @@
 
 use super::Delivery;
 use super::ledger::TaskReport;
-use super::plan::{Received, Source};
+use super::plan::{QueueMessage, Received, Source};
 use super::subscribers::Endpoint;
 use crate::events::OpsEvent;
 use crate::http_client::AttemptOutcome;
@@ -13,7 +13,6 @@ use crate::metrics::DeliveryMetrics;
 use crate::ports::{BackendError, MAX_SEND_DELAY, announce};
 use crate::retry::RetryPolicy;
 use crate::subscription::endpoint_name;
-use aws_lambda_events::event::sqs::SqsMessage;
 use std::time::Duration;
 
 /// Backend failures one job may meet before it goes to the dead-letter queue: with
@@ -110,8 +109,8 @@ impl Delivery {
     async fn retry_after(&self, rx: &Received<'_>, delay: Duration) -> Option<String> {
         match rx.source {
             Source::Queue => {
-                self.hide(rx.message, delay, &rx.id).await;
-                Some(rx.id.clone())
+                self.hide(rx.message, delay).await;
+                Some(rx.message.id.clone())
             }
             Source::Flush => {
                 let next = rx.job.after_attempt(rx.attempt);
@@ -124,7 +123,7 @@ impl Delivery {
                     Ok(()) => None,
                     Err(e) => {
                         tracing::warn!(error = %e, "could not queue the job for its next attempt; the flush queues it as it is");
-                        Some(rx.id.clone())
+                        Some(rx.message.id.clone())
                     }
                 }
             }
@@ -161,8 +160,8 @@ impl Delivery {
                 }
             }
         }
-        self.hide(rx.message, Duration::ZERO, &rx.id).await;
-        Some(rx.id.clone())
+        self.hide(rx.message, Duration::ZERO).await;
+        Some(rx.message.id.clone())
     }
 
     /// A job for a disabled endpoint. Lose nothing, and keep the DLQ for failures: the
@@ -212,19 +211,19 @@ impl Delivery {
         let receives = rx.attempt.saturating_sub(job.attempts_made).max(1);
         let delay = self.settings.retry.next_delay(receives, None);
         tracing::warn!(error = %e, %queue_error, retry_in_ms = delay.as_millis() as u64, "backend failure, and the job could not be sent again; the message will be retried");
-        self.hide(rx.message, delay, &rx.id).await;
-        Some(rx.id.clone())
+        self.hide(rx.message, delay).await;
+        Some(rx.message.id.clone())
     }
 
     /// Makes the message visible again after `delay` (at once for zero: toward the
     /// dead-letter queue when its receives are spent).
-    pub(super) async fn hide(&self, message: &SqsMessage, delay: Duration, message_id: &str) {
+    pub(super) async fn hide(&self, message: &QueueMessage, delay: Duration) {
         let Some(receipt) = message.receipt_handle.as_deref() else {
             return;
         };
         if let Err(e) = self.ports.queue.retry_later(receipt, delay).await {
             // The message still comes back after the queue's default visibility timeout.
-            tracing::warn!(%message_id, error = %e, "could not change the message's visibility");
+            tracing::warn!(message_id = %message.id, error = %e, "could not change the message's visibility");
         }
     }
 }
