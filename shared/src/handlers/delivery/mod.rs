@@ -98,11 +98,14 @@ impl Delivery {
     /// Delivers a batch concurrently; failed messages are listed in the response (an
     /// `Err` would make Lambda retry the whole batch). Sync steps stop before `deadline`.
     pub async fn handle(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
-        let messages = plan::parse(event);
-        self.prefetch_subscribers(messages.iter().filter_map(|(_, job)| job.as_ref().ok()))
+        let unread = plan::unread(event);
+        let ids = unread
+            .iter()
+            .map(|(message, _)| message.id.clone())
+            .collect();
+        let kept = self
+            .run_batch(ids, move || plan::read(unread), deadline, Source::Queue)
             .await;
-        let ledger = self.run_messages(messages, deadline, Source::Queue).await;
-        let kept = self.finish_batch(ledger, deadline).await;
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = kept
             .into_iter()
@@ -128,65 +131,76 @@ impl Delivery {
         jobs: Vec<crate::job::DeliveryJob>,
         deadline: Instant,
     ) -> Vec<String> {
-        self.prefetch_subscribers(jobs.iter()).await;
-        let messages = jobs
+        let ids = jobs.iter().map(|job| job.id.as_str().to_owned()).collect();
+        let messages: Vec<plan::Parsed> = jobs
             .into_iter()
             .map(|job| {
                 // No receipt handle: nothing to hide or delete on a queue.
                 (plan::QueueMessage::unqueued(&job), Ok(job))
             })
             .collect();
-        let ledger = self.run_messages(messages, deadline, Source::Flush).await;
-        self.finish_batch(ledger, deadline).await
+        self.run_batch(ids, move || messages, deadline, Source::Flush)
+            .await
     }
 
-    /// Runs the batch's messages, at most [`DeliverySettings::concurrency`] at once, on one
-    /// task of its own ([`in_own_task`]), and adds up their reports as they end. On a
-    /// runtime worker, the requests it makes wake the client's connection tasks on that
-    /// worker's own queue; polled on the thread that awaits `handle` (the Lambda runtime's,
-    /// outside the workers), each request woke a parked worker instead (figure 2's profile
-    /// in docs/benchmarks.md: 4.1 µs a message in parking and waking against the bare
-    /// loop's 1.9).
-    async fn run_messages(
+    /// Runs a batch on one task of its own ([`in_own_task`]): its messages read (`read`),
+    /// their subscribers fetched, the messages run and the batch finished; returns the ids
+    /// of the messages that stay on the queue (all of `ids`, should the task be stopped
+    /// with the runtime). On a runtime worker, the requests it makes wake the client's
+    /// connection tasks on that worker's own queue; polled on the thread that awaits
+    /// `handle` (the Lambda runtime's, outside the workers), each request woke a parked
+    /// worker instead (figure 2's profile in docs/benchmarks.md: 4.1 µs a message in
+    /// parking and waking against the bare loop's 1.9). The jobs are read on that worker
+    /// too, so the memory they hold is freed by the thread that allocated it (twelfth
+    /// pass).
+    async fn run_batch(
         &self,
-        messages: Vec<plan::Parsed>,
+        ids: Vec<String>,
+        read: impl FnOnce() -> Vec<plan::Parsed> + Send + 'static,
         deadline: Instant,
         source: Source,
-    ) -> BatchLedger {
-        // Kept should the task be stopped (the runtime shutting down) and report nothing.
-        let message_ids: Vec<String> = messages
-            .iter()
-            .map(|(message, _)| message.id.clone())
-            .collect();
+    ) -> Vec<String> {
         let delivery = self.clone();
         let batch = in_own_task(async move {
-            let ledger = BatchLedger::for_batch(messages.len());
-            let delivery = &delivery;
-            let per_attempt = delivery.ports.attempts.writes() == LogWrites::PerAttempt;
-            futures::stream::iter(messages)
-                .map(|(message, job)| delivery.process(message, job, source, deadline))
-                .buffer_unordered(delivery.settings.concurrency.max(1))
-                .fold(ledger, |mut ledger, report| async move {
-                    ledger.add(report, &delivery.settings.health);
-                    if per_attempt {
-                        // Written while the batch's other requests are in flight.
-                        delivery
-                            .log_attempts(std::mem::take(&mut ledger.attempts))
-                            .await;
-                    }
-                    ledger
-                })
-                .await
+            let messages = read();
+            delivery
+                .prefetch_subscribers(messages.iter().filter_map(|(_, job)| job.as_ref().ok()))
+                .await;
+            let ledger = delivery.run_messages(messages, deadline, source).await;
+            delivery.finish_batch(ledger, deadline).await
         });
         batch.await.unwrap_or_else(|error| {
             tracing::error!(
                 %error,
                 "the batch's task stopped before it ended; its messages stay on the queue"
             );
-            let mut ledger = BatchLedger::for_batch(0);
-            ledger.keep = message_ids;
-            ledger
+            ids
         })
+    }
+
+    /// Runs the batch's messages, at most [`DeliverySettings::concurrency`] at once, and
+    /// adds up their reports as they end.
+    async fn run_messages(
+        &self,
+        messages: Vec<plan::Parsed>,
+        deadline: Instant,
+        source: Source,
+    ) -> BatchLedger {
+        let ledger = BatchLedger::for_batch(messages.len());
+        let per_attempt = self.ports.attempts.writes() == LogWrites::PerAttempt;
+        futures::stream::iter(messages)
+            .map(|(message, job)| self.process(message, job, source, deadline))
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .fold(ledger, |mut ledger, report| async move {
+                ledger.add(report, &self.settings.health);
+                if per_attempt {
+                    // Written while the batch's other requests are in flight.
+                    self.log_attempts(std::mem::take(&mut ledger.attempts))
+                        .await;
+                }
+                ledger
+            })
+            .await
     }
 
     /// Does what the batch's attempts left to do; returns the ids of the messages that

@@ -14,11 +14,11 @@ use crate::record::RecordId;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use std::sync::Arc;
 
-/// What the handler keeps of a message it received: the rest of an SQS message (its
-/// body once read, its other attributes, checksums and source) is dropped as the batch is
-/// read, on the thread that read the event, rather than on the batch's worker after its
-/// request (memory freed on another thread than the one that allocated it costs the
-/// allocator more: figure 2's profile in docs/benchmarks.md, twelfth pass).
+/// What the handler keeps of a message it received: the rest of an SQS message (its other
+/// attributes, checksums and source) is dropped as the batch is taken, on the thread that
+/// read the event, rather than on the batch's worker after its request (memory freed on
+/// another thread than the one that allocated it costs the allocator more: figure 2's
+/// profile in docs/benchmarks.md, twelfth pass).
 #[derive(Debug)]
 pub(super) struct QueueMessage {
     /// The SQS message id (what a batch item failure names).
@@ -41,22 +41,36 @@ impl QueueMessage {
     }
 }
 
+/// A message of the batch, its body not yet read.
+pub(super) type Unread = (QueueMessage, Option<String>);
+
 /// A message of the batch, with its body read as a job.
 pub(super) type Parsed = (QueueMessage, Result<DeliveryJob, serde_json::Error>);
 
-/// Reads each message's body once.
-pub(super) fn parse(event: SqsEvent) -> Vec<Parsed> {
+/// What the handler keeps of each message of the event: the rest is dropped here, on the
+/// thread that read the event.
+pub(super) fn unread(event: SqsEvent) -> Vec<Unread> {
     event
         .records
         .into_iter()
         .map(|m| {
-            let job = serde_json::from_str(m.body.as_deref().unwrap_or(""));
             let receives = receives(&m);
             let message = QueueMessage {
                 id: m.message_id.unwrap_or_default(),
                 receipt_handle: m.receipt_handle,
                 receives,
             };
+            (message, m.body)
+        })
+        .collect()
+}
+
+/// Reads each message's body once, as a job.
+pub(super) fn read(unread: Vec<Unread>) -> Vec<Parsed> {
+    unread
+        .into_iter()
+        .map(|(message, body)| {
+            let job = serde_json::from_str(body.as_deref().unwrap_or(""));
             (message, job)
         })
         .collect()
