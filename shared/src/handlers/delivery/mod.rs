@@ -98,13 +98,8 @@ impl Delivery {
     /// Delivers a batch concurrently; failed messages are listed in the response (an
     /// `Err` would make Lambda retry the whole batch). Sync steps stop before `deadline`.
     pub async fn handle(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
-        let unread = plan::unread(event);
-        let ids = unread
-            .iter()
-            .map(|(message, _)| message.id.clone())
-            .collect();
         let kept = self
-            .run_batch(ids, move || plan::read(unread), deadline, Source::Queue)
+            .run_batch(plan::unread(event), deadline, Source::Queue)
             .await;
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = kept
@@ -131,22 +126,20 @@ impl Delivery {
         jobs: Vec<crate::job::DeliveryJob>,
         deadline: Instant,
     ) -> Vec<String> {
-        let ids = jobs.iter().map(|job| job.id.as_str().to_owned()).collect();
-        let messages: Vec<plan::Parsed> = jobs
+        let messages = jobs
             .into_iter()
             .map(|job| {
                 // No receipt handle: nothing to hide or delete on a queue.
-                (plan::QueueMessage::unqueued(&job), Ok(job))
+                (plan::QueueMessage::unqueued(&job), plan::Body::Job(job))
             })
             .collect();
-        self.run_batch(ids, move || messages, deadline, Source::Flush)
-            .await
+        self.run_batch(messages, deadline, Source::Flush).await
     }
 
-    /// Runs a batch on one task of its own ([`in_own_task`]): its messages read (`read`),
-    /// their subscribers fetched, the messages run and the batch finished; returns the ids
-    /// of the messages that stay on the queue (all of `ids`, should the task be stopped
-    /// with the runtime). On a runtime worker, the requests it makes wake the client's
+    /// Runs a batch on one task of its own ([`in_own_task`]): its messages read, their
+    /// subscribers fetched, the messages run and the batch finished; returns the ids of the
+    /// messages that stay on the queue (all of them, should the task be stopped with the
+    /// runtime). On a runtime worker, the requests it makes wake the client's
     /// connection tasks on that worker's own queue; polled on the thread that awaits
     /// `handle` (the Lambda runtime's, outside the workers), each request woke a parked
     /// worker instead (figure 2's profile in docs/benchmarks.md: 4.1 µs a message in
@@ -155,14 +148,18 @@ impl Delivery {
     /// pass).
     async fn run_batch(
         &self,
-        ids: Vec<String>,
-        read: impl FnOnce() -> Vec<plan::Parsed> + Send + 'static,
+        unread: Vec<plan::Unread>,
         deadline: Instant,
         source: Source,
     ) -> Vec<String> {
+        // Kept should the task be stopped and report nothing.
+        let ids = unread
+            .iter()
+            .map(|(message, _)| message.id.clone())
+            .collect();
         let delivery = self.clone();
         let batch = in_own_task(async move {
-            let messages = read();
+            let messages = plan::read(unread);
             delivery
                 .prefetch_subscribers(messages.iter().filter_map(|(_, job)| job.as_ref().ok()))
                 .await;

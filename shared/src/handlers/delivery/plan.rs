@@ -41,8 +41,14 @@ impl QueueMessage {
     }
 }
 
+/// A message's job: its body as received, or the job itself (made by the flush).
+pub(super) enum Body {
+    Text(Option<String>),
+    Job(DeliveryJob),
+}
+
 /// A message of the batch, its body not yet read.
-pub(super) type Unread = (QueueMessage, Option<String>);
+pub(super) type Unread = (QueueMessage, Body);
 
 /// A message of the batch, with its body read as a job.
 pub(super) type Parsed = (QueueMessage, Result<DeliveryJob, serde_json::Error>);
@@ -60,7 +66,7 @@ pub(super) fn unread(event: SqsEvent) -> Vec<Unread> {
                 receipt_handle: m.receipt_handle,
                 receives,
             };
-            (message, m.body)
+            (message, Body::Text(m.body))
         })
         .collect()
 }
@@ -70,7 +76,10 @@ pub(super) fn read(unread: Vec<Unread>) -> Vec<Parsed> {
     unread
         .into_iter()
         .map(|(message, body)| {
-            let job = serde_json::from_str(body.as_deref().unwrap_or(""));
+            let job = match body {
+                Body::Text(text) => serde_json::from_str(text.as_deref().unwrap_or("")),
+                Body::Job(job) => Ok(job),
+            };
             (message, job)
         })
         .collect()
