@@ -16,7 +16,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        Timestamp::from(OffsetDateTime::now_utc())
+        // Straight from the system time's milliseconds: through `OffsetDateTime` it was a
+        // calendar date worked out and 128-bit divisions, three times a delivery
+        // (docs/benchmarks.md, figure 2, thirteenth pass).
+        Timestamp::from(SystemTime::now())
     }
 }
 
@@ -32,10 +35,13 @@ pub struct Timestamp {
 
 /// The range of epoch milliseconds a `Timestamp` holds.
 fn ms_range() -> std::ops::RangeInclusive<i64> {
-    let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
-    let min = time::PrimitiveDateTime::MIN.assume_utc();
-    let max = time::PrimitiveDateTime::MAX.assume_utc();
-    ms(min)..=ms(max)
+    // Worked out when compiled: read per message, it was 128-bit arithmetic each time.
+    const fn ms(t: time::PrimitiveDateTime) -> i64 {
+        (t.assume_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    }
+    const MIN: i64 = ms(time::PrimitiveDateTime::MIN);
+    const MAX: i64 = ms(time::PrimitiveDateTime::MAX);
+    MIN..=MAX
 }
 
 impl Timestamp {
@@ -54,9 +60,13 @@ impl Timestamp {
 
     /// RFC 3339 text, e.g. `2021-02-26T19:13:55.749Z`; `None` when it is not.
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
-        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-            .ok()
-            .map(Self::from)
+        // The form this code writes (every job's `created_at`) read directly; any other
+        // form of RFC 3339 (offsets, other fractions, a leap second) by the `time` crate.
+        civil::parse_utc_millis(text).or_else(|| {
+            OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .ok()
+                .map(Self::from)
+        })
     }
 
     /// Milliseconds since the Unix epoch.
@@ -78,9 +88,16 @@ impl Timestamp {
 
     /// RFC 3339 UTC with milliseconds, e.g. `2021-02-26T19:13:55.749Z`.
     pub fn rfc3339(self) -> String {
-        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.epoch_ms) * 1_000_000)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        rfc3339_millis(t)
+        // Worked out from the milliseconds (a Members-style envelope's `publishTime`, in
+        // every message): through `OffsetDateTime` it was 128-bit arithmetic and a
+        // calendar conversion, 1 600 instructions a message (docs/benchmarks.md, figure 2,
+        // thirteenth pass). Years before 0 keep the `time` crate's text.
+        civil::utc_millis(self.epoch_ms).unwrap_or_else(|| {
+            let t =
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.epoch_ms) * 1_000_000)
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            rfc3339_millis(t)
+        })
     }
 
     /// The time `by` later (to the millisecond; the latest time there is, if that is out
@@ -109,9 +126,22 @@ impl From<OffsetDateTime> for Timestamp {
     }
 }
 
+/// To the millisecond (rounded down, before the epoch too); the nearest end of the range
+/// for a time past it.
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Self {
-        Self::from(OffsetDateTime::from(t))
+        let ms = match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+            Err(before) => {
+                let before = before.duration();
+                let part = u128::from(before.subsec_nanos() % 1_000_000 != 0);
+                i64::try_from(before.as_millis() + part).map_or(i64::MIN, |ms| -ms)
+            }
+        };
+        let range = ms_range();
+        Self {
+            epoch_ms: ms.clamp(*range.start(), *range.end()),
+        }
     }
 }
 
@@ -288,6 +318,98 @@ fn rfc3339_millis(t: OffsetDateTime) -> String {
     text
 }
 
+/// RFC 3339 UTC text with milliseconds (`2021-02-26T19:13:55.749Z`, years 0 to 9999)
+/// to and from epoch milliseconds, by the proleptic Gregorian calendar (H. Hinnant's
+/// `days_from_civil` and `civil_from_days`), without the `time` crate's intermediate
+/// date-time. The tests hold both to the `time` crate.
+mod civil {
+    use super::Timestamp;
+
+    const MS_A_DAY: i64 = 86_400_000;
+    /// Days from 0000-03-01 to 1970-01-01.
+    const EPOCH_SHIFT: i64 = 719_468;
+    const DAYS_AN_ERA: i64 = 146_097;
+
+    /// The text of `epoch_ms`; `None` before year 0.
+    pub(super) fn utc_millis(epoch_ms: i64) -> Option<String> {
+        let (y, m, d) = civil_from_days(epoch_ms.div_euclid(MS_A_DAY));
+        let year = u32::try_from(y).ok().filter(|y| *y <= 9999)?;
+        let in_day = u32::try_from(epoch_ms.rem_euclid(MS_A_DAY)).ok()?;
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut n: u32| {
+            for i in (at..at + width).rev() {
+                text[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, m);
+        put(8, 2, d);
+        put(11, 2, in_day / 3_600_000);
+        put(14, 2, in_day / 60_000 % 60);
+        put(17, 2, in_day / 1000 % 60);
+        put(20, 3, in_day % 1000);
+        String::from_utf8(text.to_vec()).ok()
+    }
+
+    /// Text of exactly that form; `None` for anything else (left to the `time` crate).
+    pub(super) fn parse_utc_millis(text: &str) -> Option<Timestamp> {
+        let b = text.as_bytes();
+        if b.len() != 24 || [4, 7, 10, 13, 16, 19, 23].map(|i| b[i]) != *b"--T::.Z" {
+            return None;
+        }
+        let num = |at: usize, width: usize| {
+            b[at..at + width].iter().try_fold(0u32, |n, &c| {
+                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+            })
+        };
+        let (y, m, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+        let (hh, mm, ss, ms) = (num(11, 2)?, num(14, 2)?, num(17, 2)?, num(20, 3)?);
+        if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
+            return None;
+        }
+        if hh > 23 || mm > 59 || ss > 59 {
+            return None;
+        }
+        let in_day = i64::from(((hh * 60 + mm) * 60 + ss) * 1000 + ms);
+        Timestamp::from_epoch_ms(days_from_civil(i64::from(y), m, d) * MS_A_DAY + in_day)
+    }
+
+    fn days_in_month(y: u32, m: u32) -> u32 {
+        match m {
+            2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        }
+    }
+
+    /// Days since 1970-01-01 of the date `y`-`m`-`d` (`m` 1 to 12, `d` 1 to 31).
+    fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let mp = i64::from((m + 9) % 12);
+        let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * DAYS_AN_ERA + doe - EPOCH_SHIFT
+    }
+
+    /// The date (year, month 1 to 12, day 1 to 31) `days` after 1970-01-01.
+    fn civil_from_days(days: i64) -> (i64, u32, u32) {
+        let z = days + EPOCH_SHIFT;
+        let era = z.div_euclid(DAYS_AN_ERA);
+        let doe = z.rem_euclid(DAYS_AN_ERA);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        (y, m, d)
+    }
+}
+
 /// The same text through `format!`: the years before 0, and the tests' reference.
 fn rfc3339_millis_formatted(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
@@ -380,6 +502,65 @@ mod tests {
             assert_eq!(t.rfc3339(), reference(t), "at {ms} ms");
         }
         assert_eq!(Timestamp::UNIX_EPOCH.rfc3339(), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn every_day_is_written_and_read_as_the_time_crate_does() {
+        let well_known = &time::format_description::well_known::Rfc3339;
+        let reference_parse = |text: &str| {
+            OffsetDateTime::parse(text, well_known)
+                .ok()
+                .map(Timestamp::from)
+        };
+        let day = |d: i64| d * 86_400_000;
+        // Every day from 1896 to 2104 (leap years, 1900, 2000 and 2100), each at a
+        // different time of day; every 37th day of the years 0 to 9999.
+        let days = (-27_000..=49_000).chain((-719_528..=2_932_896).step_by(37));
+        for d in days {
+            let ms = day(d) + (d * 7_919_993).rem_euclid(86_400_000);
+            let t = Timestamp::from_epoch_ms(ms).unwrap();
+            let text = t.rfc3339();
+            let reference = rfc3339_millis_formatted(
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap(),
+            );
+            assert_eq!(text, reference, "written at {ms} ms");
+            assert_eq!(Timestamp::parse_rfc3339(&text), Some(t), "read back: {text}");
+            assert_eq!(civil::parse_utc_millis(&text), reference_parse(&text), "{text}");
+        }
+        for text in [
+            "2021-02-29T00:00:00.000Z",
+            "2100-02-29T00:00:00.000Z",
+            "2021-04-31T00:00:00.000Z",
+            "2021-13-01T00:00:00.000Z",
+            "2021-00-01T00:00:00.000Z",
+            "2021-01-00T00:00:00.000Z",
+            "2021-01-01T24:00:00.000Z",
+            "2021-01-01T00:60:00.000Z",
+            "2021-01-01T00:00:00.00Z",
+            "2021-01-01T00:00:00.0000",
+            "2021-01-01 00:00:00.000Z",
+            "2021-01-01T00:00:0x.000Z",
+            "+021-01-01T00:00:00.000Z",
+        ] {
+            assert_eq!(civil::parse_utc_millis(text), None, "{text}");
+            assert_eq!(Timestamp::parse_rfc3339(text), reference_parse(text), "{text}");
+        }
+        for (text, other_form) in [
+            ("2016-12-31T23:59:60.000Z", "a leap second"),
+            ("2021-02-26T20:13:55.749+01:00", "an offset"),
+            ("2021-02-26T19:13:55.749999Z", "microseconds"),
+            ("2021-02-26T19:13:55Z", "no fraction"),
+        ] {
+            assert_eq!(
+                Timestamp::parse_rfc3339(text),
+                reference_parse(text),
+                "{other_form}: {text}"
+            );
+        }
+        assert_eq!(
+            Timestamp::parse_rfc3339("2021-02-26T20:13:55.749+01:00").map(Timestamp::rfc3339),
+            Some("2021-02-26T19:13:55.749Z".to_owned())
+        );
     }
 
     #[test]
@@ -485,6 +666,32 @@ mod tests {
         );
         let before_1970 = Timestamp::from(datetime!(1969-12-31 23:59:59.999_5 UTC));
         assert_eq!(before_1970.epoch_ms(), -1, "rounded down");
+    }
+
+    #[test]
+    fn a_system_time_reads_as_its_calendar_time_does() {
+        for t in [
+            datetime!(2021-02-26 19:13:55.749_999 UTC),
+            datetime!(1970-01-01 00:00:00 UTC),
+            datetime!(1969-12-31 23:59:59.999_5 UTC),
+            datetime!(1969-12-31 23:59:59.999 UTC),
+            datetime!(1900-06-30 12:00:00.000_001 UTC),
+            datetime!(9999-12-31 23:59:59.999_999 UTC),
+        ] {
+            assert_eq!(
+                Timestamp::from(SystemTime::from(t)),
+                Timestamp::from(t),
+                "{t}"
+            );
+        }
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(
+            Timestamp::from(far).rfc3339(),
+            "9999-12-31T23:59:59.999Z",
+            "past the range: its end"
+        );
+        let now = SystemClock.now();
+        assert!(now > Timestamp::from(datetime!(2026-01-01 00:00:00 UTC)));
     }
 
     #[test]

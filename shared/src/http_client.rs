@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, OnceCell};
+use futures::task::AtomicWaker;
+use tokio::sync::OnceCell;
 
 /// The most response-body bytes an attempt keeps (what the attempt log shows, as GitHub
 /// and Svix do).
@@ -325,13 +326,23 @@ impl CallbackClient {
             error: None,
             body_prefix: Bytes::new(),
         };
-        tokio::select! {
-            biased;
-            _ = processing.notify.notified() => interim(),
+        let mut answer = std::pin::pin!(answer);
+        std::future::poll_fn(|cx| {
+            processing.waker.register(cx.waker());
+            if processing.seen.load(Ordering::Acquire) {
+                return Poll::Ready(interim());
+            }
             // The connection's task may read the interim and the final answer at once, on
             // another thread, between two polls here: the interim one still came first.
-            answer = answer => if processing.seen.load(Ordering::Acquire) { interim() } else { answer },
-        }
+            answer.as_mut().poll(cx).map(|answer| {
+                if processing.seen.load(Ordering::Acquire) {
+                    interim()
+                } else {
+                    answer
+                }
+            })
+        })
+        .await
     }
 
     /// Sends `request` and reads the answer (its latency counted from `started`).
@@ -391,12 +402,14 @@ const PROCESSING: u16 = 102;
 /// Told when the receiver answers `102 Processing`. Where that interim answer acknowledges
 /// (Members style), it ends the attempt at once; without this hook the client would wait
 /// for a final answer that may never come. (Elsewhere no hook is set: it costs a request
-/// extension and a notifier, and the final answer is the one that counts.)
+/// extension and a waker, and the final answer is the one that counts.)
 #[derive(Default)]
 struct Processing {
-    /// Set before `notify` is told, and so before any final answer after it is read.
+    /// Set before `waker` is woken, and so before any final answer after it is read.
     seen: AtomicBool,
-    notify: Notify,
+    /// The attempt waiting for an answer. (A `tokio::sync::Notify` took a lock to wait
+    /// and another to stop: docs/benchmarks.md, figure 2, thirteenth pass.)
+    waker: AtomicWaker,
 }
 
 fn on_processing(request: &mut http::Request<Full<Bytes>>) -> Arc<Processing> {
@@ -405,7 +418,7 @@ fn on_processing(request: &mut http::Request<Full<Bytes>>) -> Arc<Processing> {
     hyper::ext::on_informational(request, move |response| {
         if response.status() == http::StatusCode::PROCESSING {
             signal.seen.store(true, Ordering::Release);
-            signal.notify.notify_one();
+            signal.waker.wake();
         }
     });
     processing
