@@ -87,10 +87,14 @@ pub(super) fn read(unread: Vec<Unread>) -> Vec<Parsed> {
 
 /// How often SQS has handed this message out (1 when it does not say).
 fn receives(message: &SqsMessage) -> u32 {
+    // Found by going through the few attributes SQS sends (four or five) rather than by
+    // the map's SipHash of the name, which was most of reading a message's attributes
+    // (figure 2's profile, docs/benchmarks.md, thirteenth pass).
     message
         .attributes
-        .get("ApproximateReceiveCount")
-        .and_then(|n| n.parse().ok())
+        .iter()
+        .find(|(name, _)| *name == "ApproximateReceiveCount")
+        .and_then(|(_, n)| n.parse().ok())
         .unwrap_or(1)
 }
 
