@@ -377,7 +377,7 @@ mod civil {
 
     fn days_in_month(y: u32, m: u32) -> u32 {
         match m {
-            2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+            2 if y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400)) => 29,
             2 => 28,
             4 | 6 | 9 | 11 => 30,
             _ => 31,
@@ -524,8 +524,16 @@ mod tests {
                 OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap(),
             );
             assert_eq!(text, reference, "written at {ms} ms");
-            assert_eq!(Timestamp::parse_rfc3339(&text), Some(t), "read back: {text}");
-            assert_eq!(civil::parse_utc_millis(&text), reference_parse(&text), "{text}");
+            assert_eq!(
+                Timestamp::parse_rfc3339(&text),
+                Some(t),
+                "read back: {text}"
+            );
+            assert_eq!(
+                civil::parse_utc_millis(&text),
+                reference_parse(&text),
+                "{text}"
+            );
         }
         for text in [
             "2021-02-29T00:00:00.000Z",
@@ -543,7 +551,11 @@ mod tests {
             "+021-01-01T00:00:00.000Z",
         ] {
             assert_eq!(civil::parse_utc_millis(text), None, "{text}");
-            assert_eq!(Timestamp::parse_rfc3339(text), reference_parse(text), "{text}");
+            assert_eq!(
+                Timestamp::parse_rfc3339(text),
+                reference_parse(text),
+                "{text}"
+            );
         }
         for (text, other_form) in [
             ("2016-12-31T23:59:60.000Z", "a leap second"),

@@ -10,6 +10,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::netguard::is_public_ip;
 use crate::retry::parse_retry_after;
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use futures::task::AtomicWaker;
 use tokio::sync::OnceCell;
 
 /// The most response-body bytes an attempt keeps (what the attempt log shows, as GitHub
