@@ -319,14 +319,19 @@ pub enum Contender {
     Bare,
     /// The same in batches of 100 (the Lambda batch shape).
     BareBatches,
+    /// The bare loop sending the headers a Members-style delivery has (fixed values): the
+    /// same bytes on the wire, so the receiver's share is alike and what is left of the
+    /// difference is the handler's own work.
+    BareWithHeaders,
     /// `Delivery::handle` over jobs of one style.
     Handler(Style),
 }
 
 impl Contender {
-    const ALL: [Contender; 4] = [
+    const ALL: [Contender; 5] = [
         Contender::Bare,
         Contender::BareBatches,
+        Contender::BareWithHeaders,
         Contender::Handler(Style::Orcid),
         Contender::Handler(Style::Members),
     ];
@@ -336,6 +341,7 @@ impl Contender {
         match self {
             Contender::Bare => "bare",
             Contender::BareBatches => "bare100",
+            Contender::BareWithHeaders => "bare-headers",
             Contender::Handler(style) => style.arg(),
         }
     }
@@ -375,16 +381,29 @@ pub async fn throughput_child(contender: Contender) -> String {
             Some(handler(&url, THROUGHPUT_CONCURRENCY, N).await),
             events(&jobs(&url, style, N), 100),
         ),
-        Contender::Bare | Contender::BareBatches => (None, Vec::new()),
+        Contender::Bare | Contender::BareBatches | Contender::BareWithHeaders => (None, Vec::new()),
     };
     let batch = (contender == Contender::BareBatches).then_some(100);
+    let headers = if contender == Contender::BareWithHeaders {
+        members_style_headers()
+    } else {
+        Vec::new()
+    };
     let (mut warm, mut timed) = (Stopwatch::default(), Stopwatch::default());
     for pass in 0..=TIMED_PASSES {
         let watch = if pass == 0 { &mut warm } else { &mut timed };
         match &delivery {
             Some(delivery) => handler_loop(delivery, &receiver, &evs, watch).await,
             None => {
-                let work = bare_loop(&bare, &url, N, THROUGHPUT_CONCURRENCY, batch, &body);
+                let work = bare_loop(
+                    &bare,
+                    &url,
+                    N,
+                    THROUGHPUT_CONCURRENCY,
+                    batch,
+                    &body,
+                    &headers,
+                );
                 watch.time(N, work).await;
             }
         }
@@ -448,6 +467,19 @@ pub async fn throughput(table: &mut Table) {
         "baseline",
         Verdict::Info,
     );
+    let with_headers = Pass::median(&results[&Contender::BareWithHeaders]);
+    table.row(
+        "2 delivery throughput",
+        "bare reqwest, same, with a Members-style delivery's headers (fixed values)",
+        format!(
+            "{:.0} msg/s ({:.2} x bare; {:.1} µs CPU a message)",
+            with_headers.per_sec,
+            with_headers.per_sec / bare.per_sec,
+            with_headers.cpu_us,
+        ),
+        "baseline",
+        Verdict::Info,
+    );
     for style in Style::ALL {
         let pass = Pass::median(&results[&Contender::Handler(style)]);
         let ratio = pass.per_sec / bare.per_sec;
@@ -459,11 +491,12 @@ pub async fn throughput(table: &mut Table) {
                 style.name()
             ),
             format!(
-                "{:.0} msg/s ({ratio:.2} x bare; {:.1} µs CPU a message; best rounds {:.2} x bare's best, CPU {:.2} x)",
+                "{:.0} msg/s ({ratio:.2} x bare; {:.1} µs CPU a message; best rounds {:.2} x bare's best, CPU {:.2} x; {:.2} x bare with the same headers)",
                 pass.per_sec,
                 pass.cpu_us,
                 best.per_sec / bare_best.per_sec,
                 best.cpu_us / bare_best.cpu_us,
+                pass.per_sec / with_headers.per_sec,
             ),
             ">= 0.9 x bare",
             Verdict::judge(ratio >= 0.9, ""),
@@ -523,7 +556,7 @@ pub async fn one_contender(style: Option<Style>, rounds: usize) {
         match style {
             Some(_) => handler_loop(&delivery, &receiver, &evs, &mut watch).await,
             None => {
-                let work = bare_loop(&bare, &url, N, CONCURRENCY, Some(100), &body);
+                let work = bare_loop(&bare, &url, N, CONCURRENCY, Some(100), &body, &[]);
                 watch.time(N, work).await;
             }
         }
@@ -550,6 +583,31 @@ fn bytes_of_members_envelope() -> Vec<u8> {
     )
 }
 
+/// The headers a Members-style delivery sends besides the content type, with values of
+/// their length (`webhooks::handlers::outbound` and `CallbackClient` write the real ones).
+fn members_style_headers() -> Vec<(http::HeaderName, http::HeaderValue)> {
+    [
+        (
+            "user-agent",
+            concat!("person-webhooks/", env!("CARGO_PKG_VERSION")),
+        ),
+        ("webhook-id", "msg_0000000100112233445566778899aabb"),
+        ("webhook-timestamp", "1795687200"),
+        (
+            "webhook-signature",
+            "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, value)| {
+        (
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        )
+    })
+    .collect()
+}
+
 async fn bare_loop(
     client: &reqwest::Client,
     url: &str,
@@ -557,10 +615,14 @@ async fn bare_loop(
     concurrency: usize,
     batch: Option<usize>,
     body: &[u8],
+    headers: &[(http::HeaderName, http::HeaderValue)],
 ) {
     let send = |i: usize| {
-        let request = client
-            .post(format!("{url}/bare/{i}"))
+        let mut request = client.post(format!("{url}/bare/{i}"));
+        for (name, value) in headers {
+            request = request.header(name.clone(), value.clone());
+        }
+        let request = request
             .header("content-type", "application/json")
             .body(body.to_vec());
         async move {
