@@ -316,33 +316,10 @@ impl CallbackClient {
                 Err(_) => failed(AttemptFailure::Timeout(self.timeout)),
             }
         };
-        let Some(processing) = processing else {
-            return answer.await;
-        };
-        let interim = || AttemptOutcome {
-            status: Some(PROCESSING),
-            retry_after: None,
-            latency: started.elapsed(),
-            error: None,
-            body_prefix: Bytes::new(),
-        };
-        let mut answer = std::pin::pin!(answer);
-        std::future::poll_fn(|cx| {
-            processing.waker.register(cx.waker());
-            if processing.seen.load(Ordering::Acquire) {
-                return Poll::Ready(interim());
-            }
-            // The connection's task may read the interim and the final answer at once, on
-            // another thread, between two polls here: the interim one still came first.
-            answer.as_mut().poll(cx).map(|answer| {
-                if processing.seen.load(Ordering::Acquire) {
-                    interim()
-                } else {
-                    answer
-                }
-            })
-        })
-        .await
+        match processing {
+            Some(processing) => processing.or_final(answer, started).await,
+            None => answer.await,
+        }
     }
 
     /// Sends `request` and reads the answer (its latency counted from `started`).
@@ -410,6 +387,41 @@ struct Processing {
     /// The attempt waiting for an answer. (A `tokio::sync::Notify` took a lock to wait
     /// and another to stop: docs/benchmarks.md, figure 2, thirteenth pass.)
     waker: AtomicWaker,
+}
+
+impl Processing {
+    /// `102 Processing` if the receiver answers it, else the final `answer` (the attempt
+    /// having started at `started`).
+    async fn or_final(
+        &self,
+        answer: impl Future<Output = AttemptOutcome>,
+        started: Instant,
+    ) -> AttemptOutcome {
+        let interim = || AttemptOutcome {
+            status: Some(PROCESSING),
+            retry_after: None,
+            latency: started.elapsed(),
+            error: None,
+            body_prefix: Bytes::new(),
+        };
+        let mut answer = std::pin::pin!(answer);
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.seen.load(Ordering::Acquire) {
+                return Poll::Ready(interim());
+            }
+            // The connection's task may read the interim and the final answer at once, on
+            // another thread, between two polls here: the interim one still came first.
+            answer.as_mut().poll(cx).map(|answer| {
+                if self.seen.load(Ordering::Acquire) {
+                    interim()
+                } else {
+                    answer
+                }
+            })
+        })
+        .await
+    }
 }
 
 fn on_processing(request: &mut http::Request<Full<Bytes>>) -> Arc<Processing> {
