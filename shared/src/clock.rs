@@ -96,7 +96,7 @@ impl Timestamp {
             let t =
                 OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.epoch_ms) * 1_000_000)
                     .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            rfc3339_millis(t)
+            rfc3339_millis_formatted(t)
         })
     }
 
@@ -289,33 +289,6 @@ pub mod epoch_secs_option {
             })
             .transpose()
     }
-}
-
-/// RFC 3339 UTC with milliseconds, e.g. `2021-02-26T19:13:55.749Z`.
-/// Written digit by digit: `format!` with its padding was 1.5 % of a Members-style
-/// delivery's time in figure 2's profile (docs/benchmarks.md), for the envelope's
-/// publish time.
-fn rfc3339_millis(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let Ok(year) = u64::try_from(t.year()) else {
-        // Before year 0: the sign first.
-        return rfc3339_millis_formatted(t);
-    };
-    let mut text = String::with_capacity("2021-02-26T19:13:55.749Z".len());
-    push_zero_padded(&mut text, year, 4);
-    for (separator, n, width) in [
-        ('-', u64::from(u8::from(t.month())), 2),
-        ('-', u64::from(t.day()), 2),
-        ('T', u64::from(t.hour()), 2),
-        (':', u64::from(t.minute()), 2),
-        (':', u64::from(t.second()), 2),
-        ('.', u64::from(t.millisecond()), 3),
-    ] {
-        text.push(separator);
-        push_zero_padded(&mut text, n, width);
-    }
-    text.push('Z');
-    text
 }
 
 /// RFC 3339 UTC text with milliseconds (`2021-02-26T19:13:55.749Z`, years 0 to 9999)
