@@ -586,25 +586,18 @@ fn bytes_of_members_envelope() -> Vec<u8> {
 /// The headers a Members-style delivery sends besides the content type, with values of
 /// their length (`webhooks::handlers::outbound` and `CallbackClient` write the real ones).
 fn members_style_headers() -> Vec<(http::HeaderName, http::HeaderValue)> {
+    use webhooks::handlers::outbound::{WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
     [
+        (http::header::USER_AGENT, webhooks::http_client::USER_AGENT),
+        (WEBHOOK_ID, "msg_0000000100112233445566778899aabb"),
+        (WEBHOOK_TIMESTAMP, "1795687200"),
         (
-            "user-agent",
-            concat!("person-webhooks/", env!("CARGO_PKG_VERSION")),
-        ),
-        ("webhook-id", "msg_0000000100112233445566778899aabb"),
-        ("webhook-timestamp", "1795687200"),
-        (
-            "webhook-signature",
+            WEBHOOK_SIGNATURE,
             "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
         ),
     ]
     .into_iter()
-    .map(|(name, value)| {
-        (
-            http::HeaderName::from_static(name),
-            http::HeaderValue::from_static(value),
-        )
-    })
+    .map(|(name, value)| (name, http::HeaderValue::from_static(value)))
     .collect()
 }
 

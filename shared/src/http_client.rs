@@ -360,7 +360,7 @@ fn post_request(
     let mut map = HeaderMap::with_capacity(headers.len() + HEADERS_ADDED);
     map.insert(
         http::header::USER_AGENT,
-        HeaderValue::from_static(concat!("person-webhooks/", env!("CARGO_PKG_VERSION"))),
+        HeaderValue::from_static(USER_AGENT),
     );
     for (name, value) in headers {
         // The value's bytes become the header's (checked, not copied).
@@ -372,6 +372,9 @@ fn post_request(
     *request.headers_mut() = map;
     Ok(request)
 }
+
+/// The `User-Agent` of every delivery.
+pub const USER_AGENT: &str = concat!("person-webhooks/", env!("CARGO_PKG_VERSION"));
 
 /// The status of the interim answer `102 Processing`.
 const PROCESSING: u16 = 102;
